@@ -1,0 +1,164 @@
+"""The resume cursor: a small, versioned, validated plain dict that says where the data stream is.
+
+Everything that decides the order is either in the cursor (seed, epoch, position) or in its
+fingerprint (dataset length and identity, shuffle mode and settings, drop_last), so a cursor is a
+few numbers and strings that msgpack, JSON and torch.save all carry unchanged, and it is the
+same on every rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypedDict
+
+from typing_extensions import NotRequired
+
+from resumable_loader.errors import StateDictError
+
+FORMAT = "resumable_loader.cursor"
+# Version 1: format, version, seed, epoch, position, fingerprint, and (only for a user's own
+# sampler) sampler_state.
+VERSION = 1
+
+FORMAT_KEY = "format"
+VERSION_KEY = "version"
+SEED_KEY = "seed"
+EPOCH_KEY = "epoch"
+POSITION_KEY = "position"
+FINGERPRINT_KEY = "fingerprint"
+SAMPLER_STATE_KEY = "sampler_state"
+
+_FIX_SETTINGS = (
+    "resume with the dataset and the order settings (shuffle, shard_shuffle, drop_last, "
+    "sampler) the checkpoint was taken with, or do not load this state to start afresh"
+)
+
+
+class Cursor(TypedDict):
+    """A ResumableDataLoader state_dict.
+
+    Keys:
+        format: always ``"resumable_loader.cursor"``, so a foreign dict is recognised.
+        version: the format version, 1.
+        seed: the loader's seed, 0 <= seed < 2**64.
+        epoch: the epoch in progress.
+        position: samples of that epoch delivered to the training loop, counted across all
+            ranks; the epoch length once the epoch is complete.
+        fingerprint: everything besides the seed that decides the order, as plain values.
+        sampler_state: a user sampler's state at the epoch's start (user samplers only).
+    """
+
+    format: str
+    version: int
+    seed: int
+    epoch: int
+    position: int
+    fingerprint: dict[str, int | str]
+    sampler_state: NotRequired[Any]
+
+
+def make_cursor(
+    *,
+    seed: int,
+    epoch: int,
+    position: int,
+    fingerprint: Mapping[str, int | str],
+    sampler_state: Any = None,
+) -> Cursor:
+    """Build a cursor dict (plain ints and strings only)."""
+    cursor = Cursor(
+        format=FORMAT,
+        version=VERSION,
+        seed=int(seed),
+        epoch=int(epoch),
+        position=int(position),
+        fingerprint=dict(fingerprint),
+    )
+    if sampler_state is not None:
+        cursor[SAMPLER_STATE_KEY] = sampler_state
+    return cursor
+
+
+def parse_cursor(
+    state: object,
+    *,
+    fingerprint: Mapping[str, int | str],
+    seed: int | None,
+) -> Cursor:
+    """Check ``state`` against this loader and return it as a Cursor.
+
+    Args:
+        state: what the caller passed to ``load_state_dict``.
+        fingerprint: the current loader's fingerprint.
+        seed: the current loader's seed if the user chose it explicitly, else None (the saved
+            seed is then adopted).
+
+    Raises:
+        StateDictError: naming the field, the saved and the current value, and the fix.
+    """
+    if not isinstance(state, Mapping):
+        raise StateDictError(
+            f"state_dict must be the dict returned by ResumableDataLoader.state_dict(), got "
+            f"{type(state).__name__}; pass the loader's saved state, not the whole checkpoint"
+        )
+    if state.get(FORMAT_KEY) != FORMAT:
+        raise StateDictError(
+            f"field '{FORMAT_KEY}': saved {state.get(FORMAT_KEY)!r}, expected {FORMAT!r}: this "
+            "dict was not made by ResumableDataLoader.state_dict() (is it another loader's "
+            "state, or a whole checkpoint?); pass the loader's own saved state"
+        )
+    version = _field(state, VERSION_KEY, int)
+    if version != VERSION:
+        raise StateDictError(
+            f"field '{VERSION_KEY}': saved {version}, this release reads version {VERSION}; "
+            "load it with the resumable_loader release that wrote it, or a newer one"
+        )
+    saved_seed = _field(state, SEED_KEY, int)
+    if not 0 <= saved_seed < 2**64:
+        raise StateDictError(f"field '{SEED_KEY}': saved {saved_seed} is outside [0, 2**64)")
+    if seed is not None and saved_seed != seed:
+        raise StateDictError(
+            f"field '{SEED_KEY}': saved {saved_seed}, current loader {seed}; pass "
+            f"seed={saved_seed} (or no seed, to adopt the saved one) to continue this run"
+        )
+    epoch = _field(state, EPOCH_KEY, int)
+    position = _field(state, POSITION_KEY, int)
+    if epoch < 0 or position < 0:
+        raise StateDictError(
+            f"fields '{EPOCH_KEY}'/'{POSITION_KEY}': saved {epoch}/{position}, both must be >= 0"
+        )
+    saved_fingerprint = _field(state, FINGERPRINT_KEY, Mapping)
+    for name in sorted(set(saved_fingerprint) | set(fingerprint)):
+        saved, current = saved_fingerprint.get(name), fingerprint.get(name)
+        if saved != current:
+            raise StateDictError(
+                f"field '{FINGERPRINT_KEY}.{name}': saved {saved!r}, current {current!r}; "
+                + _FIX_SETTINGS
+            )
+    length = fingerprint.get("length")
+    if isinstance(length, int) and position > length:
+        raise StateDictError(
+            f"field '{POSITION_KEY}': saved {position}, but an epoch has {length} samples"
+        )
+    return make_cursor(
+        seed=saved_seed,
+        epoch=epoch,
+        position=position,
+        fingerprint=saved_fingerprint,
+        sampler_state=state.get(SAMPLER_STATE_KEY),
+    )
+
+
+def _field(state: Mapping[str, Any], name: str, kind: type) -> Any:
+    if name not in state:
+        raise StateDictError(
+            f"field '{name}' is missing from the state_dict; it is truncated or was edited, so "
+            "pass an unmodified ResumableDataLoader.state_dict()"
+        )
+    value = state[name]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise StateDictError(
+            f"field '{name}': saved {value!r} of type {type(value).__name__}, expected "
+            f"{kind.__name__}; pass an unmodified ResumableDataLoader.state_dict()"
+        )
+    return value

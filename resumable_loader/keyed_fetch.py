@@ -1,0 +1,104 @@
+"""Loads a batch in whichever process torch sends it to, each sample under its own key.
+
+torch's fetcher calls ``dataset.__getitems__(index)`` and then ``collate_fn(result)``, in the
+same process, for every batch. :class:`KeyedFetch` plays both parts for the duration of an
+iteration: as the dataset it passes the batch reference through untouched, and as the collate
+function it loads the batch (installing each sample's key first), installs the batch key and
+runs the user's collate_fn. Doing all of it in one call lets the main process (num_workers=0)
+put its global RNG states back afterwards, so loading never perturbs the training loop's
+randomness.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, get_worker_info
+
+from resumable_loader.rng import Purpose
+from resumable_loader.sample_rng import clear_key, install_key
+
+
+class BatchRef(NamedTuple):
+    """What the main process sends to a worker for one batch: ids at positions start, start+1..
+
+    ``key_stride`` spaces the key positions of consecutive samples (1 for our own orders; the
+    world size for a user's sampler, whose ranks interleave their key positions).
+    """
+
+    seed: int
+    epoch: int
+    start: int
+    ids: list[int]
+    key_stride: int = 1
+
+
+class SampleRef(NamedTuple):
+    """One sample, when torch's auto-batching is off (batch_size=None)."""
+
+    seed: int
+    epoch: int
+    position: int
+    id: int
+
+
+class KeyedFetch(Dataset):
+    """Stands in for the dataset and the collate_fn of a ResumableDataLoader iteration.
+
+    Args:
+        dataset: the user's map-style dataset.
+        collate_fn: the user's (or torch's default) collate function.
+        reseed_globals: reseed ``random``, numpy's and torch's global RNGs per sample.
+    """
+
+    def __init__(
+        self, dataset: Dataset, collate_fn: Callable[[Any], Any], *, reseed_globals: bool
+    ) -> None:
+        self.dataset = dataset
+        self.collate_fn = collate_fn
+        self.reseed_globals = reseed_globals
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, ref: SampleRef) -> SampleRef:
+        return ref
+
+    def __getitems__(self, ref: BatchRef) -> BatchRef:
+        return ref
+
+    def __getattr__(self, name: str) -> Any:
+        # Reached only for names KeyedFetch lacks: let worker_init_fn and get_worker_info()
+        # users see their dataset's attributes. Guard the names unpickling looks up first.
+        if name.startswith("__") or name in ("dataset", "collate_fn", "reseed_globals"):
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __call__(self, ref: BatchRef | SampleRef) -> Any:
+        if get_worker_info() is not None:
+            return self._load(ref)
+        saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        try:
+            return self._load(ref)
+        finally:
+            clear_key()
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            torch.set_rng_state(saved[2])
+
+    def _load(self, ref: BatchRef | SampleRef) -> Any:
+        reseed = self.reseed_globals
+        if isinstance(ref, SampleRef):
+            install_key(ref.seed, ref.epoch, ref.position, Purpose.SAMPLE, reseed_globals=reseed)
+            return self.collate_fn(self.dataset[ref.id])
+        samples = []
+        for i, sample_id in enumerate(ref.ids):
+            position = ref.start + i * ref.key_stride
+            install_key(ref.seed, ref.epoch, position, Purpose.SAMPLE, reseed_globals=reseed)
+            samples.append(self.dataset[sample_id])
+        install_key(ref.seed, ref.epoch, ref.start, Purpose.BATCH, reseed_globals=reseed)
+        return self.collate_fn(samples)

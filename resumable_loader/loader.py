@@ -1,0 +1,350 @@
+"""ResumableDataLoader: torch's DataLoader whose order, randomness and cursor survive any resume.
+
+The loader keeps torch's DataLoader (argument checks, workers, prefetching, pin memory,
+collate, error propagation) and changes only what decides the data: it iterates its own index
+sampler, whose batches are a pure function of (seed, epoch, start position, partition), and a
+:class:`~resumable_loader.keyed_fetch.KeyedFetch` that loads every sample under its own key. The
+user-visible attributes (``dataset``, ``sampler``, ``batch_sampler``, ``collate_fn``) stay what
+torch made of the arguments; ours are swapped in only while torch builds an iterator.
+
+As with torchdata's stateful loader, ``load_state_dict`` takes effect at the next ``iter()``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, SequentialSampler
+
+from resumable_loader import cursor as cursor_mod
+from resumable_loader.errors import ConfigError, ResumeWarning, StateDictError
+from resumable_loader.index_sampler import OrderedBatchSampler, UserBatchSampler
+from resumable_loader.keyed_fetch import KeyedFetch
+from resumable_loader.order import Order, SequentialOrder, ShuffledOrder
+from resumable_loader.partition import Partition
+from resumable_loader.rng import check_seed
+from resumable_loader.topology import resolve_topology
+
+
+class ResumableDataLoader(DataLoader):
+    """A drop-in for ``torch.utils.data.DataLoader`` whose ``state_dict()`` resumes exactly.
+
+    Takes torch's DataLoader arguments, with the same checks and meaning. For a map-style
+    dataset without a user sampler, the order of an epoch is a pure function of (seed, epoch,
+    dataset length, shuffle settings) and every sample's randomness a pure function of
+    (seed, epoch, position), so a run resumed from ``state_dict()`` with any ``num_workers``,
+    batch size or world size continues the same stream bit for bit.
+
+    Args (keyword-only, beyond torch's):
+        seed: the order's and the augmentations' seed, 0 <= seed < 2**64. Default: drawn once
+            here from ``generator`` (or torch's global RNG) and recorded in the state, so a
+            default-seeded run can still be resumed.
+        rank, world_size: this process's place among the data-parallel ranks; default from
+            torch.distributed, else the RANK/WORLD_SIZE environment variables, else 0 and 1.
+            Global batch k of an iteration begun at position g covers positions
+            [g + kWB, g + (k+1)WB); rank r takes [g + kWB + rB, g + kWB + (r+1)B).
+        reseed_globals: before each sample, reseed ``random``, numpy's global RNG and torch's
+            CPU default generator from the sample's key, so unmodified augmentations replay.
+        shard_shuffle: a :class:`~resumable_loader.order.ShardShuffle` to shuffle shard-locally
+            (needs ``shuffle=True`` and a dataset with ``shard_sizes``) instead of globally.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int | None = 1,
+        shuffle: bool | None = None,
+        sampler: Any = None,
+        batch_sampler: Any = None,
+        num_workers: int = 0,
+        collate_fn: Callable[[Any], Any] | None = None,
+        pin_memory: bool = False,
+        drop_last: bool = False,
+        timeout: float = 0,
+        worker_init_fn: Callable[[int], None] | None = None,
+        multiprocessing_context: Any = None,
+        generator: torch.Generator | None = None,
+        *,
+        prefetch_factor: int | None = None,
+        persistent_workers: bool = False,
+        pin_memory_device: str = "",
+        in_order: bool = True,
+        seed: int | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+        reseed_globals: bool = True,
+        shard_shuffle: Any = None,
+    ) -> None:
+        super().__init__(
+            dataset,
+            batch_size,
+            shuffle,
+            sampler,
+            batch_sampler,
+            num_workers,
+            collate_fn,
+            pin_memory,
+            drop_last,
+            timeout,
+            worker_init_fn,
+            multiprocessing_context,
+            generator,
+            prefetch_factor=prefetch_factor,
+            persistent_workers=persistent_workers,
+            pin_memory_device=pin_memory_device,
+            in_order=in_order,
+        )
+        self.rank, self.world_size = resolve_topology(rank, world_size)
+        self._explicit_seed = None if seed is None else check_seed(seed)
+        self.seed = self._explicit_seed if seed is not None else _draw_seed(generator)
+        self.reseed_globals = reseed_globals
+        self._epoch = 0
+        self._position = 0
+        self._started = False  # an iteration has begun on this loader
+        self._pending: tuple[int, int] | None = None  # (epoch, position) for the next iter()
+        self._requested_epoch: int | None = None
+        self._iterator_active = False
+        self._shuffle, self._shard_shuffle = bool(shuffle), shard_shuffle
+        self._refs: OrderedBatchSampler | UserBatchSampler | None = None
+        if not isinstance(dataset, IterableDataset):
+            self._refs = self._make_ref_sampler(
+                shuffle, sampler, batch_sampler, shard_shuffle, dataset
+            )
+        elif shard_shuffle is not None:
+            raise ConfigError("shard_shuffle needs a map-style dataset, got an IterableDataset")
+        self._fetch = KeyedFetch(dataset, self.collate_fn, reseed_globals=reseed_globals)
+
+    def _make_ref_sampler(
+        self,
+        shuffle: bool | None,
+        sampler: Any,
+        batch_sampler: Any,
+        shard_shuffle: Any,
+        dataset: Dataset,
+    ) -> OrderedBatchSampler | UserBatchSampler:
+        batched = self.batch_sampler is not None
+        if sampler is None and batch_sampler is None:
+            order = _make_order(dataset, bool(shuffle), self.seed, shard_shuffle)
+            partition = Partition(
+                len(order),
+                self.batch_size or 1,
+                world_size=self.world_size,
+                rank=self.rank,
+                drop_last=self.drop_last,
+            )
+            return OrderedBatchSampler(order, partition, batched=batched)
+        if shard_shuffle is not None:
+            raise ConfigError("shard_shuffle is mutually exclusive with sampler and batch_sampler")
+        return UserBatchSampler(
+            batch_sampler if batch_sampler is not None else sampler,
+            batch_size=self.batch_size if batch_sampler is None else None,
+            drop_last=self.drop_last,
+            batched=batched,
+            world_size=self.world_size,
+            rank=self.rank,
+        )
+
+    # -- iteration -------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        if self._refs is None:
+            return super().__len__()
+        return len(self._refs)
+
+    def __iter__(self) -> Iterator[Any]:
+        if self._refs is None:
+            return super().__iter__()
+        epoch, position = self._next_iteration()
+        self._epoch, self._position, self._started = epoch, position, True
+        self._refs.begin(seed=self.seed, epoch=epoch, start=position)
+        self._iterator_active = True
+        return _ResumableIterator(self, super().__iter__())
+
+    def _next_iteration(self) -> tuple[int, int]:
+        requested, self._requested_epoch = self._requested_epoch, None
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            epoch, position = pending
+            if requested is None or requested == epoch:
+                return (epoch + 1, 0) if self._epoch_complete(position) else (epoch, position)
+            if not self._epoch_complete(position) and position > 0:
+                warnings.warn(
+                    f"set_epoch({requested}) discards the loaded state's unfinished epoch "
+                    f"{epoch} (position {position}); its remaining samples are not delivered",
+                    ResumeWarning,
+                    stacklevel=3,
+                )
+        if requested is not None:
+            return requested, 0
+        return (self._epoch + 1, 0) if self._started else (self._epoch, 0)
+
+    def _epoch_complete(self, position: int) -> bool:
+        refs = self._refs
+        return isinstance(refs, OrderedBatchSampler) and refs.partition.num_batches(position) == 0
+
+    def _get_iterator(self) -> Any:
+        # torch's iterators read these attributes once, when built; give them ours meanwhile.
+        # object.__setattr__ passes DataLoader's guard against changing them after __init__.
+        if self._refs is None:
+            return super()._get_iterator()
+        index_attr = "batch_sampler" if self._auto_collation else "sampler"
+        swaps = {"dataset": self._fetch, "collate_fn": self._fetch, index_attr: self._refs}
+        saved = {name: getattr(self, name) for name in swaps}
+        try:
+            for name, value in swaps.items():
+                object.__setattr__(self, name, value)
+            return super()._get_iterator()
+        finally:
+            for name, value in saved.items():
+                object.__setattr__(self, name, value)
+
+    def _delivered(self) -> None:
+        self._position += self._refs.advances.popleft()
+
+    def _exhausted(self) -> None:
+        self._iterator_active = False
+        if isinstance(self._refs, OrderedBatchSampler):
+            self._position = self._refs.partition.length
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next ``iter()`` run ``epoch`` (as DistributedSampler.set_epoch does).
+
+        After ``load_state_dict``, setting the saved epoch keeps the saved position.
+        """
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch < 2**32:
+            raise ConfigError(f"epoch must be an int in [0, 2**32), got {epoch!r}")
+        self._requested_epoch = epoch
+        if isinstance(self._refs, UserBatchSampler) and hasattr(self._refs.source, "set_epoch"):
+            self._refs.source.set_epoch(epoch)
+
+    # -- state -----------------------------------------------------------------------------
+
+    def fingerprint(self) -> dict[str, int | str]:
+        """Everything besides the seed that decides this loader's order, as plain values."""
+        refs = self._require_refs("fingerprint()")
+        identity = getattr(self.dataset, "fingerprint", None)
+        values: dict[str, int | str] = {"dataset": identity if isinstance(identity, str) else ""}
+        if isinstance(refs, OrderedBatchSampler):
+            values.update(refs.order.settings())
+            values["drop_last"] = int(self.drop_last)
+        else:
+            values.update(
+                order="user_sampler",
+                sampler=type(refs.source).__qualname__,
+                length=len(self.dataset),
+                world_size=self.world_size,
+                batch_size=self.batch_size or 0,
+                drop_last=int(self.drop_last),
+            )
+        return values
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the stream is: a small plain dict, identical on every rank; see ``Cursor``."""
+        refs = self._require_refs("state_dict()")
+        if self._pending is not None:
+            epoch, position = self._pending
+        else:
+            epoch, position = self._epoch, self._position
+            if self._requested_epoch is not None:
+                epoch, position = self._requested_epoch, 0
+        if self._iterator_active and not self.in_order and self.num_workers > 0 and position:
+            raise StateDictError(
+                "state_dict() mid-epoch needs in_order=True: with in_order=False and "
+                "num_workers > 0 batches arrive out of order, so no position describes what "
+                "was delivered; use in_order=True, or take the state at an epoch boundary"
+            )
+        if self._epoch_complete(position):
+            position = refs.partition.length
+        sampler_state = refs.epoch_start_state if isinstance(refs, UserBatchSampler) else None
+        return dict(
+            cursor_mod.make_cursor(
+                seed=self.seed,
+                epoch=epoch,
+                position=position,
+                fingerprint=self.fingerprint(),
+                sampler_state=sampler_state,
+            )
+        )
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Make the next ``iter()`` continue from ``state_dict`` (from ``state_dict()``).
+
+        Raises:
+            StateDictError: the state is malformed, of an unknown version, or from another
+                dataset, order configuration or seed; the message names the field and the fix.
+        """
+        refs = self._require_refs("load_state_dict()")
+        state = cursor_mod.parse_cursor(
+            state_dict, fingerprint=self.fingerprint(), seed=self._explicit_seed
+        )
+        if isinstance(refs, UserBatchSampler) and state["position"] > 0:
+            if not refs.stateful and not isinstance(refs.source, _DETERMINISTIC_SAMPLERS):
+                raise StateDictError(
+                    f"cannot resume mid-epoch with sampler {type(refs.source).__name__}: it has "
+                    "no state_dict()/load_state_dict(), so its order cannot be replayed; give it "
+                    "those methods, or let ResumableDataLoader order the data (shuffle=...)"
+                )
+            refs.restore(state.get(cursor_mod.SAMPLER_STATE_KEY))
+        if isinstance(refs, OrderedBatchSampler) and state["seed"] != self.seed:
+            refs.order = _make_order(
+                self.dataset, self._shuffle, state["seed"], self._shard_shuffle
+            )
+        self.seed = state["seed"]
+        self._pending = (state["epoch"], state["position"])
+        self._requested_epoch = None
+
+    def _require_refs(self, what: str) -> OrderedBatchSampler | UserBatchSampler:
+        if self._refs is None:
+            raise StateDictError(
+                f"{what} needs a map-style dataset: {type(self.dataset).__name__} is an "
+                "IterableDataset, whose order lives inside its own __iter__ and cannot be "
+                "resumed by position; use a map-style Dataset (for shards: "
+                "resumable_loader.TarShardDataset or ParquetDataset)"
+            )
+        return self._refs
+
+
+_DETERMINISTIC_SAMPLERS = (SequentialSampler,)
+
+
+class _ResumableIterator(Iterator[Any]):
+    """Wraps torch's iterator; advances the loader's cursor for each batch handed out."""
+
+    def __init__(self, loader: ResumableDataLoader, inner: Iterable[Any]) -> None:
+        self._loader = loader
+        self._inner = iter(inner)
+        refs = loader._refs
+        self._length = (
+            refs.partition.num_batches(loader._position)
+            if isinstance(refs, OrderedBatchSampler)
+            else len(refs)
+        )
+
+    def __next__(self) -> Any:
+        try:
+            batch = next(self._inner)
+        except StopIteration:
+            self._loader._exhausted()
+            raise
+        self._loader._delivered()
+        return batch
+
+    def __len__(self) -> int:
+        """Batches this iteration yields in all (fewer than ``len(loader)`` after a resume)."""
+        return self._length
+
+
+def _make_order(dataset: Dataset, shuffle: bool, seed: int, shard_shuffle: Any) -> Order:
+    length = len(dataset)
+    if shard_shuffle is not None:
+        if not shuffle:
+            raise ConfigError("shard_shuffle needs shuffle=True")
+        return shard_shuffle.order_for(dataset, seed=seed)
+    return ShuffledOrder(length, seed=seed) if shuffle else SequentialOrder(length)
+
+
+def _draw_seed(generator: torch.Generator | None) -> int:
+    return int(torch.empty((), dtype=torch.int64).random_(generator=generator).item())

@@ -1,0 +1,112 @@
+"""Per-sample randomness: each sample's RNG is keyed by (seed, epoch, position), never by a worker.
+
+Before a sample is loaded, the process that loads it (a worker, or the main process with
+num_workers=0) installs that sample's key. By default this also reseeds Python's ``random``,
+numpy's global RNG and torch's CPU default generator from the key, so unmodified augmentations
+that call ``random``, ``np.random`` or ``torch.rand`` draw the same values however the work is
+split across workers, ranks and batches, and however often the run is resumed. ``collate_fn``
+runs under the batch's key (derived from the position of the batch's first sample).
+
+User code that prefers explicit generators asks for the current key's own streams with
+:func:`sample_numpy_generator` and :func:`sample_torch_generator`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import numpy as np
+import torch
+
+from resumable_loader.errors import ResumableLoaderError
+from resumable_loader.rng import Purpose, derive_words
+
+_MASK64 = (1 << 64) - 1
+
+# The key installed in this process: (seed, epoch, position, purpose, words), or None outside
+# a fetch. A plain tuple keeps installing it cheap; SampleKey is built only when asked for.
+_current: tuple[int, int, int, Purpose, tuple[int, int, int, int]] | None = None
+_torch_generator: torch.Generator | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleKey:
+    """The key of the sample (or, inside collate_fn, the batch) being loaded in this process.
+
+    Attributes:
+        seed: the loader's seed.
+        epoch: the epoch the sample belongs to.
+        position: its position in the epoch's global stream (for a batch: its first sample's).
+        purpose: ``Purpose.SAMPLE`` for a sample, ``Purpose.BATCH`` for a batch's collate_fn.
+        words: the four 32-bit Philox4x32-10 output words derived from the above.
+    """
+
+    seed: int
+    epoch: int
+    position: int
+    purpose: Purpose
+    words: tuple[int, int, int, int]
+
+    @property
+    def int128(self) -> int:
+        """The key's 128 bits as one int (word 0 lowest)."""
+        w0, w1, w2, w3 = self.words
+        return w0 | w1 << 32 | w2 << 64 | w3 << 96
+
+    def numpy_generator(self) -> np.random.Generator:
+        """A fresh numpy Generator (Philox) whose stream is a pure function of this key."""
+        value = self.int128
+        return np.random.Generator(np.random.Philox(key=[value & _MASK64, value >> 64]))
+
+    def torch_generator(self) -> torch.Generator:
+        """This process's reusable CPU torch.Generator, seeded from this key."""
+        global _torch_generator
+        if _torch_generator is None:
+            _torch_generator = torch.Generator()
+        _torch_generator.manual_seed(self.int128 & _MASK64)
+        return _torch_generator
+
+
+def install_key(
+    seed: int, epoch: int, position: int, purpose: Purpose, *, reseed_globals: bool
+) -> None:
+    """Make (seed, epoch, position, purpose) the current key; optionally reseed the globals."""
+    global _current
+    words = derive_words(seed, epoch, position, purpose)
+    _current = (seed, epoch, position, purpose, words)
+    if reseed_globals:
+        w0, w1, w2, w3 = words
+        random.seed(w0 | w1 << 32 | w2 << 64 | w3 << 96)
+        np.random.seed(np.array(words, dtype=np.uint32))
+        torch.default_generator.manual_seed(w0 | w1 << 32)
+
+
+def clear_key() -> None:
+    """Forget the current key, so code running outside a fetch gets a clear error."""
+    global _current
+    _current = None
+
+
+def sample_key() -> SampleKey:
+    """The key of the sample being loaded now (inside collate_fn: the batch's key).
+
+    Raises:
+        ResumableLoaderError: when called outside a ResumableDataLoader fetch.
+    """
+    if _current is None:
+        raise ResumableLoaderError(
+            "sample_key() is only defined while ResumableDataLoader loads a sample: call it from "
+            "your Dataset's __getitem__, a transform it calls, or collate_fn"
+        )
+    return SampleKey(*_current)
+
+
+def sample_numpy_generator() -> np.random.Generator:
+    """A numpy Generator for the sample being loaded now; replays exactly on resume."""
+    return sample_key().numpy_generator()
+
+
+def sample_torch_generator() -> torch.Generator:
+    """A CPU torch.Generator for the sample being loaded now; replays exactly on resume."""
+    return sample_key().torch_generator()

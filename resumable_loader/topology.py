@@ -1,0 +1,42 @@
+"""Which rank this process is and how many ranks share the data: explicit, torch.distributed, env."""
+
+from __future__ import annotations
+
+import os
+
+import torch.distributed as dist
+
+from resumable_loader.errors import ConfigError
+
+
+def resolve_topology(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """(rank, world_size): explicit arguments win, then an initialized process group, then the
+    RANK and WORLD_SIZE environment variables (as torchrun sets them), then (0, 1).
+    """
+    if rank is None or world_size is None:
+        if dist.is_available() and dist.is_initialized():
+            default_rank, default_world = dist.get_rank(), dist.get_world_size()
+        else:
+            default_rank = _env_int("RANK", 0)
+            default_world = _env_int("WORLD_SIZE", 1)
+        rank = default_rank if rank is None else rank
+        world_size = default_world if world_size is None else world_size
+    for name, value in (("rank", rank), ("world_size", world_size)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{name} must be an int, got {value!r}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ConfigError(
+            f"need world_size >= 1 and 0 <= rank < world_size, got rank={rank}, "
+            f"world_size={world_size}"
+        )
+    return rank, world_size
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"environment variable {name}={raw!r} is not an integer") from None

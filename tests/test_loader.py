@@ -1,0 +1,421 @@
+"""ResumableDataLoader: exact resume across workers, batch sizes and serializations; torch parity."""
+
+from __future__ import annotations
+
+import random
+import warnings
+
+import msgpack
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from resume_harness import AugmentedDataset, interrupted_stream, run, transport
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+    get_worker_info,
+)
+
+import resumable_loader
+from resumable_loader import ResumableDataLoader, StateDictError
+
+N = 29
+
+
+def make(**kwargs):
+    kwargs.setdefault("batch_size", 4)
+    kwargs.setdefault("shuffle", True)
+    kwargs.setdefault("seed", 1234)
+    dataset = kwargs.pop("dataset", None) or AugmentedDataset(N)
+    return lambda: ResumableDataLoader(dataset, **kwargs)
+
+
+def continuous(epochs=3, **kwargs):
+    return run(make(**kwargs)(), epochs)[0]
+
+
+class TestStreamIdentity:
+    def test_alias_is_the_same_class(self):
+        assert resumable_loader.DataLoader is ResumableDataLoader
+
+    def test_zero_and_two_workers_give_the_same_stream(self):
+        assert continuous(num_workers=0) == continuous(num_workers=2)
+
+    def test_batch_size_does_not_change_the_stream(self):
+        assert continuous(batch_size=1) == continuous(batch_size=7)
+
+    def test_different_seeds_give_different_streams(self):
+        a, b = continuous(seed=1), continuous(seed=2)
+        assert [r[1] for r in a] != [r[1] for r in b]
+        assert [r[2] for r in a] != [r[2] for r in b]
+
+    def test_epochs_differ_and_each_is_a_permutation(self):
+        stream = continuous(epochs=2)
+        first = [r[1] for r in stream if r[0] == 0]
+        second = [r[1] for r in stream if r[0] == 1]
+        assert sorted(first) == sorted(second) == list(range(N))
+        assert first != second
+
+    def test_no_shuffle_is_sequential(self):
+        assert [r[1] for r in continuous(epochs=1, shuffle=False)] == list(range(N))
+
+    def test_default_seed_is_recorded_and_resumable(self):
+        first = ResumableDataLoader(AugmentedDataset(N), batch_size=4, shuffle=True)
+        head, state = run(first, 2, stop_after=3)
+        second = ResumableDataLoader(AugmentedDataset(N), batch_size=4, shuffle=True)
+        second.load_state_dict(state)
+        tail, _ = run(second, 2)
+        reference = ResumableDataLoader(
+            AugmentedDataset(N), batch_size=4, shuffle=True, seed=state["seed"]
+        )
+        assert head + tail == run(reference, 2)[0]
+
+
+class TestResume:
+    @pytest.mark.parametrize("stop_after", [0, 3, 8, 9, 12])  # 8 batches/epoch at B=4, N=29
+    def test_resume_points(self, stop_after):
+        expected = continuous()
+        got = interrupted_stream(make(), make(batch_size=3), epochs=3, stop_after=stop_after)
+        assert got == expected
+
+    @pytest.mark.parametrize("how", ["msgpack", "json", "torch"])
+    def test_state_survives_serialization(self, how):
+        got = interrupted_stream(make(), make(), epochs=2, stop_after=5, how=how)
+        assert got == continuous(epochs=2)
+
+    @settings(
+        max_examples=12,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+        derandomize=True,
+    )
+    @given(
+        workers=st.tuples(st.sampled_from([0, 1, 2, 3]), st.sampled_from([0, 1, 2, 3])),
+        batch_sizes=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+        persistent=st.tuples(st.booleans(), st.booleans()),
+        shuffle=st.booleans(),
+        stop_fraction=st.floats(0, 1),
+        how=st.sampled_from(["msgpack", "json", "torch"]),
+    )
+    def test_random_configurations(
+        self, workers, batch_sizes, persistent, shuffle, stop_fraction, how
+    ):
+        def loader(i):
+            return make(
+                num_workers=workers[i],
+                batch_size=batch_sizes[i],
+                persistent_workers=persistent[i] and workers[i] > 0,
+                shuffle=shuffle,
+            )
+
+        epochs = 2
+        total_batches = epochs * -(-N // batch_sizes[0])
+        stop_after = round(stop_fraction * total_batches)
+        expected = continuous(epochs=epochs, shuffle=shuffle)
+        got = interrupted_stream(
+            loader(0), loader(1), epochs=epochs, stop_after=stop_after, how=how
+        )
+        assert got == expected
+
+    def test_resume_does_not_touch_consumed_samples(self):
+        loaded = []
+
+        class Spy(AugmentedDataset):
+            def __getitem__(self, index):
+                loaded.append(index)
+                return super().__getitem__(index)
+
+        head, state = run(make(dataset=Spy(N))(), 1, stop_after=5)
+        loaded.clear()
+        resumed = make(dataset=Spy(N))()
+        resumed.load_state_dict(state)
+        next(iter(resumed))
+        assert len(loaded) == 4
+        assert set(loaded).isdisjoint(r[1] for r in head)
+
+    def test_state_after_last_batch_starts_next_epoch(self):
+        loader = make()()
+        for _ in loader:
+            state = loader.state_dict()
+        assert (state["epoch"], state["position"]) == (0, N)
+        resumed = make()()
+        resumed.load_state_dict(state)
+        stream, after = run(resumed, 1)
+        assert len(stream) == N and after["epoch"] == 1
+
+    def test_drop_last_state_at_epoch_end_reports_full_length(self):
+        loader = make(drop_last=True)()
+        batches = list(loader)
+        assert len(batches) == N // 4
+        assert loader.state_dict()["position"] == N
+
+    def test_set_epoch_selects_the_epoch(self):
+        loader = make()()
+        loader.set_epoch(5)
+        stream, state = run(loader, 1)
+        assert state["epoch"] == 5
+        reference = make()()
+        for _ in range(6):
+            expected, _ = run(reference, 1)
+        assert stream == expected
+
+    def test_set_epoch_of_the_saved_epoch_keeps_the_position(self):
+        head, state = run(make()(), 2, stop_after=10)
+        resumed = make()()
+        resumed.load_state_dict(state)
+        resumed.set_epoch(state["epoch"])
+        tail, _ = run(resumed, 1)
+        assert head + tail == continuous(epochs=2)
+
+    def test_state_before_first_batch_and_size(self):
+        loader = make()()
+        state = loader.state_dict()
+        assert (state["epoch"], state["position"]) == (0, 0)
+        assert len(msgpack.packb(state)) <= 1024
+
+    def test_persistent_workers_across_epochs(self):
+        assert continuous(num_workers=2, persistent_workers=True) == continuous()
+
+
+class TestPerSampleRandomness:
+    def test_sample_generators_replay(self):
+        class GeneratorDataset(Dataset):
+            def __len__(self):
+                return N
+
+            def __getitem__(self, index):
+                rng = resumable_loader.sample_numpy_generator()
+                gen = resumable_loader.sample_torch_generator()
+                aug = torch.from_numpy(rng.random(2)).float() + torch.rand(2, generator=gen)
+                return {"id": index, "aug": aug}
+
+        kwargs = dict(dataset=GeneratorDataset(), reseed_globals=False)
+        expected = continuous(**kwargs)
+        got = interrupted_stream(
+            make(**kwargs), make(num_workers=2, batch_size=5, **kwargs), epochs=3, stop_after=4
+        )
+        assert got == expected
+
+    def test_sample_key_outside_a_fetch_is_an_error(self):
+        with pytest.raises(resumable_loader.ResumableLoaderError, match="sample_key"):
+            resumable_loader.sample_key()
+
+    def test_collate_runs_under_the_batch_key(self):
+        def collate(samples):
+            return {
+                "id": torch.tensor([s["id"] for s in samples]),
+                "aug": torch.rand(len(samples), 2),
+            }
+
+        expected = continuous(collate_fn=collate)
+        got = interrupted_stream(
+            make(collate_fn=collate),
+            make(collate_fn=collate, num_workers=2),
+            epochs=3,
+            stop_after=5,
+        )
+        assert got == expected
+
+    def test_main_process_rng_is_left_alone(self):
+        torch.manual_seed(0)
+        random.seed(0)
+        np.random.seed(0)
+        loader = make()()
+        list(loader)
+        after_loading = torch.rand(1), random.random(), np.random.rand()
+        torch.manual_seed(0)
+        random.seed(0)
+        np.random.seed(0)
+        iter(make()())  # torch draws one base seed per iterator, as DataLoader does
+        assert (torch.rand(1), random.random(), np.random.rand()) == after_loading
+
+    def test_reseed_off_leaves_globals_to_the_user(self):
+        a = continuous(epochs=1, reseed_globals=False)
+        b = continuous(epochs=1, reseed_globals=False)
+        assert [r[1] for r in a] == [r[1] for r in b]
+        assert [r[2] for r in a] != [r[2] for r in b]
+
+
+class TestTorchParity:
+    @pytest.mark.parametrize(
+        "kwargs",
+        [
+            dict(num_workers=-1),
+            dict(timeout=-1),
+            dict(prefetch_factor=2),
+            dict(persistent_workers=True),
+            dict(batch_sampler=[[0]], batch_size=2),
+            dict(sampler=SequentialSampler(range(3)), shuffle=True),
+            dict(batch_size=None, drop_last=True),
+        ],
+    )
+    def test_same_argument_errors_as_torch(self, kwargs):
+        with pytest.raises(ValueError) as theirs:
+            DataLoader(AugmentedDataset(3), **kwargs)
+        with pytest.raises(ValueError) as ours:
+            ResumableDataLoader(AugmentedDataset(3), **kwargs)
+        assert str(ours.value) == str(theirs.value)
+
+    @pytest.mark.parametrize("batch_size,drop_last", [(4, False), (4, True), (1, False)])
+    def test_len_matches_torch(self, batch_size, drop_last):
+        kwargs = dict(batch_size=batch_size, drop_last=drop_last)
+        assert len(ResumableDataLoader(AugmentedDataset(N), **kwargs)) == len(
+            DataLoader(AugmentedDataset(N), **kwargs)
+        )
+
+    def test_unshuffled_batches_equal_torch(self):
+        ours = [b["id"].tolist() for b in ResumableDataLoader(AugmentedDataset(N), batch_size=4)]
+        theirs = [b["id"].tolist() for b in DataLoader(AugmentedDataset(N), batch_size=4)]
+        assert ours == theirs
+
+    def test_attributes_stay_torchs(self):
+        dataset = AugmentedDataset(N)
+        loader = ResumableDataLoader(dataset, batch_size=4, drop_last=True)
+        assert loader.dataset is dataset
+        assert (loader.batch_size, loader.drop_last) == (4, True)
+
+    def test_batch_size_none_yields_samples(self):
+        loader = ResumableDataLoader(AugmentedDataset(5), batch_size=None, shuffle=True, seed=3)
+        items = list(loader)
+        assert sorted(item["id"] for item in items) == list(range(5))
+
+    def test_worker_info_inside_workers(self):
+        class WorkerAware(AugmentedDataset):
+            def __getitem__(self, index):
+                info = get_worker_info()
+                return {"id": index, "aug": torch.tensor([info.num_workers, info.dataset.length])}
+
+        batches = list(ResumableDataLoader(WorkerAware(6), batch_size=2, num_workers=2))
+        assert all(b["aug"][:, 0].tolist() == [2, 2] for b in batches)
+        assert all(b["aug"][:, 1].tolist() == [6, 6] for b in batches)
+
+    @pytest.mark.parametrize("num_workers", [0, 2])
+    def test_worker_errors_reach_the_main_process(self, num_workers):
+        class Broken(AugmentedDataset):
+            def __getitem__(self, index):
+                if index == 3:
+                    raise KeyError("sample 3 is broken")
+                return super().__getitem__(index)
+
+        loader = ResumableDataLoader(Broken(8), batch_size=2, num_workers=num_workers)
+        with pytest.raises(KeyError, match="sample 3 is broken"):
+            list(loader)
+
+
+class TestStateErrors:
+    def test_iterable_dataset_iterates_but_has_no_state(self):
+        class Stream(IterableDataset):
+            def __iter__(self):
+                return iter(range(5))
+
+        loader = ResumableDataLoader(Stream(), batch_size=2)
+        assert [b.tolist() for b in loader] == [[0, 1], [2, 3], [4]]
+        with pytest.raises(StateDictError, match="IterableDataset"):
+            loader.state_dict()
+
+    def test_other_dataset_length_is_named(self):
+        state = make()().state_dict()
+        with pytest.raises(StateDictError, match=r"fingerprint\.length.*29.*30"):
+            make(dataset=AugmentedDataset(30))().load_state_dict(state)
+
+    def test_other_shuffle_setting_is_named(self):
+        state = make()().state_dict()
+        with pytest.raises(StateDictError, match=r"fingerprint\.order"):
+            make(shuffle=False)().load_state_dict(state)
+
+    def test_explicit_other_seed_is_named(self):
+        state = make(seed=1)().state_dict()
+        with pytest.raises(StateDictError, match=r"'seed': saved 1, current loader 2"):
+            make(seed=2)().load_state_dict(state)
+
+    @pytest.mark.parametrize(
+        "mutate,match",
+        [
+            (lambda s: s.update(version=99), "version"),
+            (lambda s: s.update(format="torchdata"), "format"),
+            (lambda s: s.pop("position"), "position.*missing"),
+            (lambda s: s.update(epoch="1"), "epoch.*str"),
+            (lambda s: s.update(position=-1), "position"),
+            (lambda s: s.update(position=N + 1), "position"),
+            (lambda s: s.update(seed=2**64), "seed"),
+        ],
+    )
+    def test_malformed_states(self, mutate, match):
+        state = make()().state_dict()
+        mutate(state)
+        with pytest.raises(StateDictError, match=match):
+            make()().load_state_dict(state)
+
+    def test_not_a_dict(self):
+        with pytest.raises(StateDictError, match="got list"):
+            make()().load_state_dict([1, 2])
+
+    def test_in_order_false_mid_epoch_refuses(self):
+        loader = make(num_workers=2, in_order=False)()
+        iterator = iter(loader)
+        next(iterator)
+        with pytest.raises(StateDictError, match="in_order"):
+            loader.state_dict()
+        del iterator
+
+
+class TestUserSamplers:
+    def test_sequential_sampler_resumes(self):
+        def loader(batch_size):
+            return lambda: ResumableDataLoader(
+                AugmentedDataset(N),
+                batch_size=batch_size,
+                sampler=SequentialSampler(range(N)),
+                seed=5,
+            )
+
+        expected = run(loader(4)(), 2)[0]
+        assert interrupted_stream(loader(4), loader(4), epochs=2, stop_after=3) == expected
+
+    def test_stateful_sampler_is_checkpointed(self):
+        class StatefulShuffle(torch.utils.data.Sampler):
+            def __init__(self):
+                self.generator = torch.Generator().manual_seed(0)
+
+            def __len__(self):
+                return N
+
+            def __iter__(self):
+                return iter(torch.randperm(N, generator=self.generator).tolist())
+
+            def state_dict(self):
+                return {"rng": self.generator.get_state().tolist()}
+
+            def load_state_dict(self, state):
+                self.generator.set_state(torch.tensor(state["rng"], dtype=torch.uint8))
+
+        def loader():
+            return ResumableDataLoader(
+                AugmentedDataset(N), batch_size=4, sampler=StatefulShuffle(), seed=5
+            )
+
+        expected = run(loader(), 3)[0]
+        assert interrupted_stream(loader, loader, epochs=3, stop_after=10) == expected
+
+    def test_stateless_random_sampler_refuses_mid_epoch_resume(self):
+        def loader():
+            return ResumableDataLoader(
+                AugmentedDataset(N), batch_size=4, sampler=RandomSampler(range(N)), seed=5
+            )
+
+        _, state = run(loader(), 1, stop_after=2)
+        with pytest.raises(StateDictError, match="RandomSampler"):
+            loader().load_state_dict(state)
+
+
+def test_state_dict_through_transport_is_plain():
+    state = transport(make()().state_dict(), "msgpack")
+    assert set(state) == {"format", "version", "seed", "epoch", "position", "fingerprint"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make()().load_state_dict(state)
