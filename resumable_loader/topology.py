@@ -1,4 +1,4 @@
-"""Which rank this process is and how many ranks share the data: explicit, torch.distributed, env."""
+"""Which rank this process is and how many ranks share the data."""
 
 from __future__ import annotations
 

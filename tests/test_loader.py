@@ -1,4 +1,4 @@
-"""ResumableDataLoader: exact resume across workers, batch sizes and serializations; torch parity."""
+"""ResumableDataLoader: exact resume across workers, batch sizes, serializations; torch parity."""
 
 from __future__ import annotations
 

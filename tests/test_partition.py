@@ -31,7 +31,7 @@ def test_global_batches_concatenate_to_the_stream(layout):
     assert len({len(batches) for batches in per_rank}) == 1  # same count on every rank (DDP)
     assert all(len(b) == parts[0].num_batches(start) for b in per_rank)
     stream = []
-    for global_batch in zip(*per_rank):
+    for global_batch in zip(*per_rank, strict=True):
         positions = [p for b in global_batch for p in range(b.start, b.stop)]
         real = [p for p in positions if p < length]
         assert len(real) == global_batch[0].global_size
