@@ -44,9 +44,10 @@ class _PositionReader:
 
     def _read(self, start: int, stop: int) -> list[int]:
         while self._buffer_start + len(self._buffer) < stop:
-            consumed = start - self._buffer_start
-            self._buffer = np.concatenate([self._buffer[consumed:], next(self._chunks)])
-            self._buffer_start = start
+            self._buffer = np.concatenate([self._buffer, next(self._chunks)])
+            consumed = min(start - self._buffer_start, len(self._buffer))  # other ranks' ids
+            self._buffer = self._buffer[consumed:]
+            self._buffer_start += consumed
         return self._buffer[start - self._buffer_start : stop - self._buffer_start].tolist()
 
 

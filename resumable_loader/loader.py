@@ -26,7 +26,7 @@ from resumable_loader.keyed_fetch import KeyedFetch
 from resumable_loader.order import Order, SequentialOrder, ShuffledOrder
 from resumable_loader.partition import Partition
 from resumable_loader.rng import check_seed
-from resumable_loader.topology import resolve_topology
+from resumable_loader.topology import agree_on_seed, gather_cursors, resolve_topology
 
 
 class ResumableDataLoader(DataLoader):
@@ -99,7 +99,10 @@ class ResumableDataLoader(DataLoader):
         )
         self.rank, self.world_size = resolve_topology(rank, world_size)
         self._explicit_seed = None if seed is None else check_seed(seed)
-        self.seed = self._explicit_seed if seed is not None else _draw_seed(generator)
+        if seed is None:
+            self.seed = agree_on_seed(_draw_seed(generator), self.world_size)
+        else:
+            self.seed = self._explicit_seed
         self.reseed_globals = reseed_globals
         self._epoch = 0
         self._position = 0
@@ -241,8 +244,27 @@ class ResumableDataLoader(DataLoader):
             )
         return values
 
-    def state_dict(self) -> dict[str, Any]:
-        """Where the stream is: a small plain dict, identical on every rank; see ``Cursor``."""
+    def state_dict(self, *, check_ranks: bool = False) -> dict[str, Any]:
+        """Where the stream is: a small plain dict, identical on every rank; see ``Cursor``.
+
+        Args:
+            check_ranks: all-gather every rank's cursor (a collective: call it on all ranks)
+                and raise if they differ, e.g. when one rank consumed more batches.
+        """
+        state = self._cursor()
+        if check_ranks and self.world_size > 1:
+            for rank, other in enumerate(gather_cursors(state)):
+                if other != state:
+                    raise StateDictError(
+                        f"rank {rank}'s cursor (epoch {other.get('epoch')}, position "
+                        f"{other.get('position')}) differs from rank {self.rank}'s (epoch "
+                        f"{state['epoch']}, position {state['position']}): the ranks consumed "
+                        "different numbers of batches; make every rank run the same number "
+                        "of steps before saving"
+                    )
+        return state
+
+    def _cursor(self) -> dict[str, Any]:
         refs = self._require_refs("state_dict()")
         if self._pending is not None:
             epoch, position = self._pending

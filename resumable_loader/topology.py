@@ -40,3 +40,29 @@ def _env_int(name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise ConfigError(f"environment variable {name}={raw!r} is not an integer") from None
+
+
+def agree_on_seed(seed: int, world_size: int) -> int:
+    """The seed every rank uses when none was given: rank 0's draw, broadcast to the others.
+
+    Each rank drawing its own default seed would give each rank a different order, and the
+    ranks would deliver overlapping samples; so with several ranks the draw is shared through
+    the process group, and without one an explicit seed is required.
+    """
+    if world_size == 1:
+        return seed
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ConfigError(
+            f"world_size={world_size} but no torch.distributed process group is initialized, so "
+            "the ranks cannot agree on a default seed: pass the same seed= on every rank"
+        )
+    holder = [seed]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def gather_cursors(state: dict) -> list[dict]:
+    """Every rank's cursor (all ranks must call this together)."""
+    states: list[dict] = [{} for _ in range(dist.get_world_size())]
+    dist.all_gather_object(states, state)
+    return states
