@@ -123,11 +123,17 @@ def parse_cursor(
         )
     epoch = _field(state, EPOCH_KEY, int)
     position = _field(state, POSITION_KEY, int)
-    if epoch < 0 or position < 0:
+    if not 0 <= epoch < 2**32 or not 0 <= position < 2**63:
         raise StateDictError(
-            f"fields '{EPOCH_KEY}'/'{POSITION_KEY}': saved {epoch}/{position}, both must be >= 0"
+            f"fields '{EPOCH_KEY}'/'{POSITION_KEY}': saved {epoch}/{position}, out of range "
+            "(epoch in [0, 2**32), position in [0, 2**63)); pass an unmodified state_dict()"
         )
     saved_fingerprint = _field(state, FINGERPRINT_KEY, Mapping)
+    if not all(isinstance(name, str) for name in saved_fingerprint):
+        raise StateDictError(
+            f"field '{FINGERPRINT_KEY}': saved keys {list(saved_fingerprint)!r} are not all "
+            "strings; pass an unmodified ResumableDataLoader.state_dict()"
+        )
     for name in sorted(set(saved_fingerprint) | set(fingerprint)):
         saved, current = saved_fingerprint.get(name), fingerprint.get(name)
         if saved != current:

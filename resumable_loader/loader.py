@@ -12,6 +12,8 @@ As with torchdata's stateful loader, ``load_state_dict`` takes effect at the nex
 
 from __future__ import annotations
 
+import re
+import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -20,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, SequentialSampler
 
 from resumable_loader import cursor as cursor_mod
-from resumable_loader.errors import ConfigError, ResumeWarning, StateDictError
+from resumable_loader.errors import ConfigError, ResumeWarning, StateDictError, WorkerError
 from resumable_loader.index_sampler import OrderedBatchSampler, UserBatchSampler
 from resumable_loader.keyed_fetch import KeyedFetch
 from resumable_loader.order import Order, SequentialOrder, ShuffledOrder
@@ -330,6 +332,8 @@ class ResumableDataLoader(DataLoader):
 
 
 _DETERMINISTIC_SAMPLERS = (SequentialSampler,)
+# torch's messages for a worker that died (signal, exit) or missed its timeout.
+_WORKER_FAILURE = re.compile(r"DataLoader worker \(pids?|DataLoader timed out")
 
 
 class _ResumableIterator(Iterator[Any]):
@@ -351,6 +355,23 @@ class _ResumableIterator(Iterator[Any]):
         except StopIteration:
             self._loader._exhausted()
             raise
+        except BaseException as error:
+            # A failed worker or fetch ends this iteration: stop the workers now rather than
+            # when the iterator is garbage-collected (torch then waits for each in turn).
+            shutdown = getattr(self._inner, "_shutdown_workers", lambda: None)
+            failed_worker = isinstance(error, RuntimeError) and bool(
+                _WORKER_FAILURE.search(str(error))
+            )
+            if not failed_worker:
+                shutdown()
+                raise
+            # A hung worker is only terminated after torch's join grace period: raise now,
+            # and let that happen in the background.
+            threading.Thread(target=shutdown, name="resumable-loader-shutdown", daemon=True).start()
+            raise WorkerError(
+                f"{error}. No batch was lost: state_dict() still describes exactly what "
+                "was delivered, so a new loader can resume from it"
+            ) from error
         self._loader._delivered()
         return batch
 

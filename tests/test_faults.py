@@ -1,0 +1,134 @@
+"""Worker failures: a clear error, no worker left behind, and an exact resume afterwards."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from resume_harness import AugmentedDataset, run, split_batch
+from torch.utils.data import default_collate
+
+from resumable_loader import ResumableDataLoader, WorkerError
+
+N = 24
+BAD_SAMPLE = 13
+
+
+class Faulty(AugmentedDataset):
+    """Fails at BAD_SAMPLE in the chosen way while ``armed``; records worker pids in a folder."""
+
+    def __init__(self, mode: str, pid_dir: Path) -> None:
+        super().__init__(N)
+        self.mode = mode
+        self.pid_dir = pid_dir
+        self.armed = True
+
+    def __getitem__(self, index):
+        (self.pid_dir / str(os.getpid())).touch()
+        if self.armed and index == BAD_SAMPLE:
+            if self.mode == "raise":
+                raise ValueError(f"cannot decode sample {index}")
+            if self.mode == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            if self.mode == "hang":
+                time.sleep(60)
+        return super().__getitem__(index)
+
+
+def collate_failing_on_bad_sample(samples):
+    if any(s["id"] == BAD_SAMPLE for s in samples):
+        raise ValueError("collate cannot batch this")
+    return default_collate(samples)
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in state
+
+
+def wait_gone(pids: list[int], seconds: float = 15) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.1)
+    return [p for p in pids if alive(p)]
+
+
+@pytest.mark.parametrize(
+    "mode,error,timeout",
+    [
+        ("raise", ValueError, 0),
+        ("collate", ValueError, 0),
+        ("kill", WorkerError, 0),
+        ("hang", WorkerError, 2),
+    ],
+)
+def test_failure_is_raised_cleaned_up_and_resumable(tmp_path, mode, error, timeout):
+    dataset = Faulty(mode, tmp_path)
+
+    def loader():
+        failing = mode == "collate" and dataset.armed
+        return ResumableDataLoader(
+            dataset,
+            batch_size=2,
+            shuffle=True,
+            seed=3,
+            num_workers=2,
+            timeout=timeout,
+            collate_fn=collate_failing_on_bad_sample if failing else None,
+        )
+
+    first = loader()
+    delivered, state = [], first.state_dict()
+    started = time.monotonic()
+    with pytest.raises(error) as caught:
+        for batch in first:
+            delivered.extend(split_batch(batch))
+            state = first.state_dict()
+    elapsed = time.monotonic() - started
+    if mode == "hang":
+        assert "timed out" in str(caught.value) and elapsed < timeout + 3
+    if mode == "kill":
+        assert re.search("killed by signal|exited unexpectedly", str(caught.value))
+        assert "resume" in str(caught.value)
+    worker_pids = [int(p.name) for p in tmp_path.iterdir() if int(p.name) != os.getpid()]
+    assert worker_pids and wait_gone(worker_pids) == []
+
+    dataset.armed = False
+    resumed = loader()
+    resumed.load_state_dict(state)
+    rest, _ = run(resumed, 1)
+    expected, _ = run(loader(), 1)
+    assert [(0, *x) for x in delivered] + rest == expected
+
+
+def test_main_process_failure_keeps_state_exact():
+    class FailOnce(AugmentedDataset):
+        armed = True
+
+        def __getitem__(self, index):
+            if self.armed and index == BAD_SAMPLE:
+                raise OSError("disk hiccup")
+            return super().__getitem__(index)
+
+    dataset = FailOnce(N)
+    loader = ResumableDataLoader(dataset, batch_size=3, shuffle=True, seed=8)
+    seen = []
+    with pytest.raises(OSError):
+        for batch in loader:
+            seen.extend(split_batch(batch))
+    state = loader.state_dict()
+    assert state["position"] == len(seen)
+    dataset.armed = False
+    fresh = ResumableDataLoader(dataset, batch_size=3, shuffle=True, seed=8)
+    fresh.load_state_dict(state)
+    rest, _ = run(fresh, 1)
+    assert [(0, *x) for x in seen] + rest == run(
+        ResumableDataLoader(dataset, batch_size=3, shuffle=True, seed=8), 1
+    )[0]
