@@ -70,7 +70,7 @@ def test_truncated_and_flipped_msgpack(data):
         raw[i] ^= data.draw(st.integers(1, 255))
     try:
         state = msgpack.unpackb(bytes(raw), strict_map_key=False)
-    except (ValueError, msgpack.UnpackException):
+    except (ValueError, TypeError, msgpack.UnpackException):
         return  # msgpack itself refused the bytes
     try:
         parsed = parse(state)

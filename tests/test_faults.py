@@ -95,7 +95,7 @@ def test_failure_is_raised_cleaned_up_and_resumable(tmp_path, mode, error, timeo
     if mode == "hang":
         assert "timed out" in str(caught.value) and elapsed < timeout + 3
     if mode == "kill":
-        assert re.search("killed by signal|exited unexpectedly", str(caught.value))
+        assert re.search("killed by signal|exited unexpectedly|worker died", str(caught.value))
         assert "resume" in str(caught.value)
     worker_pids = [int(p.name) for p in tmp_path.iterdir() if int(p.name) != os.getpid()]
     assert worker_pids and wait_gone(worker_pids) == []

@@ -1,0 +1,133 @@
+// The private extension module resumable_loader._core: the only file that includes nanobind.
+// Checks arguments (ValueError), releases the GIL in bulk calls, refuses to convert output
+// arrays (a silently converted copy would stay unfilled).
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/array.h>
+
+#include <array>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "mt19937_seed.h"
+#include "permutation.h"
+#include "philox.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+using resumable_loader::FeistelPermutation;
+
+namespace {
+
+using Words4 = std::array<uint32_t, 4>;
+using Int64Out = nb::ndarray<int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+
+constexpr uint32_t kPurposePermutation = 1;
+constexpr uint64_t kMaxLength = uint64_t{1} << 63;
+
+Words4 to_words(const resumable_loader::philox4x32_ctr_t& c) {
+  return {c.v[0], c.v[1], c.v[2], c.v[3]};
+}
+
+// Philox4x32-10 of counter (position lo, position hi, epoch, purpose) under key (seed lo, hi).
+Words4 derive(uint64_t seed, uint32_t epoch, uint64_t position, uint32_t purpose) {
+  const resumable_loader::philox4x32_ctr_t ctr = {
+      {static_cast<uint32_t>(position), static_cast<uint32_t>(position >> 32), epoch, purpose}};
+  const resumable_loader::philox4x32_key_t key = {
+      {static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)}};
+  return to_words(resumable_loader::philox4x32(ctr, key));
+}
+
+FeistelPermutation make_permutation(uint64_t n, uint64_t seed, uint32_t epoch, uint32_t purpose) {
+  if (n == 0 || n > kMaxLength) {
+    throw nb::value_error(("permutation length must be in [1, 2**63], got " +
+                           std::to_string(n)).c_str());
+  }
+  uint32_t keys[2 * resumable_loader::FEISTEL_ROUNDS];
+  for (int block = 0; block * 4 < 2 * resumable_loader::FEISTEL_ROUNDS; ++block) {
+    const Words4 words = derive(seed, epoch, static_cast<uint64_t>(block), purpose);
+    for (int w = 0; w < 4 && block * 4 + w < 2 * resumable_loader::FEISTEL_ROUNDS; ++w) {
+      keys[block * 4 + w] = words[w];
+    }
+  }
+  return FeistelPermutation(n, keys);
+}
+
+void check_position(const FeistelPermutation& p, uint64_t position, const char* what) {
+  if (position >= p.size()) {
+    throw nb::index_error((std::string(what) + " " + std::to_string(position) +
+                           " out of range for a permutation of length " +
+                           std::to_string(p.size())).c_str());
+  }
+}
+
+}  // namespace
+
+NB_MODULE(_core, m) {
+  m.doc() = "C++ core of resumable_loader: Philox4x32-10, Feistel permutation, reseeding.";
+
+  m.def(
+      "philox4x32",
+      [](Words4 counter, std::array<uint32_t, 2> key, unsigned rounds) {
+        if (rounds > resumable_loader::PHILOX4x32_MAX_ROUNDS) {
+          throw nb::value_error("Philox4x32 rounds must be <= 16");
+        }
+        return to_words(resumable_loader::philox4x32_R(
+            rounds, {{counter[0], counter[1], counter[2], counter[3]}}, {{key[0], key[1]}}));
+      },
+      "counter"_a, "key"_a, "rounds"_a = resumable_loader::PHILOX4x32_DEFAULT_ROUNDS,
+      "Philox4x32-R of a 4-word counter under a 2-word key, as Random123 defines it.");
+
+  m.def("derive_words", &derive, "seed"_a, "epoch"_a, "position"_a, "purpose"_a,
+        "Philox4x32-10 of counter (position, epoch, purpose) under the seed's key.");
+
+  m.def(
+      "seed_mt19937",
+      [](uintptr_t state_address, Words4 words) {
+        resumable_loader::mt19937_init_by_array(
+            reinterpret_cast<resumable_loader::mt19937_state_layout*>(state_address),
+            words.data(), words.size());
+      },
+      "state_address"_a, "words"_a,
+      "init_by_array(words) into the MT19937 state at state_address (numpy's mt19937_state).");
+
+  nb::class_<FeistelPermutation>(m, "Permutation")
+      .def(
+          "__init__",
+          [](FeistelPermutation* self, uint64_t n, uint64_t seed, uint32_t epoch,
+             uint32_t purpose) { new (self) FeistelPermutation(make_permutation(n, seed, epoch,
+                                                                                purpose)); },
+          "n"_a, "seed"_a, "epoch"_a, "purpose"_a = kPurposePermutation)
+      .def_prop_ro("size", &FeistelPermutation::size)
+      .def_prop_ro("bits", &FeistelPermutation::bits)
+      .def(
+          "__call__",
+          [](const FeistelPermutation& p, uint64_t position) {
+            check_position(p, position, "position");
+            return p(position);
+          },
+          "position"_a)
+      .def(
+          "inverse",
+          [](const FeistelPermutation& p, uint64_t value) {
+            check_position(p, value, "value");
+            return p.inverse(value);
+          },
+          "value"_a)
+      .def(
+          "fill",
+          [](const FeistelPermutation& p, uint64_t start, Int64Out out) {
+            const uint64_t count = out.shape(0);
+            if (start > p.size() || count > p.size() - start) {
+              throw nb::index_error(("positions [" + std::to_string(start) + ", " +
+                                     std::to_string(start + count) +
+                                     ") out of range for a permutation of length " +
+                                     std::to_string(p.size())).c_str());
+            }
+            nb::gil_scoped_release release;
+            p.fill(start, count, out.data());
+          },
+          "start"_a, "out"_a.noconvert(),
+          "Write perm(start + i) into out[i] for every i (out: contiguous int64).");
+}

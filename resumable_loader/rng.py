@@ -1,0 +1,81 @@
+"""Philox4x32-10 keyed by the seed: every random draw is a pure function of its coordinates.
+
+The 64-bit seed is the Philox key (word 0 = low 32 bits); the epoch, the position in the epoch's
+stream and a purpose go into the counter: counter = (position lo, position hi, epoch, purpose).
+Streams are never derived by adding to the seed (``seed + epoch`` would make seed s at epoch
+e+1 replay seed s+1 at epoch e), so neighbouring seeds and epochs are unrelated streams.
+"""
+
+from __future__ import annotations
+
+import enum
+import operator
+from collections.abc import Sequence
+
+from resumable_loader import _core
+from resumable_loader.errors import ConfigError
+
+SEED_LIMIT = 2**64
+EPOCH_LIMIT = 2**32
+POSITION_LIMIT = 2**64
+
+
+class Purpose(enum.IntEnum):
+    """What a draw is for: the counter's last word, so different uses never share a stream."""
+
+    PERMUTATION = 1  # Feistel round keys of an epoch's sample permutation
+    SAMPLE = 2  # a sample's key (augmentations)
+    BATCH = 3  # a batch's key (collate_fn)
+    SHARD_ORDER = 4  # the shard permutation of shard-local mode
+    SHUFFLE_BUFFER = 5  # the shuffle buffer's picks in shard-local mode
+
+
+def check_seed(seed: object) -> int:
+    """``seed`` as an int in [0, 2**64), or ConfigError naming it."""
+    return _check_int("seed", seed, SEED_LIMIT)
+
+
+def check_epoch(epoch: object) -> int:
+    """``epoch`` as an int in [0, 2**32), or ConfigError naming it."""
+    return _check_int("epoch", epoch, EPOCH_LIMIT)
+
+
+def _check_int(name: str, value: object, limit: int) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"{name} must be an int in [0, {limit}), got {value!r}")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise ConfigError(f"{name} must be an int in [0, {limit}), got {value!r}") from None
+    if not 0 <= number < limit:
+        raise ConfigError(f"{name} must be in [0, {limit}), got {number}")
+    return number
+
+
+def philox4x32(
+    counter: Sequence[int], key: Sequence[int], rounds: int = 10
+) -> tuple[int, int, int, int]:
+    """Philox4x32-R (Random123) of a 4-word counter under a 2-word key; 32-bit words."""
+    if len(counter) != 4 or len(key) != 2:
+        raise ConfigError(f"need 4 counter words and 2 key words, got {counter!r}, {key!r}")
+    try:
+        return tuple(_core.philox4x32(list(counter), list(key), rounds))
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"invalid Philox input {counter!r}, {key!r}, {rounds}: {error}") from None
+
+
+def derive_words(
+    seed: int, epoch: int, position: int, purpose: Purpose
+) -> tuple[int, int, int, int]:
+    """The four 32-bit words keyed by ``seed`` for (epoch, position, purpose).
+
+    Called once per sample in the loading process, so it is one C++ call; out-of-range
+    arguments surface as ConfigError.
+    """
+    try:
+        return tuple(_core.derive_words(seed, epoch, position, purpose))
+    except TypeError:
+        check_seed(seed)
+        check_epoch(epoch)
+        _check_int("position", position, POSITION_LIMIT)
+        raise ConfigError(f"purpose must be a Purpose, got {purpose!r}") from None
