@@ -1,0 +1,157 @@
+"""verify: per-sample digests and the verdict on good and bad pipelines."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset, RandomSampler, get_worker_info
+
+from resumable_loader import ConfigError, ResumableDataLoader, sample_numpy_generator
+from resumable_loader.stream_digest import WHOLE_SAMPLE, digest, sample_fields
+from resumable_loader.verify import verify_pipeline
+
+N = 40
+
+
+class Augmented(Dataset):
+    """Deterministic per-sample augmentation: reseeded torch RNG and the sample's generator."""
+
+    def __len__(self) -> int:
+        return N
+
+    def __getitem__(self, index: int) -> dict:
+        jitter = sample_numpy_generator().normal()
+        return {
+            "image": torch.full((2, 3), float(index)) + torch.rand(2, 3),
+            "meta": {"label": index % 3, "name": f"s{index}", "jitter": jitter},
+        }
+
+
+class UnseededNoise(Augmented):
+    """A transform with its own unseeded RNG: a new stream every time."""
+
+    def __getitem__(self, index: int) -> dict:
+        return {"id": index, "noise": np.random.default_rng().random(2)}
+
+
+class WorkerTagged(Augmented):
+    """Output that depends on which worker loaded the sample."""
+
+    def __getitem__(self, index: int) -> dict:
+        info = get_worker_info()
+        return {"id": index, "worker": 0 if info is None else info.id}
+
+
+def mixing_collate(samples: list[dict]) -> dict:
+    """Batch-level randomness: depends on the batch's composition, so on the batch size."""
+    batch = torch.utils.data.default_collate(samples)
+    batch["mix"] = torch.rand(len(samples))
+    return batch
+
+
+def augmented_pair():
+    return Augmented(), {"batch_size": 4, "shuffle": True, "seed": 7}
+
+
+class TestSampleFields:
+    def test_splits_dicts_by_key_path_and_tensors_along_dim_0(self):
+        batch = {"x": torch.arange(6).view(3, 2), "meta": {"label": torch.tensor([1, 2, 3])}}
+        samples = sample_fields(batch, 3)
+        assert [list(s) for s in samples] == [["x", "meta.label"]] * 3
+        assert samples[1]["x"] == digest(torch.tensor([2, 3]))
+        assert samples[2]["meta.label"] == digest(torch.tensor(3))
+
+    def test_lists_of_plain_values_are_per_sample_other_sequences_are_fields(self):
+        batch = (torch.zeros(2, 1), ["a", "b"], b"shared")
+        samples = sample_fields(batch, 2)
+        assert samples[0]["[1]"] == digest("a") and samples[1]["[1]"] == digest("b")
+        assert samples[0]["[2]"] == samples[1]["[2]"] == digest(b"shared")
+
+    def test_unbatched_output_is_one_sample(self):
+        assert sample_fields(np.ones(3), None) == [{WHOLE_SAMPLE: digest(np.ones(3))}]
+
+    def test_digest_sees_dtype_and_shape_not_only_bytes(self):
+        zeros = torch.zeros(4, dtype=torch.int32)
+        assert digest(zeros) != digest(zeros.view(2, 2))
+        assert digest(zeros) != digest(zeros.view(torch.float32))
+        assert digest(zeros) != digest(zeros.numpy())
+
+    def test_digest_takes_dtypes_numpy_lacks(self):
+        assert digest(torch.ones(2, dtype=torch.bfloat16)) != digest(torch.ones(2).half())
+
+
+class TestVerifyPipeline:
+    def test_deterministic_pipeline_passes_across_workers_batch_sizes_and_world_sizes(self):
+        report = verify_pipeline(augmented_pair, world_sizes=(1, 3), batch_sizes=(4, 5))
+        assert report.passed, str(report)
+        assert len(report.configurations) == 8  # 2 world sizes x 2 batch sizes x 2 worker counts
+        assert any("workers=2 batch=5 world=3" in chain for chain in report.configurations)
+        assert report.samples_compared == N + 8 * N
+        assert str(report).endswith("PASS")
+
+    def test_loader_factory_with_drop_last_passes_over_epochs_and_random_stops(self):
+        def factory():
+            return ResumableDataLoader(Augmented(), batch_size=3, drop_last=True, seed=5)
+
+        report = verify_pipeline(
+            factory, epochs=2, random_stops=3, seed=11, world_sizes=(2,), num_workers=0
+        )
+        assert report.passed, str(report)
+        assert len(report.stops) == 3 and len(report.configurations) == 2
+
+    def test_unseeded_rng_is_reported_as_nondeterministic_with_the_field(self):
+        report = verify_pipeline(lambda: (UnseededNoise(), {"batch_size": 4}))
+        assert not report.passed
+        divergence = report.divergence
+        assert (divergence.kind, divergence.field) == ("nondeterministic", "noise")
+        assert (divergence.epoch, divergence.position, divergence.sample_id) == (0, 0, 0)
+        assert divergence.expected != divergence.got
+        text = str(report)
+        assert "two continuous runs differ at position 0 (epoch 0, sample id 0)" in text
+        assert "field 'noise'" in text and "sample_numpy_generator()" in text
+        assert report.configurations == []  # no resume tried on a nondeterministic pipeline
+
+    def test_worker_dependent_output_is_caught(self):
+        report = verify_pipeline(lambda: (WorkerTagged(), {"batch_size": 4}))
+        divergence = report.divergence
+        assert divergence is not None and divergence.kind == "worker-dependent"
+        # batch 0 goes to worker 0, batch 1 (positions 4..7) to worker 1
+        assert (divergence.position, divergence.sample_id, divergence.field) == (4, 4, "worker")
+        assert "num_workers=0 and num_workers=2" in str(report)
+
+    def test_first_divergence_names_position_sample_and_field(self):
+        def factory():
+            return Augmented(), {"batch_size": 4, "collate_fn": mixing_collate}
+
+        report = verify_pipeline(
+            factory, stops=[0.5], world_sizes=(1,), batch_sizes=(4, 5), num_workers=0
+        )
+        divergence = report.divergence
+        assert divergence is not None and divergence.kind == "resume"
+        # Stopped after 20 samples; resumed with batch 5, the batch [20, 25) is keyed by 20,
+        # the continuous run's [24, 28) by 24: the first mix value that differs is position 24.
+        assert (divergence.epoch, divergence.position, divergence.sample_id) == (0, 24, 24)
+        assert divergence.field == "mix"
+        assert len(divergence.expected) == len(divergence.got) == 16
+        assert "batch=5" in divergence.run
+        assert report.configurations[-1] == (
+            "workers=0 batch=4 world=1 -> workers=0 batch=5 world=1"
+        )
+
+    @pytest.mark.parametrize(
+        ("factory", "options", "message"),
+        [
+            (augmented_pair, {"stops": [0.5], "stop_batches": [2]}, "only one of"),
+            (augmented_pair, {"stops": [1.5]}, "fractions of the run"),
+            (augmented_pair, {"world_sizes": (0,)}, "world_sizes must be ints >= 1"),
+            (augmented_pair, {"random_stops": N}, "random_stops must be ints in [1, 39]"),
+            (lambda: 3, {}, "returned a int, not a ResumableDataLoader"),
+            (lambda: DataLoader(Augmented()), {}, "returned a DataLoader"),
+            (lambda: (Augmented(), {"sampler": RandomSampler(range(N))}), {}, "drop sampler="),
+            (lambda: (Augmented(), {"colour": 1}), {}, "does not take"),
+        ],
+    )
+    def test_unusable_factory_or_options_raise_config_error(self, factory, options, message):
+        with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+            verify_pipeline(factory, **options)
