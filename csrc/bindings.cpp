@@ -66,6 +66,8 @@ void check_position(const FeistelPermutation& p, uint64_t position, const char* 
 
 NB_MODULE(_core, m) {
   m.doc() = "C++ core of resumable_loader: Philox4x32-10, Feistel permutation, reseeding.";
+  // Objects still referenced at interpreter exit (e.g. by test parametrizations) are not leaks.
+  nb::set_leak_warnings(false);
 
   m.def(
       "philox4x32",

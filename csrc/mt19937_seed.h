@@ -7,6 +7,8 @@
 // per process and falls back to np.random.seed if it ever differs.
 #pragma once
 
+#include <algorithm>
+#include <array>
 #include <cstddef>
 #include <cstdint>
 
@@ -21,11 +23,17 @@ struct mt19937_state_layout {
 
 inline void mt19937_init_by_array(mt19937_state_layout* state, const uint32_t* init_key,
                                   size_t key_length) {
+  // init_by_array starts from init_genrand(19650218), a constant table: computed once.
+  static const auto initial = [] {
+    std::array<uint32_t, MT19937_N> table{};
+    table[0] = 19650218u;
+    for (int i = 1; i < MT19937_N; ++i) {
+      table[i] = 1812433253u * (table[i - 1] ^ (table[i - 1] >> 30)) + static_cast<uint32_t>(i);
+    }
+    return table;
+  }();
   uint32_t* mt = state->key;
-  mt[0] = 19650218u;
-  for (int i = 1; i < MT19937_N; ++i) {
-    mt[i] = 1812433253u * (mt[i - 1] ^ (mt[i - 1] >> 30)) + static_cast<uint32_t>(i);
-  }
+  std::copy(initial.begin(), initial.end(), mt);
   int i = 1;
   size_t j = 0;
   for (size_t k = (MT19937_N > key_length ? MT19937_N : key_length); k; --k) {

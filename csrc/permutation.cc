@@ -126,14 +126,16 @@ void FeistelPermutation::fill(uint64_t start, uint64_t count, int64_t* out) cons
     fill_serial(start, count, out);
     return;
   }
+  // Thread t fills [bound(t), bound(t + 1)); block-aligned shares, the last one takes the rest.
   const uint64_t share = (count / threads + kBlock - 1) / kBlock * kBlock;
+  auto bound = [&](uint64_t t) { return t == threads ? count : std::min(count, t * share); };
   std::vector<std::thread> helpers;
-  for (uint64_t t = 1; t < threads && t * share < count; ++t) {
-    const uint64_t first = t * share;
-    const uint64_t size = std::min(share, count - first);
+  for (uint64_t t = 1; t < threads; ++t) {
+    const uint64_t first = bound(t);
+    const uint64_t size = bound(t + 1) - first;
     helpers.emplace_back([=] { fill_serial(start + first, size, out + first); });
   }
-  fill_serial(start, std::min(share, count), out);
+  fill_serial(start, bound(1), out);
   for (auto& helper : helpers) helper.join();
 }
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from resumable_loader.errors import ResumableLoaderError
-from resumable_loader.rng import Purpose, derive_words
+from resumable_loader.rng import Purpose, derive_words, seed_numpy_global
 
 _MASK64 = (1 << 64) - 1
 
@@ -78,7 +78,7 @@ def install_key(
     if reseed_globals:
         w0, w1, w2, w3 = words
         random.seed(w0 | w1 << 32 | w2 << 64 | w3 << 96)
-        np.random.seed(np.array(words, dtype=np.uint32))
+        seed_numpy_global(words)
         torch.default_generator.manual_seed(w0 | w1 << 32)
 
 
