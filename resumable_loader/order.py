@@ -135,8 +135,7 @@ class ShuffledOrder(_PositionalOrder):
         """The epoch's permutation (its round keys are derived once and kept)."""
         cached = self._epoch_permutation
         if cached is None or cached.epoch != epoch:
-            cached = self._epoch_permutation = Permutation(self.length, seed=self.seed,
-                                                           epoch=epoch)
+            cached = self._epoch_permutation = Permutation(self.length, seed=self.seed, epoch=epoch)
         return cached
 
     def _ids(self, epoch: int, start: int, stop: int) -> np.ndarray:

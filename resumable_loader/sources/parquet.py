@@ -1,0 +1,70 @@
+"""Parquet files as a map-style dataset: a row per sample, read by row group with a small cache."""
+
+from __future__ import annotations
+
+import bisect
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from resumable_loader.index import ShardedIndex
+from resumable_loader.sources._indexed import IndexedDataset
+from resumable_loader.tar_index import open_shard
+
+# Row groups kept decoded per process, so neighbouring rows do not re-read their group.
+ROW_GROUP_CACHE = 2
+
+
+class ParquetDataset(IndexedDataset):
+    """Rows of Parquet files by global id, as dicts of column values.
+
+    Args:
+        shards: paths, globs, brace patterns, fsspec URLs, an ``.rlindex`` file or a
+            :class:`ShardedIndex` (all files of one schema).
+        columns: the columns to read (default: all).
+        cache_dir: where to keep the index of remote files (local ones: beside the files).
+    """
+
+    format = "parquet"
+
+    def __init__(
+        self,
+        shards: str | Sequence[str] | ShardedIndex | os.PathLike,
+        *,
+        columns: Sequence[str] | None = None,
+        cache_dir: str | os.PathLike | None = None,
+    ) -> None:
+        super().__init__(shards, cache_dir=cache_dir)
+        self.columns = list(columns) if columns is not None else None
+        self._group_starts = [np.cumsum([0, *groups]).tolist() for groups in self.index.row_groups]
+        self._cache: OrderedDict[tuple[int, int], Any] = OrderedDict()
+
+    def __getitem__(self, sample_id: int) -> dict[str, Any]:
+        shard, row = self._locate(sample_id)
+        starts = self._group_starts[shard]
+        group = bisect.bisect_right(starts, row) - 1
+        table = self._row_group(shard, group)
+        return table.slice(row - starts[group], 1).to_pylist()[0]
+
+    def _row_group(self, shard: int, group: int) -> Any:
+        key = (shard, group)
+        table = self._cache.get(key)
+        if table is None:
+            table = self._file(shard).read_row_group(group, columns=self.columns)
+            self._cache[key] = table
+            if len(self._cache) > ROW_GROUP_CACHE:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key)
+        return table
+
+    def _open(self, url: str) -> Any:
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(open_shard(url))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "_cache": OrderedDict()}
