@@ -13,10 +13,12 @@
 #include "mt19937_seed.h"
 #include "permutation.h"
 #include "philox.h"
+#include "shuffle_buffer.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
 using resumable_loader::FeistelPermutation;
+using resumable_loader::ShardLocalStream;
 
 namespace {
 
@@ -24,6 +26,8 @@ using Words4 = std::array<uint32_t, 4>;
 using Int64Out = nb::ndarray<int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 
 constexpr uint32_t kPurposePermutation = 1;
+constexpr uint32_t kPurposeShardOrder = 4;
+using Int64In = nb::ndarray<const int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 constexpr uint64_t kMaxLength = uint64_t{1} << 63;
 
 Words4 to_words(const resumable_loader::philox4x32_ctr_t& c) {
@@ -39,19 +43,23 @@ Words4 derive(uint64_t seed, uint32_t epoch, uint64_t position, uint32_t purpose
   return to_words(resumable_loader::philox4x32(ctr, key));
 }
 
+constexpr int kRoundKeys = 2 * resumable_loader::FEISTEL_ROUNDS;
+
+// The permutation's round keys: Philox blocks 0, 1, ... of (seed, epoch, purpose).
+std::array<uint32_t, kRoundKeys> round_keys(uint64_t seed, uint32_t epoch, uint32_t purpose) {
+  std::array<uint32_t, kRoundKeys> keys{};
+  for (int i = 0; i < kRoundKeys; ++i) {
+    keys[i] = derive(seed, epoch, static_cast<uint64_t>(i / 4), purpose)[i % 4];
+  }
+  return keys;
+}
+
 FeistelPermutation make_permutation(uint64_t n, uint64_t seed, uint32_t epoch, uint32_t purpose) {
   if (n == 0 || n > kMaxLength) {
     throw nb::value_error(("permutation length must be in [1, 2**63], got " +
                            std::to_string(n)).c_str());
   }
-  uint32_t keys[2 * resumable_loader::FEISTEL_ROUNDS];
-  for (int block = 0; block * 4 < 2 * resumable_loader::FEISTEL_ROUNDS; ++block) {
-    const Words4 words = derive(seed, epoch, static_cast<uint64_t>(block), purpose);
-    for (int w = 0; w < 4 && block * 4 + w < 2 * resumable_loader::FEISTEL_ROUNDS; ++w) {
-      keys[block * 4 + w] = words[w];
-    }
-  }
-  return FeistelPermutation(n, keys);
+  return FeistelPermutation(n, round_keys(seed, epoch, purpose).data());
 }
 
 void check_position(const FeistelPermutation& p, uint64_t position, const char* what) {
@@ -132,4 +140,37 @@ NB_MODULE(_core, m) {
           },
           "start"_a, "out"_a.noconvert(),
           "Write perm(start + i) into out[i] for every i (out: contiguous int64).");
+
+  nb::class_<ShardLocalStream>(m, "ShardLocalStream")
+      .def(
+          "__init__",
+          [](ShardLocalStream* self, Int64In shard_sizes, uint64_t seed, uint32_t epoch,
+             uint64_t window, uint64_t buffer_size) {
+            if (window < 1 || buffer_size < 1) {
+              throw nb::value_error("window and buffer_size must be >= 1");
+            }
+            const int64_t* sizes = shard_sizes.data();
+            uint64_t total = 0;
+            for (size_t s = 0; s < shard_sizes.shape(0); ++s) {
+              if (sizes[s] < 0 || static_cast<uint64_t>(sizes[s]) > kMaxLength - total) {
+                throw nb::value_error("shard sizes must be >= 0 and sum to at most 2**63");
+              }
+              total += static_cast<uint64_t>(sizes[s]);
+            }
+            const auto keys = round_keys(seed, epoch, kPurposeShardOrder);
+            new (self) ShardLocalStream(sizes, shard_sizes.shape(0), seed, epoch, window,
+                                        buffer_size, keys.data());
+          },
+          "shard_sizes"_a, "seed"_a, "epoch"_a, "window"_a, "buffer_size"_a)
+      .def_prop_ro("remaining", &ShardLocalStream::remaining)
+      .def("skip", &ShardLocalStream::skip, "count"_a,
+           nb::call_guard<nb::gil_scoped_release>(),
+           "Advance over the next count ids; returns how many were skipped.")
+      .def(
+          "fill",
+          [](ShardLocalStream& stream, Int64Out out) {
+            nb::gil_scoped_release release;
+            return stream.fill(out.data(), out.shape(0));
+          },
+          "out"_a.noconvert(), "Write the next ids into out; returns how many were written.");
 }

@@ -16,6 +16,7 @@ from resumable_loader.errors import (
     StateDictError,
     WorkerError,
 )
+from resumable_loader.index import ShardedIndex
 from resumable_loader.loader import ResumableDataLoader
 from resumable_loader.order import Permutation, SequentialOrder, ShuffledOrder
 from resumable_loader.partition import Partition
@@ -26,12 +27,16 @@ from resumable_loader.sample_rng import (
     sample_numpy_generator,
     sample_torch_generator,
 )
+from resumable_loader.shard_order import ShardLocalOrder, ShardShuffle
+from resumable_loader.sources import ParquetDataset, TarShardDataset
+from resumable_loader.verify import VerifyReport, verify_pipeline
 
 DataLoader = ResumableDataLoader
 
 __all__ = [
     "ConfigError",
     "DataLoader",
+    "ParquetDataset",
     "Partition",
     "Permutation",
     "Purpose",
@@ -42,12 +47,18 @@ __all__ = [
     "SampleKey",
     "SequentialOrder",
     "ShardError",
+    "ShardLocalOrder",
+    "ShardShuffle",
+    "ShardedIndex",
     "ShuffledOrder",
     "StateDictError",
+    "TarShardDataset",
+    "VerifyReport",
     "WorkerError",
     "derive_words",
     "sample_key",
     "sample_numpy_generator",
     "sample_torch_generator",
+    "verify_pipeline",
 ]
 assert __all__ == sorted(__all__), "keep __all__ sorted"

@@ -68,6 +68,21 @@ class IndexedDataset(Dataset):
     def _open(self, url: str) -> Any:
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Close the files this process opened; the next read opens them again."""
+        files, self._files = self._files, {}
+        if self._pid != os.getpid():
+            return  # a forked copy: the parent owns these
+        for handle in files.values():
+            if isinstance(handle, int):
+                os.close(handle)
+            else:
+                handle.close()
+
+    def __del__(self) -> None:
+        if "_files" in self.__dict__:  # not when __init__ failed before opening anything
+            self.close()
+
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_files": {}}
 

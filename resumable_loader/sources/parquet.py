@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from resumable_loader.index import ShardedIndex
+from resumable_loader.shards import is_url
 from resumable_loader.sources._indexed import IndexedDataset
-from resumable_loader.tar_index import open_shard
 
 # Row groups kept decoded per process, so neighbouring rows do not re-read their group.
 ROW_GROUP_CACHE = 2
@@ -37,10 +37,10 @@ class ParquetDataset(IndexedDataset):
         columns: Sequence[str] | None = None,
         cache_dir: str | os.PathLike | None = None,
     ) -> None:
+        self._cache: OrderedDict[tuple[int, int], Any] = OrderedDict()
         super().__init__(shards, cache_dir=cache_dir)
         self.columns = list(columns) if columns is not None else None
         self._group_starts = [np.cumsum([0, *groups]).tolist() for groups in self.index.row_groups]
-        self._cache: OrderedDict[tuple[int, int], Any] = OrderedDict()
 
     def __getitem__(self, sample_id: int) -> dict[str, Any]:
         shard, row = self._locate(sample_id)
@@ -64,7 +64,16 @@ class ParquetDataset(IndexedDataset):
     def _open(self, url: str) -> Any:
         import pyarrow.parquet as pq
 
-        return pq.ParquetFile(open_shard(url))
+        if is_url(url):
+            import fsspec
+
+            filesystem, path = fsspec.core.url_to_fs(url)
+            return pq.ParquetFile(path, filesystem=filesystem)
+        return pq.ParquetFile(url)
+
+    def close(self) -> None:
+        self._cache.clear()
+        super().close()
 
     def __getstate__(self) -> dict[str, Any]:
         return {**super().__getstate__(), "_cache": OrderedDict()}
