@@ -83,7 +83,7 @@ class StreamDigest:
         self.augmentations.extend(other.augmentations)
 
 
-def run_demo(*, shards: int = 8, per_shard: int = 96, epochs: int = 2, stop_step: int = 23) -> bool:
+def run_demo(*, shards: int = 8, per_shard: int = 96, epochs: int = 2, stop_step: int = 17) -> bool:
     """Run the demo and print its table; returns whether the streams matched."""
     with tempfile.TemporaryDirectory(prefix="resumable-loader-demo-") as tmp:
         dataset = Augmented(
@@ -95,9 +95,9 @@ def run_demo(*, shards: int = 8, per_shard: int = 96, epochs: int = 2, stop_step
                 dataset, batch_size=batch_size, shuffle=True, seed=2026, num_workers=workers
             )
 
-        continuous = StreamDigest()
+        continuous, uninterrupted = StreamDigest(), loader(2, 32)
         for _ in range(epochs):
-            for batch in loader(2, 32):
+            for batch in uninterrupted:
                 continuous.add(batch)
 
         head, first, step = StreamDigest(), loader(2, 32), 0
