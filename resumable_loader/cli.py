@@ -64,6 +64,7 @@ def _verify(args: argparse.Namespace) -> int:
         args.factory,
         epochs=args.epochs,
         stops=args.stop_at,
+        stop_batches=args.stop_at_batches,
         random_stops=args.random_stops,
         seed=args.seed,
         world_sizes=args.world_sizes,
@@ -108,6 +109,7 @@ def parser() -> argparse.ArgumentParser:
     verify.add_argument("factory", help="module:function returning a loader or (dataset, kw)")
     verify.add_argument("--epochs", type=int, default=1)
     verify.add_argument("--stop-at", type=_numbers(float), help="fractions, e.g. 0.3,0.7")
+    verify.add_argument("--stop-at-batches", type=_numbers(int), help="or global batches: 3,8")
     verify.add_argument("--random-stops", type=int, help="this many random stops instead")
     verify.add_argument("--seed", type=int, default=0)
     verify.add_argument("--world-sizes", type=_numbers(int), default=[1, 2])

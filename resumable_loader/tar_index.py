@@ -129,6 +129,15 @@ def _members(path: str, size: int, problem) -> Iterator[tarfile.TarInfo | None]:
                         return
                     if member.isreg():
                         yield member
+                # tarfile stops quietly at an invalid header after the first member: only
+                # zero blocks or the end of the file may follow the last member.
+                f.seek(tar.offset)
+                if f.read(BLOCK).strip(b"\0"):
+                    problem(
+                        f"corrupt tar header at offset {tar.offset}: the members after it "
+                        "cannot be read; the shard is damaged: re-create it"
+                    )
+                    yield None
         except (tarfile.TarError, EOFError, UnicodeDecodeError) as error:
             problem(
                 f"corrupt tar data after offset {offset} ({error}); the shard is damaged: "

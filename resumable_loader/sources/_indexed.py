@@ -12,6 +12,8 @@ from torch.utils.data import Dataset
 from resumable_loader.errors import ConfigError
 from resumable_loader.index import ShardedIndex
 
+_READERS = {"tar": "TarShardDataset", "parquet": "ParquetDataset"}
+
 
 class IndexedDataset(Dataset):
     """A map-style dataset over a :class:`ShardedIndex` of one format.
@@ -37,7 +39,7 @@ class IndexedDataset(Dataset):
         if index.format != self.format:
             raise ConfigError(
                 f"{type(self).__name__} reads {self.format} shards, but the index holds "
-                f"{index.format} shards; use the dataset class for that format"
+                f"{index.format} shards; use {_READERS[index.format]}"
             )
         self.index = index
         self.shard_sizes: np.ndarray = index.shard_sizes
