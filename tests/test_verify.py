@@ -1,6 +1,8 @@
-"""verify: per-sample digests and the verdict on good and bad pipelines."""
+"""verify: per-sample digests, the verdict on good and bad pipelines, and the CLI's exit codes."""
 
 from __future__ import annotations
+
+import textwrap
 
 import numpy as np
 import pytest
@@ -8,6 +10,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, get_worker_info
 
 from resumable_loader import ConfigError, ResumableDataLoader, sample_numpy_generator
+from resumable_loader.cli import main
+from resumable_loader.partition import Partition
 from resumable_loader.stream_digest import WHOLE_SAMPLE, digest, sample_fields
 from resumable_loader.verify import verify_pipeline
 
@@ -139,6 +143,21 @@ class TestVerifyPipeline:
             "workers=0 batch=4 world=1 -> workers=0 batch=5 world=1"
         )
 
+    def test_a_partition_that_loses_positions_is_reported_as_a_loader_bug(self, monkeypatch):
+        batches = Partition.batches
+
+        def without_last(self, start=0):  # as if the padded last global batch were lost
+            kept = list(batches(self, start))
+            return iter(kept[:-1] if self.world_size > 1 else kept)
+
+        monkeypatch.setattr(Partition, "batches", without_last)
+        report = verify_pipeline(
+            augmented_pair, stops=[0.1], world_sizes=(2,), batch_sizes=(4,), num_workers=0
+        )
+        divergence = report.divergence
+        assert (divergence.kind, divergence.field) == ("loader", "(positions)")
+        assert (divergence.expected, divergence.got) == ("up to 39", "up to 35")
+
     @pytest.mark.parametrize(
         ("factory", "options", "message"),
         [
@@ -155,3 +174,82 @@ class TestVerifyPipeline:
     def test_unusable_factory_or_options_raise_config_error(self, factory, options, message):
         with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
             verify_pipeline(factory, **options)
+
+
+PIPELINE_MODULE = textwrap.dedent(
+    """
+    import numpy as np
+    import torch
+    from torch.utils.data import Dataset
+
+    from resumable_loader import ResumableDataLoader
+
+
+    class Images(Dataset):
+        def __init__(self, seeded):
+            self.seeded = seeded
+
+        def __len__(self):
+            return 24
+
+        def __getitem__(self, index):
+            rng = np.random if self.seeded else np.random.default_rng()
+            return {"id": index, "image": torch.full((2,), float(index)) + rng.random()}
+
+
+    def good():
+        return ResumableDataLoader(Images(True), batch_size=4, shuffle=True, seed=3)
+
+
+    def bad():
+        return Images(False), {"batch_size": 4}
+
+
+    def not_a_loader():
+        return [1, 2]
+    """
+)
+
+
+@pytest.fixture
+def factory_module(tmp_path, monkeypatch):
+    """A pipeline module in a fresh directory, importable from the current directory only."""
+    name = f"pipeline_{tmp_path.name}".replace("-", "_")
+    (tmp_path / f"{name}.py").write_text(PIPELINE_MODULE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))  # restores sys.path afterwards
+    return name
+
+
+class TestCli:
+    def test_passing_pipeline_exits_0(self, factory_module, capsys):
+        args = ["verify", f"{factory_module}:good", "--world-sizes", "1,2", "--num-workers", "0"]
+        assert main([*args, "--stop-at-batches", "2,4"]) == 0
+        out = capsys.readouterr().out
+        assert out.rstrip().endswith("PASS")
+        assert "stops after 2 batches, after 4 batches" in out
+        assert "resumed as workers=0 batch=4 world=1 -> workers=0 batch=5 world=2" in out
+
+    def test_nondeterministic_pipeline_exits_1_with_the_divergence(self, factory_module, capsys):
+        assert main(["verify", f"{factory_module}:bad", "--stop-at-batches", "2"]) == 1
+        out = capsys.readouterr().out
+        assert "FAIL: two continuous runs differ at position 0" in out
+        assert "field 'image'" in out
+
+    @pytest.mark.parametrize(
+        ("spec", "message"),
+        [
+            ("no_colon_here", "FACTORY must be module:function"),
+            ("no_such_module_xyz:make", "cannot import module 'no_such_module_xyz'"),
+            ("{module}:missing", "function 'missing' not found in module '{module}'"),
+            ("{module}:np", "is a module, not a function"),
+            ("{module}:not_a_loader", "returned a list, not a ResumableDataLoader"),
+        ],
+    )
+    def test_bad_factory_exits_2_with_a_message(self, factory_module, capsys, spec, message):
+        assert main(["verify", spec.format(module=factory_module)]) == 2
+        assert message.format(module=factory_module) in capsys.readouterr().err
+
+    def test_bad_option_exits_2(self, factory_module, capsys):
+        assert main(["verify", f"{factory_module}:good", "--stop-at", "0.5,2"]) == 2
+        assert "fractions of the run" in capsys.readouterr().err
