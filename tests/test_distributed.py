@@ -4,22 +4,55 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import pytest
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from distributed_harness import (
+    PositionedDataset,
     augmented,
     consume,
     global_stream,
     launch,
     resume_job,
 )
+from shard_factory import write_parquet_shards, write_tar_shards
 
-from resumable_loader import ConfigError, ResumableDataLoader, StateDictError
+from resumable_loader import (
+    ConfigError,
+    ParquetDataset,
+    ResumableDataLoader,
+    ShardShuffle,
+    StateDictError,
+    TarShardDataset,
+    sample_numpy_generator,
+)
 from resumable_loader.topology import resolve_topology
 
-N = 53
+N = 55  # 5 shards of 11 samples for the shard sources
 EPOCHS = 2
+
+
+def _noisy(field):
+    return lambda sample: repr(sample[field]) + repr(sample_numpy_generator().random(2))
+
+
+class _Sharded(PositionedDataset):
+    def __init__(self, inner, describe):
+        super().__init__(inner, describe)
+        self.shard_sizes = inner.shard_sizes
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dist")
+    tar = write_tar_shards(root / "tar", num_shards=5, samples_per_shard=11)
+    parquet = write_parquet_shards(root / "parquet", num_shards=5, rows_per_shard=11)
+    return {
+        "map": augmented,
+        "tar": lambda n: _Sharded(TarShardDataset(tar), _noisy("bin")),
+        "parquet": lambda n: _Sharded(ParquetDataset(parquet), _noisy("text")),
+    }
 
 
 def make_loader(dataset_factory=augmented, **kwargs):
@@ -29,12 +62,13 @@ def make_loader(dataset_factory=augmented, **kwargs):
     return ResumableDataLoader(dataset_factory(N), **kwargs)
 
 
-def continuous(dataset_factory=augmented):
-    loader = make_loader(dataset_factory, world_size=1, rank=0)
+def continuous(dataset_factory=augmented, **kwargs):
+    loader = make_loader(dataset_factory, world_size=1, rank=0, **kwargs)
     batches = consume(loader, EPOCHS)
     return global_stream([batches], N)
 
 
+@pytest.mark.parametrize("source", ["map", "tar", "parquet"])
 @pytest.mark.parametrize(
     "first,second",
     [
@@ -44,18 +78,46 @@ def continuous(dataset_factory=augmented):
         ((3, 3, 2, 7), (1, 7, 2, None)),
     ],
 )
-def test_elastic_resume_continues_the_global_stream(first, second):
+def test_elastic_resume_continues_the_global_stream(sources, source, first, second):
+    dataset_factory = sources[source]
     world, batch_size, workers, stop_after = first
-    make_first = functools.partial(make_loader, batch_size=batch_size, num_workers=workers)
+    make_first = functools.partial(
+        make_loader, dataset_factory, batch_size=batch_size, num_workers=workers
+    )
     head = launch(world, resume_job, make_first, EPOCHS, stop_after, None)
     states = [state for _, state in head]
     assert all(state == states[0] for state in states)  # one identical cursor on every rank
 
     world2, batch_size2, workers2, _ = second
-    make_second = functools.partial(make_loader, batch_size=batch_size2, num_workers=workers2)
+    make_second = functools.partial(
+        make_loader, dataset_factory, batch_size=batch_size2, num_workers=workers2
+    )
     tail = launch(world2, resume_job, make_second, EPOCHS, None, states[0])
     stream = global_stream([b for b, _ in head], N) + global_stream([b for b, _ in tail], N)
-    assert stream == continuous()
+    assert stream == continuous(dataset_factory)
+
+
+def test_shard_local_order_resumes_across_world_sizes(sources):
+    shuffle = ShardShuffle(window=2, buffer_size=6)
+    make = functools.partial(make_loader, sources["tar"], shard_shuffle=shuffle)
+    head = launch(3, resume_job, make, EPOCHS, 4, None)
+    tail = launch(2, resume_job, make, EPOCHS, None, head[0][1])
+    stream = global_stream([b for b, _ in head], N) + global_stream([b for b, _ in tail], N)
+    assert stream == continuous(sources["tar"], shard_shuffle=shuffle)
+
+
+def _keys_job(rank, world_size):
+    loader = make_loader(batch_size=2)
+    return [e for batch in consume(loader, 1) for e in batch]
+
+
+def test_augmentation_keys_do_not_depend_on_world_size():
+    by_world = {}
+    for world in (1, 2, 4):
+        entries = [e for rank_entries in launch(world, _keys_job) for e in rank_entries]
+        by_world[world] = {(epoch, pos): digest for epoch, pos, _, digest in entries if pos < N}
+    assert by_world[1] == by_world[2] == by_world[4]
+    assert len(by_world[1]) == N and np.unique(list(by_world[1].values())).size == N
 
 
 def _default_seed_job(rank, world_size):
