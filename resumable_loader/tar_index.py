@@ -110,72 +110,122 @@ def scan_tar(path: str, *, on_error: str = "raise") -> TarScan:
     return TarScan(np.array(spans, dtype=np.int64).reshape(-1, 2), extensions, skipped)
 
 
-def _members(path: str, size: int, problem) -> Iterator[tarfile.TarInfo | None]:
+def _members(path: str, size: int, problem) -> Iterator[Member | None]:
     """Regular members in order, then None if the shard turned out damaged (after ``problem``
     reported it, when skipping)."""
-    offset = 0
     with open_shard(path) as f:
+
+        def read(offset: int, count: int) -> bytes:
+            f.seek(offset)
+            return f.read(count)
+
         try:
-            with tarfile.open(fileobj=f, mode="r:") as tar:
-                while (member := tar.next()) is not None:
-                    offset = member.offset
-                    if member.offset_data + member.size > size:
-                        problem(
-                            f"truncated: member {member.name!r} at offset {member.offset} "
-                            f"needs {member.offset_data + member.size} bytes, the file has "
-                            f"{size}; re-copy or re-create the shard"
-                        )
-                        yield None
-                        return
-                    if member.isreg():
-                        yield member
-                # tarfile stops quietly at an invalid header after the first member: only
-                # zero blocks or the end of the file may follow the last member.
-                f.seek(tar.offset)
-                if f.read(BLOCK).strip(b"\0"):
-                    problem(
-                        f"corrupt tar header at offset {tar.offset}: the members after it "
-                        "cannot be read; the shard is damaged: re-create it"
-                    )
-                    yield None
-        except (tarfile.TarError, EOFError, UnicodeDecodeError) as error:
-            problem(
-                f"corrupt tar data after offset {offset} ({error}); the shard is damaged: "
-                "re-create it"
-            )
+            for member in walk(read, size, verify=True):
+                if member.regular:
+                    yield member
+        except _Damage as damage:
+            problem(f"{damage}; the shard is damaged: re-create or re-copy it")
             yield None
+
+
+@dataclasses.dataclass
+class Member:
+    """A tar member: where its headers start, its name, where its data is."""
+
+    offset: int
+    name: str
+    regular: bool
+    offset_data: int
+    size: int
+
+
+class _Damage(Exception):
+    """A tar structure that cannot be read past (message names the offset)."""
+
+
+def walk(read, size: int, *, verify: bool) -> Iterator[Member]:
+    """Members of tar data of ``size`` bytes read through ``read(offset, count)``.
+
+    Handles ustar prefixes, GNU long names and pax ``path`` records; stops at the end-of-archive
+    zero block or the end of the data. With ``verify``, header checksums are checked.
+    """
+    position = chain_start = 0
+    long_name = None
+    while position < size:
+        block = read(position, BLOCK)
+        if len(block) < BLOCK:
+            if block.strip(b"\0"):
+                raise _Damage(f"truncated header at offset {position}")
+            return
+        if not block.strip(b"\0"):
+            return  # end-of-archive marker
+        name, kind, length = _parse_header(block, position, verify)
+        data_offset = position + BLOCK
+        if data_offset + length > size:
+            raise _Damage(
+                f"truncated: member {long_name or name!r} at offset {position} needs "
+                f"{data_offset + length} bytes, the data has {size}"
+            )
+        if kind == tarfile.GNUTYPE_LONGNAME:
+            long_name = read(data_offset, length).rstrip(b"\0").decode("utf-8", "surrogateescape")
+        elif kind == tarfile.XHDTYPE:
+            long_name = _pax_path(read(data_offset, length)) or long_name
+        elif kind != tarfile.XGLTYPE:
+            yield Member(
+                chain_start, long_name or name, kind in tarfile.REGULAR_TYPES, data_offset, length
+            )
+            long_name = None
+        position = data_offset + -(-length // BLOCK) * BLOCK
+        if kind not in (tarfile.GNUTYPE_LONGNAME, tarfile.XHDTYPE):
+            chain_start = position
+    if verify:  # a whole archive ends with zero blocks; without them it was cut short
+        raise _Damage(
+            f"truncated: the data ends at offset {size} without the end-of-archive "
+            "marker, so members may be missing"
+        )
+
+
+def _parse_header(block: bytes, offset: int, verify: bool) -> tuple[str, bytes, int]:
+    """(name, type flag, data size) of one 512-byte header."""
+    if verify:
+        stored = block[148:156].split(b"\0", 1)[0].strip()
+        unsigned = sum(block[:148]) + 256 + sum(block[156:])
+        if not stored or (int(stored, 8) != unsigned and int(stored, 8) != _signed_sum(block)):
+            raise _Damage(f"corrupt tar header at offset {offset} (bad checksum)")
+    size_field = block[124:136]
+    try:
+        if size_field[0] & 0x80:  # GNU base-256 for sizes past 8 GiB
+            length = int.from_bytes(size_field[1:], "big")
+        else:
+            length = int(size_field.split(b"\0", 1)[0].strip() or b"0", 8)
+    except ValueError:
+        raise _Damage(f"corrupt tar header at offset {offset} (bad size field)") from None
+    name = block[:100].split(b"\0", 1)[0]
+    if block[257:263] == b"ustar\0":  # POSIX ustar: a prefix holds the leading directories
+        prefix = block[345:500].split(b"\0", 1)[0]
+        if prefix:
+            name = prefix + b"/" + name
+    return name.decode("utf-8", "surrogateescape"), block[156:157] or b"\0", length
+
+
+def _signed_sum(block: bytes) -> int:
+    """The checksum some old tar writers computed over signed bytes."""
+    fields = block[:148] + block[156:]
+    return sum(fields) + 256 - 256 * sum(byte >= 128 for byte in fields)
 
 
 def parse_span(data: bytes, *, path: str, start: int) -> list[tuple[str, bytes]]:
     """(member name, payload) of every regular member in a sample's span, in order."""
-    members: list[tuple[str, bytes]] = []
-    position, long_name = 0, None
-    while position + BLOCK <= len(data):
-        try:
-            info = tarfile.TarInfo.frombuf(
-                data[position : position + BLOCK], "utf-8", "surrogateescape"
-            )
-        except tarfile.HeaderError as error:
-            raise ShardError(
-                f"{path}: bad tar header at offset {start + position} ({error}); "
-                "the shard changed or is damaged: rebuild its index"
-            ) from None
-        payload_start = position + BLOCK
-        payload = data[payload_start : payload_start + info.size]
-        position = payload_start + -(-info.size // BLOCK) * BLOCK
-        if info.type == tarfile.GNUTYPE_LONGNAME:
-            long_name = payload.rstrip(b"\0").decode("utf-8", "surrogateescape")
-        elif info.type == tarfile.XHDTYPE:
-            long_name = _pax_path(payload) or long_name
-        elif info.type in tarfile.REGULAR_TYPES:
-            members.append((long_name or info.name, payload))
-            long_name = None
-        if len(payload) < info.size:
-            raise ShardError(
-                f"{path}: member data at offset {start + payload_start} is cut "
-                "short; the shard changed since it was indexed: rebuild the index"
-            )
-    return members
+    try:
+        members = list(
+            walk(lambda offset, count: data[offset : offset + count], len(data), verify=False)
+        )
+    except _Damage as damage:
+        raise ShardError(
+            f"{path}: {damage} within the sample at offset {start}; the shard "
+            "changed since it was indexed: rebuild the index"
+        ) from None
+    return [(m.name, data[m.offset_data : m.offset_data + m.size]) for m in members if m.regular]
 
 
 def _pax_path(records: bytes) -> str | None:
