@@ -50,10 +50,8 @@ bool ShardLocalStream::next_input(int64_t* id) {
   if (slots_.empty()) return false;
   Slot& slot = slots_[turn_];
   *id = slot.next++;
-  if (slot.next < slot.end) {
-    turn_ = (turn_ + 1) % slots_.size();
-  } else if (open_next_shard(turn_)) {
-    turn_ = (turn_ + 1) % slots_.size();
+  if (slot.next < slot.end || open_next_shard(turn_)) {
+    if (++turn_ == slots_.size()) turn_ = 0;  // no division on the hot path
   } else {
     slots_.erase(slots_.begin() + static_cast<std::ptrdiff_t>(turn_));
     if (turn_ >= slots_.size()) turn_ = 0;
