@@ -21,6 +21,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from resumable_loader.atomic import atomic_write
 from resumable_loader.errors import ConfigError, SampleIndexError
 from resumable_loader.parquet_index import scan_parquet
 from resumable_loader.shards import expand_shards, is_url, stat_shard
@@ -242,22 +243,12 @@ def _write(path: Path, header: dict[str, Any], arrays: dict[str, np.ndarray]) ->
         offset += -(-array.nbytes // _ALIGN) * _ALIGN
     head = msgpack.packb({**header, "arrays": layout})
     data_start = -(-(len(MAGIC) + 8 + len(head)) // _ALIGN) * _ALIGN
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_write(path) as f:
         f.write(MAGIC + len(head).to_bytes(8, "little") + head)
         for name, array in arrays.items():
             f.seek(data_start + layout[name]["offset"])
             f.write(np.ascontiguousarray(array).tobytes())
         f.truncate(data_start + offset)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def _read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

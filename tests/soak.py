@@ -53,6 +53,7 @@ def job(
     from resume_harness import epochs_left
 
     from resumable_loader import ResumableDataLoader
+    from resumable_loader.atomic import atomic_write
 
     dataset = make_dataset(shard_dir)
     loaders = [
@@ -85,25 +86,10 @@ def job(
                 log.flush()
                 time.sleep(step_seconds)
                 if step % every == 0:
-                    _write_atomically(
-                        checkpoint,
-                        msgpack.packb({"cursor": loaders[0].state_dict(), "log_bytes": log.tell()}),
-                    )
+                    state = {"cursor": loaders[0].state_dict(), "log_bytes": log.tell()}
+                    with atomic_write(checkpoint) as f:
+                        f.write(msgpack.packb(state))
     (state_dir / "done").touch()
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def continuous_stream(shard_dir: Path) -> list[list]:
