@@ -7,6 +7,7 @@ from which any worker count, batch size or world size continues the same stream 
 
 from __future__ import annotations
 
+from resumable_loader.atomic import atomic_write
 from resumable_loader.errors import (
     ConfigError,
     ResumableLoaderError,
@@ -55,6 +56,7 @@ __all__ = [
     "TarShardDataset",
     "VerifyReport",
     "WorkerError",
+    "atomic_write",
     "derive_words",
     "sample_key",
     "sample_numpy_generator",

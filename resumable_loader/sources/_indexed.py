@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from resumable_loader.errors import ConfigError
+from resumable_loader.errors import ConfigError, ShardError
 from resumable_loader.index import ShardedIndex
 
 _READERS = {"tar": "TarShardDataset", "parquet": "ParquetDataset"}
@@ -64,7 +64,14 @@ class IndexedDataset(Dataset):
             self._files, self._pid = {}, os.getpid()
         handle = self._files.get(shard)
         if handle is None:
-            handle = self._files[shard] = self._open(self.index.shard_urls[shard])
+            url = self.index.shard_urls[shard]
+            try:
+                handle = self._files[shard] = self._open(url)
+            except OSError as error:
+                raise ShardError(
+                    f"{url}: cannot open the shard ({error}); it moved or was deleted since it "
+                    "was indexed: restore it or rebuild the index"
+                ) from None
         return handle
 
     def _open(self, url: str) -> Any:

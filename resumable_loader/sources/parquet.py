@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from resumable_loader.errors import ShardError
 from resumable_loader.index import ShardedIndex
 from resumable_loader.shards import is_url
 from resumable_loader.sources._indexed import IndexedDataset
@@ -53,7 +54,13 @@ class ParquetDataset(IndexedDataset):
         key = (shard, group)
         table = self._cache.get(key)
         if table is None:
-            table = self._file(shard).read_row_group(group, columns=self.columns)
+            try:
+                table = self._file(shard).read_row_group(group, columns=self.columns)
+            except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+                raise ShardError(
+                    f"{self.index.shard_urls[shard]}: cannot read row group {group} ({error}); "
+                    "the file is damaged or changed since it was indexed: rebuild the index"
+                ) from None
             self._cache[key] = table
             if len(self._cache) > ROW_GROUP_CACHE:
                 self._cache.popitem(last=False)
