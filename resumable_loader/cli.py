@@ -20,8 +20,9 @@ def _index(args: argparse.Namespace) -> int:
         on_error=args.on_error,
     )
     print(f"indexed {index.num_samples} samples in {index.num_shards} {index.format} shards")
-    if index.header["skipped"]:
-        print(f"skipped {len(index.header['skipped'])} unreadable samples (listed in the index)")
+    print(f"wrote {index.path} (fingerprint {index.fingerprint})")
+    if index.skipped:
+        print(f"skipped {len(index.skipped)} unreadable samples or files (listed in the index)")
     return 0
 
 
@@ -29,25 +30,25 @@ def _inspect(args: argparse.Namespace) -> int:
     from resumable_loader.index import ShardedIndex
 
     index = ShardedIndex.load(args.index, verify=not args.no_verify)
-    header = index.header
-    sizes = index.shard_sizes
-    print(f"format:       {index.format} (index version {header['version']})")
-    print(f"fingerprint:  {index.fingerprint}")
-    print(f"samples:      {index.num_samples}")
-    print(
-        f"shards:       {index.num_shards} (samples per shard: min {sizes.min()}, "
-        f"max {sizes.max()})"
-    )
-    print(f"bytes:        {sum(s['bytes'] for s in header['shards'])}")
-    label = "extensions" if index.format == "tar" else "schema"
-    print(f"{label + ':':<14}{', '.join(header['fields'])}")
-    print(f"skipped:      {len(header['skipped'])}")
-    for reason in header["skipped"][:10]:
-        print(f"  {reason}")
-    for entry in header["shards"][:5]:
+    shards, sizes = index.header["shards"], index.shard_sizes
+    rows = [
+        ("format", f"{index.format} (index version {index.header['version']})"),
+        ("fingerprint", index.fingerprint),
+        ("samples", index.num_samples),
+        ("shards", f"{index.num_shards} (samples per shard: {sizes.min()} to {sizes.max()})"),
+        ("bytes", sum(entry["bytes"] for entry in shards)),
+        ("extensions" if index.format == "tar" else "columns", ", ".join(index.fields)),
+        ("skipped", f"{len(index.skipped)} (built with on_error={index.header['on_error']!r})"),
+    ]
+    for label, value in rows:
+        print(f"{label + ':':<13}{value}")
+    for line in index.skipped[: args.show]:
+        print(f"  {line}")
+    print("shard list:")
+    for entry in shards[: args.show]:
         print(f"  {entry['url']}: {entry['samples']} samples, {entry['bytes']} bytes")
-    if index.num_shards > 5:
-        print(f"  ... and {index.num_shards - 5} more shards")
+    if len(shards) > args.show:
+        print(f"  ... and {len(shards) - args.show} more shards")
     return 0
 
 
@@ -98,7 +99,8 @@ def parser() -> argparse.ArgumentParser:
     index.set_defaults(run=_index)
 
     inspect = commands.add_parser("inspect", help="show an index: counts, fields, fingerprint")
-    inspect.add_argument("index")
+    inspect.add_argument("index", help="an index file (.rlindex)")
+    inspect.add_argument("--show", type=int, default=5, help="shards and skips to list")
     inspect.add_argument("--no-verify", action="store_true", help="do not stat the shards")
     inspect.set_defaults(run=_inspect)
 

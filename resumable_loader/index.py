@@ -1,74 +1,118 @@
 """The sample index of a shard set: counts, where each sample's bytes are, and a fingerprint.
 
-Stored as one file: an 8-byte magic, a msgpack header (format version, shard list with sizes,
-mtimes and sample counts, fingerprint, skipped samples) and, 64-byte aligned, the raw arrays
-(for tar: each sample's byte span, 16 bytes a sample), memory-mapped on load so worker
-processes share them through the page cache without copies. Written atomically (temporary
-file, fsync, rename), beside the shards or in a cache directory.
+Built once by scanning every shard in parallel (:mod:`resumable_loader.index_build`), stored in
+one file (:mod:`resumable_loader.index_file`: msgpack header + raw arrays, 16 bytes a tar
+sample, see :mod:`resumable_loader.tar_index` for why spans), memory-mapped on load so worker
+processes share it without copies, and pickled as its path so sending it to a worker costs
+nothing.
+
+Stale shards: :meth:`ShardedIndex.load` compares every shard's size and mtime with the index
+and raises :class:`SampleIndexError` naming the shard, unless asked to ``rebuild``; the index the
+datasets keep beside the shards themselves (:meth:`ShardedIndex.for_shards`) is rebuilt
+automatically (and logged): its fingerprint changes with the shards, so a saved cursor from the
+old shards is still refused.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
-import multiprocessing
+import logging
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import numpy as np
 
-from resumable_loader.atomic import atomic_write
-from resumable_loader.errors import ConfigError, SampleIndexError
-from resumable_loader.parquet_index import scan_parquet
+from resumable_loader.errors import SampleIndexError
+from resumable_loader.index_build import check_policy, scan_shards
+from resumable_loader.index_file import INDEX_VERSION, read_index, write_index
 from resumable_loader.shards import expand_shards, is_url, stat_shard
-from resumable_loader.tar_index import scan_tar
 
-MAGIC = b"RLINDEX\x00"
-# Version 1: tar spans (int64 start, length) per sample, or Parquet row groups per file.
-INDEX_VERSION = 1
-_ALIGN = 64
+logger = logging.getLogger("resumable_loader")
+
+Shards = str | os.PathLike | Sequence[str | os.PathLike]
 
 
 class ShardedIndex:
     """Which samples a shard set holds and where; built once, then memory-mapped.
 
+    Sample ids are global: shard by shard in index order, then in order within a shard.
+
     Attributes:
+        path: the index file.
         format: "tar" or "parquet".
         shard_urls: the shards, in index order.
-        shard_sizes: samples per shard (np.int64).
-        fingerprint: a hash of the format version, shard names, byte sizes and sample counts.
-        spans: for tar, (samples, 2) int64 of byte start and length per sample.
-        row_groups: for Parquet, per shard the rows of each row group.
+        shard_sizes: samples per shard (np.int64), what a shard-local order needs.
+        shard_offsets: the global id of each shard's first sample, then the total (np.int64).
+        fingerprint: a hash of the format version, shard file names (not directories, so a
+            moved copy keeps it), byte sizes and sample counts.
+        spans: tar only: (samples, 2) int64, byte start and length of each sample's members.
+        row_groups: Parquet only: per shard, the rows of each row group.
+        fields: tar extensions, or Parquet column names, found in the shards.
+        skipped: what ``on_error="skip"`` left out, one "shard: what and where" line each.
+        header: the whole msgpack header of the file.
     """
 
-    def __init__(self, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        self.header = header
-        self.format: str = header["format"]
-        self.shard_urls: list[str] = [s["url"] for s in header["shards"]]
-        self.shard_sizes = np.array([s["samples"] for s in header["shards"]], dtype=np.int64)
+    def __init__(self, header: dict[str, Any], arrays: dict[str, np.ndarray], path: Path) -> None:
+        try:
+            self.format: str = header["format"]
+            self.shard_urls: list[str] = [s["url"] for s in header["shards"]]
+            self.shard_sizes = np.array([s["samples"] for s in header["shards"]], np.int64)
+            self.row_groups: list[list[int]] = [s.get("row_groups", []) for s in header["shards"]]
+            self.fingerprint: str = header["fingerprint"]
+            self.fields: list[str] = list(header["fields"])
+            self.skipped: list[str] = list(header["skipped"])
+        except (KeyError, TypeError) as error:
+            raise SampleIndexError(
+                f"{path}: corrupt index header ({error!r}); rebuild it"
+            ) from None
+        self.header, self.path = header, path
         self.shard_offsets = np.concatenate([[0], np.cumsum(self.shard_sizes)]).astype(np.int64)
-        self.fingerprint: str = header["fingerprint"]
-        self.spans = arrays.get("spans")
-        self.row_groups: list[list[int]] = [s.get("row_groups", []) for s in header["shards"]]
+        self.spans: np.ndarray | None = arrays.get("spans")
+        expected = (self.num_samples, 2) if self.format == "tar" else None
+        if (self.spans.shape if self.spans is not None else None) != expected:
+            raise SampleIndexError(
+                f"{path}: corrupt index (spans for {self.num_samples} {self.format} samples "
+                "expected); rebuild it"
+            )
 
     @property
     def num_samples(self) -> int:
+        """Samples in all shards."""
         return int(self.shard_offsets[-1])
 
     @property
     def num_shards(self) -> int:
+        """Shards in the index (including any that hold no sample)."""
         return len(self.shard_urls)
 
     def locate(self, sample_id: int) -> tuple[int, int]:
-        """(shard, index within the shard) of a global sample id."""
+        """(shard, index within the shard) of a global sample id in [0, num_samples)."""
         if not 0 <= sample_id < self.num_samples:
             raise IndexError(f"sample id {sample_id} out of range [0, {self.num_samples})")
         shard = int(np.searchsorted(self.shard_offsets, sample_id, side="right")) - 1
         return shard, sample_id - int(self.shard_offsets[shard])
+
+    def check_shards(self) -> None:
+        """Raise unless every shard still has the size and mtime it had when indexed.
+
+        Raises:
+            SampleIndexError: a shard changed; the message names it and both values.
+            ShardError: a shard is gone.
+        """
+        for entry in self.header["shards"]:
+            size, mtime = stat_shard(entry["url"])
+            if size != entry["bytes"] or mtime != entry["mtime"]:
+                raise SampleIndexError(
+                    f"{entry['url']}: changed since it was indexed in {self.path} (size "
+                    f"{entry['bytes']} -> {size}, mtime {entry['mtime']} -> {mtime}); rebuild "
+                    f"the index (resumable-loader index ... --out {self.path}, or "
+                    "ShardedIndex.load(..., rebuild=True)), or restore the shard"
+                )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _reopen, (str(self.path), self.fingerprint)
 
     def __repr__(self) -> str:
         return (
@@ -76,12 +120,10 @@ class ShardedIndex:
             f"samples={self.num_samples}, fingerprint={self.fingerprint!r})"
         )
 
-    # -- building ------------------------------------------------------------------------
-
     @classmethod
     def build(
         cls,
-        shards: str | Sequence[str],
+        shards: Shards,
         *,
         out: str | os.PathLike | None = None,
         workers: int | None = None,
@@ -91,202 +133,115 @@ class ShardedIndex:
         """Index ``shards`` in parallel and write the index atomically to ``out``.
 
         Args:
-            shards: paths, globs, brace patterns or fsspec URLs (``.tar`` or ``.parquet``).
-            out: where to write; default :func:`default_index_path`.
-            workers: processes scanning shards (default: CPU count).
+            shards: paths, globs, brace patterns or fsspec URLs, all ``.tar`` or all
+                ``.parquet``.
+            out: the index file; default :func:`default_index_path` (beside the first shard).
+            workers: processes (threads for URLs) scanning shards; default: the CPU count.
             progress: draw a progress bar on stderr.
-            on_error: "raise" (default) or "skip" unreadable tar samples, deterministically
-                (the index lists what it left out).
-        """
-        if on_error not in ("raise", "skip"):
-            raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-        urls = expand_shards(shards)
-        kind = _format_of(urls)
-        stats = [stat_shard(url) for url in urls]
-        scans = _scan_all(urls, kind, on_error, workers, progress)
-        entries, arrays, skipped = [], {}, []
-        if kind == "tar":
-            arrays["spans"] = np.concatenate([s.spans for s in scans]).reshape(-1, 2)
-            fields = sorted(set().union(*(s.extensions for s in scans)))
-        else:
-            _check_schemas(urls, scans)
-            fields = [scans[0].schema]
-        for url, (size, mtime), scan in zip(urls, stats, scans, strict=True):
-            entry = {"url": url, "bytes": size, "mtime": mtime}
-            if kind == "tar":
-                entry["samples"] = len(scan.spans)
-                skipped.extend(f"{url}: {reason}" for reason in scan.skipped)
-            else:
-                entry["samples"], entry["row_groups"] = sum(scan.row_groups), scan.row_groups
-            entries.append(entry)
-        header = {
-            "version": INDEX_VERSION,
-            "format": kind,
-            "shards": entries,
-            "fields": fields,
-            "skipped": skipped,
-            "fingerprint": _fingerprint(kind, entries),
-        }
-        path = Path(out) if out is not None else default_index_path(urls)
-        _write(path, header, arrays)
-        return cls(header, arrays)
-
-    # -- loading -------------------------------------------------------------------------
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, *, verify: bool = True) -> ShardedIndex:
-        """Memory-map an index file; with ``verify``, check that no shard changed since.
+            on_error: "raise" (default) at the first bad sample or file, or "skip" it
+                deterministically: logged, listed in :attr:`skipped`, and the same on every
+                run (a damaged or foreign Parquet file then counts zero rows).
 
         Raises:
-            SampleIndexError: missing or corrupt file, unknown version, or a changed shard.
+            ShardError: a missing or bad shard; SampleIndexError, ConfigError.
         """
-        header, arrays = _read(Path(path))
-        index = cls(header, arrays)
-        if verify:
-            for entry in header["shards"]:
-                size, mtime = stat_shard(entry["url"])
-                if size != entry["bytes"] or mtime != entry["mtime"]:
-                    raise SampleIndexError(
-                        f"{entry['url']}: changed since it was indexed in {path} (size "
-                        f"{entry['bytes']} -> {size}, mtime {entry['mtime']} -> {mtime}); "
-                        "rebuild the index (resumable-loader index ...), or restore the shard"
-                    )
+        check_policy(on_error)
+        urls = expand_shards(shards)
+        path = Path(out) if out is not None else default_index_path(urls)
+        header, arrays = scan_shards(urls, workers=workers, progress=progress, on_error=on_error)
+        for line in header["skipped"]:
+            logger.warning("skipped: %s", line)
+        header["fingerprint"] = _fingerprint(header)
+        write_index(path, header, arrays)
+        return cls.load(path, verify=False)
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike, *, verify: bool = True, rebuild: bool = False
+    ) -> ShardedIndex:
+        """Memory-map an index file.
+
+        Args:
+            path: the index file.
+            verify: stat every shard and refuse an index that no longer matches them.
+            rebuild: instead of refusing, rebuild a stale index in place from its recorded
+                shard list and ``on_error`` policy.
+
+        Raises:
+            SampleIndexError: a missing or corrupt file, another format version, or a shard
+                that changed since (unless ``rebuild``).
+        """
+        path = Path(path)
+        header, arrays = read_index(path)
+        index = cls(header, arrays, path)
+        if verify or rebuild:
+            try:
+                index.check_shards()
+            except SampleIndexError:
+                if not rebuild:
+                    raise
+                logger.info("%s: shards changed since indexed; rebuilding", path)
+                return cls.build(index.shard_urls, out=path, on_error=header["on_error"])
         return index
 
     @classmethod
     def for_shards(
         cls,
-        shards: str | Sequence[str],
+        shards: Shards,
         *,
         cache_dir: str | os.PathLike | None = None,
-        **build_options: Any,
+        on_error: str = "raise",
+        workers: int | None = None,
     ) -> ShardedIndex:
-        """The index of ``shards``: loaded if an up-to-date one exists, else (re)built."""
+        """The index of ``shards`` at :func:`default_index_path`: loaded if it is up to date
+        (and was built with a compatible ``on_error``), else built or rebuilt there.
+
+        Args:
+            shards: as for :meth:`build`.
+            cache_dir: where to keep the index; default beside the first local shard.
+            on_error: as for :meth:`build`.
+            workers: as for :meth:`build`.
+        """
+        check_policy(on_error)
         urls = expand_shards(shards)
         path = default_index_path(urls, cache_dir)
         if path.exists():
             try:
                 index = cls.load(path)
-                if index.shard_urls == urls:
+            except SampleIndexError as error:
+                logger.info("rebuilding the index: %s", error)
+            else:
+                if index.shard_urls == urls and (on_error == "skip" or not index.skipped):
                     return index
-            except SampleIndexError:
-                pass  # stale or damaged: an index we made ourselves is rebuilt
-        return cls.build(urls, out=path, progress=False, **build_options)
+        return cls.build(urls, out=path, workers=workers, progress=False, on_error=on_error)
 
 
 def default_index_path(urls: Sequence[str], cache_dir: str | os.PathLike | None = None) -> Path:
-    """Beside the first (local) shard, or in ``cache_dir`` / ~/.cache for remote shards."""
+    """Where the index of ``urls`` lives by default.
+
+    ``.<first shard>.<hash of the shard list>.rlindex`` beside the first shard when it is
+    local and no ``cache_dir`` is given, else ``<first shard>.<hash>.rlindex`` in ``cache_dir``
+    (default ``~/.cache/resumable_loader``).
+    """
     digest = hashlib.blake2b("\n".join(urls).encode(), digest_size=8).hexdigest()
-    name = f".{Path(urls[0]).name}.{digest}.rlindex"
+    name = f"{Path(urls[0]).name}.{digest}.rlindex"
     if cache_dir is None and not is_url(urls[0]):
-        return Path(urls[0]).parent / name
-    base = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "resumable_loader"
-    return base / name.lstrip(".")
+        return Path(urls[0]).parent / f".{name}"
+    return Path(cache_dir or Path.home() / ".cache" / "resumable_loader") / name
 
 
-def _format_of(urls: Sequence[str]) -> str:
-    kinds = {
-        "tar" if u.endswith(".tar") else "parquet" if u.endswith(".parquet") else u for u in urls
-    }
-    if len(kinds) != 1 or not kinds <= {"tar", "parquet"}:
-        raise ConfigError(f"shards must be all .tar or all .parquet files, got {sorted(kinds)}")
-    return kinds.pop()
+def _fingerprint(header: dict[str, Any]) -> str:
+    lines = [f"v{INDEX_VERSION}\t{header['format']}"]
+    lines += [f"{Path(s['url']).name}\t{s['bytes']}\t{s['samples']}" for s in header["shards"]]
+    return hashlib.blake2b("\n".join(lines).encode(), digest_size=12).hexdigest()
 
 
-def _scan_one(args: tuple[str, str, str]) -> Any:
-    url, kind, on_error = args
-    return scan_tar(url, on_error=on_error) if kind == "tar" else scan_parquet(url)
-
-
-def _scan_all(urls, kind, on_error, workers, progress) -> list[Any]:
-    workers = workers or os.cpu_count() or 1
-    jobs = [(url, kind, on_error) for url in urls]
-    if workers == 1 or len(urls) == 1:
-        results = map(_scan_one, jobs)
-        return [_progress(i, len(urls), progress) or r for i, r in enumerate(results, 1)]
-    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-        return [
-            _progress(i, len(urls), progress) or r
-            for i, r in enumerate(pool.map(_scan_one, jobs), 1)
-        ]
-
-
-def _progress(done: int, total: int, enabled: bool) -> None:
-    if enabled:
-        width = 30
-        filled = width * done // total
-        sys.stderr.write(f"\rindexing [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
-        if done == total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-
-def _check_schemas(urls: Sequence[str], scans: Sequence[Any]) -> None:
-    for url, scan in zip(urls, scans, strict=True):
-        if scan.schema != scans[0].schema:
-            raise SampleIndexError(
-                f"{url}: its schema differs from {urls[0]}'s:\n{scan.schema}\nvs\n"
-                f"{scans[0].schema}\nindex files of one schema together, or convert this file"
-            )
-
-
-def _fingerprint(kind: str, entries: Sequence[dict]) -> str:
-    text = "\n".join(f"{Path(e['url']).name}\t{e['bytes']}\t{e['samples']}" for e in entries)
-    return hashlib.blake2b(f"v{INDEX_VERSION}\t{kind}\n{text}".encode(), digest_size=12).hexdigest()
-
-
-def _write(path: Path, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-    layout, offset = {}, 0
-    for name, array in arrays.items():
-        layout[name] = {"offset": offset, "dtype": array.dtype.str, "shape": list(array.shape)}
-        offset += -(-array.nbytes // _ALIGN) * _ALIGN
-    head = msgpack.packb({**header, "arrays": layout})
-    data_start = -(-(len(MAGIC) + 8 + len(head)) // _ALIGN) * _ALIGN
-    with atomic_write(path) as f:
-        f.write(MAGIC + len(head).to_bytes(8, "little") + head)
-        for name, array in arrays.items():
-            f.seek(data_start + layout[name]["offset"])
-            f.write(np.ascontiguousarray(array).tobytes())
-        f.truncate(data_start + offset)
-
-
-def _read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    try:
-        with open(path, "rb") as f:
-            prefix = f.read(len(MAGIC) + 8)
-            if len(prefix) < len(MAGIC) + 8 or prefix[: len(MAGIC)] != MAGIC:
-                raise SampleIndexError(
-                    f"{path}: not a resumable_loader index; rebuild it with "
-                    "resumable-loader index SHARDS... --out PATH"
-                )
-            head_length = int.from_bytes(prefix[len(MAGIC) :], "little")
-            header = msgpack.unpackb(f.read(head_length))
-    except FileNotFoundError:
+def _reopen(path: str, fingerprint: str) -> ShardedIndex:
+    """Unpickle an index: map its file again (cheap), refusing a file rebuilt since."""
+    index = ShardedIndex.load(path, verify=False)
+    if index.fingerprint != fingerprint:
         raise SampleIndexError(
-            f"{path}: index file not found; build it with "
-            "resumable-loader index SHARDS... --out PATH"
-        ) from None
-    except (ValueError, msgpack.UnpackException) as error:
-        raise SampleIndexError(f"{path}: corrupt index header ({error}); rebuild it") from None
-    if not isinstance(header, dict) or header.get("version") != INDEX_VERSION:
-        raise SampleIndexError(
-            f"{path}: index format version "
-            f"{header.get('version') if isinstance(header, dict) else '?'}, "
-            f"this release reads {INDEX_VERSION}; rebuild the index"
+            f"{path}: the index was rebuilt (fingerprint {fingerprint} -> {index.fingerprint}) "
+            "while a copy of it was in use; restart the job"
         )
-    data_start = -(-(len(MAGIC) + 8 + head_length) // _ALIGN) * _ALIGN
-    arrays = {}
-    try:
-        for name, spec in header["arrays"].items():
-            dtype, shape = np.dtype(spec["dtype"]), tuple(spec["shape"])
-            if int(np.prod(shape)) == 0:  # np.memmap cannot map zero bytes
-                arrays[name] = np.empty(shape, dtype=dtype)
-                continue
-            offset = data_start + spec["offset"]
-            arrays[name] = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
-    except (KeyError, TypeError, ValueError) as error:
-        raise SampleIndexError(
-            f"{path}: corrupt or truncated index ({error}); rebuild it"
-        ) from None
-    return header, arrays
+    return index

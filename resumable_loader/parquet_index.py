@@ -5,19 +5,27 @@ from __future__ import annotations
 import dataclasses
 
 from resumable_loader.errors import ShardError
-from resumable_loader.tar_index import open_shard
+from resumable_loader.shards import open_shard
 
 
 @dataclasses.dataclass
 class ParquetScan:
-    """What indexing one Parquet file found."""
+    """What indexing one Parquet file found (from its footer only)."""
 
     row_groups: list[int]  # rows per row group
-    schema: str  # the Arrow schema, as text, to detect files that do not match
+    columns: list[str]
+    schema: str  # the Arrow schema as text, to detect files that do not match
+    skipped: list[str]  # with on_error="skip": why the file counts no rows
 
 
-def scan_parquet(path: str) -> ParquetScan:
-    """Row-group sizes and schema of one Parquet file (reads only its footer)."""
+def scan_parquet(path: str, *, on_error: str = "raise") -> ParquetScan:
+    """Row-group sizes and schema of one Parquet file (reads only its footer).
+
+    Args:
+        path: a local path or fsspec URL.
+        on_error: "raise" a :class:`ShardError` for an unreadable file, or "skip" it (the
+            scan then has no row groups and says why).
+    """
     import pyarrow.parquet as pq
 
     try:
@@ -26,5 +34,9 @@ def scan_parquet(path: str) -> ParquetScan:
             schema = metadata.schema.to_arrow_schema()
             groups = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
     except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
-        raise ShardError(f"{path}: not a readable Parquet file ({error}); re-create it") from None
-    return ParquetScan(groups, schema.to_string(show_schema_metadata=False))
+        message = f"not a readable Parquet file ({error}); re-create it"
+        if on_error != "skip":
+            raise ShardError(f"{path}: {message}") from None
+        return ParquetScan([], [], "", [message])
+    text = schema.to_string(show_schema_metadata=False, show_field_metadata=False)
+    return ParquetScan(groups, list(schema.names), text, [])

@@ -21,7 +21,8 @@ def is_url(path: str) -> bool:
 def expand_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
     """Every shard ``spec`` names, in order: brace patterns expand, globs match (sorted).
 
-    ``file://`` is dropped and ``~`` expanded for local paths; other URLs stay URLs.
+    Local paths become absolute (``file://`` dropped, ``~`` expanded), so an index records
+    where its shards are whatever the working directory; other URLs stay as given.
 
     Args:
         spec: one pattern or a list of them, e.g. ``"train-{000000..000127}.tar"``,
@@ -41,7 +42,7 @@ def expand_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list
         for path in expanded:
             path = path.removeprefix("file://")
             if not is_url(path):
-                path = os.path.expanduser(path)
+                path = os.path.abspath(os.path.expanduser(path))
             if glob.has_magic(path):
                 matches = _glob(path)
                 if not matches:

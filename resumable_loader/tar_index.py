@@ -1,15 +1,20 @@
 """Indexing WebDataset tar shards: which samples a shard holds and where their bytes are.
 
 A sample is a run of consecutive regular members sharing a key: the member's path up to the
-first dot of its basename, the rest being the extension, lowercased (WebDataset's grouping).
-The index keeps, per sample, only the byte span [start, start + length) of its members (header
-of the first through data of the last): 16 bytes a sample. Reading a sample is one positioned
-read of that span; the few 512-byte headers inside it give the member names at read time, so
-keys and extensions never have to be held in memory.
+first dot of its basename, the rest being the extension, lowercased (WebDataset's
+``base_plus_ext`` and ``group_by_keys``). Metadata members WebDataset skips (``__name__``) are
+skipped here too.
+
+Why spans: the index keeps, per sample, only the byte span [start, start + length) of its
+members (first header through the last member's data): two int64, 16 bytes a sample, and
+nothing per member. Reading a sample is then one positioned read of that span, and the few
+512-byte headers inside it give the member names and data offsets at read time (parsing them
+costs microseconds next to the read), so keys and extensions never sit in memory. Per-member
+arrays would cost ~3x the space for a sample of a few members and save no read.
 
 Errors name the shard and the byte offset or the key. With ``on_error="skip"`` the offending
-samples (and, after a corrupt header, the rest of the shard) are left out of the index and
-listed in it, so every run and every resume sees the same samples.
+samples (and, after damage, the rest of the shard) are left out of the index and listed in
+it, so every run and every resume sees the same samples.
 """
 
 from __future__ import annotations
@@ -17,18 +22,18 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
 from resumable_loader.errors import ShardError
-from resumable_loader.shards import is_url, stat_shard
+from resumable_loader.shards import open_shard, stat_shard
+from resumable_loader.tar_headers import BLOCK, TarDamage, walk
 
 logger = logging.getLogger("resumable_loader")
 
-BLOCK = 512
 _KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # WebDataset's base_plus_ext
+_META = re.compile(r"__[^/]*__($|/)")  # WebDataset's skip_meta
 
 
 def split_key(name: str) -> tuple[str, str] | None:
@@ -37,82 +42,95 @@ def split_key(name: str) -> tuple[str, str] | None:
     return (match.group(1), match.group(2).lower()) if match else None
 
 
+def is_meta(name: str) -> bool:
+    """Whether WebDataset skips this member as shard metadata (``__index__``, ``__x__/y``)."""
+    return _META.match(name) is not None
+
+
 @dataclasses.dataclass
 class TarScan:
     """What indexing one shard found."""
 
     spans: np.ndarray  # (samples, 2) int64: start offset, length
     extensions: set[str]
-    skipped: list[str]
+    skipped: list[str]  # one message per skipped member, sample or damaged tail
 
 
-def open_shard(path: str):
-    """A binary, seekable file object for a local path or an fsspec URL."""
-    if is_url(path):
-        import fsspec
-
-        return fsspec.open(path, "rb").open()
-    return open(path, "rb")
+@dataclasses.dataclass
+class _Sample:
+    key: str
+    start: int
+    end: int = 0
+    extensions: set[str] = dataclasses.field(default_factory=set)
+    bad: bool = False
 
 
 def scan_tar(path: str, *, on_error: str = "raise") -> TarScan:
-    """Index one tar shard; see the module docstring for the grouping rules."""
+    """Index one tar shard; see the module docstring for the grouping rules.
+
+    Args:
+        path: a local path or fsspec URL.
+        on_error: "raise" a :class:`ShardError` at the first problem, or "skip" the samples
+            concerned (logged on the "resumable_loader" logger and listed in the result).
+    """
     size, _ = stat_shard(path)
     spans: list[tuple[int, int]] = []
     extensions: set[str] = set()
     skipped: list[str] = []
     seen: set[str] = set()
-    current: dict | None = None
+    current: _Sample | None = None
 
     def problem(message: str) -> None:
         if on_error != "skip":
             raise ShardError(f"{path}: {message}")
-        logger.warning("skipping in %s: %s", path, message)
+        logger.warning("%s: skipped: %s", path, message)
         skipped.append(message)
 
-    def close(sample: dict | None) -> None:
-        if sample is not None and not sample["bad"]:
-            spans.append((sample["start"], sample["end"] - sample["start"]))
-            extensions.update(sample["exts"])
+    def close(sample: _Sample | None) -> None:
+        if sample is not None and not sample.bad:
+            spans.append((sample.start, sample.end - sample.start))
+            extensions.update(sample.extensions)
 
-    for member in _members(path, size, problem):
-        if member is None:  # the rest of the shard is damaged: its last sample is incomplete
+    for offset, name, data_end in _members(path, size, problem):
+        if name is None:  # damage: the sample in progress may continue past it
+            if current is not None and not current.bad:
+                problem(f"sample {current.key!r} at offset {current.start} dropped: incomplete")
             current = None
             break
-        parts = split_key(member.name)
+        parts = split_key(name)
         if parts is None:
             problem(
-                f"member {member.name!r} at offset {member.offset} has no extension, so it "
-                "belongs to no sample; rename it key.ext or remove it"
+                f"member {name!r} at offset {offset} has no extension, so it belongs to no "
+                "sample; rename it key.ext or remove it"
             )
             continue
-        key, ext = parts
-        if current is None or key != current["key"]:
+        key, extension = parts
+        if current is None or key != current.key:
             close(current)
-            reappears = key in seen
-            if reappears:
-                problem(
-                    f"key {key!r} reappears at offset {member.offset} after other keys: "
-                    "WebDataset groups only consecutive members; write each sample's "
-                    "members together"
-                )
+            current = _Sample(key, offset, bad=key in seen)
             seen.add(key)
-            current = {"key": key, "start": member.offset, "exts": set(), "bad": reappears}
-        if ext in current["exts"]:
-            current["bad"] = True
+            if current.bad:
+                problem(
+                    f"key {key!r} reappears at offset {offset} after other keys: WebDataset "
+                    "groups only consecutive members; write each sample's members together"
+                )
+        if extension in current.extensions and not current.bad:
+            current.bad = True
             problem(
-                f"sample {key!r} has two {ext!r} members (offset {member.offset}); each "
+                f"sample {key!r} has two {extension!r} members (offset {offset}); each "
                 "extension may appear once per sample"
             )
-        current["exts"].add(ext)
-        current["end"] = member.offset_data + member.size
+        current.extensions.add(extension)
+        current.end = data_end
     close(current)
     return TarScan(np.array(spans, dtype=np.int64).reshape(-1, 2), extensions, skipped)
 
 
-def _members(path: str, size: int, problem) -> Iterator[Member | None]:
-    """Regular members in order, then None if the shard turned out damaged (after ``problem``
-    reported it, when skipping)."""
+def _members(
+    path: str, size: int, problem: Callable[[str], None]
+) -> Iterator[tuple[int, str | None, int]]:
+    """(header offset, name, data end) of the sample members in order; name None after damage
+    (which ``problem`` reported)."""
     with open_shard(path) as f:
 
         def read(offset: int, count: int) -> bytes:
@@ -121,122 +139,35 @@ def _members(path: str, size: int, problem) -> Iterator[Member | None]:
 
         try:
             for member in walk(read, size, verify=True):
-                if member.regular:
-                    yield member
-        except _Damage as damage:
+                if member.regular and not is_meta(member.name):
+                    yield member.offset, member.name, member.offset_data + member.size
+        except TarDamage as damage:
             problem(f"{damage}; the shard is damaged: re-create or re-copy it")
-            yield None
+            yield size, None, size
 
 
-@dataclasses.dataclass
-class Member:
-    """A tar member: where its headers start, its name, where its data is."""
+def read_sample(data: bytes, *, path: str, start: int) -> dict[str, bytes | str]:
+    """The WebDataset sample (``__key__`` and one payload per extension) in a span's bytes.
 
-    offset: int
-    name: str
-    regular: bool
-    offset_data: int
-    size: int
-
-
-class _Damage(Exception):
-    """A tar structure that cannot be read past (message names the offset)."""
-
-
-def walk(read, size: int, *, verify: bool) -> Iterator[Member]:
-    """Members of tar data of ``size`` bytes read through ``read(offset, count)``.
-
-    Handles ustar prefixes, GNU long names and pax ``path`` records; stops at the end-of-archive
-    zero block or the end of the data. With ``verify``, header checksums are checked.
+    Raises:
+        ShardError: the bytes no longer parse as the sample indexed (the shard changed).
     """
-    position = chain_start = 0
-    long_name = None
-    while position < size:
-        block = read(position, BLOCK)
-        if len(block) < BLOCK:
-            if block.strip(b"\0"):
-                raise _Damage(f"truncated header at offset {position}")
-            return
-        if not block.strip(b"\0"):
-            return  # end-of-archive marker
-        name, kind, length = _parse_header(block, position, verify)
-        data_offset = position + BLOCK
-        if data_offset + length > size:
-            raise _Damage(
-                f"truncated: member {long_name or name!r} at offset {position} needs "
-                f"{data_offset + length} bytes, the data has {size}"
-            )
-        if kind == tarfile.GNUTYPE_LONGNAME:
-            long_name = read(data_offset, length).rstrip(b"\0").decode("utf-8", "surrogateescape")
-        elif kind == tarfile.XHDTYPE:
-            long_name = _pax_path(read(data_offset, length)) or long_name
-        elif kind != tarfile.XGLTYPE:
-            yield Member(
-                chain_start, long_name or name, kind in tarfile.REGULAR_TYPES, data_offset, length
-            )
-            long_name = None
-        position = data_offset + -(-length // BLOCK) * BLOCK
-        if kind not in (tarfile.GNUTYPE_LONGNAME, tarfile.XHDTYPE):
-            chain_start = position
-    if verify:  # a whole archive ends with zero blocks; without them it was cut short
-        raise _Damage(
-            f"truncated: the data ends at offset {size} without the end-of-archive "
-            "marker, so members may be missing"
-        )
-
-
-def _parse_header(block: bytes, offset: int, verify: bool) -> tuple[str, bytes, int]:
-    """(name, type flag, data size) of one 512-byte header."""
-    if verify:
-        stored = block[148:156].split(b"\0", 1)[0].strip()
-        unsigned = sum(block[:148]) + 256 + sum(block[156:])
-        if not stored or (int(stored, 8) != unsigned and int(stored, 8) != _signed_sum(block)):
-            raise _Damage(f"corrupt tar header at offset {offset} (bad checksum)")
-    size_field = block[124:136]
     try:
-        if size_field[0] & 0x80:  # GNU base-256 for sizes past 8 GiB
-            length = int.from_bytes(size_field[1:], "big")
-        else:
-            length = int(size_field.split(b"\0", 1)[0].strip() or b"0", 8)
-    except ValueError:
-        raise _Damage(f"corrupt tar header at offset {offset} (bad size field)") from None
-    name = block[:100].split(b"\0", 1)[0]
-    if block[257:263] == b"ustar\0":  # POSIX ustar: a prefix holds the leading directories
-        prefix = block[345:500].split(b"\0", 1)[0]
-        if prefix:
-            name = prefix + b"/" + name
-    return name.decode("utf-8", "surrogateescape"), block[156:157] or b"\0", length
-
-
-def _signed_sum(block: bytes) -> int:
-    """The checksum some old tar writers computed over signed bytes."""
-    fields = block[:148] + block[156:]
-    return sum(fields) + 256 - 256 * sum(byte >= 128 for byte in fields)
-
-
-def parse_span(data: bytes, *, path: str, start: int) -> list[tuple[str, bytes]]:
-    """(member name, payload) of every regular member in a sample's span, in order."""
-    try:
-        members = list(
-            walk(lambda offset, count: data[offset : offset + count], len(data), verify=False)
-        )
-    except _Damage as damage:
+        members = list(walk(lambda at, count: data[at : at + count], len(data), verify=False))
+    except TarDamage as damage:
         raise ShardError(
-            f"{path}: {damage} within the sample at offset {start}; the shard "
-            "changed since it was indexed: rebuild the index"
+            f"{path}: {damage} within the sample at offset {start}; the shard changed since "
+            "it was indexed: rebuild the index"
         ) from None
-    return [(m.name, data[m.offset_data : m.offset_data + m.size]) for m in members if m.regular]
-
-
-def _pax_path(records: bytes) -> str | None:
-    position = 0
-    while position < len(records):
-        length_text, _, rest = records[position:].partition(b" ")
-        if not length_text.isdigit():
-            return None
-        length = int(length_text)
-        keyword, _, value = rest[: length - len(length_text) - 1].partition(b"=")
-        if keyword == b"path":
-            return value.rstrip(b"\n").decode("utf-8", "surrogateescape")
-        position += length
-    return None
+    sample: dict[str, bytes | str] = {}
+    for member in members:
+        parts = None if is_meta(member.name) or not member.regular else split_key(member.name)
+        if parts is not None:
+            sample["__key__"], extension = parts
+            sample[extension] = data[member.offset_data : member.offset_data + member.size]
+    if "__key__" not in sample or len(data) < BLOCK:
+        raise ShardError(
+            f"{path}: no sample at offset {start}; the shard changed since it was indexed: "
+            "rebuild the index"
+        )
+    return sample

@@ -1,15 +1,17 @@
-"""Small tar and Parquet shards written into a test's temp dir (no network, no fixtures files)."""
+"""Small tar and Parquet shards written into a test's temp dir (no network, no fixture files)."""
 
 from __future__ import annotations
 
 import io
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+
+Members = Callable[[int], list[tuple[str, bytes]]]
 
 
 def sample_members(global_index: int) -> list[tuple[str, bytes]]:
-    """The members of sample ``global_index``: a payload, a class label, a JSON blob."""
+    """The (extension, payload) members of sample ``global_index``: bytes, a label, JSON."""
     return [
         ("bin", bytes((global_index * 7 + i) % 256 for i in range(32 + global_index % 5))),
         ("cls", str(global_index % 10).encode()),
@@ -17,8 +19,10 @@ def sample_members(global_index: int) -> list[tuple[str, bytes]]:
     ]
 
 
-def write_tar(path: Path, entries: Iterable[tuple[str, bytes]], *, format=tarfile.USTAR_FORMAT):
-    """Write (member name, payload) pairs as a tar file."""
+def write_tar(
+    path: Path, entries: Iterable[tuple[str, bytes]], *, format: int = tarfile.USTAR_FORMAT
+) -> str:
+    """Write (member name, payload) pairs as a tar file, in order; returns its path."""
     with tarfile.open(path, "w", format=format) as tar:
         for name, payload in entries:
             info = tarfile.TarInfo(name)
@@ -32,41 +36,45 @@ def write_tar_shards(
     *,
     num_shards: int,
     samples_per_shard: int,
-    format=tarfile.USTAR_FORMAT,
+    format: int = tarfile.USTAR_FORMAT,
     key_prefix: str = "sample",
+    members: Members = sample_members,
 ) -> list[str]:
-    """``num_shards`` WebDataset shards of ``samples_per_shard`` samples (sample_members)."""
+    """``num_shards`` WebDataset shards ``shard-NNNN.tar`` of ``samples_per_shard`` samples.
+
+    Sample ``i`` (global) has key ``f"{key_prefix}{i:06d}"`` and the members ``members(i)``.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for shard in range(num_shards):
-        entries = []
-        for i in range(samples_per_shard):
-            index = shard * samples_per_shard + i
-            for ext, payload in sample_members(index):
-                entries.append((f"{key_prefix}{index:06d}.{ext}", payload))
+        entries = [
+            (f"{key_prefix}{index:06d}.{extension}", payload)
+            for index in range(shard * samples_per_shard, (shard + 1) * samples_per_shard)
+            for extension, payload in members(index)
+        ]
         paths.append(write_tar(directory / f"shard-{shard:04d}.tar", entries, format=format))
     return paths
+
+
+def parquet_rows(ids: Iterable[int]) -> dict[str, list]:
+    """The columns of rows ``ids``: id, text, value."""
+    ids = list(ids)
+    return {"id": ids, "text": [f"row {i}" for i in ids], "value": [i * 0.5 for i in ids]}
 
 
 def write_parquet_shards(
     directory: Path, *, num_shards: int, rows_per_shard: int, row_group_size: int = 4
 ) -> list[str]:
-    """``num_shards`` Parquet files of ``rows_per_shard`` rows (id, text, value)."""
+    """``num_shards`` Parquet files ``part-NNNN.parquet`` of ``rows_per_shard`` rows
+    (:func:`parquet_rows` of consecutive global ids)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for shard in range(num_shards):
-        ids = list(range(shard * rows_per_shard, (shard + 1) * rows_per_shard))
-        table = pa.table(
-            {
-                "id": ids,
-                "text": [f"row {i}" for i in ids],
-                "value": [i * 0.5 for i in ids],
-            }
-        )
+        rows = parquet_rows(range(shard * rows_per_shard, (shard + 1) * rows_per_shard))
         path = directory / f"part-{shard:04d}.parquet"
-        pq.write_table(table, path, row_group_size=row_group_size)
+        pq.write_table(pa.table(rows), path, row_group_size=row_group_size)
         paths.append(str(path))
     return paths

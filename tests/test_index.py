@@ -1,9 +1,13 @@
-"""ShardedIndex and the shard datasets: grouping, round trips, bad input, stale shards, CLI."""
+"""ShardedIndex: build/load round trips, grouping as WebDataset does, bad input, stale shards."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import mmap
 import os
 import pickle
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -13,211 +17,328 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from shard_factory import sample_members, write_parquet_shards, write_tar, write_tar_shards
+from shard_factory import write_parquet_shards, write_tar, write_tar_shards
+from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from resumable_loader import (
-    ParquetDataset,
-    SampleIndexError,
-    ShardedIndex,
-    ShardError,
-    TarShardDataset,
+from resumable_loader import index_file
+from resumable_loader.errors import ConfigError, SampleIndexError, ShardError
+from resumable_loader.index import ShardedIndex, default_index_path
+from resumable_loader.tar_index import scan_tar
+
+examples = settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-from resumable_loader.cli import main
-from resumable_loader.shards import expand_shards
 
 
-class TestTarIndex:
-    def test_round_trip_and_memory_map(self, tmp_path):
+def build(paths, tmp_path: Path, name: str = "i.rlindex", **options) -> ShardedIndex:
+    return ShardedIndex.build(paths, out=tmp_path / name, progress=False, **options)
+
+
+def is_memory_mapped(array: np.ndarray) -> bool:
+    base = array
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = base.obj if isinstance(base, memoryview) else getattr(base, "base", None)
+    return base is not None
+
+
+def keys_and_extensions(index: ShardedIndex) -> list[tuple[str, list[str]]]:
+    """Every sample's key and extensions, read back through the index's spans."""
+    from resumable_loader.tar_index import read_sample
+
+    out = []
+    for (start, length), shard in zip(
+        index.spans, np.repeat(np.arange(index.num_shards), index.shard_sizes), strict=True
+    ):
+        with open(index.shard_urls[shard], "rb") as f:
+            f.seek(start)
+            sample = read_sample(f.read(length), path="", start=start)
+        out.append((sample.pop("__key__"), sorted(sample)))
+    return out
+
+
+def webdataset_grouping(path: str) -> list[tuple[str, list[str]]]:
+    """What webdataset itself makes of a tar file."""
+    with open(path, "rb") as stream:
+        samples = list(group_by_keys(tar_file_expander([{"url": path, "stream": stream}])))
+    return [(s["__key__"], sorted(k for k in s if not k.startswith("__"))) for s in samples]
+
+
+class TestBuildAndLoad:
+    def test_round_trip_is_memory_mapped_at_16_bytes_a_sample(self, tmp_path):
         paths = write_tar_shards(tmp_path, num_shards=3, samples_per_shard=5)
-        index = ShardedIndex.build(paths, out=tmp_path / "i.rlindex", progress=False)
+        built = build(paths, tmp_path)
         loaded = ShardedIndex.load(tmp_path / "i.rlindex")
-        assert isinstance(loaded.spans, np.memmap) and loaded.spans.dtype == np.int64
-        assert loaded.spans.nbytes == 16 * 15  # 16 bytes a sample
-        assert loaded.shard_sizes.tolist() == [5, 5, 5]
-        assert loaded.fingerprint == index.fingerprint
-        assert loaded.header["fields"] == ["bin", "cls", "json"]
-        dataset = TarShardDataset(tmp_path / "i.rlindex")
-        for i in range(15):
-            sample = dataset[i]
-            assert sample["__key__"] == f"sample{i:06d}"
-            assert sample["__url__"] == paths[i // 5]
-            assert [(k, sample[k]) for k in ("bin", "cls", "json")] == sample_members(i)
+        assert is_memory_mapped(loaded.spans) and not loaded.spans.flags.writeable
+        assert loaded.spans.dtype == np.int64 and loaded.spans.nbytes == 16 * 15
+        np.testing.assert_array_equal(loaded.spans, built.spans)
+        assert loaded.shard_sizes.dtype == np.int64 and loaded.shard_sizes.tolist() == [5, 5, 5]
+        assert (loaded.num_samples, loaded.num_shards, loaded.format) == (15, 3, "tar")
+        assert loaded.shard_urls == paths and loaded.fields == ["bin", "cls", "json"]
+        assert loaded.fingerprint == built.fingerprint and len(loaded.fingerprint) == 24
 
-    @pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
-    def test_long_names(self, tmp_path, fmt):
-        key = "d/" + "x" * 150
-        path = write_tar(
-            tmp_path / "long.tar", [(f"{key}.TXT", b"a"), (f"{key}.cls", b"1")], format=fmt
+    @pytest.mark.parametrize(("sample_id", "where"), [(0, (0, 0)), (4, (0, 4)), (5, (1, 0))])
+    def test_locate(self, tmp_path, sample_id, where):
+        index = build(write_tar_shards(tmp_path, num_shards=3, samples_per_shard=5), tmp_path)
+        assert index.locate(sample_id) == where
+        with pytest.raises(IndexError, match="15"):
+            index.locate(15)
+
+    def test_parallel_build_equals_serial_build_and_shows_progress(self, tmp_path, capfd):
+        paths = write_tar_shards(tmp_path, num_shards=4, samples_per_shard=3)
+        serial = build(paths, tmp_path, "serial.rlindex", workers=1)
+        assert capfd.readouterr().err == ""
+        parallel = ShardedIndex.build(paths, out=tmp_path / "parallel.rlindex", workers=2)
+        progress = capfd.readouterr().err
+        assert progress.startswith("\rindexing [") and progress.endswith("] 4/4 shards\n")
+        np.testing.assert_array_equal(serial.spans, parallel.spans)
+        assert serial.fingerprint == parallel.fingerprint
+
+    def test_pickles_as_its_path(self, tmp_path):
+        small = build(write_tar_shards(tmp_path / "s", num_shards=1, samples_per_shard=2), tmp_path)
+        large = build(
+            write_tar_shards(tmp_path / "l", num_shards=2, samples_per_shard=300),
+            tmp_path,
+            "l.rlindex",
         )
-        sample = TarShardDataset([path])[0]
-        assert sample["__key__"] == key and sample["txt"] == b"a" and sample["cls"] == b"1"
+        assert (
+            len(pickle.dumps(large)) < 300
+            and len(pickle.dumps(large)) - len(pickle.dumps(small)) < 20
+        )
+        copy = pickle.loads(pickle.dumps(large))
+        assert is_memory_mapped(copy.spans) and copy.fingerprint == large.fingerprint
 
-    @settings(
-        max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-    )
+    def test_unpickling_a_rebuilt_index_is_refused(self, tmp_path):
+        paths = write_tar_shards(tmp_path, num_shards=1, samples_per_shard=2)
+        data = pickle.dumps(build(paths, tmp_path))
+        build(write_tar_shards(tmp_path, num_shards=1, samples_per_shard=3), tmp_path)
+        with pytest.raises(SampleIndexError, match="rebuilt"):
+            pickle.loads(data)
+
+    def test_fingerprint_survives_a_move_but_not_a_change(self, tmp_path):
+        paths = write_tar_shards(tmp_path / "a", num_shards=2, samples_per_shard=3)
+        shutil.copytree(tmp_path / "a", tmp_path / "b")
+        moved = [p.replace("/a/", "/b/") for p in paths]
+        assert build(paths, tmp_path).fingerprint == build(moved, tmp_path, "b.rlindex").fingerprint
+        write_tar_shards(tmp_path / "b", num_shards=2, samples_per_shard=4)
+        assert build(paths, tmp_path).fingerprint != build(moved, tmp_path, "b.rlindex").fingerprint
+
+    def test_default_path_is_beside_the_first_shard_or_in_the_cache_dir(self, tmp_path):
+        paths = write_tar_shards(tmp_path, num_shards=2, samples_per_shard=1)
+        beside = default_index_path(paths)
+        assert beside.parent == tmp_path and beside.name.startswith(".shard-0000.tar.")
+        assert default_index_path(paths, tmp_path / "cache").parent == tmp_path / "cache"
+        assert default_index_path(paths[:1]) != beside  # the hash covers the whole list
+        index = ShardedIndex.for_shards(paths)
+        assert index.path == beside and ShardedIndex.for_shards(paths).path == beside
+
+    def test_mixed_or_unknown_formats_are_refused(self, tmp_path):
+        tars = write_tar_shards(tmp_path, num_shards=1, samples_per_shard=1)
+        parquets = write_parquet_shards(tmp_path, num_shards=1, rows_per_shard=1)
+        with pytest.raises(ConfigError, match=r"all \.tar or all \.parquet"):
+            build([*tars, *parquets], tmp_path)
+        with pytest.raises(ConfigError, match="on_error"):
+            build(tars, tmp_path, on_error="ignore")
+        with pytest.raises(ConfigError, match="workers"):
+            build(tars, tmp_path, workers=0)
+
+
+class TestTarGrouping:
+    @pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT])
+    def test_long_names(self, tmp_path, fmt):
+        # USTAR splits a path under 256 characters into prefix/name; GNU and pax go beyond
+        key = "dir/" * 20 + "k" if fmt == tarfile.USTAR_FORMAT else "d/" + "é" * 150
+        entries = [(f"{key}.TXT", b"a"), (f"{key}.cls", b"1"), ("next.cls", b"2")]
+        path = write_tar(tmp_path / "long.tar", entries, format=fmt)
+        index = build([path], tmp_path)
+        assert keys_and_extensions(index) == [(key, ["cls", "txt"]), ("next", ["cls"])]
+        assert keys_and_extensions(index) == webdataset_grouping(path)
+
+    @examples
     @given(
         st.lists(
-            st.lists(
-                st.sampled_from(["a", "b.c", "JPG", "x"]), min_size=1, max_size=3, unique=True
+            st.tuples(
+                st.sampled_from(["k", "dir/k", "a.b/k", "x" * 120]),
+                st.lists(st.sampled_from(["a", "b.c", "JPG", "tar.gz"]), min_size=1, max_size=3),
             ),
             min_size=1,
             max_size=6,
-        )
+        ),
+        st.sampled_from([tarfile.GNU_FORMAT, tarfile.PAX_FORMAT]),
     )
-    def test_grouping_of_random_layouts(self, tmp_path, layout):
+    def test_random_layouts_group_as_webdataset_groups_them(self, tmp_path, layout, fmt):
         entries = [
-            (f"k{i}.{ext}", f"{i}{ext}".encode()) for i, exts in enumerate(layout) for ext in exts
+            (f"{stem}{i}.{extension}", bytes([i]) * i)
+            for i, (stem, extensions) in enumerate(layout)
+            for extension in dict.fromkeys(extensions)
         ]
-        path = write_tar(tmp_path / f"g{abs(hash(str(layout)))}.tar", entries)
-        dataset = TarShardDataset(
-            ShardedIndex.build([path], out=tmp_path / "g.rlindex", progress=False)
-        )
-        assert len(dataset) == len(layout)
-        for i, exts in enumerate(layout):
-            sample = dataset[i]
-            assert {k for k in sample if not k.startswith("__")} == {e.lower() for e in exts}
+        path = write_tar(tmp_path / "layout.tar", entries, format=fmt)
+        assert keys_and_extensions(build([path], tmp_path)) == webdataset_grouping(path)
 
-    def test_pickled_dataset_reads_in_a_new_process_state(self, tmp_path):
-        dataset = TarShardDataset(write_tar_shards(tmp_path, num_shards=1, samples_per_shard=3))
-        dataset[0]
-        copy = pickle.loads(pickle.dumps(dataset))
-        assert copy[2]["__key__"] == "sample000002"
-        assert dataset.bytes_read > 0
+    def test_metadata_and_non_regular_members_are_not_samples(self, tmp_path):
+        path = tmp_path / "meta.tar"
+        with tarfile.open(path, "w") as tar:
+            tar.addfile(tarfile.TarInfo("__index__"))
+            directory = tarfile.TarInfo("a")
+            directory.type = tarfile.DIRTYPE
+            tar.addfile(directory)
+            for name in ("a/x.txt", "a/x.cls"):
+                tar.addfile(tarfile.TarInfo(name))
+        index = build([str(path)], tmp_path)
+        assert keys_and_extensions(index) == [("a/x", ["cls", "txt"])]
+        assert keys_and_extensions(index) == webdataset_grouping(str(path))
 
 
 class TestBadTarInput:
     def test_missing_shard(self, tmp_path):
-        with pytest.raises(ShardError, match=r"nope\.tar"):
-            TarShardDataset([str(tmp_path / "nope.tar")])
+        with pytest.raises(ShardError, match=r"nope\.tar: shard not found"):
+            build([str(tmp_path / "nope.tar")], tmp_path)
 
-    def test_glob_matching_nothing(self, tmp_path):
-        with pytest.raises(ShardError, match="matches no file"):
-            expand_shards(str(tmp_path / "*.tar"))
-
-    def test_truncated_tar(self, tmp_path):
+    @pytest.mark.parametrize("size", [100, 512, 1000, 2600, 6144])
+    def test_truncated_tar_names_file_and_offset(self, tmp_path, size):
         path = write_tar_shards(tmp_path, num_shards=1, samples_per_shard=4)[0]
-        os.truncate(path, 2600)
-        with pytest.raises(ShardError, match=r"shard-0000.tar.*(truncated|corrupt)"):
-            TarShardDataset([path])
+        os.truncate(path, size)
+        with pytest.raises(ShardError, match=r"shard-0000\.tar: .*truncated.*offset \d+"):
+            build([path], tmp_path)
 
-    def test_corrupt_header(self, tmp_path):
+    def test_corrupt_header_names_its_offset(self, tmp_path):
         path = write_tar_shards(tmp_path, num_shards=1, samples_per_shard=4)[0]
         data = bytearray(Path(path).read_bytes())
         data[2048 : 2048 + 100] = b"\xff" * 100  # the third member's header
         Path(path).write_bytes(bytes(data))
-        with pytest.raises(ShardError, match=r"shard-0000.tar.*offset"):
-            TarShardDataset([path])
+        with pytest.raises(ShardError, match=r"shard-0000\.tar: corrupt tar header at offset 2048"):
+            build([path], tmp_path)
 
     @pytest.mark.parametrize(
-        "entries,match",
+        ("entries", "match"),
         [
-            ([("a.x", b"1"), ("b.x", b"2"), ("a.y", b"3")], "reappears"),
-            ([("a.x", b"1"), ("a.X", b"2")], "two 'x' members"),
-            ([("a.x", b"1"), ("README", b"2")], "no extension"),
+            ([("a.x", b"1"), ("b.x", b"2"), ("a.y", b"3")], r"key 'a' reappears at offset 2048"),
+            ([("a.x", b"1"), ("a.X", b"2")], r"sample 'a' has two 'x' members \(offset 1024\)"),
+            ([("a.x", b"1"), ("README", b"2")], r"member 'README' at offset 1024 has no ext"),
         ],
     )
     def test_members_that_do_not_group(self, tmp_path, entries, match):
         path = write_tar(tmp_path / "bad.tar", entries)
-        with pytest.raises(ShardError, match=f"bad.tar.*{match}"):
-            ShardedIndex.build([path], out=tmp_path / "bad.rlindex", progress=False)
+        with pytest.raises(ShardError, match=rf"bad\.tar: {match}"):
+            build([path], tmp_path)
 
-    def test_skip_is_deterministic_and_recorded(self, tmp_path, caplog):
+    def test_skip_is_deterministic_recorded_and_logged(self, tmp_path, caplog):
         entries = [("a.x", b"1"), ("b.x", b"2"), ("b.x", b"dup"), ("c.x", b"3"), ("a.y", b"4")]
         path = write_tar(tmp_path / "mixed.tar", entries)
-        builds = [
-            ShardedIndex.build(
-                [path], out=tmp_path / f"{i}.rlindex", progress=False, on_error="skip"
-            )
-            for i in range(2)
-        ]
-        assert [b.num_samples for b in builds] == [2, 2]  # b (duplicate) and late a dropped
-        assert builds[0].header["skipped"] == builds[1].header["skipped"]
-        assert len(builds[0].header["skipped"]) == 2
-        assert "skipping" in caplog.text
-        assert [TarShardDataset(builds[0])[i]["__key__"] for i in range(2)] == ["a", "c"]
+        with caplog.at_level(logging.WARNING, logger="resumable_loader"):
+            first = build([path], tmp_path, "1.rlindex", on_error="skip", workers=2)
+        second = build([path], tmp_path, "2.rlindex", on_error="skip")
+        assert [key for key, _ in keys_and_extensions(first)] == ["a", "c"]
+        assert first.skipped == second.skipped and len(first.skipped) == 2
+        assert "'b' has two 'x' members" in first.skipped[0]
+        assert "'a' reappears" in first.skipped[1]
+        assert all(line in caplog.text for line in first.skipped)
+        assert first.fingerprint == second.fingerprint
+        assert first.header["on_error"] == "skip"
+
+    def test_skip_after_damage_drops_the_rest_and_names_the_cut_sample(self, tmp_path):
+        path = write_tar_shards(tmp_path, num_shards=1, samples_per_shard=4)[0]
+        os.truncate(path, 7 * 1024 + 100)  # inside sample 2's second member
+        index = build([path], tmp_path, on_error="skip")
+        assert index.num_samples == 2
+        assert "truncated" in index.skipped[0]
+        assert "sample 'sample000002' at offset 6144 dropped" in index.skipped[1]
+
+    def test_scan_without_end_marker_is_truncation(self, tmp_path):
+        path = write_tar_shards(tmp_path, num_shards=1, samples_per_shard=2)[0]
+        os.truncate(path, 6 * 1024)  # exactly after a member: only the end marker is missing
+        with pytest.raises(ShardError, match="without the end-of-archive marker"):
+            scan_tar(path)
 
 
-class TestStaleIndex:
-    def test_changed_shard_is_detected(self, tmp_path):
+class TestParquetIndex:
+    def test_row_groups_and_columns(self, tmp_path):
+        paths = write_parquet_shards(tmp_path, num_shards=2, rows_per_shard=10, row_group_size=4)
+        index = build(paths, tmp_path)
+        assert index.format == "parquet" and index.spans is None
+        assert index.row_groups == [[4, 4, 2], [4, 4, 2]]
+        assert index.shard_sizes.tolist() == [10, 10] and index.fields == ["id", "text", "value"]
+        assert "id: int64" in index.header["schema"]
+
+    def test_other_schema_is_a_shard_error_naming_the_file(self, tmp_path):
+        paths = write_parquet_shards(tmp_path, num_shards=1, rows_per_shard=4)
+        pq.write_table(pa.table({"id": ["x"]}), tmp_path / "odd.parquet")
+        with pytest.raises(ShardError, match=r"odd\.parquet: its schema differs.*part-0000"):
+            build([*paths, str(tmp_path / "odd.parquet")], tmp_path)
+
+    def test_skip_keeps_unreadable_and_foreign_files_at_zero_rows(self, tmp_path):
+        paths = write_parquet_shards(tmp_path, num_shards=1, rows_per_shard=4)
+        pq.write_table(pa.table({"id": ["x"]}), tmp_path / "odd.parquet")
+        (tmp_path / "bad.parquet").write_bytes(b"PAR1 but not really")
+        shards = [str(tmp_path / "bad.parquet"), *paths, str(tmp_path / "odd.parquet")]
+        index = build(shards, tmp_path, on_error="skip")
+        assert index.shard_sizes.tolist() == [0, 4, 0] and index.num_shards == 3
+        assert [line.split(":")[0] for line in index.skipped] == [shards[0], shards[2]]
+
+
+class TestStaleAndDamagedIndex:
+    def test_changed_size_or_mtime_is_detected(self, tmp_path):
         paths = write_tar_shards(tmp_path, num_shards=2, samples_per_shard=3)
-        ShardedIndex.build(paths, out=tmp_path / "i.rlindex", progress=False)
-        with open(paths[1], "ab") as f:
-            f.write(b"\0" * 512)
-        with pytest.raises(SampleIndexError, match=r"shard-0001.tar.*changed.*rebuild"):
+        build(paths, tmp_path)
+        os.utime(paths[1], (1, 1))
+        with pytest.raises(SampleIndexError, match=r"shard-0001\.tar: changed.*mtime.*rebuild"):
             ShardedIndex.load(tmp_path / "i.rlindex")
+        assert ShardedIndex.load(tmp_path / "i.rlindex", verify=False).num_samples == 6
 
-    def test_implicit_index_is_rebuilt(self, tmp_path):
+    def test_rebuild_when_asked(self, tmp_path):
+        paths = write_tar_shards(tmp_path, num_shards=2, samples_per_shard=3)
+        old = build(paths, tmp_path)
+        write_tar_shards(tmp_path, num_shards=2, samples_per_shard=4)
+        new = ShardedIndex.load(tmp_path / "i.rlindex", rebuild=True)
+        assert new.num_samples == 8 and new.fingerprint != old.fingerprint
+        assert ShardedIndex.load(tmp_path / "i.rlindex").num_samples == 8
+
+    def test_implicit_index_is_rebuilt_and_on_error_respected(self, tmp_path):
         paths = write_tar_shards(tmp_path, num_shards=1, samples_per_shard=3)
-        assert len(TarShardDataset(paths)) == 3
-        write_tar_shards(tmp_path, num_shards=1, samples_per_shard=5)  # same path, new data
-        assert len(TarShardDataset(paths)) == 5
+        assert ShardedIndex.for_shards(paths).num_samples == 3
+        write_tar_shards(tmp_path, num_shards=1, samples_per_shard=5)
+        assert ShardedIndex.for_shards(paths).num_samples == 5
+        bad = write_tar(tmp_path / "dup.tar", [("a.x", b"1"), ("a.x", b"2"), ("b.x", b"3")])
+        assert ShardedIndex.for_shards([bad], on_error="skip").num_samples == 1
+        with pytest.raises(ShardError, match="two 'x' members"):
+            ShardedIndex.for_shards([bad])  # the skipping index is not reused to raise-mode
 
-    def test_corrupt_and_missing_index_files(self, tmp_path):
-        (tmp_path / "junk.rlindex").write_bytes(b"not an index")
-        with pytest.raises(SampleIndexError, match="not a resumable_loader index"):
-            ShardedIndex.load(tmp_path / "junk.rlindex")
-        with pytest.raises(SampleIndexError, match="not found"):
+    @pytest.mark.parametrize(
+        ("damage", "match"),
+        [
+            (lambda data: b"not an index", "not a resumable_loader index"),
+            (lambda data: data[:30], "corrupt"),
+            (lambda data: data[: len(data) - 64], "corrupt or truncated"),
+            (lambda data: data.replace(b"\xa7version\x02", b"\xa7version\x01"), "version 1"),
+        ],
+    )
+    def test_damaged_index_file(self, tmp_path, damage, match):
+        build(write_tar_shards(tmp_path, num_shards=1, samples_per_shard=4), tmp_path)
+        path = tmp_path / "i.rlindex"
+        path.write_bytes(damage(path.read_bytes()))
+        with pytest.raises(SampleIndexError, match=rf"i\.rlindex: .*{match}.*build it with"):
+            ShardedIndex.load(path)
+
+    def test_missing_index_file(self, tmp_path):
+        with pytest.raises(SampleIndexError, match=r"absent\.rlindex: index file not found"):
             ShardedIndex.load(tmp_path / "absent.rlindex")
 
-    def test_atomic_write_leaves_no_partial_file(self, tmp_path):
+    def test_failed_write_leaves_the_old_index_and_no_partial_file(self, tmp_path, monkeypatch):
         paths = write_tar_shards(tmp_path, num_shards=1, samples_per_shard=2)
-        ShardedIndex.build(paths, out=tmp_path / "i.rlindex", progress=False)
+        old = build(paths, tmp_path)
+        write_tar_shards(tmp_path, num_shards=1, samples_per_shard=3)
+
+        real_atomic_write = index_file.atomic_write
+
+        @contextlib.contextmanager
+        def fail_midway(path):
+            with real_atomic_write(path) as f:
+                f.write(b"RLINDEX\0partial")
+                raise OSError("disk full")
+
+        monkeypatch.setattr(index_file, "atomic_write", fail_midway)
+        with pytest.raises(SampleIndexError, match=r"i\.rlindex: cannot write.*disk full"):
+            build(paths, tmp_path)
+        monkeypatch.undo()
         assert sorted(p.name for p in tmp_path.iterdir() if "rlindex" in p.name) == ["i.rlindex"]
-
-
-class TestParquet:
-    def test_rows_and_row_group_cache(self, tmp_path):
-        paths = write_parquet_shards(tmp_path, num_shards=2, rows_per_shard=10)
-        dataset = ParquetDataset(paths)
-        assert len(dataset) == 20 and dataset.shard_sizes.tolist() == [10, 10]
-        assert dataset[13] == {"id": 13, "text": "row 13", "value": 6.5}
-        dataset[12]
-        assert len(dataset._cache) == 1  # rows 12 and 13 share a row group
-        assert ParquetDataset(paths, columns=["id"])[3] == {"id": 3}
-
-    def test_other_schema_is_refused(self, tmp_path):
-        paths = write_parquet_shards(tmp_path, num_shards=1, rows_per_shard=4)
-        odd = tmp_path / "odd.parquet"
-        pq.write_table(pa.table({"id": ["x"]}), odd)
-        with pytest.raises(SampleIndexError, match=r"odd\.parquet.*schema"):
-            ParquetDataset([*paths, str(odd)])
-
-    def test_damaged_file(self, tmp_path):
-        bad = tmp_path / "bad.parquet"
-        bad.write_bytes(b"PAR1 but not really")
-        with pytest.raises(ShardError, match=r"bad\.parquet"):
-            ParquetDataset([str(bad)])
-
-    def test_wrong_dataset_class_for_the_index(self, tmp_path):
-        paths = write_parquet_shards(tmp_path, num_shards=1, rows_per_shard=4)
-        with pytest.raises(Exception, match="ParquetDataset"):
-            TarShardDataset(ShardedIndex.build(paths, out=tmp_path / "p.rlindex", progress=False))
-
-
-class TestCli:
-    def test_index_and_inspect(self, tmp_path, capsys):
-        write_tar_shards(tmp_path, num_shards=3, samples_per_shard=4)
-        out = tmp_path / "cli.rlindex"
-        assert (
-            main(
-                [
-                    "index",
-                    str(tmp_path / "shard-{0000..0002}.tar"),
-                    "--out",
-                    str(out),
-                    "--quiet",
-                    "--workers",
-                    "2",
-                ]
-            )
-            == 0
-        )
-        assert "indexed 12 samples in 3 tar shards" in capsys.readouterr().out
-        assert main(["inspect", str(out)]) == 0
-        printed = capsys.readouterr().out
-        assert "samples:      12" in printed and "bin, cls, json" in printed
-        assert ShardedIndex.load(out).fingerprint in printed
-
-    def test_errors_exit_2_with_a_message(self, tmp_path, capsys):
-        assert main(["inspect", str(tmp_path / "none.rlindex")]) == 2
-        assert "none.rlindex: index file not found" in capsys.readouterr().err
+        reloaded = ShardedIndex.load(tmp_path / "i.rlindex", verify=False)
+        assert reloaded.fingerprint == old.fingerprint

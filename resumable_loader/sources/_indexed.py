@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,87 +14,102 @@ from resumable_loader.errors import ConfigError, ShardError
 from resumable_loader.index import ShardedIndex
 
 _READERS = {"tar": "TarShardDataset", "parquet": "ParquetDataset"}
+# Shards kept open per process; a global shuffle touches every shard, and thousands of open
+# files per worker would hit the descriptor limit.
+MAX_OPEN_SHARDS = 64
 
 
 class IndexedDataset(Dataset):
     """A map-style dataset over a :class:`ShardedIndex` of one format.
 
     ``shard_sizes`` and ``fingerprint`` are what the loader reads to build a shard-local order
-    and to fingerprint its cursor. Open files are per process (re-opened after fork or pickle).
+    and to fingerprint its cursor. Pickling sends the index file's path and no open file;
+    files are opened lazily per process (again after a fork or unpickling), at most
+    ``MAX_OPEN_SHARDS`` at a time.
     """
 
     format = ""
 
     def __init__(
         self,
-        shards: str | Sequence[str] | ShardedIndex | os.PathLike,
+        shards: str | os.PathLike | Sequence[str | os.PathLike] | ShardedIndex,
         *,
         cache_dir: str | os.PathLike | None = None,
+        on_error: str = "raise",
     ) -> None:
         if isinstance(shards, ShardedIndex):
             index = shards
-        elif isinstance(shards, (str, os.PathLike)) and str(shards).endswith(".rlindex"):
+        elif isinstance(shards, (str, os.PathLike)) and os.fspath(shards).endswith(".rlindex"):
             index = ShardedIndex.load(shards)
         else:
-            index = ShardedIndex.for_shards(shards, cache_dir=cache_dir)
+            index = ShardedIndex.for_shards(shards, cache_dir=cache_dir, on_error=on_error)
         if index.format != self.format:
             raise ConfigError(
-                f"{type(self).__name__} reads {self.format} shards, but the index holds "
+                f"{type(self).__name__} reads {self.format} shards, but {index.path} indexes "
                 f"{index.format} shards; use {_READERS[index.format]}"
             )
         self.index = index
         self.shard_sizes: np.ndarray = index.shard_sizes
         self.fingerprint: str = index.fingerprint
-        self._files: dict[int, Any] = {}
+        self._files: OrderedDict[int, Any] = OrderedDict()
         self._pid = os.getpid()
 
     def __len__(self) -> int:
         return self.index.num_samples
 
     def _locate(self, sample_id: int) -> tuple[int, int]:
+        """(shard, local index) of an id; negative ids count from the end, like a list's."""
         if isinstance(sample_id, bool) or not isinstance(sample_id, (int, np.integer)):
             raise TypeError(f"sample ids are ints, got {sample_id!r}")
-        if sample_id < 0:
-            sample_id += len(self)
-        if not 0 <= sample_id < len(self):
+        position = int(sample_id) + (len(self) if sample_id < 0 else 0)
+        if not 0 <= position < len(self):
             raise IndexError(f"sample id {sample_id} out of range for {len(self)} samples")
-        return self.index.locate(int(sample_id))
+        return self.index.locate(position)
 
     def _file(self, shard: int) -> Any:
+        """This process's handle on ``shard``, opened on first use."""
         if self._pid != os.getpid():  # forked: never share file offsets with the parent
-            self._files, self._pid = {}, os.getpid()
+            self._files, self._pid = OrderedDict(), os.getpid()
         handle = self._files.get(shard)
-        if handle is None:
-            url = self.index.shard_urls[shard]
-            try:
-                handle = self._files[shard] = self._open(url)
-            except OSError as error:
-                raise ShardError(
-                    f"{url}: cannot open the shard ({error}); it moved or was deleted since it "
-                    "was indexed: restore it or rebuild the index"
-                ) from None
+        if handle is not None:
+            self._files.move_to_end(shard)
+            return handle
+        url = self.index.shard_urls[shard]
+        try:
+            handle = self._open(url)
+        except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+            raise ShardError(
+                f"{url}: cannot open the shard ({error}); it moved or was deleted since it "
+                "was indexed: restore it or rebuild the index"
+            ) from None
+        self._files[shard] = handle
+        if len(self._files) > MAX_OPEN_SHARDS:
+            _close(self._files.popitem(last=False)[1])
         return handle
 
     def _open(self, url: str) -> Any:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define _open")
 
     def close(self) -> None:
         """Close the files this process opened; the next read opens them again."""
-        files, self._files = self._files, {}
-        if self._pid != os.getpid():
-            return  # a forked copy: the parent owns these
-        for handle in files.values():
-            if isinstance(handle, int):
-                os.close(handle)
-            else:
-                handle.close()
+        files, self._files = self._files, OrderedDict()
+        if self._pid == os.getpid():  # a forked copy leaves the parent's files alone
+            for handle in files.values():
+                _close(handle)
 
     def __del__(self) -> None:
         if "_files" in self.__dict__:  # not when __init__ failed before opening anything
             self.close()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_files": {}}
+        return {**self.__dict__, "_files": OrderedDict()}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.index!r})"
+
+
+def _close(handle: Any) -> None:
+    if isinstance(handle, int):
+        os.close(handle)
+    elif hasattr(handle, "close"):
+        handle.close()

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from resumable_loader.errors import ShardError
+from resumable_loader.errors import ConfigError, ShardError
 from resumable_loader.index import ShardedIndex
 from resumable_loader.shards import is_url
 from resumable_loader.sources._indexed import IndexedDataset
@@ -27,19 +27,28 @@ class ParquetDataset(IndexedDataset):
             :class:`ShardedIndex` (all files of one schema).
         columns: the columns to read (default: all).
         cache_dir: where to keep the index of remote files (local ones: beside the files).
+        on_error: "raise" or "skip" unreadable files (and files of another schema) when the
+            index is built; see :meth:`ShardedIndex.build`.
     """
 
     format = "parquet"
 
     def __init__(
         self,
-        shards: str | Sequence[str] | ShardedIndex | os.PathLike,
+        shards: str | os.PathLike | Sequence[str | os.PathLike] | ShardedIndex,
         *,
         columns: Sequence[str] | None = None,
         cache_dir: str | os.PathLike | None = None,
+        on_error: str = "raise",
     ) -> None:
         self._cache: OrderedDict[tuple[int, int], Any] = OrderedDict()
-        super().__init__(shards, cache_dir=cache_dir)
+        super().__init__(shards, cache_dir=cache_dir, on_error=on_error)
+        unknown = sorted(set(columns or ()) - set(self.index.fields))
+        if unknown:
+            raise ConfigError(
+                f"columns {unknown} are not in {self.index.path}'s schema; pick from "
+                f"{self.index.fields}"
+            )
         self.columns = list(columns) if columns is not None else None
         self._group_starts = [np.cumsum([0, *groups]).tolist() for groups in self.index.row_groups]
 
@@ -84,3 +93,6 @@ class ParquetDataset(IndexedDataset):
 
     def __getstate__(self) -> dict[str, Any]:
         return {**super().__getstate__(), "_cache": OrderedDict()}
+
+    def __repr__(self) -> str:
+        return f"ParquetDataset({self.index!r}, columns={self.columns!r})"

@@ -6,71 +6,96 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
-
+from resumable_loader.errors import ConfigError, ShardError
 from resumable_loader.index import ShardedIndex
 from resumable_loader.shards import is_url
 from resumable_loader.sources._indexed import IndexedDataset
-from resumable_loader.tar_index import open_shard, parse_span, split_key
+from resumable_loader.tar_index import read_sample
+
+Decode = str | Sequence[Any] | Callable[[dict[str, Any]], dict[str, Any]] | None
 
 
 class TarShardDataset(IndexedDataset):
     """Samples of WebDataset tar shards by global id, as WebDataset's dicts.
 
     Each sample is ``{"__key__": key, "__url__": shard, ext: bytes, ...}``, read with one
-    positioned read of its byte span. ``decode`` reuses webdataset's own decoders: a handler
-    spec string such as ``"rgb8"``, ``"torchrgb"`` or ``"pil"`` (webdataset's image handler),
-    or any callable taking and returning the sample dict (e.g. ``webdataset.autodecode.Decoder``).
+    positioned read of its byte span (``os.pread`` for local files, an fsspec range read for
+    URLs). ``bytes_read`` counts the bytes this process read, headers included.
 
     Args:
         shards: paths, globs, brace patterns, fsspec URLs, an ``.rlindex`` file or a
             :class:`ShardedIndex`.
-        decode: optional decoding, as above.
+        decode: None for raw bytes; else decoding by webdataset's own decoders, given as
+            ``webdataset.decode`` takes them: a handler spec string (``"rgb8"``,
+            ``"torchrgb"``, ``"pil"``, ...: webdataset's ``imagehandler``) or a list of such
+            strings and handler functions ``(extension, data)``, wrapped in
+            ``webdataset.autodecode.Decoder`` (whose default handlers also decode ``cls``,
+            ``json``, ``txt``, ...); or any callable taking and returning the sample dict, such
+            as a ``Decoder`` you built.
         cache_dir: where to keep the index of remote shards (local ones: beside the shards).
+        on_error: "raise" or "skip" unreadable samples when the index is built; see
+            :meth:`ShardedIndex.build`.
     """
 
     format = "tar"
 
     def __init__(
         self,
-        shards: str | Sequence[str] | ShardedIndex | os.PathLike,
+        shards: str | os.PathLike | Sequence[str | os.PathLike] | ShardedIndex,
         *,
-        decode: str | Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        decode: Decode = None,
         cache_dir: str | os.PathLike | None = None,
+        on_error: str = "raise",
     ) -> None:
-        super().__init__(shards, cache_dir=cache_dir)
-        self._spans = np.asarray(self.index.spans)  # a plain view of the map: cheaper indexing
+        super().__init__(shards, cache_dir=cache_dir, on_error=on_error)
         self.decode = _decoder(decode)
         self.bytes_read = 0
 
     def __getitem__(self, sample_id: int) -> dict[str, Any]:
         shard, local = self._locate(sample_id)
-        start, length = (int(v) for v in self._spans[self.index.shard_offsets[shard] + local])
+        start, length = (int(v) for v in self.index.spans[self.index.shard_offsets[shard] + local])
         url = self.index.shard_urls[shard]
         data = self._read(shard, start, length)
         self.bytes_read += len(data)
-        sample: dict[str, Any] = {"__url__": url}
-        for name, payload in parse_span(data, path=url, start=start):
-            parts = split_key(name)
-            if parts is not None:
-                sample["__key__"], extension = parts
-                sample[extension] = payload
+        if len(data) < length:
+            raise ShardError(
+                f"{url}: {length} bytes expected at offset {start}, {len(data)} read; the shard "
+                "is shorter than when it was indexed: rebuild the index"
+            )
+        sample = {"__url__": url, **read_sample(data, path=url, start=start)}
         return self.decode(sample) if self.decode else sample
 
     def _read(self, shard: int, start: int, length: int) -> bytes:
         handle = self._file(shard)
         if isinstance(handle, int):
             return os.pread(handle, length, start)
-        handle.seek(start)
-        return handle.read(length)
+        filesystem, path = handle
+        return filesystem.cat_file(path, start=start, end=start + length)
 
     def _open(self, url: str) -> Any:
-        return open_shard(url) if is_url(url) else os.open(url, os.O_RDONLY)
+        if not is_url(url):
+            return os.open(url, os.O_RDONLY)
+        import fsspec
+
+        return fsspec.core.url_to_fs(url)
+
+    def __repr__(self) -> str:
+        return f"TarShardDataset({self.index!r}, decode={self.decode!r})"
 
 
-def _decoder(decode: Any) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
+def _decoder(decode: Decode) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
+    """``decode`` as one callable on the sample dict, built the way ``webdataset.decode`` does."""
     if decode is None or callable(decode):
         return decode
     from webdataset import autodecode
 
-    return autodecode.Decoder([autodecode.imagehandler(decode)])
+    specs = [decode] if isinstance(decode, str) else list(decode)
+    try:
+        handlers = [autodecode.imagehandler(s) if isinstance(s, str) else s for s in specs]
+    except ValueError as error:  # webdataset's "Unknown imagespec"
+        raise ConfigError(
+            f"decode={decode!r}: {error}; use one of {sorted(autodecode.imagespecs)}"
+        ) from None
+    if not all(callable(handler) for handler in handlers):
+        raise ConfigError(f"decode={decode!r}: handlers must be spec strings or callables")
+    return autodecode.Decoder(handlers)

@@ -1,0 +1,141 @@
+"""Scanning a shard list in parallel into an index header and arrays, with a progress bar."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from resumable_loader.errors import ConfigError, ShardError
+from resumable_loader.parquet_index import ParquetScan, scan_parquet
+from resumable_loader.shards import is_url, stat_shard
+from resumable_loader.tar_index import TarScan, scan_tar
+
+ON_ERROR = ("raise", "skip")
+_BAR_WIDTH = 30
+
+
+def check_policy(on_error: str) -> None:
+    """Refuse an ``on_error`` other than "raise" or "skip"."""
+    if on_error not in ON_ERROR:
+        raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+
+
+def scan_shards(
+    urls: Sequence[str], *, workers: int | None, progress: bool, on_error: str
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The index header (all but the fingerprint) and arrays of ``urls``.
+
+    Shards are stat'ed before they are scanned, so a shard written during the scan shows up
+    as changed on the next load instead of being trusted.
+    """
+    kind = _format_of(urls)
+    stats = [stat_shard(url) for url in urls]
+    scans = _scan_all(urls, kind, on_error, workers, progress)
+    header: dict[str, Any] = {"format": kind, "on_error": on_error, "schema": None}
+    arrays = {}
+    if kind == "tar":
+        arrays["spans"] = np.concatenate([s.spans for s in scans]).reshape(-1, 2)
+        header["fields"] = sorted(set().union(*(s.extensions for s in scans)))
+    else:
+        header["schema"], header["fields"] = _common_schema(urls, scans, on_error)
+    entries, skipped = [], []
+    for url, (size, mtime), scan in zip(urls, stats, scans, strict=True):
+        entry = {"url": url, "bytes": size, "mtime": mtime}
+        if isinstance(scan, TarScan):
+            entry["samples"] = len(scan.spans)
+        else:
+            entry["samples"], entry["row_groups"] = sum(scan.row_groups), scan.row_groups
+        entries.append(entry)
+        skipped += [f"{url}: {reason}" for reason in scan.skipped]
+    header.update(shards=entries, skipped=skipped)
+    return header, arrays
+
+
+def _format_of(urls: Sequence[str]) -> str:
+    kinds = {url.rsplit(".", 1)[-1].lower() if "." in url else url for url in urls}
+    if len(kinds) != 1 or not kinds <= {"tar", "parquet"}:
+        raise ConfigError(
+            f"shards must be all .tar or all .parquet files, got {sorted(kinds)}; index each "
+            "format separately"
+        )
+    return kinds.pop()
+
+
+def _common_schema(
+    urls: Sequence[str], scans: Sequence[ParquetScan], on_error: str
+) -> tuple[str | None, list[str]]:
+    """The schema of the first readable file; other files must match it (or, with "skip",
+    count no rows)."""
+    reference = next(((u, s) for u, s in zip(urls, scans, strict=True) if s.schema), None)
+    if reference is None:
+        return None, []
+    first_url, first = reference
+    for url, scan in zip(urls, scans, strict=True):
+        if not scan.schema or scan.schema == first.schema:
+            continue
+        message = (
+            f"its schema differs from {first_url}'s:\n{scan.schema}\nvs\n{first.schema}\n"
+            "index files of one schema together, or convert this file"
+        )
+        if on_error != "skip":
+            raise ShardError(f"{url}: {message}")
+        scan.row_groups, scan.skipped = [], [*scan.skipped, message.replace("\n", " ")]
+    return first.schema, first.columns
+
+
+def _scan_one(job: tuple[str, str, str]) -> TarScan | ParquetScan:
+    url, kind, on_error = job
+    return (
+        scan_tar(url, on_error=on_error) if kind == "tar" else scan_parquet(url, on_error=on_error)
+    )
+
+
+def _scan_all(
+    urls: Sequence[str], kind: str, on_error: str, workers: int | None, progress: bool
+) -> list[TarScan | ParquetScan]:
+    """Scan every shard: processes for local files (header parsing holds the GIL), threads for
+    URLs (waiting on the network; fsspec clients are not fork-safe)."""
+    if workers is not None and workers < 1:
+        raise ConfigError(f"workers must be at least 1, got {workers}")
+    workers = min(workers or os.cpu_count() or 1, len(urls))
+    jobs = [(url, kind, on_error) for url in urls]
+    bar = _Progress(len(urls), enabled=progress)
+    if workers == 1:
+        return [bar.advance(_scan_one(job)) for job in jobs]
+    if any(is_url(url) for url in urls):
+        pool: concurrent.futures.Executor = concurrent.futures.ThreadPoolExecutor(workers)
+    else:
+        context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+        pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
+    with pool:
+        futures = [pool.submit(_scan_one, job) for job in jobs]
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                bar.advance(future.result())  # the first error stops the build
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return [future.result() for future in futures]
+
+
+class _Progress:
+    """``indexing [#####.....] 12/40 shards`` on stderr, redrawn in place."""
+
+    def __init__(self, total: int, *, enabled: bool) -> None:
+        self.total, self.done, self.enabled = total, 0, enabled
+
+    def advance(self, result: Any) -> Any:
+        self.done += 1
+        if self.enabled:
+            filled = _BAR_WIDTH * self.done // self.total
+            bar = "#" * filled + "." * (_BAR_WIDTH - filled)
+            end = "\n" if self.done == self.total else ""
+            sys.stderr.write(f"\rindexing [{bar}] {self.done}/{self.total} shards{end}")
+            sys.stderr.flush()
+        return result

@@ -1,0 +1,104 @@
+"""The index file: magic, a msgpack header, then 64-byte aligned raw arrays, memory-mapped on read.
+
+Layout: ``RLINDEX\\0``, the header's length (uint64 little-endian), the msgpack header (which
+records each array's offset, dtype and shape), padding to 64 bytes, the arrays. One file, so
+one atomic rename publishes it; raw arrays, so a read maps them instead of copying, and every
+worker process shares the same pages of the page cache.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from resumable_loader.atomic import atomic_write
+from resumable_loader.errors import SampleIndexError
+
+MAGIC = b"RLINDEX\x00"
+# Version 1: tar spans (int64 start, length) per sample, or Parquet row groups per file;
+#   "fields" held the tar extensions or the Parquet schema text.
+# Version 2: "fields" holds extensions or column names, "schema" the Parquet schema text,
+#   "on_error" the policy the index was built with; stamps may be text (remote ETags).
+INDEX_VERSION = 2
+_ALIGN = 64
+_PREFIX = len(MAGIC) + 8
+_REBUILD = "(re)build it with: resumable-loader index SHARDS... --out PATH"
+
+
+def write_index(path: str | os.PathLike, header: dict[str, Any], arrays: dict[str, Any]) -> None:
+    """Write ``header`` (msgpack-able) and ``arrays`` to ``path`` atomically.
+
+    A reader sees the previous file or the complete new one, never a partial one.
+
+    Raises:
+        SampleIndexError: the file cannot be written (the message says where and why).
+    """
+    layout, offset = {}, 0
+    for name, array in arrays.items():
+        layout[name] = {"offset": offset, "dtype": array.dtype.str, "shape": list(array.shape)}
+        offset += _aligned(array.nbytes)
+    head = msgpack.packb({**header, "version": INDEX_VERSION, "arrays": layout})
+    data_start = _aligned(_PREFIX + len(head))
+    try:
+        with atomic_write(path) as f:
+            f.write(MAGIC + len(head).to_bytes(8, "little") + head)
+            for name, array in arrays.items():
+                f.seek(data_start + layout[name]["offset"])
+                f.write(np.ascontiguousarray(array).tobytes())
+            f.truncate(data_start + offset)
+    except OSError as error:
+        raise SampleIndexError(
+            f"{path}: cannot write the index ({error}); choose another place (--out, cache_dir)"
+        ) from None
+
+
+def read_index(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The header and memory-mapped (read-only) arrays of an index file.
+
+    Raises:
+        SampleIndexError: a missing, foreign, truncated or corrupt file, or another version.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            prefix = f.read(_PREFIX)
+            if len(prefix) < _PREFIX or prefix[: len(MAGIC)] != MAGIC:
+                raise SampleIndexError(f"{path}: not a resumable_loader index; {_REBUILD}")
+            head_length = int.from_bytes(prefix[len(MAGIC) :], "little")
+            header = msgpack.unpackb(f.read(head_length)) if head_length < size else None
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+    except FileNotFoundError:
+        raise SampleIndexError(f"{path}: index file not found; {_REBUILD}") from None
+    except (ValueError, msgpack.UnpackException) as error:
+        raise SampleIndexError(f"{path}: corrupt index header ({error}); {_REBUILD}") from None
+    if not isinstance(header, dict):
+        raise SampleIndexError(f"{path}: corrupt or truncated index header; {_REBUILD}")
+    if header.get("version") != INDEX_VERSION:
+        raise SampleIndexError(
+            f"{path}: index format version {header.get('version')!r}, this release reads "
+            f"{INDEX_VERSION}; {_REBUILD}"
+        )
+    data_start = _aligned(_PREFIX + head_length)
+    arrays = {}
+    try:
+        for name, spec in header["arrays"].items():
+            dtype, shape = np.dtype(spec["dtype"]), tuple(spec["shape"])
+            count = int(np.prod(shape))
+            arrays[name] = np.frombuffer(
+                mapped if count else b"", dtype, count, data_start + spec["offset"] if count else 0
+            ).reshape(shape)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise SampleIndexError(
+            f"{path}: corrupt or truncated index ({error}); {_REBUILD}"
+        ) from None
+    return header, arrays
+
+
+def _aligned(offset: int) -> int:
+    return -(-offset // _ALIGN) * _ALIGN

@@ -1,0 +1,183 @@
+"""TarShardDataset: WebDataset's samples by id, decoding, bad ids, pickling, fork, URLs."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import tarfile
+import uuid
+
+import fsspec
+import numpy as np
+import pytest
+import torch
+from shard_factory import sample_members, write_parquet_shards, write_tar, write_tar_shards
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+from resumable_loader.errors import ConfigError, SampleIndexError, ShardError
+from resumable_loader.index import ShardedIndex
+from resumable_loader.sources import _indexed
+from resumable_loader.sources.webdataset import TarShardDataset
+
+
+def webdataset_samples(paths: list[str]) -> list[dict]:
+    """The samples webdataset's own tar reader yields for ``paths``."""
+    samples = []
+    for path in paths:
+        with open(path, "rb") as stream:
+            samples += group_by_keys(tar_file_expander([{"url": path, "stream": stream}]))
+    return samples
+
+
+@pytest.fixture
+def shards(tmp_path):
+    return write_tar_shards(tmp_path, num_shards=3, samples_per_shard=4)
+
+
+class TestSamples:
+    def test_every_sample_is_what_was_written_and_what_webdataset_reads(self, shards):
+        dataset = TarShardDataset(shards)
+        assert len(dataset) == 12 and dataset.shard_sizes.tolist() == [4, 4, 4]
+        assert dataset.shard_sizes.dtype == np.int64 and dataset.fingerprint
+        for i in range(12):
+            sample = dataset[i]
+            assert sample["__key__"] == f"sample{i:06d}" and sample["__url__"] == shards[i // 4]
+            assert [(k, sample[k]) for k in ("bin", "cls", "json")] == sample_members(i)
+        assert [dataset[i] for i in range(12)] == webdataset_samples(shards)
+
+    def test_ids_behave_like_a_lists(self, shards):
+        dataset = TarShardDataset(shards)
+        assert dataset[-1] == dataset[11] and dataset[np.int64(3)] == dataset[3]
+        for bad in (12, -13):
+            with pytest.raises(IndexError, match=f"sample id {bad} out of range for 12"):
+                dataset[bad]
+        for bad in (1.0, True, "1"):
+            with pytest.raises(TypeError):
+                dataset[bad]
+
+    def test_one_read_per_sample_counted_in_bytes_read(self, shards):
+        dataset = TarShardDataset(shards)
+        dataset[5]
+        length = dataset.index.spans[5][1]
+        # three headers, the padded bin and cls data, then the json data: nothing more
+        assert dataset.bytes_read == length == 3 * 512 + 512 + 512 + len(b'{"index": 5}')
+        dataset[5]
+        assert dataset.bytes_read == 2 * length
+
+    def test_from_an_index_object_or_file(self, shards, tmp_path):
+        index = ShardedIndex.build(shards, out=tmp_path / "x.rlindex", progress=False)
+        assert TarShardDataset(index)[7] == TarShardDataset(tmp_path / "x.rlindex")[7]
+        assert TarShardDataset(str(tmp_path / "shard-*.tar")).fingerprint == index.fingerprint
+
+    def test_a_parquet_index_is_refused(self, tmp_path):
+        paths = write_parquet_shards(tmp_path, num_shards=1, rows_per_shard=2)
+        with pytest.raises(ConfigError, match="indexes parquet shards; use ParquetDataset"):
+            TarShardDataset(paths)
+
+    def test_remote_shards_through_fsspec(self, tmp_path, shards):
+        root = f"memory:///tars-{uuid.uuid4().hex}"
+        filesystem = fsspec.filesystem("memory")
+        for path in shards:
+            filesystem.put(path, f"{root}/{os.path.basename(path)}")
+        try:
+            dataset = TarShardDataset(f"{root}/shard-{{0000..0002}}.tar", cache_dir=tmp_path / "c")
+            assert dataset.index.path.parent == tmp_path / "c"
+            local = TarShardDataset(shards)
+            assert dataset.fingerprint == local.fingerprint  # same names, sizes and counts
+            for i in (0, 6, 11):
+                assert {**dataset[i], "__url__": None} == {**local[i], "__url__": None}
+            assert dataset[6]["__url__"] == f"{root}/shard-0001.tar"
+        finally:
+            filesystem.rm(root, recursive=True)
+
+
+class TestDecode:
+    @pytest.fixture
+    def image_shard(self, tmp_path):
+        image = pytest.importorskip("PIL.Image")
+        pixels = np.arange(4 * 3 * 3, dtype=np.uint8).reshape(4, 3, 3)
+        png = io.BytesIO()
+        image.fromarray(pixels).save(png, format="PNG")
+        entries = [("img.png", png.getvalue()), ("img.cls", b"7"), ("img.json", b'{"a": 1}')]
+        return write_tar(tmp_path / "img.tar", entries), pixels
+
+    def test_spec_string_uses_webdatasets_image_handler(self, image_shard):
+        path, pixels = image_shard
+        sample = TarShardDataset([path], decode="rgb8")[0]
+        np.testing.assert_array_equal(sample["png"], pixels)
+        assert sample["cls"] == 7 and sample["json"] == {"a": 1}  # webdataset's basic handlers
+
+    def test_list_of_specs_and_handlers(self, image_shard):
+        path, pixels = image_shard
+
+        def upper_json(extension, data):
+            return data.upper() if extension == ".json" else None
+
+        sample = TarShardDataset([path], decode=["torchrgb8", upper_json])[0]
+        assert torch.equal(sample["png"], torch.from_numpy(pixels).permute(2, 0, 1))
+        assert sample["json"] == b'{"A": 1}'
+
+    def test_any_callable_on_the_sample(self, shards):
+        sample = TarShardDataset(shards, decode=lambda s: {**s, "n": len(s)})[0]
+        assert sample["n"] == 5
+
+    @pytest.mark.parametrize("decode", ["rgb9", [3]])
+    def test_bad_decode_is_a_config_error(self, shards, decode):
+        with pytest.raises(ConfigError, match="decode="):
+            TarShardDataset(shards, decode=decode)
+
+
+class TestProcesses:
+    def test_pickle_is_small_and_reopens_files(self, tmp_path):
+        small = TarShardDataset(write_tar_shards(tmp_path / "s", num_shards=1, samples_per_shard=2))
+        big = TarShardDataset(write_tar_shards(tmp_path / "b", num_shards=1, samples_per_shard=400))
+        big[0]
+        assert abs(len(pickle.dumps(big)) - len(pickle.dumps(small))) < 64
+        copy = pickle.loads(pickle.dumps(big))
+        assert copy._files == {} and copy[399] == big[399]
+
+    def test_forked_workers_read_the_same_samples(self, shards):
+        dataset = TarShardDataset(shards)
+        dataset[0]  # the parent holds an open file the children must not share
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=2,
+            multiprocessing_context="fork",
+            collate_fn=lambda sample: sample["__key__"],
+        )
+        assert list(loader) == [f"sample{i:06d}" for i in range(12)]
+
+    def test_open_files_are_bounded(self, shards, monkeypatch):
+        monkeypatch.setattr(_indexed, "MAX_OPEN_SHARDS", 2)
+        dataset = TarShardDataset(shards)
+        for i in (0, 4, 8, 0):
+            dataset[i]
+        assert list(dataset._files) == [2, 0]
+        dataset.close()
+        assert dataset._files == {} and dataset[8]["__key__"] == "sample000008"
+
+
+class TestChangedShards:
+    def test_a_shard_cut_after_indexing(self, shards, tmp_path):
+        index = ShardedIndex.build(shards, out=tmp_path / "i.rlindex", progress=False)
+        os.truncate(shards[1], 3000)
+        with pytest.raises(SampleIndexError, match=r"shard-0001\.tar: changed"):
+            TarShardDataset(tmp_path / "i.rlindex")
+        dataset = TarShardDataset(index)  # an index loaded earlier no longer matches
+        with pytest.raises(ShardError, match=r"shard-0001\.tar: .*offset 3072.*rebuild"):
+            dataset[5]
+
+    def test_a_shard_rewritten_after_indexing(self, shards, tmp_path):
+        dataset = TarShardDataset(ShardedIndex.build(shards, out=tmp_path / "i", progress=False))
+        with tarfile.open(shards[0], "w") as tar:
+            tar.addfile(tarfile.TarInfo("x" * 600), io.BytesIO(b""))
+        with pytest.raises(ShardError, match=r"shard-0000\.tar: .*offset 0.*rebuild"):
+            dataset[0]
+
+    def test_a_shard_deleted_after_indexing(self, shards):
+        dataset = TarShardDataset(shards)
+        os.remove(shards[2])
+        with pytest.raises(ShardError, match=r"shard-0002\.tar: cannot open the shard"):
+            dataset[9]
