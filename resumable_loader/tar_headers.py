@@ -92,8 +92,8 @@ def _parse_header(block: bytes, offset: int, verify: bool) -> tuple[str, bytes, 
     try:
         if verify:
             stored = int(block[148:156].split(b"\0", 1)[0].strip() or b"-1", 8)
-            unsigned = sum(block[:148]) + 256 + sum(block[156:])
-            if stored not in (unsigned, _signed_sum(block)):
+            unsigned = sum(block) - sum(block[148:156]) + 256  # the field counts as 8 spaces
+            if stored != unsigned and stored != _signed_sum(block):
                 raise TarDamage(f"corrupt tar header at offset {offset} (bad checksum)")
         size_field = block[124:136]
         if size_field[0] & 0x80:  # GNU base-256 for sizes past 8 GiB

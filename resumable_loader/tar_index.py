@@ -20,17 +20,15 @@ it, so every run and every resume sees the same samples.
 from __future__ import annotations
 
 import dataclasses
-import logging
+import os
 import re
 from collections.abc import Callable, Iterator
 
 import numpy as np
 
 from resumable_loader.errors import ShardError
-from resumable_loader.shards import open_shard, stat_shard
+from resumable_loader.shards import is_url, open_shard, stat_shard
 from resumable_loader.tar_headers import BLOCK, TarDamage, walk
-
-logger = logging.getLogger("resumable_loader")
 
 _KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # WebDataset's base_plus_ext
 _META = re.compile(r"__[^/]*__($|/)")  # WebDataset's skip_meta
@@ -71,7 +69,7 @@ def scan_tar(path: str, *, on_error: str = "raise") -> TarScan:
     Args:
         path: a local path or fsspec URL.
         on_error: "raise" a :class:`ShardError` at the first problem, or "skip" the samples
-            concerned (logged on the "resumable_loader" logger and listed in the result).
+            concerned (listed in the result; :meth:`ShardedIndex.build` logs them).
     """
     size, _ = stat_shard(path)
     spans: list[tuple[int, int]] = []
@@ -83,7 +81,6 @@ def scan_tar(path: str, *, on_error: str = "raise") -> TarScan:
     def problem(message: str) -> None:
         if on_error != "skip":
             raise ShardError(f"{path}: {message}")
-        logger.warning("%s: skipped: %s", path, message)
         skipped.append(message)
 
     def close(sample: _Sample | None) -> None:
@@ -132,10 +129,16 @@ def _members(
     """(header offset, name, data end) of the sample members in order; name None after damage
     (which ``problem`` reported)."""
     with open_shard(path) as f:
+        if is_url(path):
 
-        def read(offset: int, count: int) -> bytes:
-            f.seek(offset)
-            return f.read(count)
+            def read(offset: int, count: int) -> bytes:
+                f.seek(offset)
+                return f.read(count)
+
+        else:  # a positioned read skips the buffer refill a seek costs
+
+            def read(offset: int, count: int) -> bytes:
+                return os.pread(f.fileno(), count, offset)
 
         try:
             for member in walk(read, size, verify=True):
