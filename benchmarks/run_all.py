@@ -1,0 +1,175 @@
+"""Run every benchmark in benchmarks/ and regenerate their sections of docs/benchmarks.md.
+
+Run: python benchmarks/run_all.py [--quick] [--only NAME ...]
+
+Each script runs as a subprocess from the repository root (its stderr shown live as progress,
+its stdout captured). Its section of docs/benchmarks.md, between ``<!-- bench:NAME -->`` and
+``<!-- /bench:NAME -->``, is replaced with the exact command, the machine, the date, the time
+taken, the printed output verbatim and any PNG the script reports as ``plot: PATH``. Sections
+are appended when missing; everything else in the file is left alone. ``--quick`` passes
+``--quick`` to the scripts that accept it (per their ``--help``) and shorter sizes to others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import collections
+import datetime
+import os
+import platform
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+DOC = ROOT / "docs" / "benchmarks.md"
+FIRST = (
+    "bench_order",
+    "bench_index",
+    "bench_shuffle_buffer",
+    "bench_shards",
+    "bench_loader",
+)  # then the rest
+# Shorter runs for --quick, for scripts without a --quick flag; a flag their --help lacks is
+# dropped (the script then runs in full).
+QUICK_ARGS = {
+    "bench_loader": ["--samples", "5000", "--repeats", "1"],
+    "bench_index": ["--samples", "50000"],
+}
+PLOT = re.compile(r"^plot: (.+\.png)\s*$", re.MULTILINE)
+TITLE = "# Benchmarks\n\nMeasured figures; regenerate with `python benchmarks/run_all.py`.\n"
+
+
+def scripts() -> list[Path]:
+    found = [p for p in BENCHMARKS.glob("*.py") if p.name != Path(__file__).name]
+    found = [p for p in found if not p.name.startswith("_")]
+    rank = {name: i for i, name in enumerate(FIRST)}
+    return sorted(found, key=lambda p: (rank.get(p.stem, len(FIRST)), p.name))
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    with open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    import torch
+
+    return (
+        f"{len(os.sched_getaffinity(0))} CPUs (nproc), {cpu}, torch {torch.__version__}, "
+        f"Python {platform.python_version()}, {platform.system()} {platform.machine()}"
+    )
+
+
+def quick_arguments(script: Path) -> list[str]:
+    """``--quick`` if the script takes it, else its QUICK_ARGS that its --help lists."""
+    result = subprocess.run(
+        [sys.executable, str(script), "--help"], cwd=ROOT, capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        return []
+    if "--quick" in result.stdout:
+        return ["--quick"]
+    pairs = QUICK_ARGS.get(script.stem, [])
+    flags = [pairs[i : i + 2] for i in range(0, len(pairs), 2)]
+    return [word for flag in flags if flag[0] in result.stdout for word in flag]
+
+
+def run(script: Path, arguments: list[str], timeout: float) -> tuple[str, str, float]:
+    """(stdout, status, seconds); stderr streams to ours, prefixed, and its tail is kept."""
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, str(script.relative_to(ROOT)), *arguments],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    tail: collections.deque[str] = collections.deque(maxlen=15)
+
+    def relay() -> None:
+        for line in process.stderr:
+            tail.append(line)
+            print(f"  [{script.stem}] {line}", end="", file=sys.stderr, flush=True)
+
+    relay_thread = threading.Thread(target=relay, daemon=True)
+    relay_thread.start()
+    timer = threading.Timer(timeout, process.kill)
+    timer.start()
+    stdout = process.stdout.read()
+    code = process.wait()
+    timer.cancel()
+    relay_thread.join()
+    seconds = time.perf_counter() - started
+    if code == 0:
+        return stdout, "ok", seconds
+    reason = f"killed after the {timeout:.0f} s timeout" if code < 0 else f"exit code {code}"
+    return stdout, f"FAILED ({reason}); last stderr lines:\n\n```text\n{''.join(tail)}```", seconds
+
+
+def section(script: Path, command: str, host: str, stdout: str, status: str, seconds: float) -> str:
+    doc = ast.get_docstring(ast.parse(script.read_text())) or ""
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"### {script.name}",
+        "",
+        doc.splitlines()[0] if doc else "",
+        "",
+        f"- command: `{command}`",
+        f"- machine: {host}",
+        f"- date: {date}; took {seconds:.0f} s",
+        "",
+    ]
+    if status != "ok":
+        lines += [f"**{status}**", ""]
+    lines += ["```text", stdout.rstrip("\n"), "```", ""]
+    for match in PLOT.finditer(stdout):
+        path = (ROOT / match.group(1)).resolve()
+        lines += [f"![{path.stem}]({os.path.relpath(path, DOC.parent)})", ""]
+    return "\n".join(lines)
+
+
+def replace_section(text: str, name: str, body: str) -> str:
+    begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    block = f"{begin}\n{body}\n{end}"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        return head + block + rest.split(end, 1)[1]
+    return text.rstrip("\n") + "\n\n" + block + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short runs (passes --quick)")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="e.g. bench_peers")
+    parser.add_argument("--timeout", type=float, default=1200, help="seconds per script")
+    args = parser.parse_args()
+    todo = [s for s in scripts() if not args.only or s.stem in args.only]
+    failed, host = [], machine()
+    for number, script in enumerate(todo, 1):
+        arguments = quick_arguments(script) if args.quick else []
+        command = " ".join(["python", str(script.relative_to(ROOT)), *arguments])
+        print(f"[run_all] {number}/{len(todo)} {command}", file=sys.stderr, flush=True)
+        stdout, status, seconds = run(script, arguments, args.timeout)
+        print(
+            f"[run_all] {script.name}: {status.splitlines()[0]}, {seconds:.0f} s", file=sys.stderr
+        )
+        if status != "ok":
+            failed.append(script.name)
+        text = DOC.read_text() if DOC.exists() else TITLE
+        DOC.parent.mkdir(parents=True, exist_ok=True)
+        body = section(script, command, host, stdout, status, seconds)
+        DOC.write_text(replace_section(text, script.stem, body))
+    print(f"[run_all] wrote {DOC.relative_to(ROOT)}", file=sys.stderr)
+    if failed:
+        sys.exit(f"[run_all] failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()
