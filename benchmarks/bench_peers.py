@@ -222,6 +222,9 @@ def resume_latency(sizes: list[int], repeats: int) -> None:
         print(f"check: StatefulDataLoader state moved 1 -> 7 batches == its real state: {check}")
     else:
         print("StatefulDataLoader: skipped: torchdata not installed")
+    moved = {**ours(Indices(50 * BATCH)).state_dict(), "position": 7 * BATCH}
+    check = moved == state_after(ours(Indices(50 * BATCH)), 7)
+    print(f"check: our fresh cursor with position = 7 batches == our real cursor: {check}")
     print(f"{'samples':>8}{'resume at':>11}{'ours ms':>10}{'StatefulDL ms':>15}{'ours/theirs':>13}")
     for size in sizes:
         dataset = Indices(size)

@@ -63,7 +63,20 @@ def machine() -> str:
 
     return (
         f"{len(os.sched_getaffinity(0))} CPUs (nproc), {cpu}, torch {torch.__version__}, "
-        f"Python {platform.python_version()}, {platform.system()} {platform.machine()}"
+        f"Python {platform.python_version()}, {platform.system()} {platform.machine()}; "
+        f"code at {revision()}"
+    )
+
+
+def revision() -> str:
+    def git(*arguments: str) -> str:
+        return subprocess.run(
+            ["git", *arguments], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return (git("rev-parse", "--short", "HEAD") or "unknown") + (
+        " + local changes" if dirty else ""
     )
 
 
