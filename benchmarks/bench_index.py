@@ -100,7 +100,7 @@ def report_index(path: Path) -> None:
     start = time.perf_counter()
     checksum = sum(len(dataset[int(i)]["bin"]) for i in ids)
     per_read = (time.perf_counter() - start) / len(ids) * 1e6
-    print(f"random-access sample read: {per_read:.1f} us ({checksum:x} payload bytes)")
+    print(f"random-access sample read: {per_read:.1f} us (checksum: {checksum:,} payload bytes)")
 
 
 if __name__ == "__main__":

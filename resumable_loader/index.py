@@ -171,7 +171,7 @@ class ShardedIndex:
             SampleIndexError: a missing or corrupt file, another format version, or a shard
                 that changed since (unless ``rebuild``).
         """
-        path = Path(path)
+        path = Path(path).absolute()  # workers unpickling it may run elsewhere
         header, arrays = read_index(path)
         index = cls(header, arrays, path)
         if verify or rebuild:

@@ -78,10 +78,3 @@ def test_python_dash_m_runs_the_command(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "indexed 2 samples" in done.stdout and "indexing [" in done.stderr
-    missing = subprocess.run(
-        [sys.executable, "-m", "resumable_loader", "inspect", str(tmp_path / "x.rlindex")],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert missing.returncode == 2 and "Traceback" not in missing.stderr

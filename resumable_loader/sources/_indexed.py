@@ -25,7 +25,8 @@ class IndexedDataset(Dataset):
     ``shard_sizes`` and ``fingerprint`` are what the loader reads to build a shard-local order
     and to fingerprint its cursor. Pickling sends the index file's path and no open file;
     files are opened lazily per process (again after a fork or unpickling), at most
-    ``MAX_OPEN_SHARDS`` at a time.
+    ``MAX_OPEN_SHARDS`` at a time. Threads of one process should not share an instance once
+    more shards than that are read: closing the least recent file may race with a read of it.
     """
 
     format = ""
