@@ -75,8 +75,12 @@ def test_workers_and_batch_size_change_across_resume(sources, source, mode):
         assert got == expected, (source, mode, stop_after)
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-          HealthCheck.function_scoped_fixture], derandomize=True)
+@settings(
+    max_examples=8,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    derandomize=True,
+)
 @given(
     source=st.sampled_from(["tar", "parquet"]),
     mode=st.sampled_from(["global", "shard_local"]),
@@ -102,7 +106,10 @@ def test_shard_local_settings_are_part_of_the_cursor(sources):
     dataset = sources["tar"]
     state = factory(dataset, "shard_local")().state_dict()
     other = ResumableDataLoader(
-        dataset, batch_size=4, shuffle=True, seed=17,
+        dataset,
+        batch_size=4,
+        shuffle=True,
+        seed=17,
         shard_shuffle=ShardShuffle(window=3, buffer_size=4),
     )
     with pytest.raises(Exception, match="window"):
