@@ -25,7 +25,6 @@ import importlib.util
 import io
 import itertools
 import multiprocessing
-import random
 import resource
 import statistics
 import sys
@@ -43,6 +42,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from resumable_loader import ResumableDataLoader, ShardShuffle, TarShardDataset
+from resumable_loader.demo import augment as augment_rgb
 from resumable_loader.demo import write_shards
 
 BATCH, WORKERS = 64, 2
@@ -56,15 +56,8 @@ def have(module: str) -> bool:
 
 
 def augment(sample: dict[str, Any]) -> tuple[torch.Tensor, int]:
-    """Decode 3x32x32 raw bytes; random crop (torch), flip (random), noise (numpy)."""
-    image = torch.frombuffer(bytearray(sample["rgb"]), dtype=torch.uint8)
-    image = image.view(3, 32, 32).float() / 255
-    top, left = torch.randint(0, 5, (2,)).tolist()
-    image = image[:, top : top + 28, left : left + 28]
-    if random.random() < 0.5:
-        image = image.flip(-1)
-    noise = torch.from_numpy(np.random.normal(0, 0.01, image.shape)).float()
-    return image + noise, int(sample["cls"])
+    """The demo's decode + crop/flip/noise, and the label."""
+    return augment_rgb(sample["rgb"]), int(sample["cls"])
 
 
 class Mapped(Dataset):

@@ -18,7 +18,6 @@ import hashlib
 import io
 import itertools
 import os
-import random
 import sys
 import tarfile
 import tempfile
@@ -36,6 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from resumable_loader import ResumableDataLoader, TarShardDataset
+from resumable_loader.demo import augment
 
 SEED = 2026
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -75,14 +75,7 @@ class Augmented(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         sample = self.shards[index]
-        image = torch.frombuffer(bytearray(sample["rgb"]), dtype=torch.uint8)
-        image = image.view(3, 32, 32).float() / 255
-        top, left = torch.randint(0, 5, (2,)).tolist()
-        image = image[:, top : top + 28, left : left + 28]
-        if random.random() < 0.5:
-            image = image.flip(-1)
-        image = image + torch.from_numpy(np.random.normal(0, 0.05, image.shape)).float()
-        return image, int(sample["cls"]), index
+        return augment(sample["rgb"], noise=0.05), int(sample["cls"]), index
 
 
 class Trainer:

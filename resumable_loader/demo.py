@@ -45,8 +45,21 @@ def write_shards(directory: Path, *, shards: int, per_shard: int) -> list[str]:
     return paths
 
 
+def augment(rgb: bytes, *, noise: float = 0.01) -> torch.Tensor:
+    """Decode a raw 3x32x32 image; random crop (torch), flip (random), noise (numpy).
+
+    Draws from all three global generators on purpose, as unmodified augmentation code does.
+    """
+    image = torch.frombuffer(bytearray(rgb), dtype=torch.uint8).view(IMAGE_SHAPE).float() / 255
+    top, left = torch.randint(0, 5, (2,)).tolist()
+    image = image[:, top : top + 28, left : left + 28]
+    if random.random() < 0.5:
+        image = image.flip(-1)
+    return image + torch.from_numpy(np.random.normal(0, noise, image.shape)).float()
+
+
 class Augmented(torch.utils.data.Dataset):
-    """Decodes a tar sample and augments it with torch, numpy and random, as real code does."""
+    """Decodes and augments a tar sample, as a training pipeline would."""
 
     def __init__(self, shards: TarShardDataset) -> None:
         self.shards = shards
@@ -56,14 +69,7 @@ class Augmented(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.shards[index]
-        image = torch.frombuffer(bytearray(sample["rgb"]), dtype=torch.uint8)
-        image = image.view(IMAGE_SHAPE).float() / 255
-        top, left = torch.randint(0, 5, (2,)).tolist()
-        image = image[:, top : top + 28, left : left + 28]
-        if random.random() < 0.5:
-            image = image.flip(-1)
-        image = image + torch.from_numpy(np.random.normal(0, 0.01, image.shape)).float()
-        return {"id": index, "image": image, "label": int(sample["cls"])}
+        return {"id": index, "image": augment(sample["rgb"]), "label": int(sample["cls"])}
 
 
 class StreamDigest:
