@@ -13,6 +13,7 @@ from resumable_loader import (
     ParquetDataset,
     ResumableDataLoader,
     ShardShuffle,
+    StateDictError,
     TarShardDataset,
     sample_numpy_generator,
 )
@@ -113,4 +114,14 @@ def test_shard_local_settings_are_part_of_the_cursor(sources):
         shard_shuffle=ShardShuffle(window=3, buffer_size=4),
     )
     with pytest.raises(Exception, match="window"):
+        other.load_state_dict(state)
+
+
+def test_cursor_from_another_shard_set_is_refused(tmp_path):
+    five_by_nine = write_tar_shards(tmp_path / "a", num_shards=5, samples_per_shard=9)
+    nine_by_five = write_tar_shards(tmp_path / "b", num_shards=9, samples_per_shard=5)
+    first = ResumableDataLoader(Augment(TarShardDataset(five_by_nine)), batch_size=4, seed=1)
+    state = run(first, 1, stop_after=2, per_sample=per_sample)[1]
+    other = ResumableDataLoader(Augment(TarShardDataset(nine_by_five)), batch_size=4, seed=1)
+    with pytest.raises(StateDictError, match=r"fingerprint\.dataset"):
         other.load_state_dict(state)
