@@ -48,8 +48,9 @@ constexpr int kRoundKeys = 2 * resumable_loader::FEISTEL_ROUNDS;
 // The permutation's round keys: Philox blocks 0, 1, ... of (seed, epoch, purpose).
 std::array<uint32_t, kRoundKeys> round_keys(uint64_t seed, uint32_t epoch, uint32_t purpose) {
   std::array<uint32_t, kRoundKeys> keys{};
-  for (int i = 0; i < kRoundKeys; ++i) {
-    keys[i] = derive(seed, epoch, static_cast<uint64_t>(i / 4), purpose)[i % 4];
+  for (int block = 0; block * 4 < kRoundKeys; ++block) {
+    const Words4 words = derive(seed, epoch, static_cast<uint64_t>(block), purpose);
+    for (int w = 0; w < 4 && block * 4 + w < kRoundKeys; ++w) keys[block * 4 + w] = words[w];
   }
   return keys;
 }
