@@ -36,9 +36,14 @@ class ShardLocalStream {
   uint64_t fill(int64_t* out, uint64_t count);   // write the next ids; returns how many
 
  private:
+  // Philox blocks drawn per batch of picks (4 picks per block).
+  static constexpr uint64_t kPickBlocks = 64;
+
   bool next_input(int64_t* id);
   bool open_next_shard(uint64_t slot);
-  int64_t next_output();
+  void draw_picks(uint64_t block);
+  template <bool kWrite>
+  uint64_t advance(int64_t* out, uint64_t count);
 
   struct Slot {
     int64_t next;
@@ -55,7 +60,7 @@ class ShardLocalStream {
   uint32_t epoch_;
   uint64_t total_;
   uint64_t emitted_ = 0;
-  uint32_t words_[4] = {0, 0, 0, 0};
+  uint32_t words_[4 * kPickBlocks] = {};  // picks of the current batch, drawn at its first step
 };
 
 }  // namespace resumable_loader
