@@ -153,8 +153,9 @@ NB_MODULE(_core, m) {
             const int64_t* sizes = shard_sizes.data();
             uint64_t total = 0;
             for (size_t s = 0; s < shard_sizes.shape(0); ++s) {
-              if (sizes[s] < 0 || static_cast<uint64_t>(sizes[s]) > kMaxLength - total) {
-                throw nb::value_error("shard sizes must be >= 0 and sum to at most 2**63");
+              // The stream keeps int64 offsets, so the total stays below 2**63.
+              if (sizes[s] < 0 || static_cast<uint64_t>(sizes[s]) > kMaxLength - 1 - total) {
+                throw nb::value_error("shard sizes must be >= 0 and sum to less than 2**63");
               }
               total += static_cast<uint64_t>(sizes[s]);
             }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from resumable_loader import ConfigError, Permutation, Purpose, ShardLocalOrder, ShardShuffle
@@ -58,15 +58,30 @@ def reference(sizes, seed, epoch, window, buffer_size):
     return out
 
 
-@settings(max_examples=60)
-@given(
-    layouts, st.integers(0, 2**64 - 1), st.integers(0, 50), st.integers(1, 4), st.integers(1, 40)
-)
-def test_equals_reference(sizes, seed, epoch, window, buffer_size):
+def check_against_reference(sizes, seed, epoch, window, buffer_size):
     order = ShardLocalOrder(np.array(sizes), seed=seed, window=window, buffer_size=buffer_size)
     got = order.ids(epoch, 0, len(order)).tolist()
     assert got == reference(sizes, seed, epoch, window, buffer_size)
     assert sorted(got) == list(range(sum(sizes)))  # every epoch is a permutation
+
+
+@settings(max_examples=60)
+@given(
+    layouts, st.integers(0, 2**64 - 1), st.integers(0, 50), st.integers(1, 4), st.integers(1, 40)
+)
+@example([0, 3, 0, 5, 0], 1, 0, 1, 1)  # empty shards, no buffer
+@example([4, 2], 2, 3, 4, 1)  # window > shards
+@example([3, 1, 2], 3, 1, 2, 40)  # buffer > n
+@example([0, 0], 4, 0, 2, 2)  # nothing to read
+def test_equals_reference(sizes, seed, epoch, window, buffer_size):
+    check_against_reference(sizes, seed, epoch, window, buffer_size)
+
+
+@pytest.mark.parametrize(("window", "buffer_size"), [(1, 1), (3, 64), (8, 2000)])
+def test_equals_reference_over_many_pick_batches(window, buffer_size):
+    # C++ draws its picks in batches of Philox blocks; this crosses several batch boundaries.
+    sizes = [300, 0, 517, 1, 250, 0, 90]
+    check_against_reference(sizes, 2**40 + 9, 2**32 - 1, window, buffer_size)
 
 
 @settings(max_examples=40)
@@ -132,10 +147,50 @@ def test_settings_and_validation():
         "window": 2,
         "buffer_size": 4,
     }
-    for kwargs in (dict(window=0), dict(buffer_size=0), dict(window=True)):
+
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(window=0), dict(buffer_size=0), dict(window=True), dict(buffer_size=2.0)]
+)
+def test_invalid_settings_raise_config_error(kwargs):
+    with pytest.raises(ConfigError, match=next(iter(kwargs))):
+        ShardShuffle(**kwargs)
+    with pytest.raises(ConfigError, match=next(iter(kwargs))):
+        ShardLocalOrder(np.array([2, 3]), seed=1, **{"window": 2, "buffer_size": 4, **kwargs})
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [np.array([2, -1]), np.array([1.5, 2.0]), np.array([[1, 2]]), np.array([2**62, 2**62])],
+)
+def test_invalid_shard_sizes_raise_config_error(sizes):
+    with pytest.raises(ConfigError, match="shard_sizes"):
+        ShardLocalOrder(sizes, seed=1, window=1, buffer_size=1)
+
+
+def test_invalid_positions_seed_and_epoch_raise_config_error():
+    order = ShardLocalOrder(np.array([2, 3]), seed=1, window=2, buffer_size=4)
+    for bad in [(0, -1, 2), (0, 3, 2), (0, 0, 6), (-1, 0, 1), (2**32, 0, 1)]:
         with pytest.raises(ConfigError):
-            ShardShuffle(**kwargs)
+            order.ids(*bad)
+    with pytest.raises(ConfigError, match="chunk_size"):
+        next(order.iter_ids(0, chunk_size=0))
+    with pytest.raises(ConfigError, match="seed"):
+        ShardLocalOrder(np.array([2]), seed=-1, window=1, buffer_size=1)
+
+
+class _Sharded:
+    def __init__(self, length, shard_sizes):
+        self.length, self.shard_sizes = length, shard_sizes
+
+    def __len__(self):
+        return self.length
+
+
+def test_order_for_reads_the_datasets_shard_sizes():
+    order = ShardShuffle(window=3, buffer_size=5).order_for(_Sharded(7, [3, 4]), seed=9)
+    assert order.settings()["shards"] == 2 and len(order) == 7
     with pytest.raises(ConfigError, match="shard_sizes"):
         ShardShuffle().order_for([1, 2, 3], seed=0)
-    with pytest.raises(ConfigError):
-        ShardLocalOrder(np.array([2, -1]), seed=1, window=1, buffer_size=1)
+    with pytest.raises(ConfigError, match="sum to 7"):
+        ShardShuffle().order_for(_Sharded(8, np.array([3, 4])), seed=0)
