@@ -1,9 +1,12 @@
 // The private extension module resumable_loader._core: the only file that includes nanobind.
 // Checks arguments (ValueError), releases the GIL in bulk calls, refuses to convert output
-// arrays (a silently converted copy would stay unfilled).
+// arrays (a silently converted copy would stay unfilled). resumable_loader/_core.pyi is generated
+// from it: python -m nanobind.stubgen -m resumable_loader._core -o resumable_loader/_core.pyi,
+// then ruff format.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/array.h>
+#include <nanobind/stl/tuple.h>
 
 #include <array>
 #include <cstdint>
@@ -33,6 +36,10 @@ constexpr uint64_t kMaxLength = uint64_t{1} << 63;
 Words4 to_words(const resumable_loader::philox4x32_ctr_t& c) {
   return {c.v[0], c.v[1], c.v[2], c.v[3]};
 }
+
+// Python gets the words as a tuple, as rng.py promises.
+using WordsTuple = std::tuple<uint32_t, uint32_t, uint32_t, uint32_t>;
+WordsTuple to_tuple(const Words4& w) { return {w[0], w[1], w[2], w[3]}; }
 
 // Philox4x32-10 of counter (position lo, position hi, epoch, purpose) under key (seed lo, hi).
 Words4 derive(uint64_t seed, uint32_t epoch, uint64_t position, uint32_t purpose) {
@@ -84,14 +91,28 @@ NB_MODULE(_core, m) {
         if (rounds > resumable_loader::PHILOX4x32_MAX_ROUNDS) {
           throw nb::value_error("Philox4x32 rounds must be <= 16");
         }
-        return to_words(resumable_loader::philox4x32_R(
-            rounds, {{counter[0], counter[1], counter[2], counter[3]}}, {{key[0], key[1]}}));
+        return to_tuple(to_words(resumable_loader::philox4x32_R(
+            rounds, {{counter[0], counter[1], counter[2], counter[3]}}, {{key[0], key[1]}})));
       },
       "counter"_a, "key"_a, "rounds"_a = resumable_loader::PHILOX4x32_DEFAULT_ROUNDS,
       "Philox4x32-R of a 4-word counter under a 2-word key, as Random123 defines it.");
 
-  m.def("derive_words", &derive, "seed"_a, "epoch"_a, "position"_a, "purpose"_a,
-        "Philox4x32-10 of counter (position, epoch, purpose) under the seed's key.");
+  // The per-sample hot path. Exact ints only (anything else raises TypeError and rng.py validates
+  // it), except the purpose: an IntEnum converted by hand, since letting nanobind convert it
+  // means a second overload pass (~100 ns).
+  m.def(
+      "derive_words",
+      [](uint64_t seed, uint32_t epoch, uint64_t position, nb::handle purpose) {
+        uint32_t purpose_word;
+        if (!nb::try_cast(purpose, purpose_word)) {
+          throw nb::type_error("purpose must be an int in [0, 2**32)");
+        }
+        return to_tuple(derive(seed, epoch, position, purpose_word));
+      },
+      "seed"_a.noconvert(), "epoch"_a.noconvert(), "position"_a.noconvert(), "purpose"_a,
+      nb::sig("def derive_words(seed: int, epoch: int, position: int, purpose: int) -> "
+              "tuple[int, int, int, int]"),
+      "Philox4x32-10 of counter (position, epoch, purpose) under the seed's key.");
 
   m.def(
       "seed_mt19937",
@@ -112,20 +133,21 @@ NB_MODULE(_core, m) {
           "n"_a, "seed"_a, "epoch"_a, "purpose"_a = kPurposePermutation)
       .def_prop_ro("size", &FeistelPermutation::size)
       .def_prop_ro("bits", &FeistelPermutation::bits)
+      // Lookups take exact ints only: order.py validates anything else (numpy ints, bools).
       .def(
           "__call__",
           [](const FeistelPermutation& p, uint64_t position) {
             check_position(p, position, "position");
             return p(position);
           },
-          "position"_a)
+          "position"_a.noconvert())
       .def(
           "inverse",
           [](const FeistelPermutation& p, uint64_t value) {
             check_position(p, value, "value");
             return p.inverse(value);
           },
-          "value"_a)
+          "value"_a.noconvert())
       .def(
           "fill",
           [](const FeistelPermutation& p, uint64_t start, Int64Out out) {

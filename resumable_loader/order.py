@@ -7,6 +7,7 @@ so a resume at position p costs the same as at 0. Neither depends on workers, ra
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator
 from typing import Protocol, runtime_checkable
 
@@ -58,10 +59,18 @@ class Permutation:
         return self.n
 
     def __getitem__(self, position: int) -> int:
+        try:
+            return self._core(position)  # plain ints in range: one C++ call
+        except TypeError:
+            pass
         return self._core(self._position(position))
 
     def inverse(self, sample_id: int) -> int:
         """The position holding ``sample_id``."""
+        try:
+            return self._core.inverse(sample_id)
+        except TypeError:
+            pass
         return self._core.inverse(self._position(sample_id))
 
     def fill(self, start: int, stop: int) -> np.ndarray:
@@ -73,9 +82,10 @@ class Permutation:
         return out
 
     def _position(self, position: int) -> int:
-        if isinstance(position, bool) or not 0 <= position < self.n:
+        index = operator.index(position)  # TypeError for non-integers, as for lists
+        if isinstance(position, (bool, np.bool_)) or not 0 <= index < self.n:
             raise IndexError(f"position {position!r} out of range [0, {self.n})")
-        return int(position)
+        return index
 
     def __repr__(self) -> str:
         return f"Permutation(n={self.n}, seed={self.seed}, epoch={self.epoch})"

@@ -20,6 +20,7 @@ from resumable_loader.errors import ConfigError
 SEED_LIMIT = 2**64
 EPOCH_LIMIT = 2**32
 POSITION_LIMIT = 2**64
+PURPOSE_LIMIT = 2**32
 
 
 class Purpose(enum.IntEnum):
@@ -61,7 +62,7 @@ def philox4x32(
     if len(counter) != 4 or len(key) != 2:
         raise ConfigError(f"need 4 counter words and 2 key words, got {counter!r}, {key!r}")
     try:
-        return tuple(_core.philox4x32(list(counter), list(key), rounds))
+        return _core.philox4x32(list(counter), list(key), rounds)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"invalid Philox input {counter!r}, {key!r}, {rounds}: {error}") from None
 
@@ -71,16 +72,19 @@ def derive_words(
 ) -> tuple[int, int, int, int]:
     """The four 32-bit words keyed by ``seed`` for (epoch, position, purpose).
 
-    Called once per sample in the loading process, so it is one C++ call; out-of-range
-    arguments surface as ConfigError.
+    Called once per sample in the loading process, so plain ints go straight to one C++ call;
+    anything else (numpy ints, out-of-range values) is validated here and raises ConfigError.
     """
     try:
-        return tuple(_core.derive_words(seed, epoch, position, purpose))
+        return _core.derive_words(seed, epoch, position, purpose)
     except TypeError:
-        check_seed(seed)
-        check_epoch(epoch)
-        _check_int("position", position, POSITION_LIMIT)
-        raise ConfigError(f"purpose must be a Purpose, got {purpose!r}") from None
+        pass  # validate outside the handler, so a ConfigError doesn't chain nanobind's TypeError
+    return _core.derive_words(
+        check_seed(seed),
+        check_epoch(epoch),
+        _check_int("position", position, POSITION_LIMIT),
+        _check_int("purpose", purpose, PURPOSE_LIMIT),
+    )
 
 
 # (numpy's global bit generator, the address of its MT19937 state if the fast path was verified

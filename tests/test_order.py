@@ -14,8 +14,9 @@ from resumable_loader.order import Order
 
 def test_bijection_for_every_small_n():
     for n in range(1, 2001):
-        ids = Permutation(n, seed=n, epoch=n % 7).fill(0, n)
-        assert np.array_equal(np.sort(ids), np.arange(n)), n
+        for seed, epoch in ((n, n % 7), (2**64 - n, 2**32 - 1), (0, 0)):
+            ids = Permutation(n, seed=seed, epoch=epoch).fill(0, n)
+            assert np.array_equal(np.sort(ids), np.arange(n)), (n, seed, epoch)
 
 
 @pytest.mark.parametrize("n", [65537, 262145, 1048577])
@@ -60,11 +61,16 @@ def test_small_n_costs_no_padding():
 def test_pinned_orders():
     # Changing these breaks every saved cursor: the order is part of the resume contract.
     assert Permutation(1000, seed=42, epoch=0).fill(0, 16).tolist() == PINNED_1000
-    assert Permutation(2**40, seed=42, epoch=0).fill(0, 4).tolist() == PINNED_2_40
+    assert Permutation(2**40, seed=42, epoch=0).fill(0, 16).tolist() == PINNED_2_40
 
 
 PINNED_1000 = [453, 347, 531, 519, 325, 643, 881, 846, 509, 421, 935, 927, 770, 45, 563, 520]
-PINNED_2_40 = [933912757325, 933066934636, 119872818574, 642231785143]
+PINNED_2_40 = [
+    933912757325, 933066934636, 119872818574, 642231785143,
+    951152463958, 353426672156, 1061331982195, 496605860700,
+    147350095901, 1000009754831, 25548673866, 751667554239,
+    489571550485, 134800158037, 212520695936, 104830453188,
+]  # fmt: skip
 
 
 def test_neighbouring_seed_epoch_permutations_differ():
@@ -85,10 +91,27 @@ def test_bad_arguments(kwargs):
 
 def test_out_of_range_positions():
     permutation = Permutation(10, seed=0, epoch=0)
-    with pytest.raises(IndexError):
-        permutation[10]
+    for position in (10, -1, True):
+        with pytest.raises(IndexError):
+            permutation[position]
+        with pytest.raises(IndexError):
+            permutation.inverse(position)
+    with pytest.raises(TypeError):
+        permutation[1.0]
     with pytest.raises(ConfigError):
         permutation.fill(5, 11)
+
+
+def test_lookups_accept_numpy_ints():
+    permutation = Permutation(10, seed=0, epoch=0)
+    assert permutation[np.int64(3)] == permutation[3]
+    assert permutation.inverse(np.uint8(3)) == permutation.inverse(3)
+
+
+def test_core_fill_refuses_to_convert_the_output():
+    # A converted copy would be filled and thrown away, leaving the caller's array untouched.
+    with pytest.raises(TypeError):
+        Permutation(10, seed=0, epoch=0)._core.fill(0, np.zeros(4, dtype=np.int32))
 
 
 class TestOrders:

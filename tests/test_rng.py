@@ -73,11 +73,25 @@ def test_bad_seeds(seed):
         check_seed(seed)
 
 
-def test_bad_derive_arguments():
-    with pytest.raises(ConfigError, match="epoch"):
-        derive_words(1, 2**32, 0, Purpose.SAMPLE)
-    with pytest.raises(ConfigError, match="position"):
-        derive_words(1, 0, -1, Purpose.SAMPLE)
+@pytest.mark.parametrize(
+    "args,name",
+    [
+        ((1, 2**32, 0, Purpose.SAMPLE), "epoch"),
+        ((1, 0, -1, Purpose.SAMPLE), "position"),
+        ((1, 0, 2**64, Purpose.SAMPLE), "position"),
+        ((True, 0, 0, Purpose.SAMPLE), "seed"),
+        ((1, 0, 0, "sample"), "purpose"),
+    ],
+)
+def test_bad_derive_arguments(args, name):
+    with pytest.raises(ConfigError, match=name):
+        derive_words(*args)
+
+
+def test_derive_words_accepts_numpy_ints():
+    expected = derive_words(7, 1, 5, Purpose.BATCH)
+    assert isinstance(expected, tuple)
+    assert derive_words(np.uint64(7), np.int32(1), np.int64(5), Purpose.BATCH) == expected
 
 
 @given(st.lists(words32, min_size=4, max_size=4))
