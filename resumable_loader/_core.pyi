@@ -1,0 +1,62 @@
+"""
+C++ core of resumable_loader: Philox4x32-10, Feistel permutation, reseeding.
+"""
+
+from collections.abc import Sequence
+from typing import Annotated
+
+import numpy
+from numpy.typing import NDArray
+
+def philox4x32(
+    counter: Sequence[int], key: Sequence[int], rounds: int = 10
+) -> tuple[int, int, int, int]:
+    """
+    Philox4x32-R of a 4-word counter under a 2-word key, as Random123 defines it.
+    """
+
+def derive_words(seed: int, epoch: int, position: int, purpose: int) -> tuple[int, int, int, int]:
+    """
+    Philox4x32-10 of counter (position, epoch, purpose) under the seed's key.
+    """
+
+def seed_mt19937(state_address: int, words: Sequence[int]) -> None:
+    """
+    init_by_array(words) into the MT19937 state at state_address (numpy's mt19937_state).
+    """
+
+class Permutation:
+    def __init__(self, n: int, seed: int, epoch: int, purpose: int = 1) -> None: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def bits(self) -> int: ...
+    def __call__(self, position: int) -> int: ...
+    def inverse(self, value: int) -> int: ...
+    def fill(
+        self,
+        start: int,
+        out: Annotated[NDArray[numpy.int64], dict(shape=(None,), order="C", device="cpu")],
+    ) -> None:
+        """Write perm(start + i) into out[i] for every i (out: contiguous int64)."""
+
+class ShardLocalStream:
+    def __init__(
+        self,
+        shard_sizes: Annotated[
+            NDArray[numpy.int64], dict(shape=(None,), order="C", device="cpu", writable=False)
+        ],
+        seed: int,
+        epoch: int,
+        window: int,
+        buffer_size: int,
+    ) -> None: ...
+    @property
+    def remaining(self) -> int: ...
+    def skip(self, count: int) -> int:
+        """Advance over the next count ids; returns how many were skipped."""
+
+    def fill(
+        self, out: Annotated[NDArray[numpy.int64], dict(shape=(None,), order="C", device="cpu")]
+    ) -> int:
+        """Write the next ids into out; returns how many were written."""
