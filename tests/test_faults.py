@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import signal
@@ -16,6 +17,18 @@ from resumable_loader import ResumableDataLoader, WorkerError
 
 N = 24
 BAD_SAMPLE = 13
+
+# When a worker dies mid-transfer, torch's own error path probes the open-file limit with
+# NamedTemporaryFiles; a signal arriving meanwhile can leave those objects to the garbage
+# collector, which then warns. They are torch's internals, not ours: tolerated in this module,
+# and collected after each test so they cannot surface in another one.
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_after_each_test():
+    yield
+    gc.collect()
 
 
 class Faulty(AugmentedDataset):
