@@ -14,9 +14,10 @@
 //      the slot that moved into its place).
 //   3. Buffer: the first min(B, n) interleaved ids fill it. Output step t draws Philox with
 //      counter (t/4 lo, t/4 hi, epoch, SHUFFLE_BUFFER) under the seed, takes word t%4 and maps it
-//      to j = (word * size) >> 32 (Lemire's multiply-shift); the id at j is emitted and replaced
-//      by the next interleaved id, or, when the input is exhausted, by the buffer's last id (the
-//      buffer shrinks).
+//      to j = (word * size) >> 32 (Lemire's multiply-shift without its rejection step: the bias
+//      is below size / 2^32, and step t always uses exactly one word); the id at j is emitted and
+//      replaced by the next interleaved id, or, when the input is exhausted, by the buffer's last
+//      id (the buffer shrinks).
 #pragma once
 
 #include <cstdint>
