@@ -4,7 +4,8 @@ Run: python benchmarks/bench_shuffle_buffer.py [--shards S] [--per-shard P] [--w
 
 A resume replays the epoch's id bookkeeping from its start (the cursor stores no buffer); this
 prints the replay rate of skip() and fill() for two buffer sizes, the time to reach positions
-10^6, 10^7 and 10^8, and the bytes a cursor would need if it stored the buffer instead. The checksum (CRC-32 of the filled ids) changes only if the order does.
+10^6, 10^7 and 10^8, and the bytes a cursor would need if it stored the buffer instead. The
+checksum (CRC-32 of the filled ids) changes only if the order does.
 """
 
 from __future__ import annotations
