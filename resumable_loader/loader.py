@@ -49,8 +49,9 @@ class ResumableDataLoader(DataLoader):
             [g + kWB, g + (k+1)WB); rank r takes [g + kWB + rB, g + kWB + (r+1)B).
         reseed_globals: before each sample, reseed ``random``, numpy's global RNG and torch's
             CPU default generator from the sample's key, so unmodified augmentations replay.
-        shard_shuffle: a :class:`~resumable_loader.order.ShardShuffle` to shuffle shard-locally
-            (needs ``shuffle=True`` and a dataset with ``shard_sizes``) instead of globally.
+        shard_shuffle: a :class:`~resumable_loader.shard_order.ShardShuffle` to shuffle
+            shard-locally (needs ``shuffle=True`` and a dataset with ``shard_sizes``) instead of
+            globally.
     """
 
     def __init__(
