@@ -2,8 +2,8 @@
 //
 // The bulk fill is the hot path (an epoch's order is filled in chunks): it runs the rounds over
 // blocks of 1024 positions held as two arrays of 32-bit halves, so the compiler vectorises the
-// round function, re-encrypts only the values that fell outside [0, n), and splits large fills
-// across threads.
+// round function, re-encrypts only the values that fell outside [0, n) (compacted, so each
+// further pass costs in proportion to what is left), and splits large fills across threads.
 #include "permutation.h"
 
 #include <algorithm>
@@ -87,31 +87,49 @@ void FeistelPermutation::fill_serial(uint64_t start, uint64_t count, int64_t* ou
   alignas(64) uint32_t hi[kBlock];
   alignas(64) uint32_t lo[kBlock];
   alignas(64) uint32_t slot[kBlock];
+  // Every round over `active` lanes; a plain loop per round, so the compiler vectorises it.
+  auto encrypt_lanes = [&](size_t active) {
+    for (int r = 0; r < FEISTEL_ROUNDS; ++r) {
+      const uint32_t k0 = keys_[2 * r];
+      const uint32_t k1 = keys_[2 * r + 1];
+      if (r % 2 == 0) {
+        for (size_t j = 0; j < active; ++j) hi[j] ^= round_function(lo[j], k0, k1) & hi_mask_;
+      } else {
+        for (size_t j = 0; j < active; ++j) lo[j] ^= round_function(hi[j], k0, k1) & lo_mask_;
+      }
+    }
+  };
   for (uint64_t base = 0; base < count; base += kBlock) {
-    size_t active = static_cast<size_t>(std::min<uint64_t>(kBlock, count - base));
-    for (size_t j = 0; j < active; ++j) {
+    const size_t size = static_cast<size_t>(std::min<uint64_t>(kBlock, count - base));
+    int64_t* block = out + base;
+    // First pass over the whole block, written in place: vectorised end to end.
+    for (size_t j = 0; j < size; ++j) {
       const uint64_t x = start + base + j;
       hi[j] = static_cast<uint32_t>(x >> lo_bits_);
       lo[j] = static_cast<uint32_t>(x) & lo_mask_;
-      slot[j] = static_cast<uint32_t>(j);
+    }
+    encrypt_lanes(size);
+    for (size_t j = 0; j < size; ++j) {
+      block[j] = static_cast<int64_t>((static_cast<uint64_t>(hi[j]) << lo_bits_) | lo[j]);
+    }
+    // Cycle walking: only the slots whose value is still >= n are re-encrypted, compacted.
+    size_t active = 0;
+    for (size_t j = 0; j < size; ++j) {
+      slot[active] = static_cast<uint32_t>(j);
+      active += static_cast<uint64_t>(block[j]) >= n_;
     }
     while (active > 0) {
-      for (int r = 0; r < FEISTEL_ROUNDS; ++r) {
-        const uint32_t k0 = keys_[2 * r];
-        const uint32_t k1 = keys_[2 * r + 1];
-        if (r % 2 == 0) {
-          for (size_t j = 0; j < active; ++j) hi[j] ^= round_function(lo[j], k0, k1) & hi_mask_;
-        } else {
-          for (size_t j = 0; j < active; ++j) lo[j] ^= round_function(hi[j], k0, k1) & lo_mask_;
-        }
+      for (size_t k = 0; k < active; ++k) {
+        const uint64_t x = static_cast<uint64_t>(block[slot[k]]);
+        hi[k] = static_cast<uint32_t>(x >> lo_bits_);
+        lo[k] = static_cast<uint32_t>(x) & lo_mask_;
       }
-      size_t walking = 0;  // values still >= n are compacted and encrypted again
-      for (size_t j = 0; j < active; ++j) {
-        const uint64_t x = (static_cast<uint64_t>(hi[j]) << lo_bits_) | lo[j];
-        out[base + slot[j]] = static_cast<int64_t>(x);
-        hi[walking] = hi[j];
-        lo[walking] = lo[j];
-        slot[walking] = slot[j];
+      encrypt_lanes(active);
+      size_t walking = 0;
+      for (size_t k = 0; k < active; ++k) {
+        const uint64_t x = (static_cast<uint64_t>(hi[k]) << lo_bits_) | lo[k];
+        block[slot[k]] = static_cast<int64_t>(x);
+        slot[walking] = slot[k];
         walking += x >= n_;
       }
       active = walking;
