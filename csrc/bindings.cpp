@@ -50,7 +50,7 @@ Words4 derive(uint64_t seed, uint32_t epoch, uint64_t position, uint32_t purpose
   return to_words(resumable_loader::philox4x32(ctr, key));
 }
 
-constexpr int kRoundKeys = 2 * resumable_loader::FEISTEL_ROUNDS;
+constexpr int kRoundKeys = 2 * resumable_loader::FEISTEL_MAX_ROUNDS;
 
 // The permutation's round keys: Philox blocks 0, 1, ... of (seed, epoch, purpose).
 std::array<uint32_t, kRoundKeys> round_keys(uint64_t seed, uint32_t epoch, uint32_t purpose) {
@@ -133,6 +133,7 @@ NB_MODULE(_core, m) {
           "n"_a, "seed"_a, "epoch"_a, "purpose"_a = kPurposePermutation)
       .def_prop_ro("size", &FeistelPermutation::size)
       .def_prop_ro("bits", &FeistelPermutation::bits)
+      .def_prop_ro("rounds", &FeistelPermutation::rounds)
       // Lookups take exact ints only: order.py validates anything else (numpy ints, bools).
       .def(
           "__call__",

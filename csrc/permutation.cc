@@ -37,13 +37,14 @@ FeistelPermutation::FeistelPermutation(uint64_t n, const uint32_t* round_keys) :
   lo_bits_ = b / 2;
   hi_mask_ = hi_bits_ == 0 ? 0 : static_cast<uint32_t>((uint64_t{1} << hi_bits_) - 1);
   lo_mask_ = lo_bits_ == 0 ? 0 : static_cast<uint32_t>((uint64_t{1} << lo_bits_) - 1);
-  std::copy(round_keys, round_keys + 2 * FEISTEL_ROUNDS, keys_);
+  rounds_ = feistel_rounds(b);
+  std::copy(round_keys, round_keys + 2 * FEISTEL_MAX_ROUNDS, keys_);
 }
 
 uint64_t FeistelPermutation::encrypt(uint64_t x) const {
   uint32_t hi = static_cast<uint32_t>(x >> lo_bits_);
   uint32_t lo = static_cast<uint32_t>(x) & lo_mask_;
-  for (int r = 0; r < FEISTEL_ROUNDS; ++r) {
+  for (unsigned r = 0; r < rounds_; ++r) {
     if (r % 2 == 0) {
       hi ^= round_function(lo, keys_[2 * r], keys_[2 * r + 1]) & hi_mask_;
     } else {
@@ -56,7 +57,7 @@ uint64_t FeistelPermutation::encrypt(uint64_t x) const {
 uint64_t FeistelPermutation::decrypt(uint64_t x) const {
   uint32_t hi = static_cast<uint32_t>(x >> lo_bits_);
   uint32_t lo = static_cast<uint32_t>(x) & lo_mask_;
-  for (int r = FEISTEL_ROUNDS - 1; r >= 0; --r) {
+  for (unsigned r = rounds_; r-- > 0;) {
     if (r % 2 == 0) {
       hi ^= round_function(lo, keys_[2 * r], keys_[2 * r + 1]) & hi_mask_;
     } else {
@@ -89,7 +90,7 @@ void FeistelPermutation::fill_serial(uint64_t start, uint64_t count, int64_t* ou
   alignas(64) uint32_t slot[kBlock];
   // Every round over `active` lanes; a plain loop per round, so the compiler vectorises it.
   auto encrypt_lanes = [&](size_t active) {
-    for (int r = 0; r < FEISTEL_ROUNDS; ++r) {
+    for (unsigned r = 0; r < rounds_; ++r) {
       const uint32_t k0 = keys_[2 * r];
       const uint32_t k1 = keys_[2 * r + 1];
       if (r % 2 == 0) {

@@ -46,7 +46,12 @@ def derive(seed: int, epoch: int, positions: np.ndarray, purpose: int) -> np.nda
     return philox4x32(counters, keys)
 
 
-ROUNDS = 6
+MAX_ROUNDS = 32
+
+
+def rounds(bits: int) -> int:
+    """Feistel rounds for a domain of 2**bits: small domains need more to look uniform."""
+    return MAX_ROUNDS if bits <= 7 else 8
 
 
 def _mix(half: np.ndarray, k0: int, k1: int) -> np.ndarray:
@@ -62,7 +67,7 @@ def _mix(half: np.ndarray, k0: int, k1: int) -> np.ndarray:
 
 def permutation(n: int, seed: int, epoch: int, positions: np.ndarray, purpose: int = 1):
     """Feistel (unbalanced halves, alternating updates) + cycle walking, vectorised."""
-    keys = derive(seed, epoch, np.arange(3), purpose).reshape(-1)[: 2 * ROUNDS]
+    keys = derive(seed, epoch, np.arange(MAX_ROUNDS // 2), purpose).reshape(-1)
     bits = int(n - 1).bit_length()
     hi_bits, lo_bits = (bits + 1) // 2, bits // 2
     hi_mask, lo_mask = np.uint32((1 << hi_bits) - 1), np.uint32((1 << lo_bits) - 1)
@@ -72,7 +77,7 @@ def permutation(n: int, seed: int, epoch: int, positions: np.ndarray, purpose: i
         while todo.any():
             hi = (x[todo] >> np.uint64(lo_bits)).astype(np.uint32)
             lo = (x[todo] & np.uint64(lo_mask)).astype(np.uint32)
-            for r in range(ROUNDS):
+            for r in range(rounds(bits)):
                 if r % 2 == 0:
                     hi ^= _mix(lo, keys[2 * r], keys[2 * r + 1]) & hi_mask
                 else:
