@@ -135,7 +135,7 @@ def test_pinned_stream():
     assert order.ids(0, 0, 20).tolist() == PINNED
 
 
-PINNED = [0, 2, 1, 15, 16, 17, 3, 18, 19, 4, 13, 21, 14, 22, 20, 12, 6, 8, 7, 9]
+PINNED = [12, 14, 13, 15, 16, 17, 5, 18, 19, 6, 8, 21, 9, 22, 20, 7, 11, 1, 0, 2]
 
 
 def test_settings_and_validation():
