@@ -134,7 +134,9 @@ def parse_cursor(
             f"field '{FINGERPRINT_KEY}': saved keys {list(saved_fingerprint)!r} are not all "
             "strings; pass an unmodified ResumableDataLoader.state_dict()"
         )
-    for name in sorted(set(saved_fingerprint) | set(fingerprint)):
+    # The current loader's fields in their own order (dataset, order, ...) first, so the message
+    # names the most basic difference; then fields only the saved state has.
+    for name in [*fingerprint, *(k for k in saved_fingerprint if k not in fingerprint)]:
         saved, current = saved_fingerprint.get(name), fingerprint.get(name)
         if saved != current:
             raise StateDictError(

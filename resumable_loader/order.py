@@ -18,6 +18,10 @@ from resumable_loader.errors import ConfigError
 from resumable_loader.rng import Purpose, check_epoch, check_seed
 
 MAX_LENGTH = 2**63
+# Names the permutation algorithm in the cursor's fingerprint, so a cursor saved under another
+# one is refused instead of resuming on a different order. v2: rounds by domain width (32 up to
+# 128 values, 8 above); v1 (never released) used 6 rounds everywhere.
+PERMUTATION_ALGORITHM = "feistel-v2"
 CHUNK_SIZE = 65536
 
 
@@ -154,7 +158,7 @@ class ShuffledOrder(_PositionalOrder):
         return self.permutation(epoch).fill(start, stop)
 
     def settings(self) -> dict[str, int | str]:
-        return {"order": "shuffled", "length": self.length}
+        return {"order": "shuffled", "length": self.length, "algorithm": PERMUTATION_ALGORITHM}
 
     def __repr__(self) -> str:
         return f"ShuffledOrder(length={self.length}, seed={self.seed})"

@@ -19,7 +19,7 @@ import numpy as np
 
 from resumable_loader import _core
 from resumable_loader.errors import ConfigError
-from resumable_loader.order import CHUNK_SIZE
+from resumable_loader.order import CHUNK_SIZE, PERMUTATION_ALGORITHM
 from resumable_loader.rng import check_epoch, check_seed
 
 MAX_LENGTH = 2**63 - 1  # the C++ stream keeps int64 offsets
@@ -121,6 +121,7 @@ class ShardLocalOrder:
         """Everything but the seed that decides the order (the cursor checks them on resume)."""
         return {
             "order": "shard_local",
+            "algorithm": PERMUTATION_ALGORITHM,
             "length": self.length,
             "shards": len(self.shard_sizes),
             "window": self.window,

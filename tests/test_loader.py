@@ -323,6 +323,12 @@ class TestStateErrors:
         with pytest.raises(StateDictError, match=r"fingerprint\.length.*29.*30"):
             make(dataset=AugmentedDataset(30))().load_state_dict(state)
 
+    def test_cursor_from_another_permutation_algorithm_is_refused(self):
+        state = make()().state_dict()
+        state["fingerprint"]["algorithm"] = "feistel-v1"
+        with pytest.raises(StateDictError, match=r"fingerprint\.algorithm.*feistel-v1"):
+            make()().load_state_dict(state)
+
     def test_other_shuffle_setting_is_named(self):
         state = make()().state_dict()
         with pytest.raises(StateDictError, match=r"fingerprint\.order"):

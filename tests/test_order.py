@@ -163,7 +163,11 @@ class TestOrders:
         assert not np.array_equal(first, second)
 
     def test_settings(self):
-        assert ShuffledOrder(7, seed=1).settings() == {"order": "shuffled", "length": 7}
+        assert ShuffledOrder(7, seed=1).settings() == {
+            "order": "shuffled",
+            "length": 7,
+            "algorithm": "feistel-v2",
+        }
         assert SequentialOrder(7).settings() == {"order": "sequential", "length": 7}
 
     def test_empty_dataset(self):

@@ -142,6 +142,7 @@ def test_settings_and_validation():
     order = ShardLocalOrder(np.array([2, 3]), seed=1, window=2, buffer_size=4)
     assert order.settings() == {
         "order": "shard_local",
+        "algorithm": "feistel-v2",
         "length": 5,
         "shards": 2,
         "window": 2,
