@@ -69,13 +69,16 @@ def job(
         for r in range(world_size)
     ]
     log_path, checkpoint = state_dir / "log.jsonl", state_dir / "checkpoint.msgpack"
-    epochs = EPOCHS
+    epochs, log_bytes = EPOCHS, 0
     if checkpoint.exists():
         saved = msgpack.unpackb(checkpoint.read_bytes())
-        os.truncate(log_path, saved["log_bytes"])
+        log_bytes = saved["log_bytes"]
         for loader in loaders:
             loader.load_state_dict(saved["cursor"])
         epochs = epochs_left(saved["cursor"], EPOCHS)
+    # A run killed before its first checkpoint leaves a log that no checkpoint covers: drop it.
+    log_path.touch()
+    os.truncate(log_path, log_bytes)
     with open(log_path, "ab") as log:
         for _ in range(epochs):
             for step, batches in enumerate(zip(*loaders, strict=True), start=1):
@@ -113,7 +116,13 @@ def drive(
     every: int = 3,
     step_seconds: float = 0.02,
 ) -> dict:
-    """Kill and resume the job ``kills`` times, then finish it; return the outcome."""
+    """Kill and resume the job ``kills`` times, then finish it; return the outcome.
+
+    Each kill lands mid-run: once the job has logged a random number of samples past its last
+    checkpoint (at most half of what is left), plus a random fraction of a checkpoint interval,
+    so it may hit a step, a log write or a checkpoint write.
+    """
+    expected = continuous_stream(shard_dir)
     resumes = []
     for attempt in range(kills + 1):
         world_size, workers = rng.choice([1, 2, 3]), rng.choice([0, 1, 2])
@@ -128,9 +137,11 @@ def drive(
             str(every),
             str(step_seconds),
         ]
+        start = _checkpointed_lines(state_dir)
+        target = start + rng.randint(1, max(1, (len(expected) - start) // 2))
         process = subprocess.Popen(command, start_new_session=True, cwd=HERE)
-        if attempt < kills:
-            time.sleep(rng.uniform(1.0, 4.0))
+        if attempt < kills and _wait_for_lines(state_dir, target, process):
+            time.sleep(rng.uniform(0.0, every * step_seconds))
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=300)
         resumes.append(
@@ -139,7 +150,6 @@ def drive(
         if (state_dir / "done").exists():
             break
     logged = [json.loads(line) for line in (state_dir / "log.jsonl").read_text().splitlines()]
-    expected = continuous_stream(shard_dir)
     return {
         "kills": sum(r["returncode"] == -signal.SIGKILL for r in resumes),
         "runs": resumes,
@@ -148,6 +158,32 @@ def drive(
         "match": logged == expected,
         "finished": (state_dir / "done").exists(),
     }
+
+
+def _checkpointed_lines(state_dir: Path) -> int:
+    """How many logged samples the last checkpoint covers (where the next run starts)."""
+    import msgpack
+
+    checkpoint = state_dir / "checkpoint.msgpack"
+    if not checkpoint.exists():
+        return 0
+    log_bytes = msgpack.unpackb(checkpoint.read_bytes())["log_bytes"]
+    with open(state_dir / "log.jsonl", "rb") as log:
+        return log.read(log_bytes).count(b"\n")
+
+
+def _wait_for_lines(
+    state_dir: Path, lines: int, process: subprocess.Popen, timeout: float = 120.0
+) -> bool:
+    """Wait until the job's log holds ``lines`` lines; False if the job ended first."""
+    log_path, deadline = state_dir / "log.jsonl", time.monotonic() + timeout
+    while process.poll() is None:
+        if log_path.exists() and log_path.read_bytes().count(b"\n") >= lines:
+            return True
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"soak job logged fewer than {lines} samples in {timeout} s")
+        time.sleep(0.005)
+    return False
 
 
 def write_soak_shards(directory: Path, *, shards: int = 6, per_shard: int = 40) -> Path:
