@@ -14,7 +14,7 @@ def resolve_topology(rank: int | None, world_size: int | None) -> tuple[int, int
     RANK and WORLD_SIZE environment variables (as torchrun sets them), then (0, 1).
     """
     if rank is None or world_size is None:
-        if dist.is_available() and dist.is_initialized():
+        if _group_initialized():
             default_rank, default_world = dist.get_rank(), dist.get_world_size()
         else:
             default_rank = _env_int("RANK", 0)
@@ -30,6 +30,10 @@ def resolve_topology(rank: int | None, world_size: int | None) -> tuple[int, int
             f"world_size={world_size}"
         )
     return rank, world_size
+
+
+def _group_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
 
 
 def _env_int(name: str, default: int) -> int:
@@ -51,7 +55,7 @@ def agree_on_seed(seed: int, world_size: int) -> int:
     """
     if world_size == 1:
         return seed
-    if not (dist.is_available() and dist.is_initialized()):
+    if not _group_initialized():
         raise ConfigError(
             f"world_size={world_size} but no torch.distributed process group is initialized, so "
             "the ranks cannot agree on a default seed: pass the same seed= on every rank"
@@ -62,7 +66,19 @@ def agree_on_seed(seed: int, world_size: int) -> int:
 
 
 def gather_cursors(state: dict) -> list[dict]:
-    """Every rank's cursor (all ranks must call this together)."""
+    """Every rank's cursor, all-gathered through the process group (a collective: all ranks
+    must call it together), so that ``state_dict(check_ranks=True)`` can compare them.
+
+    Raises ConfigError rather than torch's bare ValueError when no process group is
+    initialized, since the fix is on the caller's side: initialize one, or skip the check.
+    """
+    if not _group_initialized():
+        raise ConfigError(
+            "state_dict(check_ranks=True) with world_size > 1 all-gathers every rank's cursor, "
+            "which needs an initialized torch.distributed process group, and none is: call "
+            "torch.distributed.init_process_group() first (under torchrun), or call "
+            "state_dict() without check_ranks"
+        )
     states: list[dict] = [{} for _ in range(dist.get_world_size())]
     dist.all_gather_object(states, state)
     return states

@@ -176,3 +176,11 @@ def test_ranks_default_to_the_environment(monkeypatch):
 def test_several_ranks_without_a_group_need_a_seed():
     with pytest.raises(ConfigError, match="seed="):
         ResumableDataLoader(augmented(N), batch_size=2, world_size=2, rank=0)
+
+
+def test_check_ranks_without_a_group_is_a_config_error():
+    assert not dist.is_initialized()
+    loader = make_loader(world_size=2, rank=0)
+    loader.state_dict()  # without check_ranks there is no collective, so no group is needed
+    with pytest.raises(ConfigError, match=r"check_ranks=True.*init_process_group"):
+        loader.state_dict(check_ranks=True)
