@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import numpy as np
 import pytest
@@ -160,6 +161,69 @@ def test_distributed_checkpoint_round_trip(tmp_path):
     tail = launch(3, _dcp_job, str(tmp_path), None)
     stream = global_stream(head, N) + global_stream(tail, N)
     assert stream == [e for e in continuous() if e[0] == 0]
+
+
+def test_drop_last_resume_across_world_sizes_drops_the_last_global_batch():
+    # The global batch stays 8 (4 ranks x 2, then 2 ranks x 4); 55 = 6 * 8 + 7, so each epoch
+    # drops its last 7 positions. 8 batches stop in epoch 1: head and tail each cross a drop.
+    first = functools.partial(make_loader, batch_size=2, drop_last=True)
+    second = functools.partial(make_loader, batch_size=4, num_workers=1, drop_last=True)
+    head = launch(4, resume_job, first, EPOCHS, 8, None)
+    tail = launch(2, resume_job, second, EPOCHS, None, head[0][1])
+    stream = global_stream([b for b, _ in head], N) + global_stream([b for b, _ in tail], N)
+    assert stream == continuous(batch_size=8, drop_last=True)
+    assert [(e, p) for e, p, _, _ in stream] == [(e, p) for e in range(EPOCHS) for p in range(48)]
+
+
+PADDED_N = 53  # 4 ranks x 3: 4 full global batches of 12, then 5 positions left
+
+
+def _padded(_length):
+    return augmented(PADDED_N)
+
+
+def _padding_job(rank, world_size):
+    loader = make_loader(_padded, batch_size=3)
+    return consume(loader, EPOCHS), len(loader)
+
+
+def test_padding_wraps_to_the_epochs_start_and_evens_the_ranks():
+    results = launch(4, _padding_job)
+    per_rank = [batches for batches, _ in results]
+    assert [n for _, n in results] == [5] * 4
+    assert [len(batches) for batches in per_rank] == [5 * EPOCHS] * 4
+    stream = global_stream(per_rank, PADDED_N)
+    assert stream == continuous(_padded)
+    for epoch in range(EPOCHS):
+        # R = 5 left: ceil(5/4) = 2 per rank, so ceil(5/4)*4 - 5 = 3 padding positions (53..55)
+        # repeating the epoch's first 3 samples, as docs/distributed.md says
+        last = [batches[epoch * 5 + 4] for batches in per_rank]
+        assert [[p for _, p, _, _ in batch] for batch in last] == [
+            [48, 49],
+            [50, 51],
+            [52, 53],
+            [54, 55],
+        ]
+        pads = [e for batch in last for e in batch if e[1] >= PADDED_N]
+        starts = [e for e in stream if e[0] == epoch][:3]
+        assert [(p - PADDED_N, i) for _, p, i, _ in pads] == [(p, i) for _, p, i, _ in starts]
+        assert not {d for *_, d in pads} & {d for *_, d in starts}  # their own augmentation keys
+
+
+def _topology_job(rank, world_size):
+    os.environ.update(RANK="0", WORLD_SIZE="4")  # the process group must win over these
+    loaders = [make_loader(), make_loader(world_size=4), make_loader(rank=0, world_size=1)]
+    alone = global_stream([consume(loaders[-1], EPOCHS)], N)
+    return [(loader.rank, loader.world_size) for loader in loaders], alone
+
+
+def test_explicit_rank_and_world_size_win_over_the_process_group():
+    results = launch(2, _topology_job)
+    assert [topologies for topologies, _ in results] == [
+        [(0, 2), (0, 4), (0, 1)],
+        [(1, 2), (1, 4), (0, 1)],
+    ]
+    assert all(alone == continuous() for _, alone in results)
 
 
 def test_ranks_default_to_the_environment(monkeypatch):
