@@ -8,8 +8,8 @@ loses the work done after its last checkpoint, and resumes every rank from the c
 
 The driver (``python tests/soak.py drive --kills N``; tests/test_soak.py runs a short version)
 starts the job with a random num_workers and world size, kills its whole process group with
-SIGKILL after a random delay, N times, then lets it finish; the final log must equal the
-continuous stream exactly: nothing lost, nothing duplicated.
+SIGKILL once it has logged a random number of new samples, N times, then lets it finish; the
+final log must equal the continuous stream exactly: nothing lost, nothing duplicated.
 """
 
 from __future__ import annotations
@@ -118,11 +118,13 @@ def drive(
 ) -> dict:
     """Kill and resume the job ``kills`` times, then finish it; return the outcome.
 
-    Each kill lands mid-run: once the job has logged a random number of samples past its last
-    checkpoint (at most half of what is left), plus a random fraction of a checkpoint interval,
-    so it may hit a step, a log write or a checkpoint write.
+    Each kill lands mid-run: once the job has logged a random number of new samples (at most
+    an even share of the stream, so kills spread over the whole run), plus a random fraction
+    of a checkpoint interval, so it may hit a step, a log write or a checkpoint write. A kill
+    that comes after the job finished is not counted as one.
     """
     expected = continuous_stream(shard_dir)
+    share = max(1, len(expected) // (kills + 1))
     resumes = []
     for attempt in range(kills + 1):
         world_size, workers = rng.choice([1, 2, 3]), rng.choice([0, 1, 2])
@@ -137,21 +139,28 @@ def drive(
             str(every),
             str(step_seconds),
         ]
-        start = _checkpointed_lines(state_dir)
-        target = start + rng.randint(1, max(1, (len(expected) - start) // 2))
+        start = _discard_uncheckpointed(state_dir)
+        target = start + rng.randint(1, share)
         process = subprocess.Popen(command, start_new_session=True, cwd=HERE)
+        killed = False
         if attempt < kills and _wait_for_lines(state_dir, target, process):
             time.sleep(rng.uniform(0.0, every * step_seconds))
+            killed = not (state_dir / "done").exists()
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=300)
         resumes.append(
-            {"world_size": world_size, "num_workers": workers, "returncode": process.returncode}
+            {
+                "world_size": world_size,
+                "num_workers": workers,
+                "returncode": process.returncode,
+                "killed_mid_run": killed,
+            }
         )
         if (state_dir / "done").exists():
             break
     logged = [json.loads(line) for line in (state_dir / "log.jsonl").read_text().splitlines()]
     return {
-        "kills": sum(r["returncode"] == -signal.SIGKILL for r in resumes),
+        "kills": sum(r["killed_mid_run"] for r in resumes),
         "runs": resumes,
         "samples": len(logged),
         "expected": len(expected),
@@ -160,16 +169,18 @@ def drive(
     }
 
 
-def _checkpointed_lines(state_dir: Path) -> int:
-    """How many logged samples the last checkpoint covers (where the next run starts)."""
+def _discard_uncheckpointed(state_dir: Path) -> int:
+    """Cut the log to what the last checkpoint covers, as the job will; return its line count.
+
+    Done before the job starts, so the lines the driver waits for are the new job's own.
+    """
     import msgpack
 
-    checkpoint = state_dir / "checkpoint.msgpack"
-    if not checkpoint.exists():
-        return 0
-    log_bytes = msgpack.unpackb(checkpoint.read_bytes())["log_bytes"]
-    with open(state_dir / "log.jsonl", "rb") as log:
-        return log.read(log_bytes).count(b"\n")
+    checkpoint, log_path = state_dir / "checkpoint.msgpack", state_dir / "log.jsonl"
+    log_bytes = msgpack.unpackb(checkpoint.read_bytes())["log_bytes"] if checkpoint.exists() else 0
+    log_path.touch()
+    os.truncate(log_path, log_bytes)
+    return log_path.read_bytes().count(b"\n")
 
 
 def _wait_for_lines(
