@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from shard_factory import parquet_rows, write_parquet_shards, write_tar_shards
 
+from resumable_loader import ResumableDataLoader, ShardShuffle
 from resumable_loader.errors import ConfigError, ShardError
 from resumable_loader.index import ShardedIndex
 from resumable_loader.sources.parquet import ParquetDataset
@@ -65,21 +66,67 @@ class TestRows:
             filesystem.rm(root, recursive=True)
 
 
+@pytest.fixture
+def group_reads(monkeypatch):
+    """(id of the ParquetFile, row group) of every row-group read from now on."""
+    reads = []
+    read_row_group = pq.ParquetFile.read_row_group
+
+    def counting(self, group, **kwargs):
+        reads.append((id(self), group))
+        return read_row_group(self, group, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", counting)
+    return reads
+
+
 class TestRowGroupCache:
-    def test_neighbouring_rows_share_one_read(self, parts, monkeypatch):
-        dataset = ParquetDataset(parts)
-        reads = []
-        read_row_group = pq.ParquetFile.read_row_group
-
-        def counting(self, group, **kwargs):
-            reads.append(group)
-            return read_row_group(self, group, **kwargs)
-
-        monkeypatch.setattr(pq.ParquetFile, "read_row_group", counting)
-        for i in (4, 5, 6, 7, 0, 5, 1, 9):  # groups 1, 1, 1, 1, 0, 1, 0, then 2
+    def test_lru_bounded_by_decoded_bytes(self, parts, group_reads):
+        four_rows = ParquetDataset(parts)._row_group(0, 0).nbytes
+        dataset = ParquetDataset(parts, cache_bytes=2 * four_rows)
+        group_reads.clear()
+        for i in (4, 5, 6, 7, 0, 5, 1, 9):  # groups 1, 1, 1, 1, 0, 1, 0, then 2 (two rows)
             dataset[i]
-        assert reads == [1, 0, 2]
-        assert list(dataset._cache) == [(0, 0), (0, 2)]  # two groups kept, least recent out
+        assert [group for _, group in group_reads] == [1, 0, 2]
+        assert list(dataset._cache) == [(0, 0), (0, 2)]  # group 1 was the least recent
+        assert dataset._cached_bytes == sum(t.nbytes for t in dataset._cache.values())
+        assert dataset._cached_bytes <= dataset.cache_bytes
+
+    def test_the_latest_group_is_kept_even_past_the_bound(self, parts, group_reads):
+        dataset = ParquetDataset(parts, cache_bytes=0)
+        for i in (0, 1, 4, 5):
+            dataset[i]
+        assert len(group_reads) == 2 and list(dataset._cache) == [(0, 1)]
+
+    @pytest.mark.parametrize("bad", [-1, 1.5, True])
+    def test_bad_cache_bytes(self, parts, bad):
+        with pytest.raises(ConfigError, match="cache_bytes must be an int >= 0"):
+            ParquetDataset(parts, cache_bytes=bad)
+
+    @pytest.mark.parametrize(
+        "shard_shuffle", [ShardShuffle(window=4, buffer_size=64), ShardShuffle(8, 128)]
+    )
+    def test_a_shard_local_epoch_decodes_each_group_once(
+        self, tmp_path, group_reads, shard_shuffle
+    ):
+        paths = write_parquet_shards(tmp_path, num_shards=8, rows_per_shard=200, row_group_size=20)
+        dataset = ParquetDataset(paths)
+        loader = ResumableDataLoader(
+            dataset, batch_size=8, shuffle=True, seed=0, shard_shuffle=shard_shuffle
+        )
+        assert sorted(i for batch in loader for i in batch["id"].tolist()) == list(range(1600))
+        assert len(set(group_reads)) == len(group_reads) == 80  # each group decoded once
+
+    def test_a_bound_of_a_few_groups_past_the_window_suffices(self, tmp_path, group_reads):
+        paths = write_parquet_shards(tmp_path, num_shards=8, rows_per_shard=200, row_group_size=20)
+        group_bytes = ParquetDataset(paths)._row_group(0, 0).nbytes
+        dataset = ParquetDataset(paths, cache_bytes=24 * group_bytes)
+        group_reads.clear()
+        loader = ResumableDataLoader(
+            dataset, batch_size=8, shuffle=True, seed=0, shard_shuffle=ShardShuffle(4, 64)
+        )
+        assert sum(len(batch["id"]) for batch in loader) == 1600
+        assert len(group_reads) <= 1.05 * 80  # 34x-260x with a cache of two groups
 
     def test_pickle_drops_cache_and_files(self, parts):
         dataset = ParquetDataset(parts)

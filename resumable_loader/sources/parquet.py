@@ -1,4 +1,14 @@
-"""Parquet files as a map-style dataset: a row per sample, read by row group with a small cache."""
+"""Parquet files as a map-style dataset: a row per sample, read by row group through an LRU cache.
+
+Why a cache bounded by bytes, not by groups: the shard-local shuffle (``ShardShuffle(window=k,
+buffer_size=B)``) interleaves k files and holds B ids, so the rows in flight span about k
+groups plus those of the ids that linger in the buffer. A cache of a couple of groups evicted
+a group before its last row was read, and each row re-read and re-decoded its group (34x-400x
+group reads an epoch). Bounded by decoded bytes, the cache keeps what the window needs, so a
+shard-local epoch decodes each row group about once per process while those groups fit.
+A global shuffle draws each row from any group of any file: unless all the decoded data fit
+in the cache, it decodes about one group per row (use ``shard_shuffle`` for Parquet).
+"""
 
 from __future__ import annotations
 
@@ -15,8 +25,8 @@ from resumable_loader.index import ShardedIndex
 from resumable_loader.shards import is_url
 from resumable_loader.sources._indexed import IndexedDataset
 
-# Row groups kept decoded per process, so neighbouring rows do not re-read their group.
-ROW_GROUP_CACHE = 2
+# Decoded row groups kept per process (bytes of Arrow buffers), least recently used out first.
+ROW_GROUP_CACHE_BYTES = 256 * 2**20
 
 
 class ParquetDataset(IndexedDataset):
@@ -29,6 +39,10 @@ class ParquetDataset(IndexedDataset):
         cache_dir: where to keep the index of remote files (local ones: beside the files).
         on_error: "raise" or "skip" unreadable files (and files of another schema) when the
             index is built; see :meth:`ShardedIndex.build`.
+        cache_bytes: decoded row groups kept per process, in bytes (default
+            ``ROW_GROUP_CACHE_BYTES``, 256 MiB); the most recent group is kept even if larger.
+            A shard-local epoch decodes each group about once if this holds the groups of
+            ``window`` files plus those the shuffle buffer's ids still point into.
     """
 
     format = "parquet"
@@ -40,8 +54,13 @@ class ParquetDataset(IndexedDataset):
         columns: Sequence[str] | None = None,
         cache_dir: str | os.PathLike | None = None,
         on_error: str = "raise",
+        cache_bytes: int = ROW_GROUP_CACHE_BYTES,
     ) -> None:
+        if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0:
+            raise ConfigError(f"cache_bytes must be an int >= 0, got {cache_bytes!r}")
+        self.cache_bytes = cache_bytes
         self._cache: OrderedDict[tuple[int, int], Any] = OrderedDict()
+        self._cached_bytes = 0
         super().__init__(shards, cache_dir=cache_dir, on_error=on_error)
         unknown = sorted(set(columns or ()) - set(self.index.fields))
         if unknown:
@@ -71,8 +90,9 @@ class ParquetDataset(IndexedDataset):
                     "the file is damaged or changed since it was indexed: rebuild the index"
                 ) from None
             self._cache[key] = table
-            if len(self._cache) > ROW_GROUP_CACHE:
-                self._cache.popitem(last=False)
+            self._cached_bytes += table.nbytes
+            while self._cached_bytes > self.cache_bytes and len(self._cache) > 1:
+                self._cached_bytes -= self._cache.popitem(last=False)[1].nbytes
         else:
             self._cache.move_to_end(key)
         return table
@@ -89,10 +109,14 @@ class ParquetDataset(IndexedDataset):
 
     def close(self) -> None:
         self._cache.clear()
+        self._cached_bytes = 0
         super().close()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**super().__getstate__(), "_cache": OrderedDict()}
+        return {**super().__getstate__(), "_cache": OrderedDict(), "_cached_bytes": 0}
 
     def __repr__(self) -> str:
-        return f"ParquetDataset({self.index!r}, columns={self.columns!r})"
+        return (
+            f"ParquetDataset({self.index!r}, columns={self.columns!r}, "
+            f"cache_bytes={self.cache_bytes})"
+        )
