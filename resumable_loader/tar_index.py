@@ -2,8 +2,9 @@
 
 A sample is a run of consecutive regular members sharing a key: the member's path up to the
 first dot of its basename, the rest being the extension, lowercased (WebDataset's
-``base_plus_ext`` and ``group_by_keys``). Metadata members WebDataset skips (``__name__``) are
-skipped here too.
+``base_plus_ext`` and ``group_by_keys``, whose regular expression is used unchanged, so odd
+names split as WebDataset splits them: ``dir/.hidden.jpg`` is key ``dir/``, extension
+``hidden.jpg``). Metadata members WebDataset skips (``__name__``) are skipped here too.
 
 Why spans: the index keeps, per sample, only the byte span [start, start + length) of its
 members (first header through the last member's data): two int64, 16 bytes a sample, and
@@ -30,7 +31,7 @@ from resumable_loader.errors import ShardError
 from resumable_loader.shards import is_url, open_shard, stat_shard
 from resumable_loader.tar_headers import BLOCK, TarDamage, walk
 
-_KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # WebDataset's base_plus_ext
+_KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)\.([^/]*)$")  # WebDataset's base_plus_ext, verbatim
 _META = re.compile(r"__[^/]*__($|/)")  # WebDataset's skip_meta
 
 

@@ -174,6 +174,21 @@ class TestTarGrouping:
         path = write_tar(tmp_path / "layout.tar", entries, format=fmt)
         assert keys_and_extensions(build([path], tmp_path)) == webdataset_grouping(path)
 
+    @pytest.mark.parametrize(
+        ("names", "expected"),
+        [
+            (["dir/.hidden.jpg", "dir/.hidden.TXT"], [("dir/", ["hidden.jpg", "hidden.txt"])]),
+            (["dir/sub/.jpg", "k.jpg"], [("dir/sub/", ["jpg"]), ("k", ["jpg"])]),
+            (["d/.a.jpg", "d/.b.txt"], [("d/", ["a.jpg", "b.txt"])]),  # one key: "d/"
+        ],
+    )
+    def test_dot_files_group_as_webdataset_groups_them(self, tmp_path, names, expected):
+        # base_plus_ext: with no key between the last "/" and the first dot, the key is the
+        # directory path itself and the whole basename past the dot the extension
+        path = write_tar(tmp_path / "dots.tar", [(name, b"x") for name in names])
+        assert keys_and_extensions(build([path], tmp_path)) == expected
+        assert webdataset_grouping(path) == expected
+
     def test_metadata_and_non_regular_members_are_not_samples(self, tmp_path):
         path = tmp_path / "meta.tar"
         with tarfile.open(path, "w") as tar:
