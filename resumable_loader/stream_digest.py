@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import pickle
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
@@ -112,17 +111,19 @@ class Place:
     epoch: int
     position: int
 
-    def settled(self, partition: Partition) -> Place:
-        """This place as a cursor records it: an epoch with no batch left is complete."""
-        if partition.num_batches(self.position) == 0:
-            return Place(self.epoch, partition.length)
-        return self
-
     def next_iteration(self, partition: Partition) -> Place:
-        """Where the next ``iter()`` of a loader with ``partition`` begins."""
+        """Where the next ``iter()`` of a loader with ``partition`` begins.
+
+        An epoch with no batch left is complete, so the places "epoch e, position p" with no
+        batch after p, "epoch e, position length" and "epoch e + 1, position 0" are one place:
+        compare places through this.
+        """
         if partition.num_batches(self.position) == 0:
             return Place(self.epoch + 1, 0)
         return self
+
+    def __str__(self) -> str:
+        return f"epoch {self.epoch} position {self.position}"
 
 
 class StreamError(Exception):
@@ -253,6 +254,24 @@ class Stop:
         return f"after {self.count} {self.unit}"
 
 
+@dataclasses.dataclass(frozen=True)
+class Interruption:
+    """Where a run was interrupted for ``stop``: at the first global-batch boundary at or after
+    it, once ``samples`` samples were delivered, at ``place``. ``place`` is None when the run
+    ended first (a resumed topology with fewer batches, say a drop_last tail too short for its
+    global batch), after ``samples`` samples.
+    """
+
+    stop: Stop
+    samples: int
+    place: Place | None
+
+    def __str__(self) -> str:
+        if self.place is None:
+            return f"stop {self.stop}: not reached, the run ended after {self.samples} samples"
+        return f"stop {self.stop}: stopped at {self.samples} samples ({self.place})"
+
+
 def run_chain(
     build: Callable[[Config], list[ResumableDataLoader]],
     chain: Sequence[Config],
@@ -260,7 +279,7 @@ def run_chain(
     stream: Stream,
     *,
     epochs: int,
-) -> None:
+) -> list[Interruption]:
     """Run ``chain[0]``, interrupt it at ``stops[0]``, resume as ``chain[1]``, and so on.
 
     Args:
@@ -270,22 +289,34 @@ def run_chain(
         stream: receives the run's records (those before a StreamError too).
         epochs: the run ends when this epoch would begin.
 
+    Returns:
+        Where each stop interrupted the run; once the run ends before a stop, that stop and
+        the later ones are not reached (and their segments are not run).
+
     Raises:
         StreamError: a segment's batches, or the cursor it saved, disagree with the partition.
     """
     place, state = Place(0, 0), None
-    for config, stop in itertools.zip_longest(chain, stops):
+    interruptions: list[Interruption] = []
+    for config, stop in zip(chain, [*stops, None], strict=True):
         ranks = build(config)
         if state is not None:
             for loader in ranks:
                 loader.load_state_dict(msgpack.unpackb(msgpack.packb(state)))
         place = record(ranks, stream, place, epochs=epochs, until=stop and stop.reached)
         if stop is None:
-            return
-        place = place.settled(ordered_sampler(ranks[0]).partition)
-        expected = f"epoch {place.epoch} position {place.position}"
+            break
+        if not stop.reached(stream):  # the run ended first
+            ended = len(stream.records)
+            interruptions += [
+                Interruption(later, ended, None) for later in stops[len(interruptions) :]
+            ]
+            break
+        interruptions.append(Interruption(stop, len(stream.records), place))
+        partition = ordered_sampler(ranks[0]).partition
         for loader in ranks:
             state = loader.state_dict()
-            got = f"epoch {state['epoch']} position {state['position']}"
-            if got != expected:
-                raise StreamError(place, "(state_dict)", expected, got)
+            saved = Place(state["epoch"], state["position"])
+            if saved.next_iteration(partition) != place.next_iteration(partition):
+                raise StreamError(place, "(state_dict)", str(place), str(saved))
+    return interruptions

@@ -26,6 +26,7 @@ from resumable_loader.errors import ConfigError
 from resumable_loader.loader import ResumableDataLoader
 from resumable_loader.stream_digest import (
     Config,
+    Interruption,
     Record,
     Stop,
     Stream,
@@ -94,13 +95,27 @@ class Divergence:
 
 
 @dataclasses.dataclass(frozen=True)
+class ResumedRun:
+    """One interrupted run: its chain of configurations and where it was really interrupted
+    (at global-batch boundaries, so usually after the requested stop; or not at all).
+    """
+
+    chain: str
+    interruptions: list[Interruption]
+
+    def __str__(self) -> str:
+        stops = "; ".join(map(str, self.interruptions))  # none when the loader failed first
+        return f"  resumed as {self.chain}" + (f"\n    {stops}" if stops else "")
+
+
+@dataclasses.dataclass(frozen=True)
 class VerifyReport:
     """What ``verify_pipeline`` compared, and the first divergence (None when it passed)."""
 
     factory: str
     epochs: int
     stops: list[str]
-    configurations: list[str]
+    runs: list[ResumedRun]
     samples_compared: int
     divergence: Divergence | None
 
@@ -108,11 +123,17 @@ class VerifyReport:
     def passed(self) -> bool:
         return self.divergence is None
 
+    @property
+    def configurations(self) -> list[str]:
+        """The chains of configurations tried, one per interrupted run."""
+        return [run.chain for run in self.runs]
+
     def __str__(self) -> str:
         lines = [
-            f"verify {self.factory}: {self.epochs} epoch(s), stops {', '.join(self.stops)}",
-            *(f"  resumed as {chain}" for chain in self.configurations),
-            f"{self.samples_compared} samples compared, {len(self.configurations)} resume "
+            f"verify {self.factory}: {self.epochs} epoch(s), stops requested "
+            f"{', '.join(self.stops)}",
+            *map(str, self.runs),
+            f"{self.samples_compared} samples compared, {len(self.runs)} resume "
             "configurations tried (state_dict passed through msgpack)",
         ]
         lines.append("PASS" if self.divergence is None else f"FAIL: {self.divergence}")
@@ -221,17 +242,23 @@ def _loader_kwargs(loader: ResumableDataLoader) -> dict[str, Any]:
 
 def _run(
     pipeline: _Pipeline, chain: Sequence[Config], stops: Sequence[Stop], epochs: int, name: str
-) -> tuple[list[Record], Divergence | None]:
-    """The records of a run, and where the loader's own bookkeeping went wrong, if it did."""
+) -> tuple[list[Record], list[Interruption], Divergence | None]:
+    """The records of a run, where it was interrupted, and where the loader's own bookkeeping
+    went wrong, if it did.
+    """
     stream = Stream()
     try:
-        run_chain(pipeline.loaders, chain, stops, stream, epochs=epochs)
+        interruptions = run_chain(pipeline.loaders, chain, stops, stream, epochs=epochs)
     except StreamError as error:
         at = error.place
-        return stream.records, Divergence(
-            "loader", name, at.epoch, at.position, None, error.what, error.expected, error.got
+        return (
+            stream.records,
+            [],
+            Divergence(
+                "loader", name, at.epoch, at.position, None, error.what, error.expected, error.got
+            ),
         )
-    return stream.records, None
+    return stream.records, interruptions, None
 
 
 def _compare(
@@ -302,20 +329,21 @@ def verify_pipeline(
     total = epochs * ordered_sampler(pipeline.loaders(base)[0]).partition.end()
     stop_points = _stop_points(total, stops, stop_batches, random_stops, seed)
 
-    reference, divergence = _run(pipeline, [base], [], epochs, "the continuous run")
+    reference, _, divergence = _run(pipeline, [base], [], epochs, "the continuous run")
     by_place = {(r.epoch, r.position): r for r in reference}
     compared = 0
     if divergence is None:
         parallel = Config(num_workers, pipeline.batch_size, 1)
         compared, divergence = _check_continuous(pipeline, by_place, base, parallel, epochs)
-    tried: list[str] = []
+    runs: list[ResumedRun] = []
     for config in configs:
         if divergence is not None:
             break
         chain = [config if i % 2 else base for i in range(len(stop_points) + 1)]
-        tried.append(" -> ".join(map(str, chain)))
-        run_name = f"the run resumed as {tried[-1]} and the continuous run"
-        records, failure = _run(pipeline, chain, stop_points, epochs, run_name)
+        described = " -> ".join(map(str, chain))
+        run_name = f"the run resumed as {described} and the continuous run"
+        records, interruptions, failure = _run(pipeline, chain, stop_points, epochs, run_name)
+        runs.append(ResumedRun(described, interruptions))
         count, divergence = _compare(by_place, records, "resume", run_name)
         compared += count
         divergence = divergence or failure
@@ -323,7 +351,7 @@ def verify_pipeline(
         factory=name,
         epochs=epochs,
         stops=[str(stop) for stop in stop_points],
-        configurations=tried,
+        runs=runs,
         samples_compared=compared,
         divergence=divergence,
     )
@@ -340,10 +368,10 @@ def _check_continuous(
     run without workers tells a random pipeline (it differs too) from a worker-dependent one.
     """
     name = f"continuous runs with num_workers=0 and num_workers={parallel.num_workers}"
-    records, failure = _run(pipeline, [parallel], [], epochs, name)
+    records, _, failure = _run(pipeline, [parallel], [], epochs, name)
     compared, divergence = _compare(reference, records, "worker-dependent", name)
     if divergence is not None:
-        again, _ = _run(pipeline, [base], [], epochs, "two continuous runs")
+        again, _, _ = _run(pipeline, [base], [], epochs, "two continuous runs")
         _, repeat = _compare(reference, again, "nondeterministic", "two continuous runs")
         divergence = repeat or divergence
     return compared, divergence or failure

@@ -54,6 +54,19 @@ def mixing_collate(samples: list[dict]) -> dict:
     return batch
 
 
+class Sized(Dataset):
+    """``length`` deterministic samples."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple:
+        return torch.full((2,), float(index)), index
+
+
 def augmented_pair():
     return Augmented(), {"batch_size": 4, "shuffle": True, "seed": 7}
 
@@ -158,6 +171,69 @@ class TestVerifyPipeline:
         assert (divergence.kind, divergence.field) == ("loader", "(positions)")
         assert (divergence.expected, divergence.got) == ("up to 39", "up to 35")
 
+    def test_report_gives_where_each_run_really_stopped_not_only_the_requested_stop(self):
+        report = verify_pipeline(
+            lambda: (Sized(23), {"batch_size": 4}),
+            stops=[0.3, 0.6],  # after 7 and 14 samples: mid-batch for most batch sizes
+            world_sizes=(1,),
+            batch_sizes=(4, 5, 6),
+            num_workers=0,
+        )
+        assert report.passed, str(report)
+        stopped = [
+            [(i.samples, i.place.position) for i in run.interruptions] for run in report.runs
+        ]
+        # the first segment runs as the reference (batch 4), the second as batch 4, 5 or 6
+        assert stopped == [[(8, 8), (16, 16)], [(8, 8), (18, 18)], [(8, 8), (14, 14)]]
+        assert "stop after 14 samples: stopped at 18 samples (epoch 0 position 18)" in str(report)
+
+    @pytest.mark.parametrize(
+        ("length", "drop_last", "world_size", "batch_size", "stop_batches", "unreached"),
+        [
+            # from position 8 of 20, a global batch of 15 leaves no full batch: the epoch ends
+            (20, True, 3, 5, None, "after 14 samples"),
+            # the resumed chain has 4 global batches in all
+            (17, False, 2, 4, [1, 2, 5], "after 5 batches"),
+            # from position 4 of 10, a global batch of 8 leaves no full batch
+            (10, True, 2, 4, None, "after 6 samples"),
+            # a global batch of 12 > 10 samples: the resumed configuration delivers nothing
+            (10, True, 3, 4, None, "after 6 samples"),
+        ],
+    )
+    def test_a_stop_the_resumed_run_cannot_reach_is_reported_not_blamed_on_the_loader(
+        self, length, drop_last, world_size, batch_size, stop_batches, unreached
+    ):
+        def factory():
+            return Sized(length), {"batch_size": 4, "shuffle": True, "drop_last": drop_last}
+
+        report = verify_pipeline(
+            factory,
+            stop_batches=stop_batches,
+            world_sizes=(world_size,),
+            batch_sizes=(batch_size,),
+            num_workers=0,
+        )
+        assert report.passed, str(report)
+        (resumed,) = report.runs
+        assert [str(i.stop) for i in resumed.interruptions if i.place is None] == [unreached]
+        assert f"stop {unreached}: not reached, the run ended after" in str(report)
+
+    def test_a_cursor_off_by_one_sample_is_still_reported_as_a_loader_bug(self, monkeypatch):
+        state_dict = ResumableDataLoader.state_dict
+
+        def one_ahead(self, **kwargs):
+            state = state_dict(self, **kwargs)
+            return {**state, "position": state["position"] + 1}
+
+        monkeypatch.setattr(ResumableDataLoader, "state_dict", one_ahead)
+        report = verify_pipeline(augmented_pair, stops=[0.5], world_sizes=(1,), num_workers=0)
+        divergence = report.divergence
+        assert (divergence.kind, divergence.field) == ("loader", "(state_dict)")
+        assert (divergence.expected, divergence.got) == (
+            "epoch 0 position 20",
+            "epoch 0 position 21",
+        )
+
     @pytest.mark.parametrize(
         ("factory", "options", "message"),
         [
@@ -227,7 +303,7 @@ class TestCli:
         assert main([*args, "--stop-at-batches", "2,4"]) == 0
         out = capsys.readouterr().out
         assert out.rstrip().endswith("PASS")
-        assert "stops after 2 batches, after 4 batches" in out
+        assert "stops requested after 2 batches, after 4 batches" in out
         assert "resumed as workers=0 batch=4 world=1 -> workers=0 batch=5 world=2" in out
 
     def test_nondeterministic_pipeline_exits_1_with_the_divergence(self, factory_module, capsys):
