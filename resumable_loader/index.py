@@ -32,6 +32,7 @@ from resumable_loader.shards import expand_shards, is_url, stat_shard
 logger = logging.getLogger("resumable_loader")
 
 Shards = str | os.PathLike | Sequence[str | os.PathLike]
+_LOGGED_SKIPS = 20  # skip lines a load logs; `resumable-loader inspect --show N` lists the rest
 
 
 class ShardedIndex:
@@ -145,21 +146,38 @@ class ShardedIndex:
         Raises:
             ShardError: a missing or bad shard; SampleIndexError, ConfigError.
         """
+        return _log_skipped(
+            cls._build(shards, out=out, workers=workers, progress=progress, on_error=on_error)
+        )
+
+    @classmethod
+    def _build(
+        cls,
+        shards: Shards,
+        *,
+        out: str | os.PathLike | None,
+        workers: int | None,
+        progress: bool,
+        on_error: str,
+    ) -> ShardedIndex:
+        """:meth:`build` without logging what it skipped."""
         check_policy(on_error)
         urls = expand_shards(shards)
         path = Path(out) if out is not None else default_index_path(urls)
         header, arrays = scan_shards(urls, workers=workers, progress=progress, on_error=on_error)
-        for line in header["skipped"]:
-            logger.warning("skipped: %s", line)
         header["fingerprint"] = _fingerprint(header)
         write_index(path, header, arrays)
-        return cls.load(path, verify=False)
+        return cls._load(path, verify=False, rebuild=False)
 
     @classmethod
     def load(
         cls, path: str | os.PathLike, *, verify: bool = True, rebuild: bool = False
     ) -> ShardedIndex:
         """Memory-map an index file.
+
+        An index built with ``on_error="skip"`` that left samples out says so at every load
+        (one warning on the ``resumable_loader`` logger listing them), so a run reusing it
+        never skips silently.
 
         Args:
             path: the index file.
@@ -171,6 +189,11 @@ class ShardedIndex:
             SampleIndexError: a missing or corrupt file, another format version, or a shard
                 that changed since (unless ``rebuild``).
         """
+        return _log_skipped(cls._load(path, verify=verify, rebuild=rebuild))
+
+    @classmethod
+    def _load(cls, path: str | os.PathLike, *, verify: bool, rebuild: bool) -> ShardedIndex:
+        """:meth:`load` without logging what the index skipped."""
         path = Path(path).absolute()  # workers unpickling it may run elsewhere
         header, arrays = read_index(path)
         index = cls(header, arrays, path)
@@ -181,7 +204,13 @@ class ShardedIndex:
                 if not rebuild:
                     raise
                 logger.info("%s: shards changed since indexed; rebuilding", path)
-                return cls.build(index.shard_urls, out=path, on_error=header["on_error"])
+                return cls._build(
+                    index.shard_urls,
+                    out=path,
+                    workers=None,
+                    progress=True,
+                    on_error=header["on_error"],
+                )
         return index
 
     @classmethod
@@ -207,12 +236,12 @@ class ShardedIndex:
         path = default_index_path(urls, cache_dir)
         if path.exists():
             try:
-                index = cls.load(path)
+                index = cls._load(path, verify=True, rebuild=False)
             except SampleIndexError as error:
                 logger.info("rebuilding the index: %s", error)
             else:
                 if index.shard_urls == urls and (on_error == "skip" or not index.skipped):
-                    return index
+                    return _log_skipped(index)
         return cls.build(urls, out=path, workers=workers, progress=False, on_error=on_error)
 
 
@@ -230,6 +259,29 @@ def default_index_path(urls: Sequence[str], cache_dir: str | os.PathLike | None 
     return Path(cache_dir or Path.home() / ".cache" / "resumable_loader") / name
 
 
+def _log_skipped(index: ShardedIndex) -> ShardedIndex:
+    """Warn, once per build or load, of the samples or files the index leaves out.
+
+    Loads log as well as builds, so a run that reuses an index still says what it skips;
+    worker processes, which unpickle the index (:func:`_reopen`), do not repeat it.
+    """
+    skipped = index.skipped
+    if skipped:
+        shown = "".join(f"\n  {line}" for line in skipped[:_LOGGED_SKIPS])
+        more = len(skipped) - _LOGGED_SKIPS
+        if more > 0:
+            shown += (
+                f"\n  ... and {more} more (resumable-loader inspect {index.path} "
+                f"--show {len(skipped)} lists them all)"
+            )
+        logger.warning(
+            "%s leaves out (built with on_error='skip'; the same in every run and resume):%s",
+            index.path,
+            shown,
+        )
+    return index
+
+
 def _fingerprint(header: dict[str, Any]) -> str:
     lines = [f"v{INDEX_VERSION}\t{header['format']}"]
     lines += [f"{Path(s['url']).name}\t{s['bytes']}\t{s['samples']}" for s in header["shards"]]
@@ -238,7 +290,7 @@ def _fingerprint(header: dict[str, Any]) -> str:
 
 def _reopen(path: str, fingerprint: str) -> ShardedIndex:
     """Unpickle an index: map its file again (cheap), refusing a file rebuilt since."""
-    index = ShardedIndex.load(path, verify=False)
+    index = ShardedIndex._load(path, verify=False, rebuild=False)  # the parent logged skips
     if index.fingerprint != fingerprint:
         raise SampleIndexError(
             f"{path}: the index was rebuilt (fingerprint {fingerprint} -> {index.fingerprint}) "

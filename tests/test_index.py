@@ -250,6 +250,37 @@ class TestBadTarInput:
         assert first.fingerprint == second.fingerprint
         assert first.header["on_error"] == "skip"
 
+    def test_skips_are_logged_once_at_every_load_not_per_worker(self, tmp_path, caplog):
+        path = write_tar(tmp_path / "dup.tar", [("a.x", b"1"), ("a.x", b"2"), ("b.x", b"3")])
+        built = build([path], tmp_path, on_error="skip")
+        (line,) = built.skipped
+        for load in (
+            lambda: ShardedIndex.load(tmp_path / "i.rlindex"),
+            lambda: ShardedIndex.for_shards([path], on_error="skip"),  # built, then reloaded
+            lambda: ShardedIndex.for_shards([path], on_error="skip"),
+        ):
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger="resumable_loader"):
+                index = load()
+            (record,) = caplog.records
+            assert record.name == "resumable_loader" and record.getMessage() == (
+                f"{index.path} leaves out (built with on_error='skip'; the same in every run "
+                f"and resume):\n  {line}"
+            )
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="resumable_loader"):
+            pickle.loads(pickle.dumps(built))  # what a spawned worker does: no log
+            build(write_tar_shards(tmp_path, num_shards=1, samples_per_shard=1), tmp_path, "c")
+        assert caplog.records == []  # nor does an index that skipped nothing
+
+    def test_a_long_skip_list_is_logged_in_part(self, tmp_path, caplog):
+        entries = [item for i in range(30) for item in [(f"k{i}.x", b"1"), (f"k{i}.x", b"2")]]
+        path = write_tar(tmp_path / "dups.tar", entries)
+        with caplog.at_level(logging.WARNING, logger="resumable_loader"):
+            index = build([path], tmp_path, on_error="skip")
+        assert len(index.skipped) == 30 and caplog.text.count("two 'x' members") == 20
+        assert f"... and 10 more (resumable-loader inspect {index.path} --show 30" in caplog.text
+
     def test_skip_after_damage_drops_the_rest_and_names_the_cut_sample(self, tmp_path):
         path = write_tar_shards(tmp_path, num_shards=1, samples_per_shard=4)[0]
         os.truncate(path, 7 * 1024 + 100)  # inside sample 2's second member
