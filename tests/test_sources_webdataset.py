@@ -122,6 +122,27 @@ class TestDecode:
         sample = TarShardDataset(shards, decode=lambda s: {**s, "n": len(s)})[0]
         assert sample["n"] == 5
 
+    def test_a_decode_failure_names_shard_key_and_extension(self, tmp_path):
+        from webdataset.autodecode import DecodingError
+
+        entries = [("a.cls", b"1"), ("a.png", b"not a png")]
+        path = write_tar(tmp_path / "bad.tar", entries)
+        dataset = TarShardDataset([path], decode="rgb8")
+        with pytest.raises(ShardError) as caught:
+            dataset[0]
+        assert str(caught.value).startswith(
+            f"{path}: cannot decode the 'png' member of sample 'a' (offset 0): "
+        )
+        assert "fix or remove the member" in str(caught.value)
+        assert isinstance(caught.value.__cause__, DecodingError)  # webdataset's, message empty
+
+    def test_errors_of_a_callable_decoder_are_its_own(self, shards):
+        def broken(sample):
+            raise KeyError("mine")
+
+        with pytest.raises(KeyError, match="mine"):
+            TarShardDataset(shards, decode=broken)[0]
+
     @pytest.mark.parametrize("decode", ["rgb9", [3]])
     def test_bad_decode_is_a_config_error(self, shards, decode):
         with pytest.raises(ConfigError, match="decode="):

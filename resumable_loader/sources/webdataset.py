@@ -63,7 +63,24 @@ class TarShardDataset(IndexedDataset):
                 "is shorter than when it was indexed: rebuild the index"
             )
         sample = {"__url__": url, **read_sample(data, path=url, start=start)}
-        return self.decode(sample) if self.decode else sample
+        return self._decode(sample, start) if self.decode else sample
+
+    def _decode(self, sample: dict[str, Any], start: int) -> dict[str, Any]:
+        """``self.decode(sample)``, with webdataset's DecodingError (whose message is empty)
+        turned into a ShardError naming the shard, the sample and the member."""
+        try:
+            return self.decode(sample)
+        except Exception as error:
+            from webdataset.autodecode import DecodingError  # loaded if it decoded anything
+
+            if not isinstance(error, DecodingError):
+                raise
+            cause = error.__cause__
+            raise ShardError(
+                f"{sample['__url__']}: cannot decode the {error.k!r} member of sample "
+                f"{sample['__key__']!r} (offset {start}): {type(cause).__name__}: {cause}; "
+                "fix or remove the member, or pass a decode= that handles it"
+            ) from error
 
     def _read(self, shard: int, start: int, length: int) -> bytes:
         handle = self._file(shard)
