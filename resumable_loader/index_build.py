@@ -100,28 +100,55 @@ def _scan_all(
     urls: Sequence[str], kind: str, on_error: str, workers: int | None, progress: bool
 ) -> list[TarScan | ParquetScan]:
     """Scan every shard: processes for local files (header parsing holds the GIL), threads for
-    URLs (waiting on the network; fsspec clients are not fork-safe)."""
+    URLs (waiting on the network; fsspec clients are not fork-safe).
+
+    A failure raises the error of the first failing shard in list order, whichever finished
+    first, so a build over several bad shards always reports the same one.
+    """
     if workers is not None and workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")
     workers = min(workers or os.cpu_count() or 1, len(urls))
     jobs = [(url, kind, on_error) for url in urls]
     bar = _Progress(len(urls), enabled=progress)
-    if workers == 1:
-        return [bar.advance(_scan_one(job)) for job in jobs]
-    if any(is_url(url) for url in urls):
-        pool: concurrent.futures.Executor = concurrent.futures.ThreadPoolExecutor(workers)
-    else:
-        context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-        pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
-    with pool:
-        futures = [pool.submit(_scan_one, job) for job in jobs]
-        try:
-            for future in concurrent.futures.as_completed(futures):
-                bar.advance(future.result())  # the first error stops the build
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-    return [future.result() for future in futures]
+    try:
+        if workers == 1:
+            return [bar.advance(_scan_one(job)) for job in jobs]
+        if any(is_url(url) for url in urls):
+            pool: concurrent.futures.Executor = concurrent.futures.ThreadPoolExecutor(workers)
+        else:
+            context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+            pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
+        with pool:
+            try:
+                return _gather(pool, jobs, bar)
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+    finally:
+        bar.end()  # a failed build leaves no unfinished line on the terminal
+
+
+def _gather(
+    pool: concurrent.futures.Executor, jobs: Sequence[tuple[str, str, str]], bar: _Progress
+) -> list[TarScan | ParquetScan]:
+    """Run ``jobs`` on ``pool``; on failure, raise the first failing job's error in list order.
+
+    A failure cancels the jobs after it (they cannot change which error is reported) and waits
+    for the ones before it, which might fail too.
+    """
+    futures = [pool.submit(_scan_one, job) for job in jobs]
+    position = {future: i for i, future in enumerate(futures)}
+    first_failure = len(futures)
+    for future in concurrent.futures.as_completed(futures):
+        if future.cancelled():
+            continue
+        if future.exception() is None:
+            bar.advance(None)
+        elif position[future] < first_failure:
+            first_failure = position[future]
+            for later in futures[first_failure + 1 :]:
+                later.cancel()
+    return [future.result() for future in futures]  # raises the first failure in list order
 
 
 class _Progress:
@@ -135,7 +162,12 @@ class _Progress:
         if self.enabled:
             filled = _BAR_WIDTH * self.done // self.total
             bar = "#" * filled + "." * (_BAR_WIDTH - filled)
-            end = "\n" if self.done == self.total else ""
-            sys.stderr.write(f"\rindexing [{bar}] {self.done}/{self.total} shards{end}")
+            sys.stderr.write(f"\rindexing [{bar}] {self.done}/{self.total} shards")
             sys.stderr.flush()
         return result
+
+    def end(self) -> None:
+        """End the bar's line, if one was drawn (complete or not)."""
+        if self.enabled and self.done:
+            sys.stderr.write("\n")
+            sys.stderr.flush()

@@ -93,6 +93,18 @@ class TestBuildAndLoad:
         np.testing.assert_array_equal(serial.spans, parallel.spans)
         assert serial.fingerprint == parallel.fingerprint
 
+    def test_a_failed_parallel_build_reports_the_first_bad_shard_in_order(self, tmp_path, capfd):
+        # the first bad shard takes long to scan (damage at its end), the second fails at once
+        slow = write_tar_shards(tmp_path / "slow", num_shards=1, samples_per_shard=3000)[0]
+        os.truncate(slow, 3000 * 3 * 1024 - 100)  # inside the last member (3 of 1 KiB a sample)
+        fast = write_tar(tmp_path / "fast.tar", [("README", b"no extension")])
+        good = write_tar(tmp_path / "good.tar", [("a.x", b"1")])
+        for _ in range(3):
+            with pytest.raises(ShardError, match=r"slow/shard-0000\.tar: truncated"):
+                ShardedIndex.build([good, slow, fast], out=tmp_path / "x.rlindex", workers=2)
+            progress = capfd.readouterr().err
+            assert progress.endswith("] 1/3 shards\n")  # the line is ended
+
     def test_pickles_as_its_path(self, tmp_path):
         small = build(write_tar_shards(tmp_path / "s", num_shards=1, samples_per_shard=2), tmp_path)
         large = build(
