@@ -2,10 +2,15 @@
 
 ``verify`` compares streams, not batches: a resumed run may use another batch size or world
 size, so every delivered batch is split back into its samples and each sample is identified by
-its (epoch, position) in the epoch's global stream. A collated batch splits as torch's
-``default_collate`` builds it: tensors and arrays along dim 0, mappings by key, lists and tuples
-by index, except that a list of plain values (str, bytes, numbers) holds one value per sample.
-A value that does not split (a 0-d tensor, a per-batch scalar) counts for every sample.
+its (epoch, position) in the epoch's global stream. A batch of B samples splits by its shape:
+mappings by key; a tensor or array whose dim 0 is B along dim 0 (batch-major); a list or tuple
+of B elements one element per sample (``collate_fn=lambda b: b``, a list of strings), each
+element digested as that sample; other lists and tuples field by field (``default_collate``
+of tuple samples). Where a length equals B by chance (a pair of fields in a batch of 2,
+time-major padding as long as the batch) the split follows a :func:`learn_layout` of the
+pipeline's collate_fn. What remains (a per-batch count, a 0-d tensor, a tensor that is not
+batch-major) belongs to no one sample: it is a batch-level field, digested once per batch and
+comparable only with a batch of the same positions.
 
 A run is a chain of segments, each a set of simulated ranks (one loader per rank, stepped in
 lockstep) resumed from the previous segment's ``state_dict()`` passed through msgpack.
@@ -16,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import pickle
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import msgpack
@@ -29,7 +34,10 @@ from resumable_loader.loader import ResumableDataLoader
 from resumable_loader.partition import Partition
 
 WHOLE_SAMPLE = "<sample>"  # the field name of an output that is a single tensor or value
-_PLAIN = (str, bytes, bytearray, int, float, complex, bool, type(None), np.generic)
+WHOLE_BATCH = "<batch>"  # the field name of a batch that is a single value no sample owns
+_ARRAYS = (torch.Tensor, np.ndarray)
+Split = Literal["rows", "samples", "fields", "batch"]
+Layout = Mapping[str, Split]  # field path -> how it splits; see learn_layout()
 
 
 def digest(value: Any) -> str:
@@ -57,41 +65,105 @@ def _leaf_bytes(value: Any) -> bytes:
     return b"pickle:" + pickle.dumps(value, protocol=4)
 
 
-def sample_fields(output: Any, size: int | None) -> list[dict[str, str]]:
-    """Split a delivered batch into ``size`` samples' {field path: digest} dicts.
+def learn_layout(small: Any, large: Any, size: int) -> Layout:
+    """How a collate_fn lays out its batches, from its outputs for ``size`` and ``size + 1``
+    copies of one sample: per field path, "rows" (a batch-major tensor or array), "samples"
+    (a sequence of one element per sample), "fields" (a sequence of fixed length) or "batch"
+    (a value no sample owns). A path whose length varies otherwise is left out.
+    """
+    layout: dict[str, Split] = {}
+    _learn(small, large, size, "", layout)
+    return layout
+
+
+def _learn(small: Any, large: Any, size: int, path: str, layout: dict[str, Split]) -> None:
+    if isinstance(small, Mapping) and isinstance(large, Mapping):
+        for key in small.keys() & large.keys():
+            _learn(small[key], large[key], size, _key_path(path, key), layout)
+    elif isinstance(small, _ARRAYS) and isinstance(large, _ARRAYS):
+        grows = small.ndim and large.ndim and (len(small), len(large)) == (size, size + 1)
+        layout[path] = "rows" if grows else "batch"
+    elif isinstance(small, list | tuple) and isinstance(large, list | tuple):
+        if (len(small), len(large)) == (size, size + 1):
+            layout[path] = "samples"
+        elif len(small) == len(large):
+            layout[path] = "fields"
+            for i, (one, other) in enumerate(zip(small, large, strict=True)):
+                _learn(one, other, size, f"{path}[{i}]", layout)
+    else:
+        layout[path] = "batch"
+
+
+def split_batch(
+    output: Any, size: int | None, layout: Layout
+) -> tuple[list[dict[str, str]], dict[str, str]]:
+    """Split a delivered batch into ``size`` samples' {field path: digest} dicts, and the
+    {field path: digest} of its batch-level fields.
 
     Args:
         output: what the loader yielded (a collated batch, or one sample when ``size`` is None,
             i.e. torch's auto-batching is off).
         size: how many samples the batch holds.
+        layout: the collate_fn's :func:`learn_layout`; it settles the paths whose length
+            equals ``size`` by chance.
     """
-    samples: list[dict[str, str]] = [{} for _ in range(size or 1)]
-    for path, digests in _split(output, size, ""):
-        for fields, value in zip(samples, digests, strict=True):
-            fields[path or WHOLE_SAMPLE] = value
-    return samples
+    if size is None:
+        return [_sample_fields(output, "")], {}
+    samples: list[dict[str, str]] = [{} for _ in range(size)]
+    shared: dict[str, str] = {}
+    _split(output, size, "", layout, samples, shared)
+    return samples, shared
 
 
-def _split(value: Any, size: int | None, path: str) -> Iterator[tuple[str, list[str]]]:
+def _split(
+    value: Any,
+    size: int,
+    path: str,
+    layout: Layout,
+    samples: list[dict[str, str]],
+    shared: dict[str, str],
+) -> None:
     if isinstance(value, Mapping):
         for key, item in value.items():
-            yield from _split(item, size, f"{path}.{key}" if path else str(key))
-    elif size is None:
-        if isinstance(value, list | tuple):
-            for i, item in enumerate(value):
-                yield from _split(item, size, f"{path}[{i}]")
-        else:
-            yield path, [digest(value)]
-    elif isinstance(value, torch.Tensor | np.ndarray) and value.ndim and len(value) == size:
-        yield path, [digest(row) for row in value]
-    elif isinstance(value, list | tuple):
-        if len(value) == size and all(isinstance(item, _PLAIN) for item in value):
-            yield path, [digest(item) for item in value]
-        else:
-            for i, item in enumerate(value):
-                yield from _split(item, size, f"{path}[{i}]")
+            _split(item, size, _key_path(path, key), layout, samples, shared)
+        return
+    how = _how(value, size, layout.get(path))
+    if how == "rows":
+        for fields, row in zip(samples, value, strict=True):
+            fields[path or WHOLE_SAMPLE] = digest(row)
+    elif how == "samples":
+        for fields, item in zip(samples, value, strict=True):
+            fields.update(_sample_fields(item, path))
+    elif how == "fields":
+        for i, item in enumerate(value):
+            _split(item, size, f"{path}[{i}]", layout, samples, shared)
     else:
-        yield path, [digest(value)] * size
+        shared[path or WHOLE_BATCH] = digest(value)
+
+
+def _how(value: Any, size: int, learnt: Split | None) -> Split:
+    """How ``value`` splits: by its own shape, unless the layout says a length is by chance."""
+    if isinstance(value, _ARRAYS):
+        batch_major = value.ndim > 0 and len(value) == size
+        return "rows" if batch_major and learnt != "batch" else "batch"
+    if isinstance(value, list | tuple):
+        return "samples" if len(value) == size and learnt != "fields" else "fields"
+    return "batch"
+
+
+def _sample_fields(value: Any, path: str) -> dict[str, str]:
+    """One sample's {field path: digest}: mappings by key, lists and tuples by index."""
+    if isinstance(value, Mapping):
+        items = [(_key_path(path, key), item) for key, item in value.items()]
+    elif isinstance(value, list | tuple):
+        items = [(f"{path}[{i}]", item) for i, item in enumerate(value)]
+    else:
+        return {path or WHOLE_SAMPLE: digest(value)}
+    return {name: hashed for p, item in items for name, hashed in _sample_fields(item, p).items()}
+
+
+def _key_path(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +174,26 @@ class Record:
     position: int
     sample_id: int
     fields: dict[str, str]
+
+    @property
+    def key(self) -> tuple[int, ...]:
+        """What identifies it across runs: its place in the stream."""
+        return self.epoch, self.position
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchRecord:
+    """The batch-level fields of one rank's batch of positions [position, stop)."""
+
+    epoch: int
+    position: int
+    stop: int
+    fields: dict[str, str]
+
+    @property
+    def key(self) -> tuple[int, ...]:
+        """What identifies it across runs: the positions it covers (padding included)."""
+        return self.epoch, self.position, self.stop
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,9 +228,12 @@ class StreamError(Exception):
 
 @dataclasses.dataclass
 class Stream:
-    """The records of one run, and the global batches it consumed (to place batch stops)."""
+    """The records of one run (of its samples, and of its batches' batch-level fields), and
+    the global batches it consumed (to place batch stops).
+    """
 
     records: list[Record] = dataclasses.field(default_factory=list)
+    batch_records: list[BatchRecord] = dataclasses.field(default_factory=list)
     batches: int = 0
 
 
@@ -162,6 +257,7 @@ def record(
     place: Place,
     *,
     epochs: int,
+    layout: Layout,
     until: Callable[[Stream], bool] | None = None,
 ) -> Place:
     """Consume ``ranks`` (one loader per rank, in rank order) in lockstep into ``stream``.
@@ -171,6 +267,7 @@ def record(
     A global batch is the ranks' batches concatenated in rank order, padding dropped. Every
     iteration must deliver each position once, in order, up to ``Partition.end`` (which the
     loader itself never consults, so a batch split that skips or repeats a position shows).
+    Batches split by ``layout`` (see :func:`split_batch`).
 
     Returns:
         The place after the last delivered batch.
@@ -198,7 +295,12 @@ def record(
             ids = order.ids(place.epoch, place.position, place.position + plan[0].global_size)
             for batch, output in zip(plan, outputs, strict=True):
                 size = batch.stop - batch.start if samplers[0].batched else None
-                for offset, fields in enumerate(sample_fields(output, size)):
+                samples, shared = split_batch(output, size, layout)
+                if shared:
+                    stream.batch_records.append(
+                        BatchRecord(place.epoch, batch.start, batch.stop, shared)
+                    )
+                for offset, fields in enumerate(samples):
                     position = batch.start + offset
                     if position >= partition.length:  # padding: a repeat of the epoch's start
                         continue
@@ -279,6 +381,7 @@ def run_chain(
     stream: Stream,
     *,
     epochs: int,
+    layout: Layout,
 ) -> list[Interruption]:
     """Run ``chain[0]``, interrupt it at ``stops[0]``, resume as ``chain[1]``, and so on.
 
@@ -288,6 +391,7 @@ def run_chain(
         stops: where each segment but the last ends.
         stream: receives the run's records (those before a StreamError too).
         epochs: the run ends when this epoch would begin.
+        layout: how batches split (see :func:`split_batch`).
 
     Returns:
         Where each stop interrupted the run; once the run ends before a stop, that stop and
@@ -303,7 +407,8 @@ def run_chain(
         if state is not None:
             for loader in ranks:
                 loader.load_state_dict(msgpack.unpackb(msgpack.packb(state)))
-        place = record(ranks, stream, place, epochs=epochs, until=stop and stop.reached)
+        until = stop and stop.reached
+        place = record(ranks, stream, place, epochs=epochs, layout=layout, until=until)
         if stop is None:
             break
         if not stop.reached(stream):  # the run ended first

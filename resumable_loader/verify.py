@@ -11,6 +11,8 @@ delivered sample must equal the continuous run's sample at the same (epoch, posi
 from __future__ import annotations
 
 import dataclasses
+import functools
+import heapq
 import importlib
 import itertools
 import os
@@ -20,17 +22,20 @@ import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from resumable_loader.errors import ConfigError
 from resumable_loader.loader import ResumableDataLoader
 from resumable_loader.stream_digest import (
+    BatchRecord,
     Config,
     Interruption,
+    Layout,
     Record,
     Stop,
     Stream,
     StreamError,
+    learn_layout,
     ordered_sampler,
     run_chain,
 )
@@ -57,7 +62,8 @@ _CAUSES: dict[str, str] = {
     "resume": (
         "the stream is not a function of (seed, epoch, position) alone: the dataset keeps state "
         "between samples (a counter, a cache, an RNG made in __init__), or collate_fn draws "
-        "batch-level randomness, which changes with the batch size and world size"
+        "batch-level randomness or pads each sample to its batch's longest, which changes with "
+        "the batch size and world size"
     ),
     "loader": (
         "the loader's batches or cursor disagree with its own partition: a resumable_loader "
@@ -72,7 +78,8 @@ class Divergence:
 
     ``field`` is a path into the sample (``image``, ``meta.label``, ``[0]``), or, in brackets,
     what else differed: ``(sample id)``, ``(state_dict)``, ``(batches)``, ``(positions)``.
-    ``expected`` and ``got`` are the two digests (or values) of that field.
+    ``expected`` and ``got`` are the two digests (or values) of that field. ``stop`` is set
+    when the field is a batch-level one, of the batch of positions [position, stop).
     """
 
     kind: Kind
@@ -83,10 +90,15 @@ class Divergence:
     field: str
     expected: str
     got: str
+    stop: int | None = None
 
     def __str__(self) -> str:
         sample = "" if self.sample_id is None else f", sample id {self.sample_id}"
         where = f"position {self.position} (epoch {self.epoch}{sample})"
+        if self.stop is not None:
+            where = (
+                f"the batch of positions {self.position} to {self.stop - 1} (epoch {self.epoch})"
+            )
         cause = textwrap.fill(_CAUSES[self.kind], 98, initial_indent="  ", subsequent_indent="  ")
         return (
             f"{self.run} differ at {where}, field '{self.field}':\n"
@@ -104,8 +116,8 @@ class ResumedRun:
     interruptions: list[Interruption]
 
     def __str__(self) -> str:
-        stops = "; ".join(map(str, self.interruptions))  # none when the loader failed first
-        return f"  resumed as {self.chain}" + (f"\n    {stops}" if stops else "")
+        # no interruptions when the loader failed first
+        return "\n".join([f"  resumed as {self.chain}", *(f"    {i}" for i in self.interruptions)])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +129,9 @@ class VerifyReport:
     stops: list[str]
     runs: list[ResumedRun]
     samples_compared: int
+    batch_fields: list[str]
+    batches_compared: int
+    batches_not_comparable: int
     divergence: Divergence | None
 
     @property
@@ -136,6 +151,15 @@ class VerifyReport:
             f"{self.samples_compared} samples compared, {len(self.runs)} resume "
             "configurations tried (state_dict passed through msgpack)",
         ]
+        if self.batch_fields:
+            note = (
+                f"batch-level fields {', '.join(self.batch_fields)} (not attributable to one "
+                "sample, so not comparable across batch sizes): compared in "
+                f"{self.batches_compared} batches covering the same positions as in the "
+                f"continuous run; {self.batches_not_comparable} batches covering other "
+                "positions not compared"
+            )
+            lines.append(textwrap.fill(note, 98))
         lines.append("PASS" if self.divergence is None else f"FAIL: {self.divergence}")
         return "\n".join(lines)
 
@@ -192,6 +216,27 @@ class _Pipeline:
             "(dataset, loader_kwargs dict) pair"
         )
 
+    @functools.cached_property
+    def layout(self) -> Layout:
+        """How the collate_fn lays out a batch: learnt from its outputs for the batch size and
+        one more copies of the first sample, collated as the loader would, in its batch key.
+        """
+        if self.batch_size is None:
+            return {}
+        dataset, kwargs = self._call()
+        collate, sizes = (
+            kwargs.get("collate_fn") or default_collate,
+            (self.batch_size, self.batch_size + 1),
+        )
+        probe = ResumableDataLoader(
+            dataset,
+            collate_fn=lambda one: [collate(one * size) for size in sizes],
+            seed=self.seed,
+            reseed_globals=kwargs.get("reseed_globals", True),
+        )
+        small, large = next(iter(probe))
+        return learn_layout(small, large, self.batch_size)
+
     def loaders(self, config: Config) -> list[ResumableDataLoader]:
         """One loader per rank of ``config``."""
         return [self._loader(config, rank) for rank in range(config.world_size)]
@@ -241,51 +286,81 @@ def _loader_kwargs(loader: ResumableDataLoader) -> dict[str, Any]:
 
 
 def _run(
-    pipeline: _Pipeline, chain: Sequence[Config], stops: Sequence[Stop], epochs: int, name: str
-) -> tuple[list[Record], list[Interruption], Divergence | None]:
+    pipeline: _Pipeline,
+    chain: Sequence[Config],
+    stops: Sequence[Stop],
+    epochs: int,
+    name: str,
+) -> tuple[Stream, list[Interruption], Divergence | None]:
     """The records of a run, where it was interrupted, and where the loader's own bookkeeping
     went wrong, if it did.
     """
     stream = Stream()
     try:
-        interruptions = run_chain(pipeline.loaders, chain, stops, stream, epochs=epochs)
+        interruptions = run_chain(
+            pipeline.loaders, chain, stops, stream, epochs=epochs, layout=pipeline.layout
+        )
     except StreamError as error:
         at = error.place
         return (
-            stream.records,
+            stream,
             [],
             Divergence(
                 "loader", name, at.epoch, at.position, None, error.what, error.expected, error.got
             ),
         )
-    return stream.records, interruptions, None
+    return stream, interruptions, None
+
+
+Reference = Mapping[tuple[int, ...], Record | BatchRecord]
+
+
+def _reference(stream: Stream) -> Reference:
+    return {record.key: record for record in itertools.chain(stream.records, stream.batch_records)}
+
+
+@dataclasses.dataclass
+class _Tally:
+    """What comparisons with the reference covered."""
+
+    samples: int = 0
+    batches: int = 0
+    batches_not_comparable: int = 0
 
 
 def _compare(
-    reference: Mapping[tuple[int, int], Record], records: Sequence[Record], kind: Kind, name: str
-) -> tuple[int, Divergence | None]:
-    """Count the records compared with the reference until the first difference, if any.
+    reference: Reference, stream: Stream, kind: Kind, name: str, tally: _Tally
+) -> Divergence | None:
+    """Compare a run's records with the reference, in stream order, until the first
+    difference, if any, counting what was compared into ``tally``.
 
-    Records at positions the reference lacks (an epoch's tail that the reference's
-    drop_last dropped and a resumed topology delivers) cannot be checked and are skipped.
+    Sample records at positions the reference lacks (an epoch's tail that the reference's
+    drop_last dropped and a resumed topology delivers) cannot be checked and are skipped; so
+    are batch records of batches the reference has not (other positions: another batch size).
     """
-    compared = 0
-    for got in records:
-        expected = reference.get((got.epoch, got.position))
+    delivered = heapq.merge(
+        stream.records, stream.batch_records, key=lambda r: (r.epoch, r.position)
+    )
+    for got in delivered:
+        expected = reference.get(got.key)
+        is_batch = isinstance(got, BatchRecord)
         if expected is None:
+            tally.batches_not_comparable += is_batch
             continue
-        compared += 1
-        pairs = [("(sample id)", str(expected.sample_id), str(got.sample_id))]
+        pairs = [] if is_batch else [("(sample id)", str(expected.sample_id), str(got.sample_id))]
         for field in {**expected.fields, **got.fields}:
             pairs.append(
                 (field, expected.fields.get(field, "<missing>"), got.fields.get(field, "<missing>"))
             )
-        for field, want, have in pairs:
-            if want != have:
-                return compared, Divergence(
-                    kind, name, got.epoch, got.position, expected.sample_id, field, want, have
-                )
-    return compared, None
+        different = [(field, want, have) for field, want, have in pairs if want != have]
+        if different:
+            sample_id, stop = (None, got.stop) if is_batch else (expected.sample_id, None)
+            return Divergence(
+                kind, name, got.epoch, got.position, sample_id, *different[0], stop=stop
+            )
+        tally.batches += is_batch
+        tally.samples += not is_batch
+    return None
 
 
 def verify_pipeline(
@@ -329,12 +404,11 @@ def verify_pipeline(
     total = epochs * ordered_sampler(pipeline.loaders(base)[0]).partition.end()
     stop_points = _stop_points(total, stops, stop_batches, random_stops, seed)
 
-    reference, _, divergence = _run(pipeline, [base], [], epochs, "the continuous run")
-    by_place = {(r.epoch, r.position): r for r in reference}
-    compared = 0
+    continuous, _, divergence = _run(pipeline, [base], [], epochs, "the continuous run")
+    reference, tally = _reference(continuous), _Tally()
     if divergence is None:
         parallel = Config(num_workers, pipeline.batch_size, 1)
-        compared, divergence = _check_continuous(pipeline, by_place, base, parallel, epochs)
+        divergence = _check_continuous(pipeline, reference, base, parallel, epochs, tally)
     runs: list[ResumedRun] = []
     for config in configs:
         if divergence is not None:
@@ -342,39 +416,43 @@ def verify_pipeline(
         chain = [config if i % 2 else base for i in range(len(stop_points) + 1)]
         described = " -> ".join(map(str, chain))
         run_name = f"the run resumed as {described} and the continuous run"
-        records, interruptions, failure = _run(pipeline, chain, stop_points, epochs, run_name)
+        stream, interruptions, failure = _run(pipeline, chain, stop_points, epochs, run_name)
         runs.append(ResumedRun(described, interruptions))
-        count, divergence = _compare(by_place, records, "resume", run_name)
-        compared += count
-        divergence = divergence or failure
+        divergence = _compare(reference, stream, "resume", run_name, tally) or failure
     return VerifyReport(
         factory=name,
         epochs=epochs,
         stops=[str(stop) for stop in stop_points],
         runs=runs,
-        samples_compared=compared,
+        samples_compared=tally.samples,
+        batch_fields=sorted(
+            {field for batch in continuous.batch_records for field in batch.fields}
+        ),
+        batches_compared=tally.batches,
+        batches_not_comparable=tally.batches_not_comparable,
         divergence=divergence,
     )
 
 
 def _check_continuous(
     pipeline: _Pipeline,
-    reference: Mapping[tuple[int, int], Record],
+    reference: Reference,
     base: Config,
     parallel: Config,
     epochs: int,
-) -> tuple[int, Divergence | None]:
+    tally: _Tally,
+) -> Divergence | None:
     """Compare the reference with a continuous run with workers. On a difference, a second
     run without workers tells a random pipeline (it differs too) from a worker-dependent one.
     """
     name = f"continuous runs with num_workers=0 and num_workers={parallel.num_workers}"
-    records, _, failure = _run(pipeline, [parallel], [], epochs, name)
-    compared, divergence = _compare(reference, records, "worker-dependent", name)
+    stream, _, failure = _run(pipeline, [parallel], [], epochs, name)
+    divergence = _compare(reference, stream, "worker-dependent", name, tally)
     if divergence is not None:
         again, _, _ = _run(pipeline, [base], [], epochs, "two continuous runs")
-        _, repeat = _compare(reference, again, "nondeterministic", "two continuous runs")
+        repeat = _compare(reference, again, "nondeterministic", "two continuous runs", _Tally())
         divergence = repeat or divergence
-    return compared, divergence or failure
+    return divergence or failure
 
 
 def _configurations(

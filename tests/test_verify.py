@@ -7,12 +7,12 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate, get_worker_info
 
 from resumable_loader import ConfigError, ResumableDataLoader, sample_numpy_generator
 from resumable_loader.cli import main
 from resumable_loader.partition import Partition
-from resumable_loader.stream_digest import WHOLE_SAMPLE, digest, sample_fields
+from resumable_loader.stream_digest import WHOLE_SAMPLE, digest, learn_layout, split_batch
 from resumable_loader.verify import verify_pipeline
 
 N = 40
@@ -67,26 +67,83 @@ class Sized(Dataset):
         return torch.full((2,), float(index)), index
 
 
+class NamedPairs(Sized):
+    """(x, name) samples, x as long as a short batch."""
+
+    def __getitem__(self, index: int) -> tuple:
+        return torch.full((3,), float(index)), f"s{index}"
+
+
+class NamedDicts(NamedPairs):
+    """The same as dicts."""
+
+    def __getitem__(self, index: int) -> dict:
+        x, name = super().__getitem__(index)
+        return {"x": x, "name": name}
+
+
 def augmented_pair():
     return Augmented(), {"batch_size": 4, "shuffle": True, "seed": 7}
 
 
-class TestSampleFields:
+def identity(batch: list) -> list:
+    """A collate_fn that keeps the samples as they are, as for variable-size samples."""
+    return batch
+
+
+def variable_length_collate(samples: list[tuple]) -> dict:
+    """Per-batch values that belong to no one sample: a count, and time-major padding."""
+    sequences = [torch.arange(1 + index % 3, dtype=torch.float32) for _, index in samples]
+    return {
+        "index": torch.tensor([index for _, index in samples]),
+        "count": len(samples),
+        "padded": torch.nn.utils.rnn.pad_sequence(sequences),  # (longest, batch): time-major
+    }
+
+
+class TestSplitBatch:
     def test_splits_dicts_by_key_path_and_tensors_along_dim_0(self):
         batch = {"x": torch.arange(6).view(3, 2), "meta": {"label": torch.tensor([1, 2, 3])}}
-        samples = sample_fields(batch, 3)
+        samples, shared = split_batch(batch, 3, {})
         assert [list(s) for s in samples] == [["x", "meta.label"]] * 3
         assert samples[1]["x"] == digest(torch.tensor([2, 3]))
         assert samples[2]["meta.label"] == digest(torch.tensor(3))
+        assert shared == {}
 
-    def test_lists_of_plain_values_are_per_sample_other_sequences_are_fields(self):
-        batch = (torch.zeros(2, 1), ["a", "b"], b"shared")
-        samples = sample_fields(batch, 2)
+    def test_a_sequence_as_long_as_the_batch_holds_one_sample_per_element(self):
+        batch = [{"x": torch.zeros(2), "name": "a"}, {"x": torch.ones(3), "name": "b"}]
+        samples, shared = split_batch(batch, 2, {})
+        assert samples == [
+            {"x": digest(torch.zeros(2)), "name": digest("a")},
+            {"x": digest(torch.ones(3)), "name": digest("b")},
+        ]
+        assert shared == {}
+
+    def test_values_no_sample_owns_are_batch_level_not_copied_to_every_sample(self):
+        batch = (torch.zeros(2, 1), ["a", "b"], b"shared", torch.tensor(3.0), torch.ones(5, 2))
+        samples, shared = split_batch(batch, 2, {})
         assert samples[0]["[1]"] == digest("a") and samples[1]["[1]"] == digest("b")
-        assert samples[0]["[2]"] == samples[1]["[2]"] == digest(b"shared")
+        assert list(samples[0]) == ["[0]", "[1]"]
+        assert shared == {
+            "[2]": digest(b"shared"),
+            "[3]": digest(torch.tensor(3.0)),
+            "[4]": digest(torch.ones(5, 2)),
+        }
+
+    def test_the_learnt_layout_decides_where_a_length_equals_the_batch_size_by_chance(self):
+        pairs = [(torch.full((2,), float(i)), i) for i in range(3)]
+        collated = default_collate(pairs[:2])  # [images, labels]: 2 fields, not 2 samples
+        layout = learn_layout(default_collate(pairs[:1] * 2), default_collate(pairs[:1] * 3), 2)
+        samples, _ = split_batch(collated, 2, layout)
+        assert samples[1] == {"[0]": digest(pairs[1][0]), "[1]": digest(torch.tensor(1))}
+        padded = variable_length_collate([(None, 1), (None, 4)])["padded"]  # (2, 2) by chance
+        probe = [variable_length_collate([(None, 1)] * n) for n in (2, 3)]
+        layout = learn_layout(*probe, 2)
+        assert layout == {"index": "rows", "count": "batch", "padded": "batch"}
+        assert split_batch({"padded": padded}, 2, layout)[1] == {"padded": digest(padded)}
 
     def test_unbatched_output_is_one_sample(self):
-        assert sample_fields(np.ones(3), None) == [{WHOLE_SAMPLE: digest(np.ones(3))}]
+        assert split_batch(np.ones(3), None, {}) == ([{WHOLE_SAMPLE: digest(np.ones(3))}], {})
 
     def test_digest_sees_dtype_and_shape_not_only_bytes(self):
         zeros = torch.zeros(4, dtype=torch.int32)
@@ -116,6 +173,43 @@ class TestVerifyPipeline:
         )
         assert report.passed, str(report)
         assert len(report.stops) == 3 and len(report.configurations) == 2
+
+    @pytest.mark.parametrize("dataset", [NamedDicts, NamedPairs])
+    def test_a_collate_fn_returning_the_samples_passes_across_batch_sizes(self, dataset):
+        # 23 samples: the last batch of 5 holds 3, as long as each sample's x
+        report = verify_pipeline(
+            lambda: (dataset(23), {"batch_size": 4, "collate_fn": identity, "shuffle": True}),
+            world_sizes=(1, 2),
+            batch_sizes=(4, 5),
+        )
+        assert report.passed, str(report)
+        assert report.batch_fields == []
+
+    def test_batch_level_fields_are_compared_per_batch_and_reported_as_such(self):
+        report = verify_pipeline(
+            lambda: (Sized(22), {"batch_size": 4, "collate_fn": variable_length_collate}),
+            world_sizes=(1, 2),
+            batch_sizes=(4, 5),
+            num_workers=0,
+        )
+        assert report.passed, str(report)
+        assert report.batch_fields == ["count", "padded"]
+        # every batch of the continuous check and of the world=1 batch=4 run lines up
+        assert report.batches_compared >= 2 * 6
+        assert report.batches_not_comparable > 0
+        text = " ".join(str(report).split())
+        assert "batch-level fields count, padded (not attributable to one sample" in text
+        assert f"compared in {report.batches_compared} batches covering the same" in text
+
+    def test_a_random_batch_level_field_is_caught_and_named(self):
+        def collate(samples):
+            return {**default_collate(samples), "scale": np.random.default_rng().random()}
+
+        report = verify_pipeline(lambda: (Augmented(), {"batch_size": 4, "collate_fn": collate}))
+        divergence = report.divergence
+        assert (divergence.kind, divergence.field) == ("nondeterministic", "scale")
+        assert (divergence.epoch, divergence.position, divergence.stop) == (0, 0, 4)
+        assert "the batch of positions 0 to 3 (epoch 0)" in str(report)
 
     def test_unseeded_rng_is_reported_as_nondeterministic_with_the_field(self):
         report = verify_pipeline(lambda: (UnseededNoise(), {"batch_size": 4}))
