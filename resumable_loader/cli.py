@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
-from resumable_loader.errors import ResumableLoaderError
+from resumable_loader.errors import ConfigError, ResumableLoaderError
 
 
 def _index(args: argparse.Namespace) -> int:
     from resumable_loader.index import ShardedIndex
+    from resumable_loader.index_file import SUFFIX
 
+    if args.out is not None and not args.out.endswith(SUFFIX):
+        # refused, not renamed: the file is where the user said, or nowhere
+        raise ConfigError(
+            f"--out {args.out}: index files end in {SUFFIX}, the name the datasets load as an "
+            f"index and no shard has; use --out {os.path.splitext(args.out)[0]}{SUFFIX}"
+        )
     index = ShardedIndex.build(
         args.shards,
         out=args.out,
@@ -87,7 +95,9 @@ def parser() -> argparse.ArgumentParser:
 
     index = commands.add_parser("index", help="index tar or Parquet shards")
     index.add_argument("shards", nargs="+", help="paths, globs, brace patterns or URLs")
-    index.add_argument("--out", help="index file (default: beside the first shard)")
+    index.add_argument(
+        "--out", help="index file, ending in .rlindex (default: beside the first shard)"
+    )
     index.add_argument("--workers", type=int, help="processes scanning shards")
     index.add_argument(
         "--on-error",

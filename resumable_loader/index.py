@@ -26,7 +26,7 @@ import numpy as np
 
 from resumable_loader.errors import SampleIndexError
 from resumable_loader.index_build import check_policy, scan_shards
-from resumable_loader.index_file import INDEX_VERSION, read_index, write_index
+from resumable_loader.index_file import INDEX_VERSION, SUFFIX, read_index, write_index
 from resumable_loader.shards import expand_shards, is_url, stat_shard
 
 logger = logging.getLogger("resumable_loader")
@@ -253,7 +253,7 @@ def default_index_path(urls: Sequence[str], cache_dir: str | os.PathLike | None 
     (default ``~/.cache/resumable_loader``).
     """
     digest = hashlib.blake2b("\n".join(urls).encode(), digest_size=8).hexdigest()
-    name = f"{Path(urls[0]).name}.{digest}.rlindex"
+    name = f"{Path(urls[0]).name}.{digest}{SUFFIX}"
     if cache_dir is None and not is_url(urls[0]):
         return Path(urls[0]).parent / f".{name}"
     return Path(cache_dir or Path.home() / ".cache" / "resumable_loader") / name

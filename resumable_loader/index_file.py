@@ -20,6 +20,7 @@ from resumable_loader.atomic import atomic_write
 from resumable_loader.errors import SampleIndexError
 
 MAGIC = b"RLINDEX\x00"
+SUFFIX = ".rlindex"  # what the CLI writes and the datasets load without looking inside
 # Version 1: tar spans (int64 start, length) per sample, or Parquet row groups per file;
 #   "fields" held the tar extensions or the Parquet schema text.
 # Version 2: "fields" holds extensions or column names, "schema" the Parquet schema text,
@@ -55,6 +56,22 @@ def write_index(path: str | os.PathLike, header: dict[str, Any], arrays: dict[st
         raise SampleIndexError(
             f"{path}: cannot write the index ({error}); choose another place (--out, cache_dir)"
         ) from None
+
+
+def is_index_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names an index: its name ends in ``.rlindex``, or it is a local file
+    that starts with the index magic (an index written under another name through the API).
+
+    A ``.rlindex`` name counts even if the file is missing, so loading it reports that.
+    """
+    path = os.fspath(path)
+    if path.endswith(SUFFIX):
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:  # missing, a directory, a URL or pattern: not an index file
+        return False
 
 
 def read_index(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from shard_factory import write_parquet_shards, write_tar, write_tar_shards
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from resumable_loader import index_file
+from resumable_loader import TarShardDataset, cli, index_file
 from resumable_loader.errors import ConfigError, SampleIndexError, ShardError
 from resumable_loader.index import ShardedIndex, default_index_path
 from resumable_loader.tar_index import scan_tar
@@ -152,6 +152,20 @@ class TestBuildAndLoad:
             build(tars, tmp_path, on_error="ignore")
         with pytest.raises(ConfigError, match="workers"):
             build(tars, tmp_path, workers=0)
+
+
+class TestCommandLine:
+    def test_index_out_must_end_in_rlindex(self, tmp_path, capsys):
+        paths = write_tar_shards(tmp_path, num_shards=1, samples_per_shard=2)
+        assert cli.main(["index", *paths, "--out", str(tmp_path / "train.index"), "--quiet"]) == 2
+        assert capsys.readouterr().err == (
+            f"resumable-loader index: error: --out {tmp_path}/train.index: index files end in "
+            f".rlindex, the name the datasets load as an index and no shard has; use --out "
+            f"{tmp_path}/train.rlindex\n"
+        )
+        assert not (tmp_path / "train.index").exists()
+        assert cli.main(["index", *paths, "--out", str(tmp_path / "train.rlindex"), "--quiet"]) == 0
+        assert TarShardDataset(str(tmp_path / "train.rlindex")).index.num_samples == 2
 
 
 class TestTarGrouping:

@@ -70,6 +70,14 @@ class TestSamples:
         assert TarShardDataset(index)[7] == TarShardDataset(tmp_path / "x.rlindex")[7]
         assert TarShardDataset(str(tmp_path / "shard-*.tar")).fingerprint == index.fingerprint
 
+    def test_an_index_file_is_recognised_by_content_whatever_its_name(self, shards, tmp_path):
+        index = ShardedIndex.build(shards, out=tmp_path / "train.index", progress=False)
+        dataset = TarShardDataset(tmp_path / "train.index")
+        assert dataset.index.path == index.path and dataset[7] == TarShardDataset(shards)[7]
+        (tmp_path / "notes.index").write_bytes(b"RLINDEX but no")  # not the 8-byte magic
+        with pytest.raises(ConfigError, match=r"all \.tar or all \.parquet files, got \['index'\]"):
+            TarShardDataset(tmp_path / "notes.index")
+
     def test_a_parquet_index_is_refused(self, tmp_path):
         paths = write_parquet_shards(tmp_path, num_shards=1, rows_per_shard=2)
         with pytest.raises(ConfigError, match="indexes parquet shards; use ParquetDataset"):

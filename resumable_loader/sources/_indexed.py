@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 
 from resumable_loader.errors import ConfigError, ShardError
 from resumable_loader.index import ShardedIndex
+from resumable_loader.index_file import is_index_file
 
 _READERS = {"tar": "TarShardDataset", "parquet": "ParquetDataset"}
 # Shards kept open per process; a global shuffle touches every shard, and thousands of open
@@ -40,7 +41,7 @@ class IndexedDataset(Dataset):
     ) -> None:
         if isinstance(shards, ShardedIndex):
             index = shards
-        elif isinstance(shards, (str, os.PathLike)) and os.fspath(shards).endswith(".rlindex"):
+        elif isinstance(shards, (str, os.PathLike)) and is_index_file(shards):
             index = ShardedIndex.load(shards)
         else:
             index = ShardedIndex.for_shards(shards, cache_dir=cache_dir, on_error=on_error)

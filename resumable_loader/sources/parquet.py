@@ -33,7 +33,8 @@ class ParquetDataset(IndexedDataset):
     """Rows of Parquet files by global id, as dicts of column values.
 
     Args:
-        shards: paths, globs, brace patterns, fsspec URLs, an ``.rlindex`` file or a
+        shards: paths, globs, brace patterns, fsspec URLs, an index file (named
+            ``*.rlindex``, or any name: an index is recognised by content) or a
             :class:`ShardedIndex` (all files of one schema).
         columns: the columns to read (default: all).
         cache_dir: where to keep the index of remote files (local ones: beside the files).

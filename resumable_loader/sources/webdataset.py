@@ -23,7 +23,8 @@ class TarShardDataset(IndexedDataset):
     URLs). ``bytes_read`` counts the bytes this process read, headers included.
 
     Args:
-        shards: paths, globs, brace patterns, fsspec URLs, an ``.rlindex`` file or a
+        shards: paths, globs, brace patterns, fsspec URLs, an index file (named
+            ``*.rlindex``, or any name: an index is recognised by content) or a
             :class:`ShardedIndex`.
         decode: None for raw bytes; else decoding by webdataset's own decoders, given as
             ``webdataset.decode`` takes them: a handler spec string (``"rgb8"``,
