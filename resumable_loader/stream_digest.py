@@ -243,10 +243,16 @@ _END = object()
 def ordered_sampler(loader: ResumableDataLoader) -> OrderedBatchSampler:
     """The loader's own order and partition; verify cannot place samples of a user's sampler."""
     refs = loader._refs
+    if refs is None:
+        raise ConfigError(
+            f"verify needs a map-style dataset: {type(loader.dataset).__name__} is an "
+            "IterableDataset, whose order lives in its own __iter__"
+        )
     if not isinstance(refs, OrderedBatchSampler):
         raise ConfigError(
-            "verify needs a map-style dataset ordered by the loader itself: drop sampler= and "
-            "batch_sampler= (use shuffle=/shard_shuffle=), and use a map-style Dataset"
+            f"verify needs a dataset ordered by the loader itself, not by the sampler "
+            f"{type(refs.source).__name__}: drop sampler= and batch_sampler= (use "
+            "shuffle=/shard_shuffle=)"
         )
     return refs
 

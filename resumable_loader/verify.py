@@ -22,7 +22,14 @@ import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+    default_collate,
+)
 
 from resumable_loader.errors import ConfigError
 from resumable_loader.loader import ResumableDataLoader
@@ -128,6 +135,7 @@ class VerifyReport:
     epochs: int
     stops: list[str]
     runs: list[ResumedRun]
+    notes: list[str]
     samples_compared: int
     batch_fields: list[str]
     batches_compared: int
@@ -147,6 +155,7 @@ class VerifyReport:
         lines = [
             f"verify {self.factory}: {self.epochs} epoch(s), stops requested "
             f"{', '.join(self.stops)}",
+            *(textwrap.fill(note, 98) for note in self.notes),
             *map(str, self.runs),
             f"{self.samples_compared} samples compared, {len(self.runs)} resume "
             "configurations tried (state_dict passed through msgpack)",
@@ -199,21 +208,36 @@ class _Pipeline:
 
     def __init__(self, factory: Callable[[], Any], name: str, seed: int) -> None:
         self.factory, self.name = factory, name
-        _, kwargs = self._call()
+        _, kwargs, self.conversion = self._call()
         self.batch_size: int | None = kwargs.get("batch_size", 1)
         self.num_workers: int = kwargs.get("num_workers", 0)
         self.seed: int = seed if kwargs.get("seed") is None else kwargs["seed"]
 
-    def _call(self) -> tuple[Dataset, dict[str, Any]]:
+    def _call(self) -> tuple[Dataset, dict[str, Any], str | None]:
+        """The factory's dataset and loader arguments, and, when it returned a torch
+        DataLoader, a note of what it was converted to.
+        """
         result = self.factory()
         if isinstance(result, ResumableDataLoader):
             ordered_sampler(result)
-            return result.dataset, _loader_kwargs(result)
+            return result.dataset, _loader_kwargs(result), None
+        if isinstance(result, DataLoader):
+            kwargs = _torch_loader_kwargs(result, self.name)
+            shown = ", ".join(f"{key}={kwargs[key]!r}" for key in _SHOWN if key in kwargs)
+            return (
+                result.dataset,
+                kwargs,
+                (
+                    f"{self.name}() returned a torch DataLoader: converted to the equivalent "
+                    f"ResumableDataLoader({shown}, ...), whose order comes from its seed, not "
+                    "from the DataLoader's sampler or generator"
+                ),
+            )
         if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], Mapping):
-            return result[0], dict(result[1])
+            return result[0], dict(result[1]), None
         raise ConfigError(
-            f"{self.name}() returned a {type(result).__name__}, not a ResumableDataLoader or a "
-            "(dataset, loader_kwargs dict) pair"
+            f"{self.name}() returned a {type(result).__name__}, not a ResumableDataLoader, a "
+            "torch DataLoader or a (dataset, loader_kwargs dict) pair"
         )
 
     @functools.cached_property
@@ -223,11 +247,9 @@ class _Pipeline:
         """
         if self.batch_size is None:
             return {}
-        dataset, kwargs = self._call()
-        collate, sizes = (
-            kwargs.get("collate_fn") or default_collate,
-            (self.batch_size, self.batch_size + 1),
-        )
+        dataset, kwargs, _ = self._call()
+        collate = kwargs.get("collate_fn") or default_collate
+        sizes = (self.batch_size, self.batch_size + 1)
         probe = ResumableDataLoader(
             dataset,
             collate_fn=lambda one: [collate(one * size) for size in sizes],
@@ -242,7 +264,7 @@ class _Pipeline:
         return [self._loader(config, rank) for rank in range(config.world_size)]
 
     def _loader(self, config: Config, rank: int) -> ResumableDataLoader:
-        dataset, kwargs = self._call()
+        dataset, kwargs, _ = self._call()
         kwargs.update(
             num_workers=config.num_workers,
             batch_size=config.batch_size,
@@ -283,6 +305,56 @@ def _loader_kwargs(loader: ResumableDataLoader) -> dict[str, Any]:
         reseed_globals=loader.reseed_globals,
         shard_shuffle=loader._shard_shuffle,
     )
+
+
+_SHOWN = ("batch_size", "shuffle", "sampler", "batch_sampler", "drop_last", "num_workers")
+
+
+def _torch_loader_kwargs(loader: DataLoader, name: str) -> dict[str, Any]:
+    """The ResumableDataLoader arguments equivalent to a torch DataLoader's: shuffle for its
+    RandomSampler (without replacement, over the whole dataset) or SequentialSampler; any
+    other sampler or batch_sampler is passed on (which verify refuses: it cannot place the
+    samples of an order it does not make).
+
+    Raises:
+        ConfigError: the DataLoader's dataset is an IterableDataset, which has no order to
+            convert.
+    """
+    if isinstance(loader.dataset, IterableDataset):
+        raise ConfigError(
+            f"{name}() returned a DataLoader of {type(loader.dataset).__name__}, which cannot be "
+            f"converted: {type(loader.dataset).__name__} is an IterableDataset, whose order lives "
+            "in its own __iter__; verify needs a map-style Dataset"
+        )
+    kwargs: dict[str, Any] = dict(
+        batch_size=loader.batch_size,
+        drop_last=loader.drop_last,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn,
+        multiprocessing_context=loader.multiprocessing_context,
+        prefetch_factor=loader.prefetch_factor,
+        persistent_workers=loader.persistent_workers,
+        pin_memory_device=loader.pin_memory_device,
+        in_order=loader.in_order,
+    )
+    if loader.batch_size is None and loader.batch_sampler is not None:  # the user's own
+        kwargs.update(batch_size=1, batch_sampler=loader.batch_sampler)
+        return kwargs
+    sampler, length = loader.sampler, len(loader.dataset)
+    if type(sampler) is SequentialSampler and len(sampler) == length:
+        kwargs["shuffle"] = False
+    elif (
+        type(sampler) is RandomSampler
+        and not sampler.replacement
+        and sampler.num_samples == len(sampler.data_source) == length
+    ):
+        kwargs["shuffle"] = True
+    else:
+        kwargs["sampler"] = sampler
+    return kwargs
 
 
 def _run(
@@ -424,6 +496,7 @@ def verify_pipeline(
         epochs=epochs,
         stops=[str(stop) for stop in stop_points],
         runs=runs,
+        notes=[pipeline.conversion] if pipeline.conversion else [],
         samples_compared=tally.samples,
         batch_fields=sorted(
             {field for batch in continuous.batch_records for field in batch.fields}

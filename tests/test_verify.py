@@ -7,7 +7,15 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate, get_worker_info
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+    default_collate,
+    get_worker_info,
+)
 
 from resumable_loader import ConfigError, ResumableDataLoader, sample_numpy_generator
 from resumable_loader.cli import main
@@ -80,6 +88,13 @@ class NamedDicts(NamedPairs):
     def __getitem__(self, index: int) -> dict:
         x, name = super().__getitem__(index)
         return {"x": x, "name": name}
+
+
+class StreamOfSized(IterableDataset):
+    """An iterable dataset: its order lives in its own __iter__."""
+
+    def __iter__(self):
+        return iter(Sized(N))
 
 
 def augmented_pair():
@@ -211,6 +226,29 @@ class TestVerifyPipeline:
         assert (divergence.epoch, divergence.position, divergence.stop) == (0, 0, 4)
         assert "the batch of positions 0 to 3 (epoch 0)" in str(report)
 
+    @pytest.mark.parametrize(
+        ("options", "shuffle"),
+        [
+            (
+                {"shuffle": True, "drop_last": True, "num_workers": 2, "persistent_workers": True},
+                True,
+            ),
+            ({"sampler": SequentialSampler(range(N)), "drop_last": True}, False),
+        ],
+    )
+    def test_a_torch_dataloader_is_verified_as_the_equivalent_resumable_loader(
+        self, options, shuffle
+    ):
+        report = verify_pipeline(
+            lambda: DataLoader(Augmented(), batch_size=3, **options), world_sizes=(1,)
+        )
+        assert report.passed, str(report)
+        assert "workers=0 batch=3 world=1 -> workers=2 batch=4 world=1" in report.configurations[-1]
+        assert report.stops == ["after 12 samples", "after 27 samples"]  # of 39: drop_last
+        (note,) = report.notes
+        assert f"batch_size=3, shuffle={shuffle}, drop_last=True" in note
+        assert "converted" in str(report)
+
     def test_unseeded_rng_is_reported_as_nondeterministic_with_the_field(self):
         report = verify_pipeline(lambda: (UnseededNoise(), {"batch_size": 4}))
         assert not report.passed
@@ -336,7 +374,16 @@ class TestVerifyPipeline:
             (augmented_pair, {"world_sizes": (0,)}, "world_sizes must be ints >= 1"),
             (augmented_pair, {"random_stops": N}, "random_stops must be ints in [1, 39]"),
             (lambda: 3, {}, "returned a int, not a ResumableDataLoader"),
-            (lambda: DataLoader(Augmented()), {}, "returned a DataLoader"),
+            (
+                lambda: DataLoader(Augmented(), sampler=RandomSampler(range(N), replacement=True)),
+                {},
+                "not by the sampler RandomSampler: drop sampler=",
+            ),
+            (
+                lambda: DataLoader(StreamOfSized(), batch_size=4),
+                {},
+                "StreamOfSized is an IterableDataset",
+            ),
             (lambda: (Augmented(), {"sampler": RandomSampler(range(N))}), {}, "drop sampler="),
             (lambda: (Augmented(), {"colour": 1}), {}, "does not take"),
         ],
