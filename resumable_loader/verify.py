@@ -10,6 +10,7 @@ delivered sample must equal the continuous run's sample at the same (epoch, posi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import heapq
@@ -19,7 +20,7 @@ import os
 import random
 import sys
 import textwrap
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 from torch.utils.data import (
@@ -31,7 +32,7 @@ from torch.utils.data import (
     default_collate,
 )
 
-from resumable_loader.errors import ConfigError
+from resumable_loader.errors import ConfigError, ResumableLoaderError
 from resumable_loader.loader import ResumableDataLoader
 from resumable_loader.stream_digest import (
     BatchRecord,
@@ -77,6 +78,28 @@ _CAUSES: dict[str, str] = {
         "bug; please report it with this output"
     ),
 }
+
+
+class PipelineError(ResumableLoaderError):
+    """The user's code (the factory, the dataset, the collate_fn) raised: verify could not run
+    the pipeline, which is no verdict on it. The original exception is the ``__cause__``.
+    """
+
+
+@contextlib.contextmanager
+def _users_code(what: str) -> Iterator[None]:
+    """Turn an exception raised inside ``what`` into a PipelineError naming it in one line;
+    the package's own errors and a StreamError (a verdict) pass unchanged.
+    """
+    try:
+        yield
+    except (ResumableLoaderError, StreamError):
+        raise
+    except Exception as error:
+        # torch re-raises a worker's error with the worker's traceback in the message
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        message = " ... ".join(dict.fromkeys(lines[:1] + lines[-1:]))
+        raise PipelineError(f"{what} raised {type(error).__name__}: {message}") from error
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,7 +240,8 @@ class _Pipeline:
         """The factory's dataset and loader arguments, and, when it returned a torch
         DataLoader, a note of what it was converted to.
         """
-        result = self.factory()
+        with _users_code(f"{self.name}()"):
+            result = self.factory()
         if isinstance(result, ResumableDataLoader):
             ordered_sampler(result)
             return result.dataset, _loader_kwargs(result), None
@@ -250,13 +274,14 @@ class _Pipeline:
         dataset, kwargs, _ = self._call()
         collate = kwargs.get("collate_fn") or default_collate
         sizes = (self.batch_size, self.batch_size + 1)
-        probe = ResumableDataLoader(
-            dataset,
-            collate_fn=lambda one: [collate(one * size) for size in sizes],
-            seed=self.seed,
-            reseed_globals=kwargs.get("reseed_globals", True),
-        )
-        small, large = next(iter(probe))
+        with _users_code(f"collating copies of {self.name}()'s first sample"):
+            probe = ResumableDataLoader(
+                dataset,
+                collate_fn=lambda one: [collate(one * size) for size in sizes],
+                seed=self.seed,
+                reseed_globals=kwargs.get("reseed_globals", True),
+            )
+            small, large = next(iter(probe))
         return learn_layout(small, large, self.batch_size)
 
     def loaders(self, config: Config) -> list[ResumableDataLoader]:
@@ -275,12 +300,14 @@ class _Pipeline:
         if config.num_workers == 0:
             for name in _WORKER_ONLY:
                 kwargs.pop(name, None)
-        try:
-            loader = ResumableDataLoader(dataset, **kwargs)
-        except TypeError as error:
-            raise ConfigError(
-                f"{self.name}() gave loader arguments ResumableDataLoader does not take: {error}"
-            ) from error
+        with _users_code(f"building {self.name}()'s loader"):
+            try:
+                loader = ResumableDataLoader(dataset, **kwargs)
+            except TypeError as error:
+                raise ConfigError(
+                    f"{self.name}() gave loader arguments ResumableDataLoader does not take: "
+                    f"{error}"
+                ) from error
         ordered_sampler(loader)
         return loader
 
@@ -369,9 +396,10 @@ def _run(
     """
     stream = Stream()
     try:
-        interruptions = run_chain(
-            pipeline.loaders, chain, stops, stream, epochs=epochs, layout=pipeline.layout
-        )
+        with _users_code(f"loading as {' -> '.join(map(str, chain))}"):
+            interruptions = run_chain(
+                pipeline.loaders, chain, stops, stream, epochs=epochs, layout=pipeline.layout
+            )
     except StreamError as error:
         at = error.place
         return (
@@ -464,6 +492,7 @@ def verify_pipeline(
 
     Raises:
         ConfigError: the factory or the options are unusable; the message says why.
+        PipelineError: the factory, dataset or collate_fn raised (the cause is chained).
     """
     name = factory if isinstance(factory, str) else getattr(factory, "__qualname__", "factory")
     pipeline = _Pipeline(load_factory(factory) if isinstance(factory, str) else factory, name, seed)

@@ -424,6 +424,30 @@ PIPELINE_MODULE = textwrap.dedent(
 
     def not_a_loader():
         return [1, 2]
+
+
+    def broken():
+        raise RuntimeError("factory broke")
+
+
+    class Corrupt(Images):
+        def __init__(self, in_workers_only):
+            super().__init__(True)
+            self.in_workers_only = in_workers_only
+
+        def __getitem__(self, index):
+            in_worker = torch.utils.data.get_worker_info() is not None
+            if index == 7 and (in_worker or not self.in_workers_only):
+                raise ValueError(f"corrupt sample {index}")
+            return super().__getitem__(index)
+
+
+    def corrupt():
+        return Corrupt(False), {"batch_size": 2}
+
+
+    def corrupt_in_workers():
+        return Corrupt(True), {"batch_size": 2}
     """
 )
 
@@ -470,3 +494,30 @@ class TestCli:
     def test_bad_option_exits_2(self, factory_module, capsys):
         assert main(["verify", f"{factory_module}:good", "--stop-at", "0.5,2"]) == 2
         assert "fractions of the run" in capsys.readouterr().err
+
+    @pytest.mark.parametrize(
+        ("factory", "error"),
+        [
+            ("broken", "broken() raised RuntimeError: factory broke"),
+            ("corrupt", "ValueError: corrupt sample 7"),
+            ("corrupt_in_workers", "ValueError: corrupt sample 7"),
+        ],
+    )
+    def test_an_error_of_the_users_code_exits_2_in_one_line(
+        self, factory_module, capsys, factory, error
+    ):
+        args = ["verify", f"{factory_module}:{factory}", "--world-sizes", "1"]
+        assert main(args) == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith("resumable-loader verify: could not run: ")
+        assert error in line and "--traceback" in line
+        assert main([*args, "--traceback"]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback (most recent call last)" in err and f"{factory_module}.py" in err
+
+    def test_help_documents_the_exit_statuses(self, capsys):
+        with pytest.raises(SystemExit):
+            main(["verify", "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "exit status: 0 PASS" in text
+        assert "1 FAIL" in text and "2 could not run" in text
