@@ -41,6 +41,7 @@ QUICK_ARGS = {
     "bench_loader": ["--samples", "5000", "--repeats", "1"],
     "bench_index": ["--samples", "50000"],
 }
+HEARTBEAT = 15.0  # seconds between "still running" lines: some scripts are silent for minutes
 PLOT = re.compile(r"^plot: (.+\.png)\s*$", re.MULTILINE)
 TITLE = "# Benchmarks\n\nMeasured figures; regenerate with `python benchmarks/run_all.py`.\n"
 
@@ -94,8 +95,12 @@ def quick_arguments(script: Path) -> list[str]:
     return [word for flag in flags if flag[0] in result.stdout for word in flag]
 
 
-def run(script: Path, arguments: list[str], timeout: float) -> tuple[str, str, float]:
-    """(stdout, status, seconds); stderr streams to ours, prefixed, and its tail is kept."""
+def run(
+    script: Path, arguments: list[str], timeout: float, heartbeat: float = HEARTBEAT
+) -> tuple[str, str, float]:
+    """(stdout, status, seconds); stderr streams to ours, prefixed, and its tail is kept; every
+    ``heartbeat`` seconds a "still running" line shows progress even when the script is silent.
+    """
     started = time.perf_counter()
     process = subprocess.Popen(
         [sys.executable, str(script.relative_to(ROOT)), *arguments],
@@ -111,14 +116,31 @@ def run(script: Path, arguments: list[str], timeout: float) -> tuple[str, str, f
             tail.append(line)
             print(f"  [{script.stem}] {line}", end="", file=sys.stderr, flush=True)
 
+    finished = threading.Event()
+
+    def beat() -> None:
+        while not finished.wait(heartbeat):
+            seconds = time.perf_counter() - started
+            print(
+                f"[run_all] {script.name} still running, {seconds:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+
     relay_thread = threading.Thread(target=relay, daemon=True)
     relay_thread.start()
+    beat_thread = threading.Thread(target=beat, daemon=True)
+    beat_thread.start()
     timer = threading.Timer(timeout, process.kill)
     timer.start()
     stdout = process.stdout.read()
     code = process.wait()
+    finished.set()
     timer.cancel()
+    beat_thread.join()
     relay_thread.join()
+    process.stdout.close()
+    process.stderr.close()
     seconds = time.perf_counter() - started
     if code == 0:
         return stdout, "ok", seconds
