@@ -15,9 +15,11 @@ import torch
 from shard_factory import sample_members, write_parquet_shards, write_tar, write_tar_shards
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from resumable_loader import ResumableDataLoader, ShardShuffle
 from resumable_loader.errors import ConfigError, SampleIndexError, ShardError
 from resumable_loader.index import ShardedIndex
 from resumable_loader.sources import _indexed
+from resumable_loader.sources._blocks import BlockCache
 from resumable_loader.sources.webdataset import TarShardDataset
 
 
@@ -155,6 +157,104 @@ class TestDecode:
     def test_bad_decode_is_a_config_error(self, shards, decode):
         with pytest.raises(ConfigError, match="decode="):
             TarShardDataset(shards, decode=decode)
+
+
+@pytest.fixture
+def remote_shards(tmp_path):
+    """Four shards of 50 samples (3 KiB each) on fsspec's memory filesystem, and their index."""
+    paths = write_tar_shards(tmp_path / "local", num_shards=4, samples_per_shard=50)
+    root = f"memory:///readahead-{uuid.uuid4().hex}"
+    filesystem = fsspec.filesystem("memory")
+    for path in paths:
+        filesystem.put(path, f"{root}/{os.path.basename(path)}")
+    yield ShardedIndex.for_shards(f"{root}/shard-*.tar", cache_dir=tmp_path / "cache"), paths
+    filesystem.rm(root, recursive=True)
+
+
+def epoch(dataset, shard_shuffle) -> list[dict]:
+    loader = ResumableDataLoader(
+        dataset, batch_size=8, shuffle=True, seed=3, shard_shuffle=shard_shuffle, collate_fn=list
+    )
+    return [sample for batch in loader for sample in batch]
+
+
+class TestReadAhead:
+    def test_remote_shard_local_epoch_reads_each_block_once(self, remote_shards):
+        index, local_paths = remote_shards
+        shard_bytes = sum(os.path.getsize(p) for p in local_paths)
+        dataset = TarShardDataset(index, read_ahead=16 * 1024)
+        samples = epoch(dataset, ShardShuffle(window=2, buffer_size=16))
+        local = TarShardDataset(local_paths)
+        assert [s["__key__"] for s in samples] == [
+            s["__key__"] for s in epoch(local, ShardShuffle(2, 16))
+        ]
+        assert all(s["bin"] == local[int(s["__key__"][6:])]["bin"] for s in samples)
+        # each 16 KiB block once: about shard bytes / 16 KiB requests, not one per sample
+        assert dataset.bytes_read <= shard_bytes
+        assert dataset.read_requests <= -(-shard_bytes // (16 * 1024)) + 4  # 200 samples
+
+    def test_remote_default_is_1_mib_blocks_local_default_a_read_per_sample(self, remote_shards):
+        index, local_paths = remote_shards
+        remote = TarShardDataset(index)
+        epoch(remote, ShardShuffle(window=2, buffer_size=16))
+        assert remote.read_requests == 4  # a 150 KiB shard is one block
+        local = TarShardDataset(local_paths)
+        epoch(local, ShardShuffle(window=2, buffer_size=16))
+        assert local.read_requests == 200 and local.bytes_read == int(local.index.spans[:, 1].sum())
+
+    def test_under_a_global_shuffle_read_ahead_multiplies_the_bytes_read(self, remote_shards):
+        index, _ = remote_shards
+        delivered = int(index.spans[:, 1].sum())
+        ahead = TarShardDataset(index, read_ahead=16 * 1024, cache_bytes=32 * 1024)
+        epoch(ahead, None)
+        assert ahead.bytes_read > 3 * delivered  # a 16 KiB block for most 3 KiB samples
+        direct = TarShardDataset(index, read_ahead=0)
+        epoch(direct, None)
+        assert (direct.read_requests, direct.bytes_read) == (200, delivered)
+
+    def test_pickling_and_close_drop_the_blocks(self, remote_shards):
+        index, _ = remote_shards
+        dataset = TarShardDataset(index)
+        dataset[0]
+        assert dataset._blocks is not None
+        assert pickle.loads(pickle.dumps(dataset))._blocks is None
+        dataset.close()
+        assert dataset._blocks is None and dataset[1]["__key__"] == "sample000001"
+
+    @pytest.mark.parametrize(("name", "bad"), [("read_ahead", -1), ("cache_bytes", 2.0)])
+    def test_bad_sizes(self, shards, name, bad):
+        with pytest.raises(ConfigError, match=f"{name} must be an int >= 0"):
+            TarShardDataset(shards, **{name: bad})
+
+
+class TestBlockCache:
+    DATA = bytes(range(256)) * 4  # a 1 KiB "shard"
+
+    def cache(self, capacity=10**6):
+        fetches = []
+
+        def fetch(offset, count):
+            fetches.append((offset, count))
+            return self.DATA[offset : offset + count]
+
+        return BlockCache(100, capacity), fetches, fetch
+
+    def test_spans_across_blocks_and_runs_of_missing_blocks(self):
+        cache, fetches, fetch = self.cache()
+        assert cache.read(0, 150, 20, fetch) == self.DATA[150:170]
+        assert cache.read(0, 120, 400, fetch) == self.DATA[120:520]  # block 1 is cached
+        assert fetches == [(100, 100), (200, 400)]  # blocks 2-5 in one fetch
+        assert cache.read(0, 990, 100, fetch) == self.DATA[990:]  # short at the end
+        assert cache.read(1, 150, 20, fetch) == self.DATA[150:170]  # another shard's block
+        assert fetches[2:] == [(900, 200), (100, 100)]
+
+    def test_lru_bounded_by_bytes(self):
+        cache, fetches, fetch = self.cache(capacity=250)
+        for start in (0, 100, 0, 200, 100, 0):
+            cache.read(0, start, 10, fetch)
+        # blocks 0, 1, then 2 evicts 1 (0 was used since), so 1 and 0 are fetched again
+        assert [offset for offset, _ in fetches] == [0, 100, 200, 100, 0]
+        assert list(cache._blocks) == [(0, 1), (0, 0)] and cache._bytes == 200
 
 
 class TestProcesses:

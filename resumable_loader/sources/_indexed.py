@@ -110,6 +110,13 @@ class IndexedDataset(Dataset):
         return f"{type(self).__name__}({self.index!r})"
 
 
+def check_bytes(name: str, value: int) -> int:
+    """``value`` if it is a byte count (an int >= 0), else a ConfigError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{name} must be an int >= 0 (bytes), got {value!r}")
+    return value
+
+
 def _close(handle: Any) -> None:
     if isinstance(handle, int):
         os.close(handle)

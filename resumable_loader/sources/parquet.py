@@ -23,7 +23,7 @@ import numpy as np
 from resumable_loader.errors import ConfigError, ShardError
 from resumable_loader.index import ShardedIndex
 from resumable_loader.shards import is_url
-from resumable_loader.sources._indexed import IndexedDataset
+from resumable_loader.sources._indexed import IndexedDataset, check_bytes
 
 # Decoded row groups kept per process (bytes of Arrow buffers), least recently used out first.
 ROW_GROUP_CACHE_BYTES = 256 * 2**20
@@ -57,9 +57,7 @@ class ParquetDataset(IndexedDataset):
         on_error: str = "raise",
         cache_bytes: int = ROW_GROUP_CACHE_BYTES,
     ) -> None:
-        if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0:
-            raise ConfigError(f"cache_bytes must be an int >= 0, got {cache_bytes!r}")
-        self.cache_bytes = cache_bytes
+        self.cache_bytes = check_bytes("cache_bytes", cache_bytes)
         self._cache: OrderedDict[tuple[int, int], Any] = OrderedDict()
         self._cached_bytes = 0
         super().__init__(shards, cache_dir=cache_dir, on_error=on_error)

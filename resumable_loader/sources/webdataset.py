@@ -1,4 +1,4 @@
-"""WebDataset tar shards as a map-style dataset: one positioned read per sample."""
+"""WebDataset tar shards as a map-style dataset: a positioned read per sample, or read-ahead."""
 
 from __future__ import annotations
 
@@ -9,18 +9,27 @@ from typing import Any
 from resumable_loader.errors import ConfigError, ShardError
 from resumable_loader.index import ShardedIndex
 from resumable_loader.shards import is_url
-from resumable_loader.sources._indexed import IndexedDataset
+from resumable_loader.sources._blocks import BlockCache
+from resumable_loader.sources._indexed import IndexedDataset, check_bytes
 from resumable_loader.tar_index import read_sample
 
 Decode = str | Sequence[Any] | Callable[[dict[str, Any]], dict[str, Any]] | None
+# Read-ahead block for fsspec URLs (one range request a block, not a sample), and the bytes of
+# blocks kept per process. Local files read a sample per os.pread: the page cache already reads
+# ahead, and blocks measured no faster (docs/shards.md, "Read locality").
+READ_AHEAD = 1 * 2**20
+READ_AHEAD_CACHE_BYTES = 128 * 2**20
 
 
 class TarShardDataset(IndexedDataset):
     """Samples of WebDataset tar shards by global id, as WebDataset's dicts.
 
-    Each sample is ``{"__key__": key, "__url__": shard, ext: bytes, ...}``, read with one
-    positioned read of its byte span (``os.pread`` for local files, an fsspec range read for
-    URLs). ``bytes_read`` counts the bytes this process read, headers included.
+    Each sample is ``{"__key__": key, "__url__": shard, ext: bytes, ...}``, parsed from its
+    byte span. Without read-ahead (local files, by default) the span is one positioned read
+    (``os.pread``); with it (fsspec URLs, by default) the span comes from aligned blocks of
+    ``read_ahead`` bytes, each fetched with one range read and kept in a per-process LRU of
+    ``cache_bytes`` (see :mod:`resumable_loader.sources._blocks`). ``bytes_read`` and
+    ``read_requests`` count what this process asked of storage, read-ahead included.
 
     Args:
         shards: paths, globs, brace patterns, fsspec URLs, an index file (named
@@ -36,6 +45,13 @@ class TarShardDataset(IndexedDataset):
         cache_dir: where to keep the index of remote shards (local ones: beside the shards).
         on_error: "raise" or "skip" unreadable samples when the index is built; see
             :meth:`ShardedIndex.build`.
+        read_ahead: block size in bytes, 0 for a read per sample, or None (default):
+            ``READ_AHEAD`` (1 MiB) for fsspec URLs, 0 for local files. It pays with the
+            shard-local shuffle; under a global shuffle it multiplies the bytes read by about
+            block / sample size, so pass 0 there.
+        cache_bytes: bytes of read-ahead blocks kept per process (default
+            ``READ_AHEAD_CACHE_BYTES``, 128 MiB): enough for ``window`` blocks plus a few
+            times the bytes of the samples in the shuffle buffer, or blocks are fetched again.
     """
 
     format = "tar"
@@ -47,17 +63,22 @@ class TarShardDataset(IndexedDataset):
         decode: Decode = None,
         cache_dir: str | os.PathLike | None = None,
         on_error: str = "raise",
+        read_ahead: int | None = None,
+        cache_bytes: int = READ_AHEAD_CACHE_BYTES,
     ) -> None:
+        if read_ahead is not None:
+            check_bytes("read_ahead", read_ahead)
+        self.read_ahead, self.cache_bytes = read_ahead, check_bytes("cache_bytes", cache_bytes)
         super().__init__(shards, cache_dir=cache_dir, on_error=on_error)
         self.decode = _decoder(decode)
-        self.bytes_read = 0
+        self.bytes_read = self.read_requests = 0
+        self._blocks: BlockCache | None = None
 
     def __getitem__(self, sample_id: int) -> dict[str, Any]:
         shard, local = self._locate(sample_id)
         start, length = (int(v) for v in self.index.spans[self.index.shard_offsets[shard] + local])
         url = self.index.shard_urls[shard]
         data = self._read(shard, start, length)
-        self.bytes_read += len(data)
         if len(data) < length:
             raise ShardError(
                 f"{url}: {length} bytes expected at offset {start}, {len(data)} read; the shard "
@@ -84,11 +105,28 @@ class TarShardDataset(IndexedDataset):
             ) from error
 
     def _read(self, shard: int, start: int, length: int) -> bytes:
+        """The span's bytes (fewer if the shard is shorter), through read-ahead if it is on."""
+        block = self.read_ahead
+        if block is None:
+            block = READ_AHEAD if is_url(self.index.shard_urls[shard]) else 0
+        if not block:
+            return self._fetch(shard, start, length)
+        if self._blocks is None:
+            self._blocks = BlockCache(block, self.cache_bytes)
+        return self._blocks.read(shard, start, length, lambda at, n: self._fetch(shard, at, n))
+
+    def _fetch(self, shard: int, start: int, length: int) -> bytes:
+        """One storage request: ``length`` bytes at ``start`` (clipped to the indexed size)."""
+        length = max(0, min(length, self.index.header["shards"][shard]["bytes"] - start))
         handle = self._file(shard)
         if isinstance(handle, int):
-            return os.pread(handle, length, start)
-        filesystem, path = handle
-        return filesystem.cat_file(path, start=start, end=start + length)
+            data = os.pread(handle, length, start)
+        else:
+            filesystem, path = handle
+            data = filesystem.cat_file(path, start=start, end=start + length)
+        self.bytes_read += len(data)
+        self.read_requests += 1
+        return data
 
     def _open(self, url: str) -> Any:
         if not is_url(url):
@@ -97,8 +135,18 @@ class TarShardDataset(IndexedDataset):
 
         return fsspec.core.url_to_fs(url)
 
+    def close(self) -> None:
+        self._blocks = None
+        super().close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "_blocks": None}
+
     def __repr__(self) -> str:
-        return f"TarShardDataset({self.index!r}, decode={self.decode!r})"
+        return (
+            f"TarShardDataset({self.index!r}, decode={self.decode!r}, "
+            f"read_ahead={self.read_ahead!r}, cache_bytes={self.cache_bytes})"
+        )
 
 
 def _decoder(decode: Decode) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
