@@ -2,12 +2,16 @@
 
 Run: python benchmarks/bench_shards.py [--shards S] [--per-shard P] [--payload BYTES]
 
-Locality: one epoch through the loader (num_workers=0, so one process sees every read) over tar
-shards written to a temp dir; for each order, the bytes read divided by the payload bytes
-delivered, the median distance between consecutive reads of the same shard, and the shards in
-flight. Resume: time to the first batch of a shard-local loader resumed at 10%,
-50% and 90% of an epoch of 10^7 samples (a cheap dataset with 1,000 shards of 10,000 samples),
-against a fresh start.
+Locality: one epoch through the loader (num_workers=0, so one process makes every read) over
+shards written to a temp dir; every cache is a quarter of the data it caches, as for a data
+set larger than the cache. Tar, for each order, with one read per sample and with 1 MiB
+read-ahead blocks (the default for fsspec URLs): the bytes requested from storage (read-ahead
+blocks included) divided by the payload bytes delivered, storage requests per sample, the
+median distance between consecutive sample reads of one shard, and the shards in flight.
+Parquet, the same rows as files of row groups, for each order: row-group reads divided by the
+row groups in the data. Resume: time to the first batch of a shard-local
+loader resumed at 10%, 50% and 90% of an epoch of 10^7 samples (a cheap dataset with 1,000
+shards of 10,000 samples), against a fresh start.
 """
 
 from __future__ import annotations
@@ -22,13 +26,15 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from resumable_loader import ResumableDataLoader, ShardShuffle, TarShardDataset
+from resumable_loader import ParquetDataset, ResumableDataLoader, ShardShuffle, TarShardDataset
 
 SHARD_SHUFFLE = ShardShuffle(window=4, buffer_size=256)
+READ_AHEAD = 2**20
+ROW_GROUP = 100  # rows per Parquet row group
 
 
 class ReadLog(TarShardDataset):
-    """Records (shard, start, length) of every read."""
+    """Records (shard, start, length) of every sample read (storage reads: ``bytes_read``)."""
 
     def _read(self, shard: int, start: int, length: int) -> bytes:
         self.log.append((shard, start, length))
@@ -49,13 +55,37 @@ def write_shards(directory: Path, shards: int, per_shard: int, payload: int) -> 
     return paths
 
 
-def locality(paths: list[str], payload: int, shard_shuffle) -> tuple[float, float, float]:
-    dataset = ReadLog(paths)
-    dataset.log = []
+def write_parquet(directory: Path, shards: int, per_shard: int, payload: int) -> list[str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    body = (bytes(range(256)) * (payload // 256 + 1))[:payload]
+    paths = []
+    for s in range(shards):
+        path = directory / f"loc-{s:04d}.parquet"
+        ids = range(s * per_shard, (s + 1) * per_shard)
+        table = pa.table({"id": list(ids), "payload": [body] * per_shard})
+        pq.write_table(table, path, row_group_size=ROW_GROUP)
+        paths.append(str(path))
+    return paths
+
+
+def epoch(dataset: Dataset, shard_shuffle: ShardShuffle | None) -> int:
+    """Samples in one epoch of ``dataset`` through the loader (main process)."""
     loader = ResumableDataLoader(
         dataset, batch_size=32, shuffle=True, seed=0, shard_shuffle=shard_shuffle, collate_fn=len
     )
-    delivered = sum(loader) * payload
+    return sum(loader)
+
+
+def locality(
+    paths: list[str], payload: int, shard_shuffle: ShardShuffle | None, read_ahead: int
+) -> tuple[float, float, float, float]:
+    """(storage bytes / payload bytes, requests per sample, median seek, shards in flight)."""
+    shard_bytes = sum(Path(path).stat().st_size for path in paths)
+    dataset = ReadLog(paths, read_ahead=read_ahead, cache_bytes=shard_bytes // 4)
+    dataset.log = []
+    samples = epoch(dataset, shard_shuffle)
     log = dataset.log
     last: dict[int, int] = {}
     seeks = []
@@ -65,7 +95,27 @@ def locality(paths: list[str], payload: int, shard_shuffle) -> tuple[float, floa
         last[shard] = offset + length
     in_flight = np.mean([len({s for s, _, _ in log[i : i + 256]}) for i in range(0, len(log), 256)])
     median_seek = float(np.median(seeks)) if seeks else 0.0
-    return sum(n for _, _, n in log) / delivered, median_seek, in_flight
+    ratio = dataset.bytes_read / (samples * payload)
+    return ratio, dataset.read_requests / samples, median_seek, in_flight
+
+
+class GroupReads(ParquetDataset):
+    """Counts row-group reads (the cache's misses)."""
+
+    def _row_group(self, shard: int, group: int):
+        self.reads += (shard, group) not in self._cache
+        return super()._row_group(shard, group)
+
+
+def parquet_locality(paths: list[str], shard_shuffle: ShardShuffle | None) -> float:
+    """Row-group reads per row group in one epoch, the cache a quarter of the decoded data."""
+    probe = ParquetDataset(paths)
+    groups = sum(len(g) for g in probe.index.row_groups)
+    decoded = probe._row_group(0, 0).nbytes * groups
+    dataset = GroupReads(paths, cache_bytes=decoded // 4)
+    dataset.reads = 0
+    epoch(dataset, shard_shuffle)
+    return dataset.reads / groups
 
 
 class Cheap(Dataset):
@@ -99,22 +149,37 @@ def main() -> None:
     parser.add_argument("--per-shard", type=int, default=1000)
     parser.add_argument("--payload", type=int, default=4096)
     args = parser.parse_args()
+    local = f"shard-local (window {SHARD_SHUFFLE.window}, buffer {SHARD_SHUFFLE.buffer_size})"
+    orders = (("global shuffle", None), (local, SHARD_SHUFFLE))
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_shards(Path(tmp), args.shards, args.per_shard, args.payload)
         print(
             f"# locality: {args.shards} tar shards x {args.per_shard} samples of "
-            f"{args.payload} B, one epoch, batch 32"
+            f"{args.payload} B, one epoch, batch 32, one process, read-ahead cache 1/4 of the "
+            "shard bytes"
         )
         print(
-            f"{'order':<52}{'read/delivered':>15}{'median seek in shard':>22}"
-            f"{'shards per 256 reads':>22}"
+            f"{'order':<36}{'read-ahead':>11}{'read/delivered':>15}{'requests/sample':>16}"
+            f"{'median seek':>13}{'shards/256 reads':>17}"
         )
-        for name, shard_shuffle in (
-            ("global shuffle", None),
-            (f"shard-local {SHARD_SHUFFLE}", SHARD_SHUFFLE),
-        ):
-            ratio, seek, in_flight = locality(paths, args.payload, shard_shuffle)
-            print(f"{name:<52}{ratio:>15.3f}{seek / 1024:>19.1f} KB{in_flight:>22.1f}")
+        for name, shard_shuffle in orders:
+            for read_ahead in (0, READ_AHEAD):
+                ratio, requests, seek, in_flight = locality(
+                    paths, args.payload, shard_shuffle, read_ahead
+                )
+                ahead = f"{read_ahead // 1024} KiB" if read_ahead else "off"
+                print(
+                    f"{name:<36}{ahead:>11}{ratio:>15.3f}{requests:>16.3f}"
+                    f"{seek / 1024:>10.1f} KB{in_flight:>17.1f}"
+                )
+        parquet = write_parquet(Path(tmp), args.shards, args.per_shard, args.payload)
+        print(
+            f"\n# locality: the same rows as {args.shards} Parquet files, row groups of "
+            f"{ROW_GROUP} rows, row-group cache 1/4 of the decoded data"
+        )
+        print(f"{'order':<36}{'row-group reads / row groups':>30}")
+        for name, shard_shuffle in orders:
+            print(f"{name:<36}{parquet_locality(parquet, shard_shuffle):>30.2f}")
     dataset = Cheap(1000, 10_000)
     print(f"\n# resume, shard-local {SHARD_SHUFFLE}, epoch of {len(dataset):,} samples")
     print(f"{'resume at':>12}{'first batch':>14}{'vs fresh start':>16}")
