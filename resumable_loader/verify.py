@@ -5,7 +5,9 @@ workers), which must agree, else the pipeline itself is nondeterministic; then o
 configuration, interrupted at the stops and resumed from ``state_dict()`` (through msgpack)
 alternately as the reference configuration and as another (worker count, batch size, world
 size). Ranks are simulated in one process: one loader per rank, stepped in lockstep. Every
-delivered sample must equal the continuous run's sample at the same (epoch, position).
+delivered sample must equal the continuous run's sample at the same (epoch, position), and
+every batch-level field (see ``stream_digest``) the continuous run's in the batch of the same
+positions. A factory's torch DataLoader is verified as the equivalent ResumableDataLoader.
 """
 
 from __future__ import annotations
@@ -152,7 +154,13 @@ class ResumedRun:
 
 @dataclasses.dataclass(frozen=True)
 class VerifyReport:
-    """What ``verify_pipeline`` compared, and the first divergence (None when it passed)."""
+    """What ``verify_pipeline`` compared, and the first divergence (None when it passed).
+
+    ``runs`` are the interrupted runs with where each really stopped; ``notes`` what verify
+    made of the factory's result (a torch DataLoader converted); ``batch_fields`` the fields no
+    one sample owns, compared in ``batches_compared`` batches of the same positions as in the
+    continuous run and not in ``batches_not_comparable`` others.
+    """
 
     factory: str
     epochs: int
@@ -312,11 +320,10 @@ class _Pipeline:
         return loader
 
 
-def _loader_kwargs(loader: ResumableDataLoader) -> dict[str, Any]:
-    """The arguments that rebuild ``loader`` (its seed only if it was chosen explicitly)."""
+def _torch_arguments(loader: DataLoader) -> dict[str, Any]:
+    """The torch DataLoader arguments of ``loader`` that carry over as they are."""
     return dict(
         batch_size=loader.batch_size,
-        shuffle=loader._shuffle,
         num_workers=loader.num_workers,
         collate_fn=loader.collate_fn,
         pin_memory=loader.pin_memory,
@@ -328,6 +335,14 @@ def _loader_kwargs(loader: ResumableDataLoader) -> dict[str, Any]:
         persistent_workers=loader.persistent_workers,
         pin_memory_device=loader.pin_memory_device,
         in_order=loader.in_order,
+    )
+
+
+def _loader_kwargs(loader: ResumableDataLoader) -> dict[str, Any]:
+    """The arguments that rebuild ``loader`` (its seed only if it was chosen explicitly)."""
+    return dict(
+        _torch_arguments(loader),
+        shuffle=loader._shuffle,
         seed=loader._explicit_seed,
         reseed_globals=loader.reseed_globals,
         shard_shuffle=loader._shard_shuffle,
@@ -353,20 +368,7 @@ def _torch_loader_kwargs(loader: DataLoader, name: str) -> dict[str, Any]:
             f"converted: {type(loader.dataset).__name__} is an IterableDataset, whose order lives "
             "in its own __iter__; verify needs a map-style Dataset"
         )
-    kwargs: dict[str, Any] = dict(
-        batch_size=loader.batch_size,
-        drop_last=loader.drop_last,
-        num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn,
-        pin_memory=loader.pin_memory,
-        timeout=loader.timeout,
-        worker_init_fn=loader.worker_init_fn,
-        multiprocessing_context=loader.multiprocessing_context,
-        prefetch_factor=loader.prefetch_factor,
-        persistent_workers=loader.persistent_workers,
-        pin_memory_device=loader.pin_memory_device,
-        in_order=loader.in_order,
-    )
+    kwargs = _torch_arguments(loader)
     if loader.batch_size is None and loader.batch_sampler is not None:  # the user's own
         kwargs.update(batch_size=1, batch_sampler=loader.batch_sampler)
         return kwargs
