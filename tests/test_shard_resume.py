@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from resume_harness import digest, interrupted_stream, run
+from resume_harness import digest, epochs_left, interrupted_stream, run, transport
 from shard_factory import write_parquet_shards, write_tar_shards
 from torch.utils.data import Dataset
 
@@ -74,6 +74,75 @@ def test_workers_and_batch_size_change_across_resume(sources, source, mode):
             per_sample=per_sample,
         )
         assert got == expected, (source, mode, stop_after)
+
+
+EPOCHS = 3  # 12 batches of 4 an epoch (45 samples): batch 12 ends epoch 0, 24 epoch 1
+
+
+@pytest.fixture(scope="module")
+def three_epochs(sources):
+    """The uninterrupted stream of each (source, mode), computed once."""
+    cache = {}
+
+    def expected(source, mode):
+        if (source, mode) not in cache:
+            cache[source, mode] = run(
+                factory(sources[source], mode)(), EPOCHS, per_sample=per_sample
+            )[0]
+        return cache[source, mode]
+
+    return expected
+
+
+@pytest.mark.parametrize("source", ["tar", "parquet"])
+@pytest.mark.parametrize("mode", ["global", "shard_local"])
+@pytest.mark.parametrize(
+    ("stop_after", "how", "first", "second"),
+    [
+        (12, "torch", {"num_workers": 2, "persistent_workers": True}, {"batch_size": 5}),
+        (
+            24,
+            "json",
+            {"num_workers": 1},
+            {"num_workers": 2, "persistent_workers": True, "batch_size": 3},
+        ),
+        (
+            27,
+            "torch",
+            {"num_workers": 2, "persistent_workers": True},
+            {"num_workers": 1, "batch_size": 7},
+        ),
+    ],
+    ids=["end-of-epoch-0", "end-of-epoch-1", "inside-epoch-2"],
+)
+def test_epoch_ends_persistent_workers_and_checkpoint_formats(
+    sources, three_epochs, source, mode, stop_after, how, first, second
+):
+    # "torch" is torch.save then torch.load(weights_only=True); workers persist on one side
+    dataset = sources[source]
+    got = interrupted_stream(
+        factory(dataset, mode, **first),
+        factory(dataset, mode, **second),
+        epochs=EPOCHS,
+        stop_after=stop_after,
+        how=how,
+        per_sample=per_sample,
+    )
+    assert got == three_epochs(source, mode)
+
+
+@pytest.mark.parametrize("source", ["tar", "parquet"])
+@pytest.mark.parametrize("mode", ["global", "shard_local"])
+def test_resume_after_an_epoch_ran_out(sources, three_epochs, source, mode):
+    # the first run's epoch ends by StopIteration, not by a break at its last batch
+    dataset = sources[source]
+    first = factory(dataset, mode, num_workers=2, persistent_workers=True)()
+    head, state = run(first, 1, per_sample=per_sample)
+    for how in ("json", "torch"):
+        resumed = factory(dataset, mode, num_workers=1, batch_size=6)()
+        resumed.load_state_dict(transport(state, how))
+        tail, _ = run(resumed, epochs_left(state, EPOCHS), per_sample=per_sample)
+        assert head + tail == three_epochs(source, mode), how
 
 
 @settings(
