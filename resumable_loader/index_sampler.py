@@ -55,30 +55,42 @@ class _RefSampler(Sampler):
     """Common part: the iteration to produce next, and the cursor advance of each ref yielded.
 
     ``advances`` holds, for every ref handed to torch and not yet delivered to the caller, how
-    many samples the cursor moves once it is; torch prefetches refs in order and (with
-    in_order=True) delivers them in that order, so the loader pops one per delivered batch.
+    many samples the cursor moves once it is, and whether it is the iteration's last; torch
+    prefetches refs in order and (with in_order=True) delivers them in that order, so the
+    iterator pops one per delivered batch. The refs are read one ahead, so the last batch is
+    known as such when it is handed out (a user sampler's epoch length is its own). Each
+    ``begin()`` starts a new deque, so an older iterator still being consumed keeps its own.
     """
 
     def __init__(self) -> None:
         self.seed = 0
         self.epoch = 0
         self.start = 0
-        self.advances: deque[int] = deque()
+        self.advances: deque[tuple[int, bool]] = deque()
 
     def begin(self, *, seed: int, epoch: int, start: int) -> None:
         """Set the iteration the next ``iter()`` produces."""
         self.seed, self.epoch, self.start = seed, epoch, start
-        self.advances.clear()
+        self.advances = deque()
 
     def __iter__(self) -> Iterator[BatchRef | SampleRef]:
-        for ref, advance in self._refs(self.seed, self.epoch, self.start):
-            self.advances.append(advance)
-            yield ref
+        return _recording(self._refs(self.seed, self.epoch, self.start), self.advances)
 
     def _refs(
         self, seed: int, epoch: int, start: int
     ) -> Iterator[tuple[BatchRef | SampleRef, int]]:
         raise NotImplementedError
+
+
+def _recording(
+    refs: Iterator[tuple[BatchRef | SampleRef, int]], advances: deque[tuple[int, bool]]
+) -> Iterator[BatchRef | SampleRef]:
+    current = next(refs, None)
+    while current is not None:
+        following = next(refs, None)
+        advances.append((current[1], following is None))
+        yield current[0]
+        current = following
 
 
 class OrderedBatchSampler(_RefSampler):
@@ -155,6 +167,10 @@ class UserBatchSampler(_RefSampler):
         super().begin(seed=seed, epoch=epoch, start=start)
         if self.stateful and start == 0:
             self.epoch_start_state = self.source.state_dict()
+
+    def current_state(self) -> dict[str, Any] | None:
+        """The user's sampler state now (after an epoch: the next epoch's start state)."""
+        return self.source.state_dict() if self.stateful else None
 
     def restore(self, state: dict[str, Any] | None) -> None:
         """Put the user's sampler back in the state it had at the saved epoch's start."""

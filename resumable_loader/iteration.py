@@ -1,18 +1,24 @@
-"""Iterating a ResumableDataLoader: advance the cursor per delivered batch, end failures cleanly.
+"""Iterating a ResumableDataLoader: move the cursor per batch handed out, turn failures into errors.
 
 The loader's iterator wraps torch's. Each batch handed to the caller moves the cursor by the
-advance its index sampler recorded; StopIteration marks the epoch complete. Any other error
-stops torch's workers at once, and a dead or hung worker becomes a WorkerError saying the state
-is still exact.
+advance its index sampler recorded; StopIteration marks the epoch complete. An exception from a
+batch (the dataset or collate_fn raised) leaves torch's iterator usable, as in torch: the failed
+batch is skipped if the caller goes on, and counted once the next batch is handed out, so a
+``state_dict()`` taken in between still retries it. A dead or hung worker ends the iteration: the
+workers stop in the background and the caller gets a WorkerError saying the state is exact.
+With a ``timeout``, every batch must arrive within it of being asked for.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import threading
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from torch.utils.data import _utils
 from torch.utils.data._utils import signal_handling
 
 from resumable_loader.errors import WorkerError
@@ -23,57 +29,73 @@ if TYPE_CHECKING:
 
 # torch's messages for a worker that died (signal, exit) or missed its timeout.
 _WORKER_FAILURE = re.compile(r"DataLoader worker \(pids?|DataLoader timed out")
+# How torch re-raises an exception a worker caught in user code: never a worker failure.
+_RERAISED = re.compile(r"^Caught \w+ in DataLoader worker process \d+")
 
 
 class ResumableIterator(Iterator[Any]):
     """Wraps torch's iterator; advances the loader's cursor for each batch handed out."""
 
-    def __init__(self, loader: ResumableDataLoader, inner: Iterable[Any]) -> None:
+    def __init__(self, loader: ResumableDataLoader, inner: Iterator[Any]) -> None:
         self._loader = loader
-        self._inner = iter(inner)
+        self._inner = inner
         refs = loader._refs
+        self._advances = refs.advances  # this iteration's own record (see _RefSampler)
+        self._finished_refs = 0  # refs whose batch was handed out or failed
+        self._skipped = 0  # samples of failed batches not yet added to the cursor
+        self.finished = False
         self._length = (
             refs.partition.num_batches(loader._position)
             if isinstance(refs, OrderedBatchSampler)
             else len(refs)
         )
+        self._deadline = _Deadline.install(inner, loader.timeout)
 
     def __next__(self) -> Any:
+        if self._deadline is not None:
+            self._deadline.arm()
         try:
             batch = next(self._inner)
         except StopIteration:
-            self._loader._exhausted()
+            self.finished = True
+            self._loader._advance(self, 0, last=True)
             raise
         except BaseException as error:
-            raise self._stop_after(error)  # noqa: B904 (the cause is set by _stop_after)
-        self._loader._delivered()
+            failure = worker_failure(error, self._loader.num_workers)
+            if failure is None:
+                self._skip_failed_batches()
+                raise
+            raise self._stop_after(error, failure)  # noqa: B904 (the cause is set there)
+        finally:
+            if self._deadline is not None:
+                self._deadline.disarm()
+        self._finished_refs += 1
+        advance, last = self._advances.popleft()
+        self._loader._advance(self, self._skipped + advance, last=last)
+        self._skipped = 0
         return batch
 
-    def _stop_after(self, error: BaseException) -> BaseException:
-        """Stop torch's workers after ``error``; return what to raise.
+    def _skip_failed_batches(self) -> None:
+        """Set aside the advance of every batch torch gave up on in the failed ``next()``.
 
-        A failed fetch ends the iteration, so the workers stop now rather than when the iterator
-        is garbage-collected (torch then waits for each in turn). A dead or hung worker becomes a
-        WorkerError; its clean-up (torch terminates a hung worker only after a grace period)
-        runs in the background so the error is raised at once.
+        torch has finished with ``_rcvd_idx`` batches of a multi-process iteration (handed out
+        or failed); a single-process one prefetches nothing, so every ref it took is finished.
+        An interrupt while waiting for a worker's batch finishes none.
         """
-        shutdown = getattr(self._inner, "_shutdown_workers", lambda: None)
-        num_workers = self._loader.num_workers
-        _stop_watching_workers(self._inner)
-        try:
-            failure = _worker_failure(error, num_workers)
-            if failure is None:
-                shutdown()
-                return error
-        except RuntimeError as late:  # torch's SIGCHLD handler raises wherever we are
-            failure = _worker_failure(late, num_workers)
-            if failure is None:
-                raise
-            error = late
-        threading.Thread(target=shutdown, name="resumable-loader-shutdown", daemon=True).start()
+        finished = getattr(self._inner, "_rcvd_idx", None)
+        if finished is None:
+            finished = self._finished_refs + len(self._advances)
+        while self._finished_refs < finished and self._advances:
+            self._skipped += self._advances.popleft()[0]
+            self._finished_refs += 1
+
+    def _stop_after(self, error: BaseException, failure: str) -> WorkerError:
+        """Stop torch's workers (in the background) after a dead or hung worker."""
+        self._loader._workers_failed(self._inner)
+        stop_workers(self._inner)
         worker_error = WorkerError(
             f"{failure}. No batch was lost: state_dict() still describes exactly what was "
-            "delivered, so a new loader can resume from it"
+            "delivered, so a new loader (or a new iter() of this one) can resume from it"
         )
         worker_error.__cause__ = error
         return worker_error
@@ -83,22 +105,67 @@ class ResumableIterator(Iterator[Any]):
         return self._length
 
 
-def _stop_watching_workers(inner: Any) -> None:
-    """Unregister an iterator's workers from torch's SIGCHLD check (as its own shutdown does).
+def stop_workers(inner: Any) -> None:
+    """Shut down a failed torch iterator's workers in the background.
 
-    Once a failure is being handled, another worker's death must not raise a second
-    RuntimeError from the signal handler in the middle of the clean-up.
+    First unregister them from torch's SIGCHLD check (as its own shutdown does), so another
+    worker's death cannot raise a second RuntimeError from the signal handler during the
+    clean-up; torch terminates a hung worker only after a grace period, hence the thread.
     """
     if getattr(inner, "_worker_pids_set", False):
         signal_handling._remove_worker_pids(id(inner))
         inner._worker_pids_set = False
+    shutdown = getattr(inner, "_shutdown_workers", None)
+    if shutdown is not None:
+        threading.Thread(target=shutdown, name="resumable-loader-shutdown", daemon=True).start()
 
 
-def _worker_failure(error: BaseException, num_workers: int) -> str | None:
+def worker_failure(error: BaseException, num_workers: int) -> str | None:
     """Describe ``error`` if it means a worker died or hung, else None."""
+    if num_workers == 0 or _RERAISED.match(str(error)):
+        return None
     if isinstance(error, RuntimeError) and _WORKER_FAILURE.search(str(error)):
         return str(error)
-    if num_workers > 0 and isinstance(error, (ConnectionError, EOFError)):
+    if isinstance(error, (ConnectionError, EOFError)):
         # The worker died while the main process was receiving a batch's shared tensors.
         return f"a DataLoader worker died while sending a batch ({type(error).__name__}: {error})"
     return None
+
+
+class _Deadline:
+    """Bounds the wait for each batch by ``timeout``, counted from the ``next()`` that asks.
+
+    torch restarts its timeout whenever any worker sends a batch, so a hung worker behind a
+    slow healthy one is noticed only much later. A _Deadline stands in for the iterator's
+    queue read (``_try_get_data``) and gives up once the batch's own deadline has passed;
+    torch then raises its "DataLoader timed out" error. Outside ``next()`` (e.g. while
+    persistent workers restart) torch's own timeout applies.
+    """
+
+    def __init__(self, read: Any, timeout: float) -> None:
+        self._read = read
+        self._timeout = timeout
+        self._expires = math.inf
+
+    @classmethod
+    def install(cls, inner: Any, timeout: float) -> _Deadline | None:
+        """Bound ``inner``'s batch waits (once per torch iterator); None without a timeout."""
+        read = getattr(inner, "_try_get_data", None)
+        if timeout <= 0 or read is None:
+            return None
+        if isinstance(read, _Deadline):  # persistent workers keep one torch iterator
+            return read
+        deadline = inner._try_get_data = cls(read, timeout)
+        return deadline
+
+    def arm(self) -> None:
+        self._expires = time.monotonic() + self._timeout
+
+    def disarm(self) -> None:
+        self._expires = math.inf
+
+    def __call__(self, timeout: float = _utils.MP_STATUS_CHECK_INTERVAL) -> tuple[bool, Any]:
+        remaining = self._expires - time.monotonic()
+        if remaining <= 0:
+            return False, None
+        return self._read(min(timeout, remaining))

@@ -71,13 +71,6 @@ class KeyedFetch(Dataset):
     def __getitems__(self, ref: BatchRef) -> BatchRef:
         return ref
 
-    def __getattr__(self, name: str) -> Any:
-        # Reached only for names KeyedFetch lacks: let worker_init_fn and get_worker_info()
-        # users see their dataset's attributes. Guard the names unpickling looks up first.
-        if name.startswith("__") or name in ("dataset", "collate_fn", "reseed_globals"):
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
-
     def __call__(self, ref: BatchRef | SampleRef) -> Any:
         if get_worker_info() is not None:
             return self._load(ref)
@@ -102,3 +95,22 @@ class KeyedFetch(Dataset):
             samples.append(self.dataset[sample_id])
         install_key(ref.seed, ref.epoch, ref.start, Purpose.BATCH, reseed_globals=reseed)
         return self.collate_fn(samples)
+
+
+class WorkerInit:
+    """The worker_init_fn torch runs: shows the user's dataset, then runs the user's function.
+
+    torch's workers hold the KeyedFetch that stands in for the dataset; ``get_worker_info()``
+    must still give user code (worker_init_fn, __getitem__) the user's own dataset object, the
+    one the worker loads from, so that attributes set on it in worker_init_fn take effect.
+    """
+
+    def __init__(self, user_fn: Callable[[int], None] | None) -> None:
+        self.user_fn = user_fn
+
+    def __call__(self, worker_id: int) -> None:
+        info = get_worker_info()
+        if isinstance(info.dataset, KeyedFetch):
+            object.__setattr__(info, "dataset", info.dataset.dataset)  # WorkerInfo is frozen
+        if self.user_fn is not None:
+            self.user_fn(worker_id)

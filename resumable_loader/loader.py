@@ -13,6 +13,7 @@ As with torchdata's stateful loader, ``load_state_dict`` takes effect at the nex
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,10 +21,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, SequentialSampler
 
 from resumable_loader import cursor as cursor_mod
-from resumable_loader.errors import ConfigError, ResumeWarning, StateDictError
+from resumable_loader.errors import ConfigError, ResumeWarning, StateDictError, WorkerError
 from resumable_loader.index_sampler import OrderedBatchSampler, UserBatchSampler
-from resumable_loader.iteration import ResumableIterator
-from resumable_loader.keyed_fetch import KeyedFetch
+from resumable_loader.iteration import ResumableIterator, stop_workers, worker_failure
+from resumable_loader.keyed_fetch import KeyedFetch, WorkerInit
 from resumable_loader.order import Order, SequentialOrder, ShuffledOrder
 from resumable_loader.partition import Partition
 from resumable_loader.rng import check_seed
@@ -108,10 +109,13 @@ class ResumableDataLoader(DataLoader):
         self.reseed_globals = reseed_globals
         self._epoch = 0
         self._position = 0
+        self._complete = False  # the latest iteration ran to its end
         self._started = False  # an iteration has begun on this loader
         self._pending: tuple[int, int] | None = None  # (epoch, position) for the next iter()
         self._requested_epoch: int | None = None
-        self._iterator_active = False
+        # The latest iterator: only its batches move the cursor. A weak reference, so that an
+        # abandoned iterator is collected (and its workers stopped) as torch's would be.
+        self._current: weakref.ref[ResumableIterator] | None = None
         self._shuffle, self._shard_shuffle = bool(shuffle), shard_shuffle
         self._refs: OrderedBatchSampler | UserBatchSampler | None = None
         if not isinstance(dataset, IterableDataset):
@@ -163,28 +167,52 @@ class ResumableDataLoader(DataLoader):
         if self._refs is None:
             return super().__iter__()
         epoch, position = self._next_iteration()
-        self._epoch, self._position, self._started = epoch, position, True
+        self._epoch, self._position, self._complete = epoch, position, False
+        self._started = True
         self._refs.begin(seed=self.seed, epoch=epoch, start=position)
-        self._iterator_active = True
-        return ResumableIterator(self, super().__iter__())
+        try:
+            inner = super().__iter__()
+        except RuntimeError as error:  # persistent workers that died between epochs
+            failure, broken = worker_failure(error, self.num_workers), self._iterator
+            if failure is None or broken is None:
+                raise
+            stop_workers(broken)
+            self._workers_failed(broken)
+            raise WorkerError(
+                f"{failure}. The workers are restarted at the next iter(); state_dict() still "
+                "describes exactly what was delivered"
+            ) from error
+        iterator = ResumableIterator(self, inner)
+        self._current = weakref.ref(iterator)
+        return iterator
 
     def _next_iteration(self) -> tuple[int, int]:
-        requested, self._requested_epoch = self._requested_epoch, None
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            epoch, position = pending
-            if requested is None or requested == epoch:
-                return (epoch + 1, 0) if self._epoch_complete(position) else (epoch, position)
-            if not self._epoch_complete(position) and position > 0:
-                warnings.warn(
-                    f"set_epoch({requested}) discards the loaded state's unfinished epoch "
-                    f"{epoch} (position {position}); its remaining samples are not delivered",
-                    ResumeWarning,
-                    stacklevel=3,
-                )
-        if requested is not None:
-            return requested, 0
-        return (self._epoch + 1, 0) if self._started else (self._epoch, 0)
+        """(epoch, position) the next iteration starts at; consumes a loaded state or set_epoch."""
+        requested, pending = self._requested_epoch, self._pending
+        self._requested_epoch = self._pending = None
+        if pending is None and requested is None:
+            return (self._epoch + 1, 0) if self._started else (self._epoch, 0)
+        epoch, position = self._requested_start(requested, pending)
+        discards = pending is not None and epoch != pending[0] and pending[1] > 0
+        if discards and not self._epoch_complete(pending[1]):
+            warnings.warn(
+                f"set_epoch({requested}) discards the loaded state's unfinished epoch "
+                f"{pending[0]} (position {pending[1]}); its remaining samples are not "
+                "delivered",
+                ResumeWarning,
+                stacklevel=3,
+            )
+        if requested is None and self._epoch_complete(position):
+            return epoch + 1, 0  # a state taken after an epoch's last batch: the next epoch
+        return epoch, position  # set_epoch of a completed epoch: that epoch has nothing left
+
+    @staticmethod
+    def _requested_start(requested: int | None, pending: tuple[int, int] | None) -> tuple[int, int]:
+        """Where a loaded state and/or set_epoch() place the next iteration."""
+        if pending is not None and (requested is None or requested == pending[0]):
+            return pending
+        assert requested is not None
+        return requested, 0
 
     def _epoch_complete(self, position: int) -> bool:
         refs = self._refs
@@ -196,7 +224,12 @@ class ResumableDataLoader(DataLoader):
         if self._refs is None:
             return super()._get_iterator()
         index_attr = "batch_sampler" if self._auto_collation else "sampler"
-        swaps = {"dataset": self._fetch, "collate_fn": self._fetch, index_attr: self._refs}
+        swaps = {
+            "dataset": self._fetch,
+            "collate_fn": self._fetch,
+            index_attr: self._refs,
+            "worker_init_fn": WorkerInit(self.worker_init_fn),
+        }
         saved = {name: getattr(self, name) for name in swaps}
         try:
             for name, value in swaps.items():
@@ -206,18 +239,30 @@ class ResumableDataLoader(DataLoader):
             for name, value in saved.items():
                 object.__setattr__(self, name, value)
 
-    def _delivered(self) -> None:
-        self._position += self._refs.advances.popleft()
+    def _is_current(self, iterator: ResumableIterator) -> bool:
+        return self._current is not None and self._current() is iterator
 
-    def _exhausted(self) -> None:
-        self._iterator_active = False
-        if isinstance(self._refs, OrderedBatchSampler):
-            self._position = self._refs.partition.length
+    def _advance(self, iterator: ResumableIterator, samples: int, *, last: bool) -> None:
+        """Move the cursor for a batch ``iterator`` handed out (``last``: its epoch is done)."""
+        if not self._is_current(iterator):
+            return
+        self._position += samples
+        if last:
+            self._complete = True
+            if isinstance(self._refs, OrderedBatchSampler):
+                self._position = self._refs.partition.length
+
+    def _workers_failed(self, inner: Any) -> None:
+        """Forget a persistent torch iterator whose workers failed; iter() starts new ones."""
+        if self._iterator is inner:
+            self._iterator = None
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next ``iter()`` run ``epoch`` (as DistributedSampler.set_epoch does).
 
-        After ``load_state_dict``, setting the saved epoch keeps the saved position.
+        After ``load_state_dict``, setting the saved epoch keeps the saved position; if that
+        epoch was complete, its iteration yields nothing, so a resumed loop
+        ``for e in range(saved_epoch, epochs): loader.set_epoch(e)`` runs every epoch once.
         """
         if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch < 2**32:
             raise ConfigError(f"epoch must be an int in [0, 2**32), got {epoch!r}")
@@ -268,21 +313,26 @@ class ResumableDataLoader(DataLoader):
 
     def _cursor(self) -> dict[str, Any]:
         refs = self._require_refs("state_dict()")
-        if self._pending is not None:
-            epoch, position = self._pending
+        if self._pending is not None or self._requested_epoch is not None:
+            epoch, position = self._requested_start(self._requested_epoch, self._pending)
+            complete = self._epoch_complete(position)
         else:
-            epoch, position = self._epoch, self._position
-            if self._requested_epoch is not None:
-                epoch, position = self._requested_epoch, 0
-        if self._iterator_active and not self.in_order and self.num_workers > 0 and position:
+            epoch, position, complete = self._epoch, self._position, self._complete
+            complete = complete or self._epoch_complete(position)
+        if not complete and position and not self.in_order and self.num_workers > 0:
             raise StateDictError(
                 "state_dict() mid-epoch needs in_order=True: with in_order=False and "
                 "num_workers > 0 batches arrive out of order, so no position describes what "
                 "was delivered; use in_order=True, or take the state at an epoch boundary"
             )
-        if self._epoch_complete(position):
-            position = refs.partition.length
-        sampler_state = refs.epoch_start_state if isinstance(refs, UserBatchSampler) else None
+        if isinstance(refs, OrderedBatchSampler):
+            sampler_state = None
+            if complete:
+                position = refs.partition.length
+        elif complete:  # a user sampler's epoch length is its own: record the next epoch
+            epoch, position, sampler_state = epoch + 1, 0, refs.current_state()
+        else:
+            sampler_state = refs.epoch_start_state
         return dict(
             cursor_mod.make_cursor(
                 seed=self.seed,
@@ -304,8 +354,9 @@ class ResumableDataLoader(DataLoader):
         state = cursor_mod.parse_cursor(
             state_dict, fingerprint=self.fingerprint(), seed=self._explicit_seed
         )
-        if isinstance(refs, UserBatchSampler) and state["position"] > 0:
-            if not refs.stateful and not isinstance(refs.source, _DETERMINISTIC_SAMPLERS):
+        if isinstance(refs, UserBatchSampler):
+            stateless = not refs.stateful and not isinstance(refs.source, _DETERMINISTIC_SAMPLERS)
+            if stateless and state["position"] > 0:
                 raise StateDictError(
                     f"cannot resume mid-epoch with sampler {type(refs.source).__name__}: it has "
                     "no state_dict()/load_state_dict(), so its order cannot be replayed; give it "

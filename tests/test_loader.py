@@ -39,6 +39,48 @@ def continuous(epochs=3, **kwargs):
     return run(make(**kwargs)(), epochs)[0]
 
 
+class Flaky(AugmentedDataset):
+    """Sample 3 raises while ``armed``."""
+
+    armed = True
+
+    def __getitem__(self, index):
+        if self.armed and index == 3:
+            raise ValueError("sample 3 is unreadable")
+        return super().__getitem__(index)
+
+
+def deliveries(loader):
+    """One epoch's batch ids, with "error" where a batch raised and the loop went on."""
+    seen, batches = [], iter(loader)
+    while True:
+        try:
+            seen.append(next(batches)["id"].tolist())
+        except ValueError:
+            seen.append("error")
+        except StopIteration:
+            return seen
+
+
+class StatefulShuffle(torch.utils.data.Sampler):
+    """A user sampler with its own generator, checkpointed through state_dict()."""
+
+    def __init__(self):
+        self.generator = torch.Generator().manual_seed(0)
+
+    def __len__(self):
+        return N
+
+    def __iter__(self):
+        return iter(torch.randperm(N, generator=self.generator).tolist())
+
+    def state_dict(self):
+        return {"rng": self.generator.get_state().tolist()}
+
+    def load_state_dict(self, state):
+        self.generator.set_state(torch.tensor(state["rng"], dtype=torch.uint8))
+
+
 class TestStreamIdentity:
     def test_alias_is_the_same_class(self):
         assert resumable_loader.DataLoader is ResumableDataLoader
@@ -172,6 +214,52 @@ class TestResume:
         tail, _ = run(resumed, 1)
         assert head + tail == continuous(epochs=2)
 
+    def test_set_epoch_loop_resumed_after_an_epochs_last_batch_runs_each_epoch_once(self):
+        def epochs_seen(loader, first_epoch, state=None):
+            if state is not None:
+                loader.load_state_dict(state)
+            seen = []
+            for epoch in range(first_epoch, 3):
+                loader.set_epoch(epoch)
+                seen += [(loader.state_dict()["epoch"], r) for r in run(loader, 1)[0]]
+            return seen
+
+        loader = make()()
+        loader.set_epoch(0)
+        for _ in loader:
+            state = loader.state_dict()  # checkpoint at the epoch's last step
+        expected = epochs_seen(make()(), 0)
+        head = [(0, r) for r in continuous(epochs=1)]
+        assert head + epochs_seen(make()(), state["epoch"], state) == expected
+
+    def test_state_dict_after_load_and_set_epoch_is_what_iter_runs(self):
+        _, state = run(make()(), 1, stop_after=3)
+        loader = make()()
+        loader.load_state_dict(state)
+        loader.set_epoch(5)
+        assert (loader.state_dict()["epoch"], loader.state_dict()["position"]) == (5, 0)
+        with pytest.warns(resumable_loader.ResumeWarning, match="discards"):
+            iter(loader)
+
+    @pytest.mark.parametrize("num_workers", [0, 2])
+    def test_only_the_latest_iterator_moves_the_cursor(self, num_workers):
+        loader = make(num_workers=num_workers)()
+        older = iter(loader)
+        next(older)
+        newer = iter(loader)
+        rest_of_older = list(older)
+        assert len(rest_of_older) == len(loader) - 1
+        assert (loader.state_dict()["epoch"], loader.state_dict()["position"]) == (1, 0)
+        next(newer)
+        assert loader.state_dict()["position"] == 4
+
+    def test_in_order_false_state_after_the_last_batch(self):
+        loader = make(num_workers=2, in_order=False)()
+        batches = iter(loader)
+        for _ in range(len(loader)):
+            next(batches)
+        assert loader.state_dict()["position"] == N
+
     def test_state_before_first_batch_and_size(self):
         loader = make()()
         state = loader.state_dict()
@@ -294,6 +382,52 @@ class TestTorchParity:
         assert all(b["aug"][:, 0].tolist() == [2, 2] for b in batches)
         assert all(b["aug"][:, 1].tolist() == [6, 6] for b in batches)
 
+    def test_worker_init_fn_sees_the_users_dataset(self):
+        class Handle(Dataset):
+            handle = 0
+
+            def __len__(self):
+                return 4
+
+            def __getitem__(self, index):
+                return type(get_worker_info().dataset).__name__, self.handle + index
+
+        def init(worker_id):
+            get_worker_info().dataset.handle = 100
+
+        def batches(loader):
+            return [(list(names), values.tolist()) for names, values in loader]
+
+        kwargs = dict(batch_size=2, num_workers=2, worker_init_fn=init)
+        ours = batches(ResumableDataLoader(Handle(), seed=0, **kwargs))
+        assert ours == batches(DataLoader(Handle(), **kwargs))
+        assert ours == [(["Handle"] * 2, [100, 101]), (["Handle"] * 2, [102, 103])]
+
+    @pytest.mark.parametrize("num_workers", [0, 2])
+    def test_iteration_goes_on_after_a_batch_error_as_torchs(self, num_workers):
+        theirs = deliveries(DataLoader(Flaky(8), batch_size=2, num_workers=num_workers))
+        loader = ResumableDataLoader(Flaky(8), batch_size=2, num_workers=num_workers, seed=0)
+        assert deliveries(loader) == theirs == [[0, 1], "error", [4, 5], [6, 7]]
+        assert loader.state_dict()["position"] == 8
+
+    @pytest.mark.parametrize("num_workers", [0, 2])
+    def test_state_after_a_batch_error_retries_it_until_the_loop_goes_past(self, num_workers):
+        loader = ResumableDataLoader(Flaky(8), batch_size=2, num_workers=num_workers, seed=0)
+        batches = iter(loader)
+        next(batches)
+        with pytest.raises(ValueError):
+            next(batches)
+        assert loader.state_dict()["position"] == 2  # a resume retries the failed batch
+        next(batches)
+        assert loader.state_dict()["position"] == 6  # went on: the failed batch is skipped
+
+    def test_persistent_workers_go_on_after_a_caught_batch_error(self):
+        kwargs = dict(batch_size=2, num_workers=2, persistent_workers=True)
+        theirs = DataLoader(Flaky(8), **kwargs)
+        ours = ResumableDataLoader(Flaky(8), seed=0, **kwargs)
+        for _ in range(2):
+            assert deliveries(ours) == deliveries(theirs) == [[0, 1], "error", [4, 5], [6, 7]]
+
     @pytest.mark.parametrize("num_workers", [0, 2])
     def test_worker_errors_reach_the_main_process(self, num_workers):
         class Broken(AugmentedDataset):
@@ -384,22 +518,6 @@ class TestUserSamplers:
         assert interrupted_stream(loader(4), loader(4), epochs=2, stop_after=3) == expected
 
     def test_stateful_sampler_is_checkpointed(self):
-        class StatefulShuffle(torch.utils.data.Sampler):
-            def __init__(self):
-                self.generator = torch.Generator().manual_seed(0)
-
-            def __len__(self):
-                return N
-
-            def __iter__(self):
-                return iter(torch.randperm(N, generator=self.generator).tolist())
-
-            def state_dict(self):
-                return {"rng": self.generator.get_state().tolist()}
-
-            def load_state_dict(self, state):
-                self.generator.set_state(torch.tensor(state["rng"], dtype=torch.uint8))
-
         def loader():
             return ResumableDataLoader(
                 AugmentedDataset(N), batch_size=4, sampler=StatefulShuffle(), seed=5
@@ -407,6 +525,33 @@ class TestUserSamplers:
 
         expected = run(loader(), 3)[0]
         assert interrupted_stream(loader, loader, epochs=3, stop_after=10) == expected
+
+    @pytest.mark.parametrize("sampler", ["sequential", "stateful"])
+    def test_state_after_the_last_batch_starts_the_next_epoch(self, sampler):
+        def loader():
+            source = SequentialSampler(range(N)) if sampler == "sequential" else StatefulShuffle()
+            return ResumableDataLoader(AugmentedDataset(N), batch_size=4, sampler=source, seed=5)
+
+        expected = run(loader(), 2)[0]
+        got = interrupted_stream(loader, loader, epochs=2, stop_after=len(loader()))
+        assert got == expected
+
+    def test_stateless_random_sampler_resumes_at_an_epoch_boundary(self):
+        def loader():
+            return ResumableDataLoader(
+                AugmentedDataset(N), batch_size=4, sampler=RandomSampler(range(N)), seed=5
+            )
+
+        first = loader()
+        for _ in first:
+            state = first.state_dict()
+        resumed = loader()
+        resumed.load_state_dict(state)
+        stream, after = run(resumed, 1)
+        assert sorted(r[1] for r in stream) == list(range(N))
+        # A user sampler's epoch length is its own: a finished epoch is recorded as the next.
+        assert (state["epoch"], state["position"]) == (1, 0)
+        assert (after["epoch"], after["position"]) == (2, 0)
 
     def test_stateless_random_sampler_refuses_mid_epoch_resume(self):
         def loader():
