@@ -8,6 +8,8 @@ same on every rank.
 
 from __future__ import annotations
 
+import json
+import zlib
 from collections.abc import Mapping
 from typing import Any, TypedDict
 
@@ -16,8 +18,8 @@ from typing_extensions import NotRequired
 from resumable_loader.errors import StateDictError
 
 FORMAT = "resumable_loader.cursor"
-# Version 1: format, version, seed, epoch, position, fingerprint, and (only for a user's own
-# sampler) sampler_state.
+# Version 1: format, version, seed, epoch, position, fingerprint, checksum, and (only for a
+# user's own sampler) sampler_state.
 VERSION = 1
 
 FORMAT_KEY = "format"
@@ -26,6 +28,7 @@ SEED_KEY = "seed"
 EPOCH_KEY = "epoch"
 POSITION_KEY = "position"
 FINGERPRINT_KEY = "fingerprint"
+CHECKSUM_KEY = "checksum"
 SAMPLER_STATE_KEY = "sampler_state"
 
 _FIX_SETTINGS = (
@@ -45,7 +48,10 @@ class Cursor(TypedDict):
         position: samples of that epoch delivered to the training loop, counted across all
             ranks; the epoch length once the epoch is complete.
         fingerprint: everything besides the seed that decides the order, as plain values.
-        sampler_state: a user sampler's state at the epoch's start (user samplers only).
+        checksum: CRC-32 of the fields above, so a cursor damaged or edited after
+            ``state_dict()`` (a flipped bit can turn one valid seed into another) is refused.
+        sampler_state: a user sampler's state at the epoch's start (user samplers only; not
+            covered by the checksum, since its types are the sampler's own).
     """
 
     format: str
@@ -54,6 +60,7 @@ class Cursor(TypedDict):
     epoch: int
     position: int
     fingerprint: dict[str, int | str]
+    checksum: int
     sampler_state: NotRequired[Any]
 
 
@@ -66,13 +73,15 @@ def make_cursor(
     sampler_state: Any = None,
 ) -> Cursor:
     """Build a cursor dict (plain ints and strings only)."""
+    seed, epoch, position, fingerprint = int(seed), int(epoch), int(position), dict(fingerprint)
     cursor = Cursor(
         format=FORMAT,
         version=VERSION,
-        seed=int(seed),
-        epoch=int(epoch),
-        position=int(position),
-        fingerprint=dict(fingerprint),
+        seed=seed,
+        epoch=epoch,
+        position=position,
+        fingerprint=fingerprint,
+        checksum=_checksum(seed, epoch, position, fingerprint),
     )
     if sampler_state is not None:
         cursor[SAMPLER_STATE_KEY] = sampler_state
@@ -116,11 +125,6 @@ def parse_cursor(
     saved_seed = _field(state, SEED_KEY, int)
     if not 0 <= saved_seed < 2**64:
         raise StateDictError(f"field '{SEED_KEY}': saved {saved_seed} is outside [0, 2**64)")
-    if seed is not None and saved_seed != seed:
-        raise StateDictError(
-            f"field '{SEED_KEY}': saved {saved_seed}, current loader {seed}; pass "
-            f"seed={saved_seed} (or no seed, to adopt the saved one) to continue this run"
-        )
     epoch = _field(state, EPOCH_KEY, int)
     position = _field(state, POSITION_KEY, int)
     if not 0 <= epoch < 2**32 or not 0 <= position < 2**63:
@@ -133,6 +137,22 @@ def parse_cursor(
         raise StateDictError(
             f"field '{FINGERPRINT_KEY}': saved keys {list(saved_fingerprint)!r} are not all "
             "strings; pass an unmodified ResumableDataLoader.state_dict()"
+        )
+    saved_checksum = _field(state, CHECKSUM_KEY, int)
+    try:
+        expected = _checksum(saved_seed, epoch, position, saved_fingerprint)
+    except (TypeError, ValueError):  # fingerprint values that are not plain ints and strings
+        expected = None
+    if saved_checksum != expected:
+        raise StateDictError(
+            f"field '{CHECKSUM_KEY}': saved {saved_checksum}, but the other fields give "
+            f"{expected}: the state was edited or damaged after state_dict() (a flipped bit, "
+            "a partial write); pass an unmodified state_dict(), e.g. an earlier checkpoint"
+        )
+    if seed is not None and saved_seed != seed:
+        raise StateDictError(
+            f"field '{SEED_KEY}': saved {saved_seed}, current loader {seed}; pass "
+            f"seed={saved_seed} (or no seed, to adopt the saved one) to continue this run"
         )
     # The current loader's fields in their own order (dataset, order, ...) first, so the message
     # names the most basic difference; then fields only the saved state has.
@@ -155,6 +175,14 @@ def parse_cursor(
         fingerprint=saved_fingerprint,
         sampler_state=state.get(SAMPLER_STATE_KEY),
     )
+
+
+def _checksum(seed: int, epoch: int, position: int, fingerprint: Mapping[str, Any]) -> int:
+    """CRC-32 of the cursor's fields in one canonical text (what every transport keeps)."""
+    if not all(isinstance(v, (int, str)) and not isinstance(v, bool) for v in fingerprint.values()):
+        raise TypeError("fingerprint values must be ints or strings")
+    fields = [FORMAT, VERSION, seed, epoch, position, sorted(fingerprint.items())]
+    return zlib.crc32(json.dumps(fields, separators=(",", ":")).encode())
 
 
 def _field(state: Mapping[str, Any], name: str, kind: type) -> Any:

@@ -76,4 +76,32 @@ def test_truncated_and_flipped_msgpack(data):
         parsed = parse(state)
     except StateDictError:
         return
-    assert parsed["fingerprint"] == FINGERPRINT  # only an intact cursor is accepted
+    assert parsed == GOOD  # only an intact cursor is accepted
+
+
+def test_every_single_bit_flip_of_the_bytes_is_refused():
+    raw = msgpack.packb(GOOD)
+    accepted = []
+    for bit in range(len(raw) * 8):
+        damaged = bytearray(raw)
+        damaged[bit // 8] ^= 1 << (bit % 8)
+        try:
+            parse(msgpack.unpackb(bytes(damaged), strict_map_key=False))
+        except (ValueError, TypeError, msgpack.UnpackException, StateDictError):
+            continue
+        accepted.append(bit)
+    assert accepted == []
+
+
+@pytest.mark.parametrize(
+    "field,value", [("seed", 6), ("epoch", 3), ("position", 41), ("checksum", 0)]
+)
+def test_an_edited_field_fails_the_checksum(field, value):
+    with pytest.raises(StateDictError, match=r"field 'checksum'.*edited or damaged"):
+        parse(dict(GOOD, **{field: value}))
+
+
+def test_position_past_the_epoch_is_refused():
+    state = make_cursor(seed=5, epoch=2, position=101, fingerprint=FINGERPRINT)
+    with pytest.raises(StateDictError, match=r"field 'position': saved 101.*100 samples"):
+        parse(state)

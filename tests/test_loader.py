@@ -23,6 +23,7 @@ from torch.utils.data import (
 
 import resumable_loader
 from resumable_loader import ResumableDataLoader, StateDictError
+from resumable_loader.cursor import make_cursor
 
 N = 29
 
@@ -458,8 +459,9 @@ class TestStateErrors:
             make(dataset=AugmentedDataset(30))().load_state_dict(state)
 
     def test_cursor_from_another_permutation_algorithm_is_refused(self):
-        state = make()().state_dict()
-        state["fingerprint"]["algorithm"] = "feistel-v1"
+        saved = make()().state_dict()
+        fingerprint = dict(saved["fingerprint"], algorithm="feistel-v1")
+        state = make_cursor(seed=saved["seed"], epoch=0, position=0, fingerprint=fingerprint)
         with pytest.raises(StateDictError, match=r"fingerprint\.algorithm.*feistel-v1"):
             make()().load_state_dict(state)
 
@@ -481,7 +483,7 @@ class TestStateErrors:
             (lambda s: s.pop("position"), "position.*missing"),
             (lambda s: s.update(epoch="1"), "epoch.*str"),
             (lambda s: s.update(position=-1), "position"),
-            (lambda s: s.update(position=N + 1), "position"),
+            (lambda s: s.update(position=N), "checksum"),
             (lambda s: s.update(seed=2**64), "seed"),
         ],
     )
@@ -566,7 +568,15 @@ class TestUserSamplers:
 
 def test_state_dict_through_transport_is_plain():
     state = transport(make()().state_dict(), "msgpack")
-    assert set(state) == {"format", "version", "seed", "epoch", "position", "fingerprint"}
+    assert set(state) == {
+        "format",
+        "version",
+        "seed",
+        "epoch",
+        "position",
+        "fingerprint",
+        "checksum",
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         make()().load_state_dict(state)
