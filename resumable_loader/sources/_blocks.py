@@ -8,11 +8,11 @@ order (the shuffle buffer permutes neighbours) finds its block instead of fetchi
 overlapping range again.
 
 What it costs: a block stays useful until the last sample in it is delivered, and a sample can
-wait in the shuffle buffer for several buffer lengths, so the cache must hold about the bytes of
-``window`` blocks plus a few times the buffered samples' bytes; evicting earlier re-fetches a
-block for a lingering sample. Under a global shuffle, neighbouring samples are not read together,
-so a block is fetched per sample: read-ahead then multiplies the bytes read by about
-block size / sample size.
+wait in the shuffle buffer for several buffer lengths, so the cache must hold about 2 * window
+blocks plus 4 times the buffered samples' bytes (measured; docs/shards.md); evicting earlier
+re-fetches a block for a lingering sample. Under a global shuffle neighbouring samples are
+not read together, so a block is fetched per sample: read-ahead then multiplies the bytes read
+by about block size / sample size.
 """
 
 from __future__ import annotations

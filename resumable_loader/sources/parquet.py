@@ -42,8 +42,9 @@ class ParquetDataset(IndexedDataset):
             index is built; see :meth:`ShardedIndex.build`.
         cache_bytes: decoded row groups kept per process, in bytes (default
             ``ROW_GROUP_CACHE_BYTES``, 256 MiB); the most recent group is kept even if larger.
-            A shard-local epoch decodes each group about once if this holds the groups of
-            ``window`` files plus those the shuffle buffer's ids still point into.
+            A shard-local epoch decodes each group about once if this holds about
+            2 * ``window`` + 6 * ``buffer_size`` / (rows per group) groups (measured; the
+            previous group of each open file lingers in the buffer); a little less thrashes.
     """
 
     format = "parquet"

@@ -15,10 +15,12 @@ from resumable_loader.tar_index import read_sample
 
 Decode = str | Sequence[Any] | Callable[[dict[str, Any]], dict[str, Any]] | None
 # Read-ahead block for fsspec URLs (one range request a block, not a sample), and the bytes of
-# blocks kept per process. Local files read a sample per os.pread: the page cache already reads
-# ahead, and blocks measured no faster (docs/shards.md, "Read locality").
+# blocks kept per process. Local files read a sample per os.pread by default: from the page
+# cache pread measured faster than blocks, from disk blocks won for one process but not
+# reliably with workers, and under a global shuffle blocks multiply the bytes read
+# (docs/shards.md, "Read locality").
 READ_AHEAD = 1 * 2**20
-READ_AHEAD_CACHE_BYTES = 128 * 2**20
+READ_AHEAD_CACHE_BYTES = 256 * 2**20
 
 
 class TarShardDataset(IndexedDataset):
@@ -50,8 +52,8 @@ class TarShardDataset(IndexedDataset):
             shard-local shuffle; under a global shuffle it multiplies the bytes read by about
             block / sample size, so pass 0 there.
         cache_bytes: bytes of read-ahead blocks kept per process (default
-            ``READ_AHEAD_CACHE_BYTES``, 128 MiB): enough for ``window`` blocks plus a few
-            times the bytes of the samples in the shuffle buffer, or blocks are fetched again.
+            ``READ_AHEAD_CACHE_BYTES``, 256 MiB): about 2 * ``window`` blocks plus 4 times the
+            bytes of the samples in the shuffle buffer, or blocks are fetched again.
     """
 
     format = "tar"
