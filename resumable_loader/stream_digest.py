@@ -365,19 +365,26 @@ class Stop:
 @dataclasses.dataclass(frozen=True)
 class Interruption:
     """Where a run was interrupted for ``stop``: at the first global-batch boundary at or after
-    it, once ``samples`` samples were delivered, at ``place``. ``place`` is None when the run
-    ended first (a resumed topology with fewer batches, say a drop_last tail too short for its
-    global batch), after ``samples`` samples.
+    it, once ``samples`` samples were delivered, at ``place``, and where the next segment
+    resumes: ``resumes_at``, the next epoch's start if the interrupted configuration had no
+    batch left in the epoch (its cursor says "epoch complete", so no configuration delivers
+    the epoch's drop_last tail). Both are None when the run ended first (a resumed topology
+    with fewer batches, say a drop_last tail too short for its global batch), after
+    ``samples`` samples.
     """
 
     stop: Stop
     samples: int
     place: Place | None
+    resumes_at: Place | None
 
     def __str__(self) -> str:
         if self.place is None:
             return f"stop {self.stop}: not reached, the run ended after {self.samples} samples"
-        return f"stop {self.stop}: stopped at {self.samples} samples ({self.place})"
+        where = str(self.place)
+        if self.resumes_at != self.place:
+            where += f", the end of the epoch for this configuration: resumed at {self.resumes_at}"
+        return f"stop {self.stop}: stopped at {self.samples} samples ({where})"
 
 
 def run_chain(
@@ -420,14 +427,15 @@ def run_chain(
         if not stop.reached(stream):  # the run ended first
             ended = len(stream.records)
             interruptions += [
-                Interruption(later, ended, None) for later in stops[len(interruptions) :]
+                Interruption(later, ended, None, None) for later in stops[len(interruptions) :]
             ]
             break
-        interruptions.append(Interruption(stop, len(stream.records), place))
-        partition = ordered_sampler(ranks[0]).partition
+        resumes_at = place.next_iteration(ordered_sampler(ranks[0]).partition)
+        interruptions.append(Interruption(stop, len(stream.records), place, resumes_at))
         for loader in ranks:
             state = loader.state_dict()
             saved = Place(state["epoch"], state["position"])
-            if saved.next_iteration(partition) != place.next_iteration(partition):
+            if saved.next_iteration(ordered_sampler(loader).partition) != resumes_at:
                 raise StreamError(place, "(state_dict)", str(place), str(saved))
+        place = resumes_at
     return interruptions

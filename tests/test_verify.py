@@ -322,6 +322,29 @@ class TestVerifyPipeline:
         assert stopped == [[(8, 8), (16, 16)], [(8, 8), (18, 18)], [(8, 8), (14, 14)]]
         assert "stop after 14 samples: stopped at 18 samples (epoch 0 position 18)" in str(report)
 
+    def test_a_stop_at_the_end_of_an_epoch_for_its_topology_resumes_at_the_next_epoch(self):
+        # 20 samples, drop_last: from position 8 a global batch of 8 ends the epoch at 16 (its
+        # tail [16, 20) dropped), as the cursor records; a world of 1 resumes at epoch 1, not
+        # at position 16 of the continuous run
+        report = verify_pipeline(
+            lambda: (Sized(20), {"batch_size": 4, "shuffle": True, "drop_last": True}),
+            epochs=2,
+            stop_batches=[2, 3],
+            world_sizes=(2,),
+            batch_sizes=(4,),
+            num_workers=0,
+        )
+        assert report.passed, str(report)
+        (run,) = report.runs
+        places = [(str(i.place), str(i.resumes_at)) for i in run.interruptions]
+        assert places == [
+            ("epoch 0 position 8", "epoch 0 position 8"),
+            ("epoch 0 position 16", "epoch 1 position 0"),
+        ]
+        assert "(epoch 0 position 16, the end of the epoch for this configuration:" in str(report)
+        # the continuous check's 2 epochs, then the resumed run: epoch 0 up to 16, epoch 1
+        assert report.samples_compared == 40 + 16 + 20
+
     @pytest.mark.parametrize(
         ("length", "drop_last", "world_size", "batch_size", "stop_batches", "unreached"),
         [
