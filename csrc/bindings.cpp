@@ -13,7 +13,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "mt19937_seed.h"
+#include "global_rngs.h"
 #include "permutation.h"
 #include "philox.h"
 #include "shuffle_buffer.h"
@@ -21,6 +21,7 @@
 namespace nb = nanobind;
 using namespace nb::literals;
 using resumable_loader::FeistelPermutation;
+using resumable_loader::GlobalRngTargets;
 using resumable_loader::ShardLocalStream;
 
 namespace {
@@ -70,6 +71,13 @@ FeistelPermutation make_permutation(uint64_t n, uint64_t seed, uint32_t epoch, u
   return FeistelPermutation(n, round_keys(seed, epoch, purpose).data());
 }
 
+resumable_loader::GlobalRng to_generator(uint32_t generator) {
+  if (generator > resumable_loader::kTorch) {
+    throw nb::value_error("generator must be 0 (Python), 1 (numpy) or 2 (torch)");
+  }
+  return static_cast<resumable_loader::GlobalRng>(generator);
+}
+
 void check_position(const FeistelPermutation& p, uint64_t position, const char* what) {
   if (position >= p.size()) {
     throw nb::index_error((std::string(what) + " " + std::to_string(position) +
@@ -114,15 +122,59 @@ NB_MODULE(_core, m) {
               "tuple[int, int, int, int]"),
       "Philox4x32-10 of counter (position, epoch, purpose) under the seed's key.");
 
+  // The global generators' reseed (global_rngs.h). Addresses come from global_rngs.py, which
+  // checks each against its library's public API before it passes it here.
   m.def(
-      "seed_mt19937",
-      [](uintptr_t state_address, Words4 words) {
-        resumable_loader::mt19937_init_by_array(
-            reinterpret_cast<resumable_loader::mt19937_state_layout*>(state_address),
-            words.data(), words.size());
+      "global_rng_seed",
+      [](Words4 key, uint32_t generator) {
+        return resumable_loader::global_rng_seed(key.data(), to_generator(generator));
       },
-      "state_address"_a, "words"_a,
-      "init_by_array(words) into the MT19937 state at state_address (numpy's mt19937_state).");
+      "key"_a, "generator"_a, "The 64-bit seed of global generator 0, 1 or 2 for a sample key.");
+  m.def(
+      "mt19937_state_words",
+      [](Words4 key, uint32_t generator) {
+        std::array<uint32_t, resumable_loader::MT19937_N> words{};
+        resumable_loader::mt19937_state_words(key.data(), to_generator(generator), words.data());
+        return words;
+      },
+      "key"_a, "generator"_a, "The 624 MT19937 state words of global generator 0, 1 or 2.");
+  m.attr("TORCH_CPU_GENERATOR_STATE_SIZE") = resumable_loader::TORCH_CPU_GENERATOR_STATE_SIZE;
+
+  nb::class_<resumable_loader::GlobalRngSnapshot>(m, "GlobalRngSnapshot");
+  nb::class_<GlobalRngTargets>(m, "GlobalRngTargets")
+      .def(
+          "__init__",
+          [](GlobalRngTargets* self, uintptr_t python_state, uintptr_t python_index,
+             uintptr_t numpy_key, uintptr_t numpy_pos, uintptr_t numpy_has_gauss,
+             uintptr_t numpy_gauss, uintptr_t torch_state) {
+            if ((python_state == 0) != (python_index == 0) ||
+                (numpy_key == 0) != (numpy_pos == 0 || numpy_has_gauss == 0 ||
+                                     numpy_gauss == 0)) {
+              throw nb::value_error("a generator's addresses must all be given, or all be 0");
+            }
+            new (self) GlobalRngTargets{
+                reinterpret_cast<uint32_t*>(python_state),
+                reinterpret_cast<int*>(python_index),
+                reinterpret_cast<uint32_t*>(numpy_key),
+                reinterpret_cast<int*>(numpy_pos),
+                reinterpret_cast<int*>(numpy_has_gauss),
+                reinterpret_cast<double*>(numpy_gauss),
+                reinterpret_cast<resumable_loader::TorchCpuGeneratorState*>(torch_state)};
+          },
+          "python_state"_a, "python_index"_a, "numpy_key"_a, "numpy_pos"_a,
+          "numpy_has_gauss"_a, "numpy_gauss"_a, "torch_state"_a)
+      .def(
+          "reseed", [](const GlobalRngTargets& t, Words4 key) { t.reseed(key.data()); }, "key"_a,
+          "Write every target generator's state for a sample key.")
+      .def(
+          "save",
+          [](const GlobalRngTargets& t) {
+            resumable_loader::GlobalRngSnapshot snapshot;
+            t.save(snapshot);
+            return snapshot;
+          },
+          "Copy the Python and numpy states the targets cover.")
+      .def("restore", &GlobalRngTargets::restore, "snapshot"_a, "Put a save()d copy back.");
 
   nb::class_<FeistelPermutation>(m, "Permutation")
       .def(

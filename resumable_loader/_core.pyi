@@ -20,10 +20,36 @@ def derive_words(seed: int, epoch: int, position: int, purpose: int) -> tuple[in
     Philox4x32-10 of counter (position, epoch, purpose) under the seed's key.
     """
 
-def seed_mt19937(state_address: int, words: Sequence[int]) -> None:
-    """
-    init_by_array(words) into the MT19937 state at state_address (numpy's mt19937_state).
-    """
+def global_rng_seed(key: Sequence[int], generator: int) -> int:
+    """The 64-bit seed of global generator 0, 1 or 2 for a sample key."""
+
+def mt19937_state_words(key: Sequence[int], generator: int) -> list[int]:
+    """The 624 MT19937 state words of global generator 0, 1 or 2."""
+
+TORCH_CPU_GENERATOR_STATE_SIZE: int = 5056
+
+class GlobalRngSnapshot:
+    pass
+
+class GlobalRngTargets:
+    def __init__(
+        self,
+        python_state: int,
+        python_index: int,
+        numpy_key: int,
+        numpy_pos: int,
+        numpy_has_gauss: int,
+        numpy_gauss: int,
+        torch_state: int,
+    ) -> None: ...
+    def reseed(self, key: Sequence[int]) -> None:
+        """Write every target generator's state for a sample key."""
+
+    def save(self) -> GlobalRngSnapshot:
+        """Copy the Python and numpy states the targets cover."""
+
+    def restore(self, snapshot: GlobalRngSnapshot) -> None:
+        """Put a save()d copy back."""
 
 class Permutation:
     def __init__(self, n: int, seed: int, epoch: int, purpose: int = 1) -> None: ...

@@ -11,14 +11,12 @@ randomness.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import numpy as np
-import torch
 from torch.utils.data import Dataset, get_worker_info
 
+from resumable_loader.global_rngs import this_process
 from resumable_loader.rng import Purpose
 from resumable_loader.sample_rng import clear_key, install_key
 
@@ -74,14 +72,14 @@ class KeyedFetch(Dataset):
     def __call__(self, ref: BatchRef | SampleRef) -> Any:
         if get_worker_info() is not None:
             return self._load(ref)
-        saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        rngs = this_process() if self.reseed_globals else None
+        saved = rngs.save() if rngs is not None else None
         try:
             return self._load(ref)
         finally:
             clear_key()
-            random.setstate(saved[0])
-            np.random.set_state(saved[1])
-            torch.set_rng_state(saved[2])
+            if rngs is not None:
+                rngs.restore(saved)
 
     def _load(self, ref: BatchRef | SampleRef) -> Any:
         reseed = self.reseed_globals

@@ -12,8 +12,6 @@ import enum
 import operator
 from collections.abc import Sequence
 
-import numpy as np
-
 from resumable_loader import _core
 from resumable_loader.errors import ConfigError
 
@@ -85,42 +83,3 @@ def derive_words(
         _check_int("position", position, POSITION_LIMIT),
         _check_int("purpose", purpose, PURPOSE_LIMIT),
     )
-
-
-# (numpy's global bit generator, the address of its MT19937 state if the fast path was verified
-# on it); holding the object keeps its id and address from being reused.
-_numpy_global: tuple[object, int | None] = (None, None)
-
-
-def seed_numpy_global(words: Sequence[int]) -> None:
-    """Reseed numpy's global RNG exactly as ``np.random.seed(np.array(words, np.uint32))``.
-
-    numpy's own array seeding costs ~12 us, too much once per sample; this seeds with a cheap
-    int (which also drops numpy's cached Gaussian) and then writes the MT19937 key computed by
-    init_by_array in C++ (~3 us). The fast path is checked against numpy once per process and
-    generator, and numpy's own seeding is used wherever the check fails.
-    """
-    address = _verified_address(np.random.get_bit_generator())
-    if address is None:
-        np.random.seed(np.array(words, dtype=np.uint32))
-        return
-    np.random.seed(0)
-    _core.seed_mt19937(address, list(words))
-
-
-def _verified_address(bit_generator: object) -> int | None:
-    global _numpy_global
-    if _numpy_global[0] is not bit_generator:
-        address = None
-        if isinstance(bit_generator, np.random.MT19937):
-            candidate = bit_generator.ctypes.state_address
-            probe = [0x01234567, 0x89ABCDEF, 0xDEADBEEF, 0x0BADF00D]
-            np.random.seed(np.array(probe, dtype=np.uint32))
-            expected = np.random.get_state()
-            np.random.seed(0)
-            _core.seed_mt19937(candidate, probe)
-            got = np.random.get_state()
-            if all(np.array_equal(a, b) for a, b in zip(expected, got, strict=True)):
-                address = candidate
-        _numpy_global = (bit_generator, address)
-    return _numpy_global[1]

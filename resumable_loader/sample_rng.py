@@ -2,9 +2,10 @@
 
 Before a sample is loaded, the process that loads it (a worker, or the main process with
 num_workers=0) installs that sample's key. By default this also reseeds Python's ``random``,
-numpy's global RNG and torch's CPU default generator from the key, so unmodified augmentations
-that call ``random``, ``np.random`` or ``torch.rand`` draw the same values however the work is
-split across workers, ranks and batches, and however often the run is resumed. ``collate_fn``
+numpy's global RNG and torch's CPU default generator from the key (each its own stream; see
+:mod:`resumable_loader.global_rngs`), so unmodified augmentations that call ``random``,
+``np.random`` or ``torch.rand`` draw the same values however the work is split across workers,
+ranks and batches, and however often the run is resumed. ``collate_fn``
 runs under the batch's key (derived from the position of the batch's first sample).
 
 User code that prefers explicit generators asks for the current key's own streams with
@@ -14,13 +15,13 @@ User code that prefers explicit generators asks for the current key's own stream
 from __future__ import annotations
 
 import dataclasses
-import random
 
 import numpy as np
 import torch
 
 from resumable_loader.errors import ResumableLoaderError
-from resumable_loader.rng import Purpose, derive_words, seed_numpy_global
+from resumable_loader.global_rngs import this_process
+from resumable_loader.rng import Purpose, derive_words
 
 _MASK64 = (1 << 64) - 1
 
@@ -76,10 +77,7 @@ def install_key(
     words = derive_words(seed, epoch, position, purpose)
     _current = (seed, epoch, position, purpose, words)
     if reseed_globals:
-        w0, w1, w2, w3 = words
-        random.seed(w0 | w1 << 32 | w2 << 64 | w3 << 96)
-        seed_numpy_global(words)
-        torch.default_generator.manual_seed(w0 | w1 << 32)
+        this_process().reseed(words)
 
 
 def clear_key() -> None:

@@ -1,4 +1,4 @@
-"""Vectorised numpy references of Philox4x32-R and of the Feistel permutation, for cross-checks.
+"""Vectorised numpy references of Philox4x32-R, the Feistel permutation and the global RNG states.
 
 Written from the papers' definitions (Salmon et al. SC11; Black & Rogaway's cycle walking), not
 from csrc/, so a mistake in the C++ shows up as a mismatch.
@@ -85,3 +85,17 @@ def permutation(n: int, seed: int, epoch: int, positions: np.ndarray, purpose: i
             x[todo] = (hi.astype(np.uint64) << np.uint64(lo_bits)) | lo.astype(np.uint64)
             todo &= x >= np.uint64(n)
     return x.astype(np.int64)
+
+
+def global_rng_state_words(key: tuple[int, int, int, int], generator: int) -> np.ndarray:
+    """MT19937 state words of global generator 0/1/2: SplitMix64 from a Philox-derived seed."""
+    w0, w1, w2, w3 = key
+    block = philox4x32(np.array([[w2, w3, generator, 0]]), np.array([[w0, w1]]))[0]
+    seed = np.uint64(int(block[0]) | int(block[1]) << 32)
+    steps = np.arange(1, 313, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        z = seed + steps * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+    return np.stack([z & MASK32, z >> np.uint64(32)], axis=1).reshape(-1).astype(np.uint32)

@@ -1,4 +1,4 @@
-"""Philox4x32-10 (known answers, numpy reference), key derivation, numpy reseed fast path."""
+"""Philox4x32-10 (known answers, numpy reference) and key derivation."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from philox_reference import derive, philox4x32
 
 from resumable_loader import ConfigError, Purpose, derive_words
-from resumable_loader.rng import check_seed, seed_numpy_global
+from resumable_loader.rng import check_seed
 from resumable_loader.rng import philox4x32 as core_philox
 
 KAT = Path(__file__).parent / "data" / "philox4x32_kat.txt"
@@ -92,22 +92,3 @@ def test_derive_words_accepts_numpy_ints():
     expected = derive_words(7, 1, 5, Purpose.BATCH)
     assert isinstance(expected, tuple)
     assert derive_words(np.uint64(7), np.int32(1), np.int64(5), Purpose.BATCH) == expected
-
-
-@given(st.lists(words32, min_size=4, max_size=4))
-def test_numpy_fast_reseed_equals_numpy_seed(words):
-    seed_numpy_global(words)
-    ours = np.random.get_state(), np.random.normal(size=3)
-    np.random.seed(np.array(words, dtype=np.uint32))
-    theirs = np.random.get_state(), np.random.normal(size=3)
-    assert all(np.array_equal(a, b) for a, b in zip(ours[0], theirs[0], strict=True))
-    assert np.array_equal(ours[1], theirs[1])
-
-
-def test_numpy_reseed_drops_cached_gaussian():
-    np.random.seed(1)
-    np.random.normal()  # legacy normal caches a second value
-    seed_numpy_global([1, 2, 3, 4])
-    first = np.random.normal()
-    seed_numpy_global([1, 2, 3, 4])
-    assert np.random.normal() == first

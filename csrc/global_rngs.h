@@ -1,0 +1,144 @@
+// The states of the three process-global generators that augmentations draw from (Python's
+// `random`, numpy's legacy global RNG, torch's CPU default generator), computed from a sample's
+// key and written in place, so that the per-sample reseed costs about a microsecond instead of
+// the ~10 us their own seeding functions take together.
+//
+// All three are MT19937. Generator g (kPython, kNumpy, kTorch) gets its own 64-bit seed,
+// Philox4x32-10 of counter (w2, w3, g, 0) under key (w0, w1) of the sample's key words, so the
+// three never draw the same stream (seeding Python's and numpy's with the same words would: both
+// run init_by_array and make doubles the same way). Its 624 state words are consecutive
+// SplitMix64 outputs of that seed (Steele, Lea, Flood, "Fast splittable pseudorandom number
+// generators", OOPSLA 2014), the usual way to fill a large state from a small seed, and the
+// state is installed as its own seeding leaves it: the next draw twists first, no cached
+// Gaussian. torch's own manual_seed keeps only 32 bits of its seed; this gives it 64.
+//
+// Contract: the layouts below are the libraries' own (CPython's RandomObject, numpy's
+// mt19937_state and aug_bitgen_t, torch's CPUGeneratorImplState); the Python caller finds and
+// checks every address against each library's public get/set-state API once per process and
+// falls back to that API wherever a check fails.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "philox.h"
+
+namespace resumable_loader {
+
+constexpr int MT19937_N = 624;
+
+enum GlobalRng : uint32_t { kPython = 0, kNumpy = 1, kTorch = 2 };
+
+inline uint64_t global_rng_seed(const uint32_t key[4], GlobalRng generator) {
+  const philox4x32_ctr_t block =
+      philox4x32({{key[2], key[3], static_cast<uint32_t>(generator), 0}}, {{key[0], key[1]}});
+  return block.v[0] | static_cast<uint64_t>(block.v[1]) << 32;
+}
+
+// The 624 MT19937 state words of `generator` for a sample key.
+inline void mt19937_state_words(const uint32_t key[4], GlobalRng generator,
+                                uint32_t out[MT19937_N]) {
+  uint64_t state = global_rng_seed(key, generator);
+  for (int i = 0; i < MT19937_N; i += 2) {
+    uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    out[i] = static_cast<uint32_t>(z);
+    out[i + 1] = static_cast<uint32_t>(z >> 32);
+  }
+}
+
+// torch's CPUGeneratorImplState (aten/src/ATen/CPUGeneratorImpl.cpp), the bytes that
+// torch.Generator.get_state() returns and set_state() takes.
+struct TorchCpuGeneratorStateLegacy {
+  uint64_t the_initial_seed;
+  int left;
+  int seeded;
+  uint64_t next;
+  uint64_t state[MT19937_N];
+  double normal_x;
+  double normal_y;
+  double normal_rho;
+  int normal_is_valid;
+};
+struct TorchCpuGeneratorState {
+  TorchCpuGeneratorStateLegacy legacy_pod;
+  float next_float_normal_sample;
+  bool is_next_float_normal_sample_valid;
+};
+constexpr size_t TORCH_CPU_GENERATOR_STATE_SIZE = sizeof(TorchCpuGeneratorState);
+
+// A copy of Python's and numpy's generator states (torch's has a cheap API of its own).
+struct GlobalRngSnapshot {
+  uint32_t python_state[MT19937_N];
+  int python_index;
+  uint32_t numpy_key[MT19937_N];
+  int numpy_pos;
+  int numpy_has_gauss;
+  double numpy_gauss;
+};
+
+// Where each generator's state lives in this process; a null pointer skips that generator.
+struct GlobalRngTargets {
+  uint32_t* python_state = nullptr;  // CPython RandomObject: {int index; uint32_t state[624]}
+  int* python_index = nullptr;
+  uint32_t* numpy_key = nullptr;  // numpy mt19937_state: {uint32_t key[624]; int pos}
+  int* numpy_pos = nullptr;
+  int* numpy_has_gauss = nullptr;  // numpy RandomState's aug_bitgen_t {.., has_gauss, gauss};
+  double* numpy_gauss = nullptr;   // set whenever numpy_key is
+  TorchCpuGeneratorState* torch_state = nullptr;  // a buffer for torch.Generator.set_state
+
+  void reseed(const uint32_t key[4]) const {
+    if (python_state != nullptr) {
+      mt19937_state_words(key, kPython, python_state);
+      *python_index = MT19937_N;
+    }
+    if (numpy_key != nullptr) {
+      mt19937_state_words(key, kNumpy, numpy_key);
+      *numpy_pos = MT19937_N;
+      *numpy_has_gauss = 0;
+      *numpy_gauss = 0.0;
+    }
+    if (torch_state != nullptr) {
+      uint32_t words[MT19937_N];
+      mt19937_state_words(key, kTorch, words);
+      std::memset(torch_state, 0, sizeof(TorchCpuGeneratorState));
+      TorchCpuGeneratorStateLegacy& pod = torch_state->legacy_pod;
+      pod.the_initial_seed = global_rng_seed(key, kTorch);
+      pod.left = 1;  // the next draw twists, as after manual_seed
+      pod.seeded = 1;
+      for (int i = 0; i < MT19937_N; ++i) pod.state[i] = words[i];
+    }
+  }
+
+  // Copy the states this object writes, so that loading in the main process (num_workers=0)
+  // can leave the training loop's own randomness as it found it.
+  void save(GlobalRngSnapshot& to) const {
+    if (python_state != nullptr) {
+      std::memcpy(to.python_state, python_state, sizeof(to.python_state));
+      to.python_index = *python_index;
+    }
+    if (numpy_key != nullptr) {
+      std::memcpy(to.numpy_key, numpy_key, sizeof(to.numpy_key));
+      to.numpy_pos = *numpy_pos;
+      to.numpy_has_gauss = *numpy_has_gauss;
+      to.numpy_gauss = *numpy_gauss;
+    }
+  }
+
+  void restore(const GlobalRngSnapshot& from) const {
+    if (python_state != nullptr) {
+      std::memcpy(python_state, from.python_state, sizeof(from.python_state));
+      *python_index = from.python_index;
+    }
+    if (numpy_key != nullptr) {
+      std::memcpy(numpy_key, from.numpy_key, sizeof(from.numpy_key));
+      *numpy_pos = from.numpy_pos;
+      *numpy_has_gauss = from.numpy_has_gauss;
+      *numpy_gauss = from.numpy_gauss;
+    }
+  }
+};
+
+}  // namespace resumable_loader

@@ -1,0 +1,187 @@
+"""Reseeds the process-global generators augmentations draw from, in place, from a sample's key.
+
+Python's ``random``, numpy's legacy global RNG and torch's CPU default generator are all
+MT19937. Their own seeding functions cost ~10 us together, too much once per sample, and seed
+Python's and numpy's the same way (equal words give equal streams) while torch keeps only 32
+bits of a seed. Here each generator gets a full state of its own from the key
+(csrc/global_rngs.h), written by one C++ call into memory whose layout is checked against the
+library's public get/set-state API the first time a process reseeds; any generator whose check
+fails is reseeded through that API instead, with the same resulting stream. (torch's API takes
+a state only in its own format: if the check of that format fails, as it would on a torch that
+changed it, torch is seeded with ``manual_seed`` of its 64-bit seed, another stream.)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import random
+import struct
+from typing import Any
+
+import numpy as np
+import torch
+
+from resumable_loader import _core
+from resumable_loader.errors import ConfigError
+
+PYTHON, NUMPY, TORCH = 0, 1, 2  # generator numbers, as csrc/global_rngs.h names them
+_MT_N = 624
+_PROBE_KEY = (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344)
+
+
+class GlobalRngs:
+    """This process's three global generators, bound to their state memory once checked."""
+
+    def __init__(self) -> None:
+        self._python = random.random.__self__  # the instance the module functions are bound to
+        self._numpy_bit_generator = np.random.get_bit_generator()
+        self._torch = torch.default_generator
+        self._torch_buffer = torch.empty(_core.TORCH_CPU_GENERATOR_STATE_SIZE, dtype=torch.uint8)
+        python = _python_layout(self._python)
+        numpy = _numpy_layout(np.random.mtrand._rand, self._numpy_bit_generator)
+        torch_fast = _torch_layout_ok(self._torch, self._torch_buffer)
+        self._targets = _core.GlobalRngTargets(
+            *(python or (0, 0)),
+            *(numpy or (0, 0, 0, 0)),
+            self._torch_buffer.data_ptr() if torch_fast else 0,
+        )
+        self._python_by_api, self._numpy_by_api = python is None, numpy is None
+        self._torch_by_api = not torch_fast
+
+    @property
+    def current(self) -> bool:
+        """False once numpy's global bit generator was replaced (np.random.set_bit_generator)."""
+        return np.random.get_bit_generator() is self._numpy_bit_generator
+
+    def reseed(self, key: tuple[int, int, int, int]) -> None:
+        """Give every global generator the state of ``key``'s sample."""
+        self._targets.reseed(key)
+        if self._python_by_api:
+            self._python.setstate((3, (*_core.mt19937_state_words(key, PYTHON), _MT_N), None))
+        self._python.gauss_next = None
+        if self._numpy_by_api:
+            words = np.array(_core.mt19937_state_words(key, NUMPY), dtype=np.uint32)
+            np.random.set_state(("MT19937", words, _MT_N, 0, 0.0))
+        if self._torch_by_api:
+            self._torch.manual_seed(_core.global_rng_seed(key, TORCH))
+        else:
+            self._torch.set_state(self._torch_buffer)
+
+    def save(self) -> tuple[Any, ...]:
+        """The three states now (cheap: memory copies where the layouts were checked)."""
+        return (
+            self._targets.save(),
+            self._python.getstate() if self._python_by_api else self._python.gauss_next,
+            np.random.get_state() if self._numpy_by_api else None,
+            self._torch.get_state(),
+        )
+
+    def restore(self, saved: tuple[Any, ...]) -> None:
+        """Put back what :meth:`save` returned."""
+        snapshot, python, numpy, torch_state = saved
+        self._targets.restore(snapshot)
+        if self._python_by_api:
+            self._python.setstate(python)
+        else:
+            self._python.gauss_next = python
+        if self._numpy_by_api:
+            np.random.set_state(numpy)
+        self._torch.set_state(torch_state)
+
+
+_bound: GlobalRngs | None = None
+
+
+def this_process() -> GlobalRngs:
+    """This process's :class:`GlobalRngs` (checked again if numpy's bit generator changed)."""
+    global _bound
+    if _bound is None or not _bound.current:
+        bit_generator = np.random.get_bit_generator()
+        if not isinstance(bit_generator, np.random.MT19937):
+            raise ConfigError(
+                f"numpy's global RNG uses {type(bit_generator).__name__}, but reseed_globals=True "
+                "reseeds MT19937 only: restore it with "
+                "np.random.set_bit_generator(np.random.MT19937()), or pass reseed_globals=False "
+                "and draw from resumable_loader.sample_numpy_generator()"
+            )
+        _bound = GlobalRngs()
+    return _bound
+
+
+def _read(address: int, size: int) -> bytes:
+    return ctypes.string_at(address, size)
+
+
+def _python_layout(instance: random.Random) -> tuple[int, int] | None:
+    """Addresses of CPython's MT state words and index in ``instance``, if they check out."""
+    saved = instance.getstate()
+    try:
+        probe = tuple(_core.mt19937_state_words(_PROBE_KEY, NUMPY))  # any distinctive words
+        instance.setstate((3, (*probe, 417), None))
+        memory = _read(id(instance), type(instance).__basicsize__)
+        offset = memory.find(struct.pack(f"<{_MT_N}I", *probe))
+        if offset < 4 or struct.unpack_from("<i", memory, offset - 4)[0] != 417:
+            return None
+        layout = (id(instance) + offset, id(instance) + offset - 4)
+        _core.GlobalRngTargets(*layout, 0, 0, 0, 0, 0).reseed(_PROBE_KEY)
+        expected = (3, (*_core.mt19937_state_words(_PROBE_KEY, PYTHON), _MT_N), None)
+        return layout if instance.getstate() == expected else None
+    finally:
+        instance.setstate(saved)
+
+
+def _numpy_layout(state: Any, bit_generator: Any) -> tuple[int, int, int, int] | None:
+    """Addresses of numpy's MT key, pos, has_gauss and gauss, if they check out.
+
+    The key and pos are the bit generator's public ``ctypes.state_address``; the cached
+    Gaussian sits in the RandomState's ``aug_bitgen_t``, found as the word that points back at
+    the RandomState's own copy of the bit generator's interface (whose first word is that
+    state address).
+    """
+    saved = np.random.get_state()
+    try:
+        key_address = bit_generator.ctypes.state_address
+        memory = _read(id(state), type(state).__basicsize__)
+        interface = memory.find(struct.pack("<Q", key_address))
+        aug = memory.find(struct.pack("<Q", id(state) + interface)) if interface > 0 else -1
+        if aug < 0:
+            return None
+        layout = (key_address, key_address + 4 * _MT_N, id(state) + aug + 8, id(state) + aug + 16)
+        words = np.array(_core.mt19937_state_words(_PROBE_KEY, PYTHON), dtype=np.uint32)
+        np.random.set_state(("MT19937", words, 5, 1, 0.25))
+        if not _gauss_at(layout, 1, 0.25):
+            return None
+        _core.GlobalRngTargets(0, 0, *layout, 0).reseed(_PROBE_KEY)
+        kind, key, pos, has_gauss, gauss = np.random.get_state()
+        expected = _core.mt19937_state_words(_PROBE_KEY, NUMPY)
+        ok = (kind, pos, has_gauss, gauss) == ("MT19937", _MT_N, 0, 0.0)
+        return layout if ok and key.tolist() == expected else None
+    finally:
+        np.random.set_state(saved)
+
+
+def _gauss_at(layout: tuple[int, int, int, int], has_gauss: int, gauss: float) -> bool:
+    return (
+        struct.unpack("<i", _read(layout[2], 4))[0] == has_gauss
+        and struct.unpack("<d", _read(layout[3], 8))[0] == gauss
+    )
+
+
+def _torch_layout_ok(generator: torch.Generator, buffer: torch.Tensor) -> bool:
+    """Whether a state written into ``buffer`` is what ``generator`` reads back after set_state."""
+    saved = generator.get_state()
+    try:
+        if saved.numel() != buffer.numel():
+            return False
+        _core.GlobalRngTargets(0, 0, 0, 0, 0, 0, buffer.data_ptr()).reseed(_PROBE_KEY)
+        generator.set_state(buffer)
+        state = generator.get_state().numpy()
+        seed, left, seeded, following = struct.unpack_from("<QiiQ", state.tobytes())
+        words = np.frombuffer(state.tobytes(), dtype="<u8", count=_MT_N, offset=24).tolist()
+        return (
+            (seed, left, seeded, following) == (_core.global_rng_seed(_PROBE_KEY, TORCH), 1, 1, 0)
+            and words == _core.mt19937_state_words(_PROBE_KEY, TORCH)
+            and generator.initial_seed() == seed
+        )
+    finally:
+        generator.set_state(saved)
