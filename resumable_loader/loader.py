@@ -300,7 +300,7 @@ class ResumableDataLoader(DataLoader):
         """
         state = self._cursor()
         if check_ranks and self.world_size > 1:
-            for rank, other in enumerate(gather_cursors(state)):
+            for rank, other in enumerate(gather_cursors(state, self.world_size)):
                 if other != state:
                     raise StateDictError(
                         f"rank {rank}'s cursor (epoch {other.get('epoch')}, position "

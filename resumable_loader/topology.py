@@ -65,12 +65,14 @@ def agree_on_seed(seed: int, world_size: int) -> int:
     return holder[0]
 
 
-def gather_cursors(state: dict) -> list[dict]:
+def gather_cursors(state: dict, world_size: int) -> list[dict]:
     """Every rank's cursor, all-gathered through the process group (a collective: all ranks
     must call it together), so that ``state_dict(check_ranks=True)`` can compare them.
 
     Raises ConfigError rather than torch's bare ValueError when no process group is
-    initialized, since the fix is on the caller's side: initialize one, or skip the check.
+    initialized, since the fix is on the caller's side: initialize one, or skip the check; and
+    when the group is not the loader's ``world_size`` ranks, since the gather would then
+    compare other processes' cursors, or too few.
     """
     if not _group_initialized():
         raise ConfigError(
@@ -78,6 +80,13 @@ def gather_cursors(state: dict) -> list[dict]:
             "which needs an initialized torch.distributed process group, and none is: call "
             "torch.distributed.init_process_group() first (under torchrun), or call "
             "state_dict() without check_ranks"
+        )
+    if dist.get_world_size() != world_size:
+        raise ConfigError(
+            f"state_dict(check_ranks=True): the loader has world_size={world_size} but the "
+            f"process group has {dist.get_world_size()} ranks, so their cursors cannot be "
+            "compared; construct the loader with the group's world size (the default), or "
+            "call state_dict() without check_ranks"
         )
     states: list[dict] = [{} for _ in range(dist.get_world_size())]
     dist.all_gather_object(states, state)

@@ -146,6 +146,19 @@ def test_check_ranks_catches_ranks_that_disagree():
     assert all(error and "different numbers of batches" in error for error in errors)
 
 
+def _other_world_size_job(rank, world_size):
+    try:
+        make_loader(world_size=4).state_dict(check_ranks=True)
+    except ConfigError as error:
+        return str(error)
+    return None
+
+
+def test_check_ranks_refuses_a_group_of_another_size():
+    errors = launch(2, _other_world_size_job)
+    assert all(error and "world_size=4 but the process group has 2" in error for error in errors)
+
+
 def _dcp_job(rank, world_size, checkpoint_dir, stop_after):
     loader = make_loader()
     if stop_after is None:
