@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
 import random
 import warnings
 
@@ -38,6 +40,11 @@ def make(**kwargs):
 
 def continuous(epochs=3, **kwargs):
     return run(make(**kwargs)(), epochs)[0]
+
+
+@functools.cache
+def continuous_two_epochs():
+    return continuous(epochs=2)
 
 
 class Flaky(AugmentedDataset):
@@ -125,6 +132,16 @@ class TestResume:
         expected = continuous()
         got = interrupted_stream(make(), make(batch_size=3), epochs=3, stop_after=stop_after)
         assert got == expected
+
+    @pytest.mark.parametrize("before,after", list(itertools.product([0, 1, 2, 3], repeat=2)))
+    def test_every_pair_of_worker_counts(self, before, after):
+        got = interrupted_stream(
+            make(num_workers=before, batch_size=3),
+            make(num_workers=after, batch_size=5),
+            epochs=2,
+            stop_after=13,  # in epoch 1 (10 batches of 3 per epoch)
+        )
+        assert got == continuous_two_epochs()
 
     @pytest.mark.parametrize("how", ["msgpack", "json", "torch"])
     def test_state_survives_serialization(self, how):
