@@ -125,7 +125,7 @@ def worker_failure(error: BaseException, num_workers: int) -> str | None:
     if num_workers == 0 or _RERAISED.match(str(error)):
         return None
     if isinstance(error, RuntimeError) and _WORKER_FAILURE.search(str(error)):
-        return str(error)
+        return str(error).strip().rstrip(".")  # the caller goes on with ". ..."
     if isinstance(error, (ConnectionError, EOFError)):
         # The worker died while the main process was receiving a batch's shared tensors.
         return f"a DataLoader worker died while sending a batch ({type(error).__name__}: {error})"
