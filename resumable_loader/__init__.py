@@ -30,7 +30,7 @@ from resumable_loader.sample_rng import (
 )
 from resumable_loader.shard_order import ShardLocalOrder, ShardShuffle
 from resumable_loader.sources import ParquetDataset, TarShardDataset
-from resumable_loader.verify import VerifyReport, verify_pipeline
+from resumable_loader.verify import PipelineError, VerifyReport, verify_pipeline
 
 DataLoader = ResumableDataLoader
 
@@ -40,6 +40,7 @@ __all__ = [
     "ParquetDataset",
     "Partition",
     "Permutation",
+    "PipelineError",
     "Purpose",
     "ResumableDataLoader",
     "ResumableLoaderError",
