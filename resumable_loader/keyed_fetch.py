@@ -86,12 +86,16 @@ class KeyedFetch(Dataset):
         if isinstance(ref, SampleRef):
             install_key(ref.seed, ref.epoch, ref.position, Purpose.SAMPLE, reseed_globals=reseed)
             return self.collate_fn(self.dataset[ref.id])
+        seed, epoch, dataset, sample = ref.seed, ref.epoch, self.dataset, Purpose.SAMPLE
         samples = []
-        for i, sample_id in enumerate(ref.ids):
-            position = ref.start + i * ref.key_stride
-            install_key(ref.seed, ref.epoch, position, Purpose.SAMPLE, reseed_globals=reseed)
-            samples.append(self.dataset[sample_id])
-        install_key(ref.seed, ref.epoch, ref.start, Purpose.BATCH, reseed_globals=reseed)
+        for position, sample_id in zip(
+            range(ref.start, ref.start + len(ref.ids) * ref.key_stride, ref.key_stride),
+            ref.ids,
+            strict=True,
+        ):
+            install_key(seed, epoch, position, sample, reseed_globals=reseed)
+            samples.append(dataset[sample_id])
+        install_key(seed, epoch, ref.start, Purpose.BATCH, reseed_globals=reseed)
         return self.collate_fn(samples)
 
 

@@ -25,9 +25,9 @@ from resumable_loader.rng import Purpose, derive_words
 
 _MASK64 = (1 << 64) - 1
 
-# The key installed in this process: (seed, epoch, position, purpose, words), or None outside
-# a fetch. A plain tuple keeps installing it cheap; SampleKey is built only when asked for.
-_current: tuple[int, int, int, Purpose, tuple[int, int, int, int]] | None = None
+# The key installed in this process: (seed, epoch, position, purpose), or None outside a
+# fetch. A plain tuple keeps installing it cheap; SampleKey is built only when asked for.
+_current: tuple[int, int, int, Purpose] | None = None
 _torch_generator: torch.Generator | None = None
 
 
@@ -72,12 +72,14 @@ class SampleKey:
 def install_key(
     seed: int, epoch: int, position: int, purpose: Purpose, *, reseed_globals: bool
 ) -> None:
-    """Make (seed, epoch, position, purpose) the current key; optionally reseed the globals."""
+    """Make (seed, epoch, position, purpose) the current key; optionally reseed the globals.
+
+    Without the reseed, the key's words are derived only if user code asks for them.
+    """
     global _current
-    words = derive_words(seed, epoch, position, purpose)
-    _current = (seed, epoch, position, purpose, words)
+    _current = (seed, epoch, position, purpose)
     if reseed_globals:
-        this_process().reseed(words)
+        this_process().reseed(derive_words(seed, epoch, position, purpose))
 
 
 def clear_key() -> None:
@@ -97,7 +99,7 @@ def sample_key() -> SampleKey:
             "sample_key() is only defined while ResumableDataLoader loads a sample: call it from "
             "your Dataset's __getitem__, a transform it calls, or collate_fn"
         )
-    return SampleKey(*_current)
+    return SampleKey(*_current, derive_words(*_current))
 
 
 def sample_numpy_generator() -> np.random.Generator:
