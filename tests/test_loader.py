@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import random
 import warnings
 
@@ -283,6 +284,26 @@ class TestResume:
         state = loader.state_dict()
         assert (state["epoch"], state["position"]) == (0, 0)
         assert len(msgpack.packb(state)) <= 1024
+
+    def test_largest_cursor_fits_in_a_kilobyte(self):
+        def loader():
+            return ResumableDataLoader(
+                AugmentedDataset(2**62), batch_size=4, shuffle=True, seed=2**64 - 1
+            )
+
+        saved = loader().state_dict()
+        far = make_cursor(
+            seed=saved["seed"],
+            epoch=2**32 - 1,
+            position=2**62 - 8,
+            fingerprint=saved["fingerprint"],
+        )
+        resumed = loader()
+        resumed.load_state_dict(far)
+        next(iter(resumed))
+        state = resumed.state_dict()
+        assert (state["epoch"], state["position"]) == (2**32 - 1, 2**62 - 4)
+        assert len(msgpack.packb(state)) <= 1024 and len(json.dumps(state)) <= 1024
 
     def test_persistent_workers_across_epochs(self):
         assert continuous(num_workers=2, persistent_workers=True) == continuous()
