@@ -233,6 +233,14 @@ class TestResume:
         tail, _ = run(resumed, 1)
         assert head + tail == continuous(epochs=2)
 
+    def test_state_after_breaking_out_continues_the_epoch_live_or_resumed(self):
+        live = make()()
+        head, state = run(live, 1, stop_after=3)  # the loop breaks out after 3 batches
+        resumed = make()()
+        resumed.load_state_dict(state)
+        live.load_state_dict(live.state_dict())  # to continue the epoch on this loader too
+        assert head + run(resumed, 2)[0] == head + run(live, 2)[0] == continuous(epochs=2)
+
     def test_set_epoch_loop_resumed_after_an_epochs_last_batch_runs_each_epoch_once(self):
         def epochs_seen(loader, first_epoch, state=None):
             if state is not None:
