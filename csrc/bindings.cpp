@@ -25,7 +25,6 @@
 namespace nb = nanobind;
 using namespace nb::literals;
 using resumable_loader::FeistelPermutation;
-using resumable_loader::FillKernel;
 using resumable_loader::ShardLocalStream;
 
 namespace {
@@ -93,6 +92,7 @@ void check_range(const FeistelPermutation& p, uint64_t start, uint64_t count) {
 }
 
 // The bulk fill's kernels by name, fastest last.
+using resumable_loader::FillKernel;
 const std::pair<const char*, FillKernel> kFillKernels[] = {
     {"portable", FillKernel::kPortable},
     {"avx2", FillKernel::kAvx2},
