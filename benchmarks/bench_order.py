@@ -15,27 +15,29 @@ import timeit
 import numpy as np
 import torch
 
-from resumable_loader import Permutation, Purpose, derive_words
+from resumable_loader import Permutation, Purpose, ShuffledOrder, derive_words
 
 CHUNK = 65536
 
 
 def best_rate(make, n: int, repeats: int) -> tuple[float, int]:
-    best, checksum = 0.0, 0
+    """Best rate of make(step), which returns ids[::step] of the epoch it computes."""
+    best, checksum, step = 0.0, 0, max(1, n // 4096)
     for _ in range(repeats):
         start = time.perf_counter()
-        ids = make()
+        sample = make(step)
         best = max(best, n / (time.perf_counter() - start))
-        checksum = int(np.asarray(ids[:: max(1, n // 4096)], dtype=np.int64).sum())
+        checksum = int(np.asarray(sample, dtype=np.int64).sum())
     return best, checksum
 
 
-def chunked_fill(permutation: Permutation, n: int) -> np.ndarray:
-    out = np.empty(n, dtype=np.int64)
-    for start in range(0, n, CHUNK):
-        stop = min(start + CHUNK, n)
-        out[start:stop] = permutation.fill(start, stop)
-    return out
+def iterated(order: ShuffledOrder, n: int, step: int) -> np.ndarray:
+    """The epoch as the loader reads it: ShuffledOrder.iter_ids chunks, each used and dropped."""
+    picked, chunks = [], order.iter_ids(0, chunk_size=CHUNK)
+    for start, chunk in zip(range(0, n, CHUNK), chunks, strict=True):
+        # the ids at multiples of step; copied, so that the chunk itself is dropped
+        picked.append(chunk[(-start) % step :: step].copy())
+    return np.concatenate(picked)
 
 
 def main() -> None:
@@ -45,14 +47,14 @@ def main() -> None:
     args = parser.parse_args()
     n = args.n
     permutation = Permutation(n, seed=1, epoch=0)
+    order = ShuffledOrder(n, seed=1)
     rng = np.random.default_rng(0)
     engines = {
-        "resumable_loader Permutation.fill": lambda: permutation.fill(0, n),
-        # how the loader reads an order: chunk by chunk, one thread each (copied into one array,
-        # so the checksum must equal the whole fill's)
-        "  same, in 65,536-id chunks": lambda: chunked_fill(permutation, n),
-        "numpy default_rng().permutation": lambda: rng.permutation(n),
-        "torch.randperm": lambda: torch.randperm(n),
+        "resumable_loader Permutation.fill": lambda step: permutation.fill(0, n)[::step],
+        # how the loader reads an order: 65,536-id chunks, one thread (same ids, same checksum)
+        "  same, via ShuffledOrder.iter_ids": lambda step: iterated(order, n, step),
+        "numpy default_rng().permutation": lambda step: rng.permutation(n)[::step],
+        "torch.randperm": lambda step: torch.randperm(n)[::step],
     }
     rates = {name: best_rate(make, n, args.repeats) for name, make in engines.items()}
     numpy_rate = rates["numpy default_rng().permutation"][0]

@@ -6,12 +6,16 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/array.h>
+#include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
+#include <nanobind/stl/vector.h>
 
 #include <array>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "global_rngs.h"
 #include "permutation.h"
@@ -85,6 +89,23 @@ void check_position(const FeistelPermutation& p, uint64_t position, const char* 
                            std::to_string(p.size())).c_str());
   }
 }
+
+void check_range(const FeistelPermutation& p, uint64_t start, uint64_t count) {
+  if (start > p.size() || count > p.size() - start) {
+    throw nb::index_error(("positions [" + std::to_string(start) + ", " +
+                           std::to_string(start + count) +
+                           ") out of range for a permutation of length " +
+                           std::to_string(p.size())).c_str());
+  }
+}
+
+// The bulk fill's kernels by name, fastest last.
+using resumable_loader::FillKernel;
+const std::pair<const char*, FillKernel> kFillKernels[] = {
+    {"portable", FillKernel::kPortable},
+    {"avx2", FillKernel::kAvx2},
+    {"avx512", FillKernel::kAvx512},
+};
 
 }  // namespace
 
@@ -204,18 +225,39 @@ NB_MODULE(_core, m) {
       .def(
           "fill",
           [](const FeistelPermutation& p, uint64_t start, Int64Out out) {
-            const uint64_t count = out.shape(0);
-            if (start > p.size() || count > p.size() - start) {
-              throw nb::index_error(("positions [" + std::to_string(start) + ", " +
-                                     std::to_string(start + count) +
-                                     ") out of range for a permutation of length " +
-                                     std::to_string(p.size())).c_str());
-            }
+            check_range(p, start, out.shape(0));
             nb::gil_scoped_release release;
-            p.fill(start, count, out.data());
+            p.fill(start, out.shape(0), out.data());
           },
           "start"_a, "out"_a.noconvert(),
-          "Write perm(start + i) into out[i] for every i (out: contiguous int64).");
+          "Write perm(start + i) into out[i] for every i (out: contiguous int64).")
+      .def(
+          "_fill_with",
+          [](const FeistelPermutation& p, const std::string& kernel, uint64_t start,
+             Int64Out out) {
+            for (const auto& [name, value] : kFillKernels) {
+              if (kernel != name) continue;
+              if (!resumable_loader::fill_kernel_supported(value)) break;
+              check_range(p, start, out.shape(0));
+              nb::gil_scoped_release release;
+              p.fill_with(value, start, out.shape(0), out.data());
+              return;
+            }
+            throw nb::value_error(("no fill kernel " + kernel + " on this CPU").c_str());
+          },
+          "kernel"_a, "start"_a, "out"_a.noconvert(),
+          "fill() on this thread with the named kernel (for tests: see _fill_kernels()).");
+
+  m.def(
+      "_fill_kernels",
+      [] {
+        std::vector<std::string> names;
+        for (const auto& [name, value] : kFillKernels) {
+          if (resumable_loader::fill_kernel_supported(value)) names.emplace_back(name);
+        }
+        return names;
+      },
+      "Names of the bulk-fill kernels this CPU runs, fastest last; all give the same ids.");
 
   nb::class_<ShardLocalStream>(m, "ShardLocalStream")
       .def(

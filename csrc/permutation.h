@@ -33,6 +33,11 @@ namespace resumable_loader {
 constexpr unsigned FEISTEL_MAX_ROUNDS = 32;
 constexpr unsigned feistel_rounds(unsigned bits) { return bits <= 7 ? FEISTEL_MAX_ROUNDS : 8; }
 
+// The bulk fill's kernels, which all compute the same values: the portable one, and on x86-64
+// builds ones for AVX2 and AVX-512 CPUs. fill() runs the fastest one this CPU supports.
+enum class FillKernel { kPortable, kAvx2, kAvx512 };
+bool fill_kernel_supported(FillKernel kernel);
+
 class FeistelPermutation {
  public:
   // round_keys: 2 * FEISTEL_MAX_ROUNDS words (drawn from Philox by the caller); round r uses
@@ -48,6 +53,9 @@ class FeistelPermutation {
 
   // out[i] = perm(start + i) for i in [0, count); requires start + count <= n.
   void fill(uint64_t start, uint64_t count, int64_t* out) const;
+  // As fill(), on this thread only, with the given kernel (so that tests can compare them);
+  // requires fill_kernel_supported(kernel).
+  void fill_with(FillKernel kernel, uint64_t start, uint64_t count, int64_t* out) const;
 
  private:
   uint64_t encrypt(uint64_t x) const;

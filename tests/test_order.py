@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from philox_reference import permutation as reference_permutation
 
-from resumable_loader import ConfigError, Permutation, SequentialOrder, ShuffledOrder
+from resumable_loader import ConfigError, Permutation, SequentialOrder, ShuffledOrder, _core
 from resumable_loader.order import Order
 
 
@@ -54,6 +54,42 @@ def test_large_fill_uses_threads_consistently():
     ids = permutation.fill(0, n)
     assert np.array_equal(np.sort(ids), np.arange(n))
     assert np.array_equal(ids[1_234_567:1_234_600], permutation.fill(1_234_567, 1_234_600))
+
+
+# Every bulk-fill kernel this CPU runs (portable, and on x86-64 AVX2 / AVX-512) must give the
+# same ids: fill() picks one by CPU, and a CI machine only exercises the one it picks.
+@pytest.mark.parametrize(
+    "n, start, count",
+    [
+        (1, 0, 1),
+        (5, 0, 5),
+        (128, 0, 128),  # last 32-round width
+        (129, 0, 129),
+        (1000, 3, 997),
+        (4096, 0, 4096),  # n = 2**b: nothing walks
+        (4097, 0, 4097),  # nearly half the values walk
+        (10**7, 123_457, 70_001),  # several batches, a ragged last vector
+        (2**32 + 1, 2**32 - 5000, 5001),
+        (2**40, 2**40 - 3000, 3000),
+        (2**63, 2**63 - 2049, 2049),  # 32-bit hi half, 31-bit lo half
+        ((2**63 // 3) * 2, 5, 3000),
+    ],
+)
+def test_fill_kernels_agree(n, start, count):
+    permutation = Permutation(n, seed=n % 97, epoch=7)
+    expected = permutation.fill(start, start + count)
+    head = min(count, 50)
+    assert expected[:head].tolist() == [permutation[p] for p in range(start, start + head)]
+    assert "portable" in _core._fill_kernels()
+    for kernel in _core._fill_kernels():
+        out = np.full(count, -1, dtype=np.int64)
+        permutation._core._fill_with(kernel, start, out)
+        assert np.array_equal(out, expected), kernel
+
+
+def test_fill_kernel_by_unknown_name():
+    with pytest.raises(ValueError):
+        Permutation(10, seed=0, epoch=0)._core._fill_with("sse9", 0, np.empty(3, dtype=np.int64))
 
 
 def test_small_n_costs_no_padding():
