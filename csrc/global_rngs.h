@@ -8,9 +8,10 @@
 // three never draw the same stream (seeding Python's and numpy's with the same words would: both
 // run init_by_array and make doubles the same way). Its 624 state words are consecutive
 // SplitMix64 outputs of that seed (Steele, Lea, Flood, "Fast splittable pseudorandom number
-// generators", OOPSLA 2014), the usual way to fill a large state from a small seed, and the
-// state is installed as its own seeding leaves it: the next draw twists first, no cached
-// Gaussian. torch's own manual_seed keeps only 32 bits of its seed; this gives it 64.
+// generators", OOPSLA 2014), the usual way to fill a large state from a small seed. The state
+// is installed as if just twisted (draws 1..624 read its words, tempered; the first twist comes
+// after them) with no cached Gaussian: a sample that draws a few numbers then costs no twist of
+// 624 words. torch's own manual_seed keeps only 32 bits of its seed; this gives it 64.
 //
 // Contract: the layouts below are the libraries' own (CPython's RandomObject, numpy's
 // mt19937_state and aug_bitgen_t, torch's CPUGeneratorImplState); the Python caller finds and
@@ -92,11 +93,11 @@ struct GlobalRngTargets {
   void reseed(const uint32_t key[4]) const {
     if (python_state != nullptr) {
       mt19937_state_words(key, kPython, python_state);
-      *python_index = MT19937_N;
+      *python_index = 0;
     }
     if (numpy_key != nullptr) {
       mt19937_state_words(key, kNumpy, numpy_key);
-      *numpy_pos = MT19937_N;
+      *numpy_pos = 0;
       *numpy_has_gauss = 0;
       *numpy_gauss = 0.0;
     }
@@ -106,7 +107,7 @@ struct GlobalRngTargets {
       std::memset(torch_state, 0, sizeof(TorchCpuGeneratorState));
       TorchCpuGeneratorStateLegacy& pod = torch_state->legacy_pod;
       pod.the_initial_seed = global_rng_seed(key, kTorch);
-      pod.left = 1;  // the next draw twists, as after manual_seed
+      pod.left = MT19937_N;  // torch twists when a draw brings `left` to 0
       pod.seeded = 1;
       for (int i = 0; i < MT19937_N; ++i) pod.state[i] = words[i];
     }

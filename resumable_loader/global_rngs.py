@@ -57,11 +57,11 @@ class GlobalRngs:
         """Give every global generator the state of ``key``'s sample."""
         self._targets.reseed(key)
         if self._python_by_api:
-            self._python.setstate((3, (*_core.mt19937_state_words(key, PYTHON), _MT_N), None))
+            self._python.setstate((3, (*_core.mt19937_state_words(key, PYTHON), 0), None))
         self._python.gauss_next = None
         if self._numpy_by_api:
             words = np.array(_core.mt19937_state_words(key, NUMPY), dtype=np.uint32)
-            np.random.set_state(("MT19937", words, _MT_N, 0, 0.0))
+            np.random.set_state(("MT19937", words, 0, 0, 0.0))
         if self._torch_by_api:
             self._torch.manual_seed(_core.global_rng_seed(key, TORCH))
         else:
@@ -124,7 +124,7 @@ def _python_layout(instance: random.Random) -> tuple[int, int] | None:
             return None
         layout = (id(instance) + offset, id(instance) + offset - 4)
         _core.GlobalRngTargets(*layout, 0, 0, 0, 0, 0).reseed(_PROBE_KEY)
-        expected = (3, (*_core.mt19937_state_words(_PROBE_KEY, PYTHON), _MT_N), None)
+        expected = (3, (*_core.mt19937_state_words(_PROBE_KEY, PYTHON), 0), None)
         return layout if instance.getstate() == expected else None
     finally:
         instance.setstate(saved)
@@ -154,7 +154,7 @@ def _numpy_layout(state: Any, bit_generator: Any) -> tuple[int, int, int, int] |
         _core.GlobalRngTargets(0, 0, *layout, 0).reseed(_PROBE_KEY)
         kind, key, pos, has_gauss, gauss = np.random.get_state()
         expected = _core.mt19937_state_words(_PROBE_KEY, NUMPY)
-        ok = (kind, pos, has_gauss, gauss) == ("MT19937", _MT_N, 0, 0.0)
+        ok = (kind, pos, has_gauss, gauss) == ("MT19937", 0, 0, 0.0)
         return layout if ok and key.tolist() == expected else None
     finally:
         np.random.set_state(saved)
@@ -179,7 +179,8 @@ def _torch_layout_ok(generator: torch.Generator, buffer: torch.Tensor) -> bool:
         seed, left, seeded, following = struct.unpack_from("<QiiQ", state.tobytes())
         words = np.frombuffer(state.tobytes(), dtype="<u8", count=_MT_N, offset=24).tolist()
         return (
-            (seed, left, seeded, following) == (_core.global_rng_seed(_PROBE_KEY, TORCH), 1, 1, 0)
+            (seed, left, seeded, following)
+            == (_core.global_rng_seed(_PROBE_KEY, TORCH), _MT_N, 1, 0)
             and words == _core.mt19937_state_words(_PROBE_KEY, TORCH)
             and generator.initial_seed() == seed
         )
