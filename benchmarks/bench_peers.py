@@ -42,7 +42,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from resumable_loader import ResumableDataLoader, ShardShuffle, TarShardDataset
-from resumable_loader.cursor import make_cursor
 from resumable_loader.demo import augment as augment_rgb
 from resumable_loader.demo import write_shards
 
@@ -192,12 +191,6 @@ def stateful_state_at(state: dict[str, Any], batches: int) -> dict[str, Any]:
     return moved
 
 
-def moved_cursor(state: dict[str, Any], position: int) -> dict[str, Any]:
-    """Our cursor at another position of its epoch (re-checksummed, as state_dict() would)."""
-    fields = {k: state[k] for k in ("seed", "epoch", "fingerprint")}
-    return dict(make_cursor(position=position, **fields))
-
-
 def same(a: Any, b: Any) -> bool:
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
@@ -226,18 +219,18 @@ def resume_latency(sizes: list[int], repeats: int) -> None:
         print(f"check: StatefulDataLoader state moved 1 -> 7 batches == its real state: {check}")
     else:
         print("StatefulDataLoader: skipped: torchdata not installed")
-    moved = moved_cursor(ours(Indices(50 * BATCH)).state_dict(), 7 * BATCH)
+    moved = ours(Indices(50 * BATCH)).state_at(0, 7 * BATCH)
     check = moved == state_after(ours(Indices(50 * BATCH)), 7)
     print(f"check: our fresh cursor with position = 7 batches == our real cursor: {check}")
     print(f"{'samples':>8}{'resume at':>11}{'ours ms':>10}{'StatefulDL ms':>15}{'ours/theirs':>13}")
     for size in sizes:
         dataset = Indices(size)
-        our_start = ours(dataset).state_dict()
+        template = ours(dataset)
         their_start = state_after(stateful(dataset), 1) if theirs_too else {}
         for fraction in (0.0, 0.1, 0.5, 0.9):
             print(f"first batch: {size:.0e} samples, {fraction:.0%}", file=sys.stderr)
             batches = round(fraction * size / BATCH)
-            cursor = moved_cursor(our_start, batches * BATCH) if batches else None
+            cursor = template.state_at(0, batches * BATCH) if batches else None
             mine = statistics.median(
                 first_batch(lambda d=dataset: ours(d), cursor) for _ in range(repeats)
             )

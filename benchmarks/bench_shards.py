@@ -133,7 +133,7 @@ def first_batch_seconds(dataset: Dataset, position: int) -> float:
     template = ResumableDataLoader(
         dataset, batch_size=64, shuffle=True, seed=0, shard_shuffle=SHARD_SHUFFLE
     )
-    state = dict(template.state_dict(), position=position)
+    state = template.state_at(0, position)
     start = time.perf_counter()
     loader = ResumableDataLoader(
         dataset, batch_size=64, shuffle=True, seed=0, shard_shuffle=SHARD_SHUFFLE

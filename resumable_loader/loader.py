@@ -27,7 +27,7 @@ from resumable_loader.iteration import ResumableIterator, stop_workers, worker_f
 from resumable_loader.keyed_fetch import KeyedFetch, WorkerInit
 from resumable_loader.order import Order, SequentialOrder, ShuffledOrder
 from resumable_loader.partition import Partition
-from resumable_loader.rng import check_seed
+from resumable_loader.rng import check_epoch, check_seed
 from resumable_loader.topology import agree_on_seed, gather_cursors, resolve_topology
 
 
@@ -342,6 +342,30 @@ class ResumableDataLoader(DataLoader):
                 sampler_state=sampler_state,
             )
         )
+
+    def state_at(self, epoch: int, position: int) -> dict[str, Any]:
+        """The ``state_dict()`` this loader has once ``position`` samples of ``epoch`` are
+        delivered: e.g. to resume from a step count (position = steps x global batch size)
+        when a checkpoint lacks the loader's state. Only for the loader's own orders, whose
+        place is those two numbers; a user's sampler has state of its own.
+        """
+        refs = self._require_refs("state_at()")
+        if isinstance(refs, UserBatchSampler):
+            raise StateDictError(
+                f"state_at() needs the loader's own order, but it iterates the user's sampler "
+                f"{type(refs.source).__name__}, whose state is its own; take state_dict() instead"
+            )
+        check_epoch(epoch)
+        if isinstance(position, bool) or not isinstance(position, int):
+            raise ConfigError(f"position must be an int, got {position!r}")
+        if not 0 <= position <= refs.partition.length:
+            raise ConfigError(
+                f"position {position} is outside the epoch's [0, {refs.partition.length}]"
+            )
+        cursor = cursor_mod.make_cursor(
+            seed=self.seed, epoch=epoch, position=position, fingerprint=self.fingerprint()
+        )
+        return dict(cursor)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Make the next ``iter()`` continue from ``state_dict`` (from ``state_dict()``).

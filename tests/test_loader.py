@@ -144,6 +144,18 @@ class TestResume:
         )
         assert got == continuous_two_epochs()
 
+    def test_state_at_is_the_state_after_that_many_samples(self):
+        _, real = run(make()(), 2, stop_after=11)  # 3 batches into epoch 1
+        assert make()().state_at(1, 12) == real
+        resumed = make()()
+        resumed.load_state_dict(make()().state_at(1, 12))
+        assert run(resumed, 1)[0] == continuous(epochs=2)[N + 12 :]
+
+    @pytest.mark.parametrize("epoch,position", [(0, -1), (0, N + 1), (2**32, 0), (0, 1.5)])
+    def test_state_at_refuses_a_place_outside_the_epochs(self, epoch, position):
+        with pytest.raises(resumable_loader.ConfigError, match=r"position|epoch"):
+            make()().state_at(epoch, position)
+
     @pytest.mark.parametrize("how", ["msgpack", "json", "torch"])
     def test_state_survives_serialization(self, how):
         got = interrupted_stream(make(), make(), epochs=2, stop_after=5, how=how)
@@ -600,6 +612,13 @@ class TestUserSamplers:
         # A user sampler's epoch length is its own: a finished epoch is recorded as the next.
         assert (state["epoch"], state["position"]) == (1, 0)
         assert (after["epoch"], after["position"]) == (2, 0)
+
+    def test_state_at_needs_the_loaders_own_order(self):
+        loader = ResumableDataLoader(
+            AugmentedDataset(N), batch_size=4, sampler=SequentialSampler(range(N)), seed=5
+        )
+        with pytest.raises(StateDictError, match="SequentialSampler"):
+            loader.state_at(0, 4)
 
     def test_stateless_random_sampler_refuses_mid_epoch_resume(self):
         def loader():
