@@ -43,7 +43,10 @@ QUICK_ARGS = {
 }
 HEARTBEAT = 15.0  # seconds between "still running" lines: some scripts are silent for minutes
 PLOT = re.compile(r"^plot: (.+\.png)\s*$", re.MULTILINE)
-TITLE = "# Benchmarks\n\nMeasured figures; regenerate with `python benchmarks/run_all.py`.\n"
+TITLE = (
+    "# Benchmarks\n\nMeasured figures; regenerate with `pip install -e '.[bench]'` (torchdata and "
+    "matplotlib, for the peers and the plot), then `python benchmarks/run_all.py`.\n"
+)
 
 
 def scripts() -> list[Path]:
