@@ -1,7 +1,9 @@
 """Coverage-guided fuzzing (atheris) of the cursor parser and the tar header walker.
 
-Run: pip install '.[fuzz]' && python tests/fuzz_atheris.py {cursor,tar} [CORPUS_DIR] -atheris_runs=N
-(for tar, a corpus directory holding a valid shard lets mutations reach past the first header)
+Run: pip install '.[fuzz]' && python tests/fuzz_atheris.py TARGET [CORPUS_DIR] -atheris_runs=N
+with TARGET one of cursor (a valid cursor with fields dropped and replaced), cursor-bytes (raw
+msgpack bytes; a corpus holding a valid cursor's bytes makes it explore damaged cursors) and tar
+(a corpus directory holding a valid shard lets mutations reach past the first header).
 
 Not part of pytest (coverage-guided runs are open-ended); the hypothesis fuzz tests in
 test_cursor.py and test_fuzz_shards.py run in CI. Any exception other than the package's own
@@ -58,6 +60,22 @@ def fuzz_cursor(data: bytes) -> None:
         parse_cursor(state, fingerprint=FINGERPRINT, seed=None)
 
 
+def fuzz_cursor_bytes(data: bytes) -> None:
+    """Raw bytes as a saved msgpack cursor: refused by msgpack, or by parse_cursor."""
+    try:
+        state = msgpack.unpackb(data, strict_map_key=False)
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return  # msgpack itself refused the bytes
+    with contextlib.suppress(ResumableLoaderError):
+        parsed = parse_cursor(state, fingerprint=FINGERPRINT, seed=None)
+        assert parsed == make_cursor(
+            seed=parsed["seed"],
+            epoch=parsed["epoch"],
+            position=parsed["position"],
+            fingerprint=FINGERPRINT,
+        )  # anything accepted is a cursor state_dict() could have written
+
+
 def fuzz_tar(data: bytes) -> None:
     try:
         for member in walk(
@@ -69,7 +87,7 @@ def fuzz_tar(data: bytes) -> None:
 
 
 def main() -> None:
-    targets = {"cursor": fuzz_cursor, "tar": fuzz_tar}
+    targets = {"cursor": fuzz_cursor, "cursor-bytes": fuzz_cursor_bytes, "tar": fuzz_tar}
     if len(sys.argv) < 2 or sys.argv[1] not in targets:
         sys.exit(f"usage: {sys.argv[0]} {{{','.join(targets)}}} [atheris options]")
     target = targets[sys.argv.pop(1)]
