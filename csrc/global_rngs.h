@@ -9,9 +9,9 @@
 // run init_by_array and make doubles the same way). Its 624 state words are consecutive
 // SplitMix64 outputs of that seed (Steele, Lea, Flood, "Fast splittable pseudorandom number
 // generators", OOPSLA 2014), the usual way to fill a large state from a small seed. The state
-// is installed as if just twisted (draws 1..624 read its words, tempered; the first twist comes
-// after them) with no cached Gaussian: a sample that draws a few numbers then costs no twist of
-// 624 words. torch's own manual_seed keeps only 32 bits of its seed; this gives it 64.
+// is installed as if just twisted (the first draws read its words, tempered: 624 of them for
+// Python and numpy, 623 for torch, whose engine twists when its count of words left reaches 0)
+// with no cached Gaussian: a sample that draws a few numbers then costs no twist of 624 words. torch's own manual_seed keeps only 32 bits of its seed; this gives it 64.
 //
 // Contract: the layouts below are the libraries' own (CPython's RandomObject, numpy's
 // mt19937_state and aug_bitgen_t, torch's CPUGeneratorImplState); the Python caller finds and

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -408,7 +409,11 @@ void FeistelPermutation::fill(uint64_t start, uint64_t count, int64_t* out) cons
     }
   };
   std::vector<std::thread> helpers;
-  for (uint64_t t = 1; t < threads; ++t) helpers.emplace_back(work);
+  try {
+    for (uint64_t t = 1; t < threads; ++t) helpers.emplace_back(work);
+  } catch (const std::system_error&) {
+    // No more threads to be had (a process limit): the ones started and this one share it all.
+  }
   work();
   for (auto& helper : helpers) helper.join();
 }

@@ -47,6 +47,7 @@ class GlobalRngs:
         )
         self._python_by_api, self._numpy_by_api = python is None, numpy is None
         self._torch_by_api = not torch_fast
+        self._numpy_lock = self._numpy_bit_generator.lock
 
     @property
     def current(self) -> bool:
@@ -55,7 +56,8 @@ class GlobalRngs:
 
     def reseed(self, key: tuple[int, int, int, int]) -> None:
         """Give every global generator the state of ``key``'s sample."""
-        self._targets.reseed(key)
+        with self._numpy_lock:  # numpy draws large arrays without the GIL, under this lock
+            self._targets.reseed(key)
         if self._python_by_api:
             self._python.setstate((3, (*_core.mt19937_state_words(key, PYTHON), 0), None))
         self._python.gauss_next = None
@@ -69,8 +71,10 @@ class GlobalRngs:
 
     def save(self) -> tuple[Any, ...]:
         """The three states now (cheap: memory copies where the layouts were checked)."""
+        with self._numpy_lock:
+            snapshot = self._targets.save()
         return (
-            self._targets.save(),
+            snapshot,
             self._python.getstate() if self._python_by_api else self._python.gauss_next,
             np.random.get_state() if self._numpy_by_api else None,
             self._torch.get_state(),
@@ -79,7 +83,8 @@ class GlobalRngs:
     def restore(self, saved: tuple[Any, ...]) -> None:
         """Put back what :meth:`save` returned."""
         snapshot, python, numpy, torch_state = saved
-        self._targets.restore(snapshot)
+        with self._numpy_lock:
+            self._targets.restore(snapshot)
         if self._python_by_api:
             self._python.setstate(python)
         else:
@@ -149,6 +154,9 @@ def _numpy_layout(state: Any, bit_generator: Any) -> tuple[int, int, int, int] |
         layout = (key_address, key_address + 4 * _MT_N, id(state) + aug + 8, id(state) + aug + 16)
         words = np.array(_core.mt19937_state_words(_PROBE_KEY, PYTHON), dtype=np.uint32)
         np.random.set_state(("MT19937", words, 5, 1, 0.25))
+        state_bytes = _read(key_address, 4 * _MT_N + 4)
+        if state_bytes != words.astype("<u4").tobytes() + struct.pack("<i", 5):
+            return None  # read every address before anything is written there
         if not _gauss_at(layout, 1, 0.25):
             return None
         _core.GlobalRngTargets(0, 0, *layout, 0).reseed(_PROBE_KEY)

@@ -15,6 +15,7 @@ import math
 import re
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +44,6 @@ class ResumableIterator(Iterator[Any]):
         self._advances = refs.advances  # this iteration's own record (see _RefSampler)
         self._finished_refs = 0  # refs whose batch was handed out or failed
         self._skipped = 0  # samples of failed batches not yet added to the cursor
-        self.finished = False
         self._length = (
             refs.partition.num_batches(loader._position)
             if isinstance(refs, OrderedBatchSampler)
@@ -57,7 +57,6 @@ class ResumableIterator(Iterator[Any]):
         try:
             batch = next(self._inner)
         except StopIteration:
-            self.finished = True
             self._loader._advance(self, 0, last=True)
             raise
         except BaseException as error:
@@ -142,8 +141,11 @@ class _Deadline:
     persistent workers restart) torch's own timeout applies.
     """
 
-    def __init__(self, read: Any, timeout: float) -> None:
-        self._read = read
+    def __init__(self, inner: Any, timeout: float) -> None:
+        # The class's function and a weak reference: a bound method stored on ``inner`` would
+        # make a reference cycle, keeping an abandoned iterator's workers alive until a gc run.
+        self._read = type(inner)._try_get_data
+        self._inner = weakref.ref(inner)
         self._timeout = timeout
         self._expires = math.inf
 
@@ -155,7 +157,7 @@ class _Deadline:
             return None
         if isinstance(read, _Deadline):  # persistent workers keep one torch iterator
             return read
-        deadline = inner._try_get_data = cls(read, timeout)
+        deadline = inner._try_get_data = cls(inner, timeout)
         return deadline
 
     def arm(self) -> None:
@@ -168,4 +170,4 @@ class _Deadline:
         remaining = self._expires - time.monotonic()
         if remaining <= 0:
             return False, None
-        return self._read(min(timeout, remaining))
+        return self._read(self._inner(), min(timeout, remaining))

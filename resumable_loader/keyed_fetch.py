@@ -5,8 +5,8 @@ same process, for every batch. :class:`KeyedFetch` plays both parts for the dura
 iteration: as the dataset it passes the batch reference through untouched, and as the collate
 function it loads the batch (installing each sample's key first), installs the batch key and
 runs the user's collate_fn. Doing all of it in one call lets the main process (num_workers=0)
-put its global RNG states back afterwards, so loading never perturbs the training loop's
-randomness.
+put the global RNG states it reseeds back afterwards, so loading never perturbs the training
+loop's randomness (with ``reseed_globals=False`` nothing is reseeded, so nothing is saved).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -216,3 +217,19 @@ def test_persistent_workers_killed_mid_epoch_restart_at_the_next_iter(tmp_path):
     dataset.armed = False
     expected, _ = run(ResumableDataLoader(dataset, batch_size=2, shuffle=True, seed=3), 1)
     assert [(0, *x) for x in delivered] + rest == expected
+
+
+def test_an_abandoned_iterator_with_a_timeout_is_freed_at_once():
+    # Its workers stop when torch's iterator is freed; no reference cycle may delay that.
+    loader = ResumableDataLoader(
+        AugmentedDataset(N), batch_size=2, num_workers=2, timeout=30, seed=0
+    )
+    batches = iter(loader)
+    next(batches)
+    inner = weakref.ref(batches._inner)
+    gc.disable()
+    try:
+        del batches
+        assert inner() is None
+    finally:
+        gc.enable()
