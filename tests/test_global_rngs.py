@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 
 import numpy as np
 import pytest
@@ -131,3 +132,22 @@ def test_a_replaced_numpy_bit_generator_is_bound_again():
             global_rngs.this_process()
     finally:
         np.random.set_bit_generator(original)
+
+
+def test_reseed_waits_for_a_numpy_draw_in_another_thread():
+    # numpy draws large arrays without the GIL, under its bit generator's lock: a reseed that
+    # ignored the lock would change the state in the middle of that draw.
+    rngs = global_rngs.this_process()
+    rngs.reseed((1, 2, 3, 4))
+    after_reseed = np.random.random(3_000_000)
+    np.random.seed(11)
+    before_reseed = np.random.random(3_000_000)
+    np.random.seed(11)
+    drawn = []
+    thread = threading.Thread(target=lambda: drawn.append(np.random.random(3_000_000)))
+    thread.start()
+    while thread.is_alive():
+        rngs.reseed((1, 2, 3, 4))
+    thread.join()
+    # whole draws only: from the old state, or (if the thread began late) from the new one
+    assert np.array_equal(drawn[0], before_reseed) or np.array_equal(drawn[0], after_reseed)
