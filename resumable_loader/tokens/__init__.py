@@ -1,0 +1,9 @@
+"""Token streams for LLM training: packed fixed-length windows over pre-tokenized shards."""
+
+from __future__ import annotations
+
+from resumable_loader.tokens.dataset import TokenDataset
+from resumable_loader.tokens.formats import TokenShard, open_shard
+from resumable_loader.tokens.megatron import MegatronWriter
+
+__all__ = ["MegatronWriter", "TokenDataset", "TokenShard", "open_shard"]

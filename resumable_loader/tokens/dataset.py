@@ -1,0 +1,246 @@
+"""TokenDataset: fixed-length windows of pre-tokenized documents, a pure function of their index.
+
+The shards' documents form one stream, in the order given. Window w is the stream's tokens
+[w * seq_len, w * seq_len + seq_len + 1): ``input_ids`` its first seq_len tokens, ``labels`` its
+last seq_len. Windows overlap by that one token, so an epoch's windows cover every token once as
+an input, and ``(num_tokens - 1) // seq_len`` windows fit; the tail after the last full window
+(``dropped_tokens``, fewer than seq_len tokens) is dropped, as Megatron drops it.
+
+``documents="concat"`` cuts the stream as stored; ``documents="shuffle"`` (Megatron's recipe)
+first orders the documents by a permutation of (seed, epoch), read from the sample key the loader
+installs for every sample, and cuts that epoch's stream (see :mod:`.seek_table`). Either way the
+loader's ``shuffle=True`` then permutes the windows. Nothing is held per document but the int64
+offsets (8 bytes a document, shared copy-on-write by forked workers) and, in shuffle mode, one
+seek table per epoch and process (8 bytes a document).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from resumable_loader._checks import check_int
+from resumable_loader.errors import ConfigError, ResumableLoaderError, ShardError
+from resumable_loader.index.paths import expand_shards
+from resumable_loader.rngs.sample import sample_key
+from resumable_loader.tokens.formats import TokenShard, open_shard
+from resumable_loader.tokens.seek_table import SeekTables
+
+MODES = ("concat", "shuffle")
+# Enters the fingerprint: bump when what a window holds changes for the same files.
+WINDOW_FORMAT = 1
+
+
+class TokenDataset(Dataset):
+    """Windows of ``seq_len`` tokens over pre-tokenized shards, as dicts of tensors.
+
+    Item w: ``input_ids`` and ``labels`` (int64, seq_len; labels are the inputs shifted by one),
+    ``position_ids`` (int64, seq_len; 0 at the window's start and at every document start),
+    ``cu_seqlens`` (int32, seq_len + 1: the document boundaries within the window, 0 first and
+    seq_len last, padded with seq_len so that windows collate) and ``num_segments`` (int64: how
+    many documents, whole or cut, the window holds; ``cu_seqlens[:num_segments + 1]`` are the
+    real boundaries).
+
+    Args:
+        paths: shards (paths, globs or brace patterns), in stream order: Megatron prefixes (or
+            their .bin/.idx), .npy/.bin token files with ``name.offsets.npy`` beside, .parquet
+            files (see :mod:`resumable_loader.tokens.formats`). Local files only (memory-mapped).
+        seq_len: tokens per window (labels need one more).
+        documents: "concat" (the stream as stored) or "shuffle" (documents shuffled per epoch).
+        dtype: the token dtype of raw .bin files (the other formats record theirs).
+        column: the token-list column of Parquet shards.
+
+    Attributes:
+        dtype, num_tokens, num_documents, num_windows, dropped_tokens, shards (``TokenShard``),
+        fingerprint (a str the loader records: shard names, sizes, token and document counts,
+        seq_len and mode; a resume on other files or another cut is refused).
+    """
+
+    def __init__(
+        self,
+        paths: str | os.PathLike | Sequence[str | os.PathLike],
+        seq_len: int,
+        *,
+        documents: str = "concat",
+        dtype: np.dtype | type | None = None,
+        column: str = "input_ids",
+    ) -> None:
+        self.seq_len = check_int("seq_len", seq_len, low=1, high=2**31 - 1)
+        if documents not in MODES:
+            raise ConfigError(f"documents must be one of {MODES}, got {documents!r}")
+        self.documents = documents
+        self._args = (paths, dtype, column)
+        self.shards = _open_shards(paths, dtype=dtype, column=column)
+        self.dtype = self.shards[0].tokens.dtype
+        token_counts = [shard.num_tokens for shard in self.shards]
+        self.shard_starts = np.concatenate([[0], np.cumsum(token_counts)]).astype(np.int64)
+        self.offsets = _stream_offsets(self.shards, self.shard_starts)
+        self.num_tokens = int(self.shard_starts[-1])
+        self.num_documents = len(self.offsets) - 1
+        self.num_windows = (self.num_tokens - 1) // self.seq_len
+        if self.num_windows == 0:
+            raise ConfigError(
+                f"seq_len={self.seq_len} needs {self.seq_len + 1} tokens per window, but the "
+                f"{len(self.shards)} shards hold {self.num_tokens}; use a smaller seq_len or "
+                "more data"
+            )
+        self.dropped_tokens = self.num_tokens - 1 - self.num_windows * self.seq_len
+        self.fingerprint = _fingerprint(self.shards, self.seq_len, self.documents)
+        self._tables = SeekTables(self.offsets) if documents == "shuffle" else None
+        self._positions = np.arange(self.seq_len, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return self.num_windows
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if self._tables is None:
+            return self.window(index)
+        try:
+            key = sample_key()
+        except ResumableLoaderError:
+            raise ConfigError(
+                "documents='shuffle' reads the epoch and seed from the sample key, which only "
+                "resumable_loader.DataLoader installs; outside it call "
+                "dataset.window(index, seed=..., epoch=...)"
+            ) from None
+        return self.window(index, seed=key.seed, epoch=key.epoch)
+
+    def window(
+        self, index: int, *, seed: int | None = None, epoch: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Window ``index`` of the stream (in shuffle mode: of epoch ``epoch`` under ``seed``)."""
+        index = check_int("window index", index, high=self.num_windows)
+        start, stop = index * self.seq_len, (index + 1) * self.seq_len + 1
+        if self._tables is None:
+            if seed is not None or epoch is not None:
+                raise ConfigError("seed and epoch choose a document order: documents='shuffle'")
+            tokens = self.read(start, stop)
+            starts = self.offsets
+        else:
+            if seed is None or epoch is None:
+                raise ConfigError("documents='shuffle' needs the seed and epoch of the window")
+            table = self._tables.get(seed=seed, epoch=epoch)
+            starts = table.starts
+            tokens = self._gather(table.starts, table.documents, start, stop)
+        return self._sample(tokens, starts, start)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Tokens [start, stop) of the unshuffled stream, across shard ends."""
+        out = np.empty(stop - start, dtype=self.dtype)
+        self._copy(start, stop, out)
+        return out
+
+    def _copy(self, start: int, stop: int, out: np.ndarray) -> None:
+        shard = int(np.searchsorted(self.shard_starts, start, side="right")) - 1
+        done = 0
+        while start < stop:
+            base = int(self.shard_starts[shard])
+            take = min(stop, int(self.shard_starts[shard + 1])) - start
+            out[done : done + take] = self.shards[shard].tokens[start - base : start - base + take]
+            start, done, shard = start + take, done + take, shard + 1
+
+    def _gather(self, starts: np.ndarray, documents: Any, start: int, stop: int) -> np.ndarray:
+        """Tokens [start, stop) of a shuffled stream whose slot j (document documents(j, j+1))
+        begins at starts[j]."""
+        first = int(np.searchsorted(starts, start, side="right")) - 1
+        last = int(np.searchsorted(starts, stop, side="left"))
+        ids = documents(first, last)
+        out = np.empty(stop - start, dtype=self.dtype)
+        slot_starts = starts[first:last].tolist()
+        for slot_start, doc in zip(slot_starts, ids.tolist(), strict=True):
+            begin = max(slot_start, start)
+            end = min(slot_start + int(self.offsets[doc + 1] - self.offsets[doc]), stop)
+            if end > begin:
+                origin = int(self.offsets[doc]) - slot_start
+                self._copy(origin + begin, origin + end, out[begin - start : end - start])
+        return out
+
+    def _sample(self, tokens: np.ndarray, starts: np.ndarray, start: int) -> dict[str, Any]:
+        seq_len = self.seq_len
+        first = int(np.searchsorted(starts, start, side="right"))
+        last = int(np.searchsorted(starts, start + seq_len, side="left"))
+        inner = np.unique(starts[first:last]) - start  # boundaries strictly inside the window
+        count = len(inner) + 1
+        cu = np.full(seq_len + 1, seq_len, dtype=np.int32)
+        cu[0] = 0
+        cu[1:count] = inner
+        lengths = np.diff(cu[: count + 1])
+        positions = self._positions - np.repeat(cu[:count].astype(np.int64), lengths)
+        ids = torch.from_numpy(tokens.astype(np.int64))
+        return {
+            "input_ids": ids[:-1],
+            "labels": ids[1:],
+            "position_ids": torch.from_numpy(positions),
+            "cu_seqlens": torch.from_numpy(cu),
+            "num_segments": torch.tensor(count, dtype=torch.int64),
+        }
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Reopen the files in the unpickling process (spawned workers) instead of copying them.
+        return {
+            "args": self._args,
+            "seq_len": self.seq_len,
+            "documents": self.documents,
+            "fingerprint": self.fingerprint,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        paths, dtype, column = state["args"]
+        self.__init__(
+            paths, state["seq_len"], documents=state["documents"], dtype=dtype, column=column
+        )
+        if self.fingerprint != state["fingerprint"]:
+            raise ShardError(
+                f"the token shards changed while the dataset was in use (fingerprint "
+                f"{state['fingerprint']} -> {self.fingerprint}); restore them or restart"
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"TokenDataset(shards={len(self.shards)}, seq_len={self.seq_len}, "
+            f"documents={self.documents!r}, dtype={self.dtype.name}, tokens={self.num_tokens}, "
+            f"num_documents={self.num_documents}, windows={self.num_windows}, "
+            f"fingerprint={self.fingerprint!r})"
+        )
+
+
+def _open_shards(
+    paths: str | os.PathLike | Sequence[str | os.PathLike], *, dtype: Any, column: str
+) -> list[TokenShard]:
+    shards = [open_shard(path, dtype=dtype, column=column) for path in expand_shards(paths)]
+    seen: set[str] = set()
+    for shard in shards:
+        if shard.path in seen:
+            raise ConfigError(
+                f"{shard.path}: named twice (a Megatron prefix and its .bin or .idx both match?); "
+                "name each shard once, e.g. by its .bin or by *.idx"
+            )
+        seen.add(shard.path)
+        if shard.tokens.dtype != shards[0].tokens.dtype:
+            raise ShardError(
+                f"{shard.path}: field 'dtype' is {shard.tokens.dtype.name}, but "
+                f"{shards[0].path} holds {shards[0].tokens.dtype.name}; one stream has one token "
+                "dtype: rewrite the shards with the same dtype"
+            )
+    return shards
+
+
+def _stream_offsets(shards: list[TokenShard], shard_starts: np.ndarray) -> np.ndarray:
+    """int64 document offsets in the concatenated stream (documents + 1 values)."""
+    parts = [shard.offsets[:-1] + base for shard, base in zip(shards, shard_starts, strict=False)]
+    return np.concatenate([*parts, shard_starts[-1:]]).astype(np.int64, copy=False)
+
+
+def _fingerprint(shards: list[TokenShard], seq_len: int, documents: str) -> str:
+    described = [
+        [os.path.basename(s.path), s.format, s.size, s.num_tokens, s.num_documents] for s in shards
+    ]
+    text = json.dumps([WINDOW_FORMAT, str(shards[0].tokens.dtype), seq_len, documents, described])
+    return "tokens-" + hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
