@@ -27,5 +27,21 @@ class WorkerError(ResumableLoaderError, RuntimeError):
     """A worker process failed (crashed, was killed, or exceeded its timeout)."""
 
 
+class CheckpointError(ResumableLoaderError):
+    """A checkpoint cannot be saved or loaded: incomplete, damaged, or not matching the state."""
+
+
+class PipelineError(ResumableLoaderError):
+    """The user's code (the factory, the dataset, the collate_fn) raised: verify could not run
+    the pipeline, which is no verdict on it. The original exception is the ``__cause__``.
+    """
+
+
 class ResumeWarning(UserWarning):
     """A resume is possible but cannot be guaranteed exact; the message says why."""
+
+
+class TopologyWarning(UserWarning):
+    """The data-parallel coordinates were guessed (from the environment); the message says how
+    to be explicit.
+    """

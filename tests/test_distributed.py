@@ -28,6 +28,8 @@ from resumable_loader import (
     TarShardDataset,
     sample_numpy_generator,
 )
+from resumable_loader import topology
+from resumable_loader.errors import TopologyWarning
 from resumable_loader.topology import resolve_topology
 
 N = 55  # 5 shards of 11 samples for the shard sources
@@ -243,8 +245,11 @@ def test_ranks_default_to_the_environment(monkeypatch):
     assert not dist.is_initialized()
     monkeypatch.setenv("RANK", "2")
     monkeypatch.setenv("WORLD_SIZE", "4")
-    assert resolve_topology(None, None) == (2, 4)
-    assert resolve_topology(1, None) == (1, 4)
+    monkeypatch.setattr(topology, "_warned", set())  # warned once a process: forget earlier ones
+    with pytest.warns(TopologyWarning, match="RANK and WORLD_SIZE"):
+        assert resolve_topology(None, None) == (2, 4)
+    with pytest.warns(TopologyWarning, match=r"\(WORLD_SIZE\)"):
+        assert resolve_topology(1, None) == (1, 4)
     monkeypatch.delenv("RANK")
     monkeypatch.delenv("WORLD_SIZE")
     assert resolve_topology(None, None) == (0, 1)
