@@ -1,0 +1,126 @@
+"""The components of an app state: what kind each is and how DCP takes and gives its state.
+
+Models and optimizers go through ``torch.distributed.checkpoint.state_dict`` (canonical names,
+so a plain, DDP or FSDP2 model saves the same keys and reshards on load); an optimizer is paired
+with the model that owns its parameters. A ``resumable_loader.DataLoader`` is kept out of DCP:
+its cursor is a few plain values that go into the manifest, where they are checked before
+anything is applied. Anything else with ``state_dict``/``load_state_dict`` (a scheduler, a
+GradScaler, an EMA, DCP's ``Stateful``) is passed to DCP as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from resumable_loader.errors import CheckpointError
+from resumable_loader.loader import ResumableDataLoader
+
+MODEL, OPTIMIZER, LOADER, STATEFUL = "model", "optimizer", "loader", "stateful"
+
+
+class ModelState:
+    """A model as DCP's Stateful, through get_model_state_dict/set_model_state_dict."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def state_dict(self) -> dict[str, Any]:
+        return get_model_state_dict(self.model)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        set_model_state_dict(self.model, state)
+
+
+class OptimizerState:
+    """An optimizer as DCP's Stateful, keyed by its model's canonical parameter names."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.model, self.optimizer = model, optimizer
+
+    def state_dict(self) -> dict[str, Any]:
+        # On an optimizer without state yet, DCP first takes one zero-lr step to create it
+        # (what dcp.load needs as the place to load into); Component.undo takes it back.
+        return get_optimizer_state_dict(self.model, self.optimizer)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        set_optimizer_state_dict(self.model, self.optimizer, state)
+
+
+@dataclass
+class Component:
+    """One entry of the app state: its name, kind, the object and DCP's view of it."""
+
+    name: str
+    kind: str
+    obj: Any
+    stateful: Any  # what goes into dcp.save/dcp.load (None for a loader)
+    fresh_optimizer: bool = False  # an optimizer without state when load() began
+
+    @property
+    def type_name(self) -> str:
+        kind = type(self.obj)
+        return f"{kind.__module__}.{kind.__qualname__}"
+
+    def undo(self) -> None:
+        """Take back what reading a fresh optimizer's state created (a refused load)."""
+        if self.fresh_optimizer:
+            self.obj.state.clear()
+
+
+def components(state: Mapping[str, Any]) -> dict[str, Component]:
+    """Classify every entry of ``state``; CheckpointError for what cannot be checkpointed."""
+    if not isinstance(state, Mapping) or not state:
+        raise CheckpointError(
+            f"state must be a non-empty dict of components, e.g. {{'model': model, "
+            f"'optimizer': optim, 'loader': loader}}, got {type(state).__name__}"
+        )
+    models = {name: obj for name, obj in state.items() if isinstance(obj, nn.Module)}
+    found: dict[str, Component] = {}
+    for name, obj in state.items():
+        if not isinstance(name, str) or not name or "." in name:
+            raise CheckpointError(
+                f"component name {name!r}: use a non-empty string without '.', since DCP "
+                "joins names with dots"
+            )
+        if isinstance(obj, ResumableDataLoader):
+            found[name] = Component(name, LOADER, obj, None)
+        elif isinstance(obj, nn.Module):
+            found[name] = Component(name, MODEL, obj, ModelState(obj))
+        elif isinstance(obj, torch.optim.Optimizer):
+            model = _owner(name, obj, models)
+            fresh = not obj.state
+            found[name] = Component(name, OPTIMIZER, obj, OptimizerState(model, obj), fresh)
+        elif callable(getattr(obj, "state_dict", None)) and callable(
+            getattr(obj, "load_state_dict", None)
+        ):
+            found[name] = Component(name, STATEFUL, obj, obj)
+        else:
+            raise CheckpointError(
+                f"component '{name}': a {type(obj).__name__} has no state_dict() and "
+                "load_state_dict(); wrap it in an object that has them (DCP's Stateful)"
+            )
+    return found
+
+
+def _owner(name: str, optimizer: torch.optim.Optimizer, models: dict[str, nn.Module]) -> nn.Module:
+    """The one model whose parameters include every parameter ``optimizer`` updates."""
+    params = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    owners = [model for model in models.values() if params <= {id(p) for p in model.parameters()}]
+    if len(owners) != 1:
+        raise CheckpointError(
+            f"component '{name}': the optimizer's parameters belong to "
+            f"{'no' if not owners else len(owners)} of the models in the state "
+            f"({sorted(models) or 'none'}); put exactly the model it optimizes in the state"
+        )
+    return owners[0]

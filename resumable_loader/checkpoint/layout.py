@@ -1,0 +1,140 @@
+"""The checkpoint directory: one ``step-N`` folder per save, made visible by one atomic rename.
+
+A save writes into ``.tmp-step-N`` and renames it to ``step-N`` once complete, its manifest
+(written last) inside; the ``latest`` pointer file is replaced afterwards, and only then are
+the oldest complete checkpoints beyond ``keep_last`` removed. A process killed at any moment
+therefore leaves every earlier ``step-N`` as it was, and at worst a ``.tmp-`` folder that the
+next save of that step removes. A checkpoint counts as complete when its folder has the final
+name and a manifest: :meth:`CheckpointDirectory.complete_steps` never lists anything else.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+from resumable_loader.errors import CheckpointError
+from resumable_loader.index.atomic import atomic_write
+
+MANIFEST_NAME = "manifest.json"
+LATEST_NAME = "latest"
+_STEP_DIGITS = 10
+_STEP_NAME = re.compile(r"step-(\d+)")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class CheckpointDirectory:
+    """Names, lists, commits and prunes the checkpoints under one directory.
+
+    Args:
+        root: the directory holding ``step-N`` folders, ``latest`` and ``resume-N.json``.
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"CheckpointDirectory(root={str(self.root)!r})"
+
+    def step_dir(self, step: int) -> Path:
+        """Where the complete checkpoint of ``step`` lives."""
+        return self.root / f"step-{step:0{_STEP_DIGITS}d}"
+
+    def tmp_dir(self, step: int) -> Path:
+        """Where a save of ``step`` is written before it is committed."""
+        return self.root / f".tmp-step-{step:0{_STEP_DIGITS}d}"
+
+    def prepare(self, step: int) -> Path:
+        """An empty temporary folder for ``step`` (a stale one from a killed save is removed)."""
+        tmp = self.tmp_dir(step)
+        self.root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        return tmp
+
+    def commit(self, step: int) -> Path:
+        """Make the temporary folder of ``step`` the checkpoint of ``step``, in one rename.
+
+        A checkpoint of the same step saved before is moved aside first and removed after the
+        rename, so there is never a half-replaced ``step-N``.
+        """
+        tmp, final = self.tmp_dir(step), self.step_dir(step)
+        if not (tmp / MANIFEST_NAME).is_file():
+            raise CheckpointError(
+                f"{tmp}: no {MANIFEST_NAME}, so the save is incomplete and is not committed"
+            )
+        old = None
+        if final.exists():
+            old = self.root / f".old-{final.name}"
+            if old.exists():
+                shutil.rmtree(old)
+            os.rename(final, old)
+        os.rename(tmp, final)
+        _fsync_dir(self.root)
+        if old is not None:
+            shutil.rmtree(old)
+        return final
+
+    def write_latest(self, step: int) -> None:
+        """Point ``latest`` at ``step``'s folder (replaced atomically, after the commit)."""
+        with atomic_write(self.root / LATEST_NAME) as f:
+            f.write(f"{self.step_dir(step).name}\n".encode())
+
+    def read_latest(self) -> str | None:
+        """The folder name ``latest`` points at, or None if there is no pointer."""
+        try:
+            return (self.root / LATEST_NAME).read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def complete_steps(self) -> list[int]:
+        """Steps with a committed checkpoint (final name and a manifest), oldest first."""
+        if not self.root.is_dir():
+            return []
+        steps = []
+        for entry in self.root.iterdir():
+            match = _STEP_NAME.fullmatch(entry.name)
+            if match and (entry / MANIFEST_NAME).is_file():
+                steps.append(int(match.group(1)))
+        return sorted(steps)
+
+    def find(self, step: int | None) -> Path:
+        """The checkpoint of ``step``, or the newest complete one when ``step`` is None."""
+        steps = self.complete_steps()
+        if not steps:
+            raise CheckpointError(
+                f"{self.root}: no complete checkpoint (a step-N folder with a {MANIFEST_NAME}); "
+                "check the directory, or start the run afresh without load()"
+            )
+        if step is None:
+            return self.step_dir(steps[-1])
+        if step not in steps:
+            raise CheckpointError(
+                f"{self.root}: no complete checkpoint of step {step}; complete steps are "
+                f"{steps}; pass one of them, or step=None for the newest"
+            )
+        return self.step_dir(step)
+
+    def prune(self, keep_last: int) -> list[int]:
+        """Remove all but the newest ``keep_last`` complete checkpoints; return removed steps."""
+        removed = self.complete_steps()[:-keep_last]
+        for step in removed:
+            # renamed first, so a kill during rmtree leaves no step-N without all its files
+            doomed = self.root / f".old-{self.step_dir(step).name}"
+            os.rename(self.step_dir(step), doomed)
+            shutil.rmtree(doomed)
+        return removed
+
+    def resume_record(self, step: int) -> Path:
+        """Where the decision of a resume from ``step`` is written."""
+        return self.root / f"resume-{step:0{_STEP_DIGITS}d}.json"

@@ -1,0 +1,137 @@
+"""The checkpoint manifest: a human-readable JSON that says what a checkpoint holds and whence.
+
+Written last (atomically) into the checkpoint, so its presence marks a complete save, and read
+first on load, so every check is made against it before anything is applied. Its fields are
+module constants and are listed in :data:`FIELDS` with their types; a manifest of an unknown
+format or version, or with a field missing or of the wrong type, is refused as a whole.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from resumable_loader.errors import CheckpointError
+from resumable_loader.index.atomic import atomic_write
+
+FORMAT = "resumable_loader.checkpoint"
+# Version 1: the fields of FIELDS.
+VERSION = 1
+
+FIELDS: dict[str, type | tuple[type, ...]] = {
+    "format": str,
+    "version": int,
+    "time": str,  # UTC, ISO 8601
+    "step": int,  # the global step (optimizer steps taken)
+    "samples_seen": (int, type(None)),  # across all ranks; None when unknown
+    "tokens_seen": (int, type(None)),
+    "world_size": int,  # processes that saved
+    "data_parallel_size": int,  # ranks the data was split over (the loaders' world size)
+    "versions": dict,  # python, torch, numpy, resumable_loader at save time
+    "components": dict,  # name -> {"kind", "type"}
+    "loaders": dict,  # name -> {"state", "seed", "batch_size", "num_workers", "world_size"}
+    "rng": dict,  # {"files": [...], "cuda_devices": n}
+    "metadata": dict,  # the user's, JSON values only
+}
+_FIX = "the checkpoint is damaged or not one of ours: load an earlier checkpoint"
+
+
+def versions() -> dict[str, str]:
+    """The versions that decide what a checkpoint contains and how it is read."""
+    try:
+        package = importlib.metadata.version("resumable-loader")
+    except importlib.metadata.PackageNotFoundError:
+        package = "unknown"
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "resumable_loader": package,
+    }
+
+
+def build(
+    *,
+    step: int,
+    samples_seen: int | None,
+    tokens_seen: int | None,
+    world_size: int,
+    data_parallel_size: int,
+    components: dict[str, dict[str, str]],
+    loaders: dict[str, dict[str, Any]],
+    cuda_devices: int,
+    metadata: dict[str, Any],
+) -> dict[str, Any]:
+    """A manifest dict; CheckpointError if ``metadata`` is not plain JSON."""
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "step": step,
+        "samples_seen": samples_seen,
+        "tokens_seen": tokens_seen,
+        "world_size": world_size,
+        "data_parallel_size": data_parallel_size,
+        "versions": versions(),
+        "components": components,
+        "loaders": loaders,
+        "rng": {
+            "files": [f"rng/rank-{rank:05d}.json" for rank in range(world_size)],
+            "cuda_devices": cuda_devices,
+        },
+        "metadata": metadata,
+    }
+    try:
+        json.dumps(manifest, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(
+            f"metadata {str(metadata)[:80]}: not plain JSON ({error}); pass only strings, "
+            "numbers, booleans, None, lists and dicts with string keys"
+        ) from None
+    return manifest
+
+
+def write(directory: Path, manifest: dict[str, Any]) -> None:
+    """Write ``manifest`` as ``directory/manifest.json``, atomically (the save's last file)."""
+    with atomic_write(directory / "manifest.json") as f:
+        f.write(json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
+
+
+def read(directory: Path) -> dict[str, Any]:
+    """The manifest of the checkpoint in ``directory``, checked field by field.
+
+    Raises:
+        CheckpointError: missing or unreadable, another format, an unknown version, or a field
+            missing or of the wrong type; the message names the file, the field and the fix.
+    """
+    path = directory / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing, so the save never completed; {_FIX}") from None
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: unreadable ({error}); {_FIX}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else manifest
+        raise CheckpointError(f"{path}: field 'format' is {got!r}, expected {FORMAT!r}; {_FIX}")
+    if manifest.get("version") != VERSION:
+        raise CheckpointError(
+            f"{path}: field 'version' is {manifest.get('version')!r}, this release reads "
+            f"version {VERSION}; load it with the resumable_loader release that wrote it "
+            f"({manifest.get('versions', {}).get('resumable_loader', 'unknown')}) or a newer one"
+        )
+    for field, kind in FIELDS.items():
+        value = manifest.get(field)
+        if field not in manifest or not isinstance(value, kind) or isinstance(value, bool):
+            raise CheckpointError(
+                f"{path}: field '{field}' is {str(value)[:60]!r}, expected "
+                f"{getattr(kind, '__name__', kind)}; {_FIX}"
+            )
+    return manifest

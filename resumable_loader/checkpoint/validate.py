@@ -1,0 +1,166 @@
+"""Every check a load makes before it applies anything, against the manifest and DCP's metadata.
+
+Each check raises :class:`~resumable_loader.errors.CheckpointError` naming the component, the
+field, the saved and the current value and the fix, and none changes anything: a load that
+fails here leaves the model, optimizer, loader and generators as they were.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
+
+from resumable_loader import cursor as cursor_mod
+from resumable_loader.checkpoint.components import LOADER, Component
+from resumable_loader.errors import CheckpointError, StateDictError
+
+_FLEXIBLE = "or load with mode='flexible' to resume with the new setting"
+
+
+def read_metadata(checkpoint: Path) -> Metadata:
+    """DCP's metadata of ``checkpoint``, after checking every file it names is there in full."""
+    try:
+        metadata = FileSystemReader(checkpoint).read_metadata()
+    except Exception as error:  # a missing or torn .metadata: pickle, OS or EOF errors
+        raise CheckpointError(
+            f"{checkpoint}/.metadata: unreadable ({type(error).__name__}: {error}); the "
+            "checkpoint is damaged: load an earlier one"
+        ) from None
+    sizes: dict[str, int] = {}
+    for info in (metadata.storage_data or {}).values():
+        end = info.offset + info.length
+        sizes[info.relative_path] = max(sizes.get(info.relative_path, 0), end)
+    for name, needed in sorted(sizes.items()):
+        path = checkpoint / name
+        have = path.stat().st_size if path.is_file() else None
+        if have is None or have < needed:
+            raise CheckpointError(
+                f"{path}: {'missing' if have is None else f'{have} bytes'}, but the metadata "
+                f"places data up to byte {needed}; the checkpoint is damaged: load an earlier one"
+            )
+    return metadata
+
+
+def component_names(manifest: dict[str, Any], found: dict[str, Component]) -> None:
+    """The same components, of the same kinds, in the checkpoint and in ``state``."""
+    saved = manifest["components"]
+    missing, extra = sorted(set(saved) - set(found)), sorted(set(found) - set(saved))
+    if missing:
+        raise CheckpointError(
+            f"components {missing}: in the checkpoint (kinds "
+            f"{[saved[n]['kind'] for n in missing]}) but not in state; add them to the state "
+            "passed to load(), or save a checkpoint without them"
+        )
+    if extra:
+        raise CheckpointError(
+            f"components {extra}: in state but not in the checkpoint (which has "
+            f"{sorted(saved)}); remove them from the state passed to load(), since DCP would "
+            "leave them as they are and the resume would not be complete"
+        )
+    for name, component in found.items():
+        if saved[name]["kind"] != component.kind:
+            raise CheckpointError(
+                f"component '{name}': saved a {saved[name]['kind']} ({saved[name]['type']}), "
+                f"state has a {component.kind} ({component.type_name}); pass the same kind of "
+                "object under that name"
+            )
+
+
+def topology(
+    manifest: dict[str, Any], *, mode: str, world_size: int, cuda_devices: int
+) -> dict[str, tuple[Any, Any]]:
+    """Old -> new process layout; in strict mode any change is refused."""
+    changed = {}
+    for field, now in (("world_size", world_size), ("cuda_devices", cuda_devices)):
+        then = manifest["world_size"] if field == "world_size" else manifest["rng"]["cuda_devices"]
+        if then != now:
+            changed[field] = (then, now)
+    if mode == "strict" and changed:
+        field, (then, now) = next(iter(changed.items()))
+        raise CheckpointError(
+            f"field '{field}': saved {then}, now {now}; mode='strict' resumes the same "
+            f"layout: run with {field} {then}, {_FLEXIBLE} (RNG states are then re-derived)"
+        )
+    return changed
+
+
+def loader(name: str, saved: dict[str, Any], obj: Any, *, mode: str) -> dict[str, tuple[Any, Any]]:
+    """The saved cursor is accepted by ``obj``; old -> new loader settings (strict: none)."""
+    try:
+        cursor_mod.parse_cursor(saved["state"], fingerprint=obj.fingerprint(), seed=None)
+    except StateDictError as error:
+        raise CheckpointError(f"component '{name}' (loader): {error}") from None
+    changed = {}
+    for field in ("world_size", "batch_size", "num_workers"):
+        then, now = saved[field], getattr(obj, field)
+        if then != now:
+            changed[f"{name}.{field}"] = (then, now)
+    schedule = saved.get("schedule")
+    current = obj.state_dict().get("schedule")
+    if schedule != current:
+        changed[f"{name}.schedule"] = (schedule, current)
+    if mode == "strict" and changed:
+        field, (then, now) = next(iter(changed.items()))
+        raise CheckpointError(
+            f"component '{name}' (loader), field '{field.split('.', 1)[1]}': saved {then}, "
+            f"now {now}; mode='strict' resumes the same data stream and layout: use the saved "
+            f"value, {_FLEXIBLE}"
+        )
+    return changed
+
+
+def tensors(metadata: Metadata, current: Mapping[str, Any], found: dict[str, Component]) -> None:
+    """Every key of every component in both places, tensors of the same shape and dtype.
+
+    ``current`` is what DCP would load into (each component's state_dict()); flattened by
+    DCP's own planner, so the keys are exactly the ones ``dcp.load`` would match.
+    """
+    planner = DefaultLoadPlanner()
+    planner.set_up_planner(dict(current), metadata, True)
+    saved = metadata.state_dict_metadata
+    now = planner.state_dict
+
+    def owner(key: str) -> str:
+        return key.split(".", 1)[0]
+
+    for name, component in found.items():
+        if component.kind == LOADER:
+            continue
+        mine = {k for k in now if owner(k) == name}
+        theirs = {k for k in saved if owner(k) == name}
+        for keys, where, fix in (
+            (sorted(mine - theirs), "the current object has, but the checkpoint lacks", "saved"),
+            (sorted(theirs - mine), "the checkpoint has, but the current object lacks", "built"),
+        ):
+            if keys:
+                raise CheckpointError(
+                    f"component '{name}': keys {keys[:5]}{' ...' if len(keys) > 5 else ''} "
+                    f"({len(keys)}) {where}; pass the {component.kind} as it was {fix} "
+                    "(same architecture, same parameter names)"
+                )
+        for key in sorted(mine):
+            _same_tensor(name, key, saved[key], now[key])
+
+
+def _same_tensor(name: str, key: str, saved: Any, value: Any) -> None:
+    is_tensor = isinstance(value, torch.Tensor)
+    if isinstance(saved, TensorStorageMetadata) != is_tensor:
+        raise CheckpointError(
+            f"component '{name}', key '{key}': saved {'a tensor' if not is_tensor else 'a value'}"
+            f", current {'a tensor' if is_tensor else type(value).__name__}; pass the object "
+            "as it was saved"
+        )
+    if not is_tensor:
+        return
+    if tuple(saved.size) != tuple(value.size()) or saved.properties.dtype != value.dtype:
+        raise CheckpointError(
+            f"component '{name}', key '{key}': saved shape {list(saved.size)} "
+            f"{saved.properties.dtype}, current {list(value.size())} {value.dtype}; build the "
+            "model with the saved architecture and dtype (or convert the checkpoint first)"
+        )

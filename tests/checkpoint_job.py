@@ -1,0 +1,203 @@
+"""One training run of the checkpoint tests, in a process of its own (plain or under torchrun).
+
+A tiny model with dropout, AdamW, a warm-up + cosine schedule, a CPU GradScaler and an EMA
+trains on a resumable loader and saves through the Checkpointer every ``--save-every`` steps.
+Launched as ``python checkpoint_job.py CHECKPOINT OUT --steps N ...``; each rank appends one
+JSON line per step to ``OUT/rank-R.jsonl`` (the loss as float.hex, the samples it trained on),
+flushed at once, so what a killed run did is on disk. ``--kill-after S`` SIGKILLs the process
+after step S; ``--kill-in-save S:K`` SIGKILLs it at the K-th fsync of the save of step S (so
+somewhere inside DCP's writes, the manifest, the rename or the pointer). ``--resume MODE``
+loads the newest checkpoint first and writes the decision as the first line. The last line
+holds a digest of the final weights, optimizer and EMA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import signal
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import Dataset
+
+from resumable_loader import DataLoader, sample_key
+from resumable_loader.checkpoint import Checkpointer
+
+FEATURES = 4
+LENGTH = 36
+
+
+class Regression(Dataset):
+    """Fixed features and targets per id, plus augmentation noise from torch's global RNG."""
+
+    def __len__(self) -> int:
+        return LENGTH
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        fixed = torch.Generator().manual_seed(index)
+        x = torch.randn(FEATURES, generator=fixed)
+        y = x.sum(0, keepdim=True).sin()
+        key = sample_key()
+        noisy = x + 0.1 * torch.randn(FEATURES)  # an augmentation: replayed per sample key
+        return {"id": index, "epoch": key.epoch, "pos": key.position, "x": noisy, "y": y}
+
+
+def build(batch_size: int, num_workers: int, steps: int) -> dict[str, Any]:
+    """The whole training state, freshly initialised (the same on every run and rank)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(FEATURES, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 1))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.01)
+    warmup = 4
+    scheduler = torch.optim.lr_scheduler.SequentialLR(
+        optimizer,
+        [
+            torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=warmup),
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps - warmup),
+        ],
+        milestones=[warmup],
+    )
+    scaler = torch.amp.GradScaler("cpu", growth_interval=3)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9))
+    # torch's DataLoader draws its workers' base seed at every iter() from ``generator``, by
+    # default the global generator dropout draws from; a resume mid-epoch calls iter() where
+    # the continuous run did not, so give that draw a generator of its own.
+    loader = DataLoader(
+        Regression(),
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=num_workers,
+        seed=7,
+        generator=torch.Generator(),
+    )
+    return {
+        "model": model,
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "scaler": scaler,
+        "ema": ema,
+        "loader": loader,
+    }
+
+
+def batches(loader: DataLoader) -> Iterator[dict[str, Any]]:
+    """The loader's batches across epochs (the next epoch starts when one ends)."""
+    while True:
+        yield from loader
+
+
+def train_step(state: dict[str, Any], trained: nn.Module, batch: dict[str, Any]) -> float:
+    """One optimizer step of ``trained`` (the model, or its DDP wrapper); the loss."""
+    optimizer, scaler = state["optimizer"], state["scaler"]
+    trained.train()
+    loss = F.mse_loss(trained(batch["x"]), batch["y"])
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    state["scheduler"].step()
+    state["ema"].update_parameters(state["model"])
+    return loss.item()
+
+
+def digest(state: dict[str, Any]) -> str:
+    """A hash of the weights, the optimizer's moments and the EMA."""
+    h = hashlib.blake2b(digest_size=8)
+    tensors = [*state["model"].state_dict().values(), *state["ema"].state_dict().values()]
+    for per_param in state["optimizer"].state_dict()["state"].values():
+        tensors.extend(v for v in per_param.values() if isinstance(v, torch.Tensor))
+    for tensor in tensors:
+        h.update(tensor.detach().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def kill_at_fsync(count: int) -> None:
+    """SIGKILL this process at its ``count``-th os.fsync from now on."""
+    real, calls = os.fsync, [0]
+
+    def fsync(fd: int) -> None:
+        calls[0] += 1
+        if calls[0] == count:
+            os.kill(os.getpid(), signal.SIGKILL)
+        real(fd)
+
+    os.fsync = fsync
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("checkpoint")
+    parser.add_argument("out")
+    parser.add_argument("--steps", type=int, required=True)
+    parser.add_argument("--save-every", type=int, required=True)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--kill-after", type=int)
+    parser.add_argument("--kill-in-save", help="STEP:K, SIGKILL at the K-th fsync of that save")
+    parser.add_argument("--resume", choices=["strict", "flexible"])
+    parser.add_argument("--async-save", action="store_true")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(1)
+    distributed = "RANK" in os.environ
+    if distributed:
+        dist.init_process_group("gloo")
+    try:
+        run(args, distributed)
+    finally:
+        if distributed:
+            dist.destroy_process_group()
+
+
+def run(args: argparse.Namespace, distributed: bool) -> None:
+    state = build(args.batch_size, args.num_workers, args.steps)
+    trained = nn.parallel.DistributedDataParallel(state["model"]) if distributed else None
+    loader = state["loader"]
+    os.makedirs(args.out, exist_ok=True)
+    log = open(os.path.join(args.out, f"rank-{loader.rank}.jsonl"), "a")  # noqa: SIM115
+
+    def emit(record: dict[str, Any]) -> None:
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+
+    checkpointer = Checkpointer(args.checkpoint, keep_last=2, async_save=args.async_save)
+    start = 0
+    if args.resume:
+        decision = checkpointer.load(state, mode=args.resume)
+        emit({"decision": decision})
+        start = decision["step"]
+    kill_save = tuple(map(int, args.kill_in_save.split(":"))) if args.kill_in_save else None
+    stream = batches(loader)
+    for step in range(start, args.steps):
+        batch = next(stream)
+        loss = train_step(state, trained or state["model"], batch)
+        assert math.isfinite(loss)
+        entries = [
+            [int(e), int(p), int(i), hashlib.blake2b(x.numpy().tobytes()).hexdigest()[:16]]
+            for e, p, i, x in zip(
+                batch["epoch"], batch["pos"], batch["id"], batch["x"], strict=True
+            )
+        ]
+        emit({"step": step + 1, "loss": loss.hex(), "entries": entries})
+        if args.kill_after == step + 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if (step + 1) % args.save_every == 0:
+            if kill_save is not None and kill_save[0] == step + 1:
+                kill_at_fsync(kill_save[1])
+            checkpointer.save(step + 1, state)
+    checkpointer.wait()
+    emit({"final": digest(state)})
+    log.close()
+
+
+if __name__ == "__main__":
+    main()

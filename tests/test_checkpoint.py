@@ -1,0 +1,164 @@
+"""Checkpointer in one process: round trip, modes, the decision, layout, async saves."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+
+import numpy as np
+import pytest
+import torch
+from checkpoint_job import batches, build, digest, train_step
+
+from resumable_loader.checkpoint import Checkpointer
+from resumable_loader.checkpoint.layout import CheckpointDirectory
+from resumable_loader.errors import CheckpointError, ConfigError
+
+STEPS = 12
+
+
+def trained(steps: int, **kwargs) -> tuple[dict, object]:
+    """A training state after ``steps`` steps, and its live batch iterator."""
+    state = build(kwargs.get("batch_size", 4), 0, STEPS)
+    stream = batches(state["loader"])
+    for _ in range(steps):
+        train_step(state, state["model"], next(stream))
+    return state, stream
+
+
+def draws() -> tuple[float, float, float]:
+    """One draw from each generator a training loop reads."""
+    return random.random(), float(np.random.rand()), float(torch.rand(()))
+
+
+def test_load_restores_every_component_and_rng(tmp_path, caplog):
+    state, stream = trained(5)
+    Checkpointer(tmp_path).save(5, state)
+    expected_rng = draws()
+    expected_next = train_step(state, state["model"], next(stream))
+    expected = digest(state)
+
+    fresh = build(4, 0, STEPS)
+    random.seed(99)  # the load must replace these states
+    with caplog.at_level(logging.INFO, logger="resumable_loader.checkpoint"):
+        decision = Checkpointer(tmp_path).load(fresh)
+    assert draws() == expected_rng
+    fresh_stream = batches(fresh["loader"])
+    assert train_step(fresh, fresh["model"], next(fresh_stream)) == expected_next
+    assert digest(fresh) == expected
+
+    assert decision["step"] == 5 and decision["mode"] == "strict"
+    assert decision["components"] == {
+        **{name: "restored" for name in state},
+        "rng": "restored",
+    }
+    assert decision["rederived"] == [] and decision["changed"] == {}
+    assert decision["data"]["loader"]["position"] == 20
+    record = json.loads((tmp_path / "resume-0000000005.json").read_text())
+    assert record == decision
+    assert [r.getMessage() for r in caplog.records] == [
+        f"resumed step 5 from {tmp_path / 'step-0000000005'} (mode strict): restored model, "
+        "optimizer, scheduler, scaler, ema, loader, rng; re-derived nothing; changed nothing"
+    ]
+
+
+def test_manifest_describes_the_run(tmp_path):
+    state, _ = trained(3)
+    Checkpointer(tmp_path).save(3, state, tokens_seen=1234, metadata={"run": "abc", "lr": 0.05})
+    manifest = json.loads((tmp_path / "step-0000000003" / "manifest.json").read_text())
+    assert manifest["step"] == 3 and manifest["samples_seen"] == 12
+    assert manifest["tokens_seen"] == 1234
+    assert manifest["metadata"] == {"run": "abc", "lr": 0.05}
+    assert manifest["world_size"] == manifest["data_parallel_size"] == 1
+    assert manifest["versions"]["torch"] == torch.__version__
+    assert {n: e["kind"] for n, e in manifest["components"].items()} == {
+        "model": "model",
+        "optimizer": "optimizer",
+        "scheduler": "stateful",
+        "scaler": "stateful",
+        "ema": "model",
+        "loader": "loader",
+    }
+    loader = manifest["loaders"]["loader"]
+    assert (loader["batch_size"], loader["num_workers"], loader["seed"]) == (4, 0, 7)
+    assert loader["state"] == state["loader"].state_dict()
+    assert manifest["rng"] == {"files": ["rng/rank-00000.json"], "cuda_devices": 0}
+
+
+def test_metadata_must_be_json(tmp_path):
+    state, _ = trained(1)
+    with pytest.raises(CheckpointError, match=r"metadata .* not plain JSON"):
+        Checkpointer(tmp_path).save(1, state, metadata={"when": object()})
+
+
+def test_flexible_batch_size_is_recorded_and_strict_refuses_it(tmp_path):
+    state, _ = trained(4)
+    Checkpointer(tmp_path).save(4, state)
+    other = build(6, 0, STEPS)
+    with pytest.raises(CheckpointError, match=r"field 'batch_size': saved 4, now 6.*flexible"):
+        Checkpointer(tmp_path).load(other)
+    decision = Checkpointer(tmp_path).load(other, mode="flexible")
+    assert decision["changed"] == {"loader.batch_size": {"old": 4, "new": 6}}
+    assert decision["components"]["rng"] == "restored"  # same rank layout
+    assert other["loader"].state_dict() == state["loader"].state_dict()
+
+
+def test_keep_last_and_latest(tmp_path):
+    state, stream = trained(0)
+    checkpointer = Checkpointer(tmp_path, keep_last=2)
+    for step in range(1, 5):
+        train_step(state, state["model"], next(stream))
+        checkpointer.save(step, state)
+    layout = CheckpointDirectory(tmp_path)
+    assert layout.complete_steps() == [3, 4]
+    assert layout.read_latest() == "step-0000000004"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert Checkpointer(tmp_path).load(build(4, 0, STEPS), step=3)["step"] == 3
+
+
+def test_newest_complete_checkpoint_wins_over_debris(tmp_path):
+    state, _ = trained(2)
+    Checkpointer(tmp_path).save(2, state)
+    (tmp_path / ".tmp-step-0000000009").mkdir()  # a save killed before its rename
+    (tmp_path / "step-0000000008").mkdir()  # a folder without a manifest is not complete
+    assert Checkpointer(tmp_path).load(build(4, 0, STEPS))["step"] == 2
+
+
+def test_resave_of_a_step_replaces_it(tmp_path):
+    state, stream = trained(2)
+    Checkpointer(tmp_path).save(2, state)
+    train_step(state, state["model"], next(stream))
+    Checkpointer(tmp_path).save(2, state)
+    fresh = build(4, 0, STEPS)
+    Checkpointer(tmp_path).load(fresh)
+    assert digest(fresh) == digest(state)
+
+
+def test_async_save_snapshots_at_save_time_and_next_save_waits(tmp_path):
+    state, stream = trained(3)
+    checkpointer = Checkpointer(tmp_path, async_save=True)
+    checkpointer.save(3, state)
+    expected = digest(state)
+    train_step(state, state["model"], next(stream))  # changes the weights during the write
+    checkpointer.save(4, state)  # waits for step 3's commit first
+    checkpointer.wait()
+    assert CheckpointDirectory(tmp_path).complete_steps() == [3, 4]
+    fresh = build(4, 0, STEPS)
+    Checkpointer(tmp_path).load(fresh, step=3)
+    assert digest(fresh) == expected
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ConfigError, match="keep_last"):
+        Checkpointer(tmp_path, keep_last=0)
+    with pytest.raises(ConfigError, match="mode must be one of"):
+        Checkpointer(tmp_path).load(build(4, 0, STEPS), mode="lenient")
+    with pytest.raises(CheckpointError, match="no complete checkpoint"):
+        Checkpointer(tmp_path).load(build(4, 0, STEPS))
+    with pytest.raises(CheckpointError, match="has no state_dict"):
+        Checkpointer(tmp_path).save(1, {"model": torch.nn.Linear(2, 2), "count": 3})
+    with pytest.raises(CheckpointError, match="optimizer's parameters belong to no"):
+        Checkpointer(tmp_path).save(
+            1, {"optimizer": torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1)}
+        )
