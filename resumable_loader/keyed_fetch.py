@@ -7,6 +7,11 @@ function it loads the batch (installing each sample's key first), installs the b
 runs the user's collate_fn. Doing all of it in one call lets the main process (num_workers=0)
 put the global RNG states it reseeds back afterwards, so loading never perturbs the training
 loop's randomness (with ``reseed_globals=False`` nothing is reseeded, so nothing is saved).
+
+A dataset that reads a batch at once (``__getitems__``, as HF ``datasets.Dataset`` has) is read
+so, as torch reads it: one call per batch, under the key of the batch's first sample, with each
+sample's own key available to it through :func:`batch_sample_keys`. What that means for a
+batched transform's randomness is said in docs/integrations.md.
 """
 
 from __future__ import annotations
@@ -14,11 +19,52 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset, StackDataset, Subset, get_worker_info
 
-from resumable_loader.global_rngs import this_process
-from resumable_loader.rng import Purpose
-from resumable_loader.sample_rng import clear_key, install_key
+from resumable_loader.errors import ResumableLoaderError
+from resumable_loader.order.philox import Purpose, derive_words
+from resumable_loader.rngs.process import this_process
+from resumable_loader.rngs.sample import SampleKey, clear_key, install_key, sample_key
+
+# (seed, epoch, first position, stride, count) of the batched read in progress, or None.
+_batch_read: tuple[int, int, int, int, int] | None = None
+
+
+def batch_sample_keys() -> list[SampleKey]:
+    """The keys of the samples being loaded now, in the order of the ids being read.
+
+    Inside a batched read (a dataset's ``__getitems__``, e.g. an HF dataset's
+    ``set_transform`` function), one key per sample of the batch: a transform that draws each
+    row's randomness from its row's key (``key.numpy_generator()``) replays exactly under any
+    batch size, world size or resume, as a per-sample ``__getitem__`` does. Elsewhere, the one
+    sample being loaded, so the same transform also works read a sample at a time.
+
+    Raises:
+        ResumableLoaderError: when called outside a ResumableDataLoader fetch.
+    """
+    if _batch_read is None:
+        return [sample_key()]
+    seed, epoch, start, stride, count = _batch_read
+    positions = range(start, start + count * stride, stride)
+    return [
+        SampleKey(seed, epoch, p, Purpose.SAMPLE, derive_words(seed, epoch, p, Purpose.SAMPLE))
+        for p in positions
+    ]
+
+
+def reads_batched(dataset: Dataset) -> bool:
+    """Whether ``dataset.__getitems__`` really reads a batch at once.
+
+    torch's ``Subset`` and ``StackDataset`` define ``__getitems__`` yet fall back to one
+    ``__getitem__`` per sample unless the datasets they wrap read batched; those are read a
+    sample at a time here, so each sample keeps its own reseed of the global RNGs.
+    """
+    if isinstance(dataset, Subset):
+        return reads_batched(dataset.dataset)
+    if isinstance(dataset, StackDataset):
+        inner = dataset.datasets
+        return all(reads_batched(d) for d in (inner.values() if isinstance(inner, dict) else inner))
+    return callable(getattr(type(dataset), "__getitems__", None))
 
 
 class BatchRef(NamedTuple):
@@ -59,6 +105,7 @@ class KeyedFetch(Dataset):
         self.dataset = dataset
         self.collate_fn = collate_fn
         self.reseed_globals = reseed_globals
+        self.batched = reads_batched(dataset)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -87,16 +134,39 @@ class KeyedFetch(Dataset):
             install_key(ref.seed, ref.epoch, ref.position, Purpose.SAMPLE, reseed_globals=reseed)
             return self.collate_fn(self.dataset[ref.id])
         seed, epoch, dataset, sample = ref.seed, ref.epoch, self.dataset, Purpose.SAMPLE
-        samples = []
-        for position, sample_id in zip(
-            range(ref.start, ref.start + len(ref.ids) * ref.key_stride, ref.key_stride),
-            ref.ids,
-            strict=True,
-        ):
-            install_key(seed, epoch, position, sample, reseed_globals=reseed)
-            samples.append(dataset[sample_id])
+        if self.batched:
+            samples = self._read_batch(ref)
+        else:
+            samples = []
+            for position, sample_id in zip(
+                range(ref.start, ref.start + len(ref.ids) * ref.key_stride, ref.key_stride),
+                ref.ids,
+                strict=True,
+            ):
+                install_key(seed, epoch, position, sample, reseed_globals=reseed)
+                samples.append(dataset[sample_id])
         install_key(seed, epoch, ref.start, Purpose.BATCH, reseed_globals=reseed)
         return self.collate_fn(samples)
+
+    def _read_batch(self, ref: BatchRef) -> list[Any]:
+        """One ``__getitems__`` call under the first sample's key (a batch of one is read
+        exactly as ``__getitem__`` would be), every sample's key in ``batch_sample_keys()``.
+        """
+        global _batch_read
+        install_key(
+            ref.seed, ref.epoch, ref.start, Purpose.SAMPLE, reseed_globals=self.reseed_globals
+        )
+        _batch_read = (ref.seed, ref.epoch, ref.start, ref.key_stride, len(ref.ids))
+        try:
+            samples = self.dataset.__getitems__(list(ref.ids))
+        finally:
+            _batch_read = None
+        if len(samples) != len(ref.ids):
+            raise ResumableLoaderError(
+                f"{type(self.dataset).__name__}.__getitems__ returned {len(samples)} samples "
+                f"for {len(ref.ids)} ids; it must return one per id, in order"
+            )
+        return samples
 
 
 class WorkerInit:
