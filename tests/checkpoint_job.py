@@ -39,8 +39,11 @@ LENGTH = 36
 class Regression(Dataset):
     """Fixed features and targets per id, plus augmentation noise from torch's global RNG."""
 
+    def __init__(self, length: int = LENGTH) -> None:
+        self.length = length
+
     def __len__(self) -> int:
-        return LENGTH
+        return self.length
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         fixed = torch.Generator().manual_seed(index)
@@ -51,10 +54,26 @@ class Regression(Dataset):
         return {"id": index, "epoch": key.epoch, "pos": key.position, "x": noisy, "y": y}
 
 
-def build(batch_size: int, num_workers: int, steps: int) -> dict[str, Any]:
-    """The whole training state, freshly initialised (the same on every run and rank)."""
+def build(
+    batch_size: int,
+    num_workers: int,
+    steps: int,
+    *,
+    hidden: int = 16,
+    depth: int = 1,
+    length: int = LENGTH,
+    seed: int = 7,
+) -> dict[str, Any]:
+    """The whole training state, freshly initialised (the same on every run and rank).
+
+    ``hidden``, ``depth``, ``length`` and ``seed`` change the architecture, the dataset and
+    the order, for the tests of what a load refuses.
+    """
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(FEATURES, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 1))
+    layers: list[nn.Module] = [nn.Linear(FEATURES, hidden), nn.ReLU(), nn.Dropout(0.2)]
+    for _ in range(depth - 1):
+        layers += [nn.Linear(hidden, hidden), nn.ReLU()]
+    model = nn.Sequential(*layers, nn.Linear(hidden, 1))
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.01)
     warmup = 4
     scheduler = torch.optim.lr_scheduler.SequentialLR(
@@ -71,11 +90,11 @@ def build(batch_size: int, num_workers: int, steps: int) -> dict[str, Any]:
     # default the global generator dropout draws from; a resume mid-epoch calls iter() where
     # the continuous run did not, so give that draw a generator of its own.
     loader = DataLoader(
-        Regression(),
+        Regression(length),
         batch_size=batch_size,
         shuffle=True,
         num_workers=num_workers,
-        seed=7,
+        seed=seed,
         generator=torch.Generator(),
     )
     return {

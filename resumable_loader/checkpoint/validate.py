@@ -134,18 +134,20 @@ def tensors(metadata: Metadata, current: Mapping[str, Any], found: dict[str, Com
             continue
         mine = {k for k in now if owner(k) == name}
         theirs = {k for k in saved if owner(k) == name}
+        inner = len(name) + 1  # keys are named within the component
         for keys, where, fix in (
             (sorted(mine - theirs), "the current object has, but the checkpoint lacks", "saved"),
             (sorted(theirs - mine), "the checkpoint has, but the current object lacks", "built"),
         ):
             if keys:
+                shown = [key[inner:] for key in keys[:5]]
                 raise CheckpointError(
-                    f"component '{name}': keys {keys[:5]}{' ...' if len(keys) > 5 else ''} "
+                    f"component '{name}': keys {shown}{' ...' if len(keys) > 5 else ''} "
                     f"({len(keys)}) {where}; pass the {component.kind} as it was {fix} "
                     "(same architecture, same parameter names)"
                 )
         for key in sorted(mine):
-            _same_tensor(name, key, saved[key], now[key])
+            _same_tensor(name, key[inner:], saved[key], now[key])
 
 
 def _same_tensor(name: str, key: str, saved: Any, value: Any) -> None:

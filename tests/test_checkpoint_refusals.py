@@ -1,0 +1,178 @@
+"""Every load the Checkpointer refuses, each refused before anything is modified.
+
+The target state is snapshotted before the load (weights, EMA, optimizer, scheduler, scaler,
+loader cursor, the three CPU generators); after the CheckpointError it must be identical, bit
+for bit, so a refused load can be followed by a fresh start or another checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from checkpoint_job import batches, build, train_step
+from torch.optim.swa_utils import AveragedModel
+
+from resumable_loader.checkpoint import Checkpointer
+from resumable_loader.errors import CheckpointError
+
+STEPS = 12
+SAVED = "step-0000000004"
+
+
+def canonical(value: object) -> object:
+    """``value`` with tensors and arrays as (dtype, shape, bytes), so == compares bits."""
+    if isinstance(value, torch.Tensor):
+        return (str(value.dtype), tuple(value.shape), value.detach().numpy().tobytes())
+    if isinstance(value, np.ndarray):
+        return (str(value.dtype), value.shape, value.tobytes())
+    if isinstance(value, dict):
+        return {key: canonical(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [canonical(item) for item in value]
+    return value
+
+
+def snapshot(state: dict) -> object:
+    """Everything a load could change (tensors compared bit for bit)."""
+    parts = {name: obj.state_dict() for name, obj in state.items()}
+    parts["rng"] = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    return canonical(parts)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> Path:
+    """A checkpoint of step 4 (copied per test, since some tests damage it)."""
+    root = tmp_path_factory.mktemp("saved")
+    state = build(4, 0, STEPS)
+    stream = batches(state["loader"])
+    for _ in range(4):
+        train_step(state, state["model"], next(stream))
+    Checkpointer(root).save(4, state)
+    return root
+
+
+def without(name: str) -> Callable[[dict], dict]:
+    return lambda state: {k: v for k, v in state.items() if k != name}
+
+
+def replaced(name: str, make: Callable[[dict], object]) -> Callable[[dict], dict]:
+    return lambda state: {**state, name: make(state)}
+
+
+def damage(relative: str, how: Callable[[Path], None]) -> Callable[[Path], None]:
+    return lambda root: how(root / SAVED / relative)
+
+
+def edit_manifest(change: Callable[[dict], None]) -> Callable[[Path], None]:
+    def edit(root: Path) -> None:
+        path = root / SAVED / "manifest.json"
+        manifest = json.loads(path.read_text())
+        change(manifest)
+        path.write_text(json.dumps(manifest))
+
+    return edit
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+# (target state, damage to the checkpoint, the error's words)
+REFUSALS = {
+    "component missing from state": (without("ema"), None, r"components \['ema'\]: in the ch"),
+    "component not in checkpoint": (
+        replaced("ema2", lambda s: AveragedModel(s["model"])),
+        None,
+        r"components \['ema2'\]: in state but not",
+    ),
+    "another kind": (
+        replaced("scaler", lambda s: torch.nn.Linear(2, 2)),
+        None,
+        "component 'scaler': saved a stateful",
+    ),
+    "other parameter names": (
+        lambda s: build(4, 0, STEPS, depth=2),
+        None,
+        r"component 'model': keys \['5.bias', '5.weight'\] \(2\) the current object has",
+    ),
+    "other shapes": (
+        lambda s: build(4, 0, STEPS, hidden=17),
+        None,
+        r"component 'model', key '0.bias': saved shape \[16\] torch.float32, current \[17\]",
+    ),
+    "another dataset": (
+        lambda s: build(4, 0, STEPS, length=40),
+        None,
+        r"component 'loader' \(loader\): field 'fingerprint.length': saved 36, current 40",
+    ),
+    "another explicit seed": (
+        lambda s: build(4, 0, STEPS, seed=8),
+        None,
+        r"component 'loader' \(loader\): field 'seed': saved 7, current loader 8",
+    ),
+    "strict with another batch size": (
+        lambda s: build(3, 0, STEPS),
+        None,
+        r"field 'batch_size': saved 4, now 3; mode='strict'",
+    ),
+    "unknown manifest version": (
+        None,
+        edit_manifest(lambda m: m.update(version=99)),
+        r"field 'version' is 99, this release reads version 1",
+    ),
+    "manifest field missing": (
+        None,
+        edit_manifest(lambda m: m.pop("world_size")),
+        r"manifest.json: field 'world_size' is 'None', expected int",
+    ),
+    "RNG file missing": (
+        None,
+        damage("rng/rank-00000.json", Path.unlink),
+        r"rank-00000.json: missing, so rank 0's RNG states cannot be restored",
+    ),
+    "RNG file damaged": (
+        None,
+        damage("rng/rank-00000.json", lambda p: p.write_text('{"format": 3')),
+        r"rank-00000.json: unreadable",
+    ),
+    "data file truncated": (
+        None,
+        damage("__0_0.distcp", truncate),
+        r"__0_0.distcp: \d+ bytes, but the metadata places data up to byte",
+    ),
+    "DCP metadata missing": (None, damage(".metadata", Path.unlink), r".metadata: unreadable"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+@pytest.mark.parametrize("trained_target", [False, True], ids=["fresh", "trained"])
+def test_refused_before_anything_is_modified(case, trained_target, saved, tmp_path):
+    make_state, break_checkpoint, message = REFUSALS[case]
+    root = tmp_path / "checkpoints"
+    shutil.copytree(saved / SAVED, root / SAVED)
+    if break_checkpoint is not None:
+        break_checkpoint(root)
+    state = build(4, 0, STEPS)
+    if trained_target:  # an optimizer that already has state takes the other path
+        stream = batches(state["loader"])
+        train_step(state, state["model"], next(stream))
+    if make_state is not None:
+        state = make_state(state)
+    before = snapshot(state)
+    with pytest.raises(CheckpointError, match=message):
+        Checkpointer(root).load(state)
+    assert snapshot(state) == before
+    if not trained_target:
+        assert not state["optimizer"].state  # the fresh optimizer is still fresh
+
+
+def test_refuses_a_step_it_does_not_have(saved):
+    with pytest.raises(CheckpointError, match=r"no complete checkpoint of step 3; .* \[4\]"):
+        Checkpointer(saved).load(build(4, 0, STEPS), step=3)
