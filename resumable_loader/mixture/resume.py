@@ -1,0 +1,159 @@
+"""Checking a saved mixture schedule against the current one: the past is fixed, the future free.
+
+The cursor's ``order_state`` holds what a resume must check: every phase that started before
+the saved position (its start and weights) and each source's fingerprint and draws so far. A
+schedule that keeps that past may change everything after it (new phases, a later phase's
+weights or start, new sources); one that rewrites it is refused, naming phase, source and both
+values, since the draws already delivered would no longer be the ones the schedule describes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from resumable_loader.errors import StateDictError
+
+if TYPE_CHECKING:
+    from resumable_loader.mixture.order import MixtureOrder
+
+SOURCES_KEY = "sources"  # [[name, fingerprint, draws before the position], ...]
+PHASES_KEY = "phases"  # [[start, [reduced weight per source, in SOURCES order]], ...]
+logger = logging.getLogger("resumable_loader")
+
+
+def order_state(order: MixtureOrder, where: int) -> dict[str, Any]:
+    """The ``order_state`` of a cursor at global position ``where``: plain ints and strings."""
+    draws = order.draws_before(where)
+    fingerprints = [source.fingerprint() for source in order.mixture.sources]
+    return {
+        SOURCES_KEY: [
+            [name, fp, count]
+            for name, fp, count in zip(order.names, fingerprints, draws, strict=True)
+        ],
+        PHASES_KEY: [
+            [phase.start, list(phase.weights)]
+            for phase in order.schedule.phases
+            if phase.start < where
+        ],
+    }
+
+
+def check_order_state(order: MixtureOrder, saved: object, where: int) -> None:
+    """Refuse ``saved`` if ``order``'s schedule rewrites its past; log what the resume does.
+
+    Raises:
+        StateDictError: malformed state, or a started phase's start or weights, a drawn-from
+            source's presence or fingerprint, or the draws so far differ.
+    """
+    sources, phases = _parse(saved)
+    names = [name for name, _, _ in sources]
+    current = [phase for phase in order.schedule.phases if phase.start < where]
+    fix = (
+        f"keep every phase that started before the saved position {where} as it was (start "
+        f"and weights) and every source drawn from; change only what comes at or after {where}"
+    )
+    for index in range(max(len(phases), len(current))):
+        saved_start = phases[index][0] if index < len(phases) else None
+        current_start = current[index].start if index < len(current) else None
+        if saved_start != current_start:
+            raise StateDictError(
+                f"field 'order_state.phases[{index}].start': saved {saved_start}, current "
+                f"{current_start} (a phase the saved run had begun before position {where}); " + fix
+            )
+        saved_weights = dict(zip(names, phases[index][1], strict=True))
+        current_weights = current[index].named(order.names)
+        for name in [*names, *(n for n in current_weights if n not in names)]:
+            before, now = saved_weights.get(name, 0), current_weights.get(name, 0)
+            if before != now:
+                raise StateDictError(
+                    f"field 'order_state.phases[{index}]' (start {saved_start}), source "
+                    f"{name!r}: saved weight {before}, current {now} (weights reduced to "
+                    f"coprime integers); " + fix
+                )
+    fingerprints = {
+        name: source.fingerprint()
+        for name, source in zip(order.names, order.mixture.sources, strict=True)
+    }
+    draws = dict(zip(order.names, order.draws_before(where), strict=True))
+    for name, fingerprint, count in sources:
+        if count and name not in fingerprints:
+            raise StateDictError(
+                f"field 'order_state.sources', source {name!r}: saved with {count} draws, but "
+                f"the current mixture has no such source (removed or renamed; sources now: "
+                f"{list(order.names)!r}); " + fix
+            )
+        if count and fingerprints[name] != fingerprint:
+            raise StateDictError(
+                f"field 'order_state.sources', source {name!r}: saved fingerprint {fingerprint}, "
+                f"current {fingerprints[name]} (its dataset or order settings changed after "
+                f"{count} draws); resume with the source as it was, or start afresh"
+            )
+        if count and draws[name] != count:
+            raise StateDictError(
+                f"field 'order_state.sources', source {name!r}: saved {count} draws, but the "
+                f"current schedule gives {draws[name]} at position {where}; pass an unmodified "
+                "state_dict() from this release"
+            )
+    _log_resume(order, where, names, draws)
+
+
+def _log_resume(order: MixtureOrder, where: int, saved_names: list[str], draws: dict) -> None:
+    schedule = order.schedule
+    index = schedule.phase_at(where)
+    added = [name for name in order.names if name not in saved_names]
+    dropped = [name for name in saved_names if name not in order.names]
+    future = [(p.start, p.named(order.names)) for p in schedule.phases if p.start >= where]
+    logger.info(
+        "mixture: resuming at position %d in phase %d (weights %s); draws so far %s; "
+        "past schedule unchanged; sources added %s, dropped (never drawn) %s; phases from "
+        "here on %s",
+        where,
+        index,
+        schedule.phases[index].named(order.names),
+        draws,
+        added,
+        dropped,
+        future,
+    )
+
+
+def _parse(saved: object) -> tuple[list[tuple[str, str, int]], list[tuple[int, list[int]]]]:
+    def bad(detail: str) -> StateDictError:
+        return StateDictError(
+            f"field 'order_state': {detail}; a Mixture loader's state_dict() carries it, so "
+            "pass an unmodified state_dict() of a loader over a Mixture"
+        )
+
+    if not isinstance(saved, Mapping):
+        raise bad(f"saved {saved!r}, expected a dict with {SOURCES_KEY!r} and {PHASES_KEY!r}")
+    sources, phases = saved.get(SOURCES_KEY), saved.get(PHASES_KEY)
+    if not _rows(sources, (str, str, int)):
+        raise bad(f"{SOURCES_KEY!r} is {sources!r}, expected [[name, fingerprint, draws], ...]")
+    if not isinstance(phases, Sequence) or not all(
+        isinstance(p, Sequence)
+        and len(p) == 2
+        and _is_int(p[0])
+        and isinstance(p[1], Sequence)
+        and len(p[1]) == len(sources)
+        and all(_is_int(w) for w in p[1])
+        for p in phases
+    ):
+        raise bad(f"{PHASES_KEY!r} is {phases!r}, expected [[start, [weight per source]], ...]")
+    return [tuple(row) for row in sources], [(p[0], list(p[1])) for p in phases]
+
+
+def _rows(value: object, kinds: tuple[type, ...]) -> bool:
+    return isinstance(value, Sequence) and all(
+        isinstance(row, Sequence)
+        and len(row) == len(kinds)
+        and all(
+            _is_int(v) if k is int else isinstance(v, k) for v, k in zip(row, kinds, strict=True)
+        )
+        for row in value
+    )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -1,0 +1,143 @@
+"""Each mixture source's own endless stream: draw k is position k mod n of source epoch k // n.
+
+A source's order is its own (shuffled globally by default, shard-local, or sequential), keyed
+by a seed derived from the loader's seed and the source's name through Philox
+(``Purpose.MIXTURE_SOURCE``), never ``seed + i``: renaming or reordering the other sources does
+not touch a source's stream, and a small source starts its next epoch (a fresh permutation)
+while a large one carries on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from resumable_loader.errors import ConfigError
+from resumable_loader.order.permutation import Order, SequentialOrder, ShuffledOrder
+from resumable_loader.order.philox import EPOCH_LIMIT, Purpose, derive_words
+from resumable_loader.order.shard_local import ShardShuffle
+
+
+class MixtureSource:
+    """A mixture source with its own order settings (a bare dataset means ``shuffle=True``).
+
+    Args:
+        dataset: any map-style dataset (``TarShardDataset``, ``ParquetDataset``, ...).
+        shuffle: a fresh permutation every source epoch (True) or ids in order (False).
+        shard_shuffle: a :class:`~resumable_loader.ShardShuffle` to read the source
+            shard-locally (needs ``shuffle=True`` and a dataset with ``shard_sizes``).
+    """
+
+    def __init__(
+        self, dataset: Dataset, *, shuffle: bool = True, shard_shuffle: ShardShuffle | None = None
+    ) -> None:
+        if shard_shuffle is not None and not shuffle:
+            raise ConfigError("MixtureSource: shard_shuffle needs shuffle=True")
+        if shard_shuffle is not None and not isinstance(shard_shuffle, ShardShuffle):
+            raise ConfigError(
+                f"MixtureSource: shard_shuffle must be a ShardShuffle, got {shard_shuffle!r}"
+            )
+        length = len(dataset)
+        if length < 1:
+            raise ConfigError(
+                f"MixtureSource: {type(dataset).__name__} is empty; a source must have samples"
+            )
+        self.dataset, self.shuffle, self.shard_shuffle = dataset, bool(shuffle), shard_shuffle
+        self.length = length
+
+    def order(self, *, seed: int) -> Order:
+        """This source's order under its own seed."""
+        if self.shard_shuffle is not None:
+            return self.shard_shuffle.order_for(self.dataset, seed=seed)
+        if self.shuffle:
+            return ShuffledOrder(self.length, seed=seed)
+        return SequentialOrder(self.length)
+
+    def fingerprint(self) -> str:
+        """16 hex digits naming the dataset (its own fingerprint, or type and length) and order."""
+        identity = getattr(self.dataset, "fingerprint", None)
+        described = [
+            identity if isinstance(identity, str) else type(self.dataset).__qualname__,
+            self.order(seed=0).settings(),
+        ]
+        text = json.dumps(described, sort_keys=True, separators=(",", ":"))
+        return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+    def __repr__(self) -> str:
+        return (
+            f"MixtureSource({type(self.dataset).__name__}(len={self.length}), "
+            f"shuffle={self.shuffle}, shard_shuffle={self.shard_shuffle!r})"
+        )
+
+
+def source_seed(seed: int, name: str) -> int:
+    """The seed of source ``name``'s own order: Philox(counter = hash of the name, key = seed)."""
+    digest = hashlib.blake2b(name.encode(), digest_size=12).digest()
+    position = int.from_bytes(digest[:8], "little")
+    epoch = int.from_bytes(digest[8:], "little")
+    words = derive_words(seed, epoch, position, Purpose.MIXTURE_SOURCE)
+    return words[0] | words[1] << 32
+
+
+class SourceStream:
+    """Sample ids of one source's draws, continuing across its epochs and the mixture's phases.
+
+    Args:
+        source: the source and its order settings.
+        seed: the source's own seed (:func:`source_seed`).
+    """
+
+    def __init__(self, source: MixtureSource, *, seed: int) -> None:
+        self.source = source
+        self.order = source.order(seed=seed)
+        self.length = source.length
+        # Shard-local orders replay their buffer from the epoch's start on every ids() call;
+        # consecutive reads continue one chunk iterator instead.
+        self._sequential = source.shard_shuffle is not None
+        self._reader: tuple[int, int, Any] | None = None  # (epoch, next position, iterator)
+        self._pending = np.empty(0, dtype=np.int64)
+
+    def locate(self, draw: int) -> tuple[int, int]:
+        """(source epoch, position in it) of draw number ``draw``."""
+        epoch, position = divmod(draw, self.length)
+        if epoch >= EPOCH_LIMIT:
+            raise ConfigError(
+                f"draw {draw} of {self.source!r} falls in its epoch {epoch}, past the 2**32 "
+                "epochs a source's order can key; give the source more samples"
+            )
+        return epoch, position
+
+    def ids(self, first: int, stop: int) -> np.ndarray:
+        """Sample ids of draws [first, stop)."""
+        pieces = []
+        draw = first
+        while draw < stop:
+            epoch, position = self.locate(draw)
+            end = min(stop - draw, self.length - position) + position
+            pieces.append(self._epoch_ids(epoch, position, end))
+            draw += end - position
+        return np.concatenate(pieces) if pieces else np.empty(0, dtype=np.int64)
+
+    def _epoch_ids(self, epoch: int, start: int, stop: int) -> np.ndarray:
+        if not self._sequential:
+            return self.order.ids(epoch, start, stop)
+        reader = self._reader
+        if reader is None or reader[0] != epoch or reader[1] != start:
+            reader = (epoch, start, self.order.iter_ids(epoch, start))
+            self._pending = np.empty(0, dtype=np.int64)
+        chunks, have = [self._pending], len(self._pending)
+        while have < stop - start:
+            chunk = next(reader[2])
+            chunks.append(chunk)
+            have += len(chunk)
+        ready = np.concatenate(chunks)
+        self._pending = ready[stop - start :]
+        self._reader = (epoch, stop, reader[2])
+        return ready[: stop - start]
+
+    def __repr__(self) -> str:
+        return f"SourceStream({self.source!r}, order={self.order!r})"
