@@ -1,0 +1,77 @@
+"""A process SIGKILLed during a save never damages an earlier checkpoint (nor makes a torn one).
+
+The save is killed at each of its durable points in turn: the K-th ``os.fsync`` of the save
+(the RNG file, DCP's data and metadata, the manifest, the rename, the ``latest`` pointer) in
+a forked child, for K = 1, 2, ... until a save runs to its end. After every kill, the earlier
+checkpoint loads to exactly the state it saved, the killed one is either absent or complete,
+and the next save of the same step succeeds over the debris.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+
+from checkpoint_job import batches, build, digest, kill_at_fsync, train_step
+
+from resumable_loader.checkpoint import Checkpointer
+from resumable_loader.checkpoint.layout import CheckpointDirectory
+
+STEPS = 12
+
+
+def killed_save(root, state, step: int, fsync: int) -> bool:
+    """Save ``step`` in a forked child SIGKILLed at its ``fsync``-th fsync; False if it finished."""
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 3
+        try:
+            kill_at_fsync(fsync)
+            Checkpointer(root).save(step, state)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        assert os.WTERMSIG(status) == signal.SIGKILL
+        return True
+    assert os.WEXITSTATUS(status) == 0, "the child's save raised"
+    return False
+
+
+def loaded_digest(root, step: int) -> str:
+    fresh = build(4, 0, STEPS)
+    assert Checkpointer(root).load(fresh, step=step)["step"] == step
+    return digest(fresh)
+
+
+def test_sigkill_at_every_fsync_of_a_save(tmp_path):
+    state = build(4, 0, STEPS)
+    stream = batches(state["loader"])
+    for _ in range(3):
+        train_step(state, state["model"], next(stream))
+    baseline = tmp_path / "baseline"
+    Checkpointer(baseline).save(3, state)
+    at_3 = digest(state)
+    for _ in range(3):
+        train_step(state, state["model"], next(stream))
+    at_6 = digest(state)
+
+    kills = 0
+    while True:
+        root = tmp_path / f"kill-{kills + 1}"
+        shutil.copytree(baseline, root)
+        if not killed_save(root, state, 6, kills + 1):
+            break
+        kills += 1
+        steps = CheckpointDirectory(root).complete_steps()
+        assert steps in ([3], [3, 6]), f"kill at fsync {kills}: complete steps {steps}"
+        assert loaded_digest(root, 3) == at_3
+        if steps == [3, 6]:  # killed after the rename: the new checkpoint is whole
+            assert loaded_digest(root, 6) == at_6
+        Checkpointer(root).save(6, state)  # over whatever the kill left
+        assert loaded_digest(root, 6) == at_6
+        assert not [p for p in root.iterdir() if p.name.startswith(".tmp-")]
+    # RNG file and dir, DCP data and metadata, manifest and dir, rename, latest and dir
+    assert kills >= 7, f"only {kills} fsyncs in a save: the kill points did not cover it"
