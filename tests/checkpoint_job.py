@@ -34,6 +34,7 @@ from resumable_loader.checkpoint import Checkpointer
 
 FEATURES = 4
 LENGTH = 36
+SCHEDULE = 40  # steps of the warm-up + cosine schedule
 
 
 class Regression(Dataset):
@@ -57,7 +58,6 @@ class Regression(Dataset):
 def build(
     batch_size: int,
     num_workers: int,
-    steps: int,
     *,
     hidden: int = 16,
     depth: int = 1,
@@ -80,7 +80,7 @@ def build(
         optimizer,
         [
             torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=warmup),
-            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps - warmup),
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=SCHEDULE - warmup),
         ],
         milestones=[warmup],
     )
@@ -125,6 +125,14 @@ def train_step(state: dict[str, Any], trained: nn.Module, batch: dict[str, Any])
     state["scheduler"].step()
     state["ema"].update_parameters(state["model"])
     return loss.item()
+
+
+def entries(batch: dict[str, Any]) -> list[list[int | str]]:
+    """(epoch, position, sample id, digest of the augmented input) per sample of ``batch``."""
+    return [
+        [int(e), int(p), int(i), hashlib.blake2b(x.numpy().tobytes()).hexdigest()[:16]]
+        for e, p, i, x in zip(batch["epoch"], batch["pos"], batch["id"], batch["x"], strict=True)
+    ]
 
 
 def digest(state: dict[str, Any]) -> str:
@@ -178,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def run(args: argparse.Namespace, distributed: bool) -> None:
-    state = build(args.batch_size, args.num_workers, args.steps)
+    state = build(args.batch_size, args.num_workers)
     trained = nn.parallel.DistributedDataParallel(state["model"]) if distributed else None
     loader = state["loader"]
     os.makedirs(args.out, exist_ok=True)

@@ -15,12 +15,10 @@ from resumable_loader.checkpoint import Checkpointer
 from resumable_loader.checkpoint.layout import CheckpointDirectory
 from resumable_loader.errors import CheckpointError, ConfigError
 
-STEPS = 12
 
-
-def trained(steps: int, **kwargs) -> tuple[dict, object]:
+def trained(steps: int) -> tuple[dict, object]:
     """A training state after ``steps`` steps, and its live batch iterator."""
-    state = build(kwargs.get("batch_size", 4), 0, STEPS)
+    state = build(4, 0)
     stream = batches(state["loader"])
     for _ in range(steps):
         train_step(state, state["model"], next(stream))
@@ -39,7 +37,7 @@ def test_load_restores_every_component_and_rng(tmp_path, caplog):
     expected_next = train_step(state, state["model"], next(stream))
     expected = digest(state)
 
-    fresh = build(4, 0, STEPS)
+    fresh = build(4, 0)
     random.seed(99)  # the load must replace these states
     with caplog.at_level(logging.INFO, logger="resumable_loader.checkpoint"):
         decision = Checkpointer(tmp_path).load(fresh)
@@ -95,7 +93,7 @@ def test_metadata_must_be_json(tmp_path):
 def test_flexible_batch_size_is_recorded_and_strict_refuses_it(tmp_path):
     state, _ = trained(4)
     Checkpointer(tmp_path).save(4, state)
-    other = build(6, 0, STEPS)
+    other = build(6, 0)
     with pytest.raises(CheckpointError, match=r"field 'batch_size': saved 4, now 6.*flexible"):
         Checkpointer(tmp_path).load(other)
     decision = Checkpointer(tmp_path).load(other, mode="flexible")
@@ -114,7 +112,7 @@ def test_keep_last_and_latest(tmp_path):
     assert layout.complete_steps() == [3, 4]
     assert layout.read_latest() == "step-0000000004"
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
-    assert Checkpointer(tmp_path).load(build(4, 0, STEPS), step=3)["step"] == 3
+    assert Checkpointer(tmp_path).load(build(4, 0), step=3)["step"] == 3
 
 
 def test_newest_complete_checkpoint_wins_over_debris(tmp_path):
@@ -122,7 +120,7 @@ def test_newest_complete_checkpoint_wins_over_debris(tmp_path):
     Checkpointer(tmp_path).save(2, state)
     (tmp_path / ".tmp-step-0000000009").mkdir()  # a save killed before its rename
     (tmp_path / "step-0000000008").mkdir()  # a folder without a manifest is not complete
-    assert Checkpointer(tmp_path).load(build(4, 0, STEPS))["step"] == 2
+    assert Checkpointer(tmp_path).load(build(4, 0))["step"] == 2
 
 
 def test_resave_of_a_step_replaces_it(tmp_path):
@@ -130,7 +128,7 @@ def test_resave_of_a_step_replaces_it(tmp_path):
     Checkpointer(tmp_path).save(2, state)
     train_step(state, state["model"], next(stream))
     Checkpointer(tmp_path).save(2, state)
-    fresh = build(4, 0, STEPS)
+    fresh = build(4, 0)
     Checkpointer(tmp_path).load(fresh)
     assert digest(fresh) == digest(state)
 
@@ -144,7 +142,7 @@ def test_async_save_snapshots_at_save_time_and_next_save_waits(tmp_path):
     checkpointer.save(4, state)  # waits for step 3's commit first
     checkpointer.wait()
     assert CheckpointDirectory(tmp_path).complete_steps() == [3, 4]
-    fresh = build(4, 0, STEPS)
+    fresh = build(4, 0)
     Checkpointer(tmp_path).load(fresh, step=3)
     assert digest(fresh) == expected
 
@@ -153,9 +151,9 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(ConfigError, match="keep_last"):
         Checkpointer(tmp_path, keep_last=0)
     with pytest.raises(ConfigError, match="mode must be one of"):
-        Checkpointer(tmp_path).load(build(4, 0, STEPS), mode="lenient")
+        Checkpointer(tmp_path).load(build(4, 0), mode="lenient")
     with pytest.raises(CheckpointError, match="no complete checkpoint"):
-        Checkpointer(tmp_path).load(build(4, 0, STEPS))
+        Checkpointer(tmp_path).load(build(4, 0))
     with pytest.raises(CheckpointError, match="has no state_dict"):
         Checkpointer(tmp_path).save(1, {"model": torch.nn.Linear(2, 2), "count": 3})
     with pytest.raises(CheckpointError, match="optimizer's parameters belong to no"):

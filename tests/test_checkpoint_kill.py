@@ -18,8 +18,6 @@ from checkpoint_job import batches, build, digest, kill_at_fsync, train_step
 from resumable_loader.checkpoint import Checkpointer
 from resumable_loader.checkpoint.layout import CheckpointDirectory
 
-STEPS = 12
-
 
 def killed_save(root, state, step: int, fsync: int) -> bool:
     """Save ``step`` in a forked child SIGKILLed at its ``fsync``-th fsync; False if it finished."""
@@ -41,13 +39,13 @@ def killed_save(root, state, step: int, fsync: int) -> bool:
 
 
 def loaded_digest(root, step: int) -> str:
-    fresh = build(4, 0, STEPS)
+    fresh = build(4, 0)
     assert Checkpointer(root).load(fresh, step=step)["step"] == step
     return digest(fresh)
 
 
 def test_sigkill_at_every_fsync_of_a_save(tmp_path):
-    state = build(4, 0, STEPS)
+    state = build(4, 0)
     stream = batches(state["loader"])
     for _ in range(3):
         train_step(state, state["model"], next(stream))

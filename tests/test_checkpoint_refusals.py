@@ -22,7 +22,6 @@ from torch.optim.swa_utils import AveragedModel
 from resumable_loader.checkpoint import Checkpointer
 from resumable_loader.errors import CheckpointError
 
-STEPS = 12
 SAVED = "step-0000000004"
 
 
@@ -50,7 +49,7 @@ def snapshot(state: dict) -> object:
 def saved(tmp_path_factory) -> Path:
     """A checkpoint of step 4 (copied per test, since some tests damage it)."""
     root = tmp_path_factory.mktemp("saved")
-    state = build(4, 0, STEPS)
+    state = build(4, 0)
     stream = batches(state["loader"])
     for _ in range(4):
         train_step(state, state["model"], next(stream))
@@ -98,27 +97,27 @@ REFUSALS = {
         "component 'scaler': saved a stateful",
     ),
     "other parameter names": (
-        lambda s: build(4, 0, STEPS, depth=2),
+        lambda s: build(4, 0, depth=2),
         None,
         r"component 'model': keys \['5.bias', '5.weight'\] \(2\) the current object has",
     ),
     "other shapes": (
-        lambda s: build(4, 0, STEPS, hidden=17),
+        lambda s: build(4, 0, hidden=17),
         None,
         r"component 'model', key '0.bias': saved shape \[16\] torch.float32, current \[17\]",
     ),
     "another dataset": (
-        lambda s: build(4, 0, STEPS, length=40),
+        lambda s: build(4, 0, length=40),
         None,
         r"component 'loader' \(loader\): field 'fingerprint.length': saved 36, current 40",
     ),
     "another explicit seed": (
-        lambda s: build(4, 0, STEPS, seed=8),
+        lambda s: build(4, 0, seed=8),
         None,
         r"component 'loader' \(loader\): field 'seed': saved 7, current loader 8",
     ),
     "strict with another batch size": (
-        lambda s: build(3, 0, STEPS),
+        lambda s: build(3, 0),
         None,
         r"field 'batch_size': saved 4, now 3; mode='strict'",
     ),
@@ -159,7 +158,7 @@ def test_refused_before_anything_is_modified(case, trained_target, saved, tmp_pa
     shutil.copytree(saved / SAVED, root / SAVED)
     if break_checkpoint is not None:
         break_checkpoint(root)
-    state = build(4, 0, STEPS)
+    state = build(4, 0)
     if trained_target:  # an optimizer that already has state takes the other path
         stream = batches(state["loader"])
         train_step(state, state["model"], next(stream))
@@ -175,4 +174,4 @@ def test_refused_before_anything_is_modified(case, trained_target, saved, tmp_pa
 
 def test_refuses_a_step_it_does_not_have(saved):
     with pytest.raises(CheckpointError, match=r"no complete checkpoint of step 3; .* \[4\]"):
-        Checkpointer(saved).load(build(4, 0, STEPS), step=3)
+        Checkpointer(saved).load(build(4, 0), step=3)

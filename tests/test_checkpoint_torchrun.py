@@ -1,0 +1,84 @@
+"""Checkpointer under torchrun (gloo, CPU): saved by 2 DDP ranks, resumed by 1, flexibly.
+
+Two ranks train a DDP model with per-rank batches of 3 and save step 4 through the
+Checkpointer; one rank resumes it in flexible mode with batches of 5. The samples both runs
+trained on are the single-process stream of the same seed, in order, and the decision says the
+RNG states were re-derived (the rank layout changed) and lists world size and batch size as
+changed, old -> new.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from checkpoint_job import LENGTH, Regression, entries
+
+from resumable_loader import DataLoader
+
+JOB = Path(__file__).with_name("checkpoint_job.py")
+
+
+def torchrun(nproc: int, checkpoint: Path, out: Path, *args: str) -> list[list[dict]]:
+    """Run the job on ``nproc`` ranks; each rank's JSON lines, by rank."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += [f"--nproc-per-node={nproc}", str(JOB), str(checkpoint), str(out), *args]
+    env = {**os.environ, "PYTHONWARNINGS": "error", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180, env=env)
+    assert done.returncode == 0, f"torchrun failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return [
+        [json.loads(line) for line in (out / f"rank-{rank}.jsonl").read_text().splitlines()]
+        for rank in range(nproc)
+    ]
+
+
+def test_two_ranks_resumed_by_one_with_another_batch_size(tmp_path):
+    checkpoint = tmp_path / "checkpoint"
+    head = torchrun(
+        2, checkpoint, tmp_path / "head", "--steps=4", "--save-every=4", "--batch-size=3"
+    )
+    (tail,) = torchrun(
+        1,
+        checkpoint,
+        tmp_path / "tail",
+        "--steps=8",
+        "--save-every=100",
+        "--batch-size=5",
+        "--resume=flexible",
+    )
+    decision = tail[0]["decision"]
+    assert decision["step"] == 4 and decision["mode"] == "flexible"
+    assert decision["rederived"] == ["rng"]
+    assert decision["changed"] == {
+        "world_size": {"old": 2, "new": 1},
+        "loader.world_size": {"old": 2, "new": 1},
+        "loader.batch_size": {"old": 3, "new": 5},
+    }
+    assert set(decision["components"]) == {
+        "model",
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "ema",
+        "loader",
+        "rng",
+    }
+
+    trained = []  # global batch by global batch: rank 0's part, then rank 1's
+    for rank0, rank1 in zip(*head, strict=True):
+        if "step" in rank0:
+            trained += rank0["entries"] + rank1["entries"]
+    for record in tail[1:]:
+        if "step" in record:
+            trained += record["entries"]
+    trained = [e for e in trained if e[1] < LENGTH]  # no padding positions
+    single = DataLoader(
+        Regression(), batch_size=6, shuffle=True, seed=7, generator=torch.Generator()
+    )
+    expected = [e for _ in range(2) for batch in single for e in entries(batch)]
+    assert len(trained) == 4 * 6 + 5 + 5 + 2 + 5
+    assert trained == expected[: len(trained)]
