@@ -7,6 +7,7 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokens_factory import (
@@ -22,7 +23,7 @@ from tokens_factory import (
 from resumable_loader import DataLoader, Purpose, StateDictError
 from resumable_loader.errors import ConfigError
 from resumable_loader.order.permutation import Permutation
-from resumable_loader.tokens import TokenDataset
+from resumable_loader.tokens import TokenDataset, flatten_cu_seqlens
 
 SEQ_LEN = 16
 DOCS = documents(1, 60, max_len=30)  # about 930 tokens: ~58 windows
@@ -62,7 +63,7 @@ def reference(stream, doc_lengths, index, seq_len=SEQ_LEN):
 
 def check_window(sample, stream, doc_lengths, index):
     inputs, labels, starts, positions = reference(stream, doc_lengths, index)
-    count = int(sample["num_segments"])
+    count = len(starts)
     assert np.array_equal(sample["input_ids"].numpy(), inputs)
     assert np.array_equal(sample["labels"].numpy(), labels)
     assert sample["position_ids"].tolist() == positions
@@ -126,6 +127,35 @@ class TestContent:
         )
         assert np.array_equal(table.starts, np.concatenate([[0], np.cumsum(lengths[ids])]))
 
+    def test_seek_table_directory_is_written_once_and_read_by_others(
+        self, corpus, tmp_path, monkeypatch
+    ):
+        from resumable_loader import _core
+
+        in_memory = TokenDataset(corpus[0], SEQ_LEN, documents="shuffle")
+        cached = TokenDataset(corpus[0], SEQ_LEN, documents="shuffle", seek_table_dir=tmp_path)
+        expected = [
+            in_memory.window(i, seed=4, epoch=3)["input_ids"] for i in range(len(in_memory))
+        ]
+        assert all(
+            torch.equal(cached.window(i, seed=4, epoch=3)["input_ids"], e)
+            for i, e in enumerate(expected)
+        )
+        (table,) = tmp_path.glob("*.seek.npy")
+        assert cached.fingerprint in table.name and "seed-4.epoch-3" in table.name
+
+        def no_build(*args):
+            raise AssertionError("the table should have been read, not built")
+
+        monkeypatch.setattr(_core, "build_seek_table", no_build)
+        other = TokenDataset(corpus[0], SEQ_LEN, documents="shuffle", seek_table_dir=tmp_path)
+        assert torch.equal(other.window(5, seed=4, epoch=3)["input_ids"], expected[5])
+        monkeypatch.undo()
+        np.save(table, np.arange(7))  # a file that does not fit: rebuilt, never trusted
+        again = TokenDataset(corpus[0], SEQ_LEN, documents="shuffle", seek_table_dir=tmp_path)
+        assert torch.equal(again.window(5, seed=4, epoch=3)["input_ids"], expected[5])
+        assert np.load(table).shape == (len(corpus[1]) + 1,)
+
     def test_shuffle_mode_reads_the_epoch_and_seed_the_loader_installs(self, corpus):
         ds = TokenDataset(corpus[0], SEQ_LEN, documents="shuffle")
         loader = DataLoader(Keyed(ds), batch_size=4, shuffle=True, seed=5)
@@ -143,11 +173,31 @@ class TestContent:
         with pytest.raises(ConfigError, match="choose a document order"):
             TokenDataset(corpus[0], SEQ_LEN).window(0, seed=1, epoch=0)
 
+    def test_outputs_chooses_the_tensors(self, corpus):
+        full = TokenDataset(corpus[0], SEQ_LEN)[3]
+        lean = TokenDataset(corpus[0], SEQ_LEN, outputs=("labels", "input_ids"))[3]
+        assert list(lean) == ["labels", "input_ids"]
+        assert all(torch.equal(lean[name], full[name]) for name in lean)
+        with pytest.raises(ConfigError, match="outputs must be some of"):
+            TokenDataset(corpus[0], SEQ_LEN, outputs=("tokens",))
+
     def test_zero_length_documents_add_no_boundary(self, tmp_path):
         docs = [np.arange(5), np.arange(0), np.arange(9), np.arange(0), np.arange(20)]
         prefix = write_megatron(tmp_path, "z", docs)
         sample = TokenDataset(prefix, SEQ_LEN)[0]
-        assert sample["cu_seqlens"][: int(sample["num_segments"]) + 1].tolist() == [0, 5, 14, 16]
+        assert sample["cu_seqlens"][:4].tolist() == [0, 5, 14, 16]
+        assert sample["position_ids"].tolist() == [*range(5), *range(9), 0, 1]
+
+    def test_flatten_cu_seqlens_joins_a_batch_for_varlen_attention(self, corpus):
+        ds = TokenDataset(corpus[0], SEQ_LEN)
+        batch = torch.stack([ds[i]["cu_seqlens"] for i in range(3)])
+        flat, longest = flatten_cu_seqlens(batch)
+        expected = [0]
+        for i in range(3):  # each window's real boundaries, shifted to its place in the batch
+            inner = [b for b in ds[i]["cu_seqlens"].tolist() if 0 < b < SEQ_LEN]
+            expected += [b + i * SEQ_LEN for b in inner] + [(i + 1) * SEQ_LEN]
+        assert flat.dtype == torch.int32 and flat.tolist() == expected
+        assert longest == max(np.diff(expected))
 
     def test_pickles_as_its_paths_and_reopens(self, corpus):
         ds = TokenDataset(corpus[0], SEQ_LEN, documents="shuffle")

@@ -69,7 +69,7 @@ class Keyed(Dataset):
         return {"id": index, "epoch": key.epoch, "pos": key.position, **self.inner[index]}
 
 
-FIELDS = ("input_ids", "labels", "position_ids", "cu_seqlens", "num_segments")
+FIELDS = ("input_ids", "labels", "position_ids", "cu_seqlens")
 
 
 def entries(batch: dict[str, Any]) -> list[Entry]:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from resumable_loader.tokens.dataset import TokenDataset
+from resumable_loader.tokens.dataset import TokenDataset, flatten_cu_seqlens
 from resumable_loader.tokens.formats import TokenShard, open_shard
 from resumable_loader.tokens.megatron import MegatronWriter
 
-__all__ = ["MegatronWriter", "TokenDataset", "TokenShard", "open_shard"]
+__all__ = ["MegatronWriter", "TokenDataset", "TokenShard", "flatten_cu_seqlens", "open_shard"]

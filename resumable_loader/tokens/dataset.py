@@ -34,6 +34,7 @@ from resumable_loader.tokens.formats import TokenShard, open_shard
 from resumable_loader.tokens.seek_table import SeekTables
 
 MODES = ("concat", "shuffle")
+OUTPUTS = ("input_ids", "labels", "position_ids", "cu_seqlens")
 # Enters the fingerprint: bump when what a window holds changes for the same files.
 WINDOW_FORMAT = 1
 
@@ -43,10 +44,9 @@ class TokenDataset(Dataset):
 
     Item w: ``input_ids`` and ``labels`` (int64, seq_len; labels are the inputs shifted by one),
     ``position_ids`` (int64, seq_len; 0 at the window's start and at every document start),
-    ``cu_seqlens`` (int32, seq_len + 1: the document boundaries within the window, 0 first and
-    seq_len last, padded with seq_len so that windows collate) and ``num_segments`` (int64: how
-    many documents, whole or cut, the window holds; ``cu_seqlens[:num_segments + 1]`` are the
-    real boundaries).
+    ``cu_seqlens`` (int32, seq_len + 1: where each document, whole or cut, begins within the
+    window, from 0, then seq_len, repeated to fill the fixed size so that windows collate; for
+    flash-attention's varlen kernels :func:`flatten_cu_seqlens` joins a batch's).
 
     Args:
         paths: shards (paths, globs or brace patterns), in stream order: Megatron prefixes (or
@@ -56,6 +56,10 @@ class TokenDataset(Dataset):
         documents: "concat" (the stream as stored) or "shuffle" (documents shuffled per epoch).
         dtype: the token dtype of raw .bin files (the other formats record theirs).
         column: the token-list column of Parquet shards.
+        outputs: which of the four tensors each item holds (each one more costs the loader a
+            shared-memory tensor a batch: see docs/benchmarks.md).
+        seek_table_dir: shuffle mode: a directory where each epoch's seek table is written
+            once and memory-mapped by every worker (default: each process builds its own).
 
     Attributes:
         dtype, num_tokens, num_documents, num_windows, dropped_tokens, shards (``TokenShard``),
@@ -71,12 +75,25 @@ class TokenDataset(Dataset):
         documents: str = "concat",
         dtype: np.dtype | type | None = None,
         column: str = "input_ids",
+        outputs: Sequence[str] = OUTPUTS,
+        seek_table_dir: str | os.PathLike | None = None,
     ) -> None:
         self.seq_len = check_int("seq_len", seq_len, low=1, high=2**31 - 1)
         if documents not in MODES:
             raise ConfigError(f"documents must be one of {MODES}, got {documents!r}")
         self.documents = documents
-        self._args = (paths, dtype, column)
+        self.outputs = tuple(outputs)
+        if not self.outputs or not set(self.outputs) <= set(OUTPUTS):
+            raise ConfigError(f"outputs must be some of {OUTPUTS}, got {outputs!r}")
+        self._arguments = dict(
+            paths=paths,
+            seq_len=seq_len,
+            documents=documents,
+            dtype=dtype,
+            column=column,
+            outputs=self.outputs,
+            seek_table_dir=seek_table_dir,
+        )
         self.shards = _open_shards(paths, dtype=dtype, column=column)
         self.dtype = self.shards[0].tokens.dtype
         token_counts = [shard.num_tokens for shard in self.shards]
@@ -93,8 +110,13 @@ class TokenDataset(Dataset):
             )
         self.dropped_tokens = self.num_tokens - 1 - self.num_windows * self.seq_len
         self.fingerprint = _fingerprint(self.shards, self.seq_len, self.documents)
-        self._tables = SeekTables(self.offsets) if documents == "shuffle" else None
+        self._tables = None
+        if documents == "shuffle":
+            self._tables = SeekTables(self.offsets, cache_dir=seek_table_dir, name=self.fingerprint)
         self._positions = np.arange(self.seq_len, dtype=np.int64)
+        # plain ndarray views of the maps: slicing a np.memmap costs twice as much
+        self._tokens = [shard.tokens.view(np.ndarray) for shard in self.shards]
+        self._empty_documents = bool(np.any(self.offsets[1:] == self.offsets[:-1]))
 
     def __len__(self) -> int:
         return self.num_windows
@@ -138,19 +160,19 @@ class TokenDataset(Dataset):
         return out
 
     def _copy(self, start: int, stop: int, out: np.ndarray) -> None:
-        shard = int(np.searchsorted(self.shard_starts, start, side="right")) - 1
+        shard = int(self.shard_starts.searchsorted(start, side="right")) - 1
         done = 0
         while start < stop:
             base = int(self.shard_starts[shard])
             take = min(stop, int(self.shard_starts[shard + 1])) - start
-            out[done : done + take] = self.shards[shard].tokens[start - base : start - base + take]
+            out[done : done + take] = self._tokens[shard][start - base : start - base + take]
             start, done, shard = start + take, done + take, shard + 1
 
     def _gather(self, starts: np.ndarray, documents: Any, start: int, stop: int) -> np.ndarray:
         """Tokens [start, stop) of a shuffled stream whose slot j (document documents(j, j+1))
         begins at starts[j]."""
-        first = int(np.searchsorted(starts, start, side="right")) - 1
-        last = int(np.searchsorted(starts, stop, side="left"))
+        first = int(starts.searchsorted(start, side="right")) - 1
+        last = int(starts.searchsorted(stop, side="left"))
         ids = documents(first, last)
         out = np.empty(stop - start, dtype=self.dtype)
         slot_starts = starts[first:last].tolist()
@@ -163,39 +185,36 @@ class TokenDataset(Dataset):
         return out
 
     def _sample(self, tokens: np.ndarray, starts: np.ndarray, start: int) -> dict[str, Any]:
+        ids = torch.from_numpy(tokens.astype(np.int64))
+        sample = {"input_ids": ids[:-1], "labels": ids[1:]}
+        if "position_ids" in self.outputs or "cu_seqlens" in self.outputs:
+            sample.update(self._boundaries(starts, start))
+        return {name: sample[name] for name in self.outputs}
+
+    def _boundaries(self, starts: np.ndarray, start: int) -> dict[str, torch.Tensor]:
+        """position_ids and cu_seqlens of the window at ``start`` of the stream ``starts``
+        describes (document d begins at starts[d])."""
         seq_len = self.seq_len
-        first = int(np.searchsorted(starts, start, side="right"))
-        last = int(np.searchsorted(starts, start + seq_len, side="left"))
-        inner = np.unique(starts[first:last]) - start  # boundaries strictly inside the window
-        count = len(inner) + 1
+        first = int(starts.searchsorted(start, side="right"))
+        last = int(starts.searchsorted(start + seq_len, side="left"))
+        inner = starts[first:last] - start  # document starts strictly inside the window
+        if self._empty_documents:  # several documents start at one token: one boundary
+            inner = np.unique(inner)
         cu = np.full(seq_len + 1, seq_len, dtype=np.int32)
         cu[0] = 0
-        cu[1:count] = inner
-        lengths = np.diff(cu[: count + 1])
-        positions = self._positions - np.repeat(cu[:count].astype(np.int64), lengths)
-        ids = torch.from_numpy(tokens.astype(np.int64))
-        return {
-            "input_ids": ids[:-1],
-            "labels": ids[1:],
-            "position_ids": torch.from_numpy(positions),
-            "cu_seqlens": torch.from_numpy(cu),
-            "num_segments": torch.tensor(count, dtype=torch.int64),
-        }
+        cu[1 : len(inner) + 1] = inner
+        segment_start = np.zeros(seq_len, dtype=np.int64)
+        segment_start[inner] = inner
+        np.maximum.accumulate(segment_start, out=segment_start)
+        positions = np.subtract(self._positions, segment_start, out=segment_start)
+        return {"position_ids": torch.from_numpy(positions), "cu_seqlens": torch.from_numpy(cu)}
 
     def __getstate__(self) -> dict[str, Any]:
         # Reopen the files in the unpickling process (spawned workers) instead of copying them.
-        return {
-            "args": self._args,
-            "seq_len": self.seq_len,
-            "documents": self.documents,
-            "fingerprint": self.fingerprint,
-        }
+        return {"arguments": self._arguments, "fingerprint": self.fingerprint}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        paths, dtype, column = state["args"]
-        self.__init__(
-            paths, state["seq_len"], documents=state["documents"], dtype=dtype, column=column
-        )
+        self.__init__(**state["arguments"])
         if self.fingerprint != state["fingerprint"]:
             raise ShardError(
                 f"the token shards changed while the dataset was in use (fingerprint "
@@ -244,3 +263,13 @@ def _fingerprint(shards: list[TokenShard], seq_len: int, documents: str) -> str:
     ]
     text = json.dumps([WINDOW_FORMAT, str(shards[0].tokens.dtype), seq_len, documents, described])
     return "tokens-" + hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def flatten_cu_seqlens(cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """A collated batch's ``cu_seqlens`` (batch, seq_len + 1) as the boundaries of its tokens
+    flattened to one sequence (int32, 0 first, batch x seq_len last) and the longest segment:
+    what ``flash_attn_varlen_func(cu_seqlens_q=..., max_seqlen_q=...)`` takes."""
+    batch, width = cu_seqlens.shape
+    shifted = cu_seqlens.to(torch.int64) + torch.arange(batch).unsqueeze(1) * (width - 1)
+    flat = torch.unique_consecutive(shifted.flatten())  # drops the padding and joins windows
+    return flat.to(torch.int32), int((flat[1:] - flat[:-1]).max())

@@ -136,6 +136,23 @@ def _first_gap(pointers: np.ndarray, ends: np.ndarray, lengths: np.ndarray) -> i
     return int(min([*bad[:1], *negative[:1]]))
 
 
+def write_index(idx_path: str, dtype: np.dtype, lengths: np.ndarray) -> None:
+    """Write the .idx of a .bin holding documents of ``lengths`` tokens back to back."""
+    lengths = np.asarray(lengths, dtype=np.int32)
+    pointers = np.zeros(len(lengths), dtype=np.int64)
+    np.cumsum(lengths[:-1].astype(np.int64) * np.dtype(dtype).itemsize, out=pointers[1:])
+    documents = np.arange(len(lengths) + 1, dtype=np.int64)
+    with open(idx_path, "wb") as f:
+        f.write(
+            HEADER.pack(
+                MAGIC, VERSION, CODE_OF_DTYPE[np.dtype(dtype)], len(lengths), len(documents)
+            )
+        )
+        f.write(lengths.tobytes())
+        f.write(pointers.tobytes())
+        f.write(documents.tobytes())
+
+
 class MegatronWriter:
     """Writes ``prefix.bin`` and ``prefix.idx`` as megatron-core's builder does, one document
     per sequence; the files appear (atomically, by rename) only when :meth:`close` succeeds.
@@ -164,16 +181,8 @@ class MegatronWriter:
         """Finish both files; returns (tokens, documents) written."""
         self._bin.close()
         lengths = np.concatenate(self._lengths) if self._lengths else np.empty(0, np.int32)
-        pointers = np.zeros(len(lengths), dtype=np.int64)
-        np.cumsum(lengths[:-1].astype(np.int64) * self.dtype.itemsize, out=pointers[1:])
-        documents = np.arange(len(lengths) + 1, dtype=np.int64)
-        code = CODE_OF_DTYPE[self.dtype]
         idx_tmp = f"{self.prefix}.idx.tmp-{os.getpid()}"
-        with open(idx_tmp, "wb") as f:
-            f.write(HEADER.pack(MAGIC, VERSION, code, len(lengths), len(documents)))
-            f.write(lengths.tobytes())
-            f.write(pointers.tobytes())
-            f.write(documents.tobytes())
+        write_index(idx_tmp, self.dtype, lengths)
         os.replace(self._tmp, f"{self.prefix}.bin")
         os.replace(idx_tmp, f"{self.prefix}.idx")
         return int(lengths.sum(dtype=np.int64)), len(lengths)
