@@ -1,0 +1,7 @@
+"""Adapters that keep the resumable loader, and its cursor, inside training frameworks.
+
+Each module imports its framework lazily, at use: ``lightning`` needs nothing (the loader
+recognises Lightning's injected sampler itself), ``accelerate``, ``transformers`` and
+``torchtitan`` hold small helpers; docs/integrations.md says what each framework does with the
+loader and what stays exact.
+"""

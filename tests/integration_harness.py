@@ -1,0 +1,94 @@
+"""Shared by the framework tests: run a training job, read back what each step trained on.
+
+A job's ranks each append one JSON line per training step to ``OUT/rank<r>.jsonl`` (epoch,
+sample ids, digests of the augmentations, loss). :func:`read_steps` merges them global step by
+global step: rank 0's samples, then rank 1's, which is the loader's global stream (rank r
+takes the r-th slice of each global batch), and the mean of the ranks' losses, which is the
+loss of the global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+Sample = tuple[int, int, str]  # epoch, sample id, digest
+
+
+def run_job(command: list[str], out: Path, *, killed: bool = False, **kwargs) -> list[dict]:
+    """Run a job that writes into ``out`` (created here); return its global steps.
+
+    With ``killed``, the job must have died of SIGKILL (as a preempted job does); the last
+    step any rank may have missed is dropped.
+    """
+    out.mkdir()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, **kwargs)
+    if killed:
+        # SIGKILL itself, or (under torchrun's agent) an exit naming the killed child
+        died = done.returncode == -signal.SIGKILL or "SIGKILL" in done.stderr
+        assert died and done.returncode != 0, done.stderr[-3000:]
+        pids = out / "pids"
+        if pids.exists():
+            _wait_for_exit(int(pid) for pid in pids.read_text().split())
+    else:
+        assert done.returncode == 0, done.stderr[-3000:]
+    for refused in ("TopologyWarning", "StateDictError", "ResumeWarning"):
+        assert refused not in done.stderr, done.stderr[-3000:]
+    return read_steps(out, truncate=killed)
+
+
+def read_steps(out: Path, *, truncate: bool = False) -> list[dict]:
+    """The global steps recorded in ``out/rank*.jsonl``: {"epoch", "samples", "loss"}."""
+    per_rank = [
+        [json.loads(line) for line in path.read_text().splitlines()]
+        for path in sorted(out.glob("rank*.jsonl"))
+    ]
+    assert per_rank, f"no records in {out}"
+    if truncate:
+        shortest = min(len(records) for records in per_rank)
+        per_rank = [records[:shortest] for records in per_rank]
+    steps = []
+    for records in zip(*per_rank, strict=True):
+        assert len({r["epoch"] for r in records}) == 1
+        samples = [s for r in records for s in zip(r["ids"], r["digests"], strict=True)]
+        loss = sum(r["loss"] for r in records) / len(records)
+        steps.append({"epoch": records[0]["epoch"], "samples": samples, "loss": loss})
+    return steps
+
+
+def samples(steps: list[dict]) -> list[Sample]:
+    """The stream of samples the steps trained on, in order."""
+    return [(s["epoch"], sample_id, d) for s in steps for sample_id, d in s["samples"]]
+
+
+def assert_same_run(resumed: list[dict], continuous: list[dict]) -> None:
+    """The same samples, augmentations and (up to float rounding) losses, step by step."""
+    assert samples(resumed) == samples(continuous)
+    assert [s["loss"] for s in resumed] == pytest.approx([s["loss"] for s in continuous], abs=1e-6)
+
+
+def assert_covers_epochs(steps: list[dict], length: int, epochs: int) -> None:
+    """Every sample once an epoch, and another order in each epoch."""
+    stream = samples(steps)
+    for epoch in range(epochs):
+        assert sorted(i for e, i, _ in stream if e == epoch) == list(range(length))
+    orders = {tuple(i for e, i, _ in stream if e == epoch) for epoch in range(epochs)}
+    assert len(orders) == epochs
+
+
+def _wait_for_exit(pids, timeout: float = 60.0) -> None:
+    """A killed rank 0 may leave other ranks to kill themselves a moment later: wait."""
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
