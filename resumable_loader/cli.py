@@ -92,6 +92,14 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+def _checkpoint(args: argparse.Namespace) -> int:
+    from resumable_loader.checkpoint import cli as checkpoint_cli
+
+    if args.action == "inspect":
+        return checkpoint_cli.inspect(args.directory, step=args.step, as_json=args.json)
+    return checkpoint_cli.verify(args.directory, step=args.step)
+
+
 def _numbers(kind: type):
     return lambda text: [kind(part) for part in text.split(",") if part]
 
@@ -148,6 +156,19 @@ def parser() -> argparse.ArgumentParser:
         "--traceback", action="store_true", help="on an error of your code, show its traceback"
     )
     verify.set_defaults(run=_verify)
+
+    checkpoint = commands.add_parser("checkpoint", help="inspect or verify a training checkpoint")
+    actions = checkpoint.add_subparsers(dest="action", required=True)
+    for name, text in (
+        ("inspect", "show the manifest, the components and their sizes, the loader's position"),
+        ("verify", "check every file is there, readable and as the manifest says; exit 1 if not"),
+    ):
+        action = actions.add_parser(name, help=text, description=text)
+        action.add_argument("directory", help="a checkpoint, or a Checkpointer's directory")
+        action.add_argument("--step", type=int, help="that step's checkpoint, not the newest")
+        if name == "inspect":
+            action.add_argument("--json", action="store_true", help="the manifest as JSON")
+    checkpoint.set_defaults(run=_checkpoint)
     return main_parser
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from checkpoint_job import batches, build, digest, train_step
 
 from resumable_loader.checkpoint import Checkpointer
 from resumable_loader.checkpoint.layout import CheckpointDirectory
+from resumable_loader.cli import main
 from resumable_loader.errors import CheckpointError, ConfigError
 
 
@@ -160,3 +162,36 @@ def test_bad_arguments(tmp_path):
         Checkpointer(tmp_path).save(
             1, {"optimizer": torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1)}
         )
+
+
+def test_cli_inspect_and_verify(tmp_path, capsys):
+    state, _ = trained(5)
+    Checkpointer(tmp_path).save(5, state, metadata={"run": "abc"})
+    assert main(["checkpoint", "inspect", str(tmp_path)]) == 0
+    shown = capsys.readouterr().out
+    assert "step:       5 (samples seen 20, tokens -)" in shown
+    assert "optimizer   optimizer torch.optim.adamw.AdamW  (25 entries," in shown
+    assert "loader      loader    resumable_loader" in shown and "(manifest)" in shown
+    assert "loader loader: epoch 0, position 20 of 36, seed 7, batch size 4, workers 0" in shown
+    assert 'metadata:   {"run": "abc"}' in shown
+    assert main(["checkpoint", "inspect", str(tmp_path / "step-0000000005"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["step"] == 5
+
+    assert main(["checkpoint", "verify", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith("OK ")
+    (tmp_path / "step-0000000005" / "rng" / "rank-00000.json").unlink()
+    assert main(["checkpoint", "verify", str(tmp_path), "--step", "5"]) == 1
+    assert "rank-00000.json: missing" in capsys.readouterr().out
+
+
+def test_cli_verify_names_each_problem(tmp_path, capsys):
+    state, _ = trained(2)
+    Checkpointer(tmp_path).save(2, state)
+    folder = tmp_path / "step-0000000002"
+    data = folder / "__0_0.distcp"
+    data.write_bytes(data.read_bytes()[:-10])
+    assert main(["checkpoint", "verify", str(tmp_path)]) == 1
+    assert "__0_0.distcp: " in capsys.readouterr().out
+    shutil.rmtree(folder)
+    assert main(["checkpoint", "verify", str(tmp_path)]) == 1
+    assert "no complete checkpoint" in capsys.readouterr().out

@@ -120,7 +120,11 @@ def problems(checkpoint: Path) -> list[str]:
 
 def verify(path: str, *, step: int | None = None) -> int:
     """Check the checkpoint is whole; print what is wrong; 0 if nothing, else 1."""
-    checkpoint = resolve(path, step)
+    try:
+        checkpoint = resolve(path, step)
+    except CheckpointError as error:
+        print(f"FAIL {error}")
+        return 1
     found = problems(checkpoint)
     for problem in found:
         print(f"FAIL {problem}")
