@@ -116,18 +116,18 @@ class Checkpointer:
         app_state = {n: c.stateful for n, c in found.items() if c.kind != LOADER}
         kwargs = {"checkpoint_id": tmp, "process_group": self.process_group}
         kwargs["no_dist"] = not collective.active()
+        if self.async_save:
+            if kwargs["no_dist"]:
+                collective.silence_single_process_notice()
+            future = dcp.async_save(app_state, **kwargs)
+            if not isinstance(future, Future):  # an AsyncSaveResponse
+                future = future.upload_completion
+            self._finished.clear()
+            self._finish_error = None
+            future.add_done_callback(lambda done: self._finish_async(done, step, record))
+            self._pending = future
+            return self.directory.step_dir(step)
         with collective.single_process_quiet():
-            if self.async_save:
-                if kwargs["no_dist"]:
-                    collective.silence_single_process_notice()
-                future = dcp.async_save(app_state, **kwargs)
-                if not isinstance(future, Future):  # an AsyncSaveResponse
-                    future = future.upload_completion
-                self._finished.clear()
-                self._finish_error = None
-                future.add_done_callback(lambda done: self._finish_async(done, step, record))
-                self._pending = future
-                return self.directory.step_dir(step)
             dcp.save(app_state, **kwargs)
         if rank == 0:
             self._commit(step, record)
