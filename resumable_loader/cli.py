@@ -100,6 +100,21 @@ def _checkpoint(args: argparse.Namespace) -> int:
     return checkpoint_cli.verify(args.directory, step=args.step)
 
 
+def _tokenize(args: argparse.Namespace) -> int:
+    from resumable_loader.tokens.tokenize import tokenize_files
+
+    tokens, documents = tokenize_files(
+        args.inputs,
+        tokenizer=args.tokenizer,
+        out=args.out,
+        field=args.field,
+        eod=args.eod,
+        progress=not args.quiet,
+    )
+    print(f"wrote {args.out}.bin and {args.out}.idx: {tokens} tokens, {documents} documents")
+    return 0
+
+
 def _numbers(kind: type):
     return lambda text: [kind(part) for part in text.split(",") if part]
 
@@ -169,6 +184,17 @@ def parser() -> argparse.ArgumentParser:
         if name == "inspect":
             action.add_argument("--json", action="store_true", help="the manifest as JSON")
     checkpoint.set_defaults(run=_checkpoint)
+
+    tokenize = commands.add_parser(
+        "tokenize", help="text to a Megatron .bin/.idx token shard (for TokenDataset)"
+    )
+    tokenize.add_argument("inputs", nargs="+", help=".txt, .jsonl or .parquet files, in order")
+    tokenize.add_argument("--tokenizer", required=True, help="a tokenizers tokenizer.json")
+    tokenize.add_argument("--out", required=True, help="output prefix (PREFIX.bin, PREFIX.idx)")
+    tokenize.add_argument("--field", default="text", help="text field (.jsonl) or column")
+    tokenize.add_argument("--eod", help="end-of-document token (default: <|endoftext|>, </s>...)")
+    tokenize.add_argument("--quiet", action="store_true", help="no progress bar")
+    tokenize.set_defaults(run=_tokenize)
     return main_parser
 
 
