@@ -228,6 +228,41 @@ class TestContent:
             other.load_state_dict(saved)
 
 
+@settings(max_examples=25, deadline=None)
+@given(
+    lengths=st.lists(st.integers(0, 40), min_size=1, max_size=30).filter(lambda v: sum(v) > 9),
+    seq_len=st.integers(1, 9),
+    shuffle=st.booleans(),
+    seed=st.integers(0, 2**64 - 1),
+)
+def test_every_window_of_random_corpora(tmp_path_factory, lengths, seq_len, shuffle, seed):
+    rng = np.random.default_rng(len(lengths))
+    docs = [rng.integers(0, 1000, n) for n in lengths]
+    d = tmp_path_factory.mktemp("random")
+    halves = [docs[: len(docs) // 2], docs[len(docs) // 2 :]]
+    halves = [half for half in halves if sum(map(len, half))]  # a shard without tokens is refused
+    paths = [write_megatron(d, f"s{i}", half) for i, half in enumerate(halves)]
+    docs = [doc for half in halves for doc in half]
+    mode = "shuffle" if shuffle else "concat"
+    ds = TokenDataset(paths, seq_len, documents=mode, dtype=None)
+    order = np.arange(len(docs))
+    if shuffle:
+        order = Permutation(len(docs), seed=seed, epoch=1, purpose=Purpose.DOCUMENT_ORDER).fill(
+            0, len(docs)
+        )
+    shuffled = [docs[i] for i in order]
+    stream, kept = stream_of(shuffled), [len(x) for x in shuffled]
+    assert len(ds) == (sum(lengths) - 1) // seq_len
+    for index in range(len(ds)):
+        sample = ds.window(index, seed=seed, epoch=1) if shuffle else ds[index]
+        inputs, labels, starts, positions = reference(stream, kept, index, seq_len)
+        assert np.array_equal(sample["input_ids"].numpy(), inputs)
+        assert np.array_equal(sample["labels"].numpy(), labels)
+        assert sample["position_ids"].tolist() == positions
+        assert sample["cu_seqlens"][: len(starts)].tolist() == starts
+        assert set(sample["cu_seqlens"][len(starts) :].tolist()) == {seq_len}
+
+
 # -- exactness: continuous vs interrupted and resumed -----------------------------------------
 
 
