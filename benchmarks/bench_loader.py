@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from resumable_loader import Purpose, ResumableDataLoader
-from resumable_loader.sample_rng import install_key
+from resumable_loader.rngs.sample import install_key
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)

@@ -17,9 +17,11 @@
 #include <utility>
 #include <vector>
 
+#include "document_order.h"
 #include "global_rngs.h"
 #include "permutation.h"
 #include "philox.h"
+#include "purposes.h"
 #include "shuffle_buffer.h"
 
 namespace nb = nanobind;
@@ -33,8 +35,6 @@ namespace {
 using Words4 = std::array<uint32_t, 4>;
 using Int64Out = nb::ndarray<int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 
-constexpr uint32_t kPurposePermutation = 1;
-constexpr uint32_t kPurposeShardOrder = 4;
 using Int64In = nb::ndarray<const int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 constexpr uint64_t kMaxLength = uint64_t{1} << 63;
 
@@ -159,6 +159,11 @@ NB_MODULE(_core, m) {
         return words;
       },
       "key"_a, "generator"_a, "The 624 MT19937 state words of global generator 0, 1 or 2.");
+  nb::dict purposes;
+  for (const auto& [name, value] : resumable_loader::PURPOSE_NAMES) {
+    purposes[name] = static_cast<uint32_t>(value);
+  }
+  m.attr("PURPOSES") = purposes;
   m.attr("TORCH_CPU_GENERATOR_STATE_SIZE") = resumable_loader::TORCH_CPU_GENERATOR_STATE_SIZE;
 
   nb::class_<resumable_loader::GlobalRngSnapshot>(m, "GlobalRngSnapshot");
@@ -203,7 +208,7 @@ NB_MODULE(_core, m) {
           [](FeistelPermutation* self, uint64_t n, uint64_t seed, uint32_t epoch,
              uint32_t purpose) { new (self) FeistelPermutation(make_permutation(n, seed, epoch,
                                                                                 purpose)); },
-          "n"_a, "seed"_a, "epoch"_a, "purpose"_a = kPurposePermutation)
+          "n"_a, "seed"_a, "epoch"_a, "purpose"_a = uint32_t{resumable_loader::PURPOSE_PERMUTATION})
       .def_prop_ro("size", &FeistelPermutation::size)
       .def_prop_ro("bits", &FeistelPermutation::bits)
       .def_prop_ro("rounds", &FeistelPermutation::rounds)
@@ -276,7 +281,7 @@ NB_MODULE(_core, m) {
               }
               total += static_cast<uint64_t>(sizes[s]);
             }
-            const auto keys = round_keys(seed, epoch, kPurposeShardOrder);
+            const auto keys = round_keys(seed, epoch, resumable_loader::PURPOSE_SHARD_ORDER);
             new (self) ShardLocalStream(sizes, shard_sizes.shape(0), seed, epoch, window,
                                         buffer_size, keys.data());
           },
@@ -292,4 +297,24 @@ NB_MODULE(_core, m) {
             return stream.fill(out.data(), out.shape(0));
           },
           "out"_a.noconvert(), "Write the next ids into out; returns how many were written.");
+
+  // ---- Token datasets (resumable_loader/tokens/seek_table.py) --------------------------------
+  // The seek table of an epoch's shuffled document order (document_order.h). The offsets were
+  // validated by the caller (non-decreasing); ids stay in range whatever they hold.
+  m.def(
+      "build_seek_table",
+      [](Int64In offsets, uint64_t seed, uint32_t epoch, Int64Out starts) {
+        const size_t count = offsets.shape(0);
+        if (count < 2 || starts.shape(0) != count) {
+          throw nb::value_error(("build_seek_table needs documents + 1 >= 2 offsets and as many "
+                                 "output slots, got " + std::to_string(count) + " and " +
+                                 std::to_string(starts.shape(0))).c_str());
+        }
+        const FeistelPermutation order = make_permutation(
+            count - 1, seed, epoch, resumable_loader::PURPOSE_DOCUMENT_ORDER);
+        nb::gil_scoped_release release;
+        resumable_loader::build_seek_table(order, offsets.data(), starts.data());
+      },
+      "offsets"_a, "seed"_a, "epoch"_a, "starts"_a.noconvert(),
+      "starts[j] = tokens of the documents at slots 0..j-1 of (seed, epoch)'s document order.");
 }

@@ -10,12 +10,9 @@
 #include <algorithm>
 
 #include "philox.h"
+#include "purposes.h"
 
 namespace resumable_loader {
-namespace {
-constexpr uint32_t kPurposeShuffleBuffer = 5;
-}  // namespace
-
 ShardLocalStream::ShardLocalStream(const int64_t* shard_sizes, uint64_t num_shards,
                                    uint64_t seed, uint32_t epoch, uint64_t window,
                                    uint64_t buffer_size, const uint32_t* shard_round_keys)
@@ -70,7 +67,7 @@ void ShardLocalStream::draw_picks(uint64_t block) {
     v0[j] = static_cast<uint32_t>(block + j);
     v1[j] = static_cast<uint32_t>((block + j) >> 32);
     v2[j] = epoch_;
-    v3[j] = kPurposeShuffleBuffer;
+    v3[j] = PURPOSE_SHUFFLE_BUFFER;
   }
   philox4x32_key_t key = {{static_cast<uint32_t>(seed_), static_cast<uint32_t>(seed_ >> 32)}};
   for (unsigned round = 0; round < PHILOX4x32_DEFAULT_ROUNDS; ++round) {

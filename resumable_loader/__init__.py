@@ -7,9 +7,9 @@ from which any worker count, batch size or world size continues the same stream 
 
 from __future__ import annotations
 
-from resumable_loader.atomic import atomic_write
 from resumable_loader.errors import (
     ConfigError,
+    PipelineError,
     ResumableLoaderError,
     ResumeWarning,
     SampleIndexError,
@@ -17,20 +17,21 @@ from resumable_loader.errors import (
     StateDictError,
     WorkerError,
 )
-from resumable_loader.index import ShardedIndex
+from resumable_loader.index.atomic import atomic_write
+from resumable_loader.index.sharded import ShardedIndex
 from resumable_loader.loader import ResumableDataLoader
-from resumable_loader.order import Permutation, SequentialOrder, ShuffledOrder
-from resumable_loader.partition import Partition
-from resumable_loader.rng import Purpose, derive_words
-from resumable_loader.sample_rng import (
+from resumable_loader.order.partition import Partition
+from resumable_loader.order.permutation import Permutation, SequentialOrder, ShuffledOrder
+from resumable_loader.order.philox import Purpose, derive_words
+from resumable_loader.order.shard_local import ShardLocalOrder, ShardShuffle
+from resumable_loader.rngs.sample import (
     SampleKey,
     sample_key,
     sample_numpy_generator,
     sample_torch_generator,
 )
-from resumable_loader.shard_order import ShardLocalOrder, ShardShuffle
 from resumable_loader.sources import ParquetDataset, TarShardDataset
-from resumable_loader.verify import PipelineError, VerifyReport, verify_pipeline
+from resumable_loader.verify import VerifyReport, verify_pipeline
 
 DataLoader = ResumableDataLoader
 

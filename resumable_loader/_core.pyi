@@ -26,6 +26,8 @@ def global_rng_seed(key: Sequence[int], generator: int) -> int:
 def mt19937_state_words(key: Sequence[int], generator: int) -> list[int]:
     """The 624 MT19937 state words of global generator 0, 1 or 2."""
 
+PURPOSES: dict[str, int] = ...
+
 TORCH_CPU_GENERATOR_STATE_SIZE: int = 5056
 
 class GlobalRngSnapshot:
@@ -88,3 +90,13 @@ class ShardLocalStream:
         self, out: Annotated[NDArray[numpy.int64], dict(shape=(None,), order="C", device="cpu")]
     ) -> int:
         """Write the next ids into out; returns how many were written."""
+
+def build_seek_table(
+    offsets: Annotated[
+        NDArray[numpy.int64], dict(shape=(None,), order="C", device="cpu", writable=False)
+    ],
+    seed: int,
+    epoch: int,
+    starts: Annotated[NDArray[numpy.int64], dict(shape=(None,), order="C", device="cpu")],
+) -> None:
+    """starts[j] = tokens of the documents at slots 0..j-1 of (seed, epoch)'s document order."""

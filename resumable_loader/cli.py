@@ -12,8 +12,8 @@ from resumable_loader.errors import ConfigError, ResumableLoaderError
 
 
 def _index(args: argparse.Namespace) -> int:
-    from resumable_loader.index import ShardedIndex
-    from resumable_loader.index_file import SUFFIX
+    from resumable_loader.index.file import SUFFIX
+    from resumable_loader.index.sharded import ShardedIndex
 
     if args.out is not None and not args.out.endswith(SUFFIX):
         # refused, not renamed: the file is where the user said, or nowhere
@@ -36,7 +36,7 @@ def _index(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from resumable_loader.index import ShardedIndex
+    from resumable_loader.index.sharded import ShardedIndex
 
     index = ShardedIndex.load(args.index, verify=not args.no_verify)
     shards, sizes = index.header["shards"], index.shard_sizes
@@ -68,7 +68,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from resumable_loader.verify import PipelineError, verify_pipeline
+    from resumable_loader.errors import PipelineError
+    from resumable_loader.verify import verify_pipeline
 
     try:
         report = verify_pipeline(

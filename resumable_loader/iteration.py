@@ -16,17 +16,14 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from torch.utils.data import _utils
 from torch.utils.data._utils import signal_handling
 
 from resumable_loader.errors import WorkerError
-from resumable_loader.index_sampler import OrderedBatchSampler
-
-if TYPE_CHECKING:
-    from resumable_loader.loader import ResumableDataLoader
 
 # torch's messages for a worker that died (signal, exit) or missed its timeout.
 _WORKER_FAILURE = re.compile(r"DataLoader worker \(pids?|DataLoader timed out")
@@ -35,21 +32,40 @@ _RERAISED = re.compile(r"^Caught \w+ in DataLoader worker process \d+")
 
 
 class ResumableIterator(Iterator[Any]):
-    """Wraps torch's iterator; advances the loader's cursor for each batch handed out."""
+    """Wraps torch's iterator; reports each batch handed out, so the loader moves its cursor.
 
-    def __init__(self, loader: ResumableDataLoader, inner: Iterator[Any]) -> None:
-        self._loader = loader
+    Args:
+        inner: torch's iterator over the loader's refs.
+        advances: the index sampler's record of this iteration (see ``refs._RefSampler``):
+            per ref handed to torch, the cursor's advance once it is delivered, and whether it
+            is the last.
+        length: batches this iteration yields in all.
+        delivered: called as ``delivered(self, samples, last=...)`` per batch handed out and
+            at the end (``samples`` 0, ``last`` True).
+        workers_failed: called with ``inner`` when its workers died or hung.
+        num_workers, timeout: the loader's.
+    """
+
+    def __init__(
+        self,
+        inner: Iterator[Any],
+        *,
+        advances: deque[tuple[int, bool]],
+        length: int,
+        delivered: Callable[..., None],
+        workers_failed: Callable[[Any], None],
+        num_workers: int,
+        timeout: float,
+    ) -> None:
         self._inner = inner
-        refs = loader._refs
-        self._advances = refs.advances  # this iteration's own record (see _RefSampler)
+        self._advances = advances
+        self._delivered = delivered
+        self._workers_failed = workers_failed
+        self._num_workers = num_workers
         self._finished_refs = 0  # refs whose batch was handed out or failed
         self._skipped = 0  # samples of failed batches not yet added to the cursor
-        self._length = (
-            refs.partition.num_batches(loader._position)
-            if isinstance(refs, OrderedBatchSampler)
-            else len(refs)
-        )
-        self._deadline = _Deadline.install(inner, loader.timeout)
+        self._length = length
+        self._deadline = _Deadline.install(inner, timeout)
 
     def __next__(self) -> Any:
         if self._deadline is not None:
@@ -57,10 +73,10 @@ class ResumableIterator(Iterator[Any]):
         try:
             batch = next(self._inner)
         except StopIteration:
-            self._loader._advance(self, 0, last=True)
+            self._delivered(self, 0, last=True)
             raise
         except BaseException as error:
-            failure = worker_failure(error, self._loader.num_workers)
+            failure = worker_failure(error, self._num_workers)
             if failure is None:
                 self._skip_failed_batches()
                 raise
@@ -70,7 +86,7 @@ class ResumableIterator(Iterator[Any]):
                 self._deadline.disarm()
         self._finished_refs += 1
         advance, last = self._advances.popleft()
-        self._loader._advance(self, self._skipped + advance, last=last)
+        self._delivered(self, self._skipped + advance, last=last)
         self._skipped = 0
         return batch
 
@@ -90,7 +106,7 @@ class ResumableIterator(Iterator[Any]):
 
     def _stop_after(self, error: BaseException, failure: str) -> WorkerError:
         """Stop torch's workers (in the background) after a dead or hung worker."""
-        self._loader._workers_failed(self._inner)
+        self._workers_failed(self._inner)
         stop_workers(self._inner)
         worker_error = WorkerError(
             f"{failure}. No batch was lost: state_dict() still describes exactly what was "

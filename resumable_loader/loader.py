@@ -12,7 +12,6 @@ As with torchdata's stateful loader, ``load_state_dict`` takes effect at the nex
 
 from __future__ import annotations
 
-import warnings
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,13 +20,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, SequentialSampler
 
 from resumable_loader import cursor as cursor_mod
-from resumable_loader.errors import ConfigError, ResumeWarning, StateDictError, WorkerError
-from resumable_loader.index_sampler import OrderedBatchSampler, UserBatchSampler
+from resumable_loader._checks import check_int
+from resumable_loader.errors import ConfigError, StateDictError, WorkerError
 from resumable_loader.iteration import ResumableIterator, stop_workers, worker_failure
 from resumable_loader.keyed_fetch import KeyedFetch, WorkerInit
-from resumable_loader.order import Order, SequentialOrder, ShuffledOrder
-from resumable_loader.partition import Partition
-from resumable_loader.rng import check_epoch, check_seed
+from resumable_loader.order.partition import Partition
+from resumable_loader.order.permutation import Order, SequentialOrder, ShuffledOrder
+from resumable_loader.order.philox import check_epoch, check_seed
+from resumable_loader.progress import Progress
+from resumable_loader.refs import OrderedBatchSampler, UserBatchSampler
 from resumable_loader.topology import agree_on_seed, gather_cursors, resolve_topology
 
 
@@ -50,7 +51,7 @@ class ResumableDataLoader(DataLoader):
             [g + kWB, g + (k+1)WB); rank r takes [g + kWB + rB, g + kWB + (r+1)B).
         reseed_globals: before each sample, reseed ``random``, numpy's global RNG and torch's
             CPU default generator from the sample's key, so unmodified augmentations replay.
-        shard_shuffle: a :class:`~resumable_loader.shard_order.ShardShuffle` to shuffle
+        shard_shuffle: a :class:`~resumable_loader.order.shard_local.ShardShuffle` to shuffle
             shard-locally (needs ``shuffle=True`` and a dataset with ``shard_sizes``) instead of
             globally.
     """
@@ -107,12 +108,7 @@ class ResumableDataLoader(DataLoader):
         else:
             self.seed = self._explicit_seed
         self.reseed_globals = reseed_globals
-        self._epoch = 0
-        self._position = 0
-        self._complete = False  # the latest iteration ran to its end
-        self._started = False  # an iteration has begun on this loader
-        self._pending: tuple[int, int] | None = None  # (epoch, position) for the next iter()
-        self._requested_epoch: int | None = None
+        self._progress = Progress(self._epoch_complete)
         # The latest iterator: only its batches move the cursor. A weak reference, so that an
         # abandoned iterator is collected (and its workers stopped) as torch's would be.
         self._current: weakref.ref[ResumableIterator] | None = None
@@ -156,6 +152,27 @@ class ResumableDataLoader(DataLoader):
             rank=self.rank,
         )
 
+    @property
+    def order(self) -> Order | None:
+        """The order this loader's batches follow (None: a user's sampler or an IterableDataset
+        decides it)."""
+        return self._refs.order if isinstance(self._refs, OrderedBatchSampler) else None
+
+    @property
+    def partition(self) -> Partition | None:
+        """How this loader splits each epoch into per-rank batches (None as for ``order``)."""
+        return self._refs.partition if isinstance(self._refs, OrderedBatchSampler) else None
+
+    def loader_arguments(self) -> dict[str, Any]:
+        """The arguments of ours (beyond torch's) that built this loader, the seed only if it
+        was chosen explicitly: what a caller needs to build a twin, e.g. on another topology."""
+        return dict(
+            shuffle=self._shuffle,
+            seed=self._explicit_seed,
+            reseed_globals=self.reseed_globals,
+            shard_shuffle=self._shard_shuffle,
+        )
+
     # -- iteration -------------------------------------------------------------------------
 
     def __len__(self) -> int:
@@ -166,10 +183,9 @@ class ResumableDataLoader(DataLoader):
     def __iter__(self) -> Iterator[Any]:
         if self._refs is None:
             return super().__iter__()
-        epoch, position = self._next_iteration()
-        self._epoch, self._position, self._complete = epoch, position, False
-        self._started = True
-        self._refs.begin(seed=self.seed, epoch=epoch, start=position)
+        refs = self._refs
+        epoch, position = self._progress.begin()
+        refs.begin(seed=self.seed, epoch=epoch, start=position)
         try:
             inner = super().__iter__()
         except RuntimeError as error:  # persistent workers that died between epochs
@@ -182,37 +198,22 @@ class ResumableDataLoader(DataLoader):
                 f"{failure}. The workers are restarted at the next iter(); state_dict() still "
                 "describes exactly what was delivered"
             ) from error
-        iterator = ResumableIterator(self, inner)
+        length = (
+            refs.partition.num_batches(position)
+            if isinstance(refs, OrderedBatchSampler)
+            else len(refs)
+        )
+        iterator = ResumableIterator(
+            inner,
+            advances=refs.advances,
+            length=length,
+            delivered=self._delivered,
+            workers_failed=self._workers_failed,
+            num_workers=self.num_workers,
+            timeout=self.timeout,
+        )
         self._current = weakref.ref(iterator)
         return iterator
-
-    def _next_iteration(self) -> tuple[int, int]:
-        """(epoch, position) the next iteration starts at; consumes a loaded state or set_epoch."""
-        requested, pending = self._requested_epoch, self._pending
-        self._requested_epoch = self._pending = None
-        if pending is None and requested is None:
-            return (self._epoch + 1, 0) if self._started else (self._epoch, 0)
-        epoch, position = self._requested_start(requested, pending)
-        discards = pending is not None and epoch != pending[0] and pending[1] > 0
-        if discards and not self._epoch_complete(pending[1]):
-            warnings.warn(
-                f"set_epoch({requested}) discards the loaded state's unfinished epoch "
-                f"{pending[0]} (position {pending[1]}); its remaining samples are not "
-                "delivered",
-                ResumeWarning,
-                stacklevel=3,
-            )
-        if requested is None and self._epoch_complete(position):
-            return epoch + 1, 0  # a state taken after an epoch's last batch: the next epoch
-        return epoch, position  # set_epoch of a completed epoch: that epoch has nothing left
-
-    @staticmethod
-    def _requested_start(requested: int | None, pending: tuple[int, int] | None) -> tuple[int, int]:
-        """Where a loaded state and/or set_epoch() place the next iteration."""
-        if pending is not None and (requested is None or requested == pending[0]):
-            return pending
-        assert requested is not None
-        return requested, 0
 
     def _epoch_complete(self, position: int) -> bool:
         refs = self._refs
@@ -239,18 +240,14 @@ class ResumableDataLoader(DataLoader):
             for name, value in saved.items():
                 object.__setattr__(self, name, value)
 
-    def _is_current(self, iterator: ResumableIterator) -> bool:
-        return self._current is not None and self._current() is iterator
-
-    def _advance(self, iterator: ResumableIterator, samples: int, *, last: bool) -> None:
-        """Move the cursor for a batch ``iterator`` handed out (``last``: its epoch is done)."""
-        if not self._is_current(iterator):
+    def _delivered(self, iterator: ResumableIterator, samples: int, *, last: bool) -> None:
+        """Move the cursor for a batch ``iterator`` handed out (``last``: its epoch is done);
+        only the latest iterator moves it."""
+        if self._current is None or self._current() is not iterator:
             return
-        self._position += samples
-        if last:
-            self._complete = True
-            if isinstance(self._refs, OrderedBatchSampler):
-                self._position = self._refs.partition.length
+        partition = self.partition
+        epoch_length = partition.length if partition is not None else None
+        self._progress.advance(samples, last=last, epoch_length=epoch_length)
 
     def _workers_failed(self, inner: Any) -> None:
         """Forget a persistent torch iterator whose workers failed; iter() starts new ones."""
@@ -264,9 +261,7 @@ class ResumableDataLoader(DataLoader):
         epoch was complete, its iteration yields nothing, so a resumed loop
         ``for e in range(saved_epoch, epochs): loader.set_epoch(e)`` runs every epoch once.
         """
-        if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch < 2**32:
-            raise ConfigError(f"epoch must be an int in [0, 2**32), got {epoch!r}")
-        self._requested_epoch = epoch
+        self._progress.request_epoch(check_epoch(epoch))
         if isinstance(self._refs, UserBatchSampler) and hasattr(self._refs.source, "set_epoch"):
             self._refs.source.set_epoch(epoch)
 
@@ -313,12 +308,7 @@ class ResumableDataLoader(DataLoader):
 
     def _cursor(self) -> dict[str, Any]:
         refs = self._require_refs("state_dict()")
-        if self._pending is not None or self._requested_epoch is not None:
-            epoch, position = self._requested_start(self._requested_epoch, self._pending)
-            complete = self._epoch_complete(position)
-        else:
-            epoch, position, complete = self._epoch, self._position, self._complete
-            complete = complete or self._epoch_complete(position)
+        epoch, position, complete = self._progress.place()
         if not complete and position and not self.in_order and self.num_workers > 0:
             raise StateDictError(
                 "state_dict() mid-epoch needs in_order=True: with in_order=False and "
@@ -355,13 +345,8 @@ class ResumableDataLoader(DataLoader):
                 f"state_at() needs the loader's own order, but it iterates the user's sampler "
                 f"{type(refs.source).__name__}, whose state is its own; take state_dict() instead"
             )
-        check_epoch(epoch)
-        if isinstance(position, bool) or not isinstance(position, int):
-            raise ConfigError(f"position must be an int, got {position!r}")
-        if not 0 <= position <= refs.partition.length:
-            raise ConfigError(
-                f"position {position} is outside the epoch's [0, {refs.partition.length}]"
-            )
+        epoch = check_epoch(epoch)
+        position = check_int("position", position, high=refs.partition.length + 1)
         cursor = cursor_mod.make_cursor(
             seed=self.seed, epoch=epoch, position=position, fingerprint=self.fingerprint()
         )
@@ -392,8 +377,7 @@ class ResumableDataLoader(DataLoader):
                 self.dataset, self._shuffle, state["seed"], self._shard_shuffle
             )
         self.seed = state["seed"]
-        self._pending = (state["epoch"], state["position"])
-        self._requested_epoch = None
+        self._progress.load(state["epoch"], state["position"])
 
     def _require_refs(self, what: str) -> OrderedBatchSampler | UserBatchSampler:
         if self._refs is None:

@@ -17,8 +17,8 @@ from torch.utils.data import Sampler
 
 from resumable_loader.errors import StateDictError
 from resumable_loader.keyed_fetch import BatchRef, SampleRef
-from resumable_loader.order import Order
-from resumable_loader.partition import Partition
+from resumable_loader.order.partition import Partition
+from resumable_loader.order.permutation import Order
 
 
 class _PositionReader:

@@ -53,7 +53,7 @@ def job(
     from resume_harness import epochs_left
 
     from resumable_loader import ResumableDataLoader
-    from resumable_loader.atomic import atomic_write
+    from resumable_loader.index.atomic import atomic_write
 
     dataset = make_dataset(shard_dir)
     loaders = [

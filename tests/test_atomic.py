@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from resumable_loader.atomic import atomic_write
+from resumable_loader.index.atomic import atomic_write
 
 
 def test_replaces_on_success(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 from shard_factory import write_parquet_shards, write_tar, write_tar_shards
 
 from resumable_loader.cli import main
-from resumable_loader.index import ShardedIndex
+from resumable_loader.index.sharded import ShardedIndex
 
 
 def test_index_then_inspect_tar(tmp_path, capsys):

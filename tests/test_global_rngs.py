@@ -12,8 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from philox_reference import global_rng_state_words
 
-from resumable_loader import ConfigError, global_rngs
-from resumable_loader.global_rngs import NUMPY, PYTHON, TORCH, GlobalRngs
+from resumable_loader import ConfigError
+from resumable_loader.rngs import process as global_rngs
+from resumable_loader.rngs.process import NUMPY, PYTHON, TORCH, GlobalRngs
 
 keys = st.tuples(*[st.integers(0, 2**32 - 1)] * 4)
 

@@ -20,10 +20,11 @@ from hypothesis import strategies as st
 from shard_factory import write_parquet_shards, write_tar, write_tar_shards
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from resumable_loader import TarShardDataset, cli, index_file
+from resumable_loader import TarShardDataset, cli
 from resumable_loader.errors import ConfigError, SampleIndexError, ShardError
-from resumable_loader.index import ShardedIndex, default_index_path
-from resumable_loader.tar_index import scan_tar
+from resumable_loader.index import file as index_file
+from resumable_loader.index.sharded import ShardedIndex, default_index_path
+from resumable_loader.index.tar import scan_tar
 
 examples = settings(
     max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -43,7 +44,7 @@ def is_memory_mapped(array: np.ndarray) -> bool:
 
 def keys_and_extensions(index: ShardedIndex) -> list[tuple[str, list[str]]]:
     """Every sample's key and extensions, read back through the index's spans."""
-    from resumable_loader.tar_index import read_sample
+    from resumable_loader.index.tar import read_sample
 
     out = []
     for (start, length), shard in zip(

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from philox_reference import permutation as reference_permutation
 
 from resumable_loader import ConfigError, Permutation, SequentialOrder, ShuffledOrder, _core
-from resumable_loader.order import Order
+from resumable_loader.order.permutation import Order
 
 
 def test_bijection_for_every_small_n():

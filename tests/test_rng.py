@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from philox_reference import derive, philox4x32
 
 from resumable_loader import ConfigError, Purpose, derive_words
-from resumable_loader.rng import check_seed
-from resumable_loader.rng import philox4x32 as core_philox
+from resumable_loader.order.philox import check_seed
+from resumable_loader.order.philox import philox4x32 as core_philox
 
 KAT = Path(__file__).parent / "data" / "philox4x32_kat.txt"
 words32 = st.integers(0, 2**32 - 1)

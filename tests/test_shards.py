@@ -8,7 +8,7 @@ import fsspec
 import pytest
 
 from resumable_loader.errors import ConfigError, ShardError
-from resumable_loader.shards import expand_shards, is_url, open_shard, stat_shard
+from resumable_loader.index.paths import expand_shards, is_url, open_shard, stat_shard
 
 
 @pytest.fixture

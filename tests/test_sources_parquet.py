@@ -15,7 +15,7 @@ from shard_factory import parquet_rows, write_parquet_shards, write_tar_shards
 
 from resumable_loader import ResumableDataLoader, ShardShuffle
 from resumable_loader.errors import ConfigError, ShardError
-from resumable_loader.index import ShardedIndex
+from resumable_loader.index.sharded import ShardedIndex
 from resumable_loader.sources.parquet import ParquetDataset
 
 
@@ -89,8 +89,8 @@ class TestRowGroupCache:
             dataset[i]
         assert [group for _, group in group_reads] == [1, 0, 2]
         assert list(dataset._cache) == [(0, 0), (0, 2)]  # group 1 was the least recent
-        assert dataset._cached_bytes == sum(t.nbytes for t in dataset._cache.values())
-        assert dataset._cached_bytes <= dataset.cache_bytes
+        assert dataset._cache.total == sum(t.nbytes for t in dataset._cache.values())
+        assert dataset._cache.total <= dataset.cache_bytes
 
     def test_the_latest_group_is_kept_even_past_the_bound(self, parts, group_reads):
         dataset = ParquetDataset(parts, cache_bytes=0)
@@ -132,7 +132,7 @@ class TestRowGroupCache:
         dataset = ParquetDataset(parts)
         dataset[0]
         copy = pickle.loads(pickle.dumps(dataset))
-        assert copy._cache == {} and copy._files == {}
+        assert len(copy._cache) == 0 and len(copy._files) == 0
         assert copy[15] == row(15) and copy.fingerprint == dataset.fingerprint
 
 

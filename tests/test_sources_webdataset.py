@@ -17,7 +17,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from resumable_loader import ResumableDataLoader, ShardShuffle
 from resumable_loader.errors import ConfigError, SampleIndexError, ShardError
-from resumable_loader.index import ShardedIndex
+from resumable_loader.index.sharded import ShardedIndex
 from resumable_loader.sources import _indexed
 from resumable_loader.sources._blocks import BlockCache
 from resumable_loader.sources.webdataset import TarShardDataset
@@ -254,7 +254,7 @@ class TestBlockCache:
             cache.read(0, start, 10, fetch)
         # blocks 0, 1, then 2 evicts 1 (0 was used since), so 1 and 0 are fetched again
         assert [offset for offset, _ in fetches] == [0, 100, 200, 100, 0]
-        assert list(cache._blocks) == [(0, 1), (0, 0)] and cache._bytes == 200
+        assert list(cache._blocks) == [(0, 1), (0, 0)] and cache._blocks.total == 200
 
 
 class TestProcesses:
@@ -264,7 +264,7 @@ class TestProcesses:
         big[0]
         assert abs(len(pickle.dumps(big)) - len(pickle.dumps(small))) < 64
         copy = pickle.loads(pickle.dumps(big))
-        assert copy._files == {} and copy[399] == big[399]
+        assert len(copy._files) == 0 and copy[399] == big[399]
 
     def test_forked_workers_read_the_same_samples(self, shards):
         dataset = TarShardDataset(shards)
@@ -285,7 +285,7 @@ class TestProcesses:
             dataset[i]
         assert list(dataset._files) == [2, 0]
         dataset.close()
-        assert dataset._files == {} and dataset[8]["__key__"] == "sample000008"
+        assert len(dataset._files) == 0 and dataset[8]["__key__"] == "sample000008"
 
 
 class TestChangedShards:

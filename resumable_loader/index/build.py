@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 
 from resumable_loader.errors import ConfigError, ShardError
-from resumable_loader.parquet_index import ParquetScan, scan_parquet
-from resumable_loader.shards import is_url, stat_shard
-from resumable_loader.tar_index import TarScan, scan_tar
+from resumable_loader.index.parquet import ParquetScan, scan_parquet
+from resumable_loader.index.paths import is_url, stat_shard
+from resumable_loader.index.tar import TarScan, scan_tar
 
 ON_ERROR = ("raise", "skip")
 _BAR_WIDTH = 30

@@ -16,8 +16,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from resumable_loader.atomic import atomic_write
 from resumable_loader.errors import SampleIndexError
+from resumable_loader.index.atomic import atomic_write
 
 MAGIC = b"RLINDEX\x00"
 SUFFIX = ".rlindex"  # what the CLI writes and the datasets load without looking inside

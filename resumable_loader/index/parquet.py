@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from resumable_loader.errors import ShardError
-from resumable_loader.shards import open_shard
+from resumable_loader.index.paths import open_shard
 
 
 @dataclasses.dataclass

@@ -1,8 +1,8 @@
 """The sample index of a shard set: counts, where each sample's bytes are, and a fingerprint.
 
-Built once by scanning every shard in parallel (:mod:`resumable_loader.index_build`), stored in
-one file (:mod:`resumable_loader.index_file`: msgpack header + raw arrays, 16 bytes a tar
-sample, see :mod:`resumable_loader.tar_index` for why spans), memory-mapped on load so worker
+Built once by scanning every shard in parallel (:mod:`resumable_loader.index.build`), stored in
+one file (:mod:`resumable_loader.index.file`: msgpack header + raw arrays, 16 bytes a tar
+sample, see :mod:`resumable_loader.index.tar` for why spans), memory-mapped on load so worker
 processes share it without copies, and pickled as its path so sending it to a worker costs
 nothing.
 
@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 
 from resumable_loader.errors import SampleIndexError
-from resumable_loader.index_build import check_policy, scan_shards
-from resumable_loader.index_file import INDEX_VERSION, SUFFIX, read_index, write_index
-from resumable_loader.shards import expand_shards, is_url, stat_shard
+from resumable_loader.index.build import check_policy, scan_shards
+from resumable_loader.index.file import INDEX_VERSION, SUFFIX, read_index, write_index
+from resumable_loader.index.paths import expand_shards, is_url, stat_shard
 
 logger = logging.getLogger("resumable_loader")
 

@@ -28,8 +28,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from resumable_loader.errors import ShardError
-from resumable_loader.shards import is_url, open_shard, stat_shard
-from resumable_loader.tar_headers import BLOCK, TarDamage, walk
+from resumable_loader.index.paths import is_url, open_shard, stat_shard
+from resumable_loader.index.tar_headers import BLOCK, TarDamage, walk
 
 _KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)\.([^/]*)$")  # WebDataset's base_plus_ext, verbatim
 _META = re.compile(r"__[^/]*__($|/)")  # WebDataset's skip_meta

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator
 
+from resumable_loader.errors import ResumableLoaderError
+
 BLOCK = 512
 _REGULAR = (b"0", b"\0", b"7")  # regular file, old-style regular file, contiguous file
 _LONG_NAME, _LONG_LINK, _PAX, _PAX_GLOBAL, _SPARSE = b"L", b"K", b"x", b"g", b"S"
@@ -28,7 +30,7 @@ class Member:
     size: int
 
 
-class TarDamage(Exception):
+class TarDamage(ResumableLoaderError):
     """A tar structure that cannot be read past (the message names the offset)."""
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 
-from resumable_loader.errors import ConfigError
+from resumable_loader._checks import check_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,20 +53,11 @@ class Partition:
     drop_last: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("length", "batch_size", "world_size", "rank"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ConfigError(f"{name} must be a non-negative int, got {value!r}")
-        if self.batch_size == 0 or self.world_size == 0:
-            raise ConfigError(
-                f"batch_size and world_size must be positive, got batch_size={self.batch_size}, "
-                f"world_size={self.world_size}"
-            )
-        if self.rank >= self.world_size:
-            raise ConfigError(
-                f"rank must be in [0, world_size), got rank={self.rank}, "
-                f"world_size={self.world_size}"
-            )
+        # A frozen dataclass: normalised values (numpy ints become ints) go in via object.
+        object.__setattr__(self, "length", check_int("length", self.length))
+        object.__setattr__(self, "batch_size", check_int("batch_size", self.batch_size, low=1))
+        object.__setattr__(self, "world_size", check_int("world_size", self.world_size, low=1))
+        object.__setattr__(self, "rank", check_int("rank", self.rank, high=self.world_size))
 
     @property
     def global_batch_size(self) -> int:

@@ -14,8 +14,9 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from resumable_loader import _core
+from resumable_loader._checks import check_int
 from resumable_loader.errors import ConfigError
-from resumable_loader.rng import Purpose, check_epoch, check_seed
+from resumable_loader.order.philox import Purpose, check_epoch, check_seed
 
 MAX_LENGTH = 2**63
 # Names the permutation algorithm in the cursor's fingerprint, so a cursor saved under another
@@ -53,9 +54,8 @@ class Permutation:
     def __init__(
         self, n: int, *, seed: int, epoch: int, purpose: Purpose = Purpose.PERMUTATION
     ) -> None:
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_LENGTH:
-            raise ConfigError(f"permutation length must be an int in [1, 2**63], got {n!r}")
-        self.n, self.seed, self.epoch = int(n), check_seed(seed), check_epoch(epoch)
+        self.n = check_int("permutation length", n, low=1, high=MAX_LENGTH + 1)
+        self.seed, self.epoch = check_seed(seed), check_epoch(epoch)
         self.purpose = Purpose(purpose)
         self._core = _core.Permutation(self.n, self.seed, self.epoch, int(self.purpose))
 
@@ -99,9 +99,7 @@ class _PositionalOrder:
     """Shared part of orders whose ids are computed per position range."""
 
     def __init__(self, length: int) -> None:
-        if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 0:
-            raise ConfigError(f"dataset length must be a non-negative int, got {length!r}")
-        self.length = int(length)
+        self.length = check_int("dataset length", length)
 
     def __len__(self) -> int:
         return self.length

@@ -9,10 +9,10 @@ e+1 replay seed s+1 at epoch e), so neighbouring seeds and epochs are unrelated 
 from __future__ import annotations
 
 import enum
-import operator
 from collections.abc import Sequence
 
 from resumable_loader import _core
+from resumable_loader._checks import check_int
 from resumable_loader.errors import ConfigError
 
 SEED_LIMIT = 2**64
@@ -21,36 +21,22 @@ POSITION_LIMIT = 2**64
 PURPOSE_LIMIT = 2**32
 
 
-class Purpose(enum.IntEnum):
-    """What a draw is for: the counter's last word, so different uses never share a stream."""
-
-    PERMUTATION = 1  # Feistel round keys of an epoch's sample permutation
-    SAMPLE = 2  # a sample's key (augmentations)
-    BATCH = 3  # a batch's key (collate_fn)
-    SHARD_ORDER = 4  # the shard permutation of shard-local mode
-    SHUFFLE_BUFFER = 5  # the shuffle buffer's picks in shard-local mode
+# What a draw is for: the counter's last word, so different uses never share a stream. Defined
+# once, in csrc/purposes.h (the C++ core draws with them too): PERMUTATION (an epoch's Feistel
+# round keys), SAMPLE (a sample's key), BATCH (a batch's key, for collate_fn), SHARD_ORDER and
+# SHUFFLE_BUFFER (shard-local mode), MIXTURE_SOURCE (a mixture source's own stream seed),
+# DOCUMENT_ORDER (a token dataset's per-epoch document shuffle).
+Purpose = enum.IntEnum("Purpose", _core.PURPOSES, module=__name__)
 
 
 def check_seed(seed: object) -> int:
     """``seed`` as an int in [0, 2**64), or ConfigError naming it."""
-    return _check_int("seed", seed, SEED_LIMIT)
+    return check_int("seed", seed, high=SEED_LIMIT)
 
 
 def check_epoch(epoch: object) -> int:
     """``epoch`` as an int in [0, 2**32), or ConfigError naming it."""
-    return _check_int("epoch", epoch, EPOCH_LIMIT)
-
-
-def _check_int(name: str, value: object, limit: int) -> int:
-    if isinstance(value, bool):
-        raise ConfigError(f"{name} must be an int in [0, {limit}), got {value!r}")
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise ConfigError(f"{name} must be an int in [0, {limit}), got {value!r}") from None
-    if not 0 <= number < limit:
-        raise ConfigError(f"{name} must be in [0, {limit}), got {number}")
-    return number
+    return check_int("epoch", epoch, high=EPOCH_LIMIT)
 
 
 def philox4x32(
@@ -80,6 +66,6 @@ def derive_words(
     return _core.derive_words(
         check_seed(seed),
         check_epoch(epoch),
-        _check_int("position", position, POSITION_LIMIT),
-        _check_int("purpose", purpose, PURPOSE_LIMIT),
+        check_int("position", position, high=POSITION_LIMIT),
+        check_int("purpose", purpose, high=PURPOSE_LIMIT),
     )

@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 
 from resumable_loader import _core
+from resumable_loader._checks import check_int
 from resumable_loader.errors import ConfigError
-from resumable_loader.order import CHUNK_SIZE, PERMUTATION_ALGORITHM
-from resumable_loader.rng import check_epoch, check_seed
+from resumable_loader.order.permutation import CHUNK_SIZE, PERMUTATION_ALGORITHM
+from resumable_loader.order.philox import check_epoch, check_seed
 
 MAX_LENGTH = 2**63 - 1  # the C++ stream keeps int64 offsets
 
@@ -39,9 +40,8 @@ class ShardShuffle:
 
     def __post_init__(self) -> None:
         for name in ("window", "buffer_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"ShardShuffle {name} must be an int >= 1, got {value!r}")
+            value = check_int(f"ShardShuffle {name}", getattr(self, name), low=1)
+            object.__setattr__(self, name, value)
 
     def order_for(self, dataset: Any, *, seed: int) -> ShardLocalOrder:
         """The order of ``dataset``, which must expose ``shard_sizes`` (samples per shard)."""
@@ -109,8 +109,7 @@ class ShardLocalOrder:
         self, epoch: int, start: int = 0, chunk_size: int = CHUNK_SIZE
     ) -> Iterator[np.ndarray]:
         """Ids from ``start`` to the epoch's end: one stream, replayed to ``start`` once."""
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ConfigError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+        chunk_size = check_int("chunk_size", chunk_size, low=1)
         stream = self._stream(epoch, start)
         while stream.remaining:
             out = np.empty(min(chunk_size, stream.remaining), dtype=np.int64)

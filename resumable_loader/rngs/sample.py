@@ -3,7 +3,7 @@
 Before a sample is loaded, the process that loads it (a worker, or the main process with
 num_workers=0) installs that sample's key. By default this also reseeds Python's ``random``,
 numpy's global RNG and torch's CPU default generator from the key (each its own stream; see
-:mod:`resumable_loader.global_rngs`), so unmodified augmentations that call ``random``,
+:mod:`resumable_loader.rngs.process`), so unmodified augmentations that call ``random``,
 ``np.random`` or ``torch.rand`` draw the same values however the work is split across workers,
 ranks and batches, and however often the run is resumed. ``collate_fn``
 runs under the batch's key (derived from the position of the batch's first sample).
@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from resumable_loader.errors import ResumableLoaderError
-from resumable_loader.global_rngs import this_process
-from resumable_loader.rng import Purpose, derive_words
+from resumable_loader.order.philox import Purpose, derive_words
+from resumable_loader.rngs.process import this_process
 
 _MASK64 = (1 << 64) - 1
 

@@ -17,8 +17,9 @@ by about block size / sample size.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable
+
+from resumable_loader._lru import LRU
 
 Fetch = Callable[[int, int], bytes]  # (offset, count) -> up to count bytes of the shard
 
@@ -33,8 +34,7 @@ class BlockCache:
 
     def __init__(self, block_size: int, capacity: int) -> None:
         self.block_size, self.capacity = block_size, capacity
-        self._blocks: OrderedDict[tuple[int, int], bytes] = OrderedDict()
-        self._bytes = 0
+        self._blocks: LRU[tuple[int, int], bytes] = LRU(capacity)
 
     def read(self, shard: int, start: int, length: int, fetch: Fetch) -> bytes:
         """The ``length`` bytes of ``shard`` at ``start`` (fewer past the shard's end).
@@ -49,7 +49,6 @@ class BlockCache:
         while block <= last:
             cached = self._blocks.get((shard, block))
             if cached is not None:
-                self._blocks.move_to_end((shard, block))
                 pieces.append(cached)
                 block += 1
                 continue
@@ -59,12 +58,9 @@ class BlockCache:
             data = fetch(block * size, (end - block) * size)
             for i in range(block, end):
                 piece = data[(i - block) * size : (i - block + 1) * size]
-                self._blocks[(shard, i)] = piece
-                self._bytes += len(piece)
+                self._blocks.put((shard, i), piece)
                 pieces.append(piece)
             block = end
-        while self._bytes > self.capacity and self._blocks:
-            self._bytes -= len(self._blocks.popitem(last=False)[1])
         offset = start - first * size
         if len(pieces) == 1:
             return pieces[0][offset : offset + length]
@@ -73,5 +69,4 @@ class BlockCache:
 
     def clear(self) -> None:
         """Drop every block (the next reads fetch again)."""
-        self._blocks.clear()
-        self._bytes = 0
+        self._blocks.pop_all()

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset
 
+from resumable_loader._checks import check_int
+from resumable_loader._lru import LRU
 from resumable_loader.errors import ConfigError, ShardError
-from resumable_loader.index import ShardedIndex
-from resumable_loader.index_file import is_index_file
+from resumable_loader.index.file import is_index_file
+from resumable_loader.index.sharded import ShardedIndex
 
 _READERS = {"tar": "TarShardDataset", "parquet": "ParquetDataset"}
 # Shards kept open per process; a global shuffle touches every shard, and thousands of open
@@ -53,7 +54,7 @@ class IndexedDataset(Dataset):
         self.index = index
         self.shard_sizes: np.ndarray = index.shard_sizes
         self.fingerprint: str = index.fingerprint
-        self._files: OrderedDict[int, Any] = OrderedDict()
+        self._files = _open_files()
         self._pid = os.getpid()
 
     def __len__(self) -> int:
@@ -71,10 +72,9 @@ class IndexedDataset(Dataset):
     def _file(self, shard: int) -> Any:
         """This process's handle on ``shard``, opened on first use."""
         if self._pid != os.getpid():  # forked: never share file offsets with the parent
-            self._files, self._pid = OrderedDict(), os.getpid()
+            self._files, self._pid = _open_files(), os.getpid()
         handle = self._files.get(shard)
         if handle is not None:
-            self._files.move_to_end(shard)
             return handle
         url = self.index.shard_urls[shard]
         try:
@@ -84,9 +84,7 @@ class IndexedDataset(Dataset):
                 f"{url}: cannot open the shard ({error}); it moved or was deleted since it "
                 "was indexed: restore it or rebuild the index"
             ) from None
-        self._files[shard] = handle
-        if len(self._files) > MAX_OPEN_SHARDS:
-            _close(self._files.popitem(last=False)[1])
+        self._files.put(shard, handle)
         return handle
 
     def _open(self, url: str) -> Any:
@@ -94,9 +92,9 @@ class IndexedDataset(Dataset):
 
     def close(self) -> None:
         """Close the files this process opened; the next read opens them again."""
-        files, self._files = self._files, OrderedDict()
+        files, self._files = self._files, _open_files()
         if self._pid == os.getpid():  # a forked copy leaves the parent's files alone
-            for handle in files.values():
+            for handle in files.pop_all():
                 _close(handle)
 
     def __del__(self) -> None:
@@ -104,7 +102,7 @@ class IndexedDataset(Dataset):
             self.close()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_files": OrderedDict()}
+        return {**self.__dict__, "_files": _open_files()}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.index!r})"
@@ -112,9 +110,16 @@ class IndexedDataset(Dataset):
 
 def check_bytes(name: str, value: int) -> int:
     """``value`` if it is a byte count (an int >= 0), else a ConfigError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"{name} must be an int >= 0 (bytes), got {value!r}")
-    return value
+    return check_int(name, value)
+
+
+def _open_files() -> LRU[int, Any]:
+    """This process's open shard handles, at most MAX_OPEN_SHARDS; the least recent closed."""
+    return LRU(MAX_OPEN_SHARDS, cost=_one, evicted=_close)
+
+
+def _one(_: Any) -> int:
+    return 1
 
 
 def _close(handle: Any) -> None:

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import bisect
 import os
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from resumable_loader._lru import LRU
 from resumable_loader.errors import ConfigError, ShardError
-from resumable_loader.index import ShardedIndex
-from resumable_loader.shards import is_url
+from resumable_loader.index.paths import is_url
+from resumable_loader.index.sharded import ShardedIndex
 from resumable_loader.sources._indexed import IndexedDataset, check_bytes
 
 # Decoded row groups kept per process (bytes of Arrow buffers), least recently used out first.
@@ -59,8 +59,7 @@ class ParquetDataset(IndexedDataset):
         cache_bytes: int = ROW_GROUP_CACHE_BYTES,
     ) -> None:
         self.cache_bytes = check_bytes("cache_bytes", cache_bytes)
-        self._cache: OrderedDict[tuple[int, int], Any] = OrderedDict()
-        self._cached_bytes = 0
+        self._cache = self._new_cache()
         super().__init__(shards, cache_dir=cache_dir, on_error=on_error)
         unknown = sorted(set(columns or ()) - set(self.index.fields))
         if unknown:
@@ -89,13 +88,12 @@ class ParquetDataset(IndexedDataset):
                     f"{self.index.shard_urls[shard]}: cannot read row group {group} ({error}); "
                     "the file is damaged or changed since it was indexed: rebuild the index"
                 ) from None
-            self._cache[key] = table
-            self._cached_bytes += table.nbytes
-            while self._cached_bytes > self.cache_bytes and len(self._cache) > 1:
-                self._cached_bytes -= self._cache.popitem(last=False)[1].nbytes
-        else:
-            self._cache.move_to_end(key)
+            self._cache.put(key, table)
         return table
+
+    def _new_cache(self) -> LRU[tuple[int, int], Any]:
+        """Decoded row groups by (shard, group), bounded by their bytes; the latest one stays."""
+        return LRU(self.cache_bytes, cost=_table_bytes, keep=1)
 
     def _open(self, url: str) -> Any:
         import pyarrow.parquet as pq
@@ -108,15 +106,18 @@ class ParquetDataset(IndexedDataset):
         return pq.ParquetFile(url)
 
     def close(self) -> None:
-        self._cache.clear()
-        self._cached_bytes = 0
+        self._cache.pop_all()
         super().close()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**super().__getstate__(), "_cache": OrderedDict(), "_cached_bytes": 0}
+        return {**super().__getstate__(), "_cache": self._new_cache()}
 
     def __repr__(self) -> str:
         return (
             f"ParquetDataset({self.index!r}, columns={self.columns!r}, "
             f"cache_bytes={self.cache_bytes})"
         )
+
+
+def _table_bytes(table: Any) -> int:
+    return table.nbytes

@@ -7,11 +7,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from resumable_loader.errors import ConfigError, ShardError
-from resumable_loader.index import ShardedIndex
-from resumable_loader.shards import is_url
+from resumable_loader.index.paths import is_url
+from resumable_loader.index.sharded import ShardedIndex
+from resumable_loader.index.tar import read_sample
 from resumable_loader.sources._blocks import BlockCache
 from resumable_loader.sources._indexed import IndexedDataset, check_bytes
-from resumable_loader.tar_index import read_sample
 
 Decode = str | Sequence[Any] | Callable[[dict[str, Any]], dict[str, Any]] | None
 # Read-ahead block for fsspec URLs (one range request a block, not a sample), and the bytes of

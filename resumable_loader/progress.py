@@ -1,0 +1,93 @@
+"""Where a loader is in its stream, and the only transitions that move it.
+
+A loader's place is (epoch, position, complete): the epoch in progress, the samples of it
+delivered to the training loop (across all ranks) and whether its iteration ran to its end. A
+loaded state or a ``set_epoch`` does not move the place at once: it is pending until the next
+``iter()`` (as in torchdata's stateful loader), and ``state_dict()`` in between reports what that
+``iter()`` will run.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+from resumable_loader.errors import ResumeWarning
+
+
+class Progress:
+    """The place in the stream (``epoch``, ``position``, ``complete``) and what is pending.
+
+    Args:
+        epoch_complete: whether an iteration begun at a position of an epoch has no batch
+            left (our orders know; a user's sampler never says, so it answers False).
+    """
+
+    def __init__(self, epoch_complete: Callable[[int], bool]) -> None:
+        self._epoch_complete = epoch_complete
+        self.epoch = 0
+        self.position = 0
+        self.complete = False  # the latest iteration ran to its end
+        self.started = False  # an iteration has begun
+        self._pending: tuple[int, int] | None = None  # (epoch, position) of a loaded state
+        self._requested_epoch: int | None = None  # from set_epoch()
+
+    def load(self, epoch: int, position: int) -> None:
+        """A loaded state: the next iteration continues (epoch, position)."""
+        self._pending, self._requested_epoch = (epoch, position), None
+
+    def request_epoch(self, epoch: int) -> None:
+        """set_epoch(): the next iteration runs ``epoch`` (a loaded state's place if the same)."""
+        self._requested_epoch = epoch
+
+    def begin(self) -> tuple[int, int]:
+        """Start the next iteration: consume what is pending; return its (epoch, position)."""
+        requested, pending = self._requested_epoch, self._pending
+        self._requested_epoch = self._pending = None
+        if pending is None and requested is None:
+            epoch, position = (self.epoch + 1, 0) if self.started else (self.epoch, 0)
+        else:
+            epoch, position = self._start(requested, pending)
+            discards = pending is not None and epoch != pending[0] and pending[1] > 0
+            if discards and not self._epoch_complete(pending[1]):
+                warnings.warn(
+                    f"set_epoch({requested}) discards the loaded state's unfinished epoch "
+                    f"{pending[0]} (position {pending[1]}); its remaining samples are not "
+                    "delivered",
+                    ResumeWarning,
+                    stacklevel=3,
+                )
+            if requested is None and self._epoch_complete(position):
+                epoch, position = epoch + 1, 0  # a state taken after an epoch's last batch
+        self.epoch, self.position, self.complete, self.started = epoch, position, False, True
+        return epoch, position
+
+    def advance(self, samples: int, *, last: bool, epoch_length: int | None) -> None:
+        """A batch of ``samples`` was delivered (``last``: the iteration is done; our orders
+        then stand at ``epoch_length``, padding and dropped tails included)."""
+        self.position += samples
+        if last:
+            self.complete = True
+            if epoch_length is not None:
+                self.position = epoch_length
+
+    def place(self) -> tuple[int, int, bool]:
+        """(epoch, position, complete) as ``state_dict()`` reports it, pending changes included."""
+        if self._pending is not None or self._requested_epoch is not None:
+            epoch, position = self._start(self._requested_epoch, self._pending)
+            return epoch, position, self._epoch_complete(position)
+        return self.epoch, self.position, self.complete or self._epoch_complete(self.position)
+
+    @staticmethod
+    def _start(requested: int | None, pending: tuple[int, int] | None) -> tuple[int, int]:
+        """Where a loaded state and/or set_epoch() place the next iteration."""
+        if pending is not None and (requested is None or requested == pending[0]):
+            return pending
+        assert requested is not None
+        return requested, 0
+
+    def __repr__(self) -> str:
+        return (
+            f"Progress(epoch={self.epoch}, position={self.position}, complete={self.complete}, "
+            f"pending={self._pending}, requested_epoch={self._requested_epoch})"
+        )
