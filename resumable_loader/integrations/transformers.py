@@ -1,0 +1,126 @@
+"""transformers' Trainer: train from a ResumableDataLoader, resume from its cursor, never skip.
+
+The Trainer builds its own DataLoader and, on ``train(resume_from_checkpoint=...)``, skips the
+batches it already trained on with accelerate's ``skip_first_batches``, which rebuilds a plain
+DataLoader (another order, other augmentations). :class:`ResumableTrainerMixin` replaces both:
+the training loader is a ResumableDataLoader, its cursor is written into every checkpoint
+folder (``resumable_loader_cursor.json``) and loaded from the one resumed, and the Trainer's
+data skipping is turned off, since the cursor already starts where the checkpoint was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+
+from resumable_loader.errors import StateDictError
+from resumable_loader.index.atomic import atomic_write
+from resumable_loader.loader import ResumableDataLoader
+
+CURSOR_FILE = "resumable_loader_cursor.json"
+
+
+class EpochlessLoader:
+    """The training loader as the Trainer sees it: ``iter`` and ``len``, no ``set_epoch``.
+
+    The Trainer numbers epochs from its global step, in steps of the batch size the checkpoint
+    was taken with; after a resume with another batch size its numbers are not the loader's, so
+    they are not passed on: the loader starts each pass where the last one ended, the resumed
+    epoch first.
+    """
+
+    def __init__(self, loader: ResumableDataLoader) -> None:
+        self.loader = loader
+        self.dataset = loader.dataset  # Trainer.num_examples reads it
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.loader)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __repr__(self) -> str:
+        return f"EpochlessLoader(loader={self.loader!r})"
+
+
+class SaveCursor(TrainerCallback):
+    """Writes the training loader's cursor into each checkpoint folder the Trainer saves."""
+
+    def __init__(self) -> None:
+        self.loader: ResumableDataLoader | None = None
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.loader is None or not state.is_world_process_zero:
+            return
+        folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        with atomic_write(os.path.join(folder, CURSOR_FILE)) as f:
+            f.write(json.dumps(self.loader.state_dict()).encode())
+
+
+class ResumableTrainerMixin:
+    """Mix into a ``transformers.Trainer`` (before it) to train from a ResumableDataLoader.
+
+    ``train(resume_from_checkpoint=...)`` (a folder, or True for the output directory's last
+    checkpoint) then continues the sample stream exactly, with any
+    ``per_device_train_batch_size``, ``dataloader_num_workers`` or number of processes.
+    ``args.ignore_data_skip`` is set to True: skipping batches would skip them twice. Override
+    :meth:`resumable_train_loader` to build the loader otherwise.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cursor_saver = SaveCursor()
+        self.add_callback(self.cursor_saver)
+        self.resumed_from: str | None = None
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+        self.resumed_from = resume_from_checkpoint or None
+        self.args.ignore_data_skip = True  # the cursor resumes the data; skipping would repeat it
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def resumable_train_loader(self, dataset: Any) -> ResumableDataLoader:
+        """The training loader, from the TrainingArguments: shuffled, seeded by ``data_seed``
+        (else ``seed``), split over the processes of the Trainer's process group.
+        """
+        args = self.args
+        workers = args.dataloader_num_workers
+        return ResumableDataLoader(
+            dataset,
+            batch_size=args.train_batch_size,
+            shuffle=True,
+            collate_fn=self.data_collator,
+            num_workers=workers,
+            pin_memory=args.dataloader_pin_memory,
+            drop_last=args.dataloader_drop_last,
+            persistent_workers=args.dataloader_persistent_workers and workers > 0,
+            prefetch_factor=args.dataloader_prefetch_factor if workers > 0 else None,
+            seed=args.data_seed if args.data_seed is not None else args.seed,
+        )
+
+    def get_train_dataloader(self) -> EpochlessLoader:
+        if self.train_dataset is None:
+            raise ValueError("Trainer: training requires a train_dataset.")
+        loader = self.resumable_train_loader(self.train_dataset)
+        if self.resumed_from is not None:
+            path = os.path.join(self.resumed_from, CURSOR_FILE)
+            if not os.path.exists(path):
+                raise StateDictError(
+                    f"{path} is missing: checkpoint {self.resumed_from} was not saved by a "
+                    "ResumableTrainerMixin trainer, so where its data stream stopped is unknown; "
+                    "resume from a checkpoint it saved, or train without resume_from_checkpoint"
+                )
+            with open(path) as f:
+                loader.load_state_dict(json.load(f))
+        self.cursor_saver.loader = loader
+        return EpochlessLoader(loader)
+
+
+class ResumableTrainer(ResumableTrainerMixin, Trainer):
+    """``transformers.Trainer`` with :class:`ResumableTrainerMixin`."""

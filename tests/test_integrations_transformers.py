@@ -1,0 +1,59 @@
+"""transformers' Trainer on CPU: killed mid-epoch, resumed with resume_from_checkpoint.
+
+Each run is tests/transformers_job.py in a subprocess, a ResumableTrainer checkpointing every
+3 steps; the resumed runs change the batch size and the number of workers.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from integration_harness import assert_same_run, run_job, samples
+from transformers import TrainingArguments
+from transformers_job import EPOCHS, N
+
+from resumable_loader import StateDictError
+from resumable_loader.integrations.transformers import ResumableTrainer
+
+JOB = Path(__file__).with_name("transformers_job.py")
+
+
+def job(out: Path, *args: str, killed: bool = False) -> list[dict]:
+    command = [sys.executable, str(JOB), str(out), *args]
+    return run_job(command, out, killed=killed, cwd=JOB.parent)
+
+
+@pytest.mark.slow
+def test_killed_mid_epoch_resumes_exactly_with_other_workers_and_batch_size(tmp_path):
+    continuous = job(tmp_path / "continuous", "--batch-size=4", "--workers=0")
+    stream = [sample_id for _, sample_id, _ in samples(continuous)]
+    assert len(stream) == EPOCHS * N
+    assert sorted(stream[:N]) == sorted(stream[N:]) == list(range(N))
+    assert stream[:N] != stream[N:]
+    head = job(tmp_path / "head", "--batch-size=4", "--workers=0", "--kill-at=5", killed=True)
+    assert len(head) == 5
+    checkpoint = tmp_path / "head" / "checkpoints" / "checkpoint-3"
+    # the same batches from 2 workers: the same samples, augmentations and losses
+    tail = job(tmp_path / "tail", "--batch-size=4", "--workers=2", f"--resume={checkpoint}")
+    assert_same_run(head[:3] + tail, continuous)
+    # twice the batch: the same samples and augmentations, as far as the Trainer's max_steps
+    # (counted in the new batch size) lets the run go
+    wide = samples(
+        job(tmp_path / "wide", "--batch-size=8", "--workers=1", f"--resume={checkpoint}")
+    )
+    assert len(wide) >= N  # past the resumed epoch's end, into the next
+    assert samples(head[:3]) + wide == samples(continuous)[: 12 + len(wide)]
+
+
+def test_a_checkpoint_without_the_cursor_is_refused(tmp_path):
+    trainer = ResumableTrainer(
+        model=torch.nn.Linear(1, 1),
+        args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none"),
+        train_dataset=list(range(4)),
+    )
+    trainer.resumed_from = str(tmp_path)
+    with pytest.raises(StateDictError, match=r"cursor\.json is missing"):
+        trainer.get_train_dataloader()
