@@ -37,6 +37,12 @@ LENGTH = 36
 SCHEDULE = 40  # steps of the warm-up + cosine schedule
 
 
+def example(index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample ``index``'s features and target, before augmentation."""
+    x = torch.randn(FEATURES, generator=torch.Generator().manual_seed(index))
+    return x, x.sum(0, keepdim=True).sin()
+
+
 class Regression(Dataset):
     """Fixed features and targets per id, plus augmentation noise from torch's global RNG."""
 
@@ -47,9 +53,7 @@ class Regression(Dataset):
         return self.length
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        fixed = torch.Generator().manual_seed(index)
-        x = torch.randn(FEATURES, generator=fixed)
-        y = x.sum(0, keepdim=True).sin()
+        x, y = example(index)
         key = sample_key()
         noisy = x + 0.1 * torch.randn(FEATURES)  # an augmentation: replayed per sample key
         return {"id": index, "epoch": key.epoch, "pos": key.position, "x": noisy, "y": y}
