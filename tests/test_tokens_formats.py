@@ -7,6 +7,7 @@ import struct
 import warnings
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 from tokens_factory import (
@@ -51,6 +52,18 @@ def test_megatron_tokens_are_memory_mapped(tmp_path):
     shard = read(write_megatron(tmp_path, "m", DOCS))
     assert isinstance(shard.tokens, np.memmap)
     assert shard.tokens.dtype == np.uint16
+
+
+def test_a_dataset_keeps_one_offsets_array_and_maps_an_int64_one(tmp_path):
+    one = TokenDataset(write_plain(tmp_path, "p", DOCS), 4)
+    assert isinstance(one.offsets, np.memmap)  # the int64 .npy itself: not copied
+    parquet = write_parquet(tmp_path, "q", DOCS, value_type=pa.uint32())
+    two = TokenDataset([write_plain(tmp_path, "p", DOCS), parquet], 4)
+    assert np.array_equal(
+        two.offsets, np.concatenate([offsets_of(DOCS), offsets_of(DOCS)[1:] + offsets_of(DOCS)[-1]])
+    )
+    assert [(s.format, s.num_documents) for s in two.shards] == [("plain", 30), ("parquet", 30)]
+    assert not any(hasattr(s, "offsets") for s in two.shards)  # per-shard arrays are dropped
 
 
 def _megatron_core():
@@ -201,7 +214,6 @@ def _no_offsets(d):
 
 
 def _parquet_strings(d):
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     pq.write_table(pa.table({"input_ids": ["a", "b"]}), os.path.join(d, "s.parquet"))

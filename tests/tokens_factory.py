@@ -48,9 +48,11 @@ def write_plain(directory: os.PathLike, name: str, docs: list, dtype=np.uint32, 
     return path
 
 
-def write_parquet(directory: os.PathLike, name: str, docs: list, column="input_ids") -> str:
+def write_parquet(
+    directory: os.PathLike, name: str, docs: list, column="input_ids", value_type=None
+) -> str:
     path = os.path.join(directory, name + ".parquet")
-    values = pa.array([d.astype(np.int32).tolist() for d in docs], pa.list_(pa.int32()))
+    values = pa.array([d.tolist() for d in docs], pa.list_(value_type or pa.int32()))
     pq.write_table(pa.table({column: values}), path, row_group_size=7)
     return path
 

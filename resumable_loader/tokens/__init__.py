@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from resumable_loader.tokens.dataset import TokenDataset, flatten_cu_seqlens
-from resumable_loader.tokens.formats import TokenShard, open_shard
+from resumable_loader.tokens.formats import ShardInfo, TokenShard, open_shard
 from resumable_loader.tokens.megatron import MegatronWriter
 
-__all__ = ["MegatronWriter", "TokenDataset", "TokenShard", "flatten_cu_seqlens", "open_shard"]
+__all__ = [
+    "MegatronWriter",
+    "ShardInfo",
+    "TokenDataset",
+    "TokenShard",
+    "flatten_cu_seqlens",
+    "open_shard",
+]

@@ -30,7 +30,7 @@ from resumable_loader._checks import check_int
 from resumable_loader.errors import ConfigError, ResumableLoaderError, ShardError
 from resumable_loader.index.paths import expand_shards
 from resumable_loader.rngs.sample import sample_key
-from resumable_loader.tokens.formats import TokenShard, open_shard
+from resumable_loader.tokens.formats import ShardInfo, TokenShard, open_shard
 from resumable_loader.tokens.seek_table import SeekTables
 
 MODES = ("concat", "shuffle")
@@ -62,7 +62,7 @@ class TokenDataset(Dataset):
             once and memory-mapped by every worker (default: each process builds its own).
 
     Attributes:
-        dtype, num_tokens, num_documents, num_windows, dropped_tokens, shards (``TokenShard``),
+        dtype, num_tokens, num_documents, num_windows, dropped_tokens, shards (``ShardInfo``),
         fingerprint (a str the loader records: shard names, sizes, token and document counts,
         seq_len and mode; a resume on other files or another cut is refused).
     """
@@ -94,11 +94,14 @@ class TokenDataset(Dataset):
             outputs=self.outputs,
             seek_table_dir=seek_table_dir,
         )
-        self.shards = _open_shards(paths, dtype=dtype, column=column)
-        self.dtype = self.shards[0].tokens.dtype
-        token_counts = [shard.num_tokens for shard in self.shards]
+        opened = _open_shards(paths, dtype=dtype, column=column)
+        self.dtype = opened[0].tokens.dtype
+        token_counts = [shard.num_tokens for shard in opened]
         self.shard_starts = np.concatenate([[0], np.cumsum(token_counts)]).astype(np.int64)
-        self.offsets = _stream_offsets(self.shards, self.shard_starts)
+        self.offsets = _stream_offsets(opened, self.shard_starts)
+        # plain ndarray views of the maps: slicing a np.memmap costs twice as much
+        self._tokens = [shard.tokens.view(np.ndarray) for shard in opened]
+        self.shards = tuple(shard.info() for shard in opened)  # the shards' offsets are dropped
         self.num_tokens = int(self.shard_starts[-1])
         self.num_documents = len(self.offsets) - 1
         self.num_windows = (self.num_tokens - 1) // self.seq_len
@@ -109,13 +112,11 @@ class TokenDataset(Dataset):
                 "more data"
             )
         self.dropped_tokens = self.num_tokens - 1 - self.num_windows * self.seq_len
-        self.fingerprint = _fingerprint(self.shards, self.seq_len, self.documents)
+        self.fingerprint = _fingerprint(self.shards, self.dtype, self.seq_len, self.documents)
         self._tables = None
         if documents == "shuffle":
             self._tables = SeekTables(self.offsets, cache_dir=seek_table_dir, name=self.fingerprint)
         self._positions = np.arange(self.seq_len, dtype=np.int64)
-        # plain ndarray views of the maps: slicing a np.memmap costs twice as much
-        self._tokens = [shard.tokens.view(np.ndarray) for shard in self.shards]
         self._empty_documents = bool(np.any(self.offsets[1:] == self.offsets[:-1]))
 
     def __len__(self) -> int:
@@ -252,16 +253,21 @@ def _open_shards(
 
 
 def _stream_offsets(shards: list[TokenShard], shard_starts: np.ndarray) -> np.ndarray:
-    """int64 document offsets in the concatenated stream (documents + 1 values)."""
+    """int64 document offsets in the concatenated stream (documents + 1 values): one shard's
+    own array (never copied: it may be a map), else one array for all."""
+    if len(shards) == 1:
+        return shards[0].offsets
     parts = [shard.offsets[:-1] + base for shard, base in zip(shards, shard_starts, strict=False)]
     return np.concatenate([*parts, shard_starts[-1:]]).astype(np.int64, copy=False)
 
 
-def _fingerprint(shards: list[TokenShard], seq_len: int, documents: str) -> str:
+def _fingerprint(
+    shards: tuple[ShardInfo, ...], dtype: np.dtype, seq_len: int, documents: str
+) -> str:
     described = [
         [os.path.basename(s.path), s.format, s.size, s.num_tokens, s.num_documents] for s in shards
     ]
-    text = json.dumps([WINDOW_FORMAT, str(shards[0].tokens.dtype), seq_len, documents, described])
+    text = json.dumps([WINDOW_FORMAT, str(dtype), seq_len, documents, described])
     return "tokens-" + hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 

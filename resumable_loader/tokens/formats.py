@@ -55,6 +55,21 @@ class TokenShard:
     def num_documents(self) -> int:
         return len(self.offsets) - 1
 
+    def info(self) -> ShardInfo:
+        """What a dataset keeps of the shard once its offsets joined the stream's."""
+        return ShardInfo(self.path, self.format, self.size, self.num_tokens, self.num_documents)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardInfo:
+    """A shard's file, format and counts (what the dataset's fingerprint is made of)."""
+
+    path: str
+    format: str
+    size: int
+    num_tokens: int
+    num_documents: int
+
 
 def open_shard(path: str, *, dtype: np.dtype | None, column: str) -> TokenShard:
     """Open the shard ``path`` names (see the module docstring for how its format is told).
@@ -125,7 +140,11 @@ def _plain(path: str, offsets_path: str, dtype: np.dtype | None) -> TokenShard:
             "array; write a 1-d integer array of document offsets"
         )
     shard = TokenShard(
-        path, "plain", tokens, offsets.astype(np.int64), size + os.path.getsize(offsets_path)
+        path,
+        "plain",
+        tokens,
+        offsets.astype(np.int64, copy=False),  # an int64 .npy stays mapped, not copied
+        size + os.path.getsize(offsets_path),
     )
     return _checked(shard, f"{offsets_path}: field 'offsets'")
 
