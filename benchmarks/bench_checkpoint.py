@@ -1,0 +1,186 @@
+"""Checkpointer save and load time against raw dcp.save / dcp.load of the same ~100 MB state.
+
+Run: python benchmarks/bench_checkpoint.py [--mb MB] [--repeats R] [--quick]
+
+The state is a model (an MLP, float32), its AdamW state (two moments per weight), a warm-up +
+cosine schedule and a resumable loader: ~MB megabytes of tensors in all. The baseline is DCP's
+own recipe on the same objects (``get_state_dict``, ``dcp.save``; ``get_state_dict``,
+``dcp.load``, ``set_state_dict``), writing to a fresh folder of the same file system; the
+Checkpointer adds the RNG files, the manifest, the atomic rename, the latest pointer, pruning
+to keep_last, and on load the validation and the decision record. Saves and loads alternate
+between the two, median of R; the weights are zeroed before each load, so a checksum equal to the
+saved one shows the load read them.
+When ``accelerate`` imports, its ``save_state`` / ``load_state`` of the same state is timed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import shutil
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.utils.data import TensorDataset
+
+from resumable_loader import DataLoader
+from resumable_loader.checkpoint import Checkpointer
+
+warnings.filterwarnings("ignore", message="torch.distributed is .*unavailable or uninit")
+
+
+def build(megabytes: float) -> dict:
+    """An MLP whose weights + AdamW moments total ~``megabytes``, trained one step."""
+    width = int((megabytes * 2**20 / 4 / 3 / 4) ** 0.5)  # 4 square layers, 3 copies, 4 bytes
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(width, width) for _ in range(4)])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=10)
+    model(torch.randn(2, width)).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    loader = DataLoader(TensorDataset(torch.arange(1000)), batch_size=10, shuffle=True, seed=1)
+    return {"model": model, "optimizer": optimizer, "scheduler": scheduler, "loader": loader}
+
+
+def tensor_mb(state: dict) -> float:
+    model, optimizer = get_state_dict(state["model"], state["optimizer"])
+    tensors = [*model.values()]
+    for per_param in optimizer["state"].values():
+        tensors += [v for v in per_param.values() if isinstance(v, torch.Tensor)]
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+
+
+class Raw:
+    """DCP's recipe: the model and optimizer through get/set_state_dict, dcp.save/dcp.load."""
+
+    name = "raw dcp.save / dcp.load"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def save(self, state: dict, step: int) -> None:
+        model, optimizer = get_state_dict(state["model"], state["optimizer"])
+        app = {"model": model, "optimizer": optimizer, "scheduler": state["scheduler"]}
+        dcp.save(app, checkpoint_id=self.root / f"step-{step}", no_dist=True)
+
+    def load(self, state: dict, step: int) -> None:
+        model, optimizer = get_state_dict(state["model"], state["optimizer"])
+        app = {"model": model, "optimizer": optimizer, "scheduler": state["scheduler"]}
+        dcp.load(app, checkpoint_id=self.root / f"step-{step}", no_dist=True)
+        set_state_dict(
+            state["model"], state["optimizer"], model_state_dict=model, optim_state_dict=optimizer
+        )
+
+
+class Ours:
+    """The Checkpointer (keep_last=3, so it prunes as in a run)."""
+
+    name = "Checkpointer"
+
+    def __init__(self, root: Path) -> None:
+        self.checkpointer = Checkpointer(root, keep_last=3)
+
+    def save(self, state: dict, step: int) -> None:
+        self.checkpointer.save(step, state)
+
+    def load(self, state: dict, step: int) -> None:
+        self.checkpointer.load(state, step=step)
+
+
+class Accelerate:
+    """Accelerate's save_state / load_state of the prepared model, optimizer and scheduler."""
+
+    name = "accelerate save_state / load_state"
+
+    def __init__(self, root: Path) -> None:
+        from accelerate import Accelerator
+
+        self.root, self.accelerator, self.prepared = root, Accelerator(cpu=True), None
+
+    def _prepare(self, state: dict) -> None:
+        if self.prepared is None:
+            self.prepared = self.accelerator.prepare(
+                state["model"], state["optimizer"], state["scheduler"]
+            )
+
+    def save(self, state: dict, step: int) -> None:
+        self._prepare(state)
+        self.accelerator.save_state(str(self.root / f"step-{step}"))
+
+    def load(self, state: dict, step: int) -> None:
+        self._prepare(state)
+        self.accelerator.load_state(str(self.root / f"step-{step}"))
+
+
+def timed(action: Callable[..., None], *args: object) -> float:
+    start = time.perf_counter()
+    action(*args)
+    return time.perf_counter() - start
+
+
+def checksum(state: dict) -> float:
+    with torch.no_grad():
+        return float(sum(p.double().sum() for p in state["model"].parameters()))
+
+
+def forget(state: dict) -> None:
+    """Zero the weights, so that only a load that reads them gives the checksum back."""
+    with torch.no_grad():
+        for parameter in state["model"].parameters():
+            parameter.zero_()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mb", type=float, default=100.0, help="megabytes of tensors")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="10 MB, 2 repeats")
+    args = parser.parse_args()
+    megabytes, repeats = (10.0, 2) if args.quick else (args.mb, args.repeats)
+    torch.set_num_threads(1)
+    state = build(megabytes)
+    expected = checksum(state)
+    with tempfile.TemporaryDirectory(dir=".") as directory:  # the repository's file system
+        root = Path(directory)
+        kinds = [Raw, Ours]
+        if importlib.util.find_spec("accelerate") is not None:
+            kinds.append(Accelerate)
+        engines = [kind(root / kind.__name__.lower()) for kind in kinds]
+        times = {engine.name: {"save": [], "load": []} for engine in engines}
+        sums = {}
+        for step in range(repeats):
+            for engine in engines:
+                times[engine.name]["save"].append(timed(engine.save, state, step))
+            for engine in engines:
+                forget(state)
+                times[engine.name]["load"].append(timed(engine.load, state, step))
+                sums[engine.name] = checksum(state)
+            shutil.rmtree(root / "raw" / f"step-{step}")  # the Checkpointer prunes its own
+    print(
+        f"# {tensor_mb(state):.1f} MiB of tensors (MLP + AdamW moments), median of {repeats}, "
+        "alternating, fsynced files, 1 torch thread"
+    )
+    raw = {what: statistics.median(times[Raw.name][what]) for what in ("save", "load")}
+    print(f"{'engine':<36}{'save s':>8}{'vs raw':>8}{'load s':>8}{'vs raw':>8}  checksum ok")
+    for engine in engines:
+        median = {what: statistics.median(times[engine.name][what]) for what in ("save", "load")}
+        print(
+            f"{engine.name:<36}{median['save']:>8.3f}{median['save'] / raw['save']:>8.3f}"
+            f"{median['load']:>8.3f}{median['load'] / raw['load']:>8.3f}"
+            f"  {sums[engine.name] == expected}"
+        )
+    if Accelerate not in kinds:
+        print("accelerate: not installed beside the CPU torch here, not timed")
+
+
+if __name__ == "__main__":
+    main()
