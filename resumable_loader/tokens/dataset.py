@@ -31,7 +31,7 @@ from resumable_loader.errors import ConfigError, ResumableLoaderError, ShardErro
 from resumable_loader.index.paths import expand_shards
 from resumable_loader.rngs.sample import sample_key
 from resumable_loader.tokens.formats import ShardInfo, TokenShard, open_shard
-from resumable_loader.tokens.seek_table import SeekTables
+from resumable_loader.tokens.seek_table import SeekTable, SeekTables
 
 MODES = ("concat", "shuffle")
 OUTPUTS = ("input_ids", "labels", "position_ids", "cu_seqlens")
@@ -151,11 +151,15 @@ class TokenDataset(Dataset):
                 raise ConfigError("documents='shuffle' needs the seed and epoch of the window")
             table = self._tables.get(seed=seed, epoch=epoch)
             starts = table.starts
-            tokens = self._gather(table.starts, table.documents, start, stop)
+            tokens = self._gather(table, start, stop)
         return self._sample(tokens, starts, start)
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Tokens [start, stop) of the unshuffled stream, across shard ends."""
+        if not 0 <= start <= stop <= self.num_tokens:
+            raise ConfigError(
+                f"tokens [{start}, {stop}) outside the stream's [0, {self.num_tokens})"
+            )
         out = np.empty(stop - start, dtype=self.dtype)
         self._copy(start, stop, out)
         return out
@@ -169,12 +173,12 @@ class TokenDataset(Dataset):
             out[done : done + take] = self._tokens[shard][start - base : start - base + take]
             start, done, shard = start + take, done + take, shard + 1
 
-    def _gather(self, starts: np.ndarray, documents: Any, start: int, stop: int) -> np.ndarray:
-        """Tokens [start, stop) of a shuffled stream whose slot j (document documents(j, j+1))
-        begins at starts[j]."""
+    def _gather(self, table: SeekTable, start: int, stop: int) -> np.ndarray:
+        """Tokens [start, stop) of the shuffled stream of ``table``'s epoch."""
+        starts = table.starts
         first = int(starts.searchsorted(start, side="right")) - 1
         last = int(starts.searchsorted(stop, side="left"))
-        ids = documents(first, last)
+        ids = table.documents(first, last)
         out = np.empty(stop - start, dtype=self.dtype)
         slot_starts = starts[first:last].tolist()
         for slot_start, doc in zip(slot_starts, ids.tolist(), strict=True):
