@@ -96,4 +96,3 @@ def test_a_missing_dataset_path_is_a_config_error():
         TitanDataLoader.Config().build(
             dp_world_size=1, dp_rank=0, tokenizer=None, seq_len=4, local_batch_size=1
         )
-
