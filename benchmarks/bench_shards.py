@@ -1,6 +1,7 @@
-"""Shard reads: locality of global vs shard-local shuffle, and resume cost in shard-local mode.
+"""Shard reads: locality of global vs shard-local shuffle, tar read speed, resume cost.
 
 Run: python benchmarks/bench_shards.py [--shards S] [--per-shard P] [--payload BYTES]
+     [--only locality|reads|resume] [--repeats R]
 
 Locality: one epoch through the loader (num_workers=0, so one process makes every read) over
 shards written to a temp dir; every cache is a quarter of the data it caches, as for a data
@@ -9,15 +10,20 @@ read-ahead blocks (the default for fsspec URLs): the bytes requested from storag
 blocks included) divided by the payload bytes delivered, storage requests per sample, the
 median distance between consecutive sample reads of one shard, and the shards in flight.
 Parquet, the same rows as files of row groups, for each order: row-group reads divided by the
-row groups in the data. Resume: time to the first batch of a shard-local
-loader resumed at 10%, 50% and 90% of an epoch of 10^7 samples (a cheap dataset with 1,000
-shards of 10,000 samples), against a fresh start.
+row groups in the data. Reads: samples/s of ``TarShardDataset[i]`` (one positioned read of
+the span, its headers parsed and checked) over every sample in a global-shuffle order, from
+the page cache, for samples of one member and of three (the payload, a ``cls`` and a
+``json``), best of R passes, beside a bare ``os.pread`` of the same spans in the same order
+(the storage floor, its ratio the parsing cost) and one loader epoch. Resume: time to the
+first batch of a shard-local loader resumed at 10%, 50% and 90% of an epoch of 10^7
+samples (a cheap dataset with 1,000 shards of 10,000 samples), against a fresh start.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import os
 import tarfile
 import tempfile
 import time
@@ -31,6 +37,7 @@ from resumable_loader import ParquetDataset, ResumableDataLoader, ShardShuffle, 
 SHARD_SHUFFLE = ShardShuffle(window=4, buffer_size=256)
 READ_AHEAD = 2**20
 ROW_GROUP = 100  # rows per Parquet row group
+SECTIONS = ("locality", "reads", "resume")
 
 
 class ReadLog(TarShardDataset):
@@ -41,16 +48,25 @@ class ReadLog(TarShardDataset):
         return super()._read(shard, start, length)
 
 
-def write_shards(directory: Path, shards: int, per_shard: int, payload: int) -> list[str]:
-    body = bytes(range(256)) * (payload // 256 + 1)
+def write_shards(
+    directory: Path, shards: int, per_shard: int, payload: int, *, labelled: bool = False
+) -> list[str]:
+    """Tar shards of samples ``sSSSS_IIIIII``: a ``bin`` member of ``payload`` bytes, and with
+    ``labelled`` a ``cls`` and a ``json`` member too."""
+    body = (bytes(range(256)) * (payload // 256 + 1))[:payload]
+    prefix = "lab" if labelled else "loc"
     paths = []
     for s in range(shards):
-        path = directory / f"loc-{s:04d}.tar"
+        path = directory / f"{prefix}-{s:04d}.tar"
         with tarfile.open(path, "w") as tar:
             for i in range(per_shard):
-                info = tarfile.TarInfo(f"s{s:04d}_{i:06d}.bin")
-                info.size = payload
-                tar.addfile(info, io.BytesIO(body[:payload]))
+                members = [("bin", body)]
+                if labelled:
+                    members += [("cls", b"%d" % (i % 10)), ("json", b'{"index": %d}' % i)]
+                for extension, data in members:
+                    info = tarfile.TarInfo(f"s{s:04d}_{i:06d}.{extension}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
         paths.append(str(path))
     return paths
 
@@ -97,6 +113,39 @@ def locality(
     median_seek = float(np.median(seeks)) if seeks else 0.0
     ratio = dataset.bytes_read / (samples * payload)
     return ratio, dataset.read_requests / samples, median_seek, in_flight
+
+
+def read_speed(paths: list[str], repeats: int) -> tuple[float, float, float, int]:
+    """(bare pread samples/s, dataset[i] samples/s, loader samples/s, checksum) over every
+    sample in a global-shuffle order, best of ``repeats`` passes each."""
+    dataset = TarShardDataset(paths, read_ahead=0)
+    order = np.random.default_rng(0).permutation(len(dataset)).tolist()
+    spans = [(*dataset.index.locate(i), *(int(v) for v in dataset.index.spans[i])) for i in order]
+    files = [os.open(path, os.O_RDONLY) for path in paths]
+    try:
+
+        def bare() -> int:
+            return sum(len(os.pread(files[shard], n, start)) for shard, _, start, n in spans)
+
+        def reads() -> int:
+            return sum(len(dataset[i]["bin"]) for i in order)
+
+        def loader() -> int:
+            return epoch(dataset, None)
+
+        reads()  # warm the page cache and open the files
+        rates, checksum = [], 0
+        for run in (bare, reads, loader):
+            best = float("inf")
+            for _ in range(repeats):
+                start = time.perf_counter()
+                checksum += run()
+                best = min(best, time.perf_counter() - start)
+            rates.append(len(order) / best)
+    finally:
+        for handle in files:
+            os.close(handle)
+    return rates[0], rates[1], rates[2], checksum
 
 
 class GroupReads(ParquetDataset):
@@ -148,38 +197,72 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=16)
     parser.add_argument("--per-shard", type=int, default=1000)
     parser.add_argument("--payload", type=int, default=4096)
+    parser.add_argument("--only", choices=SECTIONS, help="run one section (default: all)")
+    parser.add_argument("--repeats", type=int, default=5, help="passes per read-speed figure")
     args = parser.parse_args()
+    sections = [args.only] if args.only else SECTIONS
+    with tempfile.TemporaryDirectory() as tmp:
+        if "locality" in sections:
+            locality_section(Path(tmp), args)
+        if "reads" in sections:
+            reads_section(Path(tmp), args)
+    if "resume" in sections:
+        resume_section()
+
+
+def locality_section(tmp: Path, args: argparse.Namespace) -> None:
     local = f"shard-local (window {SHARD_SHUFFLE.window}, buffer {SHARD_SHUFFLE.buffer_size})"
     orders = (("global shuffle", None), (local, SHARD_SHUFFLE))
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = write_shards(Path(tmp), args.shards, args.per_shard, args.payload)
+    paths = write_shards(tmp, args.shards, args.per_shard, args.payload)
+    print(
+        f"# locality: {args.shards} tar shards x {args.per_shard} samples of "
+        f"{args.payload} B, one epoch, batch 32, one process, read-ahead cache 1/4 of the "
+        "shard bytes"
+    )
+    print(
+        f"{'order':<36}{'read-ahead':>11}{'read/delivered':>15}{'requests/sample':>16}"
+        f"{'median seek':>13}{'shards/256 reads':>17}"
+    )
+    for name, shard_shuffle in orders:
+        for read_ahead in (0, READ_AHEAD):
+            ratio, requests, seek, in_flight = locality(
+                paths, args.payload, shard_shuffle, read_ahead
+            )
+            ahead = f"{read_ahead // 1024} KiB" if read_ahead else "off"
+            print(
+                f"{name:<36}{ahead:>11}{ratio:>15.3f}{requests:>16.3f}"
+                f"{seek / 1024:>10.1f} KB{in_flight:>17.1f}"
+            )
+    parquet = write_parquet(tmp, args.shards, args.per_shard, args.payload)
+    print(
+        f"\n# locality: the same rows as {args.shards} Parquet files, row groups of "
+        f"{ROW_GROUP} rows, row-group cache 1/4 of the decoded data"
+    )
+    print(f"{'order':<36}{'row-group reads / row groups':>30}")
+    for name, shard_shuffle in orders:
+        print(f"{name:<36}{parquet_locality(parquet, shard_shuffle):>30.2f}")
+
+
+def reads_section(tmp: Path, args: argparse.Namespace) -> None:
+    print(
+        f"\n# reads: {args.shards} tar shards x {args.per_shard} samples, global-shuffle order, "
+        f"page cache warm, one process, best of {args.repeats} passes"
+    )
+    print(
+        f"{'sample':<28}{'bare pread/s':>14}{'dataset[i]/s':>14}{'vs pread':>10}"
+        f"{'loader/s':>12}{'checksum':>18}"
+    )
+    for labelled in (False, True):
+        paths = write_shards(tmp, args.shards, args.per_shard, args.payload, labelled=labelled)
+        bare, reads, loader, checksum = read_speed(paths, args.repeats)
+        name = f"bin {args.payload} B" + (" + cls + json" if labelled else "")
         print(
-            f"# locality: {args.shards} tar shards x {args.per_shard} samples of "
-            f"{args.payload} B, one epoch, batch 32, one process, read-ahead cache 1/4 of the "
-            "shard bytes"
+            f"{name:<28}{bare:>14,.0f}{reads:>14,.0f}{reads / bare:>10.3f}{loader:>12,.0f}"
+            f"{checksum:>18x}"
         )
-        print(
-            f"{'order':<36}{'read-ahead':>11}{'read/delivered':>15}{'requests/sample':>16}"
-            f"{'median seek':>13}{'shards/256 reads':>17}"
-        )
-        for name, shard_shuffle in orders:
-            for read_ahead in (0, READ_AHEAD):
-                ratio, requests, seek, in_flight = locality(
-                    paths, args.payload, shard_shuffle, read_ahead
-                )
-                ahead = f"{read_ahead // 1024} KiB" if read_ahead else "off"
-                print(
-                    f"{name:<36}{ahead:>11}{ratio:>15.3f}{requests:>16.3f}"
-                    f"{seek / 1024:>10.1f} KB{in_flight:>17.1f}"
-                )
-        parquet = write_parquet(Path(tmp), args.shards, args.per_shard, args.payload)
-        print(
-            f"\n# locality: the same rows as {args.shards} Parquet files, row groups of "
-            f"{ROW_GROUP} rows, row-group cache 1/4 of the decoded data"
-        )
-        print(f"{'order':<36}{'row-group reads / row groups':>30}")
-        for name, shard_shuffle in orders:
-            print(f"{name:<36}{parquet_locality(parquet, shard_shuffle):>30.2f}")
+
+
+def resume_section() -> None:
     dataset = Cheap(1000, 10_000)
     print(f"\n# resume, shard-local {SHARD_SHUFFLE}, epoch of {len(dataset):,} samples")
     print(f"{'resume at':>12}{'first batch':>14}{'vs fresh start':>16}")
