@@ -164,6 +164,7 @@ NB_MODULE(_core, m) {
     purposes[name] = static_cast<uint32_t>(value);
   }
   m.attr("PURPOSES") = purposes;
+  m.attr("TORCH_SEED_MASK") = resumable_loader::TORCH_SEED_MASK;
   m.attr("TORCH_CPU_GENERATOR_STATE_SIZE") = resumable_loader::TORCH_CPU_GENERATOR_STATE_SIZE;
 
   nb::class_<resumable_loader::GlobalRngSnapshot>(m, "GlobalRngSnapshot");

@@ -27,6 +27,9 @@
 namespace resumable_loader {
 
 constexpr int MT19937_N = 624;
+// torch.initial_seed() reports the seed as an int64 (default_collate of it overflows above
+// 2**63 - 1), so the seed torch is told keeps 63 bits; its state words use all 64.
+constexpr uint64_t TORCH_SEED_MASK = (uint64_t{1} << 63) - 1;
 
 enum GlobalRng : uint32_t { kPython = 0, kNumpy = 1, kTorch = 2 };
 
@@ -106,7 +109,7 @@ struct GlobalRngTargets {
       mt19937_state_words(key, kTorch, words);
       std::memset(torch_state, 0, sizeof(TorchCpuGeneratorState));
       TorchCpuGeneratorStateLegacy& pod = torch_state->legacy_pod;
-      pod.the_initial_seed = global_rng_seed(key, kTorch);
+      pod.the_initial_seed = global_rng_seed(key, kTorch) & TORCH_SEED_MASK;
       pod.left = MT19937_N;  // torch twists when a draw brings `left` to 0
       pod.seeded = 1;
       for (int i = 0; i < MT19937_N; ++i) pod.state[i] = words[i];

@@ -15,6 +15,7 @@ enum Purpose : uint32_t {
   PURPOSE_SHUFFLE_BUFFER = 5,  // the shuffle buffer's picks in shard-local mode
   PURPOSE_MIXTURE_SOURCE = 6,  // a mixture source's own stream seed (seed, source name)
   PURPOSE_DOCUMENT_ORDER = 7,  // a token dataset's per-epoch document shuffle
+  PURPOSE_WORKER_SEED = 8,     // the base seed torch gives an iteration's workers
 };
 
 // Name -> value, in order; the names as Python's Purpose members spell them.
@@ -26,7 +27,7 @@ inline constexpr PurposeName PURPOSE_NAMES[] = {
     {"PERMUTATION", PURPOSE_PERMUTATION},         {"SAMPLE", PURPOSE_SAMPLE},
     {"BATCH", PURPOSE_BATCH},                     {"SHARD_ORDER", PURPOSE_SHARD_ORDER},
     {"SHUFFLE_BUFFER", PURPOSE_SHUFFLE_BUFFER},   {"MIXTURE_SOURCE", PURPOSE_MIXTURE_SOURCE},
-    {"DOCUMENT_ORDER", PURPOSE_DOCUMENT_ORDER},
+    {"DOCUMENT_ORDER", PURPOSE_DOCUMENT_ORDER}, {"WORKER_SEED", PURPOSE_WORKER_SEED},
 };
 
 }  // namespace resumable_loader

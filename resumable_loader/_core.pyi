@@ -28,6 +28,8 @@ def mt19937_state_words(key: Sequence[int], generator: int) -> list[int]:
 
 PURPOSES: dict[str, int] = ...
 
+TORCH_SEED_MASK: int = 9223372036854775807
+
 TORCH_CPU_GENERATOR_STATE_SIZE: int = 5056
 
 class GlobalRngSnapshot:

@@ -31,9 +31,13 @@ FINGERPRINT_KEY = "fingerprint"
 CHECKSUM_KEY = "checksum"
 SAMPLER_STATE_KEY = "sampler_state"
 
+# Fingerprint fields added after version 1 was released, with the value a cursor without them
+# implies, so that every version-1 cursor keeps loading: reseed_globals (default True then).
+_ADDED_FINGERPRINT_FIELDS: dict[str, int | str] = {"reseed_globals": 1}
+
 _FIX_SETTINGS = (
     "resume with the dataset and the order settings (shuffle, shard_shuffle, drop_last, "
-    "sampler) the checkpoint was taken with, or do not load this state to start afresh"
+    "sampler, reseed_globals) the checkpoint was taken with, or do not load this state to start afresh"
 )
 
 
@@ -157,7 +161,8 @@ def parse_cursor(
     # The current loader's fields in their own order (dataset, order, ...) first, so the message
     # names the most basic difference; then fields only the saved state has.
     for name in [*fingerprint, *(k for k in saved_fingerprint if k not in fingerprint)]:
-        saved, current = saved_fingerprint.get(name), fingerprint.get(name)
+        saved = saved_fingerprint.get(name, _ADDED_FINGERPRINT_FIELDS.get(name))
+        current = fingerprint.get(name)
         if saved != current:
             raise StateDictError(
                 f"field '{FINGERPRINT_KEY}.{name}': saved {saved!r}, current {current!r}; "

@@ -6,24 +6,22 @@ batch (the dataset or collate_fn raised) leaves torch's iterator usable, as in t
 batch is skipped if the caller goes on, and counted once the next batch is handed out, so a
 ``state_dict()`` taken in between still retries it. A dead or hung worker ends the iteration: the
 workers stop in the background and the caller gets a WorkerError saying the state is exact.
-With a ``timeout``, every batch must arrive within it of being asked for.
+With a ``timeout``, every batch must arrive within it of being asked for; a batch late by
+``stall_warning`` is logged (see :mod:`resumable_loader.watch`).
 """
 
 from __future__ import annotations
 
-import math
 import re
 import threading
-import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from torch.utils.data import _utils
 from torch.utils.data._utils import signal_handling
 
 from resumable_loader.errors import WorkerError
+from resumable_loader.watch import BatchWatch
 
 # torch's messages for a worker that died (signal, exit) or missed its timeout.
 _WORKER_FAILURE = re.compile(r"DataLoader worker \(pids?|DataLoader timed out")
@@ -43,7 +41,7 @@ class ResumableIterator(Iterator[Any]):
         delivered: called as ``delivered(self, samples, last=...)`` per batch handed out and
             at the end (``samples`` 0, ``last`` True).
         workers_failed: called with ``inner`` when its workers died or hung.
-        num_workers, timeout: the loader's.
+        num_workers, timeout, stall_warning: the loader's.
     """
 
     def __init__(
@@ -56,6 +54,7 @@ class ResumableIterator(Iterator[Any]):
         workers_failed: Callable[[Any], None],
         num_workers: int,
         timeout: float,
+        stall_warning: float,
     ) -> None:
         self._inner = inner
         self._advances = advances
@@ -65,11 +64,11 @@ class ResumableIterator(Iterator[Any]):
         self._finished_refs = 0  # refs whose batch was handed out or failed
         self._skipped = 0  # samples of failed batches not yet added to the cursor
         self._length = length
-        self._deadline = _Deadline.install(inner, timeout)
+        self._watch = BatchWatch.install(inner, timeout=timeout, stall_warning=stall_warning)
 
     def __next__(self) -> Any:
-        if self._deadline is not None:
-            self._deadline.arm()
+        if self._watch is not None:
+            self._watch.arm()
         try:
             batch = next(self._inner)
         except StopIteration:
@@ -82,8 +81,8 @@ class ResumableIterator(Iterator[Any]):
                 raise
             raise self._stop_after(error, failure)  # noqa: B904 (the cause is set there)
         finally:
-            if self._deadline is not None:
-                self._deadline.disarm()
+            if self._watch is not None:
+                self._watch.disarm()
         self._finished_refs += 1
         advance, last = self._advances.popleft()
         self._delivered(self, self._skipped + advance, last=last)
@@ -145,45 +144,3 @@ def worker_failure(error: BaseException, num_workers: int) -> str | None:
         # The worker died while the main process was receiving a batch's shared tensors.
         return f"a DataLoader worker died while sending a batch ({type(error).__name__}: {error})"
     return None
-
-
-class _Deadline:
-    """Bounds the wait for each batch by ``timeout``, counted from the ``next()`` that asks.
-
-    torch restarts its timeout whenever any worker sends a batch, so a hung worker behind a
-    slow healthy one is noticed only much later. A _Deadline stands in for the iterator's
-    queue read (``_try_get_data``) and gives up once the batch's own deadline has passed;
-    torch then raises its "DataLoader timed out" error. Outside ``next()`` (e.g. while
-    persistent workers restart) torch's own timeout applies.
-    """
-
-    def __init__(self, inner: Any, timeout: float) -> None:
-        # The class's function and a weak reference: a bound method stored on ``inner`` would
-        # make a reference cycle, keeping an abandoned iterator's workers alive until a gc run.
-        self._read = type(inner)._try_get_data
-        self._inner = weakref.ref(inner)
-        self._timeout = timeout
-        self._expires = math.inf
-
-    @classmethod
-    def install(cls, inner: Any, timeout: float) -> _Deadline | None:
-        """Bound ``inner``'s batch waits (once per torch iterator); None without a timeout."""
-        read = getattr(inner, "_try_get_data", None)
-        if timeout <= 0 or read is None:
-            return None
-        if isinstance(read, _Deadline):  # persistent workers keep one torch iterator
-            return read
-        deadline = inner._try_get_data = cls(inner, timeout)
-        return deadline
-
-    def arm(self) -> None:
-        self._expires = time.monotonic() + self._timeout
-
-    def disarm(self) -> None:
-        self._expires = math.inf
-
-    def __call__(self, timeout: float = _utils.MP_STATUS_CHECK_INTERVAL) -> tuple[bool, Any]:
-        remaining = self._expires - time.monotonic()
-        if remaining <= 0:
-            return False, None
-        return self._read(self._inner(), min(timeout, remaining))

@@ -12,9 +12,10 @@ As with torchdata's stateful loader, ``load_state_dict`` takes effect at the nex
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, SequentialSampler
@@ -26,13 +27,21 @@ from resumable_loader.iteration import ResumableIterator, stop_workers, worker_f
 from resumable_loader.keyed_fetch import KeyedFetch, WorkerInit
 from resumable_loader.order.partition import Partition
 from resumable_loader.order.permutation import Order, SequentialOrder, ShuffledOrder
-from resumable_loader.order.philox import check_epoch, check_seed
+from resumable_loader.order.philox import Purpose, check_epoch, check_seed, derive_words
 from resumable_loader.progress import Progress
 from resumable_loader.refs import OrderedBatchSampler, UserBatchSampler
-from resumable_loader.topology import agree_on_seed, gather_cursors, resolve_topology
+from resumable_loader.topology import (
+    agree_on_seed,
+    forward_set_epoch,
+    gather_cursors,
+    injected_sampler,
+    resolve_data_parallel,
+)
+
+T_co = TypeVar("T_co", covariant=True)
 
 
-class ResumableDataLoader(DataLoader):
+class ResumableDataLoader(DataLoader[T_co]):
     """A drop-in for ``torch.utils.data.DataLoader`` whose ``state_dict()`` resumes exactly.
 
     Takes torch's DataLoader arguments, with the same checks and meaning. For a map-style
@@ -54,6 +63,18 @@ class ResumableDataLoader(DataLoader):
         shard_shuffle: a :class:`~resumable_loader.order.shard_local.ShardShuffle` to shuffle
             shard-locally (needs ``shuffle=True`` and a dataset with ``shard_sizes``) instead of
             globally.
+        dp_group, device_mesh: take rank and world size from the data-parallel process group,
+            or from a DeviceMesh whose dimensions are all data-parallel (``mesh["dp"]``) or a
+            ``(mesh, names)`` pair; ranks that differ only in tensor, context or pipeline
+            position then load identical batches (see docs/integrations.md).
+        stall_warning: with workers, log a warning (logger ``"resumable_loader"``) naming the
+            worker, positions and sample ids whenever a batch has not arrived this many seconds
+            after it was asked for (0: never); torch's default ``timeout=0`` otherwise waits
+            for a hung worker forever, silently.
+
+    A ``DistributedSampler`` over this dataset passed with ``shuffle=False`` (what Lightning's
+    DDP injects) is read as the data-parallel coordinates, shuffle flag and default seed, and
+    the loader keeps its own order; ``set_epoch`` on the visible sampler reaches the loader.
     """
 
     def __init__(
@@ -81,7 +102,14 @@ class ResumableDataLoader(DataLoader):
         world_size: int | None = None,
         reseed_globals: bool = True,
         shard_shuffle: Any = None,
+        dp_group: Any = None,
+        device_mesh: Any = None,
+        stall_warning: float = 300.0,
     ) -> None:
+        injected = injected_sampler(dataset, sampler, shuffle, batch_sampler)
+        if injected is not None:  # Lightning's DDP rebuilt this loader around its own sampler
+            rank, world_size = injected.rank, injected.world_size
+            seed = injected.seed if seed is None else seed
         super().__init__(
             dataset,
             batch_size,
@@ -101,23 +129,36 @@ class ResumableDataLoader(DataLoader):
             pin_memory_device=pin_memory_device,
             in_order=in_order,
         )
-        self.rank, self.world_size = resolve_topology(rank, world_size)
+        self._parallel = resolve_data_parallel(
+            rank, world_size, dp_group=dp_group, device_mesh=device_mesh
+        )
+        self.rank, self.world_size = self._parallel.rank, self._parallel.world_size
         self._explicit_seed = None if seed is None else check_seed(seed)
         if seed is None:
-            self.seed = agree_on_seed(_draw_seed(generator), self.world_size)
+            draw = _draw_seed(generator)
+            self.seed = agree_on_seed(draw, self.world_size, job_wide=self._parallel.job_wide)
         else:
             self.seed = self._explicit_seed
         self.reseed_globals = reseed_globals
+        if isinstance(stall_warning, bool) or not isinstance(stall_warning, (int, float)):
+            raise ConfigError(f"stall_warning must be seconds >= 0, got {stall_warning!r}")
+        if stall_warning < 0:
+            raise ConfigError(f"stall_warning must be seconds >= 0 (0: never), got {stall_warning}")
+        self.stall_warning = float(stall_warning)
         self._progress = Progress(self._epoch_complete)
         # The latest iterator: only its batches move the cursor. A weak reference, so that an
         # abandoned iterator is collected (and its workers stopped) as torch's would be.
         self._current: weakref.ref[ResumableIterator] | None = None
+        if injected is not None:  # our own order, as the sampler's coordinates and shuffle say
+            shuffle, sampler = injected.shuffle, None
         self._shuffle, self._shard_shuffle = bool(shuffle), shard_shuffle
         self._refs: OrderedBatchSampler | UserBatchSampler | None = None
         if not isinstance(dataset, IterableDataset):
             self._refs = self._make_ref_sampler(
                 shuffle, sampler, batch_sampler, shard_shuffle, dataset
             )
+            if sampler is None and batch_sampler is None:  # the visible sampler is torch's or
+                forward_set_epoch(self.sampler, self.set_epoch)  # injected: its epoch is ours
         elif shard_shuffle is not None:
             raise ConfigError("shard_shuffle needs a map-style dataset, got an IterableDataset")
         self._fetch = KeyedFetch(dataset, self.collate_fn, reseed_globals=reseed_globals)
@@ -171,6 +212,7 @@ class ResumableDataLoader(DataLoader):
             seed=self._explicit_seed,
             reseed_globals=self.reseed_globals,
             shard_shuffle=self._shard_shuffle,
+            stall_warning=self.stall_warning,
         )
 
     # -- iteration -------------------------------------------------------------------------
@@ -178,11 +220,13 @@ class ResumableDataLoader(DataLoader):
     def __len__(self) -> int:
         if self._refs is None:
             return super().__len__()
+        self._follow_length()
         return len(self._refs)
 
     def __iter__(self) -> Iterator[Any]:
         if self._refs is None:
             return super().__iter__()
+        self._follow_length()
         refs = self._refs
         epoch, position = self._progress.begin()
         refs.begin(seed=self.seed, epoch=epoch, start=position)
@@ -211,9 +255,30 @@ class ResumableDataLoader(DataLoader):
             workers_failed=self._workers_failed,
             num_workers=self.num_workers,
             timeout=self.timeout,
+            stall_warning=self.stall_warning,
         )
         self._current = weakref.ref(iterator)
         return iterator
+
+    def _follow_length(self) -> None:
+        """Follow a dataset whose length changed since the order was made, as torch's len()
+        and iteration do: from the next epoch's start; mid-epoch it is an error (the epoch's
+        order depends on the length, so its remaining positions would be other samples)."""
+        refs = self._refs
+        if not isinstance(refs, OrderedBatchSampler):
+            return  # a user's sampler follows the dataset itself
+        old, new = len(refs.order), len(self.dataset)
+        if old == new:
+            return
+        epoch, position, complete = self._progress.place()
+        if position > 0 and not complete:
+            raise ConfigError(
+                f"the dataset's length changed from {old} to {new} samples in the middle of "
+                f"epoch {epoch} (at position {position}), whose order depends on its length: "
+                "change a dataset's length only between epochs, or build a new loader"
+            )
+        refs.order = _make_order(self.dataset, self._shuffle, self.seed, self._shard_shuffle)
+        refs.partition = dataclasses.replace(refs.partition, length=len(refs.order))
 
     def _epoch_complete(self, position: int) -> bool:
         refs = self._refs
@@ -230,6 +295,9 @@ class ResumableDataLoader(DataLoader):
             "collate_fn": self._fetch,
             index_attr: self._refs,
             "worker_init_fn": WorkerInit(self.worker_init_fn),
+            # torch draws its workers' base seed from this generator (the global one if None):
+            # one of our own, so iter() never moves the training loop's RNG
+            "generator": _worker_seed_generator(self.seed, self._progress.epoch),
         }
         saved = {name: getattr(self, name) for name in swaps}
         try:
@@ -272,6 +340,7 @@ class ResumableDataLoader(DataLoader):
         refs = self._require_refs("fingerprint()")
         identity = getattr(self.dataset, "fingerprint", None)
         values: dict[str, int | str] = {"dataset": identity if isinstance(identity, str) else ""}
+        values["reseed_globals"] = int(self.reseed_globals)  # it decides every augmentation
         if isinstance(refs, OrderedBatchSampler):
             values.update(refs.order.settings())
             values["drop_last"] = int(self.drop_last)
@@ -295,7 +364,11 @@ class ResumableDataLoader(DataLoader):
         """
         state = self._cursor()
         if check_ranks and self.world_size > 1:
-            for rank, other in enumerate(gather_cursors(state, self.world_size)):
+            parallel = self._parallel
+            others = gather_cursors(
+                state, self.world_size, group=parallel.group, job_wide=parallel.job_wide
+            )
+            for rank, other in enumerate(others):
                 if other != state:
                     raise StateDictError(
                         f"rank {rank}'s cursor (epoch {other.get('epoch')}, position "
@@ -400,6 +473,13 @@ def _make_order(dataset: Dataset, shuffle: bool, seed: int, shard_shuffle: Any) 
             raise ConfigError("shard_shuffle needs shuffle=True")
         return shard_shuffle.order_for(dataset, seed=seed)
     return ShuffledOrder(length, seed=seed) if shuffle else SequentialOrder(length)
+
+
+def _worker_seed_generator(seed: int, epoch: int) -> torch.Generator:
+    """A generator for the base seed torch gives an iteration's workers (their ``random`` and
+    torch seeds before any sample key is installed): a pure function of (seed, epoch)."""
+    words = derive_words(seed, epoch, 0, Purpose.WORKER_SEED)
+    return torch.Generator().manual_seed((words[0] | words[1] << 32) & (2**63 - 1))
 
 
 def _draw_seed(generator: torch.Generator | None) -> int:

@@ -25,7 +25,8 @@ PURPOSE_LIMIT = 2**32
 # once, in csrc/purposes.h (the C++ core draws with them too): PERMUTATION (an epoch's Feistel
 # round keys), SAMPLE (a sample's key), BATCH (a batch's key, for collate_fn), SHARD_ORDER and
 # SHUFFLE_BUFFER (shard-local mode), MIXTURE_SOURCE (a mixture source's own stream seed),
-# DOCUMENT_ORDER (a token dataset's per-epoch document shuffle).
+# DOCUMENT_ORDER (a token dataset's per-epoch document shuffle), WORKER_SEED (the base seed torch
+# gives an iteration's workers).
 Purpose = enum.IntEnum("Purpose", _core.PURPOSES, module=__name__)
 
 

@@ -65,7 +65,7 @@ class GlobalRngs:
             words = np.array(_core.mt19937_state_words(key, NUMPY), dtype=np.uint32)
             np.random.set_state(("MT19937", words, 0, 0, 0.0))
         if self._torch_by_api:
-            self._torch.manual_seed(_core.global_rng_seed(key, TORCH))
+            self._torch.manual_seed(_core.global_rng_seed(key, TORCH) & _core.TORCH_SEED_MASK)
         else:
             self._torch.set_state(self._torch_buffer)
 
@@ -188,7 +188,7 @@ def _torch_layout_ok(generator: torch.Generator, buffer: torch.Tensor) -> bool:
         words = np.frombuffer(state.tobytes(), dtype="<u8", count=_MT_N, offset=24).tolist()
         return (
             (seed, left, seeded, following)
-            == (_core.global_rng_seed(_PROBE_KEY, TORCH), _MT_N, 1, 0)
+            == (_core.global_rng_seed(_PROBE_KEY, TORCH) & _core.TORCH_SEED_MASK, _MT_N, 1, 0)
             and words == _core.mt19937_state_words(_PROBE_KEY, TORCH)
             and generator.initial_seed() == seed
         )
