@@ -5,9 +5,12 @@ from __future__ import annotations
 import math
 import os
 import warnings
+import weakref
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch.distributed as dist
+from torch.utils.data import DistributedSampler
 
 from resumable_loader.errors import ConfigError, TopologyWarning
 
@@ -26,6 +29,50 @@ class DataParallel(NamedTuple):
     world_size: int
     group: Any = None
     job_wide: bool = False
+
+
+class InjectedSampler(NamedTuple):
+    """What a framework's injected ``DistributedSampler`` says: the coordinates and shuffle."""
+
+    rank: int
+    world_size: int
+    shuffle: bool
+    seed: int
+
+
+def injected_sampler(
+    dataset: Any, sampler: Any, shuffle: bool | None, batch_sampler: Any
+) -> InjectedSampler | None:
+    """The coordinates of a ``DistributedSampler`` over the loader's own dataset, passed with
+    ``shuffle=False`` and no batch_sampler: what Lightning's DDP puts into a rebuilt loader
+    (``Trainer(use_distributed_sampler=True)``, the default). The loader then keeps its own
+    order and takes rank, world size, shuffle and (unless seed= is given) the seed from it, so
+    the run resumes exactly at any world size. Any other sampler (a subclass, a wrapper, one
+    over another dataset) stays the user's sampler.
+    """
+    if type(sampler) is not DistributedSampler or sampler.dataset is not dataset:
+        return None
+    if shuffle is not False or batch_sampler is not None:
+        return None
+    return InjectedSampler(sampler.rank, sampler.num_replicas, sampler.shuffle, sampler.seed)
+
+
+def forward_set_epoch(sampler: Any, set_epoch: Callable[[int], None]) -> None:
+    """Make ``sampler.set_epoch(e)`` (defined if the sampler has none) also call
+    ``set_epoch(e)``, held weakly: frameworks set the epoch on the visible sampler only
+    (Lightning's ``_set_sampler_epoch``), and a loader rebuilt every epoch
+    (``reload_dataloaders_every_n_epochs``) must still run that epoch.
+    """
+    own, target = getattr(sampler, "set_epoch", None), weakref.WeakMethod(set_epoch)
+
+    def both(epoch: int) -> None:
+        if own is not None:
+            own(epoch)
+        method = target()
+        if method is not None:
+            method(epoch)
+
+    sampler.set_epoch = both
 
 
 def resolve_data_parallel(
