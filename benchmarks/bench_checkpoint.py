@@ -2,15 +2,15 @@
 
 Run: python benchmarks/bench_checkpoint.py [--mb MB] [--repeats R] [--quick]
 
-The state is a model (an MLP, float32), its AdamW state (two moments per weight), a warm-up +
-cosine schedule and a resumable loader: ~MB megabytes of tensors in all. The baseline is DCP's
-own recipe on the same objects (``get_state_dict``, ``dcp.save``; ``get_state_dict``,
-``dcp.load``, ``set_state_dict``), writing to a fresh folder of the same file system; the
-Checkpointer adds the RNG files, the manifest, the atomic rename, the latest pointer, pruning
-to keep_last, and on load the validation and the decision record. Saves and loads alternate
-between the two, median of R; the weights are zeroed before each load, so a checksum equal to the
-saved one shows the load read them.
-When ``accelerate`` imports, its ``save_state`` / ``load_state`` of the same state is timed too.
+The state is a model (an MLP, float32), its AdamW state (two moments per weight), a warm-up
+schedule and a resumable loader: ~MB megabytes of tensors in all. The baseline is DCP's own
+recipe on the same objects (``get_state_dict``, ``dcp.save``; ``get_state_dict``,
+``dcp.load``, ``set_state_dict``), into a fresh folder of the same file system, deleting the
+one 3 saves back as keep_last=3 does. The Checkpointer adds the RNG files, the manifest, the
+atomic rename, the latest pointer, and on load the validation and the decision record. Saves
+and loads alternate between the engines, median of R; the weights are zeroed before each
+load, so a checksum equal to the saved one shows the load read them. When ``accelerate``
+imports, its ``save_state`` / ``load_state`` of the same objects is timed too (same pruning).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from torch.utils.data import TensorDataset
 from resumable_loader import DataLoader
 from resumable_loader.checkpoint import Checkpointer
 
+KEEP_LAST = 3
 warnings.filterwarnings("ignore", message="torch.distributed is .*unavailable or uninit")
 
 
@@ -60,7 +61,10 @@ def tensor_mb(state: dict) -> float:
 
 
 class Raw:
-    """DCP's recipe: the model and optimizer through get/set_state_dict, dcp.save/dcp.load."""
+    """DCP's recipe: the model and optimizer through get/set_state_dict, dcp.save/dcp.load.
+
+    Like the Checkpointer with keep_last=3, each save deletes the checkpoint 3 saves back.
+    """
 
     name = "raw dcp.save / dcp.load"
 
@@ -71,6 +75,7 @@ class Raw:
         model, optimizer = get_state_dict(state["model"], state["optimizer"])
         app = {"model": model, "optimizer": optimizer, "scheduler": state["scheduler"]}
         dcp.save(app, checkpoint_id=self.root / f"step-{step}", no_dist=True)
+        shutil.rmtree(self.root / f"step-{step - KEEP_LAST}", ignore_errors=True)
 
     def load(self, state: dict, step: int) -> None:
         model, optimizer = get_state_dict(state["model"], state["optimizer"])
@@ -87,7 +92,7 @@ class Ours:
     name = "Checkpointer"
 
     def __init__(self, root: Path) -> None:
-        self.checkpointer = Checkpointer(root, keep_last=3)
+        self.checkpointer = Checkpointer(root, keep_last=KEEP_LAST)
 
     def save(self, state: dict, step: int) -> None:
         self.checkpointer.save(step, state)
@@ -115,6 +120,7 @@ class Accelerate:
     def save(self, state: dict, step: int) -> None:
         self._prepare(state)
         self.accelerator.save_state(str(self.root / f"step-{step}"))
+        shutil.rmtree(self.root / f"step-{step - KEEP_LAST}", ignore_errors=True)
 
     def load(self, state: dict, step: int) -> None:
         self._prepare(state)
@@ -164,7 +170,6 @@ def main() -> None:
                 forget(state)
                 times[engine.name]["load"].append(timed(engine.load, state, step))
                 sums[engine.name] = checksum(state)
-            shutil.rmtree(root / "raw" / f"step-{step}")  # the Checkpointer prunes its own
     print(
         f"# {tensor_mb(state):.1f} MiB of tensors (MLP + AdamW moments), median of {repeats}, "
         "alternating, fsynced files, 1 torch thread"

@@ -83,7 +83,7 @@ def test_manifest_describes_the_run(tmp_path):
     loader = manifest["loaders"]["loader"]
     assert (loader["batch_size"], loader["num_workers"], loader["seed"]) == (4, 0, 7)
     assert loader["state"] == state["loader"].state_dict()
-    assert manifest["rng"] == {"files": ["rng/rank-00000.json"], "cuda_devices": 0}
+    assert manifest["rng"] == {"files": ["rng-rank-00000.json"], "cuda_devices": 0}
 
 
 def test_metadata_must_be_json(tmp_path):
@@ -179,7 +179,7 @@ def test_cli_inspect_and_verify(tmp_path, capsys):
 
     assert main(["checkpoint", "verify", str(tmp_path)]) == 0
     assert capsys.readouterr().out.startswith("OK ")
-    (tmp_path / "step-0000000005" / "rng" / "rank-00000.json").unlink()
+    (tmp_path / "step-0000000005" / "rng-rank-00000.json").unlink()
     assert main(["checkpoint", "verify", str(tmp_path), "--step", "5"]) == 1
     assert "rank-00000.json: missing" in capsys.readouterr().out
 

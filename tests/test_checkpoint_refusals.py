@@ -133,12 +133,12 @@ REFUSALS = {
     ),
     "RNG file missing": (
         None,
-        damage("rng/rank-00000.json", Path.unlink),
+        damage("rng-rank-00000.json", Path.unlink),
         r"rank-00000.json: missing, so rank 0's RNG states cannot be restored",
     ),
     "RNG file damaged": (
         None,
-        damage("rng/rank-00000.json", lambda p: p.write_text('{"format": 3')),
+        damage("rng-rank-00000.json", lambda p: p.write_text('{"format": 3')),
         r"rank-00000.json: unreadable",
     ),
     "data file truncated": (

@@ -138,7 +138,6 @@ class Checkpointer:
         """Rank 0, once every rank's data is written: manifest, rename, latest, prune."""
         manifest.write(self.directory.tmp_dir(step), record)
         self.directory.commit(step)
-        self.directory.write_latest(step)
         self.directory.prune(self.keep_last)
 
     def _finish_async(self, done: Future, step: int, record: dict[str, Any]) -> None:

@@ -11,10 +11,9 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
-
-from resumable_loader.index.atomic import atomic_write
 
 FORMAT = "resumable_loader.resume"
 # Version 1: the keys built by record().
@@ -74,5 +73,8 @@ def publish(decision: dict[str, Any], path: Path | None) -> None:
     """Log the one line and, when ``path`` is given (rank 0), write the JSON there."""
     logger.info(summary(decision))
     if path is not None:
-        with atomic_write(path) as f:
-            f.write(json.dumps(decision, indent=2, sort_keys=True).encode() + b"\n")
+        # a log, not state to resume from: replaced atomically for readers, but not fsynced
+        # (two fsyncs would be most of what load() adds to DCP's own load)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(decision, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)

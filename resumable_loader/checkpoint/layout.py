@@ -32,6 +32,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_inside(path: Path, data: bytes) -> None:
+    """Write a file of an uncommitted checkpoint: fsynced, but neither renamed nor its folder
+    fsynced, since nothing in the temporary folder is visible before :meth:`commit`, which
+    fsyncs the folder once for all its files.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 class CheckpointDirectory:
     """Names, lists, commits and prunes the checkpoints under one directory.
 
@@ -63,7 +75,8 @@ class CheckpointDirectory:
         return tmp
 
     def commit(self, step: int) -> Path:
-        """Make the temporary folder of ``step`` the checkpoint of ``step``, in one rename.
+        """Make the temporary folder of ``step`` the checkpoint of ``step``, in one rename, and
+        point ``latest`` at it (replaced atomically, after the rename).
 
         A checkpoint of the same step saved before is moved aside first and removed after the
         rename, so there is never a half-replaced ``step-N``.
@@ -79,16 +92,13 @@ class CheckpointDirectory:
             if old.exists():
                 shutil.rmtree(old)
             os.rename(final, old)
+        _fsync_dir(tmp)  # the entries of the files written inside
         os.rename(tmp, final)
-        _fsync_dir(self.root)
+        with atomic_write(self.root / LATEST_NAME) as f:  # its fsync of root covers the rename
+            f.write(f"{final.name}\n".encode())
         if old is not None:
             shutil.rmtree(old)
         return final
-
-    def write_latest(self, step: int) -> None:
-        """Point ``latest`` at ``step``'s folder (replaced atomically, after the commit)."""
-        with atomic_write(self.root / LATEST_NAME) as f:
-            f.write(f"{self.step_dir(step).name}\n".encode())
 
     def read_latest(self) -> str | None:
         """The folder name ``latest`` points at, or None if there is no pointer."""

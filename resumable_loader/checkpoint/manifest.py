@@ -9,6 +9,7 @@ format or version, or with a field missing or of the wrong type, is refused as a
 from __future__ import annotations
 
 import datetime
+import functools
 import importlib.metadata
 import json
 import platform
@@ -18,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from resumable_loader.checkpoint.layout import write_inside
 from resumable_loader.errors import CheckpointError
-from resumable_loader.index.atomic import atomic_write
 
 FORMAT = "resumable_loader.checkpoint"
 # Version 1: the fields of FIELDS.
@@ -43,18 +44,23 @@ FIELDS: dict[str, type | tuple[type, ...]] = {
 _FIX = "the checkpoint is damaged or not one of ours: load an earlier checkpoint"
 
 
-def versions() -> dict[str, str]:
-    """The versions that decide what a checkpoint contains and how it is read."""
+@functools.cache  # importlib.metadata takes milliseconds, and the answer never changes
+def _versions() -> tuple[tuple[str, str], ...]:
     try:
         package = importlib.metadata.version("resumable-loader")
     except importlib.metadata.PackageNotFoundError:
         package = "unknown"
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "resumable_loader": package,
-    }
+    return (
+        ("python", platform.python_version()),
+        ("torch", torch.__version__),
+        ("numpy", np.__version__),
+        ("resumable_loader", package),
+    )
+
+
+def versions() -> dict[str, str]:
+    """The versions that decide what a checkpoint contains and how it is read."""
+    return dict(_versions())
 
 
 def build(
@@ -83,7 +89,7 @@ def build(
         "components": components,
         "loaders": loaders,
         "rng": {
-            "files": [f"rng/rank-{rank:05d}.json" for rank in range(world_size)],
+            "files": [rng_name(rank) for rank in range(world_size)],
             "cuda_devices": cuda_devices,
         },
         "metadata": metadata,
@@ -98,10 +104,16 @@ def build(
     return manifest
 
 
+def rng_name(rank: int) -> str:
+    """Rank ``rank``'s RNG file, relative to the checkpoint."""
+    return f"rng-rank-{rank:05d}.json"
+
+
 def write(directory: Path, manifest: dict[str, Any]) -> None:
-    """Write ``manifest`` as ``directory/manifest.json``, atomically (the save's last file)."""
-    with atomic_write(directory / "manifest.json") as f:
-        f.write(json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
+    """Write ``manifest`` as ``directory/manifest.json`` (the save's last file)."""
+    write_inside(
+        directory / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode()
+    )
 
 
 def read(directory: Path) -> dict[str, Any]:

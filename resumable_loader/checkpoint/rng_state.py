@@ -3,7 +3,7 @@
 Dropout, augmentations drawn in the training loop and random masking read Python's ``random``,
 numpy's global generator, torch's CPU generator and every CUDA device's generator. A resume
 that restores the weights but not these draws other random numbers than the continuous run
-would have, so each rank writes its own states into ``rng/rank-R.json`` (plain JSON, the torch
+would have, so each rank writes its own states into ``rng-rank-R.json`` (plain JSON, the torch
 states base64-encoded). When the rank layout changed, a saved rank's state has no meaningful
 owner; each rank's generators are then re-derived from Philox instead: the key
 ``derive_words(seed, epoch=rank, position=step, purpose=PURPOSE)`` gives all three CPU
@@ -24,15 +24,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from resumable_loader.checkpoint.layout import write_inside
+from resumable_loader.checkpoint.manifest import rng_name
 from resumable_loader.errors import CheckpointError
-from resumable_loader.index.atomic import atomic_write
 from resumable_loader.order.philox import Purpose, derive_words
 from resumable_loader.rngs.process import this_process
 
 FORMAT = "resumable_loader.rng"
 # Version 1: format, version, rank, world_size, step, python, numpy, torch, cuda.
 VERSION = 1
-RNG_DIR = "rng"
 
 # The counter's last word for these keys. Purpose.PROCESS_RNG = 8 is asked of the lead for
 # csrc/purposes.h (the one definition of the purposes); until it lands, its value.
@@ -41,7 +41,7 @@ PURPOSE = int(getattr(Purpose, "PROCESS_RNG", 8))
 
 def rank_file(checkpoint: Path, rank: int) -> Path:
     """Where rank ``rank``'s RNG states are saved in ``checkpoint``."""
-    return checkpoint / RNG_DIR / f"rank-{rank:05d}.json"
+    return checkpoint / rng_name(rank)
 
 
 def _bytes(tensor: torch.Tensor) -> str:
@@ -91,8 +91,7 @@ def capture(*, rank: int, world_size: int, step: int) -> dict[str, Any]:
 
 def write(checkpoint: Path, state: dict[str, Any]) -> None:
     """Write ``state`` (from :func:`capture`) as its rank's file in ``checkpoint``."""
-    with atomic_write(rank_file(checkpoint, state["rank"])) as f:
-        f.write(json.dumps(state).encode())
+    write_inside(rank_file(checkpoint, state["rank"]), json.dumps(state).encode())
 
 
 def read(checkpoint: Path, rank: int) -> dict[str, Any]:
