@@ -37,7 +37,8 @@ _ADDED_FINGERPRINT_FIELDS: dict[str, int | str] = {"reseed_globals": 1}
 
 _FIX_SETTINGS = (
     "resume with the dataset and the order settings (shuffle, shard_shuffle, drop_last, "
-    "sampler, reseed_globals) the checkpoint was taken with, or do not load this state to start afresh"
+    "sampler, reseed_globals) the checkpoint was taken with, or do not load this state to "
+    "start afresh"
 )
 
 
