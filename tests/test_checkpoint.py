@@ -12,7 +12,7 @@ import pytest
 import torch
 from checkpoint_job import batches, build, digest, train_step
 
-from resumable_loader.checkpoint import Checkpointer
+from resumable_loader.checkpoint import Checkpointer, rng_state
 from resumable_loader.checkpoint.layout import CheckpointDirectory
 from resumable_loader.cli import main
 from resumable_loader.errors import CheckpointError, ConfigError
@@ -195,3 +195,24 @@ def test_cli_verify_names_each_problem(tmp_path, capsys):
     shutil.rmtree(folder)
     assert main(["checkpoint", "verify", str(tmp_path)]) == 1
     assert "no complete checkpoint" in capsys.readouterr().out
+
+
+def test_rng_states_round_trip_exactly(tmp_path):
+    random.gauss(0, 1), np.random.standard_normal()  # cached Gaussians are state too
+    rng_state.write(tmp_path, rng_state.capture(rank=0, world_size=1, step=3))
+    expected = draws(), random.gauss(0, 1), float(np.random.standard_normal())
+    torch.manual_seed(5), random.seed(5), np.random.seed(5)
+    rng_state.restore(rng_state.read(tmp_path, 0))
+    assert (draws(), random.gauss(0, 1), float(np.random.standard_normal())) == expected
+
+
+def test_rederived_rng_is_a_function_of_seed_step_and_rank():
+    def rederived(seed: int, step: int, rank: int) -> tuple[float, float, float]:
+        rng_state.rederive(seed=seed, step=step, rank=rank)
+        return draws()
+
+    first = rederived(7, 100, 1)
+    draws()
+    assert rederived(7, 100, 1) == first
+    others = [rederived(7, 100, 0), rederived(7, 101, 1), rederived(8, 100, 1)]
+    assert len({first, *others}) == 4

@@ -322,7 +322,7 @@ def _loader_entry(loader: Any) -> dict[str, Any]:
         "batch_size": loader.batch_size,
         "num_workers": loader.num_workers,
         "world_size": loader.world_size,
-        "schedule": state.get("schedule"),
+        "schedule": state.get(validate.ORDER_STATE_KEY),
     }
 
 

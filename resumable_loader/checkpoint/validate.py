@@ -18,8 +18,10 @@ from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadat
 
 from resumable_loader import cursor as cursor_mod
 from resumable_loader.checkpoint.components import LOADER, Component
-from resumable_loader.errors import CheckpointError, StateDictError
+from resumable_loader.errors import CheckpointError, ConfigError, StateDictError
 
+# The cursor's key for a mixture's schedule so far (phases begun, draws per source).
+ORDER_STATE_KEY = "order_state"
 _FLEXIBLE = "or load with mode='flexible' to resume with the new setting"
 
 
@@ -101,10 +103,15 @@ def loader(name: str, saved: dict[str, Any], obj: Any, *, mode: str) -> dict[str
         then, now = saved[field], getattr(obj, field)
         if then != now:
             changed[f"{name}.{field}"] = (then, now)
-    schedule = saved.get("schedule")
-    current = obj.state_dict().get("schedule")
-    if schedule != current:
-        changed[f"{name}.schedule"] = (schedule, current)
+    past = saved.get("schedule")
+    if past is not None:  # a mixture's schedule up to the saved place, as this loader has it
+        cursor = saved["state"]
+        try:
+            now = obj.state_at(cursor["epoch"], cursor["position"]).get(ORDER_STATE_KEY)
+        except (StateDictError, ConfigError) as error:
+            raise CheckpointError(f"component '{name}' (loader): {error}") from None
+        if past != now:
+            changed[f"{name}.schedule"] = (past, now)
     if mode == "strict" and changed:
         field, (then, now) = next(iter(changed.items()))
         raise CheckpointError(
