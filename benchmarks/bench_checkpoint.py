@@ -148,7 +148,7 @@ def forget(state: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=float, default=100.0, help="megabytes of tensors")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--quick", action="store_true", help="10 MB, 2 repeats")
     args = parser.parse_args()
     megabytes, repeats = (10.0, 2) if args.quick else (args.mb, args.repeats)

@@ -111,7 +111,7 @@ def test_keep_last_and_latest(tmp_path):
         train_step(state, state["model"], next(stream))
         checkpointer.save(step, state)
     layout = CheckpointDirectory(tmp_path)
-    assert layout.complete_steps() == [3, 4]
+    assert layout.complete_steps() == checkpointer.steps() == [3, 4]
     assert layout.read_latest() == "step-0000000004"
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert Checkpointer(tmp_path).load(build(4, 0), step=3)["step"] == 3

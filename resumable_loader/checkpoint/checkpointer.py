@@ -74,6 +74,10 @@ class Checkpointer:
             f"async_save={self.async_save}, seed={self.seed})"
         )
 
+    def steps(self) -> list[int]:
+        """The steps with a complete checkpoint, oldest first (empty before the first save)."""
+        return self.directory.complete_steps()
+
     # -- save ------------------------------------------------------------------------------
 
     def save(
