@@ -17,7 +17,8 @@ import timeit
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from resumable_loader import Purpose, ResumableDataLoader
+from resumable_loader import ResumableDataLoader
+from resumable_loader.order import Purpose
 from resumable_loader.rngs.sample import install_key
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)

@@ -15,7 +15,7 @@ import timeit
 import numpy as np
 import torch
 
-from resumable_loader import Permutation, Purpose, ShuffledOrder, derive_words
+from resumable_loader.order import Permutation, Purpose, ShuffledOrder, derive_words
 
 CHUNK = 65536
 

@@ -16,7 +16,8 @@ import zlib
 
 import numpy as np
 
-from resumable_loader import ShardLocalOrder, _core
+from resumable_loader import _core
+from resumable_loader.order import ShardLocalOrder
 
 SEED = 7
 REPLAYED = 10**8

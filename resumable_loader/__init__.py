@@ -7,7 +7,11 @@ from which any worker count, batch size or world size continues the same stream 
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
+
+from resumable_loader.cursor import Cursor
 from resumable_loader.errors import (
+    CheckpointError,
     ConfigError,
     PipelineError,
     ResumableLoaderError,
@@ -15,15 +19,12 @@ from resumable_loader.errors import (
     SampleIndexError,
     ShardError,
     StateDictError,
+    TopologyWarning,
     WorkerError,
 )
-from resumable_loader.index.atomic import atomic_write
 from resumable_loader.index.sharded import ShardedIndex
 from resumable_loader.loader import ResumableDataLoader
-from resumable_loader.order.partition import Partition
-from resumable_loader.order.permutation import Permutation, SequentialOrder, ShuffledOrder
-from resumable_loader.order.philox import Purpose, derive_words
-from resumable_loader.order.shard_local import ShardLocalOrder, ShardShuffle
+from resumable_loader.order.shard_local import ShardShuffle
 from resumable_loader.rngs.sample import (
     SampleKey,
     sample_key,
@@ -33,33 +34,34 @@ from resumable_loader.rngs.sample import (
 from resumable_loader.sources import ParquetDataset, TarShardDataset
 from resumable_loader.verify import VerifyReport, verify_pipeline
 
+try:
+    __version__ = version("resumable-loader")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
+
 DataLoader = ResumableDataLoader
 
 __all__ = [
+    "CheckpointError",
     "ConfigError",
+    "Cursor",
     "DataLoader",
     "ParquetDataset",
-    "Partition",
-    "Permutation",
     "PipelineError",
-    "Purpose",
     "ResumableDataLoader",
     "ResumableLoaderError",
     "ResumeWarning",
     "SampleIndexError",
     "SampleKey",
-    "SequentialOrder",
     "ShardError",
-    "ShardLocalOrder",
     "ShardShuffle",
     "ShardedIndex",
-    "ShuffledOrder",
     "StateDictError",
     "TarShardDataset",
+    "TopologyWarning",
     "VerifyReport",
     "WorkerError",
-    "atomic_write",
-    "derive_words",
+    "__version__",
     "sample_key",
     "sample_numpy_generator",
     "sample_torch_generator",

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resumable_loader import ConfigError, Partition
+from resumable_loader import ConfigError
+from resumable_loader.order import Partition
 
 layouts = st.tuples(
     st.integers(0, 200),  # length

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from philox_reference import permutation as reference_permutation
 
-from resumable_loader import ConfigError, Permutation, SequentialOrder, ShuffledOrder, _core
+from resumable_loader import ConfigError, _core
+from resumable_loader.order import Permutation, SequentialOrder, ShuffledOrder
 from resumable_loader.order.permutation import Order
 
 

@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from philox_reference import derive, philox4x32
 
-from resumable_loader import ConfigError, Purpose, derive_words
+from resumable_loader import ConfigError
+from resumable_loader.order import Purpose, derive_words
 from resumable_loader.order.philox import check_seed
 from resumable_loader.order.philox import philox4x32 as core_philox
 

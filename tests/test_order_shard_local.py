@@ -7,7 +7,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from resumable_loader import ConfigError, Permutation, Purpose, ShardLocalOrder, ShardShuffle
+from resumable_loader import ConfigError, ShardShuffle
+from resumable_loader.order import Permutation, Purpose, ShardLocalOrder
 from resumable_loader.order.philox import derive_words
 
 layouts = st.lists(st.integers(0, 12), min_size=1, max_size=8)

@@ -20,8 +20,9 @@ from tokens_factory import (
     write_plain,
 )
 
-from resumable_loader import DataLoader, Purpose, StateDictError
+from resumable_loader import DataLoader, StateDictError
 from resumable_loader.errors import ConfigError
+from resumable_loader.order import Purpose
 from resumable_loader.order.permutation import Permutation
 from resumable_loader.tokens import TokenDataset, flatten_cu_seqlens
 
@@ -209,6 +210,14 @@ class TestContent:
             again.window(3, seed=1, epoch=2)["input_ids"],
             ds.window(3, seed=1, epoch=2)["input_ids"],
         )
+
+    def test_spawned_workers_reopen_the_files(self, corpus):
+        ds = TokenDataset(corpus[0], SEQ_LEN, documents="shuffle")
+        expected = [b["input_ids"] for b in DataLoader(ds, batch_size=16, shuffle=True, seed=3)]
+        spawned = DataLoader(
+            ds, batch_size=16, shuffle=True, seed=3, num_workers=1, multiprocessing_context="spawn"
+        )
+        assert all(torch.equal(a, b) for a, b in zip(spawned, expected, strict=True))
 
     def test_fingerprint_follows_files_seq_len_and_mode(self, corpus, tmp_path):
         paths, _ = corpus

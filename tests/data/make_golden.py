@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from resumable_loader import Purpose, ShardLocalOrder, ShuffledOrder, derive_words
+from resumable_loader.order import Purpose, ShardLocalOrder, ShuffledOrder, derive_words
 from resumable_loader.rngs.process import this_process
 from resumable_loader.rngs.sample import clear_key, install_key, sample_key
 
