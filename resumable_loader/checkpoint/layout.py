@@ -16,7 +16,6 @@ import shutil
 from pathlib import Path
 
 from resumable_loader.errors import CheckpointError
-from resumable_loader.index.atomic import atomic_write
 
 MANIFEST_NAME = "manifest.json"
 LATEST_NAME = "latest"
@@ -94,8 +93,13 @@ class CheckpointDirectory:
             os.rename(final, old)
         _fsync_dir(tmp)  # the entries of the files written inside
         os.rename(tmp, final)
-        with atomic_write(self.root / LATEST_NAME) as f:  # its fsync of root covers the rename
-            f.write(f"{final.name}\n".encode())
+        # latest is a pointer for people and tools (load() finds the newest complete folder
+        # itself), so it is replaced atomically but not fsynced: the root's fsync below
+        # makes the rename and the pointer durable together
+        pointer = self.root / f".{LATEST_NAME}.tmp-{os.getpid()}"
+        pointer.write_text(f"{final.name}\n")
+        os.replace(pointer, self.root / LATEST_NAME)
+        _fsync_dir(self.root)
         if old is not None:
             shutil.rmtree(old)
         return final
