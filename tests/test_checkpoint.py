@@ -117,12 +117,15 @@ def test_keep_last_and_latest(tmp_path):
     assert Checkpointer(tmp_path).load(build(4, 0), step=3)["step"] == 3
 
 
-def test_newest_complete_checkpoint_wins_over_debris(tmp_path):
+def test_newest_complete_checkpoint_wins_over_debris_and_the_next_save_clears_it(tmp_path):
     state, _ = trained(2)
     Checkpointer(tmp_path).save(2, state)
     (tmp_path / ".tmp-step-0000000009").mkdir()  # a save killed before its rename
+    (tmp_path / ".old-step-0000000001").mkdir()  # a prune killed during its rmtree
     (tmp_path / "step-0000000008").mkdir()  # a folder without a manifest is not complete
     assert Checkpointer(tmp_path).load(build(4, 0))["step"] == 2
+    Checkpointer(tmp_path).save(3, state)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
 def test_resave_of_a_step_replaces_it(tmp_path):

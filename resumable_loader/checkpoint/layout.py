@@ -140,13 +140,22 @@ class CheckpointDirectory:
         return self.step_dir(step)
 
     def prune(self, keep_last: int) -> list[int]:
-        """Remove all but the newest ``keep_last`` complete checkpoints; return removed steps."""
+        """Remove all but the newest ``keep_last`` complete checkpoints, and what killed saves
+        left (temporary folders, half-removed checkpoints); return the removed steps.
+
+        Called right after a commit, when no other save of this directory is in progress.
+        """
         removed = self.complete_steps()[:-keep_last]
         for step in removed:
             # renamed first, so a kill during rmtree leaves no step-N without all its files
             doomed = self.root / f".old-{self.step_dir(step).name}"
             os.rename(self.step_dir(step), doomed)
             shutil.rmtree(doomed)
+        for entry in self.root.iterdir():
+            if entry.name.startswith((".tmp-step-", ".old-step-")):
+                shutil.rmtree(entry, ignore_errors=True)
+            elif entry.name.startswith(f".{LATEST_NAME}.tmp-"):
+                entry.unlink(missing_ok=True)
         return removed
 
     def resume_record(self, step: int) -> Path:
