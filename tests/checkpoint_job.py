@@ -26,6 +26,12 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+)
+from torch.distributed.fsdp import fully_shard
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import Dataset
 
@@ -67,17 +73,27 @@ def build(
     depth: int = 1,
     length: int = LENGTH,
     seed: int = 7,
+    fsdp: bool = False,
 ) -> dict[str, Any]:
     """The whole training state, freshly initialised (the same on every run and rank).
 
     ``hidden``, ``depth``, ``length`` and ``seed`` change the architecture, the dataset and
-    the order, for the tests of what a load refuses.
+    the order, for the tests of what a load refuses. ``fsdp``: the model and the EMA are
+    sharded with FSDP2's ``fully_shard`` (per Linear layer, then whole) before the optimizer is
+    made, under a process group.
     """
     torch.manual_seed(0)
     layers: list[nn.Module] = [nn.Linear(FEATURES, hidden), nn.ReLU(), nn.Dropout(0.2)]
     for _ in range(depth - 1):
         layers += [nn.Linear(hidden, hidden), nn.ReLU()]
     model = nn.Sequential(*layers, nn.Linear(hidden, 1))
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9))
+    if fsdp:
+        for module in (model, ema.module):
+            for layer in module:
+                if isinstance(layer, nn.Linear):
+                    fully_shard(layer)
+            fully_shard(module)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.01)
     warmup = 4
     scheduler = torch.optim.lr_scheduler.SequentialLR(
@@ -89,7 +105,6 @@ def build(
         milestones=[warmup],
     )
     scaler = torch.amp.GradScaler("cpu", growth_interval=3)
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9))
     # torch's DataLoader draws its workers' base seed at every iter() from ``generator``, by
     # default the global generator dropout draws from; a resume mid-epoch calls iter() where
     # the continuous run did not, so give that draw a generator of its own.
@@ -140,11 +155,20 @@ def entries(batch: dict[str, Any]) -> list[list[int | str]]:
 
 
 def digest(state: dict[str, Any]) -> str:
-    """A hash of the weights, the optimizer's moments and the EMA."""
+    """A hash of the whole weights, optimizer moments and EMA, however they are sharded.
+
+    Through DCP's full state dicts (a collective under FSDP: call it on every rank), keyed by
+    the canonical names, so a sharded and a plain copy of the same state hash the same.
+    """
+    full = StateDictOptions(full_state_dict=True)
+    model, optimizer = state["model"], state["optimizer"]
+    weights = get_model_state_dict(model, options=full)
+    moments = get_optimizer_state_dict(model, optimizer, options=full)["state"]
+    ema = get_model_state_dict(state["ema"], options=full)
+    tensors = [weights[k] for k in sorted(weights)] + [ema[k] for k in sorted(ema)]
+    for name in sorted(moments):
+        tensors += [moments[name][k] for k in sorted(moments[name])]
     h = hashlib.blake2b(digest_size=8)
-    tensors = [*state["model"].state_dict().values(), *state["ema"].state_dict().values()]
-    for per_param in state["optimizer"].state_dict()["state"].values():
-        tensors.extend(v for v in per_param.values() if isinstance(v, torch.Tensor))
     for tensor in tensors:
         h.update(tensor.detach().contiguous().numpy().tobytes())
     return h.hexdigest()
@@ -176,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--kill-in-save", help="STEP:K, SIGKILL at the K-th fsync of that save")
     parser.add_argument("--resume", choices=["strict", "flexible"])
     parser.add_argument("--async-save", action="store_true")
+    parser.add_argument("--fsdp", action="store_true", help="FSDP2 instead of DDP (torchrun)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(1)
@@ -190,8 +215,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def run(args: argparse.Namespace, distributed: bool) -> None:
-    state = build(args.batch_size, args.num_workers)
-    trained = nn.parallel.DistributedDataParallel(state["model"]) if distributed else None
+    state = build(args.batch_size, args.num_workers, fsdp=args.fsdp)
+    ddp = distributed and not args.fsdp
+    trained = nn.parallel.DistributedDataParallel(state["model"]) if ddp else None
     loader = state["loader"]
     os.makedirs(args.out, exist_ok=True)
     log = open(os.path.join(args.out, f"rank-{loader.rank}.jsonl"), "a")  # noqa: SIM115
@@ -204,7 +230,7 @@ def run(args: argparse.Namespace, distributed: bool) -> None:
     start = 0
     if args.resume:
         decision = checkpointer.load(state, mode=args.resume)
-        emit({"decision": decision})
+        emit({"decision": decision, "loaded": digest(state)})
         start = decision["step"]
     kill_save = tuple(map(int, args.kill_in_save.split(":"))) if args.kill_in_save else None
     stream = batches(loader)
@@ -212,19 +238,14 @@ def run(args: argparse.Namespace, distributed: bool) -> None:
         batch = next(stream)
         loss = train_step(state, trained or state["model"], batch)
         assert math.isfinite(loss)
-        entries = [
-            [int(e), int(p), int(i), hashlib.blake2b(x.numpy().tobytes()).hexdigest()[:16]]
-            for e, p, i, x in zip(
-                batch["epoch"], batch["pos"], batch["id"], batch["x"], strict=True
-            )
-        ]
-        emit({"step": step + 1, "loss": loss.hex(), "entries": entries})
+        emit({"step": step + 1, "loss": loss.hex(), "entries": entries(batch)})
         if args.kill_after == step + 1:
             os.kill(os.getpid(), signal.SIGKILL)
         if (step + 1) % args.save_every == 0:
             if kill_save is not None and kill_save[0] == step + 1:
                 kill_at_fsync(kill_save[1])
             checkpointer.save(step + 1, state)
+            emit({"saved": step + 1, "digest": digest(state)})
     checkpointer.wait()
     emit({"final": digest(state)})
     log.close()

@@ -42,11 +42,18 @@ def test_killed_and_resumed_training_matches_continuous(tmp_path):
     assert job(tmp_path / "c2", tmp_path / "resumed", "--resume=strict") == 0
 
     continuous = lines(tmp_path / "continuous")
+    killed = lines(tmp_path / "killed")
     resumed = lines(tmp_path / "resumed")
     decision = resumed[0]["decision"]
     assert decision["step"] == 10 and decision["rederived"] == []
-    spliced = [r for r in lines(tmp_path / "killed") if r["step"] <= 10] + resumed[1:-1]
-    expected = continuous[:-1]
+    saved = {r["saved"]: r["digest"] for r in killed if "saved" in r}
+    assert resumed[0]["loaded"] == saved[10]  # the state loaded is the state saved, bit for bit
+
+    def steps(records: list[dict]) -> list[dict]:
+        return [r for r in records if "step" in r]
+
+    spliced = [r for r in steps(killed) if r["step"] <= 10] + steps(resumed)
+    expected = steps(continuous)
     assert [r["step"] for r in spliced] == [r["step"] for r in expected] == list(range(1, 21))
     assert [r["entries"] for r in spliced] == [r["entries"] for r in expected]
     losses = [float.fromhex(r["loss"]) for r in spliced]

@@ -1,10 +1,11 @@
-"""Checkpointer under torchrun (gloo, CPU): saved by 2 DDP ranks, resumed by 1, flexibly.
+"""Checkpointer under torchrun (gloo, CPU): saved by 2 DDP or FSDP2 ranks, resumed by 1.
 
 Two ranks train a DDP model with per-rank batches of 3 and save step 4 through the
 Checkpointer; one rank resumes it in flexible mode with batches of 5. The samples both runs
 trained on are the single-process stream of the same seed, in order, and the decision says the
 RNG states were re-derived (the rank layout changed) and lists world size and batch size as
-changed, old -> new.
+changed, old -> new. Under FSDP2 the two ranks save shards; the one rank loads them into an
+unsharded model, and the whole state it holds is the one the two ranks held.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from checkpoint_job import LENGTH, Regression, entries
 
@@ -82,3 +84,19 @@ def test_two_ranks_resumed_by_one_with_another_batch_size(tmp_path):
     expected = [e for _ in range(2) for batch in single for e in entries(batch)]
     assert len(trained) == 4 * 6 + 5 + 5 + 2 + 5
     assert trained == expected[: len(trained)]
+    saved = [r["digest"] for r in head[0] if "saved" in r]
+    assert tail[0]["loaded"] == saved[-1]  # the DDP model and its optimizer, bit for bit
+
+
+@pytest.mark.slow
+def test_fsdp2_shards_saved_by_two_ranks_load_unsharded_on_one(tmp_path):
+    checkpoint = tmp_path / "checkpoint"
+    head = torchrun(2, checkpoint, tmp_path / "head", "--steps=2", "--save-every=2", "--fsdp")
+    (tail,) = torchrun(
+        1, checkpoint, tmp_path / "tail", "--steps=3", "--save-every=100", "--resume=flexible"
+    )
+    saved = {r["digest"] for rank in head for r in rank if "saved" in r}
+    assert len(saved) == 1  # the full state, gathered on each rank
+    assert tail[0]["loaded"] == saved.pop()  # resharded from FSDP2 shards to a plain model
+    assert tail[0]["decision"]["rederived"] == ["rng"]
+    assert tail[0]["decision"]["changed"]["world_size"] == {"old": 2, "new": 1}
