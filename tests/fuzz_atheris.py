@@ -80,7 +80,7 @@ def fuzz_cursor_bytes(data: bytes) -> None:
 def fuzz_tar(data: bytes) -> None:
     try:
         for member in walk(
-            lambda offset, count: data[offset : offset + count], len(data), verify=True
+            lambda offset, count: data[offset : offset + count], len(data), archive=True
         ):
             assert member.offset_data >= 0 and member.offset_data + member.size <= len(data)
     except TarDamage:

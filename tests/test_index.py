@@ -52,7 +52,7 @@ def keys_and_extensions(index: ShardedIndex) -> list[tuple[str, list[str]]]:
     ):
         with open(index.shard_urls[shard], "rb") as f:
             f.seek(start)
-            sample = read_sample(f.read(length), path="", start=start)
+            sample = read_sample(f.read(length), path="", start=start, extensions=index.fields)
         out.append((sample.pop("__key__"), sorted(sample)))
     return out
 

@@ -310,3 +310,136 @@ class TestChangedShards:
         os.remove(shards[2])
         with pytest.raises(ShardError, match=r"shard-0002\.tar: cannot open the shard"):
             dataset[9]
+
+
+def rewrite_header(
+    path: str,
+    offset: int,
+    *,
+    name: str | None = None,
+    size: int | None = None,
+    flip: int | None = None,
+    checksum: bool = True,
+) -> None:
+    """Edit the tar header at ``offset`` in place, keeping the shard's size and mtime (so the
+    index still matches it by stat): a new name or size (with a valid checksum unless
+    ``checksum`` is False), or one flipped bit (``flip``: the bit's number in the header)."""
+    stat = os.stat(path)
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        block = bytearray(f.read(512))
+        if name is not None:
+            block[:100] = name.encode().ljust(100, b"\0")
+        if size is not None:
+            block[124:136] = b"%011o\0" % size
+        if checksum:
+            block[148:156] = b"%06o\0 " % tarfile.calc_chksums(bytes(block))[0]
+        if flip is not None:
+            block[flip // 8] ^= 1 << flip % 8
+        f.seek(offset)
+        f.write(block)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+class TestHeaderDamageAfterIndexing:
+    """Damage a stat cannot see (same size and mtime): each member's header is checked in the
+    read of its sample. Sample 1 of shard 0 spans [3072, 5644): three headers at 3072, 4096
+    and 5120 (bin, cls, json), each followed by its data (a block; 12 bytes for the json)."""
+
+    @pytest.fixture(params=[0, 4096], ids=["pread", "read-ahead"])
+    def dataset(self, request, shards):
+        return TarShardDataset(shards, read_ahead=request.param)
+
+    @pytest.mark.parametrize("header", [3072, 4096, 5120])
+    @pytest.mark.parametrize("byte", [11, 13])  # the key's last digit, the extension's first
+    def test_a_flipped_bit_in_a_name_fails_the_checksum(self, dataset, shards, header, byte):
+        rewrite_header(shards[0], header, flip=byte * 8, checksum=False)
+        with pytest.raises(
+            ShardError,
+            match=rf"shard-0000\.tar: the sample at offset 3072 is damaged: corrupt tar header at "
+            rf"offset {header} \(bad checksum\); .*rebuild the index",
+        ):
+            dataset[1]
+        assert dataset[0]["__key__"] == "sample000000" and dataset[2]["__key__"] == "sample000002"
+
+    def test_an_epoch_raises_instead_of_yielding_a_renamed_key(self, shards):
+        loader = ResumableDataLoader(TarShardDataset(shards), batch_size=4, collate_fn=list)
+        rewrite_header(shards[0], 3072, flip=11 * 8, checksum=False)  # sample000001 -> ...0
+        with pytest.raises(
+            ShardError, match=r"shard-0000\.tar: .* corrupt tar header at offset 3072"
+        ):
+            [sample["__key__"] for batch in loader for sample in batch]
+
+    @pytest.mark.parametrize(
+        ("header", "name", "found"),
+        [
+            (5120, "sample000002.json", r"'sample000001' .*'sample000002\.json' at offset 5120"),
+            (3072, "sample000000.bin", r"'sample000000' .*'sample000001\.cls' at offset 4096"),
+        ],
+    )
+    def test_a_valid_header_of_another_key_is_refused(self, dataset, shards, header, name, found):
+        rewrite_header(shards[0], header, name=name)
+        with pytest.raises(
+            ShardError,
+            match=rf"shard-0000\.tar: the sample at offset 3072 should hold one key: expected "
+            rf"{found}; .*rebuild the index",
+        ):
+            dataset[1]
+
+    @pytest.mark.parametrize(
+        ("name", "found"),
+        [
+            (
+                "sample000001.txt",
+                r"has member 'sample000001\.txt' at offset 4096: extension 'txt' is not among "
+                r"the indexed \['bin', 'cls', 'json'\]",
+            ),
+            (
+                "sample000001.json",
+                r"has two 'json' members, at offsets 4096 and 5120 \('sample000001\.json'\)",
+            ),
+        ],
+    )
+    def test_a_valid_header_with_another_extension_is_refused(self, dataset, shards, name, found):
+        rewrite_header(shards[0], 4096, name=name)
+        with pytest.raises(
+            ShardError,
+            match=rf"shard-0000\.tar: the sample at offset 3072 {found}; .*rebuild the index",
+        ):
+            dataset[1]
+
+    @pytest.mark.parametrize(
+        ("size", "found"),
+        [
+            (1, r"should end at offset 5644, as indexed; its members end at 5633"),
+            (
+                600,
+                r"is damaged: truncated: member 'sample000001\.json' at offset 5120 needs 6232 "
+                r"bytes, the data has 5644",
+            ),
+        ],
+    )
+    def test_a_valid_header_with_another_size_is_refused(self, dataset, shards, size, found):
+        rewrite_header(shards[0], 5120, size=size)  # the json member, last of the sample
+        with pytest.raises(
+            ShardError,
+            match=rf"shard-0000\.tar: the sample at offset 3072 {found}.*rebuild the index",
+        ):
+            dataset[1]
+
+    def test_a_sample_member_turned_into_a_directory_is_refused(self, dataset, shards):
+        stat = os.stat(shards[0])
+        with open(shards[0], "r+b") as f:  # type flag '5' on the first member, checksum valid
+            f.seek(3072)
+            block = bytearray(f.read(512))
+            block[156:157] = b"5"
+            block[148:156] = b"%06o\0 " % tarfile.calc_chksums(bytes(block))[0]
+            f.seek(3072)
+            f.write(block)
+        os.utime(shards[0], ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        with pytest.raises(
+            ShardError,
+            match=r"shard-0000\.tar: the sample at offset 3072 starts with member "
+            r"'sample000001\.cls' at offset 4096; .*rebuild the index",
+        ):
+            dataset[1]

@@ -23,13 +23,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 
 import numpy as np
 
 from resumable_loader.errors import ShardError
 from resumable_loader.index.paths import is_url, open_shard, stat_shard
-from resumable_loader.index.tar_headers import BLOCK, TarDamage, walk
+from resumable_loader.index.tar_headers import TarDamage, walk
 
 _KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)\.([^/]*)$")  # WebDataset's base_plus_ext, verbatim
 _META = re.compile(r"__[^/]*__($|/)")  # WebDataset's skip_meta
@@ -43,7 +43,7 @@ def split_key(name: str) -> tuple[str, str] | None:
 
 def is_meta(name: str) -> bool:
     """Whether WebDataset skips this member as shard metadata (``__index__``, ``__x__/y``)."""
-    return _META.match(name) is not None
+    return name.startswith("__") and _META.match(name) is not None
 
 
 @dataclasses.dataclass
@@ -142,7 +142,7 @@ def _members(
                 return os.pread(f.fileno(), count, offset)
 
         try:
-            for member in walk(read, size, verify=True):
+            for member in walk(read, size, archive=True):
                 if member.regular and not is_meta(member.name):
                     yield member.offset, member.name, member.offset_data + member.size
         except TarDamage as damage:
@@ -150,28 +150,83 @@ def _members(
             yield size, None, size
 
 
-def read_sample(data: bytes, *, path: str, start: int) -> dict[str, bytes | str]:
+def read_sample(
+    data: bytes, *, path: str, start: int, extensions: Collection[str]
+) -> dict[str, bytes | str]:
     """The WebDataset sample (``__key__`` and one payload per extension) in a span's bytes.
+
+    The span's headers are checked as they are parsed, in the same read as the data, so
+    damage since indexing that a stat cannot see (same size and mtime) raises instead of
+    renaming or merging samples: every header's checksum (a flipped bit in a name), and that
+    the members still form the sample the index recorded (a header rewritten with a valid
+    checksum): the first starts the span and the last ends it, one key for all, each
+    extension once and among the ``extensions`` the index found.
+
+    Args:
+        data: the span's bytes, ``start`` being their offset in the shard ``path``.
+        extensions: the extensions the index found in the shards (``ShardedIndex.fields``).
 
     Raises:
         ShardError: the bytes no longer parse as the sample indexed (the shard changed).
     """
-    try:
-        members = list(walk(lambda at, count: data[at : at + count], len(data), verify=False))
-    except TarDamage as damage:
-        raise ShardError(
-            f"{path}: {damage} within the sample at offset {start}; the shard changed since "
-            "it was indexed: rebuild the index"
-        ) from None
+
+    def read(offset: int, count: int) -> bytes:
+        return data[offset - start : offset - start + count]
+
     sample: dict[str, bytes | str] = {}
-    for member in members:
-        parts = None if is_meta(member.name) or not member.regular else split_key(member.name)
-        if parts is not None:
-            sample["__key__"], extension = parts
-            sample[extension] = data[member.offset_data : member.offset_data + member.size]
-    if "__key__" not in sample or len(data) < BLOCK:
-        raise ShardError(
-            f"{path}: no sample at offset {start}; the shard changed since it was indexed: "
-            "rebuild the index"
+    offsets: dict[str, int] = {}  # each extension's member so far
+    key, end = None, start
+    try:
+        for member in walk(read, start + len(data), start=start, archive=False):
+            parts = None if is_meta(member.name) or not member.regular else split_key(member.name)
+            if parts is None:
+                continue  # skipped at index time too (a directory, metadata, a bare name)
+            if key is None:
+                key = sample["__key__"] = parts[0]
+                if member.offset != start:
+                    raise _changed(
+                        path, start, f"starts with member {member.name!r} at offset {member.offset}"
+                    )
+            elif parts[0] != key:
+                raise _changed(
+                    path,
+                    start,
+                    f"should hold one key: expected {key!r} (its first member's), found "
+                    f"{member.name!r} at offset {member.offset}",
+                )
+            extension = parts[1]
+            if extension in offsets:
+                raise _changed(
+                    path,
+                    start,
+                    f"has two {extension!r} members, at offsets {offsets[extension]} and "
+                    f"{member.offset} ({member.name!r})",
+                )
+            if extension not in extensions:
+                raise _changed(
+                    path,
+                    start,
+                    f"has member {member.name!r} at offset {member.offset}: extension "
+                    f"{extension!r} is not among the indexed {sorted(extensions)}",
+                )
+            offsets[extension] = member.offset
+            end = member.offset_data + member.size
+            sample[extension] = read(member.offset_data, member.size)
+    except TarDamage as damage:
+        raise _changed(path, start, f"is damaged: {damage}") from None
+    if end != start + len(data):
+        raise _changed(
+            path,
+            start,
+            f"should end at offset {start + len(data)}, as indexed; its members end at {end}"
+            + ("" if key else " (no sample member)"),
         )
     return sample
+
+
+def _changed(path: str, start: int, problem: str) -> ShardError:
+    """The error for a sample span that no longer holds the sample indexed there."""
+    return ShardError(
+        f"{path}: the sample at offset {start} {problem}; the shard changed since it was "
+        "indexed: rebuild the index"
+    )

@@ -73,12 +73,13 @@ class TarShardDataset(IndexedDataset):
         self.read_ahead, self.cache_bytes = read_ahead, check_bytes("cache_bytes", cache_bytes)
         super().__init__(shards, cache_dir=cache_dir, on_error=on_error)
         self.decode = _decoder(decode)
+        self._extensions = frozenset(self.index.fields)  # what a sample's members may be named
         self.bytes_read = self.read_requests = 0
         self._blocks: BlockCache | None = None
 
     def __getitem__(self, sample_id: int) -> dict[str, Any]:
         shard, local = self._locate(sample_id)
-        start, length = (int(v) for v in self.index.spans[self.index.shard_offsets[shard] + local])
+        start, length = self.index.spans[int(self.index.shard_offsets[shard]) + local].tolist()
         url = self.index.shard_urls[shard]
         data = self._read(shard, start, length)
         if len(data) < length:
@@ -86,7 +87,8 @@ class TarShardDataset(IndexedDataset):
                 f"{url}: {length} bytes expected at offset {start}, {len(data)} read; the shard "
                 "is shorter than when it was indexed: rebuild the index"
             )
-        sample = {"__url__": url, **read_sample(data, path=url, start=start)}
+        sample = {"__url__": url}
+        sample.update(read_sample(data, path=url, start=start, extensions=self._extensions))
         return self._decode(sample, start) if self.decode else sample
 
     def _decode(self, sample: dict[str, Any], start: int) -> dict[str, Any]:
