@@ -31,13 +31,23 @@ class Progress:
         self.started = False  # an iteration has begun
         self._pending: tuple[int, int] | None = None  # (epoch, position) of a loaded state
         self._requested_epoch: int | None = None  # from set_epoch()
+        self._begun_at = 0  # the position the latest iteration began at
 
     def load(self, epoch: int, position: int) -> None:
         """A loaded state: the next iteration continues (epoch, position)."""
         self._pending, self._requested_epoch = (epoch, position), None
 
     def request_epoch(self, epoch: int) -> None:
-        """set_epoch(): the next iteration runs ``epoch`` (a loaded state's place if the same)."""
+        """set_epoch(): the next iteration runs ``epoch`` (a loaded state's place if the same).
+
+        An iteration of ``epoch`` begun and not yet delivering takes the request itself:
+        Lightning sets the epoch just after creating the epoch's iterator (which torch's lazily
+        started samplers allow), and then iterates that iterator.
+        """
+        untouched = self.started and not self.complete and self.position == self._begun_at
+        if untouched and epoch == self.epoch and self._pending is None:
+            self._requested_epoch = None
+            return
         self._requested_epoch = epoch
 
     def begin(self) -> tuple[int, int]:
@@ -60,6 +70,7 @@ class Progress:
             if requested is None and self._epoch_complete(position):
                 epoch, position = epoch + 1, 0  # a state taken after an epoch's last batch
         self.epoch, self.position, self.complete, self.started = epoch, position, False, True
+        self._begun_at = position
         return epoch, position
 
     def advance(self, samples: int, *, last: bool, epoch_length: int | None) -> None:

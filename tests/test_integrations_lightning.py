@@ -1,0 +1,104 @@
+"""Lightning on CPU: DDP with its defaults, killed mid-epoch, resumed through its own checkpoint.
+
+Each run is tests/lightning_job.py in a subprocess (Lightning's DDP launcher starts the other
+rank itself); the user code there passes the loader no seed, rank or world size, and the
+Trainer keeps ``use_distributed_sampler=True``, so Lightning rebuilds the loader around its
+own DistributedSampler.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from integration_harness import assert_covers_epochs, assert_same_run, run_job
+from lightning_job import EPOCHS, N
+from resume_harness import AugmentedDataset, run, split_batch
+from torch.utils.data import DistributedSampler
+
+from resumable_loader import ResumableDataLoader
+
+JOB = Path(__file__).with_name("lightning_job.py")
+
+
+def job(out: Path, *args: str, killed: bool = False) -> list[dict]:
+    command = [sys.executable, str(JOB), str(out), *args]
+    return run_job(command, out, killed=killed, cwd=JOB.parent)
+
+
+@pytest.fixture(scope="module")
+def continuous(tmp_path_factory) -> list[dict]:
+    """The uninterrupted run: DDP on 2 processes, 4 samples each per step, 2 epochs."""
+    steps = job(tmp_path_factory.mktemp("continuous") / "run", "--devices=2", "--batch-size=4")
+    assert len(steps) == EPOCHS * N // 8
+    assert_covers_epochs(steps, N, EPOCHS)
+    return steps
+
+
+@pytest.mark.slow
+def test_ddp_killed_mid_epoch_resumes_on_one_process_with_another_batch_size(tmp_path, continuous):
+    head = job(tmp_path / "head", "--devices=2", "--batch-size=4", "--kill-at=5", killed=True)
+    assert len(head) == 5
+    checkpoint = tmp_path / "head" / "checkpoints" / "step=3.ckpt"
+    # one process, twice the batch: the same global batches, so the same losses
+    tail = job(tmp_path / "tail", "--devices=1", "--batch-size=8", f"--resume={checkpoint}")
+    assert_same_run(head[:3] + tail, continuous)
+
+
+@pytest.mark.slow
+def test_reload_dataloaders_every_epoch_keeps_the_epoch_sequence(tmp_path, continuous):
+    reloaded = job(tmp_path / "reloaded", "--devices=2", "--batch-size=4", "--reload")
+    assert_same_run(reloaded, continuous)
+
+
+def our_stream(loader: ResumableDataLoader, epochs: int) -> list:
+    return [(e, i, d) for e, i, d in run(loader, epochs)[0]]
+
+
+def test_an_injected_distributed_sampler_gives_coordinates_shuffle_and_seed():
+    dataset = AugmentedDataset(N)
+    injected = DistributedSampler(dataset, num_replicas=2, rank=1, shuffle=True, seed=3)
+    rebuilt = ResumableDataLoader(dataset, batch_size=2, sampler=injected, shuffle=False)
+    assert (rebuilt.rank, rebuilt.world_size, rebuilt.seed) == (1, 2, 3)
+    ours = ResumableDataLoader(dataset, batch_size=2, shuffle=True, seed=3, rank=1, world_size=2)
+    assert our_stream(rebuilt, 2) == our_stream(ours, 2)
+    assert rebuilt.sampler is injected  # what Lightning sees is what it made
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"shuffle": None},  # a user's own DistributedSampler, as torch's docs pass it
+        {"shuffle": False, "other_dataset": True},
+    ],
+)
+def test_other_distributed_samplers_stay_the_users(kwargs):
+    dataset = AugmentedDataset(N)
+    over = AugmentedDataset(N) if kwargs.get("other_dataset") else dataset
+    sampler = DistributedSampler(over, num_replicas=2, rank=0, seed=3)
+    loader = ResumableDataLoader(
+        dataset, batch_size=2, sampler=sampler, shuffle=kwargs["shuffle"], seed=1, world_size=1
+    )
+    assert loader.order is None  # the user's sampler decides the order
+
+
+def test_set_epoch_after_iter_is_taken_by_that_iteration():
+    """Lightning's order: iter(), then set_epoch on the visible sampler, then the batches."""
+    dataset = AugmentedDataset(N)
+    loader = ResumableDataLoader(dataset, batch_size=4, shuffle=True, seed=3)
+    expected = our_stream(ResumableDataLoader(dataset, batch_size=4, shuffle=True, seed=3), 2)
+    stream = []
+    for epoch in range(2):
+        batches = iter(loader)
+        loader.sampler.set_epoch(epoch)
+        for batch in batches:
+            stream.extend((epoch, i, d) for i, d in split_batch(batch))
+            if epoch == 0 and len(stream) == 12:
+                assert loader.state_dict()["position"] == 12  # not "epoch 0 from the start"
+    assert stream == expected
+    reloaded = ResumableDataLoader(dataset, batch_size=4, shuffle=True, seed=3)
+    batches = iter(reloaded)  # a loader rebuilt for epoch 1: iter() then set_epoch(1)
+    reloaded.sampler.set_epoch(1)
+    assert list(split_batch(next(iter(reloaded)))) == [(i, d) for _, i, d in expected[N : N + 4]]
+    del batches
