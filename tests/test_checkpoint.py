@@ -219,3 +219,29 @@ def test_rederived_rng_is_a_function_of_seed_step_and_rank():
     assert rederived(7, 100, 1) == first
     others = [rederived(7, 100, 0), rederived(7, 101, 1), rederived(8, 100, 1)]
     assert len({first, *others}) == 4
+
+
+def test_another_world_size_rederives_rng_from_the_loader_seed(tmp_path):
+    # the manifest of a 2-rank run, as far as this process can tell (the real 2 -> 1 run is
+    # tests/test_checkpoint_torchrun.py); strict refuses it, flexible re-derives the RNG
+    state, _ = trained(3)
+    Checkpointer(tmp_path).save(3, state)
+    path = tmp_path / "step-0000000003" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["world_size"] = 2
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match=r"field 'world_size': saved 2, now 1; mode='str"):
+        Checkpointer(tmp_path).load(build(4, 0))
+    decision = Checkpointer(tmp_path).load(build(4, 0), mode="flexible")
+    assert decision["rederived"] == ["rng"]
+    assert decision["changed"] == {"world_size": {"old": 2, "new": 1}}
+    after_load = draws()
+    rng_state.rederive(seed=7, step=3, rank=0)  # the loader's seed
+    assert draws() == after_load
+    without_loader = {k: v for k, v in build(4, 0).items() if k != "loader"}
+    manifest["components"].pop("loader"), manifest["loaders"].pop("loader")
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match=r"has 0 loader seeds .* Checkpointer\(\.\.\., seed="):
+        Checkpointer(tmp_path).load(without_loader, mode="flexible")
+    decision = Checkpointer(tmp_path, seed=11).load(without_loader, mode="flexible")
+    assert decision["components"]["rng"] == "re-derived"
