@@ -134,18 +134,17 @@ def read_speed(paths: list[str], repeats: int) -> tuple[float, float, float, int
             return epoch(dataset, None)
 
         reads()  # warm the page cache and open the files
-        rates, checksum = [], 0
-        for run in (bare, reads, loader):
-            best = float("inf")
-            for _ in range(repeats):
+        runs, checksum = (bare, reads, loader), 0
+        best = [float("inf")] * len(runs)
+        for _ in range(repeats):  # interleaved, so a busy spell on the machine hits all three
+            for i, run in enumerate(runs):
                 start = time.perf_counter()
                 checksum += run()
-                best = min(best, time.perf_counter() - start)
-            rates.append(len(order) / best)
+                best[i] = min(best[i], time.perf_counter() - start)
     finally:
         for handle in files:
             os.close(handle)
-    return rates[0], rates[1], rates[2], checksum
+    return len(order) / best[0], len(order) / best[1], len(order) / best[2], checksum
 
 
 class GroupReads(ParquetDataset):
