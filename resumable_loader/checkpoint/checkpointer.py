@@ -21,7 +21,14 @@ import torch.distributed.checkpoint as dcp
 
 from resumable_loader._checks import check_int
 from resumable_loader.checkpoint import collective, decision, manifest, rng_state, validate
-from resumable_loader.checkpoint.components import LOADER, Component, components
+from resumable_loader.checkpoint.components import (
+    LOADER,
+    Component,
+    components,
+    count_samples,
+    data_parallel_size,
+    loader_entry,
+)
 from resumable_loader.checkpoint.layout import CheckpointDirectory
 from resumable_loader.errors import CheckpointError, ConfigError, StateDictError
 
@@ -105,13 +112,13 @@ class Checkpointer:
         collective.barrier()
         cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
         rng_state.write(tmp, rng_state.capture(rank=rank, world_size=world_size, step=step))
-        loaders = {n: _loader_entry(c.obj) for n, c in found.items() if c.kind == LOADER}
+        loaders = {n: loader_entry(c.obj) for n, c in found.items() if c.kind == LOADER}
         record = manifest.build(
             step=step,
-            samples_seen=_samples_seen(samples_seen, found),
+            samples_seen=count_samples(samples_seen, found),
             tokens_seen=None if tokens_seen is None else check_int("tokens_seen", tokens_seen),
             world_size=world_size,
-            data_parallel_size=_data_parallel_size(found, world_size),
+            data_parallel_size=data_parallel_size(found, world_size),
             components={n: {"kind": c.kind, "type": c.type_name} for n, c in found.items()},
             loaders=loaders,
             cuda_devices=cuda,
@@ -199,14 +206,11 @@ class Checkpointer:
             found = components(state)
             path = self.directory.find(step)
             plan = self._validate(path, found, mode=mode, rank=rank, world_size=world_size)
-        except CheckpointError as refused:
-            error = refused
-        except BaseException:
-            _undo(found)
-            raise
+        except Exception as failure:  # every rank hears of it before any enters dcp.load
+            error = failure
         try:
             collective.raise_if_any(error)
-        except CheckpointError:
+        except Exception:
             _undo(found)
             raise
         return self._apply(path, found, plan, mode=mode, rank=rank, world_size=world_size)
@@ -286,22 +290,12 @@ class Checkpointer:
         else:
             rng_state.rederive(seed=self._rederive_seed(saved), step=saved["step"], rank=rank)
             actions["rng"] = decision.REDERIVED
-        data = {
-            name: {
-                "fingerprint": entry["state"]["fingerprint"],
-                "epoch": entry["state"]["epoch"],
-                "position": entry["state"]["position"],
-                "schedule": entry.get("schedule"),
-            }
-            for name, entry in saved["loaders"].items()
-        }
         result = decision.record(
             checkpoint=path,
             manifest=saved,
             mode=mode,
             components=actions,
             changed=plan["changed"],
-            data=data,
             versions_now=manifest.versions(),
             rank=rank,
             world_size=world_size,
@@ -314,33 +308,3 @@ class Checkpointer:
 def _undo(found: dict[str, Component]) -> None:
     for component in found.values():
         component.undo()
-
-
-def _loader_entry(loader: Any) -> dict[str, Any]:
-    """What the manifest keeps of a loader: its cursor and the settings a resume may change."""
-    check = collective.active() and loader.world_size == collective.world_size() > 1
-    state = loader.state_dict(check_ranks=check)
-    return {
-        "state": state,
-        "seed": loader.seed,
-        "batch_size": loader.batch_size,
-        "num_workers": loader.num_workers,
-        "world_size": loader.world_size,
-        "schedule": state.get(validate.ORDER_STATE_KEY),
-    }
-
-
-def _samples_seen(given: int | None, found: dict[str, Component]) -> int | None:
-    """``given``, else epoch x length + position of the one loader (exact without drop_last)."""
-    if given is not None:
-        return check_int("samples_seen", given)
-    loaders = [c.obj for c in found.values() if c.kind == LOADER]
-    if len(loaders) != 1 or loaders[0].drop_last:
-        return None
-    state = loaders[0].state_dict()
-    return state["epoch"] * state["fingerprint"]["length"] + state["position"]
-
-
-def _data_parallel_size(found: dict[str, Component], world_size: int) -> int:
-    sizes = {c.obj.world_size for c in found.values() if c.kind == LOADER}
-    return sizes.pop() if len(sizes) == 1 else world_size

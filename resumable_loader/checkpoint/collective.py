@@ -34,8 +34,8 @@ def barrier() -> None:
         dist.barrier()
 
 
-def raise_if_any(error: CheckpointError | None) -> None:
-    """Raise ``error`` here, or the first other rank's, if any rank has one."""
+def raise_if_any(error: BaseException | None) -> None:
+    """Raise ``error`` here, or the first other rank's (as a CheckpointError), if any has one."""
     if not active():
         if error is not None:
             raise error

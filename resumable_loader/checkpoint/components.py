@@ -23,10 +23,14 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from resumable_loader._checks import check_int
+from resumable_loader.checkpoint import collective
 from resumable_loader.errors import CheckpointError
 from resumable_loader.loader import ResumableDataLoader
 
 MODEL, OPTIMIZER, LOADER, STATEFUL = "model", "optimizer", "loader", "stateful"
+# The cursor's key for a mixture's schedule so far (phases begun, draws per source).
+ORDER_STATE_KEY = "order_state"
 
 
 class ModelState:
@@ -124,3 +128,34 @@ def _owner(name: str, optimizer: torch.optim.Optimizer, models: dict[str, nn.Mod
             f"({sorted(models) or 'none'}); put exactly the model it optimizes in the state"
         )
     return owners[0]
+
+
+def loader_entry(loader: Any) -> dict[str, Any]:
+    """What the manifest keeps of a loader: its cursor and the settings a resume may change."""
+    check = collective.active() and loader.world_size == collective.world_size() > 1
+    state = loader.state_dict(check_ranks=check)
+    return {
+        "state": state,
+        "seed": loader.seed,
+        "batch_size": loader.batch_size,
+        "num_workers": loader.num_workers,
+        "world_size": loader.world_size,
+        "schedule": state.get(ORDER_STATE_KEY),
+    }
+
+
+def count_samples(given: int | None, found: dict[str, Component]) -> int | None:
+    """``given``, else epoch x length + position of the one loader (exact without drop_last)."""
+    if given is not None:
+        return check_int("samples_seen", given)
+    loaders = [c.obj for c in found.values() if c.kind == LOADER]
+    if len(loaders) != 1 or loaders[0].drop_last:
+        return None
+    state = loaders[0].state_dict()
+    return state["epoch"] * state["fingerprint"]["length"] + state["position"]
+
+
+def data_parallel_size(found: dict[str, Component], world_size: int) -> int:
+    """The loaders' world size (the data-parallel degree), else the process count."""
+    sizes = {c.obj.world_size for c in found.values() if c.kind == LOADER}
+    return sizes.pop() if len(sizes) == 1 else world_size

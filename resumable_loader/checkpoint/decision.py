@@ -30,7 +30,6 @@ def record(
     mode: str,
     components: dict[str, str],
     changed: dict[str, tuple[Any, Any]],
-    data: dict[str, Any],
     versions_now: dict[str, str],
     rank: int,
     world_size: int,
@@ -50,7 +49,15 @@ def record(
         "components": components,
         "rederived": sorted(name for name, action in components.items() if action != RESTORED),
         "changed": {name: {"old": old, "new": new} for name, (old, new) in changed.items()},
-        "data": data,
+        "data": {
+            name: {
+                "fingerprint": entry["state"]["fingerprint"],
+                "epoch": entry["state"]["epoch"],
+                "position": entry["state"]["position"],
+                "schedule": entry.get("schedule"),
+            }
+            for name, entry in manifest["loaders"].items()
+        },
         "versions": {"then": manifest["versions"], "now": versions_now},
     }
 

@@ -17,11 +17,9 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
 from resumable_loader import cursor as cursor_mod
-from resumable_loader.checkpoint.components import LOADER, Component
+from resumable_loader.checkpoint.components import LOADER, ORDER_STATE_KEY, Component
 from resumable_loader.errors import CheckpointError, ConfigError, StateDictError
 
-# The cursor's key for a mixture's schedule so far (phases begun, draws per source).
-ORDER_STATE_KEY = "order_state"
 _FLEXIBLE = "or load with mode='flexible' to resume with the new setting"
 
 
