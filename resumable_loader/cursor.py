@@ -34,6 +34,9 @@ SAMPLER_STATE_KEY = "sampler_state"
 # Fingerprint fields added after version 1 was released, with the value a cursor without them
 # implies, so that every version-1 cursor keeps loading: reseed_globals (default True then).
 _ADDED_FINGERPRINT_FIELDS: dict[str, int | str] = {"reseed_globals": 1}
+# Fingerprint fields that version-1 cursors may hold and that no longer decide the order:
+# batch_size (a user sampler's, which may now change on resume).
+_DROPPED_FIELDS = frozenset({"batch_size"})
 
 _FIX_SETTINGS = (
     "resume with the dataset and the order settings (shuffle, shard_shuffle, drop_last, "
@@ -98,6 +101,7 @@ def parse_cursor(
     *,
     fingerprint: Mapping[str, int | str],
     seed: int | None,
+    reasons: Mapping[str, str] | None = None,
 ) -> Cursor:
     """Check ``state`` against this loader and return it as a Cursor.
 
@@ -106,6 +110,8 @@ def parse_cursor(
         fingerprint: the current loader's fingerprint.
         seed: the current loader's seed if the user chose it explicitly, else None (the saved
             seed is then adopted).
+        reasons: per fingerprint field, why it may not change and the fix, for the message
+            (default: resume with the settings the checkpoint was taken with).
 
     Raises:
         StateDictError: naming the field, the saved and the current value, and the fix.
@@ -161,13 +167,14 @@ def parse_cursor(
         )
     # The current loader's fields in their own order (dataset, order, ...) first, so the message
     # names the most basic difference; then fields only the saved state has.
-    for name in [*fingerprint, *(k for k in saved_fingerprint if k not in fingerprint)]:
+    saved_only = (k for k in saved_fingerprint if k not in fingerprint and k not in _DROPPED_FIELDS)
+    for name in [*fingerprint, *saved_only]:
         saved = saved_fingerprint.get(name, _ADDED_FINGERPRINT_FIELDS.get(name))
         current = fingerprint.get(name)
         if saved != current:
             raise StateDictError(
                 f"field '{FINGERPRINT_KEY}.{name}': saved {saved!r}, current {current!r}; "
-                + _FIX_SETTINGS
+                + (reasons or {}).get(name, _FIX_SETTINGS)
             )
     length = fingerprint.get("length")
     if isinstance(length, int) and position > length:

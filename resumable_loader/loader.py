@@ -18,18 +18,20 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from resumable_loader import cursor as cursor_mod
 from resumable_loader._checks import check_int
 from resumable_loader.errors import ConfigError, StateDictError, WorkerError
+from resumable_loader.integrations.replaced import watch_visible_sampler
 from resumable_loader.iteration import ResumableIterator, stop_workers, worker_failure
 from resumable_loader.keyed_fetch import KeyedFetch, WorkerInit
 from resumable_loader.order.partition import Partition
 from resumable_loader.order.permutation import Order, SequentialOrder, ShuffledOrder
 from resumable_loader.order.philox import Purpose, check_epoch, check_seed, derive_words
 from resumable_loader.progress import Progress
-from resumable_loader.refs import OrderedBatchSampler, UserBatchSampler
+from resumable_loader.refs import OrderedBatchSampler, StreamBatchSampler, UserBatchSampler
+from resumable_loader.sampler_state import SamplerStream, capture, describe, global_sampler
 from resumable_loader.topology import (
     agree_on_seed,
     forward_set_epoch,
@@ -159,6 +161,7 @@ class ResumableDataLoader(DataLoader[T_co]):
             )
             if sampler is None and batch_sampler is None:  # the visible sampler is torch's or
                 forward_set_epoch(self.sampler, self.set_epoch)  # injected: its epoch is ours
+                watch_visible_sampler(self.sampler)  # torch's: only a foreign loader iterates it
         elif shard_shuffle is not None:
             raise ConfigError("shard_shuffle needs a map-style dataset, got an IterableDataset")
         self._fetch = KeyedFetch(dataset, self.collate_fn, reseed_globals=reseed_globals)
@@ -171,6 +174,8 @@ class ResumableDataLoader(DataLoader[T_co]):
         shard_shuffle: Any,
         dataset: Dataset,
     ) -> OrderedBatchSampler | UserBatchSampler:
+        """Our order; a torch sampler's stream split as our order is (``StreamBatchSampler``);
+        or any other sampler, iterated by each rank itself (``UserBatchSampler``)."""
         batched = self.batch_sampler is not None
         if sampler is None and batch_sampler is None:
             order = _make_order(dataset, bool(shuffle), self.seed, shard_shuffle)
@@ -184,24 +189,47 @@ class ResumableDataLoader(DataLoader[T_co]):
             return OrderedBatchSampler(order, partition, batched=batched)
         if shard_shuffle is not None:
             raise ConfigError("shard_shuffle is mutually exclusive with sampler and batch_sampler")
-        return UserBatchSampler(
-            batch_sampler if batch_sampler is not None else sampler,
-            batch_size=self.batch_size if batch_sampler is None else None,
-            drop_last=self.drop_last,
-            batched=batched,
-            world_size=self.world_size,
-            rank=self.rank,
+        source = batch_sampler if batch_sampler is not None else sampler
+        stream = global_sampler(source)
+        if stream is None:  # the sampler may split the data across ranks itself
+            return UserBatchSampler(
+                source,
+                batch_size=self.batch_size if batch_sampler is None else None,
+                drop_last=self.drop_last,
+                batched=batched,
+                world_size=self.world_size,
+                rank=self.rank,
+            )
+        stream_capture = capture(stream)
+        if self.world_size > 1 and not stream_capture.rank_consistent:
+            raise ConfigError(
+                f"sampler {describe(stream)} has no generator, so on world_size="
+                f"{self.world_size} each rank would draw its epochs from its own global RNG and "
+                "the ranks could split different orders; pass generator=torch.Generator()"
+                ".manual_seed(s) with the same s on every rank, or drop the sampler and use "
+                "shuffle=True (the loader's own order)"
+            )
+        batch_size, drop_last = (
+            (source.batch_size, source.drop_last)
+            if batch_sampler is not None
+            else (self.batch_size or 1, self.drop_last)
         )
+        partition = Partition(
+            len(stream), batch_size, world_size=self.world_size, rank=self.rank, drop_last=drop_last
+        )
+        return StreamBatchSampler(SamplerStream(stream_capture), partition, batched=batched)
 
     @property
     def order(self) -> Order | None:
         """The order this loader's batches follow (None: a user's sampler or an IterableDataset
         decides it)."""
-        return self._refs.order if isinstance(self._refs, OrderedBatchSampler) else None
+        own = isinstance(self._refs, OrderedBatchSampler)
+        return self._refs.order if own and self._refs.capture is None else None
 
     @property
     def partition(self) -> Partition | None:
-        """How this loader splits each epoch into per-rank batches (None as for ``order``)."""
+        """How this loader splits each epoch into per-rank batches (None: a sampler that each
+        rank iterates itself, or an IterableDataset)."""
         return self._refs.partition if isinstance(self._refs, OrderedBatchSampler) else None
 
     def loader_arguments(self) -> dict[str, Any]:
@@ -265,7 +293,7 @@ class ResumableDataLoader(DataLoader[T_co]):
         and iteration do: from the next epoch's start; mid-epoch it is an error (the epoch's
         order depends on the length, so its remaining positions would be other samples)."""
         refs = self._refs
-        if not isinstance(refs, OrderedBatchSampler):
+        if not isinstance(refs, OrderedBatchSampler) or refs.capture is not None:
             return  # a user's sampler follows the dataset itself
         old, new = len(refs.order), len(self.dataset)
         if old == new:
@@ -330,8 +358,9 @@ class ResumableDataLoader(DataLoader[T_co]):
         ``for e in range(saved_epoch, epochs): loader.set_epoch(e)`` runs every epoch once.
         """
         self._progress.request_epoch(check_epoch(epoch))
-        if isinstance(self._refs, UserBatchSampler) and hasattr(self._refs.source, "set_epoch"):
-            self._refs.source.set_epoch(epoch)
+        sampler = self._refs.capture.sampler if isinstance(self._refs, UserBatchSampler) else None
+        if hasattr(sampler, "set_epoch"):  # also a DistributedSampler under a BatchSampler
+            sampler.set_epoch(epoch)
 
     # -- state -----------------------------------------------------------------------------
 
@@ -343,15 +372,15 @@ class ResumableDataLoader(DataLoader[T_co]):
         values["reseed_globals"] = int(self.reseed_globals)  # it decides every augmentation
         if isinstance(refs, OrderedBatchSampler):
             values.update(refs.order.settings())
-            values["drop_last"] = int(self.drop_last)
-        else:
+            values["drop_last"] = int(refs.partition.drop_last)
+        else:  # each rank iterates the sampler itself: its stream may depend on the world size
+            inner, name = refs.capture.sampler, type(refs.source).__qualname__
             values.update(
                 order="user_sampler",
-                sampler=type(refs.source).__qualname__,
+                world_size=self.world_size,  # first: it explains a changed DistributedSampler
+                sampler=describe(inner) if inner is refs.source else f"{name}({describe(inner)})",
                 length=len(self.dataset),
-                world_size=self.world_size,
-                batch_size=self.batch_size or 0,
-                drop_last=int(self.drop_last),
+                drop_last=int(refs.drop_last),
             )
         return values
 
@@ -389,13 +418,14 @@ class ResumableDataLoader(DataLoader[T_co]):
                 "was delivered; use in_order=True, or take the state at an epoch boundary"
             )
         if isinstance(refs, OrderedBatchSampler):
-            sampler_state = None
             if complete:
                 position = refs.partition.length
         elif complete:  # a user sampler's epoch length is its own: record the next epoch
-            epoch, position, sampler_state = epoch + 1, 0, refs.current_state()
-        else:
-            sampler_state = refs.epoch_start_state
+            epoch, position = epoch + 1, 0
+        # Before an epoch: what it starts from (a fresh loader's is DCP's template, so every
+        # key a loaded state may hold is there); within one: what it started from.
+        capture = refs.capture
+        sampler_state = None if capture is None else capture.saved(in_epoch=not complete)
         return dict(
             cursor_mod.make_cursor(
                 seed=self.seed,
@@ -413,10 +443,11 @@ class ResumableDataLoader(DataLoader[T_co]):
         place is those two numbers; a user's sampler has state of its own.
         """
         refs = self._require_refs("state_at()")
-        if isinstance(refs, UserBatchSampler):
+        capture = refs.capture
+        if isinstance(refs, UserBatchSampler) or (capture and capture.saved(in_epoch=False)):
             raise StateDictError(
                 f"state_at() needs the loader's own order, but it iterates the user's sampler "
-                f"{type(refs.source).__name__}, whose state is its own; take state_dict() instead"
+                f"{describe(capture.sampler)}, whose state is its own; take state_dict() instead"
             )
         epoch = check_epoch(epoch)
         position = check_int("position", position, high=refs.partition.length + 1)
@@ -433,19 +464,22 @@ class ResumableDataLoader(DataLoader[T_co]):
                 dataset, order configuration or seed; the message names the field and the fix.
         """
         refs = self._require_refs("load_state_dict()")
-        state = cursor_mod.parse_cursor(
-            state_dict, fingerprint=self.fingerprint(), seed=self._explicit_seed
-        )
+        reasons = {}
         if isinstance(refs, UserBatchSampler):
-            stateless = not refs.stateful and not isinstance(refs.source, _DETERMINISTIC_SAMPLERS)
-            if stateless and state["position"] > 0:
-                raise StateDictError(
-                    f"cannot resume mid-epoch with sampler {type(refs.source).__name__}: it has "
-                    "no state_dict()/load_state_dict(), so its order cannot be replayed; give it "
-                    "those methods, or let ResumableDataLoader order the data (shuffle=...)"
-                )
-            refs.restore(state.get(cursor_mod.SAMPLER_STATE_KEY))
-        if isinstance(refs, OrderedBatchSampler) and state["seed"] != self.seed:
+            reasons["world_size"] = (
+                f"sampler {describe(refs.capture.sampler)} is iterated by every rank itself (it "
+                "may split the data across ranks, as a DistributedSampler does), so each rank's "
+                "stream depends on the world size; resume on the saved number of ranks, or use "
+                "one of torch's samplers (RandomSampler, SequentialSampler, SubsetRandomSampler, "
+                "WeightedRandomSampler) or shuffle=True, whose streams the loader splits across "
+                "any world size"
+            )
+        state = cursor_mod.parse_cursor(
+            state_dict, fingerprint=self.fingerprint(), seed=self._explicit_seed, reasons=reasons
+        )
+        if refs.capture is not None:
+            refs.capture.load(state.get(cursor_mod.SAMPLER_STATE_KEY), position=state["position"])
+        elif isinstance(refs, OrderedBatchSampler) and state["seed"] != self.seed:
             refs.order = _make_order(
                 self.dataset, self._shuffle, state["seed"], self._shard_shuffle
             )
@@ -461,9 +495,6 @@ class ResumableDataLoader(DataLoader[T_co]):
                 "resumable_loader.TarShardDataset or ParquetDataset)"
             )
         return self._refs
-
-
-_DETERMINISTIC_SAMPLERS = (SequentialSampler,)
 
 
 def _make_order(dataset: Dataset, shuffle: bool, seed: int, shard_shuffle: Any) -> Order:

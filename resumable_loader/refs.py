@@ -2,23 +2,27 @@
 
 :class:`OrderedBatchSampler` turns (order, partition, epoch, start position) into this rank's
 batch references; it holds no iteration state beyond the arguments of the iteration it was
-last asked for. :class:`UserBatchSampler` adapts a user's own sampler or batch_sampler: its ids
-come from the user's object, its keys from our positions.
+last asked for. :class:`StreamBatchSampler` does the same over a torch sampler's index stream;
+:class:`UserBatchSampler` adapts any other sampler or batch_sampler, iterated by each rank
+itself: its ids come from the user's object, its keys from our positions.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
-from torch.utils.data import Sampler
+from torch.utils.data import BatchSampler, Sampler
 
 from resumable_loader.errors import StateDictError
 from resumable_loader.keyed_fetch import BatchRef, SampleRef
 from resumable_loader.order.partition import Partition
 from resumable_loader.order.permutation import Order
+from resumable_loader.sampler_state import Capture, SamplerStream, capture
 
 
 class _PositionReader:
@@ -102,6 +106,8 @@ class OrderedBatchSampler(_RefSampler):
         batched: yield a BatchRef per batch (torch auto-batching) or a SampleRef per sample.
     """
 
+    capture: Capture | None = None  # what decides a user sampler's epochs (none: our order)
+
     def __init__(self, order: Order, partition: Partition, *, batched: bool) -> None:
         super().__init__()
         self.order = order
@@ -123,14 +129,42 @@ class OrderedBatchSampler(_RefSampler):
                 yield SampleRef(seed, epoch, batch.start, ids[0]), batch.global_size
 
 
+class StreamBatchSampler(OrderedBatchSampler):
+    """A torch sampler's index stream, split across ranks and batches as the loader's own order.
+
+    For the samplers whose stream is the same on every rank and for every batch size
+    (``sampler_state.GLOBAL_SAMPLERS``): position p of an epoch holds the sampler's p-th index,
+    so batch size, world size and num_workers may change on resume, and keys are positions.
+    Each epoch's stream is drawn when the epoch begins, from the sampler's state at its start.
+    """
+
+    order: SamplerStream
+
+    def __init__(self, order: SamplerStream, partition: Partition, *, batched: bool) -> None:
+        super().__init__(order, partition, batched=batched)
+
+    def begin(self, *, seed: int, epoch: int, start: int) -> None:
+        super().begin(seed=seed, epoch=epoch, start=start)
+        if start == 0 and len(self.order) != self.partition.length:  # its data grew or shrank
+            self.partition = dataclasses.replace(self.partition, length=len(self.order))
+        self.order.begin(epoch)
+
+    @property
+    def capture(self) -> Capture:  # type: ignore[override]
+        return self.order.capture
+
+
 class UserBatchSampler(_RefSampler):
     """Wraps a user's sampler (with a batch size) or batch_sampler; keys follow our positions.
 
-    A user's sampler decides both the order and the split across ranks, so each rank counts
-    its own samples; key positions interleave the ranks (``count * world_size + rank``) so that
-    no two ranks share a key. Resuming replays the user's index stream up to the saved count
-    (index draws only, no sample loads) after restoring the user's sampler state as it was at
-    the epoch's start, when the sampler has ``state_dict``/``load_state_dict``.
+    For samplers that may split the data across ranks themselves (``DistributedSampler``, any
+    custom sampler): each rank iterates its own and counts its own samples; key positions
+    interleave the ranks (``count * world_size + rank``) so that no two ranks share a key. A
+    resume restores what decides the sampler's epoch (``sampler_state.capture``) as it was at the
+    epoch's start and replays its index stream up to the saved count (index draws only, no
+    sample loads), then batches the rest: a sampler's stream (also under a torch
+    ``BatchSampler``) may be batched differently on resume; a custom batch_sampler's batches
+    are its own, so a resume must fall between two of them.
 
     Args:
         source: the user's sampler or batch_sampler.
@@ -152,65 +186,56 @@ class UserBatchSampler(_RefSampler):
     ) -> None:
         super().__init__()
         self.source = source
+        if type(source) is BatchSampler:  # re-batched from its sampler: its batch size may change
+            source, batch_size, drop_last = source.sampler, source.batch_size, source.drop_last
+        self.capture = capture(source)
         self.batch_size = batch_size
         self.drop_last = drop_last
         self.batched = batched
         self.world_size = world_size
         self.rank = rank
-        self.epoch_start_state: dict[str, Any] | None = None
-
-    @property
-    def stateful(self) -> bool:
-        return hasattr(self.source, "state_dict") and hasattr(self.source, "load_state_dict")
+        self._epoch_items: Iterable[Any] = source
 
     def begin(self, *, seed: int, epoch: int, start: int) -> None:
         super().begin(seed=seed, epoch=epoch, start=start)
-        if self.stateful and start == 0:
-            self.epoch_start_state = self.source.state_dict()
-
-    def current_state(self) -> dict[str, Any] | None:
-        """The user's sampler state now (after an epoch: the next epoch's start state)."""
-        return self.source.state_dict() if self.stateful else None
-
-    def restore(self, state: dict[str, Any] | None) -> None:
-        """Put the user's sampler back in the state it had at the saved epoch's start."""
-        if state is not None:
-            self.source.load_state_dict(state)
-            self.epoch_start_state = state
+        self._epoch_items = self.capture.begin()
 
     def __len__(self) -> int:
+        items = len(self.capture.sampler)
         if self.batch_size is None:
-            return len(self.source)
-        full, rest = divmod(len(self.source), self.batch_size)
+            return items
+        full, rest = divmod(items, self.batch_size)
         return full + (1 if rest and not self.drop_last else 0)
 
-    def _batches(self) -> Iterator[list[int]]:
-        if not self.batched or self.batch_size is None:
-            yield from ([index] if not self.batched else list(index) for index in self.source)
+    def _batches(self, start: int) -> Iterator[list[int]]:
+        """The epoch's batches after its first ``start`` samples."""
+        items = iter(self._epoch_items)
+        if self.batched and self.batch_size is None:  # a custom batch_sampler's own batches
+            count = 0
+            for ids in items:
+                if count >= start:
+                    yield list(ids)
+                count += len(ids)
+                if start < count < start + len(ids):
+                    raise StateDictError(
+                        f"cannot resume batch_sampler {type(self.source).__name__} at sample "
+                        f"{start}: it falls inside a batch (samples {count - len(ids)}.."
+                        f"{count - 1}) of this batch_sampler, whose batches are its own; resume "
+                        "with the batch_sampler the checkpoint was taken with"
+                    )
             return
-        batch: list[int] = []
-        for index in self.source:
-            batch.append(index)
-            if len(batch) == self.batch_size:
-                yield batch
-                batch = []
-        if batch and not self.drop_last:
+        items = itertools.islice(items, start, None)
+        size = self.batch_size if self.batched and self.batch_size is not None else 1
+        while batch := list(itertools.islice(items, size)):
+            if len(batch) < size and self.drop_last:
+                return
             yield batch
 
     def _refs(
         self, seed: int, epoch: int, start: int
     ) -> Iterator[tuple[BatchRef | SampleRef, int]]:
-        count = 0
-        for ids in self._batches():
-            if count < start:
-                count += len(ids)
-                if count > start:
-                    raise StateDictError(
-                        f"cannot resume {type(self.source).__name__} at sample {start}: it falls "
-                        f"inside a batch (samples {count - len(ids)}..{count - 1}); resume with "
-                        "the batch size the checkpoint was taken with"
-                    )
-                continue
+        count = start
+        for ids in self._batches(start):
             key_position = count * self.world_size + self.rank
             if self.batched:
                 yield BatchRef(seed, epoch, key_position, ids, self.world_size), len(ids)

@@ -90,6 +90,16 @@ class StatefulShuffle(torch.utils.data.Sampler):
         self.generator.set_state(torch.tensor(state["rng"], dtype=torch.uint8))
 
 
+class StatelessShuffle(torch.utils.data.Sampler):
+    """A custom sampler drawing from torch's global RNG, without state_dict()."""
+
+    def __len__(self):
+        return N
+
+    def __iter__(self):
+        return iter(torch.randperm(N).tolist())
+
+
 class TestStreamIdentity:
     def test_alias_is_the_same_class(self):
         assert resumable_loader.DataLoader is ResumableDataLoader
@@ -596,10 +606,10 @@ class TestUserSamplers:
         got = interrupted_stream(loader, loader, epochs=2, stop_after=len(loader()))
         assert got == expected
 
-    def test_stateless_random_sampler_resumes_at_an_epoch_boundary(self):
+    def test_stateless_custom_sampler_resumes_at_an_epoch_boundary(self):
         def loader():
             return ResumableDataLoader(
-                AugmentedDataset(N), batch_size=4, sampler=RandomSampler(range(N)), seed=5
+                AugmentedDataset(N), batch_size=4, sampler=StatelessShuffle(), seed=5
             )
 
         first = loader()
@@ -613,21 +623,35 @@ class TestUserSamplers:
         assert (state["epoch"], state["position"]) == (1, 0)
         assert (after["epoch"], after["position"]) == (2, 0)
 
-    def test_state_at_needs_the_loaders_own_order(self):
-        loader = ResumableDataLoader(
-            AugmentedDataset(N), batch_size=4, sampler=SequentialSampler(range(N)), seed=5
-        )
-        with pytest.raises(StateDictError, match="SequentialSampler"):
+    def test_state_at_needs_a_place_of_two_numbers(self):
+        # A generator decides RandomSampler's epochs: (epoch, position) alone cannot place it.
+        generator = torch.Generator().manual_seed(0)
+        sampler = RandomSampler(range(N), generator=generator)
+        loader = ResumableDataLoader(AugmentedDataset(N), batch_size=4, sampler=sampler, seed=5)
+        with pytest.raises(StateDictError, match="RandomSampler"):
             loader.state_at(0, 4)
+        for source in (StatelessShuffle(), StatefulShuffle()):
+            with pytest.raises(StateDictError, match=type(source).__name__):
+                ResumableDataLoader(AugmentedDataset(N), sampler=source, seed=5).state_at(0, 4)
 
-    def test_stateless_random_sampler_refuses_mid_epoch_resume(self):
+    def test_state_at_places_a_sequential_sampler(self):
+        def loader():
+            sampler = SequentialSampler(range(N))
+            return ResumableDataLoader(AugmentedDataset(N), batch_size=4, sampler=sampler, seed=5)
+
+        expected = run(loader(), 1)[0]
+        resumed = loader()
+        resumed.load_state_dict(resumed.state_at(0, 8))
+        assert run(resumed, 1)[0] == expected[8:]
+
+    def test_stateless_custom_sampler_refuses_mid_epoch_resume(self):
         def loader():
             return ResumableDataLoader(
-                AugmentedDataset(N), batch_size=4, sampler=RandomSampler(range(N)), seed=5
+                AugmentedDataset(N), batch_size=4, sampler=StatelessShuffle(), seed=5
             )
 
         _, state = run(loader(), 1, stop_after=2)
-        with pytest.raises(StateDictError, match="RandomSampler"):
+        with pytest.raises(StateDictError, match="StatelessShuffle"):
             loader().load_state_dict(state)
 
 

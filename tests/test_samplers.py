@@ -1,0 +1,391 @@
+"""User samplers: torch's own samplers resume exactly mid-epoch and at an epoch's end, on another
+batch size, world size or num_workers where their index stream allows it; DCP keeps their state;
+a sampler whose stream the loader cannot replay is refused, never silently replayed wrongly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+from distributed_harness import augmented, consume, global_stream
+from resume_harness import epochs_left, transport
+from torch.utils.data import (
+    BatchSampler,
+    DistributedSampler,
+    RandomSampler,
+    SequentialSampler,
+    SubsetRandomSampler,
+    WeightedRandomSampler,
+)
+
+from resumable_loader import ConfigError, ResumableDataLoader, StateDictError
+
+N = 29
+EPOCHS = 3
+WEIGHTS = [1.0 + (i % 5) for i in range(N)]
+
+
+def generator(seed=7):
+    return torch.Generator().manual_seed(seed)
+
+
+# Each factory makes a fresh sampler, as a restarted process would: its generator seeded anew.
+SAMPLERS = {
+    "sequential": lambda: SequentialSampler(range(N)),
+    "random": lambda: RandomSampler(range(N), generator=generator()),
+    "random_global_rng": lambda: RandomSampler(range(N)),
+    "random_replacement": lambda: RandomSampler(
+        range(N), replacement=True, num_samples=41, generator=generator()
+    ),
+    "subset": lambda: SubsetRandomSampler(list(range(3, N, 2)), generator=generator()),
+    "subset_global_rng": lambda: SubsetRandomSampler(list(range(3, N, 2))),
+    "weighted": lambda: WeightedRandomSampler(WEIGHTS, 37, generator=generator()),
+    "weighted_no_replacement": lambda: WeightedRandomSampler(
+        WEIGHTS, 20, replacement=False, generator=generator()
+    ),
+    "weighted_global_rng": lambda: WeightedRandomSampler(WEIGHTS, 37),
+}
+# Samplers whose stream is the same on every rank (an explicit generator, or none needed).
+RANK_CONSISTENT = ["sequential", "random", "random_replacement", "subset", "weighted"]
+
+
+def loader_for(
+    name, *, batch_size=4, num_workers=0, batch_sampler=False, rank=0, world_size=1, **kwargs
+):
+    sampler = SAMPLERS[name]()
+    if batch_sampler:
+        kwargs.update(batch_sampler=BatchSampler(sampler, batch_size, drop_last=False))
+    else:
+        kwargs.update(sampler=sampler, batch_size=batch_size)
+    return ResumableDataLoader(
+        augmented(N),
+        num_workers=num_workers,
+        rank=rank,
+        world_size=world_size,
+        seed=11,
+        **kwargs,
+    )
+
+
+def run(loaders, epochs, *, stop_after=None):
+    """Every simulated rank's batches (in one process), then rank 0's state.
+
+    torch's global RNG is saved with the loader's state and put back on resume, as a training
+    loop that checkpoints its RNG does: a sampler without a generator draws from it.
+    """
+    per_rank = [consume(loader, epochs, stop_after) for loader in loaders]
+    return per_rank, (loaders[0].state_dict(), torch.get_rng_state())
+
+
+def resume(loaders, saved, epochs):
+    state, rng = saved
+    torch.set_rng_state(rng)
+    for loader in loaders:
+        loader.load_state_dict(transport(state, "msgpack"))
+    return run(loaders, epochs_left(state, epochs))[0]
+
+
+def stream(per_rank, length=10**9):
+    """The global stream of simulated ranks' batches, without padding (positions >= length)."""
+    return global_stream(per_rank, length)
+
+
+def continuous(name, **kwargs):
+    torch.manual_seed(0)
+    return stream(run([loader_for(name, **kwargs)], EPOCHS)[0])
+
+
+def interrupted(name, stop_after, first, second):
+    """Stream of ranks made by ``first(rank, world_size)`` for ``stop_after`` batches, then
+    ranks made by ``second`` resumed from rank 0's state."""
+    torch.manual_seed(0)
+    head, saved = run([first(r) for r in range(first.world_size)], EPOCHS, stop_after=stop_after)
+    tail = resume([second(r) for r in range(second.world_size)], saved, EPOCHS)
+    length = saved[0]["fingerprint"]["length"]  # the sampler's epoch
+    return stream(head, length) + stream(tail, length)
+
+
+class Ranks:
+    """``Ranks(world_size, name, **kwargs)(rank)`` builds that rank's loader."""
+
+    def __init__(self, world_size, name, **kwargs):
+        self.world_size, self.name, self.kwargs = world_size, name, kwargs
+
+    def __call__(self, rank):
+        return loader_for(self.name, rank=rank, world_size=self.world_size, **self.kwargs)
+
+
+class TestTorchSamplersResumeExactly:
+    @pytest.mark.parametrize("name", list(SAMPLERS))
+    @pytest.mark.parametrize("stop_after", [3, 8])  # mid-epoch; exactly at epoch 0's end
+    def test_mid_epoch_and_epoch_end(self, name, stop_after):
+        first = loader_for(name)
+        stop_after = stop_after if stop_after == 3 else len(first)
+        expected = continuous(name)
+        got = interrupted(name, stop_after, Ranks(1, name), Ranks(1, name, num_workers=2))
+        assert got == expected
+        assert len({(e, p) for e, p, _, _ in got}) == len(got)  # every position once
+
+    @pytest.mark.parametrize("name", ["random", "subset_global_rng", "weighted"])
+    def test_under_a_batch_sampler(self, name):
+        expected = continuous(name, batch_sampler=True)
+        got = interrupted(
+            name,
+            3,
+            Ranks(1, name, batch_sampler=True, num_workers=2),
+            Ranks(1, name, batch_sampler=True),
+        )
+        assert got == expected
+
+    def test_each_epoch_differs_as_under_torch(self):
+        ids = [[i for e, _, i, _ in continuous("random") if e == epoch] for epoch in range(3)]
+        assert ids[0] != ids[1] != ids[2]
+        assert sorted(ids[0]) == list(range(N))
+
+    def test_the_stream_is_torchs_own(self):
+        # With the same generator state, torch's DataLoader yields the same index stream.
+        sampler = RandomSampler(range(N), generator=generator())
+        torch_loader = torch.utils.data.DataLoader(range(N), batch_size=4, sampler=sampler)
+        torch_ids = [i for _ in range(2) for batch in torch_loader for i in batch.tolist()]
+        ours = [i for e, _, i, _ in continuous("random") if e < 2]
+        assert ours == torch_ids
+
+    def test_generator_state_at_an_epochs_end_is_in_the_cursor(self):
+        loader = loader_for("random")
+        first_epoch = consume(loader, 1)
+        state = loader.state_dict()
+        fresh = loader_for("random")
+        fresh.load_state_dict(transport(state, "json"))
+        resumed = consume(fresh, 1)
+        assert resumed == consume(loader, 1)  # the live loader's epoch 1
+        assert [i for _, _, i, _ in resumed[0]] != [i for _, _, i, _ in first_epoch[0]]
+        assert fresh.state_dict() == loader.state_dict()
+
+
+class TestAnotherBatchSizeOrWorldSize:
+    @pytest.mark.parametrize("name", RANK_CONSISTENT)
+    def test_world_size_and_batch_size_change(self, name):
+        # The index stream is the sampler's; the loader splits it across ranks as it splits
+        # its own order, so any layout continues the same samples with the same keys.
+        expected = continuous(name)
+        got = interrupted(name, 2, Ranks(2, name, batch_size=3), Ranks(3, name, batch_size=2))
+        assert got == expected
+
+    def test_batch_sampler_batch_size_change(self):
+        expected = continuous("subset", batch_sampler=True)
+        got = interrupted(
+            "subset",
+            3,
+            Ranks(1, "subset", batch_sampler=True, batch_size=3),
+            Ranks(2, "subset", batch_sampler=True, batch_size=5, num_workers=2),
+        )
+        assert got == expected
+
+    @pytest.mark.parametrize("name", ["random_global_rng", "subset_global_rng"])
+    def test_a_sampler_drawing_from_each_ranks_global_rng_is_refused_on_many_ranks(self, name):
+        with pytest.raises(ConfigError, match=r"generator=torch\.Generator"):
+            loader_for(name, rank=0, world_size=2)
+
+
+class StatefulShuffle(torch.utils.data.Sampler):
+    """A custom sampler with its own generator and state_dict()."""
+
+    def __init__(self, length=N):
+        self.length = length
+        self.generator = generator(3)
+
+    def __len__(self):
+        return self.length
+
+    def __iter__(self):
+        return iter(torch.randperm(self.length, generator=self.generator).tolist())
+
+    def state_dict(self):
+        return {"rng": self.generator.get_state().tolist()}
+
+    def load_state_dict(self, state):
+        self.generator.set_state(torch.tensor(state["rng"], dtype=torch.uint8))
+
+
+class Stateless(torch.utils.data.Sampler):
+    def __len__(self):
+        return N
+
+    def __iter__(self):
+        return iter(range(N - 1, -1, -1))
+
+
+class FixedBatches:
+    """A custom batch_sampler: consecutive batches of ``size``; stateless, yet says so."""
+
+    def __init__(self, size):
+        self.size = size
+
+    def __len__(self):
+        return -(-N // self.size)
+
+    def __iter__(self):
+        return (list(range(i, min(i + self.size, N))) for i in range(0, N, self.size))
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def custom_loader(sampler, *, rank=0, world_size=1, batch_size=4, **kwargs):
+    return ResumableDataLoader(
+        augmented(N),
+        sampler=sampler,
+        batch_size=batch_size,
+        rank=rank,
+        world_size=world_size,
+        seed=11,
+        **kwargs,
+    )
+
+
+def distributed(rank, world_size):
+    return DistributedSampler(range(N), num_replicas=world_size, rank=rank, seed=5)
+
+
+def per_rank_stream(first, second, *, first_ranks, second_ranks, stop_after, epochs=EPOCHS):
+    head, (state, _) = run([first(r) for r in range(first_ranks)], epochs, stop_after=stop_after)
+    resumed = [second(r) for r in range(second_ranks)]
+    for loader in resumed:
+        loader.load_state_dict(transport(state, "msgpack"))
+    tail = [consume(loader, epochs_left(state, epochs)) for loader in resumed]
+    return sorted(global_stream(head, N) + global_stream(tail, N))
+
+
+class TestSamplersThatSplitAcrossRanksThemselves:
+    """A DistributedSampler, or any custom sampler: each rank iterates its own."""
+
+    @pytest.mark.parametrize("stop_after", [2, 4])  # mid-epoch; epoch 0's end (15 = 4 x 4)
+    def test_distributed_sampler_resumes_with_another_batch_size(self, stop_after):
+        def ranks(batch_size, num_workers=0):
+            def make(rank):
+                return custom_loader(
+                    distributed(rank, 2),
+                    rank=rank,
+                    world_size=2,
+                    batch_size=batch_size,
+                    num_workers=num_workers,
+                )
+
+            return make
+
+        expected = per_rank_stream(ranks(4), ranks(4), first_ranks=2, second_ranks=2, stop_after=0)
+        got = per_rank_stream(
+            ranks(4), ranks(3, 2), first_ranks=2, second_ranks=2, stop_after=stop_after
+        )
+        assert got == expected
+
+    def test_distributed_sampler_epoch_is_in_the_cursor(self):
+        first = custom_loader(distributed(0, 1))
+        first.set_epoch(4)
+        consume(first, 1, stop_after=2)
+        state = first.state_dict()
+        assert state["sampler_state"] == {"epoch": 4}
+        fresh_sampler = distributed(0, 1)
+        resumed = custom_loader(fresh_sampler)
+        resumed.load_state_dict(state)
+        assert fresh_sampler.epoch == 4
+
+    def test_distributed_sampler_under_a_batch_sampler(self):
+        def make(batch_size):
+            return lambda rank: ResumableDataLoader(
+                augmented(N),
+                batch_sampler=BatchSampler(distributed(rank, 2), batch_size, drop_last=False),
+                rank=rank,
+                world_size=2,
+                seed=11,
+            )
+
+        expected = per_rank_stream(make(4), make(4), first_ranks=2, second_ranks=2, stop_after=0)
+        got = per_rank_stream(make(4), make(5), first_ranks=2, second_ranks=2, stop_after=2)
+        assert got == expected
+
+    def test_distributed_sampler_refuses_another_world_size_saying_why(self):
+        first = custom_loader(distributed(0, 2), rank=0, world_size=2)
+        consume(first, 1, stop_after=1)
+        with pytest.raises(
+            StateDictError, match=r"world_size.*saved 2, current 4.*DistributedSampler"
+        ):
+            custom_loader(distributed(0, 4), rank=0, world_size=4).load_state_dict(
+                first.state_dict()
+            )
+
+    def test_custom_stateful_sampler_resumes_with_another_batch_size(self):
+        expected = per_rank_stream(
+            lambda r: custom_loader(StatefulShuffle()),
+            lambda r: custom_loader(StatefulShuffle()),
+            first_ranks=1,
+            second_ranks=1,
+            stop_after=0,
+        )
+        got = per_rank_stream(
+            lambda r: custom_loader(StatefulShuffle(), batch_size=4),
+            lambda r: custom_loader(StatefulShuffle(), batch_size=3, num_workers=2),
+            first_ranks=1,
+            second_ranks=1,
+            stop_after=3,
+        )
+        assert got == expected
+
+    def test_custom_sampler_refuses_another_world_size_saying_why(self):
+        first = custom_loader(StatefulShuffle(), rank=0, world_size=2)
+        consume(first, 1, stop_after=1)
+        resumed = custom_loader(StatefulShuffle(), rank=0, world_size=1)
+        with pytest.raises(StateDictError, match=r"world_size.*StatefulShuffle.*every rank"):
+            resumed.load_state_dict(first.state_dict())
+
+    def test_custom_sampler_without_state_refuses_mid_epoch(self):
+        first = custom_loader(Stateless())
+        consume(first, 1, stop_after=1)
+        with pytest.raises(StateDictError, match=r"Stateless.*state_dict"):
+            custom_loader(Stateless()).load_state_dict(first.state_dict())
+
+    def test_custom_batch_sampler_refuses_a_position_inside_its_batch(self):
+        def make(size):
+            return ResumableDataLoader(augmented(N), batch_sampler=FixedBatches(size), seed=11)
+
+        first = make(4)
+        consume(first, 1, stop_after=1)
+        resumed = make(3)
+        resumed.load_state_dict(first.state_dict())
+        with pytest.raises(StateDictError, match=r"inside a batch.*batch_sampler"):
+            consume(resumed, 1)
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
+class TestDistributedCheckpoint:
+    @pytest.mark.parametrize("name", ["random", "random_global_rng", "weighted"])
+    def test_dcp_keeps_the_sampler_state(self, name, tmp_path):
+        torch.manual_seed(0)
+        first = loader_for(name)
+        head = consume(first, EPOCHS, stop_after=3)
+        dcp.save({"loader": first}, checkpoint_id=str(tmp_path), no_dist=True)
+        rng = torch.get_rng_state()
+        resumed = loader_for(name)
+        assert set(resumed.state_dict()) == set(first.state_dict())  # DCP's template
+        dcp.load({"loader": resumed}, checkpoint_id=str(tmp_path), no_dist=True)
+        torch.set_rng_state(rng)
+        tail = consume(resumed, epochs_left(first.state_dict(), EPOCHS))
+        assert stream([head]) + stream([tail]) == continuous(name)
+
+    def test_a_mid_epoch_state_without_the_sampler_state_is_refused(self):
+        first = loader_for("random")
+        consume(first, 1, stop_after=2)
+        state = first.state_dict()
+        del state["sampler_state"]
+        with pytest.raises(StateDictError, match="sampler_state"):
+            loader_for("random").load_state_dict(state)
+
+
+def test_streams_are_all_distinct_samplers():
+    # The parametrized samplers really differ, so the tests above cover different streams.
+    torch.manual_seed(0)
+    firsts = {name: tuple(i for _, _, i, _ in continuous(name))[:8] for name in SAMPLERS}
+    assert len(set(firsts.values())) == len(firsts)
