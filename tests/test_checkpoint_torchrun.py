@@ -1,11 +1,12 @@
 """Checkpointer under torchrun (gloo, CPU): saved by 2 DDP or FSDP2 ranks, resumed by 1.
 
-Two ranks train a DDP model with per-rank batches of 3 and save step 4 through the
-Checkpointer; one rank resumes it in flexible mode with batches of 5. The samples both runs
-trained on are the single-process stream of the same seed, in order, and the decision says the
-RNG states were re-derived (the rank layout changed) and lists world size and batch size as
-changed, old -> new. Under FSDP2 the two ranks save shards; the one rank loads them into an
-unsharded model, and the whole state it holds is the one the two ranks held.
+Two ranks train a DDP model with per-rank batches of 3 and save steps 2 and 4 through the
+Checkpointer, asynchronously; one rank resumes step 4 in flexible mode with batches of 5. The
+samples both runs trained on are the single-process stream of the same seed, in order, the
+state loaded is the state saved, and the decision says the RNG states were re-derived (the
+rank layout changed) and lists world size and batch size as changed, old -> new. Under FSDP2
+the two ranks save shards; the one rank loads them into an unsharded model, and the whole
+state it holds is the one the two ranks held.
 """
 
 from __future__ import annotations
@@ -40,8 +41,14 @@ def torchrun(nproc: int, checkpoint: Path, out: Path, *args: str) -> list[list[d
 
 def test_two_ranks_resumed_by_one_with_another_batch_size(tmp_path):
     checkpoint = tmp_path / "checkpoint"
-    head = torchrun(
-        2, checkpoint, tmp_path / "head", "--steps=4", "--save-every=4", "--batch-size=3"
+    head = torchrun(  # saving asynchronously, at steps 2 and 4
+        2,
+        checkpoint,
+        tmp_path / "head",
+        "--steps=4",
+        "--save-every=2",
+        "--batch-size=3",
+        "--async-save",
     )
     (tail,) = torchrun(
         1,

@@ -54,7 +54,8 @@ class Checkpointer:
             to memory; the next ``save``, ``load`` or :meth:`wait` waits for the write.
         seed: the seed RNG states are re-derived from when the rank layout changed; default
             the loader's (saved) seed.
-        process_group: passed to DCP (e.g. a gloo group of its own for async saves).
+        process_group: the group DCP's collectives use; with ``async_save`` under a process
+            group, default a new gloo group of the Checkpointer's own.
     """
 
     def __init__(
@@ -70,6 +71,10 @@ class Checkpointer:
         self.keep_last = check_int("keep_last", keep_last, low=1)
         self.async_save = bool(async_save)
         self.seed = None if seed is None else check_int("seed", seed, high=2**64)
+        if process_group is None and self.async_save and collective.active():
+            # DCP's thread must not share the training loop's group: collectives of the two
+            # threads would interleave (a collective: every rank makes its Checkpointer)
+            process_group = dist.new_group(backend="gloo")
         self.process_group = process_group
         self._pending: Future | None = None
         self._finished = threading.Event()
