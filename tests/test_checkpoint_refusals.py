@@ -141,6 +141,13 @@ REFUSALS = {
         damage("rng-rank-00000.json", lambda p: p.write_text('{"format": 3')),
         r"rank-00000.json: unreadable",
     ),
+    "RNG state damaged": (
+        None,
+        damage(
+            "rng-rank-00000.json", lambda p: p.write_text(p.read_text().replace("[", "[9, ", 1))
+        ),
+        r"rank-00000.json: field 'python' is not a generator state",
+    ),
     "data file truncated": (
         None,
         damage("__0_0.distcp", truncate),

@@ -99,7 +99,8 @@ def read(checkpoint: Path, rank: int) -> dict[str, Any]:
 
     Raises:
         CheckpointError: the file is missing, not JSON, of another format or version, or a
-            field is missing or of the wrong type; the message names the file and field.
+            field is missing, of the wrong type or no state its generator takes; the message
+            names the file and field.
     """
     path = rank_file(checkpoint, rank)
     try:
@@ -133,15 +134,34 @@ def read(checkpoint: Path, rank: int) -> dict[str, Any]:
             f"{state['rank']}, expected {FORMAT!r}/{VERSION}/{rank}; load it with the release "
             "that wrote it, or load an earlier checkpoint"
         )
-    python = state["python"]
-    if not isinstance(python.get("state"), list) or len(python["state"]) != 625:
-        raise CheckpointError(f"{path}: field 'python.state' is not 625 ints; file damaged")
+    _try_restore(path, state)
     return state
 
 
-def cuda_devices_saved(state: dict[str, Any]) -> int:
-    """How many CUDA generators ``state`` holds."""
-    return len(state["cuda"])
+def _try_restore(path: Path, state: dict[str, Any]) -> None:
+    """Set each saved state on a throwaway generator, so a bad one fails now, not mid-load."""
+    python = state["python"]
+
+    def numpy() -> None:
+        saved = _decode(state["numpy"])
+        np.random.RandomState(getattr(np.random, saved["bit_generator"])()).set_state(saved)
+
+    checks = {
+        "python": lambda: random.Random().setstate(
+            (python["version"], tuple(python["state"]), python["gauss_next"])
+        ),
+        "numpy": numpy,
+        "torch": lambda: torch.Generator().set_state(_tensor(state["torch"])),
+        "cuda": lambda: [_tensor(s) for s in state["cuda"]],
+    }
+    for field, check in checks.items():
+        try:
+            check()
+        except Exception as error:  # whatever the library raises for a malformed state
+            raise CheckpointError(
+                f"{path}: field '{field}' is not a generator state ({type(error).__name__}: "
+                f"{error}); the file is damaged: load an earlier checkpoint"
+            ) from None
 
 
 def restore(state: dict[str, Any]) -> None:
