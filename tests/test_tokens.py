@@ -217,7 +217,7 @@ class TestContent:
         spawned = DataLoader(
             ds, batch_size=16, shuffle=True, seed=3, num_workers=1, multiprocessing_context="spawn"
         )
-        assert all(torch.equal(a, b) for a, b in zip(spawned, expected, strict=True))
+        assert all(torch.equal(a["input_ids"], b) for a, b in zip(spawned, expected, strict=True))
 
     def test_fingerprint_follows_files_seq_len_and_mode(self, corpus, tmp_path):
         paths, _ = corpus
