@@ -12,6 +12,7 @@ import pytest
 import torch
 from checkpoint_job import batches, build, digest, train_step
 
+from resumable_loader import DataLoader
 from resumable_loader.checkpoint import Checkpointer, rng_state
 from resumable_loader.checkpoint.layout import CheckpointDirectory
 from resumable_loader.cli import main
@@ -245,3 +246,24 @@ def test_another_world_size_rederives_rng_from_the_loader_seed(tmp_path):
         Checkpointer(tmp_path).load(without_loader, mode="flexible")
     decision = Checkpointer(tmp_path, seed=11).load(without_loader, mode="flexible")
     assert decision["components"]["rng"] == "re-derived"
+
+
+class Windows(torch.utils.data.Dataset):
+    """Stands in for a TokenDataset: fixed windows of ``seq_len`` tokens."""
+
+    seq_len, fingerprint = 8, "windows-v1"
+
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.full((self.seq_len,), index)
+
+
+def test_tokens_seen_defaults_to_samples_times_seq_len(tmp_path):
+    loader = DataLoader(Windows(), batch_size=2, seed=1)
+    stream = iter(loader)
+    next(stream), next(stream), next(stream)
+    Checkpointer(tmp_path).save(3, {"loader": loader, "model": torch.nn.Linear(1, 1)})
+    manifest = json.loads((tmp_path / "step-0000000003" / "manifest.json").read_text())
+    assert (manifest["samples_seen"], manifest["tokens_seen"]) == (6, 48)

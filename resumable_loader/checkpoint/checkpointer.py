@@ -26,6 +26,7 @@ from resumable_loader.checkpoint.components import (
     Component,
     components,
     count_samples,
+    count_tokens,
     data_parallel_size,
     loader_entry,
 )
@@ -104,8 +105,8 @@ class Checkpointer:
         """Checkpoint ``state`` as global step ``step``; return the checkpoint's folder.
 
         Call it on every rank. ``samples_seen`` defaults to what the loader's cursor gives
-        (exact without ``drop_last``); ``metadata`` is any JSON dict of yours, kept in the
-        manifest.
+        (exact without ``drop_last``), ``tokens_seen`` to that times the dataset's ``seq_len``
+        (a TokenDataset); ``metadata`` is any JSON dict of yours, kept in the manifest.
         """
         step = check_int("step", step)
         self.wait()
@@ -118,10 +119,11 @@ class Checkpointer:
         cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
         rng_state.write(tmp, rng_state.capture(rank=rank, world_size=world_size, step=step))
         loaders = {n: loader_entry(c.obj) for n, c in found.items() if c.kind == LOADER}
+        samples = count_samples(samples_seen, found)
         record = manifest.build(
             step=step,
-            samples_seen=count_samples(samples_seen, found),
-            tokens_seen=None if tokens_seen is None else check_int("tokens_seen", tokens_seen),
+            samples_seen=samples,
+            tokens_seen=count_tokens(tokens_seen, samples, found),
             world_size=world_size,
             data_parallel_size=data_parallel_size(found, world_size),
             components={n: {"kind": c.kind, "type": c.type_name} for n, c in found.items()},

@@ -155,6 +155,18 @@ def count_samples(given: int | None, found: dict[str, Component]) -> int | None:
     return state["epoch"] * state["fingerprint"]["length"] + state["position"]
 
 
+def count_tokens(given: int | None, samples: int | None, found: dict[str, Component]) -> int | None:
+    """``given``, else ``samples`` x the one loader's dataset's ``seq_len`` (a TokenDataset's
+    fixed window), else None."""
+    if given is not None:
+        return check_int("tokens_seen", given)
+    loaders = [c.obj for c in found.values() if c.kind == LOADER]
+    seq_len = getattr(loaders[0].dataset, "seq_len", None) if len(loaders) == 1 else None
+    if samples is None or not isinstance(seq_len, int) or isinstance(seq_len, bool):
+        return None
+    return samples * seq_len
+
+
 def data_parallel_size(found: dict[str, Component], world_size: int) -> int:
     """The loaders' world size (the data-parallel degree), else the process count."""
     sizes = {c.obj.world_size for c in found.values() if c.kind == LOADER}
