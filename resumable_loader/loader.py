@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from resumable_loader import cursor as cursor_mod
 from resumable_loader._checks import check_int
 from resumable_loader.errors import ConfigError, StateDictError, WorkerError
+from resumable_loader.identity import dataset_fingerprint
 from resumable_loader.integrations.replaced import watch_visible_sampler
 from resumable_loader.iteration import ResumableIterator, stop_workers, worker_failure
 from resumable_loader.keyed_fetch import KeyedFetch, WorkerInit
@@ -367,8 +368,7 @@ class ResumableDataLoader(DataLoader[T_co]):
     def fingerprint(self) -> dict[str, int | str]:
         """Everything besides the seed that decides this loader's order, as plain values."""
         refs = self._require_refs("fingerprint()")
-        identity = getattr(self.dataset, "fingerprint", None)
-        values: dict[str, int | str] = {"dataset": identity if isinstance(identity, str) else ""}
+        values: dict[str, int | str] = {"dataset": dataset_fingerprint(self.dataset)}
         values["reseed_globals"] = int(self.reseed_globals)  # it decides every augmentation
         if isinstance(refs, OrderedBatchSampler):
             values.update(refs.order.settings())
@@ -398,6 +398,13 @@ class ResumableDataLoader(DataLoader[T_co]):
                 state, self.world_size, group=parallel.group, job_wide=parallel.job_wide
             )
             for rank, other in enumerate(others):
+                key = cursor_mod.SAMPLER_STATE_KEY
+                if other != state and {**other, key: None} == {**state, key: None}:
+                    raise StateDictError(
+                        f"rank {rank}'s sampler_state differs from rank {self.rank}'s at the "
+                        "same place: the ranks' samplers draw different orders (e.g. generators "
+                        "seeded differently); seed the sampler's generator alike on every rank"
+                    )
                 if other != state:
                     raise StateDictError(
                         f"rank {rank}'s cursor (epoch {other.get('epoch')}, position "

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
-from distributed_harness import augmented, consume, global_stream
+from distributed_harness import augmented, consume, global_stream, launch
 from resume_harness import epochs_left, transport
 from torch.utils.data import (
     BatchSampler,
@@ -185,6 +185,22 @@ class TestAnotherBatchSizeOrWorldSize:
     def test_a_sampler_drawing_from_each_ranks_global_rng_is_refused_on_many_ranks(self, name):
         with pytest.raises(ConfigError, match=r"generator=torch\.Generator"):
             loader_for(name, rank=0, world_size=2)
+
+
+def _generators_seeded_per_rank_job(rank, world_size):
+    sampler = RandomSampler(range(N), generator=generator(rank))  # a common mistake
+    loader = ResumableDataLoader(augmented(N), sampler=sampler, batch_size=4, seed=11)
+    consume(loader, 1, stop_after=1)
+    try:
+        loader.state_dict(check_ranks=True)
+    except StateDictError as error:
+        return str(error)
+    return None
+
+
+def test_check_ranks_finds_generators_seeded_differently():
+    errors = launch(2, _generators_seeded_per_rank_job)
+    assert all(error and "sampler_state differs" in error for error in errors)
 
 
 class StatefulShuffle(torch.utils.data.Sampler):
