@@ -12,10 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from accelerate import Accelerator
 from accelerate_job import EPOCHS, N
 from integration_harness import assert_covers_epochs, assert_same_run, run_job
 
-from resumable_loader import ConfigError, ResumableDataLoader
+from resumable_loader import ConfigError, ResumableDataLoader, ResumeWarning
 from resumable_loader.integrations.accelerate import prepare_loader
 
 JOB = Path(__file__).with_name("accelerate_job.py")
@@ -64,3 +65,17 @@ def test_prepare_loader_refuses_a_loader_split_otherwise():
         prepare_loader(FakeAccelerator(), loader)
     with pytest.raises(ConfigError, match="takes a ResumableDataLoader"):
         prepare_loader(FakeAccelerator(), object())
+
+
+def test_a_loader_replaced_by_accelerate_prepare_is_noticed():
+    loader = ResumableDataLoader(list(range(8)), batch_size=2, shuffle=True, seed=1)
+    replaced = Accelerator(cpu=True).prepare(loader)
+    assert replaced is not loader  # Accelerate's own DataLoaderShard
+    with pytest.warns(ResumeWarning, match="prepare_loader"):
+        next(iter(replaced))
+    assert loader.state_dict()["position"] == 0  # our cursor never moved
+
+
+def test_iterating_the_loader_itself_is_not_noticed():
+    loader = ResumableDataLoader(list(range(8)), batch_size=2, shuffle=True, seed=1)
+    assert len(list(loader)) == 4  # pytest turns any warning into an error here
