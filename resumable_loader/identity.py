@@ -1,0 +1,145 @@
+"""Dataset identity: a string the cursor records, so a state is refused by another dataset.
+
+A saved state says where a stream was in a particular dataset; loading it into another
+dataset of the same length would resume at the right position in the wrong samples, silently.
+The loader therefore records :func:`dataset_fingerprint` in its cursor and compares it on load.
+
+Where the identity comes from, first match wins:
+
+- a ``fingerprint`` str attribute: ours (TarShardDataset, ParquetDataset: the shard index's
+  fingerprint; TokenDataset, Mixture) and any dataset of yours that sets one;
+- torch's ``Subset`` (its indices as int64, hashed: a list, range, array or tensor of the same
+  values give the same identity; and the inner dataset's identity),
+  ``ConcatDataset`` (each part's), ``StackDataset`` (each part's, with its key);
+- torch's ``TensorDataset``: each tensor's shape and dtype and a hash of a bounded sample of
+  its values (``TENSOR_SAMPLE`` evenly spaced elements, both ends included; a small tensor is
+  hashed whole). Hashing every byte of a large tensor at every ``state_dict()`` would cost
+  more than the step it saves, so a change to elements between the sampled ones is not seen;
+- a Hugging Face ``datasets.Dataset``: its ``_fingerprint``, which ``datasets`` derives from
+  the data files and every transform applied (found by duck typing: ``datasets`` is never
+  imported here);
+- otherwise none: ``""``, with a warning on the ``resumable_loader`` logger, once per type,
+  saying how to give the dataset one. Parts without identity inside a Subset, ConcatDataset or
+  StackDataset stand in as their type and length (and are warned about), so the composite's
+  own structure (indices, part lengths) still counts.
+
+Composite identities are ``"<Type>-<16 hex digits>"``: a BLAKE2b digest of the parts'
+identities and lengths, short enough for every cursor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import weakref
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, StackDataset, Subset, TensorDataset
+
+logger = logging.getLogger("resumable_loader")
+
+TENSOR_SAMPLE = 4096  # elements of each tensor hashed into a TensorDataset's identity
+_warned: set[str] = set()  # types warned about in this process
+# Subset indices hashed, per Subset, with the (id, length) of the indices they were hashed from:
+# hashing millions of indices at every state_dict() would be slow.
+_indices_digests: weakref.WeakKeyDictionary[Subset, tuple[tuple[int, int, int], str]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def dataset_fingerprint(dataset: Any) -> str:
+    """The identity of ``dataset`` (see the module docstring), or ``""`` if it has none.
+
+    A dataset without one is logged once per type (``resumable_loader`` logger, WARNING), since
+    a saved state is then checked against it by length alone.
+    """
+    identity = _identity(dataset)
+    return "" if identity is None else identity
+
+
+def _identity(dataset: Any) -> str | None:
+    """The identity of ``dataset``; None (after a warning) if it has none."""
+    own = getattr(dataset, "fingerprint", None)
+    if isinstance(own, str) and own:
+        return own
+    if isinstance(dataset, Subset):
+        return _digest("Subset", _part(dataset.dataset), _indices(dataset))
+    if isinstance(dataset, ConcatDataset):
+        return _digest("ConcatDataset", *(_part(part) for part in dataset.datasets))
+    if isinstance(dataset, StackDataset):
+        parts = dataset.datasets
+        items = parts.items() if isinstance(parts, dict) else enumerate(parts)
+        return _digest("StackDataset", *(f"{key!r}={_part(part)}" for key, part in items))
+    if isinstance(dataset, TensorDataset):
+        return _digest("TensorDataset", *(_tensor(tensor) for tensor in dataset.tensors))
+    hf = getattr(dataset, "_fingerprint", None)  # a Hugging Face datasets.Dataset
+    if isinstance(hf, str) and hf and type(dataset).__module__.startswith("datasets."):
+        return f"datasets.Dataset-{hf}"
+    _warn_once(dataset)
+    return None
+
+
+def _part(dataset: Any) -> str:
+    """A part's identity and length; a part without identity stands in as its type."""
+    identity = _identity(dataset)
+    return f"{identity or type(dataset).__qualname__}[{_length(dataset)}]"
+
+
+def _indices(subset: Subset) -> str:
+    """A digest of a Subset's indices, cached while they are the same object and length (and,
+    for a tensor, unmodified)."""
+    indices = subset.indices
+    token = (id(indices), len(indices), getattr(indices, "_version", 0))
+    cached = _indices_digests.get(subset)
+    if cached is not None and cached[0] == token:
+        return cached[1]
+    if isinstance(indices, range):  # the same digest as the list of its values
+        array = np.arange(indices.start, indices.stop, indices.step, dtype=np.int64)
+    elif isinstance(indices, torch.Tensor):
+        array = indices.detach().cpu().numpy().astype(np.int64)
+    else:
+        array = np.asarray(indices, dtype=np.int64)
+    digest = hashlib.blake2b(np.ascontiguousarray(array).tobytes(), digest_size=16).hexdigest()
+    _indices_digests[subset] = (token, digest)
+    return digest
+
+
+def _tensor(tensor: torch.Tensor) -> str:
+    """Shape, dtype and a hash of up to TENSOR_SAMPLE evenly spaced elements of ``tensor``."""
+    count = tensor.numel()
+    if count:
+        positions = torch.linspace(0, count - 1, min(count, TENSOR_SAMPLE)).round().long()
+        sample = torch.take(tensor.detach(), positions.to(tensor.device)).cpu()
+        values = sample.contiguous().view(torch.uint8).numpy().tobytes()
+    else:
+        values = b""
+    digest = hashlib.blake2b(values, digest_size=16).hexdigest()
+    return f"{tuple(tensor.shape)}:{tensor.dtype}:{digest}"
+
+
+def _digest(kind: str, *parts: str) -> str:
+    text = "\0".join(parts).encode("utf-8", "surrogateescape")
+    return f"{kind}-{hashlib.blake2b(text, digest_size=8).hexdigest()}"
+
+
+def _length(dataset: Any) -> int | str:
+    try:
+        return len(dataset)
+    except TypeError:  # a part without __len__: its length cannot count
+        return "?"
+
+
+def _warn_once(dataset: Any) -> None:
+    name = f"{type(dataset).__module__}.{type(dataset).__qualname__}"
+    if name in _warned:
+        return
+    _warned.add(name)
+    logger.warning(
+        "%s has no identity, so a saved loader state is checked against it by length alone: "
+        "a state from another dataset of the same length would load and resume in the wrong "
+        "samples. Give it one: a `fingerprint` str attribute that changes when its samples do "
+        "(e.g. a hash of its file names, sizes and settings)",
+        name,
+    )
