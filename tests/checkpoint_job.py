@@ -54,6 +54,7 @@ class Regression(Dataset):
 
     def __init__(self, length: int = LENGTH) -> None:
         self.length = length
+        self.fingerprint = f"regression-{FEATURES}"  # the samples' identity, for the cursor
 
     def __len__(self) -> int:
         return self.length
