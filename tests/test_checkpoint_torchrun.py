@@ -39,6 +39,7 @@ def torchrun(nproc: int, checkpoint: Path, out: Path, *args: str) -> list[list[d
     ]
 
 
+@pytest.mark.slow  # two torchrun launches: ~25 s on 2 cores
 def test_two_ranks_resumed_by_one_with_another_batch_size(tmp_path):
     checkpoint = tmp_path / "checkpoint"
     head = torchrun(  # saving asynchronously, at steps 2 and 4
