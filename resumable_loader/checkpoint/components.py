@@ -39,6 +39,9 @@ class ModelState:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
 
+    def __repr__(self) -> str:
+        return f"ModelState(model={type(self.model).__name__})"
+
     def state_dict(self) -> dict[str, Any]:
         return get_model_state_dict(self.model)
 
@@ -51,6 +54,12 @@ class OptimizerState:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self.model, self.optimizer = model, optimizer
+
+    def __repr__(self) -> str:
+        return (
+            f"OptimizerState(model={type(self.model).__name__}, "
+            f"optimizer={type(self.optimizer).__name__})"
+        )
 
     def state_dict(self) -> dict[str, Any]:
         # On an optimizer without state yet, DCP first takes one zero-lr step to create it
