@@ -5,9 +5,12 @@ Run: python benchmarks/bench_tokens.py [--quick] [--tokens N] [--batches B] [--r
 
 1. Throughput: one Megatron shard of random uint16 tokens in documents of 100-2000 tokens;
    2 workers, seq_len 2048, batch 8, shuffled windows; tokens/s from the 10th batch to the
-   last (steady state), alternating the loaders, best of R. The baseline is a nanoGPT-style
-   np.memmap window Dataset (opened once per worker) in torch's DataLoader; megatron-core's
-   GPTDataset (pre-shuffled, reset_position_ids) in torch's DataLoader where it imports.
+   last (steady state), alternating the loaders, best of R; and the CPU seconds the main
+   process and the workers spent per 10^8 tokens (start-up included; median of R), which
+   the other work on a shared machine disturbs less than the wall clock. The baseline is a
+   nanoGPT-style np.memmap window Dataset (opened once per worker) in torch's DataLoader;
+   megatron-core's GPTDataset (pre-shuffled, reset_position_ids) in torch's DataLoader where
+   it imports.
 2. Seek table: build time for 10^6 and 10^7 documents (it depends on the document count only),
    against the same table in numpy (permutation fill, gather, cumsum).
 3. Resume: time to the first batch (open the dataset, build the loader, load the state, iter(),
@@ -21,7 +24,9 @@ Run: python benchmarks/bench_tokens.py [--quick] [--tokens N] [--batches B] [--r
 from __future__ import annotations
 
 import argparse
+import gc
 import os
+import resource
 import statistics
 import tempfile
 import time
@@ -79,8 +84,10 @@ def write_sparse(directory: str, name: str, documents: int, doc_len: int) -> str
     return prefix
 
 
-def rate(loader: DataLoader, batches: int) -> float:
-    """Tokens/s from batch WARMUP to batch ``batches``."""
+def rate(loader: DataLoader, batches: int) -> tuple[float, float]:
+    """(tokens/s from batch WARMUP to batch ``batches``, CPU seconds of the main process and
+    its workers, start-up included, per 10^8 tokens delivered)."""
+    cpu_before = _cpu_seconds()
     iterator = iter(loader)
     for _ in range(WARMUP):
         next(iterator)
@@ -88,8 +95,19 @@ def rate(loader: DataLoader, batches: int) -> float:
     for _ in range(batches - WARMUP):
         next(iterator)
     elapsed = time.perf_counter() - start
-    del iterator
-    return (batches - WARMUP) * BATCH * SEQ_LEN / elapsed
+    del iterator  # joins the workers, so that their CPU time is counted
+    gc.collect()
+    cpu = _cpu_seconds() - cpu_before
+    return (batches - WARMUP) * BATCH * SEQ_LEN / elapsed, cpu * 1e8 / (batches * BATCH * SEQ_LEN)
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU of this process and of its children that have exited."""
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def megatron_gpt(prefix: str, cache: str) -> Dataset | str:
@@ -147,18 +165,27 @@ def throughput(prefix: str, directory: str, batches: int, repeats: int) -> None:
     else:
         loaders["megatron-core GPTDataset, torch DataLoader"] = DataLoader(gpt, **common)
     best = {name: 0.0 for name in loaders}
+    cpu: dict[str, list[float]] = {name: [] for name in loaders}
     for _ in range(repeats):
         for name, loader in loaders.items():
-            best[name] = max(best[name], rate(loader, batches))
-    base = best["nanoGPT memmap, torch DataLoader"]
+            tokens_per_s, cpu_seconds = rate(loader, batches)
+            best[name] = max(best[name], tokens_per_s)
+            cpu[name].append(cpu_seconds)
+    base = "nanoGPT memmap, torch DataLoader"
+    base_cpu = statistics.median(cpu[base])
     print(
         f"# {ours_concat.num_tokens:,} tokens, {ours_concat.num_documents:,} documents, "
-        f"seq_len {SEQ_LEN}, batch {BATCH}, {WORKERS} workers, batches {WARMUP}-{batches}, "
-        f"best of {repeats}"
+        f"seq_len {SEQ_LEN}, batch {BATCH}, {WORKERS} workers; tokens/s: batches "
+        f"{WARMUP}-{batches}, best of {repeats}; CPU: main + workers, start-up included, "
+        f"median of {repeats}"
     )
-    print(f"{'loader':<44}{'Mtokens/s':>10}{'vs nanoGPT':>12}")
+    print(f"{'loader':<44}{'Mtokens/s':>10}{'vs nanoGPT':>11}{'CPU s/1e8':>11}{'vs nanoGPT':>11}")
     for name, value in best.items():
-        print(f"{name:<44}{value / 1e6:>10.2f}{value / base:>12.3f}")
+        used = statistics.median(cpu[name])
+        print(
+            f"{name:<44}{value / 1e6:>10.2f}{value / best[base]:>11.3f}{used:>11.2f}"
+            f"{base_cpu / used:>11.3f}"
+        )
 
 
 def seek_tables(counts: list[int], repeats: int) -> None:
@@ -281,7 +308,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller sizes, one repeat")
     parser.add_argument("--tokens", type=float, default=1e8, help="throughput corpus size")
     parser.add_argument("--batches", type=int, default=400)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     if args.quick:
         args.tokens, args.batches, args.repeats = 2e7, 100, 1
