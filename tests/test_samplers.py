@@ -8,6 +8,8 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 from distributed_harness import augmented, consume, global_stream, launch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from resume_harness import epochs_left, transport
 from torch.utils.data import (
     BatchSampler,
@@ -161,6 +163,26 @@ class TestTorchSamplersResumeExactly:
         assert [i for _, _, i, _ in resumed[0]] != [i for _, _, i, _ in first_epoch[0]]
         assert fresh.state_dict() == loader.state_dict()
 
+    def test_persistent_workers_and_no_auto_batching(self):
+        def ids(loader, epochs, stop_after=None):
+            out = []
+            for _ in range(epochs):
+                for sample in loader:
+                    out.append(
+                        (loader.state_dict()["epoch"], int(sample["id"]), int(sample["pos"]))
+                    )
+                    if len(out) == stop_after:
+                        return out
+            return out
+
+        expected = ids(loader_for("weighted", batch_size=None), EPOCHS)
+        first = loader_for("weighted", num_workers=2, persistent_workers=True)
+        head = [(e, i, p) for e, p, i, _ in stream([consume(first, EPOCHS, stop_after=13)])]
+        resumed = loader_for("weighted", batch_size=None)
+        state = first.state_dict()
+        resumed.load_state_dict(state)
+        assert head + ids(resumed, epochs_left(state, EPOCHS)) == expected
+
 
 class TestAnotherBatchSizeOrWorldSize:
     @pytest.mark.parametrize("name", RANK_CONSISTENT)
@@ -178,6 +200,28 @@ class TestAnotherBatchSizeOrWorldSize:
             3,
             Ranks(1, "subset", batch_sampler=True, batch_size=3),
             Ranks(2, "subset", batch_sampler=True, batch_size=5, num_workers=2),
+        )
+        assert got == expected
+
+    @settings(max_examples=12, deadline=None)
+    @given(
+        name=st.sampled_from(RANK_CONSISTENT),
+        layouts=st.lists(
+            st.tuples(st.integers(1, 3), st.integers(1, 6), st.sampled_from([0, 2])),
+            min_size=2,
+            max_size=2,
+        ),
+        stop_after=st.integers(1, 12),
+        batch_sampler=st.booleans(),
+    )
+    def test_any_layouts(self, name, layouts, stop_after, batch_sampler):
+        (w1, b1, n1), (w2, b2, n2) = layouts
+        expected = continuous(name)
+        got = interrupted(
+            name,
+            stop_after,
+            Ranks(w1, name, batch_size=b1, num_workers=n1, batch_sampler=batch_sampler),
+            Ranks(w2, name, batch_size=b2, num_workers=n2, batch_sampler=batch_sampler),
         )
         assert got == expected
 
