@@ -268,3 +268,22 @@ def test_tokens_seen_defaults_to_samples_times_seq_len(tmp_path):
     Checkpointer(tmp_path).save(3, {"loader": loader, "model": torch.nn.Linear(1, 1)})
     manifest = json.loads((tmp_path / "step-0000000003" / "manifest.json").read_text())
     assert (manifest["samples_seen"], manifest["tokens_seen"]) == (6, 48)
+
+
+def test_a_failed_async_save_is_raised_by_the_next_call_and_never_committed(tmp_path, monkeypatch):
+    from concurrent.futures import Future
+
+    from resumable_loader.checkpoint import checkpointer as module
+
+    def failing(*args, **kwargs):
+        future = Future()
+        future.set_exception(OSError("No space left on device"))
+        return future
+
+    state, _ = trained(1)
+    checkpointer = Checkpointer(tmp_path, async_save=True)
+    monkeypatch.setattr(module.dcp, "async_save", failing)
+    checkpointer.save(1, state)
+    with pytest.raises(CheckpointError, match="asynchronous save failed: No space left"):
+        checkpointer.save(2, state)
+    assert checkpointer.steps() == []
