@@ -33,7 +33,7 @@ from resumable_loader.order.permutation import Order, SequentialOrder, ShuffledO
 from resumable_loader.order.philox import Purpose, check_epoch, check_seed, derive_words
 from resumable_loader.progress import Progress
 from resumable_loader.refs import OrderedBatchSampler, StreamBatchSampler, UserBatchSampler
-from resumable_loader.sampler_state import SamplerStream, capture, describe, global_sampler
+from resumable_loader.sampler_state import SamplerStream, capture, global_sampler
 from resumable_loader.topology import (
     agree_on_seed,
     forward_set_epoch,
@@ -206,7 +206,7 @@ class ResumableDataLoader(DataLoader[T_co]):
         stream_capture = capture(stream)
         if self.world_size > 1 and not stream_capture.rank_consistent:
             raise ConfigError(
-                f"sampler {describe(stream)} has no generator, so on world_size="
+                f"sampler {stream_capture.description} has no generator, so on world_size="
                 f"{self.world_size} each rank would draw its epochs from its own global RNG and "
                 "the ranks could split different orders; pass generator=torch.Generator()"
                 ".manual_seed(s) with the same s on every rank, or drop the sampler and use "
@@ -376,11 +376,13 @@ class ResumableDataLoader(DataLoader[T_co]):
             values.update(refs.order.settings())
             values["drop_last"] = int(refs.partition.drop_last)
         else:  # each rank iterates the sampler itself: its stream may depend on the world size
-            inner, name = refs.capture.sampler, type(refs.source).__qualname__
+            own = refs.capture.description
+            if refs.capture.sampler is not refs.source:  # under a torch BatchSampler
+                own = f"{type(refs.source).__qualname__}({own})"
             values.update(
                 order="user_sampler",
                 world_size=self.world_size,  # first: it explains a changed DistributedSampler
-                sampler=describe(inner) if inner is refs.source else f"{name}({describe(inner)})",
+                sampler=own,
                 length=len(self.dataset),
                 drop_last=int(refs.drop_last),
             )
@@ -456,7 +458,7 @@ class ResumableDataLoader(DataLoader[T_co]):
         if isinstance(refs, UserBatchSampler) or (capture and capture.saved(in_epoch=False)):
             raise StateDictError(
                 f"state_at() needs the loader's own order, but it iterates the user's sampler "
-                f"{describe(capture.sampler)}, whose state is its own; take state_dict() instead"
+                f"{capture.description}, whose state is its own; take state_dict() instead"
             )
         epoch = check_epoch(epoch)
         position = check_int("position", position, high=refs.partition.length + 1)
@@ -476,7 +478,7 @@ class ResumableDataLoader(DataLoader[T_co]):
         reasons = {}
         if isinstance(refs, UserBatchSampler):
             reasons["world_size"] = (
-                f"sampler {describe(refs.capture.sampler)} is iterated by every rank itself (it "
+                f"sampler {refs.capture.description} is iterated by every rank itself (it "
                 "may split the data across ranks, as a DistributedSampler does), so each rank's "
                 "stream depends on the world size; resume on the saved number of ranks, or use "
                 "one of torch's samplers (RandomSampler, SequentialSampler, SubsetRandomSampler, "

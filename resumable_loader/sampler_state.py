@@ -90,6 +90,8 @@ class Capture:
 
     def __init__(self, sampler: Any) -> None:
         self.sampler = sampler
+        # Once: hashing a SubsetRandomSampler's indices on every state_dict() would cost O(n).
+        self.description = describe(sampler)
 
     def begin(self) -> Iterable[Any]:
         """Start an epoch: what to iterate for it."""
@@ -107,7 +109,7 @@ class Capture:
     def load(self, state: Any, *, position: int) -> None:
         """Restore a loaded cursor's ``sampler_state`` for a resume at ``position``, or refuse
         what cannot be replayed exactly (StateDictError naming the sampler and the fix)."""
-        name = describe(self.sampler)
+        name = self.description
         if position > 0 and not self.exact:
             raise StateDictError(
                 f"cannot resume mid-epoch (position {position}) with sampler {name}: it has no "
@@ -125,7 +127,7 @@ class Capture:
             )
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({describe(self.sampler)})"
+        return f"{type(self).__name__}({self.description})"
 
 
 class _Stateless(Capture):
@@ -175,7 +177,7 @@ class _GivenGenerator(_UserState):
         except (ValueError, RuntimeError) as error:
             raise StateDictError(
                 f"field 'sampler_state.generator' is not a state of the generator of "
-                f"{describe(self.sampler)} ({error}); pass an unmodified state_dict()"
+                f"{self.description} ({error}); pass an unmodified state_dict()"
             ) from None
 
 
@@ -285,7 +287,7 @@ class SamplerStream:
         self._ids = np.fromiter(iter(self.capture.begin()), dtype=np.int64)
         if len(self._ids) != len(self):
             raise ConfigError(
-                f"sampler {describe(self.capture.sampler)} yielded {len(self._ids)} indices "
+                f"sampler {self.capture.description} yielded {len(self._ids)} indices "
                 f"but its len() is {len(self)}; the loader splits an epoch by its len()"
             )
         self._epoch = epoch
@@ -300,7 +302,7 @@ class SamplerStream:
             yield self.ids(epoch, first, first + chunk_size)
 
     def settings(self) -> dict[str, int | str]:
-        return {"order": "sampler", "sampler": describe(self.capture.sampler), "length": len(self)}
+        return {"order": "sampler", "sampler": self.capture.description, "length": len(self)}
 
     def __repr__(self) -> str:
-        return f"SamplerStream({describe(self.capture.sampler)}, length={len(self)})"
+        return f"SamplerStream({self.capture.description}, length={len(self)})"

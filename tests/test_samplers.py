@@ -124,7 +124,8 @@ class TestTorchSamplersResumeExactly:
         first = loader_for(name)
         stop_after = stop_after if stop_after == 3 else len(first)
         expected = continuous(name)
-        got = interrupted(name, stop_after, Ranks(1, name), Ranks(1, name, num_workers=2))
+        workers = 2 if stop_after == 3 else 0  # worker start-ups are the slow part
+        got = interrupted(name, stop_after, Ranks(1, name), Ranks(1, name, num_workers=workers))
         assert got == expected
         assert len({(e, p) for e, p, _, _ in got}) == len(got)  # every position once
 
@@ -203,7 +204,7 @@ class TestAnotherBatchSizeOrWorldSize:
         )
         assert got == expected
 
-    @settings(max_examples=12, deadline=None)
+    @settings(max_examples=8, deadline=None)
     @given(
         name=st.sampled_from(RANK_CONSISTENT),
         layouts=st.lists(
