@@ -19,7 +19,9 @@ from resumable_loader.errors import StateDictError
 
 FORMAT = "resumable_loader.cursor"
 # Version 1: format, version, seed, epoch, position, fingerprint, checksum, and (only for a
-# user's own sampler) sampler_state.
+# user's own sampler) sampler_state; and, optional, order_state (only for an order with a
+# resumable state of its own, a Mixture's: covered by the checksum, which a cursor without it
+# computes as before, so every earlier version-1 cursor keeps loading).
 VERSION = 1
 
 FORMAT_KEY = "format"
@@ -30,6 +32,7 @@ POSITION_KEY = "position"
 FINGERPRINT_KEY = "fingerprint"
 CHECKSUM_KEY = "checksum"
 SAMPLER_STATE_KEY = "sampler_state"
+ORDER_STATE_KEY = "order_state"
 
 # Fingerprint fields added after version 1 was released, with the value a cursor without them
 # implies, so that every version-1 cursor keeps loading: reseed_globals (default True then).
@@ -60,6 +63,9 @@ class Cursor(TypedDict):
             ``state_dict()`` (a flipped bit can turn one valid seed into another) is refused.
         sampler_state: a user sampler's state at the epoch's start (user samplers only; not
             covered by the checksum, since its types are the sampler's own).
+        order_state: what an order with a state of its own needs to check and continue (a
+            Mixture's past phases, source fingerprints and draws; plain ints, strings, lists
+            and dicts, covered by the checksum). Absent for every other order.
     """
 
     format: str
@@ -70,6 +76,7 @@ class Cursor(TypedDict):
     fingerprint: dict[str, int | str]
     checksum: int
     sampler_state: NotRequired[Any]
+    order_state: NotRequired[Any]
 
 
 def make_cursor(
@@ -79,6 +86,7 @@ def make_cursor(
     position: int,
     fingerprint: Mapping[str, int | str],
     sampler_state: Any = None,
+    order_state: Any = None,
 ) -> Cursor:
     """Build a cursor dict (plain ints and strings only)."""
     seed, epoch, position, fingerprint = int(seed), int(epoch), int(position), dict(fingerprint)
@@ -89,10 +97,12 @@ def make_cursor(
         epoch=epoch,
         position=position,
         fingerprint=fingerprint,
-        checksum=_checksum(seed, epoch, position, fingerprint),
+        checksum=_checksum(seed, epoch, position, fingerprint, order_state),
     )
     if sampler_state is not None:
         cursor[SAMPLER_STATE_KEY] = sampler_state
+    if order_state is not None:
+        cursor[ORDER_STATE_KEY] = order_state
     return cursor
 
 
@@ -151,7 +161,9 @@ def parse_cursor(
         )
     saved_checksum = _field(state, CHECKSUM_KEY, int)
     try:
-        expected = _checksum(saved_seed, epoch, position, saved_fingerprint)
+        expected = _checksum(
+            saved_seed, epoch, position, saved_fingerprint, state.get(ORDER_STATE_KEY)
+        )
     except (TypeError, ValueError):  # fingerprint values that are not plain ints and strings
         expected = None
     if saved_checksum != expected:
@@ -187,15 +199,24 @@ def parse_cursor(
         position=position,
         fingerprint=saved_fingerprint,
         sampler_state=state.get(SAMPLER_STATE_KEY),
+        order_state=state.get(ORDER_STATE_KEY),
     )
 
 
-def _checksum(seed: int, epoch: int, position: int, fingerprint: Mapping[str, Any]) -> int:
+def _checksum(
+    seed: int,
+    epoch: int,
+    position: int,
+    fingerprint: Mapping[str, Any],
+    order_state: Any = None,
+) -> int:
     """CRC-32 of the cursor's fields in one canonical text (what every transport keeps)."""
     if not all(isinstance(v, (int, str)) and not isinstance(v, bool) for v in fingerprint.values()):
         raise TypeError("fingerprint values must be ints or strings")
     fields = [FORMAT, VERSION, seed, epoch, position, sorted(fingerprint.items())]
-    return zlib.crc32(json.dumps(fields, separators=(",", ":")).encode())
+    if order_state is not None:  # absent: the text (and so the checksum) is as before
+        fields.append(order_state)
+    return zlib.crc32(json.dumps(fields, separators=(",", ":"), sort_keys=True).encode())
 
 
 def _field(state: Mapping[str, Any], name: str, kind: type) -> Any:
