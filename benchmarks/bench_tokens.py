@@ -17,7 +17,7 @@ Run: python benchmarks/bench_tokens.py [--quick] [--tokens N] [--batches B] [--r
    next()) fresh and at 90% of an epoch of 10^10 tokens in 10^7 documents (--quick: 10^9 in
    10^6). The .bin is a sparse file (its pages read as zeros), so this times the index, the
    order and the seek table, not a disk.
-4. Memory: each worker's unique (private) and proportional memory after 50 batches over 10^9
+4. Memory: each worker's own (private dirty) and proportional memory after 50 batches over 10^9
    tokens in 10^6 documents (sparse, as in 3), both modes and the nanoGPT baseline.
 """
 
@@ -247,7 +247,12 @@ def resume(directory: str, documents: int, repeats: int) -> None:
 
 
 def worker_memory() -> list[tuple[float, float]]:
-    """(unique MiB, proportional MiB) of each child process of this one."""
+    """(private dirty MiB, proportional MiB) of each child process of this one.
+
+    Private dirty pages are what a worker allocated and wrote itself (its own arrays, the
+    seek table); pages of the token files it alone touched count as private too, but clean
+    (page cache, dropped under memory pressure), so they are left out.
+    """
     pid = os.getpid()
     with open(f"/proc/{pid}/task/{pid}/children") as f:
         children = [int(c) for c in f.read().split()]
@@ -259,7 +264,7 @@ def worker_memory() -> list[tuple[float, float]]:
                 parts = line.split()
                 if len(parts) >= 2 and parts[1].isdigit():
                     fields[parts[0].rstrip(":")] = int(parts[1]) / 1024
-        out.append((fields["Private_Clean"] + fields["Private_Dirty"], fields["Pss"]))
+        out.append((fields["Private_Dirty"], fields["Pss"]))
     return out
 
 
@@ -269,7 +274,7 @@ def memory(directory: str, documents: int) -> None:
         f"\n# memory per worker after 50 batches, {documents * 1000:.0e} tokens in "
         f"{documents:.0e} documents, {WORKERS} workers"
     )
-    print(f"{'loader':<34}{'unique MiB':>12}{'PSS MiB':>10}  (largest worker)")
+    print(f"{'loader':<34}{'own MiB':>9}{'PSS MiB':>10}  (largest worker; own: private dirty)")
     cases = {
         "nanoGPT memmap, torch DataLoader": lambda: DataLoader(
             NanoGPTWindows(prefix + ".bin", SEQ_LEN),
@@ -297,9 +302,9 @@ def memory(directory: str, documents: int) -> None:
         for _ in range(50):
             next(iterator)
         sizes = worker_memory()
-        unique = max(u for u, _ in sizes)
+        own = max(u for u, _ in sizes)
         pss = max(p for _, p in sizes)
-        print(f"{name:<34}{unique:>12.1f}{pss:>10.1f}")
+        print(f"{name:<34}{own:>9.1f}{pss:>10.1f}")
         del iterator
 
 
