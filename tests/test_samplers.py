@@ -21,6 +21,7 @@ from torch.utils.data import (
 )
 
 from resumable_loader import ConfigError, ResumableDataLoader, StateDictError
+from resumable_loader.cursor import make_cursor
 
 N = 29
 EPOCHS = 3
@@ -394,6 +395,32 @@ class TestSamplersThatSplitAcrossRanksThemselves:
             stop_after=3,
         )
         assert got == expected
+
+    def test_a_version_1_cursor_of_a_custom_sampler_still_loads(self):
+        # Version 1 fingerprinted a user sampler's batch size, which may now change.
+        first = custom_loader(StatefulShuffle())
+        consume(first, 1, stop_after=2)
+        state = first.state_dict()
+        fingerprint = {
+            "dataset": state["fingerprint"]["dataset"],
+            "order": "user_sampler",
+            "sampler": "StatefulShuffle",
+            "length": N,
+            "world_size": 1,
+            "batch_size": 4,
+            "drop_last": 0,
+        }
+        old = make_cursor(
+            seed=11,
+            epoch=0,
+            position=8,
+            fingerprint=fingerprint,
+            sampler_state=state["sampler_state"],
+        )
+        from_old, from_new = custom_loader(StatefulShuffle()), custom_loader(StatefulShuffle())
+        from_old.load_state_dict(old)
+        from_new.load_state_dict(state)
+        assert consume(from_old, 1) == consume(from_new, 1)
 
     def test_custom_sampler_refuses_another_world_size_saying_why(self):
         first = custom_loader(StatefulShuffle(), rank=0, world_size=2)
