@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import weakref
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
@@ -444,6 +444,7 @@ class ResumableDataLoader(DataLoader[T_co]):
                 position=position,
                 fingerprint=self.fingerprint(),
                 sampler_state=sampler_state,
+                order_state=self._order_state(epoch, position),
             )
         )
 
@@ -463,9 +464,18 @@ class ResumableDataLoader(DataLoader[T_co]):
         epoch = check_epoch(epoch)
         position = check_int("position", position, high=refs.partition.length + 1)
         cursor = cursor_mod.make_cursor(
-            seed=self.seed, epoch=epoch, position=position, fingerprint=self.fingerprint()
+            seed=self.seed,
+            epoch=epoch,
+            position=position,
+            fingerprint=self.fingerprint(),
+            order_state=self._order_state(epoch, position),
         )
         return dict(cursor)
+
+    def _order_state(self, epoch: int, position: int) -> Any:
+        """The cursor's ``order_state``: an order's own resumable state (a Mixture's), or None."""
+        order = self.order
+        return order.resume_state(epoch, position) if isinstance(order, ResumableOrder) else None
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Make the next ``iter()`` continue from ``state_dict`` (from ``state_dict()``).
@@ -488,6 +498,10 @@ class ResumableDataLoader(DataLoader[T_co]):
         state = cursor_mod.parse_cursor(
             state_dict, fingerprint=self.fingerprint(), seed=self._explicit_seed, reasons=reasons
         )
+        if isinstance(self.order, ResumableOrder):  # e.g. a Mixture's schedule: past unchanged
+            self.order.check_resume(
+                state.get(cursor_mod.ORDER_STATE_KEY), state["epoch"], state["position"]
+            )
         if refs.capture is not None:
             refs.capture.load(state.get(cursor_mod.SAMPLER_STATE_KEY), position=state["position"])
         elif isinstance(refs, OrderedBatchSampler) and state["seed"] != self.seed:
@@ -496,6 +510,36 @@ class ResumableDataLoader(DataLoader[T_co]):
             )
         self.seed = state["seed"]
         self._progress.load(state["epoch"], state["position"])
+
+    def sample_at(self, epoch: int, position: int) -> dict[str, Any]:
+        """Which sample position ``position`` of ``epoch`` delivers, without loading anything:
+        ``{"epoch", "position", "id"}`` (the id passed to the dataset), and for a Mixture also
+        the source, its own sample id, source epoch and position, draw number and phase. For the
+        loader's own orders (sequential, shuffled, shard-local: which replays its buffer up to
+        the position, as a resume does; Mixture); a user's sampler has an order of its own."""
+        order = self.order
+        if order is None:
+            raise ConfigError(
+                "sample_at() needs the loader's own order (shuffle=, shard_shuffle= or a "
+                "Mixture), but a user's sampler or an IterableDataset decides this one's"
+            )
+        epoch = check_epoch(epoch)
+        position = check_int("position", position, high=len(order))
+        if isinstance(order, ResumableOrder):
+            return order.provenance(epoch, position)
+        sample_id = int(order.ids(epoch, position, position + 1)[0])
+        return {"epoch": epoch, "position": position, "id": sample_id}
+
+    def mixture_progress(self) -> dict[str, Any]:
+        """How far a Mixture run is, at the place ``state_dict()`` describes: per source its
+        draws, epochs completed and fraction of its epoch; the phase and its weights."""
+        order = self.order
+        if not isinstance(order, ResumableOrder):
+            raise ConfigError(
+                f"mixture_progress() needs a Mixture dataset, got {type(self.dataset).__name__}"
+            )
+        state = self._cursor()
+        return order.progress(state["epoch"], state["position"])
 
     def _require_refs(self, what: str) -> OrderedBatchSampler | UserBatchSampler:
         if self._refs is None:
@@ -508,7 +552,36 @@ class ResumableDataLoader(DataLoader[T_co]):
         return self._refs
 
 
+@runtime_checkable
+class OrderedDataset(Protocol):
+    """A dataset that supplies the order the loader iterates (a Mixture), keyed by the seed."""
+
+    def loader_order(self, *, seed: int) -> Order: ...
+
+
+@runtime_checkable
+class ResumableOrder(Protocol):
+    """An order with resumable state of its own (a Mixture's), kept in the cursor's
+    ``order_state`` and checked on load; it can also say which sample a position holds and
+    how far the run is."""
+
+    def resume_state(self, epoch: int, position: int) -> Any: ...
+
+    def check_resume(self, saved: Any, epoch: int, position: int) -> None: ...
+
+    def provenance(self, epoch: int, position: int) -> dict[str, Any]: ...
+
+    def progress(self, epoch: int, position: int) -> dict[str, Any]: ...
+
+
 def _make_order(dataset: Dataset, shuffle: bool, seed: int, shard_shuffle: Any) -> Order:
+    if isinstance(dataset, OrderedDataset):
+        if shard_shuffle is not None:
+            raise ConfigError(
+                f"shard_shuffle does not apply to {type(dataset).__name__}, which supplies its "
+                "own order; set a source's order on it (MixtureSource(..., shard_shuffle=...))"
+            )
+        return dataset.loader_order(seed=seed)
     length = len(dataset)
     if shard_shuffle is not None:
         if not shuffle:
