@@ -70,7 +70,8 @@ class PhaseAllocation:
     def sources(self, start: int, stop: int) -> np.ndarray:
         """The source (uint8) drawn at each offset in [start, stop)."""
         first = start % self.total
-        return self.table.take(np.arange(first, first + stop - start), mode="wrap")
+        periods = -(-(first + stop - start) // self.total)
+        return np.tile(self.table, periods)[first : first + stop - start]
 
     def __repr__(self) -> str:
         return f"PhaseAllocation(weights={self.weights})"

@@ -45,6 +45,10 @@ class Mixture(Dataset):
             covers global positions [e * N, (e + 1) * N). Default: one endless epoch.
     """
 
+    # The loader's fingerprint field "dataset": the sources' identities and the schedule are
+    # in the cursor's order_state instead, checked so that the future may change.
+    fingerprint = "Mixture"
+
     def __init__(
         self,
         sources: Mapping[str, Dataset | MixtureSource],

@@ -17,6 +17,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from resumable_loader.errors import ConfigError
+from resumable_loader.identity import dataset_fingerprint
 from resumable_loader.order.permutation import Order, SequentialOrder, ShuffledOrder
 from resumable_loader.order.philox import EPOCH_LIMIT, Purpose, derive_words
 from resumable_loader.order.shard_local import ShardShuffle
@@ -58,10 +59,9 @@ class MixtureSource:
         return SequentialOrder(self.length)
 
     def fingerprint(self) -> str:
-        """16 hex digits naming the dataset (its own fingerprint, or type and length) and order."""
-        identity = getattr(self.dataset, "fingerprint", None)
+        """16 hex digits of the dataset's identity (or its type) and its order's settings."""
         described = [
-            identity if isinstance(identity, str) else type(self.dataset).__qualname__,
+            dataset_fingerprint(self.dataset) or type(self.dataset).__qualname__,
             self.order(seed=0).settings(),
         ]
         text = json.dumps(described, sort_keys=True, separators=(",", ":"))
