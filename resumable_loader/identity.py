@@ -7,7 +7,8 @@ The loader therefore records :func:`dataset_fingerprint` in its cursor and compa
 Where the identity comes from, first match wins:
 
 - a ``fingerprint`` str attribute: ours (TarShardDataset, ParquetDataset: the shard index's
-  fingerprint; TokenDataset, Mixture) and any dataset of yours that sets one;
+  fingerprint; TokenDataset; Mixture, whose sources' identities are checked by its own
+  resume state instead) and any dataset of yours that sets one;
 - torch's ``Subset`` (its indices as int64, hashed: a list, range, array or tensor of the same
   values give the same identity; and the inner dataset's identity),
   ``ConcatDataset`` (each part's), ``StackDataset`` (each part's, with its key);

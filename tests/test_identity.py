@@ -13,6 +13,7 @@ from torch.utils.data import ConcatDataset, Dataset, StackDataset, Subset, Tenso
 from resumable_loader import ResumableDataLoader, TarShardDataset
 from resumable_loader.errors import StateDictError
 from resumable_loader.identity import TENSOR_SAMPLE, dataset_fingerprint
+from resumable_loader.mixture import Mixture
 
 
 class Blank(Dataset):
@@ -84,6 +85,8 @@ class TestTypes:
         assert dataset_fingerprint(Named("abc")) == "abc"
         dataset = TarShardDataset(write_tar_shards(tmp_path, num_shards=1, samples_per_shard=4))
         assert dataset_fingerprint(dataset) == dataset.index.fingerprint
+        mixture = Mixture({"a": Named("a", 10)}, {"a": 1})  # sources: checked by its order state
+        assert dataset_fingerprint(mixture) == "Mixture"
 
     def test_subset_indices_and_inner_identity(self):
         a, b = Named("a"), Named("b")
