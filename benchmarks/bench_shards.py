@@ -169,6 +169,7 @@ def parquet_locality(paths: list[str], shard_shuffle: ShardShuffle | None) -> fl
 class Cheap(Dataset):
     def __init__(self, shards: int, per_shard: int) -> None:
         self.shard_sizes = np.full(shards, per_shard, dtype=np.int64)
+        self.fingerprint = f"cheap-{shards}x{per_shard}"  # its identity, for the cursor
 
     def __len__(self) -> int:
         return int(self.shard_sizes.sum())
