@@ -63,7 +63,7 @@ def epoch_seconds(loader: DataLoader) -> tuple[float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=20_000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
     print(f"{args.rows} rows, batch {args.batch_size}, best of {args.repeats}")
