@@ -48,7 +48,8 @@ def walk(
     Args:
         read: returns ``count`` bytes at ``offset`` (fewer at the end of the data).
         end: where the tar data ends (a whole archive: its size in bytes).
-        start: where the first header is (offsets in members and errors count from 0 anyway).
+        start: where the first header is; offsets (members', errors') are ``read``'s, so a
+            span read from a shard reports offsets in the shard.
         archive: the data is a whole archive (index time): require the end-of-archive marker,
             so truncation at a member boundary is caught; a sample's span (read time) has none.
 
