@@ -24,7 +24,8 @@ from resumable_loader import DataLoader, StateDictError
 from resumable_loader.errors import ConfigError
 from resumable_loader.order import Purpose
 from resumable_loader.order.permutation import Permutation
-from resumable_loader.tokens import TokenDataset, flatten_cu_seqlens
+from resumable_loader.tokens import TokenDataset, collate_windows, flatten_cu_seqlens
+from resumable_loader.tokens.dataset import OUTPUTS
 
 SEQ_LEN = 16
 DOCS = documents(1, 60, max_len=30)  # about 930 tokens: ~58 windows
@@ -181,6 +182,21 @@ class TestContent:
         assert all(torch.equal(lean[name], full[name]) for name in lean)
         with pytest.raises(ConfigError, match="outputs must be some of"):
             TokenDataset(corpus[0], SEQ_LEN, outputs=("tokens",))
+
+    @pytest.mark.parametrize("workers", [0, 2])
+    def test_collate_windows_is_default_collate_in_one_buffer(self, corpus, workers):
+        ds = Keyed(TokenDataset(corpus[0], SEQ_LEN, documents="shuffle"))
+        kwargs = dict(batch_size=5, shuffle=True, seed=9, num_workers=workers)
+        expected = list(DataLoader(ds, **kwargs))
+        packed = list(DataLoader(ds, collate_fn=collate_windows, **kwargs))
+        assert len(packed) == len(expected)
+        for ours, theirs in zip(packed, expected, strict=True):
+            assert list(ours) == list(theirs)
+            for key, value in theirs.items():
+                assert ours[key].dtype == value.dtype and torch.equal(ours[key], value)
+            storages = {ours[f].untyped_storage().data_ptr() for f in OUTPUTS}
+            assert len(storages) == 1  # one buffer, so one shared-memory segment a batch
+        assert collate_windows([1, 2]).tolist() == [1, 2]  # not dicts: default_collate
 
     def test_zero_length_documents_add_no_boundary(self, tmp_path):
         docs = [np.arange(5), np.arange(0), np.arange(9), np.arange(0), np.arange(20)]
