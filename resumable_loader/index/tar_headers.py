@@ -103,7 +103,11 @@ def _parse_header(block: bytes, offset: int) -> tuple[str, bytes, int]:
     try:
         stored = int(block[148:156].partition(b"\0")[0].strip() or b"-1", 8)
         if (stored - _unsigned_sum(block)) % _ADLER and stored != _signed_sum(block):
-            raise TarDamage(f"corrupt tar header at offset {offset} (bad checksum)")
+            found = sum(block) - sum(block[148:156]) + 256
+            raise TarDamage(
+                f"corrupt tar header at offset {offset} (bad checksum: it records {stored}, its "
+                f"bytes sum to {found})"
+            )
         size_field = block[124:136]
         if size_field[0] & 0x80:  # GNU base-256 for sizes past 8 GiB
             length = int.from_bytes(size_field[1:], "big")
