@@ -27,8 +27,8 @@ from resumable_loader import (
     StateDictError,
     TarShardDataset,
     sample_numpy_generator,
+    topology,
 )
-from resumable_loader import topology
 from resumable_loader.errors import TopologyWarning
 from resumable_loader.topology import resolve_topology
 
