@@ -111,7 +111,8 @@ def _tensor(tensor: torch.Tensor) -> str:
     """Shape, dtype and a hash of up to TENSOR_SAMPLE evenly spaced elements of ``tensor``."""
     count = tensor.numel()
     if count:
-        positions = torch.linspace(0, count - 1, min(count, TENSOR_SAMPLE)).round().long()
+        taken = min(count, TENSOR_SAMPLE)  # int64 steps: float ones round past the end
+        positions = torch.arange(taken, dtype=torch.int64) * (count - 1) // max(taken - 1, 1)
         sample = torch.take(tensor.detach(), positions.to(tensor.device)).cpu()
         values = sample.contiguous().view(torch.uint8).numpy().tobytes()
     else:

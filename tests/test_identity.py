@@ -148,6 +148,12 @@ class TestTypes:
         noncontiguous = TensorDataset(large.t())
         assert dataset_fingerprint(noncontiguous).startswith("TensorDataset-")
 
+    def test_the_last_element_is_sampled_past_float_precision(self):
+        large = torch.zeros(2**24 + 4, dtype=torch.uint8)  # 2**24 + 3 is no float32
+        last = large.clone()
+        last[-1] = 1
+        assert differ(TensorDataset(large), TensorDataset(last))
+
     def test_hugging_face_datasets_by_their_fingerprint(self):
         datasets = pytest.importorskip("datasets")  # an optional extra (hf)
         a = datasets.Dataset.from_dict({"x": [1, 2, 3]})
