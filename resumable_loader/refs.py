@@ -120,13 +120,21 @@ class OrderedBatchSampler(_RefSampler):
     def _refs(
         self, seed: int, epoch: int, start: int
     ) -> Iterator[tuple[BatchRef | SampleRef, int]]:
-        reader = _PositionReader(self.order, epoch, start)
-        for batch in self.partition.batches(start):
-            ids = reader.take(batch.start, batch.stop)
-            if self.batched:
-                yield BatchRef(seed, epoch, batch.start, ids), batch.global_size
-            else:
-                yield SampleRef(seed, epoch, batch.start, ids[0]), batch.global_size
+        # Bound now, when torch's iterator is made: an older iterator still being consumed
+        # keeps the order and partition of its own iteration.
+        return _ordered_refs(self.order, self.partition, self.batched, seed, epoch, start)
+
+
+def _ordered_refs(
+    order: Order, partition: Partition, batched: bool, seed: int, epoch: int, start: int
+) -> Iterator[tuple[BatchRef | SampleRef, int]]:
+    reader = _PositionReader(order, epoch, start)
+    for batch in partition.batches(start):
+        ids = reader.take(batch.start, batch.stop)
+        if batched:
+            yield BatchRef(seed, epoch, batch.start, ids), batch.global_size
+        else:
+            yield SampleRef(seed, epoch, batch.start, ids[0]), batch.global_size
 
 
 class StreamBatchSampler(OrderedBatchSampler):
@@ -152,6 +160,12 @@ class StreamBatchSampler(OrderedBatchSampler):
     @property
     def capture(self) -> Capture:  # type: ignore[override]
         return self.order.capture
+
+    def _refs(
+        self, seed: int, epoch: int, start: int
+    ) -> Iterator[tuple[BatchRef | SampleRef, int]]:
+        drawn = self.order.drawn()  # this epoch's stream, kept by this iteration
+        return _ordered_refs(drawn, self.partition, self.batched, seed, epoch, start)
 
 
 class UserBatchSampler(_RefSampler):
@@ -207,9 +221,9 @@ class UserBatchSampler(_RefSampler):
         full, rest = divmod(items, self.batch_size)
         return full + (1 if rest and not self.drop_last else 0)
 
-    def _batches(self, start: int) -> Iterator[list[int]]:
+    def _batches(self, epoch_items: Iterable[Any], start: int) -> Iterator[list[int]]:
         """The epoch's batches after its first ``start`` samples."""
-        items = iter(self._epoch_items)
+        items = iter(epoch_items)
         if self.batched and self.batch_size is None:  # a custom batch_sampler's own batches
             count = 0
             for ids in items:
@@ -234,8 +248,13 @@ class UserBatchSampler(_RefSampler):
     def _refs(
         self, seed: int, epoch: int, start: int
     ) -> Iterator[tuple[BatchRef | SampleRef, int]]:
+        return self._keyed(self._batches(self._epoch_items, start), seed, epoch, start)
+
+    def _keyed(
+        self, batches: Iterator[list[int]], seed: int, epoch: int, start: int
+    ) -> Iterator[tuple[BatchRef | SampleRef, int]]:
         count = start
-        for ids in self._batches(start):
+        for ids in batches:
             key_position = count * self.world_size + self.rank
             if self.batched:
                 yield BatchRef(seed, epoch, key_position, ids, self.world_size), len(ids)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import base64
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -144,8 +144,14 @@ class _UserState(Capture):
         self._start: Any = None
 
     def begin(self) -> Iterable[Any]:
+        self._start = None
+        return self._iterate()
+
+    def _iterate(self) -> Iterator[Any]:
+        # The start is taken when the sampler's iteration really starts, i.e. at the first
+        # batch, not at iter(loader): Lightning (and user loops) call set_epoch in between.
         self._start = self._current()
-        return self.sampler
+        yield from self.sampler
 
     def saved(self, *, in_epoch: bool) -> Any:
         return self._start if in_epoch and self._start is not None else self._current()
@@ -264,18 +270,40 @@ def _entry(state: Any, name: str, kind: type) -> Any:
     return value
 
 
+class DrawnEpoch:
+    """One epoch's drawn index stream, as an order (ids by position) that never changes."""
+
+    def __init__(self, epoch: int, ids: np.ndarray) -> None:
+        self.epoch = epoch
+        self._ids = ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def ids(self, epoch: int, start: int, stop: int) -> np.ndarray:
+        if epoch != self.epoch:
+            raise ConfigError(f"epoch {epoch} asked of the stream drawn for epoch {self.epoch}")
+        return self._ids[start:stop]
+
+    def iter_ids(self, epoch: int, start: int = 0, chunk_size: int = 65536) -> Iterator[np.ndarray]:
+        for first in range(start, len(self._ids), chunk_size):
+            yield self.ids(epoch, first, first + chunk_size)
+
+    def __repr__(self) -> str:
+        return f"DrawnEpoch(epoch={self.epoch}, length={len(self)})"
+
+
 class SamplerStream:
     """A torch sampler's index stream as an epoch order: position -> index, one epoch at a time.
 
     ``begin(epoch)`` draws the epoch's whole stream (index draws only, as the sampler would,
-    nothing is loaded); ``ids`` then reads any position of it, so the loader's partition splits
-    it across ranks and batches exactly as it splits its own order.
+    nothing is loaded); ``drawn()`` then reads any position of it, so the loader's partition
+    splits it across ranks and batches exactly as it splits its own order.
     """
 
     def __init__(self, sampler_capture: Capture) -> None:
         self.capture = sampler_capture
-        self._epoch: int | None = None
-        self._ids = np.empty(0, dtype=np.int64)
+        self._drawn: DrawnEpoch | None = None
 
     def __len__(self) -> int:
         return len(self.capture.sampler)
@@ -284,22 +312,25 @@ class SamplerStream:
         """Draw ``epoch``'s stream (the sampler's state must be that epoch's start)."""
         # To its end, as torch's iterator would: the sampler's last draws (RandomSampler's
         # trailing ``randperm(n)[:0]``) advance its generator too.
-        self._ids = np.fromiter(iter(self.capture.begin()), dtype=np.int64)
-        if len(self._ids) != len(self):
+        ids = np.fromiter(iter(self.capture.begin()), dtype=np.int64)
+        if len(ids) != len(self):
             raise ConfigError(
-                f"sampler {self.capture.description} yielded {len(self._ids)} indices "
-                f"but its len() is {len(self)}; the loader splits an epoch by its len()"
+                f"sampler {self.capture.description} yielded {len(ids)} indices but its len() "
+                f"is {len(self)}; the loader splits an epoch by its len()"
             )
-        self._epoch = epoch
+        self._drawn = DrawnEpoch(epoch, ids)
+
+    def drawn(self) -> DrawnEpoch:
+        """The stream of the epoch begun last."""
+        if self._drawn is None:
+            raise ConfigError("no epoch of the sampler's stream was drawn yet (begin() first)")
+        return self._drawn
 
     def ids(self, epoch: int, start: int, stop: int) -> np.ndarray:
-        if epoch != self._epoch:
-            raise StateDictError(f"the stream of epoch {epoch} was not drawn (begin() first)")
-        return self._ids[start:stop]
+        return self.drawn().ids(epoch, start, stop)
 
-    def iter_ids(self, epoch: int, start: int = 0, chunk_size: int = 65536) -> Iterable[np.ndarray]:
-        for first in range(start, len(self._ids), chunk_size):
-            yield self.ids(epoch, first, first + chunk_size)
+    def iter_ids(self, epoch: int, start: int = 0, chunk_size: int = 65536) -> Iterator[np.ndarray]:
+        return self.drawn().iter_ids(epoch, start, chunk_size)
 
     def settings(self) -> dict[str, int | str]:
         return {"order": "sampler", "sampler": self.capture.description, "length": len(self)}

@@ -141,6 +141,15 @@ class TestTorchSamplersResumeExactly:
         )
         assert got == expected
 
+    def test_an_older_iterator_keeps_its_epoch(self):
+        # As with torch: an iterator made before another iter() continues its own epoch.
+        expected = [b["id"].tolist() for b in loader_for("random")]
+        live = loader_for("random")
+        older = iter(live)
+        newer = iter(live)
+        assert [b["id"].tolist() for b in older] == expected
+        assert [b["id"].tolist() for b in newer] != expected
+
     def test_each_epoch_differs_as_under_torch(self):
         ids = [[i for e, _, i, _ in continuous("random") if e == epoch] for epoch in range(3)]
         assert ids[0] != ids[1] != ids[2]
@@ -354,6 +363,23 @@ class TestSamplersThatSplitAcrossRanksThemselves:
         resumed = custom_loader(fresh_sampler)
         resumed.load_state_dict(state)
         assert fresh_sampler.epoch == 4
+
+    def test_distributed_sampler_epoch_set_after_iter(self):
+        # Lightning's order: iter(loader), then set_epoch on the sampler, then the batches.
+        def loader():
+            return custom_loader(distributed(0, 1))
+
+        live = loader()
+        batches = iter(live)
+        live.sampler.set_epoch(3)
+        head = [next(batches) for _ in range(2)]
+        state = live.state_dict()
+        assert state["sampler_state"] == {"epoch": 3}
+        tail = list(batches)
+        resumed = loader()
+        resumed.load_state_dict(state)
+        assert [b["id"].tolist() for b in resumed] == [b["id"].tolist() for b in tail]
+        assert head  # the stream before the state was delivered
 
     def test_distributed_sampler_under_a_batch_sampler(self):
         def make(batch_size):
