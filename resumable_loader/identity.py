@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import operator
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -43,9 +45,10 @@ logger = logging.getLogger("resumable_loader")
 
 TENSOR_SAMPLE = 4096  # elements of each tensor hashed into a TensorDataset's identity
 _warned: set[str] = set()  # types warned about in this process
-# Subset indices hashed, per Subset, with the (id, length) of the indices they were hashed from:
-# hashing millions of indices at every state_dict() would be slow.
-_indices_digests: weakref.WeakKeyDictionary[Subset, tuple[tuple[int, int, int], str]] = (
+# Digests too slow to take at every state_dict() (a million Subset indices: ~50 ms; a large
+# TensorDataset: ~1 ms), per dataset, with what they were taken from: the same objects (held,
+# compared by identity) with the same lengths and torch version counters.
+_digests: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], tuple[int, ...], str]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -66,7 +69,10 @@ def _identity(dataset: Any) -> str | None:
     if isinstance(own, str) and own:
         return own
     if isinstance(dataset, Subset):
-        return _digest("Subset", _part(dataset.dataset), _indices(dataset))
+        indices = dataset.indices
+        numbers = (len(indices), getattr(indices, "_version", 0))  # a tensor counts its edits
+        digest = _cached(dataset, (indices,), numbers, lambda: _indices(indices))
+        return _digest("Subset", _part(dataset.dataset), digest)
     if isinstance(dataset, ConcatDataset):
         return _digest("ConcatDataset", *(_part(part) for part in dataset.datasets))
     if isinstance(dataset, StackDataset):
@@ -74,7 +80,13 @@ def _identity(dataset: Any) -> str | None:
         items = parts.items() if isinstance(parts, dict) else enumerate(parts)
         return _digest("StackDataset", *(f"{key!r}={_part(part)}" for key, part in items))
     if isinstance(dataset, TensorDataset):
-        return _digest("TensorDataset", *(_tensor(tensor) for tensor in dataset.tensors))
+        tensors = tuple(dataset.tensors)
+        return _cached(
+            dataset,
+            tensors,
+            tuple(tensor._version for tensor in tensors),
+            lambda: _digest("TensorDataset", *(_tensor(tensor) for tensor in tensors)),
+        )
     hf = getattr(dataset, "_fingerprint", None)  # a Hugging Face datasets.Dataset
     if isinstance(hf, str) and hf and type(dataset).__module__.startswith("datasets."):
         return f"datasets.Dataset-{hf}"
@@ -88,23 +100,29 @@ def _part(dataset: Any) -> str:
     return f"{identity or type(dataset).__qualname__}[{_length(dataset)}]"
 
 
-def _indices(subset: Subset) -> str:
-    """A digest of a Subset's indices, cached while they are the same object and length (and,
-    for a tensor, unmodified)."""
-    indices = subset.indices
-    token = (id(indices), len(indices), getattr(indices, "_version", 0))
-    cached = _indices_digests.get(subset)
-    if cached is not None and cached[0] == token:
-        return cached[1]
-    if isinstance(indices, range):  # the same digest as the list of its values
+def _cached(
+    dataset: Any, objects: tuple[Any, ...], numbers: tuple[int, ...], compute: Callable[[], str]
+) -> str:
+    """``compute()``, or what it gave for ``dataset`` while ``objects`` were the same objects
+    and ``numbers`` the same."""
+    hit = _digests.get(dataset)
+    if hit is not None and hit[1] == numbers and all(map(operator.is_, hit[0], objects)):
+        return hit[2]
+    value = compute()
+    _digests[dataset] = (objects, numbers, value)
+    return value
+
+
+def _indices(indices: Any) -> str:
+    """A digest of Subset indices as int64: a list, range, array or tensor of the same values
+    gives the same digest."""
+    if isinstance(indices, range):
         array = np.arange(indices.start, indices.stop, indices.step, dtype=np.int64)
     elif isinstance(indices, torch.Tensor):
         array = indices.detach().cpu().numpy().astype(np.int64)
     else:
         array = np.asarray(indices, dtype=np.int64)
-    digest = hashlib.blake2b(np.ascontiguousarray(array).tobytes(), digest_size=16).hexdigest()
-    _indices_digests[subset] = (token, digest)
-    return digest
+    return hashlib.blake2b(np.ascontiguousarray(array).tobytes(), digest_size=16).hexdigest()
 
 
 def _tensor(tensor: torch.Tensor) -> str:
