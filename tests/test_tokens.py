@@ -198,6 +198,12 @@ class TestContent:
             assert len(storages) == 1  # one buffer, so one shared-memory segment a batch
         assert collate_windows([1, 2]).tolist() == [1, 2]  # not dicts: default_collate
 
+    def test_windows_of_many_short_documents(self, tmp_path):
+        docs = [np.arange(1 + i % 3) for i in range(40)]  # 1-3 tokens: ~8 documents a window
+        ds = TokenDataset(write_megatron(tmp_path, "short", docs), SEQ_LEN)
+        for index in range(len(ds)):
+            check_window(ds[index], stream_of(docs), [len(d) for d in docs], index)
+
     def test_zero_length_documents_add_no_boundary(self, tmp_path):
         docs = [np.arange(5), np.arange(0), np.arange(9), np.arange(0), np.arange(20)]
         prefix = write_megatron(tmp_path, "z", docs)

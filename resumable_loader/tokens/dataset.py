@@ -35,6 +35,9 @@ from resumable_loader.tokens.seek_table import SeekTable, SeekTables
 
 MODES = ("concat", "shuffle")
 OUTPUTS = ("input_ids", "labels", "position_ids", "cu_seqlens")
+# Up to this many documents in a window, position_ids restart in place, one slice per document
+# (1-8 us); beyond, one np.repeat (~12 us whatever the count).
+FEW_SEGMENTS = 5
 # Enters the fingerprint: bump when what a window holds changes for the same files.
 WINDOW_FORMAT = 1
 
@@ -144,7 +147,7 @@ class TokenDataset(Dataset):
         if self._tables is None:
             if seed is not None or epoch is not None:
                 raise ConfigError("seed and epoch choose a document order: documents='shuffle'")
-            tokens = self.read(start, stop)
+            tokens = self._slice(start, stop)
             starts = self.offsets
         else:
             if seed is None or epoch is None:
@@ -163,6 +166,15 @@ class TokenDataset(Dataset):
         out = np.empty(stop - start, dtype=self.dtype)
         self._copy(start, stop, out)
         return out
+
+    def _slice(self, start: int, stop: int) -> np.ndarray:
+        """Tokens [start, stop): a view of the map when one shard holds them all, else a copy
+        (the window's int64 tensor is then the only copy made)."""
+        shard = int(self.shard_starts.searchsorted(start, side="right")) - 1
+        if stop > self.shard_starts[shard + 1]:
+            return self.read(start, stop)
+        base = int(self.shard_starts[shard])
+        return self._tokens[shard][start - base : stop - base]
 
     def _copy(self, start: int, stop: int, out: np.ndarray) -> None:
         shard = int(self.shard_starts.searchsorted(start, side="right")) - 1
@@ -205,13 +217,17 @@ class TokenDataset(Dataset):
         inner = starts[first:last] - start  # document starts strictly inside the window
         if self._empty_documents:  # several documents start at one token: one boundary
             inner = np.unique(inner)
+        count = len(inner) + 1  # segments
         cu = np.full(seq_len + 1, seq_len, dtype=np.int32)
         cu[0] = 0
-        cu[1 : len(inner) + 1] = inner
-        segment_start = np.zeros(seq_len, dtype=np.int64)
-        segment_start[inner] = inner
-        np.maximum.accumulate(segment_start, out=segment_start)
-        positions = np.subtract(self._positions, segment_start, out=segment_start)
+        cu[1:count] = inner
+        if count <= FEW_SEGMENTS:  # restart the count at each start, in place (measured faster)
+            positions = self._positions.copy()
+            for boundary in inner.tolist():
+                positions[boundary:] -= positions[boundary]
+        else:
+            lengths = np.diff(cu[: count + 1])
+            positions = self._positions - np.repeat(cu[:count].astype(np.int64), lengths)
         return {"position_ids": torch.from_numpy(positions), "cu_seqlens": torch.from_numpy(cu)}
 
     def __getstate__(self) -> dict[str, Any]:
