@@ -111,7 +111,8 @@ def test_every_prefix_is_within_one_of_its_share(weights, far):
     for i in range(len(weights)):
         counts[1:, i] = np.cumsum(sources == i)
     shares = np.arange(span + 1)[:, None] * np.array(weights)[None, :] / total
-    assert np.abs(counts - shares).max() < 1
+    deviation = np.abs(counts - shares).max()
+    assert deviation < 1 and deviation <= allocation.bound + 1e-12
     for offset in (0, 1, total - 1, total, span):
         assert allocation.counts(offset) == counts[offset].tolist()
     # far into the phase: the same period, the same counts and sources
@@ -119,6 +120,12 @@ def test_every_prefix_is_within_one_of_its_share(weights, far):
     expected = [far * w + c for w, c in zip(weights, counts[5], strict=True)]
     assert allocation.counts(base + 5) == expected
     assert allocation.sources(base, base + span).tolist() == sources.tolist()
+
+
+def test_the_tightest_bound_met_is_used():
+    assert PhaseAllocation((1, 1)).bound == Fraction(1, 2)
+    assert PhaseAllocation((5, 3, 2)).bound == Fraction(1, 2)
+    assert PhaseAllocation((35, 20, 15, 10, 8, 6, 4, 2)).bound == Fraction(2, 3)
 
 
 def test_a_heavy_period_is_exact_too():

@@ -8,6 +8,7 @@ the j-th draw of source i (j = 0, 1, ...) must fall in the window of positions
 position with a window's draw (Hall's condition holds on every interval, since the windows of
 a stretch of positions never hold more draws than it has positions). That is the quota
 property of Balinski and Young's quota method, in the form of Tijdeman's chairman assignment.
+Tighter windows (|draws - share| <= 1/2, 2/3, ...) are tried first and the first one met kept.
 
 Known closed forms were measured and rejected (see docs/mixtures.md): rounding down a tree of
 two-way splits drifts past 1 with 5 or more sources, and largest-remainder or bisection rules
@@ -20,12 +21,16 @@ the draws before any position O(sources + 256), flat in the position.
 from __future__ import annotations
 
 import heapq
+from fractions import Fraction
+from typing import Any
 
 import numpy as np
 
 from resumable_loader._lru import LRU
 
 CHECKPOINT = 256  # counts are stored before every CHECKPOINT-th position of the period
+# Bounds tried in turn on |draws - share| (<= b), before the one always met (< 1).
+BOUNDS = (Fraction(1, 2), Fraction(2, 3), Fraction(3, 4), Fraction(5, 6), Fraction(9, 10))
 # Period tables kept per process: each costs W bytes plus its checkpoints.
 _TABLES: LRU[tuple[int, ...], PhaseAllocation] = LRU(64 * 2**20, cost=lambda a: a.nbytes)
 
@@ -40,7 +45,7 @@ class PhaseAllocation:
     def __init__(self, weights: tuple[int, ...]) -> None:
         self.weights = tuple(int(w) for w in weights)
         self.total = sum(self.weights)
-        self.table = _schedule_period(self.weights)
+        self.table, self.bound = _schedule_period(self.weights)
         blocks = self.table[: len(self.table) // CHECKPOINT * CHECKPOINT].reshape(-1, CHECKPOINT)
         per_block = np.stack(
             [(blocks == i).sum(axis=1) for i in range(len(self.weights))], axis=1
@@ -86,28 +91,53 @@ def allocation_for(weights: tuple[int, ...]) -> PhaseAllocation:
     return allocation
 
 
-def _schedule_period(weights: tuple[int, ...]) -> np.ndarray:
-    """Earliest-deadline-first over one period: the source of each of its W positions."""
+def _schedule_period(weights: tuple[int, ...]) -> tuple[np.ndarray, Fraction]:
+    """The period's sources, scheduled within the tightest bound of :data:`BOUNDS` that
+    earliest-deadline-first meets (the last, below 1, always is), and that bound."""
+    for bound in BOUNDS:
+        table = _earliest_deadline_first(weights, bound)
+        if table is not None:
+            return table, bound
+    table = _earliest_deadline_first(weights, None)
+    if table is None:  # impossible by Hall's condition; a bug if ever seen
+        raise AssertionError(f"mixture allocation missed a deadline for weights {weights}")
+    return table, Fraction(1)
+
+
+def _earliest_deadline_first(weights: tuple[int, ...], bound: Fraction | None) -> Any:
+    """The source of each of the period's W positions, every prefix count within ``bound`` of
+    its share (``None``: strictly within 1); None if a deadline is missed."""
     total = sum(weights)
+    if bound is None:  # draw j in [floor(jW/w), ceil((j+1)W/w) - 1]
+
+        def window(j: int, w: int) -> tuple[int, int]:
+            return j * total // w, -(-(j + 1) * total // w) - 1
+    else:  # draw j in [ceil((j+1-b)W/w) - 1, floor((j+b)W/w)], b = a/d
+        a, d = bound.numerator, bound.denominator
+
+        def window(j: int, w: int) -> tuple[int, int]:
+            release = max(0, -(-((j + 1) * d - a) * total // (d * w)) - 1)
+            return release, ((j * d + a) * total) // (d * w)
+
     table = np.empty(total, dtype=np.uint8)
     drawn = [0] * len(weights)
     released: list[tuple[int, int]] = []  # (deadline, source) of each source's next draw
     waiting: list[tuple[int, int]] = []  # (release, source) of draws not yet released
     for source, w in enumerate(weights):
         if w:
-            waiting.append((0, source))
+            waiting.append((window(0, w)[0], source))
     heapq.heapify(waiting)
     for position in range(total):
         while waiting and waiting[0][0] <= position:
             _, source = heapq.heappop(waiting)
-            j, w = drawn[source], weights[source]
-            heapq.heappush(released, (-(-(j + 1) * total // w) - 1, source))
+            heapq.heappush(released, (window(drawn[source], weights[source])[1], source))
+        if not released:
+            return None
         deadline, source = heapq.heappop(released)
-        if deadline < position:  # impossible by Hall's condition; a bug if ever seen
-            raise AssertionError(f"mixture allocation missed a deadline for weights {weights}")
+        if deadline < position:
+            return None
         table[position] = source
         drawn[source] += 1
-        j, w = drawn[source], weights[source]
-        if j < w:
-            heapq.heappush(waiting, (j * total // w, source))
+        if drawn[source] < weights[source]:
+            heapq.heappush(waiting, (window(drawn[source], weights[source])[0], source))
     return table
