@@ -1,5 +1,6 @@
-"""TokenDataset: tokens/s against nanoGPT's memmap windows and Megatron's GPTDataset, seek-table
-build time, resume at 90% vs a fresh start, memory per worker.
+"""TokenDataset against nanoGPT's windows and Megatron's GPTDataset: tokens/s, resume, memory.
+
+Also the seek table's build time, and the first batch after a resume at 90% vs a fresh start.
 
 Run: python benchmarks/bench_tokens.py [--quick] [--tokens N] [--batches B] [--repeats R]
 
