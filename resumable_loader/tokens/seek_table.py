@@ -3,12 +3,12 @@
 The order is the Feistel permutation of the documents keyed by (seed, epoch) under
 ``Purpose.DOCUMENT_ORDER``, computed for any slot directly; the seek table is where each slot's
 document begins in the epoch's shuffled stream (documents + 1 int64 values), built in C++ with
-the GIL released (``csrc/document_order.cc``: 0.2-0.45 s for 10^7 documents on the 2-core
+the GIL released (``csrc/document_order.cc``: 0.17-0.5 s for 10^7 documents on the 2-core
 machine). A window of that stream is then two binary searches and a fill of the slots it spans,
 so a window at position 10^9 costs what one at 0 costs.
 
 Where the table lives: by default in the memory of each process that reads windows of that
-epoch (each worker builds its own, once per epoch: 0.2-0.45 s and 80 MB for 10^7 documents).
+epoch (each worker builds its own, once per epoch: 0.17-0.5 s and 80 MB for 10^7 documents).
 With a cache directory, the first process to need a table writes it there (atomically) and
 every process memory-maps it, so workers share one copy in the page cache and a restart reads
 it (measured: a warm 80 MB table maps in ~2 ms); a file that does not fit the dataset is rebuilt.
