@@ -128,6 +128,9 @@ class TestTypes:
         changed = base.clone()
         changed[5] = -1.0
         assert dataset_fingerprint(TensorDataset(base)) == dataset_fingerprint(same)
+        before = dataset_fingerprint(same)
+        same.tensors[0][3] = 7.0  # changed in place after its identity was taken
+        assert dataset_fingerprint(same) != before
         assert differ(
             TensorDataset(base),
             TensorDataset(base.reshape(6, 2)),
