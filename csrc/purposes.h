@@ -16,6 +16,7 @@ enum Purpose : uint32_t {
   PURPOSE_MIXTURE_SOURCE = 6,  // a mixture source's own stream seed (seed, source name)
   PURPOSE_DOCUMENT_ORDER = 7,  // a token dataset's per-epoch document shuffle
   PURPOSE_WORKER_SEED = 8,     // the base seed torch gives an iteration's workers
+  PURPOSE_PROCESS_RNG = 9,     // a rank's process generators, re-derived on a flexible resume
 };
 
 // Name -> value, in order; the names as Python's Purpose members spell them.
@@ -28,6 +29,7 @@ inline constexpr PurposeName PURPOSE_NAMES[] = {
     {"BATCH", PURPOSE_BATCH},                     {"SHARD_ORDER", PURPOSE_SHARD_ORDER},
     {"SHUFFLE_BUFFER", PURPOSE_SHUFFLE_BUFFER},   {"MIXTURE_SOURCE", PURPOSE_MIXTURE_SOURCE},
     {"DOCUMENT_ORDER", PURPOSE_DOCUMENT_ORDER}, {"WORKER_SEED", PURPOSE_WORKER_SEED},
+    {"PROCESS_RNG", PURPOSE_PROCESS_RNG},
 };
 
 }  // namespace resumable_loader

@@ -115,7 +115,6 @@ def build(
         shuffle=True,
         num_workers=num_workers,
         seed=seed,
-        generator=torch.Generator(),
     )
     return {
         "model": model,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import tempfile
 
-import torch
 from checkpoint_job import Regression, batches, build, entries, train_step
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -21,7 +20,7 @@ from resumable_loader.checkpoint import Checkpointer
 
 def reference(samples: int) -> list:
     single = DataLoader(
-        Regression(), batch_size=7, shuffle=True, seed=7, generator=torch.Generator()
+        Regression(), batch_size=7, shuffle=True, seed=7
     )
     stream = []
     for batch in batches(single):

@@ -34,9 +34,7 @@ FORMAT = "resumable_loader.rng"
 # Version 1: format, version, rank, world_size, step, python, numpy, torch, cuda.
 VERSION = 1
 
-# The counter's last word for these keys. Purpose.PROCESS_RNG = 8 is asked of the lead for
-# csrc/purposes.h (the one definition of the purposes); until it lands, its value.
-PURPOSE = int(getattr(Purpose, "PROCESS_RNG", 8))
+PURPOSE = Purpose.PROCESS_RNG  # the counter's last word for these keys
 
 
 def rank_file(checkpoint: Path, rank: int) -> Path:
