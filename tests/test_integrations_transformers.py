@@ -21,18 +21,27 @@ from resumable_loader.integrations.transformers import ResumableTrainer
 JOB = Path(__file__).with_name("transformers_job.py")
 
 
-def job(out: Path, *args: str, killed: bool = False) -> list[dict]:
-    command = [sys.executable, str(JOB), str(out), *args]
+def job(out: Path, *args: str, killed: bool = False, processes: int = 1) -> list[dict]:
+    launcher = [sys.executable]
+    if processes > 1:  # torchrun, as `accelerate launch` or a cluster would start the Trainer
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+    command = [*launcher, str(JOB), str(out), *args]
     return run_job(command, out, killed=killed, cwd=JOB.parent)
 
 
-@pytest.mark.slow
-def test_killed_mid_epoch_resumes_exactly_with_other_workers_and_batch_size(tmp_path):
-    continuous = job(tmp_path / "continuous", "--batch-size=4", "--workers=0")
-    stream = [sample_id for _, sample_id, _ in samples(continuous)]
+@pytest.fixture(scope="module")
+def continuous(tmp_path_factory) -> list[dict]:
+    """The uninterrupted run: one process, 4 samples a step, 2 epochs."""
+    steps = job(tmp_path_factory.mktemp("continuous") / "run", "--batch-size=4", "--workers=0")
+    stream = [sample_id for _, sample_id, _ in samples(steps)]
     assert len(stream) == EPOCHS * N
     assert sorted(stream[:N]) == sorted(stream[N:]) == list(range(N))
     assert stream[:N] != stream[N:]
+    return steps
+
+
+@pytest.mark.slow
+def test_killed_mid_epoch_resumes_exactly_with_other_workers_and_batch_size(tmp_path, continuous):
     head = job(tmp_path / "head", "--batch-size=4", "--workers=0", "--kill-at=5", killed=True)
     assert len(head) == 5
     checkpoint = tmp_path / "head" / "checkpoints" / "checkpoint-3"
@@ -46,6 +55,18 @@ def test_killed_mid_epoch_resumes_exactly_with_other_workers_and_batch_size(tmp_
     )
     assert len(wide) >= N  # past the resumed epoch's end, into the next
     assert samples(head[:3]) + wide == samples(continuous)[: 12 + len(wide)]
+
+
+@pytest.mark.slow
+def test_two_processes_killed_mid_epoch_resume_on_one(tmp_path, continuous):
+    # 2 processes of 2 samples: the global batches of the single-process run of 4
+    head = job(
+        tmp_path / "head", "--batch-size=2", "--workers=0", "--kill-at=5", killed=True, processes=2
+    )
+    assert len(head) >= 3
+    checkpoint = tmp_path / "head" / "checkpoints" / "checkpoint-3"
+    tail = job(tmp_path / "tail", "--batch-size=4", "--workers=1", f"--resume={checkpoint}")
+    assert_same_run(head[:3] + tail, continuous)
 
 
 def test_a_checkpoint_without_the_cursor_is_refused(tmp_path):

@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         disable_tqdm=True,
     )
     trainer = ResumableTrainer(
-        model=Regression(args.out / "rank0.jsonl"),
+        model=Regression(args.out / f"rank{os.environ.get('RANK', '0')}.jsonl"),
         args=training,
         train_dataset=AugmentedDataset(N),
         callbacks=[KillAt(args.kill_at)] if args.kill_at is not None else [],
