@@ -19,12 +19,15 @@ _MESSAGE = (
 )
 
 
+_FLAG = "_foreign_iteration_warned"  # set on a watched sampler once a foreign loader iterated it
+
+
 def _iterate_watched(sampler: RandomSampler | SequentialSampler) -> Iterator[int]:
     """The watched samplers' ``__iter__``: the loader never iterates its visible sampler, so
     any iteration is a foreign loader's. Warns once per sampler, then iterates as torch's."""
     torch_type = type(sampler).__bases__[0]
-    if not sampler.__dict__.get("_foreign_iteration_warned", False):
-        sampler.__dict__["_foreign_iteration_warned"] = True
+    if not sampler.__dict__.get(_FLAG, False):
+        sampler.__dict__[_FLAG] = True
         warnings.warn(_MESSAGE.format(name=torch_type.__name__), ResumeWarning, stacklevel=2)
     yield from torch_type.__iter__(sampler)
 
@@ -56,3 +59,18 @@ def watch_visible_sampler(sampler: object) -> None:
     watched = _WATCHED.get(type(sampler))
     if watched is not None:
         sampler.__class__ = watched
+
+
+def warn_if_replaced(sampler: object) -> None:
+    """From ``state_dict()``: warn (ResumeWarning) if a foreign loader iterated the loader's
+    visible sampler, since this cursor then says only what this object delivered, not what the
+    training loop trained on, and resuming from it would repeat or skip samples."""
+    if getattr(sampler, "__dict__", {}).get(_FLAG, False):
+        warnings.warn(
+            "state_dict() of a ResumableDataLoader that another loader replaced (its sampler was "
+            "iterated from outside, e.g. after accelerator.prepare(loader)): the cursor is where "
+            "this object stands, not where training is; resuming from it would not continue the "
+            "stream. Iterate the ResumableDataLoader itself; see docs/integrations.md",
+            ResumeWarning,
+            stacklevel=3,
+        )
