@@ -23,9 +23,8 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from resumable_loader import cursor as cursor_mod
 from resumable_loader._checks import check_int
 from resumable_loader.errors import ConfigError, StateDictError, WorkerError
-from resumable_loader.integrations.replaced import watch_visible_sampler
 from resumable_loader.identity import dataset_fingerprint
-from resumable_loader.integrations.replaced import watch_visible_sampler
+from resumable_loader.integrations.replaced import warn_if_replaced, watch_visible_sampler
 from resumable_loader.iteration import ResumableIterator, stop_workers, worker_failure
 from resumable_loader.keyed_fetch import KeyedFetch, WorkerInit
 from resumable_loader.order.partition import Partition
@@ -163,7 +162,6 @@ class ResumableDataLoader(DataLoader[T_co]):
             )
             if sampler is None and batch_sampler is None:  # the visible sampler is torch's or
                 forward_set_epoch(self.sampler, self.set_epoch)  # injected: its epoch is ours
-                watch_visible_sampler(self.sampler)  # torch's: only a foreign loader iterates it
                 watch_visible_sampler(self.sampler)  # torch's: only a foreign loader iterates it
         elif shard_shuffle is not None:
             raise ConfigError("shard_shuffle needs a map-style dataset, got an IterableDataset")
@@ -395,6 +393,7 @@ class ResumableDataLoader(DataLoader[T_co]):
             check_ranks: all-gather every rank's cursor (a collective: call it on all ranks)
                 and raise if they differ, e.g. when one rank consumed more batches.
         """
+        warn_if_replaced(self.sampler)
         state = self._cursor()
         if check_ranks and self.world_size > 1:
             parallel = self._parallel
