@@ -250,6 +250,24 @@ class TestBadTarInput:
         with pytest.raises(ShardError, match=r"shard-0000\.tar: corrupt tar header at offset 2048"):
             build([path], tmp_path)
 
+    def test_a_blank_checksum_is_damage_whatever_the_bytes_sum_to(self, tmp_path):
+        # checksums are compared modulo 65521 (zlib.adler32's byte sum): a blank field reads
+        # as -1, which a header summing to 65520 would match; fields walk() ignores (the link
+        # name, GNU's time fields) are filled to reach that sum
+        path = write_tar(tmp_path / "blank.tar", [("a.x", b"1")], format=tarfile.GNU_FORMAT)
+        data = bytearray(Path(path).read_bytes())
+        data[148:156] = b"\0" * 8
+        free = [*range(157, 257), *range(345, 512)]
+        for i in free:
+            data[i] = 0
+        need = 65520 - (sum(data[:512]) - sum(data[148:156]) + 256)
+        for i in free:
+            data[i], need = min(need, 255), need - min(need, 255)
+        assert need == 0 and (sum(data[:512]) - sum(data[148:156]) + 256) % 65521 == 65520
+        Path(path).write_bytes(bytes(data))
+        with pytest.raises(ShardError, match=r"corrupt tar header at offset 0 \(bad checksum: it"):
+            build([path], tmp_path)
+
     @pytest.mark.parametrize(
         ("entries", "match"),
         [

@@ -102,7 +102,8 @@ def _parse_header(block: bytes, offset: int) -> tuple[str, bytes, int]:
     """(name, type flag, data size) of one 512-byte header whose checksum matches."""
     try:
         stored = int(block[148:156].partition(b"\0")[0].strip() or b"-1", 8)
-        if (stored - _unsigned_sum(block)) % _ADLER and stored != _signed_sum(block):
+        mismatch = (stored - _unsigned_sum(block)) % _ADLER and stored != _signed_sum(block)
+        if mismatch or stored < 0:  # -1: a blank checksum field
             found = sum(block) - sum(block[148:156]) + 256
             raise TarDamage(
                 f"corrupt tar header at offset {offset} (bad checksum: it records {stored}, its "
@@ -127,9 +128,10 @@ def _unsigned_sum(block: bytes) -> int:
 
     zlib.adler32's low half is 1 + the byte sum modulo 65521, summed in C: about a tenth of
     the cost of ``sum(block)``, which would be most of a sample read's parsing. The modulus
-    loses nothing a checksum can catch: a header of 512 bytes sums to at most 130,560, and any
-    change to at most 256 of its bytes moves the sum by less than 65521, so it is caught
-    exactly when the exact comparison catches it.
+    loses little: a header sums to at most 130,560, and a change to at most 256 bytes outside
+    the checksum field moves the sum by less than 65521, so it is caught exactly when the exact
+    comparison catches it; what passes here and not there is a recorded checksum off by a
+    multiple of 65521 (no flipped bit makes one: 65521 is prime, a bit moves it by 2^k).
     """
     return (zlib.adler32(block) & 0xFFFF) - (zlib.adler32(block[148:156]) & 0xFFFF) + 256
 
