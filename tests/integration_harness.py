@@ -30,8 +30,10 @@ def run_job(command: list[str], out: Path, *, killed: bool = False, **kwargs) ->
     out.mkdir()
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, **kwargs)
     if killed:
-        # SIGKILL itself, or (under torchrun's agent) an exit naming the killed child
-        died = done.returncode == -signal.SIGKILL or "SIGKILL" in done.stderr
+        # SIGKILL itself, or (under torchrun's agent) an exit naming the killed child, or the
+        # abort of a peer whose gloo connection the killed rank closed first
+        signals = ("SIGKILL", "SIGABRT")
+        died = done.returncode == -signal.SIGKILL or any(name in done.stderr for name in signals)
         assert died and done.returncode != 0, done.stderr[-3000:]
         pids = out / "pids"
         if pids.exists():
