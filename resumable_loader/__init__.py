@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from resumable_loader.checkpoint import Checkpointer
 from resumable_loader.cursor import Cursor
 from resumable_loader.errors import (
     CheckpointError,
@@ -22,7 +23,9 @@ from resumable_loader.errors import (
     TopologyWarning,
     WorkerError,
 )
+from resumable_loader.identity import dataset_fingerprint
 from resumable_loader.index.sharded import ShardedIndex
+from resumable_loader.keyed_fetch import batch_sample_keys
 from resumable_loader.loader import ResumableDataLoader
 from resumable_loader.order.shard_local import ShardShuffle
 from resumable_loader.rngs.sample import (
@@ -32,6 +35,7 @@ from resumable_loader.rngs.sample import (
     sample_torch_generator,
 )
 from resumable_loader.sources import ParquetDataset, TarShardDataset
+from resumable_loader.tokens import TokenDataset
 from resumable_loader.verify import VerifyReport, verify_pipeline
 
 try:
@@ -43,6 +47,7 @@ DataLoader = ResumableDataLoader
 
 __all__ = [
     "CheckpointError",
+    "Checkpointer",
     "ConfigError",
     "Cursor",
     "DataLoader",
@@ -58,10 +63,13 @@ __all__ = [
     "ShardedIndex",
     "StateDictError",
     "TarShardDataset",
+    "TokenDataset",
     "TopologyWarning",
     "VerifyReport",
     "WorkerError",
     "__version__",
+    "batch_sample_keys",
+    "dataset_fingerprint",
     "sample_key",
     "sample_numpy_generator",
     "sample_torch_generator",
