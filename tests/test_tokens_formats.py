@@ -75,6 +75,13 @@ def _megatron_core():
                 IndexedDataset,
                 IndexedDatasetBuilder,
             )
+    except ModuleNotFoundError as error:
+        if error.name != "megatron":
+            pytest.skip(f"megatron-core does not import beside the CPU torch: {error}")
+        pytest.skip(
+            "megatron-core is not installed (it installs beside the CPU torch: "
+            "pip install megatron-core -c constraints.txt; 0.16.1 tested)"
+        )
     except ImportError as error:
         pytest.skip(f"megatron-core does not import beside the CPU torch: {error}")
     return IndexedDatasetBuilder, IndexedDataset
