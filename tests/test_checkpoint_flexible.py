@@ -19,9 +19,7 @@ from resumable_loader.checkpoint import Checkpointer
 
 
 def reference(samples: int) -> list:
-    single = DataLoader(
-        Regression(), batch_size=7, shuffle=True, seed=7
-    )
+    single = DataLoader(Regression(), batch_size=7, shuffle=True, seed=7)
     stream = []
     for batch in batches(single):
         stream += entries(batch)

@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from resumable_loader.checkpoint.layout import CheckpointDirectory
 
 JOB = Path(__file__).with_name("checkpoint_job.py")
@@ -34,6 +36,7 @@ def lines(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "rank-0.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_training_matches_continuous(tmp_path):
     assert job(tmp_path / "c1", tmp_path / "continuous") == 0
     killed = job(tmp_path / "c2", tmp_path / "killed", "--kill-in-save=15:3")

@@ -85,9 +85,7 @@ def test_two_ranks_resumed_by_one_with_another_batch_size(tmp_path):
         if "step" in record:
             trained += record["entries"]
     trained = [e for e in trained if e[1] < LENGTH]  # no padding positions
-    single = DataLoader(
-        Regression(), batch_size=6, shuffle=True, seed=7
-    )
+    single = DataLoader(Regression(), batch_size=6, shuffle=True, seed=7)
     expected = [e for _ in range(2) for batch in single for e in entries(batch)]
     assert len(trained) == 4 * 6 + 5 + 5 + 2 + 5
     assert trained == expected[: len(trained)]

@@ -67,6 +67,7 @@ def test_errors_are_one_line_with_status_2(tmp_path, capsys, argv, message):
     assert "Traceback" not in err and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_python_dash_m_runs_the_command(tmp_path):
     paths = write_tar_shards(tmp_path, num_shards=1, samples_per_shard=2)
     out = tmp_path / "m.rlindex"

@@ -85,6 +85,7 @@ def wait_gone(pids: list[int], seconds: float = 15) -> list[int]:
         ("hang", WorkerError, 2),
     ],
 )
+@pytest.mark.slow
 def test_failure_is_raised_cleaned_up_and_resumable(tmp_path, mode, error, timeout):
     dataset = Faulty(mode, tmp_path)
 
@@ -170,6 +171,7 @@ class SlowAndHung(AugmentedDataset):
         return super().__getitem__(index)
 
 
+@pytest.mark.slow
 def test_timeout_bounds_each_batch_even_behind_a_slow_healthy_worker():
     # torch alone restarts its timeout whenever the healthy worker sends a batch (one every
     # 1.2 s here), so it would notice the hung worker only after several timeouts.
@@ -187,6 +189,7 @@ def test_timeout_bounds_each_batch_even_behind_a_slow_healthy_worker():
 
 
 @pytest.mark.parametrize("raised", [EOFError, ConnectionResetError])
+@pytest.mark.slow
 def test_a_users_eof_or_connection_error_in_a_worker_is_not_a_dead_worker(raised):
     class Remote(AugmentedDataset):
         def __getitem__(self, index):
@@ -198,6 +201,7 @@ def test_a_users_eof_or_connection_error_in_a_worker_is_not_a_dead_worker(raised
     assert not isinstance(caught.value, WorkerError)
 
 
+@pytest.mark.slow
 def test_persistent_workers_killed_mid_epoch_restart_at_the_next_iter(tmp_path):
     dataset = Faulty("kill", tmp_path)
     loader = ResumableDataLoader(

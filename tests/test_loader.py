@@ -185,6 +185,7 @@ class TestResume:
         stop_fraction=st.floats(0, 1),
         how=st.sampled_from(["msgpack", "json", "torch"]),
     )
+    @pytest.mark.slow
     def test_random_configurations(
         self, workers, batch_sizes, persistent, shuffle, stop_fraction, how
     ):
@@ -340,6 +341,7 @@ class TestResume:
 
 
 class TestPerSampleRandomness:
+    @pytest.mark.slow
     def test_sample_generators_replay(self):
         class GeneratorDataset(Dataset):
             def __len__(self):

@@ -60,6 +60,7 @@ class TestTrainingLoopRng:
             assert np.array_equal(np.random.get_state()[1], before[2])
             del iterator
 
+    @pytest.mark.slow
     def test_a_resumed_loop_draws_the_same_dropout_masks(self):
         def run(stop: int | None, state=None, rng=None):
             loader = ResumableDataLoader(Numbers(), batch_size=4, shuffle=True, seed=3)
@@ -148,6 +149,7 @@ class Hangs(Dataset):
 
 
 class TestStallWarning:
+    @pytest.mark.slow
     def test_a_batch_late_past_stall_warning_is_logged_naming_worker_positions_and_ids(
         self, caplog
     ):

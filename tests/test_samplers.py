@@ -225,6 +225,7 @@ class TestAnotherBatchSizeOrWorldSize:
         stop_after=st.integers(1, 12),
         batch_sampler=st.booleans(),
     )
+    @pytest.mark.slow
     def test_any_layouts(self, name, layouts, stop_after, batch_sampler):
         (w1, b1, n1), (w2, b2, n2) = layouts
         expected = continuous(name)

@@ -115,6 +115,7 @@ def three_epochs(sources):
     ],
     ids=["end-of-epoch-0", "end-of-epoch-1", "inside-epoch-2"],
 )
+@pytest.mark.slow
 def test_epoch_ends_persistent_workers_and_checkpoint_formats(
     sources, three_epochs, source, mode, stop_after, how, first, second
 ):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from soak import drive, write_soak_shards
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_job_logs_the_continuous_stream(tmp_path):
     shard_dir = write_soak_shards(tmp_path / "shards")
     state_dir = tmp_path / "state"

@@ -38,6 +38,7 @@ def shards(tmp_path):
 
 
 class TestSamples:
+    @pytest.mark.slow
     def test_every_sample_is_what_was_written_and_what_webdataset_reads(self, shards):
         dataset = TarShardDataset(shards)
         assert len(dataset) == 12 and dataset.shard_sizes.tolist() == [4, 4, 4]

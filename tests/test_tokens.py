@@ -233,6 +233,7 @@ class TestContent:
             ds.window(3, seed=1, epoch=2)["input_ids"],
         )
 
+    @pytest.mark.slow
     def test_spawned_workers_reopen_the_files(self, corpus):
         ds = TokenDataset(corpus[0], SEQ_LEN, documents="shuffle")
         expected = [b["input_ids"] for b in DataLoader(ds, batch_size=16, shuffle=True, seed=3)]

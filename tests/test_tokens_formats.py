@@ -88,6 +88,7 @@ def _megatron_core():
 
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.int32])
+@pytest.mark.slow
 def test_files_written_by_megatron_core_read_back_identically(tmp_path, dtype):
     builder_type, _ = _megatron_core()
     builder = builder_type(str(tmp_path / "mc.bin"), dtype=dtype)

@@ -74,6 +74,7 @@ def test_bad_data_parallel_arguments_are_config_errors(kwargs, message):
         resolve_data_parallel(rank, world_size, **kwargs)
 
 
+@pytest.mark.slow
 def test_mesh_and_group_coordinates_under_torchrun(tmp_path):
     out = tmp_path / "out"
     out.mkdir()

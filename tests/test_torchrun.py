@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from distributed_harness import augmented, consume, global_stream
 from torchrun_job import EPOCHS, N
 
@@ -47,6 +48,7 @@ def torchrun(nproc: int, out: Path, checkpoint: Path, *job_args: str) -> list[di
     return results
 
 
+@pytest.mark.slow
 def test_torchrun_dcp_resume_at_another_world_size(tmp_path):
     checkpoint = tmp_path / "checkpoint"
     head = torchrun(

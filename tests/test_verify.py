@@ -495,6 +495,7 @@ class TestCli:
         assert "stops requested after 2 batches, after 4 batches" in out
         assert "resumed as workers=0 batch=4 world=1 -> workers=0 batch=5 world=2" in out
 
+    @pytest.mark.slow
     def test_nondeterministic_pipeline_exits_1_with_the_divergence(self, factory_module, capsys):
         assert main(["verify", f"{factory_module}:bad", "--stop-at-batches", "2"]) == 1
         out = capsys.readouterr().out
@@ -527,6 +528,7 @@ class TestCli:
             ("corrupt_in_workers", "ValueError: corrupt sample 7"),
         ],
     )
+    @pytest.mark.slow
     def test_an_error_of_the_users_code_exits_2_in_one_line(
         self, factory_module, capsys, factory, error
     ):
