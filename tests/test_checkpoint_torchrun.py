@@ -12,13 +12,11 @@ state it holds is the one the two ranks held.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from checkpoint_job import LENGTH, Regression, entries
+from torchrun_harness import torchrun as run_job
 
 from resumable_loader import DataLoader
 
@@ -27,11 +25,7 @@ JOB = Path(__file__).with_name("checkpoint_job.py")
 
 def torchrun(nproc: int, checkpoint: Path, out: Path, *args: str) -> list[list[dict]]:
     """Run the job on ``nproc`` ranks; each rank's JSON lines, by rank."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += [f"--nproc-per-node={nproc}", str(JOB), str(checkpoint), str(out), *args]
-    env = {**os.environ, "PYTHONWARNINGS": "error", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=180, env=env)
-    assert done.returncode == 0, f"torchrun failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    run_job(JOB, nproc, checkpoint, out, *args, OMP_NUM_THREADS="1")
     return [
         [json.loads(line) for line in (out / f"rank-{rank}.jsonl").read_text().splitlines()]
         for rank in range(nproc)

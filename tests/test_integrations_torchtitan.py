@@ -7,16 +7,15 @@ not supported yet"); the global stream of token windows must continue exactly.
 
 from __future__ import annotations
 
-import pickle
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch.distributed.checkpoint.stateful import Stateful
+from torchrun_harness import rank_pickles
+from torchrun_harness import torchrun as run_job
 from torchtitan.components.dataloader import BaseDataLoader
 from torchtitan_job import SEQ_LEN
 
@@ -38,24 +37,9 @@ def shards(tmp_path) -> str:
 
 
 def torchrun(nproc: int, shards: str, out: Path, *args: str) -> list[list]:
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={nproc}",
-        str(JOB),
-        shards,
-        str(out),
-        *args,
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=JOB.parent)
-    assert done.returncode == 0, f"torchrun failed:\n{done.stderr[-4000:]}"
-    results = []
-    for rank in range(nproc):
-        with open(out / f"{rank}.pkl", "rb") as f:
-            results.append(pickle.load(f))
-    return results
+    # torchtitan's own warnings stay warnings here
+    run_job(JOB, nproc, shards, out, *args, timeout=300, PYTHONWARNINGS="default")
+    return rank_pickles(out, nproc)
 
 
 def global_windows(per_rank: list[list]) -> list:

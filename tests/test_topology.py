@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import pickle
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -13,6 +9,7 @@ import pytest
 import torch.distributed as dist
 from distributed_harness import augmented, consume, global_stream
 from topology_mesh_job import BATCH, STOP, N
+from torchrun_harness import rank_pickles, torchrun
 
 from resumable_loader import ConfigError, ResumableDataLoader, topology
 from resumable_loader.errors import TopologyWarning
@@ -78,22 +75,8 @@ def test_bad_data_parallel_arguments_are_config_errors(kwargs, message):
 def test_mesh_and_group_coordinates_under_torchrun(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=4",
-        str(JOB),
-        str(out),
-    ]
-    env = {**os.environ, "PYTHONWARNINGS": "error"}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=180, env=env)
-    assert done.returncode == 0, f"torchrun failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-    results = []
-    for rank in range(4):
-        with open(out / f"{rank}.pkl", "rb") as f:
-            results.append(pickle.load(f))
+    torchrun(JOB, 4, out)
+    results = rank_pickles(out, 4)
     assert [r["coordinate"] for r in results] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     for form in ("pair", "slice", "group", "both_dims"):
         runs = [r[form] for r in results]

@@ -7,15 +7,13 @@ interpreter) and the loader is given none of them: what torchrun users write is 
 
 from __future__ import annotations
 
-import os
-import pickle
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from distributed_harness import augmented, consume, global_stream
+from torchrun_harness import rank_pickles
+from torchrun_harness import torchrun as run_job
 from torchrun_job import EPOCHS, N
 
 from resumable_loader import ResumableDataLoader
@@ -26,26 +24,8 @@ JOB = Path(__file__).with_name("torchrun_job.py")
 def torchrun(nproc: int, out: Path, checkpoint: Path, *job_args: str) -> list[dict[str, Any]]:
     """Run tests/torchrun_job.py on ``nproc`` ranks; return each rank's result, by rank."""
     out.mkdir()
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={nproc}",
-        str(JOB),
-        str(checkpoint),
-        str(out),
-        *job_args,
-    ]
-    # the ranks, too, turn warnings into errors, as pytest does here
-    env = {**os.environ, "PYTHONWARNINGS": "error"}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
-    assert done.returncode == 0, f"torchrun failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-    results = []
-    for rank in range(nproc):
-        with open(out / f"{rank}.pkl", "rb") as f:
-            results.append(pickle.load(f))
-    return results
+    run_job(JOB, nproc, checkpoint, out, *job_args, timeout=120)
+    return rank_pickles(out, nproc)
 
 
 @pytest.mark.slow
