@@ -13,6 +13,7 @@ As with torchdata's stateful loader, ``load_state_dict`` takes effect at the nex
 from __future__ import annotations
 
 import dataclasses
+import functools
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -148,7 +149,6 @@ class ResumableDataLoader(DataLoader[T_co]):
         if stall_warning < 0:
             raise ConfigError(f"stall_warning must be seconds >= 0 (0: never), got {stall_warning}")
         self.stall_warning = float(stall_warning)
-        self._progress = Progress(self._epoch_complete)
         # The latest iterator: only its batches move the cursor. A weak reference, so that an
         # abandoned iterator is collected (and its workers stopped) as torch's would be.
         self._current: weakref.ref[ResumableIterator] | None = None
@@ -166,6 +166,9 @@ class ResumableDataLoader(DataLoader[T_co]):
         elif shard_shuffle is not None:
             raise ConfigError("shard_shuffle needs a map-style dataset, got an IterableDataset")
         self._fetch = KeyedFetch(dataset, self.collate_fn, reseed_globals=reseed_globals)
+        # Bound to the refs, not to the loader: a loader that referenced itself would outlive
+        # its last reference until a gc run, keeping persistent workers alive meanwhile.
+        self._progress = Progress(functools.partial(_epoch_complete, self._refs))
 
     def _make_ref_sampler(
         self,
@@ -308,10 +311,6 @@ class ResumableDataLoader(DataLoader[T_co]):
             )
         refs.order = _make_order(self.dataset, self._shuffle, self.seed, self._shard_shuffle)
         refs.partition = dataclasses.replace(refs.partition, length=len(refs.order))
-
-    def _epoch_complete(self, position: int) -> bool:
-        refs = self._refs
-        return isinstance(refs, OrderedBatchSampler) and refs.partition.num_batches(position) == 0
 
     def _get_iterator(self) -> Any:
         # torch's iterators read these attributes once, when built; give them ours meanwhile.
@@ -587,6 +586,12 @@ def _make_order(dataset: Dataset, shuffle: bool, seed: int, shard_shuffle: Any) 
             raise ConfigError("shard_shuffle needs shuffle=True")
         return shard_shuffle.order_for(dataset, seed=seed)
     return ShuffledOrder(length, seed=seed) if shuffle else SequentialOrder(length)
+
+
+def _epoch_complete(refs: Any, position: int) -> bool:
+    """Whether an iteration of our order begun at ``position`` has no batch left (a user's
+    sampler's epoch length is its own, so never)."""
+    return isinstance(refs, OrderedBatchSampler) and refs.partition.num_batches(position) == 0
 
 
 def _worker_seed_generator(seed: int, epoch: int) -> torch.Generator:

@@ -3,10 +3,12 @@ the seed torch reports, reseed_globals on resume, and a warning for a worker tha
 
 from __future__ import annotations
 
+import gc
 import logging
 import random
 import re
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -80,6 +82,21 @@ class TestTrainingLoopRng:
         first, state, rng = run(3)
         rest, _, _ = run(None, state, rng)
         assert all(torch.equal(a, b) for a, b in zip(continuous, first + rest, strict=True))
+
+
+class TestLifetime:
+    def test_a_dropped_loader_is_freed_at_once_with_its_persistent_workers(self):
+        loader = ResumableDataLoader(
+            Numbers(), batch_size=4, shuffle=True, seed=1, num_workers=1, persistent_workers=True
+        )
+        next(iter(loader))
+        alive = weakref.ref(loader)
+        gc.disable()  # freed by reference counting, not by a later gc run (with workers alive)
+        try:
+            del loader
+            assert alive() is None
+        finally:
+            gc.enable()
 
 
 class TestTyping:
