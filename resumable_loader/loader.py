@@ -160,15 +160,17 @@ class ResumableDataLoader(DataLoader[T_co]):
             self._refs = self._make_ref_sampler(
                 shuffle, sampler, batch_sampler, shard_shuffle, dataset
             )
-            if sampler is None and batch_sampler is None:  # the visible sampler is torch's or
-                forward_set_epoch(self.sampler, self.set_epoch)  # injected: its epoch is ours
-                watch_visible_sampler(self.sampler)  # torch's: only a foreign loader iterates it
         elif shard_shuffle is not None:
             raise ConfigError("shard_shuffle needs a map-style dataset, got an IterableDataset")
         self._fetch = KeyedFetch(dataset, self.collate_fn, reseed_globals=reseed_globals)
         # Bound to the refs, not to the loader: a loader that referenced itself would outlive
         # its last reference until a gc run, keeping persistent workers alive meanwhile.
         self._progress = Progress(functools.partial(_epoch_complete, self._refs))
+        if self._refs is not None and sampler is None and batch_sampler is None:
+            # The visible sampler is torch's or an injected one: only a foreign loader iterates
+            # torch's, and it then gets our order; set_epoch on either reaches this loader.
+            watch_visible_sampler(self.sampler, self._refs.order, self._progress.place)
+            forward_set_epoch(self.sampler, self.set_epoch)
 
     def _make_ref_sampler(
         self,

@@ -1,64 +1,117 @@
-"""Notices a loader rebuilt from this loader's visible sampler, and says so once."""
+"""Notices a loader rebuilt from this loader's visible sampler, says so once, and keeps it on
+this loader's order."""
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from torch.utils.data import RandomSampler, SequentialSampler
 
 from resumable_loader.errors import ResumeWarning
+from resumable_loader.order.permutation import Order
 
 _MESSAGE = (
     "the sampler torch made for a ResumableDataLoader ({name}) is being iterated by another "
     "loader, e.g. after accelerator.prepare(loader), accelerate's skip_first_batches(loader), "
-    "or a DataLoader built from loader.batch_sampler: its batches follow torch's order and "
-    "randomness, not the resumable stream, and the ResumableDataLoader's state_dict() does not "
-    "move with them. Iterate the ResumableDataLoader itself (with Accelerate: "
+    "or a DataLoader built from loader.batch_sampler: it yields the resumable order's sample "
+    "ids, but not its per-sample randomness, and the ResumableDataLoader's state_dict() does "
+    "not move with those batches. Iterate the ResumableDataLoader itself (with Accelerate: "
     "resumable_loader.integrations.accelerate.prepare_loader); see docs/integrations.md"
 )
 
-
 _FLAG = "_foreign_iteration_warned"  # set on a watched sampler once a foreign loader iterated it
+_ORDER = "_foreign_order"  # the watched sampler's ForeignOrder
+
+
+class ForeignOrder:
+    """What a foreign loader iterating the visible sampler gets: the loader's order.
+
+    Each iteration yields one whole epoch of the global order (every rank's positions, from
+    position 0), so a wrapper that shards batches over processes as Accelerate's
+    ``BatchSamplerShard`` does (global batch k to process k mod W) hands each process the very
+    ids our partition gives that rank. The epoch is the one ``set_epoch`` named last (Accelerate
+    sets it before each iteration), else the one after the previous foreign iteration's, else
+    the epoch the loader itself would run next: a fresh order every epoch, as torch's
+    RandomSampler draws, yet a pure function of (seed, epoch).
+
+    Args:
+        order: the loader's order.
+        place: the loader's ``(epoch, position, complete)`` (``Progress.place``), held instead
+            of the loader so that a dropped loader is freed while the foreign one runs on.
+    """
+
+    def __init__(self, order: Order, place: Callable[[], tuple[int, int, bool]]) -> None:
+        self.order = order
+        self._place = place
+        self._next_epoch: int | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """The next foreign iteration runs ``epoch``."""
+        self._next_epoch = epoch
+
+    def ids(self) -> Iterator[int]:
+        """The sample ids of the next foreign iteration's epoch, in order."""
+        epoch = self._next_epoch
+        if epoch is None:
+            epoch, _, complete = self._place()
+            epoch += complete
+        self._next_epoch = epoch + 1
+        for chunk in self.order.iter_ids(epoch):
+            yield from chunk.tolist()
+
+    def __repr__(self) -> str:
+        return f"ForeignOrder(order={self.order!r}, next_epoch={self._next_epoch})"
 
 
 def _iterate_watched(sampler: RandomSampler | SequentialSampler) -> Iterator[int]:
     """The watched samplers' ``__iter__``: the loader never iterates its visible sampler, so
-    any iteration is a foreign loader's. Warns once per sampler, then iterates as torch's."""
-    torch_type = type(sampler).__bases__[0]
+    any iteration is a foreign loader's. Warns once per sampler, then yields our order."""
     if not sampler.__dict__.get(_FLAG, False):
         sampler.__dict__[_FLAG] = True
-        warnings.warn(_MESSAGE.format(name=torch_type.__name__), ResumeWarning, stacklevel=2)
-    yield from torch_type.__iter__(sampler)
+        name = type(sampler).__bases__[0].__name__
+        warnings.warn(_MESSAGE.format(name=name), ResumeWarning, stacklevel=2)
+    yield from sampler.__dict__[_ORDER].ids()
+
+
+def _set_epoch_watched(sampler: RandomSampler | SequentialSampler, epoch: int) -> None:
+    """The watched samplers' ``set_epoch``: the epoch of the next foreign iteration."""
+    sampler.__dict__[_ORDER].set_epoch(epoch)
 
 
 class WatchedRandomSampler(RandomSampler):
     """torch's RandomSampler, watched (see :func:`watch_visible_sampler`)."""
 
     __iter__ = _iterate_watched
+    set_epoch = _set_epoch_watched
 
 
 class WatchedSequentialSampler(SequentialSampler):
     """torch's SequentialSampler, watched (see :func:`watch_visible_sampler`)."""
 
     __iter__ = _iterate_watched
+    set_epoch = _set_epoch_watched
 
 
 _WATCHED = {RandomSampler: WatchedRandomSampler, SequentialSampler: WatchedSequentialSampler}
 
 
-def watch_visible_sampler(sampler: object) -> None:
-    """Make the sampler torch built for the loader warn (a ResumeWarning, once) when iterated.
+def watch_visible_sampler(
+    sampler: object, order: Order, place: Callable[[], tuple[int, int, bool]]
+) -> None:
+    """Make the sampler torch built for the loader warn (a ResumeWarning, once) when iterated,
+    and yield the loader's ``order`` (see :class:`ForeignOrder`) instead of torch's.
 
     The loader iterates its own index sampler; the visible ``loader.sampler`` (and the
     ``batch_sampler`` over it) are only ever iterated by a framework that rebuilt the loader
-    from them, whose batches are then not ours. The sampler keeps its type's behaviour and
-    ``isinstance`` (a subclass), so frameworks that inspect it still see torch's sampler.
-    Others (a user's sampler, Lightning's injected one) are left as they are.
+    from them, whose batches are then not ours: with this, their sample ids at least are. The
+    sampler keeps ``isinstance`` (a subclass), so frameworks that inspect it still see torch's
+    sampler. Others (a user's sampler, Lightning's injected one) are left as they are.
     """
     watched = _WATCHED.get(type(sampler))
     if watched is not None:
         sampler.__class__ = watched
+        sampler.__dict__[_ORDER] = ForeignOrder(order, place)
 
 
 def warn_if_replaced(sampler: object) -> None:
