@@ -13,14 +13,18 @@ Tighter windows (|draws - share| <= 1/2, 2/3, ...) are tried first and the first
 Known closed forms were measured and rejected (see docs/mixtures.md): rounding down a tree of
 two-way splits drifts past 1 with 5 or more sources, and largest-remainder or bisection rules
 either lose a draw between consecutive prefixes (the Alabama paradox) or dead-end. So the period
-is scheduled once per distinct weights into a table of W bytes (W <= 2**16), with counts at
-every 256th position; the run's length never enters. A position's source is one table read and
-the draws before any position O(sources + 256), flat in the position.
+is scheduled once per distinct weights into a table of W bytes (W <= 2**16) and, per source, the
+period positions of its draws (2 bytes a position); the run's length never enters. A position's
+source is one table read. The draws before any offset t are O(sources): within a period each
+source i has drawn f = floor(t w_i / W) or f + 1 times (the bound is below 1), and it is f + 1
+exactly when its draw number f falls before t, one lookup.
 """
 
 from __future__ import annotations
 
+import array
 import heapq
+import itertools
 from fractions import Fraction
 from typing import Any
 
@@ -28,10 +32,9 @@ import numpy as np
 
 from resumable_loader._lru import LRU
 
-CHECKPOINT = 256  # counts are stored before every CHECKPOINT-th position of the period
 # Bounds tried in turn on |draws - share| (<= b), before the one always met (< 1).
 BOUNDS = (Fraction(1, 2), Fraction(2, 3), Fraction(3, 4), Fraction(5, 6), Fraction(9, 10))
-# Period tables kept per process: each costs W bytes plus its checkpoints.
+# Period tables kept per process: each costs 3 W bytes.
 _TABLES: LRU[tuple[int, ...], PhaseAllocation] = LRU(64 * 2**20, cost=lambda a: a.nbytes)
 
 
@@ -46,27 +49,26 @@ class PhaseAllocation:
         self.weights = tuple(int(w) for w in weights)
         self.total = sum(self.weights)
         self.table, self.bound = _schedule_period(self.weights)
-        blocks = self.table[: len(self.table) // CHECKPOINT * CHECKPOINT].reshape(-1, CHECKPOINT)
-        per_block = np.stack(
-            [(blocks == i).sum(axis=1) for i in range(len(self.weights))], axis=1
-        ).astype(np.int64)
-        self.checkpoints = np.concatenate(
-            [np.zeros((1, len(self.weights)), np.int64), np.cumsum(per_block, axis=0)]
-        )
+        # Source i's draws sit at draw_positions[first_draw[i] : first_draw[i] + w_i], in order
+        # (a stable sort of the table by source); an array.array reads back Python ints, fast.
+        order = np.argsort(self.table, kind="stable").astype(np.uint16)
+        self._draw_positions = array.array("H", order.tobytes())
+        self._first_draw = [0, *itertools.accumulate(self.weights)][:-1]
 
     @property
     def nbytes(self) -> int:
-        return self.table.nbytes + self.checkpoints.nbytes
+        return self.table.nbytes + self._draw_positions.itemsize * len(self._draw_positions)
 
     def counts(self, offset: int) -> list[int]:
-        """Draws of each source at offsets [0, ``offset``) of the phase."""
+        """Draws of each source at offsets [0, ``offset``) of the phase, in O(sources)."""
         periods, rest = divmod(offset, self.total)
-        block = rest // CHECKPOINT
-        tail = np.bincount(
-            self.table[block * CHECKPOINT : rest], minlength=len(self.weights)
-        ).tolist()
-        base = self.checkpoints[block].tolist()
-        return [periods * w + b + t for w, b, t in zip(self.weights, base, tail, strict=True)]
+        total, positions = self.total, self._draw_positions
+        counts = []
+        for w, first in zip(self.weights, self._first_draw, strict=True):
+            floor = rest * w // total  # the draws are floor or floor + 1 (|draws - share| < 1)
+            ahead = floor < w and positions[first + floor] < rest
+            counts.append(periods * w + floor + ahead)
+        return counts
 
     def source_at(self, offset: int) -> int:
         """The source drawn at ``offset`` of the phase."""
