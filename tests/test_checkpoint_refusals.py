@@ -19,6 +19,7 @@ import torch
 from checkpoint_job import batches, build, train_step
 from torch.optim.swa_utils import AveragedModel
 
+from resumable_loader import DataLoader, Mixture
 from resumable_loader.checkpoint import Checkpointer
 from resumable_loader.errors import CheckpointError
 
@@ -182,3 +183,28 @@ def test_refused_before_anything_is_modified(case, trained_target, saved, tmp_pa
 def test_refuses_a_step_it_does_not_have(saved):
     with pytest.raises(CheckpointError, match=r"no complete checkpoint of step 3; .* \[4\]"):
         Checkpointer(saved).load(build(4, 0), step=3)
+
+
+def mixture_loader(phases: list) -> DataLoader:
+    sources = {"a": list(range(10)), "b": list(range(100, 130))}
+    return DataLoader(Mixture(sources, {"a": 1, "b": 2}, phases=phases), batch_size=3, seed=5)
+
+
+def test_strict_refuses_a_changed_future_of_a_mixture_that_flexible_accepts(tmp_path):
+    """The cursor holds only the phases begun (a flexible resume may change the rest); the
+    manifest holds the whole schedule, so a strict resume refuses a phase appended after the
+    saved position, and a flexible one reports it."""
+    loader = mixture_loader([(40, {"a": 1})])
+    iterator = iter(loader)
+    for _ in range(4):
+        next(iterator)
+    Checkpointer(tmp_path).save(4, {"loader": loader})
+    later = [(40, {"a": 1}), (60, {"b": 1})]
+    with pytest.raises(CheckpointError, match=r"field 'phases': saved .*mode='strict'"):
+        Checkpointer(tmp_path).load({"loader": mixture_loader(later)})
+    resumed = mixture_loader(later)
+    decision = Checkpointer(tmp_path).load({"loader": resumed}, mode="flexible")
+    assert decision["changed"]["loader.phases"]["new"][-1] == [60, {"b": 1}]
+    assert next(iter(resumed)).tolist() == next(iterator).tolist()  # same until position 60
+    same = mixture_loader([(40, {"a": 1})])
+    assert Checkpointer(tmp_path).load({"loader": same})["changed"] == {}

@@ -27,6 +27,7 @@ from resumable_loader._checks import check_int
 from resumable_loader.checkpoint import collective
 from resumable_loader.errors import CheckpointError
 from resumable_loader.loader import ResumableDataLoader
+from resumable_loader.mixture import Mixture
 
 MODEL, OPTIMIZER, LOADER, STATEFUL = "model", "optimizer", "loader", "stateful"
 # The cursor's key for a mixture's schedule so far (phases begun, draws per source).
@@ -150,7 +151,16 @@ def loader_entry(loader: Any) -> dict[str, Any]:
         "num_workers": loader.num_workers,
         "world_size": loader.world_size,
         "schedule": state.get(ORDER_STATE_KEY),
+        "phases": mixture_phases(loader),
     }
+
+
+def mixture_phases(loader: Any) -> list[list[Any]] | None:
+    """The whole schedule of a loader over a Mixture, future phases included (the cursor's
+    ``order_state`` holds only the phases begun, which is all a flexible resume checks), so
+    that a strict resume also refuses a changed future; None for any other dataset."""
+    dataset = loader.dataset
+    return dataset.schedule.described() if isinstance(dataset, Mixture) else None
 
 
 def count_samples(given: int | None, found: dict[str, Component]) -> int | None:

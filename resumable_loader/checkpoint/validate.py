@@ -17,7 +17,12 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
 from resumable_loader import cursor as cursor_mod
-from resumable_loader.checkpoint.components import LOADER, ORDER_STATE_KEY, Component
+from resumable_loader.checkpoint.components import (
+    LOADER,
+    ORDER_STATE_KEY,
+    Component,
+    mixture_phases,
+)
 from resumable_loader.errors import CheckpointError, ConfigError, StateDictError
 
 _FLEXIBLE = "or load with mode='flexible' to resume with the new setting"
@@ -110,6 +115,9 @@ def loader(name: str, saved: dict[str, Any], obj: Any, *, mode: str) -> dict[str
             raise CheckpointError(f"component '{name}' (loader): {error}") from None
         if past != now:
             changed[f"{name}.schedule"] = (past, now)
+    phases = saved.get("phases")  # absent from manifests written before it was recorded
+    if phases is not None and phases != mixture_phases(obj):
+        changed[f"{name}.phases"] = (phases, mixture_phases(obj))
     if mode == "strict" and changed:
         field, (then, now) = next(iter(changed.items()))
         raise CheckpointError(

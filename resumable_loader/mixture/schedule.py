@@ -12,6 +12,7 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
+from typing import Any
 
 from resumable_loader._checks import check_int
 from resumable_loader.errors import ConfigError
@@ -92,6 +93,10 @@ class Schedule:
     def end(self, index: int) -> int:
         """The position after phase ``index``'s last (the next start, or 2**63)."""
         return self.phases[index + 1].start if index + 1 < len(self.phases) else POSITION_LIMIT
+
+    def described(self) -> list[list[Any]]:
+        """Every phase as ``[start, {name: reduced weight}]``: plain values, for a manifest."""
+        return [[phase.start, phase.named(self.names)] for phase in self.phases]
 
     def __repr__(self) -> str:
         parts = ", ".join(f"({p.start}, {p.named(self.names)})" for p in self.phases)
