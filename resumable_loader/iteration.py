@@ -42,6 +42,13 @@ class ResumableIterator(Iterator[Any]):
             at the end (``samples`` 0, ``last`` True).
         workers_failed: called with ``inner`` when its workers died or hung.
         num_workers, timeout, stall_warning: the loader's.
+
+    Attributes:
+        latest: the batch handed out most recently, as ``(advance, last)``: its advance of
+            the cursor (for the loader's own orders, the real samples of the whole global
+            batch) and whether it is the iteration's last, known as it is handed out since the
+            refs are read one ahead (Accelerate's gradient accumulation needs it); ``(0, False)``
+            before the first.
     """
 
     def __init__(
@@ -64,6 +71,7 @@ class ResumableIterator(Iterator[Any]):
         self._finished_refs = 0  # refs whose batch was handed out or failed
         self._skipped = 0  # samples of failed batches not yet added to the cursor
         self._length = length
+        self.latest: tuple[int, bool] = (0, False)
         self._watch = BatchWatch.install(inner, timeout=timeout, stall_warning=stall_warning)
 
     def __next__(self) -> Any:
@@ -84,7 +92,7 @@ class ResumableIterator(Iterator[Any]):
             if self._watch is not None:
                 self._watch.disarm()
         self._finished_refs += 1
-        advance, last = self._advances.popleft()
+        advance, last = self.latest = self._advances.popleft()
         self._delivered(self, self._skipped + advance, last=last)
         self._skipped = 0
         return batch

@@ -1,23 +1,27 @@
-"""Accelerate on CPU: ``accelerate launch`` on 2 processes, killed mid-epoch, resumed on 1.
+"""Accelerate on CPU: ``accelerate launch`` on 2 processes, killed mid-epoch, resumed on 1;
+gradient accumulation over epochs that are no multiple of its steps, in this process.
 
-Each run is tests/accelerate_job.py under ``accelerate launch`` (its torchrun launcher; gloo on
-CPU). The loader goes through ``prepare_loader``, its cursor through ``save_state`` and
-``load_state``.
+Each launched run is tests/accelerate_job.py under ``accelerate launch`` (its torchrun
+launcher; gloo on CPU). The loader goes through ``prepare_loader``, its cursor through
+``save_state`` and ``load_state``.
 """
 
 from __future__ import annotations
 
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from accelerate import Accelerator
 from accelerate_job import EPOCHS, N
 from integration_harness import assert_covers_epochs, assert_same_run, run_job
+from torch.utils.data import DataLoader, IterableDataset
 
 from resumable_loader import ConfigError, ResumableDataLoader, ResumeWarning
-from resumable_loader.integrations.accelerate import prepare_loader
+from resumable_loader.integrations.accelerate import DeviceLoader, prepare_loader
 
 JOB = Path(__file__).with_name("accelerate_job.py")
 
@@ -81,3 +85,145 @@ def test_a_loader_replaced_by_accelerate_prepare_is_noticed():
 def test_iterating_the_loader_itself_is_not_noticed():
     loader = ResumableDataLoader(list(range(8)), batch_size=2, shuffle=True, seed=1)
     assert len(list(loader)) == 4  # pytest turns any warning into an error here
+
+
+ACCUMULATE, BATCHES = 3, 7  # an epoch of 7 batches: no multiple of the accumulation steps
+SAMPLES = 2 * BATCHES
+
+
+def accumulating_loop(
+    make_batches: Callable[[Accelerator], object],
+    *,
+    after_batch: Callable[[Accelerator], None] = lambda accelerator: None,
+) -> tuple[list[tuple[int, list[int], bool]], int, list[torch.Tensor]]:
+    """A user's two epochs under ``accelerator.accumulate``: per batch (epoch, ids, whether
+    gradients synced), the optimizer steps taken, and the final weights."""
+    accelerator = Accelerator(cpu=True, gradient_accumulation_steps=ACCUMULATE)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(1, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    steps = []
+    optimizer.optimizer.register_step_post_hook(lambda *_: steps.append(1))
+    batches = make_batches(accelerator)
+    records = []
+    for epoch in range(2):
+        batches.set_epoch(epoch)
+        for batch in batches:
+            with accelerator.accumulate(model):
+                x = batch.float().unsqueeze(1) / SAMPLES
+                loss = torch.nn.functional.mse_loss(model(x), 2 * x)
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad()
+            records.append((epoch, batch.tolist(), accelerator.sync_gradients))
+            after_batch(accelerator)
+    assert not accelerator.gradient_state.in_dataloader  # each epoch's iteration ended it
+    return records, len(steps), [p.detach().clone() for p in model.parameters()]
+
+
+def ours(num_workers: int = 0, **kwargs) -> ResumableDataLoader:
+    return ResumableDataLoader(
+        list(range(SAMPLES)), batch_size=2, seed=5, num_workers=num_workers, **kwargs
+    )
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_gradient_accumulation_steps_at_each_epochs_end_as_with_accelerates_own_loader(
+    num_workers,
+):
+    theirs = accumulating_loop(lambda a: a.prepare(DataLoader(list(range(SAMPLES)), batch_size=2)))
+    records, steps, weights = accumulating_loop(lambda a: prepare_loader(a, ours(num_workers)))
+    synced = [b for b, (_, _, sync) in enumerate(records[:BATCHES], 1) if sync]
+    assert synced == [3, 6, 7]  # the epoch's last, short accumulation steps too
+    assert records[BATCHES:] == [(1, ids, sync) for _, ids, sync in records[:BATCHES]]
+    assert steps == 6 == theirs[1]
+    assert records == theirs[0]  # the same batches, synced at the same batches
+    assert all(torch.equal(w, t) for w, t in zip(weights, theirs[2], strict=True))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_the_cursor_after_batch_b_resumes_at_b_plus_1_under_accumulate(tmp_path, num_workers):
+    """No look-ahead moves the cursor: a state taken as the loop holds batch b (the epoch's
+    last too, when Accelerate's own loader has already fetched the next) continues at b + 1."""
+    loader = ours(num_workers, shuffle=True)
+    states, saved = [], {}
+
+    def save(accelerator: Accelerator) -> None:
+        states.append(loader.state_dict())
+        if len(states) in (1, BATCHES):
+            saved[len(states)] = tmp_path / f"batch{len(states)}"
+            accelerator.save_state(str(saved[len(states)]))
+
+    records, _, _ = accumulating_loop(lambda a: prepare_loader(a, loader), after_batch=save)
+    stream = [(epoch, ids) for epoch, ids, _ in records]
+    assert len({tuple(ids) for _, ids in stream}) > BATCHES  # epochs in other orders
+    for b, state in enumerate(states[:-1], 1):
+        assert resumed_stream(state=state) == stream[b:], f"state after batch {b}"
+    for b, checkpoint in saved.items():
+        assert resumed_stream(checkpoint=checkpoint) == stream[b:], f"save_state at batch {b}"
+
+
+def resumed_stream(*, state: dict | None = None, checkpoint: Path | None = None) -> list:
+    """The rest of the two epochs from a loader state or an ``accelerator.save_state`` dir."""
+    accelerator = Accelerator(cpu=True)
+    loader = ours(shuffle=True)
+    batches = prepare_loader(accelerator, loader)
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+    else:
+        loader.load_state_dict(state)
+    stream = []
+    for epoch in range(loader.state_dict()["epoch"], 2):
+        batches.set_epoch(epoch)
+        stream.extend((epoch, batch.tolist()) for batch in batches)
+    return stream
+
+
+def test_remainder_keeps_the_real_samples_of_the_gathered_last_batch():
+    """gather_for_metrics concatenates the ranks' last batches and keeps ``remainder`` of
+    them: exactly the epoch's samples not yet seen, also after a resume with another batch
+    size (where Accelerate's own ``length % total_batch_size`` would be wrong)."""
+    length = 10
+
+    def gathered_epoch(batch_size: int, state: dict | None = None) -> list[int]:
+        per_rank = []
+        for rank in range(2):
+            loader = ResumableDataLoader(
+                list(range(length)), batch_size=batch_size, seed=3, rank=rank, world_size=2
+            )
+            if state is not None:
+                loader.load_state_dict(state)
+            batches = DeviceLoader(loader, "cpu")
+            per_rank.append([(b.tolist(), batches.remainder) for b in batches])
+        gathered = []
+        for (first, remainder), (second, _) in zip(*per_rank, strict=True):
+            both = first + second
+            gathered.extend(both[:remainder] if remainder > 0 else both)
+        return gathered
+
+    assert gathered_epoch(4) == list(range(length))  # 8, then 2 real of 4 + 4 padding
+    head = ResumableDataLoader(list(range(length)), batch_size=2, seed=3, rank=0, world_size=2)
+    next(iter(head))  # 4 samples delivered across both ranks
+    tail = gathered_epoch(3, head.state_dict())  # 6 left: one full batch, remainder 0
+    assert tail == list(range(4, length))
+    assert gathered_epoch(3) == list(range(length))  # 6, then 4 real of 6 + 2 padding
+
+
+def test_device_loader_refuses_an_iterable_dataset():
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return iter(range(4))
+
+    loader = ResumableDataLoader(Stream(), batch_size=2, seed=1, rank=0, world_size=1)
+    with pytest.raises(ConfigError, match="IterableDataset"):
+        DeviceLoader(loader, "cpu")
+
+
+def test_a_loop_that_breaks_out_leaves_no_active_loader():
+    accelerator = Accelerator(cpu=True)
+    batches = prepare_loader(accelerator, ours())
+    for _ in batches:
+        assert accelerator.gradient_state.active_dataloader is batches
+        break
+    assert not accelerator.gradient_state.in_dataloader
