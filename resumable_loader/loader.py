@@ -16,24 +16,24 @@ import dataclasses
 import functools
 import weakref
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, TypeVar
 
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from resumable_loader import cursor as cursor_mod
 from resumable_loader._checks import check_int
+from resumable_loader.build_refs import ResumableOrder, epoch_complete, make_order, make_ref_sampler
 from resumable_loader.errors import ConfigError, StateDictError, WorkerError
 from resumable_loader.identity import dataset_fingerprint
 from resumable_loader.integrations.replaced import warn_if_replaced, watch_visible_sampler
 from resumable_loader.iteration import ResumableIterator, stop_workers, worker_failure
 from resumable_loader.keyed_fetch import KeyedFetch, WorkerInit
 from resumable_loader.order.partition import Partition
-from resumable_loader.order.permutation import Order, SequentialOrder, ShuffledOrder
+from resumable_loader.order.permutation import Order
 from resumable_loader.order.philox import Purpose, check_epoch, check_seed, derive_words
 from resumable_loader.progress import Progress
-from resumable_loader.refs import OrderedBatchSampler, StreamBatchSampler, UserBatchSampler
-from resumable_loader.sampler_state import SamplerStream, capture, global_sampler
+from resumable_loader.refs import OrderedBatchSampler, UserBatchSampler
 from resumable_loader.topology import (
     agree_on_seed,
     forward_set_epoch,
@@ -157,73 +157,30 @@ class ResumableDataLoader(DataLoader[T_co]):
         self._shuffle, self._shard_shuffle = bool(shuffle), shard_shuffle
         self._refs: OrderedBatchSampler | UserBatchSampler | None = None
         if not isinstance(dataset, IterableDataset):
-            self._refs = self._make_ref_sampler(
-                shuffle, sampler, batch_sampler, shard_shuffle, dataset
+            self._refs = make_ref_sampler(
+                dataset,
+                shuffle=shuffle,
+                sampler=sampler,
+                batch_sampler=batch_sampler,
+                shard_shuffle=shard_shuffle,
+                seed=self.seed,
+                batch_size=self.batch_size,
+                drop_last=self.drop_last,
+                batched=self.batch_sampler is not None,
+                rank=self.rank,
+                world_size=self.world_size,
             )
         elif shard_shuffle is not None:
             raise ConfigError("shard_shuffle needs a map-style dataset, got an IterableDataset")
         self._fetch = KeyedFetch(dataset, self.collate_fn, reseed_globals=reseed_globals)
         # Bound to the refs, not to the loader: a loader that referenced itself would outlive
         # its last reference until a gc run, keeping persistent workers alive meanwhile.
-        self._progress = Progress(functools.partial(_epoch_complete, self._refs))
+        self._progress = Progress(functools.partial(epoch_complete, self._refs))
         if self._refs is not None and sampler is None and batch_sampler is None:
             # The visible sampler is torch's or an injected one: only a foreign loader iterates
             # torch's, and it then gets our order; set_epoch on either reaches this loader.
-            watch_visible_sampler(self.sampler, self._refs.order, self._progress.place)
+            watch_visible_sampler(self.sampler, self._refs, self._progress.place)
             forward_set_epoch(self.sampler, self.set_epoch)
-
-    def _make_ref_sampler(
-        self,
-        shuffle: bool | None,
-        sampler: Any,
-        batch_sampler: Any,
-        shard_shuffle: Any,
-        dataset: Dataset,
-    ) -> OrderedBatchSampler | UserBatchSampler:
-        """Our order; a torch sampler's stream split as our order is (``StreamBatchSampler``);
-        or any other sampler, iterated by each rank itself (``UserBatchSampler``)."""
-        batched = self.batch_sampler is not None
-        if sampler is None and batch_sampler is None:
-            order = _make_order(dataset, bool(shuffle), self.seed, shard_shuffle)
-            partition = Partition(
-                len(order),
-                self.batch_size or 1,
-                world_size=self.world_size,
-                rank=self.rank,
-                drop_last=self.drop_last,
-            )
-            return OrderedBatchSampler(order, partition, batched=batched)
-        if shard_shuffle is not None:
-            raise ConfigError("shard_shuffle is mutually exclusive with sampler and batch_sampler")
-        source = batch_sampler if batch_sampler is not None else sampler
-        stream = global_sampler(source)
-        if stream is None:  # the sampler may split the data across ranks itself
-            return UserBatchSampler(
-                source,
-                batch_size=self.batch_size if batch_sampler is None else None,
-                drop_last=self.drop_last,
-                batched=batched,
-                world_size=self.world_size,
-                rank=self.rank,
-            )
-        stream_capture = capture(stream)
-        if self.world_size > 1 and not stream_capture.rank_consistent:
-            raise ConfigError(
-                f"sampler {stream_capture.description} has no generator, so on world_size="
-                f"{self.world_size} each rank would draw its epochs from its own global RNG and "
-                "the ranks could split different orders; pass generator=torch.Generator()"
-                ".manual_seed(s) with the same s on every rank, or drop the sampler and use "
-                "shuffle=True (the loader's own order)"
-            )
-        batch_size, drop_last = (
-            (source.batch_size, source.drop_last)
-            if batch_sampler is not None
-            else (self.batch_size or 1, self.drop_last)
-        )
-        partition = Partition(
-            len(stream), batch_size, world_size=self.world_size, rank=self.rank, drop_last=drop_last
-        )
-        return StreamBatchSampler(SamplerStream(stream_capture), partition, batched=batched)
 
     @property
     def order(self) -> Order | None:
@@ -311,7 +268,7 @@ class ResumableDataLoader(DataLoader[T_co]):
                 f"epoch {epoch} (at position {position}), whose order depends on its length: "
                 "change a dataset's length only between epochs, or build a new loader"
             )
-        refs.order = _make_order(self.dataset, self._shuffle, self.seed, self._shard_shuffle)
+        refs.order = make_order(self.dataset, self._shuffle, self.seed, self._shard_shuffle)
         refs.partition = dataclasses.replace(refs.partition, length=len(refs.order))
 
     def _get_iterator(self) -> Any:
@@ -505,9 +462,7 @@ class ResumableDataLoader(DataLoader[T_co]):
         if refs.capture is not None:
             refs.capture.load(state.get(cursor_mod.SAMPLER_STATE_KEY), position=state["position"])
         elif isinstance(refs, OrderedBatchSampler) and state["seed"] != self.seed:
-            refs.order = _make_order(
-                self.dataset, self._shuffle, state["seed"], self._shard_shuffle
-            )
+            refs.order = make_order(self.dataset, self._shuffle, state["seed"], self._shard_shuffle)
         self.seed = state["seed"]
         self._progress.load(state["epoch"], state["position"])
 
@@ -550,50 +505,6 @@ class ResumableDataLoader(DataLoader[T_co]):
                 "resumable_loader.TarShardDataset or ParquetDataset)"
             )
         return self._refs
-
-
-@runtime_checkable
-class OrderedDataset(Protocol):
-    """A dataset that supplies the order the loader iterates (a Mixture), keyed by the seed."""
-
-    def loader_order(self, *, seed: int) -> Order: ...
-
-
-@runtime_checkable
-class ResumableOrder(Protocol):
-    """An order with resumable state of its own (a Mixture's), kept in the cursor's
-    ``order_state`` and checked on load; it can also say which sample a position holds and
-    how far the run is."""
-
-    def resume_state(self, epoch: int, position: int) -> Any: ...
-
-    def check_resume(self, saved: Any, epoch: int, position: int) -> None: ...
-
-    def provenance(self, epoch: int, position: int) -> dict[str, Any]: ...
-
-    def progress(self, epoch: int, position: int) -> dict[str, Any]: ...
-
-
-def _make_order(dataset: Dataset, shuffle: bool, seed: int, shard_shuffle: Any) -> Order:
-    if isinstance(dataset, OrderedDataset):
-        if shard_shuffle is not None:
-            raise ConfigError(
-                f"shard_shuffle does not apply to {type(dataset).__name__}, which supplies its "
-                "own order; set a source's order on it (MixtureSource(..., shard_shuffle=...))"
-            )
-        return dataset.loader_order(seed=seed)
-    length = len(dataset)
-    if shard_shuffle is not None:
-        if not shuffle:
-            raise ConfigError("shard_shuffle needs shuffle=True")
-        return shard_shuffle.order_for(dataset, seed=seed)
-    return ShuffledOrder(length, seed=seed) if shuffle else SequentialOrder(length)
-
-
-def _epoch_complete(refs: Any, position: int) -> bool:
-    """Whether an iteration of our order begun at ``position`` has no batch left (a user's
-    sampler's epoch length is its own, so never)."""
-    return isinstance(refs, OrderedBatchSampler) and refs.partition.num_batches(position) == 0
 
 
 def _worker_seed_generator(seed: int, epoch: int) -> torch.Generator:

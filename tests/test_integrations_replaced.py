@@ -161,3 +161,11 @@ def test_a_short_last_global_batch_is_padded_otherwise_but_delivers_every_sample
     tail = set(ours(dataset, 0, shuffle=True)[2 * full :])
     assert tail <= set(theirs[0][full:] + theirs[1][full:])
     assert tail <= set(mine[0][full:] + mine[1][full:])
+
+
+def test_the_foreign_order_follows_a_loaded_seed():
+    dataset = Ids(30)
+    saved = ResumableDataLoader(dataset, batch_size=4, shuffle=True, seed=7).state_dict()
+    loader = ResumableDataLoader(dataset, batch_size=4, shuffle=True)  # a seed of its own
+    loader.load_state_dict(saved)
+    assert foreign(loader, 1) == [ours(dataset, 0, shuffle=True)]

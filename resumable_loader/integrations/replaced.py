@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from torch.utils.data import RandomSampler, SequentialSampler
 
 from resumable_loader.errors import ResumeWarning
-from resumable_loader.order.permutation import Order
+from resumable_loader.refs import OrderedBatchSampler
 
 _MESSAGE = (
     "the sampler torch made for a ResumableDataLoader ({name}) is being iterated by another "
@@ -36,13 +36,14 @@ class ForeignOrder:
     RandomSampler draws, yet a pure function of (seed, epoch).
 
     Args:
-        order: the loader's order.
+        refs: the loader's ref sampler, whose ``order`` is read at each iteration (the loader
+            replaces it to follow a new dataset length or a loaded seed).
         place: the loader's ``(epoch, position, complete)`` (``Progress.place``), held instead
             of the loader so that a dropped loader is freed while the foreign one runs on.
     """
 
-    def __init__(self, order: Order, place: Callable[[], tuple[int, int, bool]]) -> None:
-        self.order = order
+    def __init__(self, refs: OrderedBatchSampler, place: Callable[[], tuple[int, int, bool]]):
+        self.refs = refs
         self._place = place
         self._next_epoch: int | None = None
 
@@ -57,11 +58,11 @@ class ForeignOrder:
             epoch, _, complete = self._place()
             epoch += complete
         self._next_epoch = epoch + 1
-        for chunk in self.order.iter_ids(epoch):
+        for chunk in self.refs.order.iter_ids(epoch):
             yield from chunk.tolist()
 
     def __repr__(self) -> str:
-        return f"ForeignOrder(order={self.order!r}, next_epoch={self._next_epoch})"
+        return f"ForeignOrder(order={self.refs.order!r}, next_epoch={self._next_epoch})"
 
 
 def _iterate_watched(sampler: RandomSampler | SequentialSampler) -> Iterator[int]:
@@ -97,10 +98,10 @@ _WATCHED = {RandomSampler: WatchedRandomSampler, SequentialSampler: WatchedSeque
 
 
 def watch_visible_sampler(
-    sampler: object, order: Order, place: Callable[[], tuple[int, int, bool]]
+    sampler: object, refs: OrderedBatchSampler, place: Callable[[], tuple[int, int, bool]]
 ) -> None:
     """Make the sampler torch built for the loader warn (a ResumeWarning, once) when iterated,
-    and yield the loader's ``order`` (see :class:`ForeignOrder`) instead of torch's.
+    and yield the loader's order (see :class:`ForeignOrder`) instead of torch's.
 
     The loader iterates its own index sampler; the visible ``loader.sampler`` (and the
     ``batch_sampler`` over it) are only ever iterated by a framework that rebuilt the loader
@@ -111,7 +112,7 @@ def watch_visible_sampler(
     watched = _WATCHED.get(type(sampler))
     if watched is not None:
         sampler.__class__ = watched
-        sampler.__dict__[_ORDER] = ForeignOrder(order, place)
+        sampler.__dict__[_ORDER] = ForeignOrder(refs, place)
 
 
 def warn_if_replaced(sampler: object) -> None:

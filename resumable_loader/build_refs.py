@@ -1,0 +1,122 @@
+"""Which order and which batch sampler of refs a loader's arguments call for.
+
+A loader without a sampler follows our own order (shuffled, sequential, shard-local, or the one
+a dataset supplies, such as a Mixture's), split by a :class:`Partition`. One of torch's
+samplers is captured and its stream split the same way; any other sampler is iterated by each
+rank itself. The loader builds its refs here once, and again only when its order must follow a
+new dataset length or a loaded seed (:func:`make_order`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+from torch.utils.data import Dataset
+
+from resumable_loader.errors import ConfigError
+from resumable_loader.order.partition import Partition
+from resumable_loader.order.permutation import Order, SequentialOrder, ShuffledOrder
+from resumable_loader.refs import OrderedBatchSampler, StreamBatchSampler, UserBatchSampler
+from resumable_loader.sampler_state import SamplerStream, capture, global_sampler
+
+
+@runtime_checkable
+class OrderedDataset(Protocol):
+    """A dataset that supplies the order the loader iterates (a Mixture), keyed by the seed."""
+
+    def loader_order(self, *, seed: int) -> Order: ...
+
+
+@runtime_checkable
+class ResumableOrder(Protocol):
+    """An order with resumable state of its own (a Mixture's), kept in the cursor's
+    ``order_state`` and checked on load; it can also say which sample a position holds and
+    how far the run is."""
+
+    def resume_state(self, epoch: int, position: int) -> Any: ...
+
+    def check_resume(self, saved: Any, epoch: int, position: int) -> None: ...
+
+    def provenance(self, epoch: int, position: int) -> dict[str, Any]: ...
+
+    def progress(self, epoch: int, position: int) -> dict[str, Any]: ...
+
+
+def make_order(dataset: Dataset, shuffle: bool, seed: int, shard_shuffle: Any) -> Order:
+    """The loader's own order of ``dataset`` under ``seed``."""
+    if isinstance(dataset, OrderedDataset):
+        if shard_shuffle is not None:
+            raise ConfigError(
+                f"shard_shuffle does not apply to {type(dataset).__name__}, which supplies its "
+                "own order; set a source's order on it (MixtureSource(..., shard_shuffle=...))"
+            )
+        return dataset.loader_order(seed=seed)
+    length = len(dataset)
+    if shard_shuffle is not None:
+        if not shuffle:
+            raise ConfigError("shard_shuffle needs shuffle=True")
+        return shard_shuffle.order_for(dataset, seed=seed)
+    return ShuffledOrder(length, seed=seed) if shuffle else SequentialOrder(length)
+
+
+def make_ref_sampler(
+    dataset: Dataset,
+    *,
+    shuffle: bool | None,
+    sampler: Any,
+    batch_sampler: Any,
+    shard_shuffle: Any,
+    seed: int,
+    batch_size: int | None,
+    drop_last: bool,
+    batched: bool,
+    rank: int,
+    world_size: int,
+) -> OrderedBatchSampler | UserBatchSampler:
+    """Our order; a torch sampler's stream split as our order is (``StreamBatchSampler``);
+    or any other sampler, iterated by each rank itself (``UserBatchSampler``).
+
+    ``sampler``/``batch_sampler`` are the user's (None: none given); ``batched`` says whether
+    torch auto-batches (it made a batch sampler), ``batch_size`` is torch's (None without).
+    """
+    if sampler is None and batch_sampler is None:
+        order = make_order(dataset, bool(shuffle), seed, shard_shuffle)
+        partition = Partition(
+            len(order), batch_size or 1, world_size=world_size, rank=rank, drop_last=drop_last
+        )
+        return OrderedBatchSampler(order, partition, batched=batched)
+    if shard_shuffle is not None:
+        raise ConfigError("shard_shuffle is mutually exclusive with sampler and batch_sampler")
+    source = batch_sampler if batch_sampler is not None else sampler
+    stream = global_sampler(source)
+    if stream is None:  # the sampler may split the data across ranks itself
+        return UserBatchSampler(
+            source,
+            batch_size=batch_size if batch_sampler is None else None,
+            drop_last=drop_last,
+            batched=batched,
+            world_size=world_size,
+            rank=rank,
+        )
+    stream_capture = capture(stream)
+    if world_size > 1 and not stream_capture.rank_consistent:
+        raise ConfigError(
+            f"sampler {stream_capture.description} has no generator, so on world_size="
+            f"{world_size} each rank would draw its epochs from its own global RNG and "
+            "the ranks could split different orders; pass generator=torch.Generator()"
+            ".manual_seed(s) with the same s on every rank, or drop the sampler and use "
+            "shuffle=True (the loader's own order)"
+        )
+    size, drop = (
+        (source.batch_size, source.drop_last)
+        if batch_sampler is not None
+        else (batch_size or 1, drop_last)
+    )
+    partition = Partition(len(stream), size, world_size=world_size, rank=rank, drop_last=drop)
+    return StreamBatchSampler(SamplerStream(stream_capture), partition, batched=batched)
+
+
+def epoch_complete(refs: Any, position: int) -> bool:
+    """Whether an iteration of our order begun at ``position`` has no batch left (a user's
+    sampler's epoch length is its own, so never)."""
+    return isinstance(refs, OrderedBatchSampler) and refs.partition.num_batches(position) == 0
