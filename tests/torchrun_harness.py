@@ -11,17 +11,28 @@ from pathlib import Path
 from typing import Any
 
 
-def torchrun(job: Path, nproc: int, *args: str | Path, timeout: float = 180, **env: str) -> None:
+def torchrun(
+    job: Path,
+    nproc: int,
+    *args: str | Path,
+    timeout: float = 180,
+    killed: bool = False,
+    **env: str,
+) -> None:
     """Run ``job`` on ``nproc`` ranks with ``args``; the ranks turn warnings into errors, as
     pytest does here, and see ``env`` on top of this environment. Fails the test, with the
-    output's tail, unless every rank exits 0."""
+    output's tail, unless every rank exits 0 (``killed``: unless the job failed, as one whose
+    ranks kill themselves does)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     command += [f"--nproc-per-node={nproc}", str(job), *map(str, args)]
     environment = {**os.environ, "PYTHONWARNINGS": "error", **env}
     done = subprocess.run(
         command, capture_output=True, text=True, timeout=timeout, env=environment, cwd=job.parent
     )
-    assert done.returncode == 0, f"torchrun failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    failed = done.returncode != 0
+    assert failed == killed, (
+        f"torchrun exited {done.returncode}:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    )
 
 
 def rank_pickles(out: Path, nproc: int) -> list[Any]:
