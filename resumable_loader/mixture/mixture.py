@@ -5,11 +5,16 @@ source of a position and the draws of every source before it follow from the sch
 source's k-th draw is position k of its own endless stream, and augmentation keys come from the
 global position as for any dataset. So every resume guarantee of the loader holds unchanged,
 and a resumed run may change the schedule's future (new phases, new weights, new sources).
+
+A source whose samples depend on its stream's (seed, epoch) (``EpochKeyedDataset``: a
+shuffle-mode TokenDataset) is read with its own seed and source epoch, located from the sample
+key; every other source is read as ``dataset[id]``, at the cost it always had.
 """
 
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import sys
 from collections.abc import Mapping, Sequence
@@ -19,10 +24,11 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from resumable_loader._checks import check_int
-from resumable_loader.errors import ConfigError
+from resumable_loader.errors import ConfigError, ResumableLoaderError
 from resumable_loader.mixture.order import MixtureOrder
 from resumable_loader.mixture.schedule import POSITION_LIMIT, Schedule
 from resumable_loader.mixture.streams import MixtureSource
+from resumable_loader.rngs.sample import sample_key
 
 ENDLESS = sys.maxsize  # positions of the one epoch of a mixture without samples_per_epoch
 
@@ -34,6 +40,15 @@ class Mixture(Dataset):
     ``shard_shuffle`` of the loader do not apply: each source's order is set by its
     :class:`MixtureSource` (a bare dataset is shuffled globally). Indexing takes the encoded
     ids of that order (the source's offset plus its own id), not positions.
+
+    An epoch-keyed source (``mixture.streams.EpochKeyedDataset``) is read as
+    ``keyed_item(id, seed=<source seed>, epoch=<source epoch>)``, the coordinates of its own
+    stream: they are located from the sample key the loader installs (loader epoch and position
+    -> global position -> the schedule's draw of that source -> its epoch), O(sources) a sample,
+    so nothing else changes: ids stay the order's (``decode``, ``sample_at``, cursors as for any
+    source), augmentation keys stay the global position's, and a resume with other workers,
+    batch or world size reads the same coordinates. (Encoding the source epoch into the id
+    instead would overflow int64 for large sources and change every id the loader reports.)
 
     Args:
         sources: stable names -> map-style datasets or :class:`MixtureSource`\\ s. A source's
@@ -78,7 +93,15 @@ class Mixture(Dataset):
         lengths = [source.length for source in self.sources]
         self._ends = list(itertools.accumulate(lengths))  # Python ints: bisect is ~10x numpy's
         self.offsets = [0, *self._ends[:-1]]
-        self._datasets = tuple(source.dataset for source in self.sources)
+        # One reader per source: a plain dataset's bound __getitem__ (no more per sample than
+        # indexing it), an epoch-keyed one's through _read_keyed.
+        self._readers = tuple(
+            functools.partial(self._read_keyed, index)
+            if source.epoch_keyed
+            else source.dataset.__getitem__
+            for index, source in enumerate(self.sources)
+        )
+        self._order: MixtureOrder | None = None  # this process's order, for _read_keyed
 
     def __len__(self) -> int:
         return ENDLESS if self.samples_per_epoch is None else self.samples_per_epoch
@@ -99,7 +122,36 @@ class Mixture(Dataset):
         source = bisect.bisect_right(self._ends, encoded)
         if source == len(self._ends) or encoded < 0:
             raise IndexError(f"encoded id {encoded!r} outside [0, {self._ends[-1]})")
-        return self._datasets[source][encoded - self.offsets[source]]
+        return self._readers[source](encoded - self.offsets[source])
+
+    def _read_keyed(self, source: int, sample_id: int) -> Any:
+        """Sample ``sample_id`` of epoch-keyed ``source``, under its own stream's seed and epoch
+        at the draw the sample key's position makes."""
+        try:
+            key = sample_key()
+        except ResumableLoaderError:
+            raise ConfigError(
+                f"Mixture source {self.names[source]!r} is epoch-keyed: it is read with its own "
+                "seed and epoch at the position being loaded, which only "
+                "resumable_loader.DataLoader knows; outside it take loader.sample_at(epoch, "
+                "position) and call the dataset's keyed_item(sample_id, seed=source_seed, "
+                "epoch=source_epoch)"
+            ) from None
+        order = self._order
+        if order is None or order.seed != key.seed:
+            order = self._order = MixtureOrder(self, seed=key.seed)
+        located, seed, epoch = order.stream_key(key.epoch, key.position)
+        if located != source:
+            raise ConfigError(
+                f"Mixture: position {key.position} of epoch {key.epoch} draws from source "
+                f"{self.names[located]!r}, but the id names {self.names[source]!r}: an "
+                "epoch-keyed source is read only in the Mixture's own order (no sampler=)"
+            )
+        return self.sources[source].dataset.keyed_item(sample_id, seed=seed, epoch=epoch)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The order _read_keyed caches is rebuilt in each process that reads, never shipped.
+        return {**self.__dict__, "_order": None}
 
     def __repr__(self) -> str:
         return (

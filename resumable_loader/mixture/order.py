@@ -46,9 +46,10 @@ class MixtureOrder:
         self.schedule = mixture.schedule
         self.names = mixture.names
         self.length = len(mixture)
+        self.seeds = [source_seed(self.seed, name) for name in self.names]
         self.streams = [
-            SourceStream(source, seed=source_seed(self.seed, name))
-            for name, source in zip(self.names, mixture.sources, strict=True)
+            SourceStream(source, seed=seed)
+            for source, seed in zip(mixture.sources, self.seeds, strict=True)
         ]
         self.allocations = [allocation_for(phase.weights) for phase in self.schedule.phases]
         self._bases = [[0] * len(self.names)]  # draws of each source before each phase
@@ -84,6 +85,15 @@ class MixtureOrder:
         source = self.allocations[index].source_at(offset)
         draw = self._bases[index][source] + self.allocations[index].counts(offset)[source]
         return index, source, draw
+
+    def stream_key(self, epoch: int, position: int) -> tuple[int, int, int]:
+        """(source, its seed, its epoch) of the draw at ``position`` of loader epoch ``epoch``:
+        the coordinates of the source's own stream an epoch-keyed source is read with. A
+        padding position (past the epoch's end: the last batch of several ranks) delivers the
+        sample at ``position`` modulo the epoch's length, so it is located there. O(sources).
+        """
+        _, source, draw = self.locate(self.global_position(epoch, position % self.length))
+        return source, self.seeds[source], self.streams[source].locate(draw)[0]
 
     def ids(self, epoch: int, start: int, stop: int) -> np.ndarray:
         """Encoded ids (int64) at positions [start, stop) of loader epoch ``epoch``."""
@@ -141,7 +151,10 @@ class MixtureOrder:
         return {"order": "mixture", "algorithm": MIXTURE_ALGORITHM, "length": self.length}
 
     def provenance(self, epoch: int, position: int) -> dict[str, Any]:
-        """Which sample position ``position`` of ``epoch`` delivers, without loading it."""
+        """Which sample position ``position`` of ``epoch`` delivers, without loading it: the
+        encoded id, the source, its sample id, and the coordinates of that source's own stream
+        (seed, epoch, position in it, draw number; an epoch-keyed source's sample is
+        ``keyed_item(sample_id, seed=source_seed, epoch=source_epoch)``) and the phase."""
         if not 0 <= position < self.length:
             raise ConfigError(f"position {position} outside the epoch's [0, {self.length})")
         where = self.global_position(epoch, position)
@@ -155,6 +168,7 @@ class MixtureOrder:
             "id": local + self.mixture.offsets[source],
             "source": self.names[source],
             "sample_id": local,
+            "source_seed": self.seeds[source],
             "source_epoch": source_epoch,
             "source_position": source_position,
             "draw": draw,

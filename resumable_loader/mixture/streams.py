@@ -5,13 +5,17 @@ by a seed derived from the loader's seed and the source's name through Philox
 (``Purpose.MIXTURE_SOURCE``), never ``seed + i``: renaming or reordering the other sources does
 not touch a source's stream, and a small source starts its next epoch (a fresh permutation)
 while a large one carries on.
+
+A source whose samples depend on the (seed, epoch) of the stream reading them (a shuffle-mode
+``TokenDataset``: its document order) declares it through :class:`EpochKeyedDataset`, and the
+mixture reads it with the seed and epoch of the source's own stream, never the loader's.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -21,6 +25,31 @@ from resumable_loader.identity import dataset_fingerprint
 from resumable_loader.order.permutation import Order, SequentialOrder, ShuffledOrder
 from resumable_loader.order.philox import EPOCH_LIMIT, Purpose, derive_words
 from resumable_loader.order.shard_local import ShardShuffle
+
+# Enters the fingerprint of an epoch-keyed source: such a source was read under the loader's
+# (seed, epoch) before the mixture handed it its own, so a cursor from then that drew from it
+# is refused, naming the source. (Renaming MIXTURE_ALGORITHM instead would also refuse the
+# cursors of mixtures of plain sources, whose streams did not change.)
+EPOCH_KEYED = "keyed-by-source-epoch-v1"
+
+
+@runtime_checkable
+class EpochKeyedDataset(Protocol):
+    """A source dataset whose sample ``index`` depends on the (seed, epoch) of its stream.
+
+    A dataset read by its own loader gets both from the sample key (the loader's seed and
+    epoch). Inside a Mixture those are not its stream's: its draw k is position k mod n of its
+    own epoch k // n, keyed by its own seed (:func:`source_seed`). So the Mixture reads a source
+    with ``epoch_keyed`` true as ``keyed_item(index, seed=<source seed>, epoch=<source epoch>)``,
+    and its draws equal a standalone loader's stream under the source's seed. A wrapper around
+    such a dataset (a transform) must forward both members, else it is read as a plain dataset.
+    """
+
+    epoch_keyed: bool  # this instance's items depend on (seed, epoch)
+
+    def keyed_item(self, index: int, *, seed: int, epoch: int) -> Any:
+        """Sample ``index`` of epoch ``epoch`` of the stream keyed by ``seed``."""
+        ...
 
 
 class MixtureSource:
@@ -49,6 +78,7 @@ class MixtureSource:
             )
         self.dataset, self.shuffle, self.shard_shuffle = dataset, bool(shuffle), shard_shuffle
         self.length = length
+        self.epoch_keyed = isinstance(dataset, EpochKeyedDataset) and bool(dataset.epoch_keyed)
 
     def order(self, *, seed: int) -> Order:
         """This source's order under its own seed."""
@@ -59,18 +89,22 @@ class MixtureSource:
         return SequentialOrder(self.length)
 
     def fingerprint(self) -> str:
-        """16 hex digits of the dataset's identity (or its type) and its order's settings."""
+        """16 hex digits of the dataset's identity (or its type), its order's settings and,
+        for an epoch-keyed source, :data:`EPOCH_KEYED` (a plain source's is unchanged)."""
         described = [
             dataset_fingerprint(self.dataset) or type(self.dataset).__qualname__,
             self.order(seed=0).settings(),
         ]
+        if self.epoch_keyed:
+            described.append(EPOCH_KEYED)
         text = json.dumps(described, sort_keys=True, separators=(",", ":"))
         return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
     def __repr__(self) -> str:
         return (
             f"MixtureSource({type(self.dataset).__name__}(len={self.length}), "
-            f"shuffle={self.shuffle}, shard_shuffle={self.shard_shuffle!r})"
+            f"shuffle={self.shuffle}, shard_shuffle={self.shard_shuffle!r}, "
+            f"epoch_keyed={self.epoch_keyed})"
         )
 
 

@@ -8,10 +8,11 @@ an input, and ``(num_tokens - 1) // seq_len`` windows fit; the tail after the la
 
 ``documents="concat"`` cuts the stream as stored; ``documents="shuffle"`` (Megatron's recipe)
 first orders the documents by a permutation of (seed, epoch), read from the sample key the loader
-installs for every sample, and cuts that epoch's stream (see :mod:`.seek_table`). Either way the
-loader's ``shuffle=True`` then permutes the windows. Nothing is held per document but the int64
-offsets (8 bytes a document, shared copy-on-write by forked workers) and, in shuffle mode, one
-seek table per epoch and process (8 bytes a document).
+installs for every sample, and cuts that epoch's stream (see :mod:`.seek_table`); a ``Mixture``
+hands it the seed and epoch of the source's own stream instead (``epoch_keyed``,
+``keyed_item``). Either way the loader's ``shuffle=True`` then permutes the windows. Nothing is
+held per document but the int64 offsets (8 bytes a document, shared copy-on-write by forked
+workers) and, in shuffle mode, one seek table per epoch and process (8 bytes a document).
 """
 
 from __future__ import annotations
@@ -67,7 +68,9 @@ class TokenDataset(Dataset):
     Attributes:
         dtype, num_tokens, num_documents, num_windows, dropped_tokens, shards (``ShardInfo``),
         fingerprint (a str the loader records: shard names, sizes, token and document counts,
-        seq_len and mode; a resume on other files or another cut is refused).
+        seq_len and mode; a resume on other files or another cut is refused), epoch_keyed
+        (shuffle mode: a window depends on the (seed, epoch) of the stream that reads it, so a
+        ``Mixture`` reads it through :meth:`keyed_item` with the source's own seed and epoch).
     """
 
     def __init__(
@@ -116,8 +119,9 @@ class TokenDataset(Dataset):
             )
         self.dropped_tokens = self.num_tokens - 1 - self.num_windows * self.seq_len
         self.fingerprint = _fingerprint(self.shards, self.dtype, self.seq_len, self.documents)
+        self.epoch_keyed = documents == "shuffle"
         self._tables = None
-        if documents == "shuffle":
+        if self.epoch_keyed:
             self._tables = SeekTables(self.offsets, cache_dir=seek_table_dir, name=self.fingerprint)
         self._positions = np.arange(self.seq_len, dtype=np.int64)
         self._empty_documents = bool(np.any(self.offsets[1:] == self.offsets[:-1]))
@@ -137,6 +141,12 @@ class TokenDataset(Dataset):
                 "dataset.window(index, seed=..., epoch=...)"
             ) from None
         return self.window(index, seed=key.seed, epoch=key.epoch)
+
+    def keyed_item(self, index: int, *, seed: int, epoch: int) -> dict[str, torch.Tensor]:
+        """Window ``index`` of epoch ``epoch`` of the stream keyed by ``seed``: what a
+        ``Mixture`` calls (``mixture.streams.EpochKeyedDataset``) with the seed and epoch of this
+        source's own stream, where ``__getitem__`` would see the loader's."""
+        return self.window(index, seed=seed, epoch=epoch)
 
     def window(
         self, index: int, *, seed: int | None = None, epoch: int | None = None
