@@ -1,11 +1,12 @@
 """An Accelerate training run on CPU for tests/test_integrations_accelerate.py.
 
-Run under ``accelerate launch`` as ``accelerate_job.py OUT --batch-size B [--kill-at S]
-[--resume DIR]``. The loader is built after ``Accelerator()`` with no seed, rank or world size,
-goes through ``prepare_loader`` (model and optimizer through ``accelerator.prepare``), and
-``accelerator.save_state`` runs every 3 steps into ``OUT/checkpoints/step<k>``. Each process
-appends one JSON line per step to ``OUT/rank<r>.jsonl`` (epoch, step, sample ids, digests of
-the augmentations, loss); with ``--kill-at S`` every process SIGKILLs itself after step S.
+Run under ``accelerate launch`` as ``accelerate_job.py OUT --batch-size B [--num-workers W]
+[--kill-at S] [--resume DIR]``. The loader is built after ``Accelerator()`` with no seed, rank
+or world size, goes through ``prepare_loader`` (model and optimizer through
+``accelerator.prepare``), and ``accelerator.save_state`` runs every 3 steps into
+``OUT/checkpoints/step<k>``. Each process appends one JSON line per step to
+``OUT/rank<r>.jsonl`` (epoch, step, sample ids, digests of the augmentations, loss,
+num_workers); with ``--kill-at S`` every process SIGKILLs itself after step S.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import json
 import os
 import signal
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -47,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("out", type=Path)
     parser.add_argument("--batch-size", type=int, required=True)
+    parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--kill-at", type=int)
     parser.add_argument("--resume")
     args = parser.parse_args(argv)
@@ -56,7 +59,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     model = torch.nn.Linear(3, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     model, optimizer = accelerator.prepare(model, optimizer)
-    loader = ResumableDataLoader(AugmentedDataset(N), batch_size=args.batch_size, shuffle=True)
+    loader = ResumableDataLoader(
+        AugmentedDataset(N), batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers
+    )
     batches = prepare_loader(accelerator, loader)
     progress = Progress()
     accelerator.register_for_checkpointing(progress)
@@ -79,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "ids": batch["id"].tolist(),
                 "digests": [digest(aug) for aug in batch["aug"]],
                 "loss": loss.item(),
+                "num_workers": loader.num_workers,
             }
             with open(records, "a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -89,6 +95,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                 accelerator.wait_for_everyone()  # the checkpoint before is complete
                 os.kill(os.getpid(), signal.SIGKILL)
     accelerator.end_training()
+    # Exit before the DDP model is freed: torch 2.13 then destroys its gloo process group with
+    # the GIL held, which can deadlock with gloo's thread releasing the last allreduce (seen:
+    # rank 0 hung there after training, every record written).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

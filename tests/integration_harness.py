@@ -28,7 +28,7 @@ def run_job(command: list[str], out: Path, *, killed: bool = False, **kwargs) ->
     step any rank may have missed is dropped.
     """
     out.mkdir()
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, **kwargs)
+    done = _run(command, timeout=300, **kwargs)
     if killed:
         # SIGKILL itself, or (under torchrun's agent) an exit naming the killed child, or the
         # abort of a peer whose gloo connection the killed rank closed first
@@ -43,6 +43,26 @@ def run_job(command: list[str], out: Path, *, killed: bool = False, **kwargs) ->
     for refused in ("TopologyWarning", "StateDictError", "ResumeWarning"):
         assert refused not in done.stderr, done.stderr[-3000:]
     return read_steps(out, truncate=killed)
+
+
+def _run(command: list[str], *, timeout: float, **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run in a session of its own, so a job that hangs is killed whole (its ranks
+    and workers, not only the launcher) before the timeout is raised."""
+    with subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        **kwargs,
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def read_steps(out: Path, *, truncate: bool = False) -> list[dict]:
@@ -62,6 +82,12 @@ def read_steps(out: Path, *, truncate: bool = False) -> list[dict]:
         loss = sum(r["loss"] for r in records) / len(records)
         steps.append({"epoch": records[0]["epoch"], "samples": samples, "loss": loss})
     return steps
+
+
+def recorded(out: Path, key: str) -> set:
+    """Every value of ``key`` in the records of all ranks in ``out`` (None where absent)."""
+    paths = out.glob("rank*.jsonl")
+    return {json.loads(line).get(key) for path in paths for line in path.read_text().splitlines()}
 
 
 def samples(steps: list[dict]) -> list[Sample]:

@@ -1,12 +1,13 @@
 """A Lightning training run on CPU for tests/test_integrations_lightning.py.
 
-Run as ``python lightning_job.py OUT --devices D --batch-size B [--kill-at S] [--resume CKPT]
-[--reload]``. The user code is what a Lightning user writes: ``seed_everything``, a loader built
-in ``train_dataloader`` (no seed, rank or world size given), ``Trainer(strategy="ddp")`` with its
-defaults, so Lightning injects its DistributedSampler; ``ModelCheckpoint`` every 3 steps. Each
-rank appends one JSON line per training step to ``OUT/rank<r>.jsonl`` (epoch, global step,
-sample ids, digests of the augmentations, loss) and its pid to ``OUT/pids``; with
-``--kill-at S`` every rank SIGKILLs itself after step S, as a preempted job dies.
+Run as ``python lightning_job.py OUT --devices D --batch-size B [--num-workers W] [--kill-at S]
+[--resume CKPT] [--reload]``. The user code is what a Lightning user writes: ``seed_everything``,
+a loader built in ``train_dataloader`` (no seed, rank or world size given),
+``Trainer(strategy="ddp")`` with its defaults, so Lightning injects its DistributedSampler;
+``ModelCheckpoint`` every 3 steps. Each rank appends one JSON line per training step to
+``OUT/rank<r>.jsonl`` (epoch, global step, sample ids, digests of the augmentations, loss, the
+loader's num_workers) and its pid to ``OUT/pids``; with ``--kill-at S`` every rank SIGKILLs
+itself after step S, as a preempted job dies.
 """
 
 from __future__ import annotations
@@ -32,13 +33,18 @@ CHECKPOINT_EVERY = 3
 class Regression(L.LightningModule):
     """A linear model on the augmented samples; logs what each step trained on."""
 
-    def __init__(self, out: Path, batch_size: int, reload: bool) -> None:
+    def __init__(self, out: Path, batch_size: int, num_workers: int) -> None:
         super().__init__()
         self.layer = torch.nn.Linear(3, 1)
-        self.out, self.batch_size, self.reload = out, batch_size, reload
+        self.out, self.batch_size, self.num_workers = out, batch_size, num_workers
 
     def train_dataloader(self) -> ResumableDataLoader:
-        return ResumableDataLoader(AugmentedDataset(N), batch_size=self.batch_size, shuffle=True)
+        return ResumableDataLoader(
+            AugmentedDataset(N),
+            batch_size=self.batch_size,
+            shuffle=True,
+            num_workers=self.num_workers,
+        )
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         target = batch["id"].float().unsqueeze(1) / N
@@ -49,6 +55,7 @@ class Regression(L.LightningModule):
             "ids": batch["id"].tolist(),
             "digests": [digest(aug) for aug in batch["aug"]],
             "loss": loss.item(),
+            "num_workers": self.trainer.train_dataloader.num_workers,  # the loader Lightning made
         }
         with open(self.out / f"rank{self.global_rank}.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -75,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--devices", type=int, required=True)
     parser.add_argument("--batch-size", type=int, required=True)
+    parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--kill-at", type=int)
     parser.add_argument("--resume")
     parser.add_argument("--reload", action="store_true")
@@ -104,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    model = Regression(args.out, args.batch_size, args.reload)
+    model = Regression(args.out, args.batch_size, args.num_workers)
     trainer.fit(model, ckpt_path=args.resume)
 
 

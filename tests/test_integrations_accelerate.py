@@ -17,7 +17,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 from accelerate_job import EPOCHS, N
-from integration_harness import assert_covers_epochs, assert_same_run, run_job
+from integration_harness import assert_covers_epochs, assert_same_run, recorded, run_job
 from torch.utils.data import DataLoader, IterableDataset
 
 from resumable_loader import ConfigError, ResumableDataLoader, ResumeWarning
@@ -47,15 +47,40 @@ def launch(out: Path, processes: int, *args: str, killed: bool = False) -> list[
     return run_job(command, out, killed=killed, cwd=JOB.parent)
 
 
+@pytest.fixture(scope="module")
+def continuous(tmp_path_factory) -> list[dict]:
+    """The uninterrupted run: 2 processes, 4 samples each per step, no workers, 2 epochs."""
+    steps = launch(tmp_path_factory.mktemp("continuous") / "run", 2, "--batch-size=4")
+    assert len(steps) == EPOCHS * N // 8
+    assert_covers_epochs(steps, N, EPOCHS)
+    return steps
+
+
 @pytest.mark.slow
-def test_two_processes_killed_mid_epoch_resume_on_one(tmp_path):
-    continuous = launch(tmp_path / "continuous", 2, "--batch-size=4")
-    assert len(continuous) == EPOCHS * N // 8
-    assert_covers_epochs(continuous, N, EPOCHS)
-    head = launch(tmp_path / "head", 2, "--batch-size=4", "--kill-at=5", killed=True)
+@pytest.mark.parametrize(("head_workers", "tail_workers"), [(0, 0), (2, 1)])
+def test_two_processes_killed_mid_epoch_resume_on_one(
+    tmp_path, continuous, head_workers, tail_workers
+):
+    """The killed run has ``head_workers`` per process, the resumed one ``tail_workers``."""
+    head = launch(
+        tmp_path / "head",
+        2,
+        "--batch-size=4",
+        f"--num-workers={head_workers}",
+        "--kill-at=5",
+        killed=True,
+    )
     assert len(head) == 5
     checkpoint = tmp_path / "head" / "checkpoints" / "step3"
-    tail = launch(tmp_path / "tail", 1, "--batch-size=8", f"--resume={checkpoint}")
+    tail = launch(
+        tmp_path / "tail",
+        1,
+        "--batch-size=8",
+        f"--num-workers={tail_workers}",
+        f"--resume={checkpoint}",
+    )
+    assert recorded(tmp_path / "head", "num_workers") == {head_workers}
+    assert recorded(tmp_path / "tail", "num_workers") == {tail_workers}
     assert_same_run(head[:3] + tail, continuous)
 
 
