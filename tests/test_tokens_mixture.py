@@ -1,4 +1,5 @@
-"""Two token corpora in a Mixture with an annealing phase: exact shares of tokens, exact resume."""
+"""Token corpora in a Mixture: exact shares of tokens, exact resume, and a shuffle-mode source
+shuffling its documents by its own seed and source epoch (a fresh order each of its epochs)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from resumable_loader.mixture.streams import source_seed
 from resumable_loader.order.philox import Purpose
 from resumable_loader.rngs.sample import clear_key, install_key
 from resumable_loader.tokens import TokenDataset
+from resumable_loader.verify import verify_pipeline
 
 SEQ_LEN = 8
 EPOCH = 80  # the loader's epoch, in windows
@@ -328,3 +330,14 @@ def test_random_resumes_of_the_endless_mixture_continue_its_stream(
     second, _ = endless_run(shuffled, after, batches=rest, state=state)
     assert len(first) + len(second) > len(endless_continuous) - after[1] * after[2]
     assert first + second == endless_continuous[: len(first) + len(second)]
+
+
+def test_verify_passes_a_mixture_of_shuffle_mode_token_sources(shuffled):
+    web, code = shuffled
+
+    def factory():
+        mixture = Mixture({"web": web, "code": code}, ENDLESS_WEIGHTS, samples_per_epoch=64)
+        return DataLoader(mixture, batch_size=8, seed=11)
+
+    report = verify_pipeline(factory, epochs=2, stops=(0.4,), num_workers=1)
+    assert report.passed and report.samples_compared >= 128, report
