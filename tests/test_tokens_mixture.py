@@ -341,3 +341,18 @@ def test_verify_passes_a_mixture_of_shuffle_mode_token_sources(shuffled):
 
     report = verify_pipeline(factory, epochs=2, stops=(0.4,), num_workers=1)
     assert report.passed and report.samples_compared >= 128, report
+
+
+def test_padding_positions_deliver_their_epochs_first_samples(shuffled):
+    """On 7 ranks of 2, the last global batch of an 80-position epoch pads 4 positions, which
+    deliver positions 0..3 of the same epoch (as DistributedSampler pads): an epoch-keyed source
+    is located there, not at the next epoch's positions."""
+    web, code = shuffled
+    mixture = Mixture({"web": web, "code": code}, ENDLESS_WEIGHTS, samples_per_epoch=80)
+    loaders = [DataLoader(mixture, batch_size=2, seed=11, rank=r, world_size=7) for r in range(7)]
+    delivered = []  # in position order: global batch by global batch, rank by rank
+    for global_batch in zip(*loaders, strict=True):
+        for batch in global_batch:
+            delivered.extend(tensors({f: batch[f][i] for f in FIELDS}) for i in range(2))
+    assert len(delivered) == 84
+    assert delivered[80:] == delivered[:4]

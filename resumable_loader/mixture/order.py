@@ -90,9 +90,11 @@ class MixtureOrder:
         """(source, its seed, its epoch) of the draw at ``position`` of loader epoch ``epoch``:
         the coordinates of the source's own stream an epoch-keyed source is read with. A
         padding position (past the epoch's end: the last batch of several ranks) delivers the
-        sample at ``position`` modulo the epoch's length, so it is located there. O(sources).
+        sample at ``position`` modulo the epoch's length, so it is located there. O(sources),
+        once per sample: the position is the loader's own (its ids() checked it), so the global
+        position is computed without global_position()'s checks.
         """
-        _, source, draw = self.locate(self.global_position(epoch, position % self.length))
+        _, source, draw = self.locate(epoch * self.length + position % self.length)
         return source, self.seeds[source], self.streams[source].locate(draw)[0]
 
     def ids(self, epoch: int, start: int, stop: int) -> np.ndarray:
