@@ -27,7 +27,7 @@ from resumable_loader.identity import dataset_fingerprint
 from resumable_loader.index.sharded import ShardedIndex
 from resumable_loader.keyed_fetch import batch_sample_keys
 from resumable_loader.loader import ResumableDataLoader
-from resumable_loader.mixture import Mixture, MixtureSource
+from resumable_loader.mixture import EpochKeyedDataset, Mixture, MixtureSource
 from resumable_loader.order.shard_local import ShardShuffle
 from resumable_loader.rngs.sample import (
     SampleKey,
@@ -52,6 +52,7 @@ __all__ = [
     "ConfigError",
     "Cursor",
     "DataLoader",
+    "EpochKeyedDataset",
     "Mixture",
     "MixtureSource",
     "ParquetDataset",

@@ -469,7 +469,8 @@ class ResumableDataLoader(DataLoader[T_co]):
     def sample_at(self, epoch: int, position: int) -> dict[str, Any]:
         """Which sample position ``position`` of ``epoch`` delivers, without loading anything:
         ``{"epoch", "position", "id"}`` (the id passed to the dataset), and for a Mixture also
-        the source, its own sample id, source epoch and position, draw number and phase. For the
+        the source, its own sample id, source epoch and position, the source's seed, draw number
+        and phase. For the
         loader's own orders (sequential, shuffled, shard-local: which replays its buffer up to
         the position, as a resume does; Mixture); a user's sampler has an order of its own."""
         order = self.order

@@ -2,6 +2,6 @@
 
 from resumable_loader.mixture.mixture import ENDLESS, Mixture
 from resumable_loader.mixture.order import MixtureOrder
-from resumable_loader.mixture.streams import MixtureSource
+from resumable_loader.mixture.streams import EpochKeyedDataset, MixtureSource
 
-__all__ = ["ENDLESS", "Mixture", "MixtureOrder", "MixtureSource"]
+__all__ = ["ENDLESS", "EpochKeyedDataset", "Mixture", "MixtureOrder", "MixtureSource"]

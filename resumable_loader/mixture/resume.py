@@ -88,7 +88,8 @@ def check_order_state(order: MixtureOrder, saved: object, where: int) -> None:
             raise StateDictError(
                 f"field 'order_state.sources', source {name!r}: saved fingerprint {fingerprint}, "
                 f"current {fingerprints[name]} (its dataset or order settings changed after "
-                f"{count} draws); resume with the source as it was, or start afresh"
+                f"{count} draws, or a release changed how it is read); resume with the source "
+                "(and the release) as they were, or start afresh"
             )
         if count and draws[name] != count:
             raise StateDictError(
