@@ -97,8 +97,8 @@ def run_ranks(
     ``make(rank, world_size)`` builds one rank's loader; global batches are the ranks' batches
     side by side; ``stop_after`` global batches end the run early.
     """
-    if stop_after is not None and stop_after < 1:  # would never match: an endless run
-        raise ValueError(f"stop_after must be >= 1 global batches, got {stop_after}")
+    if stop_after is not None and stop_after < 0:  # would never match: an endless run
+        raise ValueError(f"stop_after must be >= 0 global batches, got {stop_after}")
     loaders = [make(rank, world_size) for rank in range(world_size)]
     if state is not None:
         for loader in loaders:
