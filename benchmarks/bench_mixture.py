@@ -14,7 +14,9 @@ Run: python benchmarks/bench_mixture.py [--quick]
    after S items with 2 workers, resumed with 1 and 4 workers: items and augmentations equal to
    the continuous run's, and the same for our loader over a Mixture.
 4. Throughput (samples/s) of a 3-source Mixture vs the same samples as one map-style dataset,
-   our loader, epochs alternating between the two, best of R, with 0 and 2 workers.
+   our loader, epochs alternating between the two, best of R and the median of the rounds'
+   ratios, with 0 and 2 workers; then the Mixture's own per-sample dispatch cost on free
+   samples, timed alone (what a noisy shared machine cannot hide in a ratio near 1).
 5. Time from building a loader (and loading a state) to its first batch, fresh vs resumed at
    90% of a 10^9-sample run of 8 sources and 3 phases (all shuffled; then one of them
    shard-local, which replays its buffer within its current epoch), median of R after one
@@ -28,6 +30,7 @@ import itertools
 import logging
 import statistics
 import time
+import timeit
 import tracemalloc
 import warnings
 from fractions import Fraction
@@ -275,8 +278,14 @@ def torchdata_resume(items: int, stop: int) -> None:
 
 
 def throughput(samples: int, repeats: int) -> None:
-    print(f"\n## 4. throughput, batch 64, epochs alternating, best of {repeats}")
-    print(f"{'sample':<22} {'workers':>7} {'dataset':<24} {'samples/s':>10} {'ratio':>6}")
+    print(
+        f"\n## 4. throughput, batch 64, epochs alternating, best of {repeats}; ratio: of the "
+        "bests, and the median (min-max) of the rounds' ratios"
+    )
+    print(
+        f"{'sample':<22} {'workers':>7} {'dataset':<24} {'samples/s':>10} {'ratio':>6} "
+        f"{'per round':>19}"
+    )
     for kind, make, count in (
         ("light (16 floats)", Light, samples),
         ("image crop/flip/noise", Image, samples // 4),
@@ -299,15 +308,44 @@ def throughput(samples: int, repeats: int) -> None:
                 )
                 for name, dataset in (("one map-style dataset", one), ("3-source Mixture", mixture))
             }
-            rates = dict.fromkeys(loaders, 0.0)
+            rates: dict[str, list[float]] = {name: [] for name in loaders}
             for _ in range(repeats):  # alternating, so both see the same machine load
                 for name, loader in loaders.items():
                     begin = time.perf_counter()
                     delivered = sum(len(batch) for batch in loader)
-                    rates[name] = max(rates[name], delivered / (time.perf_counter() - begin))
+                    rates[name].append(delivered / (time.perf_counter() - begin))
             base = rates["one map-style dataset"]
             for name, rate in rates.items():
-                print(f"{kind:<22} {workers:>7} {name:<24} {rate:>10.0f} {rate / base:>6.3f}")
+                rounds = [r / b for r, b in zip(rate, base, strict=True)]
+                spread = f"{statistics.median(rounds):.3f} ({min(rounds):.2f}-{max(rounds):.2f})"
+                print(
+                    f"{kind:<22} {workers:>7} {name:<24} {max(rate):>10.0f} "
+                    f"{max(rate) / max(base):>6.3f} {spread:>19}"
+                )
+
+
+def dispatch_cost(samples: int) -> None:
+    """What the Mixture adds to each read, on free samples (the id itself) so that nothing
+    else is timed: its ``__getitem__`` against the sources' own at the same decoded ids, in
+    the same order, best of 7 alternating passes over an epoch (robust on a noisy machine)."""
+    thirds = [samples // 2, samples * 3 // 10, samples - samples // 2 - samples * 3 // 10]
+    sources = {f"s{i}": Ids(n) for i, n in enumerate(thirds)}
+    mixture = Mixture(sources, dict(zip(sources, thirds, strict=True)), samples_per_epoch=samples)
+    encoded = [int(i) for chunk in mixture.loader_order(seed=1).iter_ids(0) for i in chunk]
+    direct = [(mixture.sources[s].dataset, i) for s, i in map(mixture.decode, encoded)]
+    reads = {
+        "direct": lambda: [dataset[i] for dataset, i in direct],
+        "mixture": lambda: [mixture[i] for i in encoded],
+    }
+    best = dict.fromkeys(reads, float("inf"))
+    for _ in range(7):  # alternating: both see the same caches and machine load
+        for name, read in reads.items():
+            best[name] = min(best[name], timeit.timeit(read, number=1))
+    plain, mixed = (best[name] / samples * 1e6 for name in ("direct", "mixture"))
+    print(
+        f"per-sample dispatch: a source's own __getitem__ {plain:.3f} us, through the Mixture "
+        f"{mixed:.3f} us: +{mixed - plain:.3f} us a sample"
+    )
 
 
 def resume_time(total: int, repeats: int) -> None:
@@ -358,7 +396,8 @@ def main() -> None:
     exactness(10**7 if quick else 10**8)
     reweighting(10**6 if quick else 10**7)
     torchdata_resume(300, 120)
-    throughput(20_000 if quick else 100_000, 2 if quick else 3)
+    throughput(20_000 if quick else 100_000, 2 if quick else 7)
+    dispatch_cost(100_000 if quick else 1_000_000)
     resume_time(10**9, 5 if quick else 15)
     checksum = allocation_for((5, 3, 2)).sources(0, 10).tolist()
     print(f"\nchecksum (ours, 5:3:2, first 10 sources): {checksum}")
