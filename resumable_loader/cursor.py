@@ -90,6 +90,19 @@ def make_cursor(
 ) -> Cursor:
     """Build a cursor dict (plain ints and strings only)."""
     seed, epoch, position, fingerprint = int(seed), int(epoch), int(position), dict(fingerprint)
+    checksum = _checksum(seed, epoch, position, fingerprint, order_state)
+    return _assemble(seed, epoch, position, fingerprint, checksum, sampler_state, order_state)
+
+
+def _assemble(
+    seed: int,
+    epoch: int,
+    position: int,
+    fingerprint: dict[str, int | str],
+    checksum: int,
+    sampler_state: Any,
+    order_state: Any,
+) -> Cursor:
     cursor = Cursor(
         format=FORMAT,
         version=VERSION,
@@ -97,7 +110,7 @@ def make_cursor(
         epoch=epoch,
         position=position,
         fingerprint=fingerprint,
-        checksum=_checksum(seed, epoch, position, fingerprint, order_state),
+        checksum=checksum,
     )
     if sampler_state is not None:
         cursor[SAMPLER_STATE_KEY] = sampler_state
@@ -193,13 +206,14 @@ def parse_cursor(
         raise StateDictError(
             f"field '{POSITION_KEY}': saved {position}, but an epoch has {length} samples"
         )
-    return make_cursor(
-        seed=saved_seed,
-        epoch=epoch,
-        position=position,
-        fingerprint=saved_fingerprint,
-        sampler_state=state.get(SAMPLER_STATE_KEY),
-        order_state=state.get(ORDER_STATE_KEY),
+    return _assemble(  # the checksum was verified above: not computed again
+        saved_seed,
+        epoch,
+        position,
+        dict(saved_fingerprint),
+        saved_checksum,
+        state.get(SAMPLER_STATE_KEY),
+        state.get(ORDER_STATE_KEY),
     )
 
 
