@@ -28,7 +28,7 @@ from resumable_loader.errors import ConfigError, ResumableLoaderError
 from resumable_loader.mixture.order import MixtureOrder
 from resumable_loader.mixture.schedule import POSITION_LIMIT, Schedule
 from resumable_loader.mixture.streams import MixtureSource
-from resumable_loader.rngs.sample import sample_key
+from resumable_loader.rngs.sample import sample_place
 
 ENDLESS = sys.maxsize  # positions of the one epoch of a mixture without samples_per_epoch
 
@@ -128,7 +128,7 @@ class Mixture(Dataset):
         """Sample ``sample_id`` of epoch-keyed ``source``, under its own stream's seed and epoch
         at the draw the sample key's position makes."""
         try:
-            key = sample_key()
+            seed, epoch, position = sample_place()
         except ResumableLoaderError:
             raise ConfigError(
                 f"Mixture source {self.names[source]!r} is epoch-keyed: it is read with its own "
@@ -138,16 +138,17 @@ class Mixture(Dataset):
                 "epoch=source_epoch)"
             ) from None
         order = self._order
-        if order is None or order.seed != key.seed:
-            order = self._order = MixtureOrder(self, seed=key.seed)
-        located, seed, epoch = order.stream_key(key.epoch, key.position)
+        if order is None or order.seed != seed:
+            order = self._order = MixtureOrder(self, seed=seed)
+        located, source_seed, source_epoch = order.stream_key(epoch, position)
         if located != source:
             raise ConfigError(
-                f"Mixture: position {key.position} of epoch {key.epoch} draws from source "
+                f"Mixture: position {position} of epoch {epoch} draws from source "
                 f"{self.names[located]!r}, but the id names {self.names[source]!r}: an "
                 "epoch-keyed source is read only in the Mixture's own order (no sampler=)"
             )
-        return self.sources[source].dataset.keyed_item(sample_id, seed=seed, epoch=epoch)
+        dataset = self.sources[source].dataset
+        return dataset.keyed_item(sample_id, seed=source_seed, epoch=source_epoch)
 
     def __getstate__(self) -> dict[str, Any]:
         # The order _read_keyed caches is rebuilt in each process that reads, never shipped.

@@ -94,12 +94,29 @@ def sample_key() -> SampleKey:
     Raises:
         ResumableLoaderError: when called outside a ResumableDataLoader fetch.
     """
+    current = _installed("sample_key()")
+    return SampleKey(*current, derive_words(*current))
+
+
+def sample_place() -> tuple[int, int, int]:
+    """(seed, epoch, position) of the sample being loaded now: its key's coordinates without
+    deriving the key's words, for code that only needs where the sample is (a Mixture locating
+    an epoch-keyed source's draw, once per sample).
+
+    Raises:
+        ResumableLoaderError: when called outside a ResumableDataLoader fetch.
+    """
+    seed, epoch, position, _ = _installed("sample_place()")
+    return seed, epoch, position
+
+
+def _installed(caller: str) -> tuple[int, int, int, Purpose]:
     if _current is None:
         raise ResumableLoaderError(
-            "sample_key() is only defined while ResumableDataLoader loads a sample: call it from "
+            f"{caller} is only defined while ResumableDataLoader loads a sample: call it from "
             "your Dataset's __getitem__, a transform it calls, or collate_fn"
         )
-    return SampleKey(*_current, derive_words(*_current))
+    return _current
 
 
 def sample_numpy_generator() -> np.random.Generator:
