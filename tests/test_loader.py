@@ -28,6 +28,7 @@ from torch.utils.data import (
 import resumable_loader
 from resumable_loader import ResumableDataLoader, StateDictError
 from resumable_loader.cursor import make_cursor
+from resumable_loader.rngs.sample import sample_place
 
 N = 29
 
@@ -364,6 +365,23 @@ class TestPerSampleRandomness:
     def test_sample_key_outside_a_fetch_is_an_error(self):
         with pytest.raises(resumable_loader.ResumableLoaderError, match="sample_key"):
             resumable_loader.sample_key()
+        with pytest.raises(resumable_loader.ResumableLoaderError, match="sample_place"):
+            sample_place()
+
+    def test_sample_place_is_the_keys_coordinates(self):
+        class Places(Dataset):
+            def __len__(self):
+                return N
+
+            def __getitem__(self, index):
+                key = resumable_loader.sample_key()
+                return torch.tensor([*sample_place(), key.seed, key.epoch, key.position])
+
+        loader = make(dataset=Places(), batch_size=4)()
+        loader.set_epoch(2)
+        rows = torch.cat(list(loader)).tolist()
+        assert [row[:3] for row in rows] == [row[3:] for row in rows]
+        assert [row[2] for row in rows] == list(range(N)) and {row[1] for row in rows} == {2}
 
     def test_collate_runs_under_the_batch_key(self):
         def collate(samples):
