@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,29 @@ def assert_covers_epochs(steps: list[dict], length: int, epochs: int) -> None:
         assert sorted(i for e, i, _ in stream if e == epoch) == list(range(length))
     orders = {tuple(i for e, i, _ in stream if e == epoch) for epoch in range(epochs)}
     assert len(orders) == epochs
+
+
+def assert_kill_and_resume(
+    head: Callable[..., list[dict]],
+    tail: Callable[..., list[dict]],
+    continuous: list[dict],
+    out: Path,
+    *,
+    checkpoint: str,
+    head_workers: int,
+    tail_workers: int,
+) -> None:
+    """``head(dir, *args, killed=True)`` runs a job killed after its 5th step, having saved
+    step 3 as ``checkpoints/<checkpoint>``; ``tail(dir, *args)`` resumes it from there. With
+    ``head_workers`` and ``tail_workers`` per process, the two together train exactly the
+    steps of the uninterrupted run ``continuous``."""
+    steps = head(out / "head", f"--num-workers={head_workers}", "--kill-at=5", killed=True)
+    assert len(steps) == 5
+    saved = out / "head" / "checkpoints" / checkpoint
+    resumed = tail(out / "tail", f"--num-workers={tail_workers}", f"--resume={saved}")
+    assert recorded(out / "head", "num_workers") == {head_workers}
+    assert recorded(out / "tail", "num_workers") == {tail_workers}
+    assert_same_run(steps[:3] + resumed, continuous)
 
 
 def _wait_for_exit(pids, timeout: float = 60.0) -> None:

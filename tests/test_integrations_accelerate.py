@@ -17,7 +17,11 @@ import pytest
 import torch
 from accelerate import Accelerator
 from accelerate_job import EPOCHS, N
-from integration_harness import assert_covers_epochs, assert_same_run, recorded, run_job
+from integration_harness import (
+    assert_covers_epochs,
+    assert_kill_and_resume,
+    run_job,
+)
 from torch.utils.data import DataLoader, IterableDataset
 
 from resumable_loader import ConfigError, ResumableDataLoader, ResumeWarning
@@ -62,26 +66,15 @@ def test_two_processes_killed_mid_epoch_resume_on_one(
     tmp_path, continuous, head_workers, tail_workers
 ):
     """The killed run has ``head_workers`` per process, the resumed one ``tail_workers``."""
-    head = launch(
-        tmp_path / "head",
-        2,
-        "--batch-size=4",
-        f"--num-workers={head_workers}",
-        "--kill-at=5",
-        killed=True,
+    assert_kill_and_resume(
+        lambda out, *args, **kwargs: launch(out, 2, "--batch-size=4", *args, **kwargs),
+        lambda out, *args: launch(out, 1, "--batch-size=8", *args),
+        continuous,
+        tmp_path,
+        checkpoint="step3",
+        head_workers=head_workers,
+        tail_workers=tail_workers,
     )
-    assert len(head) == 5
-    checkpoint = tmp_path / "head" / "checkpoints" / "step3"
-    tail = launch(
-        tmp_path / "tail",
-        1,
-        "--batch-size=8",
-        f"--num-workers={tail_workers}",
-        f"--resume={checkpoint}",
-    )
-    assert recorded(tmp_path / "head", "num_workers") == {head_workers}
-    assert recorded(tmp_path / "tail", "num_workers") == {tail_workers}
-    assert_same_run(head[:3] + tail, continuous)
 
 
 class FakeAccelerator:

@@ -12,7 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from integration_harness import assert_covers_epochs, assert_same_run, recorded, run_job
+from integration_harness import (
+    assert_covers_epochs,
+    assert_kill_and_resume,
+    assert_same_run,
+    run_job,
+)
 from lightning_job import EPOCHS, N
 from resume_harness import AugmentedDataset, run, split_batch
 from torch.utils.data import DistributedSampler
@@ -42,27 +47,16 @@ def test_ddp_killed_mid_epoch_resumes_on_one_process_with_another_batch_size(
     tmp_path, continuous, head_workers, tail_workers
 ):
     """The continuous run has no workers; the killed one 2 per process, the resumed one 1."""
-    head = job(
-        tmp_path / "head",
-        "--devices=2",
-        "--batch-size=4",
-        f"--num-workers={head_workers}",
-        "--kill-at=5",
-        killed=True,
+    assert_kill_and_resume(
+        lambda out, *args, **kwargs: job(out, "--devices=2", "--batch-size=4", *args, **kwargs),
+        # one process, twice the batch: the same global batches, so the same losses
+        lambda out, *args: job(out, "--devices=1", "--batch-size=8", *args),
+        continuous,
+        tmp_path,
+        checkpoint="step=3.ckpt",
+        head_workers=head_workers,
+        tail_workers=tail_workers,
     )
-    assert len(head) == 5
-    checkpoint = tmp_path / "head" / "checkpoints" / "step=3.ckpt"
-    # one process, twice the batch: the same global batches, so the same losses
-    tail = job(
-        tmp_path / "tail",
-        "--devices=1",
-        "--batch-size=8",
-        f"--num-workers={tail_workers}",
-        f"--resume={checkpoint}",
-    )
-    assert recorded(tmp_path / "head", "num_workers") == {head_workers}
-    assert recorded(tmp_path / "tail", "num_workers") == {tail_workers}
-    assert_same_run(head[:3] + tail, continuous)
 
 
 @pytest.mark.slow
