@@ -83,18 +83,20 @@ def corpora(request, tmp_path_factory):
     return web, code
 
 
-def factory(corpora, batch_size, workers):
+def factory(corpora, batch_size, workers, **mixture):
+    """``make(rank, world_size)``: a loader over the web+code mixture (by default the phased
+    one of EPOCH positions an epoch; ``mixture`` replaces its weights and settings)."""
     web, code = corpora
+    settings = mixture or {
+        "weights": WEIGHTS,
+        "phases": [(ANNEAL, ANNEALED)],
+        "samples_per_epoch": EPOCH,
+    }
 
     def make(rank, world_size):
-        mixture = Mixture(
-            {"web": Tagged("web", web), "code": Tagged("code", code)},
-            WEIGHTS,
-            phases=[(ANNEAL, ANNEALED)],
-            samples_per_epoch=EPOCH,
-        )
+        sources = {"web": Tagged("web", web), "code": Tagged("code", code)}
         return DataLoader(
-            mixture,
+            Mixture(sources, **settings),
             batch_size=batch_size,
             num_workers=workers,
             seed=11,
@@ -178,22 +180,7 @@ def shuffled(tmp_path_factory):
 
 
 def endless_factory(shuffled, batch_size, workers):
-    web, code = shuffled
-
-    def make(rank, world_size):
-        mixture = Mixture(
-            {"web": Tagged("web", web), "code": Tagged("code", code)}, ENDLESS_WEIGHTS
-        )
-        return DataLoader(
-            mixture,
-            batch_size=batch_size,
-            num_workers=workers,
-            seed=11,
-            rank=rank,
-            world_size=world_size,
-        )
-
-    return make
+    return factory(shuffled, batch_size, workers, weights=ENDLESS_WEIGHTS)
 
 
 def tensors(sample: dict[str, Any]) -> str:
