@@ -115,9 +115,9 @@ def loader(name: str, saved: dict[str, Any], obj: Any, *, mode: str) -> dict[str
             raise CheckpointError(f"component '{name}' (loader): {error}") from None
         if past != now:
             changed[f"{name}.schedule"] = (past, now)
-    phases = saved.get("phases")  # absent from manifests written before it was recorded
-    if phases is not None and phases != mixture_phases(obj):
-        changed[f"{name}.phases"] = (phases, mixture_phases(obj))
+    phases, now_phases = saved.get("phases"), mixture_phases(obj)
+    if phases is not None and phases != now_phases:  # absent from manifests before it was kept
+        changed[f"{name}.phases"] = (phases, now_phases)
     if mode == "strict" and changed:
         field, (then, now) = next(iter(changed.items()))
         raise CheckpointError(
