@@ -61,6 +61,10 @@ class MixtureOrder:
     def __len__(self) -> int:
         return self.length
 
+    def source_fingerprints(self) -> list[str]:
+        """Each source's fingerprint, in ``names`` order, from its stream's own order."""
+        return [stream.source.fingerprint(stream.order) for stream in self.streams]
+
     def global_position(self, epoch: int, position: int) -> int:
         """The global position of ``position`` in loader epoch ``epoch``."""
         where = check_epoch(epoch) * self.length + position
@@ -126,15 +130,18 @@ class MixtureOrder:
 
     def _phase_ids(self, index: int, start: int, stop: int, out: np.ndarray) -> None:
         allocation = self.allocations[index]
-        sources = allocation.sources(start, stop)
-        counts = allocation.counts(start)
+        before, after = allocation.counts(start), allocation.counts(stop)
+        # The offsets grouped by source, in order within each: one radix sort of the uint8
+        # sources, whose cost (unlike a mask per source) does not depend on the interleaving.
+        slots = np.argsort(allocation.sources(start, stop), kind="stable")
+        at = 0
         for source, stream in enumerate(self.streams):
-            where = np.flatnonzero(sources == source)
-            if not len(where):
-                continue
-            first = self._bases[index][source] + counts[source]
-            local = stream.ids(first, first + len(where))
-            out[where] = local + self.mixture.offsets[source]
+            drawn = after[source] - before[source]
+            if drawn:
+                first = self._bases[index][source] + before[source]
+                local = stream.ids(first, first + drawn)
+                out[slots[at : at + drawn]] = local + self.mixture.offsets[source]
+                at += drawn
 
     def _log_phases(self, first: int, stop: int) -> None:
         for index, phase in enumerate(self.schedule.phases[1:], start=1):
