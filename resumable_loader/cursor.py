@@ -8,13 +8,13 @@ same on every rank.
 
 from __future__ import annotations
 
-import json
 import zlib
 from collections.abc import Mapping
 from typing import Any, TypedDict
 
 from typing_extensions import NotRequired
 
+from resumable_loader._canonical import canonical_json
 from resumable_loader.errors import StateDictError
 
 FORMAT = "resumable_loader.cursor"
@@ -230,7 +230,7 @@ def _checksum(
     fields = [FORMAT, VERSION, seed, epoch, position, sorted(fingerprint.items())]
     if order_state is not None:  # absent: the text (and so the checksum) is as before
         fields.append(order_state)
-    return zlib.crc32(json.dumps(fields, separators=(",", ":"), sort_keys=True).encode())
+    return zlib.crc32(canonical_json(fields).encode())
 
 
 def _field(state: Mapping[str, Any], name: str, kind: type) -> Any:

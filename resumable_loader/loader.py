@@ -23,7 +23,12 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from resumable_loader import cursor as cursor_mod
 from resumable_loader._checks import check_int
-from resumable_loader.build_refs import ResumableOrder, epoch_complete, make_order, make_ref_sampler
+from resumable_loader.build_refs import (
+    epoch_complete,
+    make_order,
+    make_ref_sampler,
+    resumable_order,
+)
 from resumable_loader.errors import ConfigError, StateDictError, WorkerError
 from resumable_loader.identity import dataset_fingerprint
 from resumable_loader.integrations.replaced import warn_if_replaced, watch_visible_sampler
@@ -431,8 +436,8 @@ class ResumableDataLoader(DataLoader[T_co]):
 
     def _order_state(self, epoch: int, position: int) -> Any:
         """The cursor's ``order_state``: an order's own resumable state (a Mixture's), or None."""
-        order = self.order
-        return order.resume_state(epoch, position) if isinstance(order, ResumableOrder) else None
+        order = resumable_order(self.order)
+        return None if order is None else order.resume_state(epoch, position)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Make the next ``iter()`` continue from ``state_dict`` (from ``state_dict()``).
@@ -455,8 +460,9 @@ class ResumableDataLoader(DataLoader[T_co]):
         state = cursor_mod.parse_cursor(
             state_dict, fingerprint=self.fingerprint(), seed=self._explicit_seed, reasons=reasons
         )
-        if isinstance(self.order, ResumableOrder):  # e.g. a Mixture's schedule: past unchanged
-            self.order.check_resume(
+        order = resumable_order(self.order)
+        if order is not None:  # e.g. a Mixture's schedule: its past unchanged
+            order.check_resume(
                 state.get(cursor_mod.ORDER_STATE_KEY), state["epoch"], state["position"]
             )
         if refs.capture is not None:
@@ -481,16 +487,17 @@ class ResumableDataLoader(DataLoader[T_co]):
             )
         epoch = check_epoch(epoch)
         position = check_int("position", position, high=len(order))
-        if isinstance(order, ResumableOrder):
-            return order.provenance(epoch, position)
+        resumable = resumable_order(order)
+        if resumable is not None:
+            return resumable.provenance(epoch, position)
         sample_id = int(order.ids(epoch, position, position + 1)[0])
         return {"epoch": epoch, "position": position, "id": sample_id}
 
     def mixture_progress(self) -> dict[str, Any]:
         """How far a Mixture run is, at the place ``state_dict()`` describes: per source its
         draws, epochs completed and fraction of its epoch; the phase and its weights."""
-        order = self.order
-        if not isinstance(order, ResumableOrder):
+        order = resumable_order(self.order)
+        if order is None:
             raise ConfigError(
                 f"mixture_progress() needs a Mixture dataset, got {type(self.dataset).__name__}"
             )

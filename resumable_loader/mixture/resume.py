@@ -26,7 +26,7 @@ logger = logging.getLogger("resumable_loader")
 def order_state(order: MixtureOrder, where: int) -> dict[str, Any]:
     """The ``order_state`` of a cursor at global position ``where``: plain ints and strings."""
     draws = order.draws_before(where)
-    fingerprints = [source.fingerprint() for source in order.mixture.sources]
+    fingerprints = order.source_fingerprints()
     return {
         SOURCES_KEY: [
             [name, fp, count]
@@ -72,10 +72,7 @@ def check_order_state(order: MixtureOrder, saved: object, where: int) -> None:
                     f"{name!r}: saved weight {before}, current {now} (weights reduced to "
                     f"coprime integers); " + fix
                 )
-    fingerprints = {
-        name: source.fingerprint()
-        for name, source in zip(order.names, order.mixture.sources, strict=True)
-    }
+    fingerprints = dict(zip(order.names, order.source_fingerprints(), strict=True))
     draws = dict(zip(order.names, order.draws_before(where), strict=True))
     for name, fingerprint, count in sources:
         if count and name not in fingerprints:
@@ -101,6 +98,8 @@ def check_order_state(order: MixtureOrder, saved: object, where: int) -> None:
 
 
 def _log_resume(order: MixtureOrder, where: int, saved_names: list[str], draws: dict) -> None:
+    if not logger.isEnabledFor(logging.INFO):  # the line's parts cost more than the check
+        return
     schedule = order.schedule
     index = schedule.phase_at(where)
     added = [name for name in order.names if name not in saved_names]
@@ -132,11 +131,11 @@ def _parse(saved: object) -> tuple[list[tuple[str, str, int]], list[tuple[int, l
     sources, phases = saved.get(SOURCES_KEY), saved.get(PHASES_KEY)
     if not _rows(sources, (str, str, int)):
         raise bad(f"{SOURCES_KEY!r} is {sources!r}, expected [[name, fingerprint, draws], ...]")
-    if not isinstance(phases, Sequence) or not all(
-        isinstance(p, Sequence)
+    if not _is_sequence(phases) or not all(
+        _is_sequence(p)
         and len(p) == 2
         and _is_int(p[0])
-        and isinstance(p[1], Sequence)
+        and _is_sequence(p[1])
         and len(p[1]) == len(sources)
         and all(_is_int(w) for w in p[1])
         for p in phases
@@ -146,8 +145,8 @@ def _parse(saved: object) -> tuple[list[tuple[str, str, int]], list[tuple[int, l
 
 
 def _rows(value: object, kinds: tuple[type, ...]) -> bool:
-    return isinstance(value, Sequence) and all(
-        isinstance(row, Sequence)
+    return _is_sequence(value) and all(
+        _is_sequence(row)
         and len(row) == len(kinds)
         and all(
             _is_int(v) if k is int else isinstance(v, k) for v, k in zip(row, kinds, strict=True)
@@ -156,5 +155,10 @@ def _rows(value: object, kinds: tuple[type, ...]) -> bool:
     )
 
 
+def _is_sequence(value: object) -> bool:
+    """A list or tuple (what every transport gives back) first: the ABC check is slower."""
+    return type(value) in (list, tuple) or isinstance(value, Sequence)
+
+
 def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return type(value) is int or (isinstance(value, int) and not isinstance(value, bool))

@@ -14,12 +14,12 @@ mixture reads it with the seed and epoch of the source's own stream, never the l
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from torch.utils.data import Dataset
 
+from resumable_loader._canonical import canonical_json
 from resumable_loader.errors import ConfigError
 from resumable_loader.identity import dataset_fingerprint
 from resumable_loader.order.permutation import Order, SequentialOrder, ShuffledOrder
@@ -88,17 +88,20 @@ class MixtureSource:
             return ShuffledOrder(self.length, seed=seed)
         return SequentialOrder(self.length)
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, order: Order | None = None) -> str:
         """16 hex digits of the dataset's identity (or its type), its order's settings and,
-        for an epoch-keyed source, :data:`EPOCH_KEYED` (a plain source's is unchanged)."""
+        for an epoch-keyed source, :data:`EPOCH_KEYED` (a plain source's is unchanged).
+
+        ``order`` is this source's order under any seed (settings never include the seed), so
+        a stream's own order saves building one; without it, one is built under seed 0.
+        """
         described = [
             dataset_fingerprint(self.dataset) or type(self.dataset).__qualname__,
-            self.order(seed=0).settings(),
+            (order if order is not None else self.order(seed=0)).settings(),
         ]
         if self.epoch_keyed:
             described.append(EPOCH_KEYED)
-        text = json.dumps(described, sort_keys=True, separators=(",", ":"))
-        return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+        return hashlib.blake2b(canonical_json(described).encode(), digest_size=8).hexdigest()
 
     def __repr__(self) -> str:
         return (
