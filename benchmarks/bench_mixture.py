@@ -398,7 +398,7 @@ def main() -> None:
     torchdata_resume(300, 120)
     throughput(20_000 if quick else 100_000, 2 if quick else 7)
     dispatch_cost(100_000 if quick else 1_000_000)
-    resume_time(10**9, 5 if quick else 15)
+    resume_time(10**9, 5 if quick else 61)
     checksum = allocation_for((5, 3, 2)).sources(0, 10).tolist()
     print(f"\nchecksum (ours, 5:3:2, first 10 sources): {checksum}")
 
