@@ -64,6 +64,25 @@ class TestSchedule:
         with pytest.raises(ConfigError, match=r"float 0\.3.*Fraction\(3, 10\)"):
             mixture(weights={"web": 0.3, "code": 1})
 
+    @pytest.mark.parametrize(
+        "value, suggested",
+        [
+            (np.float64(0.1), Fraction(1, 10)),  # numpy's repr is not a decimal literal
+            (np.float32(0.3), Fraction(3, 10)),  # not a float subclass; 0.30000001192092896
+            (1 / 3, Fraction(1, 3)),  # its 16-digit decimal would exceed the period
+            (0.1 + 0.2, Fraction(3, 10)),
+            (0.123456, Fraction(1929, 15625)),
+        ],
+    )
+    def test_every_float_is_refused_with_a_fraction_that_is_accepted(self, value, suggested):
+        text = rf"Fraction\({suggested.numerator}, {suggested.denominator}\)"
+        with pytest.raises(ConfigError, match=rf"weights\['web'\] is the float .*pass {text}"):
+            mixture(weights={"web": value, "code": 1})
+        weights = (
+            mixture(weights={"web": suggested, "code": 1}, phases=[]).schedule.phases[0].weights
+        )
+        assert Fraction(weights[0], sum(weights)) == suggested / (suggested + 1)
+
     def test_float_in_a_later_phase_names_the_phase(self):
         with pytest.raises(ConfigError, match=r"phase 1\['web'\].*Fraction\(1, 4\)"):
             mixture(phases=[(10, {"web": 0.25})])

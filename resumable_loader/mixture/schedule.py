@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from typing import Any
@@ -139,9 +140,12 @@ def reduce_weights(
 
 
 def _exact(value: object, where: str) -> Fraction:
-    if isinstance(value, float):
-        exact = Fraction(repr(value)) if math.isfinite(value) else None
-        instead = f"Fraction({exact.numerator}, {exact.denominator})" if exact else "a Fraction"
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Rational):  # numpy too
+        number = float(value)
+        simplest = _simplest(number) if math.isfinite(number) else None
+        instead = (
+            f"Fraction({simplest.numerator}, {simplest.denominator})" if simplest else "a Fraction"
+        )
         raise ConfigError(
             f"{where} is the float {value!r}, whose share would not be exact; pass {instead} "
             "(from fractions import Fraction) or an int"
@@ -150,3 +154,16 @@ def _exact(value: object, where: str) -> Fraction:
     if number < 0:
         raise ConfigError(f"{where} must be >= 0, got {value!r}")
     return number
+
+
+def _simplest(number: float) -> Fraction:
+    """The fraction with the smallest denominator that is ``number`` as a float (1/3 for
+    0.3333333333333333, 3/10 for 0.3), so that the weights it suggests stay within the
+    period's limit; else (a float32's 0.30000001192092896) the nearest with a denominator up
+    to 1,000, what the user meant."""
+    exact = Fraction(number)
+    for bound in (10, 100, 1000, 10_000, MAX_TOTAL_WEIGHT):
+        candidate = exact.limit_denominator(bound)
+        if float(candidate) == number:
+            return candidate
+    return exact.limit_denominator(1000)
