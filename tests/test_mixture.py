@@ -288,7 +288,17 @@ class TestResumeCheck:
                     weights={"web": 5, "code": 3, "maths": 2},
                     phases=[(40, {"web": 1})],
                 ),
-                r"source 'math'",
+                r"source 'math': saved with 13 draws, but the current mixture has no such source "
+                r"\(removed or renamed",
+            ),
+            (
+                dict(
+                    sources={"web": Sized(50), "code": Sized(20)},
+                    weights={"web": 5, "code": 3},
+                    phases=[(40, {"web": 1})],
+                ),
+                r"source 'math': saved with 13 draws, .* no such source "
+                r"\(removed or renamed; sources now: \['web', 'code'\]\)",
             ),
             (
                 dict(sources={"web": Sized(51), "code": Sized(20), "math": Sized(5)}),

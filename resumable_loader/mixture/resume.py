@@ -54,6 +54,14 @@ def check_order_state(order: MixtureOrder, saved: object, where: int) -> None:
         f"keep every phase that started before the saved position {where} as it was (start "
         f"and weights) and every source drawn from; change only what comes at or after {where}"
     )
+    fingerprints = dict(zip(order.names, order.source_fingerprints(), strict=True))
+    for name, _, count in sources:  # first: a missing source would read as a weight now 0
+        if count and name not in fingerprints:
+            raise StateDictError(
+                f"field 'order_state.sources', source {name!r}: saved with {count} draws, but "
+                f"the current mixture has no such source (removed or renamed; sources now: "
+                f"{list(order.names)!r}); " + fix
+            )
     for index in range(max(len(phases), len(current))):
         saved_start = phases[index][0] if index < len(phases) else None
         current_start = current[index].start if index < len(current) else None
@@ -72,15 +80,8 @@ def check_order_state(order: MixtureOrder, saved: object, where: int) -> None:
                     f"{name!r}: saved weight {before}, current {now} (weights reduced to "
                     f"coprime integers); " + fix
                 )
-    fingerprints = dict(zip(order.names, order.source_fingerprints(), strict=True))
     draws = dict(zip(order.names, order.draws_before(where), strict=True))
     for name, fingerprint, count in sources:
-        if count and name not in fingerprints:
-            raise StateDictError(
-                f"field 'order_state.sources', source {name!r}: saved with {count} draws, but "
-                f"the current mixture has no such source (removed or renamed; sources now: "
-                f"{list(order.names)!r}); " + fix
-            )
         if count and fingerprints[name] != fingerprint:
             raise StateDictError(
                 f"field 'order_state.sources', source {name!r}: saved fingerprint {fingerprint}, "
