@@ -245,21 +245,41 @@ class TestResumeCheck:
     def check(self, state, where, **kwargs):
         mixture(**kwargs).loader_order(seed=2).check_resume(state, *divmod(where, 60))
 
+    SAVED_FUTURE = "saved [(90, {'code': 2, 'math': 1})]"
+
     @pytest.mark.parametrize(
-        "future",
+        "future, said",
         [
-            [(40, {"web": 1, "math": 1})],  # a later phase removed
-            [(40, {"web": 1, "math": 1}), (70, {"web": 2})],  # a later phase moved, reweighted
-            [(40, {"web": 1, "math": 1}), (50, {"code": 1})],  # new weights from the position
-            [(40, {"web": 1, "math": Fraction(1)}), (90, {"code": 1, "math": Fraction(1, 2)})],
+            ([(40, {"web": 1, "math": 1})], f"changed: {SAVED_FUTURE}, now []"),  # removed
+            (
+                [(40, {"web": 1, "math": 1}), (70, {"web": 2})],  # moved and re-weighted
+                f"changed: {SAVED_FUTURE}, now [(70, {{'web': 1}})]",
+            ),
+            (
+                [(40, {"web": 1, "math": 1}), (50, {"code": 1})],  # new weights from the position
+                f"changed: {SAVED_FUTURE}, now [(50, {{'code': 1}})]",
+            ),
+            (
+                [(40, {"web": 1, "math": Fraction(1)}), (90, {"code": 1, "math": Fraction(1, 2)})],
+                "as saved: [(90, {'code': 2, 'math': 1})]",
+            ),
         ],
     )
-    def test_a_changed_future_is_accepted(self, future, caplog):
+    def test_a_changed_future_is_accepted_and_logged(self, future, said, caplog):
         state = self.saved_at(50)
         with caplog.at_level(logging.INFO, logger="resumable_loader"):
             self.check(state, 50, phases=future)
         (line,) = [r.getMessage() for r in caplog.records if "resuming" in r.getMessage()]
         assert "resuming at position 50 in phase" in line and "past schedule unchanged" in line
+        assert line.endswith(f"phases from here on {said}")
+
+    def test_a_cursor_without_the_saved_future_still_loads(self, caplog):
+        state = self.saved_at(50)
+        del state["future"]  # as written before the future was recorded
+        with caplog.at_level(logging.INFO, logger="resumable_loader"):
+            self.check(state, 50)
+        (line,) = [r.getMessage() for r in caplog.records if "resuming" in r.getMessage()]
+        assert "(the cursor predates recording the saved ones)" in line
 
     def test_a_new_source_in_a_new_phase_is_accepted(self):
         state = self.saved_at(50)

@@ -244,9 +244,11 @@ def test_cursor_size_for_8_sources_and_4_phases():
     phases = [(10**9 * (k + 1), {n: k + i + 1 for i, n in enumerate(names)}) for k in range(3)]
     mixture = Mixture({n: Plain(10**6) for n in names}, dict.fromkeys(names, 7), phases=phases)
     loader = ResumableDataLoader(mixture, batch_size=4, seed=2**64 - 1)
-    state = loader.state_at(0, 4 * 10**9 - 1)
-    assert len(state["order_state"]["phases"]) == 4
-    assert len(msgpack.packb(state)) <= 1024
+    for where, started in ((4 * 10**9 - 1, 4), (10**9 - 1, 1)):  # the past, then the future
+        state = loader.state_at(0, where)
+        saved = state["order_state"]
+        assert (len(saved["phases"]), len(saved["future"])) == (started, 4 - started)
+        assert len(msgpack.packb(state)) <= 1024
 
 
 def test_sample_at_names_what_every_mode_delivers(sources, tmp_path):

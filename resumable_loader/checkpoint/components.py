@@ -28,6 +28,7 @@ from resumable_loader.checkpoint import collective
 from resumable_loader.errors import CheckpointError
 from resumable_loader.loader import ResumableDataLoader
 from resumable_loader.mixture import Mixture
+from resumable_loader.mixture.resume import FUTURE_KEY
 
 MODEL, OPTIMIZER, LOADER, STATEFUL = "model", "optimizer", "loader", "stateful"
 # The cursor's key for a mixture's schedule so far (phases begun, draws per source).
@@ -150,15 +151,25 @@ def loader_entry(loader: Any) -> dict[str, Any]:
         "batch_size": loader.batch_size,
         "num_workers": loader.num_workers,
         "world_size": loader.world_size,
-        "schedule": state.get(ORDER_STATE_KEY),
+        "schedule": schedule_so_far(state),
         "phases": mixture_phases(loader),
     }
 
 
+def schedule_so_far(cursor: Mapping[str, Any]) -> Any:
+    """A mixture cursor's schedule up to its place (phases begun, draws per source): its
+    ``order_state`` less the future phases it carries for the resume's log line, which
+    ``mixture_phases`` records whole; None for any other dataset."""
+    order_state = cursor.get(ORDER_STATE_KEY)
+    if not isinstance(order_state, Mapping):
+        return order_state
+    return {key: value for key, value in order_state.items() if key != FUTURE_KEY}
+
+
 def mixture_phases(loader: Any) -> list[list[Any]] | None:
-    """The whole schedule of a loader over a Mixture, future phases included (the cursor's
-    ``order_state`` holds only the phases begun, which is all a flexible resume checks), so
-    that a strict resume also refuses a changed future; None for any other dataset."""
+    """The whole schedule of a loader over a Mixture, future phases included (a flexible
+    resume checks only the phases begun), so that a strict resume also refuses a changed
+    future; None for any other dataset."""
     dataset = loader.dataset
     return dataset.schedule.described() if isinstance(dataset, Mixture) else None
 

@@ -19,9 +19,9 @@ from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadat
 from resumable_loader import cursor as cursor_mod
 from resumable_loader.checkpoint.components import (
     LOADER,
-    ORDER_STATE_KEY,
     Component,
     mixture_phases,
+    schedule_so_far,
 )
 from resumable_loader.errors import CheckpointError, ConfigError, StateDictError
 
@@ -110,7 +110,7 @@ def loader(name: str, saved: dict[str, Any], obj: Any, *, mode: str) -> dict[str
     if past is not None:  # a mixture's schedule up to the saved place, as this loader has it
         cursor = saved["state"]
         try:
-            now = obj.state_at(cursor["epoch"], cursor["position"]).get(ORDER_STATE_KEY)
+            now = schedule_so_far(obj.state_at(cursor["epoch"], cursor["position"]))
         except (StateDictError, ConfigError) as error:
             raise CheckpointError(f"component '{name}' (loader): {error}") from None
         if past != now:

@@ -10,7 +10,7 @@ values, since the draws already delivered would no longer be the ones the schedu
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from resumable_loader.errors import StateDictError
@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 SOURCES_KEY = "sources"  # [[name, fingerprint, draws before the position], ...]
 PHASES_KEY = "phases"  # [[start, [reduced weight per source, in SOURCES order]], ...]
+# The phases from the position on, as PHASES_KEY: free to change, and only compared to say in
+# the resume's log line what changed (absent from cursors of earlier releases).
+FUTURE_KEY = "future"
 logger = logging.getLogger("resumable_loader")
 
 
@@ -32,11 +35,8 @@ def order_state(order: MixtureOrder, where: int) -> dict[str, Any]:
             [name, fp, count]
             for name, fp, count in zip(order.names, fingerprints, draws, strict=True)
         ],
-        PHASES_KEY: [
-            [phase.start, list(phase.weights)]
-            for phase in order.schedule.phases
-            if phase.start < where
-        ],
+        PHASES_KEY: [[p.start, list(p.weights)] for p in order.schedule.phases if p.start < where],
+        FUTURE_KEY: [[p.start, list(p.weights)] for p in order.schedule.phases if p.start >= where],
     }
 
 
@@ -47,7 +47,7 @@ def check_order_state(order: MixtureOrder, saved: object, where: int) -> None:
         StateDictError: malformed state, or a started phase's start or weights, a drawn-from
             source's presence or fingerprint, or the draws so far differ.
     """
-    sources, phases = _parse(saved)
+    sources, phases, saved_future = _parse(saved)
     names = [name for name, _, _ in sources]
     current = [phase for phase in order.schedule.phases if phase.start < where]
     fix = (
@@ -95,10 +95,18 @@ def check_order_state(order: MixtureOrder, saved: object, where: int) -> None:
                 f"current schedule gives {draws[name]} at position {where}; pass an unmodified "
                 "state_dict() from this release"
             )
-    _log_resume(order, where, names, draws)
+    if saved_future is not None:
+        saved_future = [(start, dict(_named(names, weights))) for start, weights in saved_future]
+    _log_resume(order, where, names, draws, saved_future)
 
 
-def _log_resume(order: MixtureOrder, where: int, saved_names: list[str], draws: dict) -> None:
+def _log_resume(
+    order: MixtureOrder,
+    where: int,
+    saved_names: list[str],
+    draws: dict,
+    saved_future: list[tuple[int, dict[str, int]]] | None,
+) -> None:
     if not logger.isEnabledFor(logging.INFO):  # the line's parts cost more than the check
         return
     schedule = order.schedule
@@ -106,21 +114,35 @@ def _log_resume(order: MixtureOrder, where: int, saved_names: list[str], draws: 
     added = [name for name in order.names if name not in saved_names]
     dropped = [name for name in saved_names if name not in order.names]
     future = [(p.start, p.named(order.names)) for p in schedule.phases if p.start >= where]
+    if saved_future is None:
+        change = f"phases from here on {future} (the cursor predates recording the saved ones)"
+    elif saved_future == future:
+        change = f"phases from here on as saved: {future}"
+    else:
+        change = f"phases from here on changed: saved {saved_future}, now {future}"
     logger.info(
         "mixture: resuming at position %d in phase %d (weights %s); draws so far %s; "
-        "past schedule unchanged; sources added %s, dropped (never drawn) %s; phases from "
-        "here on %s",
+        "past schedule unchanged; sources added %s, dropped (never drawn) %s; %s",
         where,
         index,
         schedule.phases[index].named(order.names),
         draws,
         added,
         dropped,
-        future,
+        change,
     )
 
 
-def _parse(saved: object) -> tuple[list[tuple[str, str, int]], list[tuple[int, list[int]]]]:
+def _named(names: list[str], weights: list[int]) -> Iterator[tuple[str, int]]:
+    """A saved phase's weights by source name, zero weights left out (as ``Phase.named``)."""
+    return ((name, w) for name, w in zip(names, weights, strict=True) if w)
+
+
+def _parse(
+    saved: object,
+) -> tuple[
+    list[tuple[str, str, int]], list[tuple[int, list[int]]], list[tuple[int, list[int]]] | None
+]:
     def bad(detail: str) -> StateDictError:
         return StateDictError(
             f"field 'order_state': {detail}; a Mixture loader's state_dict() carries it, so "
@@ -129,20 +151,29 @@ def _parse(saved: object) -> tuple[list[tuple[str, str, int]], list[tuple[int, l
 
     if not isinstance(saved, Mapping):
         raise bad(f"saved {saved!r}, expected a dict with {SOURCES_KEY!r} and {PHASES_KEY!r}")
-    sources, phases = saved.get(SOURCES_KEY), saved.get(PHASES_KEY)
+    sources, phases, future = (saved.get(k) for k in (SOURCES_KEY, PHASES_KEY, FUTURE_KEY))
     if not _rows(sources, (str, str, int)):
         raise bad(f"{SOURCES_KEY!r} is {sources!r}, expected [[name, fingerprint, draws], ...]")
-    if not _is_sequence(phases) or not all(
+    for key, rows in ((PHASES_KEY, phases), (FUTURE_KEY, future)):
+        if (key == PHASES_KEY or rows is not None) and not _phase_rows(rows, len(sources)):
+            raise bad(f"{key!r} is {rows!r}, expected [[start, [weight per source]], ...]")
+    return (
+        [tuple(row) for row in sources],
+        [(p[0], list(p[1])) for p in phases],
+        None if future is None else [(p[0], list(p[1])) for p in future],
+    )
+
+
+def _phase_rows(value: object, width: int) -> bool:
+    return _is_sequence(value) and all(
         _is_sequence(p)
         and len(p) == 2
         and _is_int(p[0])
         and _is_sequence(p[1])
-        and len(p[1]) == len(sources)
+        and len(p[1]) == width
         and all(_is_int(w) for w in p[1])
-        for p in phases
-    ):
-        raise bad(f"{PHASES_KEY!r} is {phases!r}, expected [[start, [weight per source]], ...]")
-    return [tuple(row) for row in sources], [(p[0], list(p[1])) for p in phases]
+        for p in value
+    )
 
 
 def _rows(value: object, kinds: tuple[type, ...]) -> bool:
