@@ -1,7 +1,8 @@
 """Checking a saved mixture schedule against the current one: the past is fixed, the future free.
 
 The cursor's ``order_state`` holds what a resume must check: every phase that started before
-the saved position (its start and weights) and each source's fingerprint and draws so far. A
+the saved position (its start and weights) and each source's fingerprint and draws so far; and,
+for the resume's log line alone (what changed), the phases after it. A
 schedule that keeps that past may change everything after it (new phases, a later phase's
 weights or start, new sources); one that rewrites it is refused, naming phase, source and both
 values, since the draws already delivered would no longer be the ones the schedule describes.
