@@ -11,10 +11,11 @@ values, since the draws already delivered would no longer be the ones the schedu
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from resumable_loader.errors import StateDictError
+from resumable_loader.mixture.schedule import Phase
 
 if TYPE_CHECKING:
     from resumable_loader.mixture.order import MixtureOrder
@@ -96,8 +97,6 @@ def check_order_state(order: MixtureOrder, saved: object, where: int) -> None:
                 f"current schedule gives {draws[name]} at position {where}; pass an unmodified "
                 "state_dict() from this release"
             )
-    if saved_future is not None:
-        saved_future = [(start, dict(_named(names, weights))) for start, weights in saved_future]
     _log_resume(order, where, names, draws, saved_future)
 
 
@@ -106,7 +105,7 @@ def _log_resume(
     where: int,
     saved_names: list[str],
     draws: dict,
-    saved_future: list[tuple[int, dict[str, int]]] | None,
+    saved_future: list[tuple[int, list[int]]] | None,
 ) -> None:
     if not logger.isEnabledFor(logging.INFO):  # the line's parts cost more than the check
         return
@@ -117,10 +116,12 @@ def _log_resume(
     future = [(p.start, p.named(order.names)) for p in schedule.phases if p.start >= where]
     if saved_future is None:
         change = f"phases from here on {future} (the cursor predates recording the saved ones)"
-    elif saved_future == future:
-        change = f"phases from here on as saved: {future}"
     else:
-        change = f"phases from here on changed: saved {saved_future}, now {future}"
+        saved = [(start, Phase(start, tuple(w)).named(saved_names)) for start, w in saved_future]
+        if saved == future:
+            change = f"phases from here on as saved: {future}"
+        else:
+            change = f"phases from here on changed: saved {saved}, now {future}"
     logger.info(
         "mixture: resuming at position %d in phase %d (weights %s); draws so far %s; "
         "past schedule unchanged; sources added %s, dropped (never drawn) %s; %s",
@@ -132,11 +133,6 @@ def _log_resume(
         dropped,
         change,
     )
-
-
-def _named(names: list[str], weights: list[int]) -> Iterator[tuple[str, int]]:
-    """A saved phase's weights by source name, zero weights left out (as ``Phase.named``)."""
-    return ((name, w) for name, w in zip(names, weights, strict=True) if w)
 
 
 def _parse(
