@@ -10,7 +10,6 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from resumable_loader.checkpoint import Checkpointer
-from resumable_loader.cursor import Cursor
 from resumable_loader.errors import (
     CheckpointError,
     ConfigError,
@@ -23,10 +22,11 @@ from resumable_loader.errors import (
     TopologyWarning,
     WorkerError,
 )
-from resumable_loader.identity import dataset_fingerprint
 from resumable_loader.index.sharded import ShardedIndex
-from resumable_loader.keyed_fetch import batch_sample_keys
-from resumable_loader.loader import ResumableDataLoader
+from resumable_loader.loader.cursor import Cursor
+from resumable_loader.loader.dataloader import ResumableDataLoader
+from resumable_loader.loader.identity import dataset_fingerprint
+from resumable_loader.loader.keyed_fetch import batch_sample_keys
 from resumable_loader.mixture import EpochKeyedDataset, Mixture, MixtureSource
 from resumable_loader.order.shard_local import ShardShuffle
 from resumable_loader.rngs.sample import (

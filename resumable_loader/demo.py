@@ -21,7 +21,7 @@ import msgpack
 import numpy as np
 import torch
 
-from resumable_loader.loader import ResumableDataLoader
+from resumable_loader.loader.dataloader import ResumableDataLoader
 from resumable_loader.sources.webdataset import TarShardDataset
 
 IMAGE_SHAPE = (3, 32, 32)

@@ -19,10 +19,10 @@ import atheris
 import msgpack
 import torch  # noqa: F401  (imported uninstrumented: only our own code is instrumented)
 
-from resumable_loader import cursor
 from resumable_loader.errors import ResumableLoaderError
 from resumable_loader.index import tar_headers
 from resumable_loader.index.tar_headers import TarDamage
+from resumable_loader.loader import cursor
 
 # The editable install imports through a custom loader that atheris cannot instrument, so the
 # code under test is instrumented function by function (module globals, so inner calls count).

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from resumable_loader import StateDictError
-from resumable_loader.cursor import make_cursor, parse_cursor
+from resumable_loader.loader.cursor import make_cursor, parse_cursor
 
 FINGERPRINT = {"dataset": "abc", "order": "shuffled", "length": 100, "drop_last": 0}
 GOOD = make_cursor(seed=5, epoch=2, position=40, fingerprint=FINGERPRINT)

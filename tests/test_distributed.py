@@ -27,10 +27,10 @@ from resumable_loader import (
     StateDictError,
     TarShardDataset,
     sample_numpy_generator,
-    topology,
 )
 from resumable_loader.errors import TopologyWarning
-from resumable_loader.topology import resolve_topology
+from resumable_loader.loader import topology
+from resumable_loader.loader.topology import resolve_topology
 
 N = 55  # 5 shards of 11 samples for the shard sources
 EPOCHS = 2

@@ -12,7 +12,7 @@ from torch.utils.data import ConcatDataset, Dataset, StackDataset, Subset, Tenso
 
 from resumable_loader import ResumableDataLoader, TarShardDataset
 from resumable_loader.errors import StateDictError
-from resumable_loader.identity import TENSOR_SAMPLE, dataset_fingerprint
+from resumable_loader.loader.identity import TENSOR_SAMPLE, dataset_fingerprint
 from resumable_loader.mixture import Mixture
 
 

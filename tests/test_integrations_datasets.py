@@ -10,7 +10,7 @@ from torch.utils.data import Dataset, Subset
 
 from resumable_loader import ResumableDataLoader
 from resumable_loader.errors import ResumableLoaderError
-from resumable_loader.keyed_fetch import batch_sample_keys
+from resumable_loader.loader.keyed_fetch import batch_sample_keys
 
 N = 23
 EPOCHS = 2

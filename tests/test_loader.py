@@ -27,7 +27,7 @@ from torch.utils.data import (
 
 import resumable_loader
 from resumable_loader import ResumableDataLoader, StateDictError
-from resumable_loader.cursor import make_cursor
+from resumable_loader.loader.cursor import make_cursor
 from resumable_loader.rngs.sample import sample_place
 
 N = 29

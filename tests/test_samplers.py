@@ -21,7 +21,7 @@ from torch.utils.data import (
 )
 
 from resumable_loader import ConfigError, ResumableDataLoader, StateDictError
-from resumable_loader.cursor import make_cursor
+from resumable_loader.loader.cursor import make_cursor
 
 N = 29
 EPOCHS = 3

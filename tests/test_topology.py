@@ -11,9 +11,10 @@ from distributed_harness import augmented, consume, global_stream
 from topology_mesh_job import BATCH, STOP, N
 from torchrun_harness import rank_pickles, torchrun
 
-from resumable_loader import ConfigError, ResumableDataLoader, topology
+from resumable_loader import ConfigError, ResumableDataLoader
 from resumable_loader.errors import TopologyWarning
-from resumable_loader.topology import resolve_data_parallel
+from resumable_loader.loader import topology
+from resumable_loader.loader.topology import resolve_data_parallel
 
 JOB = Path(__file__).with_name("topology_mesh_job.py")
 

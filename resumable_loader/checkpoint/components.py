@@ -26,7 +26,7 @@ from torch.distributed.checkpoint.state_dict import (
 from resumable_loader._checks import check_int
 from resumable_loader.checkpoint import collective
 from resumable_loader.errors import CheckpointError
-from resumable_loader.loader import ResumableDataLoader
+from resumable_loader.loader.dataloader import ResumableDataLoader
 from resumable_loader.mixture import Mixture
 from resumable_loader.mixture.resume import FUTURE_KEY
 

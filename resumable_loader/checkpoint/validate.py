@@ -16,7 +16,6 @@ from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
-from resumable_loader import cursor as cursor_mod
 from resumable_loader.checkpoint.components import (
     LOADER,
     Component,
@@ -24,6 +23,7 @@ from resumable_loader.checkpoint.components import (
     schedule_so_far,
 )
 from resumable_loader.errors import CheckpointError, ConfigError, StateDictError
+from resumable_loader.loader import cursor as cursor_mod
 
 _FLEXIBLE = "or load with mode='flexible' to resume with the new setting"
 

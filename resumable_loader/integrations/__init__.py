@@ -2,6 +2,7 @@
 
 Each module imports its framework lazily, at use: ``lightning`` needs nothing (the loader
 recognises Lightning's injected sampler itself), ``accelerate``, ``transformers`` and
-``torchtitan`` hold small helpers, ``replaced`` notices a loader a framework rebuilt from ours;
-docs/integrations.md says what each framework does with the loader and what stays exact.
+``torchtitan`` hold small helpers (a loader a framework rebuilds from ours is noticed by the
+loader layer itself, :mod:`resumable_loader.loader.visible_sampler`); docs/integrations.md
+says what each framework does with the loader and what stays exact.
 """

@@ -11,7 +11,7 @@ from accelerate.utils import send_to_device
 from torch.utils.data import IterableDataset
 
 from resumable_loader.errors import ConfigError
-from resumable_loader.loader import ResumableDataLoader
+from resumable_loader.loader.dataloader import ResumableDataLoader
 
 
 class DeviceLoader(DataLoaderStateMixin):

@@ -20,7 +20,7 @@ import torch
 from torchtitan.components.dataloader import BaseDataLoader
 
 from resumable_loader.errors import ConfigError
-from resumable_loader.loader import ResumableDataLoader
+from resumable_loader.loader.dataloader import ResumableDataLoader
 from resumable_loader.tokens import TokenDataset
 
 

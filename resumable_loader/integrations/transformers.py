@@ -20,7 +20,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from resumable_loader.errors import StateDictError
 from resumable_loader.index.atomic import atomic_write
-from resumable_loader.loader import ResumableDataLoader
+from resumable_loader.loader.dataloader import ResumableDataLoader
 
 CURSOR_FILE = "resumable_loader_cursor.json"
 

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from resumable_loader._canonical import canonical_json
 from resumable_loader.errors import ConfigError
-from resumable_loader.identity import dataset_fingerprint
+from resumable_loader.loader.identity import dataset_fingerprint
 from resumable_loader.order.permutation import Order, SequentialOrder, ShuffledOrder
 from resumable_loader.order.philox import EPOCH_LIMIT, Purpose, derive_words
 from resumable_loader.order.shard_local import ShardShuffle

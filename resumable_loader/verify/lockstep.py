@@ -16,7 +16,7 @@ import msgpack
 from torch.utils.data import BatchSampler, IterableDataset
 
 from resumable_loader.errors import ConfigError, ResumableLoaderError
-from resumable_loader.loader import ResumableDataLoader
+from resumable_loader.loader.dataloader import ResumableDataLoader
 from resumable_loader.order.partition import Partition
 from resumable_loader.order.permutation import Order
 from resumable_loader.verify.split import Layout, split_batch

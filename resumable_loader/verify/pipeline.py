@@ -20,7 +20,7 @@ from torch.utils.data import (
 )
 
 from resumable_loader.errors import ConfigError, PipelineError, ResumableLoaderError
-from resumable_loader.loader import ResumableDataLoader
+from resumable_loader.loader.dataloader import ResumableDataLoader
 from resumable_loader.verify.lockstep import Config, own_order
 from resumable_loader.verify.split import Layout, learn_layout
 

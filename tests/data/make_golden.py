@@ -84,7 +84,7 @@ CURSOR_V1 = {  # written by ResumableDataLoader.state_dict() at 5ce09d8 (seed 20
 
 
 def main() -> None:
-    from resumable_loader import cursor
+    from resumable_loader.loader import cursor
 
     fields = {k: CURSOR_V1[k] for k in ("seed", "epoch", "position", "fingerprint")}
     cursor_v1 = dict(CURSOR_V1, checksum=cursor.make_cursor(**fields)["checksum"])

@@ -7,7 +7,7 @@ batch is skipped if the caller goes on, and counted once the next batch is hande
 ``state_dict()`` taken in between still retries it. A dead or hung worker ends the iteration: the
 workers stop in the background and the caller gets a WorkerError saying the state is exact.
 With a ``timeout``, every batch must arrive within it of being asked for; a batch late by
-``stall_warning`` is logged (see :mod:`resumable_loader.watch`).
+``stall_warning`` is logged (see :mod:`resumable_loader.loader.watch`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 from torch.utils.data._utils import signal_handling
 
 from resumable_loader.errors import WorkerError
-from resumable_loader.watch import BatchWatch
+from resumable_loader.loader.watch import BatchWatch
 
 # torch's messages for a worker that died (signal, exit) or missed its timeout.
 _WORKER_FAILURE = re.compile(r"DataLoader worker \(pids?|DataLoader timed out")

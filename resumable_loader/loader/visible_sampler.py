@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from torch.utils.data import RandomSampler, SequentialSampler
 
 from resumable_loader.errors import ResumeWarning
-from resumable_loader.refs import OrderedBatchSampler
+from resumable_loader.loader.refs import OrderedBatchSampler
 
 _MESSAGE = (
     "the sampler torch made for a ResumableDataLoader ({name}) is being iterated by another "

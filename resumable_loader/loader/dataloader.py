@@ -3,9 +3,10 @@
 The loader keeps torch's DataLoader (argument checks, workers, prefetching, pin memory,
 collate, error propagation) and changes only what decides the data: it iterates its own index
 sampler, whose batches are a pure function of (seed, epoch, start position, partition), and a
-:class:`~resumable_loader.keyed_fetch.KeyedFetch` that loads every sample under its own key. The
-user-visible attributes (``dataset``, ``sampler``, ``batch_sampler``, ``collate_fn``) stay what
-torch made of the arguments; ours are swapped in only while torch builds an iterator.
+:class:`~resumable_loader.loader.keyed_fetch.KeyedFetch` that loads every sample under its own
+key. The user-visible attributes (``dataset``, ``sampler``, ``batch_sampler``,
+``collate_fn``) stay what torch made of the arguments; ours are swapped in only while torch
+builds an iterator.
 
 As with torchdata's stateful loader, ``load_state_dict`` takes effect at the next ``iter()``.
 """
@@ -21,31 +22,31 @@ from typing import Any, TypeVar
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from resumable_loader import cursor as cursor_mod
 from resumable_loader._checks import check_int
-from resumable_loader.build_refs import (
+from resumable_loader.errors import ConfigError, StateDictError, WorkerError
+from resumable_loader.loader import cursor as cursor_mod
+from resumable_loader.loader.build_refs import (
     epoch_complete,
     make_order,
     make_ref_sampler,
     resumable_order,
 )
-from resumable_loader.errors import ConfigError, StateDictError, WorkerError
-from resumable_loader.identity import dataset_fingerprint
-from resumable_loader.integrations.replaced import warn_if_replaced, watch_visible_sampler
-from resumable_loader.iteration import ResumableIterator, stop_workers, worker_failure
-from resumable_loader.keyed_fetch import KeyedFetch, WorkerInit
-from resumable_loader.order.partition import Partition
-from resumable_loader.order.permutation import Order
-from resumable_loader.order.philox import Purpose, check_epoch, check_seed, derive_words
-from resumable_loader.progress import Progress
-from resumable_loader.refs import OrderedBatchSampler, UserBatchSampler
-from resumable_loader.topology import (
+from resumable_loader.loader.identity import dataset_fingerprint
+from resumable_loader.loader.iteration import ResumableIterator, stop_workers, worker_failure
+from resumable_loader.loader.keyed_fetch import KeyedFetch, WorkerInit
+from resumable_loader.loader.progress import Progress
+from resumable_loader.loader.refs import OrderedBatchSampler, UserBatchSampler
+from resumable_loader.loader.topology import (
     agree_on_seed,
     forward_set_epoch,
     gather_cursors,
     injected_sampler,
     resolve_data_parallel,
 )
+from resumable_loader.loader.visible_sampler import warn_if_replaced, watch_visible_sampler
+from resumable_loader.order.partition import Partition
+from resumable_loader.order.permutation import Order
+from resumable_loader.order.philox import Purpose, check_epoch, check_seed, derive_words
 
 T_co = TypeVar("T_co", covariant=True)
 

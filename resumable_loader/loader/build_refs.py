@@ -15,10 +15,10 @@ from typing import Any, Protocol, runtime_checkable
 from torch.utils.data import Dataset
 
 from resumable_loader.errors import ConfigError
+from resumable_loader.loader.refs import OrderedBatchSampler, StreamBatchSampler, UserBatchSampler
+from resumable_loader.loader.sampler_state import SamplerStream, capture, global_sampler
 from resumable_loader.order.partition import Partition
 from resumable_loader.order.permutation import Order, SequentialOrder, ShuffledOrder
-from resumable_loader.refs import OrderedBatchSampler, StreamBatchSampler, UserBatchSampler
-from resumable_loader.sampler_state import SamplerStream, capture, global_sampler
 
 
 @runtime_checkable

@@ -20,7 +20,7 @@ from typing import Any
 
 from torch.utils.data import _utils
 
-from resumable_loader.keyed_fetch import BatchRef, SampleRef
+from resumable_loader.loader.keyed_fetch import BatchRef, SampleRef
 
 logger = logging.getLogger("resumable_loader")
 _SHOWN_IDS = 8  # sample ids a stall warning lists

@@ -19,10 +19,10 @@ import numpy as np
 from torch.utils.data import BatchSampler, Sampler
 
 from resumable_loader.errors import StateDictError
-from resumable_loader.keyed_fetch import BatchRef, SampleRef
+from resumable_loader.loader.keyed_fetch import BatchRef, SampleRef
+from resumable_loader.loader.sampler_state import Capture, SamplerStream, capture
 from resumable_loader.order.partition import Partition
 from resumable_loader.order.permutation import Order
-from resumable_loader.sampler_state import Capture, SamplerStream, capture
 
 
 class _PositionReader:
