@@ -1,0 +1,132 @@
+"""A real S3-compatible server for the tests: moto's server on 127.0.0.1, started once a
+session in its own process group and stopped by pid, plus helpers to fill a bucket."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+# Credentials and region moto accepts; the tests set them per test (monkeypatch), never for
+# the whole suite, so no other test sees an AWS environment.
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+}
+# Seconds to wait for the server to answer its first request.
+START_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_until_answering(endpoint: str, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"moto server exited with {process.returncode} before answering")
+        try:
+            with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"moto server at {endpoint} did not answer within {START_TIMEOUT} s")
+
+
+@contextmanager
+def moto_server() -> Iterator[str]:
+    """Run ``python -m moto.server`` on a free port of 127.0.0.1 and yield its endpoint URL;
+    on exit kill its process group (by pid) and reap it, whatever happened inside."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, **CREDENTIALS},
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_answering(endpoint, process)
+        yield endpoint
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """The endpoint URL (``http://127.0.0.1:<port>``) of a moto server shared by the session."""
+    with moto_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def s3_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Set moto's credentials and region in the environment for one test only."""
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    return dict(CREDENTIALS)
+
+
+def s3_client(endpoint: str, *, attempts: int | None = None):
+    """A boto3 S3 client for ``endpoint`` with moto's credentials (the environment untouched);
+    ``attempts`` caps botocore's own retries (1: none)."""
+    import boto3
+    import botocore.config
+
+    retries = {"total_max_attempts": attempts, "mode": "standard"} if attempts else None
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        region_name=CREDENTIALS["AWS_DEFAULT_REGION"],
+        config=botocore.config.Config(retries=retries),
+    )
+
+
+def make_bucket(
+    endpoint: str,
+    files: Mapping[str, Path | bytes] | None = None,
+    *,
+    bucket: str | None = None,
+    prefix: str = "",
+) -> str:
+    """Create a bucket (a fresh unique name unless given) on ``endpoint``, upload ``files``
+    (object name under ``prefix`` -> local path or bytes) and return ``s3://bucket/prefix``
+    without a trailing slash."""
+    bucket = bucket or f"test-{uuid.uuid4().hex[:16]}"
+    client = s3_client(endpoint)
+    client.create_bucket(Bucket=bucket)
+    for name, content in (files or {}).items():
+        key = f"{prefix.strip('/')}/{name}" if prefix.strip("/") else name
+        body = content if isinstance(content, bytes) else Path(content).read_bytes()
+        client.put_object(Bucket=bucket, Key=key, Body=body)
+    return f"s3://{bucket}/{prefix.strip('/')}".rstrip("/")
+
+
+def upload_dir(endpoint: str, directory: Path, pattern: str = "*", **kwargs) -> str:
+    """:func:`make_bucket` with the files of ``directory`` matching ``pattern`` (by name)."""
+    files = {path.name: path for path in sorted(Path(directory).glob(pattern)) if path.is_file()}
+    return make_bucket(endpoint, files, **kwargs)
