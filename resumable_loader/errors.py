@@ -31,6 +31,10 @@ class CheckpointError(ResumableLoaderError):
     """A checkpoint cannot be saved or loaded: incomplete, damaged, or not matching the state."""
 
 
+class MissingDependencyError(ResumableLoaderError, ImportError):
+    """An optional package a feature needs is not installed; the message names the pip command."""
+
+
 class PipelineError(ResumableLoaderError):
     """The user's code (the factory, the dataset, the collate_fn) raised: verify could not run
     the pipeline, which is no verdict on it. The original exception is the ``__cause__``.

@@ -79,3 +79,30 @@ def test_python_dash_m_runs_the_command(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "indexed 2 samples" in done.stdout and "indexing [" in done.stderr
+
+
+@pytest.mark.parametrize("missing", ["tokenizers", "tqdm"])
+def test_tokenize_without_its_extra_gives_the_install_command(
+    tmp_path, capsys, monkeypatch, missing
+):
+    monkeypatch.setitem(sys.modules, missing, None)  # import of it raises ImportError
+    (tmp_path / "a.txt").write_text("hello")
+    argv = ["tokenize", str(tmp_path / "a.txt"), "--tokenizer", "t.json", "--out", "x"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"resumable-loader tokenize: error: tokenize needs the optional package {missing!r}: "
+        "pip install 'resumable-loader[tokens]' (tokenizers and tqdm)\n"
+    )
+
+
+def test_help_is_plain_text_and_every_command_has_a_description(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    top = capsys.readouterr().out
+    assert "``" not in top and "Deterministic, resumable data loading" in top
+    for command in ("index", "inspect", "demo", "verify", "checkpoint", "tokenize"):
+        assert f"    {command} " in top
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    assert "interrupted mid-epoch and resumed" in " ".join(capsys.readouterr().out.split())

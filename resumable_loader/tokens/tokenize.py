@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from resumable_loader.errors import ConfigError, ShardError
+from resumable_loader.errors import ConfigError, MissingDependencyError, ShardError
 from resumable_loader.index.paths import expand_shards
 from resumable_loader.tokens.megatron import MegatronWriter
 
@@ -50,10 +50,9 @@ def tokenize_files(
     Raises:
         ConfigError: an unknown input kind, a tokenizer file that does not load, no EOD token.
         ShardError: an input line that is not JSON or lacks the field, naming file and line.
+        MissingDependencyError: ``tokenizers`` or ``tqdm`` is not installed (the pip command).
     """
-    from tokenizers import Tokenizer
-    from tqdm import tqdm
-
+    Tokenizer, tqdm = _tokenizer_modules()
     paths = expand_shards(inputs)
     for path in paths:
         if not path.endswith(INPUT_KINDS):
@@ -84,6 +83,19 @@ def tokenize_files(
     finally:
         bar.close()
     return writer.close()
+
+
+def _tokenizer_modules() -> tuple[type, type]:
+    """``tokenizers.Tokenizer`` and ``tqdm.tqdm``, or an install hint if they are missing."""
+    try:
+        from tokenizers import Tokenizer
+        from tqdm import tqdm
+    except ImportError as error:
+        raise MissingDependencyError(
+            f"tokenize needs the optional package {error.name!r}: "
+            "pip install 'resumable-loader[tokens]' (tokenizers and tqdm)"
+        ) from None
+    return Tokenizer, tqdm
 
 
 def _eod_id(encoder: object, eod: str | None, tokenizer: object) -> int:
