@@ -65,13 +65,16 @@ def webdataset_grouping(path: str) -> list[tuple[str, list[str]]]:
 
 
 class TestBuildAndLoad:
-    def test_round_trip_is_memory_mapped_at_16_bytes_a_sample(self, tmp_path):
+    def test_round_trip_is_memory_mapped_at_4_bytes_a_record_column(self, tmp_path):
         paths = write_tar_shards(tmp_path, num_shards=3, samples_per_shard=5)
         built = build(paths, tmp_path)
         loaded = ShardedIndex.load(tmp_path / "i.rlindex")
-        assert is_memory_mapped(loaded.spans) and not loaded.spans.flags.writeable
-        assert loaded.spans.dtype == np.int64 and loaded.spans.nbytes == 16 * 15
-        np.testing.assert_array_equal(loaded.spans, built.spans)
+        assert is_memory_mapped(loaded.records) and not loaded.records.flags.writeable
+        # shard, start, length, key offset, key length, (offset, size) x 3 extensions
+        assert loaded.records.dtype == np.uint32 and loaded.records.nbytes == 4 * 11 * 15
+        assert loaded.checksums.dtype == np.uint32 and loaded.checksums.shape == (15, 3)
+        np.testing.assert_array_equal(loaded.records, built.records)
+        np.testing.assert_array_equal(loaded.spans, built.records[:, 1:3])
         assert loaded.shard_sizes.dtype == np.int64 and loaded.shard_sizes.tolist() == [5, 5, 5]
         assert (loaded.num_samples, loaded.num_shards, loaded.format) == (15, 3, "tar")
         assert loaded.shard_urls == paths and loaded.fields == ["bin", "cls", "json"]
@@ -399,7 +402,7 @@ class TestStaleAndDamagedIndex:
             (lambda data: b"not an index", "not a resumable_loader index"),
             (lambda data: data[:30], "corrupt"),
             (lambda data: data[: len(data) - 64], "corrupt or truncated"),
-            (lambda data: data.replace(b"\xa7version\x02", b"\xa7version\x01"), "version 1"),
+            (lambda data: data.replace(b"\xa7version\x03", b"\xa7version\x01"), "version 1"),
         ],
     )
     def test_damaged_index_file(self, tmp_path, damage, match):

@@ -15,6 +15,7 @@ from resumable_loader.errors import ConfigError, ShardError
 from resumable_loader.index.parquet import ParquetScan, scan_parquet
 from resumable_loader.index.paths import is_url, stat_shard
 from resumable_loader.index.tar import TarScan, scan_tar
+from resumable_loader.index.tar import records as tar_records
 
 ON_ERROR = ("raise", "skip")
 _BAR_WIDTH = 30
@@ -40,8 +41,9 @@ def scan_shards(
     header: dict[str, Any] = {"format": kind, "on_error": on_error, "schema": None}
     arrays = {}
     if kind == "tar":
-        arrays["spans"] = np.concatenate([s.spans for s in scans]).reshape(-1, 2)
         header["fields"] = sorted(set().union(*(s.extensions for s in scans)))
+        header["magic"] = all(s.magic for s in scans)  # the fast read check looks for it
+        arrays.update(tar_records(scans, header["fields"]))
     else:
         header["schema"], header["fields"] = _common_schema(urls, scans, on_error)
     entries, skipped = [], []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,39 @@ SUFFIX = ".rlindex"  # what the CLI writes and the datasets load without looking
 #   "fields" held the tar extensions or the Parquet schema text.
 # Version 2: "fields" holds extensions or column names, "schema" the Parquet schema text,
 #   "on_error" the policy the index was built with; stamps may be text (remote ETags).
-INDEX_VERSION = 2
+# Version 3: tar "records" (a row per sample: shard, span, key place, each member's payload
+#   offset and size) and "checksums" (CRC32C per member) replace "spans"; "magic" says whether
+#   every sample's first header has the ustar magic. An older file is rebuilt from its shard
+#   list (ShardedIndex.load(..., rebuild=True), for_shards) or refused naming the command.
+INDEX_VERSION = 3
 _ALIGN = 64
 _PREFIX = len(MAGIC) + 8
 _REBUILD = "(re)build it with: resumable-loader index SHARDS... --out PATH"
+
+
+class IndexVersionError(SampleIndexError):
+    """An index file of another format version; ``shards`` and ``on_error`` (from its header,
+    None if unreadable) are what a rebuild of it needs."""
+
+    def __init__(self, path: Path, header: dict[str, Any]) -> None:
+        try:
+            self.shards: list[str] | None = [entry["url"] for entry in header["shards"]]
+            self.on_error: str | None = header["on_error"]
+        except (KeyError, TypeError):
+            self.shards = self.on_error = None
+        command = _REBUILD
+        if self.shards:
+            shown = " ".join(shlex.quote(url) for url in self.shards[:3])
+            more = " ..." if len(self.shards) > 3 else ""
+            skip = " --on-error skip" if self.on_error == "skip" else ""
+            command = (
+                f"rebuild it with: resumable-loader index {shown}{more}{skip} --out "
+                f"{shlex.quote(str(path))} (or ShardedIndex.load(path, rebuild=True))"
+            )
+        super().__init__(
+            f"{path}: index format version {header.get('version')!r}, this release reads "
+            f"{INDEX_VERSION}; {command}"
+        )
 
 
 def write_index(path: str | os.PathLike, header: dict[str, Any], arrays: dict[str, Any]) -> None:
@@ -97,10 +127,7 @@ def read_index(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.nd
     if not isinstance(header, dict):
         raise SampleIndexError(f"{path}: corrupt or truncated index header; {_REBUILD}")
     if header.get("version") != INDEX_VERSION:
-        raise SampleIndexError(
-            f"{path}: index format version {header.get('version')!r}, this release reads "
-            f"{INDEX_VERSION}; {_REBUILD}"
-        )
+        raise IndexVersionError(path, header)
     data_start = _aligned(_PREFIX + head_length)
     arrays = {}
     try:

@@ -1,8 +1,8 @@
 """The sample index of a shard set: counts, where each sample's bytes are, and a fingerprint.
 
 Built once by scanning every shard in parallel (:mod:`resumable_loader.index.build`), stored in
-one file (:mod:`resumable_loader.index.file`: msgpack header + raw arrays, 16 bytes a tar
-sample, see :mod:`resumable_loader.index.tar` for why spans), memory-mapped on load so worker
+one file (:mod:`resumable_loader.index.file`: msgpack header + raw arrays, a fixed-width record
+per tar sample, see :mod:`resumable_loader.index.tar` for why), memory-mapped on load so worker
 processes share it without copies, and pickled as its path so sending it to a worker costs
 nothing.
 
@@ -26,12 +26,20 @@ import numpy as np
 
 from resumable_loader.errors import SampleIndexError
 from resumable_loader.index.build import check_policy, scan_shards
-from resumable_loader.index.file import INDEX_VERSION, SUFFIX, read_index, write_index
+from resumable_loader.index.file import (
+    INDEX_VERSION,
+    SUFFIX,
+    IndexVersionError,
+    read_index,
+    write_index,
+)
 from resumable_loader.index.paths import expand_shards, is_url, stat_shard
+from resumable_loader.index.tar import LENGTH, RECORD, START
 
 logger = logging.getLogger("resumable_loader")
 
 Shards = str | os.PathLike | Sequence[str | os.PathLike]
+_FINGERPRINT_VERSION = 2  # what fingerprints hash as the format version (see _fingerprint)
 _LOGGED_SKIPS = 20  # skip lines a load logs; `resumable-loader inspect --show N` lists the rest
 
 
@@ -48,7 +56,10 @@ class ShardedIndex:
         shard_offsets: the global id of each shard's first sample, then the total (np.int64).
         fingerprint: a hash of the format version, shard file names (not directories, so a
             moved copy keeps it), byte sizes and sample counts.
-        spans: tar only: (samples, 2) int64, byte start and length of each sample's members.
+        records: tar only: a row per sample (shard, span, key place, members' payload
+            offsets and sizes; columns in :mod:`resumable_loader.index.tar`), uint32 or int64.
+        spans: tar only: (samples, 2) view of ``records``, each sample's byte start and length.
+        checksums: tar only: (samples, fields) uint32, each member's CRC32C (0: no member).
         row_groups: Parquet only: per shard, the rows of each row group.
         fields: tar extensions, or Parquet column names, found in the shards.
         skipped: what ``on_error="skip"`` left out, one "shard: what and where" line each.
@@ -70,12 +81,16 @@ class ShardedIndex:
             ) from None
         self.header, self.path = header, path
         self.shard_offsets = np.concatenate([[0], np.cumsum(self.shard_sizes)]).astype(np.int64)
-        self.spans: np.ndarray | None = arrays.get("spans")
-        expected = (self.num_samples, 2) if self.format == "tar" else None
-        if (self.spans.shape if self.spans is not None else None) != expected:
+        self.records: np.ndarray | None = arrays.get("records")
+        self.checksums: np.ndarray | None = arrays.get("checksums")
+        self.spans = self.records[:, START : LENGTH + 1] if self.records is not None else None
+        tar = self.format == "tar"
+        shapes = [a.shape if a is not None else None for a in (self.records, self.checksums)]
+        samples, width = self.num_samples, len(self.fields)
+        if shapes != ([(samples, RECORD + 2 * width), (samples, width)] if tar else [None, None]):
             raise SampleIndexError(
-                f"{path}: corrupt index (spans for {self.num_samples} {self.format} samples "
-                "expected); rebuild it"
+                f"{path}: corrupt index (records for {samples} {self.format} samples of "
+                f"{width} fields expected, found {shapes}); rebuild it"
             )
 
     @property
@@ -195,7 +210,15 @@ class ShardedIndex:
     def _load(cls, path: str | os.PathLike, *, verify: bool, rebuild: bool) -> ShardedIndex:
         """:meth:`load` without logging what the index skipped."""
         path = Path(path).absolute()  # workers unpickling it may run elsewhere
-        header, arrays = read_index(path)
+        try:
+            header, arrays = read_index(path)
+        except IndexVersionError as error:  # an older format: rebuilt from its shard list
+            if not rebuild or error.shards is None:
+                raise
+            logger.info("%s: upgrading the index to format version %d", path, INDEX_VERSION)
+            return cls._build(
+                error.shards, out=path, workers=None, progress=True, on_error=error.on_error
+            )
         index = cls(header, arrays, path)
         if verify or rebuild:
             try:
@@ -283,7 +306,9 @@ def _log_skipped(index: ShardedIndex) -> ShardedIndex:
 
 
 def _fingerprint(header: dict[str, Any]) -> str:
-    lines = [f"v{INDEX_VERSION}\t{header['format']}"]
+    # The sample set's identity, not the file's: version 3's new record format left the
+    # samples as version 2 had them, so it keeps their fingerprints (and saved cursors).
+    lines = [f"v{_FINGERPRINT_VERSION}\t{header['format']}"]
     lines += [f"{Path(s['url']).name}\t{s['bytes']}\t{s['samples']}" for s in header["shards"]]
     return hashlib.blake2b("\n".join(lines).encode(), digest_size=12).hexdigest()
 
