@@ -69,6 +69,7 @@ class Augmented(Dataset):
 
     def __init__(self, shards: TarShardDataset) -> None:
         self.shards = shards
+        self.fingerprint = f"{type(self).__qualname__}:{shards.fingerprint}"  # the cursor's
 
     def __len__(self) -> int:
         return len(self.shards)

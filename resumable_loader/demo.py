@@ -59,10 +59,16 @@ def augment(rgb: bytes, *, noise: float = 0.01) -> torch.Tensor:
 
 
 class Augmented(torch.utils.data.Dataset):
-    """Decodes and augments a tar sample, as a training pipeline would."""
+    """Decodes and augments a tar sample, as a training pipeline would.
+
+    Its ``fingerprint`` (the shards' plus this class's name) is the identity the loader records
+    in its cursor, so a saved state is refused by other data; a dataset of yours should carry
+    one the same way (docs/design.md).
+    """
 
     def __init__(self, shards: TarShardDataset) -> None:
         self.shards = shards
+        self.fingerprint = f"{type(self).__qualname__}:{shards.fingerprint}"
 
     def __len__(self) -> int:
         return len(self.shards)
