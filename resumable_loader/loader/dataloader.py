@@ -34,6 +34,7 @@ from resumable_loader.loader.build_refs import (
 from resumable_loader.loader.identity import dataset_fingerprint
 from resumable_loader.loader.iteration import ResumableIterator, stop_workers, worker_failure
 from resumable_loader.loader.keyed_fetch import KeyedFetch, WorkerInit
+from resumable_loader.loader.lookahead import lookahead_for
 from resumable_loader.loader.progress import Progress
 from resumable_loader.loader.refs import OrderedBatchSampler, UserBatchSampler
 from resumable_loader.loader.topology import (
@@ -47,6 +48,7 @@ from resumable_loader.loader.visible_sampler import warn_if_replaced, watch_visi
 from resumable_loader.order.partition import Partition
 from resumable_loader.order.permutation import Order
 from resumable_loader.order.philox import Purpose, check_epoch, check_seed, derive_words
+from resumable_loader.storage.stats import StorageStats, log_epoch
 
 T_co = TypeVar("T_co", covariant=True)
 
@@ -158,6 +160,9 @@ class ResumableDataLoader(DataLoader[T_co]):
         # The latest iterator: only its batches move the cursor. A weak reference, so that an
         # abandoned iterator is collected (and its workers stopped) as torch's would be.
         self._current: weakref.ref[ResumableIterator] | None = None
+        self._loop_wait = 0.0  # seconds the loop waited in iterations already finished
+        self._storage_mark = StorageStats()  # storage_stats() at the last epoch's end
+        self.epoch_storage_stats: StorageStats | None = None  # the last finished epoch's
         if injected is not None:  # our own order, as the sampler's coordinates and shuffle say
             shuffle, sampler = injected.shuffle, None
         self._shuffle, self._shard_shuffle = bool(shuffle), shard_shuffle
@@ -227,6 +232,7 @@ class ResumableDataLoader(DataLoader[T_co]):
         refs = self._refs
         epoch, position = self._progress.begin()
         refs.begin(seed=self.seed, epoch=epoch, start=position)
+        self._fetch.lookahead = lookahead_for(self.dataset, refs, self.num_workers)
         try:
             inner = super().__iter__()
         except RuntimeError as error:  # persistent workers that died between epochs
@@ -304,11 +310,30 @@ class ResumableDataLoader(DataLoader[T_co]):
     def _delivered(self, iterator: ResumableIterator, samples: int, *, last: bool) -> None:
         """Move the cursor for a batch ``iterator`` handed out (``last``: its epoch is done);
         only the latest iterator moves it."""
+        if last:
+            self._loop_wait, iterator.waited = self._loop_wait + iterator.waited, 0.0
         if self._current is None or self._current() is not iterator:
             return
         partition = self.partition
         epoch_length = partition.length if partition is not None else None
         self._progress.advance(samples, last=last, epoch_length=epoch_length)
+        if last and samples:  # the epoch's final batch: report what its reads cost
+            stats = self.storage_stats()
+            if stats is not None:
+                self.epoch_storage_stats = log_epoch(stats - self._storage_mark, epoch_length)
+                self._storage_mark = stats
+
+    def storage_stats(self) -> StorageStats | None:
+        """What reading the dataset from storage cost so far, summed over this loader's
+        processes (None: the dataset does not prefetch): bytes and requests fetched, cache hit
+        rate, the time the training loop waited on batches, the prefetch depth reached. After
+        each epoch, ``epoch_storage_stats`` holds that epoch's (and it is logged at INFO)."""
+        if not getattr(self.dataset, "prefetching", False):
+            return None
+        stats = self.dataset.storage_stats()
+        current = self._current() if self._current is not None else None
+        stats.loop_wait_seconds = self._loop_wait + (current.waited if current else 0.0)
+        return stats
 
     def _workers_failed(self, inner: Any) -> None:
         """Forget a persistent torch iterator whose workers failed; iter() starts new ones."""

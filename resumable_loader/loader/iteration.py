@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -72,11 +73,13 @@ class ResumableIterator(Iterator[Any]):
         self._skipped = 0  # samples of failed batches not yet added to the cursor
         self._length = length
         self.latest: tuple[int, bool] = (0, False)
+        self.waited = 0.0  # seconds the caller spent in next() (waiting on the data)
         self._watch = BatchWatch.install(inner, timeout=timeout, stall_warning=stall_warning)
 
     def __next__(self) -> Any:
         if self._watch is not None:
             self._watch.arm()
+        began = time.perf_counter()
         try:
             batch = next(self._inner)
         except StopIteration:
@@ -89,6 +92,7 @@ class ResumableIterator(Iterator[Any]):
                 raise
             raise self._stop_after(error, failure)  # noqa: B904 (the cause is set there)
         finally:
+            self.waited += time.perf_counter() - began
             if self._watch is not None:
                 self._watch.disarm()
         self._finished_refs += 1

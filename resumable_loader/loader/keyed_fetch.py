@@ -17,7 +17,7 @@ batched transform's randomness is said in docs/integrations.md.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from torch.utils.data import Dataset, StackDataset, Subset, get_worker_info
 
@@ -25,6 +25,9 @@ from resumable_loader.errors import ResumableLoaderError
 from resumable_loader.order.philox import Purpose, derive_words
 from resumable_loader.rngs.process import this_process
 from resumable_loader.rngs.sample import SampleKey, clear_key, install_key, sample_key
+
+if TYPE_CHECKING:  # lookahead imports refs, which imports this module
+    from resumable_loader.loader.lookahead import Lookahead
 
 # (seed, epoch, first position, stride, count) of the batched read in progress, or None.
 _batch_read: tuple[int, int, int, int, int] | None = None
@@ -106,6 +109,7 @@ class KeyedFetch(Dataset):
         self.collate_fn = collate_fn
         self.reseed_globals = reseed_globals
         self.batched = reads_batched(dataset)
+        self.lookahead: Lookahead | None = None  # tells a prefetching dataset what comes next
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -134,6 +138,8 @@ class KeyedFetch(Dataset):
             install_key(ref.seed, ref.epoch, ref.position, Purpose.SAMPLE, reseed_globals=reseed)
             return self.collate_fn(self.dataset[ref.id])
         seed, epoch, dataset, sample = ref.seed, ref.epoch, self.dataset, Purpose.SAMPLE
+        if self.lookahead is not None:
+            self.lookahead.before(dataset, epoch, ref.start, ref.ids)
         if self.batched:
             samples = self._read_batch(ref)
         else:

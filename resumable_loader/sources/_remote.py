@@ -1,0 +1,132 @@
+"""Remote tar shards: reads planned ahead from the loader's schedule, through the node cache.
+
+Mixed into :class:`~resumable_loader.sources.webdataset.TarShardDataset`: its ``_read`` hands
+a span to :meth:`RemoteReads._remote_read` when prefetching is on (by default for shards
+behind a URL), and the loader's lookahead calls :meth:`RemoteReads.plan_reads` before each
+batch (:class:`~resumable_loader.loader.lookahead.Prefetching`). The reader and its threads
+belong to one process: made on first use, made again after a fork, never pickled.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from resumable_loader.errors import ConfigError, StorageError
+from resumable_loader.index.paths import is_url
+from resumable_loader.storage.reader import Prefetch, ShardReader, default_cache_dir
+from resumable_loader.storage.stats import StatsFile, StorageStats
+
+DEFAULT_BLOCK = 1 * 2**20
+
+
+def read_range(url: str, start: int, length: int) -> bytes:  # until the storage client lands
+    import fsspec
+
+    filesystem, path = fsspec.core.url_to_fs(url)
+    return filesystem.cat_file(path, start=start, end=start + length)
+
+
+class RemoteReads:
+    """Prefetching reads of a dataset's shards (see the module docstring).
+
+    The class using it has ``index``, ``read_ahead`` (the block size, None for the default)
+    and ``cache_bytes`` (the node cache's bound).
+    """
+
+    index: Any
+    read_ahead: int | None
+    cache_bytes: int
+
+    def _init_remote(self, prefetch: Prefetch | bool | None) -> None:
+        if prefetch is None:
+            prefetch = any(is_url(url) for url in self.index.shard_urls)
+        if not isinstance(prefetch, (bool, Prefetch)):
+            raise ConfigError(f"prefetch must be a Prefetch, True, False or None, got {prefetch!r}")
+        self.prefetch: Prefetch | None = Prefetch() if prefetch is True else (prefetch or None)
+        self._storage_token = uuid.uuid4().hex  # names this dataset's counters on the node
+        self._storage: tuple[int, ShardReader] | None = None
+
+    @property
+    def prefetching(self) -> bool:
+        """Whether reads go through the planned, cached path."""
+        return self.prefetch is not None
+
+    def plan_reads(self, schedule: Any) -> None:
+        """Fetch ahead what the node's schedule will read (the loader calls this)."""
+        reader = self._reader()
+        if reader is not None:
+            reader.plan(schedule)
+
+    def storage_stats(self) -> StorageStats:
+        """What reading from storage cost so far, summed over the processes that read for this
+        dataset object (the loader's workers included)."""
+        reader = self._reader(create=False)
+        if reader is not None:
+            return reader.stats_file.total()
+        if self.prefetch is None:
+            return StorageStats()
+        return StatsFile(self._cache_root() / "stats", self._storage_token).total()
+
+    def _remote_read(self, shard: int, start: int, length: int) -> bytes:
+        reader = self._reader()
+        assert reader is not None
+        try:
+            return reader.read(shard, start, length)
+        except StorageError as error:
+            error.sample = self._sample_at(shard, start)  # the sample that needed the bytes
+            raise
+
+    def _reader(self, *, create: bool = True) -> ShardReader | None:
+        if self.prefetch is None:
+            return None
+        held = self._storage
+        if held is not None and held[0] == os.getpid():
+            return held[1]
+        if not create:
+            return None
+        block = self.read_ahead or DEFAULT_BLOCK
+        reader = ShardReader(
+            self.index,
+            self._range,
+            block_size=block,
+            cache_bytes=self.cache_bytes,
+            options=self.prefetch,
+            token=self._storage_token,
+        )
+        self._storage = (os.getpid(), reader)
+        return reader
+
+    def _range(self, shard: int, start: int, length: int) -> bytes:
+        """One range request for ``length`` bytes of ``shard`` at ``start`` (clipped to the
+        indexed size); safe to call from several threads."""
+        length = max(0, min(length, self.index.header["shards"][shard]["bytes"] - start))
+        url = self.index.shard_urls[shard]
+        if not is_url(url):
+            fd = os.open(url, os.O_RDONLY)
+            try:
+                return os.pread(fd, length, start)
+            finally:
+                os.close(fd)
+        return read_range(url, start, length)
+
+    def _cache_root(self) -> Path:
+        return Path(self.prefetch.cache_dir or default_cache_dir(self.index.fingerprint))
+
+    def _sample_at(self, shard: int, start: int) -> int:
+        """The global id of the sample of ``shard`` whose span begins at or before ``start``."""
+        offsets = self.index.shard_offsets
+        first, stop = int(offsets[shard]), int(offsets[shard + 1])
+        starts = self.index.spans[first:stop, 0]
+        return first + max(int(starts.searchsorted(start, side="right")) - 1, 0)
+
+    def close(self) -> None:
+        held, self._storage = self._storage, None
+        if held is not None and held[0] == os.getpid():
+            held[1].close()
+        super().close()  # type: ignore[misc]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "_storage": None}  # type: ignore[misc]

@@ -1,0 +1,357 @@
+"""Reads shard spans through the node cache, fetching ahead what the node's schedule will need.
+
+Given the node's future (:class:`~resumable_loader.loader.lookahead.NodeSchedule`), the reader
+plans it window by window: in each window, blocks whose bytes the window reads mostly (at
+least ``Prefetch.block_fraction``) are fetched whole into the node cache, each by one process
+of the node, chosen by a hash of the block over the node's (rank, worker) slots, so every
+block is fetched once a node with no coordination; the other samples are fetched as spans
+(merged when close) by the process that loads them. Fetches are issued in order of first use,
+up to ``Prefetch.depth_bytes`` ahead of the batch being loaded, on a thread pool of
+``Prefetch.threads`` requests in flight. A read finds its bytes in the cache or in a finished
+fetch; else it waits for its own fetch in flight, or for another process's block (polling the
+cache, at most ``Prefetch.wait_seconds``), and then fetches itself: never forever. What is
+returned is always the span asked for: a plan can only make a read faster or a fetch wasted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from resumable_loader._checks import check_int
+from resumable_loader.errors import ConfigError
+from resumable_loader.storage.node_cache import NodeCache
+from resumable_loader.storage.plan import Key, Read, block_usage, blocks_of, coalesce, sample_spans
+from resumable_loader.storage.stats import StatsFile, remove_stale
+
+logger = logging.getLogger("resumable_loader")
+Fetch = Callable[[int, int, int], bytes]  # (shard, start, length) -> bytes: one request
+# A read waiting longer than this is logged (at most once per LOG_EVERY seconds a process).
+SLOW_READ_SECONDS = 1.0
+LOG_EVERY = 10.0
+MAX_WINDOW = 2**18  # samples planned at once
+
+
+@dataclasses.dataclass(frozen=True)
+class Prefetch:
+    """How a remote dataset fetches ahead (``TarShardDataset(..., prefetch=Prefetch(...))``).
+
+    Args:
+        depth_bytes: how far ahead of the batch being loaded fetches are issued, in bytes of
+            the samples ahead (per process); it is what hides a storage outage.
+        threads: range requests in flight per process.
+        block_fraction: fetch a whole block when the near future (the cache's worth of
+            samples) reads at least this fraction of it; else fetch the samples' spans.
+        eviction: the node cache's policy: "belady" (the block used furthest ahead goes) or
+            "lru".
+        wait_seconds: how long a read waits for a block another process is fetching before it
+            fetches the block itself.
+        cache_dir: the node cache's folder (default: under /dev/shm, else the temp dir, named
+            by the index fingerprint); every process of a node should use the same.
+        coalesce_gap: spans of one batch at most this many bytes apart go in one request.
+    """
+
+    depth_bytes: int = 64 * 2**20
+    threads: int = 16
+    block_fraction: float = 0.5
+    eviction: str = "belady"
+    wait_seconds: float = 5.0
+    cache_dir: str | os.PathLike | None = None
+    coalesce_gap: int = 4096
+
+    def __post_init__(self) -> None:
+        check_int("Prefetch depth_bytes", self.depth_bytes)
+        check_int("Prefetch threads", self.threads, low=1)
+        check_int("Prefetch coalesce_gap", self.coalesce_gap)
+        if not 0 <= self.block_fraction <= 1:
+            raise ConfigError(
+                f"Prefetch block_fraction must be in [0, 1], got {self.block_fraction}"
+            )
+        if not self.wait_seconds >= 0:
+            raise ConfigError(f"Prefetch wait_seconds must be >= 0, got {self.wait_seconds}")
+
+
+def default_cache_dir(fingerprint: str) -> Path:
+    """Where a node keeps the blocks of an index with this fingerprint by default."""
+    shm = Path("/dev/shm")
+    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+    return base / "resumable_loader" / fingerprint[:16]
+
+
+class ShardReader:
+    """Span reads of one index's shards, planned ahead, through a node cache.
+
+    Args:
+        index: the :class:`~resumable_loader.index.sharded.ShardedIndex` (tar: ``spans``).
+        fetch: one range request, thread-safe.
+        block_size: bytes per cache block (> 0).
+        cache_bytes: bytes the node cache keeps (0: no cache; every read is a span).
+        options: the :class:`Prefetch` settings.
+        token: names this dataset's counters among the node's (see ``stats``).
+    """
+
+    def __init__(
+        self,
+        index: Any,
+        fetch: Fetch,
+        *,
+        block_size: int,
+        cache_bytes: int,
+        options: Prefetch,
+        token: str,
+    ) -> None:
+        self.index, self._fetch_one = index, fetch
+        self.block_size, self.options = check_int("block_size", block_size, low=1), options
+        self._sizes = [int(s["bytes"]) for s in index.header["shards"]]
+        self._mean = max(1.0, float(index.spans[:, 1].sum()) / max(index.num_samples, 1))
+        root = Path(options.cache_dir or default_cache_dir(index.fingerprint))
+        self.cache = NodeCache(root / "blocks", cache_bytes, eviction=options.eviction)
+        self.cache.next_use = self._next_use
+        self.cached = cache_bytes > 0
+        remove_stale(root / "stats")
+        self.stats_file = StatsFile(root / "stats", token)
+        self.stats = self.stats_file.stats
+        self.depth = max(1, int(options.depth_bytes / self._mean))
+        capacity = int(self.cache.capacity / self._mean)
+        self.window = min(max(self.depth, capacity, 1), MAX_WINDOW)
+        self._pool = ThreadPoolExecutor(options.threads, thread_name_prefix="resumable-fetch")
+        self._lock = threading.Lock()
+        self._last_log = -math.inf
+        self._reset(None)
+
+    # -- planning ----------------------------------------------------------------------------
+
+    def _reset(self, schedule: Any) -> None:
+        self._schedule = schedule
+        self._now = schedule.now if schedule is not None else 0
+        self._planned_to = schedule.start if schedule is not None else 0
+        self._held: Any = None
+        self._ended = False
+        self._queue: deque[Read] = deque()
+        self._uses: dict[Key, deque[int]] = {}
+        self._inflight: dict[Key, Future] = {}
+        self._spans: dict[tuple[int, int], tuple[Future, int, int]] = {}
+        self._batch_left = 0
+        if schedule is not None:
+            ranks = schedule.node_ranks
+            self._slots = len(ranks) * schedule.num_workers
+            self._slot = ranks.index(schedule.rank) * schedule.num_workers + schedule.worker
+
+    def plan(self, schedule: Any) -> None:
+        """Plan the node's future up to the depth and issue the fetches due."""
+        if schedule is not self._schedule:
+            self._reset(schedule)
+        self._now = now = schedule.now
+        self._batch_left = schedule.batch_size
+        while not self._ended and self._planned_to <= now + self.depth:
+            self._plan_window()
+        self._issue(now + self.depth)
+
+    def _plan_window(self) -> None:
+        end = self._planned_to + self.window
+        batches = []
+        while True:
+            batch = self._held if self._held is not None else self._schedule.pull()
+            self._held = None
+            if batch is None:
+                self._ended = True
+                break
+            if batch.position >= end:
+                self._held = batch
+                break
+            batches.append(batch)
+        self._planned_to = end
+        if batches:
+            self._queue.extend(sorted(self._window_reads(batches), key=lambda r: r.first_use))
+
+    def _window_reads(self, batches: list[Any]) -> list[Read]:
+        ids = np.concatenate([b.ids for b in batches])
+        positions = np.repeat([b.position for b in batches], [len(b.ids) for b in batches])
+        shards, starts, lengths = sample_spans(self.index.spans, self.index.shard_offsets, ids)
+        size, whole = self.block_size, set()
+        if self.cached:
+            for key, used in block_usage(shards, starts, lengths, size).items():
+                block_bytes = min(size, self._sizes[key[0]] - key[1] * size)
+                if used >= self.options.block_fraction * block_bytes:
+                    whole.add(key)
+        mine = np.repeat([b.mine for b in batches], [len(b.ids) for b in batches])
+        reads, spans_by_batch = [], {}
+        first: dict[Key, int] = {}
+        for shard, start, length, position, own in zip(
+            shards.tolist(),
+            starts.tolist(),
+            lengths.tolist(),
+            positions.tolist(),
+            mine.tolist(),
+            strict=True,
+        ):
+            keys = [(shard, b) for b in blocks_of(start, length, size)]
+            if all(key in whole for key in keys):
+                for key in keys:
+                    uses = self._uses.setdefault(key, deque())
+                    if not uses or uses[-1] != position:
+                        uses.append(position)
+                    first.setdefault(key, position)
+            elif own:
+                spans_by_batch.setdefault(position, []).append((shard, start, length))
+        for key, position in first.items():
+            if hash_slot(key, self._slots) == self._slot:
+                start = key[1] * size
+                length = min(size, self._sizes[key[0]] - start)
+                reads.append(Read(key[0], start, length, position, key[1]))
+        gap = self.options.coalesce_gap
+        for position, spans in spans_by_batch.items():
+            reads.extend(coalesce(spans, gap=gap, first_use=position))
+        return reads
+
+    def _issue(self, limit: int) -> None:
+        while self._queue and self._queue[0].first_use < limit:
+            read = self._queue.popleft()
+            if read.block is None:
+                future = self._pool.submit(self._request, read.shard, read.start, read.length)
+                for start, length in read.members:
+                    self._spans[(read.shard, start)] = (future, start - read.start, length)
+            else:
+                key = (read.shard, read.block)
+                if key in self._inflight or key in self.cache:
+                    continue
+                self._inflight[key] = self._pool.submit(self._fetch_block, key, read.length)
+            ahead = int((read.first_use - self._now) * self._mean) + read.length
+            self.stats.prefetch_depth_bytes = max(self.stats.prefetch_depth_bytes, ahead)
+
+    def _next_use(self, key: Key) -> float:
+        """Belady's clock: the position of ``key``'s next planned use (inf: none planned)."""
+        uses = self._uses.get(key)
+        while uses and uses[0] < self._now:
+            uses.popleft()
+        return uses[0] if uses else math.inf
+
+    # -- fetching ----------------------------------------------------------------------------
+
+    def _request(self, shard: int, start: int, length: int) -> bytes:
+        data = self._fetch_one(shard, start, length)
+        with self._lock:
+            self.stats.bytes_fetched += len(data)
+            self.stats.requests += 1
+        return data
+
+    def _fetch_block(self, key: Key, length: int) -> bytes | None:
+        """Fetch a block into the cache; its bytes only if the cache could not keep it."""
+        data = self._request(key[0], key[1] * self.block_size, length)
+        return None if self.cache.put(key, data) else data
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def read(self, shard: int, start: int, length: int) -> bytes:
+        """The ``length`` bytes of ``shard`` at ``start`` (fewer past the shard's end)."""
+        began = time.perf_counter()
+        entry = self._spans.pop((shard, start), None)
+        if entry is not None and entry[2] == length:
+            future, offset, _ = entry
+            waited = not future.done()
+            data = future.result()[offset : offset + length]
+            outcome = "waited" if waited else "hit"
+        elif self.cached:
+            data, outcome = self._read_blocks(shard, start, length)
+        else:
+            data, outcome = self._request(shard, start, length), "fetched"
+        self._count(outcome, time.perf_counter() - began, shard, start)
+        return data
+
+    def _read_blocks(self, shard: int, start: int, length: int) -> tuple[bytes, str]:
+        size, pieces, outcome = self.block_size, [], "hit"
+        for block in blocks_of(start, length, size):
+            lo, hi = max(start, block * size), min(start + length, (block + 1) * size)
+            piece, how = self._block_piece((shard, block), lo - block * size, hi - lo)
+            pieces.append(piece)
+            outcome = how if how != "hit" else outcome
+        return (pieces[0] if len(pieces) == 1 else b"".join(pieces)), outcome
+
+    def _block_piece(self, key: Key, offset: int, length: int) -> tuple[bytes, str]:
+        piece = self.cache.read(key, offset, length)
+        if piece is not None:
+            return piece, "hit"
+        future = self._inflight.get(key)
+        if future is not None:
+            waited = not future.done()
+            data = future.result()
+            if data is not None:
+                return data[offset : offset + length], "waited" if waited else "hit"
+            piece = self.cache.read(key, offset, length)
+            if piece is not None:
+                return piece, "waited" if waited else "hit"
+        elif key in self._uses:  # another process of the node fetches it: wait a while
+            piece = self._poll(key, offset, length)
+            if piece is not None:
+                return piece, "waited"
+        planned = self._schedule is None or key in self._uses
+        if not planned:  # a span the plan did not foresee: fetch just it
+            start = key[1] * self.block_size + offset
+            return self._request(key[0], start, length), "fetched"
+        block_length = min(self.block_size, self._sizes[key[0]] - key[1] * self.block_size)
+        data = self._fetch_block(key, block_length)
+        if data is None:
+            data = self.cache.read(key, 0, block_length) or self._request(
+                key[0], key[1] * self.block_size, block_length
+            )
+        return data[offset : offset + length], "fetched"
+
+    def _poll(self, key: Key, offset: int, length: int) -> bytes | None:
+        deadline, pause = time.monotonic() + self.options.wait_seconds, 0.0005
+        while time.monotonic() < deadline:
+            time.sleep(pause)
+            piece = self.cache.read(key, offset, length)
+            if piece is not None:
+                return piece
+            pause = min(pause * 2, 0.02)
+        return None
+
+    def _count(self, outcome: str, seconds: float, shard: int, start: int) -> None:
+        stats = self.stats
+        stats.reads += 1
+        stats.read_wait_seconds += seconds if outcome != "hit" else 0.0
+        if outcome == "hit":
+            stats.cache_hits += 1
+        elif outcome == "waited":
+            stats.waited_reads += 1
+        else:
+            stats.fetched_reads += 1
+        now = time.monotonic()
+        if seconds > SLOW_READ_SECONDS and now - self._last_log > LOG_EVERY:
+            self._last_log = now
+            logger.warning(
+                "storage: a read waited %.1f s for %s (bytes at %d); prefetch depth %d bytes, "
+                "%d requests, %d bytes fetched so far by this process",
+                seconds,
+                self.index.shard_urls[shard],
+                start,
+                self.options.depth_bytes,
+                stats.requests,
+                stats.bytes_fetched,
+            )
+        self._batch_left -= 1
+        if self._batch_left == 0:
+            self.stats_file.publish()
+
+    def close(self) -> None:
+        """Stop the fetch threads (fetches in flight finish; nothing new starts)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def hash_slot(key: Key, slots: int) -> int:
+    """Which of the node's ``slots`` processes fetches block ``key``: a fixed mix of its
+    numbers, so every process computes the same owner without asking."""
+    shard, block = key
+    return ((shard * 0x9E3779B1 + block * 0x85EBCA77) & 0xFFFFFFFF) * slots >> 32
