@@ -10,10 +10,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from checkpoint_damage import reseal
 from checkpoint_job import batches, build, digest, train_step
 
 from resumable_loader import DataLoader
 from resumable_loader.checkpoint import Checkpointer, rng_state
+from resumable_loader.checkpoint.integrity import of_bytes
 from resumable_loader.checkpoint.layout import CheckpointDirectory
 from resumable_loader.cli import main
 from resumable_loader.errors import CheckpointError, ConfigError
@@ -61,7 +63,8 @@ def test_load_restores_every_component_and_rng(tmp_path, caplog):
     records = [r for r in caplog.records if r.name == "resumable_loader.checkpoint"]
     assert [r.getMessage() for r in records] == [
         f"resumed step 5 from {tmp_path / 'step-0000000005'} (mode strict): restored model, "
-        "optimizer, scheduler, scaler, ema, loader, rng; re-derived nothing; changed nothing"
+        "optimizer, scheduler, scaler, ema, loader, rng; re-derived nothing; changed nothing; "
+        "checksums verified"
     ]
 
 
@@ -228,10 +231,15 @@ def test_another_world_size_rederives_rng_from_the_loader_seed(tmp_path):
     # tests/test_checkpoint_torchrun.py); strict refuses it, flexible re-derives the RNG
     state, _ = trained(3)
     Checkpointer(tmp_path).save(3, state)
-    path = tmp_path / "step-0000000003" / "manifest.json"
+    folder = tmp_path / "step-0000000003"
+    path = folder / "manifest.json"
+    rank_1 = json.loads((folder / "rng-rank-00000.json").read_text()) | {"rank": 1}
+    (folder / "rng-rank-00001.json").write_text(json.dumps(rank_1))
     manifest = json.loads(path.read_text())
     manifest["world_size"] = 2
-    path.write_text(json.dumps(manifest))
+    manifest["rng"]["files"].append("rng-rank-00001.json")
+    manifest["files"]["rng-rank-00001.json"] = of_bytes(json.dumps(rank_1).encode())
+    reseal(path, manifest)
     with pytest.raises(CheckpointError, match=r"field 'world_size': saved 2, now 1; mode='str"):
         Checkpointer(tmp_path).load(build(4, 0))
     decision = Checkpointer(tmp_path).load(build(4, 0), mode="flexible")
@@ -242,7 +250,7 @@ def test_another_world_size_rederives_rng_from_the_loader_seed(tmp_path):
     assert draws() == after_load
     without_loader = {k: v for k, v in build(4, 0).items() if k != "loader"}
     manifest["components"].pop("loader"), manifest["loaders"].pop("loader")
-    path.write_text(json.dumps(manifest))
+    reseal(path, manifest)
     with pytest.raises(CheckpointError, match=r"has 0 loader seeds .* Checkpointer\(\.\.\., seed="):
         Checkpointer(tmp_path).load(without_loader, mode="flexible")
     decision = Checkpointer(tmp_path, seed=11).load(without_loader, mode="flexible")

@@ -125,7 +125,7 @@ REFUSALS = {
     "unknown manifest version": (
         None,
         edit_manifest(lambda m: m.update(version=99)),
-        r"field 'version' is 99, this release reads version 1",
+        r"field 'version' is 99, this release reads versions \[1, 2\]",
     ),
     "manifest field missing": (
         None,

@@ -2,8 +2,10 @@
 
 Tensors, resharding and asynchronous writes are torch.distributed.checkpoint's (DCP) job; this
 module adds what a resume needs besides: every rank's RNG states, the loader's cursor, the step
-and what was seen, a manifest that describes it all, a load that checks everything before it
-applies anything, and a record of what each resume did.
+and what was seen, a manifest that describes it all with a content checksum of every file, a
+load that checks everything before it applies anything (and applies all or nothing, falling
+back to an earlier checkpoint when the newest is damaged), a resume probe, and a record of
+what each resume did.
 """
 
 from __future__ import annotations
@@ -18,11 +20,23 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch import nn
 
 from resumable_loader._checks import check_int
-from resumable_loader.checkpoint import collective, decision, manifest, rng_state, validate
+from resumable_loader.checkpoint import (
+    collective,
+    decision,
+    inspection,
+    integrity,
+    loading,
+    manifest,
+    rng_state,
+)
+from resumable_loader.checkpoint import probe as probe_mod
 from resumable_loader.checkpoint.components import (
     LOADER,
+    MODEL,
+    OPTIMIZER,
     Component,
     components,
     count_samples,
@@ -31,9 +45,10 @@ from resumable_loader.checkpoint.components import (
     loader_entry,
 )
 from resumable_loader.checkpoint.layout import CheckpointDirectory
-from resumable_loader.errors import CheckpointError, ConfigError, StateDictError
+from resumable_loader.errors import CheckpointError, ConfigError
 
 MODES = ("strict", "flexible")
+CHECKSUMS = ("verify", "trust")
 
 
 class Checkpointer:
@@ -41,22 +56,25 @@ class Checkpointer:
 
     ``save(step, state)`` writes a checkpoint of every component (models and optimizers through
     ``torch.distributed.checkpoint.state_dict``, anything with ``state_dict()`` as it is, a
-    ``resumable_loader.DataLoader`` as its cursor) plus each rank's RNG states and a manifest,
-    into ``directory/step-N``, made visible by one atomic rename. ``load(state)`` inspects the
-    newest complete checkpoint, validates all of it against ``state``, then applies it, and
-    returns the decision (see :mod:`resumable_loader.checkpoint.decision`). Works in one
-    process without a process group and under torchrun.
+    ``resumable_loader.DataLoader`` as its cursor) plus each rank's RNG states and a manifest
+    holding every file's content checksum, into ``directory/step-N``, made visible by one
+    atomic rename. ``load(state)`` verifies the newest complete checkpoint (falling back to an
+    earlier one if it is damaged), validates it against ``state``, then applies every component
+    or none, and returns the decision (see :mod:`resumable_loader.checkpoint.decision`). Works
+    in one process without a process group and under torchrun.
 
     Args:
         directory: where the checkpoints live (one folder per saved step).
         keep_last: complete checkpoints kept; older ones are removed after each new one is
-            complete.
+            complete, except the newest one that passed verification (by :meth:`load` or
+            :meth:`verify`), which is kept until a newer one passes.
         async_save: write through ``dcp.async_save``: ``save`` returns once the state is copied
             to memory; the next ``save``, ``load`` or :meth:`wait` waits for the write.
         seed: the seed RNG states are re-derived from when the rank layout changed; default
             the loader's (saved) seed.
         process_group: the group DCP's collectives use; with ``async_save`` under a process
             group, default a new gloo group of the Checkpointer's own.
+        probe_samples: the size of the resume probe's batch (see :meth:`save`'s ``probe``).
     """
 
     def __init__(
@@ -67,11 +85,13 @@ class Checkpointer:
         async_save: bool = False,
         seed: int | None = None,
         process_group: dist.ProcessGroup | None = None,
+        probe_samples: int = 4,
     ) -> None:
         self.directory = CheckpointDirectory(directory)
         self.keep_last = check_int("keep_last", keep_last, low=1)
         self.async_save = bool(async_save)
         self.seed = None if seed is None else check_int("seed", seed, high=2**64)
+        self.probe_samples = check_int("probe_samples", probe_samples, low=1)
         if process_group is None and self.async_save and collective.active():
             # DCP's thread must not share the training loop's group: collectives of the two
             # threads would interleave (a collective: every rank makes its Checkpointer)
@@ -80,11 +100,13 @@ class Checkpointer:
         self._pending: Future | None = None
         self._finished = threading.Event()
         self._finish_error: BaseException | None = None
+        self._loaded: tuple[dict[str, Any], dict[str, Component], str] | None = None
 
     def __repr__(self) -> str:
         return (
             f"Checkpointer(directory={str(self.directory.root)!r}, keep_last={self.keep_last}, "
-            f"async_save={self.async_save}, seed={self.seed})"
+            f"async_save={self.async_save}, seed={self.seed}, "
+            f"probe_samples={self.probe_samples})"
         )
 
     def steps(self) -> list[int]:
@@ -101,23 +123,29 @@ class Checkpointer:
         samples_seen: int | None = None,
         tokens_seen: int | None = None,
         metadata: Mapping[str, Any] | None = None,
+        probe: probe_mod.LossFn | None = None,
     ) -> Path:
         """Checkpoint ``state`` as global step ``step``; return the checkpoint's folder.
 
         Call it on every rank. ``samples_seen`` defaults to what the loader's cursor gives
         (exact without ``drop_last``), ``tokens_seen`` to that times the dataset's ``seq_len``
         (a TokenDataset); ``metadata`` is any JSON dict of yours, kept in the manifest.
+        ``probe(model, batch) -> loss`` records the resume probe: the loss and a digest of the
+        gradients of the first ``probe_samples`` samples of the loader's epoch 0, for
+        :meth:`probe` to recompute after a load (nothing of the state changes).
         """
         step = check_int("step", step)
         self.wait()
         found = components(state)
+        probed = None if probe is None else self._record_probe(found, probe)
         rank, world_size = collective.rank(), collective.world_size()
         tmp = self.directory.tmp_dir(step)
         if rank == 0:
             self.directory.prepare(step)
         collective.barrier()
         cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        rng_state.write(tmp, rng_state.capture(rank=rank, world_size=world_size, step=step))
+        rng = rng_state.write(tmp, rng_state.capture(rank=rank, world_size=world_size, step=step))
+        rng_files = dict(collective.all_gather((manifest.rng_name(rank), rng)))
         loaders = {n: loader_entry(c.obj) for n, c in found.items() if c.kind == LOADER}
         samples = count_samples(samples_seen, found)
         record = manifest.build(
@@ -130,9 +158,12 @@ class Checkpointer:
             loaders=loaders,
             cuda_devices=cuda,
             metadata=dict(metadata or {}),
+            optimizers=loading.optimizer_entries(found),
+            probe=probed,
         )
         app_state = {n: c.stateful for n, c in found.items() if c.kind != LOADER}
-        kwargs = {"checkpoint_id": tmp, "process_group": self.process_group}
+        writer = integrity.HashingWriter(tmp)
+        kwargs = {"storage_writer": writer, "process_group": self.process_group}
         kwargs["no_dist"] = not collective.active()
         if self.async_save:
             if kwargs["no_dist"]:
@@ -142,27 +173,54 @@ class Checkpointer:
                 future = future.upload_completion
             self._finished.clear()
             self._finish_error = None
-            future.add_done_callback(lambda done: self._finish_async(done, step, record))
+            future.add_done_callback(
+                lambda done: self._finish_async(done, step, record, {**rng_files}, writer)
+            )
             self._pending = future
             return self.directory.step_dir(step)
         with collective.single_process_quiet():
             dcp.save(app_state, **kwargs)
         if rank == 0:
-            self._commit(step, record)
+            self._commit(step, record, {**rng_files, **writer.files})
         collective.barrier()
         return self.directory.step_dir(step)
 
-    def _commit(self, step: int, record: dict[str, Any]) -> None:
+    def _record_probe(self, found: dict[str, Component], loss_fn: probe_mod.LossFn) -> Any:
+        model_name = _probed_model(found)
+        loader_names = [n for n, c in found.items() if c.kind == LOADER]
+        if len(loader_names) != 1:
+            raise ConfigError(
+                f"probe: the state has {len(loader_names)} loaders ({loader_names}); the probe "
+                "batch is taken from the one loader's dataset, so pass exactly one"
+            )
+        model = found[model_name].obj
+        return probe_mod.record(
+            (loader_names[0], model_name),
+            found[loader_names[0]].obj,
+            model,
+            _optimizer_of(found, model),
+            loss_fn,
+            self.probe_samples,
+        )
+
+    def _commit(self, step: int, record: dict[str, Any], files: dict[str, Any]) -> None:
         """Rank 0, once every rank's data is written: manifest, rename, latest, prune."""
-        manifest.write(self.directory.tmp_dir(step), record)
+        manifest.write(self.directory.tmp_dir(step), manifest.seal(record, files))
         self.directory.commit(step)
         self.directory.prune(self.keep_last)
 
-    def _finish_async(self, done: Future, step: int, record: dict[str, Any]) -> None:
+    def _finish_async(
+        self,
+        done: Future,
+        step: int,
+        record: dict[str, Any],
+        rng_files: dict[str, Any],
+        writer: integrity.HashingWriter,
+    ) -> None:
         try:
             done.result()
             if collective.rank() == 0:
-                self._commit(step, record)
+                self._commit(step, record, {**rng_files, **writer.files})
         except BaseException as error:  # handed to wait(), which raises it
             self._finish_error = error
         finally:
@@ -182,67 +240,106 @@ class Checkpointer:
     # -- load ------------------------------------------------------------------------------
 
     def load(
-        self, state: Mapping[str, Any], *, step: int | None = None, mode: str = "strict"
+        self,
+        state: Mapping[str, Any],
+        *,
+        step: int | None = None,
+        mode: str = "strict",
+        fallback: bool | None = None,
+        checksums: str = "verify",
     ) -> dict[str, Any]:
-        """Inspect, validate, then apply the checkpoint of ``step`` (default: the newest).
+        """Verify, validate, then apply the checkpoint of ``step`` (default: the newest).
 
-        Call it on every rank. ``mode="strict"`` resumes the same layout and data stream, every
-        RNG state restored per rank; ``mode="flexible"`` also accepts another world size,
-        batch size, num_workers or an appended data phase (the model and optimizer reshard
-        through DCP; RNG states are restored where the rank layout matches, else re-derived
-        from (seed, step, rank)).
+        Call it on every rank. ``mode="strict"`` resumes the same layout, data stream and
+        optimizer, every RNG state restored per rank; ``mode="flexible"`` also accepts another
+        world size, batch size, num_workers, an appended data phase or another optimizer class
+        or hyperparameters (the model and optimizer reshard through DCP; RNG states are
+        restored where the rank layout matches, else re-derived from (seed, step, rank)); every
+        such change is listed in the decision.
+
+        ``checksums="verify"`` hashes every file of the checkpoint before anything is applied
+        (the ranks split the files, each hashes its share in parallel threads);
+        ``checksums="trust"`` skips that for checkpoints too large to read twice (the decision
+        says so). ``fallback`` (default: on when ``step`` is None) tries the next older
+        checkpoint when one is damaged (a problem found by :meth:`verify`'s checks); the
+        decision's ``skipped`` names each one skipped and why.
 
         Returns:
-            The decision: what was restored, re-derived and changed (also logged as one line
-            and written to ``directory/resume-N.json``).
+            The decision: what was restored, re-derived, changed and skipped (also logged as
+            one line and written to ``directory/resume-N.json``).
 
         Raises:
             CheckpointError: before anything is modified, naming the component, the field,
-                both values and the fix.
+                both values and the fix; if applying a component raises (any exception), the
+                components already set are put back first and the error is raised as it was.
         """
         if mode not in MODES:
             raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
+        if checksums not in CHECKSUMS:
+            raise ConfigError(f"checksums must be one of {CHECKSUMS}, got {checksums!r}")
         if step is not None:
             step = check_int("step", step)
+        fallback = step is None if fallback is None else bool(fallback)
         self.wait()
         rank, world_size = collective.rank(), collective.world_size()
         found: dict[str, Component] = {}
-        plan: dict[str, Any] = {}
         error = None
         try:
             found = components(state)
-            path = self.directory.find(step)
-            plan = self._validate(path, found, mode=mode, rank=rank, world_size=world_size)
+            candidates = self._candidates(step, fallback)
+        except Exception as failure:
+            error = failure
+        collective.raise_if_any(error)
+        chosen, skipped, integrity_note = loading.choose(
+            candidates, checksums=checksums == "verify", fallback=fallback
+        )
+        if integrity_note["mode"] == "verified" and rank == 0:
+            self.directory.mark_verified(chosen.manifest["step"])
+        plan: dict[str, Any] = {}
+        try:
+            plan = loading.check(chosen, found, mode=mode, rank=rank, world_size=world_size)
+            if plan["rng"] is None:
+                self._rederive_seed(plan["manifest"])  # fails now, not after the weights
         except Exception as failure:  # every rank hears of it before any enters dcp.load
             error = failure
         try:
             collective.raise_if_any(error)
-        except Exception:
+            saved = plan["manifest"]
+            actions = loading.apply(
+                chosen.checkpoint,
+                found,
+                plan,
+                rederive=lambda: rng_state.rederive(
+                    seed=self._rederive_seed(saved), step=saved["step"], rank=rank
+                ),
+                process_group=self.process_group,
+            )
+        except BaseException:
             _undo(found)
             raise
-        return self._apply(path, found, plan, mode=mode, rank=rank, world_size=world_size)
+        result = decision.record(
+            checkpoint=chosen.checkpoint,
+            manifest=saved,
+            mode=mode,
+            components=actions,
+            changed=plan["changed"],
+            versions_now=manifest.versions(),
+            rank=rank,
+            world_size=world_size,
+            checksums=integrity_note,
+            skipped=skipped,
+        )
+        target = self.directory.resume_record(saved["step"]) if rank == 0 else None
+        decision.publish(result, target)
+        self._loaded = (saved, found, mode)
+        return result
 
-    def _validate(
-        self, path: Path, found: dict[str, Component], *, mode: str, rank: int, world_size: int
-    ) -> dict[str, Any]:
-        """Every check, against the manifest and DCP's metadata; the plan of what to apply."""
-        saved = manifest.read(path)
-        metadata = validate.read_metadata(path)
-        validate.component_names(saved, found)
-        cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        changed = validate.topology(saved, mode=mode, world_size=world_size, cuda_devices=cuda)
-        for name, component in found.items():
-            if component.kind == LOADER:
-                entry = saved["loaders"][name]
-                changed.update(validate.loader(name, entry, component.obj, mode=mode))
-        if not changed.keys() & {"world_size", "cuda_devices"}:
-            rng = rng_state.read(path, rank)
-        else:
-            rng = None
-            self._rederive_seed(saved)  # fails now, not after the weights are loaded
-        current = {n: c.stateful.state_dict() for n, c in found.items() if c.kind != LOADER}
-        validate.tensors(metadata, current, found)
-        return {"manifest": saved, "changed": changed, "rng": rng}
+    def _candidates(self, step: int | None, fallback: bool) -> list[Path]:
+        """The checkpoints a load may take, newest first (only ``step``'s if given)."""
+        if step is not None or not fallback:
+            return [self.directory.find(step)]
+        self.directory.find(None)  # raises if there is none
+        return [self.directory.step_dir(s) for s in reversed(self.directory.complete_steps())]
 
     def _rederive_seed(self, saved: dict[str, Any]) -> int:
         if self.seed is not None:
@@ -256,60 +353,68 @@ class Checkpointer:
             )
         return seeds.pop()
 
-    def _apply(
-        self,
-        path: Path,
-        found: dict[str, Component],
-        plan: dict[str, Any],
-        *,
-        mode: str,
-        rank: int,
-        world_size: int,
-    ) -> dict[str, Any]:
-        saved = plan["manifest"]
-        loaders = {n: c.obj for n, c in found.items() if c.kind == LOADER}
-        before = {name: loader.state_dict() for name, loader in loaders.items()}
-        error = None
-        try:  # all-or-nothing per loader (it checks, then sets), so first: cheap to take back
-            for name, loader in loaders.items():
-                loader.load_state_dict(saved["loaders"][name]["state"])
-        except StateDictError as refused:
-            error = CheckpointError(f"component '{name}' (loader): {refused}")
-        try:
-            collective.raise_if_any(error)
-        except CheckpointError:
-            for name, loader in loaders.items():
-                loader.load_state_dict(before[name])
-            _undo(found)
-            raise
-        app_state = {n: c.stateful for n, c in found.items() if c.kind != LOADER}
-        with collective.single_process_quiet():
-            dcp.load(
-                app_state,
-                checkpoint_id=path,
-                process_group=self.process_group,
-                no_dist=not collective.active(),
+    # -- verify and probe ------------------------------------------------------------------
+
+    def verify(self, step: int | None = None) -> list[str]:
+        """Every problem of the checkpoint of ``step`` (default the newest), content checksums
+        included; none means it is sound, and it is then kept by ``keep_last`` until a newer
+        one is verified. One process reads every file (call it on one rank)."""
+        checkpoint = self.directory.find(None if step is None else check_int("step", step))
+        found = inspection.inspect(checkpoint)
+        if not found.problems and found.manifest is not None:
+            self.directory.mark_verified(found.manifest["step"])
+        return found.problems
+
+    def probe(self, model: nn.Module, loss_fn: probe_mod.LossFn) -> dict[str, Any]:
+        """Recompute the resume probe the loaded checkpoint recorded, on ``model``.
+
+        After :meth:`load`, before training on: the loss and gradients of the saved probe
+        batch must equal the saved ones bit for bit if the load was strict, and be within
+        ``probe.RELATIVE_TOLERANCE`` if it was flexible. Changes no RNG, optimizer, loader
+        or gradient state.
+
+        Returns:
+            The report: sample ids, loss and gradient norm saved and now, both digests.
+
+        Raises:
+            CheckpointError: nothing was loaded, the checkpoint has no probe, or the probe
+                does not match (both values named).
+        """
+        if self._loaded is None or self._loaded[0].get("probe") is None:
+            raise CheckpointError(
+                "probe: "
+                + (
+                    "nothing was loaded yet; call load() first"
+                    if self._loaded is None
+                    else "the loaded checkpoint recorded no probe; pass "
+                    "save(..., probe=loss_fn) to record one"
+                )
             )
-        actions = {name: decision.RESTORED for name in found}
-        if plan["rng"] is not None:
-            rng_state.restore(plan["rng"])
-            actions["rng"] = decision.RESTORED
-        else:
-            rng_state.rederive(seed=self._rederive_seed(saved), step=saved["step"], rank=rank)
-            actions["rng"] = decision.REDERIVED
-        result = decision.record(
-            checkpoint=path,
-            manifest=saved,
-            mode=mode,
-            components=actions,
-            changed=plan["changed"],
-            versions_now=manifest.versions(),
-            rank=rank,
-            world_size=world_size,
+        saved, found, mode = self._loaded
+        recorded = saved["probe"]
+        loader = found[recorded["loader"]].obj
+        now = probe_mod.measure(
+            model, loss_fn, loader, recorded["ids"], _optimizer_of(found, model)
         )
-        target = self.directory.resume_record(saved["step"]) if rank == 0 else None
-        decision.publish(result, target)
-        return result
+        return probe_mod.compare(recorded, now, exact=mode == "strict")
+
+
+def _probed_model(found: dict[str, Component]) -> str:
+    """The model the probe runs: the one an optimizer trains, else the only model."""
+    owners = {c.stateful.model for c in found.values() if c.kind == OPTIMIZER}
+    names = [n for n, c in found.items() if c.kind == MODEL and (c.obj in owners or not owners)]
+    if len(names) != 1:
+        raise ConfigError(
+            f"probe: {len(names)} candidate models ({names}); the probe runs the model an "
+            "optimizer trains, or the state's only model"
+        )
+    return names[0]
+
+
+def _optimizer_of(found: dict[str, Component], model: nn.Module) -> torch.optim.Optimizer | None:
+    """The optimizer of the state that trains ``model``, if one does."""
+    trains = [c.obj for c in found.values() if c.kind == OPTIMIZER and c.stateful.model is model]
+    return trains[0] if trains else None
 
 
 def _undo(found: dict[str, Component]) -> None:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from resumable_loader.checkpoint import manifest, rng_state, validate
+from resumable_loader.checkpoint import inspection, integrity, manifest
 from resumable_loader.checkpoint.components import LOADER
 from resumable_loader.checkpoint.layout import MANIFEST_NAME, CheckpointDirectory
 from resumable_loader.errors import CheckpointError
@@ -22,7 +22,7 @@ def resolve(path: str, step: int | None = None) -> Path:
 
 def component_sizes(checkpoint: Path) -> dict[str, tuple[int, int]]:
     """Per component: (entries, bytes on disk), from DCP's metadata."""
-    metadata = validate.read_metadata(checkpoint)
+    metadata = inspection.read_metadata(checkpoint)
     sizes: dict[str, tuple[int, int]] = {}
     for index, info in (metadata.storage_data or {}).items():
         name = index.fqn.split(".", 1)[0]
@@ -81,53 +81,20 @@ def _or_dash(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-def problems(checkpoint: Path) -> list[str]:
-    """Everything wrong with ``checkpoint``: files missing, short or unreadable, mismatches."""
-    found: list[str] = []
-    try:
-        saved = manifest.read(checkpoint)
-        metadata = validate.read_metadata(checkpoint)
-    except CheckpointError as error:
-        return [str(error)]
-    if checkpoint.name.startswith("step-") and int(checkpoint.name[5:]) != saved["step"]:
-        found.append(
-            f"{checkpoint}: folder name says step {checkpoint.name[5:]}, manifest {saved['step']}"
-        )
-    files = {info.relative_path for info in (metadata.storage_data or {}).values()}
-    for name in sorted(files):
-        try:
-            with open(checkpoint / name, "rb") as f:
-                while f.read(1 << 24):
-                    pass
-        except OSError as error:
-            found.append(f"{checkpoint / name}: unreadable ({error})")
-    in_dcp = {index.fqn.split(".", 1)[0] for index in (metadata.storage_data or {})}
-    listed = {n for n, e in saved["components"].items() if e["kind"] != LOADER}
-    for name in sorted(listed - in_dcp):
-        found.append(f"component '{name}': in the manifest but has no data in the checkpoint")
-    for name in sorted(in_dcp - listed):
-        found.append(f"component '{name}': data in the checkpoint but not in the manifest")
-    loaders = {n for n, e in saved["components"].items() if e["kind"] == LOADER}
-    if loaders != set(saved["loaders"]):
-        found.append(f"loaders {sorted(loaders)} listed, cursors for {sorted(saved['loaders'])}")
-    for rank in range(saved["world_size"]):
-        try:
-            rng_state.read(checkpoint, rank)
-        except CheckpointError as error:
-            found.append(str(error))
-    return found
-
-
 def verify(path: str, *, step: int | None = None) -> int:
-    """Check the checkpoint is whole; print what is wrong; 0 if nothing, else 1."""
+    """Check the checkpoint is whole and unchanged; print every problem; 0 if none, else 1."""
     try:
         checkpoint = resolve(path, step)
     except CheckpointError as error:
         print(f"FAIL {error}")
         return 1
-    found = problems(checkpoint)
-    for problem in found:
+    found = inspection.inspect(checkpoint)
+    for problem in found.problems:
         print(f"FAIL {problem}")
-    if not found:
-        print(f"OK {checkpoint}: manifest, DCP metadata, every data and RNG file present and read")
-    return 1 if found else 0
+    if not found.problems:
+        print(
+            f"OK {checkpoint}: manifest, DCP metadata and RNG files consistent; "
+            f"{found.hashed_files} files ({_human(found.hashed_bytes)}) match their "
+            f"{integrity.ALGORITHM} checksums"
+        )
+    return 1 if found.problems else 0

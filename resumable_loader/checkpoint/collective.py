@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import torch.distributed as dist
 
@@ -34,14 +35,22 @@ def barrier() -> None:
         dist.barrier()
 
 
+def all_gather(value: Any) -> list[Any]:
+    """``value`` of every rank, in rank order (``[value]`` without a process group)."""
+    if not active():
+        return [value]
+    values: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
 def raise_if_any(error: BaseException | None) -> None:
     """Raise ``error`` here, or the first other rank's (as a CheckpointError), if any has one."""
     if not active():
         if error is not None:
             raise error
         return
-    messages: list[str | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(messages, None if error is None else str(error))
+    messages = all_gather(None if error is None else str(error))
     if error is not None:
         raise error
     for other, message in enumerate(messages):

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 FORMAT = "resumable_loader.resume"
-# Version 1: the keys built by record().
-VERSION = 1
+# Version 1: the keys built by record(). Version 2 adds "checksums" (verified, trusted or none
+# recorded) and "skipped" (the damaged checkpoints a fallback passed over, with their problems).
+VERSION = 2
 RESTORED, REDERIVED = "restored", "re-derived"
 
 logger = logging.getLogger("resumable_loader.checkpoint")
@@ -33,6 +34,8 @@ def record(
     versions_now: dict[str, str],
     rank: int,
     world_size: int,
+    checksums: dict[str, Any],
+    skipped: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """The decision dict (plain JSON values)."""
     return {
@@ -49,6 +52,8 @@ def record(
         "components": components,
         "rederived": sorted(name for name, action in components.items() if action != RESTORED),
         "changed": {name: {"old": old, "new": new} for name, (old, new) in changed.items()},
+        "checksums": checksums,
+        "skipped": skipped,
         "data": {
             name: {
                 "fingerprint": entry["state"]["fingerprint"],
@@ -68,11 +73,17 @@ def summary(decision: dict[str, Any]) -> str:
     changes = ", ".join(
         f"{name} {change['old']} -> {change['new']}" for name, change in decision["changed"].items()
     )
+    skipped = ", ".join(
+        f"{Path(entry['checkpoint']).name} ({len(entry['problems'])} problems: "
+        f"{entry['problems'][0]})"
+        for entry in decision["skipped"]
+    )
     return (
         f"resumed step {decision['step']} from {decision['checkpoint']} "
         f"(mode {decision['mode']}): restored {', '.join(restored) or 'nothing'}; "
         f"re-derived {', '.join(decision['rederived']) or 'nothing'}; "
-        f"changed {changes or 'nothing'}"
+        f"changed {changes or 'nothing'}; checksums {decision['checksums']['mode']}"
+        + (f"; skipped {skipped}" if skipped else "")
     )
 
 

@@ -19,6 +19,7 @@ from resumable_loader.errors import CheckpointError
 
 MANIFEST_NAME = "manifest.json"
 LATEST_NAME = "latest"
+VERIFIED_NAME = "verified"  # names the newest checkpoint that passed verification
 _STEP_DIGITS = 10
 _STEP_NAME = re.compile(r"step-(\d+)")
 
@@ -139,13 +140,33 @@ class CheckpointDirectory:
             )
         return self.step_dir(step)
 
+    def mark_verified(self, step: int) -> None:
+        """Record that the checkpoint of ``step`` passed verification (if newer than the one
+        recorded): :meth:`prune` keeps it until a newer one passes."""
+        if (self.verified_step() or -1) >= step:
+            return
+        pointer = self.root / f".{VERIFIED_NAME}.tmp-{os.getpid()}"
+        pointer.write_text(f"{self.step_dir(step).name}\n")
+        os.replace(pointer, self.root / VERIFIED_NAME)
+
+    def verified_step(self) -> int | None:
+        """The step of the newest checkpoint that passed verification and still exists."""
+        try:
+            match = _STEP_NAME.fullmatch((self.root / VERIFIED_NAME).read_text().strip())
+        except FileNotFoundError:
+            return None
+        step = int(match.group(1)) if match else None
+        return step if step is not None and step in self.complete_steps() else None
+
     def prune(self, keep_last: int) -> list[int]:
         """Remove all but the newest ``keep_last`` complete checkpoints, and what killed saves
-        left (temporary folders, half-removed checkpoints); return the removed steps.
+        left (temporary folders, half-removed checkpoints); return the removed steps. The
+        newest checkpoint that passed verification is kept whatever its age.
 
         Called right after a commit, when no other save of this directory is in progress.
         """
-        removed = self.complete_steps()[:-keep_last]
+        verified = self.verified_step()
+        removed = [s for s in self.complete_steps()[:-keep_last] if s != verified]
         for step in removed:
             # renamed first, so a kill during rmtree leaves no step-N without all its files
             doomed = self.root / f".old-{self.step_dir(step).name}"
@@ -154,7 +175,7 @@ class CheckpointDirectory:
         for entry in self.root.iterdir():
             if entry.name.startswith((".tmp-step-", ".old-step-")):
                 shutil.rmtree(entry, ignore_errors=True)
-            elif entry.name.startswith(f".{LATEST_NAME}.tmp-"):
+            elif entry.name.startswith((f".{LATEST_NAME}.tmp-", f".{VERIFIED_NAME}.tmp-")):
                 entry.unlink(missing_ok=True)
         return removed
 

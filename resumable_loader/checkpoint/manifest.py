@@ -19,12 +19,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from resumable_loader.checkpoint import integrity
 from resumable_loader.checkpoint.layout import write_inside
 from resumable_loader.errors import CheckpointError
 
 FORMAT = "resumable_loader.checkpoint"
-# Version 1: the fields of FIELDS.
-VERSION = 1
+# Version 1: the fields of FIELDS. Version 2 adds those of FIELDS_2: the content checksum of
+# every file, the optimizers' classes and hyperparameters, the resume probe, and the
+# manifest's own checksum. Both are read; a version-1 checkpoint loads without checksums.
+VERSION = 2
+READABLE = (1, 2)
 
 FIELDS: dict[str, type | tuple[type, ...]] = {
     "format": str,
@@ -41,6 +45,13 @@ FIELDS: dict[str, type | tuple[type, ...]] = {
     "rng": dict,  # {"files": [...], "cuda_devices": n}
     "metadata": dict,  # the user's, JSON values only
 }
+FIELDS_2: dict[str, type | tuple[type, ...]] = {
+    "files": dict,  # file name -> {"xxh3_64": hex digest, "bytes": length}
+    "optimizers": dict,  # name -> {"type", "defaults"}
+    "probe": (dict, type(None)),  # the resume probe's batch and results, see probe.py
+    "checksum": str,  # xxh3_64 of the canonical JSON of every other field
+}
+CHECKSUM = "checksum"
 _FIX = "the checkpoint is damaged or not one of ours: load an earlier checkpoint"
 
 
@@ -74,8 +85,11 @@ def build(
     loaders: dict[str, dict[str, Any]],
     cuda_devices: int,
     metadata: dict[str, Any],
+    optimizers: dict[str, dict[str, Any]],
+    probe: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """A manifest dict; CheckpointError if ``metadata`` is not plain JSON."""
+    """A manifest dict without its files and checksum (see :func:`seal`); CheckpointError if
+    ``metadata`` is not plain JSON."""
     manifest = {
         "format": FORMAT,
         "version": VERSION,
@@ -93,6 +107,8 @@ def build(
             "cuda_devices": cuda_devices,
         },
         "metadata": metadata,
+        "optimizers": optimizers,
+        "probe": probe,
     }
     try:
         json.dumps(manifest, allow_nan=False)
@@ -109,8 +125,15 @@ def rng_name(rank: int) -> str:
     return f"rng-rank-{rank:05d}.json"
 
 
+def seal(manifest: dict[str, Any], files: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``manifest`` with the checksums of the save's ``files`` and a checksum of itself."""
+    sealed = json.loads(json.dumps({**manifest, "files": files}))  # as read back: str keys
+    sealed[CHECKSUM] = integrity.of_json(sealed)
+    return sealed
+
+
 def write(directory: Path, manifest: dict[str, Any]) -> None:
-    """Write ``manifest`` as ``directory/manifest.json`` (the save's last file)."""
+    """Write ``manifest`` (sealed) as ``directory/manifest.json`` (the save's last file)."""
     write_inside(
         directory / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode()
     )
@@ -133,17 +156,26 @@ def read(directory: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         got = manifest.get("format") if isinstance(manifest, dict) else manifest
         raise CheckpointError(f"{path}: field 'format' is {got!r}, expected {FORMAT!r}; {_FIX}")
-    if manifest.get("version") != VERSION:
+    if manifest.get("version") not in READABLE:
         raise CheckpointError(
             f"{path}: field 'version' is {manifest.get('version')!r}, this release reads "
-            f"version {VERSION}; load it with the resumable_loader release that wrote it "
-            f"({manifest.get('versions', {}).get('resumable_loader', 'unknown')}) or a newer one"
+            f"versions {list(READABLE)}; load it with the resumable_loader release that wrote "
+            f"it ({manifest.get('versions', {}).get('resumable_loader', 'unknown')}) or a newer one"
         )
-    for field, kind in FIELDS.items():
+    fields = FIELDS if manifest["version"] == 1 else {**FIELDS, **FIELDS_2}
+    for field, kind in fields.items():
         value = manifest.get(field)
         if field not in manifest or not isinstance(value, kind) or isinstance(value, bool):
             raise CheckpointError(
                 f"{path}: field '{field}' is {str(value)[:60]!r}, expected "
                 f"{getattr(kind, '__name__', kind)}; {_FIX}"
+            )
+    if manifest["version"] > 1:
+        rest = {key: value for key, value in manifest.items() if key != CHECKSUM}
+        if integrity.of_json(rest) != manifest[CHECKSUM]:
+            raise CheckpointError(
+                f"{path}: content checksum {integrity.ALGORITHM} {integrity.of_json(rest)}, "
+                f"field '{CHECKSUM}' says {manifest[CHECKSUM]}: the manifest was edited or "
+                f"damaged after the save; {_FIX}"
             )
     return manifest

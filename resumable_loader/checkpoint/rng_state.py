@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from resumable_loader.checkpoint import integrity
 from resumable_loader.checkpoint.layout import write_inside
 from resumable_loader.checkpoint.manifest import rng_name
 from resumable_loader.errors import CheckpointError
@@ -87,9 +88,12 @@ def capture(*, rank: int, world_size: int, step: int) -> dict[str, Any]:
     }
 
 
-def write(checkpoint: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` (from :func:`capture`) as its rank's file in ``checkpoint``."""
-    write_inside(rank_file(checkpoint, state["rank"]), json.dumps(state).encode())
+def write(checkpoint: Path, state: dict[str, Any]) -> dict[str, Any]:
+    """Write ``state`` (from :func:`capture`) as its rank's file in ``checkpoint``; return the
+    file's content checksum entry for the manifest."""
+    data = json.dumps(state).encode()
+    write_inside(rank_file(checkpoint, state["rank"]), data)
+    return integrity.of_bytes(data)
 
 
 def read(checkpoint: Path, rank: int) -> dict[str, Any]:

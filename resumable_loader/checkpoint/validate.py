@@ -8,11 +8,9 @@ fails here leaves the model, optimizer, loader and generators as they were.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
-from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
@@ -26,30 +24,6 @@ from resumable_loader.errors import CheckpointError, ConfigError, StateDictError
 from resumable_loader.loader import cursor as cursor_mod
 
 _FLEXIBLE = "or load with mode='flexible' to resume with the new setting"
-
-
-def read_metadata(checkpoint: Path) -> Metadata:
-    """DCP's metadata of ``checkpoint``, after checking every file it names is there in full."""
-    try:
-        metadata = FileSystemReader(checkpoint).read_metadata()
-    except Exception as error:  # a missing or torn .metadata: pickle, OS or EOF errors
-        raise CheckpointError(
-            f"{checkpoint}/.metadata: unreadable ({type(error).__name__}: {error}); the "
-            "checkpoint is damaged: load an earlier one"
-        ) from None
-    sizes: dict[str, int] = {}
-    for info in (metadata.storage_data or {}).values():
-        end = info.offset + info.length
-        sizes[info.relative_path] = max(sizes.get(info.relative_path, 0), end)
-    for name, needed in sorted(sizes.items()):
-        path = checkpoint / name
-        have = path.stat().st_size if path.is_file() else None
-        if have is None or have < needed:
-            raise CheckpointError(
-                f"{path}: {'missing' if have is None else f'{have} bytes'}, but the metadata "
-                f"places data up to byte {needed}; the checkpoint is damaged: load an earlier one"
-            )
-    return metadata
 
 
 def component_names(manifest: dict[str, Any], found: dict[str, Component]) -> None:
