@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from resumable_loader._lru import LRU
 from resumable_loader.errors import ConfigError
 
 Key = tuple[int, int]  # (shard, block)
@@ -34,6 +35,7 @@ SUFFIX = ".blk"
 # writing meanwhile.
 LOW_WATER = 0.9
 _RESCAN_PUTS = 16
+OPEN_BLOCKS = 64  # block files a process keeps open for reading
 
 
 class NodeCache:
@@ -53,6 +55,7 @@ class NodeCache:
         self.next_use: Callable[[Key], float] = _never
         self._estimate = 0  # bytes in the folder at the last scan, plus this process's writes
         self._puts = 0
+        self._open: LRU[Key, int] = LRU(OPEN_BLOCKS, cost=_one, evicted=os.close)
         remove_dead_temps(self.root)
 
     def path(self, key: Key) -> Path:
@@ -62,19 +65,20 @@ class NodeCache:
         return os.path.exists(self.path(key))
 
     def read(self, key: Key, offset: int, length: int) -> bytes | None:
-        """``length`` bytes at ``offset`` of a cached block, or None if it is not cached."""
-        path = self.path(key)
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            return None
-        try:
-            data = os.pread(fd, length, offset)
-            if self.eviction == "lru":
-                os.utime(fd)
-            return data
-        finally:
-            os.close(fd)
+        """``length`` bytes at ``offset`` of a cached block, or None if it is not cached.
+
+        Blocks are kept open (``OPEN_BLOCKS`` at most): a block's content never changes, and
+        an open block removed by another process stays readable."""
+        fd = self._open.get(key)
+        if fd is None:
+            try:
+                fd = os.open(self.path(key), os.O_RDONLY)
+            except FileNotFoundError:
+                return None
+            self._open.put(key, fd)
+        if self.eviction == "lru":
+            os.utime(fd)
+        return os.pread(fd, length, offset)
 
     def put(self, key: Key, data: bytes) -> bool:
         """Publish a block (atomically); False if the folder is full even after evicting."""
@@ -129,6 +133,11 @@ class NodeCache:
                 blocks.append((key, info.st_size, info.st_mtime))
         return blocks
 
+    def close(self) -> None:
+        """Close the block files this process keeps open."""
+        for fd in self._open.pop_all():
+            os.close(fd)
+
     def __repr__(self) -> str:
         return (
             f"NodeCache({str(self.root)!r}, capacity={self.capacity}, eviction={self.eviction!r})"
@@ -170,6 +179,10 @@ def _key(name: str) -> Key | None:
 def _unlink(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+
+
+def _one(_: int) -> int:
+    return 1
 
 
 def _never(_: Key) -> float:

@@ -41,6 +41,7 @@ Fetch = Callable[[int, int, int], bytes]  # (shard, start, length) -> bytes: one
 # A read waiting longer than this is logged (at most once per LOG_EVERY seconds a process).
 SLOW_READ_SECONDS = 1.0
 LOG_EVERY = 10.0
+PUBLISH_EVERY = 0.5  # seconds between two writes of a process's counters (and at its end)
 MAX_WINDOW = 2**18  # samples planned at once
 
 
@@ -128,7 +129,7 @@ class ShardReader:
         self.window = min(max(self.depth, capacity, 1), MAX_WINDOW)
         self._pool = ThreadPoolExecutor(options.threads, thread_name_prefix="resumable-fetch")
         self._lock = threading.Lock()
-        self._last_log = -math.inf
+        self._last_log = self._published = -math.inf
         self._reset(None)
 
     # -- planning ----------------------------------------------------------------------------
@@ -144,6 +145,8 @@ class ShardReader:
         self._inflight: dict[Key, Future] = {}
         self._spans: dict[tuple[int, int], tuple[Future, int, int]] = {}
         self._batch_left = 0
+        self._last_batch = False  # the batch being read is this process's last planned one
+        self._last_mine = -1  # the position of this process's last batch pulled
         if schedule is not None:
             ranks = schedule.node_ranks
             self._slots = len(ranks) * schedule.num_workers
@@ -158,6 +161,7 @@ class ShardReader:
         while not self._ended and self._planned_to <= now + self.depth:
             self._plan_window()
         self._issue(now + self.depth)
+        self._last_batch = self._ended and self._last_mine <= now
 
     def _plan_window(self) -> None:
         end = self._planned_to + self.window
@@ -172,6 +176,8 @@ class ShardReader:
                 self._held = batch
                 break
             batches.append(batch)
+            if batch.mine:
+                self._last_mine = batch.position
         self._planned_to = end
         if batches:
             self._queue.extend(sorted(self._window_reads(batches), key=lambda r: r.first_use))
@@ -342,12 +348,14 @@ class ShardReader:
                 stats.bytes_fetched,
             )
         self._batch_left -= 1
-        if self._batch_left == 0:
+        if self._batch_left == 0 and (now - self._published > PUBLISH_EVERY or self._last_batch):
+            self._published = now
             self.stats_file.publish()
 
     def close(self) -> None:
         """Stop the fetch threads (fetches in flight finish; nothing new starts)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.cache.close()
 
 
 def hash_slot(key: Key, slots: int) -> int:
