@@ -23,6 +23,60 @@ class ShardError(ResumableLoaderError):
     """A shard is missing, truncated, corrupt, or does not follow its format's conventions."""
 
 
+class StorageError(ShardError):
+    """A read or write of object storage failed for good: a permanent error (not found, access
+    denied), or transient ones (connection errors, timeouts, 5xx, 429) that outlasted the retry
+    deadline. The message names the URL, the byte range, the attempts, the time spent and the
+    fix; ``sample`` (set by the read path) names the sample that needed the bytes.
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        start: int | None = None,
+        length: int | None = None,
+        attempts: int = 1,
+        elapsed: float = 0.0,
+        reason: str = "",
+        transient: bool = True,
+        sample: int | None = None,
+    ) -> None:
+        self.url, self.start, self.length = url, start, length
+        self.attempts, self.elapsed, self.reason = attempts, elapsed, reason
+        self.transient, self.sample = transient, sample
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = self.url
+        if self.start is not None:
+            end = "end" if self.length is None else self.start + self.length
+            where += f" bytes [{self.start}, {end})"
+        if self.sample is not None:
+            where += f" (sample {self.sample})"
+        tries = f"{self.attempts} attempt{'s' * (self.attempts != 1)} over {self.elapsed:.1f} s"
+        if self.transient:
+            return (
+                f"{where}: storage kept failing, {tries} (last: {self.reason}); check that the "
+                "endpoint (AWS_ENDPOINT_URL or storage_options['endpoint']) is reachable, or "
+                "allow longer outages with storage_options={'deadline': <seconds>}"
+            )
+        return (
+            f"{where}: storage refused the request, {tries} ({self.reason}); check the URL, "
+            "the bucket and the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)"
+        )
+
+    def __reduce__(self):  # keyword-only fields: rebuild from them (errors cross processes)
+        return _rebuild_storage_error, (self.__dict__.copy(),)
+
+
+def _rebuild_storage_error(fields: dict) -> StorageError:
+    error = StorageError.__new__(StorageError)
+    error.__dict__.update(fields)
+    Exception.__init__(error, str(error))
+    return error
+
+
 class WorkerError(ResumableLoaderError, RuntimeError):
     """A worker process failed (crashed, was killed, or exceeded its timeout)."""
 

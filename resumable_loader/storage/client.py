@@ -1,0 +1,386 @@
+"""One small client for the read path: ranged reads, stat, get, put and listing of s3:// objects
+(through obstore) and of any other fsspec URL, each request retried under a deadline.
+
+Every request runs as a coroutine on one event loop thread per process, so a caller may keep
+many in flight (:meth:`StorageClient.submit_range` returns a future) without a thread each, and
+a stalled request is cancelled at its timeout instead of holding a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import datetime
+import fnmatch
+import os
+import re
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+from urllib.parse import urlsplit
+
+from resumable_loader.errors import ConfigError
+from resumable_loader.storage.retry import TRANSIENT_STATUSES, RetryPolicy, retrying
+
+T = TypeVar("T")
+
+# storage_options keys that set the RetryPolicy (the rest go to the backend) and that pick it.
+RETRY_OPTIONS = ("deadline", "request_timeout", "initial_backoff", "max_backoff")
+BACKEND_OPTION = "client"
+# Threads for the blocking fsspec calls; a stalled call keeps its thread until it returns.
+FSSPEC_THREADS = 32
+_STATUS = re.compile(r"status code: (\d{3})")
+
+
+@dataclass(frozen=True)
+class ObjectStat:
+    """What the index compares to know an object is unchanged: its size and version (the ETag
+    of an object store, else the modification time)."""
+
+    size: int
+    version: str | float
+
+
+class _Loop:
+    """A private event loop on a daemon thread of this process (remade after a fork)."""
+
+    _instance: _Loop | None = None
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        self.loop.set_default_executor(
+            concurrent.futures.ThreadPoolExecutor(FSSPEC_THREADS, thread_name_prefix="storage")
+        )
+        thread = threading.Thread(target=self.loop.run_forever, name="storage-loop", daemon=True)
+        thread.start()
+
+    @classmethod
+    def submit(cls, coroutine: Awaitable[T]) -> concurrent.futures.Future[T]:
+        with cls._lock:
+            if cls._instance is None or cls._instance.pid != os.getpid():
+                cls._instance = _Loop()
+            loop = cls._instance.loop
+        return asyncio.run_coroutine_threadsafe(coroutine, loop)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether ``error`` may pass if the request is tried again: connection errors, timeouts,
+    throttling (429) and server errors (5xx), not a missing object or a refused credential."""
+    if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError, ValueError)):
+        return False
+    if isinstance(error, (TimeoutError, asyncio.TimeoutError, ConnectionError)):
+        return True
+    status = getattr(error, "status", None) or getattr(error, "status_code", None)
+    if status is None:
+        found = _STATUS.search(str(error))
+        status = int(found.group(1)) if found else None
+    if status is not None:
+        return int(status) in TRANSIENT_STATUSES
+    module = type(error).__module__
+    # obstore's GenericError without a status, botocore/aiohttp transport errors, other OSErrors
+    return isinstance(error, OSError) or module.startswith(("obstore", "botocore", "aiohttp"))
+
+
+class StorageClient(ABC):
+    """Reads and writes objects by URL, each call retried with backoff under ``policy``.
+
+    Subclasses implement one attempt of each request as a coroutine; this class adds the
+    timeouts, the retries and the typed error
+    (:class:`~resumable_loader.errors.StorageError`).
+    """
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(policy={self.policy})"
+
+    # --- one attempt of each request (backends) -------------------------------------------
+    @abstractmethod
+    async def _read_range(self, url: str, start: int, length: int) -> bytes: ...
+
+    @abstractmethod
+    async def _stat(self, url: str) -> ObjectStat: ...
+
+    @abstractmethod
+    async def _get(self, url: str) -> bytes: ...
+
+    @abstractmethod
+    async def _put(self, url: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    async def _list(self, prefix: str) -> list[str]: ...
+
+    # --- the interface --------------------------------------------------------------------
+    def _submit(
+        self,
+        attempt: Callable[[], Awaitable[T]],
+        url: str,
+        start: int | None = None,
+        length: int | None = None,
+    ) -> concurrent.futures.Future[T]:
+        return _Loop.submit(
+            retrying(
+                attempt,
+                policy=self.policy,
+                transient=is_transient,
+                url=url,
+                start=start,
+                length=length,
+            )
+        )
+
+    def submit_range(self, url: str, start: int, length: int) -> concurrent.futures.Future[bytes]:
+        """Start reading ``length`` bytes of ``url`` at ``start``; the future's result is
+        the bytes (fewer only past the object's end) or a StorageError."""
+        if start < 0 or length < 0:
+            raise ConfigError(f"{url}: byte range start={start}, length={length} must be >= 0")
+        return self._submit(lambda: self._read_range(url, start, length), url, start, length)
+
+    def read_range(self, url: str, start: int, length: int) -> bytes:
+        """``length`` bytes of ``url`` at ``start`` (fewer only past the object's end)."""
+        return self.submit_range(url, start, length).result()
+
+    def read_ranges(self, url: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        """The bytes of each ``(start, length)`` of ``url``, all requested at once."""
+        futures = [self.submit_range(url, start, length) for start, length in ranges]
+        return [future.result() for future in futures]
+
+    def stat(self, url: str) -> ObjectStat:
+        """The object's size and version (ETag or modification time)."""
+        return self._submit(lambda: self._stat(url), url).result()
+
+    def size(self, url: str) -> int:
+        """The object's size in bytes."""
+        return self.stat(url).size
+
+    def get(self, url: str) -> bytes:
+        """The whole object."""
+        return self._submit(lambda: self._get(url), url).result()
+
+    def put(self, url: str, data: bytes) -> None:
+        """Write ``data`` as the whole object at ``url`` (replacing it)."""
+        self._submit(lambda: self._put(url, bytes(data)), url).result()
+
+    def list(self, prefix: str) -> list[str]:
+        """The URLs of the objects under ``prefix`` (a "directory" URL), sorted."""
+        return sorted(self._submit(lambda: self._list(prefix), prefix).result())
+
+    def glob(self, pattern: str) -> list[str]:
+        """The URLs matching ``pattern`` (``*``, ``?``, ``[...]`` within a path segment),
+        sorted; the listing starts at the pattern's last segment without a wildcard."""
+        base = pattern[: pattern.rfind("/", 0, _first_magic(pattern)) + 1]
+        depth = pattern.count("/")
+        return [
+            url
+            for url in self.list(base)
+            if url.count("/") == depth and fnmatch.fnmatchcase(url, pattern)
+        ]
+
+
+def _first_magic(pattern: str) -> int:
+    positions = [pattern.find(c) for c in "*?[" if c in pattern]
+    return min(positions) if positions else len(pattern)
+
+
+class ObstoreClient(StorageClient):
+    """``s3://bucket/key`` objects through obstore (Rust ``object_store``).
+
+    The endpoint, credentials and region come from the standard environment variables
+    (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``...)
+    unless ``options`` names them (obstore's S3Config keys, or fsspec's ``endpoint_url``,
+    ``key``, ``secret``, ``token``, ``region``). obstore's own retries are off: ours apply.
+    """
+
+    _ALIASES: ClassVar[dict[str, str]] = {
+        "endpoint_url": "endpoint",
+        "key": "access_key_id",
+        "secret": "secret_access_key",
+        "token": "session_token",
+    }
+
+    def __init__(self, policy: RetryPolicy, options: Mapping[str, Any]) -> None:
+        super().__init__(policy)
+        self.options = {self._ALIASES.get(k, k): v for k, v in options.items()}
+        self._stores: dict[tuple[int, str, str], Any] = {}
+
+    def _store(self, bucket: str) -> Any:
+        endpoint = self.options.get("endpoint") or os.environ.get("AWS_ENDPOINT_URL", "")
+        key = (os.getpid(), bucket, endpoint)
+        store = self._stores.get(key)
+        if store is None:
+            from obstore.store import S3Store
+
+            client_options = {
+                "allow_http": endpoint.startswith("http://"),
+                "timeout": datetime.timedelta(seconds=self.policy.request_timeout),
+                "connect_timeout": datetime.timedelta(seconds=self.policy.request_timeout),
+            }
+            retry = {
+                "max_retries": 0,
+                "backoff": {},
+                "retry_timeout": datetime.timedelta(seconds=self.policy.request_timeout),
+            }
+            store = S3Store(
+                bucket, client_options=client_options, retry_config=retry, **self.options
+            )
+            self._stores[key] = store
+        return store
+
+    def _split(self, url: str) -> tuple[Any, str]:
+        parts = urlsplit(url)
+        if parts.scheme != "s3" or not parts.netloc:
+            raise ConfigError(f"{url}: not an s3://bucket/key URL")
+        return self._store(parts.netloc), parts.path.lstrip("/")
+
+    async def _read_range(self, url: str, start: int, length: int) -> bytes:
+        import obstore
+
+        if length == 0:
+            return b""
+        store, path = self._split(url)
+        try:
+            data = await obstore.get_range_async(store, path, start=start, length=length)
+        except Exception as error:
+            if "range" not in str(error).lower() or "416" not in str(error):
+                raise
+            # past the end: read what there is, as a file would
+            size = (await self._stat(url)).size
+            if start >= size:
+                return b""
+            data = await obstore.get_range_async(store, path, start=start, end=size)
+        return bytes(data)
+
+    async def _stat(self, url: str) -> ObjectStat:
+        import obstore
+
+        store, path = self._split(url)
+        meta = await obstore.head_async(store, path)
+        return ObjectStat(int(meta["size"]), meta.get("e_tag") or meta["last_modified"].isoformat())
+
+    async def _get(self, url: str) -> bytes:
+        import obstore
+
+        store, path = self._split(url)
+        result = await obstore.get_async(store, path)
+        return bytes(await result.bytes_async())
+
+    async def _put(self, url: str, data: bytes) -> None:
+        import obstore
+
+        store, path = self._split(url)
+        await obstore.put_async(store, path, data)
+
+    async def _list(self, prefix: str) -> list[str]:
+        import obstore
+
+        store, path = self._split(prefix)
+        bucket = urlsplit(prefix).netloc
+        path = path.rstrip("/")
+        urls = []
+        async for batch in obstore.list(store, path + "/" if path else None):
+            urls += [f"s3://{bucket}/{meta['path']}" for meta in batch]
+        return urls
+
+
+class FsspecClient(StorageClient):
+    """Any fsspec URL (``gs://``, ``https://``, ``memory://``, a local path...), with
+    ``options`` as the filesystem's storage_options; each blocking call runs on a thread."""
+
+    def __init__(self, policy: RetryPolicy, options: Mapping[str, Any]) -> None:
+        super().__init__(policy)
+        self.options = dict(options)
+        self._filesystems: dict[tuple[int, str], Any] = {}
+
+    def _fs(self, url: str) -> tuple[Any, str]:
+        import fsspec
+
+        protocol = urlsplit(url).scheme if "://" in url else "file"
+        key = (os.getpid(), protocol)
+        filesystem = self._filesystems.get(key)
+        if filesystem is None:
+            filesystem = fsspec.filesystem(protocol, **self.options)
+            self._filesystems[key] = filesystem
+        return filesystem, filesystem._strip_protocol(url)
+
+    async def _call(self, function: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(None, function, *args)
+
+    async def _read_range(self, url: str, start: int, length: int) -> bytes:
+        filesystem, path = self._fs(url)
+        return await self._call(filesystem.read_block, path, start, length)
+
+    async def _stat(self, url: str) -> ObjectStat:
+        filesystem, path = self._fs(url)
+        info = await self._call(filesystem.info, path)
+        if info.get("type", "file") != "file":
+            raise IsADirectoryError(f"{url} is a {info.get('type')}, not an object")
+        return ObjectStat(int(info["size"]), _version(info))
+
+    async def _get(self, url: str) -> bytes:
+        filesystem, path = self._fs(url)
+        return await self._call(filesystem.cat_file, path)
+
+    async def _put(self, url: str, data: bytes) -> None:
+        filesystem, path = self._fs(url)
+        await self._call(filesystem.pipe_file, path, data)
+
+    async def _list(self, prefix: str) -> list[str]:
+        filesystem, path = self._fs(prefix)
+        found = await self._call(filesystem.find, path)
+        # spelled as the caller spelled the prefix (fsspec strips or adds slashes per protocol)
+        base, path = prefix.rstrip("/"), path.rstrip("/")
+        return [f"{base}/{p[len(path) :].lstrip('/')}" for p in found if p.startswith(path)]
+
+
+def _version(info: Mapping[str, Any]) -> str | float:
+    for key in ("ETag", "etag", "mtime", "LastModified", "last_modified", "updated", "created"):
+        value = info.get(key)
+        if isinstance(value, datetime.datetime):
+            return value.timestamp()
+        if isinstance(value, (int, float)):
+            return float(value)
+        if value:
+            return str(value)
+    return 0.0
+
+
+_CLIENTS: dict[tuple[str, str], StorageClient] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def client_for(url: str, storage_options: Mapping[str, Any] | None = None) -> StorageClient:
+    """The client for ``url``: obstore for ``s3://`` (when installed), fsspec for the rest.
+
+    Args:
+        url: an object or prefix URL (``s3://bucket/key``, ``gs://...``, a local path).
+        storage_options: the retry knobs (``deadline``, ``request_timeout``,
+            ``initial_backoff``, ``max_backoff``: see :class:`RetryPolicy`), ``client``
+            (``"obstore"`` or ``"fsspec"`` to force one), and the backend's own options
+            (endpoint, credentials...). Clients are shared per process and options.
+    """
+    options = dict(storage_options or {})
+    policy = RetryPolicy(**{k: options.pop(k) for k in RETRY_OPTIONS if k in options})
+    scheme = urlsplit(url).scheme if "://" in url else "file"
+    backend = options.pop(BACKEND_OPTION, None) or ("obstore" if scheme == "s3" else "fsspec")
+    if backend == "obstore" and scheme == "s3":
+        try:
+            import obstore  # noqa: F401
+        except ImportError:
+            backend = "fsspec"
+    elif backend not in ("obstore", "fsspec") or backend == "obstore":
+        raise ConfigError(
+            f"storage_options client={backend!r} for {url}: use 'fsspec', or 'obstore' for "
+            "s3:// URLs"
+        )
+    key = (f"{backend}:{scheme}", repr((policy, sorted(options.items(), key=str))))
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get(key)
+        if client is None:
+            factory = ObstoreClient if backend == "obstore" else FsspecClient
+            client = _CLIENTS[key] = factory(policy, options)
+    return client

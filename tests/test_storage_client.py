@@ -1,0 +1,117 @@
+"""The storage client against a real S3 server behind the fault proxy: ranged reads equal the
+local bytes, transient faults are retried, a permanent outage raises a typed error in time."""
+
+from __future__ import annotations
+
+import pickle
+import time
+
+import numpy as np
+import pytest
+from fault_proxy import FaultProxy
+from s3_server import make_bucket
+
+from resumable_loader.errors import ShardError, StorageError
+from resumable_loader.storage.client import client_for
+from resumable_loader.storage.retry import RetryPolicy
+
+DATA = np.random.default_rng(18).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
+QUICK = {"deadline": 3.0, "request_timeout": 0.5, "initial_backoff": 0.02, "max_backoff": 0.2}
+RELAXED = {"deadline": 30.0, "request_timeout": 10.0}  # the first s3fs call imports a lot
+RANGES = [(0, 10), (1000, 65536), (299_990, 10), (123_457, 0), (0, len(DATA))]
+
+
+@pytest.fixture
+def prefix(fault_proxy: FaultProxy, s3_server: str, s3_env, monkeypatch) -> str:
+    """``s3://<fresh bucket>/data`` holding ``a.bin`` (DATA) and ``b.bin``, reached through
+    the proxy by the environment's endpoint."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", fault_proxy.endpoint)
+    return make_bucket(s3_server, {"a.bin": DATA, "b.bin": b"b", "c.txt": b"c"}, prefix="data")
+
+
+@pytest.mark.parametrize("backend", ["obstore", "fsspec"])
+def test_ranged_reads_equal_the_local_bytes(prefix: str, backend: str) -> None:
+    client = client_for(prefix, {"client": backend, **RELAXED})
+    url = f"{prefix}/a.bin"
+    for start, length in RANGES:
+        assert client.read_range(url, start, length) == DATA[start : start + length]
+    assert client.read_ranges(url, RANGES) == [DATA[s : s + n] for s, n in RANGES]
+    assert client.read_range(url, 299_000, 5000) == DATA[299_000:]  # past the end: the rest
+    assert client.stat(url).size == client.size(url) == len(DATA)
+    assert client.get(url) == DATA
+    client.put(f"{prefix}/new/d.bin", b"written")
+    assert client.get(f"{prefix}/new/d.bin") == b"written"
+    assert client.list(prefix) == [
+        f"{prefix}/{n}" for n in ("a.bin", "b.bin", "c.txt", "new/d.bin")
+    ]
+    assert client.glob(f"{prefix}/*.bin") == [f"{prefix}/a.bin", f"{prefix}/b.bin"]
+
+
+def test_dropped_and_cut_connections_are_retried(prefix: str, fault_proxy: FaultProxy) -> None:
+    client = client_for(prefix, QUICK)
+    url = f"{prefix}/a.bin"
+    fault_proxy.drop_next(2)
+    assert client.read_range(url, 5, 100) == DATA[5:105]
+    fault_proxy.drop_next(1, after_bytes=20_000)  # the response is cut mid-body
+    assert client.read_range(url, 0, len(DATA)) == DATA
+    assert fault_proxy.count("GET", "a.bin") == 5
+
+
+def test_a_stall_shorter_than_the_deadline_is_retried(prefix: str, fault_proxy: FaultProxy):
+    client = client_for(prefix, QUICK)
+    fault_proxy.stall_next(1, seconds=2.5)
+    began = time.monotonic()
+    assert client.read_range(f"{prefix}/a.bin", 7, 70) == DATA[7:77]
+    assert time.monotonic() - began < 2.0  # abandoned at the 0.5 s request timeout, not waited
+    assert fault_proxy.count("GET", "a.bin") == 2
+
+
+@pytest.mark.parametrize("mode", ["refuse", "stall"])
+def test_a_permanent_outage_raises_within_the_deadline(
+    prefix: str, fault_proxy: FaultProxy, mode: str
+) -> None:
+    client = client_for(prefix, {**QUICK, "deadline": 1.5})
+    url = f"{prefix}/a.bin"
+    fault_proxy.outage(mode=mode)
+    began = time.monotonic()
+    with pytest.raises(StorageError) as caught:
+        client.read_range(url, 1000, 500)
+    assert time.monotonic() - began < 1.5 + 0.5
+    error = caught.value
+    assert isinstance(error, ShardError)
+    assert error.transient and error.attempts >= 2
+    assert f"{url} bytes [1000, 1500)" in str(error) and "deadline" in str(error)
+    error.sample = 42  # what the read path adds
+    assert "(sample 42)" in str(pickle.loads(pickle.dumps(error)))
+
+
+def test_a_short_outage_is_ridden_out(prefix: str, fault_proxy: FaultProxy) -> None:
+    client = client_for(prefix, QUICK)
+    fault_proxy.outage(1.0)
+    assert client.read_range(f"{prefix}/a.bin", 0, 10) == DATA[:10]
+
+
+def test_a_missing_object_fails_at_once(prefix: str) -> None:
+    client = client_for(prefix, QUICK)
+    with pytest.raises(StorageError, match="refused the request") as caught:
+        client.read_range(f"{prefix}/missing.bin", 0, 10)
+    assert caught.value.attempts == 1 and not caught.value.transient
+
+
+def test_plain_fsspec_urls_keep_working(tmp_path) -> None:
+    (tmp_path / "x.bin").write_bytes(DATA)
+    for url in (str(tmp_path / "x.bin"), f"file://{tmp_path}/x.bin"):
+        client = client_for(url)
+        assert client.read_range(url, 100, 1000) == DATA[100:1100]
+        assert client.size(url) == len(DATA)
+    memory = client_for("memory://rl-test/y.bin")
+    memory.put("memory://rl-test/y.bin", DATA[:100])
+    assert memory.read_range("memory://rl-test/y.bin", 10, 20) == DATA[10:30]
+    assert memory.glob("memory://rl-test/*.bin") == ["memory://rl-test/y.bin"]
+
+
+def test_retry_policy_refuses_nonsense() -> None:
+    with pytest.raises(ValueError, match="deadline"):
+        RetryPolicy(deadline=0)
+    with pytest.raises(ValueError, match="client"):
+        client_for("s3://b/k", {"client": "boto"})
