@@ -29,6 +29,7 @@ from resumable_loader.loader.identity import dataset_fingerprint
 from resumable_loader.loader.keyed_fetch import batch_sample_keys
 from resumable_loader.mixture import EpochKeyedDataset, Mixture, MixtureSource
 from resumable_loader.order.shard_local import ShardShuffle
+from resumable_loader.packing.packed import Packed
 from resumable_loader.rngs.sample import (
     SampleKey,
     sample_key,
@@ -55,6 +56,7 @@ __all__ = [
     "EpochKeyedDataset",
     "Mixture",
     "MixtureSource",
+    "Packed",
     "ParquetDataset",
     "PipelineError",
     "ResumableDataLoader",

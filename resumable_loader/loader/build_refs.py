@@ -29,6 +29,15 @@ class OrderedDataset(Protocol):
 
 
 @runtime_checkable
+class WrappingDataset(Protocol):
+    """A dataset that reorganises the order the loader makes for the dataset it wraps (a
+    ``Packed`` one iterates packs of it), so ``shuffle`` and ``shard_shuffle`` keep their
+    meaning for the wrapped dataset."""
+
+    def wrapped_order(self, *, seed: int, shuffle: bool, shard_shuffle: Any) -> Order: ...
+
+
+@runtime_checkable
 class ResumableOrder(Protocol):
     """An order with resumable state of its own (a Mixture's), kept in the cursor's
     ``order_state`` and checked on load; it can also say which sample a position holds and
@@ -59,6 +68,8 @@ def _resumable_type(kind: type) -> bool:
 
 def make_order(dataset: Dataset, shuffle: bool, seed: int, shard_shuffle: Any) -> Order:
     """The loader's own order of ``dataset`` under ``seed``."""
+    if isinstance(dataset, WrappingDataset):
+        return dataset.wrapped_order(seed=seed, shuffle=shuffle, shard_shuffle=shard_shuffle)
     if isinstance(dataset, OrderedDataset):
         if shard_shuffle is not None:
             raise ConfigError(

@@ -348,6 +348,8 @@ class ResumableDataLoader(DataLoader[T_co]):
         ``for e in range(saved_epoch, epochs): loader.set_epoch(e)`` runs every epoch once.
         """
         self._progress.request_epoch(check_epoch(epoch))
+        if isinstance(self._refs, OrderedBatchSampler):
+            self._refs.at_epoch(epoch)
         sampler = self._refs.capture.sampler if isinstance(self._refs, UserBatchSampler) else None
         if hasattr(sampler, "set_epoch"):  # also a DistributedSampler under a BatchSampler
             sampler.set_epoch(epoch)
@@ -450,7 +452,7 @@ class ResumableDataLoader(DataLoader[T_co]):
                 f"{capture.description}, whose state is its own; take state_dict() instead"
             )
         epoch = check_epoch(epoch)
-        position = check_int("position", position, high=refs.partition.length + 1)
+        position = check_int("position", position, high=refs.epoch_positions(epoch) + 1)
         cursor = cursor_mod.make_cursor(
             seed=self.seed,
             epoch=epoch,
@@ -497,6 +499,8 @@ class ResumableDataLoader(DataLoader[T_co]):
             refs.order = make_order(self.dataset, self._shuffle, state["seed"], self._shard_shuffle)
         self.seed = state["seed"]
         self._progress.load(state["epoch"], state["position"])
+        if isinstance(refs, OrderedBatchSampler):
+            refs.at_epoch(state["epoch"])
 
     def sample_at(self, epoch: int, position: int) -> dict[str, Any]:
         """Which sample position ``position`` of ``epoch`` delivers, without loading anything:
@@ -512,7 +516,7 @@ class ResumableDataLoader(DataLoader[T_co]):
                 "Mixture), but a user's sampler or an IterableDataset decides this one's"
             )
         epoch = check_epoch(epoch)
-        position = check_int("position", position, high=len(order))
+        position = check_int("position", position, high=self._refs.epoch_positions(epoch))
         resumable = resumable_order(order)
         if resumable is not None:
             return resumable.provenance(epoch, position)

@@ -37,7 +37,7 @@ class _PositionReader:
 
     def take(self, start: int, stop: int) -> list[int]:
         """Ids at positions [start, stop); positions past the epoch wrap to its beginning."""
-        length = len(self._order)
+        length = epoch_length(self._order, self._epoch)
         real_stop = min(stop, length)
         ids = self._read(start, real_stop) if start < real_stop else []
         if stop > length:
@@ -53,6 +53,13 @@ class _PositionReader:
             self._buffer = self._buffer[consumed:]
             self._buffer_start += consumed
         return self._buffer[start - self._buffer_start : stop - self._buffer_start].tolist()
+
+
+def epoch_length(order: Order, epoch: int) -> int:
+    """Positions in ``epoch`` of ``order``: its ``epoch_length(epoch)`` if the length varies by
+    epoch (a Packed dataset's packs), else its length."""
+    sizer = getattr(order, "epoch_length", None)
+    return len(order) if sizer is None else sizer(epoch)
 
 
 class _RefSampler(Sampler):
@@ -111,8 +118,37 @@ class OrderedBatchSampler(_RefSampler):
     def __init__(self, order: Order, partition: Partition, *, batched: bool) -> None:
         super().__init__()
         self.order = order
-        self.partition = partition
+        self._partition = partition
+        self._partition_epoch = 0  # the epoch whose length the partition has (at_epoch)
         self.batched = batched
+
+    @property
+    def partition(self) -> Partition:
+        """The split of the epoch last named by ``at_epoch`` (or begun)."""
+        if hasattr(self.order, "epoch_length"):  # its length varies by epoch
+            length = self.order.epoch_length(self._partition_epoch)
+            if length != self._partition.length:
+                self._partition = dataclasses.replace(self._partition, length=length)
+        return self._partition
+
+    @partition.setter
+    def partition(self, partition: Partition) -> None:
+        self._partition = partition
+
+    def at_epoch(self, epoch: int) -> None:
+        """Make ``partition`` (and ``len()``) that of ``epoch``: the one a loaded state, a
+        ``set_epoch`` or an iteration names."""
+        self._partition_epoch = epoch
+
+    def epoch_positions(self, epoch: int) -> int:
+        """Positions in ``epoch`` (the partition's length, for the epoch asked)."""
+        if hasattr(self.order, "epoch_length"):
+            return self.order.epoch_length(epoch)
+        return self.partition.length
+
+    def begin(self, *, seed: int, epoch: int, start: int) -> None:
+        super().begin(seed=seed, epoch=epoch, start=start)
+        self.at_epoch(epoch)
 
     def __len__(self) -> int:
         return self.partition.num_batches()

@@ -1,0 +1,36 @@
+"""Token-budget batches without packing: samples grouped so that their padded size fits.
+
+fairseq's ``max_tokens`` batching, made a pure function of a window's lengths: the window's
+samples sorted longest first (ties in order of position), cut into consecutive groups, each
+as many samples as fit ``budget`` once padded to the group's longest. Sorting within a window
+keeps similar lengths together (little padding) while the window keeps the order's shuffle.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def budget_bins(length: np.ndarray, budget: int) -> np.ndarray:
+    """The group of each sample (numbered longest group first); every group's
+    ``count x longest`` is at most ``budget`` (a sample longer than it was cut before)."""
+    decreasing = np.argsort(-np.asarray(length), kind="stable")
+    bins = np.empty(len(length), dtype=np.int64)
+    group, count, longest = -1, 0, 0
+    for index in decreasing.tolist():
+        size = int(length[index])
+        if group < 0 or (count + 1) * longest > budget:
+            group, count, longest = group + 1, 0, size
+        count += 1
+        bins[index] = group
+    return bins
+
+
+def padded_tokens(length: np.ndarray, bins: np.ndarray) -> int:
+    """Tokens the groups take once padded (samples x longest, summed): what the budget bounds."""
+    if not len(bins):
+        return 0
+    count = np.bincount(bins)
+    longest = np.zeros(len(count), dtype=np.int64)
+    np.maximum.at(longest, bins, np.asarray(length, dtype=np.int64))
+    return int((count * longest).sum())

@@ -1,0 +1,254 @@
+"""The order of packs: pack position -> the pieces of samples it holds, from lengths alone.
+
+Epoch e's sample order (the order the loader would iterate without packing) is cut into
+windows of K positions; each window is planned (:mod:`.plan`) and its packs follow the
+previous window's. The per-epoch :class:`~.prefix.PackTable` locates any pack position in
+O(log windows), so nothing depends on workers, ranks, batches or the packs delivered before.
+A pack's id is ``window * slots + index in the window`` (``slots`` bounds a window's packs),
+so the process that loads it plans only that window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from resumable_loader._lru import LRU
+from resumable_loader.errors import ConfigError
+from resumable_loader.order.permutation import CHUNK_SIZE, Order
+from resumable_loader.packing.plan import WindowPlan, count_packs, plan_window
+from resumable_loader.packing.prefix import PackTable, build_table
+
+if TYPE_CHECKING:
+    from resumable_loader.packing.packed import Packed
+
+# Names the windowing, the plan's ordering and the pack ids in the cursor's fingerprint.
+PACKING_ALGORITHM = "window-plan-v1"
+_TABLES = 2  # epoch tables kept (the epoch in progress and the one a state_dict names)
+_PLANS = 16  # window plans kept per process
+
+
+def _one(_: object) -> int:
+    return 1
+
+
+class PackedOrder:
+    """Implements ``order.Order`` over packs, and the loader's resumable-order protocol.
+
+    Args:
+        packed: the :class:`~resumable_loader.packing.packed.Packed` dataset.
+        inner: the sample order the loader would iterate without packing.
+    """
+
+    def __init__(self, packed: Packed, inner: Order) -> None:
+        self.packed = packed
+        self.inner = inner
+        self.samples = len(inner)
+        self.window = packed.window
+        self.slots = packed.window * packed.max_pieces
+        self._tables: LRU[int, PackTable] = LRU(_TABLES, cost=_one)
+        self._plans: LRU[tuple[int, int], WindowPlan] = LRU(_PLANS, cost=_one)
+
+    def __len__(self) -> int:
+        """Samples per epoch (the loader's dataset length); packs: :meth:`epoch_length`."""
+        return self.samples
+
+    def epoch_length(self, epoch: int) -> int:
+        """Packs in ``epoch``."""
+        return self.table(epoch).total
+
+    def table(self, epoch: int) -> PackTable:
+        """The epoch's prefix table (counted once per process, from lengths only)."""
+        table = self._tables.get(epoch)
+        if table is None:
+            packed = self.packed
+            table = build_table(
+                lambda start, stop: self.lengths(epoch, start, stop),
+                self.samples,
+                self.window,
+                lambda lengths: count_packs(
+                    lengths, packed.max_tokens, strategy=packed.strategy, overlong=packed.overlong
+                ),
+            )
+            self._tables.put(epoch, table)
+        return table
+
+    def lengths(self, epoch: int, start: int, stop: int) -> np.ndarray:
+        """The lengths of the samples at positions [start, stop) of the epoch's sample order."""
+        return self.packed.lengths[self.inner.ids(epoch, start, stop)]
+
+    def window_plan(self, epoch: int, window: int) -> WindowPlan:
+        """The packs of ``window`` of ``epoch``."""
+        plan = self._plans.get((epoch, window))
+        if plan is None:
+            first, stop = self.window_span(window)
+            packed = self.packed
+            plan = plan_window(
+                self.lengths(epoch, first, stop),
+                packed.max_tokens,
+                strategy=packed.strategy,
+                overlong=packed.overlong,
+            )
+            self._plans.put((epoch, window), plan)
+        return plan
+
+    def window_span(self, window: int) -> tuple[int, int]:
+        """Sample positions [first, stop) of ``window``."""
+        first = window * self.window
+        return first, min(first + self.window, self.samples)
+
+    def ids(self, epoch: int, start: int, stop: int) -> np.ndarray:
+        """Pack ids (int64) at pack positions [start, stop) of ``epoch``."""
+        table = self.table(epoch)
+        if not 0 <= start <= stop <= table.total:
+            raise ConfigError(f"pack positions [{start}, {stop}) outside [0, {table.total}]")
+        positions = np.arange(start, stop, dtype=np.int64)
+        windows = np.searchsorted(table.starts, positions, side="right") - 1
+        return windows * self.slots + positions - table.starts[windows]
+
+    def iter_ids(
+        self, epoch: int, start: int = 0, chunk_size: int = CHUNK_SIZE
+    ) -> Iterator[np.ndarray]:
+        """Pack ids from ``start`` to the epoch's end, ``chunk_size`` at a time."""
+        total = self.epoch_length(epoch)
+        for first in range(start, total, chunk_size):
+            yield self.ids(epoch, first, min(first + chunk_size, total))
+
+    def pack_pieces(self, epoch: int, pack_id: int) -> dict[str, np.ndarray]:
+        """The pieces of pack ``pack_id``: sample ``ids``, ``positions`` (sample order),
+        ``offsets`` (first token within the sample) and ``lengths``, in pack order."""
+        window, index = divmod(int(pack_id), self.slots)
+        plan = self.window_plan(epoch, window)
+        if not 0 <= index < plan.num_packs:
+            raise ConfigError(
+                f"pack id {pack_id} names pack {index} of window {window} of epoch {epoch}, "
+                f"which has {plan.num_packs}; pack ids come from this loader's order"
+            )
+        first, stop = self.window_span(window)
+        pieces = plan.pack(index)
+        local = plan.sample[pieces]
+        return {
+            "ids": self.inner.ids(epoch, first, stop)[local],
+            "positions": first + local,
+            "offsets": plan.start[pieces],
+            "lengths": plan.length[pieces],
+        }
+
+    def frontier(self, epoch: int, position: int) -> int:
+        """The sample position the first ``position`` packs of ``epoch`` have reached: every
+        sample before it is delivered or planned into a delivered window."""
+        table = self.table(epoch)
+        if position >= table.total:
+            return self.samples
+        window, index = table.locate(position)
+        first, stop = self.window_span(window)
+        return first if index == 0 else stop
+
+    def pack_of(self, epoch: int, position: int) -> list[dict[str, int]]:
+        """Where the sample at ``position`` of the epoch's sample order went: per piece (one
+        unless split) the pack ``position`` in the pack stream, its ``pack_id``, and the
+        ``pack_offset`` (token) and ``offset`` within the sample of that piece."""
+        if not 0 <= position < self.samples:
+            raise ConfigError(f"sample position {position} outside [0, {self.samples})")
+        window = position // self.window
+        plan = self.window_plan(epoch, window)
+        start = int(self.table(epoch).starts[window])
+        found = []
+        for index in range(plan.num_packs):
+            pieces = plan.pack(index)
+            local = plan.sample[pieces]
+            before = np.concatenate([[0], np.cumsum(plan.length[pieces])])
+            for at in np.flatnonzero(local == position - window * self.window).tolist():
+                found.append(
+                    {
+                        "position": start + index,
+                        "pack_id": window * self.slots + index,
+                        "pack_offset": int(before[at]),
+                        "offset": int(plan.start[pieces][at]),
+                    }
+                )
+        return found
+
+    def settings(self) -> dict[str, int | str]:
+        """What the cursor's fingerprint checks: the sample order's settings and the packing's
+        (a change of max_tokens, window, strategy, overlong or lengths is refused by name)."""
+        inner = dict(self.inner.settings())
+        packed = self.packed
+        return {
+            "order": f"packed:{inner.pop('order', '?')}",
+            **{f"sample_{key}": value for key, value in inner.items()},
+            "packing": PACKING_ALGORITHM,
+            "max_tokens": packed.max_tokens,
+            "window": packed.window,
+            "strategy": packed.strategy,
+            "overlong": packed.overlong,
+            "lengths": packed.lengths_digest,
+        }
+
+    # -- the loader's resumable-order protocol (build_refs.ResumableOrder) --------------------
+
+    def _resumable_inner(self) -> Any:
+        from resumable_loader.loader.build_refs import resumable_order
+
+        return resumable_order(self.inner)
+
+    def resume_state(self, epoch: int, position: int) -> Any:
+        """The sample order's own state (a Mixture's) at the frontier, else None."""
+        inner = self._resumable_inner()
+        return None if inner is None else inner.resume_state(epoch, self.frontier(epoch, position))
+
+    def check_resume(self, saved: Any, epoch: int, position: int) -> None:
+        """The sample order's own check (a Mixture's past) at the frontier."""
+        if position > self.epoch_length(epoch):
+            raise ConfigError(
+                f"position {position} is past the {self.epoch_length(epoch)} packs of epoch "
+                f"{epoch}; pass an unmodified state_dict()"
+            )
+        inner = self._resumable_inner()
+        if inner is not None:
+            inner.check_resume(saved, epoch, self.frontier(epoch, position))
+
+    def provenance(self, epoch: int, position: int) -> dict[str, Any]:
+        """Which pack position ``position`` of ``epoch`` delivers, without loading it: its id,
+        and per piece the sample id, its position in the sample order, the token offset within
+        the sample and within the pack, and its length."""
+        table = self.table(epoch)
+        window, index = table.locate(position)
+        pack_id = window * self.slots + index
+        pieces = self.pack_pieces(epoch, pack_id)
+        starts = np.concatenate([[0], np.cumsum(pieces["lengths"])[:-1]])
+        return {
+            "epoch": epoch,
+            "position": position,
+            "id": pack_id,
+            "window": window,
+            "samples": [
+                {
+                    "id": int(sample),
+                    "position": int(at),
+                    "offset": int(offset),
+                    "pack_offset": int(pack_offset),
+                    "length": int(length),
+                }
+                for sample, at, offset, pack_offset, length in zip(
+                    pieces["ids"],
+                    pieces["positions"],
+                    pieces["offsets"],
+                    starts,
+                    pieces["lengths"],
+                    strict=True,
+                )
+            ],
+        }
+
+    def progress(self, epoch: int, position: int) -> dict[str, Any]:
+        """The sample order's progress (a Mixture's) at the frontier."""
+        inner = self._resumable_inner()
+        if inner is None:
+            raise ConfigError("progress() needs a Mixture inside the Packed dataset")
+        return inner.progress(epoch, self.frontier(epoch, position))
+
+    def __repr__(self) -> str:
+        return f"PackedOrder({self.inner!r}, max_tokens={self.packed.max_tokens})"

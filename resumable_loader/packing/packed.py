@@ -1,0 +1,225 @@
+"""Packed: variable-length samples packed into sequences of ``max_tokens``, as a pure function
+of (seed, epoch, lengths), so a packed run resumes exactly on any topology.
+
+The loader makes the order it would make for the wrapped dataset (``shuffle``, ``shard_shuffle``
+and a Mixture's order keep their meaning), and iterates packs of it instead of samples
+(:mod:`.order`). Each sample of a pack loads under its own key, the key of its position in the
+sample order, so its augmentation does not depend on the pack, the batch or ``max_tokens``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from resumable_loader._checks import check_int
+from resumable_loader.errors import ConfigError, ResumableLoaderError
+from resumable_loader.loader.build_refs import make_order
+from resumable_loader.loader.identity import dataset_fingerprint
+from resumable_loader.packing.collate import Piece, build_pack
+from resumable_loader.packing.order import PackedOrder
+from resumable_loader.packing.plan import OVERLONG, STRATEGIES
+from resumable_loader.rngs.sample import install_sample_key, sample_place
+
+LengthsArgument = np.ndarray | Mapping[str, Any] | Callable[[Any], int] | None
+
+
+class Packed(Dataset):
+    """Packs of a map-style dataset's samples, for ``DataLoader(Packed(...), batch_size=packs)``.
+
+    An item is one pack (see :func:`~resumable_loader.packing.collate.build_pack`: ``input_ids``,
+    ``labels``, ``position_ids``, ``cu_seqlens``, ``max_seqlen``, provenance, images); pass
+    ``collate_fn=collate_varlen`` (FlashAttention varlen), ``collate_flattening`` (HF) or
+    ``collate_padded``. With ``strategy="pad"`` an item is a token-budget batch instead
+    (``batch_size=None, collate_fn=collate_budget``).
+
+    Args:
+        dataset: a map-style dataset (or a Mixture with ``samples_per_epoch``) whose items are
+            token sequences, or dicts with them under ``field`` (and optionally ``labels``,
+            ``images``, ``image_positions``).
+        max_tokens: the budget of a pack (or of a padded batch, with ``strategy="pad"``).
+        lengths: each sample's length in budget tokens, by sample id: an int array; for a
+            Mixture a mapping of source name to array; a function of a sample, computed once
+            here (e.g. text tokens plus image tokens); default the dataset's
+            ``sample_lengths()`` (an index's length column), else ``len(item[field])`` read once.
+        window: positions of the sample order packed together (larger: fuller packs, more
+            reordering; the plan costs O(window log window) per window).
+        strategy: "bfd", "ffd", "next_fit" or "pad" (see :mod:`.plan`).
+        overlong: a sample longer than ``max_tokens``: "error", "truncate" or "split".
+        field: the token field of dict samples.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        max_tokens: int,
+        *,
+        lengths: LengthsArgument = None,
+        window: int = 1024,
+        strategy: str = "bfd",
+        overlong: str = "error",
+        field: str = "input_ids",
+    ) -> None:
+        self.dataset = dataset
+        self.max_tokens = check_int("max_tokens", max_tokens, low=1)
+        self.window = check_int("window", window, low=1)
+        if strategy not in STRATEGIES:
+            raise ConfigError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        if overlong not in OVERLONG:
+            raise ConfigError(f"overlong must be one of {OVERLONG}, got {overlong!r}")
+        self.strategy, self.overlong, self.field = strategy, overlong, field
+        self.lengths = _resolve_lengths(dataset, lengths, field)
+        self._check_overlong()
+        longest = int(self.lengths.max()) if len(self.lengths) else 0
+        self.max_pieces = max(1, -(-longest // self.max_tokens)) if overlong == "split" else 1
+        self.lengths_digest = hashlib.blake2b(
+            self.lengths.astype("<i8").tobytes(), digest_size=8
+        ).hexdigest()
+        self._order_arguments: tuple[bool, Any] = (False, None)
+        self._orders: dict[int, PackedOrder] = {}  # by seed, in this process
+
+    @property
+    def fingerprint(self) -> str:
+        """The wrapped dataset's identity (the packing settings are in the order's)."""
+        return f"Packed({dataset_fingerprint(self.dataset)})"
+
+    def __len__(self) -> int:
+        """Samples in an epoch of the wrapped dataset (packs vary by epoch: the loader asks
+        its order)."""
+        return len(self.dataset)
+
+    def wrapped_order(self, *, seed: int, shuffle: bool, shard_shuffle: Any) -> PackedOrder:
+        """The loader's order: packs of the order it makes for the wrapped dataset."""
+        self._order_arguments = (shuffle, shard_shuffle)
+        order = PackedOrder(self, make_order(self.dataset, shuffle, seed, shard_shuffle))
+        if order.samples >= 2**62:
+            raise ConfigError(
+                f"Packed needs epochs of finite length, but {type(self.dataset).__name__} has "
+                "one endless epoch; give the Mixture samples_per_epoch"
+            )
+        self._orders = {seed: order}
+        return order
+
+    def __getitem__(self, pack_id: int) -> dict[str, Any]:
+        try:
+            seed, epoch, _ = sample_place()
+        except ResumableLoaderError:
+            raise ConfigError(
+                "a Packed item is a pack of the loader's epoch, loaded by resumable_loader."
+                "DataLoader; outside it, loader.sample_at(epoch, position) names its samples"
+            ) from None
+        pieces = self._order_for(seed).pack_pieces(epoch, pack_id)
+        parts = []
+        for sample_id, position, offset, length in zip(
+            pieces["ids"].tolist(),
+            pieces["positions"].tolist(),
+            pieces["offsets"].tolist(),
+            pieces["lengths"].tolist(),
+            strict=True,
+        ):
+            install_sample_key(position)
+            parts.append(self._piece(self.dataset[sample_id], sample_id, position, offset, length))
+        return build_pack(parts)
+
+    def _order_for(self, seed: int) -> PackedOrder:
+        order = self._orders.get(seed)
+        if order is None:  # a worker, or a seed loaded since
+            shuffle, shard_shuffle = self._order_arguments
+            inner = make_order(self.dataset, shuffle, seed, shard_shuffle)
+            order = self._orders[seed] = PackedOrder(self, inner)
+        return order
+
+    def _piece(self, item: Any, sample_id: int, position: int, offset: int, length: int) -> Piece:
+        """The part [offset, offset + length) of a loaded sample, with its images."""
+        labels, images, image_positions = None, [], []
+        if isinstance(item, Mapping):
+            tokens, labels = item[self.field], item.get("labels")
+            images = list(item.get("images", ()))
+            image_positions = list(item.get("image_positions", [0] * len(images)))
+        else:
+            tokens = item
+        tokens = torch.as_tensor(tokens, dtype=torch.int64)
+        if len(tokens) > self.lengths[sample_id]:
+            raise ConfigError(
+                f"sample {sample_id} has {len(tokens)} tokens in '{self.field}', but its "
+                f"recorded length is {int(self.lengths[sample_id])}: the lengths are stale; "
+                "rebuild them (resumable-loader index --length) or pass the current ones"
+            )
+        stop = offset + length
+        keep = [i for i, at in enumerate(image_positions) if offset <= at < max(stop, offset + 1)]
+        return Piece(
+            sample_id,
+            position,
+            offset,
+            tokens[offset:stop],
+            None if labels is None else torch.as_tensor(labels, dtype=torch.int64)[offset:stop],
+            [images[i] for i in keep],
+            [image_positions[i] - offset for i in keep],
+        )
+
+    def _check_overlong(self) -> None:
+        over = np.flatnonzero(self.lengths > self.max_tokens)
+        if self.overlong == "error" and len(over):
+            raise ConfigError(
+                f"{len(over)} samples are longer than max_tokens={self.max_tokens} (sample "
+                f"{int(over[0])}: {int(self.lengths[over[0]])} tokens) and overlong='error'; "
+                "pass overlong='truncate' or 'split', or a larger max_tokens"
+            )
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_orders": {}}  # each process plans its own windows
+
+    def __repr__(self) -> str:
+        return (
+            f"Packed({self.dataset!r}, max_tokens={self.max_tokens}, window={self.window}, "
+            f"strategy={self.strategy!r}, overlong={self.overlong!r})"
+        )
+
+
+def _resolve_lengths(dataset: Dataset, lengths: LengthsArgument, field: str) -> np.ndarray:
+    """Each sample's length by id (int64), from the argument, the dataset, or its items."""
+    sources = getattr(dataset, "sources", None)
+    names = getattr(dataset, "names", None)
+    if isinstance(lengths, Mapping):
+        if names is None:
+            raise ConfigError("lengths as a mapping of source names needs a Mixture dataset")
+        missing = [name for name in names if name not in lengths]
+        if missing:
+            raise ConfigError(f"lengths has no entry for the Mixture sources {missing}")
+        values = np.concatenate([np.asarray(lengths[name], dtype=np.int64) for name in names])
+    elif lengths is None and sources is not None and names is not None:  # a Mixture
+        values = np.concatenate([_own_lengths(s.dataset, field) for s in sources])
+    elif lengths is None:
+        values = _own_lengths(dataset, field)
+    elif callable(lengths):
+        values = np.fromiter((lengths(dataset[i]) for i in range(len(dataset))), np.int64)
+    else:
+        values = np.asarray(lengths, dtype=np.int64)
+    expected = sum(len(s.dataset) for s in sources) if sources is not None else len(dataset)
+    if values.ndim != 1 or len(values) != expected:
+        raise ConfigError(
+            f"lengths must hold one length per sample id ({expected}), got shape {values.shape}"
+        )
+    if len(values) and values.min() < 0:
+        raise ConfigError(f"lengths must be >= 0, got {int(values.min())}")
+    return values
+
+
+def _own_lengths(dataset: Dataset, field: str) -> np.ndarray:
+    """The dataset's ``sample_lengths()`` if it has them, else every item's length, read once."""
+    own = getattr(dataset, "sample_lengths", None)
+    if callable(own):
+        return np.asarray(own(), dtype=np.int64)
+    return np.fromiter(
+        (len(item[field] if isinstance(item, Mapping) else item) for item in _items(dataset)),
+        np.int64,
+    )
+
+
+def _items(dataset: Dataset) -> Any:
+    return (dataset[i] for i in range(len(dataset)))

@@ -1,0 +1,161 @@
+"""Which samples of one window of the sample order share a pack: a pure function of lengths.
+
+A window is K consecutive positions of an epoch's sample order. Its samples are cut into
+pieces (a sample longer than the budget is truncated or split, by the explicit ``overlong``
+policy), the pieces are put into bins of ``max_tokens`` by a strategy, and the bins are ordered
+by their earliest piece, each bin's pieces in order of position. Nothing but the lengths and
+the settings decides the plan, so any process that knows a window's lengths makes the same one.
+
+Strategies (measured in docs/packing.md):
+
+- ``"bfd"`` best-fit decreasing: longest piece first, into the fullest bin it fits.
+- ``"ffd"`` first-fit decreasing: longest piece first, into the first bin it fits.
+- ``"next_fit"`` greedy concatenation: pieces in order, a new bin when the next does not fit.
+- ``"pad"`` token-budget batches without packing (:mod:`~resumable_loader.packing.budget`): a
+  bin is a batch whose padded size (samples x longest) fits the budget.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+
+import numpy as np
+
+from resumable_loader.errors import ConfigError
+from resumable_loader.packing.budget import budget_bins
+
+STRATEGIES = ("bfd", "ffd", "next_fit", "pad")
+OVERLONG = ("error", "truncate", "split")
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowPlan:
+    """The packs of one window: pieces in pack order, ``bounds[k]:bounds[k+1]`` is pack k.
+
+    Attributes:
+        sample: the window-local index (position - window start) of each piece's sample.
+        start: the token offset of the piece within its sample (0 unless split).
+        length: the piece's tokens.
+        bounds: int64, one more than the packs.
+    """
+
+    sample: np.ndarray
+    start: np.ndarray
+    length: np.ndarray
+    bounds: np.ndarray
+
+    @property
+    def num_packs(self) -> int:
+        return len(self.bounds) - 1
+
+    def pack(self, index: int) -> slice:
+        """The pieces of pack ``index``."""
+        return slice(int(self.bounds[index]), int(self.bounds[index + 1]))
+
+
+def pieces(
+    lengths: np.ndarray, max_tokens: int, overlong: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sample, start, length) of each piece; a sample of 0 tokens is one empty piece."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    index = np.arange(len(lengths), dtype=np.int64)
+    if overlong != "split":
+        if overlong == "error" and len(lengths) and lengths.max() > max_tokens:
+            raise ConfigError(
+                f"a sample of {int(lengths.max())} tokens exceeds max_tokens={max_tokens} and "
+                "overlong='error'; choose overlong='truncate' or 'split', or a larger max_tokens"
+            )
+        return index, np.zeros_like(index), np.minimum(lengths, max_tokens)
+    counts = np.maximum(1, -(-lengths // max_tokens))
+    sample = np.repeat(index, counts)
+    first = np.repeat(np.cumsum(counts) - counts, counts)
+    start = (np.arange(len(sample), dtype=np.int64) - first) * max_tokens
+    return sample, start, np.minimum(lengths[sample] - start, max_tokens)
+
+
+def plan_window(
+    lengths: np.ndarray, max_tokens: int, *, strategy: str, overlong: str
+) -> WindowPlan:
+    """The packs of a window whose samples have ``lengths`` (in order of position)."""
+    sample, start, length = pieces(lengths, max_tokens, overlong)
+    bins = assign(length, max_tokens, strategy)
+    if not len(bins):
+        return WindowPlan(sample, start, length, np.zeros(1, dtype=np.int64))
+    count = int(bins.max()) + 1
+    piece = np.arange(len(bins), dtype=np.int64)
+    first = np.full(count, len(bins), dtype=np.int64)
+    np.minimum.at(first, bins, piece)
+    rank = np.empty(count, dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(count)
+    ranked = rank[bins]
+    order = np.argsort(ranked * len(bins) + piece, kind="stable")
+    bounds = np.zeros(count + 1, dtype=np.int64)
+    np.cumsum(np.bincount(ranked, minlength=count), out=bounds[1:])
+    return WindowPlan(sample[order], start[order], length[order], bounds)
+
+
+def count_packs(lengths: np.ndarray, max_tokens: int, *, strategy: str, overlong: str) -> int:
+    """How many packs :func:`plan_window` makes of a window (without ordering them)."""
+    _, _, length = pieces(lengths, max_tokens, overlong)
+    bins = assign(length, max_tokens, strategy)
+    return int(bins.max()) + 1 if len(bins) else 0
+
+
+def assign(length: np.ndarray, capacity: int, strategy: str) -> np.ndarray:
+    """The bin (numbered in order of opening) of each piece; every piece fits ``capacity``."""
+    if strategy == "next_fit":
+        return _next_fit(length, capacity)
+    if strategy == "pad":
+        return budget_bins(length, capacity)
+    decreasing = np.argsort(-length, kind="stable")  # ties: in order of position
+    if strategy == "ffd":
+        return _first_fit(length, decreasing, capacity)
+    if strategy == "bfd":
+        return _best_fit(length, decreasing, capacity)
+    raise ConfigError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+
+
+def _next_fit(length: np.ndarray, capacity: int) -> np.ndarray:
+    bins = np.empty(len(length), dtype=np.int64)
+    current, used = -1, capacity + 1
+    for index, size in enumerate(length.tolist()):
+        if used + size > capacity:
+            current, used = current + 1, 0
+        used += size
+        bins[index] = current
+    return bins
+
+
+def _first_fit(length: np.ndarray, decreasing: np.ndarray, capacity: int) -> np.ndarray:
+    bins = np.empty(len(length), dtype=np.int64)
+    room = np.empty(len(length), dtype=np.int64)
+    opened = 0
+    for index in decreasing.tolist():
+        size = length[index]
+        fits = np.flatnonzero(room[:opened] >= size)
+        if len(fits):
+            target = int(fits[0])
+        else:
+            target, opened = opened, opened + 1
+            room[target] = capacity
+        room[target] -= size
+        bins[index] = target
+    return bins
+
+
+def _best_fit(length: np.ndarray, decreasing: np.ndarray, capacity: int) -> np.ndarray:
+    """Rooms kept sorted as (room, bin): the fullest bin that fits is one bisect away."""
+    bins = np.empty(len(length), dtype=np.int64)
+    rooms: list[tuple[int, int]] = []
+    opened = 0
+    for index in decreasing.tolist():
+        size = int(length[index])
+        at = bisect.bisect_left(rooms, (size, -1))
+        if at < len(rooms):
+            room, target = rooms.pop(at)
+        else:
+            room, target, opened = capacity, opened, opened + 1
+        bisect.insort(rooms, (room - size, target))
+        bins[index] = target
+    return bins

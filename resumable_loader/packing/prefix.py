@@ -1,0 +1,75 @@
+"""A per-epoch prefix table of pack counts: pack position -> (window, pack within it) in O(log).
+
+The packs of an epoch are its windows' packs, window after window. Counting each window's
+packs once (from the lengths alone: no sample is read) and accumulating the counts gives the
+first pack position of every window, so any pack position is located by a binary search, and
+a resume at pack p plans one window instead of replaying the packs before it. The table holds
+one int64 per window (8 bytes per K samples: 0.8 MB for 10^8 samples in windows of 1024).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from resumable_loader.errors import ConfigError
+
+CHUNK_SAMPLES = 1 << 16  # positions whose lengths are gathered at once while counting
+
+
+class PackTable:
+    """Where each window's packs begin in one epoch's pack stream.
+
+    Args:
+        starts: int64, ``starts[w]`` the first pack position of window w; one more entry than
+            windows, the last the epoch's pack count.
+    """
+
+    def __init__(self, starts: np.ndarray) -> None:
+        self.starts = starts
+
+    @property
+    def total(self) -> int:
+        """Packs in the epoch."""
+        return int(self.starts[-1])
+
+    @property
+    def windows(self) -> int:
+        return len(self.starts) - 1
+
+    def locate(self, pack: int) -> tuple[int, int]:
+        """(window, pack index within the window) of pack position ``pack``."""
+        if not 0 <= pack < self.total:
+            raise ConfigError(f"pack position {pack} outside the epoch's [0, {self.total})")
+        window = int(np.searchsorted(self.starts, pack, side="right")) - 1
+        return window, pack - int(self.starts[window])
+
+    def __repr__(self) -> str:
+        return f"PackTable(windows={self.windows}, packs={self.total})"
+
+
+def build_table(
+    lengths_at: Callable[[int, int], np.ndarray],
+    samples: int,
+    window: int,
+    count: Callable[[np.ndarray], int],
+) -> PackTable:
+    """Count the packs of every window of an epoch of ``samples`` positions.
+
+    Args:
+        lengths_at: the lengths of the samples at positions [start, stop) of the epoch.
+        samples: positions in the epoch.
+        window: positions per window (the last window may be shorter).
+        count: a window's pack count from its lengths.
+    """
+    windows = -(-samples // window)
+    counts = np.empty(windows, dtype=np.int64)
+    step = window * max(1, CHUNK_SAMPLES // window)
+    for first in range(0, samples, step):
+        lengths = lengths_at(first, min(first + step, samples))
+        for offset in range(0, len(lengths), window):
+            counts[(first + offset) // window] = count(lengths[offset : offset + window])
+    starts = np.zeros(windows + 1, dtype=np.int64)
+    np.cumsum(counts, out=starts[1:])
+    return PackTable(starts)

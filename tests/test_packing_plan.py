@@ -1,0 +1,167 @@
+"""Packing's pure parts: window plans, the prefix table, token budgets and the pack tensors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from resumable_loader.errors import ConfigError
+from resumable_loader.packing.budget import budget_bins, padded_tokens
+from resumable_loader.packing.collate import (
+    IGNORE_INDEX,
+    Piece,
+    build_pack,
+    collate_budget,
+    collate_flattening,
+    collate_padded,
+    collate_varlen,
+)
+from resumable_loader.packing.plan import STRATEGIES, count_packs, plan_window
+from resumable_loader.packing.prefix import PackTable, build_table
+
+MAX = 16
+lengths_strategy = st.lists(
+    st.one_of(st.sampled_from([0, 1, MAX - 1, MAX, MAX + 1, 3 * MAX]), st.integers(0, 4 * MAX)),
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    lengths=lengths_strategy,
+    strategy=st.sampled_from(STRATEGIES),
+    overlong=st.sampled_from(["truncate", "split"]),
+    budget=st.integers(1, 3 * MAX),
+)
+def test_every_sample_is_planned_once_and_no_pack_exceeds_the_budget(
+    lengths: list[int], strategy: str, overlong: str, budget: int
+) -> None:
+    lengths_array = np.array(lengths, dtype=np.int64)
+    plan = plan_window(lengths_array, budget, strategy=strategy, overlong=overlong)
+    assert plan.num_packs == count_packs(
+        lengths_array, budget, strategy=strategy, overlong=overlong
+    )
+    covered: dict[int, list[tuple[int, int]]] = {}
+    first_pieces = []
+    for index in range(plan.num_packs):
+        pieces = plan.pack(index)
+        assert pieces.stop > pieces.start, "no empty pack"
+        sizes = plan.length[pieces]
+        if strategy == "pad":
+            assert len(sizes) * sizes.max() <= budget
+        else:
+            assert sizes.sum() <= budget
+        keys = list(zip(plan.sample[pieces].tolist(), plan.start[pieces].tolist(), strict=True))
+        assert keys == sorted(keys), "pieces in order of position within a pack"
+        first_pieces.append(keys[0])
+        for sample, start, size in zip(
+            *(a[pieces].tolist() for a in (plan.sample, plan.start, plan.length)), strict=True
+        ):
+            covered.setdefault(sample, []).append((start, size))
+    assert first_pieces == sorted(first_pieces), "packs in order of their first piece"
+    assert sorted(covered) == list(range(len(lengths)))
+    for sample, parts in covered.items():
+        parts.sort()
+        if overlong == "truncate" or lengths[sample] <= budget:
+            assert parts == [(0, min(lengths[sample], budget))]
+        else:  # split: consecutive pieces of at most the budget, covering the sample
+            assert [start for start, _ in parts] == list(range(0, lengths[sample], budget))
+            assert sum(size for _, size in parts) == lengths[sample]
+
+
+def test_a_longer_sample_with_overlong_error_is_refused_naming_the_fix() -> None:
+    with pytest.raises(ConfigError, match="overlong='truncate' or 'split'"):
+        plan_window(np.array([3, 17]), 16, strategy="bfd", overlong="error")
+
+
+def test_best_fit_fills_at_least_as_well_as_next_fit_on_a_realistic_window() -> None:
+    rng = np.random.default_rng(0)
+    lengths = np.minimum(rng.lognormal(np.log(300), 0.9, size=1024).astype(np.int64), 4096)
+    counts = {s: count_packs(lengths, 4096, strategy=s, overlong="truncate") for s in STRATEGIES}
+    assert counts["bfd"] <= counts["next_fit"] and counts["ffd"] <= counts["next_fit"]
+    assert counts["bfd"] >= -(-int(lengths.sum()) // 4096)
+
+
+def test_budget_groups_sort_by_length_and_fit_padded() -> None:
+    lengths = np.array([5, 1, 4, 2, 2, 8])
+    bins = budget_bins(lengths, 8)
+    assert bins.tolist() == [1, 3, 2, 2, 3, 0]  # [8], [5], [4, 2], [2, 1]
+    assert padded_tokens(lengths, bins) == 8 + 5 + 2 * 4 + 2 * 2
+
+
+@settings(max_examples=40, deadline=None)
+@given(counts=st.lists(st.integers(0, 5), min_size=1, max_size=30), window=st.integers(1, 7))
+def test_the_prefix_table_locates_every_pack(counts: list[int], window: int) -> None:
+    samples = len(counts) * window
+    lengths = np.repeat(np.array(counts), window)  # window w: its count, repeated
+
+    def count(window_lengths: np.ndarray) -> int:
+        return int(window_lengths[0])
+
+    table = build_table(lambda a, b: lengths[a:b], samples, window, count)
+    assert table.total == sum(counts) and table.windows == len(counts)
+    expected = [(w, j) for w, c in enumerate(counts) for j in range(c)]
+    assert [table.locate(p) for p in range(table.total)] == expected
+    with pytest.raises(ConfigError, match="outside"):
+        table.locate(table.total)
+
+
+def test_the_prefix_table_of_a_short_last_window() -> None:
+    lengths = np.ones(10, dtype=np.int64)
+    table = build_table(lambda a, b: lengths[a:b], 10, 4, len)
+    assert table.starts.tolist() == [0, 4, 8, 10]
+    assert isinstance(table, PackTable) and table.locate(9) == (2, 1)
+
+
+def _piece(sample_id: int, tokens: list[int], **extra: object) -> Piece:
+    return Piece(
+        sample_id,
+        sample_id * 10,
+        0,
+        torch.tensor(tokens, dtype=torch.int64),
+        extra.get("labels"),  # type: ignore[arg-type]
+        list(extra.get("images", [])),  # type: ignore[call-overload]
+        list(extra.get("positions", [])),  # type: ignore[call-overload]
+    )
+
+
+def test_a_pack_masks_each_boundary_and_restarts_positions() -> None:
+    pack = build_pack(
+        [
+            _piece(1, [5, 6, 7]),
+            _piece(2, []),
+            _piece(3, [8, 9], images=["img"], positions=[1]),
+        ]
+    )
+    assert pack["input_ids"].tolist() == [5, 6, 7, 8, 9]
+    assert pack["labels"].tolist() == [IGNORE_INDEX, 6, 7, IGNORE_INDEX, 9]
+    assert pack["position_ids"].tolist() == [0, 1, 2, 0, 1]
+    assert pack["cu_seqlens"].tolist() == [0, 3, 3, 5] and pack["cu_seqlens"].dtype == torch.int32
+    assert pack["max_seqlen"] == 3
+    assert pack["sample_ids"].tolist() == [1, 2, 3]
+    assert pack["sample_positions"].tolist() == [10, 20, 30]
+    assert pack["images"] == ["img"] and pack["image_offsets"] == [4]
+
+
+def test_batch_layouts_agree_with_the_packs() -> None:
+    first = build_pack([_piece(1, [1, 2]), _piece(2, [3])])
+    second = build_pack([_piece(3, [4, 5, 6], labels=torch.tensor([0, 0, 7]))])
+    flat = collate_varlen([first, second])
+    assert flat["input_ids"].tolist() == [[1, 2, 3, 4, 5, 6]]
+    assert flat["labels"].tolist() == [[IGNORE_INDEX, 2, IGNORE_INDEX, IGNORE_INDEX, 0, 7]]
+    assert flat["position_ids"].tolist() == [[0, 1, 0, 0, 1, 2]]
+    assert flat["cu_seqlens"].tolist() == [0, 2, 3, 6] and flat["max_seqlen"] == 3
+    assert flat["pack_bounds"].tolist() == [0, 2, 3]
+    hf = collate_flattening([first, second])
+    assert hf["cu_seq_lens_q"].tolist() == hf["cu_seq_lens_k"].tolist() == [0, 2, 3, 6]
+    assert hf["max_length_q"] == 3 and hf["input_ids"].shape == (1, 6)
+    padded = collate_padded([first, second], length=4)
+    assert padded["input_ids"].tolist() == [[1, 2, 3, 0], [4, 5, 6, 0]]
+    assert padded["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 1, 0]]
+    assert padded["labels"][:, 3].tolist() == [IGNORE_INDEX, IGNORE_INDEX]
+    rows = collate_budget(first)
+    assert rows["input_ids"].tolist() == [[1, 2], [3, 0]]
+    assert rows["attention_mask"].tolist() == [[1, 1], [1, 0]]
