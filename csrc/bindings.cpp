@@ -107,6 +107,37 @@ const std::pair<const char*, FillKernel> kFillKernels[] = {
     {"avx512", FillKernel::kAvx512},
 };
 
+// The per-sample reseed in one call (resumable_loader/rngs/process.py): the sample's key and
+// every global generator's state together, with the Python-side steps each needs: numpy's own
+// lock around its writes (numpy draws large arrays without the GIL, under that lock), Python's
+// cached Gaussian cleared, torch's state installed through its set_state (the only way in).
+struct SampleReseeder {
+  GlobalRngTargets targets;
+  // numpy's RandomState keeps a copy of its bit generator's interface, whose first word is the
+  // state address while the bit generator is the one `targets` writes; set_bit_generator
+  // replaces the copy, and the reseed then writes nothing and reports it.
+  const uintptr_t* numpy_interface;
+  nb::object lock_acquire, lock_release, python, torch_set_state, torch_buffer;
+  nb::str gauss_next{"gauss_next"};
+
+  bool operator()(uint64_t seed, uint32_t epoch, uint64_t position, nb::handle purpose) {
+    uint32_t purpose_word;
+    if (!nb::try_cast(purpose, purpose_word)) {
+      throw nb::type_error("purpose must be an int in [0, 2**32)");
+    }
+    if (*numpy_interface != reinterpret_cast<uintptr_t>(targets.numpy_key)) return false;
+    const Words4 key = derive(seed, epoch, position, purpose_word);
+    targets.reseed_python(key.data());
+    nb::setattr(python, gauss_next, nb::none());
+    lock_acquire();
+    targets.reseed_numpy(key.data());
+    lock_release();
+    targets.reseed_torch(key.data());
+    torch_set_state(torch_buffer);
+    return true;
+  }
+};
+
 }  // namespace
 
 NB_MODULE(_core, m) {
@@ -202,6 +233,33 @@ NB_MODULE(_core, m) {
           },
           "Copy the Python and numpy states the targets cover.")
       .def("restore", &GlobalRngTargets::restore, "snapshot"_a, "Put a save()d copy back.");
+
+  nb::class_<SampleReseeder>(m, "SampleReseeder")
+      .def(
+          "__init__",
+          [](SampleReseeder* self, const GlobalRngTargets& targets, uintptr_t numpy_interface,
+             nb::object numpy_lock, nb::object python, nb::object torch_generator,
+             nb::object torch_buffer) {
+            if (targets.python_state == nullptr || targets.numpy_key == nullptr ||
+                targets.torch_state == nullptr || numpy_interface == 0) {
+              throw nb::value_error("SampleReseeder needs all three generators' addresses");
+            }
+            new (self) SampleReseeder{targets,
+                                      reinterpret_cast<const uintptr_t*>(numpy_interface),
+                                      numpy_lock.attr("acquire"),
+                                      numpy_lock.attr("release"),
+                                      std::move(python),
+                                      torch_generator.attr("set_state"),
+                                      std::move(torch_buffer)};
+          },
+          "targets"_a, "numpy_interface"_a, "numpy_lock"_a, "python"_a, "torch_generator"_a,
+          "torch_buffer"_a)
+      .def("__call__", &SampleReseeder::operator(), "seed"_a.noconvert(), "epoch"_a.noconvert(),
+           "position"_a.noconvert(), "purpose"_a,
+           nb::sig("def __call__(self, seed: int, epoch: int, position: int, purpose: int) -> "
+                   "bool"),
+           "Reseed the global generators for a sample key; False (none written) if numpy's "
+           "was replaced.");
 
   nb::class_<FeistelPermutation>(m, "Permutation")
       .def(

@@ -39,19 +39,10 @@ inline uint64_t global_rng_seed(const uint32_t key[4], GlobalRng generator) {
   return block.v[0] | static_cast<uint64_t>(block.v[1]) << 32;
 }
 
-// The 624 MT19937 state words of `generator` for a sample key.
-inline void mt19937_state_words(const uint32_t key[4], GlobalRng generator,
-                                uint32_t out[MT19937_N]) {
-  uint64_t state = global_rng_seed(key, generator);
-  for (int i = 0; i < MT19937_N; i += 2) {
-    uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    out[i] = static_cast<uint32_t>(z);
-    out[i + 1] = static_cast<uint32_t>(z >> 32);
-  }
-}
+// The 624 MT19937 state words of `generator` for a sample key; torch's legacy state holds each
+// word widened to 64 bits, written so directly.
+void mt19937_state_words(const uint32_t key[4], GlobalRng generator, uint32_t out[MT19937_N]);
+void mt19937_state_words(const uint32_t key[4], GlobalRng generator, uint64_t out[MT19937_N]);
 
 // torch's CPUGeneratorImplState (aten/src/ATen/CPUGeneratorImpl.cpp), the bytes that
 // torch.Generator.get_state() returns and set_state() takes.
@@ -93,27 +84,14 @@ struct GlobalRngTargets {
   double* numpy_gauss = nullptr;   // set whenever numpy_key is
   TorchCpuGeneratorState* torch_state = nullptr;  // a buffer for torch.Generator.set_state
 
+  // Each generator's state for a sample key, where its target is set.
+  void reseed_python(const uint32_t key[4]) const;
+  void reseed_numpy(const uint32_t key[4]) const;
+  void reseed_torch(const uint32_t key[4]) const;
   void reseed(const uint32_t key[4]) const {
-    if (python_state != nullptr) {
-      mt19937_state_words(key, kPython, python_state);
-      *python_index = 0;
-    }
-    if (numpy_key != nullptr) {
-      mt19937_state_words(key, kNumpy, numpy_key);
-      *numpy_pos = 0;
-      *numpy_has_gauss = 0;
-      *numpy_gauss = 0.0;
-    }
-    if (torch_state != nullptr) {
-      uint32_t words[MT19937_N];
-      mt19937_state_words(key, kTorch, words);
-      std::memset(torch_state, 0, sizeof(TorchCpuGeneratorState));
-      TorchCpuGeneratorStateLegacy& pod = torch_state->legacy_pod;
-      pod.the_initial_seed = global_rng_seed(key, kTorch) & TORCH_SEED_MASK;
-      pod.left = MT19937_N;  // torch twists when a draw brings `left` to 0
-      pod.seeded = 1;
-      for (int i = 0; i < MT19937_N; ++i) pod.state[i] = words[i];
-    }
+    reseed_python(key);
+    reseed_numpy(key);
+    reseed_torch(key);
   }
 
   // Copy the states this object writes, so that loading in the main process (num_workers=0)

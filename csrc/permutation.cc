@@ -8,6 +8,8 @@
 // version computes exactly what operator() does, position by position.
 #include "permutation.h"
 
+#include "cpu_targets.h"
+
 #include <algorithm>
 #include <atomic>
 #include <system_error>
@@ -230,21 +232,9 @@ void fill_portable(const Network& net, uint64_t start, uint64_t count, int64_t* 
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
-// x86-64 builds also carry AVX2 and AVX-512 kernels: the same source compiled for those
-// targets (the rounds vectorise 8 or 16 lanes wide, vs 4 with baseline SSE2, which lacks a
-// 32-bit vector multiply) with a compaction that packs a vector of lanes at a time. Chosen at
-// run time rather than with -march, so that a wheel runs on any x86-64. prefer-vector-width:
-// some tunings otherwise stop the AVX-512 kernel's loops at 256-bit vectors.
-#define RL_TARGET_AVX2 __attribute__((target("avx2,popcnt")))
-#define RL_TARGET_AVX512 \
-  __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,popcnt,prefer-vector-width=512")))
-
-bool cpu_runs_avx2() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt"); }
-bool cpu_runs_avx512() {
-  return cpu_runs_avx2() && __builtin_cpu_supports("avx512f") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512dq");
-}
+// x86-64 builds also carry AVX2 and AVX-512 kernels (cpu_targets.h): the same source compiled
+// for those targets (the rounds vectorise 8 or 16 lanes wide, vs 4 with baseline SSE2, which
+// lacks a 32-bit vector multiply) with a compaction that packs a vector of lanes at a time.
 
 // AVX2 packs 8 lanes by a permutation looked up by their 8-bit mask: byte i of entry m is the
 // index of the i-th set bit of m.

@@ -55,6 +55,21 @@ class GlobalRngTargets:
     def restore(self, snapshot: GlobalRngSnapshot) -> None:
         """Put a save()d copy back."""
 
+class SampleReseeder:
+    def __init__(
+        self,
+        targets: GlobalRngTargets,
+        numpy_interface: int,
+        numpy_lock: object,
+        python: object,
+        torch_generator: object,
+        torch_buffer: object,
+    ) -> None: ...
+    def __call__(self, seed: int, epoch: int, position: int, purpose: int) -> bool:
+        """
+        Reseed the global generators for a sample key; False (none written) if numpy's was replaced.
+        """
+
 class Permutation:
     def __init__(self, n: int, seed: int, epoch: int, purpose: int = 1) -> None: ...
     @property

@@ -13,10 +13,17 @@ from hypothesis import strategies as st
 from philox_reference import global_rng_state_words
 
 from resumable_loader import ConfigError
+from resumable_loader.order.philox import Purpose, derive_words
 from resumable_loader.rngs import process as global_rngs
-from resumable_loader.rngs.process import NUMPY, PYTHON, TORCH, GlobalRngs
+from resumable_loader.rngs.process import NUMPY, PYTHON, TORCH, GlobalRngs, reseed_sample
 
 keys = st.tuples(*[st.integers(0, 2**32 - 1)] * 4)
+places = st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1))
+
+
+def states() -> tuple:
+    """Every state the reseed writes, compared whole (torch's as its bytes)."""
+    return random.getstate(), repr(np.random.get_state()), torch.get_rng_state().tolist()
 
 
 def draws() -> tuple:
@@ -71,6 +78,29 @@ def test_fast_path_draws_what_the_public_api_path_draws(by_api, key):
     # torch's API cannot set a state without its format: manual_seed of the 64-bit seed.
     mask = global_rngs._core.TORCH_SEED_MASK  # torch reports the seed as an int64
     assert torch.initial_seed() == global_rngs._core.global_rng_seed(key, TORCH) & mask
+
+
+@settings(max_examples=30, deadline=None)
+@given(places, st.sampled_from(list(Purpose)))
+def test_the_one_call_per_sample_writes_what_reseed_of_the_derived_key_writes(place, purpose):
+    rngs = global_rngs.this_process()
+    assert global_rngs._reseeder is not None  # the layouts check out here: the one C++ call
+    draws()  # leaves cached Gaussians, which both must drop
+    reseed_sample(*place, purpose)
+    one_call = states()
+    draws()
+    rngs.reseed(derive_words(*place, purpose))
+    assert states() == one_call
+
+
+def test_the_one_call_validates_what_is_not_a_plain_int():
+    reseed_sample(np.int64(7), np.uint32(1), np.int64(5), Purpose.SAMPLE)
+    expected = states()
+    reseed_sample(7, 1, 5, Purpose.SAMPLE)
+    assert states() == expected
+    for bad in [(-1, 0, 0), (0, 2**32, 0), (0, 0, 2**64), (0.5, 0, 0)]:
+        with pytest.raises(ConfigError):
+            reseed_sample(*bad, Purpose.SAMPLE)
 
 
 @pytest.mark.parametrize("fast", [True, False])
@@ -130,6 +160,10 @@ def test_a_replaced_numpy_bit_generator_is_bound_again():
         np.random.set_bit_generator(np.random.MT19937(5))
         global_rngs.this_process().reseed((1, 1, 1, 1))
         assert np.random.get_state()[1].tolist() == global_rng_state_words((1,) * 4, NUMPY).tolist()
+        np.random.set_bit_generator(np.random.MT19937(6))  # and noticed by the one-call reseed
+        reseed_sample(2, 3, 4, Purpose.SAMPLE)
+        key = derive_words(2, 3, 4, Purpose.SAMPLE)
+        assert np.random.get_state()[1].tolist() == global_rng_state_words(key, NUMPY).tolist()
         np.random.set_bit_generator(np.random.PCG64(5))
         with pytest.raises(ConfigError, match=r"PCG64.*reseed_globals=False"):
             global_rngs.this_process()
@@ -137,11 +171,16 @@ def test_a_replaced_numpy_bit_generator_is_bound_again():
         np.random.set_bit_generator(original)
 
 
-def test_reseed_waits_for_a_numpy_draw_in_another_thread():
+@pytest.mark.parametrize("one_call", [False, True])
+def test_reseed_waits_for_a_numpy_draw_in_another_thread(one_call):
     # numpy draws large arrays without the GIL, under its bit generator's lock: a reseed that
     # ignored the lock would change the state in the middle of that draw.
     rngs = global_rngs.this_process()
-    rngs.reseed((1, 2, 3, 4))
+    key = derive_words(1, 2, 3, Purpose.SAMPLE)
+    reseed = (
+        (lambda: reseed_sample(1, 2, 3, Purpose.SAMPLE)) if one_call else lambda: rngs.reseed(key)
+    )
+    reseed()
     after_reseed = np.random.random(3_000_000)
     np.random.seed(11)
     before_reseed = np.random.random(3_000_000)
@@ -150,7 +189,7 @@ def test_reseed_waits_for_a_numpy_draw_in_another_thread():
     thread = threading.Thread(target=lambda: drawn.append(np.random.random(3_000_000)))
     thread.start()
     while thread.is_alive():
-        rngs.reseed((1, 2, 3, 4))
+        reseed()
     thread.join()
     # whole draws only: from the old state, or (if the thread began late) from the new one
     assert np.array_equal(drawn[0], before_reseed) or np.array_equal(drawn[0], after_reseed)

@@ -29,8 +29,9 @@ from resumable_loader.rngs.sample import SampleKey, clear_key, install_key, samp
 if TYPE_CHECKING:  # lookahead imports refs, which imports this module
     from resumable_loader.loader.lookahead import Lookahead
 
-# (seed, epoch, first position, stride, count) of the batched read in progress, or None.
-_batch_read: tuple[int, int, int, int, int] | None = None
+# (seed, epoch, first position, stride, count, reseed_globals) of the batched read in progress,
+# or None.
+_batch_read: tuple[int, int, int, int, int, bool] | None = None
 
 
 def batch_sample_keys() -> list[SampleKey]:
@@ -47,12 +48,25 @@ def batch_sample_keys() -> list[SampleKey]:
     """
     if _batch_read is None:
         return [sample_key()]
-    seed, epoch, start, stride, count = _batch_read
+    seed, epoch, start, stride, count, _ = _batch_read
     positions = range(start, start + count * stride, stride)
     return [
         SampleKey(seed, epoch, p, Purpose.SAMPLE, derive_words(seed, epoch, p, Purpose.SAMPLE))
         for p in positions
     ]
+
+
+def install_batch_sample_key(index: int) -> None:
+    """Inside a batched read, make the key of its ``index``-th sample the current one,
+    reseeding the global RNGs if the loader does: a ``__getitems__`` that runs per-sample code
+    (a decode, an augmentation) after reading the batch calls it before each sample's, so each
+    draws exactly what ``dataset[i]`` would. Elsewhere (a plain DataLoader, a direct call)
+    nothing is done.
+    """
+    if _batch_read is not None:
+        seed, epoch, start, stride, _, reseed = _batch_read
+        position = start + index * stride
+        install_key(seed, epoch, position, Purpose.SAMPLE, reseed_globals=reseed)
 
 
 def reads_batched(dataset: Dataset) -> bool:
@@ -162,7 +176,14 @@ class KeyedFetch(Dataset):
         install_key(
             ref.seed, ref.epoch, ref.start, Purpose.SAMPLE, reseed_globals=self.reseed_globals
         )
-        _batch_read = (ref.seed, ref.epoch, ref.start, ref.key_stride, len(ref.ids))
+        _batch_read = (
+            ref.seed,
+            ref.epoch,
+            ref.start,
+            ref.key_stride,
+            len(ref.ids),
+            self.reseed_globals,
+        )
         try:
             samples = self.dataset.__getitems__(list(ref.ids))
         finally:

@@ -6,7 +6,8 @@ Python's and numpy's the same way (equal words give equal streams) while torch k
 bits of a seed. Here each generator gets a full state of its own from the key
 (csrc/global_rngs.h), written by one C++ call into memory whose layout is checked against the
 library's public get/set-state API the first time a process reseeds; any generator whose check
-fails is reseeded through that API instead, with the same resulting stream. (torch's API takes
+fails is reseeded through that API instead, with the same resulting stream. Per sample, one C++
+call (:func:`reseed_sample`) derives the key and installs all three states. (torch's API takes
 a state only in its own format: if the check of that format fails, as it would on a torch that
 changed it, torch is seeded with ``manual_seed`` of its 64-bit seed, another stream.)
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import random
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,7 @@ import torch
 
 from resumable_loader import _core
 from resumable_loader.errors import ConfigError
+from resumable_loader.order.philox import Purpose, derive_words
 
 PYTHON, NUMPY, TORCH = 0, 1, 2  # generator numbers, as csrc/global_rngs.h names them
 _MT_N = 624
@@ -42,17 +45,35 @@ class GlobalRngs:
         torch_fast = _torch_layout_ok(self._torch, self._torch_buffer)
         self._targets = _core.GlobalRngTargets(
             *(python or (0, 0)),
-            *(numpy or (0, 0, 0, 0)),
+            *(numpy[:4] if numpy else (0, 0, 0, 0)),
             self._torch_buffer.data_ptr() if torch_fast else 0,
         )
         self._python_by_api, self._numpy_by_api = python is None, numpy is None
         self._torch_by_api = not torch_fast
         self._numpy_lock = self._numpy_bit_generator.lock
+        # Where every layout checked out (the usual case), one C++ call does a sample's reseed.
+        self._reseeder = (
+            _core.SampleReseeder(
+                self._targets,
+                numpy[4],
+                self._numpy_lock,
+                self._python,
+                self._torch,
+                self._torch_buffer,
+            )
+            if python and numpy and torch_fast
+            else None
+        )
 
     @property
     def current(self) -> bool:
         """False once numpy's global bit generator was replaced (np.random.set_bit_generator)."""
         return np.random.get_bit_generator() is self._numpy_bit_generator
+
+    def reseed_sample(self, seed: int, epoch: int, position: int, purpose: Purpose) -> None:
+        """Reseed every global generator for the sample key (seed, epoch, position, purpose),
+        validating the key's coordinates (ConfigError)."""
+        self.reseed(derive_words(seed, epoch, position, purpose))
 
     def reseed(self, key: tuple[int, int, int, int]) -> None:
         """Give every global generator the state of ``key``'s sample."""
@@ -95,11 +116,13 @@ class GlobalRngs:
 
 
 _bound: GlobalRngs | None = None
+# _bound's one-call reseed (SampleReseeder), or None where a generator is reseeded by its API.
+_reseeder: Callable[[int, int, int, Purpose], bool] | None = None
 
 
 def this_process() -> GlobalRngs:
     """This process's :class:`GlobalRngs` (checked again if numpy's bit generator changed)."""
-    global _bound
+    global _bound, _reseeder
     if _bound is None or not _bound.current:
         bit_generator = np.random.get_bit_generator()
         if not isinstance(bit_generator, np.random.MT19937):
@@ -110,7 +133,25 @@ def this_process() -> GlobalRngs:
                 "and draw from resumable_loader.sample_numpy_generator()"
             )
         _bound = GlobalRngs()
+        _reseeder = _bound._reseeder
     return _bound
+
+
+def reseed_sample(seed: int, epoch: int, position: int, purpose: Purpose) -> None:
+    """Reseed this process's global generators for a sample's key (seed, epoch, position,
+    purpose), called once per sample: one C++ call derives the key and writes all three states.
+
+    The call writes nothing and returns False once numpy's global bit generator was replaced;
+    that, a generator reseeded by its API, or coordinates that are not plain ints in range go
+    through :func:`this_process`, which rebinds, validates and reseeds.
+    """
+    if _reseeder is not None:
+        try:
+            if _reseeder(seed, epoch, position, purpose):
+                return
+        except TypeError:
+            pass  # validated below, outside the handler (no chained nanobind TypeError)
+    this_process().reseed_sample(seed, epoch, position, purpose)
 
 
 def _read(address: int, size: int) -> bytes:
@@ -135,13 +176,14 @@ def _python_layout(instance: random.Random) -> tuple[int, int] | None:
         instance.setstate(saved)
 
 
-def _numpy_layout(state: Any, bit_generator: Any) -> tuple[int, int, int, int] | None:
-    """Addresses of numpy's MT key, pos, has_gauss and gauss, if they check out.
+def _numpy_layout(state: Any, bit_generator: Any) -> tuple[int, int, int, int, int] | None:
+    """Addresses of numpy's MT key, pos, has_gauss and gauss, and of the RandomState's own copy
+    of its bit generator's interface, if they check out.
 
     The key and pos are the bit generator's public ``ctypes.state_address``; the cached
     Gaussian sits in the RandomState's ``aug_bitgen_t``, found as the word that points back at
-    the RandomState's own copy of the bit generator's interface (whose first word is that
-    state address).
+    the RandomState's copy of the interface (whose first word is that state address for as
+    long as this bit generator is numpy's global one).
     """
     saved = np.random.get_state()
     try:
@@ -163,7 +205,7 @@ def _numpy_layout(state: Any, bit_generator: Any) -> tuple[int, int, int, int] |
         kind, key, pos, has_gauss, gauss = np.random.get_state()
         expected = _core.mt19937_state_words(_PROBE_KEY, NUMPY)
         ok = (kind, pos, has_gauss, gauss) == ("MT19937", 0, 0, 0.0)
-        return layout if ok and key.tolist() == expected else None
+        return (*layout, id(state) + interface) if ok and key.tolist() == expected else None
     finally:
         np.random.set_state(saved)
 

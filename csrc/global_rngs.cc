@@ -1,0 +1,92 @@
+// The global generators' states (see global_rngs.h for the contract). Filling 624 state words
+// from a seed is most of a reseed's cost, done three times per sample: x86-64 builds carry an
+// AVX-512 version of it (its 64-bit multiplies vectorise 8 lanes wide; AVX2 has no 64-bit
+// multiply and measured no faster than the baseline), picked at run time. Both compute the same
+// words.
+#include "global_rngs.h"
+
+#include "cpu_targets.h"
+
+namespace resumable_loader {
+namespace {
+
+constexpr uint64_t kSplitMixGamma = 0x9E3779B97F4A7C15ull;
+
+// Output i of SplitMix64 started at `seed` fills words 2i (low half) and 2i + 1 (high half).
+template <typename Word>
+inline void splitmix_words(uint64_t seed, Word* out) {
+  for (int i = 0; i < MT19937_N / 2; ++i) {
+    uint64_t z = seed + kSplitMixGamma * static_cast<uint64_t>(i + 1);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    out[2 * i] = static_cast<uint32_t>(z);
+    out[2 * i + 1] = static_cast<uint32_t>(z >> 32);
+  }
+}
+
+template <typename Word>
+void words_portable(uint64_t seed, Word* out) {
+  splitmix_words(seed, out);
+}
+
+#ifdef RL_HAS_X86_KERNELS
+template <typename Word>
+RL_TARGET_AVX512 void words_avx512(uint64_t seed, Word* out) {
+  splitmix_words(seed, out);
+}
+#endif
+
+template <typename Word>
+using WordsKernel = void (*)(uint64_t, Word*);
+
+template <typename Word>
+WordsKernel<Word> fastest_words_kernel() {
+#ifdef RL_HAS_X86_KERNELS
+  if (cpu_runs_avx512()) return words_avx512<Word>;
+#endif
+  return words_portable<Word>;
+}
+
+const WordsKernel<uint32_t> words32 = fastest_words_kernel<uint32_t>();
+const WordsKernel<uint64_t> words64 = fastest_words_kernel<uint64_t>();
+
+}  // namespace
+
+void mt19937_state_words(const uint32_t key[4], GlobalRng generator, uint32_t out[MT19937_N]) {
+  words32(global_rng_seed(key, generator), out);
+}
+
+void mt19937_state_words(const uint32_t key[4], GlobalRng generator, uint64_t out[MT19937_N]) {
+  words64(global_rng_seed(key, generator), out);
+}
+
+void GlobalRngTargets::reseed_python(const uint32_t key[4]) const {
+  if (python_state == nullptr) return;
+  mt19937_state_words(key, kPython, python_state);
+  *python_index = 0;
+}
+
+void GlobalRngTargets::reseed_numpy(const uint32_t key[4]) const {
+  if (numpy_key == nullptr) return;
+  mt19937_state_words(key, kNumpy, numpy_key);
+  *numpy_pos = 0;
+  *numpy_has_gauss = 0;
+  *numpy_gauss = 0.0;
+}
+
+void GlobalRngTargets::reseed_torch(const uint32_t key[4]) const {
+  if (torch_state == nullptr) return;
+  TorchCpuGeneratorStateLegacy& pod = torch_state->legacy_pod;
+  mt19937_state_words(key, kTorch, pod.state);
+  pod.the_initial_seed = global_rng_seed(key, kTorch) & TORCH_SEED_MASK;
+  pod.left = MT19937_N;  // torch twists when a draw brings `left` to 0
+  pod.seeded = 1;
+  pod.next = 0;
+  pod.normal_x = pod.normal_y = pod.normal_rho = 0.0;
+  pod.normal_is_valid = 0;
+  torch_state->next_float_normal_sample = 0.0f;
+  torch_state->is_next_float_normal_sample_valid = false;
+}
+
+}  // namespace resumable_loader

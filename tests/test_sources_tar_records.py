@@ -1,0 +1,150 @@
+"""Tar reads by index record: no header parsing, the fast and full checks, batched reads."""
+
+from __future__ import annotations
+
+import os
+import random
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from shard_factory import write_tar, write_tar_shards
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+from resumable_loader import ResumableDataLoader, cli
+from resumable_loader.errors import ShardError
+from resumable_loader.sources.verify_data import verify_data
+from resumable_loader.sources.webdataset import TarShardDataset
+
+
+@pytest.fixture
+def shards(tmp_path):
+    return write_tar_shards(tmp_path, num_shards=3, samples_per_shard=4)
+
+
+def overwrite(path: str, offset: int, data: bytes) -> None:
+    """Write ``data`` at ``offset`` in place, keeping the file's size and mtime (so the index
+    still matches it by stat)."""
+    stat = os.stat(path)
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+class TestRecords:
+    @pytest.mark.parametrize(
+        "fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT], ids=str
+    )
+    def test_keys_of_long_and_prefixed_names_are_webdatasets(self, tmp_path, fmt):
+        """A ustar prefix splits a long path (the key is then parsed from the header); GNU
+        long names and pax paths hold it whole (taken from the span without parsing)."""
+        directory = "d" * 90 + "/" + "e" * 60
+        entries = [(f"{directory}/k{i}.{ext}", b"x" * (i + 3)) for i in range(3) for ext in "ab"]
+        entries.append(("plain.a", b"p"))
+        path = write_tar(tmp_path / "s.tar", entries, format=fmt)
+        dataset = TarShardDataset([path])
+        with open(path, "rb") as stream:
+            expected = list(group_by_keys(tar_file_expander([{"url": path, "stream": stream}])))
+        assert [dataset[i] for i in range(len(dataset))] == expected
+        key_lengths = dataset.index.records[:, 4].tolist()
+        split = fmt == tarfile.USTAR_FORMAT
+        assert key_lengths == [0 if split else len(directory) + 3] * 3 + [len("plain")]
+
+    def test_absent_members_are_absent(self, tmp_path):
+        path = write_tar(tmp_path / "s.tar", [("a.x", b"1"), ("a.y", b"22"), ("b.y", b"333")])
+        dataset = TarShardDataset([path])
+        assert [dataset[0]["x"], dataset[0]["y"]] == [b"1", b"22"]
+        assert "x" not in dataset[1] and dataset[1]["y"] == b"333"
+        assert dataset.index.checksums[1, 0] == 0  # no member, no checksum
+
+
+class TestFastCheck:
+    def test_a_span_without_its_tar_header_is_refused(self, shards):
+        dataset = TarShardDataset(shards)
+        overwrite(shards[0], 3072, bytes(512))  # sample 1's first header, zeroed
+        with pytest.raises(
+            ShardError, match=r"shard-0000\.tar: the sample at offset 3072 .*rebuild"
+        ):
+            dataset[1]
+        assert dataset[0]["__key__"] == "sample000000"
+
+    def test_a_changed_payload_passes_the_fast_check_and_fails_the_full_one(self, shards):
+        dataset = TarShardDataset(shards)  # indexed here
+        overwrite(shards[0], 3072 + 512, b"\xff")  # sample 1's first payload byte
+        assert dataset[1]["bin"][:1] == b"\xff"
+        with pytest.raises(
+            ShardError,
+            match=r"shard-0000\.tar: the sample at offset 3072 has a 'bin' member whose CRC32C "
+            r"is 0x[0-9a-f]{8}, 0x[0-9a-f]{8} when indexed .*rebuild the index",
+        ):
+            TarShardDataset(shards, check="full")[1]
+
+    def test_bad_check_is_a_config_error(self, shards):
+        from resumable_loader.errors import ConfigError
+
+        with pytest.raises(ConfigError, match=r"check must be one of \('fast', 'full'\), got 'x'"):
+            TarShardDataset(shards, check="x")
+
+
+class TestVerifyData:
+    def test_lists_every_bad_sample_and_goes_on(self, shards, capsys):
+        assert verify_data(shards).passed
+        overwrite(shards[0], 3072 + 512, b"\xff")
+        overwrite(shards[2], 512, b"\xff")
+        report = verify_data(shards)
+        assert report.samples == 12 and len(report.problems) == 2
+        assert "shard-0000.tar: the sample at offset 3072" in report.problems[0]
+        assert "shard-0002.tar: the sample at offset 0" in report.problems[1]
+        assert cli.main(["verify-data", *shards]) == 1
+        out = capsys.readouterr().out
+        assert "2 of 12 samples failed" in out and "offset 3072" in out
+
+    def test_a_clean_shard_set_passes(self, shards, capsys):
+        assert cli.main(["verify-data", *shards]) == 0
+        assert "12 samples" in capsys.readouterr().out
+
+
+class TestBatchedReads:
+    def test_a_batch_is_its_samples_read_in_shard_and_offset_order(self, shards, monkeypatch):
+        dataset = TarShardDataset(shards)
+        ids = [11, 0, -1, 5, 4, 3, 0]
+        reads = []
+        read = dataset._read
+        monkeypatch.setattr(dataset, "_read", lambda *span: reads.append(span) or read(*span))
+        assert dataset.__getitems__(ids) == [dataset[i] for i in ids]
+        batch_reads = reads[: len(ids)]
+        assert batch_reads == sorted(batch_reads) and len(batch_reads) == len(ids)
+
+    @pytest.mark.parametrize("bad", [12, -13, 1.0, True])
+    def test_a_bad_id_in_a_batch_is_the_same_error_as_alone(self, shards, bad):
+        dataset = TarShardDataset(shards)
+        with pytest.raises((IndexError, TypeError)) as alone:
+            dataset[bad]
+        with pytest.raises(alone.type, match=str(alone.value).replace("(", r"\(")[:40]):
+            dataset.__getitems__([0, bad])
+
+    @pytest.mark.parametrize("workers", [0, 2])
+    def test_streams_equal_with_and_without_getitems_augmentations_included(self, shards, workers):
+        def stream(dataset_type: type) -> list:
+            dataset = dataset_type(shards, decode=augment)
+            loader = ResumableDataLoader(
+                dataset, batch_size=5, shuffle=True, seed=3, num_workers=workers, collate_fn=list
+            )
+            return [(s["__key__"], s["draws"]) for batch in loader for s in batch]
+
+        batched = stream(TarShardDataset)
+        assert batched == stream(OneAtATime) and len({d for _, d in batched}) == 12
+
+
+def augment(sample: dict) -> dict:
+    """A decode that draws from the three global generators, as augmentations do."""
+    draws = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    return {**sample, "draws": draws}
+
+
+class OneAtATime(TarShardDataset):
+    """The same dataset read a sample at a time (no batched read)."""
+
+    __getitems__ = None
