@@ -28,6 +28,7 @@ _MASK64 = (1 << 64) - 1
 # The key installed in this process: (seed, epoch, position, purpose), or None outside a
 # fetch. A plain tuple keeps installing it cheap; SampleKey is built only when asked for.
 _current: tuple[int, int, int, Purpose] | None = None
+_reseeding = False  # whether the current fetch reseeds the global RNGs with each key
 _torch_generator: torch.Generator | None = None
 
 
@@ -76,10 +77,22 @@ def install_key(
 
     Without the reseed, the key's words are derived only if user code asks for them.
     """
-    global _current
-    _current = (seed, epoch, position, purpose)
+    global _current, _reseeding
+    _current, _reseeding = (seed, epoch, position, purpose), reseed_globals
     if reseed_globals:
         reseed_sample(seed, epoch, position, purpose)
+
+
+def install_sample_key(position: int) -> None:
+    """Re-key the fetch in progress to the sample at ``position`` of the same (seed, epoch),
+    reseeding the globals as the fetch does: for a dataset whose item holds several samples
+    (a pack), so that each of them loads under its own key.
+
+    Raises:
+        ResumableLoaderError: when called outside a ResumableDataLoader fetch.
+    """
+    seed, epoch, _, _ = _installed("install_sample_key()")
+    install_key(seed, epoch, position, Purpose.SAMPLE, reseed_globals=_reseeding)
 
 
 def clear_key() -> None:
