@@ -13,6 +13,7 @@ length of the load, two more copies of the state (staged and previous) besides t
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,6 +23,8 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from resumable_loader.checkpoint import collective
+
+logger = logging.getLogger("resumable_loader.checkpoint")
 
 
 def _tree(value: Any, leaf: Callable[[torch.Tensor], torch.Tensor]) -> Any:
@@ -66,17 +69,31 @@ def read(
         return staged, before.result()
 
 
-def apply(
-    steps: list[tuple[str, Callable[[], None], Callable[[], None]]],
-) -> None:
-    """Run each ``(name, set, put_back)`` in order; if a ``set`` raises, run ``put_back`` of it
-    and of every one before it (newest first), then raise the error as it was."""
+def apply(steps: list[tuple[str, Callable[[], None], Callable[[], None]]]) -> Callable[[], None]:
+    """Run each ``(name, set, put_back)`` in order, and return what puts them all back; if a
+    ``set`` raises, run ``put_back`` of it and of every one before it (newest first), then
+    raise the error as it was. A ``put_back`` that raises too is logged, and the others still
+    run."""
     done: list[tuple[str, Callable[[], None]]] = []
+
+    def put_back() -> None:
+        for name, undo in reversed(done):
+            try:
+                undo()
+            except BaseException as error:  # the others must still be put back
+                logger.error(
+                    "component '%s' could not be put back after a failed load (%s: %s); its "
+                    "state is undefined: rebuild it or load a checkpoint again",
+                    name,
+                    type(error).__name__,
+                    error,
+                )
+
     try:
-        for name, setter, put_back in steps:
-            done.append((name, put_back))
+        for name, setter, undo in steps:
+            done.append((name, undo))
             setter()
     except BaseException:
-        for _, put_back in reversed(done):
-            put_back()
+        put_back()
         raise
+    return put_back
