@@ -1,0 +1,283 @@
+"""Packed through the loader: whole streams of packs equal continuous vs resumed on any layout."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from resumable_loader import DataLoader, Mixture, Packed
+from resumable_loader.errors import ConfigError, StateDictError
+from resumable_loader.packing.collate import collate_budget, collate_varlen
+
+Record = tuple[int, tuple[int, ...], tuple[int, ...], str]
+
+
+class Texts(Dataset):
+    """Sample i: ``lengths[i]`` tokens drawn from torch's global RNG (an augmentation, so a
+    pack's tokens show the key each sample was loaded under), offset by 1000 * i."""
+
+    def __init__(self, lengths: np.ndarray, name: str = "texts") -> None:
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.fingerprint = f"{name}-{len(lengths)}"
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def sample_lengths(self) -> np.ndarray:
+        return self.lengths
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        tokens = torch.randint(0, 1000, (int(self.lengths[index]),)) + 1000 * index
+        return {"input_ids": tokens}
+
+
+def lengths(count: int, seed: int = 0, longest: int = 48) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    values = rng.integers(0, longest, size=count)
+    values[:4] = [0, 1, 32, 33]  # empty, one token, exactly max_tokens=32, longer
+    return values
+
+
+def packs(batch: dict[str, Any]) -> list[Record]:
+    """One record per pack of a collate_varlen batch: ids, positions, digest of its tokens."""
+    bounds = batch["pack_bounds"].tolist()
+    cu = batch["cu_seqlens"].tolist()
+    tokens = batch["input_ids"][0]
+    out = []
+    for first, stop in itertools.pairwise(bounds):
+        part = tokens[cu[first] : cu[stop]].numpy().tobytes()
+        out.append(
+            (
+                -1,
+                tuple(batch["sample_ids"][first:stop].tolist()),
+                tuple(batch["sample_positions"][first:stop].tolist()),
+                hashlib.blake2b(part, digest_size=8).hexdigest(),
+            )
+        )
+    return out
+
+
+def make(dataset: Dataset, *, max_tokens: int = 32, **kwargs: Any) -> DataLoader:
+    packed_args = {k: kwargs.pop(k) for k in ("window", "strategy", "overlong") if k in kwargs}
+    packed_args.setdefault("window", 8)
+    packed_args.setdefault("overlong", "split")
+    return DataLoader(
+        Packed(dataset, max_tokens, **packed_args),
+        collate_fn=kwargs.pop("collate_fn", collate_varlen),
+        **{"shuffle": True, "seed": 7, **kwargs},
+    )
+
+
+def stream(loader: DataLoader, epochs: int, stop_after: int | None = None) -> list[Record]:
+    """The packs the loop sees over ``epochs`` (or until ``stop_after`` batches), each tagged
+    with its epoch."""
+    records: list[Record] = []
+    batches = 0
+    for _ in range(epochs):
+        for batch in loader:
+            epoch = loader.state_dict()["epoch"]
+            records += [(epoch, *record[1:]) for record in packs(batch)]
+            batches += 1
+            if batches == stop_after:
+                return records
+    return records
+
+
+DATA = Texts(lengths(61))
+
+
+def test_every_sample_is_delivered_once_per_epoch_and_packs_fit() -> None:
+    loader = make(DATA, batch_size=2)
+    records = stream(loader, 2)
+    for epoch in (0, 1):
+        positions = [p for e, _, ps, _ in records if e == epoch for p in ps]
+        ids = {i for e, ids, _, _ in records if e == epoch for i in ids}
+        assert sorted(set(positions)) == list(range(61)) and ids == set(range(61))
+        # a sample longer than 32 tokens (sample 3: 33) is split into pieces of at most 32
+        assert len(positions) == int(np.maximum(1, -(-DATA.lengths // 32)).sum())
+    batch = next(iter(make(DATA, batch_size=4)))
+    cu = batch["cu_seqlens"]
+    sizes = (cu[1:] - cu[:-1]).tolist()
+    starts = cu[:-1].tolist()
+    assert batch["position_ids"][0].tolist() == [i for size in sizes for i in range(size)]
+    assert all(batch["labels"][0, s] == -100 for s, n in zip(starts, sizes, strict=True) if n)
+    bounds = batch["pack_bounds"].tolist()
+    assert all(cu[b] - cu[a] <= 32 for a, b in itertools.pairwise(bounds))
+    assert batch["max_seqlen"] == max(sizes)
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "stop_after"),
+    [
+        (dict(num_workers=0, batch_size=2), dict(num_workers=2, batch_size=3), 5),
+        (dict(num_workers=2, batch_size=3), dict(num_workers=3, batch_size=1), 4),
+        (dict(num_workers=3, batch_size=1), dict(num_workers=0, batch_size=4), 17),
+    ],
+)
+def test_a_resume_on_other_workers_and_batch_sizes_continues_the_same_packs(
+    before: dict[str, int], after: dict[str, int], stop_after: int
+) -> None:
+    continuous = stream(make(DATA, batch_size=2), 2)
+    first = make(DATA, **before)
+    head = stream(first, 2, stop_after=stop_after)
+    resumed = make(DATA, **after)
+    resumed.load_state_dict(first.state_dict())
+    state = first.state_dict()
+    tail = stream(resumed, 2 - state["epoch"])
+    assert head + tail == continuous
+
+
+def test_each_sample_keeps_its_key_whatever_the_packing() -> None:
+    """A sample's tokens (its augmentation) depend on its position in the sample order only:
+    the same under another max_tokens, strategy or window, and without packing at all."""
+
+    def samples(loader: DataLoader) -> dict[tuple[int, int], list[int]]:
+        """(epoch, sample position) -> its tokens, reassembled from its pieces."""
+        seen: dict[tuple[int, int], dict[int, list[int]]] = {}
+        for epoch in range(2):
+            for batch in loader:
+                cu = batch["cu_seqlens"].tolist()
+                offsets = batch["sample_offsets"].tolist()
+                for k, position in enumerate(batch["sample_positions"].tolist()):
+                    piece = batch["input_ids"][0, cu[k] : cu[k + 1]].tolist()
+                    seen.setdefault((epoch, position), {})[offsets[k]] = piece
+        return {
+            place: [t for offset in sorted(parts) for t in parts[offset]]
+            for place, parts in seen.items()
+        }
+
+    small = samples(make(DATA, batch_size=2, max_tokens=32))
+    large = samples(make(DATA, batch_size=3, max_tokens=64, strategy="ffd", window=5))
+    assert small == large
+    plain = DataLoader(DATA, batch_size=1, shuffle=True, seed=7, collate_fn=lambda b: b[0])
+    for epoch in range(2):
+        for position, item in enumerate(plain):
+            assert small[(epoch, position)] == item["input_ids"].tolist()
+
+
+def test_a_change_of_max_tokens_or_strategy_on_resume_is_refused_naming_the_field() -> None:
+    loader = make(DATA, batch_size=2)
+    stream(loader, 1, stop_after=2)
+    state = loader.state_dict()
+    with pytest.raises(StateDictError, match=r"fingerprint\.max_tokens': saved 32, current 64"):
+        make(DATA, batch_size=2, max_tokens=64).load_state_dict(state)
+    with pytest.raises(StateDictError, match=r"fingerprint\.strategy': saved 'bfd', current"):
+        make(DATA, batch_size=2, strategy="ffd").load_state_dict(state)
+    with pytest.raises(StateDictError, match=r"fingerprint\.lengths'"):
+        make(Texts(lengths(61, seed=1)), batch_size=2).load_state_dict(state)
+    assert len(json.dumps(state)) < 1024
+
+
+def test_sample_at_and_pack_of_answer_where_each_sample_went() -> None:
+    loader = make(DATA, batch_size=2)
+    records = stream(loader, 1)
+    for position, (_, ids, positions, _) in enumerate(records):
+        answer = loader.sample_at(0, position)
+        assert tuple(s["id"] for s in answer["samples"]) == ids
+        assert tuple(s["position"] for s in answer["samples"]) == positions
+        for piece in answer["samples"]:
+            places = loader.order.pack_of(0, piece["position"])
+            assert {"position": position, "pack_offset": piece["pack_offset"]}.items() <= next(
+                p for p in places if p["offset"] == piece["offset"]
+            ).items()
+    with pytest.raises(ConfigError, match="position"):
+        loader.sample_at(0, len(records))
+
+
+def test_ranks_split_the_packs_and_a_resume_on_another_world_size_continues() -> None:
+    """World sizes 2 -> 3 and 2 -> 1, in one process: the global stream of packs (rank 0's
+    batch, then rank 1's, ... per step) equals the one-rank continuous run."""
+
+    def global_stream(world: int, steps: int | None, state: Any = None) -> tuple[list, Any]:
+        loaders = [make(DATA, batch_size=2, rank=r, world_size=world) for r in range(world)]
+        if state is not None:
+            for loader in loaders:
+                loader.load_state_dict(state)
+        iterators = [iter(loader) for loader in loaders]
+        records, step = [], 0
+        while steps is None or step < steps:
+            batches = [next(it, None) for it in iterators]
+            if batches[0] is None:
+                break
+            for batch in batches:
+                records += packs(batch)
+            step += 1
+        return records, loaders[0].state_dict()
+
+    continuous, _ = global_stream(1, None)
+    unique = [r[1:] for r in continuous]
+    head, state = global_stream(2, 3)
+    for world in (1, 3):
+        tail, _ = global_stream(world, None, state)
+        got = [r[1:] for r in head + tail]
+        # a last global batch that does not fill every rank wraps to the epoch's start
+        assert got[: len(unique)] == unique
+        assert set(got[len(unique) :]) <= set(unique)
+
+
+def test_a_packed_mixture_resumes_exactly_across_its_phase_change() -> None:
+    def mixture() -> Mixture:
+        return Mixture(
+            {
+                "a": Texts(lengths(40, seed=2), "a"),
+                "b": Texts(lengths(30, seed=3, longest=20), "b"),
+            },
+            {"a": 1, "b": 1},
+            phases=[(50, {"a": 1, "b": 3})],
+            samples_per_epoch=90,
+        )
+
+    continuous = stream(make(mixture(), batch_size=2), 2)
+    for stop_after, after in [(3, dict(num_workers=2, batch_size=3)), (9, dict(batch_size=1))]:
+        first = make(mixture(), batch_size=2)
+        head = stream(first, 2, stop_after=stop_after)
+        state = first.state_dict()
+        assert "order_state" in state
+        resumed = make(mixture(), **after)
+        resumed.load_state_dict(state)
+        assert head + stream(resumed, 2 - state["epoch"]) == continuous
+    assert make(mixture(), batch_size=2).mixture_progress()["phase"] == 0
+
+
+def test_token_budget_batches_fit_their_padded_budget_and_resume() -> None:
+    def budget_loader(**kwargs: Any) -> DataLoader:
+        settings = dict(max_tokens=64, strategy="pad", batch_size=None, collate_fn=collate_budget)
+        return make(DATA, **settings, **kwargs)
+
+    def rows(loader: DataLoader, epochs: int, stop_after: int | None = None) -> list[Any]:
+        out, count = [], 0
+        for _ in range(epochs):
+            for batch in loader:
+                assert batch["input_ids"].numel() <= 64
+                out.append((batch["sample_ids"].tolist(), batch["input_ids"].tolist()))
+                count += 1
+                if count == stop_after:
+                    return out
+        return out
+
+    continuous = rows(budget_loader(), 1)
+    assert sorted(i for ids, _ in continuous for i in ids) == list(range(61))
+    first = budget_loader(num_workers=2)
+    head = rows(first, 1, stop_after=6)
+    resumed = budget_loader()
+    resumed.load_state_dict(first.state_dict())
+    assert head + rows(resumed, 1) == continuous
+
+
+def test_overlong_samples_are_refused_by_default_naming_one() -> None:
+    with pytest.raises(ConfigError, match=r"sample 3: 33 tokens\) and overlong='error'"):
+        Packed(DATA, 32)
+    with pytest.raises(ConfigError, match="one length per sample id"):
+        Packed(DATA, 32, lengths=np.ones(5, dtype=np.int64))
+
+
+def test_a_pack_outside_the_loader_says_how_to_ask_for_its_samples() -> None:
+    with pytest.raises(ConfigError, match="sample_at"):
+        Packed(DATA, 64)[0]
