@@ -12,6 +12,8 @@ from resumable_loader.errors import ConfigError, ShardError
 from resumable_loader.index.paths import is_url
 from resumable_loader.index.sharded import ShardedIndex
 from resumable_loader.index.tar import (
+    KEY_AT,
+    KEY_LENGTH,
     LENGTH,
     MAGIC,
     MAGIC_AT,
@@ -97,6 +99,9 @@ class TarShardDataset(IndexedDataset):
         self.decode = _decoder(decode)
         self._extensions = frozenset(self.index.fields)  # what a sample's members may be named
         self._fields = tuple(self.index.fields)  # the records' member columns, in order
+        self._columns = tuple(  # each extension's payload offset and size columns
+            (field, RECORD + 2 * i, RECORD + 2 * i + 1) for i, field in enumerate(self._fields)
+        )
         self._records, self._urls = self.index.records, self.index.shard_urls
         self._magic = MAGIC if self.index.header.get("magic") else b""
         self._magic_end = MAGIC_AT + len(self._magic)
@@ -146,21 +151,22 @@ class TarShardDataset(IndexedDataset):
         magic at its first header; ``check="full"`` also compares the members with the span's
         parsed headers and each payload with its CRC32C (:func:`check_sample`).
         """
-        _, start, length, key_at, key_length = record[:RECORD]
-        if len(data) != length or data[MAGIC_AT : self._magic_end] != self._magic:
-            raise _damaged(data, path=url, start=start, length=length, fields=self.index.fields)
+        if len(data) != record[LENGTH] or data[MAGIC_AT : self._magic_end] != self._magic:
+            raise _damaged(data, url, record[START], record[LENGTH], self._extensions)
+        key_at, key_length = record[KEY_AT], record[KEY_LENGTH]
         if key_length:
             key = data[key_at : key_at + key_length].decode("utf-8", "surrogateescape")
         else:  # the key is split in its header (a ustar prefix): parse it
-            key = read_sample(data, path=url, start=start, extensions=self._extensions)["__key__"]
+            key = read_sample(data, path=url, start=record[START], extensions=self._extensions)
+            key = key["__key__"]
         sample: dict[str, Any] = {"__url__": url, "__key__": key}
-        for extension, at, size in zip(
-            self._fields, record[RECORD::2], record[RECORD + 1 :: 2], strict=True
-        ):
+        for extension, at_column, size_column in self._columns:
+            at = record[at_column]
             if at:
-                sample[extension] = data[at : at + size]
+                sample[extension] = data[at : at + record[size_column]]
         if self.check == "full":
             checksums = self.index.checksums[sample_id].tolist()
+            start = record[START]
             check_sample(sample, data, checksums, path=url, start=start, fields=self._fields)
         return sample
 
@@ -235,7 +241,9 @@ class TarShardDataset(IndexedDataset):
         )
 
 
-def _damaged(data: bytes, *, path: str, start: int, length: int, fields: list[str]) -> ShardError:
+def _damaged(
+    data: bytes, path: str, start: int, length: int, extensions: frozenset[str]
+) -> ShardError:
     """The error for a span that fails the fast check: what parsing its headers finds wrong,
     else the length or the missing magic."""
     if len(data) < length:
@@ -243,7 +251,7 @@ def _damaged(data: bytes, *, path: str, start: int, length: int, fields: list[st
             f"{path}: {length} bytes expected at offset {start}, {len(data)} read; the shard "
             "is shorter than when it was indexed: rebuild the index"
         )
-    read_sample(data, path=path, start=start, extensions=frozenset(fields))  # raises if it can
+    read_sample(data, path=path, start=start, extensions=extensions)  # raises if it can
     return ShardError(
         f"{path}: no tar header (ustar magic) at offset {start}, where the index has a sample; "
         "the shard changed since it was indexed: rebuild the index"
