@@ -183,7 +183,7 @@ class TestReadAhead:
     def test_remote_shard_local_epoch_reads_each_block_once(self, remote_shards):
         index, local_paths = remote_shards
         shard_bytes = sum(os.path.getsize(p) for p in local_paths)
-        dataset = TarShardDataset(index, read_ahead=16 * 1024)
+        dataset = TarShardDataset(index, read_ahead=16 * 1024, prefetch=False)
         samples = epoch(dataset, ShardShuffle(window=2, buffer_size=16))
         local = TarShardDataset(local_paths)
         assert [s["__key__"] for s in samples] == [
@@ -196,7 +196,7 @@ class TestReadAhead:
 
     def test_remote_default_is_1_mib_blocks_local_default_a_read_per_sample(self, remote_shards):
         index, local_paths = remote_shards
-        remote = TarShardDataset(index)
+        remote = TarShardDataset(index, prefetch=False)  # URLs prefetch by default
         epoch(remote, ShardShuffle(window=2, buffer_size=16))
         assert remote.read_requests == 4  # a 150 KiB shard is one block
         local = TarShardDataset(local_paths)
@@ -206,16 +206,16 @@ class TestReadAhead:
     def test_under_a_global_shuffle_read_ahead_multiplies_the_bytes_read(self, remote_shards):
         index, _ = remote_shards
         delivered = int(index.spans[:, 1].sum())
-        ahead = TarShardDataset(index, read_ahead=16 * 1024, cache_bytes=32 * 1024)
+        ahead = TarShardDataset(index, read_ahead=16 * 1024, cache_bytes=32 * 1024, prefetch=False)
         epoch(ahead, None)
         assert ahead.bytes_read > 3 * delivered  # a 16 KiB block for most 3 KiB samples
-        direct = TarShardDataset(index, read_ahead=0)
+        direct = TarShardDataset(index, read_ahead=0, prefetch=False)
         epoch(direct, None)
         assert (direct.read_requests, direct.bytes_read) == (200, delivered)
 
     def test_pickling_and_close_drop_the_blocks(self, remote_shards):
         index, _ = remote_shards
-        dataset = TarShardDataset(index)
+        dataset = TarShardDataset(index, prefetch=False)
         dataset[0]
         assert dataset._blocks is not None
         assert pickle.loads(pickle.dumps(dataset))._blocks is None

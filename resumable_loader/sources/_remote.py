@@ -10,35 +10,34 @@ belong to one process: made on first use, made again after a fork, never pickled
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
 
 from resumable_loader.errors import ConfigError, StorageError
 from resumable_loader.index.paths import is_url
+from resumable_loader.storage.client import client_for
 from resumable_loader.storage.reader import Prefetch, ShardReader, default_cache_dir
 from resumable_loader.storage.stats import StatsFile, StorageStats
 
 DEFAULT_BLOCK = 1 * 2**20
-
-
-def read_range(url: str, start: int, length: int) -> bytes:  # until the storage client lands
-    import fsspec
-
-    filesystem, path = fsspec.core.url_to_fs(url)
-    return filesystem.cat_file(path, start=start, end=start + length)
+_COUNTS = threading.Lock()
 
 
 class RemoteReads:
     """Prefetching reads of a dataset's shards (see the module docstring).
 
-    The class using it has ``index``, ``read_ahead`` (the block size, None for the default)
-    and ``cache_bytes`` (the node cache's bound).
+    The class using it has ``index``, ``read_ahead`` (the block size, None for the default),
+    ``cache_bytes`` (the node cache's bound) and the counters ``bytes_read`` and
+    ``read_requests``, which count the prefetching requests too.
     """
 
     index: Any
     read_ahead: int | None
     cache_bytes: int
+    bytes_read: int
+    read_requests: int
 
     def _init_remote(self, prefetch: Prefetch | bool | None) -> None:
         if prefetch is None:
@@ -104,16 +103,22 @@ class RemoteReads:
         indexed size); safe to call from several threads."""
         length = max(0, min(length, self.index.header["shards"][shard]["bytes"] - start))
         url = self.index.shard_urls[shard]
-        if not is_url(url):
+        if is_url(url):
+            client = client_for(url, getattr(self, "storage_options", None))
+            data = client.read_range(url, start, length)
+        else:
             fd = os.open(url, os.O_RDONLY)
             try:
-                return os.pread(fd, length, start)
+                data = os.pread(fd, length, start)
             finally:
                 os.close(fd)
-        return read_range(url, start, length)
+        with _COUNTS:  # the dataset's own counters of what this process asked of storage
+            self.bytes_read += len(data)
+            self.read_requests += 1
+        return data
 
     def _cache_root(self) -> Path:
-        return Path(self.prefetch.cache_dir or default_cache_dir(self.index.fingerprint))
+        return Path(self.prefetch.cache_dir or default_cache_dir(self.index))
 
     def _sample_at(self, shard: int, start: int) -> int:
         """The global id of the sample of ``shard`` whose span begins at or before ``start``."""

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+
 from resumable_loader.errors import ConfigError, ShardError
 from resumable_loader.index.paths import is_url
 from resumable_loader.index.sharded import ShardedIndex
@@ -26,6 +27,8 @@ from resumable_loader.index.tar import (
 from resumable_loader.loader.keyed_fetch import install_batch_sample_key
 from resumable_loader.sources._blocks import BlockCache
 from resumable_loader.sources._indexed import IndexedDataset, check_bytes
+from resumable_loader.sources._remote import RemoteReads
+from resumable_loader.storage.reader import Prefetch
 
 Decode = str | Sequence[Any] | Callable[[dict[str, Any]], dict[str, Any]] | None
 # Read-ahead block for fsspec URLs (one range request a block, not a sample), and the bytes of
@@ -38,7 +41,7 @@ READ_AHEAD = 1 * 2**20
 READ_AHEAD_CACHE_BYTES = 256 * 2**20
 
 
-class TarShardDataset(IndexedDataset):
+class TarShardDataset(RemoteReads, IndexedDataset):
     """Samples of WebDataset tar shards by global id, as WebDataset's dicts.
 
     Each sample is ``{"__key__": key, "__url__": shard, ext: bytes, ...}``, cut from its byte
@@ -69,7 +72,14 @@ class TarShardDataset(IndexedDataset):
             block / sample size, so pass 0 there.
         cache_bytes: bytes of read-ahead blocks kept per process (default
             ``READ_AHEAD_CACHE_BYTES``, 256 MiB): about 2 * ``window`` blocks plus 4 times the
-            bytes of the samples in the shuffle buffer, or blocks are fetched again.
+            bytes of the samples in the shuffle buffer, or blocks are fetched again. With
+            ``prefetch``, the bound of the node cache shared by the node's processes.
+        prefetch: a :class:`~resumable_loader.storage.reader.Prefetch`, True (its defaults),
+            False, or None (default: on for URLs): fetch ahead what the loader's order will
+            read, through a node cache of ``read_ahead``-byte blocks (docs/remote.md).
+        storage_options: for the prefetching reads' storage client: the retry knobs
+            (``deadline``, ``request_timeout``, ...), ``client`` and the backend's own options
+            (endpoint, credentials); see :func:`resumable_loader.storage.client_for`.
         check: "fast" (default): each read checks its span's length and the ustar magic at its
             first header (under a microsecond); "full" also parses the span's tar headers and
             checks every member against its CRC32C recorded at index time (as
@@ -88,6 +98,8 @@ class TarShardDataset(IndexedDataset):
         read_ahead: int | None = None,
         cache_bytes: int = READ_AHEAD_CACHE_BYTES,
         check: str = "fast",
+        prefetch: Prefetch | bool | None = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
         if check not in CHECKS:
             raise ConfigError(f"check must be one of {CHECKS}, got {check!r}")
@@ -96,6 +108,8 @@ class TarShardDataset(IndexedDataset):
             check_bytes("read_ahead", read_ahead)
         self.read_ahead, self.cache_bytes = read_ahead, check_bytes("cache_bytes", cache_bytes)
         super().__init__(shards, cache_dir=cache_dir, on_error=on_error)
+        self.storage_options = dict(storage_options or {})
+        self._init_remote(prefetch)
         self.decode = _decoder(decode)
         self._extensions = frozenset(self.index.fields)  # what a sample's members may be named
         self._fields = tuple(self.index.fields)  # the records' member columns, in order
@@ -192,7 +206,9 @@ class TarShardDataset(IndexedDataset):
             ) from error
 
     def _read(self, shard: int, start: int, length: int) -> bytes:
-        """The span's bytes (fewer if the shard is shorter), through read-ahead if it is on."""
+        """The span's bytes (fewer if the shard is shorter), prefetched or read ahead if on."""
+        if self.prefetch is not None:
+            return self._remote_read(shard, start, length)
         block = self.read_ahead
         if block is None:
             block = READ_AHEAD if is_url(self.index.shard_urls[shard]) else 0

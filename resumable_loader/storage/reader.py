@@ -16,6 +16,8 @@ returned is always the span asked for: a plan can only make a read faster or a f
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import math
 import os
@@ -43,6 +45,8 @@ SLOW_READ_SECONDS = 1.0
 LOG_EVERY = 10.0
 PUBLISH_EVERY = 0.5  # seconds between two writes of a process's counters (and at its end)
 MAX_WINDOW = 2**18  # samples planned at once
+# Windows planned ahead: Belady's clock needs next uses beyond the cache's lifetime.
+HORIZON_WINDOWS = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +64,8 @@ class Prefetch:
         wait_seconds: how long a read waits for a block another process is fetching before it
             fetches the block itself.
         cache_dir: the node cache's folder (default: under /dev/shm, else the temp dir, named
-            by the index fingerprint); every process of a node should use the same.
+            by the shards' identity, :func:`default_cache_dir`); every process of a node should
+            use the same. A folder given here must hold blocks of these shards only.
         coalesce_gap: spans of one batch at most this many bytes apart go in one request.
     """
 
@@ -84,11 +89,19 @@ class Prefetch:
             raise ConfigError(f"Prefetch wait_seconds must be >= 0, got {self.wait_seconds}")
 
 
-def default_cache_dir(fingerprint: str) -> Path:
-    """Where a node keeps the blocks of an index with this fingerprint by default."""
+def default_cache_dir(index: Any) -> Path:
+    """Where a node keeps the blocks of ``index``'s shards by default: under /dev/shm (else
+    the temp dir), in a folder named by the shards' URLs, sizes and versions, so that blocks of
+    other shards (or of these shards before they changed) are never read for them."""
     shm = Path("/dev/shm")
     base = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
-    return base / "resumable_loader" / fingerprint[:16]
+    return base / "resumable_loader" / shards_identity(index)
+
+
+def shards_identity(index: Any) -> str:
+    """A hash of every shard's URL, size and version (mtime or ETag) in ``index``."""
+    shards = [(s["url"], s["bytes"], s["mtime"]) for s in index.header["shards"]]
+    return hashlib.sha256(json.dumps(shards).encode()).hexdigest()[:20]
 
 
 class ShardReader:
@@ -117,7 +130,7 @@ class ShardReader:
         self.block_size, self.options = check_int("block_size", block_size, low=1), options
         self._sizes = [int(s["bytes"]) for s in index.header["shards"]]
         self._mean = max(1.0, float(index.spans[:, 1].sum()) / max(index.num_samples, 1))
-        root = Path(options.cache_dir or default_cache_dir(index.fingerprint))
+        root = Path(options.cache_dir or default_cache_dir(index))
         self.cache = NodeCache(root / "blocks", cache_bytes, eviction=options.eviction)
         self.cache.next_use = self._next_use
         self.cached = cache_bytes > 0
@@ -158,7 +171,8 @@ class ShardReader:
             self._reset(schedule)
         self._now = now = schedule.now
         self._batch_left = schedule.batch_size
-        while not self._ended and self._planned_to <= now + self.depth:
+        horizon = now + max(self.depth, HORIZON_WINDOWS * self.window)
+        while not self._ended and self._planned_to <= horizon:
             self._plan_window()
         self._issue(now + self.depth)
         self._last_batch = self._ended and self._last_mine <= now

@@ -13,6 +13,9 @@ from resumable_loader.errors import ConfigError, StorageError
 
 T = TypeVar("T")
 
+# The jitter's own generator: the global one is reseeded per sample for the augmentations, and
+# a draw from it on a fetch thread would shift the draws of the sample being loaded.
+_JITTER = random.Random()
 # HTTP statuses worth retrying: request timeout, throttling, and the server-side failures.
 TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -46,7 +49,7 @@ class RetryPolicy:
     def backoff(self, failures: int) -> float:
         """Seconds to sleep after ``failures`` consecutive failures (>= 1), jittered."""
         ceiling = min(self.max_backoff, self.initial_backoff * 2 ** (failures - 1))
-        return random.uniform(0.0, ceiling)
+        return _JITTER.uniform(0.0, ceiling)
 
 
 async def retrying(

@@ -1,0 +1,261 @@
+"""Look-ahead prefetch and the node cache, on local shards read through the storage path
+(``prefetch=True``): the stream never changes, each block is fetched once a node, Belady
+eviction beats LRU, counters add up, and a killed process leaves nothing that blocks a rerun."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from shard_factory import write_tar_shards
+
+from resumable_loader import DataLoader, ShardShuffle, TarShardDataset
+from resumable_loader.loader.lookahead import NodeSchedule
+from resumable_loader.order.partition import Partition
+from resumable_loader.order.permutation import ShuffledOrder
+from resumable_loader.storage.node_cache import NodeCache
+from resumable_loader.storage.plan import block_usage, coalesce
+from resumable_loader.storage.reader import Prefetch
+
+BLOCK = 16384  # a few samples a block, so that blocks are shared and spans straddle them
+ORDERS = {"global": None, "shard_local": ShardShuffle(window=2, buffer_size=48)}
+
+
+class Augmented(TarShardDataset):
+    """Each sample as (id, digest of its bytes, draws from the three global RNGs); read a
+    sample at a time, so each draws under its own key."""
+
+    __getitems__ = None
+
+    def __getitem__(self, sample_id: int) -> tuple:
+        sample = super().__getitem__(sample_id)
+        digest = hashlib.sha1(sample["bin"] + sample["json"]).hexdigest()[:12]
+        draws = (random.random(), float(np.random.rand()), float(torch.rand(()).item()))
+        return (int(sample_id), sample["__key__"], digest, draws)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    return write_tar_shards(tmp_path_factory.mktemp("shards"), num_shards=6, samples_per_shard=80)
+
+
+def dataset_bytes(paths: list[str]) -> int:
+    return sum(os.path.getsize(p) for p in paths)
+
+
+def load(dataset, *, workers: int, batch_size: int = 16, order=None, state=None, batches=None):
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        seed=7,
+        collate_fn=list,
+        shard_shuffle=order,
+    )
+    if state is not None:
+        loader.load_state_dict(state)
+    stream, iterator = [], iter(loader)
+    for count, batch in enumerate(iterator):
+        stream += batch
+        if batches is not None and count + 1 == batches:
+            return stream, loader.state_dict(), loader
+    return stream, None, loader
+
+
+def prefetching(paths, cache: Path, **options) -> Augmented:
+    cache_bytes = options.pop("cache_bytes", 64 * 2**20)
+    return Augmented(
+        paths,
+        read_ahead=BLOCK,
+        cache_bytes=cache_bytes,
+        prefetch=Prefetch(cache_dir=cache, **options),
+    )
+
+
+@pytest.mark.parametrize("order", ORDERS, ids=list(ORDERS))
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_prefetched_stream_equals_the_local_one(shards, tmp_path, order, workers):
+    expected, _, _ = load(Augmented(shards), workers=0, order=ORDERS[order])
+    got, _, loader = load(prefetching(shards, tmp_path), workers=workers, order=ORDERS[order])
+    assert got == expected
+    stats = loader.storage_stats()
+    assert stats.reads == len(expected) and stats.requests > 0
+    # every block once per node (the data fits the cache), whichever process read it
+    assert stats.bytes_fetched <= 1.05 * dataset_bytes(shards)
+
+
+@pytest.mark.parametrize("order", ORDERS, ids=list(ORDERS))
+def test_a_resume_across_workers_and_batch_size_continues_the_stream(shards, tmp_path, order):
+    expected, _, _ = load(Augmented(shards), workers=0, order=ORDERS[order])
+    head, state, _ = load(
+        prefetching(shards, tmp_path / "a"), workers=2, order=ORDERS[order], batches=11
+    )
+    dataset = prefetching(shards, tmp_path / "b")
+    tail, _, loader = load(dataset, workers=0, batch_size=8, order=ORDERS[order], state=state)
+    assert head + tail == expected
+    # the resumed run fetched only blocks the rest of the epoch reads
+    rest = {sample[0] for sample in tail}
+    needed = _blocks_of(dataset, rest)
+    assert loader.storage_stats().bytes_fetched <= len(needed) * BLOCK
+
+
+def _blocks_of(dataset: TarShardDataset, ids: set[int]) -> set[tuple[int, int]]:
+    index = dataset.index
+    blocks = set()
+    for sample_id in ids:
+        shard = int(np.searchsorted(index.shard_offsets, sample_id, side="right")) - 1
+        start, length = index.spans[sample_id].tolist()
+        blocks.update((shard, b) for b in range(start // BLOCK, (start + length - 1) // BLOCK + 1))
+    return blocks
+
+
+def test_without_a_cache_each_process_fetches_its_own_spans_once(shards, tmp_path):
+    expected, _, _ = load(Augmented(shards), workers=0)
+    dataset = prefetching(shards, tmp_path, cache_bytes=0)
+    got, _, loader = load(dataset, workers=2)
+    assert got == expected
+    stats = loader.storage_stats()
+    spans = int(dataset.index.spans[:, 1].sum())
+    assert spans <= stats.bytes_fetched <= 1.05 * spans  # exact spans, merged when adjacent
+    assert stats.requests < len(expected)
+    assert not list((tmp_path / "blocks").glob("*.blk"))
+
+
+def test_belady_eviction_fetches_fewer_bytes_than_lru(shards, tmp_path):
+    fetched = {}
+    for policy in ("belady", "lru"):
+        dataset = prefetching(
+            shards,
+            tmp_path / policy,
+            cache_bytes=48 * BLOCK,  # half of the blocks
+            eviction=policy,
+            block_fraction=0.0,
+            depth_bytes=4 * BLOCK,
+        )
+        _, _, loader = load(dataset, workers=0)
+        fetched[policy] = loader.storage_stats().bytes_fetched
+    assert fetched["belady"] < fetched["lru"], fetched
+
+
+def test_the_schedule_lists_the_batches_each_worker_loads(shards):
+    dataset = Augmented(shards)
+    loader = DataLoader(dataset, batch_size=16, shuffle=True, num_workers=3, seed=7)
+    order, partition = loader.order, loader.partition
+    expected = [
+        batch.tolist() for batch in np.split(order.ids(0, 0, len(order)), range(16, 480, 16))
+    ]
+    for worker in range(3):
+        schedule = NodeSchedule(
+            order, partition, epoch=0, start=0, num_workers=3, worker=worker, node_ranks=[0]
+        )
+        planned = []
+        while (batch := schedule.pull()) is not None:
+            planned.append((batch.ids.tolist(), batch.mine))
+        assert [ids for ids, _ in planned] == expected
+        assert [ids for ids, mine in planned if mine] == expected[worker::3]
+
+
+def test_a_node_schedule_covers_every_rank_of_the_node():
+    order = ShuffledOrder(100, seed=3)
+    partition = Partition(100, 8, world_size=2, rank=1)
+    schedule = NodeSchedule(
+        order, partition, epoch=0, start=0, num_workers=1, worker=0, node_ranks=[0, 1]
+    )
+    batches = []
+    while (batch := schedule.pull()) is not None:
+        batches.append(batch)
+    positions = [p for b in batches for p in range(b.position, b.position + len(b.ids))]
+    assert positions[:96] == list(range(96))  # then the padded last global batch
+    assert [b.mine for b in batches] == [False, True] * 7  # rank 1's half of each
+
+
+def test_spans_are_merged_within_the_gap_and_blocks_count_straddling_spans():
+    reads = coalesce([(0, 0, 10), (0, 12, 5), (0, 100, 4), (1, 0, 3)], gap=4, first_use=5)
+    assert [(r.shard, r.start, r.length) for r in reads] == [(0, 0, 17), (0, 100, 4), (1, 0, 3)]
+    assert reads[0].members == ((0, 10), (12, 5))
+    usage = block_usage(np.array([0, 0]), np.array([10, 30]), np.array([30, 5]), 32)
+    assert usage == {(0, 0): 22 + 2, (0, 1): 8 + 3}
+
+
+def test_the_node_cache_evicts_the_block_used_furthest_ahead(tmp_path):
+    cache = NodeCache(tmp_path, capacity=3000)
+    uses = {(0, 0): 5, (0, 1): 50, (0, 2): 1}
+    cache.next_use = lambda key: uses.get(key, float("inf"))
+    for key in uses:
+        assert cache.put(key, bytes(1000))
+    cache.put((0, 3), bytes(1000))  # over capacity: the furthest next uses go
+    kept = {key for key in [*uses, (0, 3)] if key in cache}
+    assert (0, 2) in kept and (0, 0) in kept and (0, 1) not in kept
+    assert cache.read((0, 2), 10, 5) == bytes(5)
+
+
+def test_a_dead_writers_temp_file_is_removed_and_blocks_nothing(tmp_path):
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    temp = tmp_path / f".tmp-{int(dead.stdout)}-abc"
+    temp.write_bytes(b"half a block")
+    NodeCache(tmp_path, capacity=1000)
+    assert not temp.exists()
+
+
+@pytest.mark.slow
+def test_a_sigkill_during_prefetch_leaves_nothing_that_blocks_the_next_run(shards, tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import sys, time
+            sys.path.insert(0, {str(Path(__file__).parent)!r})
+            from test_storage_prefetch import prefetching, load
+            dataset = prefetching({shards!r}, {str(tmp_path / "cache")!r})
+            for batch in iter(__import__("resumable_loader").DataLoader(
+                    dataset, batch_size=16, shuffle=True, num_workers=2, seed=7)):
+                print("batch", flush=True)
+                time.sleep(30)
+            """
+        )
+    )
+    job = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        assert job.stdout.readline().strip() == "batch"
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+        job.stdout.close()
+    began = time.monotonic()
+    expected, _, _ = load(Augmented(shards), workers=0)
+    got, _, _ = load(prefetching(shards, tmp_path / "cache"), workers=2)
+    assert got == expected
+    assert time.monotonic() - began < 30
+    assert not list((tmp_path / "cache" / "blocks").glob(".tmp-*"))
+
+
+def test_storage_stats_report_each_epoch(shards, tmp_path, caplog):
+    dataset = prefetching(shards, tmp_path)
+    loader = DataLoader(dataset, batch_size=16, shuffle=True, num_workers=2, seed=7)
+    with caplog.at_level("INFO", logger="resumable_loader"):
+        for _ in loader:
+            pass
+    epoch = loader.epoch_storage_stats
+    assert epoch is not None and epoch.reads == 480 and epoch.bytes_fetched > 0
+    assert 0 < epoch.hit_rate <= 1 and epoch.loop_wait_seconds > 0
+    assert any("storage, last epoch" in record.message for record in caplog.records)
+    assert loader.storage_stats().reads == 480
+    assert DataLoader(Augmented(shards), batch_size=4).storage_stats() is None
