@@ -19,6 +19,7 @@
 
 #include "document_order.h"
 #include "global_rngs.h"
+#include "packing.h"
 #include "permutation.h"
 #include "philox.h"
 #include "purposes.h"
@@ -376,4 +377,24 @@ NB_MODULE(_core, m) {
       },
       "offsets"_a, "seed"_a, "epoch"_a, "starts"_a.noconvert(),
       "starts[j] = tokens of the documents at slots 0..j-1 of (seed, epoch)'s document order.");
+
+  // ---- Packing (resumable_loader/packing/prefix.py) ------------------------------------------
+  // Bins per window of an epoch's lengths (packing.h); the lengths were validated (>= 0).
+  m.def(
+      "window_pack_counts",
+      [](Int64In lengths, uint64_t window, int64_t capacity, int strategy, bool split,
+         Int64Out counts) {
+        const uint64_t n = lengths.shape(0);
+        if (window < 1 || capacity < 1 || strategy < 0 || strategy > 3 ||
+            counts.shape(0) != (n + window - 1) / window) {
+          throw nb::value_error("window_pack_counts needs window >= 1, capacity >= 1, strategy "
+                                "in [0, 3] and ceil(n / window) output slots");
+        }
+        nb::gil_scoped_release release;
+        resumable_loader::window_pack_counts(
+            lengths.data(), n, window, capacity,
+            static_cast<resumable_loader::PackStrategy>(strategy), split, counts.data());
+      },
+      "lengths"_a, "window"_a, "capacity"_a, "strategy"_a, "split"_a, "counts"_a.noconvert(),
+      "counts[k] = bins the strategy makes of window k of lengths (plan.py's pack count).");
 }

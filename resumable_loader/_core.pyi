@@ -117,3 +117,15 @@ def build_seek_table(
     starts: Annotated[NDArray[numpy.int64], dict(shape=(None,), order="C", device="cpu")],
 ) -> None:
     """starts[j] = tokens of the documents at slots 0..j-1 of (seed, epoch)'s document order."""
+
+def window_pack_counts(
+    lengths: Annotated[
+        NDArray[numpy.int64], dict(shape=(None,), order="C", device="cpu", writable=False)
+    ],
+    window: int,
+    capacity: int,
+    strategy: int,
+    split: bool,
+    counts: Annotated[NDArray[numpy.int64], dict(shape=(None,), order="C", device="cpu")],
+) -> None:
+    """counts[k] = bins the strategy makes of window k of lengths (plan.py's pack count)."""

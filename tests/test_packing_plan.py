@@ -19,8 +19,8 @@ from resumable_loader.packing.collate import (
     collate_padded,
     collate_varlen,
 )
-from resumable_loader.packing.plan import STRATEGIES, count_packs, plan_window
-from resumable_loader.packing.prefix import PackTable, build_table
+from resumable_loader.packing.plan import STRATEGIES, plan_window
+from resumable_loader.packing.prefix import PackTable, build_table, window_counts
 
 MAX = 16
 lengths_strategy = st.lists(
@@ -41,9 +41,15 @@ def test_every_sample_is_planned_once_and_no_pack_exceeds_the_budget(
 ) -> None:
     lengths_array = np.array(lengths, dtype=np.int64)
     plan = plan_window(lengths_array, budget, strategy=strategy, overlong=overlong)
-    assert plan.num_packs == count_packs(
-        lengths_array, budget, strategy=strategy, overlong=overlong
-    )
+    counted = window_counts(lengths_array, 60, budget, strategy=strategy, overlong=overlong)
+    assert counted.tolist() == ([plan.num_packs] if lengths else []), "C++ count == the plan's"
+    for window in (1, 7):
+        runs = [lengths_array[i : i + window] for i in range(0, len(lengths), window)]
+        expected = [
+            plan_window(r, budget, strategy=strategy, overlong=overlong).num_packs for r in runs
+        ]
+        got = window_counts(lengths_array, window, budget, strategy=strategy, overlong=overlong)
+        assert got.tolist() == expected
     covered: dict[int, list[tuple[int, int]]] = {}
     first_pieces = []
     for index in range(plan.num_packs):
@@ -80,7 +86,9 @@ def test_a_longer_sample_with_overlong_error_is_refused_naming_the_fix() -> None
 def test_best_fit_fills_at_least_as_well_as_next_fit_on_a_realistic_window() -> None:
     rng = np.random.default_rng(0)
     lengths = np.minimum(rng.lognormal(np.log(300), 0.9, size=1024).astype(np.int64), 4096)
-    counts = {s: count_packs(lengths, 4096, strategy=s, overlong="truncate") for s in STRATEGIES}
+    counts = {
+        s: plan_window(lengths, 4096, strategy=s, overlong="truncate").num_packs for s in STRATEGIES
+    }
     assert counts["bfd"] <= counts["next_fit"] and counts["ffd"] <= counts["next_fit"]
     assert counts["bfd"] >= -(-int(lengths.sum()) // 4096)
 
@@ -98,8 +106,8 @@ def test_the_prefix_table_locates_every_pack(counts: list[int], window: int) -> 
     samples = len(counts) * window
     lengths = np.repeat(np.array(counts), window)  # window w: its count, repeated
 
-    def count(window_lengths: np.ndarray) -> int:
-        return int(window_lengths[0])
+    def count(run: np.ndarray) -> np.ndarray:
+        return run[::window]
 
     table = build_table(lambda a, b: lengths[a:b], samples, window, count)
     assert table.total == sum(counts) and table.windows == len(counts)
@@ -111,7 +119,9 @@ def test_the_prefix_table_locates_every_pack(counts: list[int], window: int) -> 
 
 def test_the_prefix_table_of_a_short_last_window() -> None:
     lengths = np.ones(10, dtype=np.int64)
-    table = build_table(lambda a, b: lengths[a:b], 10, 4, len)
+    table = build_table(
+        lambda a, b: lengths[a:b], 10, 4, lambda run: np.add.reduceat(run, [0, 4, 8])
+    )
     assert table.starts.tolist() == [0, 4, 8, 10]
     assert isinstance(table, PackTable) and table.locate(9) == (2, 1)
 

@@ -18,8 +18,8 @@ import numpy as np
 from resumable_loader._lru import LRU
 from resumable_loader.errors import ConfigError
 from resumable_loader.order.permutation import CHUNK_SIZE, Order
-from resumable_loader.packing.plan import WindowPlan, count_packs, plan_window
-from resumable_loader.packing.prefix import PackTable, build_table
+from resumable_loader.packing.plan import WindowPlan, plan_window
+from resumable_loader.packing.prefix import PackTable, build_table, window_counts
 
 if TYPE_CHECKING:
     from resumable_loader.packing.packed import Packed
@@ -68,8 +68,12 @@ class PackedOrder:
                 lambda start, stop: self.lengths(epoch, start, stop),
                 self.samples,
                 self.window,
-                lambda lengths: count_packs(
-                    lengths, packed.max_tokens, strategy=packed.strategy, overlong=packed.overlong
+                lambda lengths: window_counts(
+                    lengths,
+                    self.window,
+                    packed.max_tokens,
+                    strategy=packed.strategy,
+                    overlong=packed.overlong,
                 ),
             )
             self._tables.put(epoch, table)

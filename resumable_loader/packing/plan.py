@@ -25,7 +25,7 @@ import numpy as np
 from resumable_loader.errors import ConfigError
 from resumable_loader.packing.budget import budget_bins
 
-STRATEGIES = ("bfd", "ffd", "next_fit", "pad")
+STRATEGIES = ("bfd", "ffd", "next_fit", "pad")  # in csrc/packing.h's PackStrategy order
 OVERLONG = ("error", "truncate", "split")
 
 
@@ -93,13 +93,6 @@ def plan_window(
     bounds = np.zeros(count + 1, dtype=np.int64)
     np.cumsum(np.bincount(ranked, minlength=count), out=bounds[1:])
     return WindowPlan(sample[order], start[order], length[order], bounds)
-
-
-def count_packs(lengths: np.ndarray, max_tokens: int, *, strategy: str, overlong: str) -> int:
-    """How many packs :func:`plan_window` makes of a window (without ordering them)."""
-    _, _, length = pieces(lengths, max_tokens, overlong)
-    bins = assign(length, max_tokens, strategy)
-    return int(bins.max()) + 1 if len(bins) else 0
 
 
 def assign(length: np.ndarray, capacity: int, strategy: str) -> np.ndarray:

@@ -13,7 +13,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from resumable_loader import _core
 from resumable_loader.errors import ConfigError
+from resumable_loader.packing.plan import STRATEGIES
 
 CHUNK_SAMPLES = 1 << 16  # positions whose lengths are gathered at once while counting
 
@@ -53,7 +55,7 @@ def build_table(
     lengths_at: Callable[[int, int], np.ndarray],
     samples: int,
     window: int,
-    count: Callable[[np.ndarray], int],
+    count: Callable[[np.ndarray], np.ndarray],
 ) -> PackTable:
     """Count the packs of every window of an epoch of ``samples`` positions.
 
@@ -61,15 +63,31 @@ def build_table(
         lengths_at: the lengths of the samples at positions [start, stop) of the epoch.
         samples: positions in the epoch.
         window: positions per window (the last window may be shorter).
-        count: a window's pack count from its lengths.
+        count: the pack count of each window of a run of whole windows' lengths
+            (:func:`window_counts`).
     """
     windows = -(-samples // window)
-    counts = np.empty(windows, dtype=np.int64)
+    starts = np.zeros(windows + 1, dtype=np.int64)
     step = window * max(1, CHUNK_SAMPLES // window)
     for first in range(0, samples, step):
-        lengths = lengths_at(first, min(first + step, samples))
-        for offset in range(0, len(lengths), window):
-            counts[(first + offset) // window] = count(lengths[offset : offset + window])
-    starts = np.zeros(windows + 1, dtype=np.int64)
-    np.cumsum(counts, out=starts[1:])
+        counts = count(lengths_at(first, min(first + step, samples)))
+        starts[1 + first // window :][: len(counts)] = counts
+    np.cumsum(starts, out=starts)
     return PackTable(starts)
+
+
+def window_counts(
+    lengths: np.ndarray, window: int, max_tokens: int, *, strategy: str, overlong: str
+) -> np.ndarray:
+    """The pack count :func:`~.plan.plan_window` gives each window of ``lengths`` (a run of
+    whole windows; the last may be short), counted in C++ (csrc/packing.h)."""
+    counts = np.empty(-(-len(lengths) // window), dtype=np.int64)
+    _core.window_pack_counts(
+        np.ascontiguousarray(lengths, dtype=np.int64),
+        window,
+        max_tokens,
+        STRATEGIES.index(strategy),
+        overlong == "split",
+        counts,
+    )
+    return counts
