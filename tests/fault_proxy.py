@@ -324,3 +324,23 @@ def fault_proxy(s3_server: str) -> Iterator[FaultProxy]:
     stopped after the test."""
     with FaultProxy(s3_server) as proxy:
         yield proxy
+
+
+def main() -> None:
+    """``python tests/fault_proxy.py UPSTREAM [--delay SECONDS]``: serve a proxy in its own
+    process (benchmarks: no GIL shared with the client measured), print its endpoint, and run
+    until stdin closes or the process is killed."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("upstream")
+    parser.add_argument("--delay", type=float, default=0.0)
+    args = parser.parse_args()
+    with FaultProxy(args.upstream, delay=args.delay) as proxy:
+        print(proxy.endpoint, flush=True)
+        sys.stdin.read()
+
+
+if __name__ == "__main__":
+    main()
