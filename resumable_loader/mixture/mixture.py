@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, IterableDataset
 
 from resumable_loader._checks import check_int
 from resumable_loader.errors import ConfigError, ResumableLoaderError
@@ -81,9 +81,7 @@ class Mixture(Dataset):
         if bad:
             raise ConfigError(f"Mixture source names must be non-empty strings, got {bad!r}")
         self.names = tuple(sources)
-        self.sources = tuple(
-            s if isinstance(s, MixtureSource) else MixtureSource(s) for s in sources.values()
-        )
+        self.sources = tuple(_source(name, s) for name, s in sources.items())
         self.schedule = Schedule(self.names, weights, phases)
         self.samples_per_epoch = (
             None
@@ -104,7 +102,29 @@ class Mixture(Dataset):
         self._order: MixtureOrder | None = None  # this process's order, for _read_keyed
 
     def __len__(self) -> int:
+        # the loader asks at every iter() and len(): where a source that changed is caught
+        self.check_sources()
         return ENDLESS if self.samples_per_epoch is None else self.samples_per_epoch
+
+    def check_sources(self) -> None:
+        """Refuse a source whose length changed since the Mixture was built.
+
+        Each source's stream is a permutation of the length it had then, so a grown source's
+        new samples would never be drawn, and a shrunk one's ids would point past its end;
+        following it silently would be another mixture than the schedule describes.
+
+        Raises:
+            ConfigError: naming the source and both lengths.
+        """
+        for name, source in zip(self.names, self.sources, strict=True):
+            now = len(source.dataset)
+            if now != source.length:
+                raise ConfigError(
+                    f"Mixture source '{name}' had {source.length} samples when the Mixture was "
+                    f"built and has {now} now; its stream is a permutation of the length it had: "
+                    "build a new Mixture (and loader) over the changed source, and resume with "
+                    "Checkpointer.load(..., mode='flexible') or load_state_dict as documented"
+                )
 
     def loader_order(self, *, seed: int) -> MixtureOrder:
         """The order a ResumableDataLoader iterates (its seed keys every source's stream)."""
@@ -159,3 +179,20 @@ class Mixture(Dataset):
             f"Mixture(sources={dict(zip(self.names, self.sources, strict=True))!r}, "
             f"schedule={self.schedule!r}, samples_per_epoch={self.samples_per_epoch})"
         )
+
+
+def _source(name: str, source: Any) -> MixtureSource:
+    """``source`` as a MixtureSource; ConfigError naming it if it is not a map-style dataset."""
+    if isinstance(source, MixtureSource):
+        return source
+    if isinstance(source, IterableDataset) or not (
+        callable(getattr(source, "__getitem__", None))
+        and callable(getattr(source, "__len__", None))
+    ):
+        kind = "an IterableDataset" if isinstance(source, IterableDataset) else repr(source)[:60]
+        raise ConfigError(
+            f"Mixture source '{name}' is {kind}, not a map-style dataset (one with __len__ and "
+            "__getitem__): a Mixture draws each source's samples by id; pass a map-style "
+            "dataset (e.g. TarShardDataset, ParquetDataset, TokenDataset) or a MixtureSource"
+        )
+    return MixtureSource(source)

@@ -58,7 +58,8 @@ class TokenDataset(Dataset):
             files (see :mod:`resumable_loader.tokens.formats`). Local files only (memory-mapped).
         seq_len: tokens per window (labels need one more).
         documents: "concat" (the stream as stored) or "shuffle" (documents shuffled per epoch).
-        dtype: the token dtype of raw .bin files (the other formats record theirs).
+        dtype: the token dtype of raw .bin files (the other formats record theirs; a dtype
+            that contradicts a .npy or .idx header is refused with a ShardError).
         column: the token-list column of Parquet shards.
         outputs: which of the four tensors each item holds (each one more costs the loader a
             shared-memory tensor a batch: see docs/benchmarks.md).

@@ -83,7 +83,7 @@ def open_shard(path: str, *, dtype: np.dtype | None, column: str) -> TokenShard:
         return _parquet(path, column)
     prefix = stem if ext in (".bin", ".idx") else path
     if os.path.exists(prefix + ".idx"):
-        return _megatron(prefix)
+        return _megatron(prefix, dtype)
     if ext in (".npy", ".bin"):
         return _plain(path, stem + OFFSETS_SUFFIX, dtype)
     raise ShardError(
@@ -93,10 +93,11 @@ def open_shard(path: str, *, dtype: np.dtype | None, column: str) -> TokenShard:
     )
 
 
-def _megatron(prefix: str) -> TokenShard:
+def _megatron(prefix: str, given: np.dtype | None) -> TokenShard:
     bin_path, idx_path = prefix + ".bin", prefix + ".idx"
     bin_size = _size(bin_path, f"its index {idx_path} exists, so the tokens should be here")
     dtype, offsets = megatron.read_index(idx_path, bin_size)
+    _same_dtype(idx_path, "the .idx header", dtype, given)
     tokens = _memmap(bin_path, dtype, bin_size)
     return _checked(
         TokenShard(bin_path, "megatron", tokens, offsets, bin_size + os.path.getsize(idx_path)),
@@ -108,11 +109,7 @@ def _plain(path: str, offsets_path: str, dtype: np.dtype | None) -> TokenShard:
     size = _size(path, "check the path")
     if path.endswith(".npy"):
         tokens = _load_npy(path, "tokens")
-        if dtype is not None and tokens.dtype != np.dtype(dtype):
-            raise ShardError(
-                f"{path}: field 'dtype' is {tokens.dtype.name} in the .npy header, but "
-                f"dtype={np.dtype(dtype).name} was given; pass the file's dtype or none"
-            )
+        _same_dtype(path, "the .npy header", tokens.dtype, dtype)
     else:
         if dtype is None:
             raise ConfigError(
@@ -177,10 +174,29 @@ def _parquet(path: str, column: str) -> TokenShard:
             f"{path}: field {column!r} has {values.null_count} null rows; write an empty list "
             "or drop those rows"
         )
-    tokens = values.flatten().to_numpy(zero_copy_only=False)
     offsets = values.offsets.to_numpy().astype(np.int64)
+    flat = values.flatten()
+    if flat.null_count:  # to_numpy would give floats, and NaN read as int64 is -2**63
+        first = int(np.argmax(flat.is_null().to_numpy(zero_copy_only=False)))
+        row = int(np.searchsorted(offsets, offsets[0] + first, side="right")) - 1
+        raise ShardError(
+            f"{path}: field {column!r}, row {row}: a null token inside the list (token "
+            f"{first + offsets[0] - offsets[row]} of the row; {flat.null_count} null tokens in "
+            "all); token ids must all be integers: fix the tokenizer output or drop the row"
+        )
+    tokens = flat.to_numpy(zero_copy_only=False)
     offsets -= offsets[0]
     return _checked(TokenShard(path, "parquet", tokens, offsets, size), f"{path}: field {column!r}")
+
+
+def _same_dtype(path: str, where: str, found: np.dtype, given: np.dtype | None) -> None:
+    """A ``dtype=`` that contradicts the file's own header is refused: the header wins, and a
+    caller who believes otherwise should know."""
+    if given is not None and np.dtype(found) != np.dtype(given):
+        raise ShardError(
+            f"{path}: field 'dtype' is {np.dtype(found).name} in {where}, but "
+            f"dtype={np.dtype(given).name} was given; pass the file's dtype or none"
+        )
 
 
 def _checked(shard: TokenShard, where: str) -> TokenShard:

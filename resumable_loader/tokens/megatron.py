@@ -188,10 +188,11 @@ class MegatronWriter:
         return int(lengths.sum(dtype=np.int64)), len(lengths)
 
     def abort(self) -> None:
-        """Drop the partial output."""
+        """Drop the partial output (both temporary files, wherever close() stopped)."""
         self._bin.close()
-        if os.path.exists(self._tmp):
-            os.unlink(self._tmp)
+        for tmp in (self._tmp, f"{self.prefix}.idx.tmp-{os.getpid()}"):
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
     def __repr__(self) -> str:
         return f"MegatronWriter(prefix={self.prefix!r}, dtype={self.dtype.name})"

@@ -63,13 +63,10 @@ def tokenize_files(
         raise ConfigError(f"{tokenizer}: not a tokenizers tokenizer.json ({error})") from None
     eod_id = _eod_id(encoder, eod, tokenizer)
     dtype = np.uint16 if encoder.get_vocab_size() <= 2**16 else np.int32
+    total = _check_paths(paths, out)
     writer = MegatronWriter(out, dtype=dtype)
     bar = tqdm(
-        total=sum(os.path.getsize(p) for p in paths),
-        unit="B",
-        unit_scale=True,
-        disable=not progress,
-        desc=f"tokenize -> {out}",
+        total=total, unit="B", unit_scale=True, disable=not progress, desc=f"tokenize -> {out}"
     )
     try:
         for texts, consumed in _batches(paths, field, batch_documents):
@@ -77,12 +74,30 @@ def tokenize_files(
             ids = [np.asarray([*e.ids, eod_id], dtype=dtype) for e in encodings]
             writer.add_documents(np.concatenate(ids), [len(x) for x in ids])
             bar.update(consumed)
+        return writer.close()
     except BaseException:
-        writer.abort()
+        writer.abort()  # no .tmp- file is left behind, whatever failed
         raise
     finally:
         bar.close()
-    return writer.close()
+
+
+def _check_paths(paths: list[str], out: str | os.PathLike) -> int:
+    """The inputs' total size, once every input is a file and ``out``'s directory exists
+    (checked before anything is written, so a mistake leaves no partial output)."""
+    missing = [path for path in paths if not os.path.isfile(path)]
+    if missing:
+        raise ShardError(
+            f"{missing[0]}: no such input file ({len(missing)} of {len(paths)} inputs missing: "
+            f"{missing[:3]}); check the paths"
+        )
+    directory = os.path.dirname(os.fspath(out)) or "."
+    if not os.path.isdir(directory):
+        raise ConfigError(
+            f"--out {os.fspath(out)}: the directory {directory!r} does not exist; create it "
+            f"first (mkdir -p {directory}) or pass a prefix in an existing directory"
+        )
+    return sum(os.path.getsize(path) for path in paths)
 
 
 def _tokenizer_modules() -> tuple[type, type]:
