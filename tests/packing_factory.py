@@ -89,3 +89,11 @@ def stream(loader: DataLoader, epochs: int, stop_after: int | None = None) -> li
 
 
 DATA = Texts(lengths(61))
+
+
+def epochs_left(loader: DataLoader, total_epochs: int) -> int:
+    """Epochs a loader that loaded a state must run to reach the end of ``total_epochs - 1``
+    (a state at an epoch's last pack continues with the next epoch)."""
+    state = loader.state_dict()
+    done = state["position"] == loader.order.epoch_length(state["epoch"])
+    return total_epochs - state["epoch"] - done

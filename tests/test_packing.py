@@ -8,11 +8,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from packing_factory import DATA, Texts, lengths, make, packs, stream
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from packing_factory import DATA, Texts, epochs_left, lengths, make, packs, stream
+from torch.utils.data import Dataset
 
 from resumable_loader import DataLoader, Mixture, Packed
 from resumable_loader.errors import ConfigError, StateDictError
-from resumable_loader.packing.collate import collate_budget
+from resumable_loader.packing.collate import collate_budget, collate_varlen
 
 
 def test_every_sample_is_delivered_once_per_epoch_and_packs_fit() -> None:
@@ -51,9 +55,7 @@ def test_a_resume_on_other_workers_and_batch_sizes_continues_the_same_packs(
     head = stream(first, 2, stop_after=stop_after)
     resumed = make(DATA, **after)
     resumed.load_state_dict(first.state_dict())
-    state = first.state_dict()
-    tail = stream(resumed, 2 - state["epoch"])
-    assert head + tail == continuous
+    assert head + stream(resumed, epochs_left(resumed, 2)) == continuous
 
 
 def test_each_sample_keeps_its_key_whatever_the_packing() -> None:
@@ -164,7 +166,7 @@ def test_a_packed_mixture_resumes_exactly_across_its_phase_change() -> None:
         assert "order_state" in state
         resumed = make(mixture(), **after)
         resumed.load_state_dict(state)
-        assert head + stream(resumed, 2 - state["epoch"]) == continuous
+        assert head + stream(resumed, epochs_left(resumed, 2)) == continuous
     assert make(mixture(), batch_size=2).mixture_progress()["phase"] == 0
 
 
@@ -203,3 +205,98 @@ def test_overlong_samples_are_refused_by_default_naming_one() -> None:
 def test_a_pack_outside_the_loader_says_how_to_ask_for_its_samples() -> None:
     with pytest.raises(ConfigError, match="sample_at"):
         Packed(DATA, 64)[0]
+
+
+class Captioned(Dataset):
+    """Multimodal samples: text tokens and images (each worth 16 budget tokens), the image of
+    sample i filled with i and placed at token ``i % 3`` of its text."""
+
+    fingerprint = "captioned-40"
+
+    def __len__(self) -> int:
+        return 40
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        images = [torch.full((2, 2), float(index))] * (index % 3 > 0)
+        return {
+            "input_ids": torch.arange(index % 7 + 3) + 1000 * index,
+            "images": images,
+            "image_positions": [index % 3] * len(images),
+        }
+
+
+def image_budget(sample: dict[str, Any]) -> int:
+    return len(sample["input_ids"]) + 16 * len(sample["images"])
+
+
+def test_multimodal_packs_count_image_tokens_and_return_images_with_offsets() -> None:
+    dataset = Captioned()
+    loader = DataLoader(
+        Packed(dataset, 48, lengths=image_budget, window=10),
+        batch_size=2,
+        shuffle=True,
+        seed=3,
+        collate_fn=collate_varlen,
+    )
+    seen = []
+    for batch in loader:
+        cu = batch["cu_seqlens"].tolist()
+        bounds = batch["pack_bounds"].tolist()
+        for k, (first, stop) in enumerate(itertools.pairwise(bounds)):
+            ids = batch["sample_ids"][first:stop].tolist()
+            assert sum(image_budget(dataset[i]) for i in ids) <= 48
+            expected = [i for i in ids if i % 3 > 0]
+            assert [int(image[0, 0]) for image in batch["images"][k]] == expected
+            starts = {i: cu[first + j] for j, i in enumerate(ids)}
+            assert batch["image_offsets"][k] == [starts[i] + i % 3 for i in expected]
+            seen += ids
+    assert sorted(seen) == list(range(40))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sizes=st.lists(
+        st.one_of(st.sampled_from([0, 1, 24, 25, 60]), st.integers(0, 70)), min_size=1, max_size=40
+    ),
+    window=st.integers(1, 12),
+    budget=st.sampled_from([24, 25, 40]),
+    strategy=st.sampled_from(["bfd", "ffd", "next_fit"]),
+    overlong=st.sampled_from(["truncate", "split"]),
+    batch_size=st.integers(1, 4),
+    stop_after=st.integers(1, 6),
+)
+def test_any_lengths_window_and_budget_give_exact_consistent_resumable_packs(
+    sizes: list[int],
+    window: int,
+    budget: int,
+    strategy: str,
+    overlong: str,
+    batch_size: int,
+    stop_after: int,
+) -> None:
+    data = Texts(np.array(sizes), name=f"h{len(sizes)}")
+    settings_ = dict(max_tokens=budget, window=window, strategy=strategy, overlong=overlong)
+    loader = make(data, batch_size=batch_size, **settings_)
+    pieces: dict[int, dict[int, list[int]]] = {}
+    for batch in loader:
+        cu = batch["cu_seqlens"]
+        sizes_ = (cu[1:] - cu[:-1]).tolist()
+        assert batch["position_ids"][0].tolist() == [i for n in sizes_ for i in range(n)]
+        bounds = batch["pack_bounds"].tolist()
+        assert all(cu[b] - cu[a] <= budget for a, b in itertools.pairwise(bounds))
+        for k, sample in enumerate(batch["sample_ids"].tolist()):
+            tokens = batch["input_ids"][0, cu[k] : cu[k + 1]]
+            assert (tokens // 1000 == sample).all(), "a piece holds its own sample's tokens"
+            if len(tokens):
+                assert batch["labels"][0, cu[k]] == -100
+            pieces.setdefault(sample, {})[batch["sample_offsets"][k].item()] = tokens.tolist()
+    assert sorted(pieces) == list(range(len(sizes)))
+    for sample, parts in pieces.items():
+        kept = sizes[sample] if overlong == "split" else min(sizes[sample], budget)
+        assert sum(map(len, parts.values())) == kept
+    continuous = stream(make(data, batch_size=batch_size, **settings_), 1)
+    first = make(data, batch_size=batch_size, **settings_)
+    head = stream(first, 1, stop_after=stop_after)
+    resumed = make(data, batch_size=3, **settings_)
+    resumed.load_state_dict(first.state_dict())
+    assert head + stream(resumed, epochs_left(resumed, 1)) == continuous
