@@ -17,6 +17,7 @@ enum Purpose : uint32_t {
   PURPOSE_DOCUMENT_ORDER = 7,  // a token dataset's per-epoch document shuffle
   PURPOSE_WORKER_SEED = 8,     // the base seed torch gives an iteration's workers
   PURPOSE_PROCESS_RNG = 9,     // a rank's process generators, re-derived on a flexible resume
+  PURPOSE_SUBSTITUTE = 10,     // the stand-in for a sample that failed to load (bad samples)
 };
 
 // Name -> value, in order; the names as Python's Purpose members spell them.
@@ -29,7 +30,7 @@ inline constexpr PurposeName PURPOSE_NAMES[] = {
     {"BATCH", PURPOSE_BATCH},                     {"SHARD_ORDER", PURPOSE_SHARD_ORDER},
     {"SHUFFLE_BUFFER", PURPOSE_SHUFFLE_BUFFER},   {"MIXTURE_SOURCE", PURPOSE_MIXTURE_SOURCE},
     {"DOCUMENT_ORDER", PURPOSE_DOCUMENT_ORDER}, {"WORKER_SEED", PURPOSE_WORKER_SEED},
-    {"PROCESS_RNG", PURPOSE_PROCESS_RNG},
+    {"PROCESS_RNG", PURPOSE_PROCESS_RNG},         {"SUBSTITUTE", PURPOSE_SUBSTITUTE},
 };
 
 }  // namespace resumable_loader

@@ -26,7 +26,8 @@ PURPOSE_LIMIT = 2**32
 # round keys), SAMPLE (a sample's key), BATCH (a batch's key, for collate_fn), SHARD_ORDER and
 # SHUFFLE_BUFFER (shard-local mode), MIXTURE_SOURCE (a mixture source's own stream seed),
 # DOCUMENT_ORDER (a token dataset's per-epoch document shuffle), WORKER_SEED (the base seed torch
-# gives an iteration's workers), PROCESS_RNG (a rank's generators re-derived on a resume).
+# gives an iteration's workers), PROCESS_RNG (a rank's generators re-derived on a resume),
+# SUBSTITUTE (the stand-in for a sample that failed to load, loader/bad_samples.py).
 Purpose = enum.IntEnum("Purpose", _core.PURPOSES, module=__name__)
 
 
