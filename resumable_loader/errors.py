@@ -81,6 +81,11 @@ class WorkerError(ResumableLoaderError, RuntimeError):
     """A worker process failed (crashed, was killed, or exceeded its timeout)."""
 
 
+class BadSampleError(ResumableLoaderError):
+    """Too many samples failed to load with ``on_sample_error="substitute"`` (more than
+    ``max_bad_fraction``), or no substitute for a failed sample could be loaded."""
+
+
 class CheckpointError(ResumableLoaderError):
     """A checkpoint cannot be saved or loaded: incomplete, damaged, or not matching the state."""
 
