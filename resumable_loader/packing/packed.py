@@ -78,7 +78,7 @@ class Packed(Dataset):
         longest = int(self.lengths.max()) if len(self.lengths) else 0
         self.max_pieces = max(1, -(-longest // self.max_tokens)) if overlong == "split" else 1
         self.lengths_digest = hashlib.blake2b(
-            self.lengths.astype("<i8").tobytes(), digest_size=8
+            np.ascontiguousarray(self.lengths, dtype="<i4").data, digest_size=8
         ).hexdigest()
         self._order_arguments: tuple[bool, Any] = (False, None)
         self._orders: dict[int, PackedOrder] = {}  # by seed, in this process
@@ -182,7 +182,7 @@ class Packed(Dataset):
 
 
 def _resolve_lengths(dataset: Dataset, lengths: LengthsArgument, field: str) -> np.ndarray:
-    """Each sample's length by id (int64), from the argument, the dataset, or its items."""
+    """Each sample's length by id (int32), from the argument, the dataset, or its items."""
     sources = getattr(dataset, "sources", None)
     names = getattr(dataset, "names", None)
     if isinstance(lengths, Mapping):
@@ -199,15 +199,19 @@ def _resolve_lengths(dataset: Dataset, lengths: LengthsArgument, field: str) -> 
     elif callable(lengths):
         values = np.fromiter((lengths(dataset[i]) for i in range(len(dataset))), np.int64)
     else:
-        values = np.asarray(lengths, dtype=np.int64)
+        values = np.asarray(lengths)
+        if values.dtype.kind not in "iu":
+            raise ConfigError(f"lengths must be integers, got an array of {values.dtype}")
     expected = sum(len(s.dataset) for s in sources) if sources is not None else len(dataset)
     if values.ndim != 1 or len(values) != expected:
         raise ConfigError(
             f"lengths must hold one length per sample id ({expected}), got shape {values.shape}"
         )
-    if len(values) and values.min() < 0:
-        raise ConfigError(f"lengths must be >= 0, got {int(values.min())}")
-    return values
+    if len(values) and not 0 <= values.min() <= values.max() < 2**31:
+        raise ConfigError(
+            f"lengths must be in [0, 2**31), got {int(values.min())}..{int(values.max())}"
+        )
+    return values.astype(np.int32, copy=False)  # half the memory (and gathers) of int64
 
 
 def _own_lengths(dataset: Dataset, field: str) -> np.ndarray:
