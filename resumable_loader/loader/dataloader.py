@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -24,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from resumable_loader._checks import check_int
 from resumable_loader.errors import ConfigError, StateDictError, WorkerError
+from resumable_loader.loader import bad_samples
 from resumable_loader.loader import cursor as cursor_mod
 from resumable_loader.loader.build_refs import (
     epoch_complete,
@@ -83,6 +85,15 @@ class ResumableDataLoader(DataLoader[T_co]):
             worker, positions and sample ids whenever a batch has not arrived this many seconds
             after it was asked for (0: never); torch's default ``timeout=0`` otherwise waits
             for a hung worker forever, silently.
+        on_sample_error: "raise" (a sample whose loading raises stops the run, as in torch)
+            or "substitute": it is replaced by a sample drawn from (seed, epoch, position), so
+            every rank keeps its batch size and step count, and the stream, substitutes
+            included, is the same after a resume (see ``loader/bad_samples.py``).
+        max_bad_fraction: with "substitute", the share of a rank's samples per epoch that may
+            fail before the load raises ``BadSampleError``.
+        quarantine_dir: with "substitute", where each rank logs its failed samples
+            (``quarantine-rank-R.jsonl``); every rank's list is read at each epoch start and on
+            a resume, and a listed sample is substituted without being read again.
 
     A ``DistributedSampler`` over this dataset passed with ``shuffle=False`` (what Lightning's
     DDP injects) is read as the data-parallel coordinates, shuffle flag and default seed, and
@@ -117,6 +128,9 @@ class ResumableDataLoader(DataLoader[T_co]):
         dp_group: Any = None,
         device_mesh: Any = None,
         stall_warning: float = 300.0,
+        on_sample_error: str = "raise",
+        max_bad_fraction: float = 0.01,
+        quarantine_dir: str | os.PathLike | None = None,
     ) -> None:
         injected = injected_sampler(dataset, sampler, shuffle, batch_sampler)
         if injected is not None:  # Lightning's DDP rebuilt this loader around its own sampler
@@ -184,6 +198,14 @@ class ResumableDataLoader(DataLoader[T_co]):
         elif shard_shuffle is not None:
             raise ConfigError("shard_shuffle needs a map-style dataset, got an IterableDataset")
         self._fetch = KeyedFetch(dataset, self.collate_fn, reseed_globals=reseed_globals)
+        self._fetch.bad_samples = bad_samples.make(
+            on_sample_error,
+            max_bad_fraction=max_bad_fraction,
+            quarantine_dir=quarantine_dir,
+            rank=self.rank,
+            world_size=self.world_size,
+            dataset=dataset,
+        )
         # Bound to the refs, not to the loader: a loader that referenced itself would outlive
         # its last reference until a gc run, keeping persistent workers alive meanwhile.
         self._progress = Progress(functools.partial(epoch_complete, self._refs))

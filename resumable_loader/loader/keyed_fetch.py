@@ -27,6 +27,7 @@ from resumable_loader.rngs.process import this_process
 from resumable_loader.rngs.sample import SampleKey, clear_key, install_key, sample_key
 
 if TYPE_CHECKING:  # lookahead imports refs, which imports this module
+    from resumable_loader.loader.bad_samples import BadSamples
     from resumable_loader.loader.lookahead import Lookahead
 
 # (seed, epoch, first position, stride, count, reseed_globals) of the batched read in progress,
@@ -124,6 +125,7 @@ class KeyedFetch(Dataset):
         self.reseed_globals = reseed_globals
         self.batched = reads_batched(dataset)
         self.lookahead: Lookahead | None = None  # tells a prefetching dataset what comes next
+        self.bad_samples: BadSamples | None = None  # on_sample_error="substitute"
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -148,13 +150,19 @@ class KeyedFetch(Dataset):
 
     def _load(self, ref: BatchRef | SampleRef) -> Any:
         reseed = self.reseed_globals
+        bad = self.bad_samples
+        if bad is not None:
+            bad.at_epoch(ref.epoch)
         if isinstance(ref, SampleRef):
             install_key(ref.seed, ref.epoch, ref.position, Purpose.SAMPLE, reseed_globals=reseed)
+            if bad is not None:
+                key = (ref.seed, ref.epoch, ref.position)
+                return self.collate_fn(bad.read(self.dataset, ref.id, key, reseed))
             return self.collate_fn(self.dataset[ref.id])
         seed, epoch, dataset, sample = ref.seed, ref.epoch, self.dataset, Purpose.SAMPLE
         if self.lookahead is not None:
             self.lookahead.before(dataset, epoch, ref.start, ref.ids)
-        if self.batched:
+        if self.batched and bad is None:  # substitutes are per sample: read one at a time
             samples = self._read_batch(ref)
         else:
             samples = []
@@ -164,7 +172,10 @@ class KeyedFetch(Dataset):
                 strict=True,
             ):
                 install_key(seed, epoch, position, sample, reseed_globals=reseed)
-                samples.append(dataset[sample_id])
+                if bad is None:
+                    samples.append(dataset[sample_id])
+                else:
+                    samples.append(bad.read(dataset, sample_id, (seed, epoch, position), reseed))
         install_key(seed, epoch, ref.start, Purpose.BATCH, reseed_globals=reseed)
         return self.collate_fn(samples)
 
