@@ -1,0 +1,164 @@
+"""Bad samples in lock-step: substituted deterministically, quarantined, resumed exactly.
+
+The stream is compared whole: (sample id, augmentation draw) per sample, batches in order, for
+the continuous run and for runs interrupted and resumed with other workers, batch size or
+world size; the 2-rank runs are real torchrun/gloo launches with corrupt samples met by one
+rank only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from bad_samples_job import LENGTH, Corrupt, loader
+from torchrun_harness import rank_pickles, torchrun
+
+from resumable_loader import DataLoader
+from resumable_loader.errors import BadSampleError, ConfigError
+from resumable_loader.loader.bad_samples import quarantine_file, read_quarantine, substitute_id
+
+JOB = Path(__file__).parent / "bad_samples_job.py"
+BAD = {5, 29}
+
+
+def stream(data, batches: int | None = None) -> list[list[int]]:
+    """The samples of ``batches`` batches (default: to the epoch's end), flattened."""
+    out = []
+    for count, batch in enumerate(data):
+        out += batch.tolist()
+        if batches is not None and count + 1 == batches:
+            break
+    return out
+
+
+def test_substitutes_are_a_pure_function_of_the_position(tmp_path):
+    clean = stream(loader(Corrupt(set()), str(tmp_path / "clean"), batch_size=4))
+    got = {
+        workers: stream(
+            loader(Corrupt(BAD), str(tmp_path / f"q{workers}"), batch_size=4, num_workers=workers)
+        )
+        for workers in (0, 2)
+    }
+    assert got[0] == got[2] and len(got[0]) == len(clean) == LENGTH
+    replaced = [p for p, (a, b) in enumerate(zip(clean, got[0], strict=True)) if a != b]
+    assert sorted(clean[p][0] for p in replaced) == sorted(BAD)
+    for position in replaced:  # the first candidate (none of the bad ones here), its key's draw
+        assert got[0][position][0] == substitute_id(11, 0, position, 0, LENGTH)
+    entries = read_quarantine(tmp_path / "q0")
+    assert sorted(entries) == sorted(BAD)
+    assert {e["position"] for e in entries.values()} == set(replaced)
+    assert all(e["error"].startswith("OSError: image file is truncated") for e in entries.values())
+
+
+def test_a_quarantined_sample_is_not_read_again_next_epoch_or_after_a_resume(tmp_path):
+    dataset = Corrupt(BAD)
+    data = loader(dataset, str(tmp_path), batch_size=4)
+    first, second = stream(data), stream(data)
+    assert sorted(dataset.reads) == sorted(BAD)  # each read once, in epoch 0 only
+    resumed_dataset = Corrupt(BAD)
+    resumed = loader(resumed_dataset, str(tmp_path), batch_size=5)
+    resumed.load_state_dict(resumed.state_at(0, 0))
+    assert stream(resumed) == first and stream(resumed) == second
+    assert resumed_dataset.reads == []
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_flaky_read_is_replayed_as_its_substitute_after_a_resume(tmp_path, workers):
+    """A read that fails once: the resumed run must not read it fresh (it would succeed), but
+    deliver the substitute the first run delivered, because the quarantine says so."""
+    flag = tmp_path / "fail-once"
+    flag.touch()
+    quarantine = tmp_path / "q"
+    data = loader(Corrupt(set(), {7}, str(flag)), str(quarantine), batch_size=4)
+    batches = iter(data)
+    head = [s for _ in range(2) for s in next(batches).tolist()]
+    state = data.state_dict()
+    rest = [s for batch in batches for s in batch.tolist()]
+    assert 7 in read_quarantine(quarantine) and not flag.exists()
+    assert read_quarantine(quarantine)[7]["position"] >= 8  # it failed after the cursor
+    resumed = loader(
+        Corrupt(set(), {7}, str(flag)), str(quarantine), batch_size=3, num_workers=workers
+    )
+    resumed.load_state_dict(state)
+    assert stream(resumed) == rest
+    again = loader(Corrupt(set(), {7}, str(flag)), str(quarantine), batch_size=4)
+    assert stream(again) == head + rest
+
+
+def test_too_many_bad_samples_is_a_typed_error_naming_the_count_and_the_file(tmp_path):
+    data = loader(Corrupt(set(range(0, LENGTH, 4))), str(tmp_path), batch_size=4)
+    with pytest.raises(
+        BadSampleError,
+        match=r"rank 0: 10 samples failed to load .*quarantine-"
+        r"rank-00000.jsonl\), more than max_bad_fraction=0.2 of the 48",
+    ):
+        stream(data)
+
+
+def test_raise_is_the_default_and_bad_arguments_are_named(tmp_path):
+    with pytest.raises(OSError, match="image file is truncated"):
+        stream(DataLoader(Corrupt(BAD), batch_size=4, shuffle=True, seed=11))
+    with pytest.raises(ConfigError, match=r"on_sample_error must be one of \('raise', 'subst"):
+        DataLoader(Corrupt(BAD), on_sample_error="skip")
+    with pytest.raises(ConfigError, match=r"max_bad_fraction must be in \[0, 1\], got 2"):
+        loader(Corrupt(BAD), str(tmp_path), batch_size=4, max_bad_fraction=2)
+    with pytest.raises(ConfigError, match=r"quarantine_dir needs on_sample_error='substitute'"):
+        DataLoader(Corrupt(BAD), quarantine_dir=str(tmp_path))
+
+
+def reference(tmp_path: Path, batch_size: int) -> list[list[int]]:
+    """The one-process stream (world size 1), its own quarantine."""
+    return stream(
+        loader(Corrupt(BAD_ON_RANK_1), str(tmp_path / "reference"), batch_size=batch_size)
+    )
+
+
+def bad_on_rank(rank: int, world_size: int, batch_size: int, count: int) -> set[int]:
+    """``count`` sample ids that rank ``rank`` reads in epoch 0 (and the others do not)."""
+    order = loader(Corrupt(set()), None, batch_size=batch_size, rank=0, world_size=1)
+    positions = [p for p in range(LENGTH) if (p // batch_size) % world_size == rank]
+    return {order.sample_at(0, p)["id"] for p in positions[3 : 3 + count]}
+
+
+BAD_ON_RANK_1 = bad_on_rank(1, 2, 3, 2)
+
+
+@pytest.mark.slow
+def test_two_ranks_stay_in_lock_step_and_resume_on_one(tmp_path):
+    """2 ranks (torchrun/gloo), 0 and 2 workers, corrupt samples that rank 1 alone reads: both
+    ranks deliver 8 batches of 3; the global stream is the one-process stream; rank 1's
+    quarantine lists exactly the corrupt samples; a resume on 1 rank with 2 workers and
+    batches of 4 from the 2-rank cursor continues it, reading no corrupt sample again."""
+    whole = reference(tmp_path, 6)
+    bad = ",".join(map(str, sorted(BAD_ON_RANK_1)))
+    for workers in (0, 2):
+        out, quarantine = tmp_path / f"out{workers}", tmp_path / f"q{workers}"
+        out.mkdir()
+        torchrun(
+            JOB,
+            2,
+            out,
+            quarantine,
+            "--num-workers",
+            workers,
+            "--batch-size",
+            3,
+            "--bad",
+            bad,
+            "--save-after",
+            3,
+        )
+        ranks = rank_pickles(out, 2)
+        assert [len(r["batches"]) for r in ranks] == [8, 8] and ranks[0]["most"] == 8
+        pairs = zip(*(r["batches"] for r in ranks), strict=True)
+        interleaved = [s for pair in pairs for b in pair for s in b]
+        assert interleaved == whole
+        assert not quarantine_file(quarantine, 0).exists()
+        lines = quarantine_file(quarantine, 1).read_text().splitlines()
+        assert sorted(json.loads(line)["id"] for line in lines) == sorted(BAD_ON_RANK_1)
+    resumed_dataset = Corrupt(BAD_ON_RANK_1)
+    resumed = loader(resumed_dataset, str(tmp_path / "q0"), batch_size=4, num_workers=0)
+    resumed.load_state_dict(ranks[0]["state"])
+    assert stream(resumed) == whole[18:] and resumed_dataset.reads == []
