@@ -19,6 +19,18 @@ _READERS = {"tar": "TarShardDataset", "parquet": "ParquetDataset"}
 # Shards kept open per process; a global shuffle touches every shard, and thousands of open
 # files per worker would hit the descriptor limit.
 MAX_OPEN_SHARDS = 64
+# Forks that led to this process: a dataset whose handles were opened at another count holds
+# its parent's. A counter, not os.getpid(), which is a system call on every read.
+_forks = 0
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
+    os.register_at_fork(after_in_child=_count_fork)
 
 
 class IndexedDataset(Dataset):
@@ -55,7 +67,7 @@ class IndexedDataset(Dataset):
         self.shard_sizes: np.ndarray = index.shard_sizes
         self.fingerprint: str = index.fingerprint
         self._files = _open_files()
-        self._pid = os.getpid()
+        self._forks = _forks
 
     def __len__(self) -> int:
         return self.index.num_samples
@@ -71,8 +83,8 @@ class IndexedDataset(Dataset):
 
     def _file(self, shard: int) -> Any:
         """This process's handle on ``shard``, opened on first use."""
-        if self._pid != os.getpid():  # forked: never share file offsets with the parent
-            self._files, self._pid = _open_files(), os.getpid()
+        if self._forks != _forks:  # forked: never share file offsets with the parent
+            self._files, self._forks = _open_files(), _forks
         handle = self._files.get(shard)
         if handle is not None:
             return handle
@@ -93,7 +105,7 @@ class IndexedDataset(Dataset):
     def close(self) -> None:
         """Close the files this process opened; the next read opens them again."""
         files, self._files = self._files, _open_files()
-        if self._pid == os.getpid():  # a forked copy leaves the parent's files alone
+        if self._forks == _forks:  # a forked copy leaves the parent's files alone
             for handle in files.pop_all():
                 _close(handle)
 

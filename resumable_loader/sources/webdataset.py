@@ -117,8 +117,7 @@ class TarShardDataset(RemoteReads, IndexedDataset):
             (field, RECORD + 2 * i, RECORD + 2 * i + 1) for i, field in enumerate(self._fields)
         )
         self._records, self._urls = self.index.records, self.index.shard_urls
-        self._magic = MAGIC if self.index.header.get("magic") else b""
-        self._magic_end = MAGIC_AT + len(self._magic)
+        self._magic = MAGIC if self.index.header.get("magic") else b""  # b"": no check
         self.bytes_read = self.read_requests = 0
         self._blocks: BlockCache | None = None
 
@@ -165,7 +164,7 @@ class TarShardDataset(RemoteReads, IndexedDataset):
         magic at its first header; ``check="full"`` also compares the members with the span's
         parsed headers and each payload with its CRC32C (:func:`check_sample`).
         """
-        if len(data) != record[LENGTH] or data[MAGIC_AT : self._magic_end] != self._magic:
+        if len(data) != record[LENGTH] or not data.startswith(self._magic, MAGIC_AT):
             raise _damaged(data, url, record[START], record[LENGTH], self._extensions)
         key_at, key_length = record[KEY_AT], record[KEY_LENGTH]
         if key_length:
