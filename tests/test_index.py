@@ -412,6 +412,32 @@ class TestStaleAndDamagedIndex:
         with pytest.raises(SampleIndexError, match=rf"i\.rlindex: .*{match}.*build it with"):
             ShardedIndex.load(path)
 
+    def test_an_older_version_is_refused_naming_the_rebuild_command_which_works(
+        self, tmp_path, capsys
+    ):
+        paths = write_tar_shards(tmp_path, num_shards=2, samples_per_shard=3)
+        path = tmp_path / "i.rlindex"
+        fingerprint = build(paths, tmp_path).fingerprint
+        path.write_bytes(path.read_bytes().replace(b"\xa7version\x03", b"\xa7version\x02"))
+        with pytest.raises(SampleIndexError) as refused:
+            ShardedIndex.load(path)
+        command = f"resumable-loader index {paths[0]} {paths[1]} --out {path}"
+        assert f"version 2, this release reads 3; rebuild it with: {command}" in str(refused.value)
+        assert cli.main([*command.split()[1:], "--quiet"]) == 0
+        capsys.readouterr()
+        assert ShardedIndex.load(path).fingerprint == fingerprint
+
+    def test_an_older_version_is_upgraded_when_asked(self, tmp_path):
+        paths = write_tar_shards(tmp_path, num_shards=2, samples_per_shard=3)
+        path = tmp_path / "i.rlindex"
+        built = build(paths, tmp_path, on_error="skip")
+        path.write_bytes(path.read_bytes().replace(b"\xa7version\x03", b"\xa7version\x02"))
+        upgraded = ShardedIndex.load(path, rebuild=True)
+        assert upgraded.header["version"] == 3 and upgraded.header["on_error"] == "skip"
+        assert upgraded.fingerprint == built.fingerprint  # saved cursors still load
+        np.testing.assert_array_equal(upgraded.records, built.records)
+        assert ShardedIndex.load(path).header["version"] == 3  # rewritten in place
+
     def test_missing_index_file(self, tmp_path):
         with pytest.raises(SampleIndexError, match=r"absent\.rlindex: index file not found"):
             ShardedIndex.load(tmp_path / "absent.rlindex")
