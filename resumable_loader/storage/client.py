@@ -229,6 +229,8 @@ class ObstoreClient(StorageClient):
                 bucket, client_options=client_options, retry_config=retry, **self.options
             )
             self._stores[key] = store
+            global _OBSTORE_PID
+            _OBSTORE_PID = _OBSTORE_PID or os.getpid()
         return store
 
     def _split(self, url: str) -> tuple[Any, str]:
@@ -350,6 +352,10 @@ def _version(info: Mapping[str, Any]) -> str | float:
 
 
 _CLIENTS: dict[tuple[str, str], StorageClient] = {}
+# The process that started obstore's (tokio) runtime. The runtime's threads do not survive a
+# fork, so its requests hang in a forked child (a DataLoader worker) and time out: a process
+# forked after its parent used obstore reads through fsspec instead.
+_OBSTORE_PID: int | None = None
 _CLIENTS_LOCK = threading.Lock()
 
 
@@ -367,6 +373,8 @@ def client_for(url: str, storage_options: Mapping[str, Any] | None = None) -> St
     policy = RetryPolicy(**{k: options.pop(k) for k in RETRY_OPTIONS if k in options})
     scheme = urlsplit(url).scheme if "://" in url else "file"
     backend = options.pop(BACKEND_OPTION, None) or ("obstore" if scheme == "s3" else "fsspec")
+    if backend == "obstore" and _OBSTORE_PID not in (None, os.getpid()):
+        backend = "fsspec"  # obstore's runtime started in a parent: a fork cannot use it
     if backend == "obstore" and scheme == "s3":
         try:
             import obstore  # noqa: F401
