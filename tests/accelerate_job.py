@@ -7,6 +7,11 @@ or world size, goes through ``prepare_loader`` (model and optimizer through
 ``OUT/checkpoints/step<k>``. Each process appends one JSON line per step to
 ``OUT/rank<r>.jsonl`` (epoch, step, sample ids, digests of the augmentations, loss,
 num_workers); with ``--kill-at S`` every process SIGKILLs itself after step S.
+
+With ``--standard`` the job takes Accelerate's own path instead: ``accelerator.prepare(model,
+optimizer, loader)`` with ``use_stateful_dataloader=True``, the epoch from the saved step count
+and ``set_epoch`` on the prepared loader (the conditions the loader's ResumeWarning names, so
+the job silences it).
 """
 
 from __future__ import annotations
@@ -16,14 +21,15 @@ import json
 import os
 import signal
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DataLoaderConfiguration
 from resume_harness import AugmentedDataset, digest
 
-from resumable_loader import ResumableDataLoader
+from resumable_loader import ResumableDataLoader, ResumeWarning
 from resumable_loader.integrations.accelerate import prepare_loader
 
 N = 40
@@ -52,26 +58,35 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--kill-at", type=int)
     parser.add_argument("--resume")
+    parser.add_argument("--standard", action="store_true", help="accelerator.prepare(loader)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)  # the same initial weights on every process and run
-    accelerator = Accelerator(cpu=True)
+    config = DataLoaderConfiguration(use_stateful_dataloader=args.standard)
+    accelerator = Accelerator(cpu=True, dataloader_config=config)
     model = torch.nn.Linear(3, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    model, optimizer = accelerator.prepare(model, optimizer)
     loader = ResumableDataLoader(
         AugmentedDataset(N), batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers
     )
-    batches = prepare_loader(accelerator, loader)
+    if args.standard:
+        warnings.simplefilter("ignore", ResumeWarning)  # its conditions are met, see above
+        model, optimizer, batches = accelerator.prepare(model, optimizer, loader)
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)
+        batches = prepare_loader(accelerator, loader)
     progress = Progress()
     accelerator.register_for_checkpointing(progress)
     if args.resume is not None:
         accelerator.load_state(args.resume)
-    state = loader.state_dict()
-    first_epoch = state["epoch"] + (state["position"] == state["fingerprint"]["length"])
+    if args.standard:  # Accelerate saves no epoch: count it from the steps, as its examples do
+        first_epoch = progress.step // len(batches)
+    else:
+        state = loader.state_dict()
+        first_epoch = state["epoch"] + (state["position"] == state["fingerprint"]["length"])
     records = args.out / f"rank{accelerator.process_index}.jsonl"
     for epoch in range(first_epoch, EPOCHS):
-        loader.set_epoch(epoch)
+        (batches if args.standard else loader).set_epoch(epoch)
         for batch in batches:
             target = batch["id"].float().unsqueeze(1) / N
             loss = torch.nn.functional.mse_loss(model(batch["aug"]), target)

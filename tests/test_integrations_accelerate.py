@@ -77,6 +77,25 @@ def test_two_processes_killed_mid_epoch_resume_on_one(
     )
 
 
+@pytest.mark.slow
+def test_accelerates_own_prepare_path_killed_on_two_resumes_exactly_on_one(tmp_path, continuous):
+    """``accelerator.prepare(model, optimizer, loader)`` with ``use_stateful_dataloader=True``:
+    the prepared loader iterates our order's batches, each sample loaded under its own key, and
+    torchdata's saved batch count skips what was trained (the same global batch: 2 x 4 -> 1 x 8).
+    The stream equals ``prepare_loader``'s continuous run."""
+    assert_kill_and_resume(
+        lambda out, *args, **kwargs: launch(
+            out, 2, "--standard", "--batch-size=4", *args, **kwargs
+        ),
+        lambda out, *args: launch(out, 1, "--standard", "--batch-size=8", *args),
+        continuous,
+        tmp_path,
+        checkpoint="step3",
+        head_workers=0,
+        tail_workers=0,
+    )
+
+
 class FakeAccelerator:
     process_index, num_processes, device, non_blocking = 0, 2, "cpu", False
 

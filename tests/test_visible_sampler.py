@@ -169,3 +169,48 @@ def test_the_foreign_order_follows_a_loaded_seed():
     loader = ResumableDataLoader(dataset, batch_size=4, shuffle=True)  # a seed of its own
     loader.load_state_dict(saved)
     assert foreign(loader, 1) == [ours(dataset, 0, shuffle=True)]
+
+
+class Augmenting(Ids):
+    """Sample i is i and draws from the three global generators, as augmentations do."""
+
+    def __getitem__(self, index: int) -> tuple[int, float]:
+        import random
+
+        import numpy as np
+
+        return index, torch.rand(()).item() + float(np.random.rand()) + random.random()
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_foreign_loader_loads_each_sample_under_its_key_and_keeps_the_loops_rng(num_workers):
+    """Through ``loader.batch_sampler`` a foreign loader draws the augmentations ours draws,
+    in workers or in the main process, whose global RNG state it leaves as it was."""
+    dataset = Augmenting(20)
+    loader = ResumableDataLoader(dataset, batch_size=4, shuffle=True, seed=7)
+    mine = [(int(i), float(a)) for ids, augs in loader for i, a in zip(ids, augs, strict=True)]
+    other = torch.utils.data.DataLoader(  # a generator: torch's iter() then draws from it
+        loader.dataset,
+        batch_sampler=loader.batch_sampler,
+        num_workers=num_workers,
+        generator=torch.Generator(),
+    )
+    before = torch.get_rng_state()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResumeWarning)
+        loader.sampler.set_epoch(0)
+        theirs = [(int(i), float(a)) for ids, augs in other for i, a in zip(ids, augs, strict=True)]
+    assert theirs == mine
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_keyed_batches_pickle_as_their_ids_and_key():
+    import pickle
+
+    loader = ResumableDataLoader(Ids(10), batch_size=4, shuffle=True, seed=7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResumeWarning)
+        batch = next(iter(loader.batch_sampler))
+    copy = pickle.loads(pickle.dumps(batch))
+    assert type(copy) is type(batch) and list(copy) == list(batch) and copy == batch
+    assert (copy.seed, copy.epoch, copy.start) == (7, 0, 0)

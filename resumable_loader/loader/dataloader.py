@@ -209,10 +209,18 @@ class ResumableDataLoader(DataLoader[T_co]):
         # Bound to the refs, not to the loader: a loader that referenced itself would outlive
         # its last reference until a gc run, keeping persistent workers alive meanwhile.
         self._progress = Progress(functools.partial(epoch_complete, self._refs))
+        self._foreign = None  # the order a foreign loader iterating our visible sampler gets
         if self._refs is not None and sampler is None and batch_sampler is None:
             # The visible sampler is torch's or an injected one: only a foreign loader iterates
             # torch's, and it then gets our order; set_epoch on either reaches this loader.
-            watch_visible_sampler(self.sampler, self._refs, self._progress.place)
+            self._foreign = watch_visible_sampler(
+                self.sampler,
+                self.batch_sampler,
+                self._refs,
+                self._progress.place,
+                seed=self.seed,
+                reseed_globals=reseed_globals,
+            )
             forward_set_epoch(self.sampler, self.set_epoch)
 
     @property
@@ -520,6 +528,8 @@ class ResumableDataLoader(DataLoader[T_co]):
         elif isinstance(refs, OrderedBatchSampler) and state["seed"] != self.seed:
             refs.order = make_order(self.dataset, self._shuffle, state["seed"], self._shard_shuffle)
         self.seed = state["seed"]
+        if self._foreign is not None:  # the keys of a foreign loader's batches
+            self._foreign.seed = self.seed
         self._progress.load(state["epoch"], state["position"])
         if isinstance(refs, OrderedBatchSampler):
             refs.at_epoch(state["epoch"])

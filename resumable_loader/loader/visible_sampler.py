@@ -6,18 +6,23 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterator
 
-from torch.utils.data import RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler
 
 from resumable_loader.errors import ResumeWarning
+from resumable_loader.loader.keyed_batches import WatchedBatchSampler
 from resumable_loader.loader.refs import OrderedBatchSampler
 
 _MESSAGE = (
     "the sampler torch made for a ResumableDataLoader ({name}) is being iterated by another "
     "loader, e.g. after accelerator.prepare(loader), accelerate's skip_first_batches(loader), "
     "or a DataLoader built from loader.batch_sampler: it yields the resumable order's sample "
-    "ids, but not its per-sample randomness, and the ResumableDataLoader's state_dict() does "
-    "not move with those batches. Iterate the ResumableDataLoader itself (with Accelerate: "
-    "resumable_loader.integrations.accelerate.prepare_loader); see docs/integrations.md"
+    "ids, each loaded under its own key when read through loader.batch_sampler, but the "
+    "ResumableDataLoader's state_dict() does not move with those batches. With "
+    "accelerator.prepare, resume through save_state/load_state with "
+    "Accelerator(dataloader_config=DataLoaderConfiguration(use_stateful_dataloader=True)), the "
+    "same global batch size, and prepared_loader.set_epoch(epoch) before each epoch; or use "
+    "resumable_loader.integrations.accelerate.prepare_loader, exact under any change. See "
+    "docs/integrations.md"
 )
 
 _FLAG = "_foreign_iteration_warned"  # set on a watched sampler once a foreign loader iterated it
@@ -40,39 +45,62 @@ class ForeignOrder:
             replaces it to follow a new dataset length or a loaded seed).
         place: the loader's ``(epoch, position, complete)`` (``Progress.place``), held instead
             of the loader so that a dropped loader is freed while the foreign one runs on.
+
+    Attributes:
+        seed, reseed_globals: the loader's, for the keys of the batches a foreign loader reads
+            through the watched batch sampler (the loader updates ``seed`` when a state
+            brings another).
     """
 
-    def __init__(self, refs: OrderedBatchSampler, place: Callable[[], tuple[int, int, bool]]):
+    def __init__(
+        self,
+        refs: OrderedBatchSampler,
+        place: Callable[[], tuple[int, int, bool]],
+        *,
+        seed: int,
+        reseed_globals: bool,
+    ) -> None:
         self.refs = refs
         self._place = place
         self._next_epoch: int | None = None
+        self.seed, self.reseed_globals = seed, reseed_globals
 
     def set_epoch(self, epoch: int) -> None:
         """The next foreign iteration runs ``epoch``."""
         self._next_epoch = epoch
 
-    def ids(self) -> Iterator[int]:
-        """The sample ids of the next foreign iteration's epoch, in order."""
+    def next_epoch(self) -> tuple[int, Iterator[int]]:
+        """The next foreign iteration's epoch and its sample ids, in order."""
         epoch = self._next_epoch
         if epoch is None:
             epoch, _, complete = self._place()
             epoch += complete
         self._next_epoch = epoch + 1
-        for chunk in self.refs.order.iter_ids(epoch):
-            yield from chunk.tolist()
+        return epoch, _ids(self.refs.order, epoch)
 
     def __repr__(self) -> str:
         return f"ForeignOrder(order={self.refs.order!r}, next_epoch={self._next_epoch})"
 
 
-def _iterate_watched(sampler: RandomSampler | SequentialSampler) -> Iterator[int]:
-    """The watched samplers' ``__iter__``: the loader never iterates its visible sampler, so
-    any iteration is a foreign loader's. Warns once per sampler, then yields our order."""
+def _ids(order: object, epoch: int) -> Iterator[int]:
+    for chunk in order.iter_ids(epoch):
+        yield from chunk.tolist()
+
+
+def _foreign_order(sampler: RandomSampler | SequentialSampler) -> ForeignOrder:
+    """The watched samplers' ``foreign_order``: the loader never iterates its visible sampler
+    (nor the batch sampler over it), so any iteration is a foreign loader's: warns once per
+    sampler, and returns the order to iterate."""
     if not sampler.__dict__.get(_FLAG, False):
         sampler.__dict__[_FLAG] = True
         name = type(sampler).__bases__[0].__name__
-        warnings.warn(_MESSAGE.format(name=name), ResumeWarning, stacklevel=2)
-    yield from sampler.__dict__[_ORDER].ids()
+        warnings.warn(_MESSAGE.format(name=name), ResumeWarning, stacklevel=3)
+    return sampler.__dict__[_ORDER]
+
+
+def _iterate_watched(sampler: RandomSampler | SequentialSampler) -> Iterator[int]:
+    """The watched samplers' ``__iter__``: our order's ids (see :class:`ForeignOrder`)."""
+    yield from _foreign_order(sampler).next_epoch()[1]
 
 
 def _set_epoch_watched(sampler: RandomSampler | SequentialSampler, epoch: int) -> None:
@@ -85,6 +113,7 @@ class WatchedRandomSampler(RandomSampler):
 
     __iter__ = _iterate_watched
     set_epoch = _set_epoch_watched
+    foreign_order = _foreign_order
 
 
 class WatchedSequentialSampler(SequentialSampler):
@@ -92,16 +121,25 @@ class WatchedSequentialSampler(SequentialSampler):
 
     __iter__ = _iterate_watched
     set_epoch = _set_epoch_watched
+    foreign_order = _foreign_order
 
 
 _WATCHED = {RandomSampler: WatchedRandomSampler, SequentialSampler: WatchedSequentialSampler}
 
 
 def watch_visible_sampler(
-    sampler: object, refs: OrderedBatchSampler, place: Callable[[], tuple[int, int, bool]]
-) -> None:
+    sampler: object,
+    batch_sampler: object,
+    refs: OrderedBatchSampler,
+    place: Callable[[], tuple[int, int, bool]],
+    *,
+    seed: int,
+    reseed_globals: bool,
+) -> ForeignOrder | None:
     """Make the sampler torch built for the loader warn (a ResumeWarning, once) when iterated,
-    and yield the loader's order (see :class:`ForeignOrder`) instead of torch's.
+    and yield the loader's order (see :class:`ForeignOrder`) instead of torch's; the batch
+    sampler over it yields that order's batches as :class:`KeyedIds`, which load each sample
+    under its key in the foreign loader too. Returns the order (None if nothing is watched).
 
     The loader iterates its own index sampler; the visible ``loader.sampler`` (and the
     ``batch_sampler`` over it) are only ever iterated by a framework that rebuilt the loader
@@ -110,9 +148,15 @@ def watch_visible_sampler(
     sampler. Others (a user's sampler, Lightning's injected one) are left as they are.
     """
     watched = _WATCHED.get(type(sampler))
-    if watched is not None:
-        sampler.__class__ = watched
-        sampler.__dict__[_ORDER] = ForeignOrder(refs, place)
+    if watched is None:
+        return None
+    sampler.__class__ = watched
+    order = sampler.__dict__[_ORDER] = ForeignOrder(
+        refs, place, seed=seed, reseed_globals=reseed_globals
+    )
+    if type(batch_sampler) is BatchSampler and batch_sampler.sampler is sampler:
+        batch_sampler.__class__ = WatchedBatchSampler
+    return order
 
 
 def warn_if_replaced(sampler: object) -> None:
