@@ -71,11 +71,29 @@ class ParquetDataset(IndexedDataset):
         self._group_starts = [np.cumsum([0, *groups]).tolist() for groups in self.index.row_groups]
 
     def __getitem__(self, sample_id: int) -> dict[str, Any]:
+        shard, group, row = self._place(sample_id)
+        return self._row_group(shard, group).slice(row, 1).to_pylist()[0]
+
+    def __getitems__(self, sample_ids: list[int]) -> list[dict[str, Any]]:
+        """The rows of ``sample_ids``, in order: each row group they fall in read (or found
+        in the cache) once and its rows converted together, in (shard, group) order."""
+        places = [self._place(sample_id) for sample_id in sample_ids]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for k, (shard, group, _) in enumerate(places):
+            groups.setdefault((shard, group), []).append(k)
+        rows: list[Any] = [None] * len(places)
+        for (shard, group), batch in sorted(groups.items()):
+            table = self._row_group(shard, group).take([places[k][2] for k in batch])
+            for k, values in zip(batch, table.to_pylist(), strict=True):
+                rows[k] = values
+        return rows
+
+    def _place(self, sample_id: int) -> tuple[int, int, int]:
+        """(shard, row group, row in the group) of a sample id."""
         shard, row = self._locate(sample_id)
         starts = self._group_starts[shard]
         group = bisect.bisect_right(starts, row) - 1
-        table = self._row_group(shard, group)
-        return table.slice(row - starts[group], 1).to_pylist()[0]
+        return shard, group, row - starts[group]
 
     def _row_group(self, shard: int, group: int) -> Any:
         key = (shard, group)
