@@ -23,13 +23,13 @@
 #include "permutation.h"
 #include "philox.h"
 #include "purposes.h"
-#include "shuffle_buffer.h"
+#include "shard_blocks.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
 using resumable_loader::FeistelPermutation;
 using resumable_loader::GlobalRngTargets;
-using resumable_loader::ShardLocalStream;
+using resumable_loader::ShardBlockOrder;
 
 namespace {
 
@@ -324,39 +324,43 @@ NB_MODULE(_core, m) {
       },
       "Names of the bulk-fill kernels this CPU runs, fastest last; all give the same ids.");
 
-  nb::class_<ShardLocalStream>(m, "ShardLocalStream")
+  nb::class_<ShardBlockOrder>(m, "ShardBlockOrder")
       .def(
           "__init__",
-          [](ShardLocalStream* self, Int64In shard_sizes, uint64_t seed, uint32_t epoch,
-             uint64_t window, uint64_t buffer_size) {
-            if (window < 1 || buffer_size < 1) {
-              throw nb::value_error("window and buffer_size must be >= 1");
+          [](ShardBlockOrder* self, Int64In shard_sizes, uint64_t seed, uint32_t epoch,
+             uint64_t window, uint64_t block) {
+            if (window < 1 || block < 1 || block >= (uint64_t{1} << 32)) {
+              throw nb::value_error("window must be >= 1 and block in [1, 2**32)");
             }
             const int64_t* sizes = shard_sizes.data();
             uint64_t total = 0;
             for (size_t s = 0; s < shard_sizes.shape(0); ++s) {
-              // The stream keeps int64 offsets, so the total stays below 2**63.
+              // The order keeps int64 offsets, so the total stays below 2**63.
               if (sizes[s] < 0 || static_cast<uint64_t>(sizes[s]) > kMaxLength - 1 - total) {
                 throw nb::value_error("shard sizes must be >= 0 and sum to less than 2**63");
               }
               total += static_cast<uint64_t>(sizes[s]);
             }
             const auto keys = round_keys(seed, epoch, resumable_loader::PURPOSE_SHARD_ORDER);
-            new (self) ShardLocalStream(sizes, shard_sizes.shape(0), seed, epoch, window,
-                                        buffer_size, keys.data());
+            new (self) ShardBlockOrder(sizes, shard_sizes.shape(0), seed, epoch, window, block,
+                                       keys.data());
           },
-          "shard_sizes"_a, "seed"_a, "epoch"_a, "window"_a, "buffer_size"_a)
-      .def_prop_ro("remaining", &ShardLocalStream::remaining)
-      .def("skip", &ShardLocalStream::skip, "count"_a,
-           nb::call_guard<nb::gil_scoped_release>(),
-           "Advance over the next count ids; returns how many were skipped.")
+          "shard_sizes"_a, "seed"_a, "epoch"_a, "window"_a, "block"_a)
+      .def_prop_ro("size", &ShardBlockOrder::size)
       .def(
           "fill",
-          [](ShardLocalStream& stream, Int64Out out) {
+          [](const ShardBlockOrder& order, uint64_t start, Int64Out out) {
+            if (start > order.size() || out.shape(0) > order.size() - start) {
+              throw nb::index_error(("positions [" + std::to_string(start) + ", " +
+                                     std::to_string(start + out.shape(0)) +
+                                     ") out of range for an order of length " +
+                                     std::to_string(order.size())).c_str());
+            }
             nb::gil_scoped_release release;
-            return stream.fill(out.data(), out.shape(0));
+            order.fill(start, out.shape(0), out.data());
           },
-          "out"_a.noconvert(), "Write the next ids into out; returns how many were written.");
+          "start"_a, "out"_a.noconvert(),
+          "Write the id at position start + i into out[i] for every i (out: contiguous int64).");
 
   // ---- Token datasets (resumable_loader/tokens/seek_table.py) --------------------------------
   // The seek table of an epoch's shuffled document order (document_order.h). The offsets were

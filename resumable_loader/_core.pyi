@@ -87,7 +87,7 @@ class Permutation:
     ) -> None:
         """Write perm(start + i) into out[i] for every i (out: contiguous int64)."""
 
-class ShardLocalStream:
+class ShardBlockOrder:
     def __init__(
         self,
         shard_sizes: Annotated[
@@ -96,17 +96,16 @@ class ShardLocalStream:
         seed: int,
         epoch: int,
         window: int,
-        buffer_size: int,
+        block: int,
     ) -> None: ...
     @property
-    def remaining(self) -> int: ...
-    def skip(self, count: int) -> int:
-        """Advance over the next count ids; returns how many were skipped."""
-
+    def size(self) -> int: ...
     def fill(
-        self, out: Annotated[NDArray[numpy.int64], dict(shape=(None,), order="C", device="cpu")]
-    ) -> int:
-        """Write the next ids into out; returns how many were written."""
+        self,
+        start: int,
+        out: Annotated[NDArray[numpy.int64], dict(shape=(None,), order="C", device="cpu")],
+    ) -> None:
+        """Write the id at position start + i into out[i] for every i (out: contiguous int64)."""
 
 def build_seek_table(
     offsets: Annotated[

@@ -46,6 +46,16 @@ _FIX_SETTINGS = (
     "sampler, reseed_globals) the checkpoint was taken with, or do not load this state to "
     "start afresh"
 )
+# Fields whose change has its own cause and fix. algorithm: a release changed how an order is
+# computed (the shard-local order's "feistel-v2" buffer replay became "shard-blocks-v1").
+_FIELD_FIXES = {
+    "algorithm": (
+        "this release computes the order with another algorithm than the one that saved the "
+        "state, so the saved position would continue a different order; resume with the "
+        "resumable_loader release that saved it, or continue from the next epoch's start with "
+        "loader.load_state_dict(loader.state_at(saved epoch + 1, 0))"
+    )
+}
 
 
 class Cursor(TypedDict):
@@ -199,7 +209,7 @@ def parse_cursor(
         if saved != current:
             raise StateDictError(
                 f"field '{FINGERPRINT_KEY}.{name}': saved {saved!r}, current {current!r}; "
-                + (reasons or {}).get(name, _FIX_SETTINGS)
+                + (reasons or {}).get(name, _FIELD_FIXES.get(name, _FIX_SETTINGS))
             )
     length = fingerprint.get("length")
     if isinstance(length, int) and position > length:

@@ -1,12 +1,12 @@
-"""Shard-local shuffle: near-sequential reads through a window of open shards and a buffer.
+"""Shard-local shuffle: near-sequential reads through k open shards, shuffled block by block.
 
-The epoch's stream (see csrc/shuffle_buffer.h) is a pure function of (seed, epoch, shard sizes,
-window, buffer size), so it is the same for every worker count, rank, world size and batch size.
-A position is reached by replaying the id-level bookkeeping in C++ from the epoch's start rather
-than by storing the buffer in the cursor. The measured trade-off (benchmarks/bench_shuffle_buffer.py
-on 2 EPYC cores, window 8): the replay runs at 150-200 M ids/s, so a resume at position 10^8 costs
-about 0.6 s, once; a stored buffer would add 8 bytes per buffered id to every cursor (8 KB at
-buffer_size 1024, 128 KB at 16384) against the cursor's budget of 1 KB.
+The epoch's order (see csrc/shard_blocks.h) is a pure function of (seed, epoch, shard sizes,
+window, buffer size) and of the position: the shards in a Philox order, read as k lanes side by
+side, and each block of ``3 * buffer_size`` consecutive positions shuffled within itself. So it is
+the same for every worker count, rank, world size and batch size, and any position is computed
+directly, at the cost of one block: a resume at position 10^9 costs what a fresh start does.
+(Releases before it shuffled through a buffer replayed from the epoch's start, O(position) per
+resume; docs/shards.md compares the two orders' quality.)
 """
 
 from __future__ import annotations
@@ -20,10 +20,22 @@ import numpy as np
 from resumable_loader import _core
 from resumable_loader._checks import check_int
 from resumable_loader.errors import ConfigError
-from resumable_loader.order.permutation import CHUNK_SIZE, PERMUTATION_ALGORITHM
+from resumable_loader.order.permutation import CHUNK_SIZE
 from resumable_loader.order.philox import check_epoch, check_seed
 
-MAX_LENGTH = 2**63 - 1  # the C++ stream keeps int64 offsets
+MAX_LENGTH = 2**63 - 1  # the C++ order keeps int64 offsets
+# A block holds BLOCK_PER_BUFFER * buffer_size positions: so it mixes as far as the shuffle
+# buffer of buffer_size ids did (a block shuffle of M ids moves an id M/3 on average, the buffer
+# about 0.74 * B), with the same read locality (docs/shards.md has the measurements).
+BLOCK_PER_BUFFER = 3
+# A block's Fisher-Yates draws multiply 32-bit words by its size, which stays below 2**32.
+MAX_BUFFER_SIZE = (2**32 - 1) // BLOCK_PER_BUFFER
+# Names the shard-local algorithm in the cursor's fingerprint, so that a cursor saved under
+# another one is refused rather than resumed on a different order. "shard-blocks-v1": Feistel-v2
+# shard order, k lanes, Fisher-Yates per block. Before it, shard-local cursors recorded
+# "feistel-v2" (the shard order's permutation) for a shuffle buffer replayed from the epoch's
+# start; those are refused (loader/cursor.py names the change).
+SHARD_LOCAL_ALGORITHM = "shard-blocks-v1"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,16 +43,18 @@ class ShardShuffle:
     """Shard-local shuffle settings, for ``ResumableDataLoader(..., shard_shuffle=...)``.
 
     Args:
-        window: shards open at once (interleaved round robin).
-        buffer_size: ids in the shuffle buffer.
+        window: shards open at once (k lanes read side by side).
+        buffer_size: sets the shuffle's reach: blocks of ``3 * buffer_size`` consecutive
+            positions are shuffled within themselves, which mixes about as far as a shuffle
+            buffer of ``buffer_size`` ids; at most (2**32 - 1) // 3.
     """
 
     window: int = 4
     buffer_size: int = 1024
 
     def __post_init__(self) -> None:
-        for name in ("window", "buffer_size"):
-            value = check_int(f"ShardShuffle {name}", getattr(self, name), low=1)
+        for name, high in (("window", None), ("buffer_size", MAX_BUFFER_SIZE + 1)):
+            value = check_int(f"ShardShuffle {name}", getattr(self, name), low=1, high=high)
             object.__setattr__(self, name, value)
 
     def order_for(self, dataset: Any, *, seed: int) -> ShardLocalOrder:
@@ -84,43 +98,50 @@ class ShardLocalOrder:
         self.shard_sizes = np.ascontiguousarray(sizes, dtype=np.int64)
         self.seed = check_seed(seed)
         self.window, self.buffer_size = window, buffer_size
+        self._cached: tuple[int, Any] | None = None  # (epoch, its C++ order)
 
     def __len__(self) -> int:
         return self.length
 
-    def _stream(self, epoch: int, start: int) -> Any:
-        if not 0 <= start <= self.length:
-            raise ConfigError(f"position {start} outside [0, {self.length}]")
-        stream = _core.ShardLocalStream(
-            self.shard_sizes, self.seed, check_epoch(epoch), self.window, self.buffer_size
-        )
-        stream.skip(start)
-        return stream
+    def _epoch_order(self, epoch: int) -> Any:
+        """The epoch's C++ order (its shard order and offsets are computed once and kept)."""
+        cached = self._cached
+        if cached is None or cached[0] != epoch:
+            order = _core.ShardBlockOrder(
+                self.shard_sizes,
+                self.seed,
+                check_epoch(epoch),
+                self.window,
+                BLOCK_PER_BUFFER * self.buffer_size,
+            )
+            cached = self._cached = (epoch, order)
+        return cached[1]
 
     def ids(self, epoch: int, start: int, stop: int) -> np.ndarray:
-        """Ids at positions [start, stop) (replays the epoch's bookkeeping up to ``start``)."""
-        if not start <= stop <= self.length:
+        """Ids at positions [start, stop), computed directly (one block's work beyond them)."""
+        if not 0 <= start <= stop <= self.length:
             raise ConfigError(f"positions [{start}, {stop}) outside [0, {self.length}]")
-        out = np.empty(stop - start, dtype=np.int64)
-        self._stream(epoch, start).fill(out)
+        order, out = self._epoch_order(epoch), np.empty(stop - start, dtype=np.int64)
+        if stop > start:
+            order.fill(start, out)
         return out
 
     def iter_ids(
         self, epoch: int, start: int = 0, chunk_size: int = CHUNK_SIZE
     ) -> Iterator[np.ndarray]:
-        """Ids from ``start`` to the epoch's end: one stream, replayed to ``start`` once."""
+        """Ids from position ``start`` to the epoch's end, ``chunk_size`` at a time."""
         chunk_size = check_int("chunk_size", chunk_size, low=1)
-        stream = self._stream(epoch, start)
-        while stream.remaining:
-            out = np.empty(min(chunk_size, stream.remaining), dtype=np.int64)
-            stream.fill(out)
-            yield out
+        check_epoch(epoch)
+        if not 0 <= start <= self.length:
+            raise ConfigError(f"position {start} outside [0, {self.length}]")
+        for first in range(start, self.length, chunk_size):
+            yield self.ids(epoch, first, min(first + chunk_size, self.length))
 
     def settings(self) -> dict[str, int | str]:
         """Everything but the seed that decides the order (the cursor checks them on resume)."""
         return {
             "order": "shard_local",
-            "algorithm": PERMUTATION_ALGORITHM,
+            "algorithm": SHARD_LOCAL_ALGORITHM,
             "length": self.length,
             "shards": len(self.shard_sizes),
             "window": self.window,

@@ -3,6 +3,9 @@ change of stream is intended (and say so in the commit), since the tests compare
 
 - ``cursor_v1.json``: a version-1 cursor as the release of 2026-12 wrote it (before the
   ``reseed_globals`` fingerprint field existed); every later release must keep loading it.
+- ``cursor_shard_local_feistel_v2.json``: a shard-local cursor as the releases before
+  ``shard-blocks-v1`` wrote it (their shuffle buffer, replayed from the epoch's start); it must
+  be refused, naming the algorithm.
 - ``streams.json``: the first outputs of ``derive_words`` and of each reseeded global
   generator (Python's ``random``, numpy's legacy RNG, torch's CPU generator), and of the
   sample generators, for a few keys; and the first ids of a shuffled and a shard-local order.
@@ -83,12 +86,38 @@ CURSOR_V1 = {  # written by ResumableDataLoader.state_dict() at 5ce09d8 (seed 20
 }
 
 
+# written by ResumableDataLoader.state_dict() at 2e4dbb6 (seed 2026, a dataset with shard_sizes
+# [30, 50, 20], ShardShuffle(window=2, buffer_size=16), after two batches of 4)
+CURSOR_SHARD_LOCAL_FEISTEL_V2 = {
+    "format": "resumable_loader.cursor",
+    "version": 1,
+    "seed": 2026,
+    "epoch": 0,
+    "position": 8,
+    "fingerprint": {
+        "dataset": "",
+        "reseed_globals": 1,
+        "order": "shard_local",
+        "algorithm": "feistel-v2",
+        "length": 100,
+        "shards": 3,
+        "window": 2,
+        "buffer_size": 16,
+        "drop_last": 0,
+    },
+}
+
+
 def main() -> None:
     from resumable_loader.loader import cursor
 
-    fields = {k: CURSOR_V1[k] for k in ("seed", "epoch", "position", "fingerprint")}
-    cursor_v1 = dict(CURSOR_V1, checksum=cursor.make_cursor(**fields)["checksum"])
-    (HERE / "cursor_v1.json").write_text(json.dumps(cursor_v1, indent=1) + "\n")
+    for name, saved in (
+        ("cursor_v1.json", CURSOR_V1),
+        ("cursor_shard_local_feistel_v2.json", CURSOR_SHARD_LOCAL_FEISTEL_V2),
+    ):
+        fields = {k: saved[k] for k in ("seed", "epoch", "position", "fingerprint")}
+        written = dict(saved, checksum=cursor.make_cursor(**fields)["checksum"])
+        (HERE / name).write_text(json.dumps(written, indent=1) + "\n")
     (HERE / "streams.json").write_text(json.dumps(streams(), indent=1) + "\n")
 
 
