@@ -1,13 +1,23 @@
 """Our loader beside its peers: tar throughput, first batch after a resume, cursor size, memory.
 
 Run: python benchmarks/bench_peers.py [--quick]
+Peers: pip install -e '.[bench]' -c constraints.txt (torchdata, litdata; the constraints keep
+torch 2.13.0+cpu, pip adds torchvision 0.28 and tifffile for litdata). To leave torchvision out:
+pip install --no-deps litdata==0.2.76 tifffile (litdata's other dependencies, boto3, obstore,
+filelock, lightning-utilities, requests, are already installed by the test extra).
 
-1. samples/s over the same WebDataset tar shards, workers, batch size and decode/augment: ours
-   (global shuffle; shard-local with ShardShuffle), torch's DataLoader and torchdata's
-   StatefulDataLoader over the same TarShardDataset, and webdataset's own pipeline (shard
-   shuffle + shuffle buffer) in a torch DataLoader. Each epoch is timed from iter() to its last
-   batch, loaders alternating, best of R, page cache warmed first. MosaicML Streaming is not
-   compared: it does not install beside the CPU build of torch (it pulls a CUDA build).
+1. samples/s over the same samples (16 shards x 1024 of 3x32x32 + label), workers, batch size
+   and decode + crop/flip/noise, as raw arrays and as JPEG: ours (global shuffle; shard-local
+   with ShardShuffle), torch's DataLoader and torchdata's StatefulDataLoader over the same
+   TarShardDataset, webdataset's own pipeline (shard shuffle + shuffle buffer) in a torch
+   DataLoader, and litdata's StreamingDataset/StreamingDataLoader over its own optimize()
+   chunks of the same fields (16 chunks of 1024). Each epoch is timed from building the loader
+   to its last batch; R interleaved rounds (each round runs every loader once, in a rotated
+   order), page cache warmed first; the median samples/s and our rate over each peer's in the
+   same round, median and range. Then tiny samples (one 1-byte member each) at 0 and 2 workers,
+   ours vs torch's DataLoader, and a random-access ``dataset[i]`` against a bare ``os.pread`` of
+   the same span. MosaicML Streaming is not compared: it does not install beside the CPU build
+   of torch (it pulls a CUDA build).
 2. seconds from building a loader (and loading a state) to its first batch, fresh and resumed
    at 10/50/90% of an epoch of 1e6 and 1e7 samples of a free map-style dataset, ours vs
    StatefulDataLoader (which fast-forwards its sampler), median of R.
@@ -25,6 +35,7 @@ import importlib.util
 import io
 import itertools
 import multiprocessing
+import os
 import resource
 import statistics
 import sys
@@ -58,6 +69,74 @@ def have(module: str) -> bool:
 def augment(sample: dict[str, Any]) -> tuple[torch.Tensor, int]:
     """The demo's decode + crop/flip/noise, and the label."""
     return augment_rgb(sample["rgb"]), int(sample["cls"])
+
+
+def augment_jpeg(sample: dict[str, Any]) -> tuple[torch.Tensor, int]:
+    """JPEG decode (PIL) to the raw CHW bytes, then the same crop/flip/noise, and the label."""
+    from PIL import Image
+
+    image = np.asarray(Image.open(io.BytesIO(sample["jpg"])).convert("RGB"))
+    return augment_rgb(np.ascontiguousarray(image.transpose(2, 0, 1)).tobytes()), int(sample["cls"])
+
+
+AUGMENT = {"raw": augment, "jpeg": augment_jpeg}
+
+
+def write_jpeg_shards(raw_paths: list[str], directory: Path) -> list[str]:
+    """The samples of ``raw_paths`` again, each image as a JPEG (quality 90) member ``.jpg``."""
+    from PIL import Image
+
+    paths = []
+    for number, raw in enumerate(raw_paths):
+        path = directory / f"jpeg-{number:06d}.tar"
+        with tarfile.open(raw) as source, tarfile.open(path, "w") as tar:
+            for info in source.getmembers():
+                payload = source.extractfile(info).read()
+                if info.name.endswith(".rgb"):
+                    image = np.frombuffer(payload, np.uint8).reshape(3, 32, 32).transpose(1, 2, 0)
+                    encoded = io.BytesIO()
+                    Image.fromarray(image).save(encoded, format="JPEG", quality=90)
+                    payload, info = encoded.getvalue(), tarfile.TarInfo(info.name[:-3] + "jpg")
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+        paths.append(str(path))
+    return paths
+
+
+class SampleOf:
+    """litdata's optimize() input function: sample ``i`` of our tar shards, as a dict of the
+    same fields (the payload bytes, the label as an int)."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self.dataset = TarShardDataset(paths)
+
+    def __call__(self, index: int) -> dict[str, Any]:
+        sample = self.dataset[index]
+        field = "rgb" if "rgb" in sample else "jpg"
+        return {field: sample[field], "cls": int(sample["cls"])}
+
+
+def write_litdata(paths: list[str], directory: Path) -> str:
+    """litdata's own chunks of the samples of ``paths``: one chunk per 1024 samples."""
+    import litdata
+
+    inputs = list(range(len(TarShardDataset(paths))))
+    litdata.optimize(
+        fn=SampleOf(paths),
+        inputs=inputs,
+        output_dir=str(directory),
+        chunk_size=1024,
+        num_workers=1,
+        verbose=False,
+    )
+    return str(directory)
+
+
+def litdata_loader(directory: str, transform: Callable[[Any], Any]) -> Any:
+    from litdata import StreamingDataLoader, StreamingDataset
+
+    dataset = StreamingDataset(directory, shuffle=True, seed=0, transform=transform)
+    return StreamingDataLoader(dataset, **COMMON)
 
 
 class Mapped(Dataset):
@@ -94,9 +173,15 @@ def webdataset_pipeline(paths: list[str], transform: Callable[[Any], Any]) -> Da
     return DataLoader(samples.shuffle(1024).map(transform), **COMMON)
 
 
-def tar_peers(paths: list[str], skipped: list[str]) -> dict[str, Callable[[], Iterable]]:
-    """Every peer's loader over the same shards; those that cannot run go to ``skipped``."""
-    dataset = Mapped(TarShardDataset(paths), augment)
+def tar_peers(
+    paths: list[str], transform: Callable[[Any], Any], litdata_dir: str | None, skipped: list[str]
+) -> dict[str, Callable[[], Iterable]]:
+    """Every peer's loader over the same samples; those that cannot run go to ``skipped``.
+
+    Ours and torch's DataLoader read the same TarShardDataset, whose ``decode`` is the
+    augmentation: both then read a batch through its ``__getitems__``.
+    """
+    dataset = TarShardDataset(paths, decode=transform)
     peers: dict[str, Callable[[], Iterable]] = {
         "ours, global shuffle": lambda: ours(dataset),
         "torch DataLoader": lambda: DataLoader(dataset, shuffle=True, **COMMON),
@@ -111,10 +196,16 @@ def tar_peers(paths: list[str], skipped: list[str]) -> dict[str, Callable[[], It
         skipped.append("torchdata StatefulDataLoader: skipped: torchdata not installed")
     if have("webdataset"):
         peers["webdataset, shardshuffle + shuffle(1024)"] = lambda: webdataset_pipeline(
-            paths, augment
+            paths, transform
         )
     else:
         skipped.append("webdataset: skipped: webdataset not installed")
+    if litdata_dir is not None:
+        peers["litdata StreamingDataLoader, own chunks"] = lambda: litdata_loader(
+            litdata_dir, transform
+        )
+    else:
+        skipped.append("litdata: skipped: litdata not installed")
     if have("streaming"):
         skipped.append("MosaicML Streaming: installed, but this script has no comparison for it")
     else:
@@ -126,26 +217,106 @@ def tar_peers(paths: list[str], skipped: list[str]) -> dict[str, Callable[[], It
     return peers
 
 
-def throughput(paths: list[str], repeats: int) -> None:
+def throughput(paths: list[str], kind: str, rounds: int, directory: Path) -> None:
+    """Section 1 for one sample format: every peer an epoch per round, rounds interleaved."""
     skipped: list[str] = []
-    peers = tar_peers(paths, skipped)
-    for path in paths:
+    litdata_dir = write_litdata(paths, directory / f"litdata-{kind}") if have("litdata") else None
+    peers = tar_peers(paths, AUGMENT[kind], litdata_dir, skipped)
+    for path in [*paths, *(Path(litdata_dir).glob("*") if litdata_dir else [])]:
         Path(path).read_bytes()  # warm the page cache for every peer alike
-    best, seen = dict.fromkeys(peers, 0.0), {}
-    for repeat in range(repeats):
-        for name, make in peers.items():
-            print(f"throughput: {name}, epoch {repeat + 1}/{repeats}", file=sys.stderr)
-            start, count, checksum = time.perf_counter(), 0, 0
-            for _images, labels in make():
-                count, checksum = count + len(labels), checksum + int(labels.sum())
-            best[name] = max(best[name], count / (time.perf_counter() - start))
-            seen[name] = count, checksum
-    ours_rate = best["ours, global shuffle"]
-    print(f"{'loader':<50}{'samples/s':>11}{'ours/this':>11}{'samples':>9}  label sum")
-    for name, rate in best.items():
-        count, checksum = seen[name]
-        print(f"{name:<50}{rate:>11,.0f}{ours_rate / rate:>11.3f}{count:>9}  {checksum}")
+    rates, seen = interleaved(peers, rounds, f"throughput {kind}")
+    table(rates, "ours, global shuffle", seen)
     print("\n".join(skipped))
+
+
+def epoch(make: Callable[[], Iterable]) -> tuple[float, tuple[int, int]]:
+    """samples/s of one epoch from building the loader to its last batch; (samples, label sum)."""
+    start, count, checksum = time.perf_counter(), 0, 0
+    for batch in make():
+        labels = batch[1] if isinstance(batch, (list, tuple)) else batch
+        count, checksum = count + len(labels), checksum + int(labels.sum())
+    return count / (time.perf_counter() - start), (count, checksum)
+
+
+def interleaved(
+    peers: dict[str, Callable[[], Iterable]], rounds: int, what: str
+) -> tuple[dict[str, list[float]], dict[str, tuple[int, int]]]:
+    """Per peer, the samples/s of each round; each round runs every peer once, the order
+    rotated by one each round, so no peer always runs first or after the same one."""
+    rates: dict[str, list[float]] = {name: [] for name in peers}
+    seen: dict[str, tuple[int, int]] = {}
+    names = list(peers)
+    for number in range(rounds):
+        shift = number % len(names)
+        for name in names[shift:] + names[:shift]:
+            print(f"{what}: {name}, round {number + 1}/{rounds}", file=sys.stderr)
+            rate, seen[name] = epoch(peers[name])
+            rates[name].append(rate)
+    return rates, seen
+
+
+def table(rates: dict[str, list[float]], ours: str, seen: dict[str, tuple[int, int]]) -> None:
+    """Median samples/s, and our rate over each peer's in the same round: median [min-max]."""
+    print(f"{'loader':<50}{'samples/s':>11}{'ours/this':>11}{'range':>15}{'samples':>9}  label sum")
+    for name, mine in rates.items():
+        ratios = [a / b for a, b in zip(rates[ours], mine, strict=True)]
+        spread = f"{min(ratios):.3f}-{max(ratios):.3f}"
+        count, checksum = seen[name]
+        print(
+            f"{name:<50}{statistics.median(mine):>11,.0f}{statistics.median(ratios):>11.3f}"
+            f"{spread:>15}{count:>9}  {checksum}"
+        )
+
+
+def tiny_samples(directory: Path, rounds: int) -> None:
+    """Samples of one 1-byte member: the loader's own cost per sample, ours vs torch's."""
+    paths = write_tiny_shards(directory, 16 * 4096, shards=16)
+    dataset = TarShardDataset(paths, decode=label_of)
+    for workers in (0, 2):
+        options = dict(batch_size=BATCH, num_workers=workers)
+        peers: dict[str, Callable[[], Iterable]] = {
+            "ours, global shuffle": lambda o=options: ResumableDataLoader(
+                dataset, shuffle=True, seed=0, **o
+            ),
+            "torch DataLoader": lambda o=options: DataLoader(dataset, shuffle=True, **o),
+        }
+        print(f"{workers} workers:")
+        rates, seen = interleaved(peers, rounds, f"tiny samples, {workers} workers")
+        table(rates, "ours, global shuffle", seen)
+
+
+def random_access(paths: list[str], rounds: int) -> None:
+    """``dataset[i]`` (locate, read, cut, check) against a bare ``os.pread`` of the same span,
+    in a random order over every sample, rounds interleaved; one process."""
+    dataset = TarShardDataset(paths)
+    order = np.random.default_rng(0).permutation(len(dataset)).tolist()
+    records = dataset.index.records
+    spans = [(int(records[i, 0]), int(records[i, 1]), int(records[i, 2])) for i in order]
+    files = [os.open(path, os.O_RDONLY) for path in paths]
+
+    def bare() -> None:
+        for shard, start, length in spans:
+            os.pread(files[shard], length, start)
+
+    def ours() -> None:
+        for sample_id in order:
+            dataset[sample_id]
+
+    times: dict[str, list[float]] = {"bare os.pread": [], "dataset[i]": []}
+    for _ in range(rounds):
+        for name, run in (("bare os.pread", bare), ("dataset[i]", ours)):
+            start = time.perf_counter()
+            run()
+            times[name].append((time.perf_counter() - start) / len(order) * 1e6)
+    for handle in files:
+        os.close(handle)
+    ratios = [a / b for a, b in zip(times["bare os.pread"], times["dataset[i]"], strict=True)]
+    for name, values in times.items():
+        print(f"{name:<16}{statistics.median(values):>8.2f} us a sample (median of {rounds})")
+    print(
+        f"dataset[i] speed / bare pread speed: {statistics.median(ratios):.3f} "
+        f"[{min(ratios):.3f}-{max(ratios):.3f}]"
+    )
 
 
 class Indices(Dataset):
@@ -342,13 +513,26 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer samples and repeats")
     args = parser.parse_args()
     shards, per_shard, repeats = (8, 512, 1) if args.quick else (16, 1024, 3)
+    rounds = 2 if args.quick else 7
     with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp:
         paths = write_shards(Path(tmp), shards=shards, per_shard=per_shard)
+        formats = {"raw": paths, "jpeg": write_jpeg_shards(paths, Path(tmp))}
+        for kind, kind_paths in formats.items():
+            print(
+                f"## 1. throughput, {kind}: {shards} tar shards x {per_shard} samples (3x32x32 + "
+                f"label), batch {BATCH}, {WORKERS} workers, decode + crop/flip/noise, median of "
+                f"{rounds} interleaved rounds"
+            )
+            throughput(kind_paths, kind, rounds, Path(tmp))
         print(
-            f"## 1. throughput: {shards} tar shards x {per_shard} samples (3x32x32 + label), "
-            f"batch {BATCH}, {WORKERS} workers, decode + crop/flip/noise, best of {repeats}"
+            f"\n## 1b. tiny samples (one 1-byte member), {16 * 4096} in 16 shards, batch {BATCH}, "
+            f"median of {rounds} interleaved rounds"
         )
-        throughput(paths, repeats)
+        tiny_samples(Path(tmp), rounds)
+        print(
+            f"\n## 1c. random access, {shards * per_shard} samples of section 1 (raw), one process"
+        )
+        random_access(paths, rounds)
     print(
         f"\n## 2. time to first batch, {WORKERS} workers, batch {BATCH}: build the loader, "
         f"load the state, iter(), next(); median of {repeats}"
