@@ -495,7 +495,7 @@ def memory(sizes: list[int]) -> None:
         with tempfile.TemporaryDirectory(prefix="bench-peers-tiny-") as tmp:
             paths = write_tiny_shards(Path(tmp), size, shards=8)
             index = TarShardDataset(paths).index  # built here once, beside the shards
-            arrays = (index.spans, index.shard_sizes, index.shard_offsets)
+            arrays = (index.records, index.checksums, index.shard_sizes, index.shard_offsets)
             index_mib = sum(array.nbytes for array in arrays) / 2**20
             for kind in kinds:
                 print(f"memory: {size:.0e} samples, {kind}", file=sys.stderr)
