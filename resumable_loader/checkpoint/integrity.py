@@ -150,9 +150,9 @@ class HashingWriter(FileSystemWriter):
 def digest_file(path: Path) -> dict[str, Any]:
     """The digest entry of the file at ``path`` (OSError if it cannot be read)."""
     hasher, size = new_hasher(), 0
-    buffer = bytearray(_CHUNK)
-    view = memoryview(buffer)
     with open(path, "rb", buffering=0) as f:
+        buffer = bytearray(max(1, min(_CHUNK, os.fstat(f.fileno()).st_size)))  # small: small
+        view = memoryview(buffer)
         while count := f.readinto(buffer):
             hasher.update(view[:count])
             size += count
@@ -183,8 +183,15 @@ def check_files(
 ) -> list[str]:
     """Every problem among ``names`` (each hashed in full, several files at once), in order."""
     names = sorted(names)
-    with ThreadPoolExecutor(max_workers=min(_THREADS, max(1, len(names)))) as pool:
-        found = list(pool.map(lambda name: problem(directory, name, files[name]), names))
+
+    def check(name: str) -> str | None:
+        return problem(directory, name, files[name])
+
+    if len(names) <= 1:  # no thread to start for one file
+        found = [check(name) for name in names]
+    else:
+        with ThreadPoolExecutor(max_workers=min(_THREADS, len(names))) as pool:
+            found = list(pool.map(check, names))
     return [text for text in found if text is not None]
 
 

@@ -6,11 +6,13 @@
 2. :func:`check` compares the chosen one with the state it is loaded into (components, keys,
    shapes, loaders, layout, optimizers); anything found is refused, since an older checkpoint
    of the same run would not fit better.
-3. :func:`apply` reads it into staging copies and sets every component, or none.
+3. :func:`apply` keeps a copy of the state, reads the checkpoint and sets every component; on
+   any failure every component is put back, so it is all or nothing.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -127,34 +129,26 @@ def apply(
     rederive: Any,
     process_group: Any,
 ) -> dict[str, str]:
-    """Read into staging copies, then set every component or none; the actions taken.
+    """Keep a copy of the state, read, set every component; on any failure put every one
+    back (see :mod:`staging`). Returns the actions taken.
 
     ``rederive`` re-derives this rank's RNG states when the saved ones do not apply.
     """
-    saved = plan["manifest"]
+    saved, current = plan["manifest"], plan["current"]
     statefuls = {n: c.stateful for n, c in components.items() if c.kind != LOADER}
-    try:
-        staged, previous = staging.read(
-            checkpoint, plan["current"], statefuls, process_group=process_group
-        )
-    except Exception as error:  # DCP's read failed: nothing was set
-        raise CheckpointError(
-            f"{checkpoint}: reading the checkpoint failed ({type(error).__name__}: {error}); "
-            "nothing was applied: load an earlier checkpoint"
-        ) from error
-    steps = []
+    before = staging.previous(statefuls)
+    read = functools.partial(_read, checkpoint, current, process_group)
+    steps = [("read", read, _restorer(components, before))]
     for name, component in components.items():
         if component.kind == LOADER:
             loader, cursor = component.obj, saved["loaders"][name]["state"]
             undo = _putter(loader, loader.state_dict())
             steps.append((name, _cursor_setter(name, loader, cursor), undo))
-        else:
-            undo = _restorer(component, previous[name])
-            steps.append((name, _putter(component.stateful, staged[name]), undo))
+        else:  # put back by the read's step (the read itself changed its tensors)
+            steps.append((name, _putter(component.stateful, current[name]), _nothing))
     rng_before = rng_state.capture(rank=0, world_size=1, step=0)
-    rng_back = _putter_rng(rng_before)
     restore_saved = _putter_rng(plan["rng"]) if plan["rng"] is not None else rederive
-    steps.append(("rng", restore_saved, rng_back))
+    steps.append(("rng", restore_saved, _putter_rng(rng_before)))
     error: BaseException | None = None
     put_back = None
     try:
@@ -192,12 +186,27 @@ def _cursor_setter(name: str, loader: Any, cursor: dict[str, Any]) -> Any:
     return set_cursor
 
 
-def _restorer(component: Component, previous: Any) -> Any:
+def _read(checkpoint: Path, current: dict[str, Any], process_group: Any) -> None:
+    try:
+        staging.read(checkpoint, current, process_group=process_group)
+    except Exception as error:  # DCP's own (e.g. a file that became unreadable)
+        raise CheckpointError(
+            f"{checkpoint}: reading the checkpoint failed ({type(error).__name__}: {error}); "
+            "the state is put back as it was: load an earlier checkpoint"
+        ) from error
+
+
+def _restorer(components: dict[str, Component], before: dict[str, Any]) -> Any:
     def restore() -> None:
-        component.stateful.load_state_dict(previous)
-        component.undo()  # a fresh optimizer is fresh again
+        for name, state in before.items():
+            components[name].stateful.load_state_dict(state)
+            components[name].undo()  # a fresh optimizer is fresh again
 
     return restore
+
+
+def _nothing() -> None:
+    return None
 
 
 def optimizer_entries(components: dict[str, Component]) -> dict[str, dict[str, Any]]:

@@ -1,13 +1,15 @@
-"""All or nothing: read a checkpoint into staging copies, then apply every component or none.
+"""All or nothing: keep a copy of the current state, read, apply; on any failure, put it back.
 
 ``dcp.load`` reads into the tensors it is given, which for a model are its parameters: a read
 that fails halfway, or a component whose ``load_state_dict`` raises, would leave the state half
-old, half new. So DCP reads into fresh tensors of the same shapes (``empty_like``; every element
-is overwritten, since the keys and shapes were checked before), while a copy of what each
-component holds now is taken beside it; only then are the components set, one after the other,
-and if one of them raises (even a ``BaseException``), the ones already set and the one that
-raised are put back from that copy before the error goes on. The price is memory: for the
-length of the load, two more copies of the state (staged and previous) besides the live one.
+old, half new. So before DCP reads, a copy of what every component holds is taken (tensors
+cloned); DCP then reads in place, as it always does (a staging copy of the new state would cost
+a second copy of fresh memory and its page faults, ~2x the read), the non-tensor values into
+plain dicts that no component holds, and the components are set one after the other. If the
+read fails, or a component's ``load_state_dict`` raises (even a ``BaseException``), every
+component is put back from that copy before the error goes on. Every check of the checkpoint
+(content checksums included) and of the state has passed before the copy is taken. The price
+is memory: one more copy of the state for the length of the load.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,32 +42,22 @@ def _tree(value: Any, leaf: Callable[[torch.Tensor], torch.Tensor]) -> Any:
     return copy.deepcopy(value)
 
 
-def _previous(statefuls: Mapping[str, Any]) -> dict[str, Any]:
+def previous(statefuls: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of what each of ``statefuls`` holds now (its state_dict(), tensors cloned)."""
     with torch.no_grad():
         return {name: _tree(s.state_dict(), torch.Tensor.clone) for name, s in statefuls.items()}
 
 
-def read(
-    checkpoint: Path,
-    current: Mapping[str, Any],
-    statefuls: Mapping[str, Any],
-    *,
-    process_group: Any,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(staged, previous): the checkpoint read into copies shaped like ``current`` (each
-    component's state_dict(), as validated), and a copy of what ``statefuls`` hold now, taken
-    while DCP reads. Nothing is applied."""
-    staged = {name: _tree(state, torch.empty_like) for name, state in current.items()}
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        before = pool.submit(_previous, statefuls)  # torch's copies release the GIL
-        with collective.single_process_quiet():
-            dcp.load(
-                staged,
-                checkpoint_id=checkpoint,
-                process_group=process_group,
-                no_dist=not collective.active(),
-            )
-        return staged, before.result()
+def read(checkpoint: Path, current: Mapping[str, Any], *, process_group: Any) -> None:
+    """Read the checkpoint into ``current`` (each component's state_dict(), as validated):
+    its tensors in place, its other values into those dicts."""
+    with collective.single_process_quiet():
+        dcp.load(
+            dict(current),
+            checkpoint_id=checkpoint,
+            process_group=process_group,
+            no_dist=not collective.active(),
+        )
 
 
 def apply(steps: list[tuple[str, Callable[[], None], Callable[[], None]]]) -> Callable[[], None]:

@@ -123,17 +123,30 @@ class BadSamples:
         """``dataset[sample_id]``, or its substitute if it is quarantined or raises.
 
         ``key`` is the sample's (seed, epoch, position), installed already for the first read.
+        (The fetch's batch loop inlines this: a lookup in :attr:`known`, then :meth:`failed`
+        or :meth:`substitute`, so that a sample that loads costs no call here.)
         """
         if sample_id not in self.known:
             try:
                 return dataset[sample_id]
             except Exception as error:  # the dataset's own failure, whatever its type
-                self._record(dataset, sample_id, key, error)
-        return self._substitute(dataset, sample_id, key, reseed)
+                return self.failed(dataset, sample_id, key, reseed, error)
+        return self.substitute(dataset, sample_id, key, reseed)
 
-    def _substitute(
-        self, dataset: Any, failed: int, key: tuple[int, int, int], reseed: bool
+    def failed(
+        self,
+        dataset: Any,
+        sample_id: int,
+        key: tuple[int, int, int],
+        reseed: bool,
+        error: Exception,
     ) -> Any:
+        """Record that ``sample_id`` raised ``error`` at ``key``; return its substitute."""
+        self._record(dataset, sample_id, key, error)
+        return self.substitute(dataset, sample_id, key, reseed)
+
+    def substitute(self, dataset: Any, failed: int, key: tuple[int, int, int], reseed: bool) -> Any:
+        """The sample that stands in for ``failed`` at ``key`` (seed, epoch, position)."""
         seed, epoch, position = key
         errors = []
         for attempt in range(ATTEMPTS):

@@ -174,8 +174,16 @@ class KeyedFetch(Dataset):
                 install_key(seed, epoch, position, sample, reseed_globals=reseed)
                 if bad is None:
                     samples.append(dataset[sample_id])
-                else:
-                    samples.append(bad.read(dataset, sample_id, (seed, epoch, position), reseed))
+                elif sample_id in bad.known:  # quarantined: not read again
+                    samples.append(
+                        bad.substitute(dataset, sample_id, (seed, epoch, position), reseed)
+                    )
+                else:  # BadSamples.read, inlined: a sample that loads costs a lookup
+                    try:
+                        samples.append(dataset[sample_id])
+                    except Exception as error:  # the dataset's own, whatever its type
+                        key = (seed, epoch, position)
+                        samples.append(bad.failed(dataset, sample_id, key, reseed, error))
         install_key(seed, epoch, ref.start, Purpose.BATCH, reseed_globals=reseed)
         return self.collate_fn(samples)
 
