@@ -7,7 +7,9 @@ a loader built in ``train_dataloader`` (no seed, rank or world size given),
 ``ModelCheckpoint`` every 3 steps. Each rank appends one JSON line per training step to
 ``OUT/rank<r>.jsonl`` (epoch, global step, sample ids, digests of the augmentations, loss, the
 loader's num_workers) and its pid to ``OUT/pids``; with ``--kill-at S`` every rank SIGKILLs
-itself after step S, as a preempted job dies.
+itself after step S, as a preempted job dies. ``--dropout`` puts ``Dropout(0.5)`` before the
+layer (the training loop's own randomness); ``--rng-callback`` adds ``RNGStateCallback``, which
+saves and restores it with the checkpoint.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from resume_harness import AugmentedDataset, digest
 
 from resumable_loader import ResumableDataLoader
+from resumable_loader.integrations.lightning import RNGStateCallback
 
 N = 40
 EPOCHS = 2
@@ -33,9 +36,9 @@ CHECKPOINT_EVERY = 3
 class Regression(L.LightningModule):
     """A linear model on the augmented samples; logs what each step trained on."""
 
-    def __init__(self, out: Path, batch_size: int, num_workers: int) -> None:
+    def __init__(self, out: Path, batch_size: int, num_workers: int, dropout: float) -> None:
         super().__init__()
-        self.layer = torch.nn.Linear(3, 1)
+        self.layer = torch.nn.Sequential(torch.nn.Dropout(dropout), torch.nn.Linear(3, 1))
         self.out, self.batch_size, self.num_workers = out, batch_size, num_workers
 
     def train_dataloader(self) -> ResumableDataLoader:
@@ -86,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--kill-at", type=int)
     parser.add_argument("--resume")
     parser.add_argument("--reload", action="store_true")
+    parser.add_argument("--dropout", action="store_true")
+    parser.add_argument("--rng-callback", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     with open(args.out / "pids", "a") as f:
@@ -101,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ]
     if args.kill_at is not None:
         callbacks.append(KillAt(args.kill_at))
+    if args.rng_callback:
+        callbacks.append(RNGStateCallback())
     trainer = L.Trainer(
         accelerator="cpu",
         devices=args.devices,
@@ -112,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    model = Regression(args.out, args.batch_size, args.num_workers)
+    model = Regression(args.out, args.batch_size, args.num_workers, 0.5 if args.dropout else 0.0)
     trainer.fit(model, ckpt_path=args.resume)
 
 
