@@ -49,7 +49,7 @@ class PackedOrder:
         self.window = packed.window
         self.slots = packed.window * packed.max_pieces
         self._tables: LRU[int, PackTable] = LRU(_TABLES, cost=_one)
-        self._plans: LRU[tuple[int, int], WindowPlan] = LRU(_PLANS, cost=_one)
+        self._plans: LRU[tuple[int, int], tuple[WindowPlan, np.ndarray]] = LRU(_PLANS, cost=_one)
 
     def __len__(self) -> int:
         """Samples per epoch (the loader's dataset length); packs: :meth:`epoch_length`."""
@@ -85,18 +85,24 @@ class PackedOrder:
 
     def window_plan(self, epoch: int, window: int) -> WindowPlan:
         """The packs of ``window`` of ``epoch``."""
-        plan = self._plans.get((epoch, window))
-        if plan is None:
+        return self._window(epoch, window)[0]
+
+    def _window(self, epoch: int, window: int) -> tuple[WindowPlan, np.ndarray]:
+        """The window's plan and its sample ids, kept for the window's next packs."""
+        kept = self._plans.get((epoch, window))
+        if kept is None:
             first, stop = self.window_span(window)
+            ids = self.inner.ids(epoch, first, stop)
             packed = self.packed
             plan = plan_window(
-                self.lengths(epoch, first, stop),
+                packed.lengths[ids],
                 packed.max_tokens,
                 strategy=packed.strategy,
                 overlong=packed.overlong,
             )
-            self._plans.put((epoch, window), plan)
-        return plan
+            kept = (plan, ids)
+            self._plans.put((epoch, window), kept)
+        return kept
 
     def window_span(self, window: int) -> tuple[int, int]:
         """Sample positions [first, stop) of ``window``."""
@@ -124,18 +130,17 @@ class PackedOrder:
         """The pieces of pack ``pack_id``: sample ``ids``, ``positions`` (sample order),
         ``offsets`` (first token within the sample) and ``lengths``, in pack order."""
         window, index = divmod(int(pack_id), self.slots)
-        plan = self.window_plan(epoch, window)
+        plan, ids = self._window(epoch, window)
         if not 0 <= index < plan.num_packs:
             raise ConfigError(
                 f"pack id {pack_id} names pack {index} of window {window} of epoch {epoch}, "
                 f"which has {plan.num_packs}; pack ids come from this loader's order"
             )
-        first, stop = self.window_span(window)
         pieces = plan.pack(index)
         local = plan.sample[pieces]
         return {
-            "ids": self.inner.ids(epoch, first, stop)[local],
-            "positions": first + local,
+            "ids": ids[local],
+            "positions": window * self.window + local,
             "offsets": plan.start[pieces],
             "lengths": plan.length[pieces],
         }

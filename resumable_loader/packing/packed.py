@@ -60,7 +60,7 @@ class Packed(Dataset):
         max_tokens: int,
         *,
         lengths: LengthsArgument = None,
-        window: int = 1024,
+        window: int = 4096,
         strategy: str = "bfd",
         overlong: str = "error",
         field: str = "input_ids",
@@ -139,11 +139,12 @@ class Packed(Dataset):
         labels, images, image_positions = None, [], []
         if isinstance(item, Mapping):
             tokens, labels = item[self.field], item.get("labels")
-            images = list(item.get("images", ()))
-            image_positions = list(item.get("image_positions", [0] * len(images)))
+            if item.get("images"):
+                images = list(item["images"])
+                image_positions = list(item.get("image_positions", [0] * len(images)))
         else:
             tokens = item
-        tokens = torch.as_tensor(tokens, dtype=torch.int64)
+        tokens = _int64(tokens)
         if len(tokens) > self.lengths[sample_id]:
             raise ConfigError(
                 f"sample {sample_id} has {len(tokens)} tokens in '{self.field}', but its "
@@ -151,15 +152,19 @@ class Packed(Dataset):
                 "rebuild them (resumable-loader index --length) or pass the current ones"
             )
         stop = offset + length
-        keep = [i for i, at in enumerate(image_positions) if offset <= at < max(stop, offset + 1)]
+        if images:
+            last = max(stop, offset + 1)
+            keep = [i for i, at in enumerate(image_positions) if offset <= at < last]
+            images = [images[i] for i in keep]
+            image_positions = [image_positions[i] - offset for i in keep]
         return Piece(
             sample_id,
             position,
             offset,
             tokens[offset:stop],
-            None if labels is None else torch.as_tensor(labels, dtype=torch.int64)[offset:stop],
-            [images[i] for i in keep],
-            [image_positions[i] - offset for i in keep],
+            None if labels is None else _int64(labels)[offset:stop],
+            images,
+            image_positions,
         )
 
     def _check_overlong(self) -> None:
@@ -223,6 +228,13 @@ def _own_lengths(dataset: Dataset, field: str) -> np.ndarray:
         (len(item[field] if isinstance(item, Mapping) else item) for item in _items(dataset)),
         np.int64,
     )
+
+
+def _int64(values: Any) -> np.ndarray:
+    """Tokens (a tensor, an array, a list) as an int64 array, without a copy when they are."""
+    if isinstance(values, torch.Tensor):
+        values = values.numpy()
+    return np.asarray(values).astype(np.int64, copy=False)
 
 
 def _items(dataset: Dataset) -> Any:

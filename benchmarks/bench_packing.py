@@ -1,0 +1,347 @@
+"""Packing: fill rate against the packers in use, tokens/s through the loader, resume cost.
+
+Run: python benchmarks/bench_packing.py [--quick] [--samples N] [--resume-samples N]
+
+1. Fill rate (real tokens / (packs x budget)) on two length distributions, side by side: an
+   SFT one (log-normal, median 300 tokens, sigma 1, clipped to 8192) and a multimodal one
+   (log-normal text, median 60, plus Poisson(1.2) images of 576 tokens, clipped to 8192),
+   budget 8192, in a shuffled order. Baselines, reimplemented from their published algorithms
+   (none installs beside the CPU torch here: megatron-energon and grain are not installed):
+   greedy concatenation (next-fit in order); Grain's FirstFitPackIterDataset, which torchtitan
+   uses (N open bins, first fit in arrival order, all N emitted when an element fits none);
+   Energon's buffer of packing_buffer_size samples, whose selection is the user's
+   select_samples_to_pack (here first-fit decreasing over the buffer, the best a user is
+   likely to write). Ours: a window of K positions by best-fit or first-fit decreasing, and
+   token-budget batches (fill = real / padded tokens).
+2. Throughput through the loader (num_workers 0 and 2, batches of 8 x 4096 tokens):
+   real tokens/s of Packed (collate_varlen) against padded batches of the same documents
+   (batch size chosen for the same tokens per batch, padded to the longest) and against
+   TokenDataset's concat path over the same token file; best of R after a warm-up.
+3. Resume: time to the first batch (build the loader, load the state, iter(), next()) fresh
+   and at 90% of an epoch of --resume-samples samples (default 10^8; --quick 10^7), and the
+   per-epoch pack table's parts: the order's ids, the lengths gathered, the C++ counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from resumable_loader import DataLoader, Packed, TokenDataset
+from resumable_loader.order.permutation import ShuffledOrder
+from resumable_loader.packing.collate import collate_varlen
+from resumable_loader.packing.plan import plan_window
+from resumable_loader.packing.prefix import window_counts
+
+BUDGET = 8192
+SEQ, BATCH, WARMUP = 4096, 8, 5
+
+
+def sft_lengths(count: int, rng: np.random.Generator) -> np.ndarray:
+    return np.clip(rng.lognormal(np.log(300), 1.0, count), 1, BUDGET).astype(np.int64)
+
+
+def multimodal_lengths(count: int, rng: np.random.Generator) -> np.ndarray:
+    text = rng.lognormal(np.log(60), 0.8, count)
+    images = rng.poisson(1.2, count) * 576
+    return np.clip(text + images, 1, BUDGET).astype(np.int64)
+
+
+# -- baselines (reimplemented) -------------------------------------------------------------
+
+
+def greedy_concat(lengths: np.ndarray, budget: int) -> int:
+    """Next-fit in order: a new pack whenever the next sample does not fit."""
+    packs, used = 0, budget + 1
+    for size in lengths.tolist():
+        if used + size > budget:
+            packs, used = packs + 1, 0
+        used += size
+    return packs
+
+
+def grain_first_fit(lengths: np.ndarray, budget: int, bins: int) -> int:
+    """Grain's FirstFitPackIterDataset: N bins, first fit in arrival order; once an element
+    fits none, all N bins are emitted (the non-empty ones) and it starts a new round."""
+    packs = 0
+    rooms = [budget] * bins
+    for size in lengths.tolist():
+        for index, room in enumerate(rooms):
+            if room >= size:
+                rooms[index] = room - size
+                break
+        else:
+            packs += sum(room < budget for room in rooms)
+            rooms = [budget] * bins
+            rooms[0] -= size
+    return packs + sum(room < budget for room in rooms)
+
+
+def energon_buffer(lengths: np.ndarray, budget: int, buffer: int) -> int:
+    """Energon: packing_buffer_size samples at a time, packed by the user's selection (here
+    first-fit decreasing over the buffer)."""
+    return int(window_counts(lengths, buffer, budget, strategy="ffd", overlong="truncate").sum())
+
+
+def ours(lengths: np.ndarray, budget: int, window: int, strategy: str) -> int:
+    return int(window_counts(lengths, window, budget, strategy=strategy, overlong="truncate").sum())
+
+
+def padded_fill(lengths: np.ndarray, budget: int, window: int) -> float:
+    """Token-budget batches: real tokens over padded tokens (count x longest per batch)."""
+    padded = 0
+    for first in range(0, len(lengths), window):
+        plan = plan_window(
+            lengths[first : first + window], budget, strategy="pad", overlong="truncate"
+        )
+        for index in range(plan.num_packs):
+            sizes = plan.length[plan.pack(index)]
+            padded += len(sizes) * int(sizes.max())
+    return float(lengths.sum()) / padded
+
+
+def fill_rates(samples: int) -> None:
+    rng = np.random.default_rng(2026)
+    print(f"\n## 1. Fill rate (real tokens / packs x {BUDGET}), {samples} samples, shuffled\n")
+    print("| packer | SFT fill | multimodal fill | packs (SFT) |")
+    print("|---|---:|---:|---:|")
+    distributions = {"sft": sft_lengths(samples, rng), "mm": multimodal_lengths(samples, rng)}
+    rows: list[tuple[str, Callable[[np.ndarray], int]]] = [
+        ("greedy concatenation (next-fit)", lambda x: greedy_concat(x, BUDGET)),
+        ("Grain/torchtitan first-fit, 8 bins", lambda x: grain_first_fit(x, BUDGET, 8)),
+        ("Grain/torchtitan first-fit, 64 bins", lambda x: grain_first_fit(x, BUDGET, 64)),
+        ("Energon buffer 128 + FFD selection", lambda x: energon_buffer(x, BUDGET, 128)),
+        ("Energon buffer 1024 + FFD selection", lambda x: energon_buffer(x, BUDGET, 1024)),
+    ]
+    for window in (256, 1024, 4096):
+        for strategy in ("ffd", "bfd"):
+            rows.append(
+                (
+                    f"**ours: {strategy}, window {window}**",
+                    lambda x, w=window, s=strategy: ours(x, BUDGET, w, s),
+                )
+            )
+    for name, packer in rows:
+        packs = {key: packer(values) for key, values in distributions.items()}
+        fills = {key: values.sum() / (packs[key] * BUDGET) for key, values in distributions.items()}
+        print(f"| {name} | {fills['sft']:.4f} | {fills['mm']:.4f} | {packs['sft']} |")
+    for window in (256, 1024):
+        sft, mm = (padded_fill(values, BUDGET, window) for values in distributions.values())
+        name = f"ours: token-budget batches (no packing), window {window}"
+        print(f"| {name} | {sft:.4f} | {mm:.4f} | - |")
+
+
+# -- throughput ----------------------------------------------------------------------------
+
+
+class Documents(Dataset):
+    """Variable-length documents over one memory-mapped token file (what SFT data looks like
+    pre-tokenized): item i is ``tokens[offsets[i]:offsets[i+1]]``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.offsets = np.load(path.replace(".npy", ".offsets.npy"))
+        self.tokens: np.ndarray | None = None
+        digest = hashlib.blake2b(self.offsets.tobytes(), digest_size=8).hexdigest()
+        self.fingerprint = f"documents-{digest}"
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def sample_lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if self.tokens is None:
+            self.tokens = np.load(self.path, mmap_mode="r").view(np.ndarray)
+        start, stop = self.offsets[index], self.offsets[index + 1]
+        return {"input_ids": torch.from_numpy(self.tokens[start:stop].astype(np.int64))}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "tokens": None}
+
+
+def pad_collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+    width = max(len(s["input_ids"]) for s in samples)
+    ids = torch.zeros((len(samples), width), dtype=torch.int64)
+    for row, sample in enumerate(samples):
+        ids[row, : len(sample["input_ids"])] = sample["input_ids"]
+    real = sum(len(s["input_ids"]) for s in samples)
+    return {"input_ids": ids, "real": real}
+
+
+def write_documents(directory: str, count: int) -> str:
+    rng = np.random.default_rng(7)
+    lengths = np.clip(rng.lognormal(np.log(300), 1.0, count), 1, SEQ).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    path = os.path.join(directory, "docs.npy")
+    np.save(path, rng.integers(0, 50000, int(offsets[-1])).astype(np.uint16))
+    np.save(path.replace(".npy", ".offsets.npy"), offsets)
+    return path
+
+
+def tokens_per_second(loader: Any, batches: int, count: Callable[[Any], int]) -> float:
+    iterator = iter(loader)
+    for _ in range(WARMUP):
+        next(iterator)
+    tokens, start = 0, time.perf_counter()
+    for _ in range(batches):
+        tokens += count(next(iterator))
+    return tokens / (time.perf_counter() - start)
+
+
+def throughput(documents: int, batches: int, repeats: int) -> None:
+    print(f"\n## 2. Real tokens/s through the loader ({BATCH} x {SEQ} tokens a batch)\n")
+    print(
+        "| num_workers | Packed (varlen) | padded batches | TokenDataset concat | packed / concat |"
+    )
+    print("|---:|---:|---:|---:|---:|")
+    with tempfile.TemporaryDirectory() as directory:
+        path = write_documents(directory, documents)
+        docs = Documents(path)
+        mean = float(docs.sample_lengths().mean())
+        padded_batch = max(1, int(BATCH * SEQ / mean / 1.6))  # ~ the same padded tokens a batch
+        for workers in (0, 2):
+            best: dict[str, float] = {}
+            for _ in range(repeats):
+                runs = {
+                    "packed": (
+                        DataLoader(
+                            Packed(docs, SEQ, window=1024),
+                            batch_size=BATCH,
+                            shuffle=True,
+                            seed=1,
+                            num_workers=workers,
+                            collate_fn=collate_varlen,
+                        ),
+                        lambda b: int(b["cu_seqlens"][-1]),
+                    ),
+                    "padded": (
+                        DataLoader(
+                            docs,
+                            batch_size=padded_batch,
+                            shuffle=True,
+                            seed=1,
+                            num_workers=workers,
+                            collate_fn=pad_collate,
+                        ),
+                        lambda b: b["real"],
+                    ),
+                    "concat": (
+                        DataLoader(
+                            TokenDataset(path, SEQ, outputs=("input_ids", "labels")),
+                            batch_size=BATCH,
+                            shuffle=True,
+                            seed=1,
+                            num_workers=workers,
+                        ),
+                        lambda b: b["input_ids"].numel(),
+                    ),
+                }
+                for name, (loader, count) in runs.items():
+                    rate = tokens_per_second(loader, batches, count)
+                    best[name] = max(best.get(name, 0.0), rate)
+            ratio = best["packed"] / best["concat"]
+            print(
+                f"| {workers} | {best['packed'] / 1e6:.1f} M | {best['padded'] / 1e6:.1f} M | "
+                f"{best['concat'] / 1e6:.1f} M | {ratio:.2f}x |"
+            )
+
+
+# -- resume --------------------------------------------------------------------------------
+
+
+class LengthsOnly(Dataset):
+    """N samples whose tokens are made on the fly: what the table and one pack cost, no I/O."""
+
+    fingerprint = "lengths-only"
+
+    def __init__(self, lengths: np.ndarray) -> None:
+        self.lengths = lengths
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def sample_lengths(self) -> np.ndarray:
+        return self.lengths
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.arange(int(self.lengths[index]))
+
+
+def first_batch(packed: Packed, state: dict[str, Any] | None) -> float:
+    start = time.perf_counter()
+    loader = DataLoader(packed, batch_size=BATCH, shuffle=True, seed=3, collate_fn=collate_varlen)
+    if state is not None:
+        loader.load_state_dict(state)
+    next(iter(loader))
+    return time.perf_counter() - start
+
+
+def resume(samples: int) -> None:
+    print(f"\n## 3. First batch, fresh vs at 90% of an epoch of {samples:.0e} samples\n")
+    lengths = sft_lengths(samples, np.random.default_rng(5)).astype(np.int32)
+    start = time.perf_counter()
+    packed = Packed(LengthsOnly(lengths), BUDGET, window=1024)
+    built = time.perf_counter() - start
+    order = ShuffledOrder(samples, seed=3)
+    start = time.perf_counter()
+    chunk = 1 << 16
+    ids_time = gather_time = count_time = 0.0
+    for first in range(0, samples, chunk):
+        t0 = time.perf_counter()
+        ids = order.ids(0, first, min(first + chunk, samples))
+        t1 = time.perf_counter()
+        part = packed.lengths[ids]
+        t2 = time.perf_counter()
+        window_counts(part, 1024, BUDGET, strategy="bfd", overlong="error")
+        t3 = time.perf_counter()
+        ids_time, gather_time, count_time = (
+            ids_time + t1 - t0,
+            gather_time + t2 - t1,
+            count_time + t3 - t2,
+        )
+    loader = DataLoader(packed, batch_size=BATCH, shuffle=True, seed=3, collate_fn=collate_varlen)
+    total = loader.order.epoch_length(0)
+    state = loader.state_at(0, int(total * 0.9))
+    fresh = first_batch(Packed(LengthsOnly(lengths), BUDGET, window=1024), None)
+    resumed = first_batch(Packed(LengthsOnly(lengths), BUDGET, window=1024), state)
+    print("| what | seconds |")
+    print("|---|---:|")
+    print(f"| Packed(...) over {samples:.0e} lengths (checks, int32 copy, digest) | {built:.2f} |")
+    print(f"| table: the order's ids | {ids_time:.2f} |")
+    print(f"| table: lengths gathered | {gather_time:.2f} |")
+    print(f"| table: C++ bfd counts (window 1024) | {count_time:.2f} |")
+    print(f"| first batch, fresh start (Packed, loader, table, plan, load) | {fresh:.2f} |")
+    print(f"| first batch at 90% (+ load_state_dict) | {resumed:.2f} |")
+    print(
+        f"\nresume / fresh: {resumed / fresh:.2f}x; packs in the epoch: {total}; "
+        f"cursor: {len(str(state))} chars"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller runs")
+    parser.add_argument("--samples", type=int, default=200_000, help="fill-rate samples")
+    parser.add_argument("--resume-samples", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    quick = args.quick
+    fill_rates(20_000 if quick else args.samples)
+    throughput(5_000 if quick else 40_000, 30 if quick else 150, 1 if quick else args.repeats)
+    resume(args.resume_samples or (10**6 if quick else 10**8))
+
+
+if __name__ == "__main__":
+    main()
