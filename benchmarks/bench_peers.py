@@ -513,7 +513,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer samples and repeats")
     args = parser.parse_args()
     shards, per_shard, repeats = (8, 512, 1) if args.quick else (16, 1024, 3)
-    rounds = 2 if args.quick else 7
+    rounds = 2 if args.quick else 5
     with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp:
         paths = write_shards(Path(tmp), shards=shards, per_shard=per_shard)
         formats = {"raw": paths, "jpeg": write_jpeg_shards(paths, Path(tmp))}
