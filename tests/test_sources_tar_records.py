@@ -117,6 +117,10 @@ class TestBatchedReads:
         batch_reads = reads[: len(ids)]
         assert batch_reads == sorted(batch_reads) and len(batch_reads) == len(ids)
 
+    def test_a_batch_read_outside_the_loader_decodes_each_sample(self, shards):
+        dataset = TarShardDataset(shards, decode=lambda sample: sample["__key__"])
+        assert dataset.__getitems__([3, 1]) == ["sample000003", "sample000001"]
+
     @pytest.mark.parametrize("bad", [12, -13, 1.0, True])
     def test_a_bad_id_in_a_batch_is_the_same_error_as_alone(self, shards, bad):
         dataset = TarShardDataset(shards)
