@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+pytest.importorskip("accelerate", reason="pip install -e '.[test-frameworks]' -c constraints.txt")
 import torch
 from accelerate import Accelerator
 from accelerate_job import EPOCHS, N

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-import datasets
 import pytest
+
+datasets = pytest.importorskip(
+    "datasets", reason="pip install -e '.[test-frameworks]' -c constraints.txt"
+)
 import torch
 from resume_harness import AugmentedDataset, interrupted_stream, run
 from torch.utils.data import Dataset, Subset

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+pytest.importorskip("lightning", reason="pip install -e '.[test-frameworks]' -c constraints.txt")
 from integration_harness import (
     assert_covers_epochs,
     assert_kill_and_resume,

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+pytest.importorskip("torchtitan", reason="pip install -e '.[test-frameworks]' -c constraints.txt")
 import torch
 from torch.distributed.checkpoint.stateful import Stateful
 from torchrun_harness import rank_pickles

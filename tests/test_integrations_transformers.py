@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+pytest.importorskip("transformers", reason="pip install -e '.[test-frameworks]' -c constraints.txt")
 import torch
 from integration_harness import assert_same_run, run_job, samples
 from transformers import TrainingArguments

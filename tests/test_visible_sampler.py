@@ -9,6 +9,8 @@ import gc
 import warnings
 
 import pytest
+
+pytest.importorskip("accelerate", reason="pip install -e '.[test-frameworks]' -c constraints.txt")
 import torch
 from accelerate import Accelerator
 from accelerate.data_loader import prepare_data_loader
