@@ -32,6 +32,13 @@ def _index(args: argparse.Namespace) -> int:
     print(f"wrote {index.path} (fingerprint {index.fingerprint})")
     if index.skipped:
         print(f"skipped {len(index.skipped)} unreadable samples or files (listed in the index)")
+    if args.length is not None:
+        from resumable_loader.packing.lengths import sidecar_path, write_lengths
+        from resumable_loader.sources import ParquetDataset, TarShardDataset
+
+        reader = TarShardDataset if index.format == "tar" else ParquetDataset
+        lengths = write_lengths(reader(index), args.length)
+        print(f"wrote {sidecar_path(index.path)} ({len(lengths)} lengths of {args.length!r})")
     return 0
 
 
@@ -158,6 +165,12 @@ def parser() -> argparse.ArgumentParser:
         help="skip unreadable tar samples (listed in the index) or stop",
     )
     index.add_argument("--quiet", action="store_true", help="no progress bar")
+    index.add_argument(
+        "--length",
+        metavar="FIELD[:KEY]",
+        help="also store each sample's length (a .npy member's first axis, a JSON value's or "
+        "a column's len(), a text member's words) beside the index, for Packed",
+    )
     index.set_defaults(run=_index)
 
     inspect = commands.add_parser("inspect", help="show an index: counts, fields, fingerprint")

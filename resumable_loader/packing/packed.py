@@ -22,6 +22,7 @@ from resumable_loader.errors import ConfigError, ResumableLoaderError
 from resumable_loader.loader.build_refs import make_order
 from resumable_loader.loader.identity import dataset_fingerprint
 from resumable_loader.packing.collate import Piece, build_pack
+from resumable_loader.packing.lengths import sidecar_lengths
 from resumable_loader.packing.order import PackedOrder
 from resumable_loader.packing.plan import OVERLONG, STRATEGIES
 from resumable_loader.rngs.sample import install_sample_key, sample_place
@@ -220,10 +221,14 @@ def _resolve_lengths(dataset: Dataset, lengths: LengthsArgument, field: str) -> 
 
 
 def _own_lengths(dataset: Dataset, field: str) -> np.ndarray:
-    """The dataset's ``sample_lengths()`` if it has them, else every item's length, read once."""
+    """The lengths stored beside the dataset's index (``resumable-loader index --length``),
+    else its ``sample_lengths()``, else every item's length, read once."""
+    stored = sidecar_lengths(dataset)
+    if stored is not None:
+        return stored
     own = getattr(dataset, "sample_lengths", None)
     if callable(own):
-        return np.asarray(own(), dtype=np.int64)
+        return np.asarray(own())
     return np.fromiter(
         (len(item[field] if isinstance(item, Mapping) else item) for item in _items(dataset)),
         np.int64,

@@ -1,0 +1,95 @@
+"""Sample lengths stored beside a shard index, so a packed run never reads every sample first.
+
+``resumable-loader index SHARDS --length SPEC`` reads each sample once and writes
+``<index>.lengths.npz``: the lengths (int32, by sample id) and the index's fingerprint, so
+lengths of other shards are refused. They sit beside the index instead of in it because the
+index records are the readers' format; the side file leaves that format alone.
+
+SPEC names where a sample's length is: ``FIELD`` (a tar member's extension or a Parquet
+column) or ``FIELD:KEY`` (a key of a JSON member or of a struct column). A ``.npy`` member
+counts its first axis, a JSON value or a column its ``len()``, a text member its
+whitespace-separated words.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from resumable_loader.errors import ConfigError
+from resumable_loader.index.atomic import atomic_write
+
+SUFFIX = ".lengths.npz"
+
+
+def sidecar_path(index_path: str | os.PathLike) -> str:
+    """Where the lengths of the index at ``index_path`` are kept."""
+    return os.fspath(index_path) + SUFFIX
+
+
+def length_reader(spec: str) -> Callable[[Any], int]:
+    """The function giving a (raw, undecoded) sample's length under ``spec``."""
+    field, _, key = spec.partition(":")
+    if not field:
+        raise ConfigError(f"--length {spec!r}: name a field (a member extension or a column)")
+
+    def length(sample: Any) -> int:
+        if field not in sample:
+            raise ConfigError(
+                f"--length {spec!r}: a sample has no {field!r} (it has {sorted(sample)})"
+            )
+        value = _decoded(field, sample[field])
+        if key:
+            value = value[key]
+        return len(value)
+
+    return length
+
+
+def write_lengths(dataset: Any, spec: str) -> np.ndarray:
+    """Read every sample of an indexed ``dataset`` once; write and return their lengths."""
+    length = length_reader(spec)
+    lengths = np.fromiter((length(dataset[i]) for i in range(len(dataset))), np.int64)
+    if len(lengths) and lengths.max() >= 2**31:
+        raise ConfigError(f"--length {spec!r}: a sample has {int(lengths.max())} >= 2**31")
+    with atomic_write(sidecar_path(dataset.index.path)) as f:
+        np.savez(f, lengths=lengths.astype(np.int32), fingerprint=np.str_(dataset.fingerprint))
+    return lengths
+
+
+def sidecar_lengths(dataset: Any) -> np.ndarray | None:
+    """The lengths stored beside ``dataset``'s index, or None if it has none.
+
+    Raises:
+        ConfigError: they were written for another index (rebuilt since, or other shards).
+    """
+    index = getattr(dataset, "index", None)
+    path = getattr(index, "path", None)
+    if path is None or not os.path.exists(sidecar_path(path)):
+        return None
+    with np.load(sidecar_path(path)) as stored:
+        lengths, fingerprint = stored["lengths"], str(stored["fingerprint"])
+    if fingerprint != dataset.fingerprint or len(lengths) != len(dataset):
+        raise ConfigError(
+            f"{sidecar_path(path)}: written for index {fingerprint} ({len(lengths)} samples), "
+            f"but the index is now {dataset.fingerprint} ({len(dataset)} samples); rebuild it "
+            f"with resumable-loader index ... --out {path} --length SPEC"
+        )
+    return lengths
+
+
+def _decoded(field: str, value: Any) -> Any:
+    """A tar member's bytes as what its extension says; any other value as it is."""
+    if not isinstance(value, bytes):
+        return value
+    extension = field.rsplit(".", 1)[-1]
+    if extension == "npy":
+        return np.load(io.BytesIO(value), allow_pickle=False)
+    if extension == "json":
+        return json.loads(value)
+    return value.split()

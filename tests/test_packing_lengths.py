@@ -1,0 +1,79 @@
+"""Lengths stored beside a shard index (``resumable-loader index --length``) feed Packed."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import pytest
+from shard_factory import write_tar_shards
+
+from resumable_loader import DataLoader, Packed, TarShardDataset
+from resumable_loader.cli import main
+from resumable_loader.errors import ConfigError
+from resumable_loader.packing.collate import collate_varlen
+from resumable_loader.packing.lengths import sidecar_path
+
+
+def token_members(index: int) -> list[tuple[str, bytes]]:
+    """Sample ``index``: ``index * 7 % 40`` tokens in a .npy member, and a JSON caption."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.arange(index * 7 % 40, dtype=np.int32) + 1000 * index)
+    return [("npy", buffer.getvalue()), ("json", b'{"words": ["a", "b", "c"]}')]
+
+
+def decode_tokens(sample: dict[str, Any]) -> dict[str, Any]:
+    return {**sample, "npy": np.load(io.BytesIO(sample["npy"]))}
+
+
+def test_lengths_written_by_the_index_command_feed_a_packed_loader(tmp_path, capsys):
+    shards = write_tar_shards(
+        tmp_path / "shards", num_shards=3, samples_per_shard=10, members=token_members
+    )
+    out = tmp_path / "train.rlindex"
+    assert main(["index", *shards, "--out", str(out), "--quiet", "--length", "npy"]) == 0
+    assert f"wrote {sidecar_path(out)} (30 lengths of 'npy')" in capsys.readouterr().out
+
+    dataset = TarShardDataset(str(out), decode=decode_tokens)
+    packed = Packed(dataset, 48, field="npy")
+    assert packed.lengths.tolist() == [i * 7 % 40 for i in range(30)]
+    loader = DataLoader(packed, batch_size=2, shuffle=True, seed=5, collate_fn=collate_varlen)
+    seen = []
+    for batch in loader:
+        cu = batch["cu_seqlens"].tolist()
+        for k, sample in enumerate(batch["sample_ids"].tolist()):
+            tokens = batch["input_ids"][0, cu[k] : cu[k + 1]]
+            assert len(tokens) == sample * 7 % 40 and (tokens // 1000 == sample).all()
+            seen.append(sample)
+    assert sorted(seen) == list(range(30))
+
+    assert main(["index", *shards, "--out", str(out), "--quiet", "--length", "json:words"]) == 0
+    assert Packed(TarShardDataset(str(out)), 48, field="npy").lengths.tolist() == [3] * 30
+
+
+def test_lengths_of_another_index_are_refused(tmp_path):
+    first = write_tar_shards(
+        tmp_path / "a", num_shards=1, samples_per_shard=4, members=token_members
+    )
+    out = tmp_path / "train.rlindex"
+    assert main(["index", *first, "--out", str(out), "--quiet", "--length", "npy"]) == 0
+    other = write_tar_shards(
+        tmp_path / "b", num_shards=2, samples_per_shard=3, members=token_members
+    )
+    assert main(["index", *other, "--out", str(out), "--quiet"]) == 0
+    with pytest.raises(ConfigError, match="--length SPEC"):
+        Packed(TarShardDataset(str(out)), 48, field="npy")
+
+
+def test_a_missing_field_names_the_fields_a_sample_has(tmp_path, capsys):
+    shards = write_tar_shards(
+        tmp_path / "s", num_shards=1, samples_per_shard=2, members=token_members
+    )
+    out = str(tmp_path / "x.rlindex")
+    assert main(["index", *shards, "--out", out, "--quiet", "--length", "txt"]) != 0
+    error = capsys.readouterr().err
+    assert (
+        "--length 'txt': a sample has no 'txt' (it has ['__key__', '__url__', 'json', 'npy'])"
+        in error
+    )
