@@ -115,3 +115,29 @@ def test_retry_policy_refuses_nonsense() -> None:
         RetryPolicy(deadline=0)
     with pytest.raises(ValueError, match="client"):
         client_for("s3://b/k", {"client": "boto"})
+
+
+def _read_in_child(url: str, queue) -> None:
+    queue.put(client_for(url, RELAXED).read_range(url, 3, 30))
+
+
+def test_a_forked_child_reads_after_its_parent_did(prefix: str) -> None:
+    """obstore's runtime does not survive a fork: a DataLoader worker forked after the main
+    process read must still read (through fsspec), not hang until the deadline."""
+    import multiprocessing
+
+    from resumable_loader.storage import client as module
+
+    url = f"{prefix}/a.bin"
+    client = client_for(url, RELAXED)
+    assert client.size(url) == len(DATA) and client.get(url) == DATA
+    if module._OBSTORE_PID is None:  # metadata alone leaves obstore unstarted for the workers
+        client.read_range(url, 0, 1)
+    assert module._OBSTORE_PID is not None
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_read_in_child, args=(url, queue))
+    child.start()
+    assert queue.get(timeout=60) == DATA[3:33]
+    child.join(timeout=10)
+    assert child.exitcode == 0

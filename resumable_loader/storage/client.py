@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import datetime
 import fnmatch
 import os
@@ -115,6 +116,12 @@ class StorageClient(ABC):
     @abstractmethod
     async def _list(self, prefix: str) -> list[str]: ...
 
+    @abstractmethod
+    async def _prepare(self, url: str, *, reads: bool) -> None:
+        """Make what the requests for ``url`` (ranged ``reads``, or the others) need in this
+        process once (a filesystem, a session): outside the request timeout, since a client's
+        first set-up (imports, credentials) can take seconds on a loaded machine."""
+
     # --- the interface --------------------------------------------------------------------
     def _submit(
         self,
@@ -123,8 +130,13 @@ class StorageClient(ABC):
         start: int | None = None,
         length: int | None = None,
     ) -> concurrent.futures.Future[T]:
-        return _Loop.submit(
-            retrying(
+        async def prepared() -> T:
+            # a failed set-up is left to the attempts, whose error names URL and range
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    self._prepare(url, reads=start is not None), self.policy.deadline
+                )
+            return await retrying(
                 attempt,
                 policy=self.policy,
                 transient=is_transient,
@@ -132,7 +144,8 @@ class StorageClient(ABC):
                 start=start,
                 length=length,
             )
-        )
+
+        return _Loop.submit(prepared())
 
     def submit_range(self, url: str, start: int, length: int) -> concurrent.futures.Future[bytes]:
         """Start reading ``length`` bytes of ``url`` at ``start``; the future's result is
@@ -194,6 +207,12 @@ class ObstoreClient(StorageClient):
     (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``...)
     unless ``options`` names them (obstore's S3Config keys, or fsspec's ``endpoint_url``,
     ``key``, ``secret``, ``token``, ``region``). obstore's own retries are off: ours apply.
+
+    Only the ranged reads go through obstore; stat, get, put and listing go through s3fs. The
+    reason is fork safety: obstore's runtime does not survive a fork, so a process that used it
+    must not fork DataLoader workers that read (they fall back to s3fs, see ``_OBSTORE_PID``).
+    The main process typically only builds or fetches the index and stats shards: done through
+    s3fs, it leaves obstore unstarted for the workers, which do the ranged reads.
     """
 
     _ALIASES: ClassVar[dict[str, str]] = {
@@ -207,6 +226,7 @@ class ObstoreClient(StorageClient):
         super().__init__(policy)
         self.options = {self._ALIASES.get(k, k): v for k, v in options.items()}
         self._stores: dict[tuple[int, str, str], Any] = {}
+        self._metadata = FsspecClient(policy, _s3fs_options(self.options))
 
     def _store(self, bucket: str) -> Any:
         endpoint = self.options.get("endpoint") or os.environ.get("AWS_ENDPOINT_URL", "")
@@ -257,36 +277,32 @@ class ObstoreClient(StorageClient):
             data = await obstore.get_range_async(store, path, start=start, end=size)
         return bytes(data)
 
-    async def _stat(self, url: str) -> ObjectStat:
-        import obstore
+    async def _prepare(self, url: str, *, reads: bool) -> None:
+        if not reads:
+            await self._metadata._prepare(url, reads=reads)
 
-        store, path = self._split(url)
-        meta = await obstore.head_async(store, path)
-        return ObjectStat(int(meta["size"]), meta.get("e_tag") or meta["last_modified"].isoformat())
+    async def _stat(self, url: str) -> ObjectStat:
+        return await self._metadata._stat(url)
 
     async def _get(self, url: str) -> bytes:
-        import obstore
-
-        store, path = self._split(url)
-        result = await obstore.get_async(store, path)
-        return bytes(await result.bytes_async())
+        return await self._metadata._get(url)
 
     async def _put(self, url: str, data: bytes) -> None:
-        import obstore
-
-        store, path = self._split(url)
-        await obstore.put_async(store, path, data)
+        await self._metadata._put(url, data)
 
     async def _list(self, prefix: str) -> list[str]:
-        import obstore
+        return await self._metadata._list(prefix)
 
-        store, path = self._split(prefix)
-        bucket = urlsplit(prefix).netloc
-        path = path.rstrip("/")
-        urls = []
-        async for batch in obstore.list(store, path + "/" if path else None):
-            urls += [f"s3://{bucket}/{meta['path']}" for meta in batch]
-        return urls
+
+def _s3fs_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """s3fs's storage_options for the endpoint, credentials and region of obstore ``options``
+    (its other keys have no s3fs counterpart and are left out)."""
+    names = {"endpoint": "endpoint_url", "access_key_id": "key", "secret_access_key": "secret"}
+    names["session_token"] = "token"
+    found = {names[k]: v for k, v in options.items() if k in names}
+    if "region" in options:
+        found["client_kwargs"] = {"region_name": options["region"]}
+    return found
 
 
 class FsspecClient(StorageClient):
@@ -296,18 +312,31 @@ class FsspecClient(StorageClient):
     def __init__(self, policy: RetryPolicy, options: Mapping[str, Any]) -> None:
         super().__init__(policy)
         self.options = dict(options)
-        self._filesystems: dict[tuple[int, str], Any] = {}
+        self._filesystems: dict[tuple[int, str, str], Any] = {}
+        self._prepared: set[tuple[int, str, str]] = set()
 
     def _fs(self, url: str) -> tuple[Any, str]:
         import fsspec
 
         protocol = urlsplit(url).scheme if "://" in url else "file"
-        key = (os.getpid(), protocol)
+        # the environment's endpoint is read when a filesystem is made: one per endpoint
+        key = (os.getpid(), protocol, os.environ.get("AWS_ENDPOINT_URL", ""))
         filesystem = self._filesystems.get(key)
         if filesystem is None:
-            filesystem = fsspec.filesystem(protocol, **self.options)
+            filesystem = fsspec.filesystem(protocol, skip_instance_cache=True, **self.options)
             self._filesystems[key] = filesystem
         return filesystem, filesystem._strip_protocol(url)
+
+    async def _prepare(self, url: str, *, reads: bool) -> None:
+        def connect() -> None:
+            filesystem, _ = self._fs(url)
+            if urlsplit(url).scheme in ("s3", "s3a"):
+                filesystem.connect()  # s3fs: the aiobotocore session and client
+            self._prepared.add(key)
+
+        key = (os.getpid(), urlsplit(url).scheme, os.environ.get("AWS_ENDPOINT_URL", ""))
+        if key not in self._prepared:
+            await self._call(connect)
 
     async def _call(self, function: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(None, function, *args)
