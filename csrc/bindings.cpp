@@ -360,7 +360,28 @@ NB_MODULE(_core, m) {
             order.fill(start, out.shape(0), out.data());
           },
           "start"_a, "out"_a.noconvert(),
-          "Write the id at position start + i into out[i] for every i (out: contiguous int64).");
+          "Write the id at position start + i into out[i] for every i (out: contiguous int64).")
+      .def(
+          "reader",
+          [](const ShardBlockOrder& order, uint64_t start) {
+            if (start > order.size()) {
+              throw nb::index_error(("position " + std::to_string(start) +
+                                     " out of range for an order of length " +
+                                     std::to_string(order.size())).c_str());
+            }
+            return new ShardBlockOrder::Reader(order, start);
+          },
+          "start"_a, nb::keep_alive<0, 1>(), nb::rv_policy::take_ownership,
+          "A reader of the ids from position start on, each block computed once.");
+  nb::class_<ShardBlockOrder::Reader>(m, "ShardBlockReader")
+      .def_prop_ro("remaining", &ShardBlockOrder::Reader::remaining)
+      .def(
+          "read",
+          [](ShardBlockOrder::Reader& reader, Int64Out out) {
+            nb::gil_scoped_release release;
+            return reader.read(out.data(), out.shape(0));
+          },
+          "out"_a.noconvert(), "Write the next ids into out; returns how many were written.");
 
   // ---- Token datasets (resumable_loader/tokens/seek_table.py) --------------------------------
   // The seek table of an epoch's shuffled document order (document_order.h). The offsets were

@@ -81,11 +81,23 @@ class ShardBlockOrder::Lanes {
   }
 
   void take(uint64_t count, int64_t* out) {
-    for (uint64_t c = 0; c < count; ++c) {
+    for (uint64_t c = 0; c < count;) {
+      const uint64_t rows = lane_ == 0 ? whole_rows((count - c) / lanes_) : 0;
+      if (rows > 0) {  // rows in which no lane leaves its shard: no checks per id
+        for (uint64_t j = 0; j < lanes_; ++j) {
+          const Cursor& cursor = cursors_[j];
+          const int64_t first = first_id_[cursor.slot] + (cursor.v - starts_[cursor.slot]);
+          for (uint64_t r = 0; r < rows; ++r) out[c + r * lanes_ + j] = first + r;
+        }
+        for (Cursor& cursor : cursors_) advance(cursor, rows);
+        row_ += rows;
+        width_ = row_ < rows_ ? lanes_ : rest_;
+        c += rows * lanes_;
+        continue;
+      }
       Cursor& cursor = cursors_[lane_];
-      out[c] = first_id_[cursor.slot] + (cursor.v - starts_[cursor.slot]);
-      ++cursor.v;
-      while (cursor.slot < last_slot_ && cursor.v == starts_[cursor.slot + 1]) ++cursor.slot;
+      out[c++] = first_id_[cursor.slot] + (cursor.v - starts_[cursor.slot]);
+      advance(cursor, 1);
       if (++lane_ == width_) {
         lane_ = 0;
         width_ = ++row_ < rows_ ? lanes_ : rest_;
@@ -98,6 +110,21 @@ class ShardBlockOrder::Lanes {
     int64_t v = 0;      // next offset in V
     uint64_t slot = 0;  // the slot of the shard order holding it
   };
+
+  void advance(Cursor& cursor, uint64_t by) const {
+    cursor.v += static_cast<int64_t>(by);
+    while (cursor.slot < last_slot_ && cursor.v == starts_[cursor.slot + 1]) ++cursor.slot;
+  }
+
+  // How many of the next `wanted` rows are full rows in which every lane stays in its shard.
+  uint64_t whole_rows(uint64_t wanted) const {
+    uint64_t rows = row_ < rows_ ? std::min(wanted, rows_ - row_) : 0;
+    for (uint64_t j = 0; j < lanes_ && rows > 0; ++j) {
+      const Cursor& cursor = cursors_[j];
+      rows = std::min(rows, static_cast<uint64_t>(starts_[cursor.slot + 1] - cursor.v));
+    }
+    return rows;
+  }
 
   const int64_t* first_id_;
   const int64_t* starts_;
@@ -137,6 +164,47 @@ void ShardBlockOrder::shuffle_block(uint64_t first, uint64_t length, int64_t* id
     const uint64_t j = (static_cast<uint64_t>(words[word - 4 * batch]) * (i + 1)) >> 32;
     std::swap(ids[i], ids[j]);
   }
+}
+
+ShardBlockOrder::Reader::Reader(const ShardBlockOrder& order, uint64_t position)
+    : order_(order),
+      lanes_(std::make_unique<Lanes>(order, position / order.block_ * order.block_)),
+      block_first_(position / order.block_ * order.block_),
+      position_(position) {
+  if (block_first_ < order.total_) {
+    block_.resize(std::min(order.block_, order.total_ - block_first_));
+    lanes_->take(block_.size(), block_.data());
+    order.shuffle_block(block_first_, block_.size(), block_.data());
+  }
+}
+
+ShardBlockOrder::Reader::~Reader() = default;
+
+uint64_t ShardBlockOrder::Reader::read(int64_t* out, uint64_t count) {
+  count = std::min(count, remaining());
+  for (uint64_t done = 0; done < count;) {
+    const uint64_t next = std::min(order_.block_, order_.total_ - position_);
+    if (position_ == block_first_ + block_.size() && count - done >= next && next > 0) {
+      lanes_->take(next, out + done);  // a whole block wanted: shuffled where it goes
+      order_.shuffle_block(position_, next, out + done);
+      block_first_ = position_ += next;
+      block_.clear();
+      done += next;
+      continue;
+    }
+    if (position_ == block_first_ + block_.size()) {  // on to the next block
+      block_first_ = position_;
+      block_.resize(std::min(order_.block_, order_.total_ - block_first_));
+      lanes_->take(block_.size(), block_.data());
+      order_.shuffle_block(block_first_, block_.size(), block_.data());
+    }
+    const uint64_t offset = position_ - block_first_;
+    const uint64_t step = std::min(count - done, block_.size() - offset);
+    std::copy(block_.begin() + offset, block_.begin() + (offset + step), out + done);
+    done += step;
+    position_ += step;
+  }
+  return count;
 }
 
 void ShardBlockOrder::fill(uint64_t start, uint64_t count, int64_t* out) const {

@@ -20,6 +20,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "permutation.h"
@@ -27,17 +28,35 @@
 namespace resumable_loader {
 
 class ShardBlockOrder {
+  class Lanes;  // the interleaved ids from a position on (step 2)
+
  public:
   // block must be in [1, 2^32); window >= 1.
   ShardBlockOrder(const int64_t* shard_sizes, uint64_t num_shards, uint64_t seed, uint32_t epoch,
                   uint64_t window, uint64_t block, const uint32_t* shard_round_keys);
+
+  // Reads the order front to back from a position, computing each block once (a fill() per
+  // chunk computes again the blocks that chunk boundaries cut). Keeps `order` referenced.
+  class Reader {
+   public:
+    Reader(const ShardBlockOrder& order, uint64_t position);
+    ~Reader();
+    uint64_t remaining() const { return order_.total_ - position_; }
+    uint64_t read(int64_t* out, uint64_t count);  // the next ids; returns how many
+
+   private:
+    const ShardBlockOrder& order_;
+    std::unique_ptr<Lanes> lanes_;  // at the first position after block_
+    std::vector<int64_t> block_;    // the block holding position_, shuffled
+    uint64_t block_first_;          // the position of block_[0]
+    uint64_t position_;
+  };
 
   uint64_t size() const { return total_; }
   // out[i] = the id at position start + i, for i < count (start + count <= size()).
   void fill(uint64_t start, uint64_t count, int64_t* out) const;
 
  private:
-  class Lanes;
 
   void shuffle_block(uint64_t first, uint64_t length, int64_t* ids) const;
 

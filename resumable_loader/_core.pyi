@@ -107,6 +107,17 @@ class ShardBlockOrder:
     ) -> None:
         """Write the id at position start + i into out[i] for every i (out: contiguous int64)."""
 
+    def reader(self, start: int) -> ShardBlockReader:
+        """A reader of the ids from position start on, each block computed once."""
+
+class ShardBlockReader:
+    @property
+    def remaining(self) -> int: ...
+    def read(
+        self, out: Annotated[NDArray[numpy.int64], dict(shape=(None,), order="C", device="cpu")]
+    ) -> int:
+        """Write the next ids into out; returns how many were written."""
+
 def build_seek_table(
     offsets: Annotated[
         NDArray[numpy.int64], dict(shape=(None,), order="C", device="cpu", writable=False)

@@ -69,10 +69,20 @@ def test_random_access_equals_chunked_stream(sizes, data):
     n = len(order)
     start = data.draw(st.integers(0, n))
     stop = data.draw(st.integers(start, n))
-    chunks = list(order.iter_ids(1, start, chunk_size=data.draw(st.integers(1, 7))))
+    chunks = list(order.iter_ids(1, start, chunk_size=data.draw(st.integers(1, 50))))
     joined = np.concatenate(chunks) if chunks else np.empty(0, dtype=np.int64)
     assert joined.tolist() == order.ids(1, start, n).tolist()
     assert order.ids(1, start, stop).tolist() == joined[: stop - start].tolist()
+
+
+def test_reading_front_to_back_in_chunks_of_any_size_equals_random_access():
+    sizes = [300, 0, 517, 1, 250, 0, 90]
+    order = ShardLocalOrder(np.array(sizes), seed=11, window=3, buffer_size=20)  # blocks of 60
+    whole = order.ids(4, 0, len(order))
+    for start in (0, 1, 59, 60, 61, 1000):
+        for chunk_size in (1, 7, 59, 60, 61, 130, 2000):
+            chunks = list(order.iter_ids(4, start, chunk_size=chunk_size))
+            assert np.concatenate(chunks).tolist() == whole[start:].tolist()
 
 
 @settings(max_examples=40, deadline=None)

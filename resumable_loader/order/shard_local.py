@@ -131,11 +131,13 @@ class ShardLocalOrder:
     ) -> Iterator[np.ndarray]:
         """Ids from position ``start`` to the epoch's end, ``chunk_size`` at a time."""
         chunk_size = check_int("chunk_size", chunk_size, low=1)
-        check_epoch(epoch)
         if not 0 <= start <= self.length:
             raise ConfigError(f"position {start} outside [0, {self.length}]")
-        for first in range(start, self.length, chunk_size):
-            yield self.ids(epoch, first, min(first + chunk_size, self.length))
+        reader = self._epoch_order(epoch).reader(start)  # computes each block once
+        while reader.remaining:
+            out = np.empty(min(chunk_size, reader.remaining), dtype=np.int64)
+            reader.read(out)
+            yield out
 
     def settings(self) -> dict[str, int | str]:
         """Everything but the seed that decides the order (the cursor checks them on resume)."""
