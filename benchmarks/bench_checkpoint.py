@@ -10,7 +10,8 @@ one 3 saves back as keep_last=3 does. The Checkpointer adds the content checksum
 every file, taken while DCP writes it; on load every file is hashed again before anything is
 applied), the RNG files, the manifest, the atomic rename, the latest pointer, and on load the
 validation, a copy of the current state (for all-or-nothing) and the decision record; the
-"trust" row loads with ``checksums="trust"`` (no re-read). Saves and loads alternate between
+"trust" row loads with ``checksums="trust"`` (no re-read), the next one also with
+``rollback=False`` (no copy of the state kept). Saves and loads alternate between
 the engines, median of R; the weights are zeroed before each load, so a checksum equal to the
 saved one shows the load read them. When ``accelerate`` imports, its ``save_state`` /
 ``load_state`` of the same objects is timed too (same pruning).
@@ -93,7 +94,7 @@ class Ours:
     """The Checkpointer (keep_last=3, so it prunes as in a run), checksums verified on load."""
 
     name = "Checkpointer"
-    checksums = "verify"
+    checksums, rollback = "verify", True
 
     def __init__(self, root: Path) -> None:
         self.checkpointer = Checkpointer(root, keep_last=KEEP_LAST)
@@ -103,7 +104,9 @@ class Ours:
         self.checkpointer.save(step, state)
 
     def load(self, state: dict, step: int) -> None:
-        decision = self.checkpointer.load(state, step=step, checksums=self.checksums)
+        decision = self.checkpointer.load(
+            state, step=step, checksums=self.checksums, rollback=self.rollback
+        )
         self.verify_seconds.append(decision["checksums"].get("seconds", 0.0))
 
 
@@ -112,6 +115,13 @@ class Trusting(Ours):
 
     name = "Checkpointer, load checksums='trust'"
     checksums = "trust"
+
+
+class Bare(Ours):
+    """The same, loading with checksums="trust" and rollback=False (no copy of the state)."""
+
+    name = "  and rollback=False"
+    checksums, rollback = "trust", False
 
 
 class Accelerate:
@@ -164,7 +174,7 @@ def measure(megabytes: float, repeats: int) -> None:
     expected = checksum(state)
     with tempfile.TemporaryDirectory(dir=".") as directory:  # the repository's file system
         root = Path(directory)
-        kinds = [Raw, Ours, Trusting]
+        kinds = [Raw, Ours, Trusting, Bare]
         if importlib.util.find_spec("accelerate") is not None:
             kinds.append(Accelerate)
         engines = [kind(root / kind.__name__.lower()) for kind in kinds]

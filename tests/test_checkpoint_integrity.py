@@ -20,6 +20,7 @@ from checkpoint_damage import flip, reseal, truncate
 from checkpoint_job import SCHEDULE, batches, build, digest, train_step
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_checkpoint import trained
 from test_checkpoint_refusals import snapshot
 from torch.distributed.checkpoint import FileSystemReader
 
@@ -33,14 +34,6 @@ FILES = ["__0_0.distcp", ".metadata", "rng-rank-00000.json", "manifest.json"]
 
 def loss_fn(model: torch.nn.Module, batch: dict) -> torch.Tensor:
     return F.mse_loss(model(batch["x"]), batch["y"])
-
-
-def trained(steps: int) -> tuple[dict, object]:
-    state = build(4, 0)
-    stream = batches(state["loader"])
-    for _ in range(steps):
-        train_step(state, state["model"], next(stream))
-    return state, stream
 
 
 @pytest.fixture(scope="module")
@@ -234,6 +227,27 @@ def test_a_load_state_dict_raising_midway_puts_back_what_was_applied(tmp_path, t
     decision = Checkpointer(tmp_path).load(target)  # and the same load then goes through
     assert decision["components"]["late"] == "restored"
     assert digest(target) == digest(state) and target["late"].value.tolist() == [7.0] * 3
+
+
+def test_without_rollback_a_failure_midway_is_logged_as_a_partly_loaded_state(tmp_path, caplog):
+    """The documented window of rollback=False: no copy is kept, so the components read before
+    the failure stay loaded; the loader's cursor and the generators are still put back."""
+    state, _ = trained(4)
+    state["late"] = Exploding()
+    Checkpointer(tmp_path).save(4, state)
+    target = build(4, 0) | {"late": Exploding()}
+    cursor, generators = target["loader"].state_dict(), snapshot({})["rng"]
+    explode[0] = 1
+    try:
+        with pytest.raises(KeyboardInterrupt, match="midway"):
+            Checkpointer(tmp_path).load(target, rollback=False)
+    finally:
+        explode[0] = 0
+    weights = snapshot({"model": target["model"]})["model"]
+    assert weights == snapshot({"model": state["model"]})["model"]  # read first: loaded
+    assert target["loader"].state_dict() == cursor and snapshot({})["rng"] == generators
+    assert "rollback=False) failed after the read began" in caplog.text
+    assert Checkpointer(tmp_path).load(target, rollback=False)["rollback"] is False
 
 
 def checkpoints(root: Path, steps: list[int], **kwargs) -> tuple[dict, dict[int, str]]:

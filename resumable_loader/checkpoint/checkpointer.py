@@ -247,6 +247,7 @@ class Checkpointer:
         mode: str = "strict",
         fallback: bool | None = None,
         checksums: str = "verify",
+        rollback: bool = True,
     ) -> dict[str, Any]:
         """Verify, validate, then apply the checkpoint of ``step`` (default: the newest).
 
@@ -262,7 +263,10 @@ class Checkpointer:
         ``checksums="trust"`` skips that for checkpoints too large to read twice (the decision
         says so). ``fallback`` (default: on when ``step`` is None) tries the next older
         checkpoint when one is damaged (a problem found by :meth:`verify`'s checks); the
-        decision's ``skipped`` names each one skipped and why.
+        decision's ``skipped`` names each one skipped and why. ``rollback=False`` keeps no
+        copy of the current state while it loads (for a state too large to hold twice): every
+        check still comes first, but a read or ``load_state_dict`` that fails after that leaves
+        the components partly loaded (the decision says which way it ran).
 
         Returns:
             The decision: what was restored, re-derived, changed and skipped (also logged as
@@ -313,6 +317,7 @@ class Checkpointer:
                     seed=self._rederive_seed(saved), step=saved["step"], rank=rank
                 ),
                 process_group=self.process_group,
+                rollback=bool(rollback),
             )
         except BaseException:
             _undo(found)
@@ -328,6 +333,7 @@ class Checkpointer:
             world_size=world_size,
             checksums=integrity_note,
             skipped=skipped,
+            rollback=bool(rollback),
         )
         target = self.directory.resume_record(saved["step"]) if rank == 0 else None
         decision.publish(result, target)

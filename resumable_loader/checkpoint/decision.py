@@ -17,7 +17,8 @@ from typing import Any
 
 FORMAT = "resumable_loader.resume"
 # Version 1: the keys built by record(). Version 2 adds "checksums" (verified, trusted or none
-# recorded) and "skipped" (the damaged checkpoints a fallback passed over, with their problems).
+# recorded), "skipped" (the damaged checkpoints a fallback passed over, with their problems)
+# and "rollback" (whether a copy of the state was kept to put back on a failure).
 VERSION = 2
 RESTORED, REDERIVED = "restored", "re-derived"
 
@@ -36,6 +37,7 @@ def record(
     world_size: int,
     checksums: dict[str, Any],
     skipped: list[dict[str, Any]],
+    rollback: bool,
 ) -> dict[str, Any]:
     """The decision dict (plain JSON values)."""
     return {
@@ -54,6 +56,7 @@ def record(
         "changed": {name: {"old": old, "new": new} for name, (old, new) in changed.items()},
         "checksums": checksums,
         "skipped": skipped,
+        "rollback": rollback,
         "data": {
             name: {
                 "fingerprint": entry["state"]["fingerprint"],

@@ -128,17 +128,23 @@ def apply(
     *,
     rederive: Any,
     process_group: Any,
+    rollback: bool = True,
 ) -> dict[str, str]:
     """Keep a copy of the state, read, set every component; on any failure put every one
     back (see :mod:`staging`). Returns the actions taken.
 
     ``rederive`` re-derives this rank's RNG states when the saved ones do not apply.
+    ``rollback=False`` keeps no copy: a failure of the read or of a ``load_state_dict`` then
+    leaves the components partly loaded (the loaders' cursors and the RNG states are still
+    put back), and is logged as such.
     """
     saved, current = plan["manifest"], plan["current"]
     statefuls = {n: c.stateful for n, c in components.items() if c.kind != LOADER}
-    before = staging.previous(statefuls)
     read = functools.partial(_read, checkpoint, current, process_group)
-    steps = [("read", read, _restorer(components, before))]
+    if rollback:
+        steps = [("read", read, _restorer(components, staging.previous(statefuls)))]
+    else:
+        steps = [("read", read, _partly_loaded)]
     for name, component in components.items():
         if component.kind == LOADER:
             loader, cursor = component.obj, saved["loaders"][name]["state"]
@@ -207,6 +213,13 @@ def _restorer(components: dict[str, Component], before: dict[str, Any]) -> Any:
 
 def _nothing() -> None:
     return None
+
+
+def _partly_loaded() -> None:
+    staging.logger.error(
+        "load(..., rollback=False) failed after the read began: the components may be partly "
+        "loaded; rebuild them, or load again"
+    )
 
 
 def optimizer_entries(components: dict[str, Component]) -> dict[str, dict[str, Any]]:
