@@ -10,6 +10,7 @@
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <stdexcept>
@@ -404,22 +405,29 @@ NB_MODULE(_core, m) {
       "starts[j] = tokens of the documents at slots 0..j-1 of (seed, epoch)'s document order.");
 
   // ---- Packing (resumable_loader/packing/prefix.py) ------------------------------------------
-  // Bins per window of an epoch's lengths (packing.h); the lengths were validated (>= 0).
+  // Bins per window of an epoch's positions (packing.h); the lengths were validated (>= 0).
   m.def(
       "window_pack_counts",
-      [](Int64In lengths, uint64_t window, int64_t capacity, int strategy, bool split,
+      [](nb::ndarray<const int32_t, nb::ndim<1>, nb::c_contig, nb::device::cpu> lengths,
+         Int64In ids, uint64_t window, int64_t capacity, int strategy, bool split,
          Int64Out counts) {
-        const uint64_t n = lengths.shape(0);
-        if (window < 1 || capacity < 1 || strategy < 0 || strategy > 3 ||
-            counts.shape(0) != (n + window - 1) / window) {
-          throw nb::value_error("window_pack_counts needs window >= 1, capacity >= 1, strategy "
-                                "in [0, 3] and ceil(n / window) output slots");
+        const uint64_t n = ids.shape(0);
+        if (window < 1 || capacity < 1 || capacity >= (int64_t{1} << 31) || strategy < 0 ||
+            strategy > 3 || counts.shape(0) != (n + window - 1) / window) {
+          throw nb::value_error("window_pack_counts needs window >= 1, capacity in [1, 2**31), "
+                                "strategy in [0, 3] and ceil(n / window) output slots");
+        }
+        const int64_t* id = ids.data();
+        const int64_t size = static_cast<int64_t>(lengths.shape(0));
+        if (std::any_of(id, id + n, [size](int64_t i) { return i < 0 || i >= size; })) {
+          throw nb::value_error("window_pack_counts: an id is outside the lengths");
         }
         nb::gil_scoped_release release;
         resumable_loader::window_pack_counts(
-            lengths.data(), n, window, capacity,
+            lengths.data(), id, n, window, capacity,
             static_cast<resumable_loader::PackStrategy>(strategy), split, counts.data());
       },
-      "lengths"_a, "window"_a, "capacity"_a, "strategy"_a, "split"_a, "counts"_a.noconvert(),
-      "counts[k] = bins the strategy makes of window k of lengths (plan.py's pack count).");
+      "lengths"_a, "ids"_a, "window"_a, "capacity"_a, "strategy"_a, "split"_a,
+      "counts"_a.noconvert(),
+      "counts[k] = bins the strategy makes of window k of lengths[ids] (plan.py's pack count).");
 }

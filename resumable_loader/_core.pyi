@@ -130,6 +130,9 @@ def build_seek_table(
 
 def window_pack_counts(
     lengths: Annotated[
+        NDArray[numpy.int32], dict(shape=(None,), order="C", device="cpu", writable=False)
+    ],
+    ids: Annotated[
         NDArray[numpy.int64], dict(shape=(None,), order="C", device="cpu", writable=False)
     ],
     window: int,
@@ -138,4 +141,4 @@ def window_pack_counts(
     split: bool,
     counts: Annotated[NDArray[numpy.int64], dict(shape=(None,), order="C", device="cpu")],
 ) -> None:
-    """counts[k] = bins the strategy makes of window k of lengths (plan.py's pack count)."""
+    """counts[k] = bins the strategy makes of window k of lengths[ids] (plan.py's pack count)."""

@@ -109,7 +109,7 @@ def test_the_prefix_table_locates_every_pack(counts: list[int], window: int) -> 
     def count(run: np.ndarray) -> np.ndarray:
         return run[::window]
 
-    table = build_table(lambda a, b: lengths[a:b], samples, window, count)
+    table = build_table(lambda a, b: count(lengths[a:b]), samples, window)
     assert table.total == sum(counts) and table.windows == len(counts)
     expected = [(w, j) for w, c in enumerate(counts) for j in range(c)]
     assert [table.locate(p) for p in range(table.total)] == expected
@@ -119,9 +119,7 @@ def test_the_prefix_table_locates_every_pack(counts: list[int], window: int) -> 
 
 def test_the_prefix_table_of_a_short_last_window() -> None:
     lengths = np.ones(10, dtype=np.int64)
-    table = build_table(
-        lambda a, b: lengths[a:b], 10, 4, lambda run: np.add.reduceat(run, [0, 4, 8])
-    )
+    table = build_table(lambda a, b: np.add.reduceat(lengths[a:b], [0, 4, 8]), 10, 4)
     assert table.starts.tolist() == [0, 4, 8, 10]
     assert isinstance(table, PackTable) and table.locate(9) == (2, 1)
 

@@ -65,23 +65,19 @@ class PackedOrder:
         if table is None:
             packed = self.packed
             table = build_table(
-                lambda start, stop: self.lengths(epoch, start, stop),
-                self.samples,
-                self.window,
-                lambda lengths: window_counts(
-                    lengths,
+                lambda start, stop: window_counts(
+                    packed.lengths,
                     self.window,
                     packed.max_tokens,
                     strategy=packed.strategy,
                     overlong=packed.overlong,
+                    ids=self.inner.ids(epoch, start, stop),
                 ),
+                self.samples,
+                self.window,
             )
             self._tables.put(epoch, table)
         return table
-
-    def lengths(self, epoch: int, start: int, stop: int) -> np.ndarray:
-        """The lengths of the samples at positions [start, stop) of the epoch's sample order."""
-        return self.packed.lengths[self.inner.ids(epoch, start, stop)]
 
     def window_plan(self, epoch: int, window: int) -> WindowPlan:
         """The packs of ``window`` of ``epoch``."""

@@ -51,39 +51,44 @@ class PackTable:
         return f"PackTable(windows={self.windows}, packs={self.total})"
 
 
-def build_table(
-    lengths_at: Callable[[int, int], np.ndarray],
-    samples: int,
-    window: int,
-    count: Callable[[np.ndarray], np.ndarray],
-) -> PackTable:
+def build_table(count: Callable[[int, int], np.ndarray], samples: int, window: int) -> PackTable:
     """Count the packs of every window of an epoch of ``samples`` positions.
 
     Args:
-        lengths_at: the lengths of the samples at positions [start, stop) of the epoch.
+        count: the pack counts of the windows of positions [start, stop) (whole windows, the
+            last may be short): :func:`window_counts` of their ids.
         samples: positions in the epoch.
-        window: positions per window (the last window may be shorter).
-        count: the pack count of each window of a run of whole windows' lengths
-            (:func:`window_counts`).
+        window: positions per window.
     """
     windows = -(-samples // window)
     starts = np.zeros(windows + 1, dtype=np.int64)
     step = window * max(1, CHUNK_SAMPLES // window)
     for first in range(0, samples, step):
-        counts = count(lengths_at(first, min(first + step, samples)))
+        counts = count(first, min(first + step, samples))
         starts[1 + first // window :][: len(counts)] = counts
     np.cumsum(starts, out=starts)
     return PackTable(starts)
 
 
 def window_counts(
-    lengths: np.ndarray, window: int, max_tokens: int, *, strategy: str, overlong: str
+    lengths: np.ndarray,
+    window: int,
+    max_tokens: int,
+    *,
+    strategy: str,
+    overlong: str,
+    ids: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The pack count :func:`~.plan.plan_window` gives each window of ``lengths`` (a run of
-    whole windows; the last may be short), counted in C++ (csrc/packing.h)."""
-    counts = np.empty(-(-len(lengths) // window), dtype=np.int64)
+    """The pack count :func:`~.plan.plan_window` gives each window of the samples ``ids``
+    (default: all of ``lengths``, in order) taken as consecutive positions, counted in C++
+    (csrc/packing.h: the lengths gathered there, with prefetching)."""
+    lengths = np.ascontiguousarray(lengths, dtype=np.int32)
+    if ids is None:
+        ids = np.arange(len(lengths), dtype=np.int64)
+    counts = np.empty(-(-len(ids) // window), dtype=np.int64)
     _core.window_pack_counts(
-        np.ascontiguousarray(lengths, dtype=np.int64),
+        lengths,
+        np.ascontiguousarray(ids, dtype=np.int64),
         window,
         max_tokens,
         STRATEGIES.index(strategy),
