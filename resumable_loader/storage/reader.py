@@ -269,8 +269,10 @@ class ShardReader:
         if not self._warm.is_set():  # the process's first request goes alone (see __init__)
             with self._warm_lock:
                 if not self._warm.is_set():
-                    data = self._fetch_one(shard, start, length)
-                    self._warm.set()
+                    try:
+                        data = self._fetch_one(shard, start, length)
+                    finally:  # failed or not: the others need not go one by one
+                        self._warm.set()
         if data is None:
             data = self._fetch_one(shard, start, length)
         with self._lock:
