@@ -13,13 +13,14 @@ Run: python benchmarks/bench_packing.py [--quick] [--samples N] [--resume-sample
    select_samples_to_pack (here first-fit decreasing over the buffer, the best a user is
    likely to write). Ours: a window of K positions by best-fit or first-fit decreasing, and
    token-budget batches (fill = real / padded tokens).
-2. Throughput through the loader (num_workers 0 and 2, batches of 8 x 4096 tokens):
+2. Throughput through the loader (num_workers 0 and 2, batches of 8 x 4096 tokens, window 4096):
    real tokens/s of Packed (collate_varlen) against padded batches of the same documents
    (batch size chosen for the same tokens per batch, padded to the longest) and against
    TokenDataset's concat path over the same token file; best of R after a warm-up.
 3. Resume: time to the first batch (build the loader, load the state, iter(), next()) fresh
-   and at 90% of an epoch of --resume-samples samples (default 10^8; --quick 10^7), and the
-   per-epoch pack table's parts: the order's ids, the lengths gathered, the C++ counts.
+   and at 90% of an epoch of --resume-samples samples (default 10^8; --quick 10^6), medians
+   of R alternating runs; and the per-epoch pack table's parts: the order's ids, the lengths
+   gathered and counted in C++. Both a fresh start and a resume build the epoch's table.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -44,6 +46,7 @@ from resumable_loader.packing.prefix import window_counts
 
 BUDGET = 8192
 SEQ, BATCH, WARMUP = 4096, 8, 5
+WINDOW = 4096  # Packed's default
 
 
 def sft_lengths(count: int, rng: np.random.Generator) -> np.ndarray:
@@ -121,6 +124,7 @@ def fill_rates(samples: int) -> None:
         ("Grain/torchtitan first-fit, 64 bins", lambda x: grain_first_fit(x, BUDGET, 64)),
         ("Energon buffer 128 + FFD selection", lambda x: energon_buffer(x, BUDGET, 128)),
         ("Energon buffer 1024 + FFD selection", lambda x: energon_buffer(x, BUDGET, 1024)),
+        ("Energon buffer 4096 + FFD selection", lambda x: energon_buffer(x, BUDGET, 4096)),
     ]
     for window in (256, 1024, 4096):
         for strategy in ("ffd", "bfd"):
@@ -216,7 +220,7 @@ def throughput(documents: int, batches: int, repeats: int) -> None:
                 runs = {
                     "packed": (
                         DataLoader(
-                            Packed(docs, SEQ, window=1024),
+                            Packed(docs, SEQ, window=WINDOW),
                             batch_size=BATCH,
                             shuffle=True,
                             seed=1,
@@ -287,45 +291,41 @@ def first_batch(packed: Packed, state: dict[str, Any] | None) -> float:
     return time.perf_counter() - start
 
 
-def resume(samples: int) -> None:
+def resume(samples: int, repeats: int) -> None:
     print(f"\n## 3. First batch, fresh vs at 90% of an epoch of {samples:.0e} samples\n")
     lengths = sft_lengths(samples, np.random.default_rng(5)).astype(np.int32)
     start = time.perf_counter()
-    packed = Packed(LengthsOnly(lengths), BUDGET, window=1024)
+    packed = Packed(LengthsOnly(lengths), BUDGET, window=WINDOW)
     built = time.perf_counter() - start
     order = ShuffledOrder(samples, seed=3)
-    start = time.perf_counter()
     chunk = 1 << 16
-    ids_time = gather_time = count_time = 0.0
+    ids_time = count_time = 0.0
     for first in range(0, samples, chunk):
         t0 = time.perf_counter()
         ids = order.ids(0, first, min(first + chunk, samples))
         t1 = time.perf_counter()
-        part = packed.lengths[ids]
-        t2 = time.perf_counter()
-        window_counts(part, 1024, BUDGET, strategy="bfd", overlong="error")
-        t3 = time.perf_counter()
-        ids_time, gather_time, count_time = (
-            ids_time + t1 - t0,
-            gather_time + t2 - t1,
-            count_time + t3 - t2,
-        )
+        window_counts(lengths, WINDOW, BUDGET, strategy="bfd", overlong="error", ids=ids)
+        ids_time, count_time = ids_time + t1 - t0, count_time + time.perf_counter() - t1
     loader = DataLoader(packed, batch_size=BATCH, shuffle=True, seed=3, collate_fn=collate_varlen)
     total = loader.order.epoch_length(0)
     state = loader.state_at(0, int(total * 0.9))
-    fresh = first_batch(Packed(LengthsOnly(lengths), BUDGET, window=1024), None)
-    resumed = first_batch(Packed(LengthsOnly(lengths), BUDGET, window=1024), state)
+    times: dict[str, list[float]] = {"fresh": [], "resumed": []}
+    for _ in range(repeats):  # alternating, so both see the same machine
+        for name, saved in (("fresh", None), ("resumed", state)):
+            times[name].append(first_batch(Packed(LengthsOnly(lengths), BUDGET), saved))
+    fresh, resumed = (statistics.median(times[name]) for name in ("fresh", "resumed"))
     print("| what | seconds |")
     print("|---|---:|")
-    print(f"| Packed(...) over {samples:.0e} lengths (checks, int32 copy, digest) | {built:.2f} |")
-    print(f"| table: the order's ids | {ids_time:.2f} |")
-    print(f"| table: lengths gathered | {gather_time:.2f} |")
-    print(f"| table: C++ bfd counts (window 1024) | {count_time:.2f} |")
-    print(f"| first batch, fresh start (Packed, loader, table, plan, load) | {fresh:.2f} |")
-    print(f"| first batch at 90% (+ load_state_dict) | {resumed:.2f} |")
+    print(f"| Packed(...) over {samples:.0e} lengths (checks, digest) | {built:.2f} |")
+    print(f"| pack table: the order's ids (Feistel, C++) | {ids_time:.2f} |")
     print(
-        f"\nresume / fresh: {resumed / fresh:.2f}x; packs in the epoch: {total}; "
-        f"cursor: {len(str(state))} chars"
+        f"| pack table: lengths gathered and bfd counts (C++, window {WINDOW}) | {count_time:.2f} |"
+    )
+    print(f"| first batch, fresh start (loader, table, one window's plan), median | {fresh:.2f} |")
+    print(f"| first batch at 90% (+ load_state_dict), median | {resumed:.2f} |")
+    print(
+        f"\nresume / fresh: {resumed / fresh:.2f}x (medians of {repeats}); packs in the epoch: "
+        f"{total}; cursor: {len(str(state))} chars"
     )
 
 
@@ -340,7 +340,7 @@ def main() -> None:
     quick = args.quick
     fill_rates(20_000 if quick else args.samples)
     throughput(5_000 if quick else 40_000, 30 if quick else 150, 1 if quick else args.repeats)
-    resume(args.resume_samples or (10**6 if quick else 10**8))
+    resume(args.resume_samples or (10**6 if quick else 10**8), 1 if quick else args.repeats)
 
 
 if __name__ == "__main__":
