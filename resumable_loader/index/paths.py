@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import datetime
 import glob
 import os
 from collections.abc import Sequence
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import braceexpand
 
-from resumable_loader.errors import ConfigError, ShardError
+from resumable_loader.errors import ConfigError, ShardError, StorageError
 
 
 def is_url(path: str) -> bool:
@@ -81,46 +80,50 @@ def stat_shard(path: str) -> tuple[int, float | str]:
     Raises:
         ShardError: the shard does not exist or cannot be read.
     """
+    if is_url(path):
+        return _stat_remote(path)
     try:
-        if not is_url(path):
-            info = os.stat(path)
-            return info.st_size, info.st_mtime
-        import fsspec
-
-        filesystem, remote = fsspec.core.url_to_fs(path)
-        details = filesystem.info(remote)
+        info = os.stat(path)
     except FileNotFoundError:
         raise ShardError(f"{path}: shard not found; check the path or the shard list") from None
     except OSError as error:
         raise ShardError(f"{path}: cannot read the shard ({error})") from None
-    if details.get("type", "file") != "file":
-        raise ShardError(f"{path}: not a file ({details.get('type')}); name the shard files")
-    return int(details["size"]), _stamp(details)
+    return info.st_size, info.st_mtime
 
 
-def _stamp(details: dict[str, Any]) -> float | str:
-    for key in ("mtime", "LastModified", "last_modified", "updated", "ETag", "etag", "created"):
-        value = details.get(key)
-        if isinstance(value, datetime.datetime):
-            return value.timestamp()
-        if isinstance(value, (int, float)):
-            return float(value)
-        if value:
-            return str(value)
-    return 0.0
+def _stat_remote(path: str) -> tuple[int, float | str]:
+    """(size, version) of a remote shard through the storage client, retried: the version is
+    the object's ETag where the store has one (it changes with the content), else its mtime."""
+    from resumable_loader.storage.client import client_for
+
+    try:
+        stat = client_for(path).stat(path)
+    except StorageError as error:
+        if isinstance(error.__cause__, FileNotFoundError):
+            raise ShardError(f"{path}: shard not found; check the path or the shard list") from None
+        if isinstance(error.__cause__, IsADirectoryError):
+            raise ShardError(
+                f"{path}: not a file ({error.__cause__}); name the shard files"
+            ) from None
+        raise
+    return stat.size, stat.version
 
 
 def open_shard(path: str) -> BinaryIO:
-    """A binary, seekable file object for a local path or an fsspec URL.
+    """A binary, seekable file object for a local path or a URL; a URL's is a
+    :class:`~resumable_loader.storage.stream.RemoteFile` that streams the object in large
+    ranged reads, several in flight (a scan runs at the link's bandwidth).
 
     Raises:
         ShardError: the shard does not exist or cannot be opened.
     """
     try:
         if is_url(path):
-            import fsspec
+            from resumable_loader.storage.client import client_for
+            from resumable_loader.storage.stream import RemoteFile
 
-            return fsspec.open(path, "rb").open()
+            size, _ = _stat_remote(path)
+            return RemoteFile(client_for(path), path, size)  # type: ignore[return-value]
         return open(path, "rb")
     except FileNotFoundError:
         raise ShardError(f"{path}: shard not found; check the path or the shard list") from None

@@ -13,6 +13,7 @@ import concurrent.futures
 import contextlib
 import datetime
 import fnmatch
+import functools
 import os
 import re
 import threading
@@ -72,6 +73,8 @@ def is_transient(error: BaseException) -> bool:
     """Whether ``error`` may pass if the request is tried again: connection errors, timeouts,
     throttling (429) and server errors (5xx), not a missing object or a refused credential."""
     if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError, ValueError)):
+        return False
+    if type(error).__name__.endswith("ValidationError"):  # botocore: a malformed request
         return False
     if isinstance(error, (TimeoutError, asyncio.TimeoutError, ConnectionError)):
         return True
@@ -342,8 +345,11 @@ class FsspecClient(StorageClient):
         return await asyncio.get_running_loop().run_in_executor(None, function, *args)
 
     async def _read_range(self, url: str, start: int, length: int) -> bytes:
+        if length == 0:  # an empty range is not a range to every filesystem (s3fs: all)
+            return b""
         filesystem, path = self._fs(url)
-        return await self._call(filesystem.read_block, path, start, length)
+        read = functools.partial(filesystem.cat_file, path, start=start, end=start + length)
+        return await self._call(read)
 
     async def _stat(self, url: str) -> ObjectStat:
         filesystem, path = self._fs(url)
