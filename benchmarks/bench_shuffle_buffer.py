@@ -6,7 +6,8 @@ Run: python benchmarks/bench_shuffle_buffer.py [--only engine|resume|quality] [-
   the checksum (CRC-32 of the ids) changes only if the order does.
 - resume: the first 64 ids after a resume at 0, 10%, 50% and 90% of an epoch of 10^9 samples
   (100,000 shards of 10,000), computed by a new order object as a resumed process does, median
-  of R runs, and the ratio to a fresh start (position 0).
+  of R rounds (the positions alternated within a round), and the ratio to a fresh start
+  (position 0).
 - quality: over one epoch of 64 shards of 1,000 samples, the distances |id[p+1] - id[p]| between
   neighbours in the stream (ids of a shard are consecutive), how often neighbours are
   consecutive ids, and the distinct shards per batch of 64 and per 256 reads.
@@ -55,23 +56,26 @@ def engine(repeats: int) -> None:
 def resume(repeats: int) -> None:
     sizes = np.full(100_000, 10_000, dtype=np.int64)
     total = int(sizes.sum())
+    fractions = (0.0, 0.1, 0.5, 0.9)
     print(
         f"\n# resume: {len(sizes):,} shards x 10,000 samples ({total:,}), window 8, buffer "
-        f"1024: the first {FIRST} ids from a new order object, median of {repeats}"
+        f"1024: the first {FIRST} ids from a new order object, median of {repeats} rounds "
+        "(positions alternated within a round)"
     )
     print(f"{'resume at':>12}{'position':>16}{'first ids':>12}{'vs fresh start':>16}")
-    fresh = None
-    for fraction in (0.0, 0.1, 0.5, 0.9):
-        position = int(total * fraction)
-        times = []
-        for _ in range(repeats):
+    times: dict[float, list[float]] = {fraction: [] for fraction in fractions}
+    for _ in range(repeats):
+        for fraction in fractions:
+            position = int(total * fraction)
             start = time.perf_counter()
             order = ShardLocalOrder(sizes, seed=SEED, window=8, buffer_size=1024)
             order.ids(3, position, position + FIRST)
-            times.append(time.perf_counter() - start)
-        median = statistics.median(times)
-        fresh = median if fresh is None else fresh
+            times[fraction].append(time.perf_counter() - start)
+    fresh = statistics.median(times[0.0])
+    for fraction in fractions:
+        median = statistics.median(times[fraction])
         label = "start" if fraction == 0 else f"{fraction:.0%}"
+        position = int(total * fraction)
         print(f"{label:>12}{position:>16,}{median * 1e3:>9.2f} ms{median / fresh:>16.2f}")
 
 
@@ -111,7 +115,7 @@ def quality() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=["engine", "resume", "quality"])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
     if args.only in (None, "engine"):
         engine(args.repeats)
