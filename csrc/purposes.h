@@ -12,7 +12,7 @@ enum Purpose : uint32_t {
   PURPOSE_SAMPLE = 2,          // a sample's key (augmentations)
   PURPOSE_BATCH = 3,           // a batch's key (collate_fn)
   PURPOSE_SHARD_ORDER = 4,     // the shard permutation of shard-local mode
-  PURPOSE_SHUFFLE_BUFFER = 5,  // the shuffle buffer's picks in shard-local mode
+  PURPOSE_SHUFFLE_BUFFER = 5,  // shard-local mode's block shuffles (once its buffer's picks)
   PURPOSE_MIXTURE_SOURCE = 6,  // a mixture source's own stream seed (seed, source name)
   PURPOSE_DOCUMENT_ORDER = 7,  // a token dataset's per-epoch document shuffle
   PURPOSE_WORKER_SEED = 8,     // the base seed torch gives an iteration's workers
