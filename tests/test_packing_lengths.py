@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from shard_factory import write_tar_shards
 
-from resumable_loader import DataLoader, Packed, TarShardDataset
+from resumable_loader import DataLoader, Packed, ShardShuffle, TarShardDataset
 from resumable_loader.cli import main
 from resumable_loader.errors import ConfigError
 from resumable_loader.packing.collate import collate_varlen
@@ -77,3 +77,32 @@ def test_a_missing_field_names_the_fields_a_sample_has(tmp_path, capsys):
         "--length 'txt': a sample has no 'txt' (it has ['__key__', '__url__', 'json', 'npy'])"
         in error
     )
+
+
+def test_packed_tar_shards_in_a_shard_local_order_resume_exactly(tmp_path):
+    shards = write_tar_shards(
+        tmp_path / "shards", num_shards=4, samples_per_shard=12, members=token_members
+    )
+    out = tmp_path / "train.rlindex"
+    assert main(["index", *shards, "--out", str(out), "--quiet", "--length", "npy"]) == 0
+
+    def loader(**kwargs: Any) -> DataLoader:
+        return DataLoader(
+            Packed(TarShardDataset(str(out), decode=decode_tokens), 64, field="npy", window=8),
+            shuffle=True,
+            shard_shuffle=ShardShuffle(window=2, buffer_size=4),
+            seed=11,
+            collate_fn=collate_varlen,
+            **kwargs,
+        )
+
+    def ids(batches: Any) -> list[list[int]]:
+        return [batch["sample_ids"].tolist() for batch in batches]
+
+    continuous = ids(loader(batch_size=2))
+    assert sorted(i for batch in continuous for i in batch) == list(range(48))
+    first = loader(batch_size=2, num_workers=2)
+    head = ids(batch for _, batch in zip(range(3), first, strict=False))
+    resumed = loader(batch_size=2, num_workers=0)
+    resumed.load_state_dict(first.state_dict())
+    assert head + ids(resumed) == continuous
