@@ -1,6 +1,7 @@
 """Packing: fill rate against the packers in use, tokens/s through the loader, resume cost.
 
 Run: python benchmarks/bench_packing.py [--quick] [--samples N] [--resume-samples N]
+     [--repeats R] [--parts fill,throughput,resume]
 
 1. Fill rate (real tokens / (packs x budget)) on two length distributions, side by side: an
    SFT one (log-normal, median 300 tokens, sigma 1, clipped to 8192) and a multimodal one
@@ -296,13 +297,15 @@ class LengthsOnly(Dataset):
         return torch.arange(int(self.lengths[index]))
 
 
-def first_batch(packed: Packed, state: dict[str, Any] | None) -> float:
-    start = time.perf_counter()
+def first_batch(packed: Packed, state: dict[str, Any] | None) -> tuple[float, float]:
+    """(wall, CPU) seconds to the first batch: build the loader, load the state, iter(), next()
+    (num_workers=0, so the CPU time is all the work, which other sessions disturb less)."""
+    wall, cpu = time.perf_counter(), time.process_time()
     loader = DataLoader(packed, batch_size=BATCH, shuffle=True, seed=3, collate_fn=collate_varlen)
     if state is not None:
         loader.load_state_dict(state)
     next(iter(loader))
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def resume(samples: int, repeats: int) -> None:
@@ -323,11 +326,14 @@ def resume(samples: int, repeats: int) -> None:
     loader = DataLoader(packed, batch_size=BATCH, shuffle=True, seed=3, collate_fn=collate_varlen)
     total = loader.order.epoch_length(0)
     state = loader.state_at(0, int(total * 0.9))
-    times: dict[str, list[float]] = {"fresh": [], "resumed": []}
+    times: dict[str, list[tuple[float, float]]] = {"fresh": [], "resumed": []}
     for _ in range(repeats):  # alternating, so both see the same machine
         for name, saved in (("fresh", None), ("resumed", state)):
             times[name].append(first_batch(Packed(LengthsOnly(lengths), BUDGET), saved))
-    fresh, resumed = (statistics.median(times[name]) for name in ("fresh", "resumed"))
+    fresh, resumed = (statistics.median(w for w, _ in times[n]) for n in ("fresh", "resumed"))
+    fresh_cpu, resumed_cpu = (
+        statistics.median(c for _, c in times[n]) for n in ("fresh", "resumed")
+    )
     print("| what | seconds |")
     print("|---|---:|")
     print(f"| Packed(...) over {samples:.0e} lengths (checks, digest) | {built:.2f} |")
@@ -337,9 +343,11 @@ def resume(samples: int, repeats: int) -> None:
     )
     print(f"| first batch, fresh start (loader, table, one window's plan), median | {fresh:.2f} |")
     print(f"| first batch at 90% (+ load_state_dict), median | {resumed:.2f} |")
+    print(f"| the same, CPU seconds: fresh / at 90% | {fresh_cpu:.2f} / {resumed_cpu:.2f} |")
     print(
-        f"\nresume / fresh: {resumed / fresh:.2f}x (medians of {repeats}); packs in the epoch: "
-        f"{total}; cursor: {len(str(state))} chars"
+        f"\nresume / fresh: {resumed / fresh:.2f}x wall, {resumed_cpu / fresh_cpu:.2f}x CPU "
+        f"(medians of {repeats}); packs in the epoch: {total}; cursor: {len(str(state))} chars; "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     )
 
 
@@ -349,12 +357,16 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=200_000, help="fill-rate samples")
     parser.add_argument("--resume-samples", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--parts", default="fill,throughput,resume", help="which sections")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    quick = args.quick
-    fill_rates(20_000 if quick else args.samples)
-    throughput(5_000 if quick else 40_000, 30 if quick else 150, 1 if quick else args.repeats)
-    resume(args.resume_samples or (10**6 if quick else 10**8), 1 if quick else args.repeats)
+    quick, parts = args.quick, set(args.parts.split(","))
+    if "fill" in parts:
+        fill_rates(20_000 if quick else args.samples)
+    if "throughput" in parts:
+        throughput(5_000 if quick else 40_000, 30 if quick else 150, 1 if quick else args.repeats)
+    if "resume" in parts:
+        resume(args.resume_samples or (10**6 if quick else 10**8), 1 if quick else args.repeats)
 
 
 if __name__ == "__main__":
