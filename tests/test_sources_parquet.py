@@ -50,7 +50,7 @@ class TestRows:
 
     def test_a_tar_index_is_refused(self, tmp_path):
         paths = write_tar_shards(tmp_path, num_shards=1, samples_per_shard=2)
-        with pytest.raises(ConfigError, match="indexes tar shards; use TarShardDataset"):
+        with pytest.raises(ConfigError, match="is a tar shard; use TarShardDataset"):
             ParquetDataset(paths)
 
     def test_remote_files_through_fsspec(self, parts, tmp_path):

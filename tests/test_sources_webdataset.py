@@ -83,7 +83,7 @@ class TestSamples:
 
     def test_a_parquet_index_is_refused(self, tmp_path):
         paths = write_parquet_shards(tmp_path, num_shards=1, rows_per_shard=2)
-        with pytest.raises(ConfigError, match="indexes parquet shards; use ParquetDataset"):
+        with pytest.raises(ConfigError, match="is a parquet shard; use ParquetDataset"):
             TarShardDataset(paths)
 
     def test_remote_shards_through_fsspec(self, tmp_path, shards):

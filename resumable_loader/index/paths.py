@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import glob
 import os
 from collections.abc import Sequence
@@ -29,7 +30,8 @@ def expand_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list
 
     Raises:
         ShardError: a glob that matches nothing.
-        ConfigError: no patterns, unbalanced braces, or a shard named twice.
+        ConfigError: no patterns, unbalanced braces, a shard named twice, or a directory (the
+            message suggests a glob of its files).
     """
     patterns = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
     shards: list[str] = []
@@ -47,6 +49,8 @@ def expand_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list
                 if not matches:
                     raise ShardError(f"{path}: the pattern matches no file; check the path")
                 shards.extend(matches)
+            elif os.path.isdir(path):
+                raise ConfigError(_directory_hint(path))
             else:
                 shards.append(path)
     if not shards:
@@ -60,6 +64,20 @@ def expand_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list
             )
         seen.add(shard)
     return shards
+
+
+def _directory_hint(path: str) -> str:
+    """The error for a directory given as a shard: globs of its files, commonest suffix first."""
+    names = [name for name in os.listdir(path) if not name.startswith(".")]
+    suffixes = collections.Counter(os.path.splitext(name)[1] for name in names)
+    del suffixes[""]  # files without a suffix
+    globs = " or ".join(
+        f"'{os.path.join(path, '*' + suffix)}'" for suffix, _ in suffixes.most_common(3)
+    )
+    return (
+        f"{path}: a directory, not a shard; pass the shards in it as a glob, e.g. "
+        f"{globs or repr(os.path.join(path, '*.tar'))}"
+    )
 
 
 def _glob(pattern: str) -> list[str]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -265,7 +266,9 @@ class ShardedIndex:
             else:
                 if index.shard_urls == urls and (on_error == "skip" or not index.skipped):
                     return _log_skipped(index)
-        return cls.build(urls, out=path, workers=workers, progress=False, on_error=on_error)
+        # a progress bar as tqdm shows one: on a terminal only, never into a log file
+        progress = sys.stderr.isatty()
+        return cls.build(urls, out=path, workers=workers, progress=progress, on_error=on_error)
 
 
 def default_index_path(urls: Sequence[str], cache_dir: str | os.PathLike | None = None) -> Path:

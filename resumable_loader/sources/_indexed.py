@@ -52,16 +52,19 @@ class IndexedDataset(Dataset):
         cache_dir: str | os.PathLike | None = None,
         on_error: str = "raise",
     ) -> None:
+        implicit = False  # the index is our own hidden file, not one the user named
         if isinstance(shards, ShardedIndex):
             index = shards
         elif isinstance(shards, (str, os.PathLike)) and is_index_file(shards):
             index = ShardedIndex.load(shards)
         else:
             index = ShardedIndex.for_shards(shards, cache_dir=cache_dir, on_error=on_error)
+            implicit = True
         if index.format != self.format:
+            what = f"{index.shard_urls[0]} is a" if implicit else f"{index.path} indexes"
             raise ConfigError(
-                f"{type(self).__name__} reads {self.format} shards, but {index.path} indexes "
-                f"{index.format} shards; use {_READERS[index.format]}"
+                f"{type(self).__name__} reads {self.format} shards, but {what} "
+                f"{index.format} shard{'' if implicit else 's'}; use {_READERS[index.format]}"
             )
         self.index = index
         self.shard_sizes: np.ndarray = index.shard_sizes
