@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from packing_factory import DATA, Texts, epochs_left, lengths, make, packs, stream
 from torch.utils.data import Dataset
 
-from resumable_loader import DataLoader, Mixture, Packed
+from resumable_loader import DataLoader, Mixture, Packed, verify_pipeline
 from resumable_loader.errors import ConfigError, StateDictError
 from resumable_loader.packing.collate import collate_budget, collate_varlen
 
@@ -300,3 +300,14 @@ def test_any_lengths_window_and_budget_give_exact_consistent_resumable_packs(
     resumed = make(data, batch_size=3, **settings_)
     resumed.load_state_dict(first.state_dict())
     assert head + stream(resumed, epochs_left(resumed, 1)) == continuous
+
+
+def packed_factory() -> tuple[Packed, dict[str, Any]]:
+    return Packed(DATA, 32, window=8, overlong="split"), dict(
+        batch_size=2, shuffle=True, collate_fn=collate_varlen
+    )
+
+
+def test_verify_pipeline_passes_a_packed_loader() -> None:
+    report = verify_pipeline(packed_factory, epochs=1, num_workers=0, world_sizes=(1, 2))
+    assert report.passed, str(report)

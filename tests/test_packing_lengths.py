@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from shard_factory import write_tar_shards
+from shard_factory import write_parquet_shards, write_tar_shards
 
-from resumable_loader import DataLoader, Packed, ShardShuffle, TarShardDataset
+from resumable_loader import DataLoader, Packed, ParquetDataset, ShardShuffle, TarShardDataset
 from resumable_loader.cli import main
 from resumable_loader.errors import ConfigError
 from resumable_loader.packing.collate import collate_varlen
@@ -106,3 +106,13 @@ def test_packed_tar_shards_in_a_shard_local_order_resume_exactly(tmp_path):
     resumed = loader(batch_size=2, num_workers=0)
     resumed.load_state_dict(first.state_dict())
     assert head + ids(resumed) == continuous
+
+
+def test_lengths_of_a_parquet_column(tmp_path, capsys):
+    paths = write_parquet_shards(tmp_path / "rows", num_shards=2, rows_per_shard=5)
+    out = tmp_path / "rows.rlindex"
+    assert main(["index", *paths, "--out", str(out), "--quiet", "--length", "text"]) == 0
+    dataset = ParquetDataset(str(out))
+    assert Packed(dataset, 16, field="text").lengths.tolist() == [
+        len(f"row {i}") for i in range(10)
+    ]
