@@ -77,8 +77,8 @@ def summary(decision: dict[str, Any]) -> str:
         f"{name} {change['old']} -> {change['new']}" for name, change in decision["changed"].items()
     )
     skipped = ", ".join(
-        f"{Path(entry['checkpoint']).name} ({len(entry['problems'])} problems: "
-        f"{entry['problems'][0]})"
+        f"{Path(entry['checkpoint']).name} ({len(entry['problems'])} "
+        f"problem{'s' if len(entry['problems']) > 1 else ''}: {entry['problems'][0]})"
         for entry in decision["skipped"]
     )
     return (
