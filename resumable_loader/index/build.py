@@ -14,10 +14,14 @@ import numpy as np
 from resumable_loader.errors import ConfigError, ShardError
 from resumable_loader.index.parquet import ParquetScan, scan_parquet
 from resumable_loader.index.paths import is_url, stat_shard
+from resumable_loader.index.remote import split_across_ranks
 from resumable_loader.index.tar import TarScan, scan_tar
 from resumable_loader.index.tar import records as tar_records
 
 ON_ERROR = ("raise", "skip")
+# Threads scanning remote shards at once: each streams its shard (several ranged reads in
+# flight), so a build runs at the link's bandwidth rather than at one shard's round trips.
+REMOTE_THREADS = 16
 _BAR_WIDTH = 30
 
 
@@ -102,20 +106,33 @@ def _scan_all(
     urls: Sequence[str], kind: str, on_error: str, workers: int | None, progress: bool
 ) -> list[TarScan | ParquetScan]:
     """Scan every shard: processes for local files (header parsing holds the GIL), threads for
-    URLs (waiting on the network; fsspec clients are not fork-safe).
+    URLs (``REMOTE_THREADS`` by default: they wait on the network; storage clients are not
+    fork-safe). Under a torch.distributed process group, remote shards are split across the
+    ranks (rank r scans shards r, r+W, ...) and the scans gathered on every rank.
 
     A failure raises the error of the first failing shard in list order, whichever finished
     first, so a build over several bad shards always reports the same one.
     """
     if workers is not None and workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")
-    workers = min(workers or os.cpu_count() or 1, len(urls))
     jobs = [(url, kind, on_error) for url in urls]
-    bar = _Progress(len(urls), enabled=progress)
+    if any(is_url(url) for url in urls):
+        return split_across_ranks(
+            jobs, lambda part: _scan_jobs(part, workers or REMOTE_THREADS, progress, remote=True)
+        )
+    return _scan_jobs(jobs, workers or os.cpu_count() or 1, progress, remote=False)
+
+
+def _scan_jobs(
+    jobs: Sequence[tuple[str, str, str]], workers: int, progress: bool, *, remote: bool
+) -> list[TarScan | ParquetScan]:
+    """Scan ``jobs`` on up to ``workers`` threads (``remote``) or processes."""
+    workers = min(workers, len(jobs))
+    bar = _Progress(len(jobs), enabled=progress)
     try:
-        if workers == 1:
+        if workers <= 1:
             return [bar.advance(_scan_one(job)) for job in jobs]
-        if any(is_url(url) for url in urls):
+        if remote:
             pool: concurrent.futures.Executor = concurrent.futures.ThreadPoolExecutor(workers)
         else:
             context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")

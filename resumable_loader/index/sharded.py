@@ -35,6 +35,7 @@ from resumable_loader.index.file import (
     write_index,
 )
 from resumable_loader.index.paths import expand_shards, is_url, stat_shard
+from resumable_loader.index.remote import for_remote_shards
 from resumable_loader.index.tar import LENGTH, RECORD, START
 
 logger = logging.getLogger("resumable_loader")
@@ -245,19 +246,30 @@ class ShardedIndex:
         cache_dir: str | os.PathLike | None = None,
         on_error: str = "raise",
         workers: int | None = None,
+        index_url: str | None = None,
     ) -> ShardedIndex:
         """The index of ``shards`` at :func:`default_index_path`: loaded if it is up to date
         (and was built with a compatible ``on_error``), else built or rebuilt there.
+
+        Remote shards' index is also kept in the bucket (``index_url``, default beside the
+        first shard): fetched from there rather than rebuilt, and when built (each rank of a
+        torch.distributed job scanning its share of the shards) written there for other runs
+        and nodes (:mod:`resumable_loader.index.remote`).
 
         Args:
             shards: as for :meth:`build`.
             cache_dir: where to keep the index; default beside the first local shard.
             on_error: as for :meth:`build`.
             workers: as for :meth:`build`.
+            index_url: remote shards only: where their index is kept in storage.
         """
         check_policy(on_error)
         urls = expand_shards(shards)
         path = default_index_path(urls, cache_dir)
+        if is_url(urls[0]):
+            return for_remote_shards(
+                cls, urls, path, index_url=index_url, on_error=on_error, workers=workers
+            )
         if path.exists():
             try:
                 index = cls._load(path, verify=True, rebuild=False)

@@ -1,0 +1,95 @@
+"""The index of s3:// shards on a real S3 server: equal to the local index of the same files,
+kept in the bucket and fetched (not rebuilt) by later runs, rebuilt when a shard's ETag
+changes, and built by torchrun ranks that split the shards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fault_proxy import FaultProxy
+from s3_server import make_bucket, s3_client
+from shard_factory import write_tar_shards
+from torchrun_harness import rank_pickles, torchrun
+
+from resumable_loader.index.remote import remote_index_url
+from resumable_loader.index.sharded import ShardedIndex
+
+SHARDS = 6
+
+
+def shard_reads(proxy: FaultProxy) -> int:
+    """GET requests for shard files (not for the index named after the first shard)."""
+    return sum(r.method == "GET" and r.path.endswith(".tar") for r in proxy.requests)
+
+
+@pytest.fixture
+def shards(tmp_path: Path) -> list[str]:
+    return write_tar_shards(tmp_path / "local", num_shards=SHARDS, samples_per_shard=20)
+
+
+@pytest.fixture
+def urls(shards, fault_proxy: FaultProxy, s3_server: str, s3_env, monkeypatch) -> list[str]:
+    """The shards in a fresh bucket, reached through the proxy by the environment's endpoint."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", fault_proxy.endpoint)
+    prefix = make_bucket(s3_server, {Path(p).name: Path(p) for p in shards}, prefix="train")
+    return [f"{prefix}/{Path(p).name}" for p in shards]
+
+
+def test_the_index_of_s3_shards_equals_the_local_index(shards, urls, tmp_path) -> None:
+    local = ShardedIndex.for_shards(shards)
+    remote = ShardedIndex.for_shards(urls, cache_dir=tmp_path / "cache")
+    assert remote.shard_urls == urls
+    assert remote.fingerprint == local.fingerprint  # names, sizes and counts: not the place
+    np.testing.assert_array_equal(remote.records, local.records)
+    np.testing.assert_array_equal(remote.checksums, local.checksums)
+    assert remote.fields == local.fields and remote.num_samples == SHARDS * 20
+    stamps = [entry["mtime"] for entry in remote.header["shards"]]
+    assert all(isinstance(s, str) and s.startswith('"') for s in stamps)  # ETags
+
+
+def test_a_second_run_fetches_the_index_instead_of_scanning(
+    urls, fault_proxy: FaultProxy, tmp_path, s3_server: str
+) -> None:
+    first = ShardedIndex.for_shards(urls, cache_dir=tmp_path / "node-1")
+    assert shard_reads(fault_proxy) >= SHARDS  # scanned every shard
+    bucket, key = remote_index_url(urls)[len("s3://") :].split("/", 1)
+    s3_client(s3_server).head_object(Bucket=bucket, Key=key)  # published beside the shards
+    fault_proxy.reset_stats()
+    second = ShardedIndex.for_shards(urls, cache_dir=tmp_path / "node-2")  # another node
+    assert shard_reads(fault_proxy) == 0  # no shard read
+    assert fault_proxy.count("GET", ".rlindex") >= 1  # the index fetched
+    assert second.fingerprint == first.fingerprint
+    np.testing.assert_array_equal(second.records, first.records)
+    fault_proxy.reset_stats()
+    ShardedIndex.for_shards(urls, cache_dir=tmp_path / "node-2")  # its local copy, checked
+    assert fault_proxy.count("GET") == 0 and fault_proxy.count("HEAD") == SHARDS
+
+
+def test_a_changed_shard_is_rescanned_and_republished(
+    urls, shards, fault_proxy: FaultProxy, tmp_path, s3_server: str
+) -> None:
+    ShardedIndex.for_shards(urls, cache_dir=tmp_path / "node-1")
+    bucket, key = urls[2][len("s3://") :].split("/", 1)
+    damaged = bytearray(Path(shards[2]).read_bytes())
+    damaged[600] ^= 1  # same size, another payload byte: only the ETag tells
+    s3_client(s3_server).put_object(Bucket=bucket, Key=key, Body=bytes(damaged))
+    fault_proxy.reset_stats()
+    index = ShardedIndex.for_shards(urls, cache_dir=tmp_path / "node-2")
+    assert shard_reads(fault_proxy) >= SHARDS  # the fetched index was stale: rebuilt
+    assert fault_proxy.count("PUT", ".rlindex") == 1  # and published again
+    assert (
+        index.header["shards"][2]["mtime"]
+        != ShardedIndex.for_shards(shards).header["shards"][2]["mtime"]
+    )
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_split_the_shards(urls, fault_proxy: FaultProxy, tmp_path, s3_env) -> None:
+    job = Path(__file__).parent / "remote_index_job.py"
+    torchrun(job, 2, tmp_path, *urls, AWS_ENDPOINT_URL=fault_proxy.endpoint, **s3_env)
+    first, second = rank_pickles(tmp_path, 2)
+    assert first["scanned"] == sorted(urls[0::2]) and second["scanned"] == sorted(urls[1::2])
+    assert first["fingerprint"] == second["fingerprint"] and first["digest"] == second["digest"]
+    assert fault_proxy.count("PUT", ".rlindex") == 1  # rank 0 published it
