@@ -1,0 +1,116 @@
+"""The index at scale: bytes per sample and per shard of a synthetic tar index, what a node
+holds and fetches in each order mode, measured at 10^7 samples in 10^4 shards and extrapolated
+to 10^9 samples in 10^5 shards (too big to build here).
+
+Run: python benchmarks/bench_index_scale.py [--samples 10000000] [--shards 10000] [--fields 2]
+
+The synthetic index is what a scan of tar shards of ``fields`` members a sample would write
+(format version 3: a uint32 record row per sample, a CRC32C per member, a header entry per
+shard with an s3:// URL, size and ETag), written with the library's own writer and read back
+with its loader. Printed: the file's bytes, bytes per sample (arrays) and per shard (header),
+write and load times, the time to copy the file (what fetching it from a bucket at 1 GB/s
+would take is file size / 1 GB/s), and the extrapolation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from resumable_loader.index.file import write_index
+from resumable_loader.index.sharded import ShardedIndex, _fingerprint
+from resumable_loader.index.tar import RECORD
+
+FULL_SAMPLES, FULL_SHARDS = 10**9, 10**5
+LINK = 1e9  # bytes/s a node fetches the index at (a 10 Gbit/s link, roughly)
+
+
+def synthetic(samples: int, shards: int, fields: int) -> tuple[dict, dict[str, np.ndarray]]:
+    """Header and arrays of a tar index of ``samples`` in ``shards`` equal shards."""
+    per_shard = samples // shards
+    sizes = [per_shard] * shards
+    entries = [
+        {
+            "url": f"s3://bucket/train/shard-{s:06d}.tar",
+            "bytes": per_shard * 4096,
+            "mtime": f'"{s:032x}"',  # an ETag
+            "samples": n,
+        }
+        for s, n in enumerate(sizes)
+    ]
+    header = {
+        "format": "tar",
+        "on_error": "raise",
+        "schema": None,
+        "fields": [f"f{i}" for i in range(fields)],
+        "magic": True,
+        "shards": entries,
+        "skipped": [],
+    }
+    header["fingerprint"] = _fingerprint(header)
+    records = np.zeros((samples, RECORD + 2 * fields), np.uint32)
+    records[:, 0] = np.repeat(np.arange(shards, dtype=np.uint32), per_shard)
+    within = np.tile(np.arange(per_shard, dtype=np.uint32), shards)
+    records[:, 1], records[:, 2] = within * 4096, 4096
+    checksums = np.ones((samples, fields), np.uint32)
+    return header, {"records": records, "checksums": checksums}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=10**7)
+    parser.add_argument("--shards", type=int, default=10**4)
+    parser.add_argument("--fields", type=int, default=2)
+    args = parser.parse_args()
+    header, arrays = synthetic(args.samples, args.shards, args.fields)
+    array_bytes = sum(a.nbytes for a in arrays.values())
+    with tempfile.TemporaryDirectory(prefix="index-scale-") as tmp:
+        path = Path(tmp) / "synthetic.rlindex"
+        began = time.perf_counter()
+        write_index(path, header, arrays)
+        written = time.perf_counter() - began
+        del arrays
+        size = path.stat().st_size
+        began = time.perf_counter()
+        index = ShardedIndex.load(path, verify=False)
+        loaded = time.perf_counter() - began
+        began = time.perf_counter()
+        checksum = int(index.records[:: max(1, args.samples // 4096), 1].sum())  # touch pages
+        touched = time.perf_counter() - began
+        began = time.perf_counter()
+        copy = Path(tmp) / "copy.rlindex"
+        with open(path, "rb") as source, open(copy, "wb") as target:
+            while chunk := source.read(8 * 2**20):
+                target.write(chunk)
+            target.flush()
+            os.fsync(target.fileno())
+        copied = time.perf_counter() - began
+    per_sample = array_bytes / args.samples
+    per_shard = (size - array_bytes) / args.shards
+    print(
+        f"# synthetic tar index: {args.samples:,} samples in {args.shards:,} shards, "
+        f"{args.fields} members a sample (format 3, uint32 records)"
+    )
+    print(
+        f"file {size / 2**20:,.1f} MiB: arrays {per_sample:.1f} B/sample, header "
+        f"{per_shard:.1f} B/shard"
+    )
+    print(
+        f"write {written:.2f} s, load (mmap) {loaded * 1e3:.1f} ms, a strided read of 4,096 "
+        f"records {touched * 1e3:.1f} ms, copy + fsync {copied:.2f} s (checksum {checksum})"
+    )
+    full = FULL_SAMPLES * per_sample + FULL_SHARDS * per_shard
+    shard_part = FULL_SAMPLES // FULL_SHARDS * per_sample + per_shard
+    print(f"\n# extrapolated to {FULL_SAMPLES:.0e} samples in {FULL_SHARDS:.0e} shards")
+    print(f"whole index: {full / 2**30:,.1f} GiB ({full / LINK:,.0f} s at {LINK / 1e9:.0f} GB/s)")
+    print(f"one shard's part: {shard_part / 2**10:,.1f} KiB")
+    print(f"header alone (the shard list): {FULL_SHARDS * per_shard / 2**20:,.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()
