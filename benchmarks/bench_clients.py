@@ -167,7 +167,8 @@ def main() -> None:
     args = parser.parse_args()
     data = np.random.default_rng(6).integers(0, 256, args.object_mib << 20, np.uint8).tobytes()
     rng = np.random.default_rng(18)
-    with remote_endpoint(args.delay) as (server, endpoint):
+    with remote_endpoint(args.delay) as (server, proxy):
+        endpoint = proxy.endpoint
         bucket = make_bucket(server, {KEY: data})[len("s3://") :]
         readers = {name: make(bucket, endpoint) for name, make in READERS.items()}
         cells = {}

@@ -16,32 +16,51 @@ sys.path.insert(0, str(TESTS))
 
 from s3_server import CREDENTIALS, make_bucket, moto_server, s3_client  # noqa: E402
 
+# boto3, obstore and litdata read AWS_ENDPOINT_URL; MosaicML Streaming reads S3_ENDPOINT_URL;
+# obstore (which litdata uses too) needs AWS_ALLOW_HTTP=true for an http:// endpoint.
+ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL", "S3_ENDPOINT_URL")
 __all__ = ["CREDENTIALS", "make_bucket", "remote_endpoint", "s3_client"]
 
 
-@contextmanager
-def remote_endpoint(delay: float) -> Iterator[tuple[str, str]]:
-    """Yield (server endpoint, proxy endpoint adding ``delay`` s a round trip), with the
-    credentials and ``AWS_ENDPOINT_URL`` (the proxy) set in this process's environment."""
-    with moto_server() as server:
-        proxy = subprocess.Popen(
-            [sys.executable, str(TESTS / "fault_proxy.py"), server, "--delay", str(delay)],
+class ProxyProcess:
+    """The fault proxy in a process of its own, steered over its stdin (``fault_proxy.main``)."""
+
+    def __init__(self, upstream: str, delay: float) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, str(TESTS / "fault_proxy.py"), upstream, "--delay", str(delay)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
+        self.endpoint = self.process.stdout.readline().strip()
+
+    def command(self, line: str) -> tuple[int, int]:
+        """Send ``line``; the proxy's (bytes sent to clients, requests) after it."""
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+        sent, requests = self.process.stdout.readline().split()
+        return int(sent), int(requests)
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+@contextmanager
+def remote_endpoint(delay: float) -> Iterator[tuple[str, ProxyProcess]]:
+    """Yield (server endpoint, proxy adding ``delay`` s a round trip), with the credentials
+    and the endpoint variables (the proxy) set in this process's environment meanwhile."""
+    with moto_server() as server:
+        proxy = ProxyProcess(server, delay)
+        endpoints = {name: proxy.endpoint for name in ENDPOINT_VARIABLES}
+        saved = {k: os.environ.get(k) for k in [*CREDENTIALS, *endpoints, "AWS_ALLOW_HTTP"]}
+        os.environ.update({**CREDENTIALS, **endpoints, "AWS_ALLOW_HTTP": "true"})
         try:
-            endpoint = proxy.stdout.readline().strip()
-            saved = {k: os.environ.get(k) for k in [*CREDENTIALS, "AWS_ENDPOINT_URL"]}
-            os.environ.update({**CREDENTIALS, "AWS_ENDPOINT_URL": endpoint})
-            try:
-                yield server, endpoint
-            finally:
-                for key, value in saved.items():
-                    if value is None:
-                        os.environ.pop(key, None)
-                    else:
-                        os.environ[key] = value
+            yield server, proxy
         finally:
-            proxy.kill()
-            proxy.wait()
+            proxy.stop()
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value

@@ -328,8 +328,9 @@ def fault_proxy(s3_server: str) -> Iterator[FaultProxy]:
 
 def main() -> None:
     """``python tests/fault_proxy.py UPSTREAM [--delay SECONDS]``: serve a proxy in its own
-    process (benchmarks: no GIL shared with the client measured), print its endpoint, and run
-    until stdin closes or the process is killed."""
+    process (benchmarks: no GIL shared with the loaders measured) and print its endpoint. Then
+    one command a line on stdin, each answered with a line: ``stats`` (bytes sent to clients,
+    requests), ``outage SECONDS`` (refused), ``reset``; it stops when stdin closes."""
     import argparse
     import sys
 
@@ -339,7 +340,13 @@ def main() -> None:
     args = parser.parse_args()
     with FaultProxy(args.upstream, delay=args.delay) as proxy:
         print(proxy.endpoint, flush=True)
-        sys.stdin.read()
+        for line in sys.stdin:
+            command, *values = line.split()
+            if command == "outage":
+                proxy.outage(float(values[0]))
+            elif command == "reset":
+                proxy.reset_stats()
+            print(proxy.bytes_down, len(proxy.requests), flush=True)
 
 
 if __name__ == "__main__":

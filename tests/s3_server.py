@@ -112,13 +112,15 @@ def make_bucket(
     *,
     bucket: str | None = None,
     prefix: str = "",
+    create: bool = True,
 ) -> str:
-    """Create a bucket (a fresh unique name unless given) on ``endpoint``, upload ``files``
-    (object name under ``prefix`` -> local path or bytes) and return ``s3://bucket/prefix``
-    without a trailing slash."""
+    """Create a bucket (a fresh unique name unless given; ``create=False``: it exists) on
+    ``endpoint``, upload ``files`` (object name under ``prefix`` -> local path or bytes) and
+    return ``s3://bucket/prefix`` without a trailing slash."""
     bucket = bucket or f"test-{uuid.uuid4().hex[:16]}"
     client = s3_client(endpoint)
-    client.create_bucket(Bucket=bucket)
+    if create:
+        client.create_bucket(Bucket=bucket)
     for name, content in (files or {}).items():
         key = f"{prefix.strip('/')}/{name}" if prefix.strip("/") else name
         body = content if isinstance(content, bytes) else Path(content).read_bytes()

@@ -1,0 +1,325 @@
+"""Loaders reading object storage: ours (from local disk, and from s3://) beside litdata and
+MosaicML Streaming, each from its own format in the same bucket behind the same 10 ms proxy.
+
+Run: python benchmarks/bench_remote.py [--rounds 3] [--delay 0.01] [--only NAME ...]
+
+Install the peers (the bench extra, then Streaming without its dependencies, which would replace
+the CPU build of torch with a CUDA one, pull torchvision and downgrade numpy):
+
+    pip install -e '.[bench]' -c constraints.txt
+    pip install --no-deps mosaicml-streaming==0.13.0
+    pip install brotli python-snappy zstd catalogue -c constraints.txt
+
+(Streaming's package imports its torchvision datasets at import time; torchvision is not
+installed beside the CPU torch here, so :func:`import_streaming` stubs the two names those
+modules import. Nothing of them runs.)
+
+Data: 16 tar shards of 1,024 samples (a 3x32x32 raw image, ~3 KB, and a label), the demo's
+decode + crop/flip/noise; the same samples as litdata ``optimize()`` chunks (1,024 samples a
+chunk) and as MDS shards (about 1,024 samples a shard), all uploaded to one bucket of a moto S3
+server. Every loader reads through one proxy (its own process) that adds ``--delay`` to each
+round trip and counts the bytes it sends. Batch 64, 2 workers, shuffled.
+
+Per loader: an epoch per round, rounds interleaved (the order rotates), each epoch with an
+empty node cache (a fresh ``cache_dir``/``local``); the table shows the median samples/s, the
+ratio to ours from local disk in the same round, and the bytes the proxy sent per byte of the
+loader's own dataset. Then a resume at 50%: a state taken half way through an epoch is loaded
+into a new loader with an empty cache; the time from building it to its first batch beside a
+fresh start's, and the bytes fetched for the rest of the epoch per byte of the rest of the
+dataset. A label checksum shows every loader delivered the whole epoch.
+
+Each loader is one function ``make(data, cache_dir) -> loader`` in ``LOADERS``: add one there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.machinery
+import importlib.util
+import os
+import statistics
+import sys
+import tempfile
+import time
+import types
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench_peers import augment, write_litdata
+from remote_endpoint import ProxyProcess, make_bucket, remote_endpoint
+
+from resumable_loader import ResumableDataLoader, ShardShuffle, TarShardDataset
+from resumable_loader.demo import write_shards
+
+SHARDS, PER_SHARD, BATCH, WORKERS = 16, 1024, 64, 2
+SHARD_LOCAL = ShardShuffle(window=4, buffer_size=1024)
+OURS_LOCAL = "ours, local disk, global shuffle"
+
+
+@dataclass
+class Data:
+    """The same samples in each format: local tar paths, and URLs in the bucket."""
+
+    local_tar: list[str]
+    s3_tar: list[str]
+    litdata_url: str
+    mds_url: str
+    index_dir: str
+    sizes: dict[str, int]  # format -> bytes of the dataset in it
+
+
+Make = Callable[[Data, Path], Any]
+
+
+def ours(dataset: TarShardDataset, **kwargs: Any) -> ResumableDataLoader:
+    return ResumableDataLoader(
+        dataset, batch_size=BATCH, num_workers=WORKERS, shuffle=True, seed=0, **kwargs
+    )
+
+
+def ours_local(data: Data, cache: Path) -> ResumableDataLoader:
+    """Ours from local disk (the page cache), global shuffle: the baseline."""
+    return ours(TarShardDataset(data.local_tar, decode=augment))
+
+
+def ours_s3_today(data: Data, cache: Path, **kwargs: Any) -> ResumableDataLoader:
+    """Ours from s3:// without the prefetcher: 1 MiB read-ahead blocks in a per-worker LRU,
+    read synchronously inside each sample's fetch (issue 18's starting point)."""
+    dataset = TarShardDataset(data.s3_tar, decode=augment, cache_dir=data.index_dir, prefetch=False)
+    return ours(dataset, **kwargs)
+
+
+def ours_s3_today_shard_local(data: Data, cache: Path) -> ResumableDataLoader:
+    """As :func:`ours_s3_today`, shard-local order (ShardShuffle(4, 1024))."""
+    return ours_s3_today(data, cache, shard_shuffle=SHARD_LOCAL)
+
+
+def litdata_s3(data: Data, cache: Path) -> Any:
+    """litdata streaming its optimize() chunks from the bucket into its node cache."""
+    from litdata import StreamingDataLoader, StreamingDataset
+
+    litdata_allow_http()
+    dataset = StreamingDataset(
+        data.litdata_url, cache_dir=str(cache), shuffle=True, seed=0, transform=augment
+    )
+    return StreamingDataLoader(
+        dataset, batch_size=BATCH, num_workers=WORKERS, worker_init_fn=litdata_allow_http
+    )
+
+
+def litdata_allow_http(worker: int | None = None) -> None:
+    """litdata fetches chunks with obstore under fixed client options that refuse http://; the
+    test endpoint is http (a real one is https): allow it, in each (spawned) worker too."""
+    from litdata.streaming import downloader
+
+    downloader._OBSTORE_CLIENT_OPTIONS["allow_http"] = True
+
+
+def import_streaming() -> types.ModuleType:
+    """``streaming``, with stubs for the two torchvision names its vision datasets import."""
+    if "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is None:
+        names = {
+            "torchvision": {},
+            "torchvision.datasets": {"VisionDataset": object},
+            "torchvision.transforms": {},
+            "torchvision.transforms.functional": {"to_tensor": None},
+        }
+        for name, attributes in names.items():
+            module = types.ModuleType(name)
+            module.__spec__ = importlib.machinery.ModuleSpec(name, None)
+            module.__dict__.update(attributes)
+            sys.modules[name] = module
+    import streaming
+
+    return streaming
+
+
+def streaming_s3(data: Data, cache: Path) -> Any:
+    """MosaicML Streaming reading MDS shards from the bucket into its ``local`` cache."""
+    streaming = import_streaming()
+    from streaming.base.util import clean_stale_shared_memory
+
+    clean_stale_shared_memory()
+
+    class Augmented(streaming.StreamingDataset):
+        def __getitem__(self, index: int) -> Any:
+            return augment(super().__getitem__(index))
+
+    dataset = Augmented(
+        remote=data.mds_url, local=str(cache), shuffle=True, shuffle_seed=0, batch_size=BATCH
+    )
+    return streaming.StreamingDataLoader(dataset, batch_size=BATCH, num_workers=WORKERS)
+
+
+# name -> (the format whose bytes it reads, how to build it)
+LOADERS: dict[str, tuple[str, Make]] = {
+    OURS_LOCAL: ("tar", ours_local),
+    "ours, s3://, global, no prefetch (today)": ("tar", ours_s3_today),
+    "ours, s3://, ShardShuffle(4,1024), no prefetch": ("tar", ours_s3_today_shard_local),
+    "litdata, s3://, own chunks, node cache": ("litdata", litdata_s3),
+    "MosaicML Streaming, s3://, MDS, node cache": ("mds", streaming_s3),
+}
+
+
+def write_mds(paths: list[str], directory: Path) -> None:
+    """The samples of ``paths`` as MDS shards of about ``PER_SHARD`` samples each."""
+    streaming = import_streaming()
+    per_sample = 3 * 32 * 32 + 16
+    samples = TarShardDataset(paths)
+    limit = PER_SHARD * per_sample + 1024
+    with streaming.MDSWriter(
+        out=str(directory), columns={"rgb": "bytes", "cls": "int"}, size_limit=limit
+    ) as writer:
+        for index in range(len(samples)):
+            sample = samples[index]
+            writer.write({"rgb": sample["rgb"], "cls": int(sample["cls"])})
+
+
+def upload(server: str, bucket: str, directory: Path, prefix: str) -> tuple[str, int]:
+    """Upload every file of ``directory`` under ``prefix``; (URL, total bytes)."""
+    files = {p.name: p for p in sorted(directory.iterdir()) if p.is_file()}
+    url = make_bucket(server, files, bucket=bucket, prefix=prefix, create=False)
+    return url, sum(p.stat().st_size for p in files.values())
+
+
+def prepare(server: str, tmp: Path) -> Data:
+    """Write the samples in each format and put them in a fresh bucket."""
+    (tmp / "tar").mkdir()
+    local = write_shards(tmp / "tar", shards=SHARDS, per_shard=PER_SHARD)
+    bucket = make_bucket(server)[len("s3://") :]
+    tar_url, tar_bytes = upload(server, bucket, tmp / "tar", "tar")
+    sizes = {"tar": tar_bytes}
+    litdata_url = mds_url = ""
+    if importlib.util.find_spec("litdata"):
+        write_litdata(local, tmp / "litdata")
+        litdata_url, sizes["litdata"] = upload(server, bucket, tmp / "litdata", "litdata")
+    if importlib.util.find_spec("streaming"):
+        write_mds(local, tmp / "mds")
+        mds_url, sizes["mds"] = upload(server, bucket, tmp / "mds", "mds")
+    s3_tar = [f"{tar_url}/{Path(p).name}" for p in local]
+    index_dir = str(tmp / "index")
+    TarShardDataset(s3_tar, cache_dir=index_dir, prefetch=False)  # the index, built once
+    return Data(local, s3_tar, litdata_url, mds_url, index_dir, sizes)
+
+
+def epoch(loader: Iterable, limit: int | None = None) -> tuple[int, int]:
+    """Iterate ``loader`` (at most ``limit`` batches); (samples, label sum)."""
+    count = checksum = 0
+    for number, (_, labels) in enumerate(loader):
+        if limit is not None and number == limit:
+            break
+        count, checksum = count + len(labels), checksum + int(labels.sum())
+    return count, checksum
+
+
+def first_batch(make: Callable[[], Any], state: dict[str, Any] | None) -> tuple[float, Any]:
+    """Seconds from building a loader (and loading ``state``) to its first batch; the loader
+    and its iterator, to read on."""
+    began = time.perf_counter()
+    loader = make()
+    if state is not None:
+        loader.load_state_dict(state)
+    batches = iter(loader)
+    next(batches)
+    return time.perf_counter() - began, batches
+
+
+class Runs:
+    """Runs every loader in fresh cache directories and reads the proxy's byte counter."""
+
+    def __init__(self, data: Data, proxy: ProxyProcess, tmp: Path) -> None:
+        self.data, self.proxy, self.tmp = data, proxy, tmp
+        self.fresh = 0
+
+    def cache(self) -> Path:
+        self.fresh += 1
+        return Path(tempfile.mkdtemp(prefix=f"cache{self.fresh}-", dir=self.tmp))
+
+    def epoch(self, name: str) -> tuple[float, float, tuple[int, int]]:
+        """(samples/s, bytes fetched / dataset, (samples, label sum)) of one epoch."""
+        kind, make = LOADERS[name]
+        self.proxy.command("reset")
+        began = time.perf_counter()
+        seen = epoch(make(self.data, self.cache()))
+        rate = seen[0] / (time.perf_counter() - began)
+        return rate, self.proxy.command("stats")[0] / self.data.sizes[kind], seen
+
+    def resume(self, name: str) -> tuple[float, float, float]:
+        """(fresh first batch s, resumed first batch s, bytes fetched after the resume / the
+        rest of the dataset's bytes), resuming at 50% with an empty cache."""
+        kind, make = LOADERS[name]
+        half = SHARDS * PER_SHARD // BATCH // 2
+        loader = make(self.data, self.cache())
+        epoch(loader, half)
+        state = loader.state_dict()
+        del loader
+        fresh, batches = first_batch(lambda: make(self.data, self.cache()), None)
+        del batches
+        self.proxy.command("reset")
+        resumed, batches = first_batch(lambda: make(self.data, self.cache()), state)
+        for _ in batches:
+            pass
+        fetched = self.proxy.command("stats")[0]
+        return fresh, resumed, fetched / (self.data.sizes[kind] / 2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--delay", type=float, default=0.01, help="seconds per round trip")
+    parser.add_argument("--only", nargs="*", help="loaders whose name contains one of these")
+    args = parser.parse_args()
+    kinds = {"litdata": "litdata", "mds": "streaming"}
+    names = [
+        name
+        for name, (kind, _) in LOADERS.items()
+        if importlib.util.find_spec(kinds.get(kind, "resumable_loader"))
+        and (name == OURS_LOCAL or not args.only or any(o in name for o in args.only))
+    ]
+    skipped = [name for name in LOADERS if name not in names and not args.only]
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-remote-") as tmp,
+        remote_endpoint(args.delay) as (server, proxy),
+    ):
+        data = prepare(server, Path(tmp))
+        runs = Runs(data, proxy, Path(tmp))
+        rates: dict[str, list[float]] = {name: [] for name in names}
+        fetched: dict[str, list[float]] = {name: [] for name in names}
+        seen: dict[str, tuple[int, int]] = {}
+        for number in range(args.rounds):
+            shift = number % len(names)
+            for name in names[shift:] + names[:shift]:
+                print(f"epoch: {name}, round {number + 1}/{args.rounds}", file=sys.stderr)
+                rate, ratio, seen[name] = runs.epoch(name)
+                rates[name].append(rate)
+                fetched[name].append(ratio)
+        resumes = {}
+        for name in names:
+            print(f"resume: {name}", file=sys.stderr)
+            resumes[name] = runs.resume(name)
+    print(
+        f"# {SHARDS} shards x {PER_SHARD} samples (~3 KB), batch {BATCH}, {WORKERS} workers, "
+        f"{args.delay * 1e3:.0f} ms a round trip; median of {args.rounds} interleaved rounds; "
+        f"dataset bytes: " + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in data.sizes.items())
+    )
+    print(
+        f"{'loader':<50}{'samples/s':>10}{'vs local':>9}{'fetched':>9}"
+        f"{'fresh 1st':>11}{'resumed 1st':>12}{'rest fetched':>13}  samples, label sum"
+    )
+    for name in names:
+        ratios = [a / b for a, b in zip(rates[name], rates[OURS_LOCAL], strict=True)]
+        fresh, resumed, rest = resumes[name]
+        print(
+            f"{name:<50}{statistics.median(rates[name]):>10,.0f}"
+            f"{statistics.median(ratios):>8.2f}x{statistics.median(fetched[name]):>8.2f}x"
+            f"{fresh:>10.2f}s{resumed:>11.2f}s{rest:>12.2f}x  {seen[name]}"
+        )
+    for name in skipped:
+        print(f"{name}: skipped, not installed (see the install commands at the top)")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    main()
