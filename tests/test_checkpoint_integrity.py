@@ -339,3 +339,14 @@ def moment_byte(folder: Path, key: str) -> int:
     item = (folder / info.relative_path).read_bytes()[info.offset : info.offset + info.length]
     tensor = torch.load(io.BytesIO(item), weights_only=True)
     return info.offset + item.index(tensor.numpy().tobytes()) + 3
+
+
+def test_the_probe_says_when_there_is_nothing_to_compare(tmp_path):
+    state, _ = trained(2)
+    checkpointer = Checkpointer(tmp_path)
+    with pytest.raises(CheckpointError, match=r"probe: nothing was loaded yet; call load\(\)"):
+        checkpointer.probe(state["model"], loss_fn)
+    checkpointer.save(2, state)  # without probe=
+    checkpointer.load(build(4, 0))
+    with pytest.raises(CheckpointError, match=r"recorded no probe; pass save\(\.\.\., probe="):
+        checkpointer.probe(state["model"], loss_fn)

@@ -35,8 +35,6 @@ from resumable_loader.checkpoint import (
 from resumable_loader.checkpoint import probe as probe_mod
 from resumable_loader.checkpoint.components import (
     LOADER,
-    MODEL,
-    OPTIMIZER,
     Component,
     components,
     count_samples,
@@ -137,7 +135,7 @@ class Checkpointer:
         step = check_int("step", step)
         self.wait()
         found = components(state)
-        probed = None if probe is None else self._record_probe(found, probe)
+        probed = None if probe is None else probe_mod.record(found, probe, self.probe_samples)
         rank, world_size = collective.rank(), collective.world_size()
         tmp = self.directory.tmp_dir(step)
         if rank == 0:
@@ -184,24 +182,6 @@ class Checkpointer:
             self._commit(step, record, {**rng_files, **writer.files})
         collective.barrier()
         return self.directory.step_dir(step)
-
-    def _record_probe(self, found: dict[str, Component], loss_fn: probe_mod.LossFn) -> Any:
-        model_name = _probed_model(found)
-        loader_names = [n for n, c in found.items() if c.kind == LOADER]
-        if len(loader_names) != 1:
-            raise ConfigError(
-                f"probe: the state has {len(loader_names)} loaders ({loader_names}); the probe "
-                "batch is taken from the one loader's dataset, so pass exactly one"
-            )
-        model = found[model_name].obj
-        return probe_mod.record(
-            (loader_names[0], model_name),
-            found[loader_names[0]].obj,
-            model,
-            _optimizer_of(found, model),
-            loss_fn,
-            self.probe_samples,
-        )
 
     def _commit(self, step: int, record: dict[str, Any], files: dict[str, Any]) -> None:
         """Rank 0, once every rank's data is written: manifest, rename, latest, prune."""
@@ -386,41 +366,10 @@ class Checkpointer:
             CheckpointError: nothing was loaded, the checkpoint has no probe, or the probe
                 does not match (both values named).
         """
-        if self._loaded is None or self._loaded[0].get("probe") is None:
-            raise CheckpointError(
-                "probe: "
-                + (
-                    "nothing was loaded yet; call load() first"
-                    if self._loaded is None
-                    else "the loaded checkpoint recorded no probe; pass "
-                    "save(..., probe=loss_fn) to record one"
-                )
-            )
+        if self._loaded is None:
+            raise CheckpointError("probe: nothing was loaded yet; call load() first")
         saved, found, mode = self._loaded
-        recorded = saved["probe"]
-        loader = found[recorded["loader"]].obj
-        now = probe_mod.measure(
-            model, loss_fn, loader, recorded["ids"], _optimizer_of(found, model)
-        )
-        return probe_mod.compare(recorded, now, exact=mode == "strict")
-
-
-def _probed_model(found: dict[str, Component]) -> str:
-    """The model the probe runs: the one an optimizer trains, else the only model."""
-    owners = {c.stateful.model for c in found.values() if c.kind == OPTIMIZER}
-    names = [n for n, c in found.items() if c.kind == MODEL and (c.obj in owners or not owners)]
-    if len(names) != 1:
-        raise ConfigError(
-            f"probe: {len(names)} candidate models ({names}); the probe runs the model an "
-            "optimizer trains, or the state's only model"
-        )
-    return names[0]
-
-
-def _optimizer_of(found: dict[str, Component], model: nn.Module) -> torch.optim.Optimizer | None:
-    """The optimizer of the state that trains ``model``, if one does."""
-    trains = [c.obj for c in found.values() if c.kind == OPTIMIZER and c.stateful.model is model]
-    return trains[0] if trains else None
+        return probe_mod.check(saved, found, model, loss_fn, exact=mode == "strict")
 
 
 def _undo(found: dict[str, Component]) -> None:

@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from resumable_loader.checkpoint import integrity, rng_state
-from resumable_loader.errors import CheckpointError
+from resumable_loader.checkpoint.components import LOADER, MODEL, OPTIMIZER, Component
+from resumable_loader.errors import CheckpointError, ConfigError
 from resumable_loader.loader.keyed_fetch import BatchRef, KeyedFetch
 
 # flexible mode: |now - saved| <= this x |saved| for the loss, the gradient norm and the loss
@@ -103,19 +104,59 @@ def _one_step(
     return after, _digest(model_copy.parameters())
 
 
-def record(
-    names: tuple[str, str],
-    loader: Any,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer | None,
-    loss_fn: LossFn,
-    samples: int,
-) -> dict[str, Any]:
-    """The manifest's ``probe`` entry: which loader and model (``names``), which batch, what
-    it gave."""
+def record(found: dict[str, Component], loss_fn: LossFn, samples: int) -> dict[str, Any]:
+    """The manifest's ``probe`` entry for the state ``found``: which loader and model, which
+    batch (the first ``samples`` positions of the loader's epoch 0), what it gave."""
+    model_name = _probed_model(found)
+    loaders = [name for name, c in found.items() if c.kind == LOADER]
+    if len(loaders) != 1:
+        raise ConfigError(
+            f"probe: the state has {len(loaders)} loaders ({loaders}); the probe batch is "
+            "taken from the one loader's dataset, so pass exactly one"
+        )
+    loader, model = found[loaders[0]].obj, found[model_name].obj
     ids = sample_ids(loader, samples)
-    measured = measure(model, loss_fn, loader, ids, optimizer)
-    return {"loader": names[0], "model": names[1], "ids": ids, **measured}
+    measured = measure(model, loss_fn, loader, ids, _optimizer_of(found, model))
+    return {"loader": loaders[0], "model": model_name, "ids": ids, **measured}
+
+
+def check(
+    saved: dict[str, Any],
+    found: dict[str, Component],
+    model: nn.Module,
+    loss_fn: LossFn,
+    *,
+    exact: bool,
+) -> dict[str, Any]:
+    """Recompute the probe the manifest ``saved`` recorded, on ``model``; the report (see
+    :func:`compare`); CheckpointError if there is none or it does not match."""
+    recorded = saved.get("probe")
+    if recorded is None:
+        raise CheckpointError(
+            "probe: the loaded checkpoint recorded no probe; pass save(..., probe=loss_fn) "
+            "to record one"
+        )
+    loader = found[recorded["loader"]].obj
+    now = measure(model, loss_fn, loader, recorded["ids"], _optimizer_of(found, model))
+    return compare(recorded, now, exact=exact)
+
+
+def _probed_model(found: dict[str, Component]) -> str:
+    """The model the probe runs: the one an optimizer trains, else the only model."""
+    owners = {c.stateful.model for c in found.values() if c.kind == OPTIMIZER}
+    names = [n for n, c in found.items() if c.kind == MODEL and (c.obj in owners or not owners)]
+    if len(names) != 1:
+        raise ConfigError(
+            f"probe: {len(names)} candidate models ({names}); the probe runs the model an "
+            "optimizer trains, or the state's only model"
+        )
+    return names[0]
+
+
+def _optimizer_of(found: dict[str, Component], model: nn.Module) -> torch.optim.Optimizer | None:
+    """The optimizer of the state that trains ``model``, if one does."""
+    trains = [c.obj for c in found.values() if c.kind == OPTIMIZER and c.stateful.model is model]
+    return trains[0] if trains else None
 
 
 def compare(saved: dict[str, Any], now: dict[str, Any], *, exact: bool) -> dict[str, Any]:
