@@ -4,7 +4,8 @@ Run as ``python transformers_job.py OUT --batch-size B --workers W [--kill-at S]
 DIR]``: a ResumableTrainer over a tiny regression model, checkpointing every 3 steps into
 ``OUT/checkpoints``. The model appends one JSON line per training step to ``OUT/rank0.jsonl``
 (epoch, sample ids, digests of the augmentations, loss); with ``--kill-at S`` the process
-SIGKILLs itself after step S.
+SIGKILLs itself after step S. With ``--plain`` the job is the plain ``Trainer`` (its own loader,
+its skip-based resume) over a ``KeyedDataset`` with ``DatasetEpochCallback``.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from pathlib import Path
 
 import torch
 from resume_harness import AugmentedDataset, digest
-from transformers import TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from resumable_loader.integrations.transformers import ResumableTrainer
+from resumable_loader.integrations.transformers import DatasetEpochCallback, ResumableTrainer
+from resumable_loader.loader.keyed_dataset import KeyedDataset
 
 N = 40
 EPOCHS = 2
@@ -68,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, required=True)
     parser.add_argument("--kill-at", type=int)
     parser.add_argument("--resume")
+    parser.add_argument("--plain", action="store_true", help="the plain Trainer")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)  # the same initial weights in every run
@@ -87,11 +90,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         seed=7,
         disable_tqdm=True,
     )
-    trainer = ResumableTrainer(
+    callbacks = [KillAt(args.kill_at)] if args.kill_at is not None else []
+    dataset = AugmentedDataset(N)
+    if args.plain:
+        dataset = KeyedDataset(dataset, seed=7)
+        callbacks.append(DatasetEpochCallback(dataset))
+    trainer = (Trainer if args.plain else ResumableTrainer)(
         model=Regression(args.out / f"rank{os.environ.get('RANK', '0')}.jsonl"),
         args=training,
-        train_dataset=AugmentedDataset(N),
-        callbacks=[KillAt(args.kill_at)] if args.kill_at is not None else [],
+        train_dataset=dataset,
+        callbacks=callbacks,
     )
     trainer.train(resume_from_checkpoint=args.resume)
 

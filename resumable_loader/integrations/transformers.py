@@ -6,11 +6,16 @@ DataLoader (another order, other augmentations). :class:`ResumableTrainerMixin` 
 the training loader is a ResumableDataLoader, its cursor is written into every checkpoint
 folder (``resumable_loader_cursor.json``) and loaded from the one resumed, and the Trainer's
 data skipping is turned off, since the cursor already starts where the checkpoint was.
+
+The plain ``Trainer`` keeps its own loader; give it a
+:class:`~resumable_loader.loader.keyed_dataset.KeyedDataset` and :class:`DatasetEpochCallback`
+and its skip-based resume replays the augmentations too (each sample keyed by seed, epoch, id).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -60,6 +65,18 @@ class SaveCursor(TrainerCallback):
         folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
         with atomic_write(os.path.join(folder, CURSOR_FILE)) as f:
             f.write(json.dumps(self.loader.state_dict()).encode())
+
+
+class DatasetEpochCallback(TrainerCallback):
+    """Sets a KeyedDataset's epoch before the plain Trainer reads each epoch (the Trainer sets
+    its sampler's epoch, and Accelerate's loader then skips the dataset's)."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # state.epoch: k exactly at epoch k's start, k + a fraction when resumed inside it
+        self.dataset.set_epoch(math.floor(state.epoch or 0))
 
 
 class ResumableTrainerMixin:
