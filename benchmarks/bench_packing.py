@@ -338,9 +338,8 @@ def resume(samples: int, repeats: int) -> None:
     print("|---|---:|")
     print(f"| Packed(...) over {samples:.0e} lengths (checks, digest), CPU | {built:.2f} |")
     print(f"| pack table: the order's ids (Feistel, C++), CPU | {ids_time:.2f} |")
-    print(
-        f"| pack table: lengths gathered and bfd counts (C++, window {WINDOW}) | {count_time:.2f} |"
-    )
+    counted = f"pack table: lengths gathered and bfd counts (C++, window {WINDOW}), CPU"
+    print(f"| {counted} | {count_time:.2f} |")
     print(f"| first batch, fresh start (loader, table, one window's plan), median | {fresh:.2f} |")
     print(f"| first batch at 90% (+ load_state_dict), median | {resumed:.2f} |")
     print(f"| the same, CPU seconds: fresh / at 90% | {fresh_cpu:.2f} / {resumed_cpu:.2f} |")
