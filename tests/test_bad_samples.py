@@ -15,7 +15,7 @@ import pytest
 from bad_samples_job import LENGTH, Corrupt, loader
 from torchrun_harness import rank_pickles, torchrun
 
-from resumable_loader import DataLoader
+from resumable_loader import DataLoader, Mixture
 from resumable_loader.errors import BadSampleError, ConfigError
 from resumable_loader.loader.bad_samples import quarantine_file, read_quarantine, substitute_id
 
@@ -162,3 +162,17 @@ def test_two_ranks_stay_in_lock_step_and_resume_on_one(tmp_path):
     resumed = loader(resumed_dataset, str(tmp_path / "q0"), batch_size=4, num_workers=0)
     resumed.load_state_dict(ranks[0]["state"])
     assert stream(resumed) == whole[18:] and resumed_dataset.reads == []
+
+
+def test_a_mixture_source_with_corrupt_samples_is_substituted_from_the_mixture(tmp_path):
+    """A Mixture's len() is its epoch (here endless); substitutes are drawn from its ids."""
+
+    def mixture() -> Mixture:
+        return Mixture({"books": Corrupt(set()), "web": Corrupt({2, 9})}, {"books": 1, "web": 3})
+
+    first = stream(loader(mixture(), str(tmp_path), batch_size=8), 12)
+    quarantined = read_quarantine(tmp_path)
+    assert len(first) == 96 and quarantined
+    assert {mixture().decode(i) for i in quarantined} <= {(1, 2), (1, 9)}
+    again = loader(mixture(), str(tmp_path), batch_size=4, num_workers=2)
+    assert stream(again, 24) == first

@@ -77,7 +77,8 @@ class BadSamples:
         quarantine_dir: where the per-rank quarantine files live (created if missing); None
             keeps the record in this process and the log only.
         rank, world_size: this loader's data-parallel place (its file, its share of samples).
-        length: the dataset's length (candidates are drawn from it).
+        length: how many ids the dataset has (candidates are drawn from them; for a Mixture,
+            its ``id_count``; the bad fraction is counted against it too).
     """
 
     def __init__(
@@ -244,10 +245,12 @@ def make(
             "on_sample_error='substitute' needs a map-style dataset (substitutes are drawn "
             f"from its ids), got {type(dataset).__name__}"
         )
+    # a Mixture's ids are its sources' samples, its len() the epoch's length (maybe endless)
+    ids = getattr(dataset, "id_count", None)
     return BadSamples(
         max_bad_fraction=max_bad_fraction,
         quarantine_dir=quarantine_dir,
         rank=rank,
         world_size=world_size,
-        length=len(dataset),
+        length=len(dataset) if ids is None else ids,
     )

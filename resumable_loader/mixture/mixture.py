@@ -130,6 +130,12 @@ class Mixture(Dataset):
         """The order a ResumableDataLoader iterates (its seed keys every source's stream)."""
         return MixtureOrder(self, seed=seed)
 
+    @property
+    def id_count(self) -> int:
+        """How many encoded ids there are (every source's samples): ``len()`` is the epoch's
+        length instead, so what draws ids (a bad sample's substitute) asks this."""
+        return self._ends[-1]
+
     def decode(self, encoded: int) -> tuple[int, int]:
         """(source index, that source's sample id) of an encoded id."""
         if isinstance(encoded, bool) or not 0 <= encoded < self._ends[-1]:
