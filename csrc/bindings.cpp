@@ -192,6 +192,18 @@ NB_MODULE(_core, m) {
         return words;
       },
       "key"_a, "generator"_a, "The 624 MT19937 state words of global generator 0, 1 or 2.");
+  m.def(
+      "_mt19937_state_words_with",
+      [](const std::string& kernel, Words4 key, uint32_t generator) {
+        std::array<uint32_t, resumable_loader::MT19937_N> words{};
+        if (!resumable_loader::mt19937_state_words_with(kernel.c_str(), key.data(),
+                                                        to_generator(generator), words.data())) {
+          throw nb::value_error(("no state-word kernel " + kernel + " on this CPU").c_str());
+        }
+        return words;
+      },
+      "kernel"_a, "key"_a, "generator"_a,
+      "mt19937_state_words by the named kernel ('portable', 'avx512'; for tests).");
   nb::dict purposes;
   for (const auto& [name, value] : resumable_loader::PURPOSE_NAMES) {
     purposes[name] = static_cast<uint32_t>(value);

@@ -5,6 +5,8 @@
 // words.
 #include "global_rngs.h"
 
+#include <cstring>
+
 #include "cpu_targets.h"
 
 namespace resumable_loader {
@@ -52,6 +54,18 @@ const WordsKernel<uint32_t> words32 = fastest_words_kernel<uint32_t>();
 const WordsKernel<uint64_t> words64 = fastest_words_kernel<uint64_t>();
 
 }  // namespace
+
+bool mt19937_state_words_with(const char* kernel, const uint32_t key[4], GlobalRng generator,
+                              uint32_t out[MT19937_N]) {
+  WordsKernel<uint32_t> chosen = nullptr;
+  if (std::strcmp(kernel, "portable") == 0) chosen = words_portable<uint32_t>;
+#ifdef RL_HAS_X86_KERNELS
+  if (std::strcmp(kernel, "avx512") == 0 && cpu_runs_avx512()) chosen = words_avx512<uint32_t>;
+#endif
+  if (chosen == nullptr) return false;
+  chosen(global_rng_seed(key, generator), out);
+  return true;
+}
 
 void mt19937_state_words(const uint32_t key[4], GlobalRng generator, uint32_t out[MT19937_N]) {
   words32(global_rng_seed(key, generator), out);

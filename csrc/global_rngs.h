@@ -43,6 +43,10 @@ inline uint64_t global_rng_seed(const uint32_t key[4], GlobalRng generator) {
 // word widened to 64 bits, written so directly.
 void mt19937_state_words(const uint32_t key[4], GlobalRng generator, uint32_t out[MT19937_N]);
 void mt19937_state_words(const uint32_t key[4], GlobalRng generator, uint64_t out[MT19937_N]);
+// The same words by a named kernel ("portable", "avx512"), for tests; false where this build or
+// this CPU has no such kernel.
+bool mt19937_state_words_with(const char* kernel, const uint32_t key[4], GlobalRng generator,
+                              uint32_t out[MT19937_N]);
 
 // torch's CPUGeneratorImplState (aten/src/ATen/CPUGeneratorImpl.cpp), the bytes that
 // torch.Generator.get_state() returns and set_state() takes.

@@ -66,6 +66,19 @@ def test_states_are_the_reference_ones(key):
     assert torch_words.tolist() == global_rng_state_words(key, TORCH).tolist()
 
 
+@settings(max_examples=30)
+@given(keys, st.sampled_from([PYTHON, NUMPY, TORCH]))
+def test_the_state_word_kernels_agree(key, generator):
+    # the AVX-512 kernel where the CPU has it, the portable one everywhere: the same words
+    expected = global_rng_state_words(key, generator).tolist()
+    assert global_rngs._core._mt19937_state_words_with("portable", key, generator) == expected
+    try:
+        words = global_rngs._core._mt19937_state_words_with("avx512", key, generator)
+    except ValueError:
+        return  # no AVX-512 here
+    assert words == expected
+
+
 @settings(
     max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
