@@ -13,7 +13,7 @@ import numpy as np
 
 from resumable_loader.errors import ConfigError, ShardError
 from resumable_loader.index.parquet import ParquetScan, scan_parquet
-from resumable_loader.index.paths import is_url, stat_shard
+from resumable_loader.index.paths import is_url, stat_shards
 from resumable_loader.index.remote import split_across_ranks
 from resumable_loader.index.tar import TarScan, scan_tar
 from resumable_loader.index.tar import records as tar_records
@@ -40,7 +40,7 @@ def scan_shards(
     as changed on the next load instead of being trusted.
     """
     kind = _format_of(urls)
-    stats = [stat_shard(url) for url in urls]
+    stats = stat_shards(urls)
     scans = _scan_all(urls, kind, on_error, workers, progress)
     header: dict[str, Any] = {"format": kind, "on_error": on_error, "schema": None}
     arrays = {}

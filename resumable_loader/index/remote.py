@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from resumable_loader.errors import ShardError
 from resumable_loader.index.atomic import atomic_write
 from resumable_loader.index.file import SUFFIX
+from resumable_loader.index.paths import stat_shards
 
 logger = logging.getLogger("resumable_loader")
 T = TypeVar("T")
@@ -131,16 +132,18 @@ def for_remote_shards(
     workers: int | None,
 ) -> Any:
     """The index of remote shards ``urls``, kept locally at ``path``: the local copy if every
-    rank has a current one; else fetched from ``index_url`` (default :func:`remote_index_url`)
+    rank has a current one (checked against the shards' sizes and ETags, listed once by rank 0
+    for the whole job); else fetched from ``index_url`` (default :func:`remote_index_url`)
     by the ranks that lack it; else built by all ranks together (each scanning its part) and
     published there by rank 0. ``cls`` is :class:`~resumable_loader.index.sharded.ShardedIndex`.
     """
-    index = _current(cls, path, urls, on_error)
+    stats = on_rank_zero(lambda: stat_shards(urls))
+    index = _current(cls, path, urls, on_error, stats)
     if everyone(index is not None):
         return index
     remote = index_url or remote_index_url(urls)
     if index is None and fetch(remote, path):
-        index = _current(cls, path, urls, on_error)
+        index = _current(cls, path, urls, on_error, stats)
     if everyone(index is not None):
         return index
     index = cls.build(urls, out=path, workers=workers, progress=False, on_error=on_error)
@@ -149,18 +152,43 @@ def for_remote_shards(
     return index
 
 
-def _current(cls: Any, path: Path, urls: list[str], on_error: str) -> Any:
-    """The index at ``path`` if it is there, matches the shards (sizes and ETags) and was built
-    with a compatible ``on_error``; else None."""
+def _current(
+    cls: Any, path: Path, urls: list[str], on_error: str, stats: list[tuple[int, float | str]]
+) -> Any:
+    """The index at ``path`` if it is there, matches the shards (``stats``: their sizes and
+    ETags now) and was built with a compatible ``on_error``; else None."""
     from resumable_loader.errors import SampleIndexError
 
     if not path.exists():
         return None
     try:
-        index = cls.load(path, verify=True)
+        index = cls.load(path, verify=False)
     except SampleIndexError as error:
         logger.info("not using %s: %s", path, error)
         return None
+    recorded = [(entry["bytes"], entry["mtime"]) for entry in index.header["shards"]]
     if index.shard_urls != urls or (on_error != "skip" and index.skipped):
         return None
+    if recorded != [tuple(stat) for stat in stats]:
+        changed = next(u for u, r, s in zip(urls, recorded, stats, strict=True) if r != tuple(s))
+        logger.info("not using %s: %s changed since it was indexed", path, changed)
+        return None
     return index
+
+
+def on_rank_zero(run: Callable[[], T]) -> T:
+    """``run()`` on rank 0, its result (or its error, raised) on every rank: one set of
+    requests for the whole job instead of one per rank."""
+    rank, world = rank_and_world()
+    if world == 1:
+        return run()
+    mine: tuple[bool, Any] = (True, None)
+    if rank == 0:
+        try:
+            mine = (True, run())
+        except Exception as error:  # raised on every rank below
+            mine = (False, error)
+    ok, value = gather(mine)[0]
+    if not ok:
+        raise value
+    return value

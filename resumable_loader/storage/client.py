@@ -117,7 +117,7 @@ class StorageClient(ABC):
     async def _put(self, url: str, data: bytes) -> None: ...
 
     @abstractmethod
-    async def _list(self, prefix: str) -> list[str]: ...
+    async def _list(self, prefix: str) -> dict[str, ObjectStat]: ...
 
     @abstractmethod
     async def _prepare(self, url: str, *, reads: bool) -> None:
@@ -184,7 +184,12 @@ class StorageClient(ABC):
 
     def list(self, prefix: str) -> list[str]:
         """The URLs of the objects under ``prefix`` (a "directory" URL), sorted."""
-        return sorted(self._submit(lambda: self._list(prefix), prefix).result())
+        return sorted(self.stats(prefix))
+
+    def stats(self, prefix: str) -> dict[str, ObjectStat]:
+        """Size and version of every object under ``prefix``, by URL: one listing (a request
+        per 1,000 objects on S3) instead of a HEAD per object."""
+        return self._submit(lambda: self._list(prefix), prefix).result()
 
     def glob(self, pattern: str) -> list[str]:
         """The URLs matching ``pattern`` (``*``, ``?``, ``[...]`` within a path segment),
@@ -293,7 +298,7 @@ class ObstoreClient(StorageClient):
     async def _put(self, url: str, data: bytes) -> None:
         await self._metadata._put(url, data)
 
-    async def _list(self, prefix: str) -> list[str]:
+    async def _list(self, prefix: str) -> dict[str, ObjectStat]:
         return await self._metadata._list(prefix)
 
 
@@ -366,12 +371,16 @@ class FsspecClient(StorageClient):
         filesystem, path = self._fs(url)
         await self._call(filesystem.pipe_file, path, data)
 
-    async def _list(self, prefix: str) -> list[str]:
+    async def _list(self, prefix: str) -> dict[str, ObjectStat]:
         filesystem, path = self._fs(prefix)
-        found = await self._call(filesystem.find, path)
+        found = await self._call(functools.partial(filesystem.find, path, detail=True))
         # spelled as the caller spelled the prefix (fsspec strips or adds slashes per protocol)
         base, path = prefix.rstrip("/"), path.rstrip("/")
-        return [f"{base}/{p[len(path) :].lstrip('/')}" for p in found if p.startswith(path)]
+        return {
+            f"{base}/{p[len(path) :].lstrip('/')}": ObjectStat(int(info["size"]), _version(info))
+            for p, info in found.items()
+            if p.startswith(path) and info.get("type", "file") == "file"
+        }
 
 
 def _version(info: Mapping[str, Any]) -> str | float:
