@@ -80,11 +80,15 @@ def test_two_processes_killed_mid_epoch_resume_on_one(
 
 
 @pytest.mark.slow
-def test_accelerates_own_prepare_path_killed_on_two_resumes_exactly_on_one(tmp_path, continuous):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_accelerates_own_prepare_path_killed_on_two_resumes_exactly_on_one(
+    tmp_path, continuous, workers
+):
     """``accelerator.prepare(model, optimizer, loader)`` with ``use_stateful_dataloader=True``:
-    the prepared loader iterates our order's batches, each sample loaded under its own key, and
-    torchdata's saved batch count skips what was trained (the same global batch: 2 x 4 -> 1 x 8).
-    The stream equals ``prepare_loader``'s continuous run."""
+    the prepared loader iterates our order's batches, each sample loaded under its own key (in
+    the main process or a worker), and torchdata's saved batch count skips what was trained
+    (the same global batch: 2 x 4 -> 1 x 8; torchdata keeps the number of workers). The stream
+    equals ``prepare_loader``'s continuous run."""
     assert_kill_and_resume(
         lambda out, *args, **kwargs: launch(
             out, 2, "--standard", "--batch-size=4", *args, **kwargs
@@ -93,8 +97,8 @@ def test_accelerates_own_prepare_path_killed_on_two_resumes_exactly_on_one(tmp_p
         continuous,
         tmp_path,
         checkpoint="step3",
-        head_workers=0,
-        tail_workers=0,
+        head_workers=workers,
+        tail_workers=workers,
     )
 
 
