@@ -94,3 +94,16 @@ def test_torchrun_ranks_split_the_shards(urls, fault_proxy: FaultProxy, tmp_path
     assert first["scanned"] == sorted(urls[0::2]) and second["scanned"] == sorted(urls[1::2])
     assert first["fingerprint"] == second["fingerprint"] and first["digest"] == second["digest"]
     assert fault_proxy.count("PUT", ".rlindex") == 1  # rank 0 published it
+
+
+def test_the_index_never_starts_obstore_in_the_main_process(urls, tmp_path, monkeypatch) -> None:
+    """obstore does not survive a fork: scanning and fetching go through fsspec, so the
+    DataLoader workers the main process forks afterwards can read through obstore."""
+    from resumable_loader.storage.client import ObstoreClient
+
+    def refused(*args, **kwargs):
+        raise AssertionError("the index read through obstore")
+
+    monkeypatch.setattr(ObstoreClient, "_store", refused)
+    ShardedIndex.for_shards(urls, cache_dir=tmp_path / "node-1")  # built
+    ShardedIndex.for_shards(urls, cache_dir=tmp_path / "node-2")  # fetched

@@ -14,6 +14,10 @@ from resumable_loader.errors import ConfigError, ShardError, StorageError
 
 # Remote shards under one prefix from which a listing replaces a HEAD request each.
 LISTED = 8
+# The storage client of the index's reads: fsspec's, which survives a fork, so that a main
+# process that scans shards or fetches the index can fork DataLoader workers that read
+# through obstore (docs/remote.md, "Fork safety").
+FORK_SAFE = {"client": "fsspec"}
 
 
 def is_url(path: str) -> bool:
@@ -126,7 +130,7 @@ def stat_shards(paths: Sequence[str]) -> list[tuple[int, float | str]]:
             from resumable_loader.storage.client import client_for
 
             try:
-                found = client_for(parent).stats(parent)
+                found = client_for(parent, FORK_SAFE).stats(parent)
             except StorageError:  # no listing permission, say: a HEAD a shard below
                 continue
             listed.update({url: (stat.size, stat.version) for url, stat in found.items()})
@@ -139,7 +143,7 @@ def _stat_remote(path: str) -> tuple[int, float | str]:
     from resumable_loader.storage.client import client_for
 
     try:
-        stat = client_for(path).stat(path)
+        stat = client_for(path, FORK_SAFE).stat(path)
     except StorageError as error:
         if isinstance(error.__cause__, FileNotFoundError):
             raise ShardError(f"{path}: shard not found; check the path or the shard list") from None
@@ -154,7 +158,8 @@ def _stat_remote(path: str) -> tuple[int, float | str]:
 def open_shard(path: str) -> BinaryIO:
     """A binary, seekable file object for a local path or a URL; a URL's is a
     :class:`~resumable_loader.storage.stream.RemoteFile` that streams the object in large
-    ranged reads, several in flight (a scan runs at the link's bandwidth).
+    ranged reads, several in flight (a scan runs at the link's bandwidth), through the
+    fork-safe client.
 
     Raises:
         ShardError: the shard does not exist or cannot be opened.
@@ -165,7 +170,8 @@ def open_shard(path: str) -> BinaryIO:
             from resumable_loader.storage.stream import RemoteFile
 
             size, _ = _stat_remote(path)
-            return RemoteFile(client_for(path), path, size)  # type: ignore[return-value]
+            client = client_for(path, FORK_SAFE)
+            return RemoteFile(client, path, size)  # type: ignore[return-value]
         return open(path, "rb")
     except FileNotFoundError:
         raise ShardError(f"{path}: shard not found; check the path or the shard list") from None

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from resumable_loader.errors import ShardError
 from resumable_loader.index.atomic import atomic_write
 from resumable_loader.index.file import SUFFIX
-from resumable_loader.index.paths import stat_shards
+from resumable_loader.index.paths import FORK_SAFE, stat_shards
 
 logger = logging.getLogger("resumable_loader")
 T = TypeVar("T")
@@ -39,7 +39,7 @@ def fetch(url: str, path: Path) -> bool:
     from resumable_loader.storage.client import client_for
     from resumable_loader.storage.stream import RemoteFile
 
-    client = client_for(url)
+    client = client_for(url, FORK_SAFE)
     try:
         size = client.size(url)
         with RemoteFile(client, url, size) as source, atomic_write(path) as target:
@@ -59,7 +59,7 @@ def publish(path: Path, url: str) -> None:
     from resumable_loader.storage.client import client_for
 
     try:
-        client_for(url).put(url, path.read_bytes())
+        client_for(url, FORK_SAFE).put(url, path.read_bytes())
     except (ShardError, OSError) as error:
         logger.warning(
             "cannot write the index to %s (%s); each new node will scan the shards again; "
