@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from resumable_loader import DataLoader, Mixture, Packed, verify_pipeline
 from resumable_loader.errors import ConfigError, StateDictError
+from resumable_loader.loader.cursor import make_cursor
 from resumable_loader.packing.collate import collate_budget, collate_varlen
 
 
@@ -322,3 +323,11 @@ def test_the_packs_of_a_pinned_configuration_stay_the_same() -> None:
     assert first == [[21, 44], [21, 51], [10, 41], [16], [15], [15, 18]]
     assert (loader.order.epoch_length(0), loader.order.epoch_length(1)) == (49, 49)
     assert loader.state_dict()["fingerprint"]["packing"] == "window-plan-v1"
+
+
+def test_a_position_past_the_epochs_packs_is_refused() -> None:
+    loader = make(DATA, batch_size=2)
+    packs = loader.order.epoch_length(0)
+    state = make_cursor(seed=7, epoch=0, position=packs + 1, fingerprint=loader.fingerprint())
+    with pytest.raises(StateDictError, match=f"position {packs + 1} is past the {packs} packs"):
+        loader.load_state_dict(dict(state))

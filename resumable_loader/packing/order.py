@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from resumable_loader._lru import LRU
-from resumable_loader.errors import ConfigError
+from resumable_loader.errors import ConfigError, StateDictError
 from resumable_loader.order.permutation import CHUNK_SIZE, Order
 from resumable_loader.packing.plan import WindowPlan, plan_window
 from resumable_loader.packing.prefix import PackTable, build_table, window_counts
@@ -207,7 +207,7 @@ class PackedOrder:
     def check_resume(self, saved: Any, epoch: int, position: int) -> None:
         """The sample order's own check (a Mixture's past) at the frontier."""
         if position > self.epoch_length(epoch):
-            raise ConfigError(
+            raise StateDictError(
                 f"position {position} is past the {self.epoch_length(epoch)} packs of epoch "
                 f"{epoch}; pass an unmodified state_dict()"
             )
