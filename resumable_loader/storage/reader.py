@@ -137,9 +137,13 @@ class ShardReader:
         remove_stale(root / "stats")
         self.stats_file = StatsFile(root / "stats", token)
         self.stats = self.stats_file.stats
+        # Positions ahead: fetches are issued up to `depth`; blocks only up to half the cache
+        # (further ones would push out blocks needed sooner); whole-or-span is decided over
+        # windows of what the cache holds.
         self.depth = max(1, int(options.depth_bytes / self._mean))
-        capacity = int(self.cache.capacity / self._mean)
-        self.window = min(max(self.depth, capacity, 1), MAX_WINDOW)
+        capacity = max(1, int(self.cache.capacity / self._mean))
+        self.block_depth = min(self.depth, max(1, capacity // 2))
+        self.window = min(capacity if self.cached else self.depth, MAX_WINDOW)
         self._pool = ThreadPoolExecutor(options.threads, thread_name_prefix="resumable-fetch")
         self._lock = threading.Lock()
         # The first request of a process opens the client's session; a burst of first requests
@@ -157,7 +161,8 @@ class ShardReader:
         self._planned_to = schedule.start if schedule is not None else 0
         self._held: Any = None
         self._ended = False
-        self._queue: deque[Read] = deque()
+        self._queue: deque[Read] = deque()  # span reads not started, by first use
+        self._blocks: deque[Read] = deque()  # block reads not started, by first use
         self._uses: dict[Key, deque[int]] = {}
         self._inflight: dict[Key, Future] = {}
         self._spans: dict[tuple[int, int], tuple[Future, int, int]] = {}
@@ -178,7 +183,7 @@ class ShardReader:
         horizon = now + max(self.depth, HORIZON_WINDOWS * self.window)
         while not self._ended and self._planned_to <= horizon:
             self._plan_window()
-        self._issue(now + self.depth)
+        self._issue(now)
         self._last_batch = self._ended and self._last_mine <= now
 
     def _plan_window(self) -> None:
@@ -197,8 +202,9 @@ class ShardReader:
             if batch.mine:
                 self._last_mine = batch.position
         self._planned_to = end
-        if batches:
-            self._queue.extend(sorted(self._window_reads(batches), key=lambda r: r.first_use))
+        reads = self._window_reads(batches) if batches else []
+        for read in sorted(reads, key=lambda r: r.first_use):
+            (self._queue if read.block is None else self._blocks).append(read)
 
     def _window_reads(self, batches: list[Any]) -> list[Read]:
         ids = np.concatenate([b.ids for b in batches])
@@ -206,10 +212,7 @@ class ShardReader:
         shards, starts, lengths = sample_spans(self.index.spans, self.index.shard_offsets, ids)
         size, whole = self.block_size, set()
         if self.cached:
-            for key, used in block_usage(shards, starts, lengths, size).items():
-                block_bytes = min(size, self._sizes[key[0]] - key[1] * size)
-                if used >= self.options.block_fraction * block_bytes:
-                    whole.add(key)
+            whole = self._whole_blocks(block_usage(shards, starts, lengths, size))
         mine = np.repeat([b.mine for b in batches], [len(b.ids) for b in batches])
         reads, spans_by_batch = [], {}
         first: dict[Key, int] = {}
@@ -240,20 +243,44 @@ class ShardReader:
             reads.extend(coalesce(spans, gap=gap, first_use=position))
         return reads
 
-    def _issue(self, limit: int) -> None:
-        while self._queue and self._queue[0].first_use < limit:
-            read = self._queue.popleft()
-            if read.block is None:
-                future = self._pool.submit(self._request, read.shard, read.start, read.length)
-                for start, length in read.members:
-                    self._spans[(read.shard, start)] = (future, start - read.start, length)
-            else:
-                key = (read.shard, read.block)
-                if key in self._inflight or key in self.cache:
-                    continue
-                self._inflight[key] = self._pool.submit(self._fetch_block, key, read.length)
-            ahead = int((read.first_use - self._now) * self._mean) + read.length
-            self.stats.prefetch_depth_bytes = max(self.stats.prefetch_depth_bytes, ahead)
+    def _whole_blocks(self, usage: dict[Key, int]) -> set[Key]:
+        """The blocks of a window to fetch whole: those it reads at least ``block_fraction``
+        of, the most read first, while they fill at most half the cache (the blocks of the
+        window before are still in it); with ``block_fraction=0``, every block."""
+        fraction, size = self.options.block_fraction, self.block_size
+        ranked = []
+        for key, used in usage.items():
+            block_bytes = min(size, self._sizes[key[0]] - key[1] * size)
+            if used >= fraction * block_bytes:
+                ranked.append((-used / block_bytes, key, block_bytes))
+        if not fraction:
+            return {key for _, key, _ in ranked}
+        whole, room = set(), self.cache.capacity // 2
+        for _, key, block_bytes in sorted(ranked):
+            if block_bytes > room:
+                break
+            whole.add(key)
+            room -= block_bytes
+        return whole
+
+    def _issue(self, now: int) -> None:
+        for queue, limit in (self._queue, now + self.depth), (self._blocks, now + self.block_depth):
+            while queue and queue[0].first_use < limit:
+                self._start(queue.popleft())
+
+    def _start(self, read: Read) -> None:
+        """Start one fetch (a block already cached or in flight is skipped)."""
+        if read.block is None:
+            future = self._pool.submit(self._request, read.shard, read.start, read.length)
+            for start, length in read.members:
+                self._spans[(read.shard, start)] = (future, start - read.start, length)
+        else:
+            key = (read.shard, read.block)
+            if key in self._inflight or key in self.cache:
+                return
+            self._inflight[key] = self._pool.submit(self._fetch_block, key, read.length)
+        ahead = int((read.first_use - self._now) * self._mean) + read.length
+        self.stats.prefetch_depth_bytes = max(self.stats.prefetch_depth_bytes, ahead)
 
     def _next_use(self, key: Key) -> float:
         """Belady's clock: the position of ``key``'s next planned use (inf: none planned)."""

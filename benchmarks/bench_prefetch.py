@@ -1,0 +1,147 @@
+"""Ours from s3:// with the look-ahead prefetcher: what a small node cache costs in bytes (Belady's
+eviction against LRU), and the longest gap between batches during a storage outage.
+
+Run: python benchmarks/bench_prefetch.py [--delay 0.01] [--outage 5]
+
+Data and endpoint as in bench_remote.py: 16 tar shards of 1,024 samples (~4.5 KB each in the
+tar), uploaded to a moto S3 server behind the fault proxy (its own process, ``--delay`` a round
+trip), 2 workers, batch 64, no decoding (bytes are what is measured here).
+
+1. Cache of 1/10 of the data, an epoch per row, each with an empty node cache: bytes fetched
+   per byte of the dataset and requests, for the shard-local order (ShardShuffle(4, 1024)) and
+   the global shuffle; for the global shuffle also with whole blocks forced
+   (``block_fraction=0``) under Belady's eviction and under LRU, with 64 KiB blocks.
+2. An outage of ``--outage`` seconds starting a fifth into the epoch, for ours with prefetch
+   (default depth) and without (the synchronous 1 MiB read-ahead): the longest gap between two
+   batches, and whether the epoch was delivered whole.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from remote_endpoint import make_bucket, remote_endpoint
+
+from resumable_loader import ResumableDataLoader, ShardShuffle, TarShardDataset
+from resumable_loader.demo import write_shards
+from resumable_loader.storage.reader import Prefetch
+
+SHARDS, PER_SHARD, BATCH, WORKERS = 16, 1024, 64, 2
+SHARD_LOCAL = ShardShuffle(window=4, buffer_size=1024)
+
+
+def prepare(server: str, tmp: Path) -> tuple[list[str], str, int]:
+    """(s3 URLs of the shards, the index folder, dataset bytes)."""
+    (tmp / "tar").mkdir()
+    local = write_shards(tmp / "tar", shards=SHARDS, per_shard=PER_SHARD)
+    files = {Path(p).name: Path(p) for p in local}
+    url = make_bucket(server, files, prefix="tar")
+    urls = [f"{url}/{name}" for name in files]
+    index = str(tmp / "index")
+    TarShardDataset(urls, cache_dir=index, prefetch=False)  # the index, built once
+    return urls, index, sum(p.stat().st_size for p in files.values())
+
+
+def loader(dataset: TarShardDataset, order: ShardShuffle | None) -> ResumableDataLoader:
+    return ResumableDataLoader(
+        dataset,
+        batch_size=BATCH,
+        num_workers=WORKERS,
+        shuffle=True,
+        seed=0,
+        shard_shuffle=order,
+        collate_fn=len,
+    )
+
+
+def small_cache(urls: list[str], index: str, size: int, tmp: Path) -> None:
+    """Bytes and requests of an epoch with a node cache of a tenth of the data."""
+    print(f"\n## node cache of 1/10 of the data ({size / 10 / 2**20:.1f} MiB), one epoch each")
+    print(f"{'order, reads':<58}{'bytes / dataset':>16}{'requests':>10}{'samples':>9}")
+    rows: list[tuple[str, ShardShuffle | None, int | None, dict[str, Any]]] = [
+        ("shard-local, default (1 MiB blocks, block or span)", SHARD_LOCAL, None, {}),
+        ("global, default (1 MiB blocks, block or span)", None, None, {}),
+        ("global, 64 KiB blocks always, Belady", None, 2**16, {"block_fraction": 0.0}),
+        (
+            "global, 64 KiB blocks always, LRU",
+            None,
+            2**16,
+            {"block_fraction": 0.0, "eviction": "lru"},
+        ),
+    ]
+    for name, order, block, options in rows:
+        cache = Path(tempfile.mkdtemp(dir=tmp))
+        dataset = TarShardDataset(
+            urls,
+            cache_dir=index,
+            read_ahead=block,
+            cache_bytes=size // 10,
+            prefetch=Prefetch(cache_dir=cache, **options),
+        )
+        run = loader(dataset, order)
+        samples = sum(run)
+        stats = run.storage_stats()
+        print(f"{name:<58}{stats.bytes_fetched / size:>15.2f}x{stats.requests:>10}{samples:>9}")
+
+
+def outage(urls: list[str], index: str, seconds: float, proxy: Any, tmp: Path) -> None:
+    """The longest gap between batches with an outage a fifth into the epoch."""
+    print(f"\n## a {seconds:.0f} s outage a fifth into the epoch (the endpoint refuses)")
+    print(f"{'loader':<58}{'longest gap':>12}{'samples':>9}{'epoch s':>9}")
+    batches = SHARDS * PER_SHARD // BATCH
+    rows = [
+        ("ours, prefetch (default depth), global", None, True),
+        ("ours, prefetch (default depth), ShardShuffle(4,1024)", SHARD_LOCAL, True),
+        ("ours, no prefetch, global", None, False),
+        ("ours, no prefetch, ShardShuffle(4,1024)", SHARD_LOCAL, False),
+    ]
+    for name, order, prefetch in rows:
+        cache = Path(tempfile.mkdtemp(dir=tmp))
+        dataset = TarShardDataset(
+            urls,
+            cache_dir=index,
+            prefetch=Prefetch(cache_dir=cache) if prefetch else False,
+            storage_options={"deadline": 4 * seconds},
+        )
+        gaps, samples, began = [], 0, time.perf_counter()
+        last = began
+        for number, size in enumerate(loader(dataset, order)):
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+            samples += size
+            if number == batches // 5:
+                proxy.command(f"outage {seconds}")
+        print(f"{name:<58}{max(gaps[1:]):>11.2f}s{samples:>9}{time.perf_counter() - began:>9.1f}")
+        threading.Event().wait(seconds)  # no outage left over for the next row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--delay", type=float, default=0.01, help="seconds per round trip")
+    parser.add_argument("--outage", type=float, default=5.0, help="seconds of the outage")
+    args = parser.parse_args()
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-prefetch-") as name,
+        remote_endpoint(args.delay) as (server, proxy),
+    ):
+        tmp = Path(name)
+        urls, index, size = prepare(server, tmp)
+        print(
+            f"# {SHARDS} shards x {PER_SHARD} samples, {size / 2**20:.1f} MiB, batch {BATCH}, "
+            f"{WORKERS} workers, {args.delay * 1e3:.0f} ms a round trip"
+        )
+        small_cache(urls, index, size, tmp)
+        outage(urls, index, args.outage, proxy, tmp)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    main()
