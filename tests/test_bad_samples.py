@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 from bad_samples_job import LENGTH, Corrupt, loader
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torchrun_harness import rank_pickles, torchrun
 
 from resumable_loader import DataLoader, Mixture
@@ -176,3 +178,30 @@ def test_a_mixture_source_with_corrupt_samples_is_substituted_from_the_mixture(t
     assert {mixture().decode(i) for i in quarantined} <= {(1, 2), (1, 9)}
     again = loader(mixture(), str(tmp_path), batch_size=4, num_workers=2)
     assert stream(again, 24) == first
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    bad=st.sets(st.integers(0, LENGTH - 1), max_size=6),
+    first_batch=st.integers(1, 7),
+    second_batch=st.integers(1, 7),
+    stop=st.integers(0, LENGTH - 1),
+)
+def test_any_resume_delivers_the_continuous_stream_substitutes_included(
+    tmp_path_factory, bad, first_batch, second_batch, stop
+):
+    """Two epochs with random corrupt samples, interrupted in the first after ``stop``
+    samples (rounded down to a batch) and resumed with another batch size: the same stream,
+    substitutes included, as one run."""
+    quarantine = tmp_path_factory.mktemp("q")
+    continuous = loader(Corrupt(bad), str(tmp_path_factory.mktemp("c")), batch_size=first_batch)
+    whole = stream(continuous) + stream(continuous)
+    first = loader(Corrupt(bad), str(quarantine), batch_size=first_batch)
+    batches, head = iter(first), []
+    while len(head) + first_batch <= stop:
+        head += next(batches).tolist()
+    state = first.state_dict()
+    resumed = loader(Corrupt(bad), str(quarantine), batch_size=second_batch)
+    resumed.load_state_dict(state)
+    rest = stream(resumed) + stream(resumed)  # the rest of epoch 0, then epoch 1
+    assert head + rest == whole
