@@ -161,12 +161,14 @@ def test_another_optimizer_class_is_refused_in_strict_and_listed_in_flexible(sav
         return state
 
     state = with_adam()
+    before = snapshot(state)
     with pytest.raises(
         CheckpointError,
         match=r"component 'optimizer' \(optimizer\), field 'type': saved "
         r"'torch.optim.adamw.AdamW', now 'torch.optim.adam.Adam'",
     ):
         Checkpointer(tmp_path).load(state)
+    assert snapshot(state) == before and not state["optimizer"].state
     decision = Checkpointer(tmp_path).load(with_adam(), mode="flexible")
     assert decision["changed"]["optimizer.type"] == {
         "old": "torch.optim.adamw.AdamW",
@@ -179,8 +181,10 @@ def test_changed_hyperparameters_are_refused_in_strict(saved, tmp_path):
     copy_of(saved, tmp_path)
     state = build(4, 0)
     state["optimizer"].defaults["betas"] = (0.8, 0.999)
+    before = snapshot(state)
     with pytest.raises(CheckpointError, match=r"field 'betas': saved \[0.9, 0.999\], now \[0.8"):
         Checkpointer(tmp_path).load(state)
+    assert snapshot(state) == before
 
 
 class Exploding:
