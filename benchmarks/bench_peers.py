@@ -508,44 +508,55 @@ def memory(sizes: list[int]) -> None:
                 )
 
 
+SECTIONS = ("1", "1b", "1c", "2", "3", "4")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples and repeats")
+    parser.add_argument(
+        "--sections", default=",".join(SECTIONS), help=f"which to run, e.g. 1,1c (of {SECTIONS})"
+    )
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 5, quick 2)")
     args = parser.parse_args()
+    wanted = set(args.sections.split(","))
     shards, per_shard, repeats = (8, 512, 1) if args.quick else (16, 1024, 3)
-    rounds = 2 if args.quick else 5
+    rounds = args.rounds or (2 if args.quick else 5)
     with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp:
         paths = write_shards(Path(tmp), shards=shards, per_shard=per_shard)
         formats = {"raw": paths, "jpeg": write_jpeg_shards(paths, Path(tmp))}
-        for kind, kind_paths in formats.items():
+        for kind, kind_paths in formats.items() if "1" in wanted else ():
             print(
                 f"## 1. throughput, {kind}: {shards} tar shards x {per_shard} samples (3x32x32 + "
                 f"label), batch {BATCH}, {WORKERS} workers, decode + crop/flip/noise, median of "
                 f"{rounds} interleaved rounds"
             )
             throughput(kind_paths, kind, rounds, Path(tmp))
+        if "1b" in wanted:
+            print(
+                f"\n## 1b. tiny samples (one 1-byte member), {16 * 4096} in 16 shards, batch "
+                f"{BATCH}, median of {rounds} interleaved rounds"
+            )
+            tiny_samples(Path(tmp), rounds)
+        if "1c" in wanted:
+            print(f"\n## 1c. random access, {len(paths) * per_shard} samples (raw), one process")
+            random_access(paths, rounds)
+    if "2" in wanted:
         print(
-            f"\n## 1b. tiny samples (one 1-byte member), {16 * 4096} in 16 shards, batch {BATCH}, "
-            f"median of {rounds} interleaved rounds"
+            f"\n## 2. time to first batch, {WORKERS} workers, batch {BATCH}: build the loader, "
+            f"load the state, iter(), next(); median of {repeats}"
         )
-        tiny_samples(Path(tmp), rounds)
+        resume_latency([10**6] if args.quick else [10**6, 10**7], repeats)
+    if "3" in wanted:
+        print(f"\n## 3. state_dict size after 3 batches of an epoch of 1e6, {WORKERS} workers")
+        cursor_sizes()
+    if "4" in wanted:
         print(
-            f"\n## 1c. random access, {shards * per_shard} samples of section 1 (raw), one process"
+            f"\n## 4. peak RSS reading the first {MEMORY_SAMPLES:,} samples of an epoch of tiny "
+            f"tar samples, {WORKERS} workers, batch {BATCH}\n(each case in a fresh process; a "
+            "worker's RSS counts the pages it shares with the main process)"
         )
-        random_access(paths, rounds)
-    print(
-        f"\n## 2. time to first batch, {WORKERS} workers, batch {BATCH}: build the loader, "
-        f"load the state, iter(), next(); median of {repeats}"
-    )
-    resume_latency([10**6] if args.quick else [10**6, 10**7], repeats)
-    print(f"\n## 3. state_dict size after 3 batches of an epoch of 1e6, {WORKERS} workers")
-    cursor_sizes()
-    print(
-        f"\n## 4. peak RSS reading the first {MEMORY_SAMPLES:,} samples of an epoch of tiny tar "
-        f"samples, {WORKERS} workers, batch {BATCH}\n(each case in a fresh process; a worker's "
-        "RSS counts the pages it shares with the main process)"
-    )
-    memory([10**5] if args.quick else [10**5, 10**6])
+        memory([10**5] if args.quick else [10**5, 10**6])
 
 
 if __name__ == "__main__":
