@@ -137,12 +137,11 @@ class ShardReader:
         remove_stale(root / "stats")
         self.stats_file = StatsFile(root / "stats", token)
         self.stats = self.stats_file.stats
-        # Positions ahead: fetches are issued up to `depth`; blocks only up to half the cache
-        # (further ones would push out blocks needed sooner); whole-or-span is decided over
-        # windows of what the cache holds.
+        # Positions ahead: fetches are issued up to `depth`, blocks only while those started
+        # for uses to come fill at most half the cache (more would push out blocks needed
+        # sooner); whole-or-span is decided over windows of what the cache holds.
         self.depth = max(1, int(options.depth_bytes / self._mean))
         capacity = max(1, int(self.cache.capacity / self._mean))
-        self.block_depth = min(self.depth, max(1, capacity // 2))
         self.window = min(capacity if self.cached else self.depth, MAX_WINDOW)
         self._pool = ThreadPoolExecutor(options.threads, thread_name_prefix="resumable-fetch")
         self._lock = threading.Lock()
@@ -163,6 +162,8 @@ class ShardReader:
         self._ended = False
         self._queue: deque[Read] = deque()  # span reads not started, by first use
         self._blocks: deque[Read] = deque()  # block reads not started, by first use
+        self._ahead: deque[tuple[int, int]] = deque()  # (first use, bytes) of blocks started
+        self._ahead_bytes = 0
         self._uses: dict[Key, deque[int]] = {}
         self._inflight: dict[Key, Future] = {}
         self._spans: dict[tuple[int, int], tuple[Future, int, int]] = {}
@@ -264,9 +265,19 @@ class ShardReader:
         return whole
 
     def _issue(self, now: int) -> None:
-        for queue, limit in (self._queue, now + self.depth), (self._blocks, now + self.block_depth):
-            while queue and queue[0].first_use < limit:
-                self._start(queue.popleft())
+        while self._queue and self._queue[0].first_use < now + self.depth:
+            self._start(self._queue.popleft())
+        ahead = self._ahead  # blocks started for uses to come: at most half the cache
+        while ahead and ahead[0][0] < now:
+            self._ahead_bytes -= ahead.popleft()[1]
+        room = self.cache.capacity // 2
+        while self._blocks and self._blocks[0].first_use < now + self.depth:
+            read = self._blocks[0]
+            if self._ahead_bytes + read.length > room and read.first_use > now:
+                break
+            self._start(self._blocks.popleft())
+            ahead.append((read.first_use, read.length))
+            self._ahead_bytes += read.length
 
     def _start(self, read: Read) -> None:
         """Start one fetch (a block already cached or in flight is skipped)."""
