@@ -20,8 +20,9 @@ chunk) and as MDS shards (about 1,024 samples a shard), all uploaded to one buck
 server. Every loader reads through one proxy (its own process) that adds ``--delay`` to each
 round trip and counts the bytes it sends. Batch 64, 2 workers, shuffled.
 
-Per loader: an epoch per round, rounds interleaved (the order rotates), each epoch with an
-empty node cache (a fresh ``cache_dir``/``local``); the table shows the median samples/s, the
+Per loader: an epoch per round, rounds interleaved (the order rotates), each epoch in a fresh
+process (no loader inherits another's state) with an empty node cache (a fresh
+``cache_dir``/``local``); the table shows the median samples/s, the
 ratio to ours from local disk in the same round, and the bytes the proxy sent per byte of the
 loader's own dataset. Then a resume at 50%: a state taken half way through an epoch is loaded
 into a new loader with an empty cache; the time from building it to its first batch beside a
@@ -36,16 +37,19 @@ from __future__ import annotations
 import argparse
 import importlib.machinery
 import importlib.util
+import multiprocessing
 import os
+import shutil
 import statistics
 import sys
 import tempfile
 import time
+import traceback
 import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bench_peers import augment, write_litdata
 from remote_endpoint import ProxyProcess, make_bucket, remote_endpoint
@@ -71,6 +75,7 @@ class Data:
 
 
 Make = Callable[[Data, Path], Any]
+T = TypeVar("T")
 
 
 def ours(dataset: TarShardDataset, **kwargs: Any) -> ResumableDataLoader:
@@ -142,15 +147,25 @@ def streaming_s3(data: Data, cache: Path) -> Any:
     from streaming.base.util import clean_stale_shared_memory
 
     clean_stale_shared_memory()
-
-    class Augmented(streaming.StreamingDataset):
-        def __getitem__(self, index: int) -> Any:
-            return augment(super().__getitem__(index))
-
-    dataset = Augmented(
+    dataset = streaming_augmented()(
         remote=data.mds_url, local=str(cache), shuffle=True, shuffle_seed=0, batch_size=BATCH
     )
     return streaming.StreamingDataLoader(dataset, batch_size=BATCH, num_workers=WORKERS)
+
+
+def streaming_augmented() -> type:
+    """Streaming's StreamingDataset with the demo's augmentation (made once, module-level, so
+    workers can unpickle it)."""
+    global StreamingAugmented
+    if "StreamingAugmented" not in globals():
+        streaming = import_streaming()
+
+        class StreamingAugmented(streaming.StreamingDataset):
+            def __getitem__(self, index: int) -> Any:
+                return augment(super().__getitem__(index))
+
+        StreamingAugmented.__qualname__ = "StreamingAugmented"
+    return StreamingAugmented
 
 
 # name -> (the format whose bytes it reads, how to build it)
@@ -214,20 +229,71 @@ def epoch(loader: Iterable, limit: int | None = None) -> tuple[int, int]:
     return count, checksum
 
 
-def first_batch(make: Callable[[], Any], state: dict[str, Any] | None) -> tuple[float, Any]:
-    """Seconds from building a loader (and loading ``state``) to its first batch; the loader
-    and its iterator, to read on."""
+def first_batch(make: Callable[[], Any], state: dict[str, Any] | None, finish: bool) -> float:
+    """Seconds from building a loader (and loading ``state``) to its first batch; with
+    ``finish``, the rest of its epoch is read after the clock stops."""
     began = time.perf_counter()
     loader = make()
     if state is not None:
         loader.load_state_dict(state)
     batches = iter(loader)
     next(batches)
-    return time.perf_counter() - began, batches
+    seconds = time.perf_counter() - began
+    if finish:
+        for _ in batches:
+            pass
+    return seconds
+
+
+# What a child process runs: one loader, from a fresh interpreter, so that no loader inherits
+# another's state (a started obstore runtime, a start method, shared memory, imports).
+def child_epoch(name: str, data: Data, cache: Path) -> tuple[float, tuple[int, int]]:
+    """(samples/s, (samples, label sum)) of one epoch, timed from building the loader."""
+    began = time.perf_counter()
+    seen = epoch(LOADERS[name][1](data, cache))
+    return seen[0] / (time.perf_counter() - began), seen
+
+
+def child_half_state(name: str, data: Data, cache: Path) -> dict[str, Any]:
+    """The loader's state_dict half way through an epoch."""
+    loader = LOADERS[name][1](data, cache)
+    epoch(loader, SHARDS * PER_SHARD // BATCH // 2)
+    return loader.state_dict()
+
+
+def child_first_batch(
+    name: str, data: Data, cache: Path, state: dict[str, Any] | None, finish: bool
+) -> float:
+    """:func:`first_batch` of a new loader with an empty cache."""
+    return first_batch(lambda: LOADERS[name][1](data, cache), state, finish)
+
+
+def _child_main(queue: Any, function: Callable[..., Any], args: tuple) -> None:
+    # the start method a Linux process has by default (a spawned child inherits its parent's,
+    # and litdata's optimize() left the parent's at spawn)
+    multiprocessing.set_start_method("fork", force=True)
+    try:
+        queue.put((True, function(*args)))
+    except BaseException:  # reported in the parent
+        queue.put((False, traceback.format_exc()))
+
+
+def in_child(function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)`` in a spawned process (not a daemon: loaders start workers)."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_child_main, args=(queue, function, args))
+    process.start()
+    ok, result = queue.get(timeout=3600)
+    process.join()
+    if not ok:
+        raise RuntimeError(f"{function.__name__}{args[:1]} failed:\n{result}")
+    return result
 
 
 class Runs:
-    """Runs every loader in fresh cache directories and reads the proxy's byte counter."""
+    """Runs every loader in a child process with a fresh cache directory, reading the proxy's
+    byte counter around it."""
 
     def __init__(self, data: Data, proxy: ProxyProcess, tmp: Path) -> None:
         self.data, self.proxy, self.tmp = data, proxy, tmp
@@ -239,30 +305,23 @@ class Runs:
 
     def epoch(self, name: str) -> tuple[float, float, tuple[int, int]]:
         """(samples/s, bytes fetched / dataset, (samples, label sum)) of one epoch."""
-        kind, make = LOADERS[name]
         self.proxy.command("reset")
-        began = time.perf_counter()
-        seen = epoch(make(self.data, self.cache()))
-        rate = seen[0] / (time.perf_counter() - began)
-        return rate, self.proxy.command("stats")[0] / self.data.sizes[kind], seen
+        rate, seen = in_child(child_epoch, name, self.data, self.cache())
+        fetched = self.proxy.command("stats")[0]
+        return rate, fetched / self.data.sizes[LOADERS[name][0]], seen
 
     def resume(self, name: str) -> tuple[float, float, float]:
         """(fresh first batch s, resumed first batch s, bytes fetched after the resume / the
         rest of the dataset's bytes), resuming at 50% with an empty cache."""
-        kind, make = LOADERS[name]
-        half = SHARDS * PER_SHARD // BATCH // 2
-        loader = make(self.data, self.cache())
-        epoch(loader, half)
-        state = loader.state_dict()
-        del loader
-        fresh, batches = first_batch(lambda: make(self.data, self.cache()), None)
-        del batches
+        cache = self.cache()
+        state = in_child(child_half_state, name, self.data, cache)
+        fresh = in_child(child_first_batch, name, self.data, self.cache(), None, False)
+        shutil.rmtree(cache)  # emptied, but at the same path: litdata's state names its cache
+        cache.mkdir()
         self.proxy.command("reset")
-        resumed, batches = first_batch(lambda: make(self.data, self.cache()), state)
-        for _ in batches:
-            pass
+        resumed = in_child(child_first_batch, name, self.data, cache, state, True)
         fetched = self.proxy.command("stats")[0]
-        return fresh, resumed, fetched / (self.data.sizes[kind] / 2)
+        return fresh, resumed, fetched / (self.data.sizes[LOADERS[name][0]] / 2)
 
 
 def main() -> None:
