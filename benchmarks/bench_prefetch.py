@@ -7,11 +7,11 @@ Data and endpoint as in bench_remote.py: 16 tar shards of 1,024 samples (~4.5 KB
 tar), uploaded to a moto S3 server behind the fault proxy (its own process, ``--delay`` a round
 trip), 2 workers, batch 64, no decoding (bytes are what is measured here).
 
-1. Cache of 1/10 of the data, an epoch per row, each with an empty node cache: bytes fetched
+2. Cache of 1/10 of the data, an epoch per row, each with an empty node cache: bytes fetched
    per byte of the dataset and requests, for the shard-local order (ShardShuffle(4, 1024)) and
    the global shuffle; for the global shuffle also with whole blocks forced
    (``block_fraction=0``) under Belady's eviction and under LRU, with 64 KiB blocks.
-2. An outage of ``--outage`` seconds starting a fifth into the epoch, for ours with prefetch
+1. An outage of ``--outage`` seconds starting a fifth into the epoch, for ours with prefetch
    (default depth) and without (the synchronous 1 MiB read-ahead): the longest gap between two
    batches, and whether the epoch was delivered whole.
 """
@@ -89,6 +89,7 @@ def small_cache(urls: list[str], index: str, size: int, tmp: Path) -> None:
         samples = sum(run)
         stats = run.storage_stats()
         print(f"{name:<58}{stats.bytes_fetched / size:>15.2f}x{stats.requests:>10}{samples:>9}")
+        sys.stdout.flush()
 
 
 def outage(urls: list[str], index: str, seconds: float, proxy: Any, tmp: Path) -> None:
@@ -120,6 +121,7 @@ def outage(urls: list[str], index: str, seconds: float, proxy: Any, tmp: Path) -
             if number == batches // 5:
                 proxy.command(f"outage {seconds}")
         print(f"{name:<58}{max(gaps[1:]):>11.2f}s{samples:>9}{time.perf_counter() - began:>9.1f}")
+        sys.stdout.flush()
         threading.Event().wait(seconds)  # no outage left over for the next row
 
 
@@ -138,8 +140,8 @@ def main() -> None:
             f"# {SHARDS} shards x {PER_SHARD} samples, {size / 2**20:.1f} MiB, batch {BATCH}, "
             f"{WORKERS} workers, {args.delay * 1e3:.0f} ms a round trip"
         )
-        small_cache(urls, index, size, tmp)
         outage(urls, index, args.outage, proxy, tmp)
+        small_cache(urls, index, size, tmp)
 
 
 if __name__ == "__main__":

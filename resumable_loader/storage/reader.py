@@ -73,7 +73,7 @@ class Prefetch:
     threads: int = 16
     block_fraction: float = 0.5
     eviction: str = "belady"
-    wait_seconds: float = 5.0
+    wait_seconds: float = 1.0
     cache_dir: str | os.PathLike | None = None
     coalesce_gap: int = 4096
 
@@ -270,7 +270,7 @@ class ShardReader:
         ahead = self._ahead  # blocks started for uses to come: at most half the cache
         while ahead and ahead[0][0] < now:
             self._ahead_bytes -= ahead.popleft()[1]
-        room = self.cache.capacity // 2
+        room = self.cache.capacity // (2 * self._slots)  # the node's processes share it
         while self._blocks and self._blocks[0].first_use < now + self.depth:
             read = self._blocks[0]
             if self._ahead_bytes + read.length > room and read.first_use > now:
