@@ -56,6 +56,7 @@ from remote_endpoint import ProxyProcess, make_bucket, remote_endpoint
 
 from resumable_loader import ResumableDataLoader, ShardShuffle, TarShardDataset
 from resumable_loader.demo import write_shards
+from resumable_loader.storage.reader import Prefetch
 
 SHARDS, PER_SHARD, BATCH, WORKERS = 16, 1024, 64, 2
 SHARD_LOCAL = ShardShuffle(window=4, buffer_size=1024)
@@ -99,6 +100,21 @@ def ours_s3_today(data: Data, cache: Path, **kwargs: Any) -> ResumableDataLoader
 def ours_s3_today_shard_local(data: Data, cache: Path) -> ResumableDataLoader:
     """As :func:`ours_s3_today`, shard-local order (ShardShuffle(4, 1024))."""
     return ours_s3_today(data, cache, shard_shuffle=SHARD_LOCAL)
+
+
+def ours_s3_prefetch(data: Data, cache: Path, **kwargs: Any) -> ResumableDataLoader:
+    """Ours from s3:// with the look-ahead prefetcher (default depth) and a node cache in
+    ``cache`` that holds the data (the default 256 MiB)."""
+    prefetch = Prefetch(cache_dir=cache)
+    dataset = TarShardDataset(
+        data.s3_tar, decode=augment, cache_dir=data.index_dir, prefetch=prefetch
+    )
+    return ours(dataset, **kwargs)
+
+
+def ours_s3_prefetch_shard_local(data: Data, cache: Path) -> ResumableDataLoader:
+    """As :func:`ours_s3_prefetch`, shard-local order (ShardShuffle(4, 1024))."""
+    return ours_s3_prefetch(data, cache, shard_shuffle=SHARD_LOCAL)
 
 
 def litdata_s3(data: Data, cache: Path) -> Any:
@@ -173,6 +189,11 @@ LOADERS: dict[str, tuple[str, Make]] = {
     OURS_LOCAL: ("tar", ours_local),
     "ours, s3://, global, no prefetch (today)": ("tar", ours_s3_today),
     "ours, s3://, ShardShuffle(4,1024), no prefetch": ("tar", ours_s3_today_shard_local),
+    "ours, s3://, global, prefetch + node cache": ("tar", ours_s3_prefetch),
+    "ours, s3://, ShardShuffle(4,1024), prefetch + node cache": (
+        "tar",
+        ours_s3_prefetch_shard_local,
+    ),
     "litdata, s3://, own chunks, node cache": ("litdata", litdata_s3),
     "MosaicML Streaming, s3://, MDS, node cache": ("mds", streaming_s3),
 }
