@@ -37,6 +37,7 @@ Decode = str | Sequence[Any] | Callable[[dict[str, Any]], dict[str, Any]] | None
 # process but not reliably with workers, and under a global shuffle blocks multiply the bytes read
 # (docs/shards.md, "Read locality").
 CHECKS = ("fast", "full")
+RECORD_SPAN = LENGTH + 1  # a record's first columns: shard, start, length
 READ_AHEAD = 1 * 2**20
 READ_AHEAD_CACHE_BYTES = 256 * 2**20
 
@@ -147,14 +148,15 @@ class TarShardDataset(RemoteReads, IndexedDataset):
             return [self[i] for i in sample_ids]  # raises the per-id error
         order = np.lexsort((records[:, START], records[:, SHARD])).tolist()
         rows = records.tolist()
-        spans = [(rows[i][SHARD], rows[i][START], rows[i][LENGTH]) for i in order]
+        spans = [rows[i][:RECORD_SPAN] for i in order]  # [shard, start, length]
         samples: list[Any] = [None] * len(rows)
-        for i, data in zip(order, self._read_many(spans), strict=True):
-            samples[i] = self._cut(self._urls[rows[i][SHARD]], data, rows[i], sample_ids[i])
-        if self.decode:
-            for i, sample in enumerate(samples):
+        urls, decode = self._urls, self.decode
+        for i, (shard, start, _), data in zip(order, spans, self._read_many(spans), strict=True):
+            sample = self._cut(urls[shard], data, rows[i], sample_ids[i])
+            if decode:  # in read order: each sample's own key makes the order irrelevant
                 install_batch_sample_key(i)
-                samples[i] = self._decode(sample, rows[i][START])
+                sample = self._decode(sample, start)
+            samples[i] = sample
         return samples
 
     def _cut(self, url: str, data: bytes, record: list[int], sample_id: int) -> dict[str, Any]:
@@ -183,7 +185,7 @@ class TarShardDataset(RemoteReads, IndexedDataset):
             check_sample(sample, data, checksums, path=url, start=start, fields=self._fields)
         return sample
 
-    def _read_many(self, spans: list[tuple[int, int, int]]) -> list[bytes]:
+    def _read_many(self, spans: Sequence[Sequence[int]]) -> list[bytes]:
         """The bytes of each (shard, start, length) span, in order: one ``_read`` each."""
         return [self._read(shard, start, length) for shard, start, length in spans]
 
