@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from resumable_loader import ResumableDataLoader, cli
 from resumable_loader.errors import ShardError
+from resumable_loader.index.tar import TarScan, records
 from resumable_loader.sources.verify_data import verify_data
 from resumable_loader.sources.webdataset import TarShardDataset
 
@@ -58,6 +60,34 @@ class TestRecords:
         assert [dataset[0]["x"], dataset[0]["y"]] == [b"1", b"22"]
         assert "x" not in dataset[1] and dataset[1]["y"] == b"333"
         assert dataset.index.checksums[1, 0] == 0  # no member, no checksum
+
+    def test_headers_without_the_ustar_magic_are_read_unchecked_by_it(self, tmp_path):
+        """Old (v7) tar writers leave the magic out: the index says so and the fast check then
+        looks at the length alone."""
+        path = write_tar(tmp_path / "s.tar", [("a.x", b"1"), ("b.x", b"22")])
+        data = bytearray(Path(path).read_bytes())
+        for header in (0, 1024):
+            data[header + 257 : header + 265] = bytes(8)  # no magic, no version: v7
+            data[header + 148 : header + 156] = (
+                b"%06o\0 " % tarfile.calc_chksums(bytes(data[header : header + 512]))[0]
+            )
+        Path(path).write_bytes(bytes(data))
+        dataset = TarShardDataset([path])
+        assert dataset.index.header["magic"] is False
+        assert [dataset[0]["x"], dataset[1]["x"]] == [b"1", b"22"]
+
+    def test_records_are_int64_past_4_gib(self):
+        def scan(start: int) -> TarScan:
+            spans = np.array([[start, 1536]])
+            members = np.array([[0, 0, 512, 1000]])
+            return TarScan(
+                spans, np.array([[0, 1]]), members, np.array([7], np.uint32), ["x"], [], True
+            )
+
+        small, large = records([scan(0)], ["x"]), records([scan(2**32)], ["x"])
+        assert small["records"].dtype == np.uint32 and large["records"].dtype == np.int64
+        assert large["records"].tolist() == [[0, 2**32, 1536, 0, 1, 512, 1000]]
+        assert large["checksums"].tolist() == [[7]]
 
 
 class TestFastCheck:
