@@ -191,10 +191,10 @@ def _members(
 
         try:
             for member in walk(read, size, archive=True):
-                if member.regular and not is_meta(member.name):
-                    headers = read(member.offset, member.offset_data - member.offset)
-                    payload = read(member.offset_data, member.size)
-                    yield member, headers, google_crc32c.value(payload)
+                if member.regular and not is_meta(member.name):  # one read: headers, data
+                    whole = read(member.offset, member.offset_data + member.size - member.offset)
+                    head = member.offset_data - member.offset
+                    yield member, whole[:head], google_crc32c.value(whole[head:])
         except TarDamage as damage:
             problem(f"{damage}; the shard is damaged: re-create or re-copy it")
             yield None, b"", 0
