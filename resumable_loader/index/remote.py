@@ -166,12 +166,12 @@ def _current(
     except SampleIndexError as error:
         logger.info("not using %s: %s", path, error)
         return None
-    recorded = [(entry["bytes"], entry["mtime"]) for entry in index.header["shards"]]
     if index.shard_urls != urls or (on_error != "skip" and index.skipped):
         return None
-    if recorded != [tuple(stat) for stat in stats]:
-        changed = next(u for u, r, s in zip(urls, recorded, stats, strict=True) if r != tuple(s))
-        logger.info("not using %s: %s changed since it was indexed", path, changed)
+    try:
+        index.check_shards(stats)
+    except SampleIndexError as error:
+        logger.info("not using %s: %s", path, error)
         return None
     return index
 

@@ -34,7 +34,7 @@ from resumable_loader.index.file import (
     read_index,
     write_index,
 )
-from resumable_loader.index.paths import expand_shards, is_url, stat_shard
+from resumable_loader.index.paths import expand_shards, is_url, stat_shards
 from resumable_loader.index.remote import for_remote_shards
 from resumable_loader.index.tar import LENGTH, RECORD, START
 
@@ -112,15 +112,21 @@ class ShardedIndex:
         shard = int(np.searchsorted(self.shard_offsets, sample_id, side="right")) - 1
         return shard, sample_id - int(self.shard_offsets[shard])
 
-    def check_shards(self) -> None:
-        """Raise unless every shard still has the size and mtime it had when indexed.
+    def check_shards(self, stats: Sequence[tuple[int, float | str]] | None = None) -> None:
+        """Raise unless every shard still has the size and mtime (ETag, remote) it had when
+        indexed.
+
+        Args:
+            stats: the shards' (size, stamp) now, in index order, if already known (one rank
+                lists them for a whole job); default: stat them (remote shards that share a
+                prefix: one listing, see :func:`~resumable_loader.index.paths.stat_shards`).
 
         Raises:
             SampleIndexError: a shard changed; the message names it and both values.
             ShardError: a shard is gone.
         """
-        for entry in self.header["shards"]:
-            size, mtime = stat_shard(entry["url"])
+        stats = stat_shards(self.shard_urls) if stats is None else stats
+        for entry, (size, mtime) in zip(self.header["shards"], stats, strict=True):
             if size != entry["bytes"] or mtime != entry["mtime"]:
                 raise SampleIndexError(
                     f"{entry['url']}: changed since it was indexed in {self.path} (size "
