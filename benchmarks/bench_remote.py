@@ -384,15 +384,16 @@ def main() -> None:
         f"{args.delay * 1e3:.0f} ms a round trip; median of {args.rounds} interleaved rounds; "
         f"dataset bytes: " + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in data.sizes.items())
     )
+    width = max(map(len, names)) + 2
     print(
-        f"{'loader':<50}{'samples/s':>10}{'vs local':>9}{'fetched':>9}"
+        f"{'loader':<{width}}{'samples/s':>10}{'vs local':>9}{'fetched':>9}"
         f"{'fresh 1st':>11}{'resumed 1st':>12}{'rest fetched':>13}  samples, label sum"
     )
     for name in names:
         ratios = [a / b for a, b in zip(rates[name], rates[OURS_LOCAL], strict=True)]
         fresh, resumed, rest = resumes[name]
         print(
-            f"{name:<50}{statistics.median(rates[name]):>10,.0f}"
+            f"{name:<{width}}{statistics.median(rates[name]):>10,.0f}"
             f"{statistics.median(ratios):>8.2f}x{statistics.median(fetched[name]):>8.2f}x"
             f"{fresh:>10.2f}s{resumed:>11.2f}s{rest:>12.2f}x  {seen[name]}"
         )
