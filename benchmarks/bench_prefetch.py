@@ -7,10 +7,10 @@ Data and endpoint as in bench_remote.py: 16 tar shards of 1,024 samples (~4.5 KB
 tar), uploaded to a moto S3 server behind the fault proxy (its own process, ``--delay`` a round
 trip), 2 workers, batch 64, no decoding (bytes are what is measured here).
 
-2. Cache of 1/10 of the data, an epoch per row, each with an empty node cache: bytes fetched
-   per byte of the dataset and requests, for the shard-local order (ShardShuffle(4, 1024)) and
-   the global shuffle; for the global shuffle also with whole blocks forced
-   (``block_fraction=0``) under Belady's eviction and under LRU, with 64 KiB blocks.
+2. A node cache of 1/10 of the data, an epoch per row, each with an empty cache: bytes
+   fetched per byte of the dataset and requests, for the shard-local order (ShardShuffle(4,
+   1024)) and the global shuffle; then the global shuffle with whole 64 KiB blocks forced
+   (``block_fraction=0``) and a cache of half the data, under Belady's eviction and under LRU.
 1. An outage of ``--outage`` seconds starting a fifth into the epoch, for ours with prefetch
    (default depth) and without (the synchronous 1 MiB read-ahead): the longest gap between two
    batches, and whether the epoch was delivered whole.
@@ -62,33 +62,29 @@ def loader(dataset: TarShardDataset, order: ShardShuffle | None) -> ResumableDat
 
 
 def small_cache(urls: list[str], index: str, size: int, tmp: Path) -> None:
-    """Bytes and requests of an epoch with a node cache of a tenth of the data."""
-    print(f"\n## node cache of 1/10 of the data ({size / 10 / 2**20:.1f} MiB), one epoch each")
-    print(f"{'order, reads':<58}{'bytes / dataset':>16}{'requests':>10}{'samples':>9}")
-    rows: list[tuple[str, ShardShuffle | None, int | None, dict[str, Any]]] = [
-        ("shard-local, default (1 MiB blocks, block or span)", SHARD_LOCAL, None, {}),
-        ("global, default (1 MiB blocks, block or span)", None, None, {}),
-        ("global, 64 KiB blocks always, Belady", None, 2**16, {"block_fraction": 0.0}),
-        (
-            "global, 64 KiB blocks always, LRU",
-            None,
-            2**16,
-            {"block_fraction": 0.0, "eviction": "lru"},
-        ),
+    """Bytes and requests of an epoch with a node cache smaller than the data."""
+    print("\n## a node cache smaller than the data, one epoch each, an empty cache")
+    print(f"{'order, cache, reads':<66}{'bytes / dataset':>16}{'requests':>10}{'samples':>9}")
+    forced = {"block_fraction": 0.0}
+    rows: list[tuple[str, ShardShuffle | None, int, int | None, dict[str, Any]]] = [
+        ("shard-local, 1/10, default (1 MiB blocks or spans)", SHARD_LOCAL, 10, None, {}),
+        ("global, 1/10, default (1 MiB blocks or spans)", None, 10, None, {}),
+        ("global, 1/2, 64 KiB blocks always, Belady", None, 2, 2**16, forced),
+        ("global, 1/2, 64 KiB blocks always, LRU", None, 2, 2**16, {**forced, "eviction": "lru"}),
     ]
-    for name, order, block, options in rows:
+    for name, order, fraction, block, options in rows:
         cache = Path(tempfile.mkdtemp(dir=tmp))
         dataset = TarShardDataset(
             urls,
             cache_dir=index,
             read_ahead=block,
-            cache_bytes=size // 10,
+            cache_bytes=size // fraction,
             prefetch=Prefetch(cache_dir=cache, **options),
         )
         run = loader(dataset, order)
         samples = sum(run)
         stats = run.storage_stats()
-        print(f"{name:<58}{stats.bytes_fetched / size:>15.2f}x{stats.requests:>10}{samples:>9}")
+        print(f"{name:<66}{stats.bytes_fetched / size:>15.2f}x{stats.requests:>10}{samples:>9}")
         sys.stdout.flush()
 
 
