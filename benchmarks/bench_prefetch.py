@@ -7,13 +7,13 @@ Data and endpoint as in bench_remote.py: 16 tar shards of 1,024 samples (~4.5 KB
 tar), uploaded to a moto S3 server behind the fault proxy (its own process, ``--delay`` a round
 trip), 2 workers, batch 64, no decoding (bytes are what is measured here).
 
+1. An outage of ``--outage`` seconds starting a fifth into the epoch, for ours with prefetch
+   (default depth) and without (the synchronous 1 MiB read-ahead): the longest gap between two
+   batches, and whether the epoch was delivered whole.
 2. A node cache of 1/10 of the data, an epoch per row, each with an empty cache: bytes
    fetched per byte of the dataset and requests, for the shard-local order (ShardShuffle(4,
    1024)) and the global shuffle; then the global shuffle with whole 64 KiB blocks forced
    (``block_fraction=0``) and a cache of half the data, under Belady's eviction and under LRU.
-1. An outage of ``--outage`` seconds starting a fifth into the epoch, for ours with prefetch
-   (default depth) and without (the synchronous 1 MiB read-ahead): the longest gap between two
-   batches, and whether the epoch was delivered whole.
 """
 
 from __future__ import annotations
