@@ -265,19 +265,26 @@ class ShardReader:
         return whole
 
     def _issue(self, now: int) -> None:
-        while self._queue and self._queue[0].first_use < now + self.depth:
-            self._start(self._queue.popleft())
+        """Start the planned fetches due, spans and blocks merged in order of first use."""
         ahead = self._ahead  # blocks started for uses to come: at most half the cache
         while ahead and ahead[0][0] < now:
             self._ahead_bytes -= ahead.popleft()[1]
-        room = self.cache.capacity // (2 * self._slots)  # the node's processes share it
-        while self._blocks and self._blocks[0].first_use < now + self.depth:
-            read = self._blocks[0]
-            if self._ahead_bytes + read.length > room and read.first_use > now:
-                break
-            self._start(self._blocks.popleft())
-            ahead.append((read.first_use, read.length))
-            self._ahead_bytes += read.length
+        room, limit = self.cache.capacity // (2 * self._slots), now + self.depth
+        spans, blocks = self._queue, self._blocks
+        while True:
+            span = spans[0] if spans and spans[0].first_use < limit else None
+            block = blocks[0] if blocks and blocks[0].first_use < limit else None
+            full = block is not None and self._ahead_bytes + block.length > room
+            if full and block.first_use > now:
+                block = None  # the cache is full of blocks still to be used
+            if span is None and block is None:
+                return
+            if block is None or (span is not None and span.first_use <= block.first_use):
+                self._start(spans.popleft())
+                continue
+            self._start(blocks.popleft())
+            ahead.append((block.first_use, block.length))
+            self._ahead_bytes += block.length
 
     def _start(self, read: Read) -> None:
         """Start one fetch (a block already cached or in flight is skipped)."""
