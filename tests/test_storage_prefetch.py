@@ -5,6 +5,7 @@ eviction beats LRU, counters add up, and a killed process leaves nothing that bl
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import signal
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from shard_factory import write_tar_shards
+from torchrun_harness import rank_pickles, torchrun
 
 from resumable_loader import DataLoader, ShardShuffle, TarShardDataset
 from resumable_loader.loader.lookahead import NodeSchedule
@@ -259,3 +261,45 @@ def test_storage_stats_report_each_epoch(shards, tmp_path, caplog):
     assert any("storage, last epoch" in record.message for record in caplog.records)
     assert loader.storage_stats().reads == 480
     assert DataLoader(Augmented(shards), batch_size=4).storage_stats() is None
+
+
+@pytest.mark.slow
+def test_two_ranks_share_the_node_cache_and_resume_on_one(shards, tmp_path):
+    expected, _, _ = load(Augmented(shards), workers=0)
+    job = Path(__file__).parent / "prefetch_torchrun_job.py"
+    listing = tmp_path / "shards.json"
+    listing.write_text(json.dumps(shards))
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    common = ["--num-workers", "2"]
+    torchrun(
+        job,
+        2,
+        listing,
+        tmp_path / "cache",
+        first,
+        "--batch-size",
+        "8",
+        "--stop-after",
+        "10",
+        *common,
+    )
+    ranks = rank_pickles(first, 2)
+    head = [s for step in zip(*(r["batches"] for r in ranks), strict=True) for b in step for s in b]
+    # the two ranks' workers fetched each block of the data once for the node
+    assert sum(r["bytes"] for r in ranks) <= 1.05 * dataset_bytes(shards)
+    torchrun(
+        job,
+        1,
+        listing,
+        tmp_path / "cache-2",
+        second,
+        "--batch-size",
+        "16",
+        "--state",
+        first / "state.pt",
+        *common,
+    )
+    tail = [s for b in rank_pickles(second, 1)[0]["batches"] for s in b]
+    assert head + tail == expected
