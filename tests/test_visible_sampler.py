@@ -216,3 +216,20 @@ def test_keyed_batches_pickle_as_their_ids_and_key():
     copy = pickle.loads(pickle.dumps(batch))
     assert type(copy) is type(batch) and list(copy) == list(batch) and copy == batch
     assert (copy.seed, copy.epoch, copy.start) == (7, 0, 0)
+
+
+def test_a_batch_sampler_rebuilt_around_another_sampler_is_torchs_again():
+    """Lightning re-instantiates a batch sampler that is not torch's class around its own
+    sampler: iterated, it batches that sampler as torch's BatchSampler would, and a loader
+    given it as batch_sampler takes it as torch's arguments (sampler, batch size, drop_last)."""
+    from torch.utils.data import BatchSampler, SequentialSampler
+
+    from resumable_loader.loader.keyed_batches import WatchedBatchSampler
+
+    loader = ResumableDataLoader(Ids(10), batch_size=4, shuffle=True, seed=7)
+    rebuilt = type(loader.batch_sampler)(SequentialSampler(range(7)), 3, False)
+    assert type(rebuilt) is WatchedBatchSampler
+    assert list(rebuilt) == list(BatchSampler(SequentialSampler(range(7)), 3, False))
+    again = ResumableDataLoader(Ids(10), batch_size=1, batch_sampler=rebuilt, seed=7)
+    assert (again.batch_size, again.drop_last) == (3, False)
+    assert [batch.tolist() for batch in again] == [[0, 1, 2], [3, 4, 5], [6]]

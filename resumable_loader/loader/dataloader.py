@@ -35,6 +35,7 @@ from resumable_loader.loader.build_refs import (
 )
 from resumable_loader.loader.identity import dataset_fingerprint
 from resumable_loader.loader.iteration import ResumableIterator, stop_workers, worker_failure
+from resumable_loader.loader.keyed_batches import unwrap_rebuilt
 from resumable_loader.loader.keyed_fetch import KeyedFetch, WorkerInit
 from resumable_loader.loader.lookahead import lookahead_for
 from resumable_loader.loader.progress import Progress
@@ -132,6 +133,9 @@ class ResumableDataLoader(DataLoader[T_co]):
         max_bad_fraction: float = 0.01,
         quarantine_dir: str | os.PathLike | None = None,
     ) -> None:
+        sampler, batch_size, drop_last, batch_sampler = unwrap_rebuilt(
+            sampler, batch_size, drop_last, batch_sampler
+        )
         injected = injected_sampler(dataset, sampler, shuffle, batch_sampler)
         if injected is not None:  # Lightning's DDP rebuilt this loader around its own sampler
             rank, world_size = injected.rank, injected.world_size

@@ -12,6 +12,7 @@ states are put back when the batch has been read, as our own loader does.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from torch.utils.data import BatchSampler, get_worker_info
 
@@ -75,7 +76,10 @@ class WatchedBatchSampler(BatchSampler):
     """torch's BatchSampler over a watched sampler: its batches are :class:`KeyedIds` of the
     loader's order (see ``visible_sampler.ForeignOrder``), cut as torch's would be."""
 
-    def __iter__(self) -> Iterator[KeyedIds]:
+    def __iter__(self) -> Iterator[list[int]]:
+        if not hasattr(self.sampler, "foreign_order"):  # rebuilt around another sampler
+            yield from super().__iter__()
+            return
         order = self.sampler.foreign_order()  # warns once: a foreign loader is iterating
         epoch, ids = order.next_epoch()
         seed, reseed = order.seed, order.reseed_globals
@@ -88,3 +92,20 @@ class WatchedBatchSampler(BatchSampler):
                 start, batch = start + len(batch), []
         if batch and not self.drop_last:
             yield KeyedIds(batch, seed=seed, epoch=epoch, start=start, reseed_globals=reseed)
+
+
+def unwrap_rebuilt(
+    sampler: Any, batch_size: int | None, drop_last: bool, batch_sampler: Any
+) -> tuple[Any, int | None, bool, Any]:
+    """Torch's arguments again for a loader rebuilt around a :class:`WatchedBatchSampler`.
+
+    A framework that rebuilds a loader from ours re-instantiates a batch sampler that is not
+    torch's own class around its own sampler and passes it as ``batch_sampler`` with
+    ``batch_size=1`` (Lightning's DDP: ``WatchedBatchSampler(DistributedSampler(...))``).
+    That is torch's ``BatchSampler`` over that sampler, so the loader is given it as such:
+    ``sampler``, ``batch_size`` and ``drop_last``, and no batch_sampler (which lets the loader
+    recognise Lightning's injected sampler and keep its own order). Other arguments pass as given.
+    """
+    if type(batch_sampler) is WatchedBatchSampler and sampler is None:
+        return batch_sampler.sampler, batch_sampler.batch_size, batch_sampler.drop_last, None
+    return sampler, batch_size, drop_last, batch_sampler
