@@ -25,26 +25,14 @@ import timeit
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from bench_loader import Tiny  # this folder's script: the same per-sample-overhead dataset
+from torch.utils.data import DataLoader
 
 from resumable_loader import ResumableDataLoader
 from resumable_loader.order import Purpose
 from resumable_loader.rngs.sample import install_key
 
 CALLS = 2000  # calls per timed round
-
-
-class Tiny(Dataset):
-    """Returns its index: measures pure per-sample overhead."""
-
-    def __init__(self, length: int) -> None:
-        self.length = length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> tuple[int, int]:
-        return index, index
 
 
 def per_call(repeats: int) -> None:
