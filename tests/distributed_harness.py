@@ -8,10 +8,11 @@ epoch's end), which must equal the single-process stream.
 
 from __future__ import annotations
 
+import argparse
 import os
 import pickle
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -142,3 +143,18 @@ def resume_job(
         epochs = epochs_left(state, epochs)
     batches = consume(loader, epochs, stop_after)
     return batches, loader.state_dict(check_ranks=True)
+
+
+def job_arguments(
+    argv: Sequence[str] | None, description: str | None, saved: str, saved_help: str
+) -> argparse.Namespace:
+    """The arguments of a torchrun job that stops and saves, or loads and goes on: the saved
+    state's path (positional ``saved``), the output directory for each rank's ``<rank>.pkl``,
+    ``--batch-size``, ``--num-workers`` and ``--stop-after`` (batches before saving; else load)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(saved, help=saved_help)
+    parser.add_argument("out", help="directory for each rank's <rank>.pkl")
+    parser.add_argument("--batch-size", type=int, required=True)
+    parser.add_argument("--num-workers", type=int, required=True)
+    parser.add_argument("--stop-after", type=int, help="batches before saving; else load")
+    return parser.parse_args(argv)

@@ -9,13 +9,13 @@ the rest of the run. Each rank writes its packs, batch by batch, to ``OUT/<rank>
 
 from __future__ import annotations
 
-import argparse
 import os
 import pickle
 from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
+from distributed_harness import job_arguments
 from packing_factory import DATA, make, packs
 
 EPOCHS = 2
@@ -23,13 +23,7 @@ EPOCHS = 2
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run this rank's part of the job and write its result (see the module docstring)."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("state", help="the loader state file")
-    parser.add_argument("out", help="directory for each rank's <rank>.pkl")
-    parser.add_argument("--batch-size", type=int, required=True)
-    parser.add_argument("--num-workers", type=int, required=True)
-    parser.add_argument("--stop-after", type=int, help="batches before saving; else load")
-    args = parser.parse_args(argv)
+    args = job_arguments(argv, __doc__, "state", "the loader state file")
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")

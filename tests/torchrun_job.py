@@ -12,7 +12,6 @@ consumes the rest of the run. Each rank writes what it saw to ``OUT/<rank>.pkl``
 
 from __future__ import annotations
 
-import argparse
 import os
 import pickle
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from distributed_harness import augmented, consume
+from distributed_harness import augmented, consume, job_arguments
 from resume_harness import epochs_left
 
 from resumable_loader import ResumableDataLoader
@@ -31,13 +30,7 @@ EPOCHS = 2
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run this rank's part of the job and write its result (see the module docstring)."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("checkpoint", help="the DCP checkpoint directory")
-    parser.add_argument("out", help="directory for each rank's <rank>.pkl")
-    parser.add_argument("--batch-size", type=int, required=True)
-    parser.add_argument("--num-workers", type=int, required=True)
-    parser.add_argument("--stop-after", type=int, help="batches before saving; else load")
-    args = parser.parse_args(argv)
+    args = job_arguments(argv, __doc__, "checkpoint", "the DCP checkpoint directory")
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
