@@ -165,6 +165,7 @@ class ShardReader:
         self._ahead: deque[tuple[int, int]] = deque()  # (first use, bytes) of blocks started
         self._ahead_bytes = 0
         self._uses: dict[Key, deque[int]] = {}
+        self._first_use: dict[Key, int] = {}  # a block's first use in its latest window
         self._inflight: dict[Key, Future] = {}
         self._spans: dict[tuple[int, int], tuple[Future, int, int]] = {}
         self._batch_left = 0
@@ -234,6 +235,7 @@ class ShardReader:
                     first.setdefault(key, position)
             elif own:
                 spans_by_batch.setdefault(position, []).append((shard, start, length))
+        self._first_use.update(first)
         for key, position in first.items():
             if hash_slot(key, self._slots) == self._slot:
                 start = key[1] * size
@@ -370,7 +372,7 @@ class ShardReader:
             piece = self.cache.read(key, offset, length)
             if piece is not None:
                 return piece, "waited" if waited else "hit"
-        elif key in self._uses:  # another process of the node fetches it: wait a while
+        elif self._first_use.get(key) == self._now:  # its owner fetches it for now: wait
             piece = self._poll(key, offset, length)
             if piece is not None:
                 return piece, "waited"
