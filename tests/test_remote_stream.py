@@ -60,6 +60,9 @@ def endpoint(fault_proxy, s3_env, monkeypatch):
 
 def remote(index, cache, **options) -> Augmented:
     storage_options = options.pop("storage_options", None)
+    # a loaded machine may be slow to fetch a block another process waits for: wait long
+    # enough that each block is fetched once (the byte counts below assert it)
+    options.setdefault("wait_seconds", 10.0)
     return Augmented(
         index,
         read_ahead=BLOCK,

@@ -77,6 +77,7 @@ def load(dataset, *, workers: int, batch_size: int = 16, order=None, state=None,
 
 def prefetching(paths, cache: Path, **options) -> Augmented:
     cache_bytes = options.pop("cache_bytes", 64 * 2**20)
+    options.setdefault("wait_seconds", 10.0)  # each block once, even on a loaded machine
     return Augmented(
         paths,
         read_ahead=BLOCK,
