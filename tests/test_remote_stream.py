@@ -4,17 +4,14 @@ raise a typed error naming the URL and the sample when storage stays down."""
 
 from __future__ import annotations
 
-import hashlib
-import random
 import time
 
-import numpy as np
 import pytest
-import torch
+from augmented_tar import Augmented
 from s3_server import CREDENTIALS, upload_dir
 from shard_factory import write_tar_shards
 
-from resumable_loader import DataLoader, ShardShuffle, TarShardDataset
+from resumable_loader import DataLoader, ShardShuffle
 from resumable_loader.errors import StorageError
 from resumable_loader.index.sharded import ShardedIndex
 from resumable_loader.storage.reader import Prefetch
@@ -22,19 +19,6 @@ from resumable_loader.storage.reader import Prefetch
 BLOCK = 64 * 1024
 ORDERS = {"global": None, "shard_local": ShardShuffle(window=2, buffer_size=64)}
 QUICK = {"deadline": 1.5, "request_timeout": 0.5, "initial_backoff": 0.02, "max_backoff": 0.2}
-
-
-class Augmented(TarShardDataset):
-    """Each sample as (id, key, digest of its bytes, draws from the three global RNGs), read a
-    sample at a time so that each draws under its own key."""
-
-    __getitems__ = None
-
-    def __getitem__(self, sample_id: int) -> tuple:
-        sample = super().__getitem__(sample_id)
-        digest = hashlib.sha1(sample["bin"] + sample["json"]).hexdigest()[:12]
-        draws = (random.random(), float(np.random.rand()), float(torch.rand(()).item()))
-        return (int(sample_id), sample["__key__"], digest, draws)
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,8 @@ eviction beats LRU, counters add up, and a killed process leaves nothing that bl
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -17,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from augmented_tar import Augmented
 from shard_factory import write_tar_shards
 from torchrun_harness import rank_pickles, torchrun
 
@@ -31,19 +29,6 @@ from resumable_loader.storage.reader import Prefetch
 
 BLOCK = 16384  # a few samples a block, so that blocks are shared and spans straddle them
 ORDERS = {"global": None, "shard_local": ShardShuffle(window=2, buffer_size=48)}
-
-
-class Augmented(TarShardDataset):
-    """Each sample as (id, digest of its bytes, draws from the three global RNGs); read a
-    sample at a time, so each draws under its own key."""
-
-    __getitems__ = None
-
-    def __getitem__(self, sample_id: int) -> tuple:
-        sample = super().__getitem__(sample_id)
-        digest = hashlib.sha1(sample["bin"] + sample["json"]).hexdigest()[:12]
-        draws = (random.random(), float(np.random.rand()), float(torch.rand(()).item()))
-        return (int(sample_id), sample["__key__"], digest, draws)
 
 
 @pytest.fixture(scope="module")
