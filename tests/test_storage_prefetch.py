@@ -186,6 +186,10 @@ def test_the_node_cache_evicts_the_block_used_furthest_ahead(tmp_path):
     kept = {key for key in [*uses, (0, 3)] if key in cache}
     assert (0, 2) in kept and (0, 0) in kept and (0, 1) not in kept
     assert cache.read((0, 2), 10, 5) == bytes(5)
+    # a reader missing a block tells "evicted" (fetch now) from "not fetched yet" (wait)
+    assert cache.evicted((0, 1)) and not cache.evicted((0, 2)) and not cache.evicted((0, 9))
+    cache.put((0, 1), bytes(1000))
+    assert not cache.evicted((0, 1))
 
 
 def test_a_dead_writers_temp_file_is_removed_and_blocks_nothing(tmp_path):

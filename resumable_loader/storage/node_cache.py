@@ -13,6 +13,9 @@ furthest in the future (Belady's MIN: the reader knows the schedule and supplies
 or with ``eviction="lru"`` the least recently read ones (a read touches the file's mtime). A
 block removed while another process reads it stays readable by that process (POSIX unlink); a
 process that finds a block gone fetches it again, which costs bytes, never correctness.
+Eviction leaves an empty ``<shard>-<block>.gone`` beside (removed when the block is published
+again), so that a reader missing a block can tell "evicted" (fetch it now) from "not fetched
+yet" (its owner may be slow: wait for it).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from resumable_loader.errors import ConfigError
 Key = tuple[int, int]  # (shard, block)
 TEMP_SECONDS = 300.0
 SUFFIX = ".blk"
+GONE = ".gone"
 # Evict down to this fraction of the capacity, leaving room for blocks other processes are
 # writing meanwhile.
 LOW_WATER = 0.9
@@ -64,6 +68,13 @@ class NodeCache:
     def __contains__(self, key: Key) -> bool:
         return os.path.exists(self.path(key))
 
+    def evicted(self, key: Key) -> bool:
+        """Whether ``key`` was evicted from the node and not published again since."""
+        return os.path.exists(self._gone(key))
+
+    def _gone(self, key: Key) -> Path:
+        return self.root / f"{key[0]}-{key[1]}{GONE}"
+
     def read(self, key: Key, offset: int, length: int) -> bytes | None:
         """``length`` bytes at ``offset`` of a cached block, or None if it is not cached.
 
@@ -88,6 +99,7 @@ class NodeCache:
                 with open(temp, "wb") as f:
                     f.write(data)
                 os.rename(temp, self.path(key))
+                _unlink(self._gone(key))
                 break
             except OSError:  # ENOSPC and the like: make room once, then give up on caching
                 _unlink(temp)
@@ -114,6 +126,7 @@ class NodeCache:
             for key, size, _ in blocks:
                 if total <= limit * LOW_WATER:
                     break
+                self._gone(key).touch()
                 _unlink(self.path(key))
                 total -= size
         self._estimate = total

@@ -8,8 +8,10 @@ block is fetched once a node with no coordination; the other samples are fetched
 (merged when close) by the process that loads them. Fetches are issued in order of first use,
 up to ``Prefetch.depth_bytes`` ahead of the batch being loaded, on a thread pool of
 ``Prefetch.threads`` requests in flight. A read finds its bytes in the cache or in a finished
-fetch; else it waits for its own fetch in flight, or for another process's block (polling the
-cache, at most ``Prefetch.wait_seconds``), and then fetches itself: never forever. What is
+fetch; else it waits for its own fetch in flight, or for another process's block not fetched
+yet (polling the cache, at most ``Prefetch.wait_seconds``), and then fetches itself: never
+forever. A block evicted since it was fetched is fetched at once, unless its owner is fetching
+it again for this very use. What is
 returned is always the span asked for: a plan can only make a read faster or a fetch wasted.
 """
 
@@ -372,7 +374,9 @@ class ShardReader:
             piece = self.cache.read(key, offset, length)
             if piece is not None:
                 return piece, "waited" if waited else "hit"
-        elif self._first_use.get(key) == self._now:  # its owner fetches it for now: wait
+        elif key in self._uses and (
+            self._first_use.get(key) == self._now or not self.cache.evicted(key)
+        ):  # its owner fetches it (first use, or not fetched yet): wait; evicted: fetch now
             piece = self._poll(key, offset, length)
             if piece is not None:
                 return piece, "waited"
