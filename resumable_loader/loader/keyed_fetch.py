@@ -16,7 +16,7 @@ batched transform's randomness is said in docs/integrations.md.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from torch.utils.data import Dataset, StackDataset, Subset, get_worker_info
@@ -24,15 +24,22 @@ from torch.utils.data import Dataset, StackDataset, Subset, get_worker_info
 from resumable_loader.errors import ResumableLoaderError
 from resumable_loader.order.philox import Purpose, derive_words
 from resumable_loader.rngs.process import this_process
-from resumable_loader.rngs.sample import SampleKey, clear_key, install_key, sample_key
+from resumable_loader.rngs.sample import (
+    SampleKey,
+    clear_key,
+    install_key,
+    install_sample_key,
+    sample_key,
+    sample_place,
+)
 
 if TYPE_CHECKING:  # lookahead imports refs, which imports this module
     from resumable_loader.loader.bad_samples import BadSamples
     from resumable_loader.loader.lookahead import Lookahead
 
-# (seed, epoch, first position, stride, count, reseed_globals) of the batched read in progress,
-# or None.
-_batch_read: tuple[int, int, int, int, int, bool] | None = None
+# The key positions of the samples of the batched read in progress (of the installed key's seed
+# and epoch), or None.
+_batch_read: Sequence[int] | None = None
 
 
 def batch_sample_keys() -> list[SampleKey]:
@@ -49,11 +56,10 @@ def batch_sample_keys() -> list[SampleKey]:
     """
     if _batch_read is None:
         return [sample_key()]
-    seed, epoch, start, stride, count, _ = _batch_read
-    positions = range(start, start + count * stride, stride)
+    seed, epoch, _ = sample_place()
     return [
         SampleKey(seed, epoch, p, Purpose.SAMPLE, derive_words(seed, epoch, p, Purpose.SAMPLE))
-        for p in positions
+        for p in _batch_read
     ]
 
 
@@ -65,9 +71,7 @@ def install_batch_sample_key(index: int) -> None:
     nothing is done.
     """
     if _batch_read is not None:
-        seed, epoch, start, stride, _, reseed = _batch_read
-        position = start + index * stride
-        install_key(seed, epoch, position, Purpose.SAMPLE, reseed_globals=reseed)
+        install_sample_key(_batch_read[index])
 
 
 def reads_batched(dataset: Dataset) -> bool:
@@ -191,28 +195,48 @@ class KeyedFetch(Dataset):
         """One ``__getitems__`` call under the first sample's key (a batch of one is read
         exactly as ``__getitem__`` would be), every sample's key in ``batch_sample_keys()``.
         """
-        global _batch_read
         install_key(
             ref.seed, ref.epoch, ref.start, Purpose.SAMPLE, reseed_globals=self.reseed_globals
         )
-        _batch_read = (
-            ref.seed,
-            ref.epoch,
-            ref.start,
-            ref.key_stride,
-            len(ref.ids),
-            self.reseed_globals,
+        stop = ref.start + len(ref.ids) * ref.key_stride
+        return _read_keyed(self.dataset, list(ref.ids), range(ref.start, stop, ref.key_stride))
+
+
+def read_batch_at(dataset: Dataset, ids: list[int], positions: Sequence[int]) -> list[Any]:
+    """Inside a fetch, read ``ids`` with one ``dataset.__getitems__`` call, sample k under the
+    key of position ``positions[k]`` of the fetch's (seed, epoch): for a dataset whose item
+    holds several samples of the order (a pack), so that a batched read of them keeps each
+    sample's own key, as :meth:`KeyedFetch._read_batch` does for a batch (the first sample's
+    key installed, every sample's in ``batch_sample_keys()``). The batched read in progress,
+    if any, is restored afterwards.
+
+    Raises:
+        ResumableLoaderError: outside a ResumableDataLoader fetch, or when ``__getitems__``
+            returns another number of samples.
+    """
+    global _batch_read
+    outer = _batch_read
+    install_sample_key(positions[0])
+    try:
+        return _read_keyed(dataset, ids, positions)
+    finally:
+        _batch_read = outer
+
+
+def _read_keyed(dataset: Dataset, ids: list[int], positions: Sequence[int]) -> list[Any]:
+    """``dataset.__getitems__(ids)`` with ``positions`` as the batched read's key positions."""
+    global _batch_read
+    _batch_read = positions
+    try:
+        samples = dataset.__getitems__(ids)
+    finally:
+        _batch_read = None
+    if len(samples) != len(ids):
+        raise ResumableLoaderError(
+            f"{type(dataset).__name__}.__getitems__ returned {len(samples)} samples "
+            f"for {len(ids)} ids; it must return one per id, in order"
         )
-        try:
-            samples = self.dataset.__getitems__(list(ref.ids))
-        finally:
-            _batch_read = None
-        if len(samples) != len(ref.ids):
-            raise ResumableLoaderError(
-                f"{type(self.dataset).__name__}.__getitems__ returned {len(samples)} samples "
-                f"for {len(ref.ids)} ids; it must return one per id, in order"
-            )
-        return samples
+    return samples
 
 
 class WorkerInit:
