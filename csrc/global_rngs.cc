@@ -14,16 +14,28 @@ namespace {
 
 constexpr uint64_t kSplitMixGamma = 0x9E3779B97F4A7C15ull;
 
+inline uint64_t splitmix_mix(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
 // Output i of SplitMix64 started at `seed` fills words 2i (low half) and 2i + 1 (high half).
+// The counter steps by addition and 32-bit words take each output as one 64-bit store (on a
+// little-endian machine its two halves in that order): the vectorised loop then needs no
+// multiply for the counter and no shuffle of halves, a third of the work.
 template <typename Word>
 inline void splitmix_words(uint64_t seed, Word* out) {
+  uint64_t counter = seed;
   for (int i = 0; i < MT19937_N / 2; ++i) {
-    uint64_t z = seed + kSplitMixGamma * static_cast<uint64_t>(i + 1);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    out[2 * i] = static_cast<uint32_t>(z);
-    out[2 * i + 1] = static_cast<uint32_t>(z >> 32);
+    counter += kSplitMixGamma;
+    const uint64_t z = splitmix_mix(counter);
+    if constexpr (sizeof(Word) == 4 && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__) {
+      std::memcpy(out + 2 * i, &z, sizeof(z));
+    } else {
+      out[2 * i] = static_cast<uint32_t>(z);
+      out[2 * i + 1] = static_cast<uint32_t>(z >> 32);
+    }
   }
 }
 
