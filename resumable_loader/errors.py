@@ -28,12 +28,18 @@ class StorageError(ShardError):
     denied), or transient ones (connection errors, timeouts, 5xx, 429) that outlasted the retry
     deadline. The message names the URL, the byte range, the attempts, the time spent and the
     fix; ``sample`` (set by the read path) names the sample that needed the bytes.
+
+    Built from the fields (keywords), or from a ``message`` alone: how torch's DataLoader
+    re-raises a worker's error in the main process (``type(error)(text)``, where ``text`` is
+    the worker's traceback), which keeps the type only if the type takes one string. The
+    fields of an error rebuilt so are their defaults; its message has them all.
     """
 
     def __init__(
         self,
+        message: str | None = None,
         *,
-        url: str,
+        url: str = "",
         start: int | None = None,
         length: int | None = None,
         attempts: int = 1,
@@ -45,9 +51,14 @@ class StorageError(ShardError):
         self.url, self.start, self.length = url, start, length
         self.attempts, self.elapsed, self.reason = attempts, elapsed, reason
         self.transient, self.sample = transient, sample
+        # a message alone: the error rebuilt from its text, as torch's DataLoader re-raises an
+        # error of a worker (``type(error)(text)``), which keeps the type only if this works
+        self._text = message
         super().__init__(str(self))
 
     def __str__(self) -> str:
+        if self._text is not None:
+            return self._text
         where = self.url
         if self.start is not None:
             end = "end" if self.length is None else self.start + self.length

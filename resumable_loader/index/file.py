@@ -38,12 +38,21 @@ _REBUILD = "(re)build it with: resumable-loader index SHARDS... --out PATH"
 
 class IndexVersionError(SampleIndexError):
     """An index file of another format version; ``shards`` and ``on_error`` (from its header,
-    None if unreadable) are what a rebuild of it needs."""
+    None if unreadable) are what a rebuild of it needs.
 
-    def __init__(self, path: Path, header: dict[str, Any]) -> None:
+    ``IndexVersionError(message)`` (no header) is the error rebuilt from its text, as torch's
+    DataLoader re-raises a worker's error (``type(error)(text)``); its fields are None.
+    """
+
+    def __init__(self, path: Path | str, header: dict[str, Any] | None = None) -> None:
+        if header is None:
+            self.shards: list[str] | None = None
+            self.on_error: str | None = None
+            super().__init__(str(path))
+            return
         try:
-            self.shards: list[str] | None = [entry["url"] for entry in header["shards"]]
-            self.on_error: str | None = header["on_error"]
+            self.shards = [entry["url"] for entry in header["shards"]]
+            self.on_error = header["on_error"]
         except (KeyError, TypeError):
             self.shards = self.on_error = None
         command = _REBUILD
