@@ -112,7 +112,8 @@ const std::pair<const char*, FillKernel> kFillKernels[] = {
 // The per-sample reseed in one call (resumable_loader/rngs/process.py): the sample's key and
 // every global generator's state together, with the Python-side steps each needs: numpy's own
 // lock around its writes (numpy draws large arrays without the GIL, under that lock), Python's
-// cached Gaussian cleared, torch's state installed through its set_state (the only way in).
+// cached Gaussian cleared, torch's state installed through its set_state unless the targets
+// write torch's generator in place.
 struct SampleReseeder {
   GlobalRngTargets targets;
   // numpy's RandomState keeps a copy of its bit generator's interface, whose first word is the
@@ -135,7 +136,7 @@ struct SampleReseeder {
     targets.reseed_numpy(key.data());
     lock_release();
     targets.reseed_torch(key.data());
-    torch_set_state(torch_buffer);
+    if (targets.torch_fields == nullptr) torch_set_state(torch_buffer);
     return true;
   }
 };
@@ -218,10 +219,12 @@ NB_MODULE(_core, m) {
           "__init__",
           [](GlobalRngTargets* self, uintptr_t python_state, uintptr_t python_index,
              uintptr_t numpy_key, uintptr_t numpy_pos, uintptr_t numpy_has_gauss,
-             uintptr_t numpy_gauss, uintptr_t torch_state) {
+             uintptr_t numpy_gauss, uintptr_t torch_state, uintptr_t torch_fields,
+             uintptr_t torch_mutex) {
             if ((python_state == 0) != (python_index == 0) ||
                 (numpy_key == 0) != (numpy_pos == 0 || numpy_has_gauss == 0 ||
-                                     numpy_gauss == 0)) {
+                                     numpy_gauss == 0) ||
+                (torch_fields == 0) != (torch_mutex == 0)) {
               throw nb::value_error("a generator's addresses must all be given, or all be 0");
             }
             new (self) GlobalRngTargets{
@@ -231,10 +234,13 @@ NB_MODULE(_core, m) {
                 reinterpret_cast<int*>(numpy_pos),
                 reinterpret_cast<int*>(numpy_has_gauss),
                 reinterpret_cast<double*>(numpy_gauss),
-                reinterpret_cast<resumable_loader::TorchCpuGeneratorState*>(torch_state)};
+                reinterpret_cast<resumable_loader::TorchCpuGeneratorState*>(torch_state),
+                reinterpret_cast<resumable_loader::TorchCpuGeneratorFields*>(torch_fields),
+                reinterpret_cast<std::mutex*>(torch_mutex)};
           },
           "python_state"_a, "python_index"_a, "numpy_key"_a, "numpy_pos"_a,
-          "numpy_has_gauss"_a, "numpy_gauss"_a, "torch_state"_a)
+          "numpy_has_gauss"_a, "numpy_gauss"_a, "torch_state"_a, "torch_fields"_a = 0,
+          "torch_mutex"_a = 0)
       .def(
           "reseed", [](const GlobalRngTargets& t, Words4 key) { t.reseed(key.data()); }, "key"_a,
           "Write every target generator's state for a sample key.")
@@ -242,10 +248,13 @@ NB_MODULE(_core, m) {
           "save",
           [](const GlobalRngTargets& t) {
             resumable_loader::GlobalRngSnapshot snapshot;
+  m.attr("TORCH_CPU_GENERATOR_FIELDS_SIZE") =
+      resumable_loader::TORCH_CPU_GENERATOR_FIELDS_SIZE;
+  m.attr("STD_MUTEX_SIZE") = sizeof(std::mutex);
             t.save(snapshot);
             return snapshot;
           },
-          "Copy the Python and numpy states the targets cover.")
+          "Copy the states the targets cover (torch's where written in place).")
       .def("restore", &GlobalRngTargets::restore, "snapshot"_a, "Put a save()d copy back.");
 
   nb::class_<SampleReseeder>(m, "SampleReseeder")
@@ -255,7 +264,8 @@ NB_MODULE(_core, m) {
              nb::object numpy_lock, nb::object python, nb::object torch_generator,
              nb::object torch_buffer) {
             if (targets.python_state == nullptr || targets.numpy_key == nullptr ||
-                targets.torch_state == nullptr || numpy_interface == 0) {
+                (targets.torch_state == nullptr && targets.torch_fields == nullptr) ||
+                numpy_interface == 0) {
               throw nb::value_error("SampleReseeder needs all three generators' addresses");
             }
             new (self) SampleReseeder{targets,

@@ -102,6 +102,19 @@ void GlobalRngTargets::reseed_numpy(const uint32_t key[4]) const {
 }
 
 void GlobalRngTargets::reseed_torch(const uint32_t key[4]) const {
+  if (torch_fields != nullptr) {
+    // What torch's set_state makes of the legacy state reseed_torch writes below.
+    std::lock_guard<std::mutex> hold(*torch_mutex);
+    TorchMt19937Data& engine = torch_fields->engine;
+    mt19937_state_words(key, kTorch, engine.state);
+    engine.seed = global_rng_seed(key, kTorch) & TORCH_SEED_MASK;
+    engine.left = MT19937_N;
+    engine.seeded = true;
+    engine.next = 0;
+    torch_fields->next_float_normal_engaged = false;
+    torch_fields->next_double_normal_engaged = false;
+    return;
+  }
   if (torch_state == nullptr) return;
   TorchCpuGeneratorStateLegacy& pod = torch_state->legacy_pod;
   mt19937_state_words(key, kTorch, pod.state);

@@ -21,6 +21,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 
 #include "philox.h"
 
@@ -68,7 +69,28 @@ struct TorchCpuGeneratorState {
 };
 constexpr size_t TORCH_CPU_GENERATOR_STATE_SIZE = sizeof(TorchCpuGeneratorState);
 
-// A copy of Python's and numpy's generator states (torch's has a cheap API of its own).
+// The fields of torch's CPUGeneratorImpl (aten/src/ATen/CPUGeneratorImpl.h) after its
+// GeneratorImpl base: the engine's mt19937_data_pod (ATen/core/MT19937RNGEngine.h), then the
+// two cached normals as std::optional (libstdc++: the value, then the engaged flag). Written in
+// place, under the generator's own mutex (GeneratorImpl::mutex_, a std::mutex), they spare
+// torch's set_state: a Python call, a check of the tensor and a copy of 624 words.
+struct TorchMt19937Data {
+  uint64_t seed;
+  int left;
+  bool seeded;
+  uint32_t next;
+  uint32_t state[MT19937_N];
+};
+struct TorchCpuGeneratorFields {
+  TorchMt19937Data engine;
+  float next_float_normal;
+  bool next_float_normal_engaged;
+  double next_double_normal;
+  bool next_double_normal_engaged;
+};
+constexpr size_t TORCH_CPU_GENERATOR_FIELDS_SIZE = sizeof(TorchCpuGeneratorFields);
+
+// A copy of the generator states the targets cover (torch's only where written in place).
 struct GlobalRngSnapshot {
   uint32_t python_state[MT19937_N];
   int python_index;
@@ -76,6 +98,7 @@ struct GlobalRngSnapshot {
   int numpy_pos;
   int numpy_has_gauss;
   double numpy_gauss;
+  TorchCpuGeneratorFields torch_fields;
 };
 
 // Where each generator's state lives in this process; a null pointer skips that generator.
@@ -87,6 +110,9 @@ struct GlobalRngTargets {
   int* numpy_has_gauss = nullptr;  // numpy RandomState's aug_bitgen_t {.., has_gauss, gauss};
   double* numpy_gauss = nullptr;   // set whenever numpy_key is
   TorchCpuGeneratorState* torch_state = nullptr;  // a buffer for torch.Generator.set_state
+  // Or torch's generator itself, written in place under its mutex (torch_state is then unused).
+  TorchCpuGeneratorFields* torch_fields = nullptr;
+  std::mutex* torch_mutex = nullptr;
 
   // Each generator's state for a sample key, where its target is set.
   void reseed_python(const uint32_t key[4]) const;
@@ -111,6 +137,10 @@ struct GlobalRngTargets {
       to.numpy_has_gauss = *numpy_has_gauss;
       to.numpy_gauss = *numpy_gauss;
     }
+    if (torch_fields != nullptr) {
+      std::lock_guard<std::mutex> hold(*torch_mutex);
+      std::memcpy(&to.torch_fields, torch_fields, sizeof(to.torch_fields));
+    }
   }
 
   void restore(const GlobalRngSnapshot& from) const {
@@ -123,6 +153,10 @@ struct GlobalRngTargets {
       *numpy_pos = from.numpy_pos;
       *numpy_has_gauss = from.numpy_has_gauss;
       *numpy_gauss = from.numpy_gauss;
+    }
+    if (torch_fields != nullptr) {
+      std::lock_guard<std::mutex> hold(*torch_mutex);
+      std::memcpy(torch_fields, &from.torch_fields, sizeof(from.torch_fields));
     }
   }
 };

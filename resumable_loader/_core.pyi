@@ -32,6 +32,10 @@ TORCH_SEED_MASK: int = 9223372036854775807
 
 TORCH_CPU_GENERATOR_STATE_SIZE: int = 5056
 
+TORCH_CPU_GENERATOR_FIELDS_SIZE: int = 2544
+
+STD_MUTEX_SIZE: int = 40
+
 class GlobalRngSnapshot:
     pass
 
@@ -45,12 +49,14 @@ class GlobalRngTargets:
         numpy_has_gauss: int,
         numpy_gauss: int,
         torch_state: int,
+        torch_fields: int = 0,
+        torch_mutex: int = 0,
     ) -> None: ...
     def reseed(self, key: Sequence[int]) -> None:
         """Write every target generator's state for a sample key."""
 
     def save(self) -> GlobalRngSnapshot:
-        """Copy the Python and numpy states the targets cover."""
+        """Copy the states the targets cover (torch's where written in place)."""
 
     def restore(self, snapshot: GlobalRngSnapshot) -> None:
         """Put a save()d copy back."""

@@ -9,7 +9,10 @@ library's public get/set-state API the first time a process reseeds; any generat
 fails is reseeded through that API instead, with the same resulting stream. Per sample, one C++
 call (:func:`reseed_sample`) derives the key and installs all three states. (torch's API takes
 a state only in its own format: if the check of that format fails, as it would on a torch that
-changed it, torch is seeded with ``manual_seed`` of its 64-bit seed, another stream.)
+changed it, torch is seeded with ``manual_seed`` of its 64-bit seed, another stream.) On Linux,
+torch's state is written straight into its generator under the generator's own mutex, as its
+``set_state`` would leave it (checked likewise), which halves the call; else through
+``set_state``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import random
 import struct
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +34,17 @@ from resumable_loader.order.philox import Purpose, derive_words
 PYTHON, NUMPY, TORCH = 0, 1, 2  # generator numbers, as csrc/global_rngs.h names them
 _MT_N = 624
 _PROBE_KEY = (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344)
+# torch's CPU generator, as csrc/global_rngs.h lays it out: the engine's state words follow its
+# seed, left, seeded and next; the cached normals follow the engine; the legacy state's normals
+# (normal_x, normal_y, normal_rho, normal_is_valid, then the float sample and its flag) follow
+# its 624 64-bit words. _TORCH_SCAN_BYTES covers the engine after a GeneratorImpl base of up to
+# 256 bytes (80 in torch 2.13).
+_MUTEX_SIZE = 40
+_MUTEX_AT, _DEVICE_AT = 64, 24  # bytes before the engine: mutex, device, dispatch keys, pointer
+_ENGINE_STATE_AT = struct.calcsize("<QiBxxxI")
+_ENGINE_BYTES = 8 * -(-(_ENGINE_STATE_AT + 4 * _MT_N) // 8)
+_LEGACY_NORMALS_AT = struct.calcsize(f"<QiiQ{_MT_N}Q")
+_TORCH_SCAN_BYTES = 256 + _core.TORCH_CPU_GENERATOR_FIELDS_SIZE
 
 
 class GlobalRngs:
@@ -43,13 +58,17 @@ class GlobalRngs:
         python = _python_layout(self._python)
         numpy = _numpy_layout(np.random.mtrand._rand, self._numpy_bit_generator)
         torch_fast = _torch_layout_ok(self._torch, self._torch_buffer)
+        # The in-place write is checked against states set in the format checked above.
+        in_place = _torch_fields_layout(self._torch, self._torch_buffer) if torch_fast else None
         self._targets = _core.GlobalRngTargets(
             *(python or (0, 0)),
             *(numpy[:4] if numpy else (0, 0, 0, 0)),
-            self._torch_buffer.data_ptr() if torch_fast else 0,
+            self._torch_buffer.data_ptr() if torch_fast and in_place is None else 0,
+            *(in_place or (0, 0)),
         )
         self._python_by_api, self._numpy_by_api = python is None, numpy is None
         self._torch_by_api = not torch_fast
+        self._torch_in_place = in_place is not None  # written by the targets, no set_state
         self._numpy_lock = self._numpy_bit_generator.lock
         # Where every layout checked out (the usual case), one C++ call does a sample's reseed.
         self._reseeder = (
@@ -87,7 +106,7 @@ class GlobalRngs:
             np.random.set_state(("MT19937", words, 0, 0, 0.0))
         if self._torch_by_api:
             self._torch.manual_seed(_core.global_rng_seed(key, TORCH) & _core.TORCH_SEED_MASK)
-        else:
+        elif not self._torch_in_place:
             self._torch.set_state(self._torch_buffer)
 
     def save(self) -> tuple[Any, ...]:
@@ -98,7 +117,7 @@ class GlobalRngs:
             snapshot,
             self._python.getstate() if self._python_by_api else self._python.gauss_next,
             np.random.get_state() if self._numpy_by_api else None,
-            self._torch.get_state(),
+            None if self._torch_in_place else self._torch.get_state(),
         )
 
     def restore(self, saved: tuple[Any, ...]) -> None:
@@ -112,7 +131,8 @@ class GlobalRngs:
             self._python.gauss_next = python
         if self._numpy_by_api:
             np.random.set_state(numpy)
-        self._torch.set_state(torch_state)
+        if not self._torch_in_place:
+            self._torch.set_state(torch_state)
 
 
 _bound: GlobalRngs | None = None
@@ -215,6 +235,53 @@ def _gauss_at(layout: tuple[int, int, int, int], has_gauss: int, gauss: float) -
         struct.unpack("<i", _read(layout[2], 4))[0] == has_gauss
         and struct.unpack("<d", _read(layout[3], 8))[0] == gauss
     )
+
+
+def _torch_fields_layout(
+    generator: torch.Generator, buffer: torch.Tensor
+) -> tuple[int, int] | None:
+    """Addresses of the CPU ``generator``'s fields (``_core``'s TorchCpuGeneratorFields) and of
+    its mutex, if they check out (Linux builds, where both sides' std::mutex is glibc's); called
+    once ``buffer``'s format checked out (:func:`_torch_layout_ok`).
+
+    The generator object (``generator._cdata``) is searched for a state set through
+    ``set_state``; torch's GeneratorImpl ends with the mutex (40 bytes, zero while unlocked),
+    the device (CPU: bytes 0, 0xff), the dispatch keys and a pointer, right before the engine.
+    A state written there must then read back through ``get_state`` exactly as the same state
+    set through ``set_state`` does, cached normals cleared included.
+    """
+    impl = getattr(generator, "_cdata", None)
+    if not sys.platform.startswith("linux") or _core.STD_MUTEX_SIZE != _MUTEX_SIZE or not impl:
+        return None
+    saved = generator.get_state()
+    try:
+        _core.GlobalRngTargets(0, 0, 0, 0, 0, 0, buffer.data_ptr()).reseed(_PROBE_KEY)
+        probe = bytearray(buffer.numpy().tobytes())
+        struct.pack_into("<8xdxxxxxxxxi4xf?", probe, _LEGACY_NORMALS_AT, 2.5, 1, 4.5, True)
+        generator.set_state(torch.frombuffer(probe, dtype=torch.uint8))
+        memory = _read(impl, _TORCH_SCAN_BYTES)
+        words = _core.mt19937_state_words(_PROBE_KEY, TORCH)
+        engine = memory.find(struct.pack(f"<{_MT_N}I", *words)) - _ENGINE_STATE_AT
+        seed = _core.global_rng_seed(_PROBE_KEY, TORCH) & _core.TORCH_SEED_MASK
+        normals = engine + _ENGINE_BYTES
+        if (
+            engine < _MUTEX_AT
+            or memory[engine - _MUTEX_AT : engine - _MUTEX_AT + _MUTEX_SIZE] != bytes(_MUTEX_SIZE)
+            or memory[engine - _DEVICE_AT : engine - _DEVICE_AT + 2] != b"\x00\xff"
+            or struct.unpack_from("<QiBxxxI", memory, engine) != (seed, _MT_N, 1, 0)
+            or struct.unpack_from("<f?xxxd?", memory, normals) != (4.5, True, 2.5, True)
+        ):
+            return None
+        layout = (impl + engine, impl + engine - _MUTEX_AT)
+        other = tuple(reversed(_PROBE_KEY))
+        _core.GlobalRngTargets(0, 0, 0, 0, 0, 0, buffer.data_ptr()).reseed(other)
+        generator.set_state(buffer)
+        expected = generator.get_state()
+        generator.set_state(torch.frombuffer(probe, dtype=torch.uint8))
+        _core.GlobalRngTargets(0, 0, 0, 0, 0, 0, 0, *layout).reseed(other)
+        return layout if torch.equal(generator.get_state(), expected) else None
+    finally:
+        generator.set_state(saved)
 
 
 def _torch_layout_ok(generator: torch.Generator, buffer: torch.Tensor) -> bool:
