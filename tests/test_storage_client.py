@@ -4,6 +4,7 @@ local bytes, transient faults are retried, a permanent outage raises a typed err
 from __future__ import annotations
 
 import pickle
+import random
 import time
 
 import numpy as np
@@ -141,3 +142,33 @@ def test_a_forked_child_reads_after_its_parent_did(prefix: str) -> None:
     assert queue.get(timeout=60) == DATA[3:33]
     child.join(timeout=10)
     assert child.exitcode == 0
+
+
+def _draw_after_reading(url: str, queue) -> None:
+    random.seed(7)
+    client = client_for(url, {**QUICK, "deadline": 10.0})
+    began = time.monotonic()
+    data = client.read_range(url, 3, 30)
+    queue.put((type(client).__name__, data, time.monotonic() - began, random.random()))
+
+
+def test_a_forked_child_s_retries_leave_the_global_random_alone(
+    prefix: str, fault_proxy: FaultProxy
+) -> None:
+    """A worker forked after its parent read through obstore reads through s3fs; retrying
+    through an outage there must not draw from the global ``random``, which the loader seeds per
+    sample for the augmentations (botocore's own retries did: a shifted sample's draws)."""
+    import multiprocessing
+
+    url = f"{prefix}/a.bin"
+    assert client_for(url, RELAXED).read_range(url, 0, 1) == DATA[:1]  # obstore, in the parent
+    fault_proxy.outage(1.0)
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_draw_after_reading, args=(url, queue))
+    child.start()
+    backend, data, seconds, draw = queue.get(timeout=60)
+    child.join(timeout=10)
+    assert backend == "FsspecClient" and data == DATA[3:33]
+    assert seconds > 0.5  # refused, retried until the outage ended
+    assert draw == random.Random(7).random()
