@@ -141,6 +141,37 @@ struct SampleReseeder {
   }
 };
 
+// gather_rows for one token dtype (packing.h): a batch of packs' rows from spans of tokens.
+template <typename Token>
+void bind_gather_rows(nb::module_& m) {
+  m.def(
+      "gather_rows",
+      [](nb::ndarray<const Token, nb::ndim<1>, nb::c_contig, nb::device::cpu> tokens,
+         Int64In first, Int64In sizes, Int64Out ids, Int64Out labels, Int64Out positions) {
+        const uint64_t pieces = first.shape(0);
+        const int64_t count = static_cast<int64_t>(tokens.shape(0));
+        int64_t total = 0;
+        bool inside = sizes.shape(0) == pieces;
+        for (uint64_t k = 0; inside && k < pieces; ++k) {
+          const int64_t at = first.data()[k], size = sizes.data()[k];
+          inside = at >= 0 && size >= 0 && size <= count - at;
+          total += size;
+        }
+        const uint64_t n = static_cast<uint64_t>(total);
+        if (!inside || ids.shape(0) != n || labels.shape(0) != n || positions.shape(0) != n) {
+          throw nb::value_error("gather_rows needs every span [first, first + size) inside the "
+                                "tokens and outputs of sum(sizes) tokens");
+        }
+        nb::gil_scoped_release release;
+        resumable_loader::gather_rows(tokens.data(), first.data(), sizes.data(), pieces,
+                                      ids.data(), labels.data(), positions.data());
+      },
+      "tokens"_a, "first"_a, "sizes"_a, "ids"_a.noconvert(), "labels"_a.noconvert(),
+      "positions"_a.noconvert(),
+      "Pieces tokens[first[k]:first[k] + sizes[k]] back to back: ids, labels (-100 at each "
+      "piece's first token), positions (restarting at 0).");
+}
+
 }  // namespace
 
 NB_MODULE(_core, m) {
@@ -212,6 +243,9 @@ NB_MODULE(_core, m) {
   m.attr("PURPOSES") = purposes;
   m.attr("TORCH_SEED_MASK") = resumable_loader::TORCH_SEED_MASK;
   m.attr("TORCH_CPU_GENERATOR_STATE_SIZE") = resumable_loader::TORCH_CPU_GENERATOR_STATE_SIZE;
+  m.attr("TORCH_CPU_GENERATOR_FIELDS_SIZE") =
+      resumable_loader::TORCH_CPU_GENERATOR_FIELDS_SIZE;
+  m.attr("STD_MUTEX_SIZE") = sizeof(std::mutex);
 
   nb::class_<resumable_loader::GlobalRngSnapshot>(m, "GlobalRngSnapshot");
   nb::class_<GlobalRngTargets>(m, "GlobalRngTargets")
@@ -248,9 +282,6 @@ NB_MODULE(_core, m) {
           "save",
           [](const GlobalRngTargets& t) {
             resumable_loader::GlobalRngSnapshot snapshot;
-  m.attr("TORCH_CPU_GENERATOR_FIELDS_SIZE") =
-      resumable_loader::TORCH_CPU_GENERATOR_FIELDS_SIZE;
-  m.attr("STD_MUTEX_SIZE") = sizeof(std::mutex);
             t.save(snapshot);
             return snapshot;
           },
@@ -452,4 +483,31 @@ NB_MODULE(_core, m) {
       "lengths"_a, "ids"_a, "window"_a, "capacity"_a, "strategy"_a, "split"_a,
       "counts"_a.noconvert(),
       "counts[k] = bins the strategy makes of window k of lengths[ids] (plan.py's pack count).");
+
+  // One window's plan (packing.h): the bin of each piece; the sizes were cut to the capacity.
+  m.def(
+      "window_pack_bins",
+      [](Int64In sizes, int64_t capacity, int strategy, Int64Out bins) {
+        const uint64_t n = sizes.shape(0);
+        const int64_t* size = sizes.data();
+        if (capacity < 1 || capacity >= (int64_t{1} << 31) || strategy < 0 || strategy > 3 ||
+            bins.shape(0) != n ||
+            std::any_of(size, size + n, [capacity](int64_t s) { return s < 0 || s > capacity; })) {
+          throw nb::value_error("window_pack_bins needs capacity in [1, 2**31), strategy in "
+                                "[0, 3], sizes in [0, capacity] and one output slot per piece");
+        }
+        nb::gil_scoped_release release;
+        resumable_loader::window_pack_bins(
+            size, n, capacity, static_cast<resumable_loader::PackStrategy>(strategy), bins.data());
+      },
+      "sizes"_a, "capacity"_a, "strategy"_a, "bins"_a.noconvert(),
+      "bins[i] = the bin of piece i in plan.py's assignment (numbered in order of opening).");
+  bind_gather_rows<uint8_t>(m);
+  bind_gather_rows<int8_t>(m);
+  bind_gather_rows<uint16_t>(m);
+  bind_gather_rows<int16_t>(m);
+  bind_gather_rows<uint32_t>(m);
+  bind_gather_rows<int32_t>(m);
+  bind_gather_rows<int64_t>(m);
+  bind_gather_rows<uint64_t>(m);
 }

@@ -5,6 +5,8 @@
 #include "packing.h"
 
 #include <algorithm>
+#include <set>
+#include <utility>
 #include <vector>
 
 namespace resumable_loader {
@@ -152,7 +154,106 @@ int64_t padded_groups(const std::vector<int64_t>& decreasing, int64_t capacity) 
   return groups;
 }
 
+// Piece indices longest first, equal sizes in order of position (a stable LSD radix sort of
+// capacity - size below 2**16 tokens, else a stable sort).
+std::vector<int64_t> decreasing_order(const int64_t* sizes, uint64_t n, int64_t capacity) {
+  std::vector<int64_t> order(n), scratch(n);
+  for (uint64_t i = 0; i < n; ++i) order[i] = static_cast<int64_t>(i);
+  if (capacity >= (int64_t{1} << 16)) {
+    std::stable_sort(order.begin(), order.end(),
+                     [sizes](int64_t a, int64_t b) { return sizes[a] > sizes[b]; });
+    return order;
+  }
+  for (int shift = 0; shift < 16; shift += 8) {
+    uint32_t starts[257] = {};
+    for (const int64_t i : order) ++starts[(((capacity - sizes[i]) >> shift) & 0xff) + 1];
+    for (int b = 0; b < 256; ++b) starts[b + 1] += starts[b];
+    for (const int64_t i : order) scratch[starts[((capacity - sizes[i]) >> shift) & 0xff]++] = i;
+    order.swap(scratch);
+  }
+  return order;
+}
+
 }  // namespace
+
+void window_pack_bins(const int64_t* sizes, uint64_t n, int64_t capacity, PackStrategy strategy,
+                      int64_t* bins) {
+  if (strategy == PackStrategy::kNextFit) {
+    int64_t bin = -1, used = capacity + 1;
+    for (uint64_t i = 0; i < n; ++i) {
+      if (used + sizes[i] > capacity) ++bin, used = 0;
+      used += sizes[i];
+      bins[i] = bin;
+    }
+    return;
+  }
+  const std::vector<int64_t> order = decreasing_order(sizes, n, capacity);
+  int64_t opened = 0;
+  if (strategy == PackStrategy::kBestFit) {
+    std::set<std::pair<int64_t, int64_t>> rooms;  // (room, bin): the fullest fit, first opened
+    for (const int64_t i : order) {
+      auto at = rooms.lower_bound({sizes[i], -1});
+      int64_t room = capacity, bin = opened;
+      if (at == rooms.end()) {
+        ++opened;
+      } else {
+        room = at->first, bin = at->second;
+        rooms.erase(at);
+      }
+      rooms.insert({room - sizes[i], bin});
+      bins[i] = bin;
+    }
+  } else if (strategy == PackStrategy::kFirstFit) {
+    std::vector<int64_t> rooms;  // by bin, in order of opening
+    for (const int64_t i : order) {
+      auto at = std::find_if(rooms.begin(), rooms.end(), [&](int64_t r) { return r >= sizes[i]; });
+      if (at == rooms.end()) at = rooms.insert(rooms.end(), capacity);
+      *at -= sizes[i];
+      bins[i] = at - rooms.begin();
+    }
+  } else {
+    int64_t bin = -1, count = 0, longest = 0;
+    for (const int64_t i : order) {
+      if (bin < 0 || (count + 1) * longest > capacity) ++bin, count = 0, longest = sizes[i];
+      ++count;
+      bins[i] = bin;
+    }
+  }
+}
+
+template <typename Token>
+void gather_rows(const Token* tokens, const int64_t* first, const int64_t* sizes,
+                 uint64_t pieces, int64_t* ids, int64_t* labels, int64_t* positions) {
+  for (uint64_t k = 0; k < pieces; ++k) {
+    const Token* from = tokens + first[k];
+    const int64_t size = sizes[k];
+    for (int64_t j = 0; j < size; ++j) {
+      const int64_t token = static_cast<int64_t>(from[j]);
+      ids[j] = token;
+      labels[j] = token;
+      positions[j] = j;
+    }
+    if (size > 0) labels[0] = -100;
+    ids += size, labels += size, positions += size;
+  }
+}
+
+template void gather_rows(const uint8_t*, const int64_t*, const int64_t*, uint64_t, int64_t*,
+                          int64_t*, int64_t*);
+template void gather_rows(const int8_t*, const int64_t*, const int64_t*, uint64_t, int64_t*,
+                          int64_t*, int64_t*);
+template void gather_rows(const uint16_t*, const int64_t*, const int64_t*, uint64_t, int64_t*,
+                          int64_t*, int64_t*);
+template void gather_rows(const int16_t*, const int64_t*, const int64_t*, uint64_t, int64_t*,
+                          int64_t*, int64_t*);
+template void gather_rows(const uint32_t*, const int64_t*, const int64_t*, uint64_t, int64_t*,
+                          int64_t*, int64_t*);
+template void gather_rows(const int32_t*, const int64_t*, const int64_t*, uint64_t, int64_t*,
+                          int64_t*, int64_t*);
+template void gather_rows(const int64_t*, const int64_t*, const int64_t*, uint64_t, int64_t*,
+                          int64_t*, int64_t*);
+template void gather_rows(const uint64_t*, const int64_t*, const int64_t*, uint64_t, int64_t*,
+                          int64_t*, int64_t*);
 
 void window_pack_counts(const int32_t* lengths, const int64_t* ids, uint64_t n, uint64_t window,
                         int64_t capacity, PackStrategy strategy, bool split, int64_t* counts) {

@@ -23,4 +23,22 @@ enum class PackStrategy : int { kBestFit = 0, kFirstFit = 1, kNextFit = 2, kPad 
 void window_pack_counts(const int32_t* lengths, const int64_t* ids, uint64_t n, uint64_t window,
                         int64_t capacity, PackStrategy strategy, bool split, int64_t* counts);
 
+// The plan behind one window's count: bins[i] receives the bin of piece i (sizes[i] tokens,
+// pieces in order of position), bins numbered in order of opening. Decreasing strategies take
+// the pieces longest first, equal sizes in order of position; best fit puts a piece into the
+// fullest bin it fits (of equally full ones, the first opened), first fit into the first opened
+// bin it fits; a padded group takes the decreasing pieces while count x longest fits. This is
+// the assignment plan.py orders its packs by, so it is part of every packed run's stream.
+// requires capacity >= 1 and 0 <= sizes[i] <= capacity.
+void window_pack_bins(const int64_t* sizes, uint64_t n, int64_t capacity, PackStrategy strategy,
+                      int64_t* bins);
+
+// A batch of packs' token rows from spans of a token array: piece k is tokens[first[k] ..
+// first[k] + sizes[k]), and the pieces are written back to back into ids (the tokens as
+// int64), labels (the tokens, -100 at each piece's first token) and positions (0, 1, .. in
+// each piece). requires every span inside tokens and the outputs sum(sizes) long.
+template <typename Token>
+void gather_rows(const Token* tokens, const int64_t* first, const int64_t* sizes,
+                 uint64_t pieces, int64_t* ids, int64_t* labels, int64_t* positions);
+
 }  // namespace resumable_loader

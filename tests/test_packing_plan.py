@@ -7,19 +7,18 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from packing_reference import reference_bins
 
 from resumable_loader.errors import ConfigError
-from resumable_loader.packing.budget import budget_bins, padded_tokens
+from resumable_loader.packing.batch import IGNORE_INDEX, PackBatch
+from resumable_loader.packing.budget import padded_tokens
 from resumable_loader.packing.collate import (
-    IGNORE_INDEX,
-    Piece,
-    build_pack,
     collate_budget,
     collate_flattening,
     collate_padded,
     collate_varlen,
 )
-from resumable_loader.packing.plan import STRATEGIES, plan_window
+from resumable_loader.packing.plan import STRATEGIES, assign, plan_window
 from resumable_loader.packing.prefix import PackTable, build_table, window_counts
 
 MAX = 16
@@ -95,7 +94,7 @@ def test_best_fit_fills_at_least_as_well_as_next_fit_on_a_realistic_window() -> 
 
 def test_budget_groups_sort_by_length_and_fit_padded() -> None:
     lengths = np.array([5, 1, 4, 2, 2, 8])
-    bins = budget_bins(lengths, 8)
+    bins = assign(lengths, 8, "pad")
     assert bins.tolist() == [1, 3, 2, 2, 3, 0]  # [8], [5], [4, 2], [2, 1]
     assert padded_tokens(lengths, bins) == 8 + 5 + 2 * 4 + 2 * 2
 
@@ -124,26 +123,50 @@ def test_the_prefix_table_of_a_short_last_window() -> None:
     assert isinstance(table, PackTable) and table.locate(9) == (2, 1)
 
 
-def _piece(sample_id: int, tokens: list[int], **extra: object) -> Piece:
-    return Piece(
-        sample_id,
-        sample_id * 10,
-        0,
-        torch.tensor(tokens, dtype=torch.int64),
-        extra.get("labels"),  # type: ignore[arg-type]
-        list(extra.get("images", [])),  # type: ignore[call-overload]
-        list(extra.get("positions", [])),  # type: ignore[call-overload]
+@settings(max_examples=200, deadline=None)
+@given(
+    lengths=lengths_strategy,
+    strategy=st.sampled_from(STRATEGIES),
+    capacity=st.sampled_from([1, MAX, 3 * MAX, 1 << 16]),
+)
+def test_the_cpp_plan_assigns_every_piece_as_the_python_reference_does(
+    lengths: list[int], strategy: str, capacity: int
+) -> None:
+    """The C++ assignment decides every packed stream: bins and ties (equal sizes in order of
+    position, the first opened of equally full bins) exactly as the reference's rules."""
+    sizes = np.minimum(np.array(lengths, dtype=np.int64), capacity)
+    expected = reference_bins(sizes, capacity, strategy)
+    assert assign(sizes, capacity, strategy).tolist() == expected.tolist()
+
+
+def _batch(*packs: list[tuple[int, list[int], dict]]) -> PackBatch:
+    """A PackBatch of packs given as lists of (sample id, tokens, extras) pieces."""
+    pieces = [piece for pack in packs for piece in pack]
+    tokens = [np.array(t, dtype=np.int64) for _, t, _ in pieces]
+    sizes = np.array([len(t) for t in tokens], dtype=np.int64)
+    ids = np.array([i for i, _, _ in pieces], dtype=np.int64)
+    info = {"ids": ids, "positions": ids * 10, "offsets": np.zeros_like(ids)}
+    bounds = np.concatenate([[0], np.cumsum([len(pack) for pack in packs])]).astype(np.int64)
+    own = [e.get("labels") for _, _, e in pieces]
+    labels = None
+    if any(x is not None for x in own):
+        labels = np.concatenate([t if x is None else x for t, x in zip(tokens, own, strict=True)])
+    return PackBatch(
+        info,
+        bounds,
+        sizes,
+        np.concatenate([np.empty(0, np.int64), *tokens]),
+        np.cumsum(sizes) - sizes,
+        labels,
+        [[img for _, _, e in pack for img in e.get("images", [])] for pack in packs],
+        [[e["at"] for _, _, e in pack if "at" in e] for pack in packs],
     )
 
 
 def test_a_pack_masks_each_boundary_and_restarts_positions() -> None:
-    pack = build_pack(
-        [
-            _piece(1, [5, 6, 7]),
-            _piece(2, []),
-            _piece(3, [8, 9], images=["img"], positions=[1]),
-        ]
-    )
+    batch = _batch([(1, [5, 6, 7], {}), (2, [], {}), (3, [8, 9], {"images": ["i"], "at": 4})])
+    pack = batch.packs()[0]
+    assert list(pack) == list(dict(pack)) and len(pack) == 10  # a mapping of the pack's keys
     assert pack["input_ids"].tolist() == [5, 6, 7, 8, 9]
     assert pack["labels"].tolist() == [IGNORE_INDEX, 6, 7, IGNORE_INDEX, 9]
     assert pack["position_ids"].tolist() == [0, 1, 2, 0, 1]
@@ -151,18 +174,27 @@ def test_a_pack_masks_each_boundary_and_restarts_positions() -> None:
     assert pack["max_seqlen"] == 3
     assert pack["sample_ids"].tolist() == [1, 2, 3]
     assert pack["sample_positions"].tolist() == [10, 20, 30]
-    assert pack["images"] == ["img"] and pack["image_offsets"] == [4]
+    assert pack["images"] == ["i"] and pack["image_offsets"] == [4]
 
 
 def test_batch_layouts_agree_with_the_packs() -> None:
-    first = build_pack([_piece(1, [1, 2]), _piece(2, [3])])
-    second = build_pack([_piece(3, [4, 5, 6], labels=torch.tensor([0, 0, 7]))])
-    flat = collate_varlen([first, second])
+    batch = _batch(
+        [(1, [1, 2], {}), (2, [3], {"images": ["a"], "at": 2})],
+        [(3, [4, 5, 6], {"labels": np.array([0, 0, 7])})],
+    )
+    first, second = batch.packs()
+    flat = collate_varlen([first, second])  # the packs of one read: its arrays as they are
+    copied = collate_varlen([dict(first), dict(second)])  # any packs: joined
+    for key in flat:
+        same = flat[key] == copied[key]
+        assert same if isinstance(same, bool) else same.all(), key
     assert flat["input_ids"].tolist() == [[1, 2, 3, 4, 5, 6]]
     assert flat["labels"].tolist() == [[IGNORE_INDEX, 2, IGNORE_INDEX, IGNORE_INDEX, 0, 7]]
     assert flat["position_ids"].tolist() == [[0, 1, 0, 0, 1, 2]]
     assert flat["cu_seqlens"].tolist() == [0, 2, 3, 6] and flat["max_seqlen"] == 3
     assert flat["pack_bounds"].tolist() == [0, 2, 3]
+    assert flat["images"] == [["a"], []] and flat["image_offsets"] == [[2], []]
+    assert collate_varlen([second])["input_ids"].tolist() == [[4, 5, 6]]  # not the whole read
     hf = collate_flattening([first, second])
     assert hf["cu_seq_lens_q"].tolist() == hf["cu_seq_lens_k"].tolist() == [0, 2, 3, 6]
     assert hf["max_length_q"] == 3 and hf["input_ids"].shape == (1, 6)

@@ -4,26 +4,12 @@ fairseq's ``max_tokens`` batching, made a pure function of a window's lengths: t
 samples sorted longest first (ties in order of position), cut into consecutive groups, each
 as many samples as fit ``budget`` once padded to the group's longest. Sorting within a window
 keeps similar lengths together (little padding) while the window keeps the order's shuffle.
+The groups are formed in C++ with the other strategies (``plan.assign(..., "pad")``).
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-
-def budget_bins(length: np.ndarray, budget: int) -> np.ndarray:
-    """The group of each sample (numbered longest group first); every group's
-    ``count x longest`` is at most ``budget`` (a sample longer than it was cut before)."""
-    decreasing = np.argsort(-np.asarray(length), kind="stable")
-    bins = np.empty(len(length), dtype=np.int64)
-    group, count, longest = -1, 0, 0
-    for index in decreasing.tolist():
-        size = int(length[index])
-        if group < 0 or (count + 1) * longest > budget:
-            group, count, longest = group + 1, 0, size
-        count += 1
-        bins[index] = group
-    return bins
 
 
 def padded_tokens(length: np.ndarray, bins: np.ndarray) -> int:

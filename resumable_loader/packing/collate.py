@@ -1,87 +1,19 @@
-"""The outputs a training step consumes: one pack's tensors, and batches of packs in the layouts
-FlashAttention varlen, HF's ``DataCollatorWithFlattening`` and padded models expect.
-
-A pack is the concatenation of its pieces (a piece is a sample, or one part of a split one).
-``labels`` are the samples' own labels (or their tokens) with the first token of every piece
-set to -100: a causal model predicts token t+1 at token t, and the first token of a piece has
-no context inside its piece. ``position_ids`` restart at 0 for every piece and ``cu_seqlens``
-(int32) bounds the pieces, so attention stays inside each sample.
-"""
+"""Batches of packs in the layouts FlashAttention varlen, HF's ``DataCollatorWithFlattening`` and
+padded models expect (a pack's own tensors: :mod:`~resumable_loader.packing.batch`)."""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
 
-IGNORE_INDEX = -100
+from resumable_loader.packing.batch import IGNORE_INDEX, whole_batch
+
 _TOKENS = ("input_ids", "labels", "position_ids")
 _PROVENANCE = ("sample_ids", "sample_positions", "sample_offsets")
-
-
-class Piece(NamedTuple):
-    """One sample's tokens in a pack, with where it came from."""
-
-    sample_id: int
-    position: int  # its position in the epoch's sample order (its key's)
-    offset: int  # the first token's offset within the sample (0 unless split)
-    input_ids: np.ndarray  # int64
-    labels: np.ndarray | None  # int64, or None: the tokens are the labels
-    images: list[Any]
-    image_positions: list[int]  # each image's token index within the piece
-
-
-def build_pack(pieces: Sequence[Piece]) -> dict[str, Any]:
-    """One pack's tensors from its pieces, in order (built in numpy, handed over as tensors
-    without a copy: a pack of 13 pieces costs ~30 us).
-
-    Returns ``input_ids``, ``labels``, ``position_ids`` (int64, one per token), ``cu_seqlens``
-    (int32, pieces + 1), ``max_seqlen``, the provenance ``sample_ids``, ``sample_positions``,
-    ``sample_offsets`` (int64, one per piece), ``images`` (all the pieces' images, in order)
-    and ``image_offsets`` (each image's token index in the pack).
-    """
-    count = len(pieces)
-    sizes = np.fromiter((len(p.input_ids) for p in pieces), np.int64, count)
-    ends = np.cumsum(sizes)
-    starts = ends - sizes
-    input_ids = np.concatenate([np.empty(0, np.int64), *(p.input_ids for p in pieces)])
-    if any(p.labels is not None for p in pieces):
-        labels = np.concatenate(
-            [
-                np.empty(0, np.int64),
-                *(p.input_ids if p.labels is None else p.labels for p in pieces),
-            ]
-        )
-    else:
-        labels = input_ids.copy()
-    labels[starts[sizes > 0]] = IGNORE_INDEX
-    position_ids = np.arange(len(input_ids), dtype=np.int64) - np.repeat(starts, sizes)
-    cu_seqlens = np.zeros(count + 1, dtype=np.int32)
-    cu_seqlens[1:] = ends
-    images, image_offsets = [], []
-    for piece, start in zip(pieces, starts.tolist(), strict=True):
-        if piece.images:
-            images.extend(piece.images)
-            image_offsets.extend(start + at for at in piece.image_positions)
-    provenance = np.array(
-        [[p.sample_id for p in pieces], [p.position for p in pieces], [p.offset for p in pieces]],
-        np.int64,
-    ).reshape(3, count)
-    return {
-        "input_ids": torch.from_numpy(input_ids),
-        "labels": torch.from_numpy(labels),
-        "position_ids": torch.from_numpy(position_ids),
-        "cu_seqlens": torch.from_numpy(cu_seqlens),
-        "max_seqlen": int(sizes.max(initial=0)),
-        "sample_ids": torch.from_numpy(provenance[0]),
-        "sample_positions": torch.from_numpy(provenance[1]),
-        "sample_offsets": torch.from_numpy(provenance[2]),
-        "images": images,
-        "image_offsets": image_offsets,
-    }
 
 
 def collate_varlen(packs: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -91,7 +23,20 @@ def collate_varlen(packs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     bounds every piece of every pack, ``max_seqlen`` is the longest piece; ``pack_bounds``
     gives each pack's pieces (pack k: ``pack_bounds[k]:pack_bounds[k+1]``); provenance and
     images are concatenated, ``images`` stays a list per pack with ``image_offsets`` in the row.
+    The packs of one read (``Packed``'s items, as the loader hands them over) are already one
+    row: their arrays are passed on without a copy.
     """
+    batch = whole_batch(packs)
+    if batch is not None:
+        return {
+            **dict(zip(_TOKENS, batch.rows(), strict=True)),
+            "cu_seqlens": batch.cu_seqlens,
+            "max_seqlen": batch.max_seqlen(),
+            "pack_bounds": batch.pack_bounds,
+            **dict(zip(_PROVENANCE, batch.provenance(), strict=True)),
+            "images": batch.images,
+            "image_offsets": batch.row_image_offsets(),
+        }
     sizes = np.fromiter((len(pack["input_ids"]) for pack in packs), np.int64, len(packs))
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     cu = [np.zeros(1, np.int32)]

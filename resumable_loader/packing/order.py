@@ -10,7 +10,8 @@ so the process that loads it plans only that window.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -125,21 +126,57 @@ class PackedOrder:
     def pack_pieces(self, epoch: int, pack_id: int) -> dict[str, np.ndarray]:
         """The pieces of pack ``pack_id``: sample ``ids``, ``positions`` (sample order),
         ``offsets`` (first token within the sample) and ``lengths``, in pack order."""
-        window, index = divmod(int(pack_id), self.slots)
-        plan, ids = self._window(epoch, window)
-        if not 0 <= index < plan.num_packs:
-            raise ConfigError(
-                f"pack id {pack_id} names pack {index} of window {window} of epoch {epoch}, "
-                f"which has {plan.num_packs}; pack ids come from this loader's order"
-            )
-        pieces = plan.pack(index)
-        local = plan.sample[pieces]
-        return {
-            "ids": ids[local],
-            "positions": window * self.window + local,
-            "offsets": plan.start[pieces],
-            "lengths": plan.length[pieces],
+        pieces = self.packs_pieces(epoch, [pack_id])
+        del pieces["bounds"]
+        return pieces
+
+    def packs_pieces(self, epoch: int, pack_ids: Sequence[int]) -> dict[str, np.ndarray]:
+        """The pieces of the packs ``pack_ids``, back to back, as :meth:`pack_pieces` gives one
+        pack's, and ``bounds`` (int64, packs + 1): pack k is pieces ``bounds[k]:bounds[k+1]``.
+        One pass of numpy per run of packs from one window (a batch's packs are mostly one)."""
+        ids = np.asarray(pack_ids, dtype=np.int64)
+        windows, index = np.divmod(ids, self.slots)
+        cuts = [0, *(np.flatnonzero(windows[1:] != windows[:-1]) + 1).tolist(), len(ids)]
+        parts = [
+            self._run_pieces(epoch, int(windows[first]), index[first:stop])
+            for first, stop in itertools.pairwise(cuts)
+        ]
+        columns = [
+            np.concatenate(column) if len(parts) > 1 else column[0]
+            for column in zip(*parts, strict=True)
+        ]
+        bounds = np.zeros(len(ids) + 1, dtype=np.int64)
+        columns[4].cumsum(out=bounds[1:])
+        return dict(zip(("ids", "positions", "offsets", "lengths"), columns[:4], strict=True)) | {
+            "bounds": bounds
         }
+
+    def _run_pieces(self, epoch: int, window: int, wanted: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The pieces of packs ``wanted`` of one window: sample ids, positions, offsets,
+        lengths, and each pack's piece count."""
+        plan, sample_ids = self._window(epoch, window)
+        if wanted.max() >= plan.num_packs:
+            bad = int(wanted.max())
+            raise ConfigError(
+                f"pack id {bad + window * self.slots} names pack {bad} of window {window} of "
+                f"epoch {epoch}, which has {plan.num_packs}; pack ids come from this loader's order"
+            )
+        begin, end = plan.bounds[wanted], plan.bounds[wanted + 1]
+        counts = end - begin
+        if len(wanted) == 1 or (begin[1:] == end[:-1]).all():  # consecutive packs: one slice
+            pieces = slice(int(begin[0]), int(end[-1]))
+        else:
+            pieces = np.arange(int(counts.sum()), dtype=np.int64) + (
+                begin - (counts.cumsum() - counts)
+            ).repeat(counts)
+        local = plan.sample[pieces]
+        return (
+            sample_ids[local],
+            local + window * self.window,
+            plan.start[pieces],
+            plan.length[pieces],
+            counts,
+        )
 
     def frontier(self, epoch: int, position: int) -> int:
         """The sample position the first ``position`` packs of ``epoch`` have reached: every

@@ -21,7 +21,8 @@ from resumable_loader._checks import check_int
 from resumable_loader.errors import ConfigError, ResumableLoaderError
 from resumable_loader.loader.build_refs import make_order
 from resumable_loader.loader.identity import dataset_fingerprint
-from resumable_loader.packing.collate import Piece, build_pack
+from resumable_loader.loader.keyed_fetch import read_batch_at, reads_batched
+from resumable_loader.packing.batch import Pack, PackBatch
 from resumable_loader.packing.lengths import sidecar_lengths
 from resumable_loader.packing.order import PackedOrder
 from resumable_loader.packing.plan import OVERLONG, STRATEGIES
@@ -81,6 +82,11 @@ class Packed(Dataset):
         self.lengths_digest = hashlib.blake2b(
             np.ascontiguousarray(self.lengths, dtype="<i4").data, digest_size=8
         ).hexdigest()
+        own, spans = getattr(dataset, "sample_lengths", None), getattr(dataset, "token_spans", None)
+        # Tokens as spans when the lengths are the dataset's own (else a stale length must show
+        # as its sample is read).
+        self._spans = callable(spans) and callable(own) and np.array_equal(own(), self.lengths)
+        self._batched = reads_batched(dataset)
         self._order_arguments: tuple[bool, Any] = (False, None)
         self._orders: dict[int, PackedOrder] = {}  # by seed, in this process
 
@@ -107,6 +113,12 @@ class Packed(Dataset):
         return order
 
     def __getitem__(self, pack_id: int) -> dict[str, Any]:
+        return dict(self.__getitems__([pack_id])[0])
+
+    def __getitems__(self, pack_ids: list[int]) -> list[Pack]:
+        """The packs ``pack_ids`` of the loader's epoch, made together (:class:`PackBatch`):
+        their samples read in one call when the dataset reads batches, each under its own key;
+        a dataset with ``token_spans`` is asked for all the pieces' tokens at once."""
         try:
             seed, epoch, _ = sample_place()
         except ResumableLoaderError:
@@ -114,18 +126,12 @@ class Packed(Dataset):
                 "a Packed item is a pack of the loader's epoch, loaded by resumable_loader."
                 "DataLoader; outside it, loader.sample_at(epoch, position) names its samples"
             ) from None
-        pieces = self._order_for(seed).pack_pieces(epoch, pack_id)
-        parts = []
-        for sample_id, position, offset, length in zip(
-            pieces["ids"].tolist(),
-            pieces["positions"].tolist(),
-            pieces["offsets"].tolist(),
-            pieces["lengths"].tolist(),
-            strict=True,
-        ):
-            install_sample_key(position)
-            parts.append(self._piece(self.dataset[sample_id], sample_id, position, offset, length))
-        return build_pack(parts)
+        pieces = self._order_for(seed).packs_pieces(epoch, pack_ids)
+        if self._spans:  # plain tokens, a pure function of the sample id: no key to install
+            sizes = pieces["lengths"]
+            tokens, first = self.dataset.token_spans(pieces["ids"], pieces["offsets"], sizes)
+            return PackBatch(pieces, pieces["bounds"], sizes, tokens, first).packs()
+        return self._read_pieces(pieces).packs()
 
     def _order_for(self, seed: int) -> PackedOrder:
         order = self._orders.get(seed)
@@ -135,14 +141,48 @@ class Packed(Dataset):
             order = self._orders[seed] = PackedOrder(self, inner)
         return order
 
-    def _piece(self, item: Any, sample_id: int, position: int, offset: int, length: int) -> Piece:
-        """The part [offset, offset + length) of a loaded sample, with its images."""
-        labels, images, image_positions = None, [], []
+    def _read_pieces(self, pieces: dict[str, np.ndarray]) -> PackBatch:
+        """Read the pieces' samples (each under its own key) and cut the pieces out of them."""
+        ids, positions = pieces["ids"].tolist(), pieces["positions"].tolist()
+        if self._batched:
+            items = read_batch_at(self.dataset, ids, positions)
+        else:
+            items = []
+            for sample_id, position in zip(ids, positions, strict=True):
+                install_sample_key(position)
+                items.append(self.dataset[sample_id])
+        cut = [
+            self._piece(item, sample_id, offset, length)
+            for item, sample_id, offset, length in zip(
+                items, ids, pieces["offsets"].tolist(), pieces["lengths"].tolist(), strict=True
+            )
+        ]
+        sizes = np.fromiter((len(tokens) for tokens, _, _ in cut), np.int64, len(cut))
+        tokens = np.concatenate([np.empty(0, np.int64), *(tokens for tokens, _, _ in cut)])
+        first = np.cumsum(sizes) - sizes
+        labels = None
+        if any(own is not None for _, own, _ in cut):
+            labels = np.concatenate(
+                [np.empty(0, np.int64), *(t if own is None else own for t, own, _ in cut)]
+            )
+        images, image_offsets = None, None
+        if any(placed for _, _, placed in cut):
+            images, image_offsets = _images_by_pack(cut, sizes, pieces["bounds"])
+        bounds = pieces["bounds"]
+        return PackBatch(pieces, bounds, sizes, tokens, first, labels, images, image_offsets)
+
+    def _piece(
+        self, item: Any, sample_id: int, offset: int, length: int
+    ) -> tuple[np.ndarray, np.ndarray | None, list[tuple[Any, int]]]:
+        """The part [offset, offset + length) of a loaded sample: its tokens, its own labels
+        (or None) and its images with their token index within the piece."""
+        labels, placed = None, []
         if isinstance(item, Mapping):
             tokens, labels = item[self.field], item.get("labels")
             if item.get("images"):
                 images = list(item["images"])
-                image_positions = list(item.get("image_positions", [0] * len(images)))
+                at = list(item.get("image_positions", [0] * len(images)))
+                placed = list(zip(images, at, strict=True))
         else:
             tokens = item
         tokens = _int64(tokens)
@@ -153,19 +193,13 @@ class Packed(Dataset):
                 "rebuild them (resumable-loader index --length) or pass the current ones"
             )
         stop = offset + length
-        if images:
+        if placed:
             last = max(stop, offset + 1)
-            keep = [i for i, at in enumerate(image_positions) if offset <= at < last]
-            images = [images[i] for i in keep]
-            image_positions = [image_positions[i] - offset for i in keep]
-        return Piece(
-            sample_id,
-            position,
-            offset,
+            placed = [(image, at - offset) for image, at in placed if offset <= at < last]
+        return (
             tokens[offset:stop],
             None if labels is None else _int64(labels)[offset:stop],
-            images,
-            image_positions,
+            placed,
         )
 
     def _check_overlong(self) -> None:
@@ -244,3 +278,24 @@ def _int64(values: Any) -> np.ndarray:
 
 def _items(dataset: Dataset) -> Any:
     return (dataset[i] for i in range(len(dataset)))
+
+
+def _images_by_pack(
+    cut: list[tuple[np.ndarray, np.ndarray | None, list[tuple[Any, int]]]],
+    sizes: np.ndarray,
+    bounds: np.ndarray,
+) -> tuple[list[list[Any]], list[list[int]]]:
+    """Each pack's images, in piece order, and their token index in the pack."""
+    images: list[list[Any]] = []
+    offsets: list[list[int]] = []
+    for first, stop in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        starts = np.concatenate([[0], np.cumsum(sizes[first:stop])]).tolist()
+        images.append([image for _, _, placed in cut[first:stop] for image, _ in placed])
+        offsets.append(
+            [
+                start + at
+                for (_, _, placed), start in zip(cut[first:stop], starts, strict=False)
+                for _, at in placed
+            ]
+        )
+    return images, offsets

@@ -1,0 +1,232 @@
+"""Several packs made at once: their tokens in flat arrays, and a read-only mapping per pack.
+
+A batch of packs is built in one pass over all its pieces (numpy, no per-sample Python): the
+tokens of every piece back to back, labels, position_ids and the pieces' boundaries. Each pack
+is a :class:`Pack`, a mapping whose tensors are views of the batch's, made when first asked for,
+so :func:`~resumable_loader.packing.collate.collate_varlen` hands the batch's flat arrays over
+as they are instead of cutting packs only to join them again.
+
+Labels are the samples' own labels (or their tokens) with the first token of every piece set to
+-100: a causal model predicts token t+1 at token t, and the first token of a piece has no
+context inside its piece. ``position_ids`` restart at 0 at every piece, a piece of a split
+sample included, and ``cu_seqlens`` (int32) bounds the pieces, so attention stays inside each
+one. (A split piece does not continue its sample's count: its attention cannot reach the
+sample's earlier pieces, so with rotary embeddings, which see only relative positions, the
+count changes nothing, and HF's padding-free models find sequence starts where position_ids
+is at its minimum, so a continuing piece would be merged with the sample before it.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import get_worker_info
+
+from resumable_loader import _core
+
+IGNORE_INDEX = -100
+KEYS = (
+    "input_ids",
+    "labels",
+    "position_ids",
+    "cu_seqlens",
+    "max_seqlen",
+    "sample_ids",
+    "sample_positions",
+    "sample_offsets",
+    "images",
+    "image_offsets",
+)
+_ROWS = ("input_ids", "labels", "position_ids")  # one value per token
+_PROVENANCE = ("sample_ids", "sample_positions", "sample_offsets")  # one value per piece
+
+
+class PackBatch:
+    """The packs of one read: every piece's tokens back to back, in pack order.
+
+    Args:
+        pieces: per piece, in pack order: ``ids`` (sample id), ``positions`` (in the epoch's
+            sample order), ``offsets`` (first token within the sample), int64 arrays.
+        bounds: int64, packs + 1: pack k is pieces ``bounds[k]:bounds[k+1]``.
+        sizes: int64, each piece's token count.
+        tokens, first: piece k's tokens are ``tokens[first[k]:first[k] + sizes[k]]`` (an
+            integer array: a token file's memory map, or the pieces already joined).
+        labels: int64, the pieces' own labels back to back, or None: their tokens.
+        images: per pack, its images; image_offsets: per pack, each image's token index in
+            the pack (None: no images).
+
+    Attributes:
+        cu_seqlens (int32, pieces + 1, from 0), pack_bounds (int64, packs + 1: pieces),
+        token_bounds (numpy int64, packs + 1: tokens), images, image_offsets (lists per pack);
+        :meth:`rows` and :meth:`provenance` give the tensors.
+    """
+
+    def __init__(
+        self,
+        pieces: Mapping[str, np.ndarray],
+        bounds: np.ndarray,
+        sizes: np.ndarray,
+        tokens: np.ndarray,
+        first: np.ndarray,
+        labels: np.ndarray | None = None,
+        images: list[list[Any]] | None = None,
+        image_offsets: list[list[int]] | None = None,
+    ) -> None:
+        count, packs = len(sizes), len(bounds) - 1
+        ends = sizes.cumsum()
+        total = int(ends[-1]) if count else 0
+        # One int64 buffer for everything: rows, provenance, pack bounds, then cu_seqlens as
+        # int32, so that a worker sends one storage (allocated shared, as torch's collate does).
+        cu_words = (count + 2) // 2
+        flat = _buffer(3 * total + 3 * count + packs + 1 + cu_words)
+        numbers = flat.numpy()
+        ids, own, positions = (numbers[k * total : (k + 1) * total] for k in range(3))
+        _core.gather_rows(tokens, first, sizes, ids, own, positions)
+        if labels is not None:  # the samples' own, masked where each piece starts
+            own[:] = labels
+            own[(ends - sizes)[sizes > 0]] = IGNORE_INDEX
+        at = 3 * total
+        provenance = numbers[at : at + 3 * count].reshape(3, count)
+        provenance[0], provenance[1], provenance[2] = (
+            pieces["ids"],
+            pieces["positions"],
+            pieces["offsets"],
+        )
+        at += 3 * count
+        numbers[at : at + packs + 1] = bounds
+        cu = numbers[at + packs + 1 :].view(np.int32)[: count + 1]
+        cu[0] = 0
+        cu[1:] = ends
+        self._flat = flat
+        self._shape = (total, count)
+        self.pack_bounds = flat[at : at + packs + 1]
+        self.cu_seqlens = flat[at + packs + 1 :].view(torch.int32)[: count + 1]
+        self.token_bounds = np.concatenate([[0], ends])[bounds]
+        self._sizes = sizes
+        self.images = images if images is not None else [[] for _ in range(packs)]
+        self.image_offsets = image_offsets if image_offsets is not None else self.images
+        self._views: dict[str, Any] = {}
+
+    @property
+    def num_packs(self) -> int:
+        return len(self.token_bounds) - 1
+
+    def packs(self) -> list[Pack]:
+        """One :class:`Pack` per pack, in order."""
+        return [Pack(self, k) for k in range(self.num_packs)]
+
+    def rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``input_ids``, ``labels``, ``position_ids`` of all the packs, shaped [1, tokens]:
+        views of one buffer (the packs joined, as collate_varlen hands them over)."""
+        kept = self._views.get("rows")
+        if kept is None:
+            total, _ = self._shape
+            kept = self._views["rows"] = self._flat[: 3 * total].view(3, 1, total).unbind(0)
+        return kept
+
+    def provenance(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``sample_ids``, ``sample_positions``, ``sample_offsets`` of all the pieces."""
+        kept = self._views.get("provenance")
+        if kept is None:
+            total, count = self._shape
+            kept = self._views["provenance"] = (
+                self._flat[3 * total : 3 * (total + count)].view(3, count).unbind(0)
+            )
+        return kept
+
+    def max_seqlen(self, first: int = 0, stop: int | None = None) -> int:
+        """The longest piece of pieces [first, stop) (0 if none)."""
+        return int(self._sizes[first:stop].max(initial=0))
+
+    def row_image_offsets(self) -> list[list[int]]:
+        """Each pack's image offsets in the batch's flat row (per pack)."""
+        starts = self.token_bounds.tolist()
+        return [
+            [at + start for at in offsets]
+            for offsets, start in zip(self.image_offsets, starts, strict=False)
+        ]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuilt, ({**self.__dict__, "_views": {}},))
+
+
+def _buffer(size: int) -> torch.Tensor:
+    """An int64 tensor of ``size``; in a DataLoader worker, in shared memory from the start, as
+    torch's default_collate allocates its batches, so sending it to the main process copies
+    nothing."""
+    if get_worker_info() is None:
+        return torch.empty(size, dtype=torch.int64)
+    storage = torch.UntypedStorage._new_shared(size * 8)
+    return torch.empty(0, dtype=torch.int64).set_(storage)
+
+
+def _rebuilt(state: dict[str, Any]) -> PackBatch:
+    batch = PackBatch.__new__(PackBatch)
+    batch.__dict__.update(state)
+    return batch
+
+
+class Pack(Mapping[str, Any]):
+    """One pack of a :class:`PackBatch`: ``input_ids``, ``labels``, ``position_ids`` (int64,
+    one per token), ``cu_seqlens`` (int32, pieces + 1, from 0), ``max_seqlen``, the provenance
+    ``sample_ids``, ``sample_positions``, ``sample_offsets`` (int64, one per piece), ``images``
+    and ``image_offsets`` (each image's token index in the pack). A read-only mapping (``dict(
+    pack)`` copies it into a dict); its tensors are views of the batch's."""
+
+    __slots__ = ("_values", "batch", "index")
+
+    def __init__(self, batch: PackBatch, index: int) -> None:
+        self.batch = batch
+        self.index = index
+        self._values: dict[str, Any] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        value = self._values.get(key)
+        if value is None:
+            value = self._values[key] = self._make(key)
+        return value
+
+    def _make(self, key: str) -> Any:
+        batch, k = self.batch, self.index
+        first, stop = batch.pack_bounds[k : k + 2].tolist()
+        begin, end = batch.token_bounds[k : k + 2].tolist()
+        if key in _ROWS:
+            return batch.rows()[_ROWS.index(key)][0, begin:end]
+        if key in _PROVENANCE:
+            return batch.provenance()[_PROVENANCE.index(key)][first:stop]
+        if key == "cu_seqlens":
+            return batch.cu_seqlens[first : stop + 1] - begin
+        if key == "max_seqlen":
+            return batch.max_seqlen(first, stop)
+        if key in ("images", "image_offsets"):
+            return getattr(batch, key)[k]
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(KEYS)
+
+    def __len__(self) -> int:
+        return len(KEYS)
+
+    def __repr__(self) -> str:
+        return f"Pack({self.index} of {self.batch.num_packs}: {self['sample_ids'].tolist()})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Pack, (self.batch, self.index))
+
+
+def whole_batch(packs: Sequence[Any]) -> PackBatch | None:
+    """The batch ``packs`` are, when they are all its packs in order (then its flat arrays are
+    the packs joined), else None."""
+    if not packs or not isinstance(packs[0], Pack):
+        return None
+    batch = packs[0].batch
+    if len(packs) != batch.num_packs:
+        return None
+    for k, pack in enumerate(packs):
+        if not isinstance(pack, Pack) or pack.batch is not batch or pack.index != k:
+            return None
+    return batch
