@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.checkpoint.api import CheckpointException
 
 from resumable_loader.checkpoint import (
     collective,
@@ -142,7 +143,9 @@ def apply(
     statefuls = {n: c.stateful for n, c in components.items() if c.kind != LOADER}
     read = functools.partial(_read, checkpoint, current, process_group)
     if rollback:
-        steps = [("read", read, _restorer(components, staging.previous(statefuls)))]
+        fresh = {n for n, c in components.items() if c.fresh_optimizer}
+        before = staging.previous(statefuls, discarded=fresh)
+        steps = [("read", read, _restorer(components, before))]
     else:
         steps = [("read", read, _partly_loaded)]
     for name, component in components.items():
@@ -195,7 +198,7 @@ def _cursor_setter(name: str, loader: Any, cursor: dict[str, Any]) -> Any:
 def _read(checkpoint: Path, current: dict[str, Any], process_group: Any) -> None:
     try:
         staging.read(checkpoint, current, process_group=process_group)
-    except Exception as error:  # DCP's own (e.g. a file that became unreadable)
+    except (Exception, CheckpointException) as error:  # DCP's (a BaseException) or ours
         raise CheckpointError(
             f"{checkpoint}: reading the checkpoint failed ({type(error).__name__}: {error}); "
             "the state is put back as it was: load an earlier checkpoint"

@@ -1,22 +1,24 @@
 """All or nothing: keep a copy of the current state, read, apply; on any failure, put it back.
 
-``dcp.load`` reads into the tensors it is given, which for a model are its parameters: a read
-that fails halfway, or a component whose ``load_state_dict`` raises, would leave the state half
-old, half new. So before DCP reads, a copy of what every component holds is taken (tensors
-cloned); DCP then reads in place, as it always does (a staging copy of the new state would cost
-a second copy of fresh memory and its page faults, ~2x the read), the non-tensor values into
-plain dicts that no component holds, and the components are set one after the other. If the
-read fails, or a component's ``load_state_dict`` raises (even a ``BaseException``), every
-component is put back from that copy before the error goes on. Every check of the checkpoint
-(content checksums included) and of the state has passed before the copy is taken. The price
-is memory: one more copy of the state for the length of the load.
+DCP loads into the tensors it is given, which for a model are its parameters: a read that
+fails halfway, or a component whose ``load_state_dict`` raises, would leave the state half old,
+half new. So before the read, a copy of what every component holds is taken (tensors cloned,
+except an optimizer's that had no state when the load began, which is emptied again instead);
+then the checkpoint is read in place (:mod:`direct_read`: whole tensors straight from the file
+into their targets, so the copy replaces DCP's own temporary tensors rather than adding to
+them), the non-tensor values into plain dicts that no component holds, and the components are
+set one after the other. If the read fails, or a component's ``load_state_dict`` raises (even a
+``BaseException``), every component is put back from that copy before the error goes on. Every
+check of the checkpoint (content checksums included) and of the state has passed before the
+copy is taken. The price is memory: one more copy of the state for the length of the load, and
+the time to fault that memory in (see docs/checkpoint.md for the figures).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from resumable_loader.checkpoint import collective
+from resumable_loader.checkpoint.direct_read import DirectReader
 
 logger = logging.getLogger("resumable_loader.checkpoint")
 
@@ -42,10 +45,22 @@ def _tree(value: Any, leaf: Callable[[torch.Tensor], torch.Tensor]) -> Any:
     return copy.deepcopy(value)
 
 
-def previous(statefuls: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of what each of ``statefuls`` holds now (its state_dict(), tensors cloned)."""
+def previous(statefuls: Mapping[str, Any], *, discarded: Collection[str] = ()) -> dict[str, Any]:
+    """A copy of what each of ``statefuls`` holds now (its state_dict(), tensors cloned).
+
+    The tensors of the ones named in ``discarded`` are kept by reference, not cloned: their
+    values are thrown away on a failure anyway (an optimizer that had no state when the load
+    began is emptied again), so only their other values need putting back."""
+
+    def leaf(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        return _same if name in discarded else torch.Tensor.clone
+
     with torch.no_grad():
-        return {name: _tree(s.state_dict(), torch.Tensor.clone) for name, s in statefuls.items()}
+        return {name: _tree(s.state_dict(), leaf(name)) for name, s in statefuls.items()}
+
+
+def _same(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
 
 
 def read(checkpoint: Path, current: Mapping[str, Any], *, process_group: Any) -> None:
@@ -55,6 +70,7 @@ def read(checkpoint: Path, current: Mapping[str, Any], *, process_group: Any) ->
         dcp.load(
             dict(current),
             checkpoint_id=checkpoint,
+            storage_reader=DirectReader(checkpoint),
             process_group=process_group,
             no_dist=not collective.active(),
         )
