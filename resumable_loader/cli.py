@@ -21,6 +21,9 @@ def _index(args: argparse.Namespace) -> int:
             f"--out {args.out}: index files end in {SUFFIX}, the name the datasets load as an "
             f"index and no shard has; use --out {os.path.splitext(args.out)[0]}{SUFFIX}"
         )
+    publish = args.publish or args.index_url is not None
+    if publish:
+        _check_publishable(args.shards, args.index_url)
     index = ShardedIndex.build(
         args.shards,
         out=args.out,
@@ -30,6 +33,12 @@ def _index(args: argparse.Namespace) -> int:
     )
     print(f"indexed {index.num_samples} samples in {index.num_shards} {index.format} shards")
     print(f"wrote {index.path} (fingerprint {index.fingerprint})")
+    if publish:
+        from resumable_loader.index.remote import remote_index_url, upload
+
+        url = args.index_url or remote_index_url(index.shard_urls)
+        upload(index.path, url)
+        print(f"published it to {url}")
     if index.skipped:
         print(f"skipped {len(index.skipped)} unreadable samples or files (listed in the index)")
     if args.length is not None:
@@ -40,6 +49,24 @@ def _index(args: argparse.Namespace) -> int:
         lengths = write_lengths(reader(index), args.length)
         print(f"wrote {sidecar_path(index.path)} ({len(lengths)} lengths of {args.length!r})")
     return 0
+
+
+def _check_publishable(shards: Sequence[str], index_url: str | None) -> None:
+    """Refuse, before scanning, to publish the index of local shards (datasets find it beside
+    them) or to a local --index-url (other nodes could not fetch it)."""
+    from resumable_loader.index.paths import expand_shards, is_url
+
+    first = expand_shards(shards)[0]
+    if not is_url(first):
+        raise ConfigError(
+            f"--publish/--index-url: {first} is a local file, whose index is kept beside it; "
+            "publish the index of shards in storage (s3://..., gs://...)"
+        )
+    if index_url is not None and not is_url(index_url):
+        raise ConfigError(
+            f"--index-url {index_url}: not a URL; name a place in storage, such as "
+            f"{first.rpartition('/')[0]}/index.rlindex"
+        )
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -158,6 +185,18 @@ def parser() -> argparse.ArgumentParser:
         "--out", help="index file, ending in .rlindex (default: beside the first shard)"
     )
     index.add_argument("--workers", type=int, help="processes scanning shards")
+    index.add_argument(
+        "--publish",
+        action="store_true",
+        help="shards in storage: also upload the index beside the first shard, where datasets "
+        "of these shards fetch it instead of scanning them",
+    )
+    index.add_argument(
+        "--index-url",
+        metavar="URL",
+        help="shards in storage: upload the index to URL instead (datasets fetch it with "
+        "index_url=URL)",
+    )
     index.add_argument(
         "--on-error",
         choices=["raise", "skip"],

@@ -1,6 +1,7 @@
 """The index of s3:// shards on a real S3 server: equal to the local index of the same files,
-kept in the bucket and fetched (not rebuilt) by later runs, rebuilt when a shard's ETag
-changes, and built by torchrun ranks that split the shards."""
+kept in the bucket (beside the shards, or at a given URL) and fetched (not rebuilt) by later
+runs, rebuilt when a shard's ETag changes, built by torchrun ranks that split the shards, and
+published by the CLI."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ import numpy as np
 import pytest
 from fault_proxy import FaultProxy
 from s3_server import make_bucket, s3_client
-from shard_factory import write_tar_shards
+from shard_factory import write_parquet_shards, write_tar_shards
 from torchrun_harness import rank_pickles, torchrun
 
+from resumable_loader import cli
+from resumable_loader.errors import ConfigError
 from resumable_loader.index.remote import remote_index_url
 from resumable_loader.index.sharded import ShardedIndex
+from resumable_loader.sources import ParquetDataset, TarShardDataset
 
 SHARDS = 8  # paths.LISTED: the shards' stats come from one listing
 
@@ -128,3 +132,84 @@ def test_a_shard_s_rows_come_alone_from_the_published_index(
     ranges = [r.range for r in fault_proxy.requests if r.method == "GET"]
     assert len(ranges) == 4 and all(ranges)  # prefix, header, two arrays' rows: all ranged
     assert fault_proxy.bytes_down < index.path.stat().st_size / 2
+
+
+def bucket_of(url: str) -> str:
+    """``s3://bucket`` of an object URL."""
+    return "s3://" + url[len("s3://") :].split("/", 1)[0]
+
+
+def exists(s3_server: str, url: str) -> bool:
+    bucket, key = url[len("s3://") :].split("/", 1)
+    listed = s3_client(s3_server).list_objects_v2(Bucket=bucket, Prefix=key)
+    return any(entry["Key"] == key for entry in listed.get("Contents", []))
+
+
+@pytest.fixture
+def parquet_urls(tmp_path: Path, fault_proxy: FaultProxy, s3_server: str, s3_env, monkeypatch):
+    """Three Parquet files in a fresh bucket, reached through the proxy."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", fault_proxy.endpoint)
+    paths = write_parquet_shards(tmp_path / "parquet", num_shards=3, rows_per_shard=10)
+    prefix = make_bucket(s3_server, {Path(p).name: Path(p) for p in paths}, prefix="rows")
+    return [f"{prefix}/{Path(p).name}" for p in paths]
+
+
+@pytest.mark.parametrize("source", ["tar", "parquet"])
+def test_a_dataset_keeps_its_index_at_index_url(
+    request, source, fault_proxy: FaultProxy, tmp_path, s3_server: str
+) -> None:
+    """The index of the shards is written at ``index_url`` (not beside the shards) by the first
+    run, and fetched from there, not rebuilt, by a run on another node."""
+    dataset_type = TarShardDataset if source == "tar" else ParquetDataset
+    urls = request.getfixturevalue("urls" if source == "tar" else "parquet_urls")
+    index_url = f"{bucket_of(urls[0])}/indexes/{source}.rlindex"
+    first = dataset_type(urls, cache_dir=tmp_path / "node-1", index_url=index_url)
+    assert exists(s3_server, index_url) and not exists(s3_server, remote_index_url(urls))
+    fault_proxy.reset_stats()
+    second = dataset_type(urls, cache_dir=tmp_path / "node-2", index_url=index_url)
+    assert fault_proxy.count("GET", f"/indexes/{source}.rlindex") >= 1  # fetched
+    names = {url.rsplit("/", 1)[1] for url in urls}
+    scans = [r for r in fault_proxy.requests if r.path.rsplit("/", 1)[1] in names]
+    assert {r.method for r in scans} <= {"HEAD"}  # each shard stat-ed, none read
+    assert second.fingerprint == first.fingerprint and len(second) == len(first)
+    assert second[len(second) - 1] == first[len(first) - 1]
+
+
+def test_index_url_is_refused_where_it_means_nothing(shards, tmp_path) -> None:
+    with pytest.raises(ConfigError, match="local file"):
+        TarShardDataset(shards, index_url="s3://bucket/index.rlindex")
+    index = ShardedIndex.for_shards(shards)
+    with pytest.raises(ConfigError, match="given an index"):
+        TarShardDataset(index, index_url="s3://bucket/index.rlindex")
+
+
+def test_the_cli_publishes_an_index_that_datasets_fetch(
+    urls, fault_proxy: FaultProxy, tmp_path, s3_server: str, capsys
+) -> None:
+    """``resumable-loader index --publish`` writes the index beside the shards and
+    ``--index-url URL`` at URL; datasets of the same shards then fetch it instead of scanning."""
+    out = str(tmp_path / "built.rlindex")
+    assert cli.main(["index", *urls, "--quiet", "--out", out, "--publish"]) == 0
+    assert f"published it to {remote_index_url(urls)}" in capsys.readouterr().out
+    fault_proxy.reset_stats()
+    ShardedIndex.for_shards(urls, cache_dir=tmp_path / "node-1")
+    assert shard_reads(fault_proxy) == 0 and fault_proxy.count("GET", ".rlindex") >= 1
+
+    index_url = f"{bucket_of(urls[0])}/elsewhere/train.rlindex"
+    assert cli.main(["index", *urls, "--quiet", "--out", out, "--index-url", index_url]) == 0
+    fault_proxy.reset_stats()
+    TarShardDataset(urls, cache_dir=tmp_path / "node-2", index_url=index_url)
+    assert shard_reads(fault_proxy) == 0
+    assert fault_proxy.count("GET", "/elsewhere/train.rlindex") >= 1
+
+
+def test_the_cli_fails_loudly_when_it_cannot_publish(urls, shards, tmp_path, capsys) -> None:
+    out = str(tmp_path / "built.rlindex")
+    missing = "s3://no-such-bucket-for-rl/train.rlindex"
+    assert cli.main(["index", *urls, "--quiet", "--out", out, "--index-url", missing]) == 2
+    error = capsys.readouterr().err
+    assert missing in error and "refused" in error  # the StorageError: URL, reason, fix
+    assert cli.main(["index", *shards, "--quiet", "--publish"]) == 2
+    assert "is a local file" in capsys.readouterr().err
+    assert cli.main(["index", *urls, "--quiet", "--out", out, "--index-url", "/tmp/x"]) == 2
+    assert "not a URL" in capsys.readouterr().err

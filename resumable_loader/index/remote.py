@@ -55,11 +55,21 @@ def fetch(url: str, path: Path) -> bool:
     return True
 
 
+def upload(path: Path, url: str) -> None:
+    """Upload the index file ``path`` to ``url``, where datasets of the same shards fetch it.
+
+    Raises:
+        StorageError: the upload failed (a missing bucket, refused credentials, an outage
+            longer than the deadline).
+    """
+    client_for(url, FORK_SAFE).put(url, path.read_bytes())
+
+
 def publish(path: Path, url: str) -> None:
-    """Upload the index file ``path`` to ``url`` for other runs and nodes; a failure (a
-    read-only bucket) is logged, not raised: this run has its index."""
+    """:func:`upload`, for other runs and nodes; a failure (a read-only bucket) is logged, not
+    raised: this run has its index."""
     try:
-        client_for(url, FORK_SAFE).put(url, path.read_bytes())
+        upload(path, url)
     except (ShardError, OSError) as error:
         logger.warning(
             "cannot write the index to %s (%s); each new node will scan the shards again; "

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from resumable_loader.errors import SampleIndexError
+from resumable_loader.errors import ConfigError, SampleIndexError
 from resumable_loader.index.build import check_policy, scan_shards
 from resumable_loader.index.file import (
     INDEX_VERSION,
@@ -275,6 +275,12 @@ class ShardedIndex:
         if is_url(urls[0]):
             return for_remote_shards(
                 cls, urls, path, index_url=index_url, on_error=on_error, workers=workers
+            )
+        if index_url is not None:
+            raise ConfigError(
+                f"index_url={index_url!r} is for shards in storage, and {urls[0]} is a local "
+                "file (its index is kept beside it); leave index_url out, or name the shards "
+                "by URL"
             )
         if path.exists():
             try:

@@ -51,14 +51,25 @@ class IndexedDataset(Dataset):
         *,
         cache_dir: str | os.PathLike | None = None,
         on_error: str = "raise",
+        index_url: str | None = None,
     ) -> None:
         implicit = False  # the index is our own hidden file, not one the user named
+        given = isinstance(shards, ShardedIndex) or (
+            isinstance(shards, (str, os.PathLike)) and is_index_file(shards)
+        )
+        if given and index_url is not None:
+            raise ConfigError(
+                f"index_url={index_url!r} says where the index of shards is kept, but the "
+                "dataset was given an index; pass the shards with index_url, or the index alone"
+            )
         if isinstance(shards, ShardedIndex):
             index = shards
-        elif isinstance(shards, (str, os.PathLike)) and is_index_file(shards):
+        elif given:
             index = ShardedIndex.load(shards)
         else:
-            index = ShardedIndex.for_shards(shards, cache_dir=cache_dir, on_error=on_error)
+            index = ShardedIndex.for_shards(
+                shards, cache_dir=cache_dir, on_error=on_error, index_url=index_url
+            )
             implicit = True
         if index.format != self.format:
             what = f"{index.shard_urls[0]} is a" if implicit else f"{index.path} indexes"

@@ -38,6 +38,8 @@ class ParquetDataset(IndexedDataset):
             :class:`ShardedIndex` (all files of one schema).
         columns: the columns to read (default: all).
         cache_dir: where to keep the index of remote files (local ones: beside the files).
+        index_url: remote files only: where their index is kept in storage (default beside
+            the first file); see :class:`~resumable_loader.sources.TarShardDataset`.
         on_error: "raise" or "skip" unreadable files (and files of another schema) when the
             index is built; see :meth:`ShardedIndex.build`.
         cache_bytes: decoded row groups kept per process, in bytes (default
@@ -57,10 +59,11 @@ class ParquetDataset(IndexedDataset):
         cache_dir: str | os.PathLike | None = None,
         on_error: str = "raise",
         cache_bytes: int = ROW_GROUP_CACHE_BYTES,
+        index_url: str | None = None,
     ) -> None:
         self.cache_bytes = check_bytes("cache_bytes", cache_bytes)
         self._cache = self._new_cache()
-        super().__init__(shards, cache_dir=cache_dir, on_error=on_error)
+        super().__init__(shards, cache_dir=cache_dir, on_error=on_error, index_url=index_url)
         unknown = sorted(set(columns or ()) - set(self.index.fields))
         if unknown:
             raise ConfigError(

@@ -65,6 +65,10 @@ class TarShardDataset(RemoteReads, IndexedDataset):
             ``json``, ``txt``, ...); or any callable taking and returning the sample dict, such
             as a ``Decoder`` you built.
         cache_dir: where to keep the index of remote shards (local ones: beside the shards).
+        index_url: remote shards only: where their index is kept in storage (default beside
+            the first shard): fetched from there instead of scanning the shards, written there
+            when built (``resumable-loader index --index-url`` publishes one); see
+            :meth:`ShardedIndex.for_shards`.
         on_error: "raise" or "skip" unreadable samples when the index is built; see
             :meth:`ShardedIndex.build`.
         read_ahead: block size in bytes, 0 for a read per sample, or None (default):
@@ -101,6 +105,7 @@ class TarShardDataset(RemoteReads, IndexedDataset):
         check: str = "fast",
         prefetch: Prefetch | bool | None = None,
         storage_options: dict[str, Any] | None = None,
+        index_url: str | None = None,
     ) -> None:
         if check not in CHECKS:
             raise ConfigError(f"check must be one of {CHECKS}, got {check!r}")
@@ -108,7 +113,7 @@ class TarShardDataset(RemoteReads, IndexedDataset):
         if read_ahead is not None:
             check_bytes("read_ahead", read_ahead)
         self.read_ahead, self.cache_bytes = read_ahead, check_bytes("cache_bytes", cache_bytes)
-        super().__init__(shards, cache_dir=cache_dir, on_error=on_error)
+        super().__init__(shards, cache_dir=cache_dir, on_error=on_error, index_url=index_url)
         self.storage_options = dict(storage_options or {})
         self._init_remote(prefetch)
         self.decode = _decoder(decode)
