@@ -10,6 +10,7 @@ to whole requests. A new connection costs one more delay (its handshake's round 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import struct
 import threading
@@ -328,9 +329,10 @@ def fault_proxy(s3_server: str) -> Iterator[FaultProxy]:
 
 def main() -> None:
     """``python tests/fault_proxy.py UPSTREAM [--delay SECONDS]``: serve a proxy in its own
-    process (benchmarks: no GIL shared with the loaders measured) and print its endpoint. Then
-    one command a line on stdin, each answered with a line: ``stats`` (bytes sent to clients,
-    requests), ``outage SECONDS`` (refused), ``reset``; it stops when stdin closes."""
+    process (benchmarks: no GIL shared with the loaders measured), killed with its parent, and
+    print its endpoint. Then one command a line on stdin, each answered with a line: ``stats``
+    (bytes sent to clients, requests), ``outage SECONDS`` (refused), ``reset``; it stops when
+    stdin closes."""
     import argparse
     import sys
 
@@ -338,6 +340,9 @@ def main() -> None:
     parser.add_argument("upstream")
     parser.add_argument("--delay", type=float, default=0.0)
     args = parser.parse_args()
+    from s3_server import die_with_parent  # this file's directory is on sys.path as a script
+
+    die_with_parent(os.getppid())()  # stdin's end stops it too, unless another process holds it
     with FaultProxy(args.upstream, delay=args.delay) as proxy:
         print(proxy.endpoint, flush=True)
         for line in sys.stdin:

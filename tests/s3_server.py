@@ -1,8 +1,10 @@
 """A real S3-compatible server for the tests: moto's server on 127.0.0.1, started once a
-session in its own process group and stopped by pid, plus helpers to fill a bucket."""
+session in its own process group, stopped by pid (and killed with the process that started it),
+plus helpers to fill a bucket."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -11,7 +13,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -27,6 +29,7 @@ CREDENTIALS = {
 }
 # Seconds to wait for the server to answer its first request.
 START_TIMEOUT = 30.0
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def free_port() -> int:
@@ -49,18 +52,41 @@ def _wait_until_answering(endpoint: str, process: subprocess.Popen) -> None:
     raise RuntimeError(f"moto server at {endpoint} did not answer within {START_TIMEOUT} s")
 
 
-@contextmanager
-def moto_server() -> Iterator[str]:
-    """Run ``python -m moto.server`` on a free port of 127.0.0.1 and yield its endpoint URL;
-    on exit kill its process group (by pid) and reap it, whatever happened inside."""
-    port = free_port()
-    process = subprocess.Popen(
+def die_with_parent(parent: int) -> Callable[[], None]:
+    """A ``preexec_fn`` that makes the child get SIGKILL when the thread that started it ends
+    (Linux's PR_SET_PDEATHSIG), so a test process killed before its fixtures' teardown leaves
+    no server behind; it exits at once if ``parent`` died before the signal was armed."""
+
+    def arm() -> None:
+        if sys.platform.startswith("linux"):
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+                raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return arm
+
+
+def start_moto_server(port: int) -> subprocess.Popen:
+    """``python -m moto.server`` on ``127.0.0.1:port`` in its own process group, killed when
+    the thread that started it ends (:func:`die_with_parent`: start it from the main thread)."""
+    return subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
         env={**os.environ, **CREDENTIALS},
+        preexec_fn=die_with_parent(os.getpid()),
     )
+
+
+@contextmanager
+def moto_server() -> Iterator[str]:
+    """Run ``python -m moto.server`` on a free port of 127.0.0.1 and yield its endpoint URL;
+    on exit kill its process group (by pid) and reap it, whatever happened inside."""
+    port = free_port()
+    process = start_moto_server(port)
     endpoint = f"http://127.0.0.1:{port}"
     try:
         _wait_until_answering(endpoint, process)
