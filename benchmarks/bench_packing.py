@@ -1,7 +1,7 @@
 """Packing: fill rate against the packers in use, tokens/s through the loader, resume cost.
 
 Run: python benchmarks/bench_packing.py [--quick] [--samples N] [--resume-samples N]
-     [--repeats R] [--parts fill,throughput,resume]
+     [--repeats R] [--rounds R] [--parts fill,throughput,resume]
 
 1. Fill rate (real tokens / (packs x budget)) on two length distributions, side by side: an
    SFT one (log-normal, median 300 tokens, sigma 1, clipped to 8192) and a multimodal one
@@ -15,9 +15,13 @@ Run: python benchmarks/bench_packing.py [--quick] [--samples N] [--resume-sample
    likely to write). Ours: a window of K positions by best-fit or first-fit decreasing, and
    token-budget batches (fill = real / padded tokens).
 2. Throughput through the loader (num_workers 0 and 2, batches of 8 x 4096 tokens, window 4096):
-   real tokens/s of Packed (collate_varlen) against padded batches of the same documents
+   real tokens/s of Packed (collate_varlen) over TokenDocuments (the token file's documents,
+   read as spans of its memory map) and over a per-sample map-style dataset of the same
+   documents (what a user's own dataset costs), against padded batches of the same documents
    (batch size chosen for the same tokens per batch, padded to the longest) and against
-   TokenDataset's concat path over the same token file; best of R after a warm-up.
+   TokenDataset's concat path over the same token file, with input_ids and labels (the issue's
+   goal) and with all four outputs (position_ids and cu_seqlens too, what a pack also holds);
+   interleaved rounds, medians and the range of the per-round ratios.
 3. Resume: time to the first batch (build the loader, load the state, iter(), next()) fresh
    and at 90% of an epoch of --resume-samples samples (default 10^8; --quick 10^6), medians
    of R alternating runs; and the per-epoch pack table's parts: the order's ids, the lengths
@@ -44,6 +48,7 @@ from resumable_loader.order.permutation import ShuffledOrder
 from resumable_loader.packing.collate import collate_varlen
 from resumable_loader.packing.plan import plan_window
 from resumable_loader.packing.prefix import window_counts
+from resumable_loader.tokens import TokenDocuments
 
 BUDGET = 8192
 SEQ, BATCH, WARMUP = 4096, 8, 5
@@ -194,14 +199,17 @@ def write_documents(directory: str, count: int) -> str:
     return path
 
 
-def tokens_per_second(loader: Any, batches: int, count: Callable[[Any], int]) -> float:
+def tokens_per_second(
+    loader: Any, batches: int, count: Callable[[Any], int]
+) -> tuple[float, float]:
+    """(real tokens per wall second, per CPU second of this process) after a warm-up."""
     iterator = iter(loader)
     for _ in range(WARMUP):
         next(iterator)
-    tokens, start = 0, time.perf_counter()
+    tokens, start, cpu = 0, time.perf_counter(), time.process_time()
     for _ in range(batches):
         tokens += count(next(iterator))
-    return tokens / (time.perf_counter() - start)
+    return tokens / (time.perf_counter() - start), tokens / (time.process_time() - cpu)
 
 
 def padded_share(docs: Documents, batch_size: int, batches: int) -> float:
@@ -213,67 +221,81 @@ def padded_share(docs: Documents, batch_size: int, batches: int) -> float:
     return real / padded
 
 
+def throughput_loaders(path: str, workers: int, padded_batch: int) -> dict[str, tuple[Any, Any]]:
+    """The loaders compared, over the same token file: name -> (loader, real tokens of a batch)."""
+    docs = Documents(path)
+    common = dict(shuffle=True, seed=1, num_workers=workers)
+
+    def packed(dataset: Dataset) -> tuple[Any, Any]:
+        loader = DataLoader(
+            Packed(dataset, SEQ, window=WINDOW),
+            batch_size=BATCH,
+            collate_fn=collate_varlen,
+            **common,
+        )
+        return loader, lambda b: int(b["cu_seqlens"][-1])
+
+    def concat(outputs: tuple[str, ...]) -> tuple[Any, Any]:
+        loader = DataLoader(TokenDataset(path, SEQ, outputs=outputs), batch_size=BATCH, **common)
+        return loader, lambda b: b["input_ids"].numel()
+
+    padded = DataLoader(docs, batch_size=padded_batch, collate_fn=pad_collate, **common)
+    return {
+        "packed": packed(TokenDocuments(path)),
+        "packed, per-sample reads": packed(docs),
+        "padded": (padded, lambda b: b["real"]),
+        "concat": concat(("input_ids", "labels")),
+        "concat, 4 outputs": concat(("input_ids", "labels", "position_ids", "cu_seqlens")),
+    }
+
+
+def _ratios(ratios: list[float]) -> str:
+    return f"{statistics.median(ratios):.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]"
+
+
 def throughput(documents: int, batches: int, repeats: int) -> None:
     print(f"\n## 2. Real tokens/s through the loader ({BATCH} x {SEQ} tokens a batch)\n")
     print(
-        "| num_workers | Packed (varlen) | padded batches | TokenDataset concat | packed / concat |"
+        "Rounds interleave the loaders; M tokens/s are medians over the rounds (wall; CPU of "
+        "the main process in brackets at 0 workers), ratios median [range] of the rounds.\n"
     )
-    print("|---:|---:|---:|---:|---:|")
+    names = ("packed", "packed, per-sample reads", "padded", "concat", "concat, 4 outputs")
+    print(
+        "| num_workers | Packed(TokenDocuments) | Packed, per-sample reads | padded batches "
+        "| TokenDataset concat | concat, 4 outputs | packed / concat | packed / concat 4 |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as directory:
         path = write_documents(directory, documents)
         docs = Documents(path)
         mean = float(docs.sample_lengths().mean())
         padded_batch = max(1, int(BATCH * SEQ / mean / 1.6))  # ~ the same padded tokens a batch
         share = padded_share(docs, padded_batch, batches)
-        footnote = (
-            f"\npadded batches: {padded_batch} documents a batch; real / padded tokens {share:.2f}"
-        )
+        loads = []
         for workers in (0, 2):
-            best: dict[str, float] = {}
+            rates: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
             for _ in range(repeats):
-                runs = {
-                    "packed": (
-                        DataLoader(
-                            Packed(docs, SEQ, window=WINDOW),
-                            batch_size=BATCH,
-                            shuffle=True,
-                            seed=1,
-                            num_workers=workers,
-                            collate_fn=collate_varlen,
-                        ),
-                        lambda b: int(b["cu_seqlens"][-1]),
-                    ),
-                    "padded": (
-                        DataLoader(
-                            docs,
-                            batch_size=padded_batch,
-                            shuffle=True,
-                            seed=1,
-                            num_workers=workers,
-                            collate_fn=pad_collate,
-                        ),
-                        lambda b: b["real"],
-                    ),
-                    "concat": (
-                        DataLoader(
-                            TokenDataset(path, SEQ, outputs=("input_ids", "labels")),
-                            batch_size=BATCH,
-                            shuffle=True,
-                            seed=1,
-                            num_workers=workers,
-                        ),
-                        lambda b: b["input_ids"].numel(),
-                    ),
-                }
-                for name, (loader, count) in runs.items():
-                    rate = tokens_per_second(loader, batches, count)
-                    best[name] = max(best.get(name, 0.0), rate)
-            ratio = best["packed"] / best["concat"]
-            print(
-                f"| {workers} | {best['packed'] / 1e6:.1f} M | {best['padded'] / 1e6:.1f} M | "
-                f"{best['concat'] / 1e6:.1f} M | {ratio:.2f}x |"
-            )
-    print(footnote)
+                loads.append(os.getloadavg()[0])
+                for name, (loader, count) in throughput_loaders(
+                    path, workers, padded_batch
+                ).items():
+                    rates[name].append(tokens_per_second(loader, batches, count))
+            cells = []
+            for name in names:
+                wall = statistics.median(w for w, _ in rates[name]) / 1e6
+                cpu = statistics.median(c for _, c in rates[name]) / 1e6
+                cells.append(f"{wall:.1f} M ({cpu:.0f} M)" if workers == 0 else f"{wall:.1f} M")
+            for peer in ("concat", "concat, 4 outputs"):
+                pairs = list(zip(rates["packed"], rates[peer], strict=True))
+                cells.append(_ratios([p[0] / c[0] for p, c in pairs]))
+                if workers == 0:  # the main process does all the work: its CPU time too
+                    cells[-1] += " (CPU " + _ratios([p[1] / c[1] for p, c in pairs]) + ")"
+            print(f"| {workers} | " + " | ".join(cells) + " |")
+    print(
+        f"\npadded batches: {padded_batch} documents a batch; real / padded tokens {share:.2f}; "
+        f"{repeats} rounds of {batches} batches; load average {min(loads):.1f}-{max(loads):.1f} "
+        f"on {os.cpu_count()} CPUs"
+    )
 
 
 # -- resume --------------------------------------------------------------------------------
@@ -355,7 +377,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller runs")
     parser.add_argument("--samples", type=int, default=200_000, help="fill-rate samples")
     parser.add_argument("--resume-samples", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="resume: runs of each")
+    parser.add_argument("--rounds", type=int, default=5, help="throughput: interleaved rounds")
     parser.add_argument("--parts", default="fill,throughput,resume", help="which sections")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -363,7 +386,8 @@ def main() -> None:
     if "fill" in parts:
         fill_rates(20_000 if quick else args.samples)
     if "throughput" in parts:
-        throughput(5_000 if quick else 40_000, 30 if quick else 150, 1 if quick else args.repeats)
+        rounds = 1 if quick else args.rounds
+        throughput(5_000 if quick else 40_000, 30 if quick else 150, rounds)
     if "resume" in parts:
         resume(args.resume_samples or (10**6 if quick else 10**8), 1 if quick else args.repeats)
 

@@ -59,9 +59,9 @@ class PackBatch:
             the pack (None: no images).
 
     Attributes:
-        cu_seqlens (int32, pieces + 1, from 0), pack_bounds (int64, packs + 1: pieces),
         token_bounds (numpy int64, packs + 1: tokens), images, image_offsets (lists per pack);
-        :meth:`rows` and :meth:`provenance` give the tensors.
+        the tensors (:meth:`rows`, :meth:`provenance`, ``cu_seqlens``, ``pack_bounds``) are
+        views of one buffer, made when first asked for.
     """
 
     def __init__(
@@ -89,23 +89,19 @@ class PackBatch:
             own[:] = labels
             own[(ends - sizes)[sizes > 0]] = IGNORE_INDEX
         at = 3 * total
-        provenance = numbers[at : at + 3 * count].reshape(3, count)
-        provenance[0], provenance[1], provenance[2] = (
-            pieces["ids"],
-            pieces["positions"],
-            pieces["offsets"],
-        )
-        at += 3 * count
+        for key in ("ids", "positions", "offsets"):
+            numbers[at : at + count] = pieces[key]
+            at += count
         numbers[at : at + packs + 1] = bounds
-        cu = numbers[at + packs + 1 :].view(np.int32)[: count + 1]
+        cu = numbers[at + packs + 1 :].view(np.int32)
         cu[0] = 0
-        cu[1:] = ends
+        cu[1 : count + 1] = ends
         self._flat = flat
-        self._shape = (total, count)
-        self.pack_bounds = flat[at : at + packs + 1]
-        self.cu_seqlens = flat[at + packs + 1 :].view(torch.int32)[: count + 1]
-        self.token_bounds = np.concatenate([[0], ends])[bounds]
+        self._layout = (total, count, packs, cu_words)
+        self.piece_bounds = bounds  # numpy, as pack_bounds
+        self.token_bounds = np.concatenate(([0], ends))[bounds]
         self._sizes = sizes
+        self.has_images = images is not None
         self.images = images if images is not None else [[] for _ in range(packs)]
         self.image_offsets = image_offsets if image_offsets is not None else self.images
         self._views: dict[str, Any] = {}
@@ -121,21 +117,35 @@ class PackBatch:
     def rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``input_ids``, ``labels``, ``position_ids`` of all the packs, shaped [1, tokens]:
         views of one buffer (the packs joined, as collate_varlen hands them over)."""
-        kept = self._views.get("rows")
-        if kept is None:
-            total, _ = self._shape
-            kept = self._views["rows"] = self._flat[: 3 * total].view(3, 1, total).unbind(0)
-        return kept
+        return self._tensors()["rows"]
 
     def provenance(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``sample_ids``, ``sample_positions``, ``sample_offsets`` of all the pieces."""
-        kept = self._views.get("provenance")
-        if kept is None:
-            total, count = self._shape
-            kept = self._views["provenance"] = (
-                self._flat[3 * total : 3 * (total + count)].view(3, count).unbind(0)
+        return self._tensors()["provenance"]
+
+    @property
+    def cu_seqlens(self) -> torch.Tensor:
+        """int32, pieces + 1: where each piece begins in the flat row, then its length."""
+        return self._tensors()["cu_seqlens"]
+
+    @property
+    def pack_bounds(self) -> torch.Tensor:
+        """int64, packs + 1: pack k is pieces ``pack_bounds[k]:pack_bounds[k+1]``."""
+        return self._tensors()["pack_bounds"]
+
+    def _tensors(self) -> dict[str, Any]:
+        """The batch's tensors, views of its buffer, made once when first asked for."""
+        views = self._views
+        if not views:
+            total, count, packs, cu_words = self._layout
+            rows, provenance, bounds, words = self._flat.split(
+                [3 * total, 3 * count, packs + 1, cu_words]
             )
-        return kept
+            views["rows"] = rows.view(3, 1, total).unbind(0)
+            views["provenance"] = provenance.view(3, count).unbind(0)
+            views["pack_bounds"] = bounds
+            views["cu_seqlens"] = words.view(torch.int32)[: count + 1]
+        return views
 
     def max_seqlen(self, first: int = 0, stop: int | None = None) -> int:
         """The longest piece of pieces [first, stop) (0 if none)."""
@@ -143,6 +153,8 @@ class PackBatch:
 
     def row_image_offsets(self) -> list[list[int]]:
         """Each pack's image offsets in the batch's flat row (per pack)."""
+        if not self.has_images:
+            return [[] for _ in self.images]
         starts = self.token_bounds.tolist()
         return [
             [at + start for at in offsets]
@@ -191,7 +203,7 @@ class Pack(Mapping[str, Any]):
 
     def _make(self, key: str) -> Any:
         batch, k = self.batch, self.index
-        first, stop = batch.pack_bounds[k : k + 2].tolist()
+        first, stop = batch.piece_bounds[k : k + 2].tolist()
         begin, end = batch.token_bounds[k : k + 2].tolist()
         if key in _ROWS:
             return batch.rows()[_ROWS.index(key)][0, begin:end]

@@ -84,8 +84,9 @@ class PackedOrder:
         """The packs of ``window`` of ``epoch``."""
         return self._window(epoch, window)[0]
 
-    def _window(self, epoch: int, window: int) -> tuple[WindowPlan, np.ndarray]:
-        """The window's plan and its sample ids, kept for the window's next packs."""
+    def _window(self, epoch: int, window: int) -> tuple[WindowPlan, np.ndarray, np.ndarray]:
+        """The window's plan and, per piece in pack order, its sample's id and position: kept
+        for the window's next packs, which then only slice them."""
         kept = self._plans.get((epoch, window))
         if kept is None:
             first, stop = self.window_span(window)
@@ -97,7 +98,7 @@ class PackedOrder:
                 strategy=packed.strategy,
                 overlong=packed.overlong,
             )
-            kept = (plan, ids)
+            kept = (plan, ids[plan.sample], plan.sample + first)
             self._plans.put((epoch, window), kept)
         return kept
 
@@ -134,45 +135,61 @@ class PackedOrder:
         """The pieces of the packs ``pack_ids``, back to back, as :meth:`pack_pieces` gives one
         pack's, and ``bounds`` (int64, packs + 1): pack k is pieces ``bounds[k]:bounds[k+1]``.
         One pass of numpy per run of packs from one window (a batch's packs are mostly one)."""
-        ids = np.asarray(pack_ids, dtype=np.int64)
-        windows, index = np.divmod(ids, self.slots)
-        cuts = [0, *(np.flatnonzero(windows[1:] != windows[:-1]) + 1).tolist(), len(ids)]
-        parts = [
-            self._run_pieces(epoch, int(windows[first]), index[first:stop])
-            for first, stop in itertools.pairwise(cuts)
-        ]
-        columns = [
-            np.concatenate(column) if len(parts) > 1 else column[0]
-            for column in zip(*parts, strict=True)
-        ]
-        bounds = np.zeros(len(ids) + 1, dtype=np.int64)
+        window, first = divmod(int(pack_ids[0]), self.slots)
+        count = len(pack_ids)
+        if int(pack_ids[-1]) == pack_ids[0] + count - 1 and first + count <= self.slots:
+            # consecutive packs of one window (a batch's, mostly): slices of the window's arrays
+            columns = self._run_pieces(epoch, window, slice(first, first + count))
+        else:
+            ids = np.asarray(pack_ids, dtype=np.int64)
+            windows, index = np.divmod(ids, self.slots)
+            cuts = [0, *(np.flatnonzero(windows[1:] != windows[:-1]) + 1).tolist(), count]
+            parts = [
+                self._run_pieces(epoch, int(windows[a]), index[a:z])
+                for a, z in itertools.pairwise(cuts)
+            ]
+            columns = tuple(np.concatenate(column) for column in zip(*parts, strict=True))
+        bounds = np.zeros(count + 1, dtype=np.int64)
         columns[4].cumsum(out=bounds[1:])
-        return dict(zip(("ids", "positions", "offsets", "lengths"), columns[:4], strict=True)) | {
-            "bounds": bounds
+        sample_ids, positions, offsets, lengths, _ = columns
+        return {
+            "ids": sample_ids,
+            "positions": positions,
+            "offsets": offsets,
+            "lengths": lengths,
+            "bounds": bounds,
         }
 
-    def _run_pieces(self, epoch: int, window: int, wanted: np.ndarray) -> tuple[np.ndarray, ...]:
-        """The pieces of packs ``wanted`` of one window: sample ids, positions, offsets,
-        lengths, and each pack's piece count."""
-        plan, sample_ids = self._window(epoch, window)
-        if wanted.max() >= plan.num_packs:
-            bad = int(wanted.max())
+    def _run_pieces(
+        self, epoch: int, window: int, wanted: slice | np.ndarray
+    ) -> tuple[np.ndarray, ...]:
+        """The pieces of packs ``wanted`` (indices in the window: a slice of consecutive ones,
+        or an array) of one window: sample ids, positions, offsets, lengths, and each pack's
+        piece count."""
+        plan, sample_ids, positions = self._window(epoch, window)
+        if isinstance(wanted, slice):
+            last = wanted.stop - 1
+            bounds = plan.bounds[wanted.start : wanted.stop + 1] if last < plan.num_packs else None
+        else:
+            last = int(wanted.max())
+            bounds = None
+        if last >= plan.num_packs:
             raise ConfigError(
-                f"pack id {bad + window * self.slots} names pack {bad} of window {window} of "
+                f"pack id {last + window * self.slots} names pack {last} of window {window} of "
                 f"epoch {epoch}, which has {plan.num_packs}; pack ids come from this loader's order"
             )
-        begin, end = plan.bounds[wanted], plan.bounds[wanted + 1]
-        counts = end - begin
-        if len(wanted) == 1 or (begin[1:] == end[:-1]).all():  # consecutive packs: one slice
-            pieces = slice(int(begin[0]), int(end[-1]))
+        if bounds is not None:  # consecutive packs: one run of pieces
+            pieces = slice(int(bounds[0]), int(bounds[-1]))
+            counts = bounds[1:] - bounds[:-1]
         else:
+            begin, end = plan.bounds[wanted], plan.bounds[wanted + 1]
+            counts = end - begin
             pieces = np.arange(int(counts.sum()), dtype=np.int64) + (
                 begin - (counts.cumsum() - counts)
             ).repeat(counts)
-        local = plan.sample[pieces]
         return (
-            sample_ids[local],
-            local + window * self.window,
+            sample_ids[pieces],
+            positions[pieces],
             plan.start[pieces],
             plan.length[pieces],
             counts,
