@@ -63,7 +63,8 @@ def packs(batch: dict[str, Any]) -> list[Record]:
 
 
 def make(dataset: Dataset, *, max_tokens: int = 32, **kwargs: Any) -> DataLoader:
-    packed_args = {k: kwargs.pop(k) for k in ("window", "strategy", "overlong") if k in kwargs}
+    keys = ("window", "strategy", "overlong", "lengths")
+    packed_args = {k: kwargs.pop(k) for k in keys if k in kwargs}
     packed_args.setdefault("window", 8)
     packed_args.setdefault("overlong", "split")
     return DataLoader(

@@ -27,6 +27,7 @@ from resumable_loader.packing.lengths import sidecar_lengths
 from resumable_loader.packing.order import PackedOrder
 from resumable_loader.packing.plan import OVERLONG, STRATEGIES
 from resumable_loader.rngs.sample import install_sample_key, sample_place
+from resumable_loader.tokens.dataset import TokenDataset
 
 LengthsArgument = np.ndarray | Mapping[str, Any] | Callable[[Any], int] | None
 
@@ -34,11 +35,16 @@ LengthsArgument = np.ndarray | Mapping[str, Any] | Callable[[Any], int] | None
 class Packed(Dataset):
     """Packs of a map-style dataset's samples, for ``DataLoader(Packed(...), batch_size=packs)``.
 
-    An item is one pack (see :func:`~resumable_loader.packing.collate.build_pack`: ``input_ids``,
+    An item is one pack (a :class:`~resumable_loader.packing.batch.Pack` mapping: ``input_ids``,
     ``labels``, ``position_ids``, ``cu_seqlens``, ``max_seqlen``, provenance, images); pass
     ``collate_fn=collate_varlen`` (FlashAttention varlen), ``collate_flattening`` (HF) or
     ``collate_padded``. With ``strategy="pad"`` an item is a token-budget batch instead
-    (``batch_size=None, collate_fn=collate_budget``).
+    (``batch_size=None, collate_fn=collate_budget``). The loader reads a batch of packs at once
+    (``__getitems__``): their samples in one call of the dataset's own ``__getitems__`` if it
+    has one (else one ``dataset[i]`` each), every sample under its own key; a dataset with
+    ``token_spans(ids, starts, lengths)`` (:class:`~resumable_loader.tokens.TokenDocuments`)
+    is asked only where its pieces' tokens are, as its samples are plain tokens drawing no
+    randomness.
 
     Args:
         dataset: a map-style dataset (or a Mixture with ``samples_per_epoch``) whose items are
@@ -67,6 +73,12 @@ class Packed(Dataset):
         overlong: str = "error",
         field: str = "input_ids",
     ) -> None:
+        if isinstance(dataset, TokenDataset):
+            raise ConfigError(
+                "Packed(TokenDataset(...)) would pack fixed windows already cut across document "
+                "boundaries, and lose those boundaries; to pack whole documents, pass "
+                "TokenDocuments(paths) over the same shards (its lengths are the documents')"
+            )
         self.dataset = dataset
         self.max_tokens = check_int("max_tokens", max_tokens, low=1)
         self.window = check_int("window", window, low=1)

@@ -1,0 +1,156 @@
+"""Packing token files: TokenDocuments as the length and token source, read as spans of the
+memory map, giving the stream per-sample reads give; what Packed refuses; split pieces."""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from packing_factory import DATA, epochs_left, make, stream
+from tokens_factory import documents, write_megatron
+from torch.utils.data import Dataset
+
+from resumable_loader import Packed
+from resumable_loader.errors import ConfigError
+from resumable_loader.tokens import TokenDataset, TokenDocuments
+
+
+class PerSample(Dataset):
+    """The same documents as a plain map-style dataset: read one ``__getitem__`` at a time."""
+
+    def __init__(self, docs: list[np.ndarray]) -> None:
+        self.docs = docs
+        self.fingerprint = f"per-sample-{len(docs)}"
+
+    def __len__(self) -> int:
+        return len(self.docs)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.from_numpy(self.docs[index].astype(np.int64))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], list[np.ndarray]]:
+    """Two Megatron shards of 30 and 25 documents of 1 to 40 tokens."""
+    directory = tmp_path_factory.mktemp("docs")
+    first, second = documents(1, 30), documents(2, 25)
+    paths = [write_megatron(directory, "a", first), write_megatron(directory, "b", second)]
+    return paths, first + second
+
+
+def records(loader: Any, epochs: int, stop_after: int | None = None) -> list[tuple]:
+    """Every batch's tensors, whole (tokens, labels, positions, bounds, provenance)."""
+    out: list[tuple] = []
+    for _ in range(epochs):
+        for batch in loader:
+            out.append(
+                tuple(
+                    batch[key].flatten().tolist()
+                    for key in ("input_ids", "labels", "position_ids", "cu_seqlens", "sample_ids")
+                )
+            )
+            if len(out) == stop_after:
+                return out
+    return out
+
+
+def test_token_documents_are_the_shards_documents_with_lengths_from_the_offsets(
+    corpus: tuple[list[str], list[np.ndarray]],
+) -> None:
+    paths, docs = corpus
+    dataset = TokenDocuments(paths)
+    assert len(dataset) == dataset.num_documents == 55
+    assert dataset.sample_lengths().tolist() == [len(d) for d in docs]
+    assert all(dataset[i].tolist() == d.tolist() for i, d in enumerate(docs))
+    assert dataset[54].dtype == torch.int64
+    again = pickle.loads(pickle.dumps(dataset))  # workers reopen the files
+    assert again.fingerprint == dataset.fingerprint != TokenDataset(paths, 8).fingerprint
+    assert TokenDocuments(paths[:1]).fingerprint != dataset.fingerprint
+    tokens, first = dataset.token_spans(np.array([31, 2]), np.array([1, 0]), np.array([2, 3]))
+    assert np.concatenate(
+        [tokens[f : f + n] for f, n in zip(first, (2, 3), strict=True)]
+    ).tolist() == (docs[31][1:3].tolist() + docs[2][:3].tolist())
+    with pytest.raises(ConfigError, match=f"of document 2 are outside its {len(docs[2])} tokens"):
+        dataset.token_spans(np.array([2]), np.array([0]), np.array([len(docs[2]) + 1]))
+    with pytest.raises(IndexError):
+        dataset[55]
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_packed_token_documents_read_as_spans_give_the_per_sample_stream(
+    corpus: tuple[list[str], list[np.ndarray]],
+    shards: int,
+    workers: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One shard: spans of its memory map; two: copied back to back. Either way the stream
+    equals per-sample reads of the same documents, split pieces included, and no document
+    is read as a sample."""
+    paths, docs = corpus
+    docs = docs[:30] if shards == 1 else docs
+    source = TokenDocuments(paths[:shards])
+
+    def refused(self: TokenDocuments, index: int) -> None:
+        raise AssertionError("Packed must read TokenDocuments as spans")
+
+    monkeypatch.setattr(TokenDocuments, "__getitem__", refused)
+    settings = dict(max_tokens=32, window=6, batch_size=3)
+    spans = records(make(source, num_workers=workers, **settings), 2)
+    assert spans == records(make(PerSample(docs), **settings), 2)
+    assert sorted(i for batch in spans[: len(spans) // 2] for i in batch[4]) == sorted(
+        i for i, d in enumerate(docs) for _ in range(-(-len(d) // 32))
+    )
+
+
+def test_packed_token_documents_resume_on_other_workers(
+    corpus: tuple[list[str], list[np.ndarray]],
+) -> None:
+    paths, _ = corpus
+    continuous = stream(make(TokenDocuments(paths), batch_size=2, max_tokens=48), 2)
+    first = make(TokenDocuments(paths), batch_size=2, max_tokens=48, num_workers=2)
+    head = stream(first, 2, stop_after=7)
+    resumed = make(TokenDocuments(paths), batch_size=3, max_tokens=48)
+    resumed.load_state_dict(first.state_dict())
+    assert head + stream(resumed, epochs_left(resumed, 2)) == continuous
+
+
+def test_other_lengths_than_the_documents_read_each_one_and_stale_ones_are_named(
+    corpus: tuple[list[str], list[np.ndarray]],
+) -> None:
+    paths, docs = corpus
+    shorter = np.array([max(0, len(d) - 1) for d in docs])
+    with pytest.raises(ConfigError, match=r"recorded length is .*: the lengths are stale"):
+        next(iter(make(TokenDocuments(paths), batch_size=2, lengths=shorter)))
+    longer = np.array([len(d) + 1 for d in docs])  # a budget with room: read, not spans
+    batch = next(iter(make(TokenDocuments(paths), batch_size=2, lengths=longer)))
+    cu = batch["cu_seqlens"].tolist()
+    for k, sample in enumerate(batch["sample_ids"].tolist()):
+        assert batch["input_ids"][0, cu[k] : cu[k + 1]].tolist() == docs[sample].tolist()
+
+
+def test_a_token_dataset_is_refused_naming_token_documents(
+    corpus: tuple[list[str], list[np.ndarray]],
+) -> None:
+    with pytest.raises(ConfigError, match=r"pass TokenDocuments\(paths\)"):
+        Packed(TokenDataset(corpus[0], 16), 64)
+
+
+def test_split_pieces_restart_their_positions_so_position_ids_bound_the_same_pieces() -> None:
+    """HF's padding-free models cut a row into sequences where position_ids is at its minimum
+    (transformers' prepare_fa_kwargs_from_position_ids); a split sample's later piece starts
+    at 0 too, so those cuts are exactly cu_seqlens' (a piece that continued its sample's count
+    would be merged with the sample before it, across the boundary its labels mask)."""
+    loader = make(DATA, batch_size=4)  # DATA: sample 3 (33 tokens) is split at max_tokens=32
+    split_seen = False
+    for batch in itertools.islice(loader, 20):
+        positions = batch["position_ids"][0]
+        cu = batch["cu_seqlens"]
+        starts = cu[:-1][cu[1:] > cu[:-1]]  # non-empty pieces
+        assert torch.equal(torch.nonzero(positions == positions.min()).flatten(), starts.long())
+        split_seen |= bool((batch["sample_offsets"] > 0).any())
+    assert split_seen
