@@ -81,6 +81,9 @@ class IndexedDataset(Dataset):
         self.shard_sizes: np.ndarray = index.shard_sizes
         self.fingerprint: str = index.fingerprint
         self._files = _open_files()
+        # Handles a subclass reads without _file (a local shard's memory map): this process's,
+        # dropped with _files; one evicted from _files is closed, and read through _file again.
+        self._mapped: dict[int, Any] = {}
         self._forks = _forks
 
     def __len__(self) -> int:
@@ -98,7 +101,7 @@ class IndexedDataset(Dataset):
     def _file(self, shard: int) -> Any:
         """This process's handle on ``shard``, opened on first use."""
         if self._forks != _forks:  # forked: never share file offsets with the parent
-            self._files, self._forks = _open_files(), _forks
+            self._files, self._forks, self._mapped = _open_files(), _forks, {}
         handle = self._files.get(shard)
         if handle is not None:
             return handle
@@ -118,7 +121,7 @@ class IndexedDataset(Dataset):
 
     def close(self) -> None:
         """Close the files this process opened; the next read opens them again."""
-        files, self._files = self._files, _open_files()
+        files, self._files, self._mapped = self._files, _open_files(), {}
         if self._forks == _forks:  # a forked copy leaves the parent's files alone
             for handle in files.pop_all():
                 _close(handle)
@@ -128,7 +131,7 @@ class IndexedDataset(Dataset):
             self.close()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_files": _open_files()}
+        return {**self.__dict__, "_files": _open_files(), "_mapped": {}}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.index!r})"

@@ -212,14 +212,30 @@ class TarShardDataset(RemoteReads, IndexedDataset):
             ) from error
 
     def _read(self, shard: int, start: int, length: int) -> bytes:
-        """The span's bytes (fewer if the shard is shorter), prefetched or read ahead if on."""
+        """The span's bytes (fewer if the shard is shorter): one slice of the shard's memory
+        map where it is a local file read a span at a time (mapped by its first read here), so
+        a read costs no more than the slice; else prefetched, read ahead or fetched."""
+        mapped = self._mapped.get(shard)
+        if mapped is None or mapped.closed:  # closed: evicted from the open files
+            return self._read_through(shard, start, length)
+        data = mapped[start : start + length]  # a record's span: inside the indexed size
+        self.bytes_read += len(data)
+        self.read_requests += 1
+        return data
+
+    def _read_through(self, shard: int, start: int, length: int) -> bytes:
+        """``_read`` of a shard not memory-mapped for span reads in this process (yet)."""
         if self.prefetch is not None:
             return self._remote_read(shard, start, length)
         block = self.read_ahead
         if block is None:
             block = READ_AHEAD if is_url(self.index.shard_urls[shard]) else 0
         if not block:
-            return self._fetch(shard, start, length)
+            data = self._fetch(shard, start, length)
+            handle = self._file(shard)
+            if isinstance(handle, mmap.mmap):
+                self._mapped[shard] = handle
+            return data
         if self._blocks is None:
             self._blocks = BlockCache(block, self.cache_bytes)
         return self._blocks.read(shard, start, length, lambda at, n: self._fetch(shard, at, n))
