@@ -1,21 +1,24 @@
-"""Packing token files: TokenDocuments as the length and token source, read as spans of the
-memory map, giving the stream per-sample reads give; what Packed refuses; split pieces."""
+"""Packing token files (TokenDocuments as the length and token source, read as spans of the
+memory map, giving the stream per-sample reads give), what Packed refuses, split pieces, and
+samples that fail to load inside a pack."""
 
 from __future__ import annotations
 
 import itertools
 import pickle
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from packing_factory import DATA, epochs_left, make, stream
+from packing_factory import DATA, Texts, epochs_left, lengths, make, stream
 from tokens_factory import documents, write_megatron
 from torch.utils.data import Dataset
 
 from resumable_loader import Packed
 from resumable_loader.errors import ConfigError
+from resumable_loader.loader.bad_samples import read_quarantine, substitute_id
 from resumable_loader.tokens import TokenDataset, TokenDocuments
 
 
@@ -154,3 +157,54 @@ def test_split_pieces_restart_their_positions_so_position_ids_bound_the_same_pie
         assert torch.equal(torch.nonzero(positions == positions.min()).flatten(), starts.long())
         split_seen |= bool((batch["sample_offsets"] > 0).any())
     assert split_seen
+
+
+class Corrupt(Texts):
+    """Texts whose samples in ``bad`` fail to load, as a truncated file would."""
+
+    def __init__(self, bad: set[int]) -> None:
+        super().__init__(lengths(61), name="texts")  # DATA's samples and fingerprint
+        self.bad = bad
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if index in self.bad:
+            raise OSError(f"sample {index}: file is truncated")
+        return super().__getitem__(index)
+
+
+def test_a_sample_that_fails_inside_a_pack_is_substituted_in_its_piece_and_quarantined(
+    tmp_path: Path,
+) -> None:
+    """on_sample_error='substitute' sees through Packed: the failed sample's piece holds its
+    substitute (drawn from the sample's position, loaded under its key, cut to the piece's
+    length), the packs stay the same packs, the ids quarantined are samples' (not packs'), and
+    a resume on other workers, reading the quarantine, continues the same stream."""
+    bad = {3, 10, 40}  # 3 is split into two pieces
+
+    def run(directory: str, **kwargs: Any) -> Any:
+        policy = dict(on_sample_error="substitute", max_bad_fraction=0.1, quarantine_dir=directory)
+        return make(Corrupt(bad), **policy, **kwargs)
+
+    clean = records(make(DATA, batch_size=2), 1)
+    got = records(run(str(tmp_path / "a"), batch_size=2), 1)
+    assert [batch[4] for batch in got] == [batch[4] for batch in clean]  # the same packs
+    for ours, planned in zip(got, clean, strict=True):  # no piece outgrows its plan
+        sizes, plan = np.diff(ours[3]), np.diff(planned[3])
+        assert (sizes <= plan).all()
+    assert got != clean
+    assert sorted(read_quarantine(tmp_path / "a")) == sorted(bad)
+    loader = run(str(tmp_path / "b"), batch_size=2)
+    for position, batch in enumerate(loader):
+        cu = batch["cu_seqlens"].tolist()
+        for k, place in enumerate(batch["sample_positions"].tolist()):
+            piece = batch["input_ids"][0, cu[k] : cu[k + 1]]
+            sample = int(batch["sample_ids"][k])
+            origin = substitute_id(7, 0, place, 0, 61) if sample in bad else sample
+            assert (piece // 1000 == origin).all(), (position, sample)
+    first = run(str(tmp_path / "c"), batch_size=2, num_workers=2)
+    head = stream(first, 1, stop_after=9)
+    resumed = run(str(tmp_path / "c"), batch_size=3)
+    resumed.load_state_dict(first.state_dict())
+    assert head + stream(resumed, epochs_left(resumed, 1)) == stream(
+        run(str(tmp_path / "d"), batch_size=2), 1
+    )

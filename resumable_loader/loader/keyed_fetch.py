@@ -40,6 +40,9 @@ if TYPE_CHECKING:  # lookahead imports refs, which imports this module
 # The key positions of the samples of the batched read in progress (of the installed key's seed
 # and epoch), or None.
 _batch_read: Sequence[int] | None = None
+# The fetch's on_sample_error policy and reseed_globals, for a dataset whose items hold samples
+# it reads itself (read_samples_at), or None.
+_policy: tuple[BadSamples, bool] | None = None
 
 
 def batch_sample_keys() -> list[SampleKey]:
@@ -128,6 +131,8 @@ class KeyedFetch(Dataset):
         self.collate_fn = collate_fn
         self.reseed_globals = reseed_globals
         self.batched = reads_batched(dataset)
+        # items that hold several samples of the order (a pack), read by read_samples_at
+        self.holds_samples = bool(getattr(dataset, "holds_samples", False))
         self.lookahead: Lookahead | None = None  # tells a prefetching dataset what comes next
         self.bad_samples: BadSamples | None = None  # on_sample_error="substitute"
 
@@ -153,10 +158,14 @@ class KeyedFetch(Dataset):
                 rngs.restore(saved)
 
     def _load(self, ref: BatchRef | SampleRef) -> Any:
+        global _policy
         reseed = self.reseed_globals
         bad = self.bad_samples
+        _policy = None
         if bad is not None:
             bad.at_epoch(ref.epoch)
+            if self.holds_samples:  # it substitutes its own samples (read_samples_at)
+                _policy, bad = (bad, reseed), None
         if isinstance(ref, SampleRef):
             install_key(ref.seed, ref.epoch, ref.position, Purpose.SAMPLE, reseed_globals=reseed)
             if bad is not None:
@@ -221,6 +230,46 @@ def read_batch_at(dataset: Dataset, ids: list[int], positions: Sequence[int]) ->
         return _read_keyed(dataset, ids, positions)
     finally:
         _batch_read = outer
+
+
+def read_samples_at(
+    dataset: Dataset, ids: list[int], positions: Sequence[int]
+) -> tuple[list[Any], list[int]]:
+    """Inside a fetch, samples ``ids`` of the order, sample k under the key of position
+    ``positions[k]``: what a dataset whose items hold several samples (a pack; it sets
+    ``holds_samples = True``) reads them with. In one ``__getitems__`` call when the dataset
+    reads batches (:func:`read_batch_at`), else one ``dataset[i]`` each; under the loader's
+    ``on_sample_error="substitute"``, one at a time, and a sample that fails (or was
+    quarantined) is replaced as the loader replaces one (:mod:`.bad_samples`: drawn from its
+    position, loaded under its key). Returns the samples and the indices of the substituted.
+
+    Raises:
+        ResumableLoaderError: when called outside a ResumableDataLoader fetch.
+    """
+    if _policy is None:
+        if reads_batched(dataset):
+            return read_batch_at(dataset, ids, positions), []
+        samples = []
+        for sample_id, position in zip(ids, positions, strict=True):
+            install_sample_key(position)
+            samples.append(dataset[sample_id])
+        return samples, []
+    bad, reseed = _policy
+    seed, epoch, _ = sample_place()
+    samples, substituted = [], []
+    for index, (sample_id, position) in enumerate(zip(ids, positions, strict=True)):
+        install_sample_key(position)
+        key = (seed, epoch, position)
+        if sample_id in bad.known:  # quarantined: not read again
+            samples.append(bad.substitute(dataset, sample_id, key, reseed))
+            substituted.append(index)
+            continue
+        try:
+            samples.append(dataset[sample_id])
+        except Exception as error:  # the dataset's own, whatever its type
+            samples.append(bad.failed(dataset, sample_id, key, reseed, error))
+            substituted.append(index)
+    return samples, substituted
 
 
 def _read_keyed(dataset: Dataset, ids: list[int], positions: Sequence[int]) -> list[Any]:

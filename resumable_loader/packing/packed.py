@@ -21,12 +21,12 @@ from resumable_loader._checks import check_int
 from resumable_loader.errors import ConfigError, ResumableLoaderError
 from resumable_loader.loader.build_refs import make_order
 from resumable_loader.loader.identity import dataset_fingerprint
-from resumable_loader.loader.keyed_fetch import read_batch_at, reads_batched
+from resumable_loader.loader.keyed_fetch import read_samples_at
 from resumable_loader.packing.batch import Pack, PackBatch
 from resumable_loader.packing.lengths import sidecar_lengths
 from resumable_loader.packing.order import PackedOrder
 from resumable_loader.packing.plan import OVERLONG, STRATEGIES
-from resumable_loader.rngs.sample import install_sample_key, sample_place
+from resumable_loader.rngs.sample import sample_place
 from resumable_loader.tokens.dataset import TokenDataset
 
 LengthsArgument = np.ndarray | Mapping[str, Any] | Callable[[Any], int] | None
@@ -61,6 +61,8 @@ class Packed(Dataset):
         overlong: a sample longer than ``max_tokens``: "error", "truncate" or "split".
         field: the token field of dict samples.
     """
+
+    holds_samples = True  # the loader hands it its on_sample_error policy (read_samples_at)
 
     def __init__(
         self,
@@ -98,9 +100,15 @@ class Packed(Dataset):
         # Tokens as spans when the lengths are the dataset's own (else a stale length must show
         # as its sample is read).
         self._spans = callable(spans) and callable(own) and np.array_equal(own(), self.lengths)
-        self._batched = reads_batched(dataset)
         self._order_arguments: tuple[bool, Any] = (False, None)
         self._orders: dict[int, PackedOrder] = {}  # by seed, in this process
+
+    @property
+    def id_count(self) -> int:
+        """How many sample ids the wrapped dataset has (a substitute for a sample that fails
+        to load is drawn from them)."""
+        ids = getattr(self.dataset, "id_count", None)
+        return len(self.dataset) if ids is None else ids
 
     @property
     def fingerprint(self) -> str:
@@ -155,18 +163,13 @@ class Packed(Dataset):
 
     def _read_pieces(self, pieces: dict[str, np.ndarray]) -> PackBatch:
         """Read the pieces' samples (each under its own key) and cut the pieces out of them."""
-        ids, positions = pieces["ids"].tolist(), pieces["positions"].tolist()
-        if self._batched:
-            items = read_batch_at(self.dataset, ids, positions)
-        else:
-            items = []
-            for sample_id, position in zip(ids, positions, strict=True):
-                install_sample_key(position)
-                items.append(self.dataset[sample_id])
+        ids = pieces["ids"].tolist()
+        items, substituted = read_samples_at(self.dataset, ids, pieces["positions"].tolist())
+        checked = [None if k in substituted else i for k, i in enumerate(ids)]
         cut = [
             self._piece(item, sample_id, offset, length)
             for item, sample_id, offset, length in zip(
-                items, ids, pieces["offsets"].tolist(), pieces["lengths"].tolist(), strict=True
+                items, checked, pieces["offsets"].tolist(), pieces["lengths"].tolist(), strict=True
             )
         ]
         sizes = np.fromiter((len(tokens) for tokens, _, _ in cut), np.int64, len(cut))
@@ -184,10 +187,12 @@ class Packed(Dataset):
         return PackBatch(pieces, bounds, sizes, tokens, first, labels, images, image_offsets)
 
     def _piece(
-        self, item: Any, sample_id: int, offset: int, length: int
+        self, item: Any, sample_id: int | None, offset: int, length: int
     ) -> tuple[np.ndarray, np.ndarray | None, list[tuple[Any, int]]]:
         """The part [offset, offset + length) of a loaded sample: its tokens, its own labels
-        (or None) and its images with their token index within the piece."""
+        (or None) and its images with their token index within the piece. ``sample_id`` None:
+        a substitute (:mod:`~resumable_loader.loader.bad_samples`), cut to the piece it
+        stands in for, without its own length to check."""
         labels, placed = None, []
         if isinstance(item, Mapping):
             tokens, labels = item[self.field], item.get("labels")
@@ -198,7 +203,7 @@ class Packed(Dataset):
         else:
             tokens = item
         tokens = _int64(tokens)
-        if len(tokens) > self.lengths[sample_id]:
+        if sample_id is not None and len(tokens) > self.lengths[sample_id]:
             raise ConfigError(
                 f"sample {sample_id} has {len(tokens)} tokens in '{self.field}', but its "
                 f"recorded length is {int(self.lengths[sample_id])}: the lengths are stale; "
