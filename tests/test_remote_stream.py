@@ -140,3 +140,24 @@ def test_a_permanent_outage_raises_naming_the_url_and_the_sample(
     assert time.monotonic() - began < 30  # the deadline, not a hang
     message = str(caught.value)
     assert "s3://" in message and "(sample " in message and "deadline" in message
+
+
+def test_an_outage_is_invisible_to_workers_forked_after_obstore(bucket, endpoint, tmp_path):
+    """With the default fork context, after the main process read through obstore (so the
+    workers read through s3fs): the workers ride out an outage at their first reads and the
+    stream still equals the local one. (botocore's retries drew their jitter from the global
+    ``random`` on a storage thread, which shifted a waiting sample's draws now and then: this
+    test caught it in 1 run of 6; test_storage_client.py's child test catches it every time.)"""
+    from resumable_loader.storage import client
+
+    paths, index = bucket
+    expected, _, _ = stream(Augmented(paths), workers=0, order=ORDERS["shard_local"])
+    warm, _, _ = stream(remote(index, tmp_path / "main"), workers=0, order=ORDERS["shard_local"])
+    assert warm == expected and client._OBSTORE_PID is not None  # obstore started here
+    dataset = remote(index, tmp_path / "fork", storage_options=QUICK | {"deadline": 10.0})
+    endpoint.outage(1.0)
+    began = time.monotonic()
+    got, _, loader = stream(dataset, workers=2, order=ORDERS["shard_local"], context="fork")
+    assert time.monotonic() - began > 0.5  # the workers waited for the outage's end
+    assert got == expected
+    assert loader.storage_stats().reads == len(expected)

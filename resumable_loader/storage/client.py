@@ -15,11 +15,10 @@ import datetime
 import fnmatch
 import functools
 import os
-import random
 import re
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
@@ -334,8 +333,7 @@ class FsspecClient(StorageClient):
         if filesystem is None:
             s3 = protocol in ("s3", "s3a")
             options = _without_s3_retries(self.options) if s3 else self.options
-            with _global_random_kept():
-                filesystem = fsspec.filesystem(protocol, skip_instance_cache=True, **options)
+            filesystem = fsspec.filesystem(protocol, skip_instance_cache=True, **options)
             if s3:
                 filesystem.retries = 1  # s3fs's own retries (a class attribute): ours apply
             self._filesystems[key] = filesystem
@@ -345,8 +343,7 @@ class FsspecClient(StorageClient):
         def connect() -> None:
             filesystem, _ = self._fs(url)
             if urlsplit(url).scheme in ("s3", "s3a"):
-                with _global_random_kept():
-                    filesystem.connect()  # s3fs: the aiobotocore session and client
+                filesystem.connect()  # s3fs: the aiobotocore session and client
             self._prepared.add(key)
 
         key = (os.getpid(), urlsplit(url).scheme, os.environ.get("AWS_ENDPOINT_URL", ""))
@@ -388,21 +385,6 @@ class FsspecClient(StorageClient):
             for p, info in found.items()
             if p.startswith(path) and info.get("type", "file") == "file"
         }
-
-
-@contextlib.contextmanager
-def _global_random_kept() -> Iterator[None]:
-    """Restore the global ``random``'s state after a backend's first set-up in a process, which
-    imports modules that draw from it at import (aiobotocore imports httpx, which imports rich:
-    ``getrandbits(24)``). The loader seeds the global ``random`` per sample for the
-    augmentations, and the set-up runs on a storage thread while the sample that needs the
-    bytes waits, its key installed. (A draw of another thread during the set-up would be
-    undone too: the loader's threads do not draw while they wait for storage.)"""
-    state = random.getstate()
-    try:
-        yield
-    finally:
-        random.setstate(state)
 
 
 def _without_s3_retries(options: Mapping[str, Any]) -> dict[str, Any]:
