@@ -31,6 +31,7 @@ from resumable_loader.checkpoint import (
     loading,
     manifest,
     rng_state,
+    staging,
 )
 from resumable_loader.checkpoint import probe as probe_mod
 from resumable_loader.checkpoint.components import (
@@ -265,15 +266,37 @@ class Checkpointer:
             step = check_int("step", step)
         fallback = step is None if fallback is None else bool(fallback)
         self.wait()
-        rank, world_size = collective.rank(), collective.world_size()
         found: dict[str, Component] = {}
-        error = None
+        previous, error = None, None
         try:
             found = components(state)
             candidates = self._candidates(step, fallback)
+            # the copy for the rollback is made while the checkpoint is verified and checked
+            previous = loading.keep_previous(found) if rollback else None
         except Exception as failure:
             error = failure
-        collective.raise_if_any(error)
+        try:
+            collective.raise_if_any(error)
+            return self._load_chosen(
+                candidates, found, previous, mode=mode, fallback=fallback, checksums=checksums
+            )
+        finally:
+            if previous is not None:
+                previous.close()
+
+    def _load_chosen(
+        self,
+        candidates: list[Path],
+        found: dict[str, Component],
+        previous: staging.Previous | None,
+        *,
+        mode: str,
+        fallback: bool,
+        checksums: str,
+    ) -> dict[str, Any]:
+        """:meth:`load` once the components and candidates are known: choose, check, apply."""
+        rank, world_size = collective.rank(), collective.world_size()
+        error = None
         chosen, skipped, integrity_note = loading.choose(
             candidates, checksums=checksums == "verify", fallback=fallback
         )
@@ -297,7 +320,7 @@ class Checkpointer:
                     seed=self._rederive_seed(saved), step=saved["step"], rank=rank
                 ),
                 process_group=self.process_group,
-                rollback=bool(rollback),
+                previous=previous,
             )
         except BaseException:
             _undo(found)
@@ -313,7 +336,7 @@ class Checkpointer:
             world_size=world_size,
             checksums=integrity_note,
             skipped=skipped,
-            rollback=bool(rollback),
+            rollback=previous is not None,
         )
         target = self.directory.resume_record(saved["step"]) if rank == 0 else None
         decision.publish(result, target)

@@ -6,8 +6,9 @@
 2. :func:`check` compares the chosen one with the state it is loaded into (components, keys,
    shapes, loaders, layout, optimizers); anything found is refused, since an older checkpoint
    of the same run would not fit better.
-3. :func:`apply` keeps a copy of the state, reads the checkpoint and sets every component; on
-   any failure every component is put back, so it is all or nothing.
+3. :func:`apply` reads the checkpoint and sets every component; on any failure every component
+   is put back from the copy :func:`keep_previous` began before the first stage, so it is all
+   or nothing.
 """
 
 from __future__ import annotations
@@ -129,23 +130,21 @@ def apply(
     *,
     rederive: Any,
     process_group: Any,
-    rollback: bool = True,
+    previous: staging.Previous | None,
 ) -> dict[str, str]:
-    """Keep a copy of the state, read, set every component; on any failure put every one
-    back (see :mod:`staging`). Returns the actions taken.
+    """Read, set every component; on any failure put every one back from ``previous``, the
+    copy of the state taken by :func:`keep_previous` (see :mod:`staging`). Returns the
+    actions taken.
 
     ``rederive`` re-derives this rank's RNG states when the saved ones do not apply.
-    ``rollback=False`` keeps no copy: a failure of the read or of a ``load_state_dict`` then
-    leaves the components partly loaded (the loaders' cursors and the RNG states are still
-    put back), and is logged as such.
+    Without ``previous`` (``rollback=False``) a failure of the read or of a
+    ``load_state_dict`` leaves the components partly loaded (the loaders' cursors and the RNG
+    states are still put back), and is logged as such.
     """
     saved, current = plan["manifest"], plan["current"]
-    statefuls = {n: c.stateful for n, c in components.items() if c.kind != LOADER}
     read = functools.partial(_read, checkpoint, current, process_group)
-    if rollback:
-        fresh = {n for n, c in components.items() if c.fresh_optimizer}
-        before = staging.previous(statefuls, discarded=fresh)
-        steps = [("read", read, _restorer(components, before))]
+    if previous is not None:
+        steps = [("read", read, _restorer(components, previous.result()))]
     else:
         steps = [("read", read, _partly_loaded)]
     for name, component in components.items():
@@ -175,6 +174,14 @@ def apply(
     actions = {name: RESTORED for name in components}
     actions["rng"] = RESTORED if plan["rng"] is not None else REDERIVED
     return actions
+
+
+def keep_previous(components: dict[str, Component]) -> staging.Previous:
+    """Start copying what every component but the loaders holds (an optimizer without state
+    yet is emptied again on a failure instead)."""
+    statefuls = {n: c.stateful for n, c in components.items() if c.kind != LOADER}
+    fresh = {n for n, c in components.items() if c.fresh_optimizer}
+    return staging.Previous(statefuls, discarded=fresh)
 
 
 def _putter(target: Any, state: Any) -> Any:

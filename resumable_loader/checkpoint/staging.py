@@ -2,22 +2,23 @@
 
 DCP loads into the tensors it is given, which for a model are its parameters: a read that
 fails halfway, or a component whose ``load_state_dict`` raises, would leave the state half old,
-half new. So before the read, a copy of what every component holds is taken (tensors cloned,
-except an optimizer's that had no state when the load began, which is emptied again instead);
-then the checkpoint is read in place (:mod:`direct_read`: whole tensors straight from the file
-into their targets, so the copy replaces DCP's own temporary tensors rather than adding to
-them), the non-tensor values into plain dicts that no component holds, and the components are
-set one after the other. If the read fails, or a component's ``load_state_dict`` raises (even a
-``BaseException``), every component is put back from that copy before the error goes on. Every
-check of the checkpoint (content checksums included) and of the state has passed before the
-copy is taken. The price is memory: one more copy of the state for the length of the load, and
-the time to fault that memory in (see docs/checkpoint.md for the figures).
+half new. So a copy of what every component holds is taken (tensors cloned, except an
+optimizer's that had no state when the load began, which is emptied again instead), in a
+thread of its own while the checkpoint is verified and checked (:class:`Previous`). Once every
+check has passed and the copy is complete, the checkpoint is read in place (:mod:`direct_read`:
+whole tensors straight from the file into their targets, so the copy replaces DCP's own
+temporary tensors rather than adding to them), the non-tensor values into plain dicts that no
+component holds, and the components are set one after the other. If the read fails, or a
+component's ``load_state_dict`` raises (even a ``BaseException``), every component is put back
+from that copy before the error goes on. The price is memory: one more copy of the state for
+the length of the load, and the time to fault that memory in (see docs/checkpoint.md).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import threading
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
@@ -45,18 +46,55 @@ def _tree(value: Any, leaf: Callable[[torch.Tensor], torch.Tensor]) -> Any:
     return copy.deepcopy(value)
 
 
-def previous(statefuls: Mapping[str, Any], *, discarded: Collection[str] = ()) -> dict[str, Any]:
-    """A copy of what each of ``statefuls`` holds now (its state_dict(), tensors cloned).
+class Previous:
+    """A copy of what each of ``statefuls`` holds now (its state_dict(), tensors cloned), taken
+    in a thread of its own while the load goes on verifying and checking: the hashing waits on
+    the disk, the copy on page faults, so they overlap.
 
-    The tensors of the ones named in ``discarded`` are kept by reference, not cloned: their
-    values are thrown away on a failure anyway (an optimizer that had no state when the load
-    began is emptied again), so only their other values need putting back."""
+    The ``state_dict()`` calls are made here, in the caller's thread; only the cloning runs in
+    the other. The tensors of the ones named in ``discarded`` are not cloned: their values are
+    thrown away on a failure anyway (an optimizer that had no state when the load began is
+    emptied again), so only their other values need putting back; their state_dict() is
+    taken by :meth:`result`, once the checks have made their state.
+    """
 
-    def leaf(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
-        return _same if name in discarded else torch.Tensor.clone
+    THREAD = "checkpoint-rollback-copy"
 
-    with torch.no_grad():
-        return {name: _tree(s.state_dict(), leaf(name)) for name, s in statefuls.items()}
+    def __init__(self, statefuls: Mapping[str, Any], *, discarded: Collection[str] = ()) -> None:
+        self._statefuls = dict(statefuls)
+        self._discarded = set(discarded)
+        now = {n: s.state_dict() for n, s in statefuls.items() if n not in self._discarded}
+        self._copies: dict[str, Any] = {}
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._copy, args=(now,), name=self.THREAD)
+        self._thread.start()
+
+    def _copy(self, now: dict[str, Any]) -> None:
+        try:
+            with torch.no_grad():
+                self._copies = {
+                    name: _tree(state, torch.Tensor.clone) for name, state in now.items()
+                }
+        except BaseException as error:  # raised by result(), in the load's thread
+            self._error = error
+
+    def result(self) -> dict[str, Any]:
+        """The copy, in the order of ``statefuls`` (waits for the thread)."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        with torch.no_grad():
+            return {
+                name: _tree(stateful.state_dict(), _same)
+                if name in self._discarded
+                else self._copies[name]
+                for name, stateful in self._statefuls.items()
+            }
+
+    def close(self) -> None:
+        """Wait for the thread and drop the copy (after the load, or its refusal)."""
+        self._thread.join()
+        self._copies = {}
 
 
 def _same(tensor: torch.Tensor) -> torch.Tensor:
