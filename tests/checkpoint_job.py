@@ -7,7 +7,10 @@ JSON line per step to ``OUT/rank-R.jsonl`` (the loss as float.hex, the samples i
 flushed at once, so what a killed run did is on disk. ``--kill-after S`` SIGKILLs the process
 after step S; ``--kill-in-save S:K`` SIGKILLs it at the K-th fsync of the save of step S (so
 somewhere inside DCP's writes, the manifest, the rename or the pointer). ``--resume MODE``
-loads the newest checkpoint first and writes the decision as the first line. The last line
+loads the newest checkpoint first and writes the decision as the first line. ``--probe``
+records the resume probe at every save and, after a resume, recomputes it before training
+on (its report, and whether the weights, optimizer, EMA, cursor and generators are as they
+were, in the second line). The last line
 holds a digest of the final weights, optimizer and EMA.
 """
 
@@ -174,6 +177,17 @@ def digest(state: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
+def probe_loss(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    """The resume probe's loss: the training loss of ``batch``."""
+    return F.mse_loss(model(batch["x"]), batch["y"])
+
+
+def untouched(state: dict[str, Any]) -> tuple[str, Any, bytes]:
+    """What the probe must not change: the training state's digest, the loader's cursor and
+    torch's global generator (the one dropout and the augmentation draw from)."""
+    return digest(state), state["loader"].state_dict(), torch.get_rng_state().numpy().tobytes()
+
+
 def kill_at_fsync(count: int) -> None:
     """SIGKILL this process at its ``count``-th os.fsync from now on."""
     real, calls = os.fsync, [0]
@@ -201,6 +215,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--resume", choices=["strict", "flexible"])
     parser.add_argument("--async-save", action="store_true")
     parser.add_argument("--fsdp", action="store_true", help="FSDP2 instead of DDP (torchrun)")
+    parser.add_argument("--probe", action="store_true", help="record and check the probe")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(1)
@@ -232,6 +247,10 @@ def run(args: argparse.Namespace, distributed: bool) -> None:
         decision = checkpointer.load(state, mode=args.resume)
         emit({"decision": decision, "loaded": digest(state)})
         start = decision["step"]
+        if args.probe:
+            before = untouched(state)
+            report = checkpointer.probe(state["model"], probe_loss)
+            emit({"probe": report, "unchanged": untouched(state) == before})
     kill_save = tuple(map(int, args.kill_in_save.split(":"))) if args.kill_in_save else None
     stream = batches(loader)
     for step in range(start, args.steps):
@@ -244,7 +263,7 @@ def run(args: argparse.Namespace, distributed: bool) -> None:
         if (step + 1) % args.save_every == 0:
             if kill_save is not None and kill_save[0] == step + 1:
                 kill_at_fsync(kill_save[1])
-            checkpointer.save(step + 1, state)
+            checkpointer.save(step + 1, state, probe=probe_loss if args.probe else None)
             emit({"saved": step + 1, "digest": digest(state)})
     checkpointer.wait()
     emit({"final": digest(state)})

@@ -6,7 +6,8 @@ samples both runs trained on are the single-process stream of the same seed, in 
 state loaded is the state saved, and the decision says the RNG states were re-derived (the
 rank layout changed) and lists world size and batch size as changed, old -> new. Under FSDP2
 the two ranks save shards; the one rank loads them into an unsharded model, and the whole
-state it holds is the one the two ranks held.
+state it holds is the one the two ranks held. The resume probe recorded by two DDP ranks is
+recomputed by two ranks after a strict resume, bit for bit, changing nothing.
 """
 
 from __future__ import annotations
@@ -99,3 +100,30 @@ def test_fsdp2_shards_saved_by_two_ranks_load_unsharded_on_one(tmp_path):
     assert tail[0]["loaded"] == saved.pop()  # resharded from FSDP2 shards to a plain model
     assert tail[0]["decision"]["rederived"] == ["rng"]
     assert tail[0]["decision"]["changed"]["world_size"] == {"old": 2, "new": 1}
+
+
+@pytest.mark.slow  # two torchrun launches of 2 ranks: ~25 s on 2 cores
+def test_the_probe_recorded_by_two_ranks_passes_bit_for_bit_after_a_strict_resume(tmp_path):
+    checkpoint = tmp_path / "checkpoint"
+    head = torchrun(2, checkpoint, tmp_path / "head", "--steps=3", "--save-every=3", "--probe")
+    tail = torchrun(
+        2,
+        checkpoint,
+        tmp_path / "tail",
+        "--steps=4",
+        "--save-every=100",
+        "--resume=strict",
+        "--probe",
+    )
+    manifest = json.loads((checkpoint / "step-0000000003" / "manifest.json").read_text())
+    recorded = manifest["probe"]
+    loader = DataLoader(Regression(), batch_size=4, shuffle=True, seed=7)
+    assert recorded["ids"] == [int(i) for i in loader.order.ids(0, 0, 4)]
+    reports = [rank[1] for rank in tail]
+    for report in reports:
+        assert report["unchanged"] and report["probe"]["exact"] and report["probe"]["ok"]
+        assert report["probe"]["ids"] == recorded["ids"]
+        assert report["probe"]["loss"]["now"] == float.fromhex(recorded["loss"])
+    assert reports[0]["probe"] == reports[1]["probe"]  # the replicas agree
+    saved = [r["digest"] for r in head[0] if "saved" in r]
+    assert all(rank[0]["loaded"] == saved[-1] for rank in tail)
