@@ -138,7 +138,7 @@ class PackBatch:
         views = self._views
         if not views:
             total, count, packs, cu_words = self._layout
-            rows, provenance, bounds, words = self._flat.split(
+            rows, provenance, bounds, words = self._flat.split_with_sizes(
                 [3 * total, 3 * count, packs + 1, cu_words]
             )
             views["rows"] = rows.view(3, 1, total).unbind(0)
