@@ -14,10 +14,11 @@ filelock, lightning-utilities, requests, are already installed by the test extra
    chunks of the same fields (16 chunks of 1024). Each epoch is timed from building the loader
    to its last batch; R interleaved rounds (each round runs every loader once, in a rotated
    order), page cache warmed first; the median samples/s and our rate over each peer's in the
-   same round, median and range. Then tiny samples (one 1-byte member each) at 0 and 2 workers,
-   ours vs torch's DataLoader, and a random-access ``dataset[i]`` against a bare ``os.pread`` of
-   the same span. MosaicML Streaming is not compared: it does not install beside the CPU build
-   of torch (it pulls a CUDA build).
+   same round, median and range, of the wall clock and of CPU time (this process and its
+   joined workers: on a shared machine, less swayed by the load). Then tiny samples (one
+   1-byte member each) at 0 and 2 workers, ours vs torch's DataLoader, and a random-access
+   ``dataset[i]`` against a bare ``os.pread`` of the same span. MosaicML Streaming is not
+   compared: it does not install beside the CPU build of torch (it pulls a CUDA build).
 2. seconds from building a loader (and loading a state) to its first batch, fresh and resumed
    at 10/50/90% of an epoch of 1e6 and 1e7 samples of a free map-style dataset, ours vs
    StatefulDataLoader (which fast-forwards its sampler), median of R.
@@ -229,21 +230,32 @@ def throughput(paths: list[str], kind: str, rounds: int, directory: Path) -> Non
     print("\n".join(skipped))
 
 
-def epoch(make: Callable[[], Iterable]) -> tuple[float, tuple[int, int]]:
-    """samples/s of one epoch from building the loader to its last batch; (samples, label sum)."""
-    start, count, checksum = time.perf_counter(), 0, 0
+def epoch(make: Callable[[], Iterable]) -> tuple[tuple[float, float], tuple[int, int]]:
+    """samples per second of one epoch from building the loader to its last batch, of the
+    wall clock and of CPU time (this process's and its joined workers'); (samples, label sum).
+    """
+    start, cpu, count, checksum = time.perf_counter(), cpu_seconds(), 0, 0
     for batch in make():
         labels = batch[1] if isinstance(batch, (list, tuple)) else batch
         count, checksum = count + len(labels), checksum + int(labels.sum())
-    return count / (time.perf_counter() - start), (count, checksum)
+    wall, used = time.perf_counter() - start, cpu_seconds() - cpu
+    return (count / wall, count / used), (count, checksum)
+
+
+def cpu_seconds() -> float:
+    """CPU seconds used by this process and by its children that ended (a loader's workers
+    are joined at the end of its epoch): on a shared machine, less swayed by other processes'
+    load than the wall clock."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def interleaved(
     peers: dict[str, Callable[[], Iterable]], rounds: int, what: str
-) -> tuple[dict[str, list[float]], dict[str, tuple[int, int]]]:
-    """Per peer, the samples/s of each round; each round runs every peer once, the order
-    rotated by one each round, so no peer always runs first or after the same one."""
-    rates: dict[str, list[float]] = {name: [] for name in peers}
+) -> tuple[dict[str, list[tuple[float, float]]], dict[str, tuple[int, int]]]:
+    """Per peer, the (wall, CPU) samples/s of each round; each round runs every peer once, the
+    order rotated by one each round, so no peer always runs first or after the same one."""
+    rates: dict[str, list[tuple[float, float]]] = {name: [] for name in peers}
     seen: dict[str, tuple[int, int]] = {}
     names = list(peers)
     for number in range(rounds):
@@ -255,17 +267,25 @@ def interleaved(
     return rates, seen
 
 
-def table(rates: dict[str, list[float]], ours: str, seen: dict[str, tuple[int, int]]) -> None:
-    """Median samples/s, and our rate over each peer's in the same round: median [min-max]."""
-    print(f"{'loader':<50}{'samples/s':>11}{'ours/this':>11}{'range':>15}{'samples':>9}  label sum")
+def table(
+    rates: dict[str, list[tuple[float, float]]], ours: str, seen: dict[str, tuple[int, int]]
+) -> None:
+    """Median samples/s, and our rate over each peer's in the same round: median [min-max],
+    of the wall clock and of CPU time."""
+    print(
+        f"{'loader':<50}{'samples/s':>11}{'ours/this':>11}{'range':>15}"
+        f"{'CPU ours/this':>15}{'range':>15}{'samples':>9}  label sum"
+    )
     for name, mine in rates.items():
-        ratios = [a / b for a, b in zip(rates[ours], mine, strict=True)]
-        spread = f"{min(ratios):.3f}-{max(ratios):.3f}"
+        columns = ""
+        for kind in (0, 1):  # wall, CPU
+            ratios = [a[kind] / b[kind] for a, b in zip(rates[ours], mine, strict=True)]
+            spread = f"{min(ratios):.3f}-{max(ratios):.3f}"
+            width = 11 if kind == 0 else 15
+            columns += f"{statistics.median(ratios):>{width}.3f}{spread:>15}"
         count, checksum = seen[name]
-        print(
-            f"{name:<50}{statistics.median(mine):>11,.0f}{statistics.median(ratios):>11.3f}"
-            f"{spread:>15}{count:>9}  {checksum}"
-        )
+        wall = statistics.median(rate for rate, _ in mine)
+        print(f"{name:<50}{wall:>11,.0f}{columns}{count:>9}  {checksum}")
 
 
 def tiny_samples(directory: Path, rounds: int) -> None:
