@@ -43,7 +43,26 @@ FEW_SEGMENTS = 5
 WINDOW_FORMAT = 1
 
 
-class TokenDataset(Dataset):
+class Reopened:
+    """Pickled as the arguments it was built with: the unpickling process (a spawned worker)
+    reopens the token files instead of receiving copies, and refuses files that changed."""
+
+    _arguments: dict[str, Any]
+    fingerprint: str
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"arguments": self._arguments, "fingerprint": self.fingerprint}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state["arguments"])  # type: ignore[misc]
+        if self.fingerprint != state["fingerprint"]:
+            raise ShardError(
+                f"the token shards changed while the dataset was in use (fingerprint "
+                f"{state['fingerprint']} -> {self.fingerprint}); restore them or restart"
+            )
+
+
+class TokenDataset(Reopened, Dataset):
     """Windows of ``seq_len`` tokens over pre-tokenized shards, as dicts of tensors.
 
     Item w: ``input_ids`` and ``labels`` (int64, seq_len; labels are the inputs shifted by one),
@@ -240,18 +259,6 @@ class TokenDataset(Dataset):
             lengths = np.diff(cu[: count + 1])
             positions = self._positions - np.repeat(cu[:count].astype(np.int64), lengths)
         return {"position_ids": torch.from_numpy(positions), "cu_seqlens": torch.from_numpy(cu)}
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Reopen the files in the unpickling process (spawned workers) instead of copying them.
-        return {"arguments": self._arguments, "fingerprint": self.fingerprint}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(**state["arguments"])
-        if self.fingerprint != state["fingerprint"]:
-            raise ShardError(
-                f"the token shards changed while the dataset was in use (fingerprint "
-                f"{state['fingerprint']} -> {self.fingerprint}); restore them or restart"
-            )
 
     def __repr__(self) -> str:
         return (

@@ -13,20 +13,24 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from resumable_loader.errors import ConfigError, ShardError
-from resumable_loader.tokens.dataset import _fingerprint, _open_shards, _stream_offsets
+from resumable_loader.errors import ConfigError
+from resumable_loader.tokens.dataset import (
+    Reopened,
+    _fingerprint,
+    _open_shards,
+    _stream_offsets,
+)
 
 # Enters the fingerprint in seq_len's place: what a sample is (a whole document).
 _WHOLE_DOCUMENTS = 0
 
 
-class TokenDocuments(Dataset):
+class TokenDocuments(Reopened, Dataset):
     """Item i: document i of the shards (in the order given) as an int64 tensor of its tokens.
 
     Args:
@@ -108,18 +112,6 @@ class TokenDocuments(Dataset):
             out[done : done + size] = self._tokens[shard[k]][local[k] : local[k] + size]
             done += size
         return out, np.cumsum(lengths) - lengths
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Reopen the files in the unpickling process (spawned workers) instead of copying them.
-        return {"arguments": self._arguments, "fingerprint": self.fingerprint}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(**state["arguments"])
-        if self.fingerprint != state["fingerprint"]:
-            raise ShardError(
-                f"the token shards changed while the dataset was in use (fingerprint "
-                f"{state['fingerprint']} -> {self.fingerprint}); restore them or restart"
-            )
 
     def __repr__(self) -> str:
         return (
