@@ -37,7 +37,7 @@ from resumable_loader.rngs.sample import (
     sample_torch_generator,
 )
 from resumable_loader.sources import ParquetDataset, TarShardDataset
-from resumable_loader.tokens import TokenDataset
+from resumable_loader.tokens import TokenDataset, TokenDocuments
 from resumable_loader.verify import VerifyReport, verify_pipeline
 
 try:
@@ -70,6 +70,7 @@ __all__ = [
     "StateDictError",
     "TarShardDataset",
     "TokenDataset",
+    "TokenDocuments",
     "TopologyWarning",
     "VerifyReport",
     "WorkerError",
