@@ -141,35 +141,40 @@ struct SampleReseeder {
   }
 };
 
-// gather_rows for one token dtype (packing.h): a batch of packs' rows from spans of tokens.
+// fill_pack_batch for one token dtype (packing.h): a batch of packs in one buffer.
 template <typename Token>
-void bind_gather_rows(nb::module_& m) {
+void bind_fill_pack_batch(nb::module_& m) {
   m.def(
-      "gather_rows",
+      "fill_pack_batch",
       [](nb::ndarray<const Token, nb::ndim<1>, nb::c_contig, nb::device::cpu> tokens,
-         Int64In first, Int64In sizes, Int64Out ids, Int64Out labels, Int64Out positions) {
-        const uint64_t pieces = first.shape(0);
+         Int64In first, Int64In sizes, Int64In ids, Int64In positions, Int64In offsets,
+         Int64In bounds, Int64Out out) {
+        const uint64_t pieces = first.shape(0), packs = bounds.shape(0) - 1;
         const int64_t count = static_cast<int64_t>(tokens.shape(0));
+        bool valid = bounds.shape(0) >= 1 && sizes.shape(0) == pieces &&
+                     ids.shape(0) == pieces && positions.shape(0) == pieces &&
+                     offsets.shape(0) == pieces;
         int64_t total = 0;
-        bool inside = sizes.shape(0) == pieces;
-        for (uint64_t k = 0; inside && k < pieces; ++k) {
+        for (uint64_t k = 0; valid && k < pieces; ++k) {
           const int64_t at = first.data()[k], size = sizes.data()[k];
-          inside = at >= 0 && size >= 0 && size <= count - at;
+          valid = at >= 0 && size >= 0 && size <= count - at && total + size < (int64_t{1} << 31);
           total += size;
         }
         const uint64_t n = static_cast<uint64_t>(total);
-        if (!inside || ids.shape(0) != n || labels.shape(0) != n || positions.shape(0) != n) {
-          throw nb::value_error("gather_rows needs every span [first, first + size) inside the "
-                                "tokens and outputs of sum(sizes) tokens");
+        if (!valid || out.shape(0) != 3 * n + 3 * pieces + packs + 1 + (pieces + 2) / 2) {
+          throw nb::value_error("fill_pack_batch needs every span [first, first + size) inside "
+                                "the tokens, one size, id, position and offset per piece, "
+                                "fewer than 2**31 tokens and the buffer's layout (packing.h)");
         }
         nb::gil_scoped_release release;
-        resumable_loader::gather_rows(tokens.data(), first.data(), sizes.data(), pieces,
-                                      ids.data(), labels.data(), positions.data());
+        return resumable_loader::fill_pack_batch(tokens.data(), first.data(), sizes.data(),
+                                                 ids.data(), positions.data(), offsets.data(),
+                                                 pieces, bounds.data(), packs, total, out.data());
       },
-      "tokens"_a, "first"_a, "sizes"_a, "ids"_a.noconvert(), "labels"_a.noconvert(),
-      "positions"_a.noconvert(),
-      "Pieces tokens[first[k]:first[k] + sizes[k]] back to back: ids, labels (-100 at each "
-      "piece's first token), positions (restarting at 0).");
+      "tokens"_a, "first"_a, "sizes"_a, "ids"_a, "positions"_a, "offsets"_a, "bounds"_a,
+      "out"_a.noconvert(),
+      "Fill out with a batch of packs (packing.h: input_ids, labels, position_ids, provenance, "
+      "bounds, cu_seqlens as int32); returns the longest piece.");
 }
 
 }  // namespace
@@ -502,12 +507,12 @@ NB_MODULE(_core, m) {
       },
       "sizes"_a, "capacity"_a, "strategy"_a, "bins"_a.noconvert(),
       "bins[i] = the bin of piece i in plan.py's assignment (numbered in order of opening).");
-  bind_gather_rows<uint8_t>(m);
-  bind_gather_rows<int8_t>(m);
-  bind_gather_rows<uint16_t>(m);
-  bind_gather_rows<int16_t>(m);
-  bind_gather_rows<uint32_t>(m);
-  bind_gather_rows<int32_t>(m);
-  bind_gather_rows<int64_t>(m);
-  bind_gather_rows<uint64_t>(m);
+  bind_fill_pack_batch<uint8_t>(m);
+  bind_fill_pack_batch<int8_t>(m);
+  bind_fill_pack_batch<uint16_t>(m);
+  bind_fill_pack_batch<int16_t>(m);
+  bind_fill_pack_batch<uint32_t>(m);
+  bind_fill_pack_batch<int32_t>(m);
+  bind_fill_pack_batch<int64_t>(m);
+  bind_fill_pack_batch<uint64_t>(m);
 }

@@ -222,38 +222,52 @@ void window_pack_bins(const int64_t* sizes, uint64_t n, int64_t capacity, PackSt
 }
 
 template <typename Token>
-void gather_rows(const Token* tokens, const int64_t* first, const int64_t* sizes,
-                 uint64_t pieces, int64_t* ids, int64_t* labels, int64_t* positions) {
+int64_t fill_pack_batch(const Token* tokens, const int64_t* first, const int64_t* sizes,
+                        const int64_t* ids, const int64_t* positions, const int64_t* offsets,
+                        uint64_t pieces, const int64_t* bounds, uint64_t packs, int64_t total,
+                        int64_t* out) {
+  int64_t* input_ids = out;
+  int64_t* labels = out + total;
+  int64_t* position_ids = out + 2 * total;
+  int64_t* provenance = out + 3 * total;
+  int64_t* pack_bounds = provenance + 3 * pieces;
+  int32_t* cu = reinterpret_cast<int32_t*>(pack_bounds + packs + 1);
+  int64_t longest = 0, end = 0;
+  cu[0] = 0;
   for (uint64_t k = 0; k < pieces; ++k) {
     const Token* from = tokens + first[k];
     const int64_t size = sizes[k];
     for (int64_t j = 0; j < size; ++j) {
       const int64_t token = static_cast<int64_t>(from[j]);
-      ids[j] = token;
-      labels[j] = token;
-      positions[j] = j;
+      input_ids[end + j] = token;
+      labels[end + j] = token;
+      position_ids[end + j] = j;
     }
-    if (size > 0) labels[0] = -100;
-    ids += size, labels += size, positions += size;
+    if (size > 0) labels[end] = -100;
+    end += size;
+    longest = std::max(longest, size);
+    cu[k + 1] = static_cast<int32_t>(end);
+    provenance[k] = ids[k];
+    provenance[pieces + k] = positions[k];
+    provenance[2 * pieces + k] = offsets[k];
   }
+  std::copy(bounds, bounds + packs + 1, pack_bounds);
+  return longest;
 }
 
-template void gather_rows(const uint8_t*, const int64_t*, const int64_t*, uint64_t, int64_t*,
-                          int64_t*, int64_t*);
-template void gather_rows(const int8_t*, const int64_t*, const int64_t*, uint64_t, int64_t*,
-                          int64_t*, int64_t*);
-template void gather_rows(const uint16_t*, const int64_t*, const int64_t*, uint64_t, int64_t*,
-                          int64_t*, int64_t*);
-template void gather_rows(const int16_t*, const int64_t*, const int64_t*, uint64_t, int64_t*,
-                          int64_t*, int64_t*);
-template void gather_rows(const uint32_t*, const int64_t*, const int64_t*, uint64_t, int64_t*,
-                          int64_t*, int64_t*);
-template void gather_rows(const int32_t*, const int64_t*, const int64_t*, uint64_t, int64_t*,
-                          int64_t*, int64_t*);
-template void gather_rows(const int64_t*, const int64_t*, const int64_t*, uint64_t, int64_t*,
-                          int64_t*, int64_t*);
-template void gather_rows(const uint64_t*, const int64_t*, const int64_t*, uint64_t, int64_t*,
-                          int64_t*, int64_t*);
+#define RL_FILL_PACK_BATCH(Token)                                                          \
+  template int64_t fill_pack_batch(const Token*, const int64_t*, const int64_t*,          \
+                                   const int64_t*, const int64_t*, const int64_t*, uint64_t, \
+                                   const int64_t*, uint64_t, int64_t, int64_t*);
+RL_FILL_PACK_BATCH(uint8_t)
+RL_FILL_PACK_BATCH(int8_t)
+RL_FILL_PACK_BATCH(uint16_t)
+RL_FILL_PACK_BATCH(int16_t)
+RL_FILL_PACK_BATCH(uint32_t)
+RL_FILL_PACK_BATCH(int32_t)
+RL_FILL_PACK_BATCH(uint64_t)
+RL_FILL_PACK_BATCH(int64_t)
+#undef RL_FILL_PACK_BATCH
 
 void window_pack_counts(const int32_t* lengths, const int64_t* ids, uint64_t n, uint64_t window,
                         int64_t capacity, PackStrategy strategy, bool split, int64_t* counts) {

@@ -33,12 +33,18 @@ void window_pack_counts(const int32_t* lengths, const int64_t* ids, uint64_t n, 
 void window_pack_bins(const int64_t* sizes, uint64_t n, int64_t capacity, PackStrategy strategy,
                       int64_t* bins);
 
-// A batch of packs' token rows from spans of a token array: piece k is tokens[first[k] ..
-// first[k] + sizes[k]), and the pieces are written back to back into ids (the tokens as
-// int64), labels (the tokens, -100 at each piece's first token) and positions (0, 1, .. in
-// each piece). requires every span inside tokens and the outputs sum(sizes) long.
+// A batch of packs written into one int64 buffer, from spans of a token array: piece k is
+// tokens[first[k] .. first[k] + sizes[k]), and pack p is pieces bounds[p] .. bounds[p + 1).
+// With T = sum(sizes) and P pieces, out receives, back to back: the pieces' tokens as int64
+// (input_ids, T), the same with -100 at each piece's first token (labels, T), 0, 1, .. in each
+// piece (position_ids, T), the pieces' sample ids, positions and offsets (P each), bounds
+// (packs + 1), then cu_seqlens as int32 (0 and each piece's end, P + 1 of them, in the last
+// ceil((P + 1) / 2) words). Returns the longest piece (0 if none).
+// requires every span inside tokens and out of 3T + 3P + packs + 1 + (P + 2) / 2 words.
 template <typename Token>
-void gather_rows(const Token* tokens, const int64_t* first, const int64_t* sizes,
-                 uint64_t pieces, int64_t* ids, int64_t* labels, int64_t* positions);
+int64_t fill_pack_batch(const Token* tokens, const int64_t* first, const int64_t* sizes,
+                        const int64_t* ids, const int64_t* positions, const int64_t* offsets,
+                        uint64_t pieces, const int64_t* bounds, uint64_t packs, int64_t total,
+                        int64_t* out);
 
 }  // namespace resumable_loader

@@ -59,7 +59,7 @@ class PackBatch:
             the pack (None: no images).
 
     Attributes:
-        token_bounds (numpy int64, packs + 1: tokens), images, image_offsets (lists per pack);
+        piece_bounds (numpy int64, packs + 1: pieces), images, image_offsets (lists per pack);
         the tensors (:meth:`rows`, :meth:`provenance`, ``cu_seqlens``, ``pack_bounds``) are
         views of one buffer, made when first asked for.
     """
@@ -76,39 +76,50 @@ class PackBatch:
         image_offsets: list[list[int]] | None = None,
     ) -> None:
         count, packs = len(sizes), len(bounds) - 1
-        ends = sizes.cumsum()
-        total = int(ends[-1]) if count else 0
-        # One int64 buffer for everything: rows, provenance, pack bounds, then cu_seqlens as
-        # int32, so that a worker sends one storage (allocated shared, as torch's collate does).
+        total = int(sizes.sum())
+        # One int64 buffer for everything (csrc/packing.h: rows, provenance, pack bounds, then
+        # cu_seqlens as int32), so that a worker sends one storage, allocated shared as torch's
+        # own collate allocates its batches.
         cu_words = (count + 2) // 2
         flat = _buffer(3 * total + 3 * count + packs + 1 + cu_words)
         numbers = flat.numpy()
-        ids, own, positions = (numbers[k * total : (k + 1) * total] for k in range(3))
-        _core.gather_rows(tokens, first, sizes, ids, own, positions)
+        self._longest = _core.fill_pack_batch(
+            tokens,
+            first,
+            sizes,
+            pieces["ids"],
+            pieces["positions"],
+            pieces["offsets"],
+            bounds,
+            numbers,
+        )
+        self._cu = numbers[3 * total + 3 * count + packs + 1 :].view(np.int32)[: count + 1]
         if labels is not None:  # the samples' own, masked where each piece starts
+            own = numbers[total : 2 * total]
             own[:] = labels
-            own[(ends - sizes)[sizes > 0]] = IGNORE_INDEX
-        at = 3 * total
-        for key in ("ids", "positions", "offsets"):
-            numbers[at : at + count] = pieces[key]
-            at += count
-        numbers[at : at + packs + 1] = bounds
-        cu = numbers[at + packs + 1 :].view(np.int32)
-        cu[0] = 0
-        cu[1 : count + 1] = ends
+            own[self._cu[:-1][sizes > 0]] = IGNORE_INDEX
         self._flat = flat
         self._layout = (total, count, packs, cu_words)
         self.piece_bounds = bounds  # numpy, as pack_bounds
-        self.token_bounds = np.concatenate(([0], ends))[bounds]
         self._sizes = sizes
         self.has_images = images is not None
         self.images = images if images is not None else [[] for _ in range(packs)]
         self.image_offsets = image_offsets if image_offsets is not None else self.images
         self._views: dict[str, Any] = {}
 
+    def span(self, k: int) -> tuple[int, int, int, int]:
+        """Pack k's pieces [first, stop) and tokens [begin, end) in the batch."""
+        first, stop = self.piece_bounds[k : k + 2].tolist()
+        return first, stop, int(self._cu[first]), int(self._cu[stop])
+
+    @property
+    def token_bounds(self) -> np.ndarray:
+        """int64, packs + 1: pack k is tokens ``token_bounds[k]:token_bounds[k+1]`` of the row."""
+        return self._cu[self.piece_bounds].astype(np.int64)
+
     @property
     def num_packs(self) -> int:
-        return len(self.token_bounds) - 1
+        return len(self.piece_bounds) - 1
 
     def packs(self) -> list[Pack]:
         """One :class:`Pack` per pack, in order."""
@@ -148,7 +159,9 @@ class PackBatch:
         return views
 
     def max_seqlen(self, first: int = 0, stop: int | None = None) -> int:
-        """The longest piece of pieces [first, stop) (0 if none)."""
+        """The longest piece of pieces [first, stop) (0 if none; all of them by default)."""
+        if first == 0 and stop is None:
+            return self._longest
         return int(self._sizes[first:stop].max(initial=0))
 
     def row_image_offsets(self) -> list[list[int]]:
@@ -203,8 +216,7 @@ class Pack(Mapping[str, Any]):
 
     def _make(self, key: str) -> Any:
         batch, k = self.batch, self.index
-        first, stop = batch.piece_bounds[k : k + 2].tolist()
-        begin, end = batch.token_bounds[k : k + 2].tolist()
+        first, stop, begin, end = batch.span(k)
         if key in _ROWS:
             return batch.rows()[_ROWS.index(key)][0, begin:end]
         if key in _PROVENANCE:
