@@ -139,7 +139,7 @@ class PackedOrder:
         count = len(pack_ids)
         if int(pack_ids[-1]) == pack_ids[0] + count - 1 and first + count <= self.slots:
             # consecutive packs of one window (a batch's, mostly): slices of the window's arrays
-            columns = self._run_pieces(epoch, window, slice(first, first + count))
+            *columns, bounds = self._run_pieces(epoch, window, slice(first, first + count))
         else:
             ids = np.asarray(pack_ids, dtype=np.int64)
             windows, index = np.divmod(ids, self.slots)
@@ -148,51 +148,43 @@ class PackedOrder:
                 self._run_pieces(epoch, int(windows[a]), index[a:z])
                 for a, z in itertools.pairwise(cuts)
             ]
-            columns = tuple(np.concatenate(column) for column in zip(*parts, strict=True))
-        bounds = np.zeros(count + 1, dtype=np.int64)
-        columns[4].cumsum(out=bounds[1:])
-        sample_ids, positions, offsets, lengths, _ = columns
-        return {
-            "ids": sample_ids,
-            "positions": positions,
-            "offsets": offsets,
-            "lengths": lengths,
-            "bounds": bounds,
+            columns = [np.concatenate([part[c] for part in parts]) for c in range(4)]
+            counts = np.concatenate([np.diff(part[4]) for part in parts])
+            bounds = np.concatenate(([0], counts.cumsum()))
+        return dict(zip(("ids", "positions", "offsets", "lengths"), columns, strict=True)) | {
+            "bounds": bounds
         }
 
     def _run_pieces(
         self, epoch: int, window: int, wanted: slice | np.ndarray
     ) -> tuple[np.ndarray, ...]:
         """The pieces of packs ``wanted`` (indices in the window: a slice of consecutive ones,
-        or an array) of one window: sample ids, positions, offsets, lengths, and each pack's
-        piece count."""
+        or an array) of one window: sample ids, positions, offsets, lengths, and the packs'
+        bounds in them (int64, packs + 1, from 0)."""
         plan, sample_ids, positions = self._window(epoch, window)
-        if isinstance(wanted, slice):
-            last = wanted.stop - 1
-            bounds = plan.bounds[wanted.start : wanted.stop + 1] if last < plan.num_packs else None
-        else:
-            last = int(wanted.max())
-            bounds = None
+        last = wanted.stop - 1 if isinstance(wanted, slice) else int(wanted.max())
         if last >= plan.num_packs:
             raise ConfigError(
                 f"pack id {last + window * self.slots} names pack {last} of window {window} of "
                 f"epoch {epoch}, which has {plan.num_packs}; pack ids come from this loader's order"
             )
-        if bounds is not None:  # consecutive packs: one run of pieces
+        if isinstance(wanted, slice):  # consecutive packs: one run of pieces
+            bounds = plan.bounds[wanted.start : wanted.stop + 1]
             pieces = slice(int(bounds[0]), int(bounds[-1]))
-            counts = bounds[1:] - bounds[:-1]
+            bounds = bounds - bounds[0]
         else:
             begin, end = plan.bounds[wanted], plan.bounds[wanted + 1]
             counts = end - begin
-            pieces = np.arange(int(counts.sum()), dtype=np.int64) + (
-                begin - (counts.cumsum() - counts)
-            ).repeat(counts)
+            bounds = np.concatenate(([0], counts.cumsum()))
+            pieces = np.arange(int(bounds[-1]), dtype=np.int64) + (begin - bounds[:-1]).repeat(
+                counts
+            )
         return (
             sample_ids[pieces],
             positions[pieces],
             plan.start[pieces],
             plan.length[pieces],
-            counts,
+            bounds,
         )
 
     def frontier(self, epoch: int, position: int) -> int:
