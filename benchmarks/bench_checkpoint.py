@@ -221,17 +221,17 @@ def measure(megabytes: float, repeats: int) -> None:
         f"engines alternating, fsynced files, 1 torch thread; load: {uptime()}"
     )
     print(
-        f"{'engine':<38}{'save s':>7}{'x raw':>18}{'load s':>8}{'x raw wall':>18}"
-        f"{'x raw CPU':>18}{'resume s':>9}{'x raw wall':>18}  ok"
+        f"{'engine':<38}{'save s':>7}{'x raw':>19}{'load s':>8}{'x raw wall':>19}"
+        f"{'x raw CPU':>19}{'resume s':>9}{'x raw wall':>19}  ok"
     )
     for engine in engines:
         name = engine.name
         median = {what: statistics.median(t[0] for t in times[name][what]) for what in times[name]}
         print(
-            f"{name:<38}{median['save']:>7.3f}{ratios(times, name, 'save', 0):>18}"
-            f"{median['load']:>8.3f}{ratios(times, name, 'load', 0):>18}"
-            f"{ratios(times, name, 'load', 1):>18}{median['resume']:>9.3f}"
-            f"{ratios(times, name, 'resume', 0):>18}  {sums[name]}"
+            f"{name:<38}{median['save']:>7.3f}{ratios(times, name, 'save', 0):>19}"
+            f"{median['load']:>8.3f}{ratios(times, name, 'load', 0):>19}"
+            f"{ratios(times, name, 'load', 1):>19}{median['resume']:>9.3f}"
+            f"{ratios(times, name, 'resume', 0):>19}  {sums[name]}"
         )
     verify = statistics.median(engines[1].verify_seconds)
     print(f"re-hashing every file before a load (default rows): {verify:.3f} s median\n")
