@@ -169,9 +169,17 @@ def test_a_node_schedule_covers_every_rank_of_the_node():
 
 
 def test_spans_are_merged_within_the_gap_and_blocks_count_straddling_spans():
-    reads = coalesce([(0, 0, 10), (0, 12, 5), (0, 100, 4), (1, 0, 3)], gap=4, first_use=5)
-    assert [(r.shard, r.start, r.length) for r in reads] == [(0, 0, 17), (0, 100, 4), (1, 0, 3)]
-    assert reads[0].members == ((0, 10), (12, 5))
+    spans = [(0, 0, 10, 5), (0, 12, 5, 5), (0, 100, 4, 5), (1, 0, 3, 5), (0, 2, 3, 5)]
+    spans += [(0, 0, 10, 5), (0, 104, 3, 9)]  # listed twice; another use is another request
+    shards, starts, lengths, uses = (np.array(c) for c in zip(*spans, strict=True))
+    reads = coalesce(shards, starts, lengths, uses, gap=4)
+    assert [(r.shard, r.start, r.length, r.first_use) for r in reads] == [
+        (0, 0, 17, 5),
+        (0, 100, 4, 5),
+        (1, 0, 3, 5),
+        (0, 104, 3, 9),
+    ]
+    assert reads[0].members == ((0, 10), (2, 3), (12, 5))  # inside a span: reach is its end
     usage = block_usage(np.array([0, 0]), np.array([10, 30]), np.array([30, 5]), 32)
     assert usage == {(0, 0): 22 + 2, (0, 1): 8 + 3}
 

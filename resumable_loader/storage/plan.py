@@ -10,7 +10,7 @@ samples' spans fetched, adjacent spans of one batch merged into one request (:fu
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+import itertools
 
 import numpy as np
 
@@ -46,49 +46,97 @@ def blocks_of(start: int, length: int, block_size: int) -> range:
     return range(start // block_size, (start + max(length, 1) - 1) // block_size + 1)
 
 
+def key_code(shards: np.ndarray, blocks: np.ndarray) -> np.ndarray:
+    """One int64 per (shard, block) key, ordered as the keys are: shard in the high bits."""
+    return (np.asarray(shards, dtype=np.int64) << 32) | np.asarray(blocks, dtype=np.int64)
+
+
+def code_key(code: int) -> Key:
+    """The (shard, block) key of a :func:`key_code`."""
+    return code >> 32, code & 0xFFFFFFFF
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockPieces:
+    """Every (span, block) pair of a set of spans, as arrays: ``span`` is the span's index,
+    ``code`` the block's :func:`key_code`, ``used`` how many of the span's bytes lie in it."""
+
+    span: np.ndarray
+    code: np.ndarray
+    used: np.ndarray
+
+    @classmethod
+    def of(
+        cls, shards: np.ndarray, starts: np.ndarray, lengths: np.ndarray, block_size: int
+    ) -> BlockPieces:
+        first = starts // block_size
+        counts = (starts + np.maximum(lengths, 1) - 1) // block_size - first + 1
+        span = np.repeat(np.arange(len(starts)), counts)
+        offsets = np.cumsum(counts) - counts
+        blocks = first[span] + np.arange(len(span)) - offsets[span]
+        lo = np.maximum(starts[span], blocks * block_size)
+        hi = np.minimum(starts[span] + lengths[span], (blocks + 1) * block_size)
+        return cls(span, key_code(shards[span], blocks), hi - lo)
+
+    def all_in(self, codes: np.ndarray, spans: int) -> np.ndarray:
+        """Per span: whether every block it touches is one of ``codes`` (sorted)."""
+        inside = np.isin(self.code, codes)
+        missing = np.bincount(self.span[~inside], minlength=spans)
+        return missing == 0
+
+
 def block_usage(
     shards: np.ndarray, starts: np.ndarray, lengths: np.ndarray, block_size: int
 ) -> dict[Key, int]:
     """Bytes read from each block by the spans (a span across a boundary counts in each)."""
-    first = starts // block_size
-    last = (starts + np.maximum(lengths, 1) - 1) // block_size
-    usage: dict[Key, int] = {}
-    inside = first == last
-    if inside.any():
-        keys = np.stack([shards[inside], first[inside]], axis=1)
-        unique, inverse = np.unique(keys, axis=0, return_inverse=True)
-        sums = np.bincount(inverse.reshape(-1), weights=lengths[inside], minlength=len(unique))
-        for (shard, block), used in zip(unique.tolist(), sums.tolist(), strict=True):
-            usage[(shard, block)] = int(used)
-    for i in np.flatnonzero(~inside).tolist():
-        start, end = int(starts[i]), int(starts[i] + lengths[i])
-        for block in range(int(first[i]), int(last[i]) + 1):
-            lo, hi = max(start, block * block_size), min(end, (block + 1) * block_size)
-            key = (int(shards[i]), block)
-            usage[key] = usage.get(key, 0) + hi - lo
-    return usage
+    pieces = BlockPieces.of(shards, starts, lengths, block_size)
+    codes, inverse = np.unique(pieces.code, return_inverse=True)
+    sums = np.bincount(inverse.reshape(-1), weights=pieces.used, minlength=len(codes))
+    return {code_key(c): int(u) for c, u in zip(codes.tolist(), sums.tolist(), strict=True)}
 
 
-def coalesce(spans: Iterable[tuple[int, int, int]], *, gap: int, first_use: int) -> list[Read]:
-    """Span reads of (shard, start, length) triples: spans of one shard at most ``gap`` bytes
-    apart are merged into one request (the bytes between them are read and dropped)."""
-    reads: list[Read] = []
-    current: list[tuple[int, int]] = []
-    shard = end = -1
-    for s, start, length in sorted(set(spans)):
-        if current and (s != shard or start - end > gap):
-            reads.append(_span_read(shard, current, first_use))
-            current = []
-        if not current:
-            shard = s
-        current.append((start, length))
-        end = max(end, start + length) if len(current) > 1 else start + length
-    if current:
-        reads.append(_span_read(shard, current, first_use))
+def coalesce(
+    shards: np.ndarray,
+    starts: np.ndarray,
+    lengths: np.ndarray,
+    first_uses: np.ndarray,
+    *,
+    gap: int,
+) -> list[Read]:
+    """Span reads of the spans (``shards``, ``starts``, ``lengths``) needed first at
+    ``first_uses``: spans of one shard and one use at most ``gap`` bytes apart are merged into
+    one request (the bytes between them are read and dropped); a span listed twice is read
+    once."""
+    columns = [np.asarray(c, dtype=np.int64) for c in (first_uses, shards, starts, lengths)]
+    if not len(columns[0]):
+        return []
+    use, shard, start, length = unique_rows(columns)  # sorted by use, shard, start
+    end = start + length
+    group = np.concatenate([[True], (use[1:] != use[:-1]) | (shard[1:] != shard[:-1])])
+    # the furthest end so far within each (use, shard) group: a running max over the groups
+    # lifted apart by a step larger than any end
+    lift = np.cumsum(group) * (int(end.max()) + 1)
+    reach = np.maximum.accumulate(end + lift) - lift
+    cut = group.copy()
+    cut[1:] |= start[1:] - reach[:-1] > gap
+    bounds = np.append(np.flatnonzero(cut), len(start)).tolist()
+    reads = []
+    starts_list, lengths_list = start.tolist(), length.tolist()
+    for a, b in itertools.pairwise(bounds):
+        members = tuple(zip(starts_list[a:b], lengths_list[a:b], strict=True))
+        stop = int(reach[b - 1])
+        reads.append(
+            Read(int(shard[a]), starts_list[a], stop - starts_list[a], int(use[a]), None, members)
+        )
     return reads
 
 
-def _span_read(shard: int, members: list[tuple[int, int]], first_use: int) -> Read:
-    start = members[0][0]
-    stop = max(s + n for s, n in members)
-    return Read(shard, start, stop - start, first_use, None, tuple(members))
+def unique_rows(columns: list[np.ndarray]) -> list[np.ndarray]:
+    """The distinct rows of the table whose columns are ``columns`` (int64), sorted by the
+    first column, then the second...: ``np.unique(axis=0)``, without its slow row sort."""
+    order = np.lexsort(columns[::-1])
+    sorted_columns = [c[order] for c in columns]
+    fresh = np.ones(len(order), dtype=bool)
+    if len(order) > 1:
+        fresh[1:] = np.any([c[1:] != c[:-1] for c in sorted_columns], axis=0)
+    return [c[fresh] for c in sorted_columns]

@@ -37,7 +37,16 @@ import numpy as np
 from resumable_loader._checks import check_int
 from resumable_loader.errors import ConfigError
 from resumable_loader.storage.node_cache import NodeCache
-from resumable_loader.storage.plan import Key, Read, block_usage, blocks_of, coalesce, sample_spans
+from resumable_loader.storage.plan import (
+    BlockPieces,
+    Key,
+    Read,
+    blocks_of,
+    coalesce,
+    code_key,
+    sample_spans,
+    unique_rows,
+)
 from resumable_loader.storage.stats import StatsFile, remove_stale
 
 logger = logging.getLogger("resumable_loader")
@@ -130,7 +139,7 @@ class ShardReader:
     ) -> None:
         self.index, self._fetch_one = index, fetch
         self.block_size, self.options = check_int("block_size", block_size, low=1), options
-        self._sizes = [int(s["bytes"]) for s in index.header["shards"]]
+        self._sizes = np.array([int(s["bytes"]) for s in index.header["shards"]], dtype=np.int64)
         self._mean = max(1.0, float(index.spans[:, 1].sum()) / max(index.num_samples, 1))
         root = Path(options.cache_dir or default_cache_dir(index))
         self.cache = NodeCache(root / "blocks", cache_bytes, eviction=options.eviction)
@@ -184,9 +193,10 @@ class ShardReader:
             self._reset(schedule)
         self._now = now = schedule.now
         self._batch_left = schedule.batch_size
-        horizon = now + max(self.depth, HORIZON_WINDOWS * self.window)
-        while not self._ended and self._planned_to <= horizon:
+        while not self._ended and self._planned_to <= now + self.depth:
             self._plan_window()
+        if not self._ended and self._planned_to <= now + HORIZON_WINDOWS * self.window:
+            self._plan_window()  # Belady's clock looks further ahead: a window a batch
         self._issue(now)
         self._last_batch = self._ended and self._last_mine <= now
 
@@ -211,62 +221,62 @@ class ShardReader:
             (self._queue if read.block is None else self._blocks).append(read)
 
     def _window_reads(self, batches: list[Any]) -> list[Read]:
+        counts = [len(b.ids) for b in batches]
         ids = np.concatenate([b.ids for b in batches])
-        positions = np.repeat([b.position for b in batches], [len(b.ids) for b in batches])
+        positions = np.repeat([b.position for b in batches], counts)
+        mine = np.repeat([b.mine for b in batches], counts)
         shards, starts, lengths = sample_spans(self.index.spans, self.index.shard_offsets, ids)
-        size, whole = self.block_size, set()
+        pieces = BlockPieces.of(shards, starts, lengths, self.block_size)
+        whole = np.zeros(len(ids), dtype=bool)
         if self.cached:
-            whole = self._whole_blocks(block_usage(shards, starts, lengths, size))
-        mine = np.repeat([b.mine for b in batches], [len(b.ids) for b in batches])
-        reads, spans_by_batch = [], {}
-        first: dict[Key, int] = {}
-        for shard, start, length, position, own in zip(
-            shards.tolist(),
-            starts.tolist(),
-            lengths.tolist(),
-            positions.tolist(),
-            mine.tolist(),
-            strict=True,
-        ):
-            keys = [(shard, b) for b in blocks_of(start, length, size)]
-            if all(key in whole for key in keys):
-                for key in keys:
-                    uses = self._uses.setdefault(key, deque())
-                    if not uses or uses[-1] != position:
-                        uses.append(position)
-                    first.setdefault(key, position)
-            elif own:
-                spans_by_batch.setdefault(position, []).append((shard, start, length))
-        self._first_use.update(first)
-        for key, position in first.items():
-            if hash_slot(key, self._slots) == self._slot:
-                start = key[1] * size
-                length = min(size, self._sizes[key[0]] - start)
-                reads.append(Read(key[0], start, length, position, key[1]))
+            whole = pieces.all_in(self._whole_blocks(pieces.code, pieces.used), len(ids))
+        reads = self._block_reads(pieces, whole, positions)
+        spans = mine & ~whole
         gap = self.options.coalesce_gap
-        for position, spans in spans_by_batch.items():
-            reads.extend(coalesce(spans, gap=gap, first_use=position))
+        reads += coalesce(shards[spans], starts[spans], lengths[spans], positions[spans], gap=gap)
         return reads
 
-    def _whole_blocks(self, usage: dict[Key, int]) -> set[Key]:
-        """The blocks of a window to fetch whole: those it reads at least ``block_fraction``
-        of, the most read first, while they fill at most half the cache (the blocks of the
-        window before are still in it); with ``block_fraction=0``, every block."""
-        fraction, size = self.options.block_fraction, self.block_size
-        ranked = []
-        for key, used in usage.items():
-            block_bytes = min(size, self._sizes[key[0]] - key[1] * size)
-            if used >= fraction * block_bytes:
-                ranked.append((-used / block_bytes, key, block_bytes))
+    def _block_reads(
+        self, pieces: BlockPieces, whole: np.ndarray, positions: np.ndarray
+    ) -> list[Read]:
+        """Record the uses of the window's whole blocks (Belady's clock, the waits) and the
+        reads of those this process fetches for the node."""
+        inside = whole[pieces.span]
+        if not inside.any():
+            return []
+        codes, uses = unique_rows([pieces.code[inside], positions[pieces.span[inside]]])
+        heads = np.flatnonzero(np.concatenate([[True], codes[1:] != codes[:-1]]))
+        reads, size = [], self.block_size
+        for code, use in zip(codes[heads].tolist(), np.split(uses, heads[1:]), strict=True):
+            key = code_key(code)
+            known = self._uses.setdefault(key, deque())
+            first = int(use[0])
+            known.extend(use[1:].tolist() if known and known[-1] == first else use.tolist())
+            self._first_use[key] = first
+            if hash_slot(key, self._slots) == self._slot:
+                start = key[1] * size
+                length = int(min(size, self._sizes[key[0]] - start))
+                reads.append(Read(key[0], start, length, first, key[1]))
+        return reads
+
+    def _whole_blocks(self, codes: np.ndarray, used: np.ndarray) -> np.ndarray:
+        """The blocks (sorted key codes) to fetch whole of a window whose spans read ``used``
+        bytes of blocks ``codes``: those it reads at least ``block_fraction`` of, the most read
+        first, while they fill at most half the cache (the blocks of the window before are
+        still in it); with ``block_fraction=0``, every block."""
+        codes, inverse = np.unique(codes, return_inverse=True)
+        used = np.bincount(inverse.reshape(-1), weights=used, minlength=len(codes))
+        shard, block = codes >> 32, codes & 0xFFFFFFFF
+        block_bytes = np.minimum(self.block_size, self._sizes[shard] - block * self.block_size)
+        fraction = self.options.block_fraction
         if not fraction:
-            return {key for _, key, _ in ranked}
-        whole, room = set(), self.cache.capacity // 2
-        for _, key, block_bytes in sorted(ranked):
-            if block_bytes > room:
-                break
-            whole.add(key)
-            room -= block_bytes
-        return whole
+            return codes
+        mostly = used >= fraction * block_bytes
+        codes, used, block_bytes = codes[mostly], used[mostly], block_bytes[mostly]
+        ranked = np.lexsort((codes, -used / block_bytes))
+        fits = np.cumsum(block_bytes[ranked]) <= self.cache.capacity // 2
+        fits = np.logical_and.accumulate(fits)  # the first that does not fit ends the list
+        return np.sort(codes[ranked[fits]])
 
     def _issue(self, now: int) -> None:
         """Start the planned fetches due, spans and blocks merged in order of first use."""
@@ -384,7 +394,7 @@ class ShardReader:
         if not planned:  # a span the plan did not foresee: fetch just it
             start = key[1] * self.block_size + offset
             return self._request(key[0], start, length), "fetched"
-        block_length = min(self.block_size, self._sizes[key[0]] - key[1] * self.block_size)
+        block_length = int(min(self.block_size, self._sizes[key[0]] - key[1] * self.block_size))
         data = self._fetch_block(key, block_length)
         if data is None:
             data = self.cache.read(key, 0, block_length) or self._request(
