@@ -4,6 +4,7 @@ samples that fail to load inside a pack."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import pickle
 from pathlib import Path
@@ -19,6 +20,7 @@ from torch.utils.data import Dataset
 from resumable_loader import Packed
 from resumable_loader.errors import ConfigError
 from resumable_loader.loader.bad_samples import read_quarantine, substitute_id
+from resumable_loader.packing.buffers import BufferPool
 from resumable_loader.tokens import TokenDataset, TokenDocuments
 
 
@@ -208,3 +210,31 @@ def test_a_sample_that_fails_inside_a_pack_is_substituted_in_its_piece_and_quara
     assert head + stream(resumed, epochs_left(resumed, 1)) == stream(
         run(str(tmp_path / "d"), batch_size=2), 1
     )
+
+
+def test_batches_the_loop_still_holds_are_never_written_over(
+    corpus: tuple[list[str], list[np.ndarray]],
+) -> None:
+    """The main process reuses a batch's buffer once nothing refers to it: any tensor of a
+    batch (a whole batch, one of its tensors, a view of one) keeps it from being reused, and a
+    buffer nobody holds is reused."""
+    loader = make(TokenDocuments(corpus[0]), batch_size=2, max_tokens=48)
+    held, copies = [], []
+    for step, batch in enumerate(loader):
+        kept = {0: batch, 1: batch["labels"], 2: batch["input_ids"][0, 3:9]}.get(step % 4)
+        if kept is not None:
+            held.append(kept)
+            copies.append(copy.deepcopy(kept))
+    assert len(held) > 5
+    for kept, copied in zip(held, copies, strict=True):
+        if isinstance(kept, dict):
+            assert all(torch.equal(kept[k], copied[k]) for k in ("input_ids", "labels"))
+        else:
+            assert torch.equal(kept, copied)
+    pool = BufferPool()
+    first = pool.take(100)
+    address = first.data_ptr()
+    second = pool.take(100)
+    assert second.data_ptr() != address  # the first is held: another buffer
+    del first
+    assert pool.take(90).data_ptr() == address != second.data_ptr()  # free again: reused
