@@ -21,6 +21,7 @@ from torch.utils.data import get_worker_info
 
 KEPT = 4  # buffers kept (a loop holds a batch or two; more are allocated while it holds more)
 GRAIN = 1 << 15  # words a buffer's size is rounded up to, so that the next batch fits it too
+LARGEST = 1 << 22  # words (32 MiB): a larger batch's buffer is not kept (4 would hold 128 MiB)
 
 
 class BufferPool:
@@ -38,6 +39,8 @@ class BufferPool:
                 # (or view) of the buffer still in use adds its own
                 if len(array) >= size and sys.getrefcount(array) == 3:
                     return torch.from_numpy(array[:size])
+            if size > LARGEST:
+                return torch.empty(size, dtype=torch.int64)
             array = np.empty(-(-size // GRAIN) * GRAIN, dtype=np.int64)
             self._kept = [array, *self._kept[: KEPT - 1]]
             return torch.from_numpy(array[:size])
