@@ -3,16 +3,23 @@ local bytes, transient faults are retried, a permanent outage raises a typed err
 
 from __future__ import annotations
 
+import os
 import pickle
 import random
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
 from fault_proxy import FaultProxy
-from s3_server import make_bucket
+from s3_server import make_bucket, upload_dir
+from shard_factory import write_tar_shards
 
 from resumable_loader.errors import ShardError, StorageError
+from resumable_loader.index.paths import LISTED
+from resumable_loader.storage import child_listing
+from resumable_loader.storage.child_listing import list_in_child
 from resumable_loader.storage.client import client_for
 from resumable_loader.storage.retry import RetryPolicy
 
@@ -174,3 +181,44 @@ def test_a_forked_child_s_retries_leave_the_global_random_alone(
     assert backend == "FsspecClient" and data == DATA[3:33]
     assert seconds > 0.5  # refused, retried until the outage ended
     assert draw == random.Random(7).random()
+
+
+def test_a_listing_in_a_child_equals_s3fs_s_and_falls_back_to_it(prefix: str, monkeypatch):
+    """The main process lists through obstore in a child (obstore's runtime would not survive
+    the DataLoader's fork; s3fs's first listing costs ~0.5 s of CPU): the same sizes and ETags
+    as s3fs's listing, and s3fs's listing when the child cannot run."""
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    in_child = list_in_child(prefix, endpoint, 10.0)
+    s3fs_options = {"client": "fsspec", "key": "testing", "secret": "testing", **RELAXED}
+    s3fs_only = client_for(prefix, s3fs_options).stats(prefix)  # options: no child
+    assert in_child == {url: (stat.size, stat.version) for url, stat in s3fs_only.items()}
+    assert sorted(in_child) == [f"{prefix}/{n}" for n in ("a.bin", "b.bin", "c.txt")]
+    assert in_child[f"{prefix}/a.bin"][0] == len(DATA)
+    listing = client_for(prefix, {"client": "fsspec", **RELAXED})
+    assert listing.stats(prefix) == s3fs_only
+    monkeypatch.setattr(child_listing.sys, "executable", "/nonexistent/python")
+    assert list_in_child(prefix, endpoint, 10.0) is None
+    assert listing.stats(prefix) == s3fs_only  # through s3fs
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens: no retries
+    began = time.monotonic()
+    assert list_in_child(prefix, "http://127.0.0.1:9", 10.0) is None
+    assert time.monotonic() - began < 5.0
+
+
+def test_checking_a_cached_index_imports_no_s3fs(s3_server: str, s3_env, tmp_path, monkeypatch):
+    """A loader's main process that finds its index in the cache checks it against the bucket
+    with one listing in a child: s3fs (aiobotocore, a botocore session) is never imported."""
+    from resumable_loader.index.sharded import ShardedIndex
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    write_tar_shards(tmp_path / "shards", num_shards=LISTED, samples_per_shard=1)
+    url = upload_dir(s3_server, tmp_path / "shards", "*.tar")
+    urls = f"{url}/shard-{{0000..{LISTED - 1:04d}}}.tar"  # enough to be listed, not stat'ed
+    ShardedIndex.for_shards(urls, cache_dir=tmp_path / "index")  # built, then cached
+    code = (
+        "import sys; from resumable_loader.index.sharded import ShardedIndex as S; "
+        f"index = S.for_shards({urls!r}, cache_dir={str(tmp_path / 'index')!r}); "
+        "print(index.num_samples, sorted(m for m in sys.modules if m in ('s3fs', 'aiobotocore')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split("\n")[-2] == f"{LISTED} []"

@@ -24,6 +24,7 @@ from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
 from resumable_loader.errors import ConfigError
+from resumable_loader.storage.child_listing import list_in_child
 from resumable_loader.storage.retry import TRANSIENT_STATUSES, RetryPolicy, retrying
 
 T = TypeVar("T")
@@ -120,10 +121,11 @@ class StorageClient(ABC):
     async def _list(self, prefix: str) -> dict[str, ObjectStat]: ...
 
     @abstractmethod
-    async def _prepare(self, url: str, *, reads: bool) -> None:
-        """Make what the requests for ``url`` (ranged ``reads``, or the others) need in this
-        process once (a filesystem, a session): outside the request timeout, since a client's
-        first set-up (imports, credentials) can take seconds on a loaded machine."""
+    async def _prepare(self, url: str, *, request: str) -> None:
+        """Make what the requests of kind ``request`` ("read" a range, "list" a prefix, or
+        "other") for ``url`` need in this process once (a filesystem, a session): outside the
+        request timeout, since a client's first set-up (imports, credentials) can take seconds
+        on a loaded machine."""
 
     # --- the interface --------------------------------------------------------------------
     def _submit(
@@ -132,13 +134,13 @@ class StorageClient(ABC):
         url: str,
         start: int | None = None,
         length: int | None = None,
+        *,
+        request: str = "other",
     ) -> concurrent.futures.Future[T]:
         async def prepared() -> T:
             # a failed set-up is left to the attempts, whose error names URL and range
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(
-                    self._prepare(url, reads=start is not None), self.policy.deadline
-                )
+                await asyncio.wait_for(self._prepare(url, request=request), self.policy.deadline)
             return await retrying(
                 attempt,
                 policy=self.policy,
@@ -155,7 +157,8 @@ class StorageClient(ABC):
         the bytes (fewer only past the object's end) or a StorageError."""
         if start < 0 or length < 0:
             raise ConfigError(f"{url}: byte range start={start}, length={length} must be >= 0")
-        return self._submit(lambda: self._read_range(url, start, length), url, start, length)
+        read = self._read_range
+        return self._submit(lambda: read(url, start, length), url, start, length, request="read")
 
     def read_range(self, url: str, start: int, length: int) -> bytes:
         """``length`` bytes of ``url`` at ``start`` (fewer only past the object's end)."""
@@ -189,7 +192,7 @@ class StorageClient(ABC):
     def stats(self, prefix: str) -> dict[str, ObjectStat]:
         """Size and version of every object under ``prefix``, by URL: one listing (a request
         per 1,000 objects on S3) instead of a HEAD per object."""
-        return self._submit(lambda: self._list(prefix), prefix).result()
+        return self._submit(lambda: self._list(prefix), prefix, request="list").result()
 
     def glob(self, pattern: str) -> list[str]:
         """The URLs matching ``pattern`` (``*``, ``?``, ``[...]`` within a path segment),
@@ -285,9 +288,9 @@ class ObstoreClient(StorageClient):
             data = await obstore.get_range_async(store, path, start=start, end=size)
         return bytes(data)
 
-    async def _prepare(self, url: str, *, reads: bool) -> None:
-        if not reads:
-            await self._metadata._prepare(url, reads=reads)
+    async def _prepare(self, url: str, *, request: str) -> None:
+        if request != "read":
+            await self._metadata._prepare(url, request=request)
 
     async def _stat(self, url: str) -> ObjectStat:
         return await self._metadata._stat(url)
@@ -339,7 +342,10 @@ class FsspecClient(StorageClient):
             self._filesystems[key] = filesystem
         return filesystem, filesystem._strip_protocol(url)
 
-    async def _prepare(self, url: str, *, reads: bool) -> None:
+    async def _prepare(self, url: str, *, request: str) -> None:
+        if request == "list" and _s3(url):
+            return  # listed in a child first (see _list); s3fs is set up only if that fails
+
         def connect() -> None:
             filesystem, _ = self._fs(url)
             if urlsplit(url).scheme in ("s3", "s3a"):
@@ -376,6 +382,14 @@ class FsspecClient(StorageClient):
         await self._call(filesystem.pipe_file, path, data)
 
     async def _list(self, prefix: str) -> dict[str, ObjectStat]:
+        # the child reads the endpoint and credentials from the environment, as s3fs does
+        # when it has no options
+        if _s3(prefix) and not self.options:
+            endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
+            timeout = self.policy.request_timeout
+            listed = await self._call(list_in_child, prefix, endpoint, timeout)
+            if listed is not None:
+                return {url: ObjectStat(size, etag) for url, (size, etag) in listed.items()}
         filesystem, path = self._fs(prefix)
         found = await self._call(functools.partial(filesystem.find, path, detail=True))
         # spelled as the caller spelled the prefix (fsspec strips or adds slashes per protocol)
@@ -385,6 +399,10 @@ class FsspecClient(StorageClient):
             for p, info in found.items()
             if p.startswith(path) and info.get("type", "file") == "file"
         }
+
+
+def _s3(url: str) -> bool:
+    return urlsplit(url).scheme in ("s3", "s3a")
 
 
 def _without_s3_retries(options: Mapping[str, Any]) -> dict[str, Any]:
