@@ -22,8 +22,10 @@ from resumable_loader.errors import ConfigError, ResumableLoaderError
 from resumable_loader.loader.build_refs import make_order
 from resumable_loader.loader.identity import dataset_fingerprint
 from resumable_loader.loader.keyed_fetch import read_samples_at
+from resumable_loader.loader.lookahead import NodeSchedule
 from resumable_loader.packing.batch import Pack, PackBatch
 from resumable_loader.packing.lengths import sidecar_lengths
+from resumable_loader.packing.lookahead import Translated
 from resumable_loader.packing.order import PackedOrder
 from resumable_loader.packing.plan import OVERLONG, STRATEGIES
 from resumable_loader.rngs.sample import sample_place
@@ -101,7 +103,9 @@ class Packed(Dataset):
         # as its sample is read).
         self._spans = callable(spans) and callable(own) and np.array_equal(own(), self.lengths)
         self._order_arguments: tuple[bool, Any] = (False, None)
+        self._seed = 0  # the loader's, for the look-ahead (told before a batch's key is)
         self._orders: dict[int, PackedOrder] = {}  # by seed, in this process
+        self._schedules = Translated()
 
     @property
     def id_count(self) -> int:
@@ -122,7 +126,7 @@ class Packed(Dataset):
 
     def wrapped_order(self, *, seed: int, shuffle: bool, shard_shuffle: Any) -> PackedOrder:
         """The loader's order: packs of the order it makes for the wrapped dataset."""
-        self._order_arguments = (shuffle, shard_shuffle)
+        self._order_arguments, self._seed = (shuffle, shard_shuffle), seed
         order = PackedOrder(self, make_order(self.dataset, shuffle, seed, shard_shuffle))
         if order.samples >= 2**62:
             raise ConfigError(
@@ -152,6 +156,20 @@ class Packed(Dataset):
             tokens, first = self.dataset.token_spans(pieces["ids"], pieces["offsets"], sizes)
             return PackBatch(pieces, pieces["bounds"], sizes, tokens, first).packs()
         return self._read_pieces(pieces).packs()
+
+    @property
+    def prefetching(self) -> bool:
+        """Whether the wrapped dataset fetches ahead (the loader then tells it the future)."""
+        return bool(getattr(self.dataset, "prefetching", False))
+
+    def plan_reads(self, schedule: NodeSchedule) -> None:
+        """Tell the wrapped dataset the node's future, as the samples of the packs to come
+        (:mod:`.lookahead`)."""
+        self.dataset.plan_reads(self._schedules.of(schedule, self._order_for(self._seed)))
+
+    def storage_stats(self) -> Any:
+        """The wrapped dataset's storage counters (``loader.storage_stats()``)."""
+        return self.dataset.storage_stats()
 
     def _order_for(self, seed: int) -> PackedOrder:
         order = self._orders.get(seed)
@@ -229,7 +247,8 @@ class Packed(Dataset):
             )
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_orders": {}}  # each process plans its own windows
+        # each process plans its own windows and translates its own schedules
+        return {**self.__dict__, "_orders": {}, "_schedules": Translated()}
 
     def __repr__(self) -> str:
         return (
