@@ -1,10 +1,11 @@
 """Several packs made at once: their tokens in flat arrays, and a read-only mapping per pack.
 
-A batch of packs is built in one pass over all its pieces (numpy, no per-sample Python): the
-tokens of every piece back to back, labels, position_ids and the pieces' boundaries. Each pack
-is a :class:`Pack`, a mapping whose tensors are views of the batch's, made when first asked for,
-so :func:`~resumable_loader.packing.collate.collate_varlen` hands the batch's flat arrays over
-as they are instead of cutting packs only to join them again.
+A batch of packs is written by one C++ call (``csrc/packing.h``: fill_pack_batch, no
+per-sample Python) into one buffer: the tokens of every piece back to back, labels,
+position_ids, the provenance and the pieces' boundaries. Each pack is a :class:`Pack`, a
+mapping whose tensors are views of the batch's, made when first asked for, so
+:func:`~resumable_loader.packing.collate.collate_varlen` hands the batch's buffer over as it is
+instead of cutting packs only to join them again.
 
 Labels are the samples' own labels (or their tokens) with the first token of every piece set to
 -100: a causal model predicts token t+1 at token t, and the first token of a piece has no
