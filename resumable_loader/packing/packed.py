@@ -10,7 +10,7 @@ sample order, so its augmentation does not depend on the pack, the batch or ``ma
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -24,14 +24,12 @@ from resumable_loader.loader.identity import dataset_fingerprint
 from resumable_loader.loader.keyed_fetch import read_samples_at
 from resumable_loader.loader.lookahead import NodeSchedule
 from resumable_loader.packing.batch import Pack, PackBatch
-from resumable_loader.packing.lengths import sidecar_lengths
 from resumable_loader.packing.lookahead import Translated
 from resumable_loader.packing.order import PackedOrder
 from resumable_loader.packing.plan import OVERLONG, STRATEGIES
+from resumable_loader.packing.sample_lengths import LengthsArgument, resolve_lengths
 from resumable_loader.rngs.sample import sample_place
 from resumable_loader.tokens.dataset import TokenDataset
-
-LengthsArgument = np.ndarray | Mapping[str, Any] | Callable[[Any], int] | None
 
 
 class Packed(Dataset):
@@ -91,7 +89,7 @@ class Packed(Dataset):
         if overlong not in OVERLONG:
             raise ConfigError(f"overlong must be one of {OVERLONG}, got {overlong!r}")
         self.strategy, self.overlong, self.field = strategy, overlong, field
-        self.lengths = _resolve_lengths(dataset, lengths, field)
+        self.lengths = resolve_lengths(dataset, lengths, field)
         self._check_overlong()
         longest = int(self.lengths.max()) if len(self.lengths) else 0
         self.max_pieces = max(1, -(-longest // self.max_tokens)) if overlong == "split" else 1
@@ -257,63 +255,11 @@ class Packed(Dataset):
         )
 
 
-def _resolve_lengths(dataset: Dataset, lengths: LengthsArgument, field: str) -> np.ndarray:
-    """Each sample's length by id (int32), from the argument, the dataset, or its items."""
-    sources = getattr(dataset, "sources", None)
-    names = getattr(dataset, "names", None)
-    if isinstance(lengths, Mapping):
-        if names is None:
-            raise ConfigError("lengths as a mapping of source names needs a Mixture dataset")
-        missing = [name for name in names if name not in lengths]
-        if missing:
-            raise ConfigError(f"lengths has no entry for the Mixture sources {missing}")
-        values = np.concatenate([np.asarray(lengths[name], dtype=np.int64) for name in names])
-    elif lengths is None and sources is not None and names is not None:  # a Mixture
-        values = np.concatenate([_own_lengths(s.dataset, field) for s in sources])
-    elif lengths is None:
-        values = _own_lengths(dataset, field)
-    elif callable(lengths):
-        values = np.fromiter((lengths(dataset[i]) for i in range(len(dataset))), np.int64)
-    else:
-        values = np.asarray(lengths)
-        if values.dtype.kind not in "iu":
-            raise ConfigError(f"lengths must be integers, got an array of {values.dtype}")
-    expected = sum(len(s.dataset) for s in sources) if sources is not None else len(dataset)
-    if values.ndim != 1 or len(values) != expected:
-        raise ConfigError(
-            f"lengths must hold one length per sample id ({expected}), got shape {values.shape}"
-        )
-    if len(values) and not 0 <= values.min() <= values.max() < 2**31:
-        raise ConfigError(
-            f"lengths must be in [0, 2**31), got {int(values.min())}..{int(values.max())}"
-        )
-    return values.astype(np.int32, copy=False)  # half the memory (and gathers) of int64
-
-
-def _own_lengths(dataset: Dataset, field: str) -> np.ndarray:
-    """The lengths stored beside the dataset's index (``resumable-loader index --length``),
-    else its ``sample_lengths()``, else every item's length, read once."""
-    stored = sidecar_lengths(dataset)
-    if stored is not None:
-        return stored
-    own = getattr(dataset, "sample_lengths", None)
-    if callable(own):
-        return np.asarray(own())
-    return np.fromiter(
-        (len(item[field] if isinstance(item, Mapping) else item) for item in _items(dataset)),
-        np.int64,
-    )
-
-
 def _int64(values: Any) -> np.ndarray:
     """Tokens (a tensor, an array, a list) as an int64 array, without a copy when they are."""
     if isinstance(values, torch.Tensor):
         values = values.numpy()
     return np.asarray(values).astype(np.int64, copy=False)
-
-
-def _items(dataset: Dataset) -> Any:
-    return (dataset[i] for i in range(len(dataset)))
 
 
 def _images_by_pack(
