@@ -6,7 +6,8 @@ samples both runs trained on are the single-process stream of the same seed, in 
 state loaded is the state saved, and the decision says the RNG states were re-derived (the
 rank layout changed) and lists world size and batch size as changed, old -> new. Under FSDP2
 the two ranks save shards; the one rank loads them into an unsharded model, and the whole
-state it holds is the one the two ranks held. The resume probe recorded by two DDP ranks is
+state it holds is the one the two ranks held; resumed strictly by two ranks, each reads its
+shards. The resume probe recorded by two DDP ranks is
 recomputed by two ranks after a strict resume, bit for bit, changing nothing.
 """
 
@@ -100,6 +101,27 @@ def test_fsdp2_shards_saved_by_two_ranks_load_unsharded_on_one(tmp_path):
     assert tail[0]["loaded"] == saved.pop()  # resharded from FSDP2 shards to a plain model
     assert tail[0]["decision"]["rederived"] == ["rng"]
     assert tail[0]["decision"]["changed"]["world_size"] == {"old": 2, "new": 1}
+
+
+@pytest.mark.slow  # two torchrun launches of 2 ranks: ~25 s on 2 cores
+def test_fsdp2_shards_saved_by_two_ranks_load_strictly_on_two(tmp_path):
+    """Each rank reads its own shards into its sharded parameters and moments (the direct
+    read's path into DTensor shards; the resharding test above takes it into plain tensors)."""
+    checkpoint = tmp_path / "checkpoint"
+    head = torchrun(2, checkpoint, tmp_path / "head", "--steps=2", "--save-every=2", "--fsdp")
+    tail = torchrun(
+        2,
+        checkpoint,
+        tmp_path / "tail",
+        "--steps=3",
+        "--save-every=100",
+        "--fsdp",
+        "--resume=strict",
+    )
+    saved = {r["digest"] for rank in head for r in rank if "saved" in r}
+    assert len(saved) == 1
+    assert [rank[0]["loaded"] for rank in tail] == [saved.pop()] * 2
+    assert all(rank[0]["decision"]["rederived"] == [] for rank in tail)
 
 
 @pytest.mark.slow  # two torchrun launches of 2 ranks: ~25 s on 2 cores
