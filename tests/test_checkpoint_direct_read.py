@@ -83,6 +83,25 @@ def test_a_target_that_is_not_one_run_of_memory_goes_through_dcp(tmp_path):
     assert (reader.in_place, reader.through_dcp) == (len(saved) - 1, 1)
 
 
+def test_a_file_written_in_another_byte_order_goes_through_dcp(tmp_path, monkeypatch):
+    """torch.load swaps the bytes of such a file; a read in place would not, so it is left
+    to DCP whole (the order is asked once a file)."""
+    saved = saved_tensors(tmp_path)
+    asked = []
+    monkeypatch.setattr(direct_read, "_native_order", lambda item: bool(asked.append(item)))
+    targets, reader = blank(saved), Counting(tmp_path)
+    load(tmp_path, targets, reader)
+    assert all(torch.equal(targets[key], value) for key, value in saved.items())
+    assert (reader.in_place, len(asked)) == (0, 1)
+
+
+def test_the_byte_order_record_of_a_torch_save_is_read(tmp_path):
+    path = tmp_path / "item.pt"
+    torch.save(torch.ones(3), path)
+    with open(path, "rb") as item:
+        assert direct_read._native_order(item)
+
+
 def test_a_file_cut_between_the_parse_and_the_read_raises_naming_it(tmp_path):
     """The run of bytes a tensor needs ends early only if the file is cut while it is read."""
     path = tmp_path / "short.distcp"
