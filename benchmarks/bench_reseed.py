@@ -8,9 +8,11 @@ whole loading runs in this process. Two tables:
 
 - per call: installing a sample's key with and without the reseed of all three generators
   (one C++ call), beside the libraries' own seeding for reference; the best of R rounds;
-- tiny samples (a dataset returning its index, batch 64): samples per CPU second of torch's
-  DataLoader, ours, and ours with reseed_globals=False, the best of R alternating epochs,
-  and the ratio to torch; the checksum of the ids shows the same work was done.
+- tiny samples, batch 64: samples per CPU second of torch's DataLoader, ours, and ours with
+  reseed_globals=False, the best of R alternating epochs, and the ratio to torch; the checksum
+  of the ids shows the same work was done. Two datasets: one returning its index (the
+  loader's cost alone), and bench_peers' section 1b tar shards of one 1-byte member a sample
+  read through TarShardDataset's ``__getitems__`` (each sample decoded under its own key).
 
 Only public names are used, so the same script measures an earlier release (put its package
 first on the path) for a before/after comparison.
@@ -20,15 +22,18 @@ from __future__ import annotations
 
 import argparse
 import random
+import tempfile
 import time
 import timeit
+from pathlib import Path
 
 import numpy as np
 import torch
 from bench_loader import Tiny  # this folder's script: the same per-sample-overhead dataset
-from torch.utils.data import DataLoader
+from bench_peers import label_of, write_tiny_shards  # and bench_peers' tiny tar samples
+from torch.utils.data import DataLoader, Dataset
 
-from resumable_loader import ResumableDataLoader
+from resumable_loader import ResumableDataLoader, TarShardDataset
 from resumable_loader.order import Purpose
 from resumable_loader.rngs.sample import install_key
 
@@ -57,8 +62,8 @@ def per_call(repeats: int) -> None:
         print(f"{name:<40}{best / CALLS * 1e6:>8.2f}")
 
 
-def tiny_samples(samples: int, repeats: int) -> None:
-    dataset = Tiny(samples)
+def tiny_samples(dataset: Dataset, what: str, repeats: int) -> None:
+    samples = len(dataset)
     loaders = {
         "torch": DataLoader(dataset, batch_size=64, shuffle=True),
         "ours": ResumableDataLoader(dataset, batch_size=64, shuffle=True, seed=0),
@@ -71,12 +76,13 @@ def tiny_samples(samples: int, repeats: int) -> None:
     for _ in range(repeats):
         for name, loader in loaders.items():
             start, sums = time.process_time(), 0
-            for _, ids in loader:
+            for batch in loader:
+                ids = batch[1] if isinstance(batch, (list, tuple)) else batch
                 sums = (sums * 31 + int(ids.sum())) % (1 << 61)
             best[name] = max(best[name], samples / (time.process_time() - start))
             checksum = sums if name == "ours" else checksum
     print(
-        f"\n# tiny samples at num_workers=0: {samples:,} an epoch, batch 64, samples per CPU "
+        f"\n# {what} at num_workers=0: {samples:,} an epoch, batch 64, samples per CPU "
         f"second, best of {repeats} alternating epochs"
     )
     print(f"{'loader':<20}{'samples/s':>12}{'vs torch':>10}")
@@ -91,7 +97,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     per_call(max(args.repeats, 10))
-    tiny_samples(args.samples, args.repeats)
+    tiny_samples(Tiny(args.samples), "tiny samples (the index)", args.repeats)
+    with tempfile.TemporaryDirectory(prefix="bench-reseed-") as tmp:
+        paths = write_tiny_shards(Path(tmp), args.samples, shards=16)
+        tar = TarShardDataset(paths, decode=label_of)
+        tiny_samples(tar, "tiny tar samples (bench_peers 1b)", args.repeats)
 
 
 if __name__ == "__main__":
