@@ -160,3 +160,23 @@ def test_a_fresh_optimizer_is_emptied_again_without_a_copy_of_its_moments(tmp_pa
         counts.append(len(clones))
     moments = sum(len(per_param) for per_param in state["optimizer"].state.values())
     assert counts[0] > 0 and counts[1] - counts[0] == moments
+
+
+def test_a_copy_that_fails_refuses_the_load_before_anything_changes(tmp_path, monkeypatch):
+    state, _ = trained(4)
+    Checkpointer(tmp_path).save(4, state)
+    target, _ = trained(2)
+    before = snapshot(target)
+    clone = torch.Tensor.clone
+
+    def failing(tensor: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if threading.current_thread().name == staging.Previous.THREAD:
+            raise MemoryError("no room for the copy")
+        return clone(tensor, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "clone", failing)
+    with pytest.raises(
+        CheckpointError, match=r"for the rollback failed .*MemoryError.*rollback=False"
+    ):
+        Checkpointer(tmp_path).load(target)
+    assert snapshot(target) == before

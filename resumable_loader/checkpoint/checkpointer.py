@@ -303,10 +303,12 @@ class Checkpointer:
         if integrity_note["mode"] == "verified" and rank == 0:
             self.directory.mark_verified(chosen.manifest["step"])
         plan: dict[str, Any] = {}
+        before: dict[str, Any] | None = None
         try:
             plan = loading.check(chosen, found, mode=mode, rank=rank, world_size=world_size)
             if plan["rng"] is None:
                 self._rederive_seed(plan["manifest"])  # fails now, not after the weights
+            before = None if previous is None else previous.result()  # the copy, complete
         except Exception as failure:  # every rank hears of it before any enters dcp.load
             error = failure
         try:
@@ -320,7 +322,7 @@ class Checkpointer:
                     seed=self._rederive_seed(saved), step=saved["step"], rank=rank
                 ),
                 process_group=self.process_group,
-                previous=previous,
+                before=before,
             )
         except BaseException:
             _undo(found)

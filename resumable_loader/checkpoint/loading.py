@@ -130,21 +130,21 @@ def apply(
     *,
     rederive: Any,
     process_group: Any,
-    previous: staging.Previous | None,
+    before: dict[str, Any] | None,
 ) -> dict[str, str]:
-    """Read, set every component; on any failure put every one back from ``previous``, the
-    copy of the state taken by :func:`keep_previous` (see :mod:`staging`). Returns the
-    actions taken.
+    """Read, set every component; on any failure put every one back from ``before``, the
+    copy of the state :func:`keep_previous` took (see :mod:`staging`). Returns the actions
+    taken.
 
     ``rederive`` re-derives this rank's RNG states when the saved ones do not apply.
-    Without ``previous`` (``rollback=False``) a failure of the read or of a
+    Without ``before`` (``rollback=False``) a failure of the read or of a
     ``load_state_dict`` leaves the components partly loaded (the loaders' cursors and the RNG
     states are still put back), and is logged as such.
     """
     saved, current = plan["manifest"], plan["current"]
     read = functools.partial(_read, checkpoint, current, process_group)
-    if previous is not None:
-        steps = [("read", read, _restorer(components, previous.result()))]
+    if before is not None:
+        steps = [("read", read, _restorer(components, before))]
     else:
         steps = [("read", read, _partly_loaded)]
     for name, component in components.items():

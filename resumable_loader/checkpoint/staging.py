@@ -28,6 +28,7 @@ import torch.distributed.checkpoint as dcp
 
 from resumable_loader.checkpoint import collective
 from resumable_loader.checkpoint.direct_read import DirectReader
+from resumable_loader.errors import CheckpointError
 
 logger = logging.getLogger("resumable_loader.checkpoint")
 
@@ -82,7 +83,11 @@ class Previous:
         """The copy, in the order of ``statefuls`` (waits for the thread)."""
         self._thread.join()
         if self._error is not None:
-            raise self._error
+            raise CheckpointError(
+                f"copying the current state for the rollback failed ({type(self._error).__name__}"
+                f": {self._error}); nothing was changed: free memory, or load with "
+                "rollback=False (no copy; see its window in docs/checkpoint.md)"
+            ) from self._error
         with torch.no_grad():
             return {
                 name: _tree(stateful.state_dict(), _same)
