@@ -83,6 +83,18 @@ def test_a_target_that_is_not_one_run_of_memory_goes_through_dcp(tmp_path):
     assert (reader.in_place, reader.through_dcp) == (len(saved) - 1, 1)
 
 
+def test_a_conjugate_view_target_goes_through_dcp(tmp_path):
+    """A conjugate view's memory holds the conjugates: read in place it would be wrong."""
+    complex_values = torch.randn(4, 3, dtype=torch.complex64)
+    with collective.single_process_quiet():
+        dcp.save({"c": complex_values}, checkpoint_id=tmp_path, no_dist=True)
+    target = torch.zeros(4, 3, dtype=torch.complex64).conj()
+    reader = Counting(tmp_path)
+    load(tmp_path, {"c": target}, reader)
+    assert torch.equal(target, complex_values)
+    assert (reader.in_place, reader.through_dcp) == (0, 1)
+
+
 def test_a_file_written_in_another_byte_order_goes_through_dcp(tmp_path, monkeypatch):
     """torch.load swaps the bytes of such a file; a read in place would not, so it is left
     to DCP whole (the order is asked once a file)."""

@@ -61,23 +61,40 @@ class DirectReader(FileSystemReader):
         self, stream: IO[bytes], item: ReadItem, info: Any, planner: LoadPlanner, path: Any
     ) -> bool:
         """Read ``item`` into its target if both are one contiguous run; False if not."""
-        saved = torch.load(self._slice_file(stream, info), map_location="meta", weights_only=True)
+        try:
+            saved = torch.load(
+                self._slice_file(stream, info), map_location="meta", weights_only=True
+            )
+        except Exception:  # what the meta parse does not take, DCP reads (or names the error)
+            return False
         start = getattr(saved.untyped_storage(), "_checkpoint_offset", None)
         whole = not any(item.storage_offsets) and tuple(item.lengths) == tuple(saved.shape)
-        if start is None or not whole or not saved.is_contiguous():
+        if start is None or not whole or not _plain(saved):
             return False
         target = planner.resolve_tensor(item).detach()
         if (
             target.device.type != "cpu"
             or target.dtype != saved.dtype
             or target.shape != saved.shape
-            or not target.is_contiguous()
+            or not _plain(target)
         ):
             return False
         offset = info.offset + start + saved.storage_offset() * saved.element_size()
         _pread_into(stream.fileno(), target, offset, path)
         planner.commit_tensor(item, target)
         return True
+
+
+def _plain(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor``'s values are its memory's bytes, in one run (no view bits)."""
+    return (
+        type(tensor) is torch.Tensor
+        and tensor.layout == torch.strided
+        and not tensor.is_quantized
+        and not tensor.is_conj()
+        and not tensor.is_neg()
+        and tensor.is_contiguous()
+    )
 
 
 def _native_order(item: IO[bytes]) -> bool:
