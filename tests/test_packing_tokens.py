@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import itertools
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,10 @@ from tokens_factory import documents, write_megatron
 from torch.utils.data import Dataset
 
 from resumable_loader import Packed
-from resumable_loader.errors import ConfigError
+from resumable_loader.errors import ConfigError, ResumeWarning
 from resumable_loader.loader.bad_samples import read_quarantine, substitute_id
 from resumable_loader.packing.buffers import BufferPool
+from resumable_loader.packing.collate import collate_varlen
 from resumable_loader.tokens import TokenDataset, TokenDocuments
 
 
@@ -238,3 +240,22 @@ def test_batches_the_loop_still_holds_are_never_written_over(
     assert second.data_ptr() != address  # the first is held: another buffer
     del first
     assert pool.take(90).data_ptr() == address != second.data_ptr()  # free again: reused
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_foreign_loader_over_the_visible_batch_sampler_gets_the_same_packs(workers: int) -> None:
+    """A framework that rebuilds the loader from ``loader.batch_sampler`` (Accelerate) runs
+    torch's own fetcher over Packed: its ids install each pack's key as they are read, so the
+    packs and every sample's augmentation are ours."""
+    loader = make(DATA, batch_size=2)
+    mine = records(loader, 1)
+    other = torch.utils.data.DataLoader(
+        loader.dataset,
+        batch_sampler=loader.batch_sampler,
+        num_workers=workers,
+        collate_fn=collate_varlen,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResumeWarning)
+        loader.sampler.set_epoch(0)
+        assert records(other, 1) == mine

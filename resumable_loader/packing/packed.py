@@ -21,6 +21,7 @@ from resumable_loader._checks import check_int
 from resumable_loader.errors import ConfigError, ResumableLoaderError
 from resumable_loader.loader.build_refs import make_order
 from resumable_loader.loader.identity import dataset_fingerprint
+from resumable_loader.loader.keyed_batches import KeyedIds
 from resumable_loader.loader.keyed_fetch import read_samples_at
 from resumable_loader.loader.lookahead import NodeSchedule
 from resumable_loader.packing.batch import Pack, PackBatch
@@ -137,10 +138,12 @@ class Packed(Dataset):
     def __getitem__(self, pack_id: int) -> dict[str, Any]:
         return dict(self.__getitems__([pack_id])[0])
 
-    def __getitems__(self, pack_ids: list[int]) -> list[Pack]:
+    def __getitems__(self, pack_ids: list[int]) -> list[Pack] | list[dict[str, Any]]:
         """The packs ``pack_ids`` of the loader's epoch, made together (:class:`PackBatch`):
         their samples read in one call when the dataset reads batches, each under its own key;
         a dataset with ``token_spans`` is asked for all the pieces' tokens at once."""
+        if isinstance(pack_ids, KeyedIds):  # torch's fetcher in a foreign loader (Accelerate):
+            return [self[pack_id] for pack_id in pack_ids]  # its ids install each pack's key
         try:
             seed, epoch, _ = sample_place()
         except ResumableLoaderError:
