@@ -37,14 +37,14 @@ _PROBE_KEY = (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344)
 # torch's CPU generator, as csrc/global_rngs.h lays it out: the engine's state words follow its
 # seed, left, seeded and next; the cached normals follow the engine; the legacy state's normals
 # (normal_x, normal_y, normal_rho, normal_is_valid, then the float sample and its flag) follow
-# its 624 64-bit words. _TORCH_SCAN_BYTES covers the engine after a GeneratorImpl base of up to
-# 256 bytes (80 in torch 2.13).
+# its 624 64-bit words. The engine is looked for 8-byte aligned after a GeneratorImpl base of
+# up to _TORCH_MAX_BASE bytes (80 in torch 2.13), nearest first, so that no read goes past it.
 _MUTEX_SIZE = 40
 _MUTEX_AT, _DEVICE_AT = 64, 24  # bytes before the engine: mutex, device, dispatch keys, pointer
 _ENGINE_STATE_AT = struct.calcsize("<QiBxxxI")
 _ENGINE_BYTES = 8 * -(-(_ENGINE_STATE_AT + 4 * _MT_N) // 8)
 _LEGACY_NORMALS_AT = struct.calcsize(f"<QiiQ{_MT_N}Q")
-_TORCH_SCAN_BYTES = 256 + _core.TORCH_CPU_GENERATOR_FIELDS_SIZE
+_TORCH_MAX_BASE = 256
 
 
 class GlobalRngs:
@@ -259,14 +259,22 @@ def _torch_fields_layout(
         probe = bytearray(buffer.numpy().tobytes())
         struct.pack_into("<8xdxxxxxxxxi4xf?", probe, _LEGACY_NORMALS_AT, 2.5, 1, 4.5, True)
         generator.set_state(torch.frombuffer(probe, dtype=torch.uint8))
-        memory = _read(impl, _TORCH_SCAN_BYTES)
-        words = _core.mt19937_state_words(_PROBE_KEY, TORCH)
-        engine = memory.find(struct.pack(f"<{_MT_N}I", *words)) - _ENGINE_STATE_AT
+        words = struct.pack(f"<{_MT_N}I", *_core.mt19937_state_words(_PROBE_KEY, TORCH))
+        engine = next(
+            (
+                at
+                for at in range(_MUTEX_AT, _TORCH_MAX_BASE + 1, 8)
+                if _read(impl + at + _ENGINE_STATE_AT, len(words)) == words
+            ),
+            None,
+        )
+        if engine is None:
+            return None
+        memory = _read(impl, engine + _core.TORCH_CPU_GENERATOR_FIELDS_SIZE)
         seed = _core.global_rng_seed(_PROBE_KEY, TORCH) & _core.TORCH_SEED_MASK
         normals = engine + _ENGINE_BYTES
         if (
-            engine < _MUTEX_AT
-            or memory[engine - _MUTEX_AT : engine - _MUTEX_AT + _MUTEX_SIZE] != bytes(_MUTEX_SIZE)
+            memory[engine - _MUTEX_AT : engine - _MUTEX_AT + _MUTEX_SIZE] != bytes(_MUTEX_SIZE)
             or memory[engine - _DEVICE_AT : engine - _DEVICE_AT + 2] != b"\x00\xff"
             or struct.unpack_from("<QiBxxxI", memory, engine) != (seed, _MT_N, 1, 0)
             or struct.unpack_from("<f?xxxd?", memory, normals) != (4.5, True, 2.5, True)
