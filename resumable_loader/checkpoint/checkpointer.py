@@ -244,10 +244,13 @@ class Checkpointer:
         ``checksums="trust"`` skips that for checkpoints too large to read twice (the decision
         says so). ``fallback`` (default: on when ``step`` is None) tries the next older
         checkpoint when one is damaged (a problem found by :meth:`verify`'s checks); the
-        decision's ``skipped`` names each one skipped and why. ``rollback=False`` keeps no
-        copy of the current state while it loads (for a state too large to hold twice): every
-        check still comes first, but a read or ``load_state_dict`` that fails after that leaves
-        the components partly loaded (the decision says which way it ran).
+        decision's ``skipped`` names each one skipped and why. By default a copy of the
+        current state is taken while the checkpoint is verified and checked (fresh memory the
+        size of the state: what the load costs beyond raw DCP, see docs/checkpoint.md), so a
+        failure after the checks puts every component back. ``rollback=False`` keeps no copy
+        (for a state too large to hold twice): every check still comes first, but a read or
+        ``load_state_dict`` that fails after that leaves the components partly loaded (the
+        decision says which way it ran).
 
         Returns:
             The decision: what was restored, re-derived, changed and skipped (also logged as
