@@ -2,7 +2,9 @@
 
 Run: python benchmarks/bench_peers.py [--quick]
 Peers: pip install -e '.[bench]' -c constraints.txt (torchdata, litdata; the constraints keep
-torch 2.13.0+cpu, pip adds torchvision 0.28 and tifffile for litdata). To leave torchvision out:
+torch 2.13.0+cpu, pip adds torchvision 0.28 and tifffile for litdata; that torchvision is not
+built for the CPU torch: `import litdata` then fails with "operator torchvision::nms does not
+exist", so `pip uninstall -y torchvision` after). To leave torchvision out from the start:
 pip install --no-deps litdata==0.2.76 tifffile (litdata's other dependencies, boto3, obstore,
 filelock, lightning-utilities, requests, are already installed by the test extra).
 

@@ -1,12 +1,14 @@
 """Loaders reading object storage: ours (from local disk, and from s3://) beside litdata and
 MosaicML Streaming, each from its own format in the same bucket behind the same 10 ms proxy.
 
-Run: python benchmarks/bench_remote.py [--rounds 3] [--delay 0.01] [--only NAME ...]
+Run: python benchmarks/bench_remote.py [--rounds 3] [--resume-rounds 1] [--delay 0.01]
+[--only NAME ...]
 
 Install the peers (the bench extra, then Streaming without its dependencies, which would replace
 the CPU build of torch with a CUDA one, pull torchvision and downgrade numpy):
 
     pip install -e '.[bench]' -c constraints.txt
+    pip uninstall -y torchvision  # litdata's pick is not built for the CPU torch (see bench_peers)
     pip install --no-deps mosaicml-streaming==0.13.0
     pip install brotli python-snappy zstd catalogue -c constraints.txt
 
@@ -345,11 +347,17 @@ class Runs:
         return fresh, resumed, fetched / (self.data.sizes[LOADERS[name][0]] / 2)
 
 
+def median_ratio(ours: list[float], theirs: list[float]) -> float:
+    """The median over rounds of ``ours / theirs`` taken in the same round."""
+    return statistics.median(a / b for a, b in zip(ours, theirs, strict=True))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--delay", type=float, default=0.01, help="seconds per round trip")
     parser.add_argument("--only", nargs="*", help="loaders whose name contains one of these")
+    parser.add_argument("--resume-rounds", type=int, default=1, help="resumes per loader")
     args = parser.parse_args()
     kinds = {"litdata": "litdata", "mds": "streaming"}
     names = [
@@ -375,26 +383,35 @@ def main() -> None:
                 rate, ratio, seen[name] = runs.epoch(name)
                 rates[name].append(rate)
                 fetched[name].append(ratio)
-        resumes = {}
-        for name in names:
-            print(f"resume: {name}", file=sys.stderr)
-            resumes[name] = runs.resume(name)
+        measured: dict[str, list[tuple[float, float, float]]] = {name: [] for name in names}
+        for number in range(args.resume_rounds):
+            for name in names:
+                print(f"resume: {name}, round {number + 1}", file=sys.stderr)
+                measured[name].append(runs.resume(name))
+        resumes = {
+            name: tuple(statistics.median(column) for column in zip(*rows, strict=True))
+            for name, rows in measured.items()
+        }
     print(
         f"# {SHARDS} shards x {PER_SHARD} samples (~3 KB), batch {BATCH}, {WORKERS} workers, "
-        f"{args.delay * 1e3:.0f} ms a round trip; median of {args.rounds} interleaved rounds; "
+        f"{args.delay * 1e3:.0f} ms a round trip; median of {args.rounds} interleaved rounds "
+        f"({args.resume_rounds} of resumes); "
         f"dataset bytes: " + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in data.sizes.items())
     )
     width = max(map(len, names)) + 2
+    peer = next((name for name in names if LOADERS[name][0] == "litdata"), OURS_LOCAL)
     print(
-        f"{'loader':<{width}}{'samples/s':>10}{'vs local':>9}{'fetched':>9}"
-        f"{'fresh 1st':>11}{'resumed 1st':>12}{'rest fetched':>13}  samples, label sum"
+        f"{'loader':<{width}}{'samples/s':>10}{'vs local':>9}{'vs ' + peer[:7]:>11}"
+        f"{'fetched':>9}{'fresh 1st':>11}{'resumed 1st':>12}{'rest fetched':>13}"
+        "  samples, label sum"
     )
     for name in names:
-        ratios = [a / b for a, b in zip(rates[name], rates[OURS_LOCAL], strict=True)]
         fresh, resumed, rest = resumes[name]
         print(
             f"{name:<{width}}{statistics.median(rates[name]):>10,.0f}"
-            f"{statistics.median(ratios):>8.2f}x{statistics.median(fetched[name]):>8.2f}x"
+            f"{median_ratio(rates[name], rates[OURS_LOCAL]):>8.2f}x"
+            f"{median_ratio(rates[name], rates[peer]):>10.2f}x"
+            f"{statistics.median(fetched[name]):>8.2f}x"
             f"{fresh:>10.2f}s{resumed:>11.2f}s{rest:>12.2f}x  {seen[name]}"
         )
     for name in skipped:
