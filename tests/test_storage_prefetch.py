@@ -98,6 +98,17 @@ def test_a_resume_across_workers_and_batch_size_continues_the_stream(shards, tmp
     assert loader.storage_stats().bytes_fetched <= len(needed) * BLOCK
 
 
+def test_a_resume_into_a_warm_node_cache_fetches_nothing(shards, tmp_path):
+    """The rest of the epoch reads about half of each block, so the plan fetches its samples'
+    exact spans; a span whose blocks the node cache already holds is read there."""
+    expected, _, _ = load(Augmented(shards), workers=0)
+    _, state, _ = load(prefetching(shards, tmp_path), workers=2, batches=15)
+    tail, _, loader = load(prefetching(shards, tmp_path), workers=0, state=state)
+    assert tail == expected[16 * 15 :]
+    stats = loader.storage_stats()
+    assert stats.bytes_fetched == 0 and stats.cache_hits == stats.reads == len(tail)
+
+
 def _blocks_of(dataset: TarShardDataset, ids: set[int]) -> set[tuple[int, int]]:
     index = dataset.index
     blocks = set()

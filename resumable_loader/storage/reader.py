@@ -301,8 +301,14 @@ class ShardReader:
             self._ahead_bytes += block.length
 
     def _start(self, read: Read) -> None:
-        """Start one fetch (a block already cached or in flight is skipped)."""
+        """Start one fetch (a block already cached or in flight is skipped, as is a span whose
+        blocks the node cache holds: the read finds it there)."""
         if read.block is None:
+            if self.cached and all(
+                (read.shard, block) in self.cache
+                for block in blocks_of(read.start, read.length, self.block_size)
+            ):
+                return
             future = self._pool.submit(self._request, read.shard, read.start, read.length)
             for start, length in read.members:
                 self._spans[(read.shard, start)] = (future, start - read.start, length)
