@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from bad_samples_job import LENGTH, Corrupt, loader
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -20,6 +21,7 @@ from torchrun_harness import rank_pickles, torchrun
 from resumable_loader import DataLoader, Mixture
 from resumable_loader.errors import BadSampleError, ConfigError
 from resumable_loader.loader.bad_samples import quarantine_file, read_quarantine, substitute_id
+from resumable_loader.loader.keyed_fetch import install_batch_sample_key
 
 JOB = Path(__file__).parent / "bad_samples_job.py"
 BAD = {5, 29}
@@ -205,3 +207,41 @@ def test_any_resume_delivers_the_continuous_stream_substitutes_included(
     resumed.load_state_dict(state)
     rest = stream(resumed) + stream(resumed)  # the rest of epoch 0, then epoch 1
     assert head + rest == whole
+
+
+class BatchedCorrupt(Corrupt):
+    """Corrupt with a ``__getitems__`` that reads each sample under its own key and counts
+    its calls."""
+
+    def __init__(self, bad: set[int]) -> None:
+        super().__init__(bad)
+        self.batched_reads = 0
+
+    def __getitems__(self, ids: list[int]) -> list[torch.Tensor]:
+        self.batched_reads += 1
+        samples = []
+        for index, sample_id in enumerate(ids):
+            install_batch_sample_key(index)
+            samples.append(self[sample_id])
+        return samples
+
+
+def test_batches_are_read_in_one_call_and_substituted_as_one_at_a_time(tmp_path):
+    """Under ``substitute`` a batch without a quarantined sample is read in one
+    ``__getitems__`` call; one that raises (or holds a quarantined sample) is read a sample at
+    a time: the same stream as a dataset read one at a time, and after a resume."""
+    clean = BatchedCorrupt(set())
+    assert stream(loader(clean, str(tmp_path / "clean"), batch_size=4)) == stream(
+        loader(Corrupt(set()), str(tmp_path / "clean2"), batch_size=4)
+    )
+    assert clean.batched_reads == LENGTH // 4
+    one_at_a_time = stream(loader(Corrupt(BAD), str(tmp_path / "a"), batch_size=4))
+    batched = BatchedCorrupt(BAD)
+    data = loader(batched, str(tmp_path / "b"), batch_size=4)
+    assert stream(data) == one_at_a_time
+    assert batched.batched_reads == LENGTH // 4  # the two with a bad sample raised, then per sample
+    resumed = BatchedCorrupt(BAD)
+    again = loader(resumed, str(tmp_path / "b"), batch_size=4)
+    again.load_state_dict(again.state_at(0, 0))
+    assert stream(again) == one_at_a_time and resumed.reads == []  # quarantined: not read again
+    assert resumed.batched_reads == LENGTH // 4 - 2  # the batches holding them: a sample at a time

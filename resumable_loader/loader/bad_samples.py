@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,13 @@ class BadSamples:
             self._epoch = epoch
             fresh = read_quarantine(self.quarantine_dir)
             self.known.update(fresh)
+
+    def batch_readable(self, ids: Sequence[int]) -> bool:
+        """Whether a batch may be read in one ``__getitems__`` call: none of its samples is
+        quarantined (a batch with one is read a sample at a time, as the run that found it
+        read it after its batched read raised, so that both runs load the same)."""
+        known = self.known
+        return not any(sample_id in known for sample_id in ids)
 
     def read(self, dataset: Any, sample_id: int, key: tuple[int, int, int], reseed: bool) -> Any:
         """``dataset[sample_id]``, or its substitute if it is quarantined or raises.

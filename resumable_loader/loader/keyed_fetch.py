@@ -175,9 +175,16 @@ class KeyedFetch(Dataset):
         seed, epoch, dataset, sample = ref.seed, ref.epoch, self.dataset, Purpose.SAMPLE
         if self.lookahead is not None:
             self.lookahead.before(dataset, epoch, ref.start, ref.ids)
-        if self.batched and bad is None:  # substitutes are per sample: read one at a time
-            samples = self._read_batch(ref)
-        else:
+        samples = None
+        if self.batched and (bad is None or bad.batch_readable(ref.ids)):
+            try:
+                samples = self._read_batch(ref)
+            except ResumableLoaderError:
+                raise
+            except Exception:  # the dataset's own, whatever its type: find the sample below
+                if bad is None:
+                    raise
+        if samples is None:  # substitutes are per sample: read one at a time
             samples = []
             for position, sample_id in zip(
                 range(ref.start, ref.start + len(ref.ids) * ref.key_stride, ref.key_stride),
