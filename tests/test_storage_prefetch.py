@@ -20,6 +20,7 @@ from shard_factory import write_tar_shards
 from torchrun_harness import rank_pickles, torchrun
 
 from resumable_loader import DataLoader, ShardShuffle, TarShardDataset
+from resumable_loader.errors import ConfigError
 from resumable_loader.loader.lookahead import NodeSchedule
 from resumable_loader.order.partition import Partition
 from resumable_loader.order.permutation import ShuffledOrder
@@ -107,6 +108,20 @@ def test_a_resume_into_a_warm_node_cache_fetches_nothing(shards, tmp_path):
     assert tail == expected[16 * 15 :]
     stats = loader.storage_stats()
     assert stats.bytes_fetched == 0 and stats.cache_hits == stats.reads == len(tail)
+
+
+def test_depth_in_batches_bounds_how_far_ahead_fetches_start(shards, tmp_path):
+    expected, _, _ = load(Augmented(shards), workers=0)
+    depth = {}
+    for batches in (1, None):
+        dataset = prefetching(shards, tmp_path / str(batches), cache_bytes=0, depth_batches=batches)
+        got, _, loader = load(dataset, workers=0)
+        assert got == expected
+        depth[batches] = loader.storage_stats().prefetch_depth_bytes
+    largest = int(Augmented(shards).index.spans[:, 1].max())
+    assert depth[1] <= 2 * 16 * largest < depth[None]  # the batch after this one, at most
+    with pytest.raises(ConfigError, match="depth_batches"):
+        Prefetch(depth_batches=0)
 
 
 def _blocks_of(dataset: TarShardDataset, ids: set[int]) -> set[tuple[int, int]]:

@@ -57,6 +57,7 @@ class NodeSchedule:
         start: the epoch position the iteration began at (its first global batch).
         now: the position of the batch this process is loading now.
         batch_size: how many samples that batch has.
+        global_batch_size: the positions one step of every rank covers.
         node_ranks, num_workers, worker: who loads what (see the module docstring).
     """
 
@@ -73,6 +74,7 @@ class NodeSchedule:
     ) -> None:
         self.epoch, self.start, self.now = epoch, start, start
         self.batch_size = 0  # samples of the batch being loaded now
+        self.global_batch_size = partition.global_batch_size  # positions a step advances
         self.num_workers, self.worker, self.node_ranks = num_workers, worker, node_ranks
         self.rank = partition.rank
         self._partitions = [dataclasses.replace(partition, rank=r) for r in node_ranks]

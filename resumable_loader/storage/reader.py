@@ -67,6 +67,9 @@ class Prefetch:
     Args:
         depth_bytes: how far ahead of the batch being loaded fetches are issued, in bytes of
             the samples ahead (per process); it is what hides a storage outage.
+        depth_batches: if set, fetches are issued at most this many global batches (the
+            loader's batch size times the world size) ahead too: the nearer of the two bounds
+            applies.
         threads: range requests in flight per process.
         block_fraction: fetch a whole block when the near future (the cache's worth of
             samples) reads at least this fraction of it; else fetch the samples' spans.
@@ -81,6 +84,7 @@ class Prefetch:
     """
 
     depth_bytes: int = 64 * 2**20
+    depth_batches: int | None = None
     threads: int = 16
     block_fraction: float = 0.5
     eviction: str = "belady"
@@ -90,6 +94,8 @@ class Prefetch:
 
     def __post_init__(self) -> None:
         check_int("Prefetch depth_bytes", self.depth_bytes)
+        if self.depth_batches is not None:
+            check_int("Prefetch depth_batches", self.depth_batches, low=1)
         check_int("Prefetch threads", self.threads, low=1)
         check_int("Prefetch coalesce_gap", self.coalesce_gap)
         if not 0 <= self.block_fraction <= 1:
@@ -151,9 +157,8 @@ class ShardReader:
         # Positions ahead: fetches are issued up to `depth`, blocks only while those started
         # for uses to come fill at most half the cache (more would push out blocks needed
         # sooner); whole-or-span is decided over windows of what the cache holds.
-        self.depth = max(1, int(options.depth_bytes / self._mean))
-        capacity = max(1, int(self.cache.capacity / self._mean))
-        self.window = min(capacity if self.cached else self.depth, MAX_WINDOW)
+        self._depth_of_bytes = max(1, int(options.depth_bytes / self._mean))
+        self._capacity = max(1, int(self.cache.capacity / self._mean))
         self._pool = ThreadPoolExecutor(options.threads, thread_name_prefix="resumable-fetch")
         self._lock = threading.Lock()
         # The first request of a process opens the client's session; a burst of first requests
@@ -182,6 +187,10 @@ class ShardReader:
         self._batch_left = 0
         self._last_batch = False  # the batch being read is this process's last planned one
         self._last_mine = -1  # the position of this process's last batch pulled
+        self.depth = self._depth_of_bytes
+        if schedule is not None and self.options.depth_batches is not None:
+            self.depth = min(self.depth, self.options.depth_batches * schedule.global_batch_size)
+        self.window = min(self._capacity if self.cached else self.depth, MAX_WINDOW)
         if schedule is not None:
             ranks = schedule.node_ranks
             self._slots = len(ranks) * schedule.num_workers
