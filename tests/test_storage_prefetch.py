@@ -24,7 +24,7 @@ from resumable_loader.errors import ConfigError
 from resumable_loader.loader.lookahead import NodeSchedule
 from resumable_loader.order.partition import Partition
 from resumable_loader.order.permutation import ShuffledOrder
-from resumable_loader.storage.node_cache import NodeCache
+from resumable_loader.storage.node_cache import GONE_PER_BLOCK, NodeCache
 from resumable_loader.storage.plan import block_usage, coalesce
 from resumable_loader.storage.reader import Prefetch
 
@@ -224,6 +224,10 @@ def test_the_node_cache_evicts_the_block_used_furthest_ahead(tmp_path):
     assert cache.evicted((0, 1)) and not cache.evicted((0, 2)) and not cache.evicted((0, 9))
     cache.put((0, 1), bytes(1000))
     assert not cache.evicted((0, 1))
+    for block in range(10, 200):  # a cache far smaller than the data: markers stay bounded
+        cache.put((1, block), bytes(1000))
+    markers = list(tmp_path.glob("*.gone"))
+    assert 0 < len(markers) <= GONE_PER_BLOCK * 3
 
 
 def test_a_dead_writers_temp_file_is_removed_and_blocks_nothing(tmp_path):

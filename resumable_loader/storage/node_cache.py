@@ -35,6 +35,9 @@ Key = tuple[int, int]  # (shard, block)
 TEMP_SECONDS = 300.0
 SUFFIX = ".blk"
 GONE = ".gone"
+# Eviction markers kept per block the cache holds (the oldest go): a cache too small for a
+# global shuffle over a large dataset would otherwise leave one empty file per block ever evicted.
+GONE_PER_BLOCK = 4
 # Evict down to this fraction of the capacity, leaving room for blocks other processes are
 # writing meanwhile.
 LOW_WATER = 0.9
@@ -114,8 +117,11 @@ class NodeCache:
 
     def evict(self, limit: int) -> None:
         """If the blocks pass ``limit`` bytes, remove them by the policy until below
-        ``LOW_WATER`` of it."""
-        blocks = self._scan()
+        ``LOW_WATER`` of it; keep the newest ``GONE_PER_BLOCK`` markers a block held."""
+        blocks, gone = self._scan()
+        keep = GONE_PER_BLOCK * max(len(blocks), 1)
+        for marker, _ in sorted(gone, key=lambda g: g[1], reverse=True)[keep:]:
+            _unlink(Path(marker))  # forgotten: a read missing that block waits (bounded) for it
         total = sum(size for _, size, _ in blocks)
         self._puts = 0
         if total > limit:
@@ -131,20 +137,25 @@ class NodeCache:
                 total -= size
         self._estimate = total
 
-    def _scan(self) -> list[tuple[Key, int, float]]:
-        """(key, bytes, mtime) of every block in the folder."""
-        blocks = []
+    def _scan(self) -> tuple[list[tuple[Key, int, float]], list[tuple[str, float]]]:
+        """(key, bytes, mtime) of every block in the folder, and (path, mtime) of every
+        eviction marker."""
+        blocks, gone = [], []
         with os.scandir(self.root) as entries:
             for entry in entries:
                 key = _key(entry.name)
-                if key is None:
+                marker = entry.name.endswith(GONE)
+                if key is None and not marker:
                     continue
                 try:
                     info = entry.stat()
                 except FileNotFoundError:
                     continue
-                blocks.append((key, info.st_size, info.st_mtime))
-        return blocks
+                if marker:
+                    gone.append((entry.path, info.st_mtime))
+                else:
+                    blocks.append((key, info.st_size, info.st_mtime))
+        return blocks, gone
 
     def close(self) -> None:
         """Close the block files this process keeps open."""
