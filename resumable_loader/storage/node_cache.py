@@ -14,8 +14,8 @@ or with ``eviction="lru"`` the least recently read ones (a read touches the file
 block removed while another process reads it stays readable by that process (POSIX unlink); a
 process that finds a block gone fetches it again, which costs bytes, never correctness.
 Eviction leaves an empty ``<shard>-<block>.gone`` beside (removed when the block is published
-again; the newest ``GONE_PER_BLOCK`` per cached block are kept), so that a reader missing a block can tell "evicted" (fetch it now) from "not fetched
-yet" (its owner may be slow: wait for it).
+again; the newest ``GONE_PER_BLOCK`` per cached block are kept), so that a reader missing a
+block can tell "evicted" (fetch it now) from "not fetched yet" (its owner may be slow: wait).
 """
 
 from __future__ import annotations
