@@ -25,7 +25,7 @@ from resumable_loader.loader.lookahead import NodeSchedule
 from resumable_loader.order.partition import Partition
 from resumable_loader.order.permutation import ShuffledOrder
 from resumable_loader.storage.node_cache import GONE_PER_BLOCK, NodeCache
-from resumable_loader.storage.plan import block_usage, coalesce
+from resumable_loader.storage.plan import BlockPieces, coalesce, code_key, key_code
 from resumable_loader.storage.reader import Prefetch
 
 BLOCK = 16384  # a few samples a block, so that blocks are shared and spans straddle them
@@ -206,8 +206,16 @@ def test_spans_are_merged_within_the_gap_and_blocks_count_straddling_spans():
         (0, 104, 3, 9),
     ]
     assert reads[0].members == ((0, 10), (2, 3), (12, 5))  # inside a span: reach is its end
-    usage = block_usage(np.array([0, 0]), np.array([10, 30]), np.array([30, 5]), 32)
-    assert usage == {(0, 0): 22 + 2, (0, 1): 8 + 3}
+    pieces = BlockPieces.of(np.array([0, 0]), np.array([10, 30]), np.array([30, 5]), 32)
+    keys = [code_key(code) for code in pieces.code.tolist()]
+    assert list(zip(pieces.span.tolist(), keys, pieces.used.tolist(), strict=True)) == [
+        (0, (0, 0), 22),
+        (0, (0, 1), 8),
+        (1, (0, 0), 2),
+        (1, (0, 1), 3),
+    ]
+    assert pieces.all_in(np.array([key_code(0, 0)]), 2).tolist() == [False, False]
+    assert pieces.all_in(np.sort(pieces.code), 2).tolist() == [True, True]
 
 
 def test_the_node_cache_evicts_the_block_used_furthest_ahead(tmp_path):

@@ -2,7 +2,7 @@
 
 A sample's bytes are one span of its shard (the index's ``spans``). Shards are cut into aligned
 blocks of ``block_size`` bytes, the unit of the node cache. For every block the near future
-touches, :func:`block_usage` says how many of its bytes that future reads; a block read mostly
+touches, :class:`BlockPieces` says how many of its bytes each span reads; a block read mostly
 is fetched whole (one request, cached, shared by the node), one read a little has only its
 samples' spans fetched, adjacent spans of one batch merged into one request (:func:`coalesce`).
 """
@@ -83,16 +83,6 @@ class BlockPieces:
         inside = np.isin(self.code, codes)
         missing = np.bincount(self.span[~inside], minlength=spans)
         return missing == 0
-
-
-def block_usage(
-    shards: np.ndarray, starts: np.ndarray, lengths: np.ndarray, block_size: int
-) -> dict[Key, int]:
-    """Bytes read from each block by the spans (a span across a boundary counts in each)."""
-    pieces = BlockPieces.of(shards, starts, lengths, block_size)
-    codes, inverse = np.unique(pieces.code, return_inverse=True)
-    sums = np.bincount(inverse.reshape(-1), weights=pieces.used, minlength=len(codes))
-    return {code_key(c): int(u) for c, u in zip(codes.tolist(), sums.tolist(), strict=True)}
 
 
 def coalesce(
