@@ -249,6 +249,17 @@ def test_a_dead_writers_temp_file_is_removed_and_blocks_nothing(tmp_path):
     temp.write_bytes(b"half a block")
     NodeCache(tmp_path, capacity=1000)
     assert not temp.exists()
+    # a writer killed but not yet reaped (a zombie, as a SIGKILLed loader's workers are for a
+    # while) is dead too; a live writer's temp file stays
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    while Path(f"/proc/{zombie.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+        time.sleep(0.01)
+    temps = [tmp_path / f".tmp-{pid}-abc" for pid in (zombie.pid, os.getpid())]
+    for path in temps:
+        path.write_bytes(b"half a block")
+    NodeCache(tmp_path, capacity=1000)
+    zombie.wait()
+    assert [path.exists() for path in temps] == [False, True]
 
 
 @pytest.mark.slow

@@ -181,13 +181,19 @@ def remove_dead_temps(root: Path) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs: a zombie (killed, not yet reaped by its new parent, as a
+    SIGKILLed loader's workers are for a moment) writes nothing more."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (not Linux): kill's answer stands
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def _key(name: str) -> Key | None:
