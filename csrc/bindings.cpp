@@ -29,6 +29,7 @@
 namespace nb = nanobind;
 using namespace nb::literals;
 using resumable_loader::FeistelPermutation;
+using resumable_loader::covers;
 using resumable_loader::GlobalRngTargets;
 using resumable_loader::ShardBlockOrder;
 
@@ -110,10 +111,12 @@ const std::pair<const char*, FillKernel> kFillKernels[] = {
 };
 
 // The per-sample reseed in one call (resumable_loader/rngs/process.py): the sample's key and
-// every global generator's state together, with the Python-side steps each needs: numpy's own
-// lock around its writes (numpy draws large arrays without the GIL, under that lock), Python's
-// cached Gaussian cleared, torch's state installed through its set_state unless the targets
-// write torch's generator in place.
+// the states of the global generators asked for together, with the Python-side steps each
+// needs: numpy's own lock around its writes (numpy draws large arrays without the GIL, under
+// that lock), Python's cached Gaussian cleared, torch's state installed through its set_state
+// unless the targets write torch's generator in place. Also the per-batch side of
+// reseed_globals="auto" (rngs/idle.py): an entry state for the generators not reseeded per
+// sample, and which of them the batch changed.
 struct SampleReseeder {
   GlobalRngTargets targets;
   // numpy's RandomState keeps a copy of its bit generator's interface, whose first word is the
@@ -122,22 +125,77 @@ struct SampleReseeder {
   const uintptr_t* numpy_interface;
   nb::object lock_acquire, lock_release, python, torch_set_state, torch_buffer;
   nb::str gauss_next{"gauss_next"};
+  // The entry state of (entry_seed, entry_epoch), once one was asked for.
+  resumable_loader::GlobalRngSnapshot entry{};
+  bool have_entry = false;
+  uint64_t entry_seed = 0;
+  uint32_t entry_epoch = 0;
 
-  bool operator()(uint64_t seed, uint32_t epoch, uint64_t position, nb::handle purpose) {
+  bool numpy_current() const {
+    return *numpy_interface == reinterpret_cast<uintptr_t>(targets.numpy_key);
+  }
+
+  bool operator()(uint64_t seed, uint32_t epoch, uint64_t position, nb::handle purpose,
+                  uint32_t generators) {
     uint32_t purpose_word;
     if (!nb::try_cast(purpose, purpose_word)) {
       throw nb::type_error("purpose must be an int in [0, 2**32)");
     }
-    if (*numpy_interface != reinterpret_cast<uintptr_t>(targets.numpy_key)) return false;
+    if (!numpy_current()) return false;
     const Words4 key = derive(seed, epoch, position, purpose_word);
-    targets.reseed_python(key.data());
-    nb::setattr(python, gauss_next, nb::none());
-    lock_acquire();
-    targets.reseed_numpy(key.data());
-    lock_release();
-    targets.reseed_torch(key.data());
-    if (targets.torch_fields == nullptr) torch_set_state(torch_buffer);
+    if (covers(generators, resumable_loader::kPython)) {
+      targets.reseed_python(key.data());
+      nb::setattr(python, gauss_next, nb::none());
+    }
+    if (covers(generators, resumable_loader::kNumpy)) {
+      lock_acquire();
+      targets.reseed_numpy(key.data());
+      lock_release();
+    }
+    if (covers(generators, resumable_loader::kTorch)) {
+      targets.reseed_torch(key.data());
+      if (targets.torch_fields == nullptr) torch_set_state(torch_buffer);
+    }
     return true;
+  }
+
+  // Give `generators` the entry state of (seed, epoch): the state a sample at a position no
+  // order reaches (2**64 - 1; lengths are at most 2**63) would get. False, writing nothing,
+  // if numpy's bit generator was replaced.
+  bool enter(uint64_t seed, uint32_t epoch, uint32_t generators) {
+    if (!numpy_current()) return false;
+    if (!have_entry || seed != entry_seed || epoch != entry_epoch) {
+      const Words4 key = derive(seed, epoch, ~uint64_t{0}, resumable_loader::PURPOSE_SAMPLE);
+      GlobalRngTargets::snapshot_of(key.data(), entry);
+      have_entry = true;
+      entry_seed = seed;
+      entry_epoch = epoch;
+    }
+    const uint32_t numpy = generators & (1u << resumable_loader::kNumpy);
+    targets.restore(entry, generators & ~numpy);
+    if (covers(generators, resumable_loader::kPython)) {
+      nb::setattr(python, gauss_next, nb::none());
+    }
+    if (numpy != 0) {
+      lock_acquire();
+      targets.restore(entry, numpy);
+      lock_release();
+    }
+    return true;
+  }
+
+  // Which of `generators` left the entry state enter() gave them (all of them before any
+  // enter(); numpy's as well once its bit generator was replaced).
+  uint32_t changed(uint32_t generators) {
+    if (!have_entry) return generators;
+    uint32_t moved = targets.differs(entry, generators);
+    if (covers(generators, resumable_loader::kPython) && !python.attr(gauss_next).is_none()) {
+      moved |= 1u << resumable_loader::kPython;
+    }
+    if (covers(generators, resumable_loader::kNumpy) && !numpy_current()) {
+      moved |= 1u << resumable_loader::kNumpy;
+    }
+    return moved;
   }
 };
 
@@ -251,6 +309,7 @@ NB_MODULE(_core, m) {
   m.attr("TORCH_CPU_GENERATOR_FIELDS_SIZE") =
       resumable_loader::TORCH_CPU_GENERATOR_FIELDS_SIZE;
   m.attr("STD_MUTEX_SIZE") = sizeof(std::mutex);
+  m.attr("ALL_GLOBAL_RNGS") = resumable_loader::kAllGlobalRngs;
 
   nb::class_<resumable_loader::GlobalRngSnapshot>(m, "GlobalRngSnapshot");
   nb::class_<GlobalRngTargets>(m, "GlobalRngTargets")
@@ -291,7 +350,12 @@ NB_MODULE(_core, m) {
             return snapshot;
           },
           "Copy the states the targets cover (torch's where written in place).")
-      .def("restore", &GlobalRngTargets::restore, "snapshot"_a, "Put a save()d copy back.");
+      .def(
+          "restore",
+          [](const GlobalRngTargets& t, const resumable_loader::GlobalRngSnapshot& snapshot) {
+            t.restore(snapshot);
+          },
+          "snapshot"_a, "Put a save()d copy back.");
 
   nb::class_<SampleReseeder>(m, "SampleReseeder")
       .def(
@@ -315,11 +379,16 @@ NB_MODULE(_core, m) {
           "targets"_a, "numpy_interface"_a, "numpy_lock"_a, "python"_a, "torch_generator"_a,
           "torch_buffer"_a)
       .def("__call__", &SampleReseeder::operator(), "seed"_a.noconvert(), "epoch"_a.noconvert(),
-           "position"_a.noconvert(), "purpose"_a,
-           nb::sig("def __call__(self, seed: int, epoch: int, position: int, purpose: int) -> "
-                   "bool"),
-           "Reseed the global generators for a sample key; False (none written) if numpy's "
-           "was replaced.");
+           "position"_a.noconvert(), "purpose"_a, "generators"_a.noconvert(),
+           nb::sig("def __call__(self, seed: int, epoch: int, position: int, purpose: int, "
+                   "generators: int) -> bool"),
+           "Reseed the global generators in the set `generators` (bit g: generator g) for a "
+           "sample key; False (none written) if numpy's was replaced.")
+      .def("enter", &SampleReseeder::enter, "seed"_a, "epoch"_a, "generators"_a,
+           "Give `generators` the entry state of (seed, epoch); False (none written) if "
+           "numpy's bit generator was replaced.")
+      .def("changed", &SampleReseeder::changed, "generators"_a,
+           "Which of `generators` left the entry state the last enter() gave them.");
 
   nb::class_<FeistelPermutation>(m, "Permutation")
       .def(

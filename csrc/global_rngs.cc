@@ -128,4 +128,48 @@ void GlobalRngTargets::reseed_torch(const uint32_t key[4]) const {
   torch_state->is_next_float_normal_sample_valid = false;
 }
 
+void GlobalRngTargets::snapshot_of(const uint32_t key[4], GlobalRngSnapshot& to) {
+  to = GlobalRngSnapshot{};
+  mt19937_state_words(key, kPython, to.python_state);
+  mt19937_state_words(key, kNumpy, to.numpy_key);
+  TorchMt19937Data& engine = to.torch_fields.engine;  // as reseed_torch writes it in place
+  mt19937_state_words(key, kTorch, engine.state);
+  engine.seed = global_rng_seed(key, kTorch) & TORCH_SEED_MASK;
+  engine.left = MT19937_N;
+  engine.seeded = true;
+}
+
+uint32_t GlobalRngTargets::differs(const GlobalRngSnapshot& from, uint32_t generators) const {
+  uint32_t changed = 0;
+  if (python_state != nullptr && covers(generators, kPython) &&
+      (*python_index != from.python_index ||
+       std::memcmp(python_state, from.python_state, sizeof(from.python_state)) != 0)) {
+    changed |= 1u << kPython;
+  }
+  if (numpy_key != nullptr && covers(generators, kNumpy) &&
+      (*numpy_pos != from.numpy_pos || *numpy_has_gauss != from.numpy_has_gauss ||
+       std::memcmp(numpy_gauss, &from.numpy_gauss, sizeof(double)) != 0 ||
+       std::memcmp(numpy_key, from.numpy_key, sizeof(from.numpy_key)) != 0)) {
+    changed |= 1u << kNumpy;
+  }
+  if (torch_fields != nullptr && covers(generators, kTorch)) {
+    std::lock_guard<std::mutex> hold(*torch_mutex);
+    const TorchMt19937Data &now = torch_fields->engine, &was = from.torch_fields.engine;
+    // Field by field: the padding, and an empty optional's value, hold no state.
+    const bool same =
+        now.seed == was.seed && now.left == was.left && now.seeded == was.seeded &&
+        now.next == was.next &&
+        torch_fields->next_float_normal_engaged == from.torch_fields.next_float_normal_engaged &&
+        torch_fields->next_double_normal_engaged ==
+            from.torch_fields.next_double_normal_engaged &&
+        (!from.torch_fields.next_float_normal_engaged ||
+         torch_fields->next_float_normal == from.torch_fields.next_float_normal) &&
+        (!from.torch_fields.next_double_normal_engaged ||
+         torch_fields->next_double_normal == from.torch_fields.next_double_normal) &&
+        std::memcmp(now.state, was.state, sizeof(was.state)) == 0;
+    if (!same) changed |= 1u << kTorch;
+  }
+  return changed;
+}
+
 }  // namespace resumable_loader

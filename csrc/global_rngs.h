@@ -33,6 +33,9 @@ constexpr int MT19937_N = 624;
 constexpr uint64_t TORCH_SEED_MASK = (uint64_t{1} << 63) - 1;
 
 enum GlobalRng : uint32_t { kPython = 0, kNumpy = 1, kTorch = 2 };
+// A set of generators, bit g for GlobalRng g: which ones an operation covers.
+constexpr uint32_t kAllGlobalRngs = (1u << kPython) | (1u << kNumpy) | (1u << kTorch);
+inline bool covers(uint32_t generators, GlobalRng g) { return (generators >> g & 1u) != 0; }
 
 inline uint64_t global_rng_seed(const uint32_t key[4], GlobalRng generator) {
   const philox4x32_ctr_t block =
@@ -124,6 +127,14 @@ struct GlobalRngTargets {
     reseed_torch(key);
   }
 
+  // The states reseed(key) writes, as a snapshot, writing no target (torch's fields only
+  // where they are written in place).
+  static void snapshot_of(const uint32_t key[4], GlobalRngSnapshot& to);
+  // The generators among `generators` whose state now differs from `from` in anything a draw
+  // reads or moves (state words, position, cached normals); torch's counted only where it is
+  // written in place. Any draw moves a position, and no sequence of draws brings it back.
+  uint32_t differs(const GlobalRngSnapshot& from, uint32_t generators) const;
+
   // Copy the states this object writes, so that loading in the main process (num_workers=0)
   // can leave the training loop's own randomness as it found it.
   void save(GlobalRngSnapshot& to) const {
@@ -143,18 +154,18 @@ struct GlobalRngTargets {
     }
   }
 
-  void restore(const GlobalRngSnapshot& from) const {
-    if (python_state != nullptr) {
+  void restore(const GlobalRngSnapshot& from, uint32_t generators = kAllGlobalRngs) const {
+    if (python_state != nullptr && covers(generators, kPython)) {
       std::memcpy(python_state, from.python_state, sizeof(from.python_state));
       *python_index = from.python_index;
     }
-    if (numpy_key != nullptr) {
+    if (numpy_key != nullptr && covers(generators, kNumpy)) {
       std::memcpy(numpy_key, from.numpy_key, sizeof(from.numpy_key));
       *numpy_pos = from.numpy_pos;
       *numpy_has_gauss = from.numpy_has_gauss;
       *numpy_gauss = from.numpy_gauss;
     }
-    if (torch_fields != nullptr) {
+    if (torch_fields != nullptr && covers(generators, kTorch)) {
       std::lock_guard<std::mutex> hold(*torch_mutex);
       std::memcpy(torch_fields, &from.torch_fields, sizeof(from.torch_fields));
     }

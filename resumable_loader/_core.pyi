@@ -36,6 +36,8 @@ TORCH_CPU_GENERATOR_FIELDS_SIZE: int = 2544
 
 STD_MUTEX_SIZE: int = 40
 
+ALL_GLOBAL_RNGS: int = 7
+
 class GlobalRngSnapshot:
     pass
 
@@ -71,10 +73,18 @@ class SampleReseeder:
         torch_generator: object,
         torch_buffer: object,
     ) -> None: ...
-    def __call__(self, seed: int, epoch: int, position: int, purpose: int) -> bool:
+    def __call__(self, seed: int, epoch: int, position: int, purpose: int, generators: int) -> bool:
         """
-        Reseed the global generators for a sample key; False (none written) if numpy's was replaced.
+        Reseed the global generators in the set `generators` (bit g: generator g) for a sample key; False (none written) if numpy's was replaced.
         """
+
+    def enter(self, seed: int, epoch: int, generators: int) -> bool:
+        """
+        Give `generators` the entry state of (seed, epoch); False (none written) if numpy's bit generator was replaced.
+        """
+
+    def changed(self, generators: int) -> int:
+        """Which of `generators` left the entry state the last enter() gave them."""
 
 class Permutation:
     def __init__(self, n: int, seed: int, epoch: int, purpose: int = 1) -> None: ...

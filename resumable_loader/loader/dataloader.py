@@ -75,6 +75,12 @@ class ResumableDataLoader(DataLoader[T_co]):
             [g + kWB, g + (k+1)WB); rank r takes [g + kWB + rB, g + kWB + (r+1)B).
         reseed_globals: before each sample, reseed ``random``, numpy's global RNG and torch's
             CPU default generator from the sample's key, so unmodified augmentations replay.
+            True: all three, always; False: none; "auto": each of them once a process's
+            samples were seen to change it (the batch is then loaded again), the same stream as
+            True for every transform that draws, at no cost for a generator never drawn from;
+            a transform that reads a generator's state without drawing (under
+            ``torch.random.fork_rng()``, ``torch.initial_seed()``) gets per-sample states only
+            with True (docs/design.md). True and "auto" resume each other's state.
         shard_shuffle: a :class:`~resumable_loader.order.shard_local.ShardShuffle` to shuffle
             shard-locally (needs ``shuffle=True`` and a dataset with ``shard_sizes``) instead of
             globally.
@@ -124,7 +130,7 @@ class ResumableDataLoader(DataLoader[T_co]):
         seed: int | None = None,
         rank: int | None = None,
         world_size: int | None = None,
-        reseed_globals: bool = True,
+        reseed_globals: bool | str = True,
         shard_shuffle: Any = None,
         dp_group: Any = None,
         device_mesh: Any = None,
@@ -169,6 +175,10 @@ class ResumableDataLoader(DataLoader[T_co]):
             self.seed = agree_on_seed(draw, self.world_size, job_wide=self._parallel.job_wide)
         else:
             self.seed = self._explicit_seed
+        if not (reseed_globals is True or reseed_globals is False or reseed_globals == "auto"):
+            raise ConfigError(
+                f'reseed_globals must be True, False or "auto", got {reseed_globals!r}'
+            )
         self.reseed_globals = reseed_globals
         if isinstance(stall_warning, bool) or not isinstance(stall_warning, (int, float)):
             raise ConfigError(f"stall_warning must be seconds >= 0, got {stall_warning!r}")
@@ -223,7 +233,7 @@ class ResumableDataLoader(DataLoader[T_co]):
                 self._refs,
                 self._progress.place,
                 seed=self.seed,
-                reseed_globals=reseed_globals,
+                reseed_globals=reseed_globals is not False,  # a foreign loader's fetch: per sample
             )
             forward_set_epoch(self.sampler, self.set_epoch)
 
@@ -394,7 +404,9 @@ class ResumableDataLoader(DataLoader[T_co]):
         """Everything besides the seed that decides this loader's order, as plain values."""
         refs = self._require_refs("fingerprint()")
         values: dict[str, int | str] = {"dataset": dataset_fingerprint(self.dataset)}
-        values["reseed_globals"] = int(self.reseed_globals)  # it decides every augmentation
+        # It decides every augmentation; "auto" loads what True does (rngs/idle.py), so each
+        # resumes the other's state, and every cursor saved before "auto" existed.
+        values["reseed_globals"] = int(self.reseed_globals is not False)
         if isinstance(refs, OrderedBatchSampler):
             values.update(refs.order.settings())
             values["drop_last"] = int(refs.partition.drop_last)

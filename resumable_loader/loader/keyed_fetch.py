@@ -23,6 +23,7 @@ from torch.utils.data import Dataset, StackDataset, Subset, get_worker_info
 
 from resumable_loader.errors import ResumableLoaderError
 from resumable_loader.order.philox import Purpose, derive_words
+from resumable_loader.rngs import idle
 from resumable_loader.rngs.process import this_process
 from resumable_loader.rngs.sample import (
     SampleKey,
@@ -121,11 +122,12 @@ class KeyedFetch(Dataset):
     Args:
         dataset: the user's map-style dataset.
         collate_fn: the user's (or torch's default) collate function.
-        reseed_globals: reseed ``random``, numpy's and torch's global RNGs per sample.
+        reseed_globals: reseed ``random``, numpy's and torch's global RNGs per sample: True,
+            False, or "auto" (those a sample of this process was seen to change; rngs/idle.py).
     """
 
     def __init__(
-        self, dataset: Dataset, collate_fn: Callable[[Any], Any], *, reseed_globals: bool
+        self, dataset: Dataset, collate_fn: Callable[[Any], Any], *, reseed_globals: bool | str
     ) -> None:
         self.dataset = dataset
         self.collate_fn = collate_fn
@@ -163,9 +165,24 @@ class KeyedFetch(Dataset):
         bad = self.bad_samples
         _policy = None
         if bad is not None:
+            # A batch loaded again would log its bad samples twice: "auto" reseeds every
+            # generator before every sample here, as True does (the same stream).
+            reseed = reseed is not False
             bad.at_epoch(ref.epoch)
             if self.holds_samples:  # it substitutes its own samples (read_samples_at)
                 _policy, bad = (bad, reseed), None
+        if self.lookahead is not None and isinstance(ref, BatchRef):
+            self.lookahead.before(self.dataset, ref.epoch, ref.start, ref.ids)
+        if reseed != "auto":
+            return self._fetch(ref, reseed, bad)
+        while True:  # at most once more per generator a process has
+            result = self._fetch(ref, idle.enter(ref.seed, ref.epoch), None)
+            if not idle.went_live():
+                return result
+
+    def _fetch(self, ref: BatchRef | SampleRef, reseed: bool | int, bad: BadSamples | None) -> Any:
+        """Load and collate ``ref``'s samples, reseeding the global generators ``reseed``
+        (True, False or a set of them, as :func:`install_key` takes) before each."""
         if isinstance(ref, SampleRef):
             install_key(ref.seed, ref.epoch, ref.position, Purpose.SAMPLE, reseed_globals=reseed)
             if bad is not None:
@@ -173,12 +190,10 @@ class KeyedFetch(Dataset):
                 return self.collate_fn(bad.read(self.dataset, ref.id, key, reseed))
             return self.collate_fn(self.dataset[ref.id])
         seed, epoch, dataset, sample = ref.seed, ref.epoch, self.dataset, Purpose.SAMPLE
-        if self.lookahead is not None:
-            self.lookahead.before(dataset, epoch, ref.start, ref.ids)
         samples = None
         if self.batched and (bad is None or bad.batch_readable(ref.ids)):
             try:
-                samples = self._read_batch(ref)
+                samples = self._read_batch(ref, reseed)
             except ResumableLoaderError:
                 raise
             except Exception:  # the dataset's own, whatever its type: find the sample below
@@ -207,13 +222,11 @@ class KeyedFetch(Dataset):
         install_key(seed, epoch, ref.start, Purpose.BATCH, reseed_globals=reseed)
         return self.collate_fn(samples)
 
-    def _read_batch(self, ref: BatchRef) -> list[Any]:
+    def _read_batch(self, ref: BatchRef, reseed: bool | int) -> list[Any]:
         """One ``__getitems__`` call under the first sample's key (a batch of one is read
         exactly as ``__getitem__`` would be), every sample's key in ``batch_sample_keys()``.
         """
-        install_key(
-            ref.seed, ref.epoch, ref.start, Purpose.SAMPLE, reseed_globals=self.reseed_globals
-        )
+        install_key(ref.seed, ref.epoch, ref.start, Purpose.SAMPLE, reseed_globals=reseed)
         stop = ref.start + len(ref.ids) * ref.key_stride
         return _read_keyed(self.dataset, list(ref.ids), range(ref.start, stop, ref.key_stride))
 

@@ -32,6 +32,7 @@ from resumable_loader.errors import ConfigError
 from resumable_loader.order.philox import Purpose, derive_words
 
 PYTHON, NUMPY, TORCH = 0, 1, 2  # generator numbers, as csrc/global_rngs.h names them
+ALL = _core.ALL_GLOBAL_RNGS  # a set of generators is a mask, bit g for generator g
 _MT_N = 624
 _PROBE_KEY = (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344)
 # torch's CPU generator, as csrc/global_rngs.h lays it out: the engine's state words follow its
@@ -83,6 +84,13 @@ class GlobalRngs:
             if python and numpy and torch_fast
             else None
         )
+
+    @property
+    def watchable(self) -> Any:
+        """The one-call reseeder, where every layout checked out and torch's generator is
+        written in place: what reseed_globals="auto" needs to give the generators an entry
+        state and see which a batch changed (rngs/idle.py); else None."""
+        return self._reseeder if self._torch_in_place else None
 
     @property
     def current(self) -> bool:
@@ -157,21 +165,30 @@ def this_process() -> GlobalRngs:
     return _bound
 
 
-def reseed_sample(seed: int, epoch: int, position: int, purpose: Purpose) -> None:
-    """Reseed this process's global generators for a sample's key (seed, epoch, position,
-    purpose), called once per sample: one C++ call derives the key and writes all three states.
+def reseed_sample(
+    seed: int, epoch: int, position: int, purpose: Purpose, generators: int = ALL
+) -> None:
+    """Reseed this process's global generators in the set ``generators`` (bit g: generator g)
+    for a sample's key (seed, epoch, position, purpose), called once per sample: one C++ call
+    derives the key and writes their states.
 
     The call writes nothing and returns False once numpy's global bit generator was replaced;
     that, a generator reseeded by its API, or coordinates that are not plain ints in range go
-    through :func:`this_process`, which rebinds, validates and reseeds.
+    through :func:`this_process`, which rebinds, validates and reseeds (every generator where
+    a layout did not check out).
     """
     if _reseeder is not None:
         try:
-            if _reseeder(seed, epoch, position, purpose):
+            if _reseeder(seed, epoch, position, purpose, generators):
                 return
         except TypeError:
             pass  # validated below, outside the handler (no chained nanobind TypeError)
-    this_process().reseed_sample(seed, epoch, position, purpose)
+    rngs = this_process()
+    words = derive_words(seed, epoch, position, purpose)  # validates (ConfigError)
+    if _reseeder is None or not _reseeder(
+        int(seed), int(epoch), int(position), purpose, generators
+    ):
+        rngs.reseed(words)
 
 
 def _read(address: int, size: int) -> bytes:

@@ -21,14 +21,14 @@ import torch
 
 from resumable_loader.errors import ResumableLoaderError
 from resumable_loader.order.philox import Purpose, derive_words
-from resumable_loader.rngs.process import reseed_sample
+from resumable_loader.rngs.process import ALL, reseed_sample
 
 _MASK64 = (1 << 64) - 1
 
 # The key installed in this process: (seed, epoch, position, purpose), or None outside a
 # fetch. A plain tuple keeps installing it cheap; SampleKey is built only when asked for.
 _current: tuple[int, int, int, Purpose] | None = None
-_reseeding = False  # whether the current fetch reseeds the global RNGs with each key
+_reseeding = 0  # the global RNGs the current fetch reseeds with each key (a set, as ALL is)
 _torch_generator: torch.Generator | None = None
 _SAMPLE = Purpose.SAMPLE  # looked up once: an enum member's lookup costs ~0.06 us a sample
 
@@ -72,16 +72,19 @@ class SampleKey:
 
 
 def install_key(
-    seed: int, epoch: int, position: int, purpose: Purpose, *, reseed_globals: bool
+    seed: int, epoch: int, position: int, purpose: Purpose, *, reseed_globals: bool | int
 ) -> None:
-    """Make (seed, epoch, position, purpose) the current key; optionally reseed the globals.
+    """Make (seed, epoch, position, purpose) the current key; optionally reseed the globals:
+    ``reseed_globals`` True (all three), False (none) or the set of them to reseed (a mask,
+    bit g for generator g of :mod:`resumable_loader.rngs.process`).
 
     Without the reseed, the key's words are derived only if user code asks for them.
     """
     global _current, _reseeding
-    _current, _reseeding = (seed, epoch, position, purpose), reseed_globals
-    if reseed_globals:
-        reseed_sample(seed, epoch, position, purpose)
+    generators = ALL if reseed_globals is True else reseed_globals
+    _current, _reseeding = (seed, epoch, position, purpose), generators
+    if generators:
+        reseed_sample(seed, epoch, position, purpose, generators)
 
 
 def install_sample_key(position: int) -> None:
@@ -96,7 +99,7 @@ def install_sample_key(position: int) -> None:
     seed, epoch, _, _ = _current or _installed("install_sample_key()")
     _current = (seed, epoch, position, _SAMPLE)  # install_key's work, inlined: once a sample
     if _reseeding:
-        reseed_sample(seed, epoch, position, _SAMPLE)
+        reseed_sample(seed, epoch, position, _SAMPLE, _reseeding)
 
 
 def clear_key() -> None:
