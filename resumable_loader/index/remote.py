@@ -19,6 +19,7 @@ import numpy as np
 from resumable_loader.errors import SampleIndexError, ShardError
 from resumable_loader.index.atomic import atomic_write
 from resumable_loader.index.file import SUFFIX
+from resumable_loader.index.partial import fetch_partial, partial_path
 from resumable_loader.index.paths import FORK_SAFE, stat_shards
 from resumable_loader.storage.client import client_for
 
@@ -183,18 +184,31 @@ def for_remote_shards(
     index_url: str | None,
     on_error: str,
     workers: int | None,
+    on_demand: bool = False,
 ) -> Any:
     """The index of remote shards ``urls``, kept locally at ``path``: the local copy if every
     rank has a current one (checked against the shards' sizes and ETags, listed once by rank 0
     for the whole job); else fetched from ``index_url`` (default :func:`remote_index_url`)
     by the ranks that lack it; else built by all ranks together (each scanning its part) and
     published there by rank 0. ``cls`` is :class:`~resumable_loader.index.sharded.ShardedIndex`.
+
+    ``on_demand``: short of a whole local copy, use or fetch a partial one
+    (:func:`~resumable_loader.index.partial.fetch_partial`: the header now, each shard's rows
+    when read) instead of the whole index.
     """
     stats = on_rank_zero(lambda: stat_shards(urls))
     index = _current(cls, path, urls, on_error, stats)
     if everyone(index is not None):
         return index
     remote = index_url or remote_index_url(urls)
+    if on_demand:
+        partial = partial_path(path)
+        index = _current(cls, partial, urls, on_error, stats)
+        if index is None and fetch_partial(remote, partial):
+            index = _current(cls, partial, urls, on_error, stats)
+        if everyone(index is not None):
+            return index
+        index = _current(cls, path, urls, on_error, stats)
     if index is None and fetch(remote, path):
         index = _current(cls, path, urls, on_error, stats)
     if everyone(index is not None):

@@ -34,6 +34,7 @@ from resumable_loader.index.file import (
     read_index,
     write_index,
 )
+from resumable_loader.index.partial import ROWS, ShardRows
 from resumable_loader.index.paths import expand_shards, is_url, stat_shards
 from resumable_loader.index.remote import for_remote_shards
 from resumable_loader.index.tar import LENGTH, RECORD, START
@@ -66,6 +67,9 @@ class ShardedIndex:
         fields: tar extensions, or Parquet column names, found in the shards.
         skipped: what ``on_error="skip"`` left out, one "shard: what and where" line each.
         header: the whole msgpack header of the file.
+        partial: a partial copy of a remote index (:mod:`resumable_loader.index.partial`):
+            which shards' rows are here; None for a whole index. Rows of a partial index are
+            read only after :meth:`ensure_rows` (or :meth:`ensure_shards`) for them.
     """
 
     def __init__(self, header: dict[str, Any], arrays: dict[str, np.ndarray], path: Path) -> None:
@@ -86,6 +90,7 @@ class ShardedIndex:
         self.records: np.ndarray | None = arrays.get("records")
         self.checksums: np.ndarray | None = arrays.get("checksums")
         self.spans = self.records[:, START : LENGTH + 1] if self.records is not None else None
+        self.partial = ShardRows(path, header) if "partial" in header else None
         tar = self.format == "tar"
         shapes = [a.shape if a is not None else None for a in (self.records, self.checksums)]
         samples, width = self.num_samples, len(self.fields)
@@ -104,6 +109,35 @@ class ShardedIndex:
     def num_shards(self) -> int:
         """Shards in the index (including any that hold no sample)."""
         return len(self.shard_urls)
+
+    @property
+    def mean_sample_bytes(self) -> float:
+        """The mean bytes of a sample's span (of a shard's bytes per sample for a partial
+        index, whose spans are not all here)."""
+        if self.spans is None or self.partial is not None:
+            total = sum(int(s["bytes"]) for s in self.header["shards"])
+        else:
+            total = int(self.spans[:, 1].sum())
+        return max(1.0, total / max(self.num_samples, 1))
+
+    def ensure_shards(self, shards: Any) -> None:
+        """Make the rows of ``shards`` (ints) readable: a no-op for a whole index; for a
+        partial one, fetch those not here yet."""
+        if self.partial is not None:
+            self.partial.ensure(np.asarray(shards, dtype=np.int64).reshape(-1))
+
+    def ensure_rows(self, sample_ids: Any) -> None:
+        """:meth:`ensure_shards` for the shards holding ``sample_ids`` (ints; negative ones
+        count from the end; anything else is left for the read to refuse)."""
+        if self.partial is None:
+            return
+        ids = np.asarray(sample_ids).reshape(-1)
+        if ids.dtype.kind not in "iu" or ids.dtype == bool:
+            return
+        ids = np.where(ids < 0, ids + self.num_samples, ids)
+        ids = ids[(ids >= 0) & (ids < self.num_samples)]
+        if len(ids):
+            self.ensure_shards(np.searchsorted(self.shard_offsets, ids, side="right") - 1)
 
     def locate(self, sample_id: int) -> tuple[int, int]:
         """(shard, index within the shard) of a global sample id in [0, num_samples)."""
@@ -253,6 +287,7 @@ class ShardedIndex:
         on_error: str = "raise",
         workers: int | None = None,
         index_url: str | None = None,
+        index_rows: str = "all",
     ) -> ShardedIndex:
         """The index of ``shards`` at :func:`default_index_path`: loaded if it is up to date
         (and was built with a compatible ``on_error``), else built or rebuilt there.
@@ -268,13 +303,26 @@ class ShardedIndex:
             on_error: as for :meth:`build`.
             workers: as for :meth:`build`.
             index_url: remote shards only: where their index is kept in storage.
+            index_rows: remote shards only: "all" (fetch the whole index) or "on_demand":
+                when the index is in storage, fetch its header (the shard list) and each
+                shard's rows when a read first needs them (:mod:`~resumable_loader.index.partial`),
+                what a shard-local order over many shards wants. Local shards' index is memory
+                mapped, so only the pages read are loaded either way.
         """
         check_policy(on_error)
+        if index_rows not in ROWS:
+            raise ConfigError(f"index_rows must be one of {ROWS}, got {index_rows!r}")
         urls = expand_shards(shards)
         path = default_index_path(urls, cache_dir)
         if is_url(urls[0]):
             return for_remote_shards(
-                cls, urls, path, index_url=index_url, on_error=on_error, workers=workers
+                cls,
+                urls,
+                path,
+                index_url=index_url,
+                on_error=on_error,
+                workers=workers,
+                on_demand=index_rows == "on_demand",
             )
         if index_url is not None:
             raise ConfigError(

@@ -52,6 +52,7 @@ class IndexedDataset(Dataset):
         cache_dir: str | os.PathLike | None = None,
         on_error: str = "raise",
         index_url: str | None = None,
+        index_rows: str = "all",
     ) -> None:
         implicit = False  # the index is our own hidden file, not one the user named
         given = isinstance(shards, ShardedIndex) or (
@@ -68,7 +69,11 @@ class IndexedDataset(Dataset):
             index = ShardedIndex.load(shards)
         else:
             index = ShardedIndex.for_shards(
-                shards, cache_dir=cache_dir, on_error=on_error, index_url=index_url
+                shards,
+                cache_dir=cache_dir,
+                on_error=on_error,
+                index_url=index_url,
+                index_rows=index_rows,
             )
             implicit = True
         if index.format != self.format:

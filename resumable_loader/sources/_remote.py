@@ -124,6 +124,7 @@ class RemoteReads:
         """The global id of the sample of ``shard`` whose span begins at or before ``start``."""
         offsets = self.index.shard_offsets
         first, stop = int(offsets[shard]), int(offsets[shard + 1])
+        self.index.ensure_shards([shard])
         starts = self.index.spans[first:stop, 0]
         return first + max(int(starts.searchsorted(start, side="right")) - 1, 0)
 

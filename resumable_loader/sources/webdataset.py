@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from resumable_loader.errors import ConfigError, ShardError
+from resumable_loader.index.partial import records_of
 from resumable_loader.index.paths import is_url
 from resumable_loader.index.sharded import ShardedIndex
 from resumable_loader.index.tar import (
@@ -69,6 +70,10 @@ class TarShardDataset(RemoteReads, IndexedDataset):
             the first shard): fetched from there instead of scanning the shards, written there
             when built (``resumable-loader index --index-url`` publishes one); see
             :meth:`ShardedIndex.for_shards`.
+        index_rows: remote shards only: "all" (default) fetches the whole index; "on_demand"
+            fetches its header (the shard list) and each shard's records when a read first
+            needs them, for shard-local orders (``ShardShuffle``) over many shards; see
+            :meth:`ShardedIndex.for_shards`.
         on_error: "raise" or "skip" unreadable samples when the index is built; see
             :meth:`ShardedIndex.build`.
         read_ahead: block size in bytes, 0 for a read per sample, or None (default):
@@ -106,6 +111,7 @@ class TarShardDataset(RemoteReads, IndexedDataset):
         prefetch: Prefetch | bool | None = None,
         storage_options: dict[str, Any] | None = None,
         index_url: str | None = None,
+        index_rows: str = "all",
     ) -> None:
         if check not in CHECKS:
             raise ConfigError(f"check must be one of {CHECKS}, got {check!r}")
@@ -113,7 +119,13 @@ class TarShardDataset(RemoteReads, IndexedDataset):
         if read_ahead is not None:
             check_bytes("read_ahead", read_ahead)
         self.read_ahead, self.cache_bytes = read_ahead, check_bytes("cache_bytes", cache_bytes)
-        super().__init__(shards, cache_dir=cache_dir, on_error=on_error, index_url=index_url)
+        super().__init__(
+            shards,
+            cache_dir=cache_dir,
+            on_error=on_error,
+            index_url=index_url,
+            index_rows=index_rows,
+        )
         self.storage_options = dict(storage_options or {})
         self._init_remote(prefetch)
         self.decode = _decoder(decode)
@@ -122,7 +134,7 @@ class TarShardDataset(RemoteReads, IndexedDataset):
         self._columns = tuple(  # each extension's payload offset and size columns
             (field, RECORD + 2 * i, RECORD + 2 * i + 1) for i, field in enumerate(self._fields)
         )
-        self._records, self._urls = self.index.records, self.index.shard_urls
+        self._records, self._urls = records_of(self.index), self.index.shard_urls
         self._magic = MAGIC if self.index.header.get("magic") else b""  # b"": no check
         self.bytes_read = self.read_requests = 0
         self._blocks: BlockCache | None = None
@@ -270,7 +282,7 @@ class TarShardDataset(RemoteReads, IndexedDataset):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._records = self.index.records
+        self._records = records_of(self.index)
 
     def __repr__(self) -> str:
         return (

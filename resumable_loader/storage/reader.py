@@ -146,7 +146,7 @@ class ShardReader:
         self.index, self._fetch_one = index, fetch
         self.block_size, self.options = check_int("block_size", block_size, low=1), options
         self._sizes = np.array([int(s["bytes"]) for s in index.header["shards"]], dtype=np.int64)
-        self._mean = max(1.0, float(index.spans[:, 1].sum()) / max(index.num_samples, 1))
+        self._mean = index.mean_sample_bytes
         root = Path(options.cache_dir or default_cache_dir(index))
         self.cache = NodeCache(root / "blocks", cache_bytes, eviction=options.eviction)
         self.cache.next_use = self._next_use
@@ -234,6 +234,7 @@ class ShardReader:
         ids = np.concatenate([b.ids for b in batches])
         positions = np.repeat([b.position for b in batches], counts)
         mine = np.repeat([b.mine for b in batches], counts)
+        self.index.ensure_rows(ids)  # a partial index fetches the window's shards' rows
         shards, starts, lengths = sample_spans(self.index.spans, self.index.shard_offsets, ids)
         pieces = BlockPieces.of(shards, starts, lengths, self.block_size)
         whole = np.zeros(len(ids), dtype=bool)
