@@ -16,7 +16,7 @@ from torch.utils.data import Dataset, default_collate
 from resumable_loader import DataLoader
 from resumable_loader.errors import ConfigError
 from resumable_loader.loader.keyed_fetch import install_batch_sample_key
-from resumable_loader.rngs import idle
+from resumable_loader.rngs.idle import GeneratorsInUse
 from resumable_loader.rngs.process import NUMPY, PYTHON, TORCH, this_process
 
 LENGTH = 60
@@ -162,20 +162,20 @@ def test_any_mix_of_draws_gives_the_stream_of_true(plan, batch):
 
 
 def test_generators_never_drawn_from_stay_idle_and_are_not_reseeded():
-    idle._live = 0  # as in a fresh process
-    run(loader(Draws([("numpy", 0.05)]), "auto"), 1)
-    assert idle.live() == 1 << NUMPY
-    run(loader(Draws([("python_gauss", 0.05), ("torch_gauss", 0.05)]), "auto"), 1)
-    assert idle.live() == 1 << NUMPY | 1 << PYTHON | 1 << TORCH
+    numpy = loader(Draws([("numpy", 0.05)]), "auto")
+    run(numpy, 1)
+    assert numpy._fetch.in_use.live == 1 << NUMPY
+    others = loader(Draws([("python_gauss", 0.05), ("torch_gauss", 0.05)]), "auto")
+    run(others, 1)  # each loader its own: numpy's use by the first one is not this one's
+    assert others._fetch.in_use.live == 1 << PYTHON | 1 << TORCH
 
 
 def test_the_entry_state_is_one_per_seed_and_epoch_and_any_draw_is_seen():
-    idle._live = 0
-    states = []
+    in_use, states = GeneratorsInUse(), []
     for seed, epoch in [(1, 0), (1, 1), (2, 0), (1, 0)]:
-        assert idle.enter(seed, epoch) == 0
+        assert in_use.enter(seed, epoch) == 0
         states.append((random.getstate(), np.random.get_state()[1].tolist(), torch.get_rng_state()))
-        assert not idle.went_live()
+        assert not in_use.went_live()
     assert states[0][0] == states[3][0] and torch.equal(states[0][2], states[3][2])
     assert len({repr(s[0]) for s in states[:3]}) == 3 and states[0][1] != states[2][1]
     for draw, generator in [
@@ -184,10 +184,10 @@ def test_the_entry_state_is_one_per_seed_and_epoch_and_any_draw_is_seen():
         (lambda: torch.randint(0, 2**31, (624,)), TORCH),
         (lambda: random.setstate((*random.getstate()[:2], 0.5)), PYTHON),  # a cached Gaussian
     ]:
-        idle._live = 0
-        idle.enter(1, 0)
+        in_use = GeneratorsInUse()
+        in_use.enter(1, 0)
         draw()
-        assert idle.went_live() and idle.live() == 1 << generator
+        assert in_use.went_live() and in_use.live == 1 << generator
 
 
 def test_fork_rng_is_not_seen_and_reads_one_entry_state_in_every_layout():
@@ -200,10 +200,11 @@ def test_fork_rng_is_not_seen_and_reads_one_entry_state_in_every_layout():
 
     DRAWS["forked"] = forked
     try:
-        idle._live = 0
         dataset = Draws([("forked", 1.0)])
+        first = loader(Draws([("torch", 0.2)]), "auto")
+        run(first, 1)  # another loader's torch draws in this process change nothing below
+        assert first._fetch.in_use.live == 1 << TORCH
         auto = stream(dataset, "auto")
-        assert idle.live() == 0
         assert auto == stream(dataset, "auto", workers=2, batch=7)
         assert len({digest for epoch, _, digest in auto if epoch == 0}) == 1
         assert len({digest for _, _, digest in stream(dataset, True)}) == 2 * LENGTH
@@ -281,7 +282,7 @@ def test_reseed_globals_takes_true_false_or_auto(bad):
 
 def test_a_process_whose_generators_cannot_be_watched_reseeds_all_of_them(monkeypatch):
     monkeypatch.setattr(type(this_process()), "watchable", property(lambda self: None))
-    idle._live = 0
-    assert idle.enter(1, 0) == 7 and not idle.went_live()
+    in_use = GeneratorsInUse()
+    assert in_use.enter(1, 0) == 7 and not in_use.went_live()
     dataset = Draws(PLANS["each generator"])
     assert stream(dataset, "auto") == stream(dataset, True)

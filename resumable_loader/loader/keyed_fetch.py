@@ -23,7 +23,7 @@ from torch.utils.data import Dataset, StackDataset, Subset, get_worker_info
 
 from resumable_loader.errors import ResumableLoaderError
 from resumable_loader.order.philox import Purpose, derive_words
-from resumable_loader.rngs import idle
+from resumable_loader.rngs.idle import GeneratorsInUse
 from resumable_loader.rngs.process import this_process
 from resumable_loader.rngs.sample import (
     SampleKey,
@@ -132,6 +132,7 @@ class KeyedFetch(Dataset):
         self.dataset = dataset
         self.collate_fn = collate_fn
         self.reseed_globals = reseed_globals
+        self.in_use = GeneratorsInUse()  # under "auto": the generators reseeded per sample
         self.batched = reads_batched(dataset)
         # items that hold several samples of the order (a pack), read by read_samples_at
         self.holds_samples = bool(getattr(dataset, "holds_samples", False))
@@ -175,9 +176,9 @@ class KeyedFetch(Dataset):
             self.lookahead.before(self.dataset, ref.epoch, ref.start, ref.ids)
         if reseed != "auto":
             return self._fetch(ref, reseed, bad)
-        while True:  # at most once more per generator a process has
-            result = self._fetch(ref, idle.enter(ref.seed, ref.epoch), None)
-            if not idle.went_live():
+        while True:  # at most once more per generator
+            result = self._fetch(ref, self.in_use.enter(ref.seed, ref.epoch), None)
+            if not self.in_use.went_live():
                 return result
 
     def _fetch(self, ref: BatchRef | SampleRef, reseed: bool | int, bad: BadSamples | None) -> Any:
