@@ -18,7 +18,8 @@ filelock, lightning-utilities, requests, are already installed by the test extra
    order), page cache warmed first; the median samples/s and our rate over each peer's in the
    same round, median and range, of the wall clock and of CPU time (this process and its
    joined workers: on a shared machine, less swayed by the load). Then tiny samples (one
-   1-byte member each) at 0 and 2 workers, ours vs torch's DataLoader, and a random-access
+   1-byte member each) at 0 and 2 workers, ours (reseed_globals True, the default, and
+   "auto") vs torch's DataLoader, and a random-access
    ``dataset[i]`` against a bare ``os.pread`` of the same span. MosaicML Streaming is not
    compared: it does not install beside the CPU build of torch (it pulls a CUDA build).
 2. seconds from building a loader (and loading a state) to its first batch, fresh and resumed
@@ -290,6 +291,9 @@ def table(
         print(f"{name:<50}{wall:>11,.0f}{columns}{count:>9}  {checksum}")
 
 
+AUTO = 'ours, global shuffle, reseed_globals="auto"'
+
+
 def tiny_samples(directory: Path, rounds: int) -> None:
     """Samples of one 1-byte member: the loader's own cost per sample, ours vs torch's."""
     paths = write_tiny_shards(directory, 16 * 4096, shards=16)
@@ -300,11 +304,16 @@ def tiny_samples(directory: Path, rounds: int) -> None:
             "ours, global shuffle": lambda o=options: ResumableDataLoader(
                 dataset, shuffle=True, seed=0, **o
             ),
+            AUTO: lambda o=options: ResumableDataLoader(
+                dataset, shuffle=True, seed=0, reseed_globals="auto", **o
+            ),
             "torch DataLoader": lambda o=options: DataLoader(dataset, shuffle=True, **o),
         }
         print(f"{workers} workers:")
         rates, seen = interleaved(peers, rounds, f"tiny samples, {workers} workers")
         table(rates, "ours, global shuffle", seen)
+        print(f"the same rounds, ours/this for {AUTO} (label_of draws nothing: none reseeded)")
+        table(rates, AUTO, seen)
 
 
 def random_access(paths: list[str], rounds: int) -> None:

@@ -8,9 +8,10 @@ whole loading runs in this process. Two tables:
 
 - per call: installing a sample's key with and without the reseed of all three generators
   (one C++ call), beside the libraries' own seeding for reference; the best of R rounds;
-- tiny samples, batch 64: samples per CPU second of torch's DataLoader, ours, and ours with
-  reseed_globals=False, the best of R alternating epochs, and the ratio to torch; the checksum
-  of the ids shows the same work was done. Two datasets: one returning its index (the
+- tiny samples, batch 64: samples per CPU second of torch's DataLoader, ours (reseed_globals
+  True), ours with "auto" (nothing drawn, so no generator reseeded) and with False, the best
+  of R alternating epochs, and the ratio to torch; the checksum of the ids shows the same work
+  was done. Two datasets: one returning its index (the
   loader's cost alone), and bench_peers' section 1b tar shards of one 1-byte member a sample
   read through TarShardDataset's ``__getitems__`` (each sample decoded under its own key).
 
@@ -67,6 +68,9 @@ def tiny_samples(dataset: Dataset, what: str, repeats: int) -> None:
     loaders = {
         "torch": DataLoader(dataset, batch_size=64, shuffle=True),
         "ours": ResumableDataLoader(dataset, batch_size=64, shuffle=True, seed=0),
+        "ours, reseed auto": ResumableDataLoader(
+            dataset, batch_size=64, shuffle=True, seed=0, reseed_globals="auto"
+        ),
         "ours, reseed off": ResumableDataLoader(
             dataset, batch_size=64, shuffle=True, seed=0, reseed_globals=False
         ),
