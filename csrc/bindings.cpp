@@ -199,40 +199,133 @@ struct SampleReseeder {
   }
 };
 
-// fill_pack_batch for one token dtype (packing.h): a batch of packs in one buffer.
-template <typename Token>
-void bind_fill_pack_batch(nb::module_& m) {
+// A token array of any integer dtype, for the packing kernels (packing.h).
+using TokensIn = nb::ndarray<nb::ro, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+
+// Calls fill(const Token*) with the tokens as their own integer type (TypeError for others).
+template <typename Fill>
+int64_t with_tokens(const TokensIn& tokens, Fill fill) {
+  const void* data = tokens.data();
+  const nb::dlpack::dtype type = tokens.dtype();
+  if (type == nb::dtype<uint8_t>()) return fill(static_cast<const uint8_t*>(data));
+  if (type == nb::dtype<int8_t>()) return fill(static_cast<const int8_t*>(data));
+  if (type == nb::dtype<uint16_t>()) return fill(static_cast<const uint16_t*>(data));
+  if (type == nb::dtype<int16_t>()) return fill(static_cast<const int16_t*>(data));
+  if (type == nb::dtype<uint32_t>()) return fill(static_cast<const uint32_t*>(data));
+  if (type == nb::dtype<int32_t>()) return fill(static_cast<const int32_t*>(data));
+  if (type == nb::dtype<uint64_t>()) return fill(static_cast<const uint64_t*>(data));
+  if (type == nb::dtype<int64_t>()) return fill(static_cast<const int64_t*>(data));
+  throw nb::type_error("the tokens must be an array of integers of 8 to 64 bits");
+}
+
+// The pieces' per-piece columns from index first on, and packs + 1 bounds from bounds[0]:
+// checked to be one run of pieces [bounds[0], bounds[packs]) inside the columns, of sizes
+// >= 0 summing below 2**31. Returns the pieces and their token count.
+std::pair<resumable_loader::PackPieces, int64_t> pack_pieces(
+    const Int64In& ids, const Int64In& positions, const Int64In& offsets, const Int64In& sizes,
+    const int64_t* bounds, uint64_t packs) {
+  const uint64_t n = ids.shape(0);
+  bool valid = positions.shape(0) == n && offsets.shape(0) == n && sizes.shape(0) == n &&
+               bounds[0] >= 0 && static_cast<uint64_t>(bounds[packs]) <= n;
+  for (uint64_t p = 0; valid && p < packs; ++p) valid = bounds[p] <= bounds[p + 1];
+  int64_t total = 0;
+  for (int64_t k = valid ? bounds[0] : 0; valid && k < bounds[packs]; ++k) {
+    const int64_t size = sizes.data()[k];
+    valid = size >= 0 && offsets.data()[k] >= 0 && size < (int64_t{1} << 31) - total;
+    total += size;
+  }
+  if (!valid) {
+    throw nb::value_error("packing needs one id, position, offset and size per piece, "
+                          "non-decreasing pack bounds inside them, offsets and sizes >= 0 and "
+                          "fewer than 2**31 tokens");
+  }
+  const uint64_t from = static_cast<uint64_t>(bounds[0]);
+  return {{ids.data() + from, positions.data() + from, offsets.data() + from,
+           sizes.data() + from, static_cast<uint64_t>(bounds[packs]) - from, bounds, packs},
+          total};
+}
+
+// The buffer's words for a batch (packing.h), checked.
+void check_pack_buffer(const Int64Out& out, const resumable_loader::PackPieces& pieces,
+                       int64_t total) {
+  const uint64_t n = static_cast<uint64_t>(total), count = pieces.count;
+  if (out.shape(0) != 3 * n + 3 * count + pieces.packs + 1 + (count + 2) / 2) {
+    throw nb::value_error(("the pack buffer needs 3T + 3P + packs + 1 + (P + 2) / 2 = " +
+                           std::to_string(3 * n + 3 * count + pieces.packs + 1 +
+                                          (count + 2) / 2) +
+                           " words (packing.h), got " + std::to_string(out.shape(0)))
+                              .c_str());
+  }
+}
+
+void bind_packing(nb::module_& m) {
   m.def(
       "fill_pack_batch",
-      [](nb::ndarray<const Token, nb::ndim<1>, nb::c_contig, nb::device::cpu> tokens,
-         Int64In first, Int64In sizes, Int64In ids, Int64In positions, Int64In offsets,
-         Int64In bounds, Int64Out out) {
-        const uint64_t pieces = first.shape(0), packs = bounds.shape(0) - 1;
+      [](TokensIn tokens, Int64In first, Int64In sizes, Int64In ids, Int64In positions,
+         Int64In offsets, Int64In bounds, Int64Out out) {
+        if (bounds.shape(0) < 1 || first.shape(0) != ids.shape(0)) {
+          throw nb::value_error("fill_pack_batch needs packs + 1 >= 1 bounds and a first per "
+                                "piece");
+        }
+        const auto [pieces, total] =
+            pack_pieces(ids, positions, offsets, sizes, bounds.data(), bounds.shape(0) - 1);
+        if (bounds.data()[0] != 0 || pieces.count != ids.shape(0)) {
+          throw nb::value_error("fill_pack_batch's bounds run from 0 to the pieces' count");
+        }
         const int64_t count = static_cast<int64_t>(tokens.shape(0));
-        bool valid = bounds.shape(0) >= 1 && sizes.shape(0) == pieces &&
-                     ids.shape(0) == pieces && positions.shape(0) == pieces &&
-                     offsets.shape(0) == pieces;
-        int64_t total = 0;
-        for (uint64_t k = 0; valid && k < pieces; ++k) {
-          const int64_t at = first.data()[k], size = sizes.data()[k];
-          valid = at >= 0 && size >= 0 && size <= count - at && total + size < (int64_t{1} << 31);
-          total += size;
+        for (uint64_t k = 0; k < pieces.count; ++k) {
+          const int64_t at = first.data()[k];
+          if (at < 0 || pieces.sizes[k] > count - at) {
+            throw nb::value_error(("fill_pack_batch: piece " + std::to_string(k) +
+                                   "'s span is outside the tokens").c_str());
+          }
         }
-        const uint64_t n = static_cast<uint64_t>(total);
-        if (!valid || out.shape(0) != 3 * n + 3 * pieces + packs + 1 + (pieces + 2) / 2) {
-          throw nb::value_error("fill_pack_batch needs every span [first, first + size) inside "
-                                "the tokens, one size, id, position and offset per piece, "
-                                "fewer than 2**31 tokens and the buffer's layout (packing.h)");
-        }
-        nb::gil_scoped_release release;
-        return resumable_loader::fill_pack_batch(tokens.data(), first.data(), sizes.data(),
-                                                 ids.data(), positions.data(), offsets.data(),
-                                                 pieces, bounds.data(), packs, total, out.data());
+        check_pack_buffer(out, pieces, total);
+        return with_tokens(tokens, [&](const auto* data) {
+          nb::gil_scoped_release release;
+          return resumable_loader::fill_pack_batch(data, first.data(), pieces, total,
+                                                   out.data());
+        });
       },
       "tokens"_a, "first"_a, "sizes"_a, "ids"_a, "positions"_a, "offsets"_a, "bounds"_a,
       "out"_a.noconvert(),
       "Fill out with a batch of packs (packing.h: input_ids, labels, position_ids, provenance, "
       "bounds, cu_seqlens as int32); returns the longest piece.");
+  m.def(
+      "fill_document_packs",
+      [](TokensIn tokens, Int64In starts, Int64In ids, Int64In positions, Int64In offsets,
+         Int64In sizes, Int64In bounds, uint64_t first_pack, uint64_t packs, Int64Out out) {
+        if (first_pack >= bounds.shape(0) || packs > bounds.shape(0) - 1 - first_pack ||
+            starts.shape(0) < 1) {
+          throw nb::value_error(("fill_document_packs: packs [" + std::to_string(first_pack) +
+                                 ", " + std::to_string(first_pack + packs) + ") outside the " +
+                                 std::to_string(bounds.shape(0)) + " bounds, or no starts")
+                                    .c_str());
+        }
+        const auto [pieces, total] =
+            pack_pieces(ids, positions, offsets, sizes, bounds.data() + first_pack, packs);
+        const uint64_t documents = starts.shape(0) - 1;
+        const int64_t* doc = starts.data();
+        const int64_t count = static_cast<int64_t>(tokens.shape(0));
+        for (uint64_t k = 0; k < pieces.count; ++k) {
+          const int64_t id = pieces.ids[k];
+          if (id < 0 || static_cast<uint64_t>(id) >= documents || doc[id] < 0 ||
+              doc[id + 1] > count || pieces.offsets[k] + pieces.sizes[k] > doc[id + 1] - doc[id]) {
+            throw nb::value_error(("fill_document_packs: piece " + std::to_string(k) +
+                                   " (document " + std::to_string(id) +
+                                   ") is outside its document or the tokens").c_str());
+          }
+        }
+        check_pack_buffer(out, pieces, total);
+        return with_tokens(tokens, [&](const auto* data) {
+          nb::gil_scoped_release release;
+          return resumable_loader::fill_document_packs(data, doc, pieces, total, out.data());
+        });
+      },
+      "tokens"_a, "starts"_a, "ids"_a, "positions"_a, "offsets"_a, "sizes"_a, "bounds"_a,
+      "first_pack"_a, "packs"_a, "out"_a.noconvert(),
+      "Fill out as fill_pack_batch does with packs [first_pack, first_pack + packs) of a plan's "
+      "pieces (bounds: the plan's), document d being tokens[starts[d]:starts[d + 1]].");
 }
 
 }  // namespace
@@ -576,12 +669,5 @@ NB_MODULE(_core, m) {
       },
       "sizes"_a, "capacity"_a, "strategy"_a, "bins"_a.noconvert(),
       "bins[i] = the bin of piece i in plan.py's assignment (numbered in order of opening).");
-  bind_fill_pack_batch<uint8_t>(m);
-  bind_fill_pack_batch<int8_t>(m);
-  bind_fill_pack_batch<uint16_t>(m);
-  bind_fill_pack_batch<int16_t>(m);
-  bind_fill_pack_batch<uint32_t>(m);
-  bind_fill_pack_batch<int32_t>(m);
-  bind_fill_pack_batch<int64_t>(m);
-  bind_fill_pack_batch<uint64_t>(m);
+  bind_packing(m);
 }

@@ -33,18 +33,37 @@ void window_pack_counts(const int32_t* lengths, const int64_t* ids, uint64_t n, 
 void window_pack_bins(const int64_t* sizes, uint64_t n, int64_t capacity, PackStrategy strategy,
                       int64_t* bins);
 
+// The pieces of a batch of packs, in pack order: each piece's sample id, position in the
+// epoch's sample order, offset (its first token within the sample) and size; pack p is pieces
+// [bounds[p] - bounds[0], bounds[p + 1] - bounds[0]) of the count given.
+struct PackPieces {
+  const int64_t* ids;
+  const int64_t* positions;
+  const int64_t* offsets;
+  const int64_t* sizes;
+  uint64_t count;
+  const int64_t* bounds;  // packs + 1
+  uint64_t packs;
+};
+
 // A batch of packs written into one int64 buffer, from spans of a token array: piece k is
-// tokens[first[k] .. first[k] + sizes[k]), and pack p is pieces bounds[p] .. bounds[p + 1).
-// With T = sum(sizes) and P pieces, out receives, back to back: the pieces' tokens as int64
-// (input_ids, T), the same with -100 at each piece's first token (labels, T), 0, 1, .. in each
-// piece (position_ids, T), the pieces' sample ids, positions and offsets (P each), bounds
-// (packs + 1), then cu_seqlens as int32 (0 and each piece's end, P + 1 of them, in the last
-// ceil((P + 1) / 2) words). Returns the longest piece (0 if none).
-// requires every span inside tokens and out of 3T + 3P + packs + 1 + (P + 2) / 2 words.
+// tokens[first[k] .. first[k] + sizes[k]). With T = sum(sizes) and P pieces, out receives, back
+// to back: the pieces' tokens as int64 (input_ids, T), the same with -100 at each piece's first
+// token (labels, T), 0, 1, .. in each piece (position_ids, T), the pieces' sample ids, positions
+// and offsets (P each), the packs' bounds from 0 (packs + 1), then cu_seqlens as int32 (0 and
+// each piece's end, P + 1 of them, in the last (P + 2) / 2 words). Returns the longest piece.
+// requires every span inside tokens, T = sum(sizes) < 2**31 and out of
+// 3T + 3P + packs + 1 + (P + 2) / 2 words.
 template <typename Token>
-int64_t fill_pack_batch(const Token* tokens, const int64_t* first, const int64_t* sizes,
-                        const int64_t* ids, const int64_t* positions, const int64_t* offsets,
-                        uint64_t pieces, const int64_t* bounds, uint64_t packs, int64_t total,
-                        int64_t* out);
+int64_t fill_pack_batch(const Token* tokens, const int64_t* first, const PackPieces& pieces,
+                        int64_t total, int64_t* out);
+
+// The same for documents of one token array, document d being tokens[starts[d] ..
+// starts[d + 1]): piece k is tokens[starts[ids[k]] + offsets[k] .. + sizes[k]), so that a run of
+// a window plan's packs is written by one call, from the plan's own arrays.
+// requires every piece inside its document, and the rest as fill_pack_batch.
+template <typename Token>
+int64_t fill_document_packs(const Token* tokens, const int64_t* starts, const PackPieces& pieces,
+                            int64_t total, int64_t* out);
 
 }  // namespace resumable_loader

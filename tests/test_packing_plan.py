@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from packing_reference import reference_bins
 
+from resumable_loader import _core
 from resumable_loader.errors import ConfigError
 from resumable_loader.packing.batch import IGNORE_INDEX, PackBatch
 from resumable_loader.packing.budget import padded_tokens
@@ -151,7 +152,7 @@ def _batch(*packs: list[tuple[int, list[int], dict]]) -> PackBatch:
     labels = None
     if any(x is not None for x in own):
         labels = np.concatenate([t if x is None else x for t, x in zip(tokens, own, strict=True)])
-    return PackBatch(
+    return PackBatch.from_spans(
         info,
         bounds,
         sizes,
@@ -205,3 +206,41 @@ def test_batch_layouts_agree_with_the_packs() -> None:
     rows = collate_budget(first)
     assert rows["input_ids"].tolist() == [[1, 2], [3, 0]]
     assert rows["attention_mask"].tolist() == [[1, 1], [1, 0]]
+
+
+def _words(total: int, pieces: int, packs: int) -> int:
+    return 3 * total + 3 * pieces + packs + 1 + (pieces + 2) // 2
+
+
+def test_the_document_kernel_writes_a_run_of_a_plans_packs_as_the_span_kernel_does() -> None:
+    """fill_document_packs cuts packs [1, 4) of a window's pieces out of the plan's arrays: the
+    same buffer as fill_pack_batch given those pieces' spans; pieces outside their document,
+    tokens that are not integers and a buffer of another size are refused."""
+    tokens = np.arange(100, dtype=np.uint16) * 3
+    starts = np.array([0, 10, 25, 25, 60, 100], dtype=np.int64)  # 10, 15, 0, 35, 40 tokens
+    ids = np.array([3, 0, 2, 1, 4, 3], dtype=np.int64)
+    offsets = np.array([5, 0, 0, 2, 0, 0], dtype=np.int64)
+    sizes = np.array([30, 10, 0, 13, 32, 5], dtype=np.int64)
+    positions = np.arange(6, dtype=np.int64) + 40
+    bounds = np.array([0, 2, 3, 5, 6], dtype=np.int64)
+    out = np.full(_words(50, 4, 3), -7, dtype=np.int64)
+    args = (tokens, starts, ids, positions, offsets)
+    longest = _core.fill_document_packs(*args, sizes, bounds, 1, 3, out)
+    run = slice(2, 6)
+    expected = np.full_like(out, -7)
+    first = starts[ids[run]] + offsets[run]
+    columns = (ids[run], positions[run], offsets[run])
+    spans = (tokens, first, sizes[run], *columns, np.array([0, 1, 3, 4]), expected)
+    assert _core.fill_pack_batch(*spans) == longest == 32
+    assert out.tolist() == expected.tolist()
+    assert out[:50].tolist() == [*range(36, 75, 3), *range(180, 276, 3), *range(75, 90, 3)]
+    bad = sizes.copy()
+    bad[3] = 14  # document 1 has 15 tokens: [2, 16) is outside it
+    with pytest.raises(ValueError, match=r"piece 1 \(document 1\) is outside its document"):
+        _core.fill_document_packs(*args, bad, bounds, 1, 3, np.empty(_words(51, 4, 3), np.int64))
+    with pytest.raises(TypeError, match="integers"):
+        _core.fill_document_packs(tokens.astype(np.float32), *args[1:], sizes, bounds, 1, 3, out)
+    with pytest.raises(ValueError, match="the pack buffer needs"):
+        _core.fill_document_packs(*args, sizes, bounds, 1, 3, out[:-1])
+    with pytest.raises(ValueError, match="outside the 5 bounds"):
+        _core.fill_document_packs(*args, sizes, bounds, 2, 3, out)

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from resumable_loader import Packed
 from resumable_loader.errors import ConfigError, ResumeWarning
 from resumable_loader.loader.bad_samples import read_quarantine, substitute_id
+from resumable_loader.packing.batch import PackBatch
 from resumable_loader.packing.buffers import BufferPool
 from resumable_loader.packing.collate import collate_varlen
 from resumable_loader.tokens import TokenDataset, TokenDocuments
@@ -95,9 +96,10 @@ def test_packed_token_documents_read_as_spans_give_the_per_sample_stream(
     workers: int,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """One shard: spans of its memory map; two: copied back to back. Either way the stream
-    equals per-sample reads of the same documents, split pieces included, and no document
-    is read as a sample."""
+    """One shard: a batch of one window's packs written from its memory map in one C++ call
+    (other batches: spans of it); two: copied back to back. Either way the stream equals
+    per-sample reads of the same documents, split pieces included, and no document is read as
+    a sample."""
     paths, docs = corpus
     docs = docs[:30] if shards == 1 else docs
     source = TokenDocuments(paths[:shards])
@@ -105,10 +107,20 @@ def test_packed_token_documents_read_as_spans_give_the_per_sample_stream(
     def refused(self: TokenDocuments, index: int) -> None:
         raise AssertionError("Packed must read TokenDocuments as spans")
 
+    runs = []
+    from_documents = PackBatch.from_documents.__func__
+
+    def counted(cls: type[PackBatch], *args: Any) -> PackBatch:
+        runs.append(args[-1].count)
+        return from_documents(cls, *args)
+
     monkeypatch.setattr(TokenDocuments, "__getitem__", refused)
+    monkeypatch.setattr(PackBatch, "from_documents", classmethod(counted))
     settings = dict(max_tokens=32, window=6, batch_size=3)
     spans = records(make(source, num_workers=workers, **settings), 2)
     assert spans == records(make(PerSample(docs), **settings), 2)
+    if workers == 0:  # (a worker's calls are not seen here)
+        assert (len(runs) > len(spans) // 3) if shards == 1 else runs == []
     assert sorted(i for batch in spans[: len(spans) // 2] for i in batch[4]) == sorted(
         i for i, d in enumerate(docs) for _ in range(-(-len(d) // 32))
     )
@@ -235,11 +247,11 @@ def test_batches_the_loop_still_holds_are_never_written_over(
             assert torch.equal(kept, copied)
     pool = BufferPool()
     first = pool.take(100)
-    address = first.data_ptr()
+    address = first.ctypes.data
     second = pool.take(100)
-    assert second.data_ptr() != address  # the first is held: another buffer
+    assert second.ctypes.data != address  # the first is held: another buffer
     del first
-    assert pool.take(90).data_ptr() == address != second.data_ptr()  # free again: reused
+    assert pool.take(90).ctypes.data == address != second.ctypes.data  # free again: reused
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -1,8 +1,9 @@
 """Several packs made at once: their tokens in flat arrays, and a read-only mapping per pack.
 
-A batch of packs is written by one C++ call (``csrc/packing.h``: fill_pack_batch, no
-per-sample Python) into one buffer: the tokens of every piece back to back, labels,
-position_ids, the provenance and the pieces' boundaries. Each pack is a :class:`Pack`, a
+A batch of packs is written by one C++ call (``csrc/packing.h``, no per-sample Python) into
+one buffer: the tokens of every piece back to back, labels, position_ids, the provenance and
+the pieces' boundaries; from a window plan's own arrays and a token file's documents
+(fill_document_packs), else from spans of a token array (fill_pack_batch). Each pack is a :class:`Pack`, a
 mapping whose tensors are views of the batch's, made when first asked for, so
 :func:`~resumable_loader.packing.collate.collate_varlen` hands the batch's buffer over as it is
 instead of cutting packs only to join them again.
@@ -20,13 +21,16 @@ is at its minimum, so a continuing piece would be merged with the sample before 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from resumable_loader import _core
 from resumable_loader.packing.buffers import batch_buffer
+
+if TYPE_CHECKING:
+    from resumable_loader.packing.order import WindowRun
 
 IGNORE_INDEX = -100
 KEYS = (
@@ -46,27 +50,47 @@ _PROVENANCE = ("sample_ids", "sample_positions", "sample_offsets")  # one value 
 
 
 class PackBatch:
-    """The packs of one read: every piece's tokens back to back, in pack order.
+    """The packs of one read: every piece's tokens back to back, in pack order, in one buffer
+    (csrc/packing.h's layout). Made by :meth:`from_spans` or :meth:`from_documents`.
 
     Args:
-        pieces: per piece, in pack order: ``ids`` (sample id), ``positions`` (in the epoch's
-            sample order), ``offsets`` (first token within the sample), int64 arrays.
-        bounds: int64, packs + 1: pack k is pieces ``bounds[k]:bounds[k+1]``.
-        sizes: int64, each piece's token count.
-        tokens, first: piece k's tokens are ``tokens[first[k]:first[k] + sizes[k]]`` (an
-            integer array: a token file's memory map, or the pieces already joined).
-        labels: int64, the pieces' own labels back to back, or None: their tokens.
+        numbers: the int64 buffer, filled.
+        shared: in a DataLoader worker, the shared-memory tensor ``numbers`` is a view of (the
+            batch's tensors are then views of it, which a worker sends without a copy), else
+            None (its tensors are made from numpy views, a third of a torch view's cost).
+        layout: (T, P, packs): tokens, pieces and packs of the batch.
+        longest: the longest piece.
         images: per pack, its images; image_offsets: per pack, each image's token index in
             the pack (None: no images).
 
     Attributes:
         piece_bounds (numpy int64, packs + 1: pieces), images, image_offsets (lists per pack);
         the tensors (:meth:`rows`, :meth:`provenance`, ``cu_seqlens``, ``pack_bounds``) are
-        views of one buffer, made when first asked for.
+        views of the buffer, made when first asked for.
     """
 
     def __init__(
         self,
+        numbers: np.ndarray,
+        shared: torch.Tensor | None,
+        layout: tuple[int, int, int],
+        longest: int,
+        images: list[list[Any]] | None = None,
+        image_offsets: list[list[int]] | None = None,
+    ) -> None:
+        total, count, packs = layout
+        self._numbers, self._shared, self._layout = numbers, shared, layout
+        self._longest = longest
+        self.piece_bounds = numbers[3 * total + 3 * count : 3 * total + 3 * count + packs + 1]
+        self._cu = numbers[3 * total + 3 * count + packs + 1 :].view(np.int32)[: count + 1]
+        self.has_images = images is not None
+        self.images = images if images is not None else [[] for _ in range(packs)]
+        self.image_offsets = image_offsets if image_offsets is not None else self.images
+        self._views: dict[str, Any] = {}
+
+    @classmethod
+    def from_spans(
+        cls,
         pieces: Mapping[str, np.ndarray],
         bounds: np.ndarray,
         sizes: np.ndarray,
@@ -75,37 +99,51 @@ class PackBatch:
         labels: np.ndarray | None = None,
         images: list[list[Any]] | None = None,
         image_offsets: list[list[int]] | None = None,
-    ) -> None:
-        count, packs = len(sizes), len(bounds) - 1
-        total = int(sizes.sum())
-        # One int64 buffer for everything (csrc/packing.h: rows, provenance, pack bounds, then
-        # cu_seqlens as int32), so that a worker sends one storage (see .buffers).
-        cu_words = (count + 2) // 2
-        flat = batch_buffer(3 * total + 3 * count + packs + 1 + cu_words)
-        numbers = flat.numpy()
-        self._longest = _core.fill_pack_batch(
-            tokens,
-            first,
-            sizes,
-            pieces["ids"],
-            pieces["positions"],
-            pieces["offsets"],
-            bounds,
+    ) -> PackBatch:
+        """Packs from spans of a token array.
+
+        Args:
+            pieces: per piece, in pack order: ``ids`` (sample id), ``positions`` (in the
+                epoch's sample order), ``offsets`` (first token within the sample), int64.
+            bounds: int64, packs + 1, from 0: pack k is pieces ``bounds[k]:bounds[k+1]``.
+            sizes: int64, each piece's token count.
+            tokens, first: piece k's tokens are ``tokens[first[k]:first[k] + sizes[k]]`` (an
+                integer array: a token file's memory map, or the pieces already joined).
+            labels: int64, the pieces' own labels back to back, or None: their tokens.
+            images, image_offsets: as the constructor's.
+        """
+        layout = (int(sizes.sum()), len(sizes), len(bounds) - 1)
+        numbers, shared = batch_buffer(_words(*layout))
+        longest = _core.fill_pack_batch(
+            tokens, first, sizes, pieces["ids"], pieces["positions"], pieces["offsets"], bounds,
             numbers,
-        )
-        self._cu = numbers[3 * total + 3 * count + packs + 1 :].view(np.int32)[: count + 1]
+        )  # fmt: skip
+        batch = cls(numbers, shared, layout, longest, images, image_offsets)
         if labels is not None:  # the samples' own, masked where each piece starts
+            total = layout[0]
             own = numbers[total : 2 * total]
             own[:] = labels
-            own[self._cu[:-1][sizes > 0]] = IGNORE_INDEX
-        self._flat = flat
-        self._layout = (total, count, packs, cu_words)
-        self.piece_bounds = bounds  # numpy, as pack_bounds
-        self._sizes = sizes
-        self.has_images = images is not None
-        self.images = images if images is not None else [[] for _ in range(packs)]
-        self.image_offsets = image_offsets if image_offsets is not None else self.images
-        self._views: dict[str, Any] = {}
+            own[batch._cu[:-1][sizes > 0]] = IGNORE_INDEX
+        return batch
+
+    @classmethod
+    def from_documents(cls, tokens: np.ndarray, starts: np.ndarray, run: WindowRun) -> PackBatch:
+        """Packs of a run of one window plan's packs, document d of the token file being
+        ``tokens[starts[d]:starts[d+1]]``: one C++ call cuts the pieces out of the plan's
+        arrays and writes the whole batch (``csrc/packing.h``: fill_document_packs)."""
+        window, first, count = run.window, run.first, run.count
+        layout = (
+            window.token_bounds[first + count] - window.token_bounds[first],
+            window.piece_bounds[first + count] - window.piece_bounds[first],
+            count,
+        )
+        numbers, shared = batch_buffer(_words(*layout))
+        plan = window.plan
+        longest = _core.fill_document_packs(
+            tokens, starts, window.ids, window.positions, plan.start, plan.length, plan.bounds,
+            first, count, numbers,
+        )  # fmt: skip
+        return cls(numbers, shared, layout, longest)
 
     def span(self, k: int) -> tuple[int, int, int, int]:
         """Pack k's pieces [first, stop) and tokens [begin, end) in the batch."""
@@ -119,11 +157,11 @@ class PackBatch:
 
     @property
     def num_packs(self) -> int:
-        return len(self.piece_bounds) - 1
+        return self._layout[2]
 
     def packs(self) -> list[Pack]:
         """One :class:`Pack` per pack, in order."""
-        return [Pack(self, k) for k in range(self.num_packs)]
+        return [Pack(self, k) for k in range(self._layout[2])]
 
     def rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``input_ids``, ``labels``, ``position_ids`` of all the packs, shaped [1, tokens]:
@@ -148,21 +186,31 @@ class PackBatch:
         """The batch's tensors, views of its buffer, made once when first asked for."""
         views = self._views
         if not views:
-            total, count, packs, cu_words = self._layout
-            rows, provenance, bounds, words = self._flat.split_with_sizes(
-                [3 * total, 3 * count, packs + 1, cu_words]
-            )
-            views["rows"] = rows.view(3, 1, total).unbind(0)
-            views["provenance"] = provenance.view(3, count).unbind(0)
-            views["pack_bounds"] = bounds
-            views["cu_seqlens"] = words.view(torch.int32)[: count + 1]
+            total, count, packs = self._layout
+            view = self._view
+            views["rows"] = tuple(view(k * total, total, (1, total)) for k in range(3))
+            at = 3 * total
+            views["provenance"] = tuple(view(at + k * count, count, (count,)) for k in range(3))
+            views["pack_bounds"] = view(at + 3 * count, packs + 1, (packs + 1,))
+            words = at + 3 * count + packs + 1
+            if self._shared is None:
+                views["cu_seqlens"] = torch.from_numpy(self._cu)
+            else:
+                views["cu_seqlens"] = self._shared[words:].view(torch.int32)[: count + 1]
         return views
+
+    def _view(self, start: int, size: int, shape: tuple[int, ...]) -> torch.Tensor:
+        """Words [start, start + size) of the buffer as a tensor of ``shape``."""
+        if self._shared is None:
+            return torch.from_numpy(self._numbers[start : start + size].reshape(shape))
+        return self._shared[start : start + size].view(shape)
 
     def max_seqlen(self, first: int = 0, stop: int | None = None) -> int:
         """The longest piece of pieces [first, stop) (0 if none; all of them by default)."""
         if first == 0 and stop is None:
             return self._longest
-        return int(self._sizes[first:stop].max(initial=0))
+        stop = self._layout[1] if stop is None else stop
+        return int(np.diff(self._cu[first : stop + 1]).max(initial=0))
 
     def row_image_offsets(self) -> list[list[int]]:
         """Each pack's image offsets in the batch's flat row (per pack)."""
@@ -176,6 +224,11 @@ class PackBatch:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuilt, ({**self.__dict__, "_views": {}},))
+
+
+def _words(total: int, count: int, packs: int) -> int:
+    """The buffer's int64 words for T tokens, P pieces and the packs (csrc/packing.h)."""
+    return 3 * total + 3 * count + packs + 1 + (count + 2) // 2
 
 
 def _rebuilt(state: dict[str, Any]) -> PackBatch:

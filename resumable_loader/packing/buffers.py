@@ -31,29 +31,32 @@ class BufferPool:
         self._kept: list[np.ndarray] = []
         self._lock = threading.Lock()  # two loaders' threads must not take one buffer
 
-    def take(self, size: int) -> torch.Tensor:
-        """An int64 tensor of ``size`` words, its contents undefined."""
+    def take(self, size: int) -> np.ndarray:
+        """An int64 array of ``size`` words, its contents undefined."""
         with self._lock:
             for array in self._kept:
-                # references: the list's, this loop's and getrefcount's argument; a tensor
-                # (or view) of the buffer still in use adds its own
+                # references: the list's, this loop's and getrefcount's argument; an array or
+                # tensor viewing the buffer still in use adds its own (numpy views and
+                # torch.from_numpy's tensors hold the array itself as their base)
                 if len(array) >= size and sys.getrefcount(array) == 3:
-                    return torch.from_numpy(array[:size])
+                    return array[:size]
             if size > LARGEST:
-                return torch.empty(size, dtype=torch.int64)
+                return np.empty(size, dtype=np.int64)
             array = np.empty(-(-size // GRAIN) * GRAIN, dtype=np.int64)
             self._kept = [array, *self._kept[: KEPT - 1]]
-            return torch.from_numpy(array[:size])
+            return array[:size]
 
 
 _POOL = BufferPool()
 
 
-def batch_buffer(size: int) -> torch.Tensor:
-    """An int64 tensor of ``size`` words for a batch of packs: in a DataLoader worker, in
-    shared memory from the start (sending it to the main process copies nothing); in the main
-    process, from the pool of reused buffers."""
+def batch_buffer(size: int) -> tuple[np.ndarray, torch.Tensor | None]:
+    """An int64 buffer of ``size`` words for a batch of packs, and the tensor it views, if
+    any: in a DataLoader worker, a tensor in shared memory from the start (sending it to the
+    main process copies nothing); in the main process, an array of the pool of reused buffers
+    (and None)."""
     if get_worker_info() is None:
-        return _POOL.take(size)
+        return _POOL.take(size), None
     storage = torch.UntypedStorage._new_shared(size * 8)
-    return torch.empty(0, dtype=torch.int64).set_(storage)
+    shared = torch.empty(0, dtype=torch.int64).set_(storage)
+    return shared.numpy(), shared

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -35,6 +35,27 @@ def _one(_: object) -> int:
     return 1
 
 
+class WindowPieces(NamedTuple):
+    """A planned window, kept for its next packs: the plan (each piece's ``start`` within its
+    sample, ``length`` and the packs' ``bounds``), per piece in pack order its sample's ``ids``
+    and ``positions`` in the sample order, and as lists the pieces and tokens before each pack
+    (``piece_bounds``, ``token_bounds``: a batch's size without a numpy call)."""
+
+    plan: WindowPlan
+    ids: np.ndarray
+    positions: np.ndarray
+    piece_bounds: list[int]
+    token_bounds: list[int]
+
+
+class WindowRun(NamedTuple):
+    """Packs [first, first + count) of one planned window: a batch's packs, mostly."""
+
+    window: WindowPieces
+    first: int
+    count: int
+
+
 class PackedOrder:
     """Implements ``order.Order`` over packs, and the loader's resumable-order protocol.
 
@@ -50,7 +71,7 @@ class PackedOrder:
         self.window = packed.window
         self.slots = packed.window * packed.max_pieces
         self._tables: LRU[int, PackTable] = LRU(_TABLES, cost=_one)
-        self._plans: LRU[tuple[int, int], tuple[WindowPlan, np.ndarray]] = LRU(_PLANS, cost=_one)
+        self._plans: LRU[tuple[int, int], WindowPieces] = LRU(_PLANS, cost=_one)
 
     def __len__(self) -> int:
         """Samples per epoch (the loader's dataset length); packs: :meth:`epoch_length`."""
@@ -82,11 +103,11 @@ class PackedOrder:
 
     def window_plan(self, epoch: int, window: int) -> WindowPlan:
         """The packs of ``window`` of ``epoch``."""
-        return self._window(epoch, window)[0]
+        return self._window(epoch, window).plan
 
-    def _window(self, epoch: int, window: int) -> tuple[WindowPlan, np.ndarray, np.ndarray]:
-        """The window's plan and, per piece in pack order, its sample's id and position: kept
-        for the window's next packs, which then only slice them."""
+    def _window(self, epoch: int, window: int) -> WindowPieces:
+        """The window's plan and its pieces' samples, kept for the window's next packs, which
+        then only slice them."""
         kept = self._plans.get((epoch, window))
         if kept is None:
             first, stop = self.window_span(window)
@@ -98,9 +119,21 @@ class PackedOrder:
                 strategy=packed.strategy,
                 overlong=packed.overlong,
             )
-            kept = (plan, ids[plan.sample], plan.sample + first)
+            tokens = np.concatenate(([0], np.cumsum(plan.length)))[plan.bounds]
+            kept = WindowPieces(
+                plan, ids[plan.sample], plan.sample + first, plan.bounds.tolist(), tokens.tolist()
+            )
             self._plans.put((epoch, window), kept)
         return kept
+
+    def run(self, epoch: int, pack_ids: Sequence[int]) -> WindowRun | None:
+        """The packs ``pack_ids`` as a :class:`WindowRun` when they are consecutive packs of
+        one window (a batch's, mostly), else None."""
+        window, first = divmod(int(pack_ids[0]), self.slots)
+        count = len(pack_ids)
+        if int(pack_ids[-1]) != pack_ids[0] + count - 1 or first + count > self.slots:
+            return None
+        return WindowRun(self._checked(epoch, window, first + count - 1), first, count)
 
     def window_span(self, window: int) -> tuple[int, int]:
         """Sample positions [first, stop) of ``window``."""
@@ -135,19 +168,19 @@ class PackedOrder:
         """The pieces of the packs ``pack_ids``, back to back, as :meth:`pack_pieces` gives one
         pack's, and ``bounds`` (int64, packs + 1): pack k is pieces ``bounds[k]:bounds[k+1]``.
         One pass of numpy per run of packs from one window (a batch's packs are mostly one)."""
-        window, first = divmod(int(pack_ids[0]), self.slots)
-        count = len(pack_ids)
-        if int(pack_ids[-1]) == pack_ids[0] + count - 1 and first + count <= self.slots:
-            # consecutive packs of one window (a batch's, mostly): slices of the window's arrays
-            *columns, bounds = self._run_pieces(epoch, window, slice(first, first + count))
+        run = self.run(epoch, pack_ids)
+        if run is not None:  # consecutive packs of one window: slices of the window's arrays
+            wanted = slice(run.first, run.first + run.count)
+            *columns, bounds = self._run_pieces(run.window, wanted)
         else:
+            count = len(pack_ids)
             ids = np.asarray(pack_ids, dtype=np.int64)
             windows, index = np.divmod(ids, self.slots)
             cuts = [0, *(np.flatnonzero(windows[1:] != windows[:-1]) + 1).tolist(), count]
-            parts = [
-                self._run_pieces(epoch, int(windows[a]), index[a:z])
-                for a, z in itertools.pairwise(cuts)
-            ]
+            parts = []
+            for a, z in itertools.pairwise(cuts):
+                window = self._checked(epoch, int(windows[a]), int(index[a:z].max()))
+                parts.append(self._run_pieces(window, index[a:z]))
             columns = [np.concatenate([part[c] for part in parts]) for c in range(4)]
             counts = np.concatenate([np.diff(part[4]) for part in parts])
             bounds = np.concatenate(([0], counts.cumsum()))
@@ -155,19 +188,24 @@ class PackedOrder:
             "bounds": bounds
         }
 
+    def _checked(self, epoch: int, window: int, last: int) -> WindowPieces:
+        """The window's pieces, once its pack ``last`` is checked to exist."""
+        pieces = self._window(epoch, window)
+        if last >= pieces.plan.num_packs:
+            raise ConfigError(
+                f"pack id {last + window * self.slots} names pack {last} of window {window} of "
+                f"epoch {epoch}, which has {pieces.plan.num_packs}; pack ids come from this "
+                "loader's order"
+            )
+        return pieces
+
     def _run_pieces(
-        self, epoch: int, window: int, wanted: slice | np.ndarray
+        self, window: WindowPieces, wanted: slice | np.ndarray
     ) -> tuple[np.ndarray, ...]:
         """The pieces of packs ``wanted`` (indices in the window: a slice of consecutive ones,
         or an array) of one window: sample ids, positions, offsets, lengths, and the packs'
         bounds in them (int64, packs + 1, from 0)."""
-        plan, sample_ids, positions = self._window(epoch, window)
-        last = wanted.stop - 1 if isinstance(wanted, slice) else int(wanted.max())
-        if last >= plan.num_packs:
-            raise ConfigError(
-                f"pack id {last + window * self.slots} names pack {last} of window {window} of "
-                f"epoch {epoch}, which has {plan.num_packs}; pack ids come from this loader's order"
-            )
+        plan, sample_ids, positions = window.plan, window.ids, window.positions
         if isinstance(wanted, slice):  # consecutive packs: one run of pieces
             bounds = plan.bounds[wanted.start : wanted.stop + 1]
             pieces = slice(int(bounds[0]), int(bounds[-1]))

@@ -101,6 +101,8 @@ class Packed(Dataset):
         # Tokens as spans when the lengths are the dataset's own (else a stale length must show
         # as its sample is read).
         self._spans = callable(spans) and callable(own) and np.array_equal(own(), self.lengths)
+        # and, with token_table(), as documents of one token array (a batch in one C++ call)
+        self._table = self._spans and callable(getattr(dataset, "token_table", None))
         self._order_arguments: tuple[bool, Any] = (False, None)
         self._seed = 0  # the loader's, for the look-ahead (told before a batch's key is)
         self._orders: dict[int, PackedOrder] = {}  # by seed, in this process
@@ -151,11 +153,17 @@ class Packed(Dataset):
                 "a Packed item is a pack of the loader's epoch, loaded by resumable_loader."
                 "DataLoader; outside it, loader.sample_at(epoch, position) names its samples"
             ) from None
-        pieces = self._order_for(seed).packs_pieces(epoch, pack_ids)
+        order = self._order_for(seed)
         if self._spans:  # plain tokens, a pure function of the sample id: no key to install
+            table = self.dataset.token_table() if self._table else None
+            run = None if table is None else order.run(epoch, pack_ids)
+            if run is not None:  # a batch's packs, mostly: one C++ call from the plan
+                return PackBatch.from_documents(*table, run).packs()
+        pieces = order.packs_pieces(epoch, pack_ids)
+        if self._spans:
             sizes = pieces["lengths"]
             tokens, first = self.dataset.token_spans(pieces["ids"], pieces["offsets"], sizes)
-            return PackBatch(pieces, pieces["bounds"], sizes, tokens, first).packs()
+            return PackBatch.from_spans(pieces, pieces["bounds"], sizes, tokens, first).packs()
         return self._read_pieces(pieces).packs()
 
     @property
@@ -203,7 +211,9 @@ class Packed(Dataset):
         if any(placed for _, _, placed in cut):
             images, image_offsets = _images_by_pack(cut, sizes, pieces["bounds"])
         bounds = pieces["bounds"]
-        return PackBatch(pieces, bounds, sizes, tokens, first, labels, images, image_offsets)
+        return PackBatch.from_spans(
+            pieces, bounds, sizes, tokens, first, labels, images, image_offsets
+        )
 
     def _piece(
         self, item: Any, sample_id: int | None, offset: int, length: int

@@ -80,6 +80,15 @@ class TokenDocuments(Reopened, Dataset):
         base = int(self.shard_starts[shard])
         return torch.from_numpy(self._tokens[shard][start - base : stop - base].astype(np.int64))
 
+    def token_table(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The tokens and each document's start in them (document d is ``tokens[starts[d]:
+        starts[d+1]]``) when one shard in native byte order holds them all: its memory map and
+        the offsets, from which Packed writes a batch of packs in one C++ call; else None
+        (ask :meth:`token_spans`)."""
+        if len(self._tokens) == 1 and self.dtype.isnative:
+            return self._tokens[0], self.offsets
+        return None
+
     def token_spans(
         self, ids: np.ndarray, starts: np.ndarray, lengths: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
