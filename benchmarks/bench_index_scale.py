@@ -3,6 +3,7 @@ holds and fetches in each order mode, measured at 10^7 samples in 10^4 shards an
 to 10^9 samples in 10^5 shards (too big to build here).
 
 Run: python benchmarks/bench_index_scale.py [--samples 10000000] [--shards 10000] [--fields 2]
+[--remote]
 
 The synthetic index is what a scan of tar shards of ``fields`` members a sample would write
 (format version 3: a uint32 record row per sample, a CRC32C per member, a header entry per
@@ -10,6 +11,11 @@ shard with an s3:// URL, size and ETag), written with the library's own writer a
 with its loader. Printed: the file's bytes, bytes per sample (arrays) and per shard (header),
 write and load times, the time to copy the file (what fetching it from a bucket at 1 GB/s
 would take is file size / 1 GB/s), and the extrapolation.
+
+``--remote``: the index is also put in a bucket of a local S3 server (moto, behind the fault
+proxy with 10 ms a round trip, as bench_remote) and fetched the two ways a node can: whole
+(``index_rows="all"``) and in part (``"on_demand"``: the header, then the records of the
+shards a shard-local order opens), with the time, the requests and the bytes each takes.
 """
 
 from __future__ import annotations
@@ -21,8 +27,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from remote_endpoint import make_bucket, remote_endpoint
 
+from resumable_loader.index import remote
 from resumable_loader.index.file import write_index
+from resumable_loader.index.partial import fetch_partial
 from resumable_loader.index.sharded import ShardedIndex, _fingerprint
 from resumable_loader.index.tar import RECORD
 
@@ -66,6 +75,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=10**7)
     parser.add_argument("--shards", type=int, default=10**4)
     parser.add_argument("--fields", type=int, default=2)
+    parser.add_argument("--remote", action="store_true", help="fetch it from a local S3 too")
     args = parser.parse_args()
     header, arrays = synthetic(args.samples, args.shards, args.fields)
     array_bytes = sum(a.nbytes for a in arrays.values())
@@ -90,6 +100,8 @@ def main() -> None:
             target.flush()
             os.fsync(target.fileno())
         copied = time.perf_counter() - began
+        if args.remote:
+            fetches = from_bucket(path, Path(tmp), opened=4)
     per_sample = array_bytes / args.samples
     per_shard = (size - array_bytes) / args.shards
     print(
@@ -110,6 +122,44 @@ def main() -> None:
     print(f"whole index: {full / 2**30:,.1f} GiB ({full / LINK:,.0f} s at {LINK / 1e9:.0f} GB/s)")
     print(f"one shard's part: {shard_part / 2**10:,.1f} KiB")
     print(f"header alone (the shard list): {FULL_SHARDS * per_shard / 2**20:,.1f} MiB")
+    if args.remote:
+        print("\n# fetched from a bucket (moto behind a 10 ms proxy, one process)")
+        for line in fetches:
+            print(line)
+
+
+def from_bucket(path: Path, tmp: Path, opened: int) -> list[str]:
+    """Put the index file ``path`` in a bucket and fetch it whole, then in part (header, then
+    the records of ``opened`` shards); a line of figures each."""
+    with remote_endpoint(0.01) as (server, proxy):
+        url = make_bucket(server, {path.name: path}) + "/" + path.name
+        lines = []
+        for name, fetch in (
+            ("whole (index_rows='all')", lambda: remote.fetch(url, tmp / "whole.rlindex")),
+            ("header (index_rows='on_demand')", lambda: fetch_partial(url, tmp / "p.rlindex")),
+        ):
+            proxy.command("reset")
+            began = time.perf_counter()
+            assert fetch()
+            seconds = time.perf_counter() - began
+            sent, requests = proxy.command("stats")
+            lines.append(
+                f"{name:<36}{seconds:8.2f} s {requests:6} requests {sent / 2**20:10.2f} MiB"
+            )
+        index = ShardedIndex.load(tmp / "p.rlindex", verify=False)
+        proxy.command("reset")
+        began = time.perf_counter()
+        for shard in range(opened):  # one at a time, as a shard-local order opens them
+            index.ensure_shards([shard])
+        seconds = (time.perf_counter() - began) / opened
+        sent, requests = proxy.command("stats")
+        disk = os.stat(tmp / "p.rlindex").st_blocks * 512
+        lines.append(
+            f"{'a shard opened (its records)':<36}{seconds:8.3f} s {requests / opened:6.0f} "
+            f"requests {sent / opened / 2**20:10.2f} MiB each; the partial file: "
+            f"{disk / 2**20:.1f} MiB on disk of {index.path.stat().st_size / 2**20:,.1f} MiB"
+        )
+        return lines
 
 
 if __name__ == "__main__":

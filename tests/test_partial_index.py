@@ -81,6 +81,9 @@ def test_a_node_fetches_the_shard_list_then_only_the_shards_it_reads(
     np.testing.assert_array_equal(index.records[rows], whole.records[rows])
     np.testing.assert_array_equal(index.checksums[rows], whole.checksums[rows])
     assert dataset[-1]["bin"] == local[-1]["bin"] and loaded(index) == [3, 5, 6, 7]
+    ranges = [r.range for r in fault_proxy.requests if ".rlindex" in r.path]
+    asked = sum(int(b) - int(a) + 1 for a, b in (r.split("=")[1].split("-") for r in ranges))
+    assert asked < 0.75 * whole.path.stat().st_size  # the header and 4 shards' rows, ranged
 
 
 def test_the_rows_fetched_stay_for_the_next_process_of_the_node(

@@ -113,27 +113,6 @@ def test_the_index_never_starts_obstore_in_the_main_process(urls, tmp_path, monk
     ShardedIndex.for_shards(urls, cache_dir=tmp_path / "node-2")  # fetched
 
 
-def test_a_shard_s_rows_come_alone_from_the_published_index(
-    urls, fault_proxy: FaultProxy, tmp_path
-) -> None:
-    """What a shard-local reader needs of the index: the header, then one shard's rows, each
-    in a ranged read of the index in the bucket (not the whole file)."""
-    from resumable_loader.index.remote import fetch_header, fetch_shard_rows
-
-    index = ShardedIndex.for_shards(urls, cache_dir=tmp_path / "node-1")
-    url = remote_index_url(urls)
-    fault_proxy.reset_stats()
-    header, data_start = fetch_header(url)
-    assert [entry["url"] for entry in header["shards"]] == urls
-    first, end = index.shard_offsets[3], index.shard_offsets[4]
-    rows = fetch_shard_rows(url, header, data_start, 3)
-    np.testing.assert_array_equal(rows["records"], index.records[first:end])
-    np.testing.assert_array_equal(rows["checksums"], index.checksums[first:end])
-    ranges = [r.range for r in fault_proxy.requests if r.method == "GET"]
-    assert len(ranges) == 4 and all(ranges)  # prefix, header, two arrays' rows: all ranged
-    assert fault_proxy.bytes_down < index.path.stat().st_size / 2
-
-
 def bucket_of(url: str) -> str:
     """``s3://bucket`` of an object URL."""
     return "s3://" + url[len("s3://") :].split("/", 1)[0]

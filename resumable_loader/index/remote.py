@@ -14,8 +14,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
-
 from resumable_loader.errors import SampleIndexError, ShardError
 from resumable_loader.index.atomic import atomic_write
 from resumable_loader.index.file import SUFFIX
@@ -81,49 +79,6 @@ def publish(path: Path, url: str) -> None:
         )
     else:
         logger.info("wrote the index to %s", url)
-
-
-def fetch_header(url: str) -> tuple[dict[str, Any], int]:
-    """The header of the index file at ``url`` and where its arrays start, with two ranged
-    reads (the fixed prefix, then the header): the shard list without the samples' records
-    (about 105 B a shard, against 44 B a sample for the records).
-
-    Raises:
-        SampleIndexError: not an index file, or another format version.
-    """
-    import msgpack
-
-    from resumable_loader.index import file
-
-    client = client_for(url, FORK_SAFE)
-    prefix = client.read_range(url, 0, file._PREFIX)
-    if prefix[: len(file.MAGIC)] != file.MAGIC:
-        raise SampleIndexError(f"{url}: not a resumable_loader index")
-    length = int.from_bytes(prefix[len(file.MAGIC) :], "little")
-    header = msgpack.unpackb(client.read_range(url, file._PREFIX, length))
-    if header.get("version") != file.INDEX_VERSION:
-        raise file.IndexVersionError(Path(url), header)
-    return header, file._aligned(file._PREFIX + length)
-
-
-def fetch_shard_rows(
-    url: str, header: dict[str, Any], data_start: int, shard: int
-) -> dict[str, np.ndarray]:
-    """The rows of shard ``shard`` in each per-sample array (tar: ``records`` and
-    ``checksums``) of the index file at ``url``, one ranged read an array: samples are stored
-    shard by shard, so a shard's rows are one contiguous range. What a shard-local reader needs
-    of the index for the shards it opens (about 430 KiB for 10^4 samples of two members)."""
-    counts = [entry["samples"] for entry in header["shards"]]
-    first, rows = sum(counts[:shard]), counts[shard]
-    client = client_for(url, FORK_SAFE)
-    arrays = {}
-    for name, spec in header["arrays"].items():
-        dtype, shape = np.dtype(spec["dtype"]), tuple(spec["shape"])
-        row_bytes = dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
-        start = data_start + spec["offset"] + first * row_bytes
-        data = client.read_range(url, start, rows * row_bytes)
-        arrays[name] = np.frombuffer(data, dtype).reshape((rows, *shape[1:]))
-    return arrays
 
 
 def rank_and_world() -> tuple[int, int]:
