@@ -6,18 +6,14 @@ counts what was read in place, so that a fallback that silently took over would 
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
-from checkpoint_job import build, digest
-from test_checkpoint import trained
-from test_checkpoint_refusals import snapshot
 from torch.distributed.checkpoint import FileSystemReader
 
-from resumable_loader.checkpoint import Checkpointer, collective, direct_read, staging
+from resumable_loader.checkpoint import collective, direct_read
 from resumable_loader.errors import CheckpointError
 
 
@@ -124,71 +120,3 @@ def test_a_file_cut_between_the_parse_and_the_read_raises_naming_it(tmp_path):
         pytest.raises(CheckpointError, match=r"short.distcp: ends at byte 100"),
     ):
         direct_read._pread_into(f.fileno(), target, 40, path)
-
-
-def test_a_read_failing_midway_puts_every_component_back(tmp_path, monkeypatch):
-    """The read begins (some tensors already hold the checkpoint's values), then fails: the
-    copy kept for the rollback puts back the model, optimizer and the rest bit for bit."""
-    state, _ = trained(4)
-    Checkpointer(tmp_path).save(4, state)
-    target, _ = trained(2)  # a trained optimizer: its moments are copied, then put back
-    before = snapshot(target)
-    reads = [0]
-    pread = direct_read._pread_into
-
-    def failing(*args) -> None:
-        reads[0] += 1
-        if reads[0] == 3:
-            raise OSError(5, "Input/output error")
-        pread(*args)
-
-    monkeypatch.setattr(direct_read, "_pread_into", failing)
-    with pytest.raises(CheckpointError, match=r"(?s)reading the checkpoint failed.*Input/output"):
-        Checkpointer(tmp_path).load(target)
-    assert reads[0] == 3 and snapshot(target) == before
-    monkeypatch.setattr(direct_read, "_pread_into", pread)
-    Checkpointer(tmp_path).load(target)
-    assert digest(target) == digest(state)
-
-
-def test_a_fresh_optimizer_is_emptied_again_without_a_copy_of_its_moments(tmp_path, monkeypatch):
-    """Only what a failure must put back is copied: an optimizer without state when the load
-    began is emptied again on a failure, so its moments are not cloned (a trained one's are)."""
-    state, _ = trained(4)
-    Checkpointer(tmp_path).save(4, state)
-    clone, clones = torch.Tensor.clone, []
-
-    def counting(tensor: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if threading.current_thread().name == staging.Previous.THREAD:
-            clones.append(tensor)
-        return clone(tensor, *args, **kwargs)
-
-    monkeypatch.setattr(torch.Tensor, "clone", counting)
-    counts = []
-    for target in (build(4, 0), trained(2)[0]):
-        clones.clear()
-        Checkpointer(tmp_path).load(target)
-        assert digest(target) == digest(state)
-        counts.append(len(clones))
-    moments = sum(len(per_param) for per_param in state["optimizer"].state.values())
-    assert counts[0] > 0 and counts[1] - counts[0] == moments
-
-
-def test_a_copy_that_fails_refuses_the_load_before_anything_changes(tmp_path, monkeypatch):
-    state, _ = trained(4)
-    Checkpointer(tmp_path).save(4, state)
-    target, _ = trained(2)
-    before = snapshot(target)
-    clone = torch.Tensor.clone
-
-    def failing(tensor: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if threading.current_thread().name == staging.Previous.THREAD:
-            raise MemoryError("no room for the copy")
-        return clone(tensor, *args, **kwargs)
-
-    monkeypatch.setattr(torch.Tensor, "clone", failing)
-    with pytest.raises(
-        CheckpointError, match=r"for the rollback failed .*MemoryError.*rollback=False"
-    ):
-        Checkpointer(tmp_path).load(target)
-    assert snapshot(target) == before

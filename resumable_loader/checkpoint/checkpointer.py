@@ -31,7 +31,6 @@ from resumable_loader.checkpoint import (
     loading,
     manifest,
     rng_state,
-    staging,
 )
 from resumable_loader.checkpoint import probe as probe_mod
 from resumable_loader.checkpoint.components import (
@@ -270,66 +269,80 @@ class Checkpointer:
         fallback = step is None if fallback is None else bool(fallback)
         self.wait()
         found: dict[str, Component] = {}
-        previous, error = None, None
+        candidates: list[Path] = []
+        error = None
         try:
             found = components(state)
             candidates = self._candidates(step, fallback)
-            # the copy for the rollback is made while the checkpoint is verified and checked
-            previous = loading.keep_previous(found) if rollback else None
         except Exception as failure:
             error = failure
+        collective.raise_if_any(error)
         try:
-            collective.raise_if_any(error)
             return self._load_chosen(
-                candidates, found, previous, mode=mode, fallback=fallback, checksums=checksums
+                candidates,
+                found,
+                mode=mode,
+                fallback=fallback,
+                checksums=checksums == "verify",
+                staged=bool(rollback),
             )
-        finally:
-            if previous is not None:
-                previous.close()
+        except BaseException:
+            _undo(found)  # a fresh optimizer whose state the checks created is fresh again
+            raise
 
     def _load_chosen(
         self,
         candidates: list[Path],
         found: dict[str, Component],
-        previous: staging.Previous | None,
         *,
         mode: str,
         fallback: bool,
-        checksums: str,
+        checksums: bool,
+        staged: bool,
     ) -> dict[str, Any]:
-        """:meth:`load` once the components and candidates are known: choose, check, apply."""
+        """:meth:`load` once the components and candidates are known: choose a sound
+        checkpoint, check it, stage it (if ``staged``), apply it."""
         rank, world_size = collective.rank(), collective.world_size()
-        error = None
-        chosen, skipped, integrity_note = loading.choose(
-            candidates, checksums=checksums == "verify", fallback=fallback
+
+        def prepare(inspected: inspection.Inspection) -> loading.Prepared:
+            error = None
+            plan: dict[str, Any] = {}
+            try:
+                plan = loading.check(inspected, found, mode=mode, rank=rank, world_size=world_size)
+                if plan["rng"] is None:
+                    self._rederive_seed(plan["manifest"])  # fails now, not after the weights
+            except Exception as failure:  # every rank hears of it before any enters dcp.load
+                error = failure
+            collective.raise_if_any(error)
+            if not staged:
+                return loading.Prepared(plan)
+            return loading.stage(
+                inspected, found, plan, checksums=checksums, process_group=self.process_group
+            )
+
+        chosen, prepared, skipped, integrity_note = loading.choose(
+            candidates, checksums=checksums, fallback=fallback, prepare=prepare, staged=staged
         )
         if integrity_note["mode"] == "verified" and rank == 0:
             self.directory.mark_verified(chosen.manifest["step"])
-        plan: dict[str, Any] = {}
-        before: dict[str, Any] | None = None
-        try:
-            plan = loading.check(chosen, found, mode=mode, rank=rank, world_size=world_size)
-            if plan["rng"] is None:
-                self._rederive_seed(plan["manifest"])  # fails now, not after the weights
-            before = None if previous is None else previous.result()  # the copy, complete
-        except Exception as failure:  # every rank hears of it before any enters dcp.load
-            error = failure
-        try:
-            collective.raise_if_any(error)
-            saved = plan["manifest"]
-            actions = loading.apply(
+        plan = prepared.plan
+        saved = plan["manifest"]
+
+        def rederive() -> Any:
+            return rng_state.rederive(
+                seed=self._rederive_seed(saved), step=saved["step"], rank=rank
+            )
+
+        if prepared.staged is not None:
+            actions = loading.apply_staged(found, plan, prepared.staged, rederive=rederive)
+        else:
+            actions = loading.apply_in_place(
                 chosen.checkpoint,
                 found,
                 plan,
-                rederive=lambda: rng_state.rederive(
-                    seed=self._rederive_seed(saved), step=saved["step"], rank=rank
-                ),
+                rederive=rederive,
                 process_group=self.process_group,
-                before=before,
             )
-        except BaseException:
-            _undo(found)
-            raise
         result = decision.record(
             checkpoint=chosen.checkpoint,
             manifest=saved,
@@ -341,7 +354,7 @@ class Checkpointer:
             world_size=world_size,
             checksums=integrity_note,
             skipped=skipped,
-            rollback=previous is not None,
+            rollback=staged,
         )
         target = self.directory.resume_record(saved["step"]) if rank == 0 else None
         decision.publish(result, target)

@@ -24,6 +24,7 @@ from resumable_loader.checkpoint.components import LOADER
 from resumable_loader.errors import CheckpointError
 
 METADATA_NAME = ".metadata"
+DATA_SUFFIX = ".distcp"  # DCP's data files (the rest: .metadata, RNG files)
 _STEP_FOLDER = re.compile(r"step-(\d+)")
 _DAMAGED = "the checkpoint is damaged: load an earlier one"
 
@@ -62,10 +63,16 @@ def data_files(metadata: Metadata) -> dict[str, int]:
 
 
 def inspect(
-    checkpoint: Path, *, checksums: bool = True, rank: int = 0, world_size: int = 1
+    checkpoint: Path,
+    *,
+    checksums: bool = True,
+    data: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Inspection:
     """Check ``checkpoint`` on its own; this rank hashes and parses its share of the files
-    (every ``world_size``-th), so the ranks of a load split the reading between them."""
+    (every ``world_size``-th), so the ranks of a load split the reading between them.
+    ``data=False`` leaves DCP's data files unhashed (a staged load hashes them as it reads)."""
     found = Inspection(checkpoint)
     try:
         saved = found.manifest = manifest.read(checkpoint)
@@ -101,7 +108,8 @@ def inspect(
                 f"{sorted(files)}; {_DAMAGED}"
             )
         if checksums:
-            mine = integrity.share(files, rank, world_size)
+            hashed = [n for n in files if data or not n.endswith(DATA_SUFFIX)]
+            mine = integrity.share(hashed, rank, world_size)
             found.problems += integrity.check_files(checkpoint, files, mine)
             found.hashed_files = len(mine)
             found.hashed_bytes = sum(files[name]["bytes"] for name in mine)

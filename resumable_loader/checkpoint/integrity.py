@@ -172,6 +172,12 @@ def problem(directory: Path, name: str, expected: dict[str, Any]) -> str | None:
         return f"{path}: missing (the manifest lists it, {expected['bytes']} bytes)"
     except OSError as error:
         return f"{path}: unreadable ({error})"
+    return compare(path, found, expected)
+
+
+def compare(path: Path, found: dict[str, Any], expected: dict[str, Any]) -> str | None:
+    """What differs between the file at ``path`` as read (``found``, its digest entry) and its
+    manifest entry ``expected``, or None."""
     if found["bytes"] != expected["bytes"]:
         return f"{path}: {found['bytes']} bytes, the manifest says {expected['bytes']} (truncated?)"
     if found[ALGORITHM] != expected[ALGORITHM]:

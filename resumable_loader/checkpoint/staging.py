@@ -1,34 +1,44 @@
-"""All or nothing: keep a copy of the current state, read, apply; on any failure, put it back.
+"""All or nothing: stage the checkpoint beside the live state, check it, then swap it in.
 
 DCP loads into the tensors it is given, which for a model are its parameters: a read that
 fails halfway, or a component whose ``load_state_dict`` raises, would leave the state half old,
-half new. So a copy of what every component holds is taken (tensors cloned, except an
-optimizer's that had no state when the load began, which is emptied again instead), in a
-thread of its own while the checkpoint is verified and checked (:class:`Previous`). Once every
-check has passed and the copy is complete, the checkpoint is read in place (:mod:`direct_read`:
-whole tensors straight from the file into their targets, so the copy replaces DCP's own
-temporary tensors rather than adding to them), the non-tensor values into plain dicts that no
-component holds, and the components are set one after the other. If the read fails, or a
-component's ``load_state_dict`` raises (even a ``BaseException``), every component is put back
-from that copy before the error goes on. The price is memory: one more copy of the state for
-the length of the load, and the time to fault that memory in (see docs/checkpoint.md).
+half new. So the default load reads the checkpoint into a *staged* state instead (:class:`Staged`:
+one fresh tensor per tensor of each component's state_dict(), same shape, dtype and strides;
+the other values deep-copied), hashing every file as it reads it (:mod:`staged_read`). Only
+once every checksum and check has passed is it applied: each live tensor that owns its memory
+(a model's parameter or buffer, an optimizer's state tensor) is pointed at its staged storage
+(``live.set_(staged)`` under ``no_grad``: the Python objects stay, so optimizers and modules
+hold the same Parameters, with their ``grad`` and ``requires_grad``), then every component's
+``load_state_dict`` runs on the staged state (its copies into swapped tensors are no-ops; it
+sets the non-tensor values). The old storages are the rollback: if anything raises, every
+swapped tensor is pointed back at its old storage and every component's ``load_state_dict``
+runs on the state it had, so nothing is copied for the rollback. A tensor that cannot be
+swapped (a view into a bigger storage, a non-contiguous or non-CPU tensor, a DTensor/FSDP2
+shard, a tensor of a component other than a model or an optimizer, whose ``load_state_dict``
+may copy into memory we cannot see) is staged as well and copied in by ``load_state_dict``;
+its current values are cloned for the rollback.
+
+``load(..., rollback=False)`` stages nothing (for a state too large to hold twice): the files
+are hashed first, then read in place (:func:`read_in_place`, :mod:`direct_read`), and a failure
+after the read began leaves the components partly loaded.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
-import threading
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemReader
 
 from resumable_loader.checkpoint import collective
-from resumable_loader.checkpoint.direct_read import DirectReader
-from resumable_loader.errors import CheckpointError
+from resumable_loader.checkpoint.components import MODEL, OPTIMIZER, Component
+from resumable_loader.checkpoint.direct_read import DirectReader, plain
 
 logger = logging.getLogger("resumable_loader.checkpoint")
 
@@ -47,73 +57,158 @@ def _tree(value: Any, leaf: Callable[[torch.Tensor], torch.Tensor]) -> Any:
     return copy.deepcopy(value)
 
 
-class Previous:
-    """A copy of what each of ``statefuls`` holds now (its state_dict(), tensors cloned), taken
-    in a thread of its own while the load goes on verifying and checking: the hashing waits on
-    the disk, the copy on page faults, so they overlap.
+class Staged:
+    """The state a checkpoint is read into, beside the live one, and how to swap it in and out.
 
-    The ``state_dict()`` calls are made here, in the caller's thread; only the cloning runs in
-    the other. The tensors of the ones named in ``discarded`` are not cloned: their values are
-    thrown away on a failure anyway (an optimizer that had no state when the load began is
-    emptied again), so only their other values need putting back; their state_dict() is
-    taken by :meth:`result`, once the checks have made their state.
+    Args:
+        components: the load's components.
+        current: each non-loader component's state_dict() (as the checks took it).
+
+    Attributes:
+        state: what ``dcp.load`` reads into: ``current`` with a fresh tensor per tensor.
+        before: what puts each component back: ``current``'s tensors (the old storages; a
+            clone for those that cannot be swapped), its other values deep-copied.
+        swaps: (live tensor, staged tensor, the live tensor's old storage) per swappable one.
     """
 
-    THREAD = "checkpoint-rollback-copy"
+    def __init__(self, components: dict[str, Component], current: dict[str, Any]) -> None:
+        self.swaps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.state: dict[str, Any] = {}
+        self.before: dict[str, Any] = {}
+        claimed: set[int] = set()  # live tensors already swapped (tied weights: only once)
+        for name, state in current.items():
+            self._stage(name, components[name], state, claimed)
 
-    def __init__(self, statefuls: Mapping[str, Any], *, discarded: Collection[str] = ()) -> None:
-        self._statefuls = dict(statefuls)
-        self._discarded = set(discarded)
-        now = {n: s.state_dict() for n, s in statefuls.items() if n not in self._discarded}
-        self._copies: dict[str, Any] = {}
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._copy, args=(now,), name=self.THREAD)
-        self._thread.start()
+    def _stage(self, name: str, component: Component, state: Any, claimed: set[int]) -> None:
+        """Stage one component's state_dict() ``state``: fresh tensors, swaps, what to keep."""
+        find = _live_finder(component)
+        fresh: dict[int, torch.Tensor] = {}
+        keep: dict[int, torch.Tensor] = {}
 
-    def _copy(self, now: dict[str, Any]) -> None:
-        try:
-            with torch.no_grad():
-                self._copies = {
-                    name: _tree(state, torch.Tensor.clone) for name, state in now.items()
-                }
-        except BaseException as error:  # raised by result(), in the load's thread
-            self._error = error
+        def stage(tensor: torch.Tensor) -> torch.Tensor:
+            if id(tensor) in fresh:  # the same tensor twice in one state_dict()
+                return fresh[id(tensor)]
+            fresh[id(tensor)] = staged = _fresh(tensor)
+            live = find(tensor) if _owns_storage(tensor) else None
+            if live is not None and id(live) not in claimed:
+                claimed.add(id(live))
+                self.swaps.append((live, staged, live.detach()))
+                keep[id(tensor)] = tensor  # its storage is the old one, left untouched
+            elif component.fresh_optimizer:  # emptied again on a failure: nothing to keep
+                keep[id(tensor)] = tensor
+            else:  # copied into by load_state_dict: its values are kept
+                keep[id(tensor)] = tensor.detach().clone()
+            return staged
 
-    def result(self) -> dict[str, Any]:
-        """The copy, in the order of ``statefuls`` (waits for the thread)."""
-        self._thread.join()
-        if self._error is not None:
-            raise CheckpointError(
-                f"copying the current state for the rollback failed ({type(self._error).__name__}"
-                f": {self._error}); nothing was changed: free memory, or load with "
-                "rollback=False (no copy; see its window in docs/checkpoint.md)"
-            ) from self._error
         with torch.no_grad():
-            return {
-                name: _tree(stateful.state_dict(), _same)
-                if name in self._discarded
-                else self._copies[name]
-                for name, stateful in self._statefuls.items()
-            }
+            self.state[name] = _tree(state, stage)
+        self.before[name] = _tree(state, lambda tensor: keep[id(tensor)])
 
-    def close(self) -> None:
-        """Wait for the thread and drop the copy (after the load, or its refusal)."""
-        self._thread.join()
-        self._copies = {}
+    @property
+    def swapped_bytes(self) -> int:
+        """The bytes of state moved in by swapping storages (the rest is copied in)."""
+        return sum(live.numel() * live.element_size() for live, _, _ in self.swaps)
+
+    def swap_in(self) -> None:
+        """Point every swappable live tensor at its staged storage."""
+        with torch.no_grad():
+            for live, staged, _ in self.swaps:
+                live.set_(staged)
+
+    def swap_out(self) -> None:
+        """Point every swappable live tensor back at its old storage (a no-op for those not
+        swapped in yet)."""
+        with torch.no_grad():
+            for live, _, old in reversed(self.swaps):
+                live.set_(old)
 
 
-def _same(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor
+def _fresh(tensor: torch.Tensor) -> torch.Tensor:
+    """New memory shaped like ``tensor`` (a DTensor keeps its mesh and placements)."""
+    local = getattr(tensor, "_local_tensor", None)
+    if local is not None:  # a DTensor: a fresh local shard of the same layout
+        from torch.distributed.tensor import DTensor
+
+        return DTensor.from_local(
+            torch.empty_like(local),
+            tensor.device_mesh,
+            tensor.placements,
+            run_check=False,
+            shape=tensor.shape,
+            stride=tensor.stride(),
+        )
+    return torch.empty_like(tensor)
 
 
-def read(checkpoint: Path, current: Mapping[str, Any], *, process_group: Any) -> None:
+def _owns_storage(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is a plain CPU tensor that is the whole of its storage."""
+    return (
+        plain(tensor)
+        and tensor.device.type == "cpu"
+        and tensor.numel() > 0
+        and tensor.storage_offset() == 0
+        and tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
+    )
+
+
+def _live_finder(component: Component) -> Callable[[torch.Tensor], torch.Tensor | None]:
+    """What gives, for a tensor of ``component``'s state_dict(), the live tensor that holds
+    that memory (None: not known, so not swapped).
+
+    A model's state_dict() holds detached aliases of its parameters and buffers: the live one
+    is the parameter or buffer with the same storage and layout. An optimizer's holds its
+    state tensors themselves, which its ``load_state_dict`` replaces (never copies into).
+    Anything else's ``load_state_dict`` may copy into memory of its own: not swapped."""
+    if component.kind == MODEL:
+        model = component.obj
+        by_storage = {
+            t.untyped_storage().data_ptr(): t
+            for t in itertools.chain(model.parameters(), model.buffers())
+            if _owns_storage(t.detach())  # (a Parameter is a subclass: plain() asks for none)
+        }
+
+        def of_model(tensor: torch.Tensor) -> torch.Tensor | None:
+            live = by_storage.get(tensor.untyped_storage().data_ptr())
+            same = live is not None and (live.shape, live.stride(), live.dtype) == (
+                tensor.shape,
+                tensor.stride(),
+                tensor.dtype,
+            )
+            return live if same else None
+
+        return of_model
+    if component.kind == OPTIMIZER:
+        held = {
+            id(value)
+            for per_param in component.obj.state.values()
+            for value in per_param.values()
+            if isinstance(value, torch.Tensor)
+        }
+        return lambda tensor: tensor if id(tensor) in held else None
+    return lambda tensor: None
+
+
+def read_staged(
+    checkpoint: Path, staged: Staged, reader: FileSystemReader, *, process_group: Any
+) -> None:
+    """Read the checkpoint into ``staged.state`` through ``reader``."""
+    _dcp_load(checkpoint, staged.state, reader, process_group)
+
+
+def read_in_place(checkpoint: Path, current: Mapping[str, Any], *, process_group: Any) -> None:
     """Read the checkpoint into ``current`` (each component's state_dict(), as validated):
-    its tensors in place, its other values into those dicts."""
+    its tensors in place, its other values into those dicts (``rollback=False``)."""
+    _dcp_load(checkpoint, current, DirectReader(checkpoint), process_group)
+
+
+def _dcp_load(
+    checkpoint: Path, state: Mapping[str, Any], reader: FileSystemReader, process_group: Any
+) -> None:
     with collective.single_process_quiet():
         dcp.load(
-            dict(current),
+            dict(state),
             checkpoint_id=checkpoint,
-            storage_reader=DirectReader(checkpoint),
+            storage_reader=reader,
             process_group=process_group,
             no_dist=not collective.active(),
         )
