@@ -3,8 +3,8 @@
 A batch of packs is written by one C++ call (``csrc/packing.h``, no per-sample Python) into
 one buffer: the tokens of every piece back to back, labels, position_ids, the provenance and
 the pieces' boundaries; from a window plan's own arrays and a token file's documents
-(fill_document_packs), else from spans of a token array (fill_pack_batch). Each pack is a :class:`Pack`, a
-mapping whose tensors are views of the batch's, made when first asked for, so
+(fill_document_packs), else from spans of a token array (fill_pack_batch). Each pack is a
+:class:`Pack`, a mapping whose tensors are views of the batch's, made when first asked for, so
 :func:`~resumable_loader.packing.collate.collate_varlen` hands the batch's buffer over as it is
 instead of cutting packs only to join them again.
 
@@ -183,27 +183,25 @@ class PackBatch:
         return self._tensors()["pack_bounds"]
 
     def _tensors(self) -> dict[str, Any]:
-        """The batch's tensors, views of its buffer, made once when first asked for."""
+        """The batch's tensors, views of its buffer, made once when first asked for: two
+        ``split_with_sizes`` calls of two views make seven of them (a tensor made alone costs
+        about twice as much, and these are most of a batch's Python work)."""
         views = self._views
         if not views:
             total, count, packs = self._layout
-            view = self._view
-            views["rows"] = tuple(view(k * total, total, (1, total)) for k in range(3))
-            at = 3 * total
-            views["provenance"] = tuple(view(at + k * count, count, (count,)) for k in range(3))
-            views["pack_bounds"] = view(at + 3 * count, packs + 1, (packs + 1,))
-            words = at + 3 * count + packs + 1
+            rows, rest = 3 * total, 3 * count + packs + 1
             if self._shared is None:
+                flat = torch.from_numpy(self._numbers[:rows].reshape(1, rows))
+                numbers = torch.from_numpy(self._numbers[rows : rows + rest])
                 views["cu_seqlens"] = torch.from_numpy(self._cu)
             else:
-                views["cu_seqlens"] = self._shared[words:].view(torch.int32)[: count + 1]
+                flat = self._shared[:rows].view(1, rows)
+                numbers = self._shared[rows : rows + rest]
+                views["cu_seqlens"] = self._shared[rows + rest :].view(torch.int32)[: count + 1]
+            views["rows"] = flat.split_with_sizes([total] * 3, dim=1)
+            *provenance, views["pack_bounds"] = numbers.split_with_sizes([count] * 3 + [packs + 1])
+            views["provenance"] = tuple(provenance)
         return views
-
-    def _view(self, start: int, size: int, shape: tuple[int, ...]) -> torch.Tensor:
-        """Words [start, start + size) of the buffer as a tensor of ``shape``."""
-        if self._shared is None:
-            return torch.from_numpy(self._numbers[start : start + size].reshape(shape))
-        return self._shared[start : start + size].view(shape)
 
     def max_seqlen(self, first: int = 0, stop: int | None = None) -> int:
         """The longest piece of pieces [first, stop) (0 if none; all of them by default)."""
