@@ -53,6 +53,9 @@ from resumable_loader.tokens import TokenDocuments
 
 BUDGET = 8192
 SEQ, BATCH, WARMUP = 4096, 8, 5
+# At 0 workers a batch takes ~0.1 ms: a round of 150 lasts ~20 ms, shorter than the load's
+# swings on a shared machine (per-round ratios ranged 0.6-1.9x), so those rounds time 4x as many.
+ZERO_WORKER_SCALE = 4
 WINDOW = 4096  # Packed's default
 
 
@@ -296,7 +299,8 @@ def throughput(documents: int, batches: int, repeats: int) -> None:
                 loads.append(os.getloadavg()[0])
                 loaders = throughput_loaders(sources, workers, padded_batch)
                 for name, (loader, count) in loaders.items():
-                    rates[name].append(tokens_per_second(loader, batches, count))
+                    timed = batches * ZERO_WORKER_SCALE if workers == 0 else batches
+                    rates[name].append(tokens_per_second(loader, timed, count))
             cells = []
             for name in names:
                 wall = statistics.median(w for w, _ in rates[name]) / 1e6
@@ -310,7 +314,8 @@ def throughput(documents: int, batches: int, repeats: int) -> None:
             print(f"| {workers} | " + " | ".join(cells) + " |")
     print(
         f"\npadded batches: {padded_batch} documents a batch; real / padded tokens {share:.2f}; "
-        f"{repeats} rounds of {batches} batches; load average {min(loads):.1f}-{max(loads):.1f} "
+        f"{repeats} rounds of {batches * ZERO_WORKER_SCALE} batches at 0 workers, {batches} at "
+        f"2; load average {min(loads):.1f}-{max(loads):.1f} "
         f"on {os.cpu_count()} CPUs"
     )
 
@@ -404,7 +409,7 @@ def main() -> None:
         fill_rates(20_000 if quick else args.samples)
     if "throughput" in parts:
         rounds = 1 if quick else args.rounds
-        throughput(5_000 if quick else 40_000, 30 if quick else 150, rounds)
+        throughput(20_000 if quick else 100_000, 30 if quick else 150, rounds)
     if "resume" in parts:
         resume(args.resume_samples or (10**6 if quick else 10**8), 1 if quick else args.repeats)
 
