@@ -339,3 +339,15 @@ def test_dcp_keeps_working_on_a_staged_dict_with_non_tensor_values(tmp_path):
     assert staged.state["s"]["meta"] == {"name": "x", "n": 3}
     assert torch.equal(staged.state["s"]["t"], values["t"])
     assert live["meta"] == {"name": "", "n": 0} and torch.equal(live["t"], torch.zeros(4))
+
+
+def test_memory_shared_with_other_processes_is_copied_into_not_swapped(tmp_path):
+    saved = nn.Linear(4, 3)
+    Checkpointer(tmp_path).save(1, {"model": saved})
+    target = nn.Linear(4, 3).share_memory()
+    pointers = [p.data_ptr() for p in target.parameters()]
+    Checkpointer(tmp_path).load({"model": target})
+    pairs = zip(target.parameters(), saved.parameters(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    assert [p.data_ptr() for p in target.parameters()] == pointers
+    assert all(p.is_shared() for p in target.parameters())

@@ -14,9 +14,11 @@ sets the non-tensor values). The old storages are the rollback: if anything rais
 swapped tensor is pointed back at its old storage and every component's ``load_state_dict``
 runs on the state it had, so nothing is copied for the rollback. A tensor that cannot be
 swapped (a view into a bigger storage, a non-contiguous or non-CPU tensor, a DTensor/FSDP2
-shard, a tensor of a component other than a model or an optimizer, whose ``load_state_dict``
-may copy into memory we cannot see) is staged as well and copied in by ``load_state_dict``;
-its current values are cloned for the rollback.
+shard, a CUDA tensor, memory shared with other processes or pinned, a tensor of a component
+other than a model or an optimizer, whose ``load_state_dict`` may copy into memory we cannot
+see) is staged as well and copied in by ``load_state_dict``; its current values are cloned for
+the rollback. A view that someone else holds of a swapped tensor (``w = model.weight[0]``,
+a NumPy array over it) keeps showing the old values: hold the tensor, not a view.
 
 ``load(..., rollback=False)`` stages nothing (for a state too large to hold twice): the files
 are hashed first, then read in place (:func:`read_in_place`, :mod:`direct_read`), and a failure
@@ -164,7 +166,7 @@ def _live_finder(component: Component) -> Callable[[torch.Tensor], torch.Tensor 
         by_storage = {
             t.untyped_storage().data_ptr(): t
             for t in itertools.chain(model.parameters(), model.buffers())
-            if _owns_storage(t.detach())  # (a Parameter is a subclass: plain() asks for none)
+            if _swappable(t)
         }
 
         def of_model(tensor: torch.Tensor) -> torch.Tensor | None:
@@ -184,8 +186,19 @@ def _live_finder(component: Component) -> Callable[[torch.Tensor], torch.Tensor 
             for value in per_param.values()
             if isinstance(value, torch.Tensor)
         }
-        return lambda tensor: tensor if id(tensor) in held else None
+        return lambda tensor: tensor if id(tensor) in held and _swappable(tensor) else None
     return lambda tensor: None
+
+
+def _swappable(live: torch.Tensor) -> bool:
+    """Whether a live tensor may be pointed at other memory: it owns its storage, which is
+    neither shared with other processes (``share_memory_()``: they would no longer see it)
+    nor pinned (the new memory is not)."""
+    if not _owns_storage(live.detach()):  # (a Parameter is a subclass: plain() asks for none)
+        return False
+    if live.is_shared():
+        return False
+    return not (torch.cuda.is_available() and live.is_pinned())
 
 
 def read_staged(
