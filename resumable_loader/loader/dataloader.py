@@ -51,6 +51,7 @@ from resumable_loader.loader.visible_sampler import warn_if_replaced, watch_visi
 from resumable_loader.order.partition import Partition
 from resumable_loader.order.permutation import Order
 from resumable_loader.order.philox import Purpose, check_epoch, check_seed, derive_words
+from resumable_loader.rngs.process import bind_for_workers
 from resumable_loader.storage.stats import StorageStats, log_epoch
 
 T_co = TypeVar("T_co", covariant=True)
@@ -277,6 +278,8 @@ class ResumableDataLoader(DataLoader[T_co]):
         epoch, position = self._progress.begin()
         refs.begin(seed=self.seed, epoch=epoch, start=position)
         self._fetch.lookahead = lookahead_for(self.dataset, refs, self.num_workers)
+        if self.reseed_globals is not False and self.num_workers > 0:
+            bind_for_workers()
         try:
             inner = super().__iter__()
         except RuntimeError as error:  # persistent workers that died between epochs

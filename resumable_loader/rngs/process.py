@@ -165,6 +165,14 @@ def this_process() -> GlobalRngs:
     return _bound
 
 
+def bind_for_workers() -> None:
+    """Check this process's layouts now (where numpy's global bit generator is MT19937), before
+    it forks workers: each inherits them instead of checking them again (~18 ms of CPU per
+    worker, per epoch without persistent workers)."""
+    if isinstance(np.random.get_bit_generator(), np.random.MT19937):
+        this_process()
+
+
 def reseed_sample(
     seed: int, epoch: int, position: int, purpose: Purpose, generators: int = ALL
 ) -> None:
