@@ -199,6 +199,21 @@ struct SampleReseeder {
   }
 };
 
+// A window's piece sizes (in [0, capacity], capacity in [1, 2**31)) and a strategy (0-3), with
+// an output of the slots expected.
+void check_window_sizes(const Int64In& sizes, int64_t capacity, int strategy, size_t slots,
+                        size_t expected) {
+  const int64_t* size = sizes.data();
+  const uint64_t n = sizes.shape(0);
+  if (capacity < 1 || capacity >= (int64_t{1} << 31) || strategy < 0 || strategy > 3 ||
+      slots != expected ||
+      std::any_of(size, size + n, [capacity](int64_t s) { return s < 0 || s > capacity; })) {
+    throw nb::value_error(("a window plan needs capacity in [1, 2**31), strategy in [0, 3], "
+                           "sizes in [0, capacity] and " + std::to_string(expected) +
+                           " output slots, got " + std::to_string(slots)).c_str());
+  }
+}
+
 // A token array of any integer dtype, for the packing kernels (packing.h).
 using TokensIn = nb::ndarray<nb::ro, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 
@@ -651,23 +666,33 @@ NB_MODULE(_core, m) {
       "counts"_a.noconvert(),
       "counts[k] = bins the strategy makes of window k of lengths[ids] (plan.py's pack count).");
 
-  // One window's plan (packing.h): the bin of each piece; the sizes were cut to the capacity.
+  // One window's plan (packing.h): the bin of each piece, and the pieces in pack order; the
+  // sizes were cut to the capacity.
   m.def(
       "window_pack_bins",
       [](Int64In sizes, int64_t capacity, int strategy, Int64Out bins) {
-        const uint64_t n = sizes.shape(0);
-        const int64_t* size = sizes.data();
-        if (capacity < 1 || capacity >= (int64_t{1} << 31) || strategy < 0 || strategy > 3 ||
-            bins.shape(0) != n ||
-            std::any_of(size, size + n, [capacity](int64_t s) { return s < 0 || s > capacity; })) {
-          throw nb::value_error("window_pack_bins needs capacity in [1, 2**31), strategy in "
-                                "[0, 3], sizes in [0, capacity] and one output slot per piece");
-        }
+        check_window_sizes(sizes, capacity, strategy, bins.shape(0), sizes.shape(0));
         nb::gil_scoped_release release;
         resumable_loader::window_pack_bins(
-            size, n, capacity, static_cast<resumable_loader::PackStrategy>(strategy), bins.data());
+            sizes.data(), sizes.shape(0), capacity,
+            static_cast<resumable_loader::PackStrategy>(strategy), bins.data());
       },
       "sizes"_a, "capacity"_a, "strategy"_a, "bins"_a.noconvert(),
       "bins[i] = the bin of piece i in plan.py's assignment (numbered in order of opening).");
+  m.def(
+      "window_pack_plan",
+      [](Int64In sizes, int64_t capacity, int strategy, Int64Out order, Int64Out bounds) {
+        check_window_sizes(sizes, capacity, strategy, order.shape(0), sizes.shape(0));
+        if (bounds.shape(0) != sizes.shape(0) + 1) {
+          throw nb::value_error("window_pack_plan needs pieces + 1 bounds slots");
+        }
+        nb::gil_scoped_release release;
+        return resumable_loader::window_pack_plan(
+            sizes.data(), sizes.shape(0), capacity,
+            static_cast<resumable_loader::PackStrategy>(strategy), order.data(), bounds.data());
+      },
+      "sizes"_a, "capacity"_a, "strategy"_a, "order"_a.noconvert(), "bounds"_a.noconvert(),
+      "The pieces in pack order (order) and each pack's places in it (bounds[:packs + 1]); "
+      "returns the packs.");
   bind_packing(m);
 }

@@ -282,6 +282,24 @@ int64_t write_packs(const Token* tokens, SpanStart span_start, const PackPieces&
 
 }  // namespace
 
+int64_t window_pack_plan(const int64_t* sizes, uint64_t n, int64_t capacity,
+                         PackStrategy strategy, int64_t* order, int64_t* bounds) {
+  std::vector<int64_t> bins(n);
+  window_pack_bins(sizes, n, capacity, strategy, bins.data());
+  // bins are numbered in order of opening; rank them by their first piece
+  std::vector<int64_t> rank(n, -1);
+  int64_t count = 0;
+  for (uint64_t i = 0; i < n; ++i) {
+    if (rank[bins[i]] < 0) rank[bins[i]] = count++;
+  }
+  std::fill(bounds, bounds + count + 1, 0);
+  for (uint64_t i = 0; i < n; ++i) ++bounds[rank[bins[i]] + 1];
+  for (int64_t b = 0; b < count; ++b) bounds[b + 1] += bounds[b];
+  std::vector<int64_t> place(bounds, bounds + count);
+  for (uint64_t i = 0; i < n; ++i) order[place[rank[bins[i]]]++] = static_cast<int64_t>(i);
+  return count;
+}
+
 template <typename Token>
 int64_t fill_pack_batch(const Token* tokens, const int64_t* first, const PackPieces& pieces,
                         int64_t total, int64_t* out) {

@@ -33,6 +33,14 @@ void window_pack_counts(const int32_t* lengths, const int64_t* ids, uint64_t n, 
 void window_pack_bins(const int64_t* sizes, uint64_t n, int64_t capacity, PackStrategy strategy,
                       int64_t* bins);
 
+// The plan of one window: window_pack_bins's bins, ordered by their first piece, each bin's
+// pieces in order of position. order[j] receives the piece at place j of that order, and
+// bounds[b] .. bounds[b + 1] are the places of bin b (the b-th by first piece); returns the
+// number of bins. O(n) beyond window_pack_bins.
+// requires as window_pack_bins, and bounds of n + 1 slots.
+int64_t window_pack_plan(const int64_t* sizes, uint64_t n, int64_t capacity,
+                         PackStrategy strategy, int64_t* order, int64_t* bounds);
+
 // The pieces of a batch of packs, in pack order: each piece's sample id, position in the
 // epoch's sample order, offset (its first token within the sample) and size; pack p is pieces
 // [bounds[p] - bounds[0], bounds[p + 1] - bounds[0]) of the count given.

@@ -169,6 +169,18 @@ def window_pack_bins(
 ) -> None:
     """bins[i] = the bin of piece i in plan.py's assignment (numbered in order of opening)."""
 
+def window_pack_plan(
+    sizes: Annotated[
+        NDArray[numpy.int64], dict(shape=(None,), order="C", device="cpu", writable=False)
+    ],
+    capacity: int,
+    strategy: int,
+    order: Annotated[NDArray[numpy.int64], dict(shape=(None,), order="C", device="cpu")],
+    bounds: Annotated[NDArray[numpy.int64], dict(shape=(None,), order="C", device="cpu")],
+) -> int:
+    """The pieces in pack order (order) and each pack's places in it (bounds[:packs + 1]);
+    returns the packs."""
+
 def fill_pack_batch(
     tokens: Annotated[NDArray, dict(shape=(None,), order="C", device="cpu", writable=False)],
     first: Annotated[

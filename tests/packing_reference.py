@@ -1,5 +1,6 @@
 """The packing strategies in plain Python: the reference the C++ plan (csrc/packing.h,
-window_pack_bins) is checked against, rule by rule; every packed stream depends on it."""
+window_pack_bins and window_pack_plan) is checked against, rule by rule; every packed stream
+depends on it."""
 
 from __future__ import annotations
 
@@ -17,6 +18,20 @@ def reference_bins(length: np.ndarray, capacity: int, strategy: str) -> np.ndarr
     return {"ffd": _first_fit, "bfd": _best_fit, "pad": _padded}[strategy](
         length, decreasing, capacity
     )
+
+
+def reference_order(bins: np.ndarray) -> tuple[list[int], list[int]]:
+    """The pieces in pack order (packs by their first piece, each pack's pieces in order of
+    position) and the packs' bounds in that order."""
+    first: dict[int, int] = {}
+    for piece, b in enumerate(bins.tolist()):
+        first.setdefault(b, piece)
+    packs = sorted(first, key=first.__getitem__)
+    members = [[i for i, b in enumerate(bins.tolist()) if b == pack] for pack in packs]
+    bounds = [0]
+    for pieces in members:
+        bounds.append(bounds[-1] + len(pieces))
+    return [i for pieces in members for i in pieces], bounds
 
 
 def _next_fit(length: np.ndarray, capacity: int) -> np.ndarray:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from packing_reference import reference_bins
+from packing_reference import reference_bins, reference_order
 
 from resumable_loader import _core
 from resumable_loader.errors import ConfigError
@@ -134,10 +134,15 @@ def test_the_cpp_plan_assigns_every_piece_as_the_python_reference_does(
     lengths: list[int], strategy: str, capacity: int
 ) -> None:
     """The C++ assignment decides every packed stream: bins and ties (equal sizes in order of
-    position, the first opened of equally full bins) exactly as the reference's rules."""
+    position, the first opened of equally full bins) exactly as the reference's rules, and the
+    packs' order (by first piece, each one's pieces in order of position)."""
     sizes = np.minimum(np.array(lengths, dtype=np.int64), capacity)
     expected = reference_bins(sizes, capacity, strategy)
     assert assign(sizes, capacity, strategy).tolist() == expected.tolist()
+    order, bounds = reference_order(expected)
+    plan = plan_window(sizes, capacity, strategy=strategy, overlong="error")
+    assert plan.sample.tolist() == order and plan.bounds.tolist() == bounds
+    assert plan.length.tolist() == sizes[order].tolist()
 
 
 def _batch(*packs: list[tuple[int, list[int], dict]]) -> PackBatch:
