@@ -23,6 +23,7 @@ from torch.utils.data import Dataset, StackDataset, Subset, get_worker_info
 
 from resumable_loader.errors import ResumableLoaderError
 from resumable_loader.order.philox import Purpose, derive_words
+from resumable_loader.rngs import sample as keys
 from resumable_loader.rngs.idle import GeneratorsInUse
 from resumable_loader.rngs.process import this_process
 from resumable_loader.rngs.sample import (
@@ -33,14 +34,14 @@ from resumable_loader.rngs.sample import (
     sample_key,
     sample_place,
 )
+from resumable_loader.rngs.sample import (  # re-exported: the sources import it from here
+    install_batch_sample_key as install_batch_sample_key,
+)
 
 if TYPE_CHECKING:  # lookahead imports refs, which imports this module
     from resumable_loader.loader.bad_samples import BadSamples
     from resumable_loader.loader.lookahead import Lookahead
 
-# The key positions of the samples of the batched read in progress (of the installed key's seed
-# and epoch), or None.
-_batch_read: Sequence[int] | None = None
 # The fetch's on_sample_error policy and reseed_globals, for a dataset whose items hold samples
 # it reads itself (read_samples_at), or None.
 _policy: tuple[BadSamples, bool] | None = None
@@ -58,24 +59,14 @@ def batch_sample_keys() -> list[SampleKey]:
     Raises:
         ResumableLoaderError: when called outside a ResumableDataLoader fetch.
     """
-    if _batch_read is None:
+    positions = keys.batch_positions
+    if positions is None:
         return [sample_key()]
     seed, epoch, _ = sample_place()
     return [
         SampleKey(seed, epoch, p, Purpose.SAMPLE, derive_words(seed, epoch, p, Purpose.SAMPLE))
-        for p in _batch_read
+        for p in positions
     ]
-
-
-def install_batch_sample_key(index: int) -> None:
-    """Inside a batched read, make the key of its ``index``-th sample the current one,
-    reseeding the global RNGs if the loader does: a ``__getitems__`` that runs per-sample code
-    (a decode, an augmentation) after reading the batch calls it before each sample's, so each
-    draws exactly what ``dataset[i]`` would. Elsewhere (a plain DataLoader, a direct call)
-    nothing is done.
-    """
-    if _batch_read is not None:
-        install_sample_key(_batch_read[index])
 
 
 def reads_batched(dataset: Dataset) -> bool:
@@ -244,13 +235,12 @@ def read_batch_at(dataset: Dataset, ids: list[int], positions: Sequence[int]) ->
         ResumableLoaderError: outside a ResumableDataLoader fetch, or when ``__getitems__``
             returns another number of samples.
     """
-    global _batch_read
-    outer = _batch_read
+    outer = keys.batch_positions
     install_sample_key(positions[0])
     try:
         return _read_keyed(dataset, ids, positions)
     finally:
-        _batch_read = outer
+        keys.batch_positions = outer
 
 
 def read_samples_at(
@@ -295,12 +285,11 @@ def read_samples_at(
 
 def _read_keyed(dataset: Dataset, ids: list[int], positions: Sequence[int]) -> list[Any]:
     """``dataset.__getitems__(ids)`` with ``positions`` as the batched read's key positions."""
-    global _batch_read
-    _batch_read = positions
+    keys.batch_positions = positions
     try:
         samples = dataset.__getitems__(ids)
     finally:
-        _batch_read = None
+        keys.batch_positions = None
     if len(samples) != len(ids):
         raise ResumableLoaderError(
             f"{type(dataset).__name__}.__getitems__ returned {len(samples)} samples "

@@ -15,6 +15,7 @@ User code that prefers explicit generators asks for the current key's own stream
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -30,6 +31,9 @@ _MASK64 = (1 << 64) - 1
 _current: tuple[int, int, int, Purpose] | None = None
 _reseeding = 0  # the global RNGs the current fetch reseeds with each key (a set, as ALL is)
 _torch_generator: torch.Generator | None = None
+# The key positions of the samples of the batched read in progress (of the installed key's seed
+# and epoch), or None: set by loader/keyed_fetch.py around a dataset's ``__getitems__``.
+batch_positions: Sequence[int] | None = None
 _SAMPLE = Purpose.SAMPLE  # looked up once: an enum member's lookup costs ~0.06 us a sample
 
 
@@ -100,6 +104,22 @@ def install_sample_key(position: int) -> None:
     _current = (seed, epoch, position, _SAMPLE)  # install_key's work, inlined: once a sample
     if _reseeding:
         reseed_sample(seed, epoch, position, _SAMPLE, _reseeding)
+
+
+def install_batch_sample_key(index: int) -> None:
+    """Inside a batched read, make the key of its ``index``-th sample the current one,
+    reseeding the global RNGs if the loader does: a ``__getitems__`` that runs per-sample code
+    (a decode, an augmentation) after reading the batch calls it before each sample's, so each
+    draws exactly what ``dataset[i]`` would. Elsewhere (a plain DataLoader, a direct call)
+    nothing is done. (:func:`install_sample_key`'s work, inlined: it runs once a sample.)
+    """
+    global _current
+    if batch_positions is not None:
+        seed, epoch, _, _ = _current  # a batched read runs under its first sample's key
+        position = batch_positions[index]
+        _current = (seed, epoch, position, _SAMPLE)
+        if _reseeding:
+            reseed_sample(seed, epoch, position, _SAMPLE, _reseeding)
 
 
 def clear_key() -> None:
