@@ -10,7 +10,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from resume_harness import interrupted_stream, run
+from resume_harness import digest, interrupted_stream, run
 from torch.utils.data import Dataset, default_collate
 
 from resumable_loader import DataLoader
@@ -121,7 +121,7 @@ def test_auto_loads_the_stream_of_true_at_zero_workers(plan):
 def test_auto_at_two_workers_and_resumed_is_the_stream_of_true(plan, dataset_type):
     dataset = dataset_type(PLANS[plan])
     expected = stream(dataset, True)
-    assert stream(dataset, "auto", workers=2, batch=7) == expected
+    assert stream(dataset, "auto", workers=2, batch=7, persistent_workers=True) == expected
     resumed = interrupted_stream(
         lambda: loader(dataset, "auto", batch=6),
         lambda: loader(dataset, "auto", workers=2, batch=4),
@@ -129,6 +129,15 @@ def test_auto_at_two_workers_and_resumed_is_the_stream_of_true(plan, dataset_typ
         stop_after=7,
     )
     assert resumed == expected
+
+
+def test_unbatched_samples_load_the_stream_of_true():
+    def one(sample: dict[str, Any]) -> list[tuple[int, str]]:
+        return [(int(sample["id"]), digest(sample["aug"]))]
+
+    dataset = Draws(PLANS["each generator"])
+    auto, true = (run(loader(dataset, r, batch=None), 2, per_sample=one)[0] for r in ("auto", True))
+    assert auto == true
 
 
 def test_a_collate_fn_that_draws_is_seen():
