@@ -140,6 +140,28 @@ def test_unbatched_samples_load_the_stream_of_true():
     assert auto == true
 
 
+class FailsOnEntryDraw(Draws):
+    """Raises for one value of torch.rand(1): the first draw from the entry state of (seed
+    13, epoch 0), which no sample's own state gives."""
+
+    def __init__(self) -> None:
+        super().__init__([("torch", 0.1)])
+        in_use = GeneratorsInUse()
+        in_use.enter(13, 0)
+        self.entry_draw = float(torch.rand(1))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = super().__getitem__(index)
+        if float(sample["aug"][0]) == self.entry_draw:
+            raise ValueError("a value only the entry state gives")
+        return sample
+
+
+def test_a_batch_that_failed_after_changing_an_idle_generator_is_loaded_again():
+    dataset = FailsOnEntryDraw()
+    assert stream(dataset, "auto") == stream(dataset, True)
+
+
 def test_a_collate_fn_that_draws_is_seen():
     dataset = Draws(PLANS["never"])
     auto = stream(dataset, "auto", collate_fn=collate_drawing)

@@ -168,7 +168,12 @@ class KeyedFetch(Dataset):
         if reseed != "auto":
             return self._fetch(ref, reseed, bad)
         while True:  # at most once more per generator
-            result = self._fetch(ref, self.in_use.enter(ref.seed, ref.epoch), None)
+            try:
+                result = self._fetch(ref, self.in_use.enter(ref.seed, ref.epoch), None)
+            except Exception:  # it may have failed for a draw from an entry state: True's?
+                if self.in_use.went_live():
+                    continue
+                raise
             if not self.in_use.went_live():
                 return result
 
