@@ -217,21 +217,26 @@ void check_window_sizes(const Int64In& sizes, int64_t capacity, int strategy, si
 // A token array of any integer dtype, for the packing kernels (packing.h).
 using TokensIn = nb::ndarray<nb::ro, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 
-// Calls fill(const Token*) with the tokens as their own integer type (TypeError for others).
+// Calls fill(Token{}) with the integer type of the tokens' dtype (TypeError for others).
 template <typename Fill>
-int64_t with_tokens(const TokensIn& tokens, Fill fill) {
-  const void* data = tokens.data();
-  const nb::dlpack::dtype type = tokens.dtype();
-  if (type == nb::dtype<uint8_t>()) return fill(static_cast<const uint8_t*>(data));
-  if (type == nb::dtype<int8_t>()) return fill(static_cast<const int8_t*>(data));
-  if (type == nb::dtype<uint16_t>()) return fill(static_cast<const uint16_t*>(data));
-  if (type == nb::dtype<int16_t>()) return fill(static_cast<const int16_t*>(data));
-  if (type == nb::dtype<uint32_t>()) return fill(static_cast<const uint32_t*>(data));
-  if (type == nb::dtype<int32_t>()) return fill(static_cast<const int32_t*>(data));
-  if (type == nb::dtype<uint64_t>()) return fill(static_cast<const uint64_t*>(data));
-  if (type == nb::dtype<int64_t>()) return fill(static_cast<const int64_t*>(data));
+int64_t with_token_type(nb::dlpack::dtype type, Fill fill) {
+  if (type == nb::dtype<uint8_t>()) return fill(uint8_t{});
+  if (type == nb::dtype<int8_t>()) return fill(int8_t{});
+  if (type == nb::dtype<uint16_t>()) return fill(uint16_t{});
+  if (type == nb::dtype<int16_t>()) return fill(int16_t{});
+  if (type == nb::dtype<uint32_t>()) return fill(uint32_t{});
+  if (type == nb::dtype<int32_t>()) return fill(int32_t{});
+  if (type == nb::dtype<uint64_t>()) return fill(uint64_t{});
+  if (type == nb::dtype<int64_t>()) return fill(int64_t{});
   throw nb::type_error("the tokens must be an array of integers of 8 to 64 bits");
 }
+
+// Token arrays of one integer dtype, back to back (packing.h: TokenArrays), referenced for as
+// long as this lives: a token file's shards, for fill_document_packs.
+struct TokenShards {
+  std::vector<TokensIn> arrays;
+  std::vector<int64_t> starts{0};  // arrays + 1
+};
 
 // The pieces' per-piece columns from index first on, and packs + 1 bounds from bounds[0]:
 // checked to be one run of pieces [bounds[0], bounds[packs]) inside the columns, of sizes
@@ -296,20 +301,41 @@ void bind_packing(nb::module_& m) {
           }
         }
         check_pack_buffer(out, pieces, total);
-        return with_tokens(tokens, [&](const auto* data) {
+        return with_token_type(tokens.dtype(), [&](auto token) {
+          using Token = decltype(token);
           nb::gil_scoped_release release;
-          return resumable_loader::fill_pack_batch(data, first.data(), pieces, total,
-                                                   out.data());
+          return resumable_loader::fill_pack_batch(static_cast<const Token*>(tokens.data()),
+                                                   first.data(), pieces, total, out.data());
         });
       },
       "tokens"_a, "first"_a, "sizes"_a, "ids"_a, "positions"_a, "offsets"_a, "bounds"_a,
       "out"_a.noconvert(),
       "Fill out with a batch of packs (packing.h: input_ids, labels, position_ids, provenance, "
       "bounds, cu_seqlens as int32); returns the longest piece.");
+  nb::class_<TokenShards>(m, "TokenShards",
+                          "Token arrays of one integer dtype, back to back (a token file's "
+                          "shards), referenced for fill_document_packs.")
+      .def(
+          "__init__",
+          [](TokenShards* self, std::vector<TokensIn> arrays) {
+            if (arrays.empty()) throw nb::value_error("TokenShards needs one array or more");
+            new (self) TokenShards();
+            for (const TokensIn& array : arrays) {
+              if (array.dtype() != arrays[0].dtype()) {
+                throw nb::type_error("TokenShards' arrays must have one dtype");
+              }
+              self->starts.push_back(self->starts.back() + static_cast<int64_t>(array.shape(0)));
+            }
+            with_token_type(arrays[0].dtype(), [](auto) { return int64_t{0}; });  // an integer
+            self->arrays = std::move(arrays);
+          },
+          "arrays"_a)
+      .def_prop_ro("tokens", [](const TokenShards& shards) { return shards.starts.back(); });
   m.def(
       "fill_document_packs",
-      [](TokensIn tokens, Int64In starts, Int64In ids, Int64In positions, Int64In offsets,
-         Int64In sizes, Int64In bounds, uint64_t first_pack, uint64_t packs, Int64Out out) {
+      [](const TokenShards& shards, Int64In starts, Int64In ids, Int64In positions,
+         Int64In offsets, Int64In sizes, Int64In bounds, uint64_t first_pack, uint64_t packs,
+         Int64Out out) {
         if (first_pack >= bounds.shape(0) || packs > bounds.shape(0) - 1 - first_pack ||
             starts.shape(0) < 1) {
           throw nb::value_error(("fill_document_packs: packs [" + std::to_string(first_pack) +
@@ -321,26 +347,38 @@ void bind_packing(nb::module_& m) {
             pack_pieces(ids, positions, offsets, sizes, bounds.data() + first_pack, packs);
         const uint64_t documents = starts.shape(0) - 1;
         const int64_t* doc = starts.data();
-        const int64_t count = static_cast<int64_t>(tokens.shape(0));
+        const std::vector<int64_t>& array = shards.starts;
         for (uint64_t k = 0; k < pieces.count; ++k) {
           const int64_t id = pieces.ids[k];
-          if (id < 0 || static_cast<uint64_t>(id) >= documents || doc[id] < 0 ||
-              doc[id + 1] > count || pieces.offsets[k] + pieces.sizes[k] > doc[id + 1] - doc[id]) {
+          bool inside = id >= 0 && static_cast<uint64_t>(id) < documents && doc[id] >= 0 &&
+                        doc[id] <= doc[id + 1] && doc[id + 1] <= array.back() &&
+                        pieces.offsets[k] + pieces.sizes[k] <= doc[id + 1] - doc[id];
+          if (inside) {  // and inside the array it starts in (as the kernel finds it)
+            const auto s = std::upper_bound(array.begin() + 1, array.end() - 1, doc[id]);
+            inside = doc[id + 1] <= *s;
+          }
+          if (!inside) {
             throw nb::value_error(("fill_document_packs: piece " + std::to_string(k) +
                                    " (document " + std::to_string(id) +
-                                   ") is outside its document or the tokens").c_str());
+                                   ") is outside its document or its token array").c_str());
           }
         }
         check_pack_buffer(out, pieces, total);
-        return with_tokens(tokens, [&](const auto* data) {
+        return with_token_type(shards.arrays[0].dtype(), [&](auto token) {
+          using Token = decltype(token);
+          std::vector<const Token*> data;
+          for (const TokensIn& a : shards.arrays) data.push_back(static_cast<const Token*>(a.data()));
+          const resumable_loader::TokenArrays<Token> arrays{data.data(), array.data(),
+                                                            shards.arrays.size()};
           nb::gil_scoped_release release;
-          return resumable_loader::fill_document_packs(data, doc, pieces, total, out.data());
+          return resumable_loader::fill_document_packs(arrays, doc, pieces, total, out.data());
         });
       },
-      "tokens"_a, "starts"_a, "ids"_a, "positions"_a, "offsets"_a, "sizes"_a, "bounds"_a,
+      "shards"_a, "starts"_a, "ids"_a, "positions"_a, "offsets"_a, "sizes"_a, "bounds"_a,
       "first_pack"_a, "packs"_a, "out"_a.noconvert(),
       "Fill out as fill_pack_batch does with packs [first_pack, first_pack + packs) of a plan's "
-      "pieces (bounds: the plan's), document d being tokens[starts[d]:starts[d + 1]].");
+      "pieces (bounds: the plan's), document d being tokens [starts[d], starts[d + 1]) of the "
+      "shards' concatenation.");
 }
 
 }  // namespace

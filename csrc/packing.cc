@@ -246,9 +246,9 @@ void widen(const Token* __restrict from, int64_t size, int64_t* __restrict to) {
 
 // The layout of packing.h: rows first, written a piece at a time (tokens, then positions), the
 // labels copied from the whole input_ids row at once and masked at each piece's first token.
-template <typename Token, typename SpanStart>
-int64_t write_packs(const Token* tokens, SpanStart span_start, const PackPieces& pieces,
-                    int64_t total, int64_t* out) {
+// span(k) is where piece k's tokens begin.
+template <typename Token, typename Span>
+int64_t write_packs(Span span, const PackPieces& pieces, int64_t total, int64_t* out) {
   int64_t* const input_ids = out;
   int64_t* const labels = out + total;
   int64_t* const position_ids = out + 2 * total;
@@ -259,10 +259,10 @@ int64_t write_packs(const Token* tokens, SpanStart span_start, const PackPieces&
   cu[0] = 0;
   for (uint64_t k = 0; k < pieces.count; ++k) {
     if (k + kPiecesAhead < pieces.count) {
-      prefetch_span(tokens + span_start(k + kPiecesAhead), pieces.sizes[k + kPiecesAhead]);
+      prefetch_span(span(k + kPiecesAhead), pieces.sizes[k + kPiecesAhead]);
     }
     const int64_t size = pieces.sizes[k];
-    widen(tokens + span_start(k), size, input_ids + end);
+    widen(span(k), size, input_ids + end);
     int64_t* const counted = position_ids + end;
     for (int64_t j = 0; j < size; ++j) counted[j] = j;
     end += size;
@@ -303,23 +303,29 @@ int64_t window_pack_plan(const int64_t* sizes, uint64_t n, int64_t capacity,
 template <typename Token>
 int64_t fill_pack_batch(const Token* tokens, const int64_t* first, const PackPieces& pieces,
                         int64_t total, int64_t* out) {
-  return write_packs(tokens, [first](uint64_t k) { return first[k]; }, pieces, total, out);
+  return write_packs<Token>([=](uint64_t k) { return tokens + first[k]; }, pieces, total, out);
 }
 
 template <typename Token>
-int64_t fill_document_packs(const Token* tokens, const int64_t* starts, const PackPieces& pieces,
-                            int64_t total, int64_t* out) {
+int64_t fill_document_packs(const TokenArrays<Token>& tokens, const int64_t* starts,
+                            const PackPieces& pieces, int64_t total, int64_t* out) {
   const int64_t* ids = pieces.ids;
   const int64_t* offsets = pieces.offsets;
-  return write_packs(
-      tokens, [=](uint64_t k) { return starts[ids[k]] + offsets[k]; }, pieces, total, out);
+  const int64_t* arrays = tokens.starts;
+  const uint64_t count = tokens.count;
+  auto span = [=](uint64_t k) {  // in the last array starting at or before the piece
+    const int64_t at = starts[ids[k]] + offsets[k];
+    const uint64_t s = std::upper_bound(arrays + 1, arrays + count, at) - (arrays + 1);
+    return tokens.data[s] + (at - arrays[s]);
+  };
+  return write_packs<Token>(span, pieces, total, out);
 }
 
 #define RL_FILL_PACK_BATCH(Token)                                                              \
   template int64_t fill_pack_batch(const Token*, const int64_t*, const PackPieces&, int64_t,  \
                                    int64_t*);                                                 \
-  template int64_t fill_document_packs(const Token*, const int64_t*, const PackPieces&,       \
-                                       int64_t, int64_t*);
+  template int64_t fill_document_packs(const TokenArrays<Token>&, const int64_t*,              \
+                                       const PackPieces&, int64_t, int64_t*);
 RL_FILL_PACK_BATCH(uint8_t)
 RL_FILL_PACK_BATCH(int8_t)
 RL_FILL_PACK_BATCH(uint16_t)

@@ -66,12 +66,23 @@ template <typename Token>
 int64_t fill_pack_batch(const Token* tokens, const int64_t* first, const PackPieces& pieces,
                         int64_t total, int64_t* out);
 
-// The same for documents of one token array, document d being tokens[starts[d] ..
-// starts[d + 1]): piece k is tokens[starts[ids[k]] + offsets[k] .. + sizes[k]), so that a run of
-// a window plan's packs is written by one call, from the plan's own arrays.
-// requires every piece inside its document, and the rest as fill_pack_batch.
+// Token arrays of one dtype, back to back: array s holds the tokens [starts[s], starts[s + 1])
+// of their concatenation (a token file's shards).
 template <typename Token>
-int64_t fill_document_packs(const Token* tokens, const int64_t* starts, const PackPieces& pieces,
-                            int64_t total, int64_t* out);
+struct TokenArrays {
+  const Token* const* data;
+  const int64_t* starts;  // count + 1
+  uint64_t count;
+};
+
+// The same for documents of token arrays, document d being tokens [starts[d], starts[d + 1])
+// of their concatenation, inside one array: piece k is its tokens from offsets[k] on, sizes[k]
+// of them, so that a run of a window plan's packs is written by one call, from the plan's own
+// arrays (a binary search over the arrays per piece).
+// requires every piece inside its document and every document inside one array, and the rest
+// as fill_pack_batch.
+template <typename Token>
+int64_t fill_document_packs(const TokenArrays<Token>& tokens, const int64_t* starts,
+                            const PackPieces& pieces, int64_t total, int64_t* out);
 
 }  // namespace resumable_loader

@@ -206,8 +206,21 @@ def fill_pack_batch(
     """Fill out with a batch of packs (packing.h: input_ids, labels, position_ids,
     provenance, bounds, cu_seqlens as int32); returns the longest piece."""
 
+class TokenShards:
+    """Token arrays of one integer dtype, back to back (a token file's shards), referenced for
+    fill_document_packs."""
+
+    def __init__(
+        self,
+        arrays: Sequence[
+            Annotated[NDArray, dict(shape=(None,), order="C", device="cpu", writable=False)]
+        ],
+    ) -> None: ...
+    @property
+    def tokens(self) -> int: ...
+
 def fill_document_packs(
-    tokens: Annotated[NDArray, dict(shape=(None,), order="C", device="cpu", writable=False)],
+    shards: TokenShards,
     starts: Annotated[
         NDArray[numpy.int64], dict(shape=(None,), order="C", device="cpu", writable=False)
     ],
@@ -231,4 +244,5 @@ def fill_document_packs(
     out: Annotated[NDArray[numpy.int64], dict(shape=(None,), order="C", device="cpu")],
 ) -> int:
     """Fill out as fill_pack_batch does with packs [first_pack, first_pack + packs) of a
-    plan's pieces (bounds: the plan's), document d being tokens[starts[d]:starts[d + 1]]."""
+    plan's pieces (bounds: the plan's), document d being tokens [starts[d], starts[d + 1]) of
+    the shards' concatenation."""

@@ -219,8 +219,9 @@ def _words(total: int, pieces: int, packs: int) -> int:
 
 def test_the_document_kernel_writes_a_run_of_a_plans_packs_as_the_span_kernel_does() -> None:
     """fill_document_packs cuts packs [1, 4) of a window's pieces out of the plan's arrays: the
-    same buffer as fill_pack_batch given those pieces' spans; pieces outside their document,
-    tokens that are not integers and a buffer of another size are refused."""
+    same buffer as fill_pack_batch given those pieces' spans, whether the tokens are one array
+    or several shards back to back; pieces outside their document or their shard, tokens that
+    are not integers and a buffer of another size are refused."""
     tokens = np.arange(100, dtype=np.uint16) * 3
     starts = np.array([0, 10, 25, 25, 60, 100], dtype=np.int64)  # 10, 15, 0, 35, 40 tokens
     ids = np.array([3, 0, 2, 1, 4, 3], dtype=np.int64)
@@ -228,24 +229,32 @@ def test_the_document_kernel_writes_a_run_of_a_plans_packs_as_the_span_kernel_do
     sizes = np.array([30, 10, 0, 13, 32, 5], dtype=np.int64)
     positions = np.arange(6, dtype=np.int64) + 40
     bounds = np.array([0, 2, 3, 5, 6], dtype=np.int64)
-    out = np.full(_words(50, 4, 3), -7, dtype=np.int64)
-    args = (tokens, starts, ids, positions, offsets)
-    longest = _core.fill_document_packs(*args, sizes, bounds, 1, 3, out)
     run = slice(2, 6)
-    expected = np.full_like(out, -7)
+    expected = np.full(_words(50, 4, 3), -7, dtype=np.int64)
     first = starts[ids[run]] + offsets[run]
     columns = (ids[run], positions[run], offsets[run])
     spans = (tokens, first, sizes[run], *columns, np.array([0, 1, 3, 4]), expected)
-    assert _core.fill_pack_batch(*spans) == longest == 32
-    assert out.tolist() == expected.tolist()
-    assert out[:50].tolist() == [*range(36, 75, 3), *range(180, 276, 3), *range(75, 90, 3)]
+    assert _core.fill_pack_batch(*spans) == 32
+    assert expected[:50].tolist() == [*range(36, 75, 3), *range(180, 276, 3), *range(75, 90, 3)]
+    pieces = (starts, ids, positions, offsets)
+    for cuts in ([], [25, 60], [10, 25, 60]):
+        shards = _core.TokenShards(np.split(tokens, cuts))
+        out = np.full_like(expected, -7)
+        assert _core.fill_document_packs(shards, *pieces, sizes, bounds, 1, 3, out) == 32
+        assert out.tolist() == expected.tolist(), cuts
     bad = sizes.copy()
     bad[3] = 14  # document 1 has 15 tokens: [2, 16) is outside it
+    words = np.empty(_words(51, 4, 3), np.int64)
     with pytest.raises(ValueError, match=r"piece 1 \(document 1\) is outside its document"):
-        _core.fill_document_packs(*args, bad, bounds, 1, 3, np.empty(_words(51, 4, 3), np.int64))
+        _core.fill_document_packs(shards, *pieces, bad, bounds, 1, 3, words)
+    across = _core.TokenShards(np.split(tokens, [30]))  # document 3, [25, 60), spans both
+    with pytest.raises(ValueError, match=r"piece 3 \(document 3\) is outside .* token array"):
+        _core.fill_document_packs(across, *pieces, sizes, bounds, 1, 3, out)
     with pytest.raises(TypeError, match="integers"):
-        _core.fill_document_packs(tokens.astype(np.float32), *args[1:], sizes, bounds, 1, 3, out)
+        _core.TokenShards([tokens.astype(np.float32)])
+    with pytest.raises(TypeError, match="one dtype"):
+        _core.TokenShards([tokens, tokens.astype(np.int32)])
     with pytest.raises(ValueError, match="the pack buffer needs"):
-        _core.fill_document_packs(*args, sizes, bounds, 1, 3, out[:-1])
+        _core.fill_document_packs(shards, *pieces, sizes, bounds, 1, 3, out[:-1])
     with pytest.raises(ValueError, match="outside the 5 bounds"):
-        _core.fill_document_packs(*args, sizes, bounds, 2, 3, out)
+        _core.fill_document_packs(shards, *pieces, sizes, bounds, 2, 3, out)

@@ -30,6 +30,7 @@ from resumable_loader import _core
 from resumable_loader.packing.buffers import batch_buffer
 
 if TYPE_CHECKING:
+    from resumable_loader._core import TokenShards
     from resumable_loader.packing.order import WindowRun
 
 IGNORE_INDEX = -100
@@ -127,10 +128,10 @@ class PackBatch:
         return batch
 
     @classmethod
-    def from_documents(cls, tokens: np.ndarray, starts: np.ndarray, run: WindowRun) -> PackBatch:
-        """Packs of a run of one window plan's packs, document d of the token file being
-        ``tokens[starts[d]:starts[d+1]]``: one C++ call cuts the pieces out of the plan's
-        arrays and writes the whole batch (``csrc/packing.h``: fill_document_packs)."""
+    def from_documents(cls, shards: TokenShards, starts: np.ndarray, run: WindowRun) -> PackBatch:
+        """Packs of a run of one window plan's packs, document d being tokens ``[starts[d],
+        starts[d+1])`` of the shards' concatenation: one C++ call cuts the pieces out of the
+        plan's arrays and writes the whole batch (``csrc/packing.h``: fill_document_packs)."""
         window, first, count = run.window, run.first, run.count
         layout = (
             window.token_bounds[first + count] - window.token_bounds[first],
@@ -140,7 +141,7 @@ class PackBatch:
         numbers, shared = batch_buffer(_words(*layout))
         plan = window.plan
         longest = _core.fill_document_packs(
-            tokens, starts, window.ids, window.positions, plan.start, plan.length, plan.bounds,
+            shards, starts, window.ids, window.positions, plan.start, plan.length, plan.bounds,
             first, count, numbers,
         )  # fmt: skip
         return cls(numbers, shared, layout, longest)

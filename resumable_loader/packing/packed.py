@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from resumable_loader import _core
 from resumable_loader._checks import check_int
 from resumable_loader.errors import ConfigError, ResumableLoaderError
 from resumable_loader.loader.build_refs import make_order
@@ -103,6 +104,7 @@ class Packed(Dataset):
         self._spans = callable(spans) and callable(own) and np.array_equal(own(), self.lengths)
         # and, with token_table(), as documents of one token array (a batch in one C++ call)
         self._table = self._spans and callable(getattr(dataset, "token_table", None))
+        self._documents: tuple[Any, np.ndarray] | None = None  # (made by _token_table)
         self._order_arguments: tuple[bool, Any] = (False, None)
         self._seed = 0  # the loader's, for the look-ahead (told before a batch's key is)
         self._orders: dict[int, PackedOrder] = {}  # by seed, in this process
@@ -155,7 +157,7 @@ class Packed(Dataset):
             ) from None
         order = self._order_for(seed)
         if self._spans:  # plain tokens, a pure function of the sample id: no key to install
-            table = self.dataset.token_table() if self._table else None
+            table = self._token_table()
             run = None if table is None else order.run(epoch, pack_ids)
             if run is not None:  # a batch's packs, mostly: one C++ call from the plan
                 return PackBatch.from_documents(*table, run).packs()
@@ -187,6 +189,17 @@ class Packed(Dataset):
             inner = make_order(self.dataset, shuffle, seed, shard_shuffle)
             order = self._orders[seed] = PackedOrder(self, inner)
         return order
+
+    def _token_table(self) -> tuple[Any, np.ndarray] | None:
+        """The dataset's token arrays (held by C++, once per process) and document starts,
+        when it has ``token_table()`` and gives them, else None."""
+        if self._documents is None and self._table:
+            table = self.dataset.token_table()
+            if table is None:
+                self._table = False
+            else:
+                self._documents = (_core.TokenShards(list(table[0])), table[1])
+        return self._documents
 
     def _read_pieces(self, pieces: dict[str, np.ndarray]) -> PackBatch:
         """Read the pieces' samples (each under its own key) and cut the pieces out of them."""
@@ -259,7 +272,7 @@ class Packed(Dataset):
 
     def __getstate__(self) -> dict[str, Any]:
         # each process plans its own windows and translates its own schedules
-        return {**self.__dict__, "_orders": {}, "_schedules": Translated()}
+        return {**self.__dict__, "_orders": {}, "_schedules": Translated(), "_documents": None}
 
     def __repr__(self) -> str:
         return (

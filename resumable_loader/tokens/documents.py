@@ -80,13 +80,13 @@ class TokenDocuments(Reopened, Dataset):
         base = int(self.shard_starts[shard])
         return torch.from_numpy(self._tokens[shard][start - base : stop - base].astype(np.int64))
 
-    def token_table(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """The tokens and each document's start in them (document d is ``tokens[starts[d]:
-        starts[d+1]]``) when one shard in native byte order holds them all: its memory map and
-        the offsets, from which Packed writes a batch of packs in one C++ call; else None
-        (ask :meth:`token_spans`)."""
-        if len(self._tokens) == 1 and self.dtype.isnative:
-            return self._tokens[0], self.offsets
+    def token_table(self) -> tuple[list[np.ndarray], np.ndarray] | None:
+        """The shards' token arrays (their concatenation is the stream of documents) and each
+        document's start in it (document d is tokens ``[starts[d], starts[d+1])``, inside one
+        shard), when the tokens are in native byte order: what Packed writes a batch of packs
+        from in one C++ call; else None (ask :meth:`token_spans`)."""
+        if self.dtype.isnative:
+            return self._tokens, self.offsets
         return None
 
     def token_spans(
