@@ -528,11 +528,10 @@ NB_MODULE(_core, m) {
            "position"_a.noconvert(), "purpose"_a, "generators"_a.noconvert(),
            nb::sig("def __call__(self, seed: int, epoch: int, position: int, purpose: int, "
                    "generators: int) -> bool"),
-           "Reseed the global generators in the set `generators` (bit g: generator g) for a "
-           "sample key; False (none written) if numpy's was replaced.")
+           "Reseed the generators in the set `generators` for a sample key (False: numpy's "
+           "replaced).")
       .def("enter", &SampleReseeder::enter, "seed"_a, "epoch"_a, "generators"_a,
-           "Give `generators` the entry state of (seed, epoch); False (none written) if "
-           "numpy's bit generator was replaced.")
+           "Give `generators` the entry state of (seed, epoch) (False: numpy's was replaced).")
       .def("changed", &SampleReseeder::changed, "generators"_a,
            "Which of `generators` left the entry state the last enter() gave them.");
 
