@@ -114,7 +114,7 @@ class KeyedFetch(Dataset):
         dataset: the user's map-style dataset.
         collate_fn: the user's (or torch's default) collate function.
         reseed_globals: reseed ``random``, numpy's and torch's global RNGs per sample: True,
-            False, or "auto" (those a sample of this process was seen to change; rngs/idle.py).
+            False, or "auto" (those its samples were seen to change here; rngs/idle.py).
     """
 
     def __init__(

@@ -97,11 +97,6 @@ class GlobalRngs:
         """False once numpy's global bit generator was replaced (np.random.set_bit_generator)."""
         return np.random.get_bit_generator() is self._numpy_bit_generator
 
-    def reseed_sample(self, seed: int, epoch: int, position: int, purpose: Purpose) -> None:
-        """Reseed every global generator for the sample key (seed, epoch, position, purpose),
-        validating the key's coordinates (ConfigError)."""
-        self.reseed(derive_words(seed, epoch, position, purpose))
-
     def reseed(self, key: tuple[int, int, int, int]) -> None:
         """Give every global generator the state of ``key``'s sample."""
         with self._numpy_lock:  # numpy draws large arrays without the GIL, under this lock

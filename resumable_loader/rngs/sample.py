@@ -3,9 +3,10 @@
 Before a sample is loaded, the process that loads it (a worker, or the main process with
 num_workers=0) installs that sample's key. By default this also reseeds Python's ``random``,
 numpy's global RNG and torch's CPU default generator from the key (each its own stream; see
-:mod:`resumable_loader.rngs.process`), so unmodified augmentations that call ``random``,
-``np.random`` or ``torch.rand`` draw the same values however the work is split across workers,
-ranks and batches, and however often the run is resumed. ``collate_fn``
+:mod:`resumable_loader.rngs.process`; with ``reseed_globals="auto"`` only those the loader's
+samples were seen to change, :mod:`resumable_loader.rngs.idle`), so unmodified augmentations
+that call ``random``, ``np.random`` or ``torch.rand`` draw the same values however the work is
+split across workers, ranks and batches, and however often the run is resumed. ``collate_fn``
 runs under the batch's key (derived from the position of the batch's first sample).
 
 User code that prefers explicit generators asks for the current key's own streams with
