@@ -238,18 +238,23 @@ class Checkpointer:
         restored where the rank layout matches, else re-derived from (seed, step, rank)); every
         such change is listed in the decision.
 
-        ``checksums="verify"`` hashes every file of the checkpoint before anything is applied
-        (the ranks split the files, each hashes its share in parallel threads);
-        ``checksums="trust"`` skips that for checkpoints too large to read twice (the decision
-        says so). ``fallback`` (default: on when ``step`` is None) tries the next older
-        checkpoint when one is damaged (a problem found by :meth:`verify`'s checks); the
-        decision's ``skipped`` names each one skipped and why. By default a copy of the
-        current state is taken while the checkpoint is verified and checked (fresh memory the
-        size of the state: what the load costs beyond raw DCP, see docs/checkpoint.md), so a
-        failure after the checks puts every component back. ``rollback=False`` keeps no copy
-        (for a state too large to hold twice): every check still comes first, but a read or
-        ``load_state_dict`` that fails after that leaves the components partly loaded (the
-        decision says which way it ran).
+        ``checksums="verify"`` checks every file's content checksum before anything is applied;
+        ``checksums="trust"`` skips that for checkpoints too large to hash (the decision says
+        so). ``fallback`` (default: on when ``step`` is None) tries the next older checkpoint
+        when one is damaged (a problem found by :meth:`verify`'s checks); the decision's
+        ``skipped`` names each one skipped and why.
+
+        By default (``rollback=True``) the checkpoint is staged: each data file is read once
+        into fresh tensors beside the live ones, hashed as it is read, and only once every
+        checksum and check has passed are the storages swapped into the live tensors (the
+        same Python objects: the optimizer keeps the model's Parameters). The old storages
+        are the rollback, so a failure after that puts every component back without any
+        copy; the cost is fresh memory the size of the state for the length of the load (see
+        docs/checkpoint.md). ``rollback=False`` stages nothing (for a state too large to hold
+        twice): every file is hashed first and every check still comes first, then the
+        checkpoint is read straight into the live tensors, so a read or ``load_state_dict``
+        that fails after that leaves the components partly loaded (the decision says which
+        way it ran).
 
         Returns:
             The decision: what was restored, re-derived, changed and skipped (also logged as

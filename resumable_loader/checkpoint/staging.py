@@ -17,8 +17,11 @@ swapped (a view into a bigger storage, a non-contiguous or non-CPU tensor, a DTe
 shard, a CUDA tensor, memory shared with other processes or pinned, a tensor of a component
 other than a model or an optimizer, whose ``load_state_dict`` may copy into memory we cannot
 see) is staged as well and copied in by ``load_state_dict``; its current values are cloned for
-the rollback. A view that someone else holds of a swapped tensor (``w = model.weight[0]``,
-a NumPy array over it) keeps showing the old values: hold the tensor, not a view.
+the rollback. An optimizer that had no state when the load began (a process that starts by
+loading) is read into directly: its state was made by the checks (DCP's zero-lr step) and is
+emptied again on a failure. A view that someone else holds of a swapped tensor
+(``w = model.weight[0]``, a NumPy array over it) keeps showing the old values: hold the tensor,
+not a view.
 
 ``load(..., rollback=False)`` stages nothing (for a state too large to hold twice): the files
 are hashed first, then read in place (:func:`read_in_place`, :mod:`direct_read`), and a failure
@@ -90,14 +93,15 @@ class Staged:
         def stage(tensor: torch.Tensor) -> torch.Tensor:
             if id(tensor) in fresh:  # the same tensor twice in one state_dict()
                 return fresh[id(tensor)]
+            if component.fresh_optimizer:  # made by the checks, emptied again on a failure:
+                keep[id(tensor)] = fresh[id(tensor)] = tensor  # read into, nothing to stage
+                return tensor
             fresh[id(tensor)] = staged = _fresh(tensor)
             live = find(tensor) if _owns_storage(tensor) else None
             if live is not None and id(live) not in claimed:
                 claimed.add(id(live))
                 self.swaps.append((live, staged, live.detach()))
                 keep[id(tensor)] = tensor  # its storage is the old one, left untouched
-            elif component.fresh_optimizer:  # emptied again on a failure: nothing to keep
-                keep[id(tensor)] = tensor
             else:  # copied into by load_state_dict: its values are kept
                 keep[id(tensor)] = tensor.detach().clone()
             return staged
