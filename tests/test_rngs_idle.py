@@ -192,6 +192,30 @@ def test_any_mix_of_draws_gives_the_stream_of_true(plan, batch):
     assert stream(dataset, "auto", batch=batch) == stream(dataset, True, batch=4)
 
 
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    plan=st.lists(
+        st.tuples(st.sampled_from(sorted(DRAWS)), st.sampled_from([0.02, 0.1, 0.5])),
+        min_size=1,
+        max_size=3,
+    ),
+    first=st.tuples(st.sampled_from([0, 2]), st.integers(1, 8)),
+    second=st.tuples(st.sampled_from([0, 2]), st.integers(1, 8)),
+    stop_after=st.integers(1, 9),
+)
+def test_any_mix_of_draws_resumed_in_any_layout_gives_the_stream_of_true(
+    plan, first, second, stop_after
+):
+    dataset = Draws(plan, length=30)
+    resumed = interrupted_stream(
+        lambda: loader(dataset, "auto", *first),
+        lambda: loader(dataset, "auto", *second),
+        epochs=2,
+        stop_after=stop_after,
+    )
+    assert resumed == stream(dataset, True)
+
+
 def test_generators_never_drawn_from_stay_idle_and_are_not_reseeded():
     numpy = loader(Draws([("numpy", 0.05)]), "auto")
     run(numpy, 1)
