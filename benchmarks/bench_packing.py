@@ -16,13 +16,14 @@ Run: python benchmarks/bench_packing.py [--quick] [--samples N] [--resume-sample
    token-budget batches (fill = real / padded tokens).
 2. Throughput through the loader (num_workers 0 and 2, batches of 8 x 4096 tokens, window 4096):
    real tokens/s of Packed (collate_varlen) over TokenDocuments (the token file's documents,
-   read as spans of its memory map) and over a per-sample map-style dataset of the same
+   written from its memory map) and over a per-sample map-style dataset of the same
    documents (what a user's own dataset costs), against padded batches of the same documents
    (batch size chosen for the same tokens per batch, padded to the longest) and against
    TokenDataset's concat path over the same token file, with input_ids and labels (the issue's
    goal) and with all four outputs (position_ids and cu_seqlens too, what a pack also holds);
-   interleaved rounds, medians and the range of the per-round ratios. The datasets are built
-   once, so their memory maps stay mapped across the rounds, as through an epoch.
+   interleaved rounds (at 0 workers the loaders take turns 50 batches at a time within a
+   round), medians and the range of the per-round ratios. The datasets are built once, so their
+   memory maps stay mapped across the rounds, as through an epoch.
 3. Resume: time to the first batch (build the loader, load the state, iter(), next()) fresh
    and at 90% of an epoch of --resume-samples samples (default 10^8; --quick 10^6), medians
    of R alternating runs; and the per-epoch pack table's parts: the order's ids, the lengths
@@ -53,9 +54,11 @@ from resumable_loader.tokens import TokenDocuments
 
 BUDGET = 8192
 SEQ, BATCH, WARMUP = 4096, 8, 5
-# At 0 workers a batch takes ~0.1 ms: a round of 150 lasts ~20 ms, shorter than the load's
-# swings on a shared machine (per-round ratios ranged 0.6-1.9x), so those rounds time 4x as many.
-ZERO_WORKER_SCALE = 4
+# At 0 workers a batch takes ~0.1 ms: 150 of them last ~20 ms, shorter than the load's swings
+# on a shared machine (per-round ratios ranged 0.6-1.9x), so a round times 4x as many, and the
+# loaders take turns TURN batches at a time. (With workers each loader runs its batches in turn:
+# an idle loader's workers would fill their queues while another is timed.)
+ZERO_WORKER_SCALE, TURN = 4, 50
 WINDOW = 4096  # Packed's default
 
 
@@ -216,6 +219,31 @@ def tokens_per_second(
     return tokens / (time.perf_counter() - start), tokens / (time.process_time() - cpu)
 
 
+def taking_turns(
+    loaders: dict[str, tuple[Any, Callable[[Any], int]]], batches: int
+) -> dict[str, tuple[float, float]]:
+    """At 0 workers: (real tokens per wall second, per CPU second) of each loader, the loaders
+    taking turns TURN batches at a time until each has timed ``batches`` (a multiple of TURN),
+    so that all of them see the same swings of the machine's load."""
+    iterators = {}
+    for name, (loader, _) in loaders.items():
+        iterators[name] = iter(loader)
+        for _ in range(WARMUP):
+            next(iterators[name])
+    totals = {name: [0, 0.0, 0.0] for name in loaders}
+    for _ in range(batches // TURN):
+        for name, (_, count) in loaders.items():
+            iterator, tokens = iterators[name], 0
+            start, cpu = time.perf_counter(), time.process_time()
+            for _ in range(TURN):
+                tokens += count(next(iterator))
+            total = totals[name]
+            total[0] += tokens
+            total[1] += time.perf_counter() - start
+            total[2] += time.process_time() - cpu
+    return {name: (tokens / wall, tokens / cpu) for name, (tokens, wall, cpu) in totals.items()}
+
+
 def padded_share(docs: Documents, batch_size: int, batches: int) -> float:
     """Real tokens over padded tokens of the padded batches (what the GPU computes on)."""
     loader = DataLoader(docs, batch_size=batch_size, shuffle=True, seed=1, collate_fn=pad_collate)
@@ -298,9 +326,13 @@ def throughput(documents: int, batches: int, repeats: int) -> None:
             for _ in range(repeats):
                 loads.append(os.getloadavg()[0])
                 loaders = throughput_loaders(sources, workers, padded_batch)
-                for name, (loader, count) in loaders.items():
-                    timed = batches * ZERO_WORKER_SCALE if workers == 0 else batches
-                    rates[name].append(tokens_per_second(loader, timed, count))
+                if workers == 0:
+                    turns = taking_turns(loaders, batches * ZERO_WORKER_SCALE)
+                    for name in names:
+                        rates[name].append(turns[name])
+                    continue
+                for name, (loader, count) in loaders.items():  # in turn (see TURN)
+                    rates[name].append(tokens_per_second(loader, batches, count))
             cells = []
             for name in names:
                 wall = statistics.median(w for w, _ in rates[name]) / 1e6
@@ -314,8 +346,8 @@ def throughput(documents: int, batches: int, repeats: int) -> None:
             print(f"| {workers} | " + " | ".join(cells) + " |")
     print(
         f"\npadded batches: {padded_batch} documents a batch; real / padded tokens {share:.2f}; "
-        f"{repeats} rounds of {batches * ZERO_WORKER_SCALE} batches at 0 workers, {batches} at "
-        f"2; load average {min(loads):.1f}-{max(loads):.1f} "
+        f"{repeats} rounds of {batches * ZERO_WORKER_SCALE} batches at 0 workers (taking turns "
+        f"{TURN} at a time), {batches} at 2; load average {min(loads):.1f}-{max(loads):.1f} "
         f"on {os.cpu_count()} CPUs"
     )
 
@@ -409,7 +441,7 @@ def main() -> None:
         fill_rates(20_000 if quick else args.samples)
     if "throughput" in parts:
         rounds = 1 if quick else args.rounds
-        throughput(20_000 if quick else 100_000, 30 if quick else 150, rounds)
+        throughput(20_000 if quick else 100_000, 25 if quick else 150, rounds)
     if "resume" in parts:
         resume(args.resume_samples or (10**6 if quick else 10**8), 1 if quick else args.repeats)
 
