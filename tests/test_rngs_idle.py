@@ -131,6 +131,19 @@ def test_auto_at_two_workers_and_resumed_is_the_stream_of_true(plan, dataset_typ
     assert resumed == expected
 
 
+def test_a_spawned_worker_loads_the_stream_of_true():
+    dataset = Draws(PLANS["each generator"])  # the fetch, its reseeder unbound, pickled over
+    spawned = stream(
+        dataset,
+        "auto",
+        workers=1,
+        batch=5,
+        multiprocessing_context="spawn",
+        persistent_workers=True,
+    )
+    assert spawned == stream(dataset, True)
+
+
 def test_unbatched_samples_load_the_stream_of_true():
     def one(sample: dict[str, Any]) -> list[tuple[int, str]]:
         return [(int(sample["id"]), digest(sample["aug"]))]
