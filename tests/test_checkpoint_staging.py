@@ -351,3 +351,31 @@ def test_memory_shared_with_other_processes_is_copied_into_not_swapped(tmp_path)
     assert all(torch.equal(a, b) for a, b in pairs)
     assert [p.data_ptr() for p in target.parameters()] == pointers
     assert all(p.is_shared() for p in target.parameters())
+
+
+class Tied(nn.Module):
+    """An embedding and an output layer sharing one Parameter (two keys, one storage)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(10, 4)
+        self.head = nn.Linear(4, 10, bias=False)
+        self.head.weight = self.emb.weight
+
+
+def test_tied_weights_stay_tied_and_load(tmp_path):
+    torch.manual_seed(0)
+    saved = Tied()
+    optimizer = torch.optim.AdamW(saved.parameters())
+    saved.head(saved.emb(torch.tensor([1, 2]))).sum().backward()
+    optimizer.step()
+    Checkpointer(tmp_path).save(1, {"model": saved, "optimizer": optimizer})
+    torch.manual_seed(1)
+    target = Tied()
+    target_optimizer = torch.optim.AdamW(target.parameters())
+    Checkpointer(tmp_path).load({"model": target, "optimizer": target_optimizer})
+    assert target.head.weight is target.emb.weight
+    assert torch.equal(target.emb.weight, saved.emb.weight)
+    assert target_optimizer.param_groups[0]["params"][0] is target.emb.weight
+    moments = target_optimizer.state[target.emb.weight]
+    assert all(torch.equal(v, moments[k]) for k, v in optimizer.state[saved.emb.weight].items())
