@@ -227,13 +227,12 @@ def test_tensors_that_cannot_be_swapped_are_copied_in_and_put_back(tmp_path):
     assert torch.equal(target.flat[10:20], saved.view)
 
 
-def test_staging_counts_what_it_swaps(tmp_path):
+def test_only_plain_tensors_owning_their_memory_are_swapped(tmp_path):
     target = Odd()
     current = {"model": {k: v for k, v in target.state_dict().items()}}
     components = {"model": staging.Component("model", "model", target, None)}
     staged = staging.Staged(components, current)
     assert [live for live, _, _ in staged.swaps] == [target.plain]
-    assert staged.swapped_bytes == 5 * 4
 
 
 def test_a_read_failing_midway_changes_nothing(tmp_path, monkeypatch):

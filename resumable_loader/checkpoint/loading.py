@@ -205,9 +205,11 @@ def stage(
             problems += more
         hashed.update({name: files[name]["bytes"] for name in rest})
     prepared = Prepared(plan, staged, problems, len(hashed), sum(hashed.values()))
-    if not problems and error is not None:
+    if not problems:  # (the same on every rank) a failed read of sound files is refused
         collective.raise_if_any(
-            CheckpointError(
+            None
+            if error is None
+            else CheckpointError(
                 f"{checkpoint}: reading the checkpoint failed ({type(error).__name__}: "
                 f"{error}); every file's checksum is right and nothing was changed: load "
                 "again, or an earlier checkpoint"

@@ -110,11 +110,6 @@ class Staged:
             self.state[name] = _tree(state, stage)
         self.before[name] = _tree(state, lambda tensor: keep[id(tensor)])
 
-    @property
-    def swapped_bytes(self) -> int:
-        """The bytes of state moved in by swapping storages (the rest is copied in)."""
-        return sum(live.numel() * live.element_size() for live, _, _ in self.swaps)
-
     def swap_in(self) -> None:
         """Point every swappable live tensor at its staged storage."""
         with torch.no_grad():
