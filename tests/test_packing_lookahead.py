@@ -45,17 +45,18 @@ def run(dataset: Tokens, lengths: np.ndarray, workers: int) -> tuple[list[list[i
     return packs, loader
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize(("workers", "depth_batches"), [(0, None), (2, None), (0, 4), (2, 4)])
 def test_the_look_ahead_plans_the_samples_of_the_packs_to_come(
-    shards: list[str], tmp_path: Path, workers: int
+    shards: list[str], tmp_path: Path, workers: int, depth_batches: int | None
 ) -> None:
     """Without it a read finds nothing planned and fetches at once (67 of the 360 reads here,
     the rest hitting the blocks those fetched); with it the reads find their bytes planned,
-    fetched or in flight, and the stream is the local one."""
+    fetched or in flight, and the stream is the local one; a depth in global batches counts
+    the packs' samples (the sample schedule's global batch)."""
     local = Tokens(shards)
     lengths = np.array([len(local[i]["input_ids"]) for i in range(SAMPLES)])
     expected, _ = run(local, lengths, 0)
-    prefetch = Prefetch(cache_dir=tmp_path, wait_seconds=10.0)
+    prefetch = Prefetch(cache_dir=tmp_path, wait_seconds=10.0, depth_batches=depth_batches)
     remote = Tokens(shards, read_ahead=16384, cache_bytes=64 * 2**20, prefetch=prefetch)
     got, loader = run(remote, lengths, workers)
     assert got == expected

@@ -27,9 +27,11 @@ class SampleSchedule:
         order: the packed order the packs come from.
 
     Attributes:
-        epoch, start, now, batch_size, node_ranks, num_workers, worker, rank: as a
-        NodeSchedule's, in samples: ``now`` the clock of the batch loaded now, ``batch_size``
-        its pieces.
+        epoch, start, now, batch_size, global_batch_size, node_ranks, num_workers, worker,
+        rank: as a NodeSchedule's, in samples: ``now`` the clock of the batch loaded now,
+        ``batch_size`` its pieces, ``global_batch_size`` the samples a step of every rank
+        covers on average (its packs x the epoch's samples per pack, rounded up), which the
+        clock advances by per step.
     """
 
     def __init__(self, packs: NodeSchedule, order: PackedOrder) -> None:
@@ -37,6 +39,8 @@ class SampleSchedule:
         self.epoch = packs.epoch
         self.node_ranks, self.num_workers = packs.node_ranks, packs.num_workers
         self.worker, self.rank = packs.worker, packs.rank
+        per_pack = -(-order.samples // max(order.epoch_length(self.epoch), 1))
+        self.global_batch_size = packs.global_batch_size * per_pack
         self.start = self._clock(packs.start)
         self.now, self.batch_size = self.start, 0
 
