@@ -8,7 +8,8 @@ rank layout changed) and lists world size and batch size as changed, old -> new.
 the two ranks save shards; the one rank loads them into an unsharded model, and the whole
 state it holds is the one the two ranks held; resumed strictly by two ranks, each reads its
 shards. The resume probe recorded by two DDP ranks is
-recomputed by two ranks after a strict resume, bit for bit, changing nothing.
+recomputed by two ranks after a strict resume, bit for bit, changing nothing. A byte flipped
+in one rank's data file makes both ranks fall back to the earlier checkpoint alike.
 """
 
 from __future__ import annotations
@@ -149,3 +150,26 @@ def test_the_probe_recorded_by_two_ranks_passes_bit_for_bit_after_a_strict_resum
     assert reports[0]["probe"] == reports[1]["probe"]  # the replicas agree
     saved = [r["digest"] for r in head[0] if "saved" in r]
     assert all(rank[0]["loaded"] == saved[-1] for rank in tail)
+
+
+@pytest.mark.slow  # two torchrun launches of 2 ranks: ~25 s on 2 cores
+def test_a_data_file_damaged_on_one_rank_makes_both_fall_back_alike(tmp_path):
+    """The staged read hashes the data files as the ranks read them: a byte flipped in rank
+    1's file of step 4 is found, every rank hears of it, and both load step 2 instead."""
+    checkpoint = tmp_path / "checkpoint"
+    head = torchrun(2, checkpoint, tmp_path / "head", "--steps=4", "--save-every=2")
+    (damaged,) = checkpoint.glob("step-*4/__1_0.distcp")
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    damaged.write_bytes(bytes(data))
+    tail = torchrun(
+        2, checkpoint, tmp_path / "tail", "--steps=3", "--save-every=100", "--resume=strict"
+    )
+    step_2 = {r["digest"] for rank in head for r in rank if r.get("saved") == 2}
+    assert len(step_2) == 1
+    for rank in tail:
+        decision = rank[0]["decision"]
+        assert decision["step"] == 2 and rank[0]["loaded"] == next(iter(step_2))
+        (skipped,) = decision["skipped"]
+        assert "__1_0.distcp" in " ".join(skipped["problems"])
+        assert decision["checksums"]["mode"] == "verified"
