@@ -25,10 +25,12 @@ HUGE = 256 * 2**20
 WRITER = """
 import sys
 from pathlib import Path
+from resumable_loader.storage.block_states import BlockStates
 from resumable_loader.storage.node_cache import NodeCache
 
 root, block, published, huge, shards = sys.argv[1], *map(int, sys.argv[2:5]), sys.argv[5:]
-cache = NodeCache(root, capacity=2**40)
+blocks = [-(-Path(path).stat().st_size // block) for path in shards] + [1]
+cache = NodeCache(root, 2**40, BlockStates(Path(root).parent / "states", blocks, block))
 for shard, path in enumerate(shards[:published]):
     data = Path(path).read_bytes()
     for at in range(0, len(data), block):

@@ -24,7 +24,8 @@ from resumable_loader.errors import ConfigError
 from resumable_loader.loader.lookahead import NodeSchedule
 from resumable_loader.order.partition import Partition
 from resumable_loader.order.permutation import ShuffledOrder
-from resumable_loader.storage.node_cache import GONE_PER_BLOCK, NodeCache
+from resumable_loader.storage.block_states import BlockStates
+from resumable_loader.storage.node_cache import NodeCache
 from resumable_loader.storage.plan import BlockPieces, coalesce, code_key, key_code
 from resumable_loader.storage.reader import Prefetch
 
@@ -219,7 +220,7 @@ def test_spans_are_merged_within_the_gap_and_blocks_count_straddling_spans():
 
 
 def test_the_node_cache_evicts_the_block_used_furthest_ahead(tmp_path):
-    cache = NodeCache(tmp_path, capacity=3000)
+    cache = NodeCache(tmp_path, 3000, BlockStates(tmp_path, [16, 256], 1000))
     uses = {(0, 0): 5, (0, 1): 50, (0, 2): 1}
     cache.next_use = lambda key: uses.get(key, float("inf"))
     for key in uses:
@@ -229,13 +230,22 @@ def test_the_node_cache_evicts_the_block_used_furthest_ahead(tmp_path):
     assert (0, 2) in kept and (0, 0) in kept and (0, 1) not in kept
     assert cache.read((0, 2), 10, 5) == bytes(5)
     # a reader missing a block tells "evicted" (fetch now) from "not fetched yet" (wait)
-    assert cache.evicted((0, 1)) and not cache.evicted((0, 2)) and not cache.evicted((0, 9))
-    cache.put((0, 1), bytes(1000))
-    assert not cache.evicted((0, 1))
-    for block in range(10, 200):  # a cache far smaller than the data: markers stay bounded
+    assert not cache.never_held((0, 1)) and cache.never_held((0, 9))
+    assert (0, 1) not in cache and (0, 2) in cache
+    # ... in any process of the node: the states are one shared file
+    other = NodeCache(tmp_path, 3000, BlockStates(tmp_path, [16, 256], 1000))
+    assert not other.never_held((0, 1)) and other.never_held((1, 5))
+    other.put((1, 5), bytes(1000))
+    assert not cache.never_held((1, 5))
+    # and one whose fetch another process has started is waited for, not fetched again
+    assert not cache.fetching((0, 1), within=10.0)
+    other.mark_fetching((0, 1))
+    assert cache.fetching((0, 1), within=10.0) and not cache.fetching((0, 1), within=0.0)
+    other.unmark_fetching((0, 1))
+    assert not cache.fetching((0, 1), within=10.0)
+    for block in range(10, 200):  # a cache far smaller than the data: no file per eviction
         cache.put((1, block), bytes(1000))
-    markers = list(tmp_path.glob("*.gone"))
-    assert 0 < len(markers) <= GONE_PER_BLOCK * 3
+    assert len(list(tmp_path.iterdir())) <= 2 + 3  # the states, the blocks kept
 
 
 def test_a_dead_writers_temp_file_is_removed_and_blocks_nothing(tmp_path):
@@ -247,7 +257,7 @@ def test_a_dead_writers_temp_file_is_removed_and_blocks_nothing(tmp_path):
     )
     temp = tmp_path / f".tmp-{int(dead.stdout)}-abc"
     temp.write_bytes(b"half a block")
-    NodeCache(tmp_path, capacity=1000)
+    NodeCache(tmp_path, 1000, BlockStates(tmp_path, [1], 1000))
     assert not temp.exists()
     # a writer killed but not yet reaped (a zombie, as a SIGKILLed loader's workers are for a
     # while) is dead too; a live writer's temp file stays
@@ -257,7 +267,7 @@ def test_a_dead_writers_temp_file_is_removed_and_blocks_nothing(tmp_path):
     temps = [tmp_path / f".tmp-{pid}-abc" for pid in (zombie.pid, os.getpid())]
     for path in temps:
         path.write_bytes(b"half a block")
-    NodeCache(tmp_path, capacity=1000)
+    NodeCache(tmp_path, 1000, BlockStates(tmp_path, [1], 1000))
     zombie.wait()
     assert [path.exists() for path in temps] == [False, True]
 

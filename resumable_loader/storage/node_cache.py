@@ -13,9 +13,19 @@ furthest in the future (Belady's MIN: the reader knows the schedule and supplies
 or with ``eviction="lru"`` the least recently read ones (a read touches the file's mtime). A
 block removed while another process reads it stays readable by that process (POSIX unlink); a
 process that finds a block gone fetches it again, which costs bytes, never correctness.
-Eviction leaves an empty ``<shard>-<block>.gone`` beside (removed when the block is published
-again; the newest ``GONE_PER_BLOCK`` per cached block are kept), so that a reader missing a
-block can tell "evicted" (fetch it now) from "not fetched yet" (its owner may be slow: wait).
+Each block's state on the node (never fetched, held, evicted) is one byte of a shared
+:class:`~resumable_loader.storage.block_states.BlockStates`, so that a reader missing a block
+can tell "evicted" (fetch it now) from "not fetched yet" (its owner may be slow: wait); and a
+process fetching a block leaves an empty ``<shard>-<block>.fetching`` until it is published (or
+the fetch failed), so a reader of a block evicted and being fetched again waits for it instead
+of fetching it too. A marker older than the reader's wait is ignored (its writer may have died).
+
+Two tiers: a cache may ``spill`` into a second one (a folder on a local disk with its own
+bound, ``Prefetch(disk_dir=..., disk_bytes=...)``). A block evicted from the first tier goes to
+the second instead of away (which evicts by the same policy: under Belady, blocks with no use
+planned go first, then those used furthest ahead); a read, a lookup and the eviction markers
+see both tiers, so a dataset larger than the memory tier but not the disk is fetched once a
+node, across epochs and runs.
 """
 
 from __future__ import annotations
@@ -30,14 +40,12 @@ from pathlib import Path
 
 from resumable_loader._lru import LRU
 from resumable_loader.errors import ConfigError
+from resumable_loader.storage.block_states import GONE, HELD, NEW, BlockStates
 
 Key = tuple[int, int]  # (shard, block)
 TEMP_SECONDS = 300.0
 SUFFIX = ".blk"
-GONE = ".gone"
-# Eviction markers kept per block the cache holds (the oldest go): a cache too small for a
-# global shuffle over a large dataset would otherwise leave one empty file per block ever evicted.
-GONE_PER_BLOCK = 4
+FETCHING = ".fetching"
 # Evict down to this fraction of the capacity, leaving room for blocks other processes are
 # writing meanwhile.
 LOW_WATER = 0.9
@@ -51,32 +59,71 @@ class NodeCache:
     Args:
         root: the folder (created); one per index fingerprint, so shard sets never mix.
         capacity: bytes of blocks kept.
+        states: the node's block states (shared by the tiers).
         eviction: "belady" (next use furthest away, by ``next_use``) or "lru".
+        spill: a second tier, where evicted blocks with a use ahead go (see the module).
     """
 
-    def __init__(self, root: str | os.PathLike, capacity: int, *, eviction: str = "belady") -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        capacity: int,
+        states: BlockStates,
+        *,
+        eviction: str = "belady",
+        spill: NodeCache | None = None,
+    ) -> None:
         if eviction not in ("belady", "lru"):
             raise ConfigError(f"eviction must be 'belady' or 'lru', got {eviction!r}")
         self.root, self.capacity, self.eviction = Path(root), capacity, eviction
         self.root.mkdir(parents=True, exist_ok=True)
-        self.next_use: Callable[[Key], float] = _never
+        self.spill, self.states = spill, states
+        self._next_use: Callable[[Key], float] = _never
         self._estimate = 0  # bytes in the folder at the last scan, plus this process's writes
         self._puts = 0
         self._open: LRU[Key, int] = LRU(OPEN_BLOCKS, cost=_one, evicted=os.close)
         remove_dead_temps(self.root)
 
+    @property
+    def next_use(self) -> Callable[[Key], float]:
+        """Belady's clock: a block's next planned use (inf: none), given by the reader; the
+        spill tier shares it."""
+        return self._next_use
+
+    @next_use.setter
+    def next_use(self, clock: Callable[[Key], float]) -> None:
+        self._next_use = clock
+        if self.spill is not None:
+            self.spill.next_use = clock
+
     def path(self, key: Key) -> Path:
         return self.root / f"{key[0]}-{key[1]}{SUFFIX}"
 
     def __contains__(self, key: Key) -> bool:
-        return os.path.exists(self.path(key))
+        return os.path.exists(self.path(key)) or (self.spill is not None and key in self.spill)
 
-    def evicted(self, key: Key) -> bool:
-        """Whether ``key`` was evicted from the node and not published again since."""
-        return os.path.exists(self._gone(key))
+    def never_held(self, key: Key) -> bool:
+        """Whether no process of the node has published ``key`` yet (rather than: it is held,
+        or was evicted since)."""
+        return self.states.get(key) == NEW
 
-    def _gone(self, key: Key) -> Path:
-        return self.root / f"{key[0]}-{key[1]}{GONE}"
+    def mark_fetching(self, key: Key) -> None:
+        """Say that this process is fetching ``key`` (until :meth:`unmark_fetching`)."""
+        self._fetching(key).touch()
+
+    def unmark_fetching(self, key: Key) -> None:
+        _unlink(self._fetching(key))
+
+    def fetching(self, key: Key, within: float) -> bool:
+        """Whether a process of the node said it was fetching ``key`` less than ``within``
+        seconds ago."""
+        try:
+            return time.time() - self._fetching(key).stat().st_mtime < within
+        except FileNotFoundError:
+            return False
+
+    def _fetching(self, key: Key) -> Path:
+        return self.root / f"{key[0]}-{key[1]}{FETCHING}"
 
     def read(self, key: Key, offset: int, length: int) -> bytes | None:
         """``length`` bytes at ``offset`` of a cached block, or None if it is not cached.
@@ -88,7 +135,7 @@ class NodeCache:
             try:
                 fd = os.open(self.path(key), os.O_RDONLY)
             except FileNotFoundError:
-                return None
+                return None if self.spill is None else self.spill.read(key, offset, length)
             self._open.put(key, fd)
         if self.eviction == "lru":
             os.utime(fd)
@@ -102,7 +149,7 @@ class NodeCache:
                 with open(temp, "wb") as f:
                     f.write(data)
                 os.rename(temp, self.path(key))
-                _unlink(self._gone(key))
+                self.states.set(key, HELD)
                 break
             except OSError:  # ENOSPC and the like: make room once, then give up on caching
                 _unlink(temp)
@@ -117,60 +164,73 @@ class NodeCache:
 
     def evict(self, limit: int) -> None:
         """If the blocks pass ``limit`` bytes, remove them by the policy until below
-        ``LOW_WATER`` of it; keep the newest ``GONE_PER_BLOCK`` markers a block held."""
-        blocks, gone = self._scan()
-        keep = GONE_PER_BLOCK * max(len(blocks), 1)
-        for marker, _ in sorted(gone, key=lambda g: g[1], reverse=True)[keep:]:
-            _unlink(Path(marker))  # forgotten: a read missing that block waits (bounded) for it
+        ``LOW_WATER`` of it (into the spill tier, if there is one)."""
+        blocks = self._scan()
         total = sum(size for _, size, _ in blocks)
         self._puts = 0
         if total > limit:
             if self.eviction == "lru":
                 blocks.sort(key=lambda b: b[2])  # least recently read first
             else:
-                blocks.sort(key=lambda b: (-self.next_use(b[0]), b[0]))  # furthest first
+                blocks.sort(key=lambda b: (-self._next_use(b[0]), b[0]))  # furthest first
             for key, size, _ in blocks:
                 if total <= limit * LOW_WATER:
                     break
-                self._gone(key).touch()
+                if not self._spilled(key):
+                    self.states.set(key, GONE)  # before the unlink: a reader never sees it held
                 _unlink(self.path(key))
                 total -= size
         self._estimate = total
 
-    def _scan(self) -> tuple[list[tuple[Key, int, float]], list[tuple[str, float]]]:
-        """(key, bytes, mtime) of every block in the folder, and (path, mtime) of every
-        eviction marker."""
-        blocks, gone = [], []
+    def _spilled(self, key: Key) -> bool:
+        """Copy a block being evicted into the spill tier; whether the node still holds it
+        (there, or gone already: another process evicted it first)."""
+        if self.spill is None:
+            return False
+        try:
+            data = self.path(key).read_bytes()
+        except FileNotFoundError:
+            return True
+        return self.spill.put(key, data)
+
+    def _scan(self) -> list[tuple[Key, int, float]]:
+        """(key, bytes, mtime) of every block in the folder."""
+        blocks = []
         with os.scandir(self.root) as entries:
             for entry in entries:
                 key = _key(entry.name)
-                marker = entry.name.endswith(GONE)
-                if key is None and not marker:
+                if key is None:
                     continue
                 try:
                     info = entry.stat()
                 except FileNotFoundError:
                     continue
-                if marker:
-                    gone.append((entry.path, info.st_mtime))
-                else:
-                    blocks.append((key, info.st_size, info.st_mtime))
-        return blocks, gone
+                blocks.append((key, info.st_size, info.st_mtime))
+        return blocks
 
     def close(self) -> None:
         """Close the block files this process keeps open."""
         for fd in self._open.pop_all():
             os.close(fd)
+        if self.spill is not None:
+            self.spill.close()
 
     def __repr__(self) -> str:
+        spill = f", spill={self.spill!r}" if self.spill is not None else ""
         return (
-            f"NodeCache({str(self.root)!r}, capacity={self.capacity}, eviction={self.eviction!r})"
+            f"NodeCache({str(self.root)!r}, capacity={self.capacity}, "
+            f"eviction={self.eviction!r}{spill})"
         )
 
 
 def remove_dead_temps(root: Path) -> None:
-    """Remove temp files whose writer is gone (or that are older than ``TEMP_SECONDS``)."""
+    """Remove temp files whose writer is gone (or that are older than ``TEMP_SECONDS``), and
+    fetching markers that old."""
     cutoff = time.time() - TEMP_SECONDS
+    for marker in root.glob(f"*{FETCHING}"):
+        with contextlib.suppress(OSError):
+            if marker.stat().st_mtime < cutoff:
+                marker.unlink()
     for path in root.glob(".tmp-*"):
         try:
             pid = int(path.name.split("-")[1])

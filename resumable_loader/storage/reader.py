@@ -10,8 +10,8 @@ up to ``Prefetch.depth_bytes`` ahead of the batch being loaded, on a thread pool
 ``Prefetch.threads`` requests in flight. A read finds its bytes in the cache or in a finished
 fetch; else it waits for its own fetch in flight, or for another process's block not fetched
 yet (polling the cache, at most ``Prefetch.wait_seconds``), and then fetches itself: never
-forever. A block evicted since it was fetched is fetched at once, unless its owner is fetching
-it again for this very use. What is
+forever. A block evicted since it was fetched is fetched at once, unless a process of the node
+is fetching it again (its ``.fetching`` marker). What is
 returned is always the span asked for: a plan can only make a read faster or a fetch wasted.
 """
 
@@ -36,6 +36,7 @@ import numpy as np
 
 from resumable_loader._checks import check_int
 from resumable_loader.errors import ConfigError
+from resumable_loader.storage.block_states import BlockStates
 from resumable_loader.storage.node_cache import NodeCache
 from resumable_loader.storage.plan import (
     BlockPieces,
@@ -81,6 +82,12 @@ class Prefetch:
             by the shards' identity, :func:`default_cache_dir`); every process of a node should
             use the same. A folder given here must hold blocks of these shards only.
         coalesce_gap: spans of one batch at most this many bytes apart go in one request.
+        disk_dir: a second tier of the node cache on a local disk (a folder named by the
+            shards' identity is made in it): blocks evicted from the first tier (``cache_dir``,
+            bounded by the dataset's ``cache_bytes``) go there instead of away, and reads find
+            them there: a dataset that fits the two tiers is fetched once a node, across
+            epochs and runs; with ``disk_bytes``.
+        disk_bytes: the disk tier's bound in bytes (evicted by the same policy).
     """
 
     depth_bytes: int = 64 * 2**20
@@ -91,6 +98,8 @@ class Prefetch:
     wait_seconds: float = 1.0
     cache_dir: str | os.PathLike | None = None
     coalesce_gap: int = 4096
+    disk_dir: str | os.PathLike | None = None
+    disk_bytes: int = 0
 
     def __post_init__(self) -> None:
         check_int("Prefetch depth_bytes", self.depth_bytes)
@@ -104,6 +113,12 @@ class Prefetch:
             )
         if not self.wait_seconds >= 0:
             raise ConfigError(f"Prefetch wait_seconds must be >= 0, got {self.wait_seconds}")
+        check_int("Prefetch disk_bytes", self.disk_bytes)
+        if (self.disk_dir is None) != (self.disk_bytes == 0):
+            raise ConfigError(
+                f"Prefetch disk_dir={self.disk_dir!r} and disk_bytes={self.disk_bytes} go "
+                "together: give both for a disk tier (a folder and its bound), or neither"
+            )
 
 
 def default_cache_dir(index: Any) -> Path:
@@ -148,7 +163,14 @@ class ShardReader:
         self._sizes = np.array([int(s["bytes"]) for s in index.header["shards"]], dtype=np.int64)
         self._mean = index.mean_sample_bytes
         root = Path(options.cache_dir or default_cache_dir(index))
-        self.cache = NodeCache(root / "blocks", cache_bytes, eviction=options.eviction)
+        blocks = -(-self._sizes // self.block_size)
+        states = BlockStates(root, blocks.tolist(), self.block_size)
+        tiers = dict(states=states, eviction=options.eviction)
+        disk = None
+        if options.disk_dir is not None:
+            folder = Path(options.disk_dir) / shards_identity(index)
+            disk = NodeCache(folder, options.disk_bytes, **tiers)
+        self.cache = NodeCache(root / "blocks", cache_bytes, spill=disk, **tiers)
         self.cache.next_use = self._next_use
         self.cached = cache_bytes > 0
         remove_stale(root / "stats")
@@ -181,13 +203,13 @@ class ShardReader:
         self._ahead: deque[tuple[int, int]] = deque()  # (first use, bytes) of blocks started
         self._ahead_bytes = 0
         self._uses: dict[Key, deque[int]] = {}
-        self._first_use: dict[Key, int] = {}  # a block's first use in its latest window
         self._inflight: dict[Key, Future] = {}
         self._spans: dict[tuple[int, int], tuple[Future, int, int]] = {}
         self._batch_left = 0
         self._last_batch = False  # the batch being read is this process's last planned one
         self._last_mine = -1  # the position of this process's last batch pulled
         self.depth = self._depth_of_bytes
+        self._round = 0
         if schedule is not None and self.options.depth_batches is not None:
             self.depth = min(self.depth, self.options.depth_batches * schedule.global_batch_size)
         self.window = min(self._capacity if self.cached else self.depth, MAX_WINDOW)
@@ -195,6 +217,10 @@ class ShardReader:
             ranks = schedule.node_ranks
             self._slots = len(ranks) * schedule.num_workers
             self._slot = ranks.index(schedule.rank) * schedule.num_workers + schedule.worker
+            # how far ahead of (or behind) this process another of the node may be reading:
+            # torch keeps at most two batches a worker in flight, and ranks step together
+            others = self._slots > 1
+            self._round = 2 * self._slots * schedule.global_batch_size if others else 0
 
     def plan(self, schedule: Any) -> None:
         """Plan the node's future up to the depth and issue the fetches due."""
@@ -262,7 +288,6 @@ class ShardReader:
             known = self._uses.setdefault(key, deque())
             first = int(use[0])
             known.extend(use[1:].tolist() if known and known[-1] == first else use.tolist())
-            self._first_use[key] = first
             if hash_slot(key, self._slots) == self._slot:
                 start = key[1] * size
                 length = int(min(size, self._sizes[key[0]] - start))
@@ -299,8 +324,11 @@ class ShardReader:
             span = spans[0] if spans and spans[0].first_use < limit else None
             block = blocks[0] if blocks and blocks[0].first_use < limit else None
             full = block is not None and self._ahead_bytes + block.length > room
-            if full and block.first_use > now:
-                block = None  # the cache is full of blocks still to be used
+            if full and block.first_use > now + self._round:
+                # the cache is full of blocks still to be used; but a block another process
+                # of the node may be reading now is fetched anyway: deferring it could leave
+                # that process waiting for this one while this one waits for it
+                block = None
             if span is None and block is None:
                 return
             if block is None or (span is not None and span.first_use <= block.first_use):
@@ -324,8 +352,10 @@ class ShardReader:
                 self._spans[(read.shard, start)] = (future, start - read.start, length)
         else:
             key = (read.shard, read.block)
-            if key in self._inflight or key in self.cache:
-                return
+            fetching = self._inflight.get(key)
+            if (fetching is not None and not fetching.done()) or key in self.cache:
+                return  # a fetch done long ago does not count: the block may be evicted since
+            self.cache.mark_fetching(key)  # the node's readers of it wait rather than fetch
             self._inflight[key] = self._pool.submit(self._fetch_block, key, read.length)
         ahead = int((read.first_use - self._now) * self._mean) + read.length
         self.stats.prefetch_depth_bytes = max(self.stats.prefetch_depth_bytes, ahead)
@@ -333,7 +363,8 @@ class ShardReader:
     def _next_use(self, key: Key) -> float:
         """Belady's clock: the position of ``key``'s next planned use (inf: none planned)."""
         uses = self._uses.get(key)
-        while uses and uses[0] < self._now:
+        behind = self._now - self._round  # another process of the node may still read there
+        while uses and uses[0] < behind:
             uses.popleft()
         return uses[0] if uses else math.inf
 
@@ -357,8 +388,11 @@ class ShardReader:
 
     def _fetch_block(self, key: Key, length: int) -> bytes | None:
         """Fetch a block into the cache; its bytes only if the cache could not keep it."""
-        data = self._request(key[0], key[1] * self.block_size, length)
-        return None if self.cache.put(key, data) else data
+        try:
+            data = self._request(key[0], key[1] * self.block_size, length)
+            return None if self.cache.put(key, data) else data
+        finally:
+            self.cache.unmark_fetching(key)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -400,9 +434,7 @@ class ShardReader:
             piece = self.cache.read(key, offset, length)
             if piece is not None:
                 return piece, "waited" if waited else "hit"
-        elif key in self._uses and (
-            self._first_use.get(key) == self._now or not self.cache.evicted(key)
-        ):  # its owner fetches it (first use, or not fetched yet): wait; evicted: fetch now
+        elif key in self._uses and self._coming(key):
             piece = self._poll(key, offset, length)
             if piece is not None:
                 return piece, "waited"
@@ -418,12 +450,19 @@ class ShardReader:
             )
         return data[offset : offset + length], "fetched"
 
+    def _coming(self, key: Key) -> bool:
+        """Whether another process of the node is fetching ``key``, or has yet to (its owner):
+        worth waiting for; else it was evicted since, and this process fetches it now."""
+        return self.cache.fetching(key, self.options.wait_seconds) or self.cache.never_held(key)
+
     def _poll(self, key: Key, offset: int, length: int) -> bytes | None:
+        """The piece once another process publishes ``key``; None after ``wait_seconds``, or
+        as soon as nobody is bringing it (published and evicted again meanwhile)."""
         deadline, pause = time.monotonic() + self.options.wait_seconds, 0.0005
         while time.monotonic() < deadline:
             time.sleep(pause)
             piece = self.cache.read(key, offset, length)
-            if piece is not None:
+            if piece is not None or not self._coming(key):
                 return piece
             pause = min(pause * 2, 0.02)
         return None
