@@ -12,8 +12,9 @@ from augmented_tar import Augmented
 from fault_proxy import FaultProxy
 from s3_server import make_bucket
 from shard_factory import write_tar_shards
+from test_remote_stream import stream
 
-from resumable_loader import DataLoader, ShardShuffle, TarShardDataset
+from resumable_loader import ShardShuffle, TarShardDataset
 from resumable_loader.errors import ConfigError
 from resumable_loader.index.remote import remote_index_url
 from resumable_loader.index.sharded import ShardedIndex
@@ -124,26 +125,6 @@ def test_index_rows_is_checked(urls, tmp_path) -> None:
         TarShardDataset(urls, cache_dir=tmp_path, index_rows="some")
 
 
-def stream(dataset, *, workers, order, batch_size=8, state=None, stop=None):
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=True,
-        num_workers=workers,
-        seed=5,
-        collate_fn=list,
-        shard_shuffle=order,
-    )
-    if state is not None:
-        loader.load_state_dict(state)
-    samples = []
-    for count, batch in enumerate(loader):
-        samples += batch
-        if stop is not None and stop(count):
-            return samples, loader.state_dict()
-    return samples, None
-
-
 def on_demand(urls, node: Path) -> Augmented:
     prefetch = Prefetch(cache_dir=node / "blocks", wait_seconds=10.0)
     return Augmented(
@@ -154,18 +135,18 @@ def on_demand(urls, node: Path) -> Augmented:
 @pytest.mark.parametrize("order", ORDERS, ids=list(ORDERS))
 @pytest.mark.parametrize("workers", [0, 2])
 def test_an_on_demand_stream_equals_the_local_one(shards, urls, tmp_path, order, workers):
-    expected, _ = stream(Augmented(shards), workers=0, order=ORDERS[order])
-    got, _ = stream(on_demand(urls, tmp_path / "node"), workers=workers, order=ORDERS[order])
+    expected, _, _ = stream(Augmented(shards), workers=0, order=ORDERS[order])
+    got, _, _ = stream(on_demand(urls, tmp_path / "node"), workers=workers, order=ORDERS[order])
     assert got == expected
 
 
 def test_an_on_demand_resume_across_workers_and_batch_size(shards, urls, tmp_path) -> None:
     order = ORDERS["shard_local"]
-    expected, _ = stream(Augmented(shards), workers=0, order=order)
-    head, state = stream(
+    expected, _, _ = stream(Augmented(shards), workers=0, order=order)
+    head, state, _ = stream(
         on_demand(urls, tmp_path / "a"), workers=2, order=order, stop=lambda n: n == 9
     )
-    tail, _ = stream(
+    tail, _, _ = stream(
         on_demand(urls, tmp_path / "b"), workers=0, order=order, batch_size=12, state=state
     )
     assert head + tail == expected
@@ -177,6 +158,6 @@ def test_a_shard_local_start_reads_the_records_of_the_shards_it_opens_only(
     """Without look-ahead, the first batches of a shard-local order over 8 shards (2 open at a
     time) need the records of the shards those batches come from, and nothing else."""
     dataset = Augmented(urls, cache_dir=tmp_path / "node", index_rows="on_demand", prefetch=False)
-    samples, _ = stream(dataset, workers=0, order=ORDERS["shard_local"], stop=lambda n: n == 1)
+    samples, _, _ = stream(dataset, workers=0, order=ORDERS["shard_local"], stop=lambda n: n == 0)
     opened = sorted({sample_id // PER_SHARD for sample_id, *_ in samples})
     assert loaded(dataset.index) == opened and len(opened) < SHARDS
