@@ -251,9 +251,23 @@ class ShardReader:
             if batch.mine:
                 self._last_mine = batch.position
         self._planned_to = end
+        self._forget_used()
         reads = self._window_reads(batches) if batches else []
         for read in sorted(reads, key=lambda r: r.first_use):
             (self._queue if read.block is None else self._blocks).append(read)
+
+    def _forget_used(self) -> None:
+        """Drop the blocks whose planned uses are all behind (no process of the node reads
+        them any more): a global shuffle over 10^7 blocks would otherwise keep an entry for
+        every block a process ever planned, gigabytes a worker."""
+        behind = self._now - self._round
+        for key, uses in list(self._uses.items()):
+            try:
+                done = uses[-1] < behind  # uses are in order: the last is the latest
+            except IndexError:  # emptied by the clock (a fetch thread evicting)
+                done = True
+            if done:
+                del self._uses[key]
 
     def _window_reads(self, batches: list[Any]) -> list[Read]:
         counts = [len(b.ids) for b in batches]
