@@ -23,7 +23,7 @@ of fetching it too. A marker older than the reader's wait is ignored (its writer
 Two tiers: a cache may ``spill`` into a second one (a folder on a local disk with its own
 bound, ``Prefetch(disk_dir=..., disk_bytes=...)``). A block evicted from the first tier goes to
 the second instead of away (which evicts by the same policy: under Belady, blocks with no use
-planned go first, then those used furthest ahead); a read, a lookup and the eviction markers
+planned go first, then those used furthest ahead); a read, a lookup and the block states
 see both tiers, so a dataset larger than the memory tier but not the disk is fetched once a
 node, across epochs and runs.
 """
