@@ -360,3 +360,20 @@ def test_two_ranks_share_the_node_cache_and_resume_on_one(shards, tmp_path):
     )
     tail = [s for b in rank_pickles(second, 1)[0]["batches"] for s in b]
     assert head + tail == expected
+
+
+def test_the_first_batches_reads_are_issued_alone_first(shards, tmp_path):
+    """At an iteration's start only the node's first two rounds of batches are fetched (a
+    server sharing its bandwidth among the whole look-ahead would serve them last); the rest
+    of the depth from the next batch on."""
+    loader = DataLoader(
+        prefetching(shards, tmp_path), batch_size=16, shuffle=True, seed=7, collate_fn=list
+    )
+    iterator = iter(loader)
+    next(iterator)
+    opening = loader.storage_stats().prefetch_depth_bytes
+    largest = int(Augmented(shards).index.spans[:, 1].max())
+    assert 0 < opening <= 2 * 16 * largest + BLOCK  # two batches ahead, and a block's length
+    for _ in iterator:
+        pass
+    assert loader.storage_stats().prefetch_depth_bytes > 4 * opening

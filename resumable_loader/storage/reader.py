@@ -6,7 +6,8 @@ least ``Prefetch.block_fraction``) are fetched whole into the node cache, each b
 of the node, chosen by a hash of the block over the node's (rank, worker) slots, so every
 block is fetched once a node with no coordination; the other samples are fetched as spans
 (merged when close) by the process that loads them. Fetches are issued in order of first use,
-up to ``Prefetch.depth_bytes`` ahead of the batch being loaded, on a thread pool of
+up to ``Prefetch.depth_bytes`` ahead of the batch being loaded (at an iteration's first batch,
+only the node's first two rounds of batches: they go first, alone), on a thread pool of
 ``Prefetch.threads`` requests in flight. A read finds its bytes in the cache or in a finished
 fetch; else it waits for its own fetch in flight, or for another process's block not fetched
 yet (polling the cache, at most ``Prefetch.wait_seconds``), and then fetches itself: never
@@ -209,7 +210,8 @@ class ShardReader:
         self._last_batch = False  # the batch being read is this process's last planned one
         self._last_mine = -1  # the position of this process's last batch pulled
         self.depth = self._depth_of_bytes
-        self._round = 0
+        self._round = self._soon = 0
+        self._opening = True  # the first plan issues the node's first two rounds' reads only
         if schedule is not None and self.options.depth_batches is not None:
             self.depth = min(self.depth, self.options.depth_batches * schedule.global_batch_size)
         self.window = min(self._capacity if self.cached else self.depth, MAX_WINDOW)
@@ -221,6 +223,7 @@ class ShardReader:
             # torch keeps at most two batches a worker in flight, and ranks step together
             others = self._slots > 1
             self._round = 2 * self._slots * schedule.global_batch_size if others else 0
+            self._soon = 2 * self._slots * schedule.global_batch_size
 
     def plan(self, schedule: Any) -> None:
         """Plan the node's future up to the depth and issue the fetches due."""
@@ -232,7 +235,10 @@ class ShardReader:
             self._plan_window()
         if not self._ended and self._planned_to <= now + HORIZON_WINDOWS * self.window:
             self._plan_window()  # Belady's clock looks further ahead: a window a batch
-        self._issue(now)
+        # At the start the first batches' reads go first, alone: a server sharing its
+        # bandwidth among all the look-ahead's requests would serve them last.
+        self._issue(now, now + self._soon if self._opening else now + self.depth)
+        self._opening = False
         self._last_batch = self._ended and self._last_mine <= now
 
     def _plan_window(self) -> None:
@@ -327,12 +333,13 @@ class ShardReader:
         fits = np.logical_and.accumulate(fits)  # the first that does not fit ends the list
         return np.sort(codes[ranked[fits]])
 
-    def _issue(self, now: int) -> None:
-        """Start the planned fetches due, spans and blocks merged in order of first use."""
+    def _issue(self, now: int, limit: int) -> None:
+        """Start the planned fetches for uses before ``limit``, spans and blocks merged in
+        order of first use."""
         ahead = self._ahead  # blocks started for uses to come: at most half the cache
         while ahead and ahead[0][0] < now:
             self._ahead_bytes -= ahead.popleft()[1]
-        room, limit = self.cache.capacity // (2 * self._slots), now + self.depth
+        room = self.cache.capacity // (2 * self._slots)
         spans, blocks = self._queue, self._blocks
         while True:
             span = spans[0] if spans and spans[0].first_use < limit else None
