@@ -57,11 +57,14 @@ def test_the_disk_tier_keeps_to_its_own_bound_by_the_same_policy(tmp_path: Path)
     assert states.get(gone[0]) == HELD
 
 
-def test_disk_dir_and_disk_bytes_go_together() -> None:
+def test_disk_dir_and_disk_bytes_go_together(shards) -> None:
     with pytest.raises(ConfigError, match="disk_dir"):
         Prefetch(disk_dir="/tmp/somewhere")
     with pytest.raises(ConfigError, match="disk_bytes"):
         Prefetch(disk_bytes=2**30)
+    tier = Prefetch(disk_dir="/tmp/somewhere", disk_bytes=2**30)
+    with pytest.raises(ConfigError, match="cache_bytes=0 keeps no blocks"):
+        Augmented(shards, cache_bytes=0, prefetch=tier)
 
 
 @pytest.fixture(scope="module")

@@ -47,6 +47,13 @@ class RemoteReads:
         self.prefetch: Prefetch | None = Prefetch() if prefetch is True else (prefetch or None)
         self._storage_token = uuid.uuid4().hex  # names this dataset's counters on the node
         self._storage: tuple[int, ShardReader] | None = None
+        tiered = self.prefetch is not None and self.prefetch.disk_dir is not None
+        if tiered and not self.cache_bytes:
+            raise ConfigError(
+                f"Prefetch(disk_dir={self.prefetch.disk_dir!r}) keeps what the node cache's "
+                "first tier evicts, but cache_bytes=0 keeps no blocks (exact spans only); give "
+                "cache_bytes > 0, or leave the disk tier out"
+            )
 
     @property
     def prefetching(self) -> bool:
