@@ -61,7 +61,7 @@ class NodeCache:
         capacity: bytes of blocks kept.
         states: the node's block states (shared by the tiers).
         eviction: "belady" (next use furthest away, by ``next_use``) or "lru".
-        spill: a second tier, where evicted blocks with a use ahead go (see the module).
+        spill: a second tier, where evicted blocks go instead of away (see the module).
     """
 
     def __init__(

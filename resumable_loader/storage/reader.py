@@ -221,9 +221,8 @@ class ShardReader:
             self._slot = ranks.index(schedule.rank) * schedule.num_workers + schedule.worker
             # how far ahead of (or behind) this process another of the node may be reading:
             # torch keeps at most two batches a worker in flight, and ranks step together
-            others = self._slots > 1
-            self._round = 2 * self._slots * schedule.global_batch_size if others else 0
             self._soon = 2 * self._slots * schedule.global_batch_size
+            self._round = self._soon if self._slots > 1 else 0
 
     def plan(self, schedule: Any) -> None:
         """Plan the node's future up to the depth and issue the fetches due."""
