@@ -154,11 +154,13 @@ class _Connection:
             if fault.cut_after is not None:
                 data = data[: fault.cut_after]
                 fault.cut_after -= len(data)
+            # Counted before it is sent: a client that has read the whole response must see it
+            # counted (counting after sendall raced with the reader's next look at the count).
+            proxy._count(len(data))
             try:
                 self.client.sendall(data)
             except OSError:
                 break
-            proxy._count(len(data))
             self.answered = True
             if fault.cut_after == 0:
                 self.close(reset=True)
