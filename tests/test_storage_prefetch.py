@@ -101,14 +101,35 @@ def test_a_resume_across_workers_and_batch_size_continues_the_stream(shards, tmp
 
 
 def test_a_resume_into_a_warm_node_cache_fetches_nothing(shards, tmp_path):
-    """The rest of the epoch reads about half of each block, so the plan fetches its samples'
-    exact spans; a span whose blocks the node cache already holds is read there."""
+    """What the plan would fetch for the rest of the epoch, the node cache already holds: it
+    is read there."""
     expected, _, _ = load(Augmented(shards), workers=0)
     _, state, _ = load(prefetching(shards, tmp_path), workers=2, batches=15)
     tail, _, loader = load(prefetching(shards, tmp_path), workers=0, state=state)
     assert tail == expected[16 * 15 :]
     stats = loader.storage_stats()
     assert stats.bytes_fetched == 0 and stats.cache_hits == stats.reads == len(tail)
+
+
+def test_a_resume_half_way_fetches_blocks_not_a_request_a_sample(shards, tmp_path):
+    """Half way through a global shuffle the rest of the epoch reads about half of each block,
+    in many spans: their requests would cost more than the unread half, so blocks are fetched
+    whole (the exact spans only with ``request_bytes=0``, a request a sample)."""
+    expected, _, _ = load(Augmented(shards), workers=0)
+    _, state, _ = load(prefetching(shards, tmp_path / "head"), workers=2, batches=15)
+    requests = {}
+    for cost in (256 * 2**10, 0):
+        dataset = prefetching(shards, tmp_path / str(cost), request_bytes=cost)
+        tail, _, loader = load(dataset, workers=0, state=state)
+        assert tail == expected[16 * 15 :]
+        stats = loader.storage_stats()
+        requests[cost] = stats.requests
+        if cost:
+            assert stats.bytes_fetched <= 1.05 * dataset_bytes(shards)
+    blocks = len(_blocks_of(Augmented(shards), set(range(len(expected)))))
+    assert requests[256 * 2**10] <= blocks < requests[0]  # 89, 90 and 148 here
+    with pytest.raises(ConfigError, match="request_bytes"):
+        Prefetch(request_bytes=-1)
 
 
 def test_depth_in_batches_bounds_how_far_ahead_fetches_start(shards, tmp_path):
