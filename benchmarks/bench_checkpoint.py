@@ -1,6 +1,7 @@
 """Checkpointer save and load time against raw dcp.save / dcp.load of one state (100 MiB, 1 GiB).
 
 Run: nice -n -15 python benchmarks/bench_checkpoint.py [--mb MB[,MB...]] [--repeats R] [--quick]
+     [--fresh N]
 
 The state is a model (an MLP, float32), its AdamW state (two moments per weight), a warm-up
 schedule and a resumable loader: ~MB megabytes of tensors in all. The baseline is DCP's own
@@ -28,9 +29,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
+import resource
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -165,11 +170,20 @@ class Accelerate:
         self.accelerator.load_state(str(self.root / f"step-{step}"))
 
 
+def usage(action: Callable[..., None], *args: object) -> tuple[float, float, float, int]:
+    """(wall seconds, CPU seconds, of which system, minor page faults) of ``action(*args)``."""
+    before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    action(*args)
+    wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
+    system = after.ru_stime - before.ru_stime
+    cpu = after.ru_utime - before.ru_utime + system
+    return wall, cpu, system, after.ru_minflt - before.ru_minflt
+
+
 def timed(action: Callable[..., None], *args: object) -> tuple[float, float]:
     """(wall seconds, CPU seconds of this process) of ``action(*args)``."""
-    start, cpu = time.perf_counter(), time.process_time()
-    action(*args)
-    return time.perf_counter() - start, time.process_time() - cpu
+    wall, cpu, _, _ = usage(action, *args)
+    return wall, cpu
 
 
 def checksum(state: dict) -> float:
@@ -243,6 +257,61 @@ def measure(megabytes: float, repeats: int) -> None:
 
 
 ENGINES: list[type] = [Raw, Ours, Unguarded, Trusting, Bare]
+FRESH: list[type] = [Raw, Ours]  # the engines --fresh times, one load per process
+
+
+def load_once(megabytes: float, engine: str, what: str, root: str) -> None:
+    """In a new process: build the state as it was saved, forget it, load step 0 once with
+    ``engine`` and print its usage as JSON (the child of :func:`measure_fresh`)."""
+    torch.set_num_threads(1)
+    state = build(megabytes)
+    expected = checksum(state)
+    kind = next(kind for kind in FRESH if kind.__name__ == engine)
+    loader = kind(Path(root) / kind.__name__.lower())
+    forget(state, optimizer=what == "resume")
+    figures = usage(loader.load, state, 0)
+    print(json.dumps({"usage": figures, "ok": checksum(state) == expected}))
+
+
+def measure_fresh(megabytes: float, rounds: int) -> None:
+    """One table: ``rounds`` rounds of one load per new process, each engine of :data:`FRESH`
+    and each of "load" and "resume", the engines alternating."""
+    state = build(megabytes)
+    with tempfile.TemporaryDirectory(dir=".") as directory:
+        root = Path(directory)
+        for kind in FRESH:
+            kind(root / kind.__name__.lower()).save(state, 0)
+        times = {kind.name: {"load": [], "resume": []} for kind in FRESH}
+        sums = {kind.name: True for kind in FRESH}
+        for step in range(rounds):
+            turn = FRESH[step % len(FRESH) :] + FRESH[: step % len(FRESH)]
+            for what in ("load", "resume"):
+                for kind in turn:
+                    command = [sys.executable, __file__, "--load-once"]
+                    command += [str(megabytes), kind.__name__, what, directory]
+                    done = subprocess.run(command, capture_output=True, text=True, check=True)
+                    found = json.loads(done.stdout.strip().splitlines()[-1])
+                    times[kind.name][what].append(tuple(found["usage"]))
+                    sums[kind.name] = sums[kind.name] and found["ok"]
+    print(
+        f"# {tensor_mb(state):.1f} MiB of tensors, {rounds} rounds of one load per new process "
+        f"(the engines alternating); load: {uptime()}"
+    )
+    print(
+        f"{'engine':<30}{'':<7}{'wall s':>7}{'x raw wall':>19}{'CPU s':>7}{'x raw CPU':>19}"
+        f"{'sys s':>7}{'minor faults':>14}  ok"
+    )
+    for kind in FRESH:
+        for what, rows in times[kind.name].items():
+            wall, cpu, system, faults = (
+                statistics.median(column) for column in zip(*rows, strict=True)
+            )
+            print(
+                f"{kind.name:<30}{what:<7}{wall:>7.3f}{ratios(times, kind.name, what, 0):>19}"
+                f"{cpu:>7.3f}{ratios(times, kind.name, what, 1):>19}{system:>7.3f}"
+                f"{faults:>14,.0f}  {sums[kind.name]}"
+            )
+    print()
 
 
 def uptime() -> str:
@@ -255,12 +324,20 @@ def main() -> None:
     parser.add_argument("--mb", default="100,1024", help="megabytes of tensors, comma-separated")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="10 MB, 2 repeats")
+    parser.add_argument("--fresh", type=int, default=0, help="rounds of one load per process")
+    parser.add_argument("--load-once", nargs=4, help=argparse.SUPPRESS)  # a --fresh child
     args = parser.parse_args()
+    if args.load_once:
+        megabytes, engine, what, root = args.load_once
+        load_once(float(megabytes), engine, what, root)
+        return
     sizes = [10.0] if args.quick else [float(mb) for mb in args.mb.split(",")]
     repeats = 2 if args.quick else args.repeats
     torch.set_num_threads(1)
     for megabytes in sizes:
         measure(megabytes, repeats)
+        if args.fresh:
+            measure_fresh(megabytes, args.fresh)
     print(
         "raw and Checkpointer write through DCP's FileSystemWriter, every file fsynced; the\n"
         "Checkpointer hashes each file as it is written (xxh3_64), and adds per save one RNG\n"
