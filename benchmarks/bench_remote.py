@@ -28,8 +28,10 @@ process (no loader inherits another's state) with an empty node cache (a fresh
 ratio to ours from local disk in the same round, and the bytes the proxy sent per byte of the
 loader's own dataset. Then a resume at 50%: a state taken half way through an epoch is loaded
 into a new loader with an empty cache; the time from building it to its first batch beside a
-fresh start's, and the bytes fetched for the rest of the epoch per byte of the rest of the
-dataset. A label checksum shows every loader delivered the whole epoch.
+fresh start's, the seconds from that batch to the end of the epoch (half an epoch: compare
+with half the epoch's time at the samples/s above), and the bytes fetched for the rest of the
+epoch per byte of the rest of the dataset. A label checksum shows every loader delivered the
+whole epoch.
 
 Each loader is one function ``make(data, cache_dir) -> loader`` in ``LOADERS``: add one there.
 """
@@ -252,20 +254,22 @@ def epoch(loader: Iterable, limit: int | None = None) -> tuple[int, int]:
     return count, checksum
 
 
-def first_batch(make: Callable[[], Any], state: dict[str, Any] | None, finish: bool) -> float:
-    """Seconds from building a loader (and loading ``state``) to its first batch; with
-    ``finish``, the rest of its epoch is read after the clock stops."""
+def first_batch(
+    make: Callable[[], Any], state: dict[str, Any] | None, finish: bool
+) -> tuple[float, float]:
+    """Seconds from building a loader (and loading ``state``) to its first batch, and with
+    ``finish`` from there to the end of its epoch (else 0)."""
     began = time.perf_counter()
     loader = make()
     if state is not None:
         loader.load_state_dict(state)
     batches = iter(loader)
     next(batches)
-    seconds = time.perf_counter() - began
+    first = time.perf_counter()
     if finish:
         for _ in batches:
             pass
-    return seconds
+    return first - began, time.perf_counter() - first if finish else 0.0
 
 
 # What a child process runs: one loader, from a fresh interpreter, so that no loader inherits
@@ -286,7 +290,7 @@ def child_half_state(name: str, data: Data, cache: Path) -> dict[str, Any]:
 
 def child_first_batch(
     name: str, data: Data, cache: Path, state: dict[str, Any] | None, finish: bool
-) -> float:
+) -> tuple[float, float]:
     """:func:`first_batch` of a new loader with an empty cache."""
     return first_batch(lambda: LOADERS[name][1](data, cache), state, finish)
 
@@ -333,18 +337,19 @@ class Runs:
         fetched = self.proxy.command("stats")[0]
         return rate, fetched / self.data.sizes[LOADERS[name][0]], seen
 
-    def resume(self, name: str) -> tuple[float, float, float]:
-        """(fresh first batch s, resumed first batch s, bytes fetched after the resume / the
-        rest of the dataset's bytes), resuming at 50% with an empty cache."""
+    def resume(self, name: str) -> tuple[float, float, float, float]:
+        """(fresh first batch s, resumed first batch s, the resumed epoch's rest s, bytes
+        fetched after the resume / the rest of the dataset's bytes), resuming at 50% with an
+        empty cache."""
         cache = self.cache()
         state = in_child(child_half_state, name, self.data, cache)
-        fresh = in_child(child_first_batch, name, self.data, self.cache(), None, False)
+        fresh, _ = in_child(child_first_batch, name, self.data, self.cache(), None, False)
         shutil.rmtree(cache)  # emptied, but at the same path: litdata's state names its cache
         cache.mkdir()
         self.proxy.command("reset")
-        resumed = in_child(child_first_batch, name, self.data, cache, state, True)
+        resumed, rest = in_child(child_first_batch, name, self.data, cache, state, True)
         fetched = self.proxy.command("stats")[0]
-        return fresh, resumed, fetched / (self.data.sizes[LOADERS[name][0]] / 2)
+        return fresh, resumed, rest, fetched / (self.data.sizes[LOADERS[name][0]] / 2)
 
 
 def median_ratio(ours: list[float], theirs: list[float]) -> float:
@@ -383,7 +388,7 @@ def main() -> None:
                 rate, ratio, seen[name] = runs.epoch(name)
                 rates[name].append(rate)
                 fetched[name].append(ratio)
-        measured: dict[str, list[tuple[float, float, float]]] = {name: [] for name in names}
+        measured: dict[str, list[tuple[float, ...]]] = {name: [] for name in names}
         for number in range(args.resume_rounds):
             for name in names:
                 print(f"resume: {name}, round {number + 1}", file=sys.stderr)
@@ -402,17 +407,17 @@ def main() -> None:
     peer = next((name for name in names if LOADERS[name][0] == "litdata"), OURS_LOCAL)
     print(
         f"{'loader':<{width}}{'samples/s':>10}{'vs local':>9}{'vs ' + peer[:7]:>11}"
-        f"{'fetched':>9}{'fresh 1st':>11}{'resumed 1st':>12}{'rest fetched':>13}"
+        f"{'fetched':>9}{'fresh 1st':>11}{'resumed 1st':>12}{'rest':>8}{'rest fetched':>13}"
         "  samples, label sum"
     )
     for name in names:
-        fresh, resumed, rest = resumes[name]
+        fresh, resumed, rest_seconds, rest = resumes[name]
         print(
             f"{name:<{width}}{statistics.median(rates[name]):>10,.0f}"
             f"{median_ratio(rates[name], rates[OURS_LOCAL]):>8.2f}x"
             f"{median_ratio(rates[name], rates[peer]):>10.2f}x"
             f"{statistics.median(fetched[name]):>8.2f}x"
-            f"{fresh:>10.2f}s{resumed:>11.2f}s{rest:>12.2f}x  {seen[name]}"
+            f"{fresh:>10.2f}s{resumed:>11.2f}s{rest_seconds:>7.2f}s{rest:>12.2f}x  {seen[name]}"
         )
     for name in skipped:
         print(f"{name}: skipped, not installed (see the install commands at the top)")
