@@ -10,11 +10,11 @@ block is fetched once a node with no coordination; the other samples are fetched
 (merged when close) by the process that loads them. Fetches are issued in order of first use,
 up to ``Prefetch.depth_bytes`` ahead of the batch being loaded (at an iteration's first batch,
 only the node's first two rounds of batches: they go first, alone), on a thread pool of
-``Prefetch.threads`` requests in flight. A read finds its bytes in the cache or in a finished
-fetch; else it waits for its own fetch in flight, or for another process's block not fetched
-yet (polling the cache, at most ``Prefetch.wait_seconds``), and then fetches itself: never
-forever. A block evicted since it was fetched is fetched at once, unless a process of the node
-is fetching it again (its ``.fetching`` marker). What is
+``Prefetch.threads`` requests in flight that starts the fetch needed first. A read finds its
+bytes in the cache or in a finished fetch; else it waits for its own fetch in flight, or for
+another process's block not fetched yet (polling the cache, at most ``Prefetch.wait_seconds``),
+and then fetches itself: never forever. A block evicted since it was fetched is fetched at
+once, unless a process of the node is fetching it again (its ``.fetching`` marker). What is
 returned is always the span asked for: a plan can only make a read faster or a fetch wasted.
 """
 
@@ -31,7 +31,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ import numpy as np
 from resumable_loader._checks import check_int
 from resumable_loader.errors import ConfigError
 from resumable_loader.storage.block_states import BlockStates
+from resumable_loader.storage.fetch_pool import FirstUsePool
 from resumable_loader.storage.node_cache import NodeCache
 from resumable_loader.storage.plan import (
     BlockPieces,
@@ -191,7 +192,7 @@ class ShardReader:
         # sooner); whole-or-span is decided over windows of what the cache holds.
         self._depth_of_bytes = max(1, int(options.depth_bytes / self._mean))
         self._capacity = max(1, int(self.cache.capacity / self._mean))
-        self._pool = ThreadPoolExecutor(options.threads, thread_name_prefix="resumable-fetch")
+        self._pool = FirstUsePool(options.threads, "resumable-fetch")
         self._lock = threading.Lock()
         # The first request of a process opens the client's session; a burst of first requests
         # from many threads measured 6-12 s with s3fs (each sets up a session), one then the
@@ -387,7 +388,9 @@ class ShardReader:
                 for block in blocks_of(read.start, read.length, self.block_size)
             ):
                 return
-            future = self._pool.submit(self._request, read.shard, read.start, read.length)
+            future = self._pool.submit(
+                read.first_use, self._request, read.shard, read.start, read.length
+            )
             for start, length in read.members:
                 self._spans[(read.shard, start)] = (future, start - read.start, length)
         else:
@@ -396,7 +399,9 @@ class ShardReader:
             if (fetching is not None and not fetching.done()) or key in self.cache:
                 return  # a fetch done long ago does not count: the block may be evicted since
             self.cache.mark_fetching(key)  # the node's readers of it wait rather than fetch
-            self._inflight[key] = self._pool.submit(self._fetch_block, key, read.length)
+            self._inflight[key] = self._pool.submit(
+                read.first_use, self._fetch_block, key, read.length
+            )
         ahead = int((read.first_use - self._now) * self._mean) + read.length
         self.stats.prefetch_depth_bytes = max(self.stats.prefetch_depth_bytes, ahead)
 
@@ -537,7 +542,7 @@ class ShardReader:
 
     def close(self) -> None:
         """Stop the fetch threads (fetches in flight finish; nothing new starts)."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()
         self.cache.close()
 
 
