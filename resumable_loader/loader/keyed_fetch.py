@@ -29,6 +29,7 @@ from resumable_loader.rngs.process import this_process
 from resumable_loader.rngs.sample import (
     SampleKey,
     clear_key,
+    enter_samples,
     install_key,
     install_sample_key,
     sample_key,
@@ -186,7 +187,7 @@ class KeyedFetch(Dataset):
                 key = (ref.seed, ref.epoch, ref.position)
                 return self.collate_fn(bad.read(self.dataset, ref.id, key, reseed))
             return self.collate_fn(self.dataset[ref.id])
-        seed, epoch, dataset, sample = ref.seed, ref.epoch, self.dataset, Purpose.SAMPLE
+        seed, epoch, dataset = ref.seed, ref.epoch, self.dataset
         samples = None
         if self.batched and (bad is None or bad.batch_readable(ref.ids)):
             try:
@@ -198,12 +199,13 @@ class KeyedFetch(Dataset):
                     raise
         if samples is None:  # substitutes are per sample: read one at a time
             samples = []
+            enter_samples(seed, epoch, reseed_globals=reseed)
             for position, sample_id in zip(
                 range(ref.start, ref.start + len(ref.ids) * ref.key_stride, ref.key_stride),
                 ref.ids,
                 strict=True,
             ):
-                install_key(seed, epoch, position, sample, reseed_globals=reseed)
+                install_sample_key(position)
                 if bad is None:
                     samples.append(dataset[sample_id])
                 elif sample_id in bad.known:  # quarantined: not read again

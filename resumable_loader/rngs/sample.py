@@ -23,13 +23,16 @@ import torch
 
 from resumable_loader.errors import ResumableLoaderError
 from resumable_loader.order.philox import Purpose, derive_words
+from resumable_loader.rngs import process
 from resumable_loader.rngs.process import ALL, reseed_sample
 
 _MASK64 = (1 << 64) - 1
 
-# The key installed in this process: (seed, epoch, position, purpose), or None outside a
-# fetch. A plain tuple keeps installing it cheap; SampleKey is built only when asked for.
-_current: tuple[int, int, int, Purpose] | None = None
+# The key installed in this process: seed, epoch, position and purpose (None outside a fetch),
+# kept apart so that re-keying a fetch to its next sample stores one int and builds no tuple;
+# SampleKey is built only when asked for.
+_seed = _epoch = _position = 0
+_purpose: Purpose | None = None
 _reseeding = 0  # the global RNGs the current fetch reseeds with each key (a set, as ALL is)
 _torch_generator: torch.Generator | None = None
 # The key positions of the samples of the batched read in progress (of the installed key's seed
@@ -85,11 +88,20 @@ def install_key(
 
     Without the reseed, the key's words are derived only if user code asks for them.
     """
-    global _current, _reseeding
+    global _seed, _epoch, _position, _purpose, _reseeding
     generators = ALL if reseed_globals is True else reseed_globals
-    _current, _reseeding = (seed, epoch, position, purpose), generators
+    _seed, _epoch, _position, _purpose, _reseeding = seed, epoch, position, purpose, generators
     if generators:
         reseed_sample(seed, epoch, position, purpose, generators)
+
+
+def enter_samples(seed: int, epoch: int, *, reseed_globals: bool | int) -> None:
+    """Begin loading samples of (seed, epoch) one :func:`install_sample_key` each, which then
+    reseeds the globals as ``reseed_globals`` says (as :func:`install_key` takes it): a fetch
+    that reads its samples one at a time keys each with one cheap call."""
+    global _seed, _epoch, _purpose, _reseeding
+    _seed, _epoch, _purpose = seed, epoch, _SAMPLE
+    _reseeding = ALL if reseed_globals is True else reseed_globals
 
 
 def install_sample_key(position: int) -> None:
@@ -100,11 +112,17 @@ def install_sample_key(position: int) -> None:
     Raises:
         ResumableLoaderError: when called outside a ResumableDataLoader fetch.
     """
-    global _current
-    seed, epoch, _, _ = _current or _installed("install_sample_key()")
-    _current = (seed, epoch, position, _SAMPLE)  # install_key's work, inlined: once a sample
+    global _position, _purpose
+    if _purpose is None:
+        _installed("install_sample_key()")
+    _position, _purpose = position, _SAMPLE  # install_key's work, inlined: once a sample
     if _reseeding:
-        reseed_sample(seed, epoch, position, _SAMPLE, _reseeding)
+        try:  # reseed_sample's one C++ call, inlined; TypeError: none here, or not a plain int
+            done = process._reseeder(_seed, _epoch, position, _SAMPLE, _reseeding)
+        except TypeError:
+            done = False
+        if not done:
+            reseed_sample(_seed, _epoch, position, _SAMPLE, _reseeding)
 
 
 def install_batch_sample_key(index: int) -> None:
@@ -114,19 +132,23 @@ def install_batch_sample_key(index: int) -> None:
     draws exactly what ``dataset[i]`` would. Elsewhere (a plain DataLoader, a direct call)
     nothing is done. (:func:`install_sample_key`'s work, inlined: it runs once a sample.)
     """
-    global _current
-    if batch_positions is not None:
-        seed, epoch, _, _ = _current  # a batched read runs under its first sample's key
-        position = batch_positions[index]
-        _current = (seed, epoch, position, _SAMPLE)
+    global _position, _purpose
+    if batch_positions is not None:  # a batched read runs under its first sample's key
+        _position = position = batch_positions[index]
+        _purpose = _SAMPLE
         if _reseeding:
-            reseed_sample(seed, epoch, position, _SAMPLE, _reseeding)
+            try:  # as in install_sample_key
+                done = process._reseeder(_seed, _epoch, position, _SAMPLE, _reseeding)
+            except TypeError:
+                done = False
+            if not done:
+                reseed_sample(_seed, _epoch, position, _SAMPLE, _reseeding)
 
 
 def clear_key() -> None:
     """Forget the current key, so code running outside a fetch gets a clear error."""
-    global _current
-    _current = None
+    global _purpose
+    _purpose = None
 
 
 def sample_key() -> SampleKey:
@@ -152,12 +174,13 @@ def sample_place() -> tuple[int, int, int]:
 
 
 def _installed(caller: str) -> tuple[int, int, int, Purpose]:
-    if _current is None:
+    """The installed key's (seed, epoch, position, purpose)."""
+    if _purpose is None:
         raise ResumableLoaderError(
             f"{caller} is only defined while ResumableDataLoader loads a sample: call it from "
             "your Dataset's __getitem__, a transform it calls, or collate_fn"
         )
-    return _current
+    return _seed, _epoch, _position, _purpose
 
 
 def sample_numpy_generator() -> np.random.Generator:
