@@ -4,6 +4,7 @@ eviction beats LRU, counters add up, and a killed process leaves nothing that bl
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -130,6 +131,12 @@ def test_a_resume_half_way_fetches_blocks_not_a_request_a_sample(shards, tmp_pat
     assert requests[256 * 2**10] <= blocks < requests[0]  # 89, 90 and 148 here
     with pytest.raises(ConfigError, match="request_bytes"):
         Prefetch(request_bytes=-1)
+
+
+def test_a_refused_prefetch_argument_leaves_a_dataset_that_closes_cleanly(shards):
+    with pytest.raises(ConfigError, match="prefetch must be a Prefetch"):
+        TarShardDataset(shards, prefetch="yes")
+    gc.collect()  # the half-built dataset's __del__: an error there fails the test (unraisable)
 
 
 def test_depth_in_batches_bounds_how_far_ahead_fetches_start(shards, tmp_path):

@@ -40,13 +40,14 @@ class RemoteReads:
     read_requests: int
 
     def _init_remote(self, prefetch: Prefetch | bool | None) -> None:
+        # first: a dataset whose arguments are refused below is still closed by __del__
+        self._storage: tuple[int, ShardReader] | None = None
         if prefetch is None:
             prefetch = any(is_url(url) for url in self.index.shard_urls)
         if not isinstance(prefetch, (bool, Prefetch)):
             raise ConfigError(f"prefetch must be a Prefetch, True, False or None, got {prefetch!r}")
         self.prefetch: Prefetch | None = Prefetch() if prefetch is True else (prefetch or None)
         self._storage_token = uuid.uuid4().hex  # names this dataset's counters on the node
-        self._storage: tuple[int, ShardReader] | None = None
         tiered = self.prefetch is not None and self.prefetch.disk_dir is not None
         if tiered and not self.cache_bytes:
             raise ConfigError(
