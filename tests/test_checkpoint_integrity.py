@@ -303,6 +303,17 @@ def test_keep_last_never_deletes_the_last_verified_checkpoint(tmp_path):
     assert checkpointer.steps() == [8, 10]
 
 
+def test_loading_the_verified_checkpoint_again_leaves_its_pointer_alone(tmp_path):
+    """Step 0 too: the pointer was rewritten (a rename) by every load of step 0."""
+    checkpoints(tmp_path, [0])
+    Checkpointer(tmp_path).load(build(4, 0))
+    pointer = tmp_path / "verified"
+    assert pointer.read_text() == "step-0000000000\n"
+    written = pointer.stat().st_ino
+    Checkpointer(tmp_path).load(build(4, 0))
+    assert pointer.stat().st_ino == written
+
+
 def test_the_probe_passes_after_a_correct_resume_and_changes_nothing(saved, tmp_path):
     copy_of(saved, tmp_path)
     state = build(4, 0)

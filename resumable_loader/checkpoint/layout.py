@@ -143,7 +143,8 @@ class CheckpointDirectory:
     def mark_verified(self, step: int) -> None:
         """Record that the checkpoint of ``step`` passed verification (if newer than the one
         recorded): :meth:`prune` keeps it until a newer one passes."""
-        if (self.verified_step() or -1) >= step:
+        verified = self.verified_step()
+        if verified is not None and verified >= step:
             return
         pointer = self.root / f".{VERIFIED_NAME}.tmp-{os.getpid()}"
         pointer.write_text(f"{self.step_dir(step).name}\n")
