@@ -32,6 +32,7 @@ from torch.futures import Future
 
 ALGORITHM = "xxh3_64"
 _THREADS = 4  # files hashed at once per rank (xxhash releases the GIL)
+_THREADED_BYTES = 16 << 20  # below this, files are hashed in turn: ~1 ms, less than a pool
 _METADATA = ".metadata"
 
 
@@ -191,14 +192,15 @@ def compare(path: Path, found: dict[str, Any], expected: dict[str, Any]) -> str 
 def check_files(
     directory: Path, files: dict[str, dict[str, Any]], names: Iterable[str]
 ) -> list[str]:
-    """Every problem among ``names`` (each hashed in full, several files at once), in order."""
+    """Every problem among ``names`` (each hashed in full, several files at once when they
+    are large), in order."""
     names = sorted(names)
 
     def check(name: str) -> str | None:
         return problem(directory, name, files[name])
 
-    if len(names) <= 1:  # no thread to start for one file
-        found = [check(name) for name in names]
+    if len(names) <= 1 or sum(files[name]["bytes"] for name in names) < _THREADED_BYTES:
+        found = [check(name) for name in names]  # starting threads would cost more
     else:
         with ThreadPoolExecutor(max_workers=min(_THREADS, len(names))) as pool:
             found = list(pool.map(check, names))
