@@ -494,12 +494,20 @@ class TestTorchParity:
         assert ours == [(["Handle"] * 2, [100, 101]), (["Handle"] * 2, [102, 103])]
 
     # With workers, torch's re-raise of a worker's error leaves a reference cycle around its
-    # iterator, whose workers then stop only at a gc run, taking ~10 s (as with torch): such
-    # tests collect at their end, so that they are the ones that wait, and are marked slow.
+    # iterator, whose workers then stop only at a gc run (as with torch): such tests collect
+    # at their end, so that they are the ones that wait, and are marked slow. At that gc run
+    # the index queues' finalizers have already stopped their feeder threads, so the workers
+    # never receive the stop message and torch joins each for MP_STATUS_CHECK_INTERVAL (5 s)
+    # before it terminates it: `prompt_join` makes that wait 0.2 s.
     WITH_WORKERS = pytest.param(2, marks=pytest.mark.slow)
 
+    @pytest.fixture
+    def prompt_join(self, monkeypatch):
+        """Torch's join timeout for workers that miss their stop message: 0.2 s, not 5."""
+        monkeypatch.setattr(torch.utils.data._utils, "MP_STATUS_CHECK_INTERVAL", 0.2)
+
     @pytest.mark.parametrize("num_workers", [0, WITH_WORKERS])
-    def test_iteration_goes_on_after_a_batch_error_as_torchs(self, num_workers):
+    def test_iteration_goes_on_after_a_batch_error_as_torchs(self, prompt_join, num_workers):
         theirs = deliveries(DataLoader(Flaky(8), batch_size=2, num_workers=num_workers))
         loader = ResumableDataLoader(Flaky(8), batch_size=2, num_workers=num_workers, seed=0)
         assert deliveries(loader) == theirs == [[0, 1], "error", [4, 5], [6, 7]]
@@ -508,7 +516,9 @@ class TestTorchParity:
         gc.collect()
 
     @pytest.mark.parametrize("num_workers", [0, WITH_WORKERS])
-    def test_state_after_a_batch_error_retries_it_until_the_loop_goes_past(self, num_workers):
+    def test_state_after_a_batch_error_retries_it_until_the_loop_goes_past(
+        self, prompt_join, num_workers
+    ):
         loader = ResumableDataLoader(Flaky(8), batch_size=2, num_workers=num_workers, seed=0)
         batches = iter(loader)
         next(batches)
@@ -521,7 +531,7 @@ class TestTorchParity:
         gc.collect()
 
     @pytest.mark.slow
-    def test_persistent_workers_go_on_after_a_caught_batch_error(self):
+    def test_persistent_workers_go_on_after_a_caught_batch_error(self, prompt_join):
         kwargs = dict(batch_size=2, num_workers=2, persistent_workers=True)
         theirs = DataLoader(Flaky(8), **kwargs)
         ours = ResumableDataLoader(Flaky(8), seed=0, **kwargs)
@@ -531,7 +541,7 @@ class TestTorchParity:
         gc.collect()
 
     @pytest.mark.parametrize("num_workers", [0, WITH_WORKERS])
-    def test_worker_errors_reach_the_main_process(self, num_workers):
+    def test_worker_errors_reach_the_main_process(self, prompt_join, num_workers):
         class Broken(AugmentedDataset):
             def __getitem__(self, index):
                 if index == 3:
