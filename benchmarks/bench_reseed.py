@@ -7,7 +7,8 @@ load swings the wall clock far more than the work measured, and with num_workers
 whole loading runs in this process. Two tables:
 
 - per call: installing a sample's key with and without the reseed of all three generators
-  (one C++ call), beside the libraries' own seeding for reference; the best of R rounds;
+  (one C++ call), and re-keying a fetch to its next sample (what a batched read or a pack
+  does per sample), beside the libraries' own seeding for reference; the best of R rounds;
 - tiny samples, batch 64: samples per CPU second of torch's DataLoader, ours (reseed_globals
   True), ours with "auto" (nothing drawn, so no generator reseeded) and with False, the best
   of R alternating epochs, and the ratio to torch; the checksum of the ids shows the same work
@@ -36,17 +37,22 @@ from torch.utils.data import DataLoader, Dataset
 
 from resumable_loader import ResumableDataLoader, TarShardDataset
 from resumable_loader.order import Purpose
-from resumable_loader.rngs.sample import install_key
+from resumable_loader.rngs.sample import enter_samples, install_key, install_sample_key
 
 CALLS = 2000  # calls per timed round
 
 
 def per_call(repeats: int) -> None:
     positions = iter(range(10**12))
+
+    def next_sample() -> None:  # a fetch's next sample, as a batched read or a pack keys it
+        install_sample_key(next(positions))
+
     parts = {
         "install_key + reseed of all three": lambda: install_key(
             7, 1, next(positions), Purpose.SAMPLE, reseed_globals=True
         ),
+        "install_sample_key + reseed of all three": next_sample,
         "install_key, no reseed": lambda: install_key(
             7, 1, next(positions), Purpose.SAMPLE, reseed_globals=False
         ),
@@ -57,10 +63,11 @@ def per_call(repeats: int) -> None:
         ),
     }
     print(f"# per call, CPU time, best of {repeats} rounds of {CALLS:,} calls")
-    print(f"{'call':<40}{'us':>8}")
+    print(f"{'call':<44}{'us':>8}")
     for name, call in parts.items():
+        enter_samples(7, 1, reseed_globals=True)  # for install_sample_key
         best = min(timeit.repeat(call, number=CALLS, repeat=repeats, timer=time.process_time))
-        print(f"{name:<40}{best / CALLS * 1e6:>8.2f}")
+        print(f"{name:<44}{best / CALLS * 1e6:>8.2f}")
 
 
 def tiny_samples(dataset: Dataset, what: str, repeats: int) -> None:
