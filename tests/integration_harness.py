@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -111,6 +112,13 @@ def assert_covers_epochs(steps: list[dict], length: int, epochs: int) -> None:
     assert len(orders) == epochs
 
 
+class Run(NamedTuple):
+    """A finished job: the directory it wrote (records, checkpoints) and its global steps."""
+
+    out: Path
+    steps: list[dict]
+
+
 def assert_kill_and_resume(
     head: Callable[..., list[dict]],
     tail: Callable[..., list[dict]],
@@ -127,11 +135,28 @@ def assert_kill_and_resume(
     steps of the uninterrupted run ``continuous``."""
     steps = head(out / "head", f"--num-workers={head_workers}", "--kill-at=5", killed=True)
     assert len(steps) == 5
-    saved = out / "head" / "checkpoints" / checkpoint
-    resumed = tail(out / "tail", f"--num-workers={tail_workers}", f"--resume={saved}")
     assert recorded(out / "head", "num_workers") == {head_workers}
+    assert_resumes(tail, Run(out / "head", steps), continuous, out, checkpoint, tail_workers)
+
+
+def assert_resumes(
+    tail: Callable[..., list[dict]],
+    saved: Run,
+    continuous: list[dict],
+    out: Path,
+    checkpoint: str,
+    tail_workers: int,
+) -> None:
+    """``tail(out / "tail", *args)`` resumes the run ``saved`` from its step-3 checkpoint
+    ``checkpoints/<checkpoint>`` with ``tail_workers`` per process: that run's first 3 steps
+    and the resumed ones are exactly the steps of the uninterrupted run ``continuous``."""
+    resumed = tail(
+        out / "tail",
+        f"--num-workers={tail_workers}",
+        f"--resume={saved.out / 'checkpoints' / checkpoint}",
+    )
     assert recorded(out / "tail", "num_workers") == {tail_workers}
-    assert_same_run(steps[:3] + resumed, continuous)
+    assert_same_run(saved.steps[:3] + resumed, continuous)
 
 
 def _wait_for_exit(pids, timeout: float = 60.0) -> None:

@@ -15,9 +15,12 @@ import pytest
 
 pytest.importorskip("lightning", reason="pip install -e '.[test-frameworks]' -c constraints.txt")
 from integration_harness import (
+    Run,
     assert_covers_epochs,
     assert_kill_and_resume,
+    assert_resumes,
     assert_same_run,
+    recorded,
     run_job,
 )
 from lightning_job import EPOCHS, N
@@ -35,55 +38,69 @@ def job(out: Path, *args: str, killed: bool = False) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def continuous(tmp_path_factory) -> list[dict]:
-    """The uninterrupted run: DDP on 2 processes, 4 samples each per step, 2 epochs."""
-    steps = job(tmp_path_factory.mktemp("continuous") / "run", "--devices=2", "--batch-size=4")
+def continuous(tmp_path_factory) -> Run:
+    """The uninterrupted run: DDP on 2 processes, 4 samples each per step, no workers,
+    2 epochs; it saves a checkpoint every 3 steps as the killed runs do."""
+    out = tmp_path_factory.mktemp("continuous") / "run"
+    steps = job(out, "--devices=2", "--batch-size=4")
     assert len(steps) == EPOCHS * N // 8
     assert_covers_epochs(steps, N, EPOCHS)
-    return steps
+    return Run(out, steps)
+
+
+def ddp(out: Path, *args: str, **kwargs) -> list[dict]:
+    return job(out, "--devices=2", "--batch-size=4", *args, **kwargs)
+
+
+def one_process(out: Path, *args: str) -> list[dict]:
+    """One process, twice the batch: the same global batches, so the same losses."""
+    return job(out, "--devices=1", "--batch-size=8", *args)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("head_workers", "tail_workers"), [(0, 0), (2, 1)])
-def test_ddp_killed_mid_epoch_resumes_on_one_process_with_another_batch_size(
-    tmp_path, continuous, head_workers, tail_workers
-):
-    """The continuous run has no workers; the killed one 2 per process, the resumed one 1."""
+def test_ddp_killed_mid_epoch_resumes_on_one_process_with_another_batch_size(tmp_path, continuous):
+    """Killed with 2 workers per process, resumed with 1."""
     assert_kill_and_resume(
-        lambda out, *args, **kwargs: job(out, "--devices=2", "--batch-size=4", *args, **kwargs),
-        # one process, twice the batch: the same global batches, so the same losses
-        lambda out, *args: job(out, "--devices=1", "--batch-size=8", *args),
-        continuous,
+        ddp,
+        one_process,
+        continuous.steps,
         tmp_path,
         checkpoint="step=3.ckpt",
-        head_workers=head_workers,
-        tail_workers=tail_workers,
+        head_workers=2,
+        tail_workers=1,
     )
 
 
 @pytest.mark.slow
+def test_ddp_without_workers_resumes_on_one_process_with_another_batch_size(tmp_path, continuous):
+    """The continuous run's checkpoint of step 3 (no workers), resumed with none. A run
+    killed after step 5 leaves the same file for step 3: the kill is the test above's."""
+    assert_resumes(one_process, continuous, continuous.steps, tmp_path, "step=3.ckpt", 0)
+
+
+@pytest.mark.slow
 def test_reload_dataloaders_every_epoch_keeps_the_epoch_sequence(tmp_path, continuous):
-    reloaded = job(tmp_path / "reloaded", "--devices=2", "--batch-size=4", "--reload")
-    assert_same_run(reloaded, continuous)
+    assert_same_run(ddp(tmp_path / "reloaded", "--reload"), continuous.steps)
 
 
 @pytest.mark.slow
 def test_dropout_resumes_exactly_with_the_rng_callback(tmp_path):
     """Dropout draws from the training loop's generators, which Lightning's checkpoint does not
     hold: with ``RNGStateCallback`` the resumed losses are the uninterrupted run's (one process,
-    killed after step 5, resumed from step 3 with other workers). Without the callback the same
-    runs differ from step 4 on (checked when this test was written; not rerun, to keep the
-    suite short)."""
+    resumed from its checkpoint of step 3 with a worker). Without the callback the same runs
+    differ from step 4 on (checked when this test was written; not rerun, to keep the suite
+    short)."""
     flags = ("--devices=1", "--batch-size=8", "--dropout", "--rng-callback")
-    continuous = job(tmp_path / "continuous", *flags)
-    assert_kill_and_resume(
-        lambda out, *args, **kwargs: job(out, *flags, *args, **kwargs),
+    out = tmp_path / "continuous"
+    continuous = Run(out, job(out, *flags, "--num-workers=0"))
+    assert recorded(out, "num_workers") == {0}
+    assert_resumes(
         lambda out, *args: job(out, *flags, *args),
         continuous,
+        continuous.steps,
         tmp_path,
-        checkpoint="step=3.ckpt",
-        head_workers=0,
-        tail_workers=1,
+        "step=3.ckpt",
+        1,
     )
 
 
