@@ -20,8 +20,10 @@ import torch
 from accelerate import Accelerator
 from accelerate_job import EPOCHS, N
 from integration_harness import (
+    Run,
     assert_covers_epochs,
     assert_kill_and_resume,
+    assert_resumes,
     run_job,
 )
 from torch.utils.data import DataLoader, IterableDataset
@@ -54,29 +56,40 @@ def launch(out: Path, processes: int, *args: str, killed: bool = False) -> list[
 
 
 @pytest.fixture(scope="module")
-def continuous(tmp_path_factory) -> list[dict]:
-    """The uninterrupted run: 2 processes, 4 samples each per step, no workers, 2 epochs."""
-    steps = launch(tmp_path_factory.mktemp("continuous") / "run", 2, "--batch-size=4")
+def continuous(tmp_path_factory) -> Run:
+    """The uninterrupted run: 2 processes, 4 samples each per step, no workers, 2 epochs; it
+    saves its state every 3 steps as the killed runs do."""
+    out = tmp_path_factory.mktemp("continuous") / "run"
+    steps = launch(out, 2, "--batch-size=4")
     assert len(steps) == EPOCHS * N // 8
     assert_covers_epochs(steps, N, EPOCHS)
-    return steps
+    return Run(out, steps)
+
+
+def on_one(out: Path, *args: str) -> list[dict]:
+    """One process, twice the batch: the same global batches."""
+    return launch(out, 1, "--batch-size=8", *args)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("head_workers", "tail_workers"), [(0, 0), (2, 1)])
-def test_two_processes_killed_mid_epoch_resume_on_one(
-    tmp_path, continuous, head_workers, tail_workers
-):
-    """The killed run has ``head_workers`` per process, the resumed one ``tail_workers``."""
+def test_two_processes_killed_mid_epoch_resume_on_one(tmp_path, continuous):
+    """Killed with 2 workers per process, resumed with 1."""
     assert_kill_and_resume(
         lambda out, *args, **kwargs: launch(out, 2, "--batch-size=4", *args, **kwargs),
-        lambda out, *args: launch(out, 1, "--batch-size=8", *args),
-        continuous,
+        on_one,
+        continuous.steps,
         tmp_path,
         checkpoint="step3",
-        head_workers=head_workers,
-        tail_workers=tail_workers,
+        head_workers=2,
+        tail_workers=1,
     )
+
+
+@pytest.mark.slow
+def test_two_processes_without_workers_resume_on_one(tmp_path, continuous):
+    """The continuous run's state of step 3 (no workers), resumed with none. A run killed
+    after step 5 leaves the same state for step 3: the kill is the test above's."""
+    assert_resumes(on_one, continuous, continuous.steps, tmp_path, "step3", 0)
 
 
 @pytest.mark.slow
@@ -94,7 +107,7 @@ def test_accelerates_own_prepare_path_killed_on_two_resumes_exactly_on_one(
             out, 2, "--standard", "--batch-size=4", *args, **kwargs
         ),
         lambda out, *args: launch(out, 1, "--standard", "--batch-size=8", *args),
-        continuous,
+        continuous.steps,
         tmp_path,
         checkpoint="step3",
         head_workers=workers,
