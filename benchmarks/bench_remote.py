@@ -24,14 +24,16 @@ round trip and counts the bytes it sends. Batch 64, 2 workers, shuffled.
 
 Per loader: an epoch per round, rounds interleaved (the order rotates), each epoch in a fresh
 process (no loader inherits another's state) with an empty node cache (a fresh
-``cache_dir``/``local``); the table shows the median samples/s, the
-ratio to ours from local disk in the same round, and the bytes the proxy sent per byte of the
-loader's own dataset. Then a resume at 50%: a state taken half way through an epoch is loaded
-into a new loader with an empty cache; the time from building it to its first batch beside a
-fresh start's, the seconds from that batch to the end of the epoch (half an epoch: compare
-with half the epoch's time at the samples/s above), and the bytes fetched for the rest of the
-epoch per byte of the rest of the dataset. A label checksum shows every loader delivered the
-whole epoch.
+``cache_dir``/``local``); the table shows the median samples/s, the ratio to ours from local
+disk in the same round, and the bytes the proxy sent per byte of the loader's own dataset; the
+CPU seconds the loader's processes used for the epoch (its main process and workers) and their
+ratio to ours from local disk in the same round; and the CPU seconds moto's server and the
+proxy used meanwhile (on this machine the store shares the loaders' two cores, which a remote
+store does not). Then a resume at 50%: a state taken half way through an epoch is loaded into a
+new loader with an empty cache; the time from building it to its first batch beside a fresh
+start's, the seconds from that batch to the end of the epoch (half an epoch: compare with half
+the epoch's time at the samples/s above), and the bytes fetched for the rest of the epoch per
+byte of the rest of the dataset. A label checksum shows every loader delivered the whole epoch.
 
 Each loader is one function ``make(data, cache_dir) -> loader`` in ``LOADERS``: add one there.
 """
@@ -43,6 +45,7 @@ import importlib.machinery
 import importlib.util
 import multiprocessing
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -56,7 +59,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bench_peers import augment, write_litdata
-from remote_endpoint import ProxyProcess, make_bucket, remote_endpoint
+from remote_endpoint import ProxyProcess, make_bucket, remote_endpoint, store_cpu_seconds
 
 from resumable_loader import ResumableDataLoader, ShardShuffle, TarShardDataset
 from resumable_loader.demo import write_shards
@@ -274,11 +277,20 @@ def first_batch(
 
 # What a child process runs: one loader, from a fresh interpreter, so that no loader inherits
 # another's state (a started obstore runtime, a start method, shared memory, imports).
-def child_epoch(name: str, data: Data, cache: Path) -> tuple[float, tuple[int, int]]:
-    """(samples/s, (samples, label sum)) of one epoch, timed from building the loader."""
-    began = time.perf_counter()
+def child_epoch(name: str, data: Data, cache: Path) -> tuple[float, float, tuple[int, int]]:
+    """(samples/s, CPU seconds, (samples, label sum)) of one epoch, timed from building the
+    loader; the CPU time is this process's and its workers' (reaped when the epoch ends)."""
+    began, cpu = time.perf_counter(), cpu_seconds()
     seen = epoch(LOADERS[name][1](data, cache))
-    return seen[0] / (time.perf_counter() - began), seen
+    return seen[0] / (time.perf_counter() - began), cpu_seconds() - cpu, seen
+
+
+def cpu_seconds() -> float:
+    """CPU seconds of this process and of its children that ended."""
+    mine, children = (
+        resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
+    return mine.ru_utime + mine.ru_stime + children.ru_utime + children.ru_stime
 
 
 def child_half_state(name: str, data: Data, cache: Path) -> dict[str, Any]:
@@ -330,12 +342,15 @@ class Runs:
         self.fresh += 1
         return Path(tempfile.mkdtemp(prefix=f"cache{self.fresh}-", dir=self.tmp))
 
-    def epoch(self, name: str) -> tuple[float, float, tuple[int, int]]:
-        """(samples/s, bytes fetched / dataset, (samples, label sum)) of one epoch."""
+    def epoch(self, name: str) -> tuple[float, float, float, float, tuple[int, int]]:
+        """(samples/s, bytes fetched / dataset, the loader's CPU seconds, the store's CPU
+        seconds meanwhile, (samples, label sum)) of one epoch."""
         self.proxy.command("reset")
-        rate, seen = in_child(child_epoch, name, self.data, self.cache())
+        store = store_cpu_seconds()
+        rate, cpu, seen = in_child(child_epoch, name, self.data, self.cache())
+        store = store_cpu_seconds() - store
         fetched = self.proxy.command("stats")[0]
-        return rate, fetched / self.data.sizes[LOADERS[name][0]], seen
+        return rate, fetched / self.data.sizes[LOADERS[name][0]], cpu, store, seen
 
     def resume(self, name: str) -> tuple[float, float, float, float]:
         """(fresh first batch s, resumed first batch s, the resumed epoch's rest s, bytes
@@ -380,14 +395,18 @@ def main() -> None:
         runs = Runs(data, proxy, Path(tmp))
         rates: dict[str, list[float]] = {name: [] for name in names}
         fetched: dict[str, list[float]] = {name: [] for name in names}
+        cpu: dict[str, list[float]] = {name: [] for name in names}
+        store: dict[str, list[float]] = {name: [] for name in names}
         seen: dict[str, tuple[int, int]] = {}
         for number in range(args.rounds):
             shift = number % len(names)
             for name in names[shift:] + names[:shift]:
                 print(f"epoch: {name}, round {number + 1}/{args.rounds}", file=sys.stderr)
-                rate, ratio, seen[name] = runs.epoch(name)
+                rate, ratio, seconds, store_seconds, seen[name] = runs.epoch(name)
                 rates[name].append(rate)
                 fetched[name].append(ratio)
+                cpu[name].append(seconds)
+                store[name].append(store_seconds)
         measured: dict[str, list[tuple[float, ...]]] = {name: [] for name in names}
         for number in range(args.resume_rounds):
             for name in names:
@@ -407,7 +426,8 @@ def main() -> None:
     peer = next((name for name in names if LOADERS[name][0] == "litdata"), OURS_LOCAL)
     print(
         f"{'loader':<{width}}{'samples/s':>10}{'vs local':>9}{'vs ' + peer[:7]:>11}"
-        f"{'fetched':>9}{'fresh 1st':>11}{'resumed 1st':>12}{'rest':>8}{'rest fetched':>13}"
+        f"{'fetched':>9}{'CPU':>7}{'vs local':>9}{'store CPU':>10}"
+        f"{'fresh 1st':>11}{'resumed 1st':>12}{'rest':>8}{'rest fetched':>13}"
         "  samples, label sum"
     )
     for name in names:
@@ -417,6 +437,9 @@ def main() -> None:
             f"{median_ratio(rates[name], rates[OURS_LOCAL]):>8.2f}x"
             f"{median_ratio(rates[name], rates[peer]):>10.2f}x"
             f"{statistics.median(fetched[name]):>8.2f}x"
+            f"{statistics.median(cpu[name]):>6.2f}s"
+            f"{median_ratio(cpu[name], cpu[OURS_LOCAL]):>8.2f}x"
+            f"{statistics.median(store[name]):>9.2f}s"
             f"{fresh:>10.2f}s{resumed:>11.2f}s{rest_seconds:>7.2f}s{rest:>12.2f}x  {seen[name]}"
         )
     for name in skipped:

@@ -19,7 +19,7 @@ from s3_server import CREDENTIALS, make_bucket, moto_server, s3_client  # noqa: 
 # boto3, obstore and litdata read AWS_ENDPOINT_URL; MosaicML Streaming reads S3_ENDPOINT_URL;
 # obstore (which litdata uses too) needs AWS_ALLOW_HTTP=true for an http:// endpoint.
 ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL", "S3_ENDPOINT_URL")
-__all__ = ["CREDENTIALS", "make_bucket", "remote_endpoint", "s3_client"]
+__all__ = ["CREDENTIALS", "make_bucket", "remote_endpoint", "s3_client", "store_cpu_seconds"]
 
 
 class ProxyProcess:
@@ -44,6 +44,23 @@ class ProxyProcess:
     def stop(self) -> None:
         self.process.kill()
         self.process.wait()
+
+
+def store_cpu_seconds() -> float:
+    """CPU seconds used so far by this process's store children (moto's server and the
+    proxy): on this machine the store shares the loaders' cores, which a remote store does
+    not, so the benches report what it took beside each loader's own CPU time."""
+    total = 0.0
+    for children in Path("/proc/self/task").glob("*/children"):
+        for pid in children.read_text().split():
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes()
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # ended meanwhile
+                continue
+            if b"moto.server" in command or b"fault_proxy" in command:
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 @contextmanager
