@@ -27,7 +27,7 @@ from resumable_loader.order.partition import Partition
 from resumable_loader.order.permutation import ShuffledOrder
 from resumable_loader.storage.block_states import BlockStates
 from resumable_loader.storage.node_cache import NodeCache
-from resumable_loader.storage.plan import BlockPieces, coalesce, code_key, key_code
+from resumable_loader.storage.plan import BlockPieces, coalesce, code_key, fit_live, key_code
 from resumable_loader.storage.reader import Prefetch
 
 BLOCK = 16384  # a few samples a block, so that blocks are shared and spans straddle them
@@ -131,6 +131,47 @@ def test_a_resume_half_way_fetches_blocks_not_a_request_a_sample(shards, tmp_pat
     assert requests[256 * 2**10] <= blocks < requests[0]  # 89, 90 and 148 here
     with pytest.raises(ConfigError, match="request_bytes"):
         Prefetch(request_bytes=-1)
+
+
+def test_a_shard_local_order_reads_whole_blocks_from_a_cache_smaller_than_the_data(
+    shards, tmp_path, caplog
+):
+    """A shard-local order reads each block over a short stretch of the epoch: a cache of two
+    thirds of the data holds the blocks read together, so nearly every block is one request
+    (counting every block a window touches as held at once, this took 264 requests)."""
+    order = ORDERS["shard_local"]
+    expected, _, _ = load(Augmented(shards), workers=0, order=order)
+    blocks = len(_blocks_of(Augmented(shards), set(range(len(expected)))))
+    dataset = prefetching(shards, tmp_path / "two-thirds", cache_bytes=64 * BLOCK)
+    got, _, loader = load(dataset, workers=0, order=order)
+    assert got == expected
+    stats = loader.storage_stats()
+    assert stats.requests <= 1.5 * blocks  # 105 for 90 blocks here (264 before)
+    assert stats.bytes_fetched <= 1.05 * dataset_bytes(shards)
+    assert "cache_bytes >=" not in caplog.text
+    # a cache too small for the blocks read together: spans, and one warning saying the size
+    dataset = prefetching(shards, tmp_path / "small", cache_bytes=8 * BLOCK)
+    got, _, loader = load(dataset, workers=0, order=order)
+    assert got == expected
+    warnings = [r.getMessage() for r in caplog.records if "cache_bytes >=" in r.getMessage()]
+    assert len(warnings) == 1 and f"node cache ({8 * BLOCK} bytes)" in warnings[0]
+
+
+def test_blocks_held_at_different_times_share_the_cache():
+    sizes = np.array([10, 10, 10, 10])
+    first, last = np.array([0, 10, 20, 0]), np.array([9, 19, 29, 29])
+    # one after another: 10 bytes held at a time, though the three sum to 30
+    taken, peak = fit_live(np.array([0, 1, 2]), first, last, sizes, budget=20)
+    assert taken.tolist() == [0, 1, 2] and peak == 10
+    # block 3 is held throughout, beside one of the others at each moment
+    taken, peak = fit_live(np.array([3, 1, 0, 2]), first, last, sizes, budget=20)
+    assert taken.tolist() == [3, 1, 0, 2] and peak == 20
+    # room for one block at a time: the best first, then those held at other times
+    taken, peak = fit_live(np.array([3, 1, 0, 2]), first, last, sizes, budget=15)
+    assert taken.tolist() == [3] and peak == 20
+    taken, peak = fit_live(np.array([1, 3, 0, 2]), first, last, sizes, budget=15)
+    assert taken.tolist() == [1, 0, 2] and peak == 20
+    assert fit_live(np.array([], dtype=np.int64), first, last, sizes, budget=0)[0].size == 0
 
 
 def test_a_refused_prefetch_argument_leaves_a_dataset_that_closes_cleanly(shards):

@@ -130,3 +130,45 @@ def unique_rows(columns: list[np.ndarray]) -> list[np.ndarray]:
     if len(order) > 1:
         fresh[1:] = np.any([c[1:] != c[:-1] for c in sorted_columns], axis=0)
     return [c[fresh] for c in sorted_columns]
+
+
+def fit_live(
+    ranked: np.ndarray,
+    first: np.ndarray,
+    last: np.ndarray,
+    sizes: np.ndarray,
+    budget: int,
+    *,
+    grid: int = 256,
+) -> tuple[np.ndarray, int]:
+    """The blocks of ``ranked`` (indices, best first) that a cache of ``budget`` bytes can hold
+    together, and the most bytes all of them would hold at once.
+
+    Block i is held from its first use ``first[i]`` to its last ``last[i]``; it is taken if,
+    at every position of that interval, the blocks taken before it leave room for its
+    ``sizes[i]``. A shard-local order reads each block over a short stretch of the window, so
+    blocks whose stretches do not overlap share the room; a sum over the window would count
+    every block the window touches as held at once. Positions are counted in ``grid`` steps of
+    the window (an interval covers every step it touches: it may count more held, never less).
+    """
+    ranked = np.asarray(ranked, dtype=np.int64)
+    if not len(ranked):
+        return ranked, 0
+    start = int(first[ranked].min())
+    scale = grid / max(1, int(last[ranked].max()) - start + 1)
+    lows = ((first[ranked] - start) * scale).astype(np.int64)
+    highs = ((last[ranked] - start) * scale).astype(np.int64)
+    wanted = np.zeros(grid + 1, dtype=np.int64)
+    np.add.at(wanted, lows, sizes[ranked])
+    np.add.at(wanted, highs + 1, -sizes[ranked])
+    peak = int(np.cumsum(wanted).max())
+    if peak <= budget:
+        return ranked, peak
+    held = np.zeros(grid, dtype=np.int64)
+    taken = []
+    rows = zip(ranked.tolist(), lows.tolist(), highs.tolist(), sizes[ranked].tolist(), strict=True)
+    for index, low, high, size in rows:
+        if held[low : high + 1].max() + size <= budget:
+            held[low : high + 1] += size
+            taken.append(index)
+    return np.array(taken, dtype=np.int64), peak
