@@ -27,7 +27,14 @@ from resumable_loader.order.partition import Partition
 from resumable_loader.order.permutation import ShuffledOrder
 from resumable_loader.storage.block_states import BlockStates
 from resumable_loader.storage.node_cache import NodeCache
-from resumable_loader.storage.plan import BlockPieces, coalesce, code_key, fit_live, key_code
+from resumable_loader.storage.plan import (
+    BlockPieces,
+    coalesce,
+    code_key,
+    fit_live,
+    key_code,
+    peak_held,
+)
 from resumable_loader.storage.reader import Prefetch
 
 BLOCK = 16384  # a few samples a block, so that blocks are shared and spans straddle them
@@ -138,7 +145,8 @@ def test_a_shard_local_order_reads_whole_blocks_from_a_cache_smaller_than_the_da
 ):
     """A shard-local order reads each block over a short stretch of the epoch: a cache of two
     thirds of the data holds the blocks read together, so nearly every block is one request
-    (counting every block a window touches as held at once, this took 264 requests)."""
+    (counting every block a window touches as held at once, this took 264 requests). A cache
+    too small for what an order reads together warns once, with the size to set."""
     order = ORDERS["shard_local"]
     expected, _, _ = load(Augmented(shards), workers=0, order=order)
     blocks = len(_blocks_of(Augmented(shards), set(range(len(expected)))))
@@ -154,24 +162,40 @@ def test_a_shard_local_order_reads_whole_blocks_from_a_cache_smaller_than_the_da
     got, _, loader = load(dataset, workers=0, order=order)
     assert got == expected
     warnings = [r.getMessage() for r in caplog.records if "cache_bytes >=" in r.getMessage()]
-    assert len(warnings) == 1 and f"node cache ({8 * BLOCK} bytes)" in warnings[0]
+    assert len(warnings) == 1 and f"node cache (cache_bytes={8 * BLOCK})" in warnings[0]
+    # a global shuffle reads every block all epoch long: with that cache, spans and the warning
+    caplog.clear()
+    expected, _, _ = load(Augmented(shards), workers=0)
+    got, _, _ = load(prefetching(shards, tmp_path / "global", cache_bytes=8 * BLOCK), workers=0)
+    assert got == expected
+    assert sum("cache_bytes >=" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_global_shuffle_reads_whole_blocks_from_a_cache_that_holds_the_data(shards, tmp_path):
+    """With every shard in the cache nothing is ever evicted, so all of it holds whole blocks
+    (with half of it, as when the data does not fit, this read half the samples as spans)."""
+    expected, _, _ = load(Augmented(shards), workers=0)
+    blocks = len(_blocks_of(Augmented(shards), set(range(len(expected)))))
+    size = dataset_bytes(shards)
+    got, _, loader = load(prefetching(shards, tmp_path, cache_bytes=size), workers=0)
+    assert got == expected
+    stats = loader.storage_stats()
+    assert stats.requests <= blocks and stats.bytes_fetched <= 1.05 * size
 
 
 def test_blocks_held_at_different_times_share_the_cache():
     sizes = np.array([10, 10, 10, 10])
     first, last = np.array([0, 10, 20, 0]), np.array([9, 19, 29, 29])
     # one after another: 10 bytes held at a time, though the three sum to 30
-    taken, peak = fit_live(np.array([0, 1, 2]), first, last, sizes, budget=20)
-    assert taken.tolist() == [0, 1, 2] and peak == 10
+    assert fit_live(np.array([0, 1, 2]), first, last, sizes, budget=10).tolist() == [0, 1, 2]
+    assert peak_held(first[:3], last[:3], sizes[:3]) == 10
     # block 3 is held throughout, beside one of the others at each moment
-    taken, peak = fit_live(np.array([3, 1, 0, 2]), first, last, sizes, budget=20)
-    assert taken.tolist() == [3, 1, 0, 2] and peak == 20
+    assert fit_live(np.array([3, 1, 0, 2]), first, last, sizes, budget=20).tolist() == [3, 1, 0, 2]
+    assert peak_held(first, last, sizes) == 20
     # room for one block at a time: the best first, then those held at other times
-    taken, peak = fit_live(np.array([3, 1, 0, 2]), first, last, sizes, budget=15)
-    assert taken.tolist() == [3] and peak == 20
-    taken, peak = fit_live(np.array([1, 3, 0, 2]), first, last, sizes, budget=15)
-    assert taken.tolist() == [1, 0, 2] and peak == 20
-    assert fit_live(np.array([], dtype=np.int64), first, last, sizes, budget=0)[0].size == 0
+    assert fit_live(np.array([3, 1, 0, 2]), first, last, sizes, budget=15).tolist() == [3]
+    assert fit_live(np.array([1, 3, 0, 2]), first, last, sizes, budget=15).tolist() == [1, 0, 2]
+    assert fit_live(np.array([], dtype=np.int64), first, last, sizes, budget=0).size == 0
 
 
 def test_a_refused_prefetch_argument_leaves_a_dataset_that_closes_cleanly(shards):

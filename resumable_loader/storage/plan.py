@@ -140,9 +140,9 @@ def fit_live(
     budget: int,
     *,
     grid: int = 256,
-) -> tuple[np.ndarray, int]:
+) -> np.ndarray:
     """The blocks of ``ranked`` (indices, best first) that a cache of ``budget`` bytes can hold
-    together, and the most bytes all of them would hold at once.
+    together.
 
     Block i is held from its first use ``first[i]`` to its last ``last[i]``; it is taken if,
     at every position of that interval, the blocks taken before it leave room for its
@@ -152,18 +152,9 @@ def fit_live(
     the window (an interval covers every step it touches: it may count more held, never less).
     """
     ranked = np.asarray(ranked, dtype=np.int64)
-    if not len(ranked):
-        return ranked, 0
-    start = int(first[ranked].min())
-    scale = grid / max(1, int(last[ranked].max()) - start + 1)
-    lows = ((first[ranked] - start) * scale).astype(np.int64)
-    highs = ((last[ranked] - start) * scale).astype(np.int64)
-    wanted = np.zeros(grid + 1, dtype=np.int64)
-    np.add.at(wanted, lows, sizes[ranked])
-    np.add.at(wanted, highs + 1, -sizes[ranked])
-    peak = int(np.cumsum(wanted).max())
-    if peak <= budget:
-        return ranked, peak
+    if not len(ranked) or peak_held(first[ranked], last[ranked], sizes[ranked], grid) <= budget:
+        return ranked
+    lows, highs = _steps(first[ranked], last[ranked], grid)
     held = np.zeros(grid, dtype=np.int64)
     taken = []
     rows = zip(ranked.tolist(), lows.tolist(), highs.tolist(), sizes[ranked].tolist(), strict=True)
@@ -171,4 +162,24 @@ def fit_live(
         if held[low : high + 1].max() + size <= budget:
             held[low : high + 1] += size
             taken.append(index)
-    return np.array(taken, dtype=np.int64), peak
+    return np.array(taken, dtype=np.int64)
+
+
+def peak_held(first: np.ndarray, last: np.ndarray, sizes: np.ndarray, grid: int = 256) -> int:
+    """The most bytes held at once by blocks each held from ``first`` to ``last`` (counted in
+    ``grid`` steps of their span, as :func:`fit_live` counts them)."""
+    if not len(sizes):
+        return 0
+    lows, highs = _steps(first, last, grid)
+    change = np.zeros(grid + 1, dtype=np.int64)
+    np.add.at(change, lows, sizes)
+    np.add.at(change, highs + 1, -sizes)
+    return int(np.cumsum(change).max())
+
+
+def _steps(first: np.ndarray, last: np.ndarray, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first and last of ``grid`` steps (over ``first.min()`` to ``last.max()``) that each
+    interval touches."""
+    start = int(first.min())
+    scale = grid / max(1, int(last.max()) - start + 1)
+    return ((first - start) * scale).astype(np.int64), ((last - start) * scale).astype(np.int64)

@@ -50,6 +50,7 @@ from resumable_loader.storage.plan import (
     coalesce,
     code_key,
     fit_live,
+    peak_held,
     sample_spans,
     unique_rows,
 )
@@ -334,8 +335,8 @@ class ShardReader:
         ``block_fraction`` of, or in spans whose extra requests cost more than the bytes left
         unread (``request_bytes`` each), the most read first, while the blocks held at once
         (each from its first use in the window to its last) fill at most half the cache (the
-        blocks of the window before are still in it; :func:`fit_live`); with
-        ``block_fraction=0``, every block.
+        other half holds blocks fetched ahead; :func:`fit_live`), or all of it if it holds
+        every shard; with ``block_fraction=0``, every block.
 
         Without the request cost, a resume half way through a global shuffle read each block's
         remaining half as a request a sample: 3,800 requests a worker, 37 s for the rest of an
@@ -357,7 +358,10 @@ class ShardReader:
         np.maximum.at(last, inverse, at)
         shard, block = codes >> 32, codes & 0xFFFFFFFF
         block_bytes = np.minimum(self.block_size, self._sizes[shard] - block * self.block_size)
-        budget = self.cache.capacity // 2
+        total = int(self._sizes.sum())
+        # half the cache, the other half being for blocks fetched ahead of their first use;
+        # all of it when it holds every shard: then no block is ever evicted
+        budget = self.cache.capacity if total <= self.cache.capacity else self.cache.capacity // 2
         mostly = used >= fraction * block_bytes
         if block_bytes.sum() <= budget:
             # the cache keeps every block of the window: one read a block instead of many;
@@ -367,18 +371,18 @@ class ShardReader:
         candidates = np.flatnonzero(mostly)
         share = used[candidates] / block_bytes[candidates]
         ranked = candidates[np.lexsort((codes[candidates], -share))]
-        taken, peak = fit_live(ranked, first, last, block_bytes, budget)
-        if len(taken) < len(ranked) and not self._warned_small:
+        taken = fit_live(ranked, first, last, block_bytes, budget)
+        if not self._warned_small and 2 * used[taken].sum() < used.sum():
             self._warned_small = True
             logger.warning(
-                "storage: the node cache (%d bytes) holds %d of the %d blocks the order reads "
-                "together here (half the cache is the room for them); the rest are fetched as "
-                "spans, a request per sample or batch. For whole-block reads give the dataset "
-                "cache_bytes >= %d (or a smaller ShardShuffle buffer_size or window)",
+                "storage: the node cache (cache_bytes=%d) holds too little of what the order "
+                "reads together: %d%% of this stretch's bytes are fetched as spans, a request "
+                "per sample or batch. For whole-block reads give the dataset cache_bytes >= %d "
+                "(or, for a global shuffle of more data than that, a disk tier or a shard-local "
+                "order: ShardShuffle, whose working set is about 3 * buffer_size samples)",
                 self.cache.capacity,
-                len(taken),
-                len(ranked),
-                2 * peak,
+                round(100 - 100 * used[taken].sum() / used.sum()),
+                min(2 * peak_held(first, last, block_bytes), total),
             )
         return np.sort(codes[taken])
 
