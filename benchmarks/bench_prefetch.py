@@ -14,7 +14,7 @@ trip), 2 workers, batch 64, no decoding (bytes are what is measured here).
    ``--step`` seconds on each batch (asleep, as a training loop waits for its accelerator's
    step): a loop that does nothing would measure how far ahead of the outage the fetches
    happened to be, not what a training loop sees.
-2. A node cache of 1/2 or 1/10 of the data, an epoch per row, each with an empty cache: bytes
+2. A node cache of all, 1/2 or 1/10 of the data, an epoch per row, each with an empty cache: bytes
    fetched per byte of the dataset, requests and the epoch's seconds, for the shard-local order
    (ShardShuffle(4, 1024)) and the global shuffle (by default, and with exact spans unless a
    block is half read: ``request_bytes=0``); then the global shuffle with whole 64 KiB blocks
@@ -77,6 +77,7 @@ def small_cache(urls: list[str], index: str, size: int, tmp: Path) -> None:
     forced: dict[str, Any] = {"block_fraction": 0.0}
     spans: dict[str, Any] = {"request_bytes": 0}
     rows: list[tuple[str, ShardShuffle | None, int, int | None, dict[str, Any]]] = [
+        ("global, cache = the data, default (1 MiB blocks or spans)", None, 1, None, {}),
         ("shard-local, 1/2, default (1 MiB blocks or spans)", SHARD_LOCAL, 2, None, {}),
         ("shard-local, 1/10, default (1 MiB blocks or spans)", SHARD_LOCAL, 10, None, {}),
         ("global, 1/10, default (1 MiB blocks or spans)", None, 10, None, {}),
