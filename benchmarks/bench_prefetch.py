@@ -69,7 +69,7 @@ def loader(dataset: TarShardDataset, order: ShardShuffle | None) -> ResumableDat
 
 def small_cache(urls: list[str], index: str, size: int, tmp: Path) -> None:
     """Bytes and requests of an epoch with a node cache smaller than the data."""
-    print("\n## a node cache smaller than the data, one epoch each, an empty cache")
+    print("\n## a node cache of the data's size or smaller, one epoch each, an empty cache")
     print(
         f"{'order, cache, reads':<66}{'bytes / dataset':>16}{'requests':>10}{'samples':>9}"
         f"{'epoch s':>9}"
