@@ -83,10 +83,10 @@ class Prefetch:
         request_bytes: what one request's fixed cost (its round trip, the store's work per
             request) is worth in bytes transferred: a block the near future reads in ``n``
             spans is also fetched whole when ``(n - 1) * request_bytes`` reaches the bytes of
-            it nobody reads, if half the cache holds every block the near future touches (else
-            it would be evicted before its other samples' turn); else the samples' spans are
-            fetched. 0: spans unless ``block_fraction`` says whole (fewest bytes, a request a
-            sample).
+            it nobody reads, if the room for whole blocks (half the cache, or all of it when
+            it holds every shard) holds every block the near future touches (else it would be
+            evicted before its other samples' turn); else the samples' spans are fetched.
+            0: spans unless ``block_fraction`` says whole (fewest bytes, a request a sample).
         eviction: the node cache's policy: "belady" (the block used furthest ahead goes) or
             "lru".
         wait_seconds: how long a read waits for a block another process is fetching before it
