@@ -45,7 +45,6 @@ import importlib.machinery
 import importlib.util
 import multiprocessing
 import os
-import resource
 import shutil
 import statistics
 import sys
@@ -58,7 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bench_peers import augment, write_litdata
+from bench_peers import augment, cpu_seconds, write_litdata
 from remote_endpoint import ProxyProcess, make_bucket, remote_endpoint, store_cpu_seconds
 
 from resumable_loader import ResumableDataLoader, ShardShuffle, TarShardDataset
@@ -283,14 +282,6 @@ def child_epoch(name: str, data: Data, cache: Path) -> tuple[float, float, tuple
     began, cpu = time.perf_counter(), cpu_seconds()
     seen = epoch(LOADERS[name][1](data, cache))
     return seen[0] / (time.perf_counter() - began), cpu_seconds() - cpu, seen
-
-
-def cpu_seconds() -> float:
-    """CPU seconds of this process and of its children that ended."""
-    mine, children = (
-        resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-    )
-    return mine.ru_utime + mine.ru_stime + children.ru_utime + children.ru_stime
 
 
 def child_half_state(name: str, data: Data, cache: Path) -> dict[str, Any]:

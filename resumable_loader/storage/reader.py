@@ -196,6 +196,12 @@ class ShardReader:
         # sooner); whole-or-span is decided over windows of what the cache holds.
         self._depth_of_bytes = max(1, int(options.depth_bytes / self._mean))
         self._capacity = max(1, int(self.cache.capacity / self._mean))
+        # The room for the blocks a window reads together: half the cache, the other half being
+        # for blocks fetched ahead of their first use; all of it when it holds every shard (then
+        # no block is ever evicted).
+        self._total = int(self._sizes.sum())
+        capacity = self.cache.capacity
+        self._room = capacity if self._total <= capacity else capacity // 2
         self._pool = FirstUsePool(options.threads, "resumable-fetch")
         self._lock = threading.Lock()
         # The first request of a process opens the client's session; a burst of first requests
@@ -358,12 +364,8 @@ class ShardReader:
         np.maximum.at(last, inverse, at)
         shard, block = codes >> 32, codes & 0xFFFFFFFF
         block_bytes = np.minimum(self.block_size, self._sizes[shard] - block * self.block_size)
-        total = int(self._sizes.sum())
-        # half the cache, the other half being for blocks fetched ahead of their first use;
-        # all of it when it holds every shard: then no block is ever evicted
-        budget = self.cache.capacity if total <= self.cache.capacity else self.cache.capacity // 2
         mostly = used >= fraction * block_bytes
-        if block_bytes.sum() <= budget:
+        if block_bytes.sum() <= self._room:
             # the cache keeps every block of the window: one read a block instead of many;
             # else a partly read block would be evicted before its other samples' turn and
             # fetched again (a tenth-size cache, shard-local: 1.24x the data, not 1.00x)
@@ -371,9 +373,9 @@ class ShardReader:
         candidates = np.flatnonzero(mostly)
         share = used[candidates] / block_bytes[candidates]
         ranked = candidates[np.lexsort((codes[candidates], -share))]
-        taken = fit_live(ranked, first, last, block_bytes, budget)
+        taken = fit_live(ranked, first, last, block_bytes, self._room)
         if not self._warned_small and 2 * used[taken].sum() < used.sum():
-            wanted = min(2 * peak_held(first, last, block_bytes), total)
+            wanted = min(2 * peak_held(first, last, block_bytes), self._total)
             self._warn_spans(1 - used[taken].sum() / used.sum(), wanted)
         return np.sort(codes[taken])
 
