@@ -133,6 +133,44 @@ def test_failure_is_raised_cleaned_up_and_resumable(tmp_path, mode, error, timeo
     assert [(0, *x) for x in delivered] + rest == expected
 
 
+@pytest.mark.parametrize("mode", ["raise", "collate"])
+def test_workers_stop_as_soon_as_a_loop_that_caught_a_workers_error_lets_go(tmp_path, mode):
+    # torch re-raises a worker's exception from a local variable: a cycle through its frames
+    # that held the iterator until the garbage collector ran, whose weakref callbacks then
+    # closed the index queues before the iterator's shutdown could use them, so the workers
+    # were joined 5 s each. With the collector off, they must still go at once.
+    dataset = Faulty(mode, tmp_path)
+    collate = collate_failing_on_bad_sample if mode == "collate" else None
+    loader = ResumableDataLoader(dataset, batch_size=2, num_workers=2, seed=0, collate_fn=collate)
+    gc.disable()
+    try:
+        with pytest.raises(ValueError, match="Caught ValueError in DataLoader worker"):
+            for _ in loader:
+                pass
+        worker_pids = [int(p.name) for p in tmp_path.iterdir() if int(p.name) != os.getpid()]
+        assert worker_pids and wait_gone(worker_pids, seconds=3) == []
+    finally:
+        gc.enable()
+
+
+def test_an_iterator_freed_by_the_garbage_collector_stops_its_workers_at_once(tmp_path):
+    # The collector runs the queues' weakref callbacks (which stop their feeder threads)
+    # before torch's __del__; its shutdown message then never reached the workers, and each
+    # was joined for 5 s, then terminated.
+    dataset = Faulty("raise", tmp_path)
+    dataset.armed = False
+    batches = iter(ResumableDataLoader(dataset, batch_size=2, num_workers=2, seed=0))
+    next(batches)
+    worker_pids = [int(p.name) for p in tmp_path.iterdir() if int(p.name) != os.getpid()]
+    cycle = [batches]
+    cycle.append(cycle)
+    del batches, cycle
+    started = time.monotonic()
+    gc.collect()
+    assert time.monotonic() - started < 3  # (two 5 s joins before)
+    assert worker_pids and wait_gone(worker_pids, seconds=3) == []
+
+
 def test_main_process_failure_keeps_state_exact():
     class FailOnce(AugmentedDataset):
         armed = True

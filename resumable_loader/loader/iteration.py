@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 import threading
 import time
+import traceback
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -75,6 +77,7 @@ class ResumableIterator(Iterator[Any]):
         self.latest: tuple[int, bool] = (0, False)
         self.waited = 0.0  # seconds the caller spent in next() (waiting on the data)
         self._watch = BatchWatch.install(inner, timeout=timeout, stall_warning=stall_warning)
+        _keep_queues_for_shutdown(inner)
 
     def __next__(self) -> Any:
         if self._watch is not None:
@@ -89,6 +92,8 @@ class ResumableIterator(Iterator[Any]):
             failure = worker_failure(error, self._num_workers)
             if failure is None:
                 self._skip_failed_batches()
+                if self._num_workers and _RERAISED.match(str(error)):
+                    _drop_cycle(error)
                 raise
             raise self._stop_after(error, failure)  # noqa: B904 (the cause is set there)
         finally:
@@ -144,6 +149,37 @@ def stop_workers(inner: Any) -> None:
     shutdown = getattr(inner, "_shutdown_workers", None)
     if shutdown is not None:
         threading.Thread(target=shutdown, name="resumable-loader-shutdown", daemon=True).start()
+
+
+def _keep_queues_for_shutdown(inner: Any) -> None:
+    """Keep torch's iterator's queues alive until the iterator itself is collected.
+
+    When the garbage collector frees a cycle that holds torch's iterator (one that a caught
+    exception's traceback keeps, say), it first runs the weakref callbacks of everything in
+    the cycle, among them each queue's, which stops the thread that feeds the queue's pipe;
+    only then the iterator's ``__del__``, whose shutdown message to the workers then never
+    leaves this process: torch waits 5 s for each worker, then terminates it. Held from here,
+    the queues are not part of the cycle, so they still work when the iterator shuts down;
+    this reference goes as soon as the iterator is collected.
+    """
+    queues = [*getattr(inner, "_index_queues", ()), getattr(inner, "_worker_result_queue", None)]
+    queues = [queue for queue in queues if queue is not None]
+    if queues:
+        weakref.finalize(inner, queues.clear)
+
+
+def _drop_cycle(error: BaseException) -> None:
+    """Clear the locals of torch's finished frames in the traceback of a worker's exception
+    re-raised in this process, so the iterator is freed when the caller lets go of it.
+
+    torch re-raises it from a local variable, so the exception, its traceback and their frames
+    form a cycle that holds torch's iterator; only the garbage collector frees that, and it
+    first runs the weakref callbacks that close the index queues, so the iterator's shutdown
+    then cannot reach the workers and waits out a 5 s join for each of them (torch's own
+    DataLoader too). Only torch's frames are there: the worker's own traceback is text, in the
+    message. The frame still running (this module's) is skipped by ``clear_frames``.
+    """
+    traceback.clear_frames(error.__traceback__)
 
 
 def worker_failure(error: BaseException, num_workers: int) -> str | None:
