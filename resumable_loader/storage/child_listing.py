@@ -8,22 +8,30 @@ and lists costs ~0.1 s and leaves nothing running here. The child reads the endp
 credentials from the environment, as obstore does; any failure of it (obstore missing, a
 refused or stalled request: it does not retry) returns None, and the caller lists through s3fs
 instead, with its retries and typed errors.
+
+The child runs without ``site`` (``-S``): processing the environment's ``.pth`` files was a
+third of its start-up (~30 ms of ~100). It imports obstore from the folder this process
+found it in, and nothing else outside the standard library.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
+import os
 import subprocess
 import sys
 from urllib.parse import urlsplit
 
 logger = logging.getLogger("resumable_loader")
 
-# Run with -I (isolated: no user site, no PYTHON* variables): the child imports only obstore.
+# Run with -I (isolated: no user site, no PYTHON* variables) and -S (no site): the child imports
+# only obstore, from the folder the request names.
 _SCRIPT = """
 import datetime, json, sys
 request = json.load(sys.stdin)
+sys.path.insert(0, request["path"])
 try:
     import obstore
     from obstore.store import S3Store
@@ -51,9 +59,14 @@ def list_in_child(prefix: str, endpoint: str, timeout: float) -> dict[str, tuple
         endpoint: the endpoint the child will use (``AWS_ENDPOINT_URL``; "" for AWS).
         timeout: seconds for the child's whole run, and for each of its requests.
     """
+    spec = importlib.util.find_spec("obstore")
+    if spec is None or spec.origin is None:
+        logger.debug("storage: obstore is not installed; listing %s here", prefix)
+        return None
     parts = urlsplit(prefix)
     key = parts.path.strip("/")
     request = {
+        "path": os.path.dirname(os.path.dirname(spec.origin)),
         "bucket": parts.netloc,
         "prefix": key,
         "allow_http": endpoint.startswith("http://"),
@@ -61,7 +74,7 @@ def list_in_child(prefix: str, endpoint: str, timeout: float) -> dict[str, tuple
     }
     try:
         done = subprocess.run(
-            [sys.executable, "-I", "-c", _SCRIPT],
+            [sys.executable, "-I", "-S", "-c", _SCRIPT],
             input=json.dumps(request),
             capture_output=True,
             text=True,
