@@ -299,8 +299,8 @@ def child_first_batch(
 
 
 def _child_main(queue: Any, function: Callable[..., Any], args: tuple) -> None:
-    # the start method a Linux process has by default (a spawned child inherits its parent's,
-    # and litdata's optimize() left the parent's at spawn)
+    # the start method a Linux process has by default (a spawned child is given its parent's,
+    # which is spawn while a litdata optimize() runs there)
     multiprocessing.set_start_method("fork", force=True)
     try:
         queue.put((True, function(*args)))
