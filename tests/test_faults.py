@@ -171,6 +171,23 @@ def test_an_iterator_freed_by_the_garbage_collector_stops_its_workers_at_once(tm
     assert worker_pids and wait_gone(worker_pids, seconds=3) == []
 
 
+def test_persistent_workers_keep_one_torch_iterators_queues_however_many_epochs(tmp_path):
+    dataset = Faulty("raise", tmp_path)
+    dataset.armed = False
+    loader = ResumableDataLoader(
+        dataset, batch_size=4, num_workers=2, seed=0, persistent_workers=True
+    )
+
+    def finalizers() -> int:
+        return sum(type(o) is weakref.finalize for o in gc.get_objects())
+
+    list(loader)
+    after_one = finalizers()
+    for _ in range(4):
+        list(loader)
+    assert finalizers() == after_one
+
+
 def test_main_process_failure_keeps_state_exact():
     class FailOnce(AugmentedDataset):
         armed = True

@@ -30,6 +30,8 @@ from resumable_loader.loader.watch import BatchWatch
 _WORKER_FAILURE = re.compile(r"DataLoader worker \(pids?|DataLoader timed out")
 # How torch re-raises an exception a worker caught in user code: never a worker failure.
 _RERAISED = re.compile(r"^Caught \w+ in DataLoader worker process \d+")
+# torch iterators whose queues are kept for their shutdown (see _keep_queues_for_shutdown).
+_QUEUES_KEPT: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 class ResumableIterator(Iterator[Any]):
@@ -162,10 +164,13 @@ def _keep_queues_for_shutdown(inner: Any) -> None:
     the queues are not part of the cycle, so they still work when the iterator shuts down;
     this reference goes as soon as the iterator is collected.
     """
+    if inner in _QUEUES_KEPT:  # persistent workers: one torch iterator for every epoch
+        return
     queues = [*getattr(inner, "_index_queues", ()), getattr(inner, "_worker_result_queue", None)]
     queues = [queue for queue in queues if queue is not None]
     if queues:
         weakref.finalize(inner, queues.clear)
+        _QUEUES_KEPT.add(inner)
 
 
 def _drop_cycle(error: BaseException) -> None:
