@@ -178,11 +178,11 @@ def _drop_cycle(error: BaseException) -> None:
     re-raised in this process, so the iterator is freed when the caller lets go of it.
 
     torch re-raises it from a local variable, so the exception, its traceback and their frames
-    form a cycle that holds torch's iterator; only the garbage collector frees that, and it
-    first runs the weakref callbacks that close the index queues, so the iterator's shutdown
-    then cannot reach the workers and waits out a 5 s join for each of them (torch's own
-    DataLoader too). Only torch's frames are there: the worker's own traceback is text, in the
-    message. The frame still running (this module's) is skipped by ``clear_frames``.
+    form a cycle that holds torch's iterator, and so its workers, until the garbage collector
+    runs (with torch's own DataLoader that run then also waits 5 s a worker: see
+    :func:`_keep_queues_for_shutdown`). Only torch's frames are there: the worker's own
+    traceback is text, in the message. The frame still running (this module's) is skipped by
+    ``clear_frames``.
     """
     traceback.clear_frames(error.__traceback__)
 
