@@ -126,7 +126,7 @@ def write_litdata(paths: list[str], directory: Path) -> str:
     ``optimize`` sets this process's multiprocessing start method to "spawn" and leaves it so:
     every DataLoader built afterwards (ours, torch's, litdata's) would then start its workers
     as new interpreters, a few seconds an epoch that drowned the loaders' own costs (section 1
-    measured ~4,000 samples/s instead of ~12,000). The method is put back as it was.
+    measured ~4,000 samples/s instead of ~14,000). The method is put back as it was.
     """
     import litdata
 
