@@ -10,8 +10,9 @@ refused or stalled request: it does not retry) returns None, and the caller list
 instead, with its retries and typed errors.
 
 The child runs without ``site`` (``-S``): processing the environment's ``.pth`` files was a
-third of its start-up (~30 ms of ~100). It imports obstore from the folder this process
-found it in, and nothing else outside the standard library.
+fifth of a listing (61 ms against 77, medians of 11 alternating calls against moto behind a
+10 ms proxy). It imports obstore from the folder this process found it in, and nothing else
+outside the standard library.
 """
 
 from __future__ import annotations
