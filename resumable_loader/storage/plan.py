@@ -152,9 +152,11 @@ def fit_live(
     the window (an interval covers every step it touches: it may count more held, never less).
     """
     ranked = np.asarray(ranked, dtype=np.int64)
-    if not len(ranked) or peak_held(first[ranked], last[ranked], sizes[ranked], grid) <= budget:
+    if not len(ranked):
         return ranked
     lows, highs = _steps(first[ranked], last[ranked], grid)
+    if _peak(lows, highs, sizes[ranked], grid) <= budget:
+        return ranked
     held = np.zeros(grid, dtype=np.int64)
     taken = []
     rows = zip(ranked.tolist(), lows.tolist(), highs.tolist(), sizes[ranked].tolist(), strict=True)
@@ -170,7 +172,11 @@ def peak_held(first: np.ndarray, last: np.ndarray, sizes: np.ndarray, grid: int 
     ``grid`` steps of their span, as :func:`fit_live` counts them)."""
     if not len(sizes):
         return 0
-    lows, highs = _steps(first, last, grid)
+    return _peak(*_steps(first, last, grid), sizes, grid)
+
+
+def _peak(lows: np.ndarray, highs: np.ndarray, sizes: np.ndarray, grid: int) -> int:
+    """The most bytes held at once by intervals of ``grid`` steps ``lows`` to ``highs``."""
     change = np.zeros(grid + 1, dtype=np.int64)
     np.add.at(change, lows, sizes)
     np.add.at(change, highs + 1, -sizes)
