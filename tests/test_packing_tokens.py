@@ -127,6 +127,24 @@ def test_packed_token_documents_read_as_spans_give_the_per_sample_stream(
     )
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_empty_documents_at_the_end_of_each_shard_are_read_and_packed(
+    tmp_path: Path, workers: int
+) -> None:
+    """An empty document last in a shard starts where the next shard does, and last in the
+    last shard where no shard does: it is read (as zero tokens) from its own shard's end, by
+    ``__getitem__`` and by the spans a batch over two windows asks for."""
+    first, second = [*documents(3, 5), np.array([], dtype=np.int64)], documents(4, 4)
+    second.append(np.array([], dtype=np.int64))
+    paths = [write_megatron(tmp_path, "a", first), write_megatron(tmp_path, "b", second)]
+    source, docs = TokenDocuments(paths), first + second
+    assert [source[i].tolist() for i in range(len(docs))] == [d.tolist() for d in docs]
+    settings = dict(max_tokens=40, window=1, batch_size=2)  # every batch spans two windows
+    assert records(make(source, num_workers=workers, **settings), 2) == records(
+        make(PerSample(docs), **settings), 2
+    )
+
+
 def _digest(value: Any, digest: Any) -> None:
     """Feed a batch (tensors with their dtype and shape, lists, numbers) into ``digest``."""
     if isinstance(value, torch.Tensor):

@@ -76,7 +76,7 @@ class TokenDocuments(Reopened, Dataset):
         if not 0 <= index < self.num_documents:
             raise IndexError(f"document {index} outside [0, {self.num_documents})")
         start, stop = self.offsets[index : index + 2].tolist()
-        shard = int(self.shard_starts.searchsorted(start, side="right")) - 1
+        shard = int(self._shards_of(np.array([start]))[0])
         base = int(self.shard_starts[shard])
         return torch.from_numpy(self._tokens[shard][start - base : stop - base].astype(np.int64))
 
@@ -114,13 +114,20 @@ class TokenDocuments(Reopened, Dataset):
         if len(self._tokens) == 1 and self.dtype.isnative:
             return self._tokens[0], first
         out = np.empty(int(lengths.sum()), dtype=np.int64)
-        shard = np.searchsorted(self.shard_starts, first, side="right") - 1
+        shard = self._shards_of(first)
         local = (first - self.shard_starts[shard]).tolist()
         done = 0
         for k, size in enumerate(lengths.tolist()):
             out[done : done + size] = self._tokens[shard[k]][local[k] : local[k] + size]
             done += size
         return out, np.cumsum(lengths) - lengths
+
+    def _shards_of(self, starts: np.ndarray) -> np.ndarray:
+        """The shard of each document starting at ``starts`` in the stream: the last shard
+        starting at or before it. An empty document at the very end of the stream starts where
+        no shard does; it is in the last one (its zero tokens are read from that shard's end)."""
+        shard = np.searchsorted(self.shard_starts, starts, side="right") - 1
+        return np.minimum(shard, len(self._tokens) - 1)
 
     def __repr__(self) -> str:
         return (
