@@ -125,16 +125,20 @@ def reduce_weights(
     integers = [int(w * scale) for w in exact]
     divisor = math.gcd(*integers)
     reduced = tuple(w // divisor for w in integers)
-    if sum(reduced) > MAX_TOTAL_WEIGHT:
+    total = sum(reduced)
+    if total > MAX_TOTAL_WEIGHT:
+        # the nearest ints within the period, every source drawn from still drawn from (the
+        # room left for the 1s keeps the sum within it): passable as written
+        room = MAX_TOTAL_WEIGHT - len(names)
         simpler = {
-            name: str(Fraction(w, sum(reduced)).limit_denominator(MAX_TOTAL_WEIGHT // len(names)))
+            name: max(1, round(Fraction(w * room, total)))
             for name, w in zip(names, reduced, strict=True)
             if w
         }
         raise ConfigError(
-            f"{where}: the weights reduce to integers summing to {sum(reduced)}, more than "
-            f"{MAX_TOTAL_WEIGHT} (the exact interleaving's period); pass simpler fractions, "
-            f"e.g. {simpler}"
+            f"{where}: the weights reduce to integers summing to {total}, more than "
+            f"{MAX_TOTAL_WEIGHT} (the exact interleaving's period); pass simpler ones, e.g. "
+            f"{simpler} (the nearest within it)"
         )
     return reduced
 
