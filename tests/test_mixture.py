@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import logging
+import re
 from fractions import Fraction
 
 import numpy as np
@@ -105,6 +107,26 @@ class TestSchedule:
     def test_bad_schedules_are_refused(self, kwargs, message):
         with pytest.raises(ConfigError, match=message):
             mixture(**kwargs)
+
+    @pytest.mark.parametrize(
+        "weights",
+        [
+            {"web": 65536, "code": 1},
+            {"web": 40000, "code": 30001, "math": 1},
+            {"web": Fraction(1, 70000), "code": 1},
+            {"web": 99991, "code": 99989, "math": 99961},
+        ],
+    )
+    def test_weights_past_the_period_are_refused_with_weights_that_are_accepted(self, weights):
+        with pytest.raises(ConfigError, match=r"more than 65536") as refused:
+            mixture(weights=weights, phases=())
+        suggested = ast.literal_eval(re.search(r"e\.g\. (\{.*?\})", str(refused.value))[1])
+        assert suggested.keys() == weights.keys()  # every source drawn from still is
+        accepted = mixture(weights=suggested, phases=()).schedule.phases[0].weights
+        assert sum(accepted) <= 65536 and all(accepted[: len(weights)])
+        for name, weight in suggested.items():  # and near its share
+            share = Fraction(weights[name]) / sum(map(Fraction, weights.values()))
+            assert abs(Fraction(weight, sum(suggested.values())) - share) < Fraction(1, 30000)
 
     def test_weights_reduce_to_coprime_integers(self):
         m = mixture(weights={"web": Fraction(1, 2), "code": Fraction(1, 3)}, phases=())
@@ -323,6 +345,14 @@ class TestResumeCheck:
             (
                 dict(sources={"web": Sized(51), "code": Sized(20), "math": Sized(5)}),
                 r"source 'web': saved fingerprint \w+, current \w+",
+            ),
+            (  # the same sources listed in another order: another interleaving
+                dict(
+                    sources={"web": Sized(50), "math": Sized(5), "code": Sized(20)},
+                    weights={"web": 5, "math": 2, "code": 3},
+                ),
+                r"listed its sources as \['web', 'code', 'math'\], the current one as "
+                r"\['web', 'math', 'code'\]; .* in their saved order",
             ),
         ],
     )

@@ -171,6 +171,40 @@ def test_a_packed_mixture_resumes_exactly_across_its_phase_change() -> None:
     assert make(mixture(), batch_size=2).mixture_progress()["phase"] == 0
 
 
+def test_a_packed_mixture_resumes_with_a_source_added_for_the_future() -> None:
+    """As without packing (docs/mixtures.md): a source with weight 0 in every started phase may
+    be added, anywhere among the others; the resumed packs are the new mixture's. A source
+    whose lengths changed is still refused, naming the lengths."""
+    a, b = Texts(lengths(40, seed=2), "a"), Texts(lengths(30, seed=3, longest=20), "b")
+    new = Texts(lengths(20, seed=4), "new")
+
+    def mixture(sources: dict[str, Dataset], later: dict[str, int]) -> Mixture:
+        return Mixture(sources, {"a": 1, "b": 1}, phases=[(60, later)], samples_per_epoch=90)
+
+    def named(records: list, mixed: Mixture) -> list:
+        """The packs with each encoded id as (source, its id): a source inserted before
+        another moves that one's encoded ids, not its samples."""
+        return [
+            (epoch, tuple((mixed.names[s], i) for s, i in map(mixed.decode, ids)), *rest)
+            for epoch, ids, *rest in records
+        ]
+
+    old = mixture({"a": a, "b": b}, {"a": 1, "b": 3})
+    first = make(old, batch_size=2)
+    head = named(stream(first, 2, stop_after=3), old)
+    state = first.state_dict()
+    added = mixture({"a": a, "new": new, "b": b}, {"a": 1, "new": 2, "b": 1})
+    continuous = named(stream(make(added, batch_size=2), 2), added)
+    assert head == continuous[: len(head)]  # the same past: "new" had weight 0 in it
+    resumed = make(added, num_workers=2, batch_size=3)
+    resumed.load_state_dict(state)
+    assert head + named(stream(resumed, epochs_left(resumed, 2)), added) == continuous
+    longer = {"a": a.lengths + 1, "new": new.lengths, "b": b.lengths}  # "a" read otherwise
+    refused = make(added, lengths=longer, batch_size=2)
+    with pytest.raises(StateDictError, match=r"fingerprint\.lengths"):
+        refused.load_state_dict(state)
+
+
 def test_token_budget_batches_fit_their_padded_budget_and_resume() -> None:
     def budget_loader(**kwargs: Any) -> DataLoader:
         settings = dict(max_tokens=64, strategy="pad", batch_size=None, collate_fn=collate_budget)

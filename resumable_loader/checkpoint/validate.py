@@ -72,7 +72,9 @@ def topology(
 def loader(name: str, saved: dict[str, Any], obj: Any, *, mode: str) -> dict[str, tuple[Any, Any]]:
     """The saved cursor is accepted by ``obj``; old -> new loader settings (strict: none)."""
     try:
-        cursor_mod.parse_cursor(saved["state"], fingerprint=obj.fingerprint(), seed=None)
+        cursor_mod.parse_cursor(
+            saved["state"], fingerprint=obj.fingerprint(saved["state"]), seed=None
+        )
     except StateDictError as error:
         raise CheckpointError(f"component '{name}' (loader): {error}") from None
     changed = {}

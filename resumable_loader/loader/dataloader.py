@@ -17,7 +17,7 @@ import dataclasses
 import functools
 import os
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import torch
@@ -403,8 +403,15 @@ class ResumableDataLoader(DataLoader[T_co]):
 
     # -- state -----------------------------------------------------------------------------
 
-    def fingerprint(self) -> dict[str, int | str]:
-        """Everything besides the seed that decides this loader's order, as plain values."""
+    def fingerprint(self, saved: object = None) -> dict[str, int | str]:
+        """Everything besides the seed that decides this loader's order, as plain values.
+
+        Args:
+            saved: a state_dict to be loaded: the fields are then those this loader's state
+                would hold had it been saved by that run, where an order computes them over
+                what the run had (a Packed Mixture's lengths, over the saved run's sources: a
+                source added for the future changes none of the past's lengths).
+        """
         refs = self._require_refs("fingerprint()")
         values: dict[str, int | str] = {"dataset": dataset_fingerprint(self.dataset)}
         # It decides every augmentation; "auto" loads what True does (rngs/idle.py), so each
@@ -413,6 +420,9 @@ class ResumableDataLoader(DataLoader[T_co]):
         if isinstance(refs, OrderedBatchSampler):
             values.update(refs.order.settings())
             values["drop_last"] = int(refs.partition.drop_last)
+            order = resumable_order(refs.order)
+            if isinstance(saved, Mapping) and order is not None:
+                values.update(order.resumed_settings(saved.get(cursor_mod.ORDER_STATE_KEY)))
         else:  # each rank iterates the sampler itself: its stream may depend on the world size
             own = refs.capture.description
             if refs.capture.sampler is not refs.source:  # under a torch BatchSampler
@@ -535,7 +545,10 @@ class ResumableDataLoader(DataLoader[T_co]):
                 "any world size"
             )
         state = cursor_mod.parse_cursor(
-            state_dict, fingerprint=self.fingerprint(), seed=self._explicit_seed, reasons=reasons
+            state_dict,
+            fingerprint=self.fingerprint(state_dict),
+            seed=self._explicit_seed,
+            reasons=reasons,
         )
         order = resumable_order(self.order)
         if order is not None:  # e.g. a Mixture's schedule: its past unchanged

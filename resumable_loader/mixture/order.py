@@ -18,7 +18,7 @@ import numpy as np
 from resumable_loader.errors import ConfigError
 from resumable_loader.mixture.allocation import allocation_for
 from resumable_loader.mixture.progress import mixture_progress
-from resumable_loader.mixture.resume import check_order_state, order_state
+from resumable_loader.mixture.resume import check_order_state, order_state, saved_source_names
 from resumable_loader.mixture.schedule import POSITION_LIMIT
 from resumable_loader.mixture.streams import SourceStream, source_seed
 from resumable_loader.order.permutation import CHUNK_SIZE
@@ -191,6 +191,16 @@ class MixtureOrder:
     def check_resume(self, saved: object, epoch: int, position: int) -> None:
         """Refuse a saved ``order_state`` whose past this schedule rewrites; log the resume."""
         check_order_state(self, saved, self.global_position(epoch, position))
+
+    def resumed_settings(self, saved: object) -> dict[str, int | str]:
+        """The fingerprint fields a state whose ``order_state`` is ``saved`` holds, where they
+        differ from :meth:`settings`: none (the sources are checked by :meth:`check_resume`)."""
+        return {}
+
+    def saved_sources(self, saved: object) -> list[str] | None:
+        """The saved run's source names in its mixture's order (None: ``saved`` is malformed,
+        which :meth:`check_resume` refuses)."""
+        return saved_source_names(saved)
 
     def progress(self, epoch: int, position: int) -> dict[str, Any]:
         """Per source: draws, epochs completed, fraction of its epoch; phase and weights."""

@@ -42,12 +42,23 @@ def order_state(order: MixtureOrder, where: int) -> dict[str, Any]:
     }
 
 
+def saved_source_names(saved: object) -> list[str] | None:
+    """The names of a saved ``order_state``'s sources, in the saved mixture's order; None if
+    the state is malformed (:func:`check_order_state` then says how)."""
+    try:
+        sources, _, _ = _parse(saved)
+    except StateDictError:
+        return None
+    return [name for name, _, _ in sources]
+
+
 def check_order_state(order: MixtureOrder, saved: object, where: int) -> None:
     """Refuse ``saved`` if ``order``'s schedule rewrites its past; log what the resume does.
 
     Raises:
         StateDictError: malformed state, or a started phase's start or weights, a drawn-from
-            source's presence or fingerprint, or the draws so far differ.
+            source's presence or fingerprint, or the draws so far differ, or the sources the
+            saved run had are listed in another order.
     """
     sources, phases, saved_future = _parse(saved)
     names = [name for name, _, _ in sources]
@@ -64,6 +75,16 @@ def check_order_state(order: MixtureOrder, saved: object, where: int) -> None:
                 f"the current mixture has no such source (removed or renamed; sources now: "
                 f"{list(order.names)!r}); " + fix
             )
+    kept = [name for name in order.names if name in names]
+    if kept != [name for name in names if name in fingerprints]:
+        # the sources' order decides which source a position draws from: a reorder rewrites
+        # the interleaving, past (caught below, at some positions only) and future alike
+        raise StateDictError(
+            f"field 'order_state.sources': the saved run's mixture listed its sources as "
+            f"{names!r}, the current one as {list(order.names)!r}; the order of a Mixture's "
+            "sources decides its interleaving: list the saved run's sources in their saved "
+            "order (a new source may go anywhere among them)"
+        )
     for index in range(max(len(phases), len(current))):
         saved_start = phases[index][0] if index < len(phases) else None
         current_start = current[index].start if index < len(current) else None

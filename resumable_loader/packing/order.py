@@ -283,6 +283,16 @@ class PackedOrder:
 
         return resumable_order(self.inner)
 
+    def resumed_settings(self, saved: Any) -> dict[str, int | str]:
+        """The fingerprint fields a state whose ``order_state`` is ``saved`` holds, where they
+        differ from :meth:`settings`: over a Mixture whose sources changed since the save (a
+        source added for the future), the lengths digest over the saved run's sources, each
+        source's lengths as they are now (so a changed one still shows)."""
+        inner = self._resumable_inner()
+        names = None if inner is None else inner.saved_sources(saved)
+        digest = None if names is None else self.packed.sources_lengths_digest(names)
+        return {} if digest is None else {"lengths": digest}
+
     def resume_state(self, epoch: int, position: int) -> Any:
         """The sample order's own state (a Mixture's) at the frontier, else None."""
         inner = self._resumable_inner()

@@ -10,7 +10,7 @@ sample order, so its augmentation does not depend on the pack, the batch or ``ma
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -95,9 +95,7 @@ class Packed(Dataset):
         self._check_overlong()
         longest = int(self.lengths.max()) if len(self.lengths) else 0
         self.max_pieces = max(1, -(-longest // self.max_tokens)) if overlong == "split" else 1
-        self.lengths_digest = hashlib.blake2b(
-            np.ascontiguousarray(self.lengths, dtype="<i4").data, digest_size=8
-        ).hexdigest()
+        self.lengths_digest = _digest(self.lengths)
         own, spans = getattr(dataset, "sample_lengths", None), getattr(dataset, "token_spans", None)
         # Tokens as spans when the lengths are the dataset's own (else a stale length must show
         # as its sample is read).
@@ -116,6 +114,21 @@ class Packed(Dataset):
         to load is drawn from them)."""
         ids = getattr(self.dataset, "id_count", None)
         return len(self.dataset) if ids is None else ids
+
+    def sources_lengths_digest(self, names: Sequence[str]) -> str | None:
+        """The ``lengths_digest`` of a Packed over a Mixture whose sources were ``names`` (in
+        that order), from each source's lengths now: what a run saved before sources were
+        added holds. None when the dataset is not a Mixture or one of ``names`` is gone."""
+        current, offsets = (
+            getattr(self.dataset, "names", None),
+            getattr(self.dataset, "offsets", None),
+        )
+        if current is None or offsets is None or not set(names) <= set(current):
+            return None
+        ends = [*offsets[1:], len(self.lengths)]
+        where = {name: index for index, name in enumerate(current)}
+        parts = [self.lengths[offsets[where[n]] : ends[where[n]]] for n in names]
+        return _digest(np.concatenate(parts) if parts else self.lengths[:0])
 
     @property
     def fingerprint(self) -> str:
@@ -307,3 +320,10 @@ def _images_by_pack(
             ]
         )
     return images, offsets
+
+
+def _digest(lengths: np.ndarray) -> str:
+    """The lengths' identity in the cursor (8 bytes of BLAKE2b over them as little-endian int32)."""
+    return hashlib.blake2b(
+        np.ascontiguousarray(lengths, dtype="<i4").data, digest_size=8
+    ).hexdigest()
