@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 from shard_factory import write_tar_shards
+from tokens_factory import documents, write_megatron
 from torch.utils.data import ConcatDataset, Dataset, StackDataset, Subset, TensorDataset
 
-from resumable_loader import ResumableDataLoader, TarShardDataset
+from resumable_loader import ResumableDataLoader, TarShardDataset, TokenDataset
 from resumable_loader.errors import StateDictError
 from resumable_loader.loader.identity import TENSOR_SAMPLE, dataset_fingerprint
 from resumable_loader.mixture import Mixture
@@ -57,6 +58,16 @@ class TestResume:
         other = self.loader(Subset(inner, to_indices(range(50, 100))))
         with pytest.raises(StateDictError, match=r"field 'fingerprint\.dataset': saved 'Subset-"):
             other.load_state_dict(state)
+
+    def test_a_token_dataset_of_another_seq_len_is_refused_saying_what_its_identity_covers(
+        self, tmp_path
+    ):
+        path = write_megatron(tmp_path, "a", documents(1, 40))
+        saved = self.loader(TokenDataset([path], seq_len=8))
+        next(iter(saved))
+        other = self.loader(TokenDataset([path], seq_len=16))
+        with pytest.raises(StateDictError, match=r"fingerprint\.dataset.*dtype, seq_len"):
+            other.load_state_dict(saved.state_dict())
 
     def test_an_equal_subset_resumes_the_stream(self):
         inner = Blank()

@@ -49,12 +49,19 @@ _FIX_SETTINGS = (
 # Fields whose change has its own cause and fix. algorithm: a release changed how an order is
 # computed (the shard-local order's "feistel-v2" buffer replay became "shard-blocks-v1").
 _FIELD_FIXES = {
+    "dataset": (
+        "the dataset is not the one the state was saved from: its identity "
+        "(resumable_loader.dataset_fingerprint(dataset)) covers our sources' shard files (names, "
+        "sizes, token and document counts) and settings (a TokenDataset's dtype, seq_len and "
+        "documents mode), another dataset's type, length and `fingerprint` attribute; resume "
+        "over the same data and settings, or do not load this state to start afresh"
+    ),
     "algorithm": (
         "this release computes the order with another algorithm than the one that saved the "
         "state, so the saved position would continue a different order; resume with the "
         "resumable_loader release that saved it, or continue from the next epoch's start with "
         "loader.load_state_dict(loader.state_at(saved epoch + 1, 0))"
-    )
+    ),
 }
 
 
