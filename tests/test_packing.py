@@ -237,6 +237,18 @@ def test_overlong_samples_are_refused_by_default_naming_one() -> None:
         Packed(DATA, 32, lengths=np.ones(5, dtype=np.int64))
 
 
+def test_a_sample_whose_own_labels_do_not_match_its_tokens_is_named() -> None:
+    class ShortLabels(Texts):
+        def __getitem__(self, index: int) -> dict[str, Any]:
+            item = super().__getitem__(index)
+            cut = 1 if index == 5 else 0  # one sample's labels lack their last token's
+            return {**item, "labels": item["input_ids"][: len(item["input_ids"]) - cut]}
+
+    data = ShortLabels(np.full(12, 6), "short")
+    with pytest.raises(ConfigError, match=r"sample 5 has 5 'labels' for 6 tokens in 'input_ids'"):
+        stream(make(data, shuffle=False, batch_size=2), 1)
+
+
 def test_a_pack_outside_the_loader_says_how_to_ask_for_its_samples() -> None:
     with pytest.raises(ConfigError, match="sample_at"):
         Packed(DATA, 64)[0]

@@ -264,15 +264,19 @@ class Packed(Dataset):
                 f"recorded length is {int(self.lengths[sample_id])}: the lengths are stale; "
                 "rebuild them (resumable-loader index --length) or pass the current ones"
             )
+        if labels is not None:
+            labels = _int64(labels)
+            if len(labels) != len(tokens):
+                raise ConfigError(
+                    f"sample {sample_id} has {len(labels)} 'labels' for {len(tokens)} tokens in "
+                    f"'{self.field}': a sample's own labels hold one label per token (-100 where "
+                    "no loss is taken); make them as long as its tokens"
+                )
         stop = offset + length
         if placed:
             last = max(stop, offset + 1)
             placed = [(image, at - offset) for image, at in placed if offset <= at < last]
-        return (
-            tokens[offset:stop],
-            None if labels is None else _int64(labels)[offset:stop],
-            placed,
-        )
+        return tokens[offset:stop], None if labels is None else labels[offset:stop], placed
 
     def _check_overlong(self) -> None:
         over = np.flatnonzero(self.lengths > self.max_tokens)
