@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,7 +128,7 @@ def test_newest_complete_checkpoint_wins_over_debris_and_the_next_save_clears_it
     state, _ = trained(2)
     Checkpointer(tmp_path).save(2, state)
     (tmp_path / ".tmp-step-0000000009").mkdir()  # a save killed before its rename
-    (tmp_path / ".old-step-0000000001").mkdir()  # a prune killed during its rmtree
+    (tmp_path / ".removing-step-0000000001").mkdir()  # a prune killed during its rmtree
     (tmp_path / "step-0000000008").mkdir()  # a folder without a manifest is not complete
     assert Checkpointer(tmp_path).load(build(4, 0))["step"] == 2
     Checkpointer(tmp_path).save(3, state)
@@ -141,6 +143,29 @@ def test_resave_of_a_step_replaces_it(tmp_path):
     fresh = build(4, 0)
     Checkpointer(tmp_path).load(fresh)
     assert digest(fresh) == digest(state)
+
+
+def test_a_listing_between_the_renames_of_a_resave_does_not_break_it(tmp_path, monkeypatch):
+    """A listing while a re-save commits (steps() in another thread during an async save, a
+    CLI) puts back the earlier checkpoint the commit has just moved aside: the commit moves it
+    aside again and goes on."""
+    state, stream = trained(2)
+    Checkpointer(tmp_path).save(2, state)
+    train_step(state, state["model"], next(stream))
+    real, listed = os.rename, []
+
+    def rename(src: os.PathLike, dst: os.PathLike, *args, **kwargs) -> None:
+        real(src, dst, *args, **kwargs)
+        if Path(dst).name.startswith(".old-step-") and not listed:
+            listed.append(CheckpointDirectory(tmp_path).complete_steps())
+
+    monkeypatch.setattr(os, "rename", rename)
+    Checkpointer(tmp_path).save(2, state)
+    assert listed == [[2]]  # the earlier checkpoint was put back in between
+    fresh = build(4, 0)
+    Checkpointer(tmp_path).load(fresh)
+    assert digest(fresh) == digest(state)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_async_save_snapshots_at_save_time_and_next_save_waits(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from test_checkpoint_refusals import snapshot
 from torch.distributed.checkpoint import FileSystemReader
 
 from resumable_loader.checkpoint import Checkpointer
+from resumable_loader.checkpoint import manifest as manifest_mod
 from resumable_loader.checkpoint.cli import verify as cli_verify
 from resumable_loader.errors import CheckpointError
 
@@ -122,6 +124,66 @@ def test_an_rng_file_missing_from_the_manifest_for_its_world_size_is_refused(sav
     assert_refused_unchanged(
         tmp_path, r"field 'rng.files' lists \['rng-rank-00000.json'\], but 'world_size' 2 needs"
     )
+
+
+@pytest.mark.parametrize("resealed", [False, True])
+def test_a_manifest_edited_to_version_1_is_refused_as_damaged(tmp_path, capsys, resealed):
+    """'version' 2 -> 1 (one byte) must not switch the manifest's own checksum off and let any
+    other field be edited: fields only version 2 writes make it damaged, and a load falls
+    back to the checkpoint before it."""
+    _, digests = checkpoints(tmp_path, [2, 4])
+    path = tmp_path / "step-0000000004" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest.update(version=1, samples_seen=90)
+    if resealed:
+        reseal(path, manifest)
+    else:
+        path.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    message = (
+        r"step-0000000004/manifest.json: field 'version' is 1, but the manifest has fields "
+        r"\['checksum', 'files', 'optimizers', 'probe'\], which version 1 does not have: the "
+        "manifest was edited or damaged after the save"
+    )
+    assert_refused_unchanged(tmp_path, message, step=4)
+    fresh = build(4, 0)
+    decision = Checkpointer(tmp_path).load(fresh)
+    assert decision["step"] == 2 and digest(fresh) == digests[2]
+    assert [re.search(message, p) is not None for p in decision["skipped"][0]["problems"]] == [True]
+    assert cli_verify(str(tmp_path)) == 1
+    assert re.search(rf"FAIL .*{message}", capsys.readouterr().out)
+
+
+def test_a_version_1_manifest_of_an_earlier_release_still_loads(saved, tmp_path):
+    """Version 1 (before the checksums) has the fields of FIELDS only: loaded, without them."""
+    folder = copy_of(saved, tmp_path)
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    earlier = {key: manifest[key] for key in manifest_mod.FIELDS} | {"version": 1}
+    path.write_text(json.dumps(earlier, indent=2, sort_keys=True))
+    state = build(4, 0)
+    decision = Checkpointer(tmp_path).load(state)
+    assert decision["checksums"] == {"mode": "none recorded (a version-1 manifest)"}
+    assert digest(state) == digest(trained(4)[0])
+
+
+@pytest.mark.parametrize(
+    ("source", "stray"),
+    [("__0_0.distcp", "__1_0.distcp"), ("rng-rank-00000.json", "rng-rank-00001.json")],
+)
+def test_a_data_or_rng_file_the_manifest_does_not_list_is_refused(
+    saved, tmp_path, capsys, source, stray
+):
+    """The manifest lists every file the save wrote (one rank's here): another rank's data or
+    RNG file in the folder came later. A file of another kind (a note of the user's) is fine."""
+    folder = copy_of(saved, tmp_path)
+    (folder / "notes.txt").write_text("mine\n")
+    shutil.copy(folder / source, folder / stray)
+    message = rf"{SAVED}/{re.escape(stray)}: an? (data|RNG) file the manifest does not list"
+    assert_refused_unchanged(tmp_path, message)
+    assert cli_verify(str(tmp_path)) == 1
+    assert re.search(rf"FAIL .*{message}", capsys.readouterr().out)
+    (folder / stray).unlink()
+    assert Checkpointer(tmp_path).load(build(4, 0))["step"] == 4
 
 
 def test_verify_reports_every_problem_not_the_first(saved, tmp_path, capsys):

@@ -14,6 +14,7 @@ Run as a script (``python tests/test_docs_snippets.py FILE.md``) to run one file
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -23,6 +24,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
+from resumable_loader.checkpoint import Checkpointer
 
 ROOT = Path(__file__).resolve().parent.parent
 FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -114,6 +117,30 @@ def test_snippets_run_as_written(path, tmp_path):
         check=False,
     )
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+
+
+@pytest.mark.slow  # two runs of a training script, ~5 s each
+def test_the_checkpoint_example_resumes_when_run_again(tmp_path):
+    """docs/checkpoint.md's first block is a training script that resumes: run twice in one
+    directory (what a restarted job does), the second run takes its load branch."""
+    language, _, code = blocks(ROOT / "docs" / "checkpoint.md")[0]
+    assert language == "python" and "checkpointer.load(state)" in code
+    checkpoints = tmp_path / "checkpoints"
+    for run in (1, 2):
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert done.returncode == 0, f"run {run}: {done.stderr[-6000:]}"
+        if run == 1:
+            newest = Checkpointer(checkpoints).steps()[-1]
+            assert not list(checkpoints.glob("resume-*.json"))
+    (record,) = checkpoints.glob("resume-*.json")  # written by load(), on the second run only
+    assert json.loads(record.read_text())["step"] == newest
 
 
 if __name__ == "__main__":

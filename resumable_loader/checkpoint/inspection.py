@@ -3,8 +3,10 @@
 What ``load()`` checks before it looks at the state it would load into, and what ``checkpoint
 verify`` prints: the manifest (format, version, fields, its own checksum), the folder's step
 against the manifest's, the RNG files against the world size, DCP's metadata (readable, every
-file it names long enough, the components with data the ones the manifest lists), and the
-content checksum of every file the save wrote. A failure here means the checkpoint is damaged,
+file it names long enough, the components with data the ones the manifest lists), the content
+checksum of every file the save wrote, and no data or RNG file besides those the manifest
+lists (a stray one means the folder was changed after the save; a file of another kind, e.g. a
+note of the user's, is left alone). A failure here means the checkpoint is damaged,
 so a load with ``fallback`` tries the one before it; anything found later is about the state
 it is loaded into, and another checkpoint of the same run would not help.
 """
@@ -25,6 +27,7 @@ from resumable_loader.errors import CheckpointError
 
 METADATA_NAME = ".metadata"
 DATA_SUFFIX = ".distcp"  # DCP's data files (the rest: .metadata, RNG files)
+_SAVED_KIND = re.compile(rf".+{re.escape(DATA_SUFFIX)}|rng-rank-\d+\.json")  # what a save writes
 _STEP_FOLDER = re.compile(r"step-(\d+)")
 _DAMAGED = "the checkpoint is damaged: load an earlier one"
 
@@ -107,6 +110,7 @@ def inspect(
                 f"{checkpoint}/{name}: no content checksum in the manifest, which lists "
                 f"{sorted(files)}; {_DAMAGED}"
             )
+        found.problems += _unlisted(checkpoint, files)
         if checksums:
             hashed = [n for n in files if data or not n.endswith(DATA_SUFFIX)]
             mine = integrity.share(hashed, rank, world_size)
@@ -119,6 +123,18 @@ def inspect(
         except CheckpointError as error:
             found.problems.append(str(error))
     return found
+
+
+def _unlisted(checkpoint: Path, files: dict[str, Any]) -> list[str]:
+    """A problem per data or RNG file in ``checkpoint`` that the manifest's ``files`` (every
+    file the save wrote) does not list: no save of this checkpoint wrote it."""
+    return [
+        f"{entry}: {'a data' if entry.name.endswith(DATA_SUFFIX) else 'an RNG'} file the manifest "
+        f"does not list (it lists {sorted(files)}), so the folder was changed after the save; "
+        "remove the file if it was put there by mistake, or load an earlier checkpoint"
+        for entry in sorted(checkpoint.iterdir())
+        if entry.name not in files and _SAVED_KIND.fullmatch(entry.name)
+    ]
 
 
 def _against_metadata(checkpoint: Path, saved: dict[str, Any], metadata: Metadata) -> list[str]:

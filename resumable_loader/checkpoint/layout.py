@@ -2,14 +2,19 @@
 
 A save writes into ``.tmp-step-N`` and renames it to ``step-N`` once complete, its manifest
 (written last) inside; the ``latest`` pointer file is replaced afterwards, and only then are
-the oldest complete checkpoints beyond ``keep_last`` removed. A process killed at any moment
-therefore leaves every earlier ``step-N`` as it was, and at worst a ``.tmp-`` folder that the
-next save of that step removes. A checkpoint counts as complete when its folder has the final
-name and a manifest: :meth:`CheckpointDirectory.complete_steps` never lists anything else.
+the oldest complete checkpoints beyond ``keep_last`` removed. A save of a step that already has
+a checkpoint moves that one aside to ``.old-step-N`` just before the rename, and a process killed
+between the two renames leaves it there: the next listing of the directory puts it back, before
+any cleanup could remove it. A process killed at any moment therefore leaves every earlier
+checkpoint as it was, and at worst a ``.tmp-`` folder that the next save of that step removes.
+A checkpoint counts as complete when its folder has the final name and a manifest:
+:meth:`CheckpointDirectory.complete_steps` never lists anything else.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
 import shutil
@@ -22,6 +27,8 @@ LATEST_NAME = "latest"
 VERIFIED_NAME = "verified"  # names the newest checkpoint that passed verification
 _STEP_DIGITS = 10
 _STEP_NAME = re.compile(r"step-(\d+)")
+_OLD = ".old-"  # an earlier checkpoint of the step being saved, moved aside by commit()
+_REMOVING = ".removing-"  # a checkpoint prune() is removing (never put back)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -78,22 +85,31 @@ class CheckpointDirectory:
         """Make the temporary folder of ``step`` the checkpoint of ``step``, in one rename, and
         point ``latest`` at it (replaced atomically, after the rename).
 
-        A checkpoint of the same step saved before is moved aside first and removed after the
-        rename, so there is never a half-replaced ``step-N``.
+        A checkpoint of the same step saved before is moved aside to ``.old-step-N`` first and
+        removed after the rename, so there is never a half-replaced ``step-N``; if the process
+        dies between the two renames, :meth:`complete_steps` puts the earlier one back.
         """
         tmp, final = self.tmp_dir(step), self.step_dir(step)
         if not (tmp / MANIFEST_NAME).is_file():
             raise CheckpointError(
                 f"{tmp}: no {MANIFEST_NAME}, so the save is incomplete and is not committed"
             )
-        old = None
-        if final.exists():
-            old = self.root / f".old-{final.name}"
-            if old.exists():
-                shutil.rmtree(old)
-            os.rename(final, old)
         _fsync_dir(tmp)  # the entries of the files written inside
-        os.rename(tmp, final)
+        old, replaced = self.root / f"{_OLD}{final.name}", False
+        while True:
+            if final.exists():
+                if old.exists():  # left by a kill after an earlier re-save's second rename
+                    shutil.rmtree(old)
+                os.rename(final, old)
+                replaced = True
+            try:
+                os.rename(tmp, final)
+                break
+            except OSError as error:
+                # a listing (another thread or process) put the earlier checkpoint back
+                # between the two renames: move it aside again
+                if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
         # latest is a pointer for people and tools (load() finds the newest complete folder
         # itself), so it is replaced atomically but not fsynced: the root's fsync below
         # makes the rename and the pointer durable together
@@ -101,7 +117,7 @@ class CheckpointDirectory:
         pointer.write_text(f"{final.name}\n")
         os.replace(pointer, self.root / LATEST_NAME)
         _fsync_dir(self.root)
-        if old is not None:
+        if replaced:
             shutil.rmtree(old)
         return final
 
@@ -113,15 +129,33 @@ class CheckpointDirectory:
             return None
 
     def complete_steps(self) -> list[int]:
-        """Steps with a committed checkpoint (final name and a manifest), oldest first."""
+        """Steps with a committed checkpoint (final name and a manifest), oldest first; an
+        earlier checkpoint that a killed re-save left moved aside is put back first."""
         if not self.root.is_dir():
             return []
+        self._put_back_moved_aside()
         steps = []
         for entry in self.root.iterdir():
             match = _STEP_NAME.fullmatch(entry.name)
             if match and (entry / MANIFEST_NAME).is_file():
                 steps.append(int(match.group(1)))
         return sorted(steps)
+
+    def _put_back_moved_aside(self) -> None:
+        """Rename every ``.old-step-N`` that has its manifest but no ``step-N`` back to
+        ``step-N``: the earlier checkpoint of a step whose re-save was killed between the two
+        renames of :meth:`commit`, whole (it was complete when it was moved aside), which
+        :meth:`prune`'s cleanup would otherwise remove."""
+        for entry in self.root.iterdir():
+            name = entry.name.removeprefix(_OLD)
+            if name == entry.name or not _STEP_NAME.fullmatch(name):
+                continue
+            final = self.root / name
+            if not final.exists() and (entry / MANIFEST_NAME).is_file():
+                # another process may put it back first, or the root may be read-only: then
+                # it stays as it is
+                with contextlib.suppress(OSError):
+                    os.rename(entry, final)
 
     def find(self, step: int | None) -> Path:
         """The checkpoint of ``step``, or the newest complete one when ``step`` is None."""
@@ -161,8 +195,9 @@ class CheckpointDirectory:
 
     def prune(self, keep_last: int) -> list[int]:
         """Remove all but the newest ``keep_last`` complete checkpoints, and what killed saves
-        left (temporary folders, half-removed checkpoints); return the removed steps. The
-        newest checkpoint that passed verification is kept whatever its age.
+        left (temporary folders, half-removed checkpoints, an earlier checkpoint moved aside
+        whose step has a new one); return the removed steps. The newest checkpoint that passed
+        verification is kept whatever its age.
 
         Called right after a commit, when no other save of this directory is in progress.
         """
@@ -170,11 +205,12 @@ class CheckpointDirectory:
         removed = [s for s in self.complete_steps()[:-keep_last] if s != verified]
         for step in removed:
             # renamed first, so a kill during rmtree leaves no step-N without all its files
-            doomed = self.root / f".old-{self.step_dir(step).name}"
+            # (and to a name that complete_steps() never puts back)
+            doomed = self.root / f"{_REMOVING}{self.step_dir(step).name}"
             os.rename(self.step_dir(step), doomed)
             shutil.rmtree(doomed)
         for entry in self.root.iterdir():
-            if entry.name.startswith((".tmp-step-", ".old-step-")):
+            if entry.name.startswith((".tmp-step-", f"{_OLD}step-", f"{_REMOVING}step-")):
                 shutil.rmtree(entry, ignore_errors=True)
             elif entry.name.startswith((f".{LATEST_NAME}.tmp-", f".{VERIFIED_NAME}.tmp-")):
                 entry.unlink(missing_ok=True)

@@ -3,7 +3,8 @@
 Written last (atomically) into the checkpoint, so its presence marks a complete save, and read
 first on load, so every check is made against it before anything is applied. Its fields are
 module constants and are listed in :data:`FIELDS` with their types; a manifest of an unknown
-format or version, or with a field missing or of the wrong type, is refused as a whole.
+format or version, whose version contradicts its fields, or with a field missing or of the
+wrong type, is refused as a whole.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from resumable_loader.errors import CheckpointError
 FORMAT = "resumable_loader.checkpoint"
 # Version 1: the fields of FIELDS. Version 2 adds those of FIELDS_2: the content checksum of
 # every file, the optimizers' classes and hyperparameters, the resume probe, and the
-# manifest's own checksum. Both are read; a version-1 checkpoint loads without checksums.
+# manifest's own checksum. Both are read; a version-1 checkpoint loads without checksums, so a
+# manifest that says version 1 but has a field of FIELDS_2 is refused: an edited 'version' must
+# not switch the checksums off.
 VERSION = 2
 READABLE = (1, 2)
 
@@ -143,8 +146,10 @@ def read(directory: Path) -> dict[str, Any]:
     """The manifest of the checkpoint in ``directory``, checked field by field.
 
     Raises:
-        CheckpointError: missing or unreadable, another format, an unknown version, or a field
-            missing or of the wrong type; the message names the file, the field and the fix.
+        CheckpointError: missing or unreadable, another format, an unknown version, version 1
+            with fields version 1 does not have (the version was edited or damaged), a field
+            missing or of the wrong type, or a checksum that differs; the message names the
+            file, the field and the fix.
     """
     path = directory / "manifest.json"
     try:
@@ -161,6 +166,12 @@ def read(directory: Path) -> dict[str, Any]:
             f"{path}: field 'version' is {manifest.get('version')!r}, this release reads "
             f"versions {list(READABLE)}; load it with the resumable_loader release that wrote "
             f"it ({manifest.get('versions', {}).get('resumable_loader', 'unknown')}) or a newer one"
+        )
+    later = sorted(FIELDS_2.keys() & manifest.keys())
+    if manifest["version"] == 1 and later:  # no release wrote these into a version-1 manifest
+        raise CheckpointError(
+            f"{path}: field 'version' is 1, but the manifest has fields {later}, which version "
+            f"1 does not have: the manifest was edited or damaged after the save; {_FIX}"
         )
     fields = FIELDS if manifest["version"] == 1 else {**FIELDS, **FIELDS_2}
     for field, kind in fields.items():
