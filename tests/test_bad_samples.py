@@ -101,6 +101,96 @@ def test_too_many_bad_samples_is_a_typed_error_naming_the_count_and_the_file(tmp
         stream(data)
 
 
+def at_positions(positions: tuple[int, ...], epoch: int = 0) -> set[int]:
+    """The ids at ``positions`` of ``epoch`` in the tests' order."""
+    order = loader(Corrupt(set()), None, batch_size=1)
+    return {order.sample_at(epoch, p)["id"] for p in positions}
+
+
+# 3 of 48 fail, past the limit of 2 that max_bad_fraction=0.05 gives; the third at position 31
+PAST_LIMIT, THIRD = at_positions((9, 21, 31)), 31
+
+
+def until_stopped(data, match: str = r"rank 0: 3 samples failed to load") -> list[list[int]]:
+    """The samples ``data`` (a loader or its iterator) delivers before it raises
+    BadSampleError (it must)."""
+    delivered = []
+    with pytest.raises(BadSampleError, match=match):
+        for batch in data:
+            delivered += batch.tolist()
+    return delivered
+
+
+def limited(quarantine: str | None, **kwargs) -> DataLoader:
+    """A loader over PAST_LIMIT's dataset with a limit of 2 bad samples."""
+    return loader(Corrupt(PAST_LIMIT), quarantine, max_bad_fraction=0.05, **kwargs)
+
+
+def unlimited_stream(bad: set[int], epochs: int = 1) -> list[list[int]]:
+    """The stream of ``epochs`` epochs, substitutes included, with no limit."""
+    data = loader(Corrupt(bad), None, batch_size=4, max_bad_fraction=1)
+    return [sample for _ in range(epochs) for sample in stream(data)]
+
+
+@pytest.mark.parametrize("quarantined", [False, True])
+def test_the_run_stops_at_the_batch_holding_the_failure_past_the_limit_whatever_the_layout(
+    tmp_path, quarantined
+):
+    """The limit is counted per rank, in the main process, as batches are delivered: with 0
+    or 2 workers and batches of 3, 4 or 5, the samples delivered are the stream's up to the
+    batch holding the position of the third failure (the limit is 2), and that batch raises."""
+    whole = unlimited_stream(PAST_LIMIT)
+    for workers in (0, 2):
+        for size in (3, 4, 5):
+            quarantine = str(tmp_path / f"{workers}-{size}") if quarantined else None
+            data = limited(quarantine, batch_size=size, num_workers=workers)
+            assert until_stopped(data) == whole[: THIRD // size * size], (workers, size)
+
+
+def test_the_count_is_over_the_whole_run_so_a_restarted_run_stops_at_once(tmp_path):
+    """A run restarted over the quarantine of one that stopped stops before its first batch,
+    also from a state taken before the stop; one resumed after a kill (its quarantine still
+    within the limit) stops where the continuous run stops, with other workers and batches."""
+    whole = unlimited_stream(PAST_LIMIT)
+    stopped = str(tmp_path / "stopped")
+    first = limited(stopped, batch_size=4)
+    batches = iter(first)
+    head = next(batches).tolist()
+    early = first.state_dict()
+    assert head + until_stopped(batches) == whole[: THIRD // 4 * 4]
+    match = r"rank 0: 3 samples failed to load \(.*quarantine-rank-00000.jsonl\), more than"
+    again = limited(stopped, batch_size=4)
+    again.load_state_dict(early)
+    assert until_stopped(again, match) == []
+    assert until_stopped(limited(stopped, batch_size=3, num_workers=2), match) == []
+
+    killed = str(tmp_path / "killed")
+    data = limited(killed, batch_size=4)
+    batches, head = iter(data), []
+    while len(head) + 4 <= THIRD:
+        head += next(batches).tolist()
+    state = data.state_dict()
+    del batches  # killed before the third failure
+    resumed = limited(killed, batch_size=3, num_workers=2)
+    resumed.load_state_dict(state)
+    start = len(head)
+    assert head + until_stopped(resumed) == whole[: start + (THIRD - start) // 3 * 3]
+
+
+def test_failures_count_over_epochs(tmp_path):
+    """Two samples fail in epoch 0 and a third (newly broken) in epoch 1: the count is over the
+    run, not per epoch, so epoch 1 stops at the batch holding the third, with or without a
+    quarantine (the limit is 2)."""
+    two, third = at_positions((9, 21)), at_positions((31,), epoch=1)
+    whole = unlimited_stream(two, epochs=2)
+    for quarantine in (None, str(tmp_path)):
+        dataset = Corrupt(two)
+        data = loader(dataset, quarantine, batch_size=4, max_bad_fraction=0.05)
+        assert stream(data) == whole[:LENGTH]
+        dataset.bad |= third
+        assert until_stopped(data) == whole[LENGTH : LENGTH + 28]
+
+
 def test_raise_is_the_default_and_bad_arguments_are_named(tmp_path):
     with pytest.raises(OSError, match="image file is truncated"):
         stream(DataLoader(Corrupt(BAD), batch_size=4, shuffle=True, seed=11))

@@ -13,6 +13,11 @@ loss and gradient norm within :data:`RELATIVE_TOLERANCE` (flexible mode: another
 sum in another order). Neither computation changes anything: the model runs in eval mode, the
 gradients are taken with ``torch.autograd.grad`` (``.grad`` untouched), the step is taken on
 the copies, and the global RNG states are put back afterwards; the loader is not iterated.
+Under ``on_sample_error="substitute"`` the batch is loaded as the stream loads those positions,
+through a copy of the loader's bad-sample policy (``BadSamples.for_probe``): a quarantined or
+failing sample is replaced by the substitute the stream has there, and nothing is logged,
+quarantined or counted towards ``max_bad_fraction`` (a failure only the probe met is recorded
+by the run when it meets it), so probing changes neither the stream nor where the run stops.
 The copy needs the memory of the model and optimizer once more, and a plain module (pass a
 DDP model's ``.module``; FSDP-sharded models are not probed).
 """
@@ -59,6 +64,8 @@ def measure(
     training = model.training
     try:
         fetch = KeyedFetch(loader.dataset, loader.collate_fn, reseed_globals=True)
+        policy = loader.bad_samples  # substitutes as the stream's, recording nothing
+        fetch.bad_samples = None if policy is None else policy.for_probe()
         batch = fetch(BatchRef(seed=loader.seed, epoch=0, start=0, ids=ids))
         model.eval()
         params = [p for p in model.parameters() if p.requires_grad]

@@ -13,24 +13,48 @@ appended to that rank's ``quarantine-rank-R.jsonl`` (epoch, position, sample id,
 error). Every process reads the quarantine files of all ranks at the start of each epoch and
 does not read a listed sample again: it substitutes it at once. So a sample that failed once
 (a flaky read as well as a corrupt file) is replaced on every later epoch and after a resume,
-and the stream stays the one the first run delivered.
-
-Once more distinct samples failed on a rank than ``max_bad_fraction`` of the samples it reads
-in an epoch (counted over the whole run in its quarantine file, or in this process without
-one), the load raises :class:`BadSampleError`. A read that fails only sometimes is
+and the stream stays the one the first run delivered. A read that fails only sometimes is
 substituted where it failed and quarantined from then on; a run resumed from before that
 point may then draw another substitute where the flaky sample was a candidate.
+
+The limit: a rank may meet at most ``floor(max_bad_fraction * ceil(length / world_size))``
+distinct failed samples (a failed substitute candidate is one too), counted over the whole
+run: those its own quarantine file lists, plus those met since the file was read (without a
+``quarantine_dir``: those this loader met). The main process counts them: each batch comes
+with the failures its load recorded (:class:`WithFailures`, from whichever process loaded
+it), counted as the batch is delivered, in order, and the batch that takes the count past the
+limit raises :class:`BadSampleError` instead of being delivered (so does every later one; the
+cursor stays before it). Whether and where a rank stops therefore does not depend on
+``num_workers`` or prefetching, and with one rank, which meets its failures in position order,
+the stop is the batch holding the position of the failure past the limit, for any batch size
+(for samples that always fail; a flaky one fails where it happens to). With several ranks each
+counts its own: which rank meets a sample, and so where each stops, depends on the batch size
+and world size, and a rank that stops leaves the others waiting at their next collective, as
+any error on one rank does. A quarantined sample is substituted without a read and is not
+counted again: the rank that met it counts it through its own file. So an iteration that
+starts with more than the limit in its rank's file raises at ``iter()``, before loading
+anything: a run restarted after the error stops again, until the data is fixed and a fresh
+``quarantine_dir`` is given, or the limit raised. A run resumed after a kill, its file still
+within the limit, stops where the continuous run stops, except that failures of batches the
+killed run's workers had loaded but not delivered are in the file, so they count from the
+resume on.
+
+The resume probe (``checkpoint/probe.py``) loads its batch through :meth:`BadSamples.for_probe`:
+the substitutes the stream has at those positions, with nothing logged, quarantined or
+counted, so probing leaves the run as it was (a failure only the probe met is met again by
+the run, which records it then).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from resumable_loader.errors import BadSampleError, ConfigError
 from resumable_loader.order.philox import Purpose, derive_words, philox4x32
@@ -53,13 +77,22 @@ def read_quarantine(directory: str | os.PathLike | None) -> dict[int, dict[str, 
     if directory is None:
         return entries
     for path in sorted(Path(directory).glob(_PATTERN)):
-        for line in path.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue  # a line cut by a kill mid-write: that sample is simply read again
+        for entry in _file_entries(path):
             entries.setdefault(int(entry["id"]), entry)
     return entries
+
+
+def _file_entries(path: Path) -> Iterator[dict[str, Any]]:
+    """The entries of one quarantine file, in the order written (none if it does not exist)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return
+    for line in text.splitlines():
+        try:
+            yield json.loads(line)
+        except ValueError:
+            continue  # a line cut by a kill mid-write: that sample is simply read again
 
 
 def substitute_id(seed: int, epoch: int, position: int, attempt: int, length: int) -> int:
@@ -69,14 +102,27 @@ def substitute_id(seed: int, epoch: int, position: int, attempt: int, length: in
     return (low | high << 32) % length
 
 
+class WithFailures(NamedTuple):
+    """A batch whose load recorded failed samples, as the loading process hands it over: the
+    main process counts ``failures`` (their quarantine entries) and delivers ``batch``. A
+    tuple, so that torch's pin_memory pins the batch inside it."""
+
+    batch: Any
+    failures: list[dict[str, Any]]
+
+
 class BadSamples:
     """The ``on_sample_error="substitute"`` policy of one loader (copied into its workers).
 
+    Every process that loads uses it to substitute and record; the main process also counts
+    the rank's failures against the limit (:meth:`begin_iteration`, :meth:`received`).
+
     Args:
-        max_bad_fraction: the share of a rank's samples per epoch that may be substituted,
-            in [0, 1].
+        max_bad_fraction: in [0, 1]: how many distinct samples may fail on a rank over the
+            whole run, as a share of the samples it reads in an epoch (see the module).
         quarantine_dir: where the per-rank quarantine files live (created if missing); None
-            keeps the record in this process and the log only.
+            keeps the record in this loader (its processes' ``known``, the main process's
+            count) and the log only.
         rank, world_size: this loader's data-parallel place (its file, its share of samples).
         length: how many ids the dataset has (candidates are drawn from them; for a Mixture,
             its ``id_count``; the bad fraction is counted against it too).
@@ -105,17 +151,38 @@ class BadSamples:
         self.limit = math.floor(self.max_bad_fraction * math.ceil(length / world_size))
         self.known = read_quarantine(self.quarantine_dir)
         self._epoch: int | None = None
-        self._mine: set[int] = set()  # substituted by this process (without a quarantine)
+        self._recording = True  # log, quarantine and report failures (not in the probe's copy)
+        self._new: list[dict[str, Any]] = []  # failures the load in progress recorded
+        # The main process's count: id -> entry of each sample that failed on this rank over
+        # the run, in the order counted.
+        self._counted: dict[int, dict[str, Any]] = {}
 
     def __repr__(self) -> str:
         return (
             f"BadSamples(max_bad_fraction={self.max_bad_fraction}, "
-            f"quarantine_dir={self.quarantine_dir}, rank={self.rank}, known={len(self.known)})"
+            f"quarantine_dir={self.quarantine_dir}, rank={self.rank}, known={len(self.known)}, "
+            f"counted={len(self._counted)})"
         )
 
-    def at_epoch(self, epoch: int) -> None:
-        """Re-read the quarantine files when ``epoch`` is new to this process (once a batch:
-        one comparison unless the epoch changed)."""
+    def for_probe(self) -> BadSamples:
+        """A copy that loads as this policy does, quarantine included, and records nothing.
+
+        For the resume probe, which loads a batch of epoch 0 outside the stream: a sample that
+        fails there gets the substitute the stream has at its position, but is not logged,
+        quarantined or counted (the run records it when it meets it), and this policy's own
+        state, shared with the stream, stays as it was. The quarantine files are read again
+        at the copy's first load, so it knows what every rank quarantined until now.
+        """
+        probe = copy.copy(self)
+        probe.known, probe._epoch, probe._recording = dict(self.known), None, False
+        probe._new, probe._counted = [], {}
+        return probe
+
+    def begin_load(self, epoch: int) -> None:
+        """Start loading a batch of ``epoch``: forget the failures of a load that raised, and
+        re-read the quarantine files when ``epoch`` is new to this process (once a batch: one
+        comparison unless the epoch changed)."""
+        self._new.clear()
         if epoch != self._epoch:
             self._epoch = epoch
             fresh = read_quarantine(self.quarantine_dir)
@@ -182,6 +249,8 @@ class BadSamples:
         error: Exception,
         substitute_for: int | None = None,
     ) -> None:
+        """Know ``sample_id`` as failed from now on; unless this is the probe's copy, log it,
+        append it to this rank's quarantine file and report it with the batch."""
         _, epoch, position = key
         entry = {
             "epoch": epoch,
@@ -194,6 +263,8 @@ class BadSamples:
         if substitute_for is not None:
             entry["substitute_for"] = substitute_for
         self.known[sample_id] = entry
+        if not self._recording:
+            return
         logger.warning(
             "sample %d (epoch %d, position %d%s) failed to load (%s); substituted",
             sample_id,
@@ -202,24 +273,78 @@ class BadSamples:
             f", shard {entry['shard']}" if entry["shard"] else "",
             entry["error"],
         )
-        if self.quarantine_dir is None:
-            self._mine.add(sample_id)
-            count, where = len(self._mine), "this process"
-        else:
+        if self.quarantine_dir is not None:
             path = quarantine_file(self.quarantine_dir, self.rank)
             with open(path, "a") as f:  # one short line per write: appends do not interleave
                 f.write(json.dumps(entry) + "\n")
-            recorded = read_quarantine(self.quarantine_dir).values()
-            count, where = sum(1 for e in recorded if e.get("rank") == self.rank), str(path)
-        if count > self.limit:
-            share = math.ceil(self.length / self.world_size)
-            raise BadSampleError(
-                f"rank {self.rank}: {count} samples failed to load ({where}), more than "
-                f"max_bad_fraction={self.max_bad_fraction} of the {share} it reads an epoch "
-                f"(limit {self.limit}); the last: sample {sample_id} at epoch "
-                f"{epoch}, position {position}: {entry['error']}; check the data (the quarantine "
-                "file lists each one), or raise max_bad_fraction"
+        self._new.append(entry)
+
+    def reported(self, batch: Any) -> Any:
+        """``batch`` as the loading process hands it over: with the failures its load
+        recorded (:class:`WithFailures`), or as it is when none failed."""
+        if not self._new:
+            return batch
+        failures, self._new = self._new, []
+        return WithFailures(batch, failures)
+
+    # -- the limit, counted in the main process ----------------------------------------------
+
+    def begin_iteration(self) -> None:
+        """Count what this rank's quarantine file lists (at each ``iter()``, in the main
+        process): the run's failures so far, also those of earlier runs over the same file.
+
+        Raises:
+            BadSampleError: the count is past the limit already: nothing is loaded.
+        """
+        if self.quarantine_dir is not None:
+            for entry in _file_entries(quarantine_file(self.quarantine_dir, self.rank)):
+                self._count(entry)
+        self._check()
+
+    def received(self, batch: Any) -> Any:
+        """The batch to deliver for ``batch`` as torch hands it over (in the main process, in
+        delivery order): its failures counted, each known from now on (so the next epoch's
+        workers, and the probe, substitute it without a read).
+
+        Raises:
+            BadSampleError: the count is past the limit: this batch is not delivered.
+        """
+        if type(batch) is WithFailures:
+            batch, failures = batch
+            for entry in failures:
+                self.known.setdefault(entry["id"], entry)
+                self._count(entry)
+        self._check()
+        return batch
+
+    def _count(self, entry: dict[str, Any]) -> None:
+        """Count ``entry``'s sample, unless it was counted already (a sample quarantined by
+        this rank's file, or failed again in another worker, counts once)."""
+        self._counted.setdefault(int(entry["id"]), entry)
+
+    def _check(self) -> None:
+        """Raise once more samples failed on this rank than the limit allows."""
+        count = len(self._counted)
+        if count <= self.limit:
+            return
+        last = next(reversed(self._counted.values()))
+        share = math.ceil(self.length / self.world_size)
+        if self.quarantine_dir is None:
+            where, fix = "this loader: no quarantine_dir", "each one was logged"
+        else:
+            where = str(quarantine_file(self.quarantine_dir, self.rank))
+            fix = (
+                "the quarantine file lists each one; the count covers the whole run, so a run "
+                "restarted over this file stops at once: once the data is fixed, give a fresh "
+                "quarantine_dir"
             )
+        raise BadSampleError(
+            f"rank {self.rank}: {count} samples failed to load ({where}), more than "
+            f"max_bad_fraction={self.max_bad_fraction} of the {share} it reads an epoch "
+            f"(limit {self.limit}, counted over the whole run); the last: sample {last['id']} "
+            f"at epoch {last['epoch']}, position {last['position']}: {last['error']}; check "
+            f"the data ({fix}), or raise max_bad_fraction"
+        )
 
 
 def _shard_of(dataset: Any, sample_id: int) -> str | None:

@@ -27,6 +27,7 @@ from resumable_loader._checks import check_int
 from resumable_loader.errors import ConfigError, StateDictError, WorkerError
 from resumable_loader.loader import bad_samples
 from resumable_loader.loader import cursor as cursor_mod
+from resumable_loader.loader.bad_samples import BadSamples
 from resumable_loader.loader.build_refs import (
     epoch_complete,
     make_order,
@@ -97,8 +98,10 @@ class ResumableDataLoader(DataLoader[T_co]):
             or "substitute": it is replaced by a sample drawn from (seed, epoch, position), so
             every rank keeps its batch size and step count, and the stream, substitutes
             included, is the same after a resume (see ``loader/bad_samples.py``).
-        max_bad_fraction: with "substitute", the share of a rank's samples per epoch that may
-            fail before the load raises ``BadSampleError``.
+        max_bad_fraction: with "substitute", how many distinct samples may fail on a rank over
+            the whole run (its quarantine file, or this loader without one), as a share of the
+            samples it reads in an epoch; the batch that takes it past raises
+            ``BadSampleError`` in the main process, whatever ``num_workers``.
         quarantine_dir: with "substitute", where each rank logs its failed samples
             (``quarantine-rank-R.jsonl``); every rank's list is read at each epoch start and on
             a resume, and a listed sample is substituted without being read again.
@@ -246,6 +249,12 @@ class ResumableDataLoader(DataLoader[T_co]):
         return self._refs.order if own and self._refs.capture is None else None
 
     @property
+    def bad_samples(self) -> BadSamples | None:
+        """The ``on_sample_error="substitute"`` policy (None with "raise"): how this loader
+        substitutes, quarantines and counts the samples that fail to load."""
+        return self._fetch.bad_samples
+
+    @property
     def partition(self) -> Partition | None:
         """How this loader splits each epoch into per-rank batches (None: a sampler that each
         rank iterates itself, or an IterableDataset)."""
@@ -274,6 +283,9 @@ class ResumableDataLoader(DataLoader[T_co]):
         if self._refs is None:
             return super().__iter__()
         self._follow_length()
+        bad = self.bad_samples
+        if bad is not None:  # a run already past its bad-sample limit loads nothing
+            bad.begin_iteration()
         refs = self._refs
         epoch, position = self._progress.begin()
         refs.begin(seed=self.seed, epoch=epoch, start=position)
@@ -306,6 +318,7 @@ class ResumableDataLoader(DataLoader[T_co]):
             num_workers=self.num_workers,
             timeout=self.timeout,
             stall_warning=self.stall_warning,
+            received=None if bad is None else bad.received,
         )
         self._current = weakref.ref(iterator)
         return iterator

@@ -7,7 +7,9 @@ batch is skipped if the caller goes on, and counted once the next batch is hande
 ``state_dict()`` taken in between still retries it. A dead or hung worker ends the iteration: the
 workers stop in the background and the caller gets a WorkerError saying the state is exact.
 With a ``timeout``, every batch must arrive within it of being asked for; a batch late by
-``stall_warning`` is logged (see :mod:`resumable_loader.loader.watch`).
+``stall_warning`` is logged (see :mod:`resumable_loader.loader.watch`). Each batch torch hands
+over may pass a check of the loader's before it is handed out (the bad-sample limit); a batch
+that fails it is skipped as a failed batch is.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class ResumableIterator(Iterator[Any]):
             at the end (``samples`` 0, ``last`` True).
         workers_failed: called with ``inner`` when its workers died or hung.
         num_workers, timeout, stall_warning: the loader's.
+        received: called with each batch torch hands over, in order, in this process; returns
+            the batch to hand out, or raises to fail it (``BadSamples.received``); None: as is.
 
     Attributes:
         latest: the batch handed out most recently, as ``(advance, last)``: its advance of
@@ -67,8 +71,10 @@ class ResumableIterator(Iterator[Any]):
         num_workers: int,
         timeout: float,
         stall_warning: float,
+        received: Callable[[Any], Any] | None,
     ) -> None:
         self._inner = inner
+        self._received = received
         self._advances = advances
         self._delivered = delivered
         self._workers_failed = workers_failed
@@ -87,6 +93,8 @@ class ResumableIterator(Iterator[Any]):
         began = time.perf_counter()
         try:
             batch = next(self._inner)
+            if self._received is not None:
+                batch = self._received(batch)
         except StopIteration:
             self._delivered(self, 0, last=True)
             raise

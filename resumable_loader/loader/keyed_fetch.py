@@ -7,6 +7,8 @@ function it loads the batch (installing each sample's key first), installs the b
 runs the user's collate_fn. Doing all of it in one call lets the main process (num_workers=0)
 put the global RNG states it reseeds back afterwards, so loading never perturbs the training
 loop's randomness (with ``reseed_globals=False`` nothing is reseeded, so nothing is saved).
+Under ``on_sample_error="substitute"`` a batch whose load recorded failed samples is handed
+over with them (``bad_samples.WithFailures``), for the main process to count as it delivers it.
 
 A dataset that reads a batch at once (``__getitems__``, as HF ``datasets.Dataset`` has) is read
 so, as torch reads it: one call per batch, under the key of the batch's first sample, with each
@@ -155,19 +157,21 @@ class KeyedFetch(Dataset):
     def _load(self, ref: BatchRef | SampleRef) -> Any:
         global _policy
         reseed = self.reseed_globals
-        bad = self.bad_samples
+        policy = bad = self.bad_samples
         _policy = None
-        if bad is not None:
+        if policy is not None:
             # A batch loaded again would log its bad samples twice: "auto" reseeds every
             # generator before every sample here, as True does (the same stream).
             reseed = reseed is not False
-            bad.at_epoch(ref.epoch)
+            policy.begin_load(ref.epoch)
             if self.holds_samples:  # it substitutes its own samples (read_samples_at)
-                _policy, bad = (bad, reseed), None
+                _policy, bad = (policy, reseed), None
         if self.lookahead is not None and isinstance(ref, BatchRef):
             self.lookahead.before(self.dataset, ref.epoch, ref.start, ref.ids)
         if reseed != "auto":
-            return self._fetch(ref, reseed, bad)
+            batch = self._fetch(ref, reseed, bad)
+            # its failures go with it to the main process, which counts them (bad_samples.py)
+            return batch if policy is None else policy.reported(batch)
         while True:  # at most once more per generator
             try:
                 result = self._fetch(ref, self.in_use.enter(ref.seed, ref.epoch), None)
