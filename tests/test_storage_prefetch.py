@@ -399,17 +399,21 @@ def test_a_sigkill_during_prefetch_leaves_nothing_that_blocks_the_next_run(shard
     assert not list((tmp_path / "cache" / "blocks").glob(".tmp-*"))
 
 
-def test_storage_stats_report_each_epoch(shards, tmp_path, caplog):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_storage_stats_report_each_epoch(shards, tmp_path, caplog, workers):
     dataset = prefetching(shards, tmp_path)
-    loader = DataLoader(dataset, batch_size=16, shuffle=True, num_workers=2, seed=7)
-    with caplog.at_level("INFO", logger="resumable_loader"):
-        for _ in loader:
-            pass
-    epoch = loader.epoch_storage_stats
-    assert epoch is not None and epoch.reads == 480 and epoch.bytes_fetched > 0
-    assert 0 < epoch.hit_rate <= 1 and epoch.loop_wait_seconds > 0
-    assert any("storage, last epoch" in record.message for record in caplog.records)
-    assert loader.storage_stats().reads == 480
+    loader = DataLoader(dataset, batch_size=16, shuffle=True, num_workers=workers, seed=7)
+    for number in range(2):  # the second epoch's own counters, not what the first left
+        with caplog.at_level("INFO", logger="resumable_loader"):
+            for _ in loader:
+                pass
+        epoch = loader.epoch_storage_stats
+        assert epoch is not None and epoch.reads == 480
+        assert 0 < epoch.hit_rate <= 1 and epoch.loop_wait_seconds > 0
+        assert any("storage, last epoch" in record.message for record in caplog.records)
+        assert loader.storage_stats().reads == 480 * (number + 1)
+        if number == 0:
+            assert epoch.bytes_fetched > 0
     assert DataLoader(Augmented(shards), batch_size=4).storage_stats() is None
 
 

@@ -88,8 +88,10 @@ class StatsFile:
         os.replace(temp, final)
 
     def total(self) -> StorageStats:
-        """This process's counters plus every other process's published ones."""
-        total = self.stats
+        """This process's counters plus every other process's published ones: a new object
+        (a caller that keeps it, as the loader keeps each epoch's end, must not see this
+        process's counters move on)."""
+        total = dataclasses.replace(self.stats)
         mine = f"{self.token}-{os.getpid()}.json"
         for path in self.folder.glob(f"{self.token}-*.json") if self.folder.is_dir() else []:
             if path.name == mine:
