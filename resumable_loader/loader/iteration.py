@@ -136,7 +136,9 @@ class ResumableIterator(Iterator[Any]):
         stop_workers(self._inner)
         worker_error = WorkerError(
             f"{failure}. No batch was lost: state_dict() still describes exactly what was "
-            "delivered, so a new loader (or a new iter() of this one) can resume from it"
+            "delivered: resume from it with load_state_dict(state) on a new loader, or on this "
+            "one before its next iter() (which otherwise starts the next epoch, as torch's "
+            "does)"
         )
         worker_error.__cause__ = error
         return worker_error
