@@ -4,14 +4,18 @@ Mixed into :class:`~resumable_loader.sources.webdataset.TarShardDataset`: its ``
 a span to :meth:`RemoteReads._remote_read` when prefetching is on (by default for shards
 behind a URL), and the loader's lookahead calls :meth:`RemoteReads.plan_reads` before each
 batch (:class:`~resumable_loader.loader.lookahead.Prefetching`). The reader and its threads
-belong to one process: made on first use, made again after a fork, never pickled.
+belong to one process: made on first use, made again after a fork, never pickled. Without
+prefetching (``prefetch=False``) the dataset's synchronous reads of a URL go through
+:meth:`RemoteReads._range` too: one storage client, whichever path reads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,10 +84,18 @@ class RemoteReads:
     def _remote_read(self, shard: int, start: int, length: int) -> bytes:
         reader = self._reader()
         assert reader is not None
-        try:
+        with self._naming_sample(shard, start):
             return reader.read(shard, start, length)
+
+    @contextlib.contextmanager
+    def _naming_sample(self, shard: int, start: int) -> Iterator[None]:
+        """Set on a StorageError raised inside the sample whose span of ``shard`` begins at
+        ``start``: the sample that needed the bytes (the request may be a block's, at
+        another offset), which the error's message then names."""
+        try:
+            yield
         except StorageError as error:
-            error.sample = self._sample_at(shard, start)  # the sample that needed the bytes
+            error.sample = self._sample_at(shard, start)
             raise
 
     def _reader(self, *, create: bool = True) -> ShardReader | None:
@@ -108,8 +120,11 @@ class RemoteReads:
 
     def _range(self, shard: int, start: int, length: int) -> bytes:
         """One range request for ``length`` bytes of ``shard`` at ``start`` (clipped to the
-        indexed size); safe to call from several threads."""
-        length = max(0, min(length, self.index.header["shards"][shard]["bytes"] - start))
+        indexed size); safe to call from several threads. A URL is read through the storage
+        client of the dataset's ``storage_options``: its endpoint and credentials, retries
+        under the deadline (jittered from the client's own generator, never the global
+        ``random``), StorageError naming the URL and range, and a backend safe after a fork."""
+        length = self._clipped(shard, start, length)
         url = self.index.shard_urls[shard]
         if is_url(url):
             client = client_for(url, getattr(self, "storage_options", None))
@@ -124,6 +139,10 @@ class RemoteReads:
             self.bytes_read += len(data)
             self.read_requests += 1
         return data
+
+    def _clipped(self, shard: int, start: int, length: int) -> int:
+        """``length`` cut to what the shard's indexed size has at ``start`` (>= 0)."""
+        return max(0, min(length, self.index.header["shards"][shard]["bytes"] - start))
 
     def _cache_root(self) -> Path:
         return Path(self.prefetch.cache_dir or default_cache_dir(self.index))

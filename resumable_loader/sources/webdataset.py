@@ -239,39 +239,40 @@ class TarShardDataset(RemoteReads, IndexedDataset):
         """``_read`` of a shard not memory-mapped for span reads in this process (yet)."""
         if self.prefetch is not None:
             return self._remote_read(shard, start, length)
+        remote = is_url(self._urls[shard])
         block = self.read_ahead
         if block is None:
-            block = READ_AHEAD if is_url(self.index.shard_urls[shard]) else 0
-        if not block:
-            data = self._fetch(shard, start, length)
-            handle = self._file(shard)
-            if isinstance(handle, mmap.mmap):
-                self._mapped[shard] = handle
-            return data
-        if self._blocks is None:
-            self._blocks = BlockCache(block, self.cache_bytes)
-        return self._blocks.read(shard, start, length, lambda at, n: self._fetch(shard, at, n))
+            block = READ_AHEAD if remote else 0
+        with self._naming_sample(shard, start):
+            if not block:
+                data = self._fetch(shard, start, length)
+                if not remote:
+                    self._mapped[shard] = self._file(shard)
+                return data
+            if self._blocks is None:
+                self._blocks = BlockCache(block, self.cache_bytes)
+            return self._blocks.read(shard, start, length, lambda at, n: self._fetch(shard, at, n))
 
     def _fetch(self, shard: int, start: int, length: int) -> bytes:
-        """One storage request: ``length`` bytes at ``start`` (clipped to the indexed size)."""
-        length = max(0, min(length, self.index.header["shards"][shard]["bytes"] - start))
-        handle = self._file(shard)
-        if isinstance(handle, mmap.mmap):
-            data = handle[start : start + length]
-        else:
-            filesystem, path = handle
-            data = filesystem.cat_file(path, start=start, end=start + length)
+        """One storage request: ``length`` bytes at ``start`` (clipped to the indexed size).
+
+        A URL's goes through the storage client, as the prefetcher's requests do
+        (:meth:`RemoteReads._range`: ``storage_options``, retries under the deadline, typed
+        errors); a local file's is a slice of its memory map.
+        """
+        if is_url(self._urls[shard]):
+            return self._range(shard, start, length)
+        length = self._clipped(shard, start, length)
+        data = self._file(shard)[start : start + length]
         self.bytes_read += len(data)
         self.read_requests += 1
         return data
 
-    def _open(self, url: str) -> Any:
-        if not is_url(url):  # a map: a slice of it measured 2.3x faster than os.pread
-            with open(url, "rb") as f:
-                return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        import fsspec
-
-        return fsspec.core.url_to_fs(url)
+    def _open(self, url: str) -> mmap.mmap:
+        """A local shard's memory map (a slice of it measured 2.3x faster than os.pread); a
+        URL is never opened here: :meth:`_fetch` reads it through the storage client."""
+        with open(url, "rb") as f:
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
     def close(self) -> None:
         self._blocks = None
