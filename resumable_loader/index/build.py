@@ -13,7 +13,7 @@ import numpy as np
 
 from resumable_loader.errors import ConfigError, ShardError
 from resumable_loader.index.parquet import ParquetScan, scan_parquet
-from resumable_loader.index.paths import is_url, stat_shards
+from resumable_loader.index.paths import StorageOptions, is_url, stat_shards
 from resumable_loader.index.remote import split_across_ranks
 from resumable_loader.index.tar import TarScan, scan_tar
 from resumable_loader.index.tar import records as tar_records
@@ -32,16 +32,22 @@ def check_policy(on_error: str) -> None:
 
 
 def scan_shards(
-    urls: Sequence[str], *, workers: int | None, progress: bool, on_error: str
+    urls: Sequence[str],
+    *,
+    workers: int | None,
+    progress: bool,
+    on_error: str,
+    storage_options: StorageOptions = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The index header (all but the fingerprint) and arrays of ``urls``.
+    """The index header (all but the fingerprint) and arrays of ``urls``, remote ones read
+    with ``storage_options`` (endpoint, credentials, retry knobs).
 
     Shards are stat'ed before they are scanned, so a shard written during the scan shows up
     as changed on the next load instead of being trusted.
     """
     kind = _format_of(urls)
-    stats = stat_shards(urls)
-    scans = _scan_all(urls, kind, on_error, workers, progress)
+    stats = stat_shards(urls, storage_options)
+    scans = _scan_all(urls, kind, on_error, workers, progress, storage_options)
     header: dict[str, Any] = {"format": kind, "on_error": on_error, "schema": None}
     arrays = {}
     if kind == "tar":
@@ -95,15 +101,23 @@ def _common_schema(
     return first.schema, first.columns
 
 
-def _scan_one(job: tuple[str, str, str]) -> TarScan | ParquetScan:
-    url, kind, on_error = job
-    return (
-        scan_tar(url, on_error=on_error) if kind == "tar" else scan_parquet(url, on_error=on_error)
-    )
+# A shard to scan: its URL, format, on_error policy and storage_options.
+_Job = tuple[str, str, str, StorageOptions]
+
+
+def _scan_one(job: _Job) -> TarScan | ParquetScan:
+    url, kind, on_error, storage_options = job
+    scan = scan_tar if kind == "tar" else scan_parquet
+    return scan(url, on_error=on_error, storage_options=storage_options)
 
 
 def _scan_all(
-    urls: Sequence[str], kind: str, on_error: str, workers: int | None, progress: bool
+    urls: Sequence[str],
+    kind: str,
+    on_error: str,
+    workers: int | None,
+    progress: bool,
+    storage_options: StorageOptions,
 ) -> list[TarScan | ParquetScan]:
     """Scan every shard: processes for local files (header parsing holds the GIL), threads for
     URLs (``REMOTE_THREADS`` by default: they wait on the network; storage clients are not
@@ -115,7 +129,7 @@ def _scan_all(
     """
     if workers is not None and workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")
-    jobs = [(url, kind, on_error) for url in urls]
+    jobs = [(url, kind, on_error, storage_options) for url in urls]
     if any(is_url(url) for url in urls):
         return split_across_ranks(
             jobs, lambda part: _scan_jobs(part, workers or REMOTE_THREADS, progress, remote=True)
@@ -124,7 +138,7 @@ def _scan_all(
 
 
 def _scan_jobs(
-    jobs: Sequence[tuple[str, str, str]], workers: int, progress: bool, *, remote: bool
+    jobs: Sequence[_Job], workers: int, progress: bool, *, remote: bool
 ) -> list[TarScan | ParquetScan]:
     """Scan ``jobs`` on up to ``workers`` threads (``remote``) or processes."""
     workers = min(workers, len(jobs))
@@ -148,7 +162,7 @@ def _scan_jobs(
 
 
 def _gather(
-    pool: concurrent.futures.Executor, jobs: Sequence[tuple[str, str, str]], bar: _Progress
+    pool: concurrent.futures.Executor, jobs: Sequence[_Job], bar: _Progress
 ) -> list[TarScan | ParquetScan]:
     """Run ``jobs`` on ``pool``; on failure, raise the first failing job's error in list order.
 

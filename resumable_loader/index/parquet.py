@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from resumable_loader.errors import ShardError
-from resumable_loader.index.paths import open_shard
+from resumable_loader.index.paths import StorageOptions, open_shard
 
 
 @dataclasses.dataclass
@@ -18,18 +18,21 @@ class ParquetScan:
     skipped: list[str]  # with on_error="skip": why the file counts no rows
 
 
-def scan_parquet(path: str, *, on_error: str = "raise") -> ParquetScan:
+def scan_parquet(
+    path: str, *, on_error: str = "raise", storage_options: StorageOptions = None
+) -> ParquetScan:
     """Row-group sizes and schema of one Parquet file (reads only its footer).
 
     Args:
         path: a local path or fsspec URL.
         on_error: "raise" a :class:`ShardError` for an unreadable file, or "skip" it (the
             scan then has no row groups and says why).
+        storage_options: a remote file's endpoint, credentials and retry knobs.
     """
     import pyarrow.parquet as pq
 
     try:
-        with open_shard(path) as f:
+        with open_shard(path, storage_options) as f:
             metadata = pq.ParquetFile(f).metadata
             schema = metadata.schema.to_arrow_schema()
             groups = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]

@@ -28,7 +28,7 @@ import numpy as np
 from resumable_loader.errors import SampleIndexError, ShardError
 from resumable_loader.index import file
 from resumable_loader.index.atomic import atomic_write
-from resumable_loader.index.paths import FORK_SAFE
+from resumable_loader.index.paths import StorageOptions, fork_safe
 from resumable_loader.storage.client import client_for
 
 logger = logging.getLogger("resumable_loader")
@@ -42,12 +42,12 @@ def partial_path(path: Path) -> Path:
     return path.with_name(path.name.removesuffix(file.SUFFIX) + ".partial" + file.SUFFIX)
 
 
-def fetch_partial(url: str, path: Path) -> bool:
+def fetch_partial(url: str, path: Path, storage_options: StorageOptions = None) -> bool:
     """Write at ``path`` a partial copy of the index at ``url``: its header (two ranged reads),
     the arrays left as a hole, every shard's flag 0. False if there is no index at ``url`` or
     it cannot be read (logged: the caller fetches it whole or builds it)."""
     try:
-        header, remote_start = fetch_header(url)
+        header, remote_start = fetch_header(url, storage_options)
     except (ShardError, SampleIndexError) as error:
         if not isinstance(error.__cause__, FileNotFoundError):
             logger.warning("cannot read the header of the index %s (%s)", url, error)
@@ -65,7 +65,7 @@ def fetch_partial(url: str, path: Path) -> bool:
     return True
 
 
-def fetch_header(url: str) -> tuple[dict[str, Any], int]:
+def fetch_header(url: str, storage_options: StorageOptions = None) -> tuple[dict[str, Any], int]:
     """The header of the index file at ``url`` and where its arrays start, with two ranged
     reads (the fixed prefix, then the header): the shard list without the samples' records
     (about 105 B a shard, against 44 B a sample for the records).
@@ -73,7 +73,7 @@ def fetch_header(url: str) -> tuple[dict[str, Any], int]:
     Raises:
         SampleIndexError: not an index file, or another format version.
     """
-    client = client_for(url, FORK_SAFE)
+    client = client_for(url, fork_safe(storage_options))
     prefix = client.read_range(url, 0, file._PREFIX)
     if prefix[: len(file.MAGIC)] != file.MAGIC:
         raise SampleIndexError(f"{url}: not a resumable_loader index")
@@ -90,11 +90,15 @@ class ShardRows:
     Args:
         path: the local file.
         header: its header (with the ``"partial"`` entry).
+        storage_options: the remote index's endpoint, credentials and retry knobs.
     """
 
-    def __init__(self, path: Path, header: dict[str, Any]) -> None:
+    def __init__(
+        self, path: Path, header: dict[str, Any], storage_options: StorageOptions = None
+    ) -> None:
         partial = header["partial"]
         self.path, self.header, self.url = path, header, partial["url"]
+        self.storage_options = storage_options
         with open(path, "rb") as f:
             head_length = int.from_bytes(f.read(file._PREFIX)[len(file.MAGIC) :], "little")
         self._local_start = file._aligned(file._PREFIX + head_length)
@@ -134,7 +138,7 @@ class ShardRows:
             row_bytes = _array_bytes(spec) // max(spec["shape"][0], 1)
             places.append((spec["offset"] + first * row_bytes, rows * row_bytes))
         ranges = [(self._remote_start + at, length) for at, length in places]
-        parts = _client(self.url).read_ranges(self.url, ranges)
+        parts = _client(self.url, self.storage_options).read_ranges(self.url, ranges)
         for (at, length), data in zip(places, parts, strict=True):
             if len(data) != length:
                 raise SampleIndexError(
@@ -149,13 +153,14 @@ def _array_bytes(spec: dict[str, Any]) -> int:
     return np.dtype(spec["dtype"]).itemsize * int(np.prod(spec["shape"], dtype=np.int64))
 
 
-def _client(url: str) -> Any:
+def _client(url: str, storage_options: StorageOptions) -> Any:
     """The client for index reads: the data loader's worker processes use their own default
     client (obstore for s3://, started in the worker); the main process keeps to fsspec, since
     obstore's runtime would not survive the fork of the workers it starts later."""
     from torch.utils.data import get_worker_info
 
-    return client_for(url, None if get_worker_info() is not None else FORK_SAFE)
+    in_worker = get_worker_info() is not None
+    return client_for(url, storage_options if in_worker else fork_safe(storage_options))
 
 
 class RecordsOnDemand:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import collections
 import glob
 import os
-from collections.abc import Sequence
-from typing import BinaryIO
+from collections.abc import Mapping, Sequence
+from typing import Any, BinaryIO
 
 import braceexpand
 
@@ -14,10 +14,17 @@ from resumable_loader.errors import ConfigError, ShardError, StorageError
 
 # Remote shards under one prefix from which a listing replaces a HEAD request each.
 LISTED = 8
-# The storage client of the index's reads: fsspec's, which survives a fork, so that a main
-# process that scans shards or fetches the index can fork DataLoader workers that read
-# through obstore (docs/remote.md, "Fork safety").
-FORK_SAFE = {"client": "fsspec"}
+# Options of the index's requests (stat, scan, fetch, publish) and of the datasets' reads: the
+# endpoint, credentials and retry knobs of ``storage_options`` (see client_for).
+StorageOptions = Mapping[str, Any] | None
+
+
+def fork_safe(storage_options: StorageOptions) -> dict[str, Any]:
+    """``storage_options`` for the index's requests: through fsspec's client, which survives a
+    fork, so that a main process that scans shards or fetches the index can fork DataLoader
+    workers that read through obstore (docs/remote.md, "Fork safety"); the endpoint,
+    credentials and retry knobs are the dataset's own."""
+    return {**(storage_options or {}), "client": "fsspec"}
 
 
 def is_url(path: str) -> bool:
@@ -96,17 +103,19 @@ def _glob(pattern: str) -> list[str]:
     return sorted(filesystem.unstrip_protocol(path) for path in paths)
 
 
-def stat_shard(path: str) -> tuple[int, float | str]:
+def stat_shard(path: str, storage_options: StorageOptions = None) -> tuple[int, float | str]:
     """(size in bytes, modification stamp) of a shard, local or remote.
 
     The stamp is the mtime in seconds where the filesystem reports one, else whatever version
     text it gives (an ETag, say); the index compares it for equality only.
 
+    ``storage_options``: a remote shard's (see :func:`fork_safe`).
+
     Raises:
         ShardError: the shard does not exist or cannot be read.
     """
     if is_url(path):
-        return _stat_remote(path)
+        return _stat_remote(path, storage_options)
     try:
         info = os.stat(path)
     except FileNotFoundError:
@@ -116,7 +125,9 @@ def stat_shard(path: str) -> tuple[int, float | str]:
     return info.st_size, info.st_mtime
 
 
-def stat_shards(paths: Sequence[str]) -> list[tuple[int, float | str]]:
+def stat_shards(
+    paths: Sequence[str], storage_options: StorageOptions = None
+) -> list[tuple[int, float | str]]:
     """:func:`stat_shard` of each path, remote shards that share a parent prefix
     (``LISTED`` or more of them) listed once: at 10^5 shards, 100 listing requests instead of
     10^5 HEADs. A shard the listing lacks is stat'ed alone (and reported missing)."""
@@ -130,20 +141,20 @@ def stat_shards(paths: Sequence[str]) -> list[tuple[int, float | str]]:
             from resumable_loader.storage.client import client_for
 
             try:
-                found = client_for(parent, FORK_SAFE).stats(parent)
+                found = client_for(parent, fork_safe(storage_options)).stats(parent)
             except StorageError:  # no listing permission, say: a HEAD a shard below
                 continue
             listed.update({url: (stat.size, stat.version) for url, stat in found.items()})
-    return [listed[path] if path in listed else stat_shard(path) for path in paths]
+    return [listed[path] if path in listed else stat_shard(path, storage_options) for path in paths]
 
 
-def _stat_remote(path: str) -> tuple[int, float | str]:
+def _stat_remote(path: str, storage_options: StorageOptions) -> tuple[int, float | str]:
     """(size, version) of a remote shard through the storage client, retried: the version is
     the object's ETag where the store has one (it changes with the content), else its mtime."""
     from resumable_loader.storage.client import client_for
 
     try:
-        stat = client_for(path, FORK_SAFE).stat(path)
+        stat = client_for(path, fork_safe(storage_options)).stat(path)
     except StorageError as error:
         if isinstance(error.__cause__, FileNotFoundError):
             raise ShardError(f"{path}: shard not found; check the path or the shard list") from None
@@ -155,11 +166,11 @@ def _stat_remote(path: str) -> tuple[int, float | str]:
     return stat.size, stat.version
 
 
-def open_shard(path: str) -> BinaryIO:
+def open_shard(path: str, storage_options: StorageOptions = None) -> BinaryIO:
     """A binary, seekable file object for a local path or a URL; a URL's is a
     :class:`~resumable_loader.storage.stream.RemoteFile` that streams the object in large
     ranged reads, several in flight (a scan runs at the link's bandwidth), through the
-    fork-safe client.
+    fork-safe client with ``storage_options``.
 
     Raises:
         ShardError: the shard does not exist or cannot be opened.
@@ -169,8 +180,8 @@ def open_shard(path: str) -> BinaryIO:
             from resumable_loader.storage.client import client_for
             from resumable_loader.storage.stream import RemoteFile
 
-            size, _ = _stat_remote(path)
-            client = client_for(path, FORK_SAFE)
+            size, _ = _stat_remote(path, storage_options)
+            client = client_for(path, fork_safe(storage_options))
             return RemoteFile(client, path, size)  # type: ignore[return-value]
         return open(path, "rb")
     except FileNotFoundError:

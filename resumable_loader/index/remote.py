@@ -18,7 +18,7 @@ from resumable_loader.errors import SampleIndexError, ShardError
 from resumable_loader.index.atomic import atomic_write
 from resumable_loader.index.file import SUFFIX
 from resumable_loader.index.partial import fetch_partial, partial_path
-from resumable_loader.index.paths import FORK_SAFE, stat_shards
+from resumable_loader.index.paths import StorageOptions, fork_safe, stat_shards
 from resumable_loader.storage.client import client_for
 
 logger = logging.getLogger("resumable_loader")
@@ -35,12 +35,12 @@ def remote_index_url(urls: Sequence[str]) -> str:
     return f"{parent}/{name}.{digest}{SUFFIX}"
 
 
-def fetch(url: str, path: Path) -> bool:
+def fetch(url: str, path: Path, storage_options: StorageOptions = None) -> bool:
     """Copy the index at ``url`` to ``path`` (atomically, streamed); False if there is none or
     it cannot be read (logged: the caller builds instead)."""
     from resumable_loader.storage.stream import RemoteFile
 
-    client = client_for(url, FORK_SAFE)
+    client = client_for(url, fork_safe(storage_options))
     try:
         size = client.size(url)
         with RemoteFile(client, url, size) as source, atomic_write(path) as target:
@@ -54,21 +54,21 @@ def fetch(url: str, path: Path) -> bool:
     return True
 
 
-def upload(path: Path, url: str) -> None:
+def upload(path: Path, url: str, storage_options: StorageOptions = None) -> None:
     """Upload the index file ``path`` to ``url``, where datasets of the same shards fetch it.
 
     Raises:
         StorageError: the upload failed (a missing bucket, refused credentials, an outage
             longer than the deadline).
     """
-    client_for(url, FORK_SAFE).put(url, path.read_bytes())
+    client_for(url, fork_safe(storage_options)).put(url, path.read_bytes())
 
 
-def publish(path: Path, url: str) -> None:
+def publish(path: Path, url: str, storage_options: StorageOptions = None) -> None:
     """:func:`upload`, for other runs and nodes; a failure (a read-only bucket) is logged, not
     raised: this run has its index."""
     try:
-        upload(path, url)
+        upload(path, url, storage_options)
     except (ShardError, OSError) as error:
         logger.warning(
             "cannot write the index to %s (%s); each new node will scan the shards again; "
@@ -140,6 +140,7 @@ def for_remote_shards(
     on_error: str,
     workers: int | None,
     on_demand: bool = False,
+    storage_options: StorageOptions = None,
 ) -> Any:
     """The index of remote shards ``urls``, kept locally at ``path``: the local copy if every
     rank has a current one (checked against the shards' sizes and ETags, listed once by rank 0
@@ -150,39 +151,58 @@ def for_remote_shards(
     ``on_demand``: short of a whole local copy, use or fetch a partial one
     (:func:`~resumable_loader.index.partial.fetch_partial`: the header now, each shard's rows
     when read) instead of the whole index.
+
+    ``storage_options`` (endpoint, credentials, retry knobs) apply to every request: the
+    listing, the fetch, the scans and the upload; the index keeps them for its later reads.
     """
-    stats = on_rank_zero(lambda: stat_shards(urls))
-    index = _current(cls, path, urls, on_error, stats)
+    stats = on_rank_zero(lambda: stat_shards(urls, storage_options))
+
+    def current(at: Path) -> Any:
+        return _current(cls, at, urls, on_error, stats, storage_options)
+
+    index = current(path)
     if everyone(index is not None):
         return index
     remote = index_url or remote_index_url(urls)
     if on_demand:
         partial = partial_path(path)
-        index = _current(cls, partial, urls, on_error, stats)
-        if index is None and fetch_partial(remote, partial):
-            index = _current(cls, partial, urls, on_error, stats)
+        index = current(partial)
+        if index is None and fetch_partial(remote, partial, storage_options):
+            index = current(partial)
         if everyone(index is not None):
             return index
-        index = _current(cls, path, urls, on_error, stats)
-    if index is None and fetch(remote, path):
-        index = _current(cls, path, urls, on_error, stats)
+        index = current(path)
+    if index is None and fetch(remote, path, storage_options):
+        index = current(path)
     if everyone(index is not None):
         return index
-    index = cls.build(urls, out=path, workers=workers, progress=False, on_error=on_error)
+    index = cls.build(
+        urls,
+        out=path,
+        workers=workers,
+        progress=False,
+        on_error=on_error,
+        storage_options=storage_options,
+    )
     if rank_and_world()[0] == 0:
-        publish(path, remote)
+        publish(path, remote, storage_options)
     return index
 
 
 def _current(
-    cls: Any, path: Path, urls: list[str], on_error: str, stats: list[tuple[int, float | str]]
+    cls: Any,
+    path: Path,
+    urls: list[str],
+    on_error: str,
+    stats: list[tuple[int, float | str]],
+    storage_options: StorageOptions,
 ) -> Any:
     """The index at ``path`` if it is there, matches the shards (``stats``: their sizes and
     ETags now) and was built with a compatible ``on_error``; else None."""
     if not path.exists():
         return None
     try:
-        index = cls.load(path, verify=False)
+        index = cls.load(path, verify=False, storage_options=storage_options)
     except SampleIndexError as error:
         logger.info("not using %s: %s", path, error)
         return None

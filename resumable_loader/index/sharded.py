@@ -35,7 +35,7 @@ from resumable_loader.index.file import (
     write_index,
 )
 from resumable_loader.index.partial import ROWS, ShardRows
-from resumable_loader.index.paths import expand_shards, is_url, stat_shards
+from resumable_loader.index.paths import StorageOptions, expand_shards, is_url, stat_shards
 from resumable_loader.index.remote import for_remote_shards
 from resumable_loader.index.tar import LENGTH, RECORD, START
 
@@ -70,9 +70,18 @@ class ShardedIndex:
         partial: a partial copy of a remote index (:mod:`resumable_loader.index.partial`):
             which shards' rows are here; None for a whole index. Rows of a partial index are
             read only after :meth:`ensure_rows` (or :meth:`ensure_shards`) for them.
+        storage_options: the remote shards' (and remote index's) endpoint, credentials and
+            retry knobs, for the index's own requests (stat, rows on demand); kept when the
+            index is pickled to a worker.
     """
 
-    def __init__(self, header: dict[str, Any], arrays: dict[str, np.ndarray], path: Path) -> None:
+    def __init__(
+        self,
+        header: dict[str, Any],
+        arrays: dict[str, np.ndarray],
+        path: Path,
+        storage_options: StorageOptions = None,
+    ) -> None:
         try:
             self.format: str = header["format"]
             self.shard_urls: list[str] = [s["url"] for s in header["shards"]]
@@ -86,11 +95,13 @@ class ShardedIndex:
                 f"{path}: corrupt index header ({error!r}); rebuild it"
             ) from None
         self.header, self.path = header, path
+        self.storage_options: dict[str, Any] = dict(storage_options or {})
         self.shard_offsets = np.concatenate([[0], np.cumsum(self.shard_sizes)]).astype(np.int64)
         self.records: np.ndarray | None = arrays.get("records")
         self.checksums: np.ndarray | None = arrays.get("checksums")
         self.spans = self.records[:, START : LENGTH + 1] if self.records is not None else None
-        self.partial = ShardRows(path, header) if "partial" in header else None
+        partial = "partial" in header
+        self.partial = ShardRows(path, header, self.storage_options) if partial else None
         tar = self.format == "tar"
         shapes = [a.shape if a is not None else None for a in (self.records, self.checksums)]
         samples, width = self.num_samples, len(self.fields)
@@ -139,6 +150,13 @@ class ShardedIndex:
         if len(ids):
             self.ensure_shards(np.searchsorted(self.shard_offsets, ids, side="right") - 1)
 
+    def shard_etag(self, shard: int) -> str | None:
+        """The ETag ``shard`` had when indexed (its recorded version, when the store gave one
+        rather than an mtime), or None: what a read of it makes its condition (S3
+        ``If-Match``), so bytes of a shard changed since are refused, never served or cached."""
+        version = self.header["shards"][shard]["mtime"]
+        return version if isinstance(version, str) and is_url(self.shard_urls[shard]) else None
+
     def locate(self, sample_id: int) -> tuple[int, int]:
         """(shard, index within the shard) of a global sample id in [0, num_samples)."""
         if not 0 <= sample_id < self.num_samples:
@@ -159,7 +177,8 @@ class ShardedIndex:
             SampleIndexError: a shard changed; the message names it and both values.
             ShardError: a shard is gone.
         """
-        stats = stat_shards(self.shard_urls) if stats is None else stats
+        if stats is None:
+            stats = stat_shards(self.shard_urls, self.storage_options)
         for entry, (size, mtime) in zip(self.header["shards"], stats, strict=True):
             if size != entry["bytes"] or mtime != entry["mtime"]:
                 raise SampleIndexError(
@@ -170,7 +189,7 @@ class ShardedIndex:
                 )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return _reopen, (str(self.path), self.fingerprint)
+        return _reopen, (str(self.path), self.fingerprint, self.storage_options)
 
     def __repr__(self) -> str:
         return (
@@ -187,6 +206,7 @@ class ShardedIndex:
         workers: int | None = None,
         progress: bool = True,
         on_error: str = "raise",
+        storage_options: StorageOptions = None,
     ) -> ShardedIndex:
         """Index ``shards`` in parallel and write the index atomically to ``out``.
 
@@ -199,13 +219,21 @@ class ShardedIndex:
             on_error: "raise" (default) at the first bad sample or file, or "skip" it
                 deterministically: logged, listed in :attr:`skipped`, and the same on every
                 run (a damaged or foreign Parquet file then counts zero rows).
+            storage_options: remote shards' endpoint, credentials and retry knobs (see
+                :func:`~resumable_loader.storage.client_for`); default: the environment's.
 
         Raises:
             ShardError: a missing or bad shard; SampleIndexError, ConfigError.
         """
-        return _log_skipped(
-            cls._build(shards, out=out, workers=workers, progress=progress, on_error=on_error)
+        built = cls._build(
+            shards,
+            out=out,
+            workers=workers,
+            progress=progress,
+            on_error=on_error,
+            storage_options=storage_options,
         )
+        return _log_skipped(built)
 
     @classmethod
     def _build(
@@ -216,19 +244,31 @@ class ShardedIndex:
         workers: int | None,
         progress: bool,
         on_error: str,
+        storage_options: StorageOptions = None,
     ) -> ShardedIndex:
         """:meth:`build` without logging what it skipped."""
         check_policy(on_error)
         urls = expand_shards(shards)
         path = Path(out) if out is not None else default_index_path(urls)
-        header, arrays = scan_shards(urls, workers=workers, progress=progress, on_error=on_error)
+        header, arrays = scan_shards(
+            urls,
+            workers=workers,
+            progress=progress,
+            on_error=on_error,
+            storage_options=storage_options,
+        )
         header["fingerprint"] = _fingerprint(header)
         write_index(path, header, arrays)
-        return cls._load(path, verify=False, rebuild=False)
+        return cls._load(path, verify=False, rebuild=False, storage_options=storage_options)
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike, *, verify: bool = True, rebuild: bool = False
+        cls,
+        path: str | os.PathLike,
+        *,
+        verify: bool = True,
+        rebuild: bool = False,
+        storage_options: StorageOptions = None,
     ) -> ShardedIndex:
         """Memory-map an index file.
 
@@ -241,15 +281,25 @@ class ShardedIndex:
             verify: stat every shard and refuse an index that no longer matches them.
             rebuild: instead of refusing, rebuild a stale index in place from its recorded
                 shard list and ``on_error`` policy.
+            storage_options: remote shards' endpoint, credentials and retry knobs, for the
+                checks, a rebuild and the index's later requests.
 
         Raises:
             SampleIndexError: a missing or corrupt file, another format version, or a shard
                 that changed since (unless ``rebuild``).
         """
-        return _log_skipped(cls._load(path, verify=verify, rebuild=rebuild))
+        loaded = cls._load(path, verify=verify, rebuild=rebuild, storage_options=storage_options)
+        return _log_skipped(loaded)
 
     @classmethod
-    def _load(cls, path: str | os.PathLike, *, verify: bool, rebuild: bool) -> ShardedIndex:
+    def _load(
+        cls,
+        path: str | os.PathLike,
+        *,
+        verify: bool,
+        rebuild: bool,
+        storage_options: StorageOptions = None,
+    ) -> ShardedIndex:
         """:meth:`load` without logging what the index skipped."""
         path = Path(path).absolute()  # workers unpickling it may run elsewhere
         try:
@@ -259,9 +309,14 @@ class ShardedIndex:
                 raise
             logger.info("%s: upgrading the index to format version %d", path, INDEX_VERSION)
             return cls._build(
-                error.shards, out=path, workers=None, progress=True, on_error=error.on_error
+                error.shards,
+                out=path,
+                workers=None,
+                progress=True,
+                on_error=error.on_error,
+                storage_options=storage_options,
             )
-        index = cls(header, arrays, path)
+        index = cls(header, arrays, path, storage_options)
         if verify or rebuild:
             try:
                 index.check_shards()
@@ -275,6 +330,7 @@ class ShardedIndex:
                     workers=None,
                     progress=True,
                     on_error=header["on_error"],
+                    storage_options=storage_options,
                 )
         return index
 
@@ -288,6 +344,7 @@ class ShardedIndex:
         workers: int | None = None,
         index_url: str | None = None,
         index_rows: str = "all",
+        storage_options: StorageOptions = None,
     ) -> ShardedIndex:
         """The index of ``shards`` at :func:`default_index_path`: loaded if it is up to date
         (and was built with a compatible ``on_error``), else built or rebuilt there.
@@ -308,6 +365,10 @@ class ShardedIndex:
                 shard's rows when a read first needs them (:mod:`~resumable_loader.index.partial`),
                 what a shard-local order over many shards wants. Local shards' index is memory
                 mapped, so only the pages read are loaded either way.
+            storage_options: remote shards only: the endpoint, credentials and retry knobs
+                (see :func:`~resumable_loader.storage.client_for`) of every request made for
+                the index (listing, fetch, scans, upload), and of its later ones; the deadline
+                bounds each. Default: the environment's.
         """
         check_policy(on_error)
         if index_rows not in ROWS:
@@ -323,6 +384,7 @@ class ShardedIndex:
                 on_error=on_error,
                 workers=workers,
                 on_demand=index_rows == "on_demand",
+                storage_options=storage_options,
             )
         if index_url is not None:
             raise ConfigError(
@@ -388,9 +450,10 @@ def _fingerprint(header: dict[str, Any]) -> str:
     return hashlib.blake2b("\n".join(lines).encode(), digest_size=12).hexdigest()
 
 
-def _reopen(path: str, fingerprint: str) -> ShardedIndex:
+def _reopen(path: str, fingerprint: str, storage_options: StorageOptions = None) -> ShardedIndex:
     """Unpickle an index: map its file again (cheap), refusing a file rebuilt since."""
-    index = ShardedIndex._load(path, verify=False, rebuild=False)  # the parent logged skips
+    # the parent logged skips
+    index = ShardedIndex._load(path, verify=False, rebuild=False, storage_options=storage_options)
     if index.fingerprint != fingerprint:
         raise SampleIndexError(
             f"{path}: the index was rebuilt (fingerprint {fingerprint} -> {index.fingerprint}) "

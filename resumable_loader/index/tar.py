@@ -33,7 +33,7 @@ import google_crc32c
 import numpy as np
 
 from resumable_loader.errors import ShardError
-from resumable_loader.index.paths import is_url, open_shard, stat_shard
+from resumable_loader.index.paths import StorageOptions, is_url, open_shard, stat_shard
 from resumable_loader.index.tar_headers import Member, TarDamage, walk
 
 _KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)\.([^/]*)$")  # WebDataset's base_plus_ext, verbatim
@@ -82,7 +82,9 @@ class _Sample:
     bad: bool = False
 
 
-def scan_tar(path: str, *, on_error: str = "raise") -> TarScan:
+def scan_tar(
+    path: str, *, on_error: str = "raise", storage_options: StorageOptions = None
+) -> TarScan:
     """Index one tar shard; see the module docstring for the grouping rules.
 
     Reads every member's payload once, for its CRC32C.
@@ -91,8 +93,9 @@ def scan_tar(path: str, *, on_error: str = "raise") -> TarScan:
         path: a local path or fsspec URL.
         on_error: "raise" a :class:`ShardError` at the first problem, or "skip" the samples
             concerned (listed in the result; :meth:`ShardedIndex.build` logs them).
+        storage_options: a remote shard's endpoint, credentials and retry knobs.
     """
-    size, _ = stat_shard(path)
+    size, _ = stat_shard(path, storage_options)
     spans: list[tuple[int, int]] = []
     keys: list[tuple[int, int]] = []
     members: list[tuple[int, int, int, int]] = []
@@ -118,7 +121,7 @@ def scan_tar(path: str, *, on_error: str = "raise") -> TarScan:
         spans.append((sample.start, sample.end - sample.start))
         keys.append(sample.key_at)
 
-    for member, headers, checksum in _members(path, size, problem):
+    for member, headers, checksum in _members(path, size, problem, storage_options):
         if member is None:  # damage: the sample in progress may continue past it
             if current is not None and not current.bad:
                 problem(f"sample {current.key!r} at offset {current.start} dropped: incomplete")
@@ -173,11 +176,11 @@ def _key_place(key: str, headers: bytes) -> tuple[int, int]:
 
 
 def _members(
-    path: str, size: int, problem: Callable[[str], None]
+    path: str, size: int, problem: Callable[[str], None], storage_options: StorageOptions
 ) -> Iterator[tuple[Member | None, bytes, int]]:
     """(member, its header bytes, CRC32C of its payload) of the sample members in order;
     member None after damage (which ``problem`` reported)."""
-    with open_shard(path) as f:
+    with open_shard(path, storage_options) as f:
         if is_url(path):
 
             def read(offset: int, count: int) -> bytes:

@@ -41,6 +41,8 @@ class IndexedDataset(Dataset):
     files are opened lazily per process (again after a fork or unpickling), at most
     ``MAX_OPEN_SHARDS`` at a time. Threads of one process should not share an instance once
     more shards than that are read: closing the least recent file may race with a read of it.
+    ``storage_options`` (endpoint, credentials, retry knobs) apply to the index's requests
+    (build, fetch, check of a cached copy, upload) as to the reads of remote shards.
     """
 
     format = ""
@@ -53,6 +55,7 @@ class IndexedDataset(Dataset):
         on_error: str = "raise",
         index_url: str | None = None,
         index_rows: str = "all",
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
         implicit = False  # the index is our own hidden file, not one the user named
         given = isinstance(shards, ShardedIndex) or (
@@ -66,7 +69,7 @@ class IndexedDataset(Dataset):
         if isinstance(shards, ShardedIndex):
             index = shards
         elif given:
-            index = ShardedIndex.load(shards)
+            index = ShardedIndex.load(shards, storage_options=storage_options)
         else:
             index = ShardedIndex.for_shards(
                 shards,
@@ -74,6 +77,7 @@ class IndexedDataset(Dataset):
                 on_error=on_error,
                 index_url=index_url,
                 index_rows=index_rows,
+                storage_options=storage_options,
             )
             implicit = True
         if index.format != self.format:
@@ -83,6 +87,9 @@ class IndexedDataset(Dataset):
                 f"{index.format} shard{'' if implicit else 's'}; use {_READERS[index.format]}"
             )
         self.index = index
+        # the storage client's options (endpoint, credentials, retry knobs) of the index's
+        # requests above and of the reads of remote shards
+        self.storage_options: dict[str, Any] = dict(storage_options or {})
         self.shard_sizes: np.ndarray = index.shard_sizes
         self.fingerprint: str = index.fingerprint
         self._files = _open_files()

@@ -128,7 +128,7 @@ class RemoteReads:
         url = self.index.shard_urls[shard]
         if is_url(url):
             client = client_for(url, getattr(self, "storage_options", None))
-            data = client.read_range(url, start, length)
+            data = client.read_range(url, start, length, etag=self.index.shard_etag(shard))
         else:
             fd = os.open(url, os.O_RDONLY)
             try:

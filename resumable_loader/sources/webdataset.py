@@ -125,8 +125,8 @@ class TarShardDataset(RemoteReads, IndexedDataset):
             on_error=on_error,
             index_url=index_url,
             index_rows=index_rows,
+            storage_options=storage_options,
         )
-        self.storage_options = dict(storage_options or {})
         self._init_remote(prefetch)
         self.decode = _decoder(decode)
         self._extensions = frozenset(self.index.fields)  # what a sample's members may be named

@@ -14,6 +14,7 @@ import contextlib
 import datetime
 import fnmatch
 import functools
+import inspect
 import os
 import re
 import threading
@@ -23,9 +24,14 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
-from resumable_loader.errors import ConfigError
+from resumable_loader.errors import ConfigError, ShardError
 from resumable_loader.storage.child_listing import list_in_child
-from resumable_loader.storage.retry import TRANSIENT_STATUSES, RetryPolicy, retrying
+from resumable_loader.storage.retry import (
+    TRANSIENT_STATUSES,
+    RetryPolicy,
+    missing_credentials,
+    retrying,
+)
 
 T = TypeVar("T")
 
@@ -75,6 +81,8 @@ def is_transient(error: BaseException) -> bool:
     throttling (429) and server errors (5xx), not a missing object or a refused credential."""
     if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError, ValueError)):
         return False
+    if missing_credentials(error):  # botocore found none: trying again finds none either
+        return False
     if type(error).__name__.endswith("ValidationError"):  # botocore: a malformed request
         return False
     if isinstance(error, (TimeoutError, asyncio.TimeoutError, ConnectionError)):
@@ -106,7 +114,9 @@ class StorageClient(ABC):
 
     # --- one attempt of each request (backends) -------------------------------------------
     @abstractmethod
-    async def _read_range(self, url: str, start: int, length: int) -> bytes: ...
+    async def _read_range(self, url: str, start: int, length: int, etag: str | None) -> bytes:
+        """One ranged read; with an ``etag``, conditional on the object still having it (S3
+        ``If-Match``) where the backend can make it so."""
 
     @abstractmethod
     async def _stat(self, url: str) -> ObjectStat: ...
@@ -152,21 +162,48 @@ class StorageClient(ABC):
 
         return _Loop.submit(prepared())
 
-    def submit_range(self, url: str, start: int, length: int) -> concurrent.futures.Future[bytes]:
+    def submit_range(
+        self, url: str, start: int, length: int, *, etag: str | None = None
+    ) -> concurrent.futures.Future[bytes]:
         """Start reading ``length`` bytes of ``url`` at ``start``; the future's result is
-        the bytes (fewer only past the object's end) or a StorageError."""
+        the bytes (fewer only past the object's end) or a StorageError.
+
+        ``etag``: the ETag the caller's index recorded for the object. The read is then
+        conditional on it (S3 ``If-Match``, obstore's and s3fs's S3 reads), so the bytes of an
+        object replaced since are never returned (nor cached by the caller): the future fails
+        with a :class:`~resumable_loader.errors.ShardError` saying to rebuild the index.
+        Other fsspec protocols cannot make a read conditional and ignore it.
+        """
         if start < 0 or length < 0:
             raise ConfigError(f"{url}: byte range start={start}, length={length} must be >= 0")
         read = self._read_range
-        return self._submit(lambda: read(url, start, length), url, start, length, request="read")
 
-    def read_range(self, url: str, start: int, length: int) -> bytes:
-        """``length`` bytes of ``url`` at ``start`` (fewer only past the object's end)."""
-        return self.submit_range(url, start, length).result()
+        async def attempt() -> bytes:
+            try:
+                return await read(url, start, length, etag)
+            except Exception as error:
+                if etag is None or not _precondition_failed(error):
+                    raise
+                raise ShardError(
+                    f"{url}: the shard changed since the index was built (its ETag is no "
+                    f"longer {etag}), so its indexed byte offsets no longer hold; rebuild the "
+                    "index (delete the cached and published index, or run resumable-loader "
+                    "index), or restore the object"
+                ) from error
 
-    def read_ranges(self, url: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-        """The bytes of each ``(start, length)`` of ``url``, all requested at once."""
-        futures = [self.submit_range(url, start, length) for start, length in ranges]
+        return self._submit(attempt, url, start, length, request="read")
+
+    def read_range(self, url: str, start: int, length: int, *, etag: str | None = None) -> bytes:
+        """``length`` bytes of ``url`` at ``start`` (fewer only past the object's end);
+        ``etag`` as for :meth:`submit_range`."""
+        return self.submit_range(url, start, length, etag=etag).result()
+
+    def read_ranges(
+        self, url: str, ranges: Sequence[tuple[int, int]], *, etag: str | None = None
+    ) -> list[bytes]:
+        """The bytes of each ``(start, length)`` of ``url``, all requested at once; ``etag``
+        as for :meth:`submit_range`."""
+        futures = [self.submit_range(url, start, length, etag=etag) for start, length in ranges]
         return [future.result() for future in futures]
 
     def stat(self, url: str) -> ObjectStat:
@@ -231,6 +268,7 @@ class ObstoreClient(StorageClient):
         "key": "access_key_id",
         "secret": "secret_access_key",
         "token": "session_token",
+        "region_name": "region",
     }
 
     def __init__(self, policy: RetryPolicy, options: Mapping[str, Any]) -> None:
@@ -270,14 +308,12 @@ class ObstoreClient(StorageClient):
             raise ConfigError(f"{url}: not an s3://bucket/key URL")
         return self._store(parts.netloc), parts.path.lstrip("/")
 
-    async def _read_range(self, url: str, start: int, length: int) -> bytes:
-        import obstore
-
+    async def _read_range(self, url: str, start: int, length: int, etag: str | None) -> bytes:
         if length == 0:
             return b""
         store, path = self._split(url)
         try:
-            data = await obstore.get_range_async(store, path, start=start, length=length)
+            return await _obstore_range(store, path, start, start + length, etag)
         except Exception as error:
             if "range" not in str(error).lower() or "416" not in str(error):
                 raise
@@ -285,8 +321,7 @@ class ObstoreClient(StorageClient):
             size = (await self._stat(url)).size
             if start >= size:
                 return b""
-            data = await obstore.get_range_async(store, path, start=start, end=size)
-        return bytes(data)
+            return await _obstore_range(store, path, start, size, etag)
 
     async def _prepare(self, url: str, *, request: str) -> None:
         if request != "read":
@@ -305,15 +340,100 @@ class ObstoreClient(StorageClient):
         return await self._metadata._list(prefix)
 
 
+async def _obstore_range(store: Any, path: str, start: int, end: int, etag: str | None) -> bytes:
+    """Bytes ``[start, end)`` of ``path`` in ``store``, with ``If-Match: etag`` if given."""
+    import obstore
+
+    options: dict[str, Any] = {"range": (start, end)}
+    if etag is not None:
+        options["if_match"] = etag
+    result = await obstore.get_async(store, path, options=options)
+    return bytes(await result.bytes_async())
+
+
+# S3 settings by their obstore (S3Config) and fsspec names, as s3fs's S3FileSystem names them.
+_S3FS_NAMES = {
+    "endpoint": "endpoint_url",
+    "aws_endpoint": "endpoint_url",
+    "aws_endpoint_url": "endpoint_url",
+    "access_key_id": "key",
+    "aws_access_key_id": "key",
+    "secret_access_key": "secret",
+    "aws_secret_access_key": "secret",
+    "session_token": "token",
+    "aws_session_token": "token",
+    "skip_signature": "anon",
+}
+# The region's names; s3fs takes it as botocore's client argument ``region_name``.
+_REGION_NAMES = ("region", "aws_region", "region_name")
+
+
 def _s3fs_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """s3fs's storage_options for the endpoint, credentials and region of obstore ``options``
-    (its other keys have no s3fs counterpart and are left out)."""
-    names = {"endpoint": "endpoint_url", "access_key_id": "key", "secret_access_key": "secret"}
-    names["session_token"] = "token"
-    found = {names[k]: v for k, v in options.items() if k in names}
-    if "region" in options:
-        found["client_kwargs"] = {"region_name": options["region"]}
+    """s3fs's S3FileSystem arguments for S3 ``options`` named either way the docs allow:
+    fsspec's (``endpoint_url``, ``key``, ``secret``, ``token``, ``region``) or obstore's
+    S3Config keys (``endpoint``, ``access_key_id``, ...), the region moved into
+    ``client_kwargs``. Keys s3fs takes pass as they are; obstore's other settings
+    (``allow_http``, ``virtual_hosted_style_request``...) have no s3fs counterpart (s3fs
+    follows the endpoint's scheme) and are left out: s3fs would hand them to aiobotocore's
+    session, which refuses them. Retry knobs never get here (see :func:`client_for`)."""
+    found: dict[str, Any] = {}
+    region = None
+    for key, value in options.items():
+        if key in _REGION_NAMES:
+            region = value
+        elif key in _S3FS_NAMES or key in _s3fs_parameters():  # s3fs imported only for these
+            found[_S3FS_NAMES.get(key, key)] = value
+    if region is not None:
+        found["client_kwargs"] = {**(found.get("client_kwargs") or {}), "region_name": region}
     return found
+
+
+@functools.cache
+def _s3fs_parameters() -> frozenset[str]:
+    """The named parameters of s3fs's S3FileSystem (none without s3fs)."""
+    try:
+        from s3fs import S3FileSystem
+    except ImportError:
+        return frozenset()
+    return frozenset(inspect.signature(S3FileSystem.__init__).parameters) - {"self", "kwargs"}
+
+
+async def _s3fs_range(filesystem: Any, path: str, start: int, end: int, etag: str) -> bytes:
+    """Bytes ``[start, end)`` of ``path`` through s3fs with ``If-Match: etag``: botocore's
+    get_object takes the condition, s3fs's ``cat_file`` does not. Past the end: b"", as
+    ``cat_file`` gives."""
+    bucket, key, _ = filesystem.split_path(path)
+    try:
+        response = await filesystem._call_s3(
+            "get_object", Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}", IfMatch=etag
+        )
+    except OSError as error:
+        if _error_code(error) == "InvalidRange":
+            return b""
+        raise
+    body = response["Body"]
+    try:
+        return await body.read()
+    finally:
+        body.close()
+
+
+def _error_code(error: BaseException | None) -> str | None:
+    """The S3 error code (``PreconditionFailed``...) of ``error`` or an error it was raised
+    from (s3fs raises an OSError from botocore's ClientError, which has the code)."""
+    while error is not None:
+        response = getattr(error, "response", None)
+        if isinstance(response, dict) and "Error" in response:
+            return response["Error"].get("Code")
+        error = error.__cause__
+    return None
+
+
+def _precondition_failed(error: BaseException) -> bool:
+    """Whether a conditional read failed for its condition (HTTP 412): the object changed."""
+    if type(error).__name__ == "PreconditionError":  # obstore's
+        return True
+    return _error_code(error) == "PreconditionFailed"
 
 
 class FsspecClient(StorageClient):
@@ -359,10 +479,17 @@ class FsspecClient(StorageClient):
     async def _call(self, function: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(None, function, *args)
 
-    async def _read_range(self, url: str, start: int, length: int) -> bytes:
+    async def _read_range(self, url: str, start: int, length: int, etag: str | None) -> bytes:
         if length == 0:  # an empty range is not a range to every filesystem (s3fs: all)
             return b""
         filesystem, path = self._fs(url)
+        if etag is not None and _s3(url):
+            from fsspec.asyn import sync
+
+            end = start + length
+            return await self._call(
+                sync, filesystem.loop, _s3fs_range, filesystem, path, start, end, etag
+            )
         read = functools.partial(filesystem.cat_file, path, start=start, end=start + length)
         return await self._call(read)
 
@@ -461,6 +588,8 @@ def client_for(url: str, storage_options: Mapping[str, Any] | None = None) -> St
             f"storage_options client={backend!r} for {url}: use 'fsspec', or 'obstore' for "
             "s3:// URLs"
         )
+    if backend == "fsspec" and scheme in ("s3", "s3a"):
+        options = _s3fs_options(options)  # the documented names, either scheme, as s3fs's
     key = (f"{backend}:{scheme}", repr((policy, sorted(options.items(), key=str))))
     with _CLIENTS_LOCK:
         client = _CLIENTS.get(key)

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from resumable_loader.errors import ConfigError, StorageError
+from resumable_loader.errors import ConfigError, ShardError, StorageError
 
 T = TypeVar("T")
 
@@ -18,6 +18,8 @@ T = TypeVar("T")
 _JITTER = random.Random()
 # HTTP statuses worth retrying: request timeout, throttling, and the server-side failures.
 TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+# botocore's errors for credentials it could not find (or found half of) before any request.
+_NO_CREDENTIALS = frozenset({"NoCredentialsError", "PartialCredentialsError"})
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,9 @@ async def retrying(
     Each attempt is cancelled after the request timeout, cut to what is left of the deadline,
     so the whole call ends within the deadline (plus one backoff's rounding). A permanent
     error, or a transient one at the deadline, raises :class:`StorageError` naming ``url``,
-    the byte range, the attempts and the time spent; the last error is its ``__cause__``.
+    the byte range, the attempts and the time spent; the last error is its ``__cause__``. A
+    :class:`ShardError` of the attempt itself (a verdict on the data, such as a shard changed
+    since it was indexed, not a failed request) is raised as it is, at once.
     """
     began = time.monotonic()
     failures = 0
@@ -74,6 +78,8 @@ async def retrying(
         left = policy.deadline - (time.monotonic() - began)
         try:
             return await asyncio.wait_for(attempt(), max(0.001, min(policy.request_timeout, left)))
+        except ShardError:
+            raise
         except Exception as error:  # classified below; the original is kept as __cause__
             failures += 1
             elapsed = time.monotonic() - began
@@ -92,9 +98,22 @@ async def retrying(
             await asyncio.sleep(pause)
 
 
+def missing_credentials(error: BaseException) -> bool:
+    """Whether the client found no (or incomplete) credentials to sign the request with: a
+    permanent error, which only giving them fixes."""
+    return type(error).__name__ in _NO_CREDENTIALS
+
+
 def _describe(error: BaseException) -> str:
-    """The error's type and first line (obstore appends pages of debug detail)."""
+    """The error's type and first line (obstore appends pages of debug detail); for missing
+    credentials, where to give them."""
     text = str(error).strip().split("\n", 1)[0]
     if isinstance(error, (TimeoutError, asyncio.TimeoutError)) and not text:
         text = "no answer within the request timeout"
+    if missing_credentials(error):
+        text += (
+            ": credentials are missing; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
+            "give storage_options 'key' and 'secret' (or 'access_key_id' and "
+            "'secret_access_key')"
+        )
     return f"{type(error).__name__}: {text}"

@@ -1,0 +1,154 @@
+"""storage_options against a real S3 server: they alone (no AWS_* variables) serve the index's
+build, fetch and check, under their deadline; missing credentials fail at once saying where to
+give them; s3fs takes the documented names of either scheme; a read conditional on the ETag the
+index recorded refuses a shard changed since."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+from pathlib import Path
+
+import pytest
+from s3_server import CREDENTIALS, s3_client, upload_dir
+from shard_factory import write_tar_shards
+
+from resumable_loader.errors import ShardError, StorageError
+from resumable_loader.index.sharded import ShardedIndex
+from resumable_loader.sources._indexed import IndexedDataset
+from resumable_loader.storage import client as client_module
+from resumable_loader.storage.client import client_for
+
+QUICK = {"deadline": 5.0, "request_timeout": 2.0}
+
+
+class _TarIndex(IndexedDataset):
+    """The index part of a tar dataset: what IndexedDataset does with storage_options."""
+
+    format = "tar"
+
+
+@pytest.fixture
+def no_aws_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No endpoint or credentials anywhere botocore looks but storage_options."""
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/config")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+@pytest.fixture
+def shards(s3_server: str, tmp_path: Path) -> str:
+    """A brace pattern of 2 tar shards of 5 samples in a fresh bucket."""
+    write_tar_shards(tmp_path / "shards", num_shards=2, samples_per_shard=5)
+    return f"{upload_dir(s3_server, tmp_path / 'shards', '*.tar')}/shard-{{0000..0001}}.tar"
+
+
+@pytest.mark.usefixtures("no_aws_environment")
+def test_the_index_is_built_fetched_and_checked_with_storage_options(
+    s3_server: str, shards: str, tmp_path: Path
+) -> None:
+    options = {
+        "endpoint_url": s3_server,
+        "key": CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        "secret": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        "region": "us-east-1",
+        **QUICK,
+    }
+    began = time.monotonic()
+    built = _TarIndex(shards, cache_dir=tmp_path / "a", storage_options=options)  # + publish
+    fetched = ShardedIndex.for_shards(shards, cache_dir=tmp_path / "b", storage_options=options)
+    checked = ShardedIndex.for_shards(shards, cache_dir=tmp_path / "b", storage_options=options)
+    assert time.monotonic() - began < 60
+    assert len(built) == fetched.num_samples == checked.num_samples == 10
+    assert built.storage_options == options
+    assert fetched.fingerprint == built.fingerprint
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [fetched.path.name]
+    # a stale check of the copy uses them too, and a worker's unpickled copy keeps them
+    checked.check_shards()
+    assert pickle_round_trip(checked).storage_options == options
+
+
+def pickle_round_trip(index: ShardedIndex) -> ShardedIndex:
+    """``index`` as a DataLoader worker gets it."""
+    return pickle.loads(pickle.dumps(index))
+
+
+@pytest.mark.usefixtures("no_aws_environment")
+def test_the_deadline_of_storage_options_bounds_the_index(shards: str, tmp_path: Path) -> None:
+    options = {"endpoint_url": "http://127.0.0.1:9", "key": "k", "secret": "s", **QUICK}
+    began = time.monotonic()
+    with pytest.raises(StorageError, match="kept failing") as raised:
+        ShardedIndex.for_shards(shards, cache_dir=tmp_path, storage_options=options)
+    assert time.monotonic() - began < 3 * QUICK["deadline"]
+    assert raised.value.transient
+
+
+@pytest.mark.usefixtures("no_aws_environment")
+def test_missing_credentials_fail_at_once_saying_where_to_give_them(
+    s3_server: str, shards: str, tmp_path: Path
+) -> None:
+    options = {"endpoint_url": s3_server, "deadline": 60.0, "request_timeout": 10.0}
+    began = time.monotonic()
+    with pytest.raises(StorageError) as raised:
+        ShardedIndex.for_shards(shards, cache_dir=tmp_path, storage_options=options)
+    assert time.monotonic() - began < 20  # not retried until the deadline
+    message = str(raised.value)
+    assert not raised.value.transient and raised.value.attempts == 1
+    assert "credentials are missing" in message and "AWS_ACCESS_KEY_ID" in message
+    assert "storage_options 'key' and 'secret'" in message
+    assert "endpoint" not in message.split("(", 1)[0]
+
+
+DOCS_EXAMPLE = {"key": "testing", "secret": "testing", "region": "us-east-1", "deadline": 30.0}
+OBSTORE_NAMES = {"access_key_id": "testing", "secret_access_key": "testing", "region": "us-east-1"}
+
+
+@pytest.mark.parametrize("names", ["fsspec", "obstore"])
+@pytest.mark.parametrize("how", ["client=fsspec", "forked after obstore"])
+def test_s3fs_takes_the_documented_names_of_either_scheme(
+    s3_server: str, no_aws_environment: None, monkeypatch, names: str, how: str
+) -> None:
+    data = os.urandom(1000)
+    bucket = f"names-{os.urandom(6).hex()}"
+    s3_client(s3_server).create_bucket(Bucket=bucket)
+    s3_client(s3_server).put_object(Bucket=bucket, Key="x.bin", Body=data)
+    url = f"s3://{bucket}/x.bin"
+    if names == "fsspec":
+        options = {**DOCS_EXAMPLE, "endpoint_url": s3_server}
+    else:
+        options = {**OBSTORE_NAMES, "endpoint": s3_server, "allow_http": True}
+    if how == "client=fsspec":
+        options["client"] = "fsspec"
+    else:  # a DataLoader worker forked after its parent used obstore reads through s3fs
+        monkeypatch.setattr(client_module, "_OBSTORE_PID", os.getpid() + 1)
+    client = client_for(url, options)
+    assert isinstance(client, client_module.FsspecClient)
+    assert client.read_range(url, 10, 20) == data[10:30]
+    assert client.size(url) == len(data)
+
+
+@pytest.mark.parametrize("backend", ["obstore", "fsspec"])
+def test_a_read_conditional_on_the_indexed_etag_refuses_a_changed_shard(
+    s3_server: str, s3_env, monkeypatch, shards: str, tmp_path: Path, backend: str
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    index = ShardedIndex.for_shards(shards, cache_dir=tmp_path)
+    url, etag = index.shard_urls[0], index.shard_etag(0)
+    assert etag is not None and etag == client_for(url).stat(url).version
+    client = client_for(url, {"client": backend, "deadline": 30.0})
+    original = client.get(url)
+    assert client.read_range(url, 512, 100, etag=etag) == original[512:612]
+    assert client.read_ranges(url, [(0, 10)], etag=etag) == [original[:10]]
+
+    changed = bytes(255 - b for b in original)  # same size, other bytes
+    bucket, key = url.removeprefix("s3://").split("/", 1)
+    s3_client(s3_server).put_object(Bucket=bucket, Key=key, Body=changed)
+    with pytest.raises(ShardError, match="changed since the index was built") as raised:
+        client.read_range(url, 512, 100, etag=etag)
+    assert type(raised.value) is ShardError  # a verdict, not a storage failure to retry
+    assert url in str(raised.value) and "rebuild the index" in str(raised.value)
+    assert client.read_range(url, 512, 100) == changed[512:612]  # no etag: as before
