@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from augmented_tar import Augmented
 from shard_factory import write_tar_shards
+from torch.utils.data import Dataset
 from torchrun_harness import rank_pickles, torchrun
 
 from resumable_loader import DataLoader, ShardShuffle, TarShardDataset
@@ -415,6 +416,38 @@ def test_storage_stats_report_each_epoch(shards, tmp_path, caplog, workers):
         if number == 0:
             assert epoch.bytes_fetched > 0
     assert DataLoader(Augmented(shards), batch_size=4).storage_stats() is None
+
+
+class Wrapped(Dataset):
+    """A user's dataset around a prefetching one (here: the sample as a list); with
+    ``forward``, it passes on what the loader's look-ahead asks of a dataset that prefetches."""
+
+    def __init__(self, inner: Augmented, *, forward: bool) -> None:
+        self.inner = inner
+        if forward:
+            self.prefetching = inner.prefetching
+            self.plan_reads = inner.plan_reads
+            self.storage_stats = inner.storage_stats
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, sample_id: int) -> list:
+        return list(self.inner[sample_id])
+
+
+def test_a_wrapper_that_forwards_the_look_ahead_is_prefetched(shards, tmp_path):
+    """docs/remote.md: the loader plans for the dataset it is given; a wrapper gets the plan
+    by forwarding ``prefetching``, ``plan_reads`` and ``storage_stats``, else its reads fetch
+    each block as it is first read."""
+    expected, _, _ = load(Augmented(shards), workers=0)
+    got, _, loader = load(Wrapped(prefetching(shards, tmp_path / "a"), forward=True), workers=2)
+    assert [tuple(sample) for sample in got] == expected
+    stats = loader.storage_stats()
+    assert stats.reads == 480 and stats.fetched_reads == 0  # every read was planned ahead
+    _, _, plain = load(Wrapped(prefetching(shards, tmp_path / "b"), forward=False), workers=0)
+    assert plain.storage_stats() is None
+    assert plain.dataset.inner.storage_stats().fetched_reads > 0  # read, then fetched
 
 
 @pytest.mark.slow
