@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -158,3 +159,30 @@ def upload_dir(endpoint: str, directory: Path, pattern: str = "*", **kwargs) -> 
     """:func:`make_bucket` with the files of ``directory`` matching ``pattern`` (by name)."""
     files = {path.name: path for path in sorted(Path(directory).glob(pattern)) if path.is_file()}
     return make_bucket(endpoint, files, **kwargs)
+
+
+# Retry knobs that make a test's storage errors quick: a deadline of 1.5 s.
+QUICK_RETRIES = {
+    "deadline": 1.5,
+    "request_timeout": 0.5,
+    "initial_backoff": 0.02,
+    "max_backoff": 0.2,
+}
+
+
+def indexed_bucket(endpoint: str, root: Path, shards: int, samples: int) -> tuple[list[str], Any]:
+    """``shards`` tar shards of ``samples`` samples under ``root``, uploaded to a new bucket of
+    the server at ``endpoint``, and the bucket's index (cached under ``root``): (local paths,
+    ShardedIndex)."""
+    from shard_factory import write_tar_shards
+
+    from resumable_loader.index.sharded import ShardedIndex
+
+    paths = write_tar_shards(root / "shards", num_shards=shards, samples_per_shard=samples)
+    url = upload_dir(endpoint, root / "shards", "*.tar")
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in {**CREDENTIALS, "AWS_ENDPOINT_URL": endpoint}.items():
+            patch.setenv(name, value)
+        pattern = f"{url}/shard-{{0000..{shards - 1:04d}}}.tar"
+        index = ShardedIndex.for_shards(pattern, cache_dir=root / "idx")
+    return paths, index

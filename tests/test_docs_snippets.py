@@ -22,6 +22,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -107,16 +108,21 @@ def test_snippets_run_as_written(path, tmp_path):
         "RANK": "0",
         "WORLD_SIZE": "1",
     }
-    done = subprocess.run(
-        [sys.executable, __file__, str(path)],
-        cwd=tmp_path,
+    done = run_python([__file__, str(path)], tmp_path, env)
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+
+
+def run_python(arguments: list[str], cwd: Path, env: dict[str, str] | None = None) -> Any:
+    """This Python on ``arguments`` in ``cwd``, output captured, within 300 s."""
+    return subprocess.run(
+        [sys.executable, *arguments],
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
-    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
 
 
 @pytest.mark.slow  # two runs of a training script, ~5 s each
@@ -127,14 +133,7 @@ def test_the_checkpoint_example_resumes_when_run_again(tmp_path):
     assert language == "python" and "checkpointer.load(state)" in code
     checkpoints = tmp_path / "checkpoints"
     for run in (1, 2):
-        done = subprocess.run(
-            [sys.executable, "-c", code],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        done = run_python(["-c", code], tmp_path)
         assert done.returncode == 0, f"run {run}: {done.stderr[-6000:]}"
         if run == 1:
             newest = Checkpointer(checkpoints).steps()[-1]

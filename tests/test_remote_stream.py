@@ -8,30 +8,21 @@ import time
 
 import pytest
 from augmented_tar import Augmented
-from s3_server import CREDENTIALS, upload_dir
-from shard_factory import write_tar_shards
+from s3_server import QUICK_RETRIES as QUICK
+from s3_server import indexed_bucket
 
 from resumable_loader import DataLoader, ShardShuffle
 from resumable_loader.errors import StorageError
-from resumable_loader.index.sharded import ShardedIndex
 from resumable_loader.storage.reader import Prefetch
 
 BLOCK = 64 * 1024
 ORDERS = {"global": None, "shard_local": ShardShuffle(window=2, buffer_size=64)}
-QUICK = {"deadline": 1.5, "request_timeout": 0.5, "initial_backoff": 0.02, "max_backoff": 0.2}
 
 
 @pytest.fixture(scope="module")
 def bucket(s3_server, tmp_path_factory):
     """Four shards of 100 samples, local and in a bucket, with the bucket's index."""
-    root = tmp_path_factory.mktemp("remote")
-    paths = write_tar_shards(root / "shards", num_shards=4, samples_per_shard=100)
-    url = upload_dir(s3_server, root / "shards", "*.tar")
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in {**CREDENTIALS, "AWS_ENDPOINT_URL": s3_server}.items():
-            patch.setenv(name, value)
-        index = ShardedIndex.for_shards(f"{url}/shard-{{0000..0003}}.tar", cache_dir=root / "idx")
-    return paths, index
+    return indexed_bucket(s3_server, tmp_path_factory.mktemp("remote"), 4, 100)
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from pathlib import Path
 import fsspec
 import pytest
 from augmented_tar import Augmented
-from s3_server import CREDENTIALS, s3_client, upload_dir
-from shard_factory import write_tar_shards
+from s3_server import QUICK_RETRIES as QUICK
+from s3_server import indexed_bucket, s3_client, upload_dir
 
 from resumable_loader import DataLoader, ShardShuffle
 from resumable_loader.errors import StorageError
@@ -20,20 +20,12 @@ from resumable_loader.index.sharded import ShardedIndex
 
 BLOCK = 64 * 1024
 ORDER = ShardShuffle(window=2, buffer_size=32)
-QUICK = {"deadline": 1.5, "request_timeout": 0.5, "initial_backoff": 0.02, "max_backoff": 0.2}
 
 
 @pytest.fixture(scope="module")
 def bucket(s3_server, tmp_path_factory):
     """Three shards of 60 samples, local and in a bucket, with the bucket's index."""
-    root = tmp_path_factory.mktemp("sync")
-    paths = write_tar_shards(root / "shards", num_shards=3, samples_per_shard=60)
-    url = upload_dir(s3_server, root / "shards", "*.tar")
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in {**CREDENTIALS, "AWS_ENDPOINT_URL": s3_server}.items():
-            patch.setenv(name, value)
-        index = ShardedIndex.for_shards(f"{url}/shard-{{0000..0002}}.tar", cache_dir=root / "idx")
-    return paths, index
+    return indexed_bucket(s3_server, tmp_path_factory.mktemp("sync"), 3, 60)
 
 
 @pytest.fixture
