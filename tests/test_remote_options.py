@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 from s3_server import CREDENTIALS, s3_client, upload_dir
-from shard_factory import write_tar_shards
+from shard_factory import write_parquet_shards, write_tar_shards
 
+from resumable_loader import DataLoader, ParquetDataset
 from resumable_loader.errors import ShardError, StorageError
 from resumable_loader.index.sharded import ShardedIndex
 from resumable_loader.sources._indexed import IndexedDataset
@@ -152,3 +153,32 @@ def test_a_read_conditional_on_the_indexed_etag_refuses_a_changed_shard(
     assert type(raised.value) is ShardError  # a verdict, not a storage failure to retry
     assert url in str(raised.value) and "rebuild the index" in str(raised.value)
     assert client.read_range(url, 512, 100) == changed[512:612]  # no etag: as before
+
+
+@pytest.mark.usefixtures("no_aws_environment")
+@pytest.mark.parametrize("workers", [0, 2])
+def test_parquet_rows_are_read_through_the_client_with_storage_options(
+    s3_server: str, tmp_path: Path, workers: int
+) -> None:
+    """ParquetDataset at a URL: its index and pyarrow's reads (footer, column chunks) go
+    through the storage client of its storage_options (no AWS_* variables), in the workers
+    too; a file gone from the bucket is a StorageError naming it, not pyarrow's OSError."""
+    paths = write_parquet_shards(tmp_path / "rows", num_shards=2, rows_per_shard=12)
+    prefix = upload_dir(s3_server, tmp_path / "rows", "*.parquet")
+    urls = [f"{prefix}/{Path(p).name}" for p in paths]
+    options = {
+        "endpoint_url": s3_server,
+        "key": CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        "secret": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        "region": "us-east-1",
+        **QUICK,
+    }
+    remote = ParquetDataset(urls, cache_dir=tmp_path / "idx", storage_options=options)
+    local = ParquetDataset(paths)
+    rows = list(DataLoader(remote, batch_size=5, num_workers=workers, collate_fn=list))
+    assert [row for batch in rows for row in batch] == [local[i] for i in range(len(local))]
+    bucket, key = urls[1][len("s3://") :].split("/", 1)
+    s3_client(s3_server).delete_object(Bucket=bucket, Key=key)
+    fresh = ParquetDataset(remote.index, storage_options=options)  # no file opened yet
+    with pytest.raises(StorageError, match=f"^{urls[1]}"):
+        fresh[len(fresh) - 1]

@@ -24,6 +24,8 @@ from resumable_loader.errors import ConfigError, ShardError
 from resumable_loader.index.paths import is_url
 from resumable_loader.index.sharded import ShardedIndex
 from resumable_loader.sources._indexed import IndexedDataset, check_bytes
+from resumable_loader.storage.client import client_for
+from resumable_loader.storage.range_file import RangeFile
 
 # Decoded row groups kept per process (bytes of Arrow buffers), least recently used out first.
 ROW_GROUP_CACHE_BYTES = 256 * 2**20
@@ -42,6 +44,9 @@ class ParquetDataset(IndexedDataset):
             the first file); see :class:`~resumable_loader.sources.TarShardDataset`.
         on_error: "raise" or "skip" unreadable files (and files of another schema) when the
             index is built; see :meth:`ShardedIndex.build`.
+        storage_options: files behind a URL: the endpoint, credentials and retry knobs of
+            :func:`~resumable_loader.storage.client_for` (default: the environment's). The
+            index and every read (the footer, each column chunk) go through that client.
         cache_bytes: decoded row groups kept per process, in bytes (default
             ``ROW_GROUP_CACHE_BYTES``, 256 MiB); the most recent group is kept even if larger.
             A shard-local epoch decodes each group about once if this holds about
@@ -60,10 +65,17 @@ class ParquetDataset(IndexedDataset):
         on_error: str = "raise",
         cache_bytes: int = ROW_GROUP_CACHE_BYTES,
         index_url: str | None = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
         self.cache_bytes = check_bytes("cache_bytes", cache_bytes)
         self._cache = self._new_cache()
-        super().__init__(shards, cache_dir=cache_dir, on_error=on_error, index_url=index_url)
+        super().__init__(
+            shards,
+            cache_dir=cache_dir,
+            on_error=on_error,
+            index_url=index_url,
+            storage_options=storage_options,
+        )
         unknown = sorted(set(columns or ()) - set(self.index.fields))
         if unknown:
             raise ConfigError(
@@ -119,11 +131,11 @@ class ParquetDataset(IndexedDataset):
     def _open(self, url: str) -> Any:
         import pyarrow.parquet as pq
 
-        if is_url(url):
-            import fsspec
-
-            filesystem, path = fsspec.core.url_to_fs(url)
-            return pq.ParquetFile(path, filesystem=filesystem)
+        if is_url(url):  # pyarrow reads at its offsets, each read a request of our client
+            shard = self.index.shard_urls.index(url)
+            size = int(self.index.header["shards"][shard]["bytes"])
+            client = client_for(url, self.storage_options)
+            return pq.ParquetFile(RangeFile(client, url, size, etag=self.index.shard_etag(shard)))
         return pq.ParquetFile(url)
 
     def close(self) -> None:
