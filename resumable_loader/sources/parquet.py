@@ -25,10 +25,13 @@ from resumable_loader.index.paths import is_url
 from resumable_loader.index.sharded import ShardedIndex
 from resumable_loader.sources._indexed import IndexedDataset, check_bytes
 from resumable_loader.storage.client import client_for
-from resumable_loader.storage.range_file import RangeFile
+from resumable_loader.storage.stream import RemoteFile
 
 # Decoded row groups kept per process (bytes of Arrow buffers), least recently used out first.
 ROW_GROUP_CACHE_BYTES = 256 * 2**20
+# Bytes per ranged read of a file behind a URL (the next 3 requested ahead while one is read):
+# pyarrow reads a row group's column chunks front to back, a footer or a group at random.
+READ_CHUNK = 2**20
 
 
 class ParquetDataset(IndexedDataset):
@@ -135,7 +138,8 @@ class ParquetDataset(IndexedDataset):
             shard = self.index.shard_urls.index(url)
             size = int(self.index.header["shards"][shard]["bytes"])
             client = client_for(url, self.storage_options)
-            return pq.ParquetFile(RangeFile(client, url, size, etag=self.index.shard_etag(shard)))
+            etag = self.index.shard_etag(shard)
+            return pq.ParquetFile(RemoteFile(client, url, size, chunk=READ_CHUNK, etag=etag))
         return pq.ParquetFile(url)
 
     def close(self) -> None:

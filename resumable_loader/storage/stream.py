@@ -1,6 +1,9 @@
 """A read-only, seekable file object over a remote object that streams it: large ranged reads,
 the next ones already in flight, so a front-to-back scan (an index build) runs at the link's
-bandwidth with a few chunks of memory, whatever the round trip."""
+bandwidth with a few chunks of memory, whatever the round trip. Libraries that read a file at
+offsets of their own (pyarrow: a Parquet footer, then column chunks) read through it too, so
+that every read is a request of the package's storage client (its options, retries under the
+deadline, typed errors, and the ETag condition of the object's index entry)."""
 
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ class RemoteFile(io.RawIOBase):
 
     Reading at an offset fetches its chunk and requests the ``ahead`` chunks after it, so a
     sequential reader never waits a round trip past the first chunk; other chunks are
-    dropped. A seek elsewhere (a Parquet footer) just fetches there.
+    dropped. A seek elsewhere (a Parquet footer) just fetches there. ``etag``: every read is
+    conditional on it (:meth:`StorageClient.read_range`).
     """
 
     def __init__(
@@ -29,9 +33,10 @@ class RemoteFile(io.RawIOBase):
         *,
         chunk: int = CHUNK,
         ahead: int = AHEAD,
+        etag: str | None = None,
     ) -> None:
         super().__init__()
-        self.client, self.url, self.size = client, url, size
+        self.client, self.url, self.size, self.etag = client, url, size, etag
         self.chunk, self.ahead = chunk, ahead
         self.name = url
         self._position = 0
@@ -91,7 +96,9 @@ class RemoteFile(io.RawIOBase):
             if ahead not in self._chunks:
                 start = ahead * self.chunk
                 length = min(self.chunk, self.size - start)
-                self._chunks[ahead] = self.client.submit_range(self.url, start, length)
+                self._chunks[ahead] = self.client.submit_range(
+                    self.url, start, length, etag=self.etag
+                )
         for other in [n for n in self._chunks if not number <= n <= number + self.ahead]:
             self._chunks.pop(other).cancel()
         return self._chunks[number].result()
