@@ -119,7 +119,7 @@ class IndexedDataset(Dataset):
             return handle
         url = self.index.shard_urls[shard]
         try:
-            handle = self._open(url)
+            handle = self._open(shard, url)
         except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
             raise ShardError(
                 f"{url}: cannot open the shard ({error}); it moved or was deleted since it "
@@ -128,7 +128,8 @@ class IndexedDataset(Dataset):
         self._files.put(shard, handle)
         return handle
 
-    def _open(self, url: str) -> Any:
+    def _open(self, shard: int, url: str) -> Any:
+        """A new handle on ``shard`` (at ``url``)."""
         raise NotImplementedError(f"{type(self).__name__} must define _open")
 
     def close(self) -> None:

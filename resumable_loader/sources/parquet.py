@@ -131,11 +131,10 @@ class ParquetDataset(IndexedDataset):
         """Decoded row groups by (shard, group), bounded by their bytes; the latest one stays."""
         return LRU(self.cache_bytes, cost=_table_bytes, keep=1)
 
-    def _open(self, url: str) -> Any:
+    def _open(self, shard: int, url: str) -> Any:
         import pyarrow.parquet as pq
 
         if is_url(url):  # pyarrow reads at its offsets, each read a request of our client
-            shard = self.index.shard_urls.index(url)
             size = int(self.index.header["shards"][shard]["bytes"])
             client = client_for(url, self.storage_options)
             etag = self.index.shard_etag(shard)
