@@ -25,7 +25,7 @@ from integration_harness import (
 )
 from lightning_job import EPOCHS, N
 from resume_harness import AugmentedDataset, run, split_batch
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from resumable_loader import ResumableDataLoader
 
@@ -116,6 +116,27 @@ def test_an_injected_distributed_sampler_gives_coordinates_shuffle_and_seed():
     ours = ResumableDataLoader(dataset, batch_size=2, shuffle=True, seed=3, rank=1, world_size=2)
     assert our_stream(rebuilt, 2) == our_stream(ours, 2)
     assert rebuilt.sampler is injected  # what Lightning sees is what it made
+
+
+@pytest.mark.parametrize("length", [11, 12, 13])
+def test_an_injected_sampler_that_drops_last_drops_the_tail_as_torch_does(length: int):
+    """DistributedSampler(drop_last=True): floor(N / W) samples a rank, none twice, in the
+    batch sizes torch's DataLoader gives, and the tail's cut is part of the cursor's settings."""
+    dataset = AugmentedDataset(length)
+    streams, sizes = [], []
+    for rank in range(2):
+        sampler = DistributedSampler(dataset, num_replicas=2, rank=rank, seed=3, drop_last=True)
+        torch_sizes = [len(b["id"]) for b in DataLoader(dataset, 2, sampler=sampler)]
+        loader = ResumableDataLoader(dataset, batch_size=2, sampler=sampler, shuffle=False)
+        batches = [b["id"].tolist() for b in loader]
+        assert [len(b) for b in batches] == torch_sizes
+        streams += [i for b in batches for i in b]
+        sizes.append(torch_sizes)
+    assert len(streams) == len(set(streams)) == 2 * (length // 2)
+    padded = ResumableDataLoader(
+        dataset, batch_size=2, shuffle=False, sampler=DistributedSampler(dataset, 2, 0, seed=3)
+    )
+    assert "trim" in loader.fingerprint() and "trim" not in padded.fingerprint()
 
 
 @pytest.mark.parametrize(

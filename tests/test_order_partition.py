@@ -14,20 +14,21 @@ layouts = st.tuples(
     st.integers(1, 9),  # batch size
     st.integers(1, 5),  # world size
     st.booleans(),  # drop_last
+    st.booleans(),  # trim
 ).flatmap(lambda t: st.tuples(st.just(t), st.integers(0, t[0])))  # start position
 
 
-def all_ranks(length, batch_size, world_size, drop_last):
+def all_ranks(length, batch_size, world_size, drop_last, trim=False):
     return [
-        Partition(length, batch_size, world_size=world_size, rank=r, drop_last=drop_last)
+        Partition(length, batch_size, world_size=world_size, rank=r, drop_last=drop_last, trim=trim)
         for r in range(world_size)
     ]
 
 
 @given(layouts)
 def test_global_batches_concatenate_to_the_stream(layout):
-    (length, batch_size, world_size, drop_last), start = layout
-    parts = all_ranks(length, batch_size, world_size, drop_last)
+    (length, batch_size, world_size, drop_last, trim), start = layout
+    parts = all_ranks(length, batch_size, world_size, drop_last, trim)
     per_rank = [list(p.batches(start)) for p in parts]
     assert len({len(batches) for batches in per_rank}) == 1  # same count on every rank (DDP)
     assert all(len(b) == parts[0].num_batches(start) for b in per_rank)
@@ -41,6 +42,27 @@ def test_global_batches_concatenate_to_the_stream(layout):
         padding = [p for p in positions if p >= length]
         assert padding == list(range(length, length + len(padding)))  # wraps to the start
     assert stream == list(range(start, parts[0].end(start)))
+
+
+@given(st.integers(0, 200), st.integers(1, 9), st.integers(1, 5), st.booleans())
+def test_trim_gives_each_rank_the_batch_sizes_of_a_distributed_sampler_that_drops_last(
+    length, batch_size, world_size, drop_last
+):
+    """DistributedSampler(drop_last=True) gives each rank floor(N / W) samples, batched by the
+    loader (its own drop_last dropping a short batch): trim gives every rank those sizes, and
+    no position twice or past the cut."""
+    parts = all_ranks(length, batch_size, world_size, drop_last, trim=True)
+    per_rank = length // world_size
+    sizes = [batch_size] * (per_rank // batch_size)
+    if per_rank % batch_size and not drop_last:
+        sizes.append(per_rank % batch_size)
+    delivered = []
+    for part in parts:
+        batches = list(part.batches(0))
+        assert [b.stop - b.start for b in batches] == sizes
+        delivered += [p for b in batches for p in range(b.start, b.stop)]
+    assert sorted(delivered) == list(range(len(delivered)))  # no padding, nothing twice
+    assert len(delivered) == parts[0].end(0) == world_size * sum(sizes)
 
 
 def test_fixed_formula():

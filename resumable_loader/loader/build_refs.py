@@ -100,17 +100,25 @@ def make_ref_sampler(
     batched: bool,
     rank: int,
     world_size: int,
+    trim: bool = False,
 ) -> OrderedBatchSampler | UserBatchSampler:
     """Our order; a torch sampler's stream split as our order is (``StreamBatchSampler``);
     or any other sampler, iterated by each rank itself (``UserBatchSampler``).
 
     ``sampler``/``batch_sampler`` are the user's (None: none given); ``batched`` says whether
     torch auto-batches (it made a batch sampler), ``batch_size`` is torch's (None without).
+    ``trim`` cuts our order's last global batch to a multiple of the world size
+    (:class:`Partition`), as an injected ``DistributedSampler(drop_last=True)`` asks.
     """
     if sampler is None and batch_sampler is None:
         order = make_order(dataset, bool(shuffle), seed, shard_shuffle)
         partition = Partition(
-            len(order), batch_size or 1, world_size=world_size, rank=rank, drop_last=drop_last
+            len(order),
+            batch_size or 1,
+            world_size=world_size,
+            rank=rank,
+            drop_last=drop_last,
+            trim=trim,
         )
         return OrderedBatchSampler(order, partition, batched=batched)
     if shard_shuffle is not None:

@@ -107,8 +107,10 @@ class ResumableDataLoader(DataLoader[T_co]):
             a resume, and a listed sample is substituted without being read again.
 
     A ``DistributedSampler`` over this dataset passed with ``shuffle=False`` (what Lightning's
-    DDP injects) is read as the data-parallel coordinates, shuffle flag and default seed, and
-    the loader keeps its own order; ``set_epoch`` on the visible sampler reaches the loader.
+    DDP injects) is read as the data-parallel coordinates, shuffle flag, default seed and
+    ``drop_last`` (the epoch's tail cut to a multiple of the world size, as the sampler drops
+    it), and the loader keeps its own order; ``set_epoch`` on the visible sampler reaches the
+    loader.
     """
 
     def __init__(
@@ -212,6 +214,7 @@ class ResumableDataLoader(DataLoader[T_co]):
                 batched=self.batch_sampler is not None,
                 rank=self.rank,
                 world_size=self.world_size,
+                trim=injected is not None and injected.drop_last,
             )
         elif shard_shuffle is not None:
             raise ConfigError("shard_shuffle needs a map-style dataset, got an IterableDataset")
@@ -433,6 +436,8 @@ class ResumableDataLoader(DataLoader[T_co]):
         if isinstance(refs, OrderedBatchSampler):
             values.update(refs.order.settings())
             values["drop_last"] = int(refs.partition.drop_last)
+            if refs.partition.trim:  # only when set: the cursors saved before it stay valid
+                values["trim"] = 1
             order = resumable_order(refs.order)
             if isinstance(saved, Mapping) and order is not None:
                 values.update(order.resumed_settings(saved.get(cursor_mod.ORDER_STATE_KEY)))

@@ -32,12 +32,14 @@ class DataParallel(NamedTuple):
 
 
 class InjectedSampler(NamedTuple):
-    """What a framework's injected ``DistributedSampler`` says: the coordinates and shuffle."""
+    """What a framework's injected ``DistributedSampler`` says: the coordinates, shuffle, seed
+    and whether the epoch's tail is dropped (``drop_last``) rather than padded."""
 
     rank: int
     world_size: int
     shuffle: bool
     seed: int
+    drop_last: bool
 
 
 def injected_sampler(
@@ -46,15 +48,18 @@ def injected_sampler(
     """The coordinates of a ``DistributedSampler`` over the loader's own dataset, passed with
     ``shuffle=False`` and no batch_sampler: what Lightning's DDP puts into a rebuilt loader
     (``Trainer(use_distributed_sampler=True)``, the default). The loader then keeps its own
-    order and takes rank, world size, shuffle and (unless seed= is given) the seed from it, so
-    the run resumes exactly at any world size. Any other sampler (a subclass, a wrapper, one
+    order and takes rank, world size, shuffle, drop_last (the tail cut to a multiple of the
+    world size, see ``Partition.trim``) and (unless seed= is given) the seed from it, so the
+    run resumes exactly at any world size. Any other sampler (a subclass, a wrapper, one
     over another dataset) stays the user's sampler.
     """
     if type(sampler) is not DistributedSampler or sampler.dataset is not dataset:
         return None
     if shuffle is not False or batch_sampler is not None:
         return None
-    return InjectedSampler(sampler.rank, sampler.num_replicas, sampler.shuffle, sampler.seed)
+    return InjectedSampler(
+        sampler.rank, sampler.num_replicas, sampler.shuffle, sampler.seed, sampler.drop_last
+    )
 
 
 def forward_set_epoch(sampler: Any, set_epoch: Callable[[int], None]) -> None:

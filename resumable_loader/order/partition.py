@@ -9,7 +9,9 @@ The last global batch of an epoch may be short (R < WB positions left). With dro
 dropped. Without it, every rank still gets one batch (DDP hangs if ranks disagree on the number
 of batches): each takes ceil(R / W) positions, and positions past the epoch's end wrap around to
 its start, as torch's DistributedSampler pads. With W = 1 nothing wraps and the last batch is
-simply shorter, as in torch's DataLoader.
+simply shorter, as in torch's DataLoader. With ``trim`` (a ``DistributedSampler(drop_last=True)``
+in the loader) it is cut to a multiple of W instead: each rank takes floor(R / W) positions, the
+rest are dropped, and a rank's batches are those torch gives it (floor(N / W) samples each).
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class Partition:
         world_size: number of ranks sharing each global batch.
         rank: this process's rank in [0, world_size).
         drop_last: drop the short last global batch instead of padding it.
+        trim: cut the short last global batch to a multiple of ``world_size`` instead of
+            padding it (``drop_last`` wins when both are set).
     """
 
     length: int
@@ -51,6 +55,7 @@ class Partition:
     world_size: int = 1
     rank: int = 0
     drop_last: bool = False
+    trim: bool = False
 
     def __post_init__(self) -> None:
         # A frozen dataclass: normalised values (numpy ints become ints) go in via object.
@@ -68,12 +73,16 @@ class Partition:
         if self.drop_last:
             full = (self.length - start) // self.global_batch_size
             return start + full * self.global_batch_size
+        if self.trim:
+            return self.length - max(self.length - start, 0) % self.world_size
         return self.length
 
     def num_batches(self, start: int = 0) -> int:
         """How many batches each rank gets in an iteration begun at position ``start``."""
         remaining = max(self.length - start, 0)
         full, rest = divmod(remaining, self.global_batch_size)
+        if self.trim:
+            rest -= rest % self.world_size
         return full + (1 if rest and not self.drop_last else 0)
 
     def batches(self, start: int = 0) -> Iterator[RankBatch]:
@@ -86,6 +95,11 @@ class Partition:
                 size, real = self.batch_size, wb
             elif self.drop_last:
                 return
+            elif self.trim:
+                size = remaining // self.world_size
+                if size == 0:
+                    return
+                real = size * self.world_size
             else:
                 size, real = -(-remaining // self.world_size), remaining
             first = position + self.rank * size
