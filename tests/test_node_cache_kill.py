@@ -15,7 +15,7 @@ from augmented_tar import Augmented
 from shard_factory import write_tar_shards
 
 from resumable_loader import DataLoader
-from resumable_loader.storage.reader import Prefetch
+from resumable_loader.storage.reader import Prefetch, shards_identity
 
 BLOCK = 16384
 PUBLISHED = 3  # shards whose blocks the killed writer published before it was killed
@@ -69,7 +69,8 @@ def kill_while_writing(shards: list[str], root: Path) -> None:
 
 def test_a_kill_inside_a_block_write_does_not_block_the_next_run(tmp_path: Path) -> None:
     shards = write_tar_shards(tmp_path / "shards", num_shards=5, samples_per_shard=40)
-    root = tmp_path / "cache" / "blocks"  # where Prefetch(cache_dir=tmp_path / "cache") keeps them
+    # where Prefetch(cache_dir=tmp_path / "cache") keeps these shards' blocks
+    root = tmp_path / "cache" / shards_identity(Augmented(shards).index) / "blocks"
     root.mkdir(parents=True)
     kill_while_writing(shards, root)
     inodes = {path.name: path.stat().st_ino for path in root.glob("*.blk")}

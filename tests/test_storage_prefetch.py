@@ -4,6 +4,7 @@ eviction beats LRU, counters add up, and a killed process leaves nothing that bl
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import os
@@ -36,7 +37,7 @@ from resumable_loader.storage.plan import (
     key_code,
     peak_held,
 )
-from resumable_loader.storage.reader import Prefetch
+from resumable_loader.storage.reader import Prefetch, shards_identity
 
 BLOCK = 16384  # a few samples a block, so that blocks are shared and spans straddle them
 ORDERS = {"global": None, "shard_local": ShardShuffle(window=2, buffer_size=48)}
@@ -238,7 +239,7 @@ def test_without_a_cache_each_process_fetches_its_own_spans_once(shards, tmp_pat
     spans = int(dataset.index.spans[:, 1].sum())
     assert spans <= stats.bytes_fetched <= 1.05 * spans  # exact spans, merged when adjacent
     assert stats.requests < len(expected)
-    assert not list((tmp_path / "blocks").glob("*.blk"))
+    assert not list((tmp_path / shards_identity(dataset.index) / "blocks").glob("*.blk"))
 
 
 def test_belady_eviction_fetches_fewer_bytes_than_lru(shards, tmp_path):
@@ -397,7 +398,8 @@ def test_a_sigkill_during_prefetch_leaves_nothing_that_blocks_the_next_run(shard
     got, _, _ = load(prefetching(shards, tmp_path / "cache"), workers=2)
     assert got == expected
     assert time.monotonic() - began < 30
-    assert not list((tmp_path / "cache" / "blocks").glob(".tmp-*"))
+    folder = tmp_path / "cache" / shards_identity(Augmented(shards).index) / "blocks"
+    assert folder.is_dir() and not list(folder.glob(".tmp-*"))
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -507,3 +509,23 @@ def test_the_first_batches_reads_are_issued_alone_first(shards, tmp_path):
     for _ in iterator:
         pass
     assert loader.storage_stats().prefetch_depth_bytes > 4 * opening
+
+
+def test_datasets_sharing_a_cache_dir_never_read_each_others_blocks(tmp_path):
+    """One Prefetch(cache_dir=...) for two datasets whose shards have the same names, sizes
+    and block layout (train and valid), and for shards rewritten in place between runs: each
+    reads its own bytes (blocks were once named by shard number only, in the folder given)."""
+    write = functools.partial(write_tar_shards, num_shards=2, samples_per_shard=40)
+    train, valid = (
+        write(tmp_path / "train", key_prefix="train"),
+        write(tmp_path / "valid", key_prefix="valid"),
+    )
+    assert [os.path.getsize(p) for p in train] == [os.path.getsize(p) for p in valid]
+    for paths in (train, valid):
+        got, _, _ = load(prefetching(paths, tmp_path / "cache"), workers=0)
+        assert got == load(Augmented(paths), workers=0)[0]
+    write(tmp_path / "train", key_prefix="tRain")  # the same sizes, other bytes
+    for path in train:
+        os.utime(path, (time.time() + 5, time.time() + 5))
+    got, _, _ = load(prefetching(train, tmp_path / "cache"), workers=0)
+    assert {sample[1][:5] for sample in got} == {"tRain"}

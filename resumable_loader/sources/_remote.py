@@ -22,7 +22,7 @@ from typing import Any
 from resumable_loader.errors import ConfigError, StorageError
 from resumable_loader.index.paths import is_url
 from resumable_loader.storage.client import client_for
-from resumable_loader.storage.reader import Prefetch, ShardReader, default_cache_dir
+from resumable_loader.storage.reader import Prefetch, ShardReader, node_cache_root
 from resumable_loader.storage.stats import StatsFile, StorageStats
 
 DEFAULT_BLOCK = 1 * 2**20
@@ -145,7 +145,7 @@ class RemoteReads:
         return max(0, min(length, self.index.header["shards"][shard]["bytes"] - start))
 
     def _cache_root(self) -> Path:
-        return Path(self.prefetch.cache_dir or default_cache_dir(self.index))
+        return node_cache_root(self.index, self.prefetch)
 
     def _sample_at(self, shard: int, start: int) -> int:
         """The global id of the sample of ``shard`` whose span begins at or before ``start``."""

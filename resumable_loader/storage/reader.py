@@ -91,9 +91,11 @@ class Prefetch:
             "lru".
         wait_seconds: how long a read waits for a block another process is fetching before it
             fetches the block itself.
-        cache_dir: the node cache's folder (default: under /dev/shm, else the temp dir, named
-            by the shards' identity, :func:`default_cache_dir`); every process of a node should
-            use the same. A folder given here must hold blocks of these shards only.
+        cache_dir: where the node cache keeps its folder, named by the shards' identity (their
+            URLs, sizes and versions, :func:`shards_identity`), so that datasets sharing it, or
+            these shards before they changed, never read each other's blocks (default: under
+            /dev/shm, else the temp dir, :func:`default_cache_dir`); every process of a node
+            should use the same.
         coalesce_gap: spans of one batch at most this many bytes apart go in one request.
         disk_dir: a second tier of the node cache on a local disk (a folder named by the
             shards' identity is made in it): blocks evicted from the first tier (``cache_dir``,
@@ -145,6 +147,14 @@ def default_cache_dir(index: Any) -> Path:
     return base / "resumable_loader" / shards_identity(index)
 
 
+def node_cache_root(index: Any, options: Prefetch) -> Path:
+    """The folder of the node cache of ``index``'s shards: named by their identity inside
+    ``options.cache_dir``, else :func:`default_cache_dir`."""
+    if options.cache_dir is None:
+        return default_cache_dir(index)
+    return Path(options.cache_dir) / shards_identity(index)
+
+
 def shards_identity(index: Any) -> str:
     """A hash of every shard's URL, size and version (mtime or ETag) in ``index``."""
     shards = [(s["url"], s["bytes"], s["mtime"]) for s in index.header["shards"]]
@@ -177,7 +187,7 @@ class ShardReader:
         self.block_size, self.options = check_int("block_size", block_size, low=1), options
         self._sizes = np.array([int(s["bytes"]) for s in index.header["shards"]], dtype=np.int64)
         self._mean = index.mean_sample_bytes
-        root = Path(options.cache_dir or default_cache_dir(index))
+        root = node_cache_root(index, options)
         blocks = -(-self._sizes // self.block_size)
         states = BlockStates(root, blocks.tolist(), self.block_size)
         tiers = dict(states=states, eviction=options.eviction)
