@@ -15,7 +15,7 @@ from s3_server import CREDENTIALS, s3_client, upload_dir
 from shard_factory import write_parquet_shards, write_tar_shards
 
 from resumable_loader import DataLoader, ParquetDataset
-from resumable_loader.errors import ShardError, StorageError
+from resumable_loader.errors import SampleIndexError, ShardError, StorageError
 from resumable_loader.index.sharded import ShardedIndex
 from resumable_loader.sources._indexed import IndexedDataset
 from resumable_loader.storage import client as client_module
@@ -71,6 +71,33 @@ def test_the_index_is_built_fetched_and_checked_with_storage_options(
     # a stale check of the copy uses them too, and a worker's unpickled copy keeps them
     checked.check_shards()
     assert pickle_round_trip(checked).storage_options == options
+
+
+@pytest.mark.usefixtures("no_aws_environment")
+def test_build_false_refuses_remote_shards_without_an_index_and_publishes_none(
+    s3_server: str, shards: str, tmp_path: Path
+) -> None:
+    """What verify-data asks for: an index taken from the bytes at hand would match them."""
+    options = {
+        "endpoint_url": s3_server,
+        "key": CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        "secret": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        "region": "us-east-1",
+        **QUICK,
+    }
+    with pytest.raises(SampleIndexError, match=r"no current index of these shards .*known good"):
+        ShardedIndex.for_shards(
+            shards, cache_dir=tmp_path / "c", storage_options=options, build=False
+        )
+    assert not (tmp_path / "c").exists() or not list((tmp_path / "c").iterdir())
+    bucket = shards.split("/")[2]
+    listed = s3_client(s3_server).list_objects_v2(Bucket=bucket)["Contents"]
+    assert not [o["Key"] for o in listed if o["Key"].endswith(".rlindex")]
+    built = ShardedIndex.for_shards(shards, cache_dir=tmp_path / "a", storage_options=options)
+    fetched = ShardedIndex.for_shards(
+        shards, cache_dir=tmp_path / "b", storage_options=options, build=False
+    )
+    assert fetched.fingerprint == built.fingerprint
 
 
 def pickle_round_trip(index: ShardedIndex) -> ShardedIndex:

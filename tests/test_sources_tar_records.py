@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from shard_factory import write_tar, write_tar_shards
+from shard_factory import write_parquet_shards, write_tar, write_tar_shards
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from resumable_loader import ResumableDataLoader, cli
-from resumable_loader.errors import ShardError
+from resumable_loader.errors import SampleIndexError, ShardError
 from resumable_loader.index.tar import TarScan, records
 from resumable_loader.sources.verify_data import verify_data
 from resumable_loader.sources.webdataset import TarShardDataset
@@ -120,6 +120,7 @@ class TestFastCheck:
 
 class TestVerifyData:
     def test_lists_every_bad_sample_and_goes_on(self, shards, capsys):
+        TarShardDataset(shards)  # the index, taken while the shards are good
         assert verify_data(shards).passed
         overwrite(shards[0], 3072 + 512, b"\xff")
         overwrite(shards[2], 512, b"\xff")
@@ -132,8 +133,28 @@ class TestVerifyData:
         assert "2 of 12 samples failed" in out and "offset 3072" in out
 
     def test_a_clean_shard_set_passes(self, shards, capsys):
+        TarShardDataset(shards)
         assert cli.main(["verify-data", *shards]) == 0
         assert "12 samples" in capsys.readouterr().out
+
+    def test_shards_without_a_current_index_are_refused_not_indexed(self, shards, capsys):
+        """An index built from damaged bytes matches them: verify-data never builds one."""
+        folder = Path(shards[0]).parent
+        before = sorted(os.listdir(folder))
+        overwrite(shards[1], 512, b"\xff")  # damaged before any index was taken
+        with pytest.raises(SampleIndexError, match=r"no index of these shards at .*known good"):
+            verify_data(shards)
+        assert sorted(os.listdir(folder)) == before  # and none was left behind
+        TarShardDataset(shards)
+        os.utime(shards[2], (1, 1))  # a copy with another mtime: the index no longer holds
+        assert cli.main(["verify-data", *shards]) == 2
+        assert "shard-0002.tar: changed since it was indexed" in capsys.readouterr().err
+
+    def test_parquet_is_refused_and_leaves_no_index(self, tmp_path, capsys):
+        paths = write_parquet_shards(tmp_path, num_shards=1, rows_per_shard=4)
+        assert cli.main(["verify-data", *paths]) == 2
+        assert "verify-data checks tar shards" in capsys.readouterr().err
+        assert os.listdir(tmp_path) == ["part-0000.parquet"]
 
 
 class TestBatchedReads:

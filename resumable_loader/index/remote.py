@@ -26,6 +26,14 @@ T = TypeVar("T")
 _COPY_CHUNK = 8 * 2**20
 
 
+# Why for_shards(build=False) refused, and what to do.
+NOT_BUILT = (
+    "an index built now would be taken from the shards' current bytes and match them "
+    "whatever they hold, so none is built: build the index where the shards are known good "
+    "(resumable-loader index ... --out FILE) and check copies against that file"
+)
+
+
 def remote_index_url(urls: Sequence[str]) -> str:
     """Where the index of remote shards ``urls`` is kept: beside the first shard, named
     ``<first shard>.<hash of the shard list>.rlindex`` (the local cache's name, without the dot).
@@ -141,6 +149,7 @@ def for_remote_shards(
     workers: int | None,
     on_demand: bool = False,
     storage_options: StorageOptions = None,
+    build: bool = True,
 ) -> Any:
     """The index of remote shards ``urls``, kept locally at ``path``: the local copy if every
     rank has a current one (checked against the shards' sizes and ETags, listed once by rank 0
@@ -154,6 +163,7 @@ def for_remote_shards(
 
     ``storage_options`` (endpoint, credentials, retry knobs) apply to every request: the
     listing, the fetch, the scans and the upload; the index keeps them for its later reads.
+    ``build=False``: raise SampleIndexError where the index would be built.
     """
     stats = on_rank_zero(lambda: stat_shards(urls, storage_options))
 
@@ -176,6 +186,11 @@ def for_remote_shards(
         index = current(path)
     if everyone(index is not None):
         return index
+    if not build:
+        raise SampleIndexError(
+            f"no current index of these shards at {path} or {remote} (missing, or the shards "
+            f"changed since it was built); {NOT_BUILT}"
+        )
     index = cls.build(
         urls,
         out=path,

@@ -36,7 +36,7 @@ from resumable_loader.index.file import (
 )
 from resumable_loader.index.partial import ROWS, ShardRows
 from resumable_loader.index.paths import StorageOptions, expand_shards, is_url, stat_shards
-from resumable_loader.index.remote import for_remote_shards
+from resumable_loader.index.remote import NOT_BUILT, for_remote_shards
 from resumable_loader.index.tar import LENGTH, RECORD, START
 
 logger = logging.getLogger("resumable_loader")
@@ -345,9 +345,11 @@ class ShardedIndex:
         index_url: str | None = None,
         index_rows: str = "all",
         storage_options: StorageOptions = None,
+        build: bool = True,
     ) -> ShardedIndex:
         """The index of ``shards`` at :func:`default_index_path`: loaded if it is up to date
-        (and was built with a compatible ``on_error``), else built or rebuilt there.
+        (and was built with a compatible ``on_error``), else built or rebuilt there (unless
+        ``build`` is False).
 
         Remote shards' index is also kept in the bucket (``index_url``, default beside the
         first shard): fetched from there rather than rebuilt, and when built (each rank of a
@@ -369,6 +371,12 @@ class ShardedIndex:
                 (see :func:`~resumable_loader.storage.client_for`) of every request made for
                 the index (listing, fetch, scans, upload), and of its later ones; the deadline
                 bounds each. Default: the environment's.
+            build: False: never build one; what checks shards against the index taken when
+                they were known good (``verify-data``) wants, since an index built from the
+                bytes at hand matches them whatever they hold.
+
+        Raises:
+            SampleIndexError: with ``build=False``, no current index of ``shards``.
         """
         check_policy(on_error)
         if index_rows not in ROWS:
@@ -385,6 +393,7 @@ class ShardedIndex:
                 workers=workers,
                 on_demand=index_rows == "on_demand",
                 storage_options=storage_options,
+                build=build,
             )
         if index_url is not None:
             raise ConfigError(
@@ -392,14 +401,18 @@ class ShardedIndex:
                 "file (its index is kept beside it); leave index_url out, or name the shards "
                 "by URL"
             )
+        stale = f"no index of these shards at {path}"
         if path.exists():
             try:
                 index = cls._load(path, verify=True, rebuild=False)
             except SampleIndexError as error:
                 logger.info("rebuilding the index: %s", error)
+                stale = str(error)
             else:
                 if index.shard_urls == urls and (on_error == "skip" or not index.skipped):
                     return _log_skipped(index)
+        if not build:
+            raise SampleIndexError(f"{stale}; {NOT_BUILT}")
         # a progress bar as tqdm shows one: on a terminal only, never into a log file
         progress = sys.stderr.isatty()
         return cls.build(urls, out=path, workers=workers, progress=progress, on_error=on_error)

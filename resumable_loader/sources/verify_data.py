@@ -7,6 +7,8 @@ import os
 from collections.abc import Sequence
 
 from resumable_loader.errors import ConfigError, ShardError
+from resumable_loader.index.file import is_index_file
+from resumable_loader.index.paths import expand_shards
 from resumable_loader.index.sharded import ShardedIndex
 from resumable_loader.sources.webdataset import TarShardDataset
 
@@ -31,6 +33,9 @@ class DataReport:
         return not self.problems
 
 
+_PARQUET = "verify-data checks tar shards (Parquet has its own page checksums)"
+
+
 def verify_data(
     shards: str | os.PathLike | Sequence[str | os.PathLike] | ShardedIndex,
 ) -> DataReport:
@@ -42,17 +47,29 @@ def verify_data(
     rewritten header or payload, or a shard cut short. A bad sample is listed and the check
     goes on to the next.
 
+    The check is against an existing index (named, or kept beside or for the shards), never
+    one built here: an index taken from the bytes at hand would match them whatever they hold.
+
     Args:
         shards: as for :class:`TarShardDataset` (shards, patterns, an index file or object).
 
     Raises:
         ConfigError: the shards are Parquet (their integrity is Parquet's own page checksums).
-        SampleIndexError: the index no longer matches the shards by size and mtime.
+        SampleIndexError: no index of the shards, or one that no longer matches them by size
+            and mtime (or ETag).
     """
-    index = shards if isinstance(shards, ShardedIndex) else None
-    if index is not None and index.format != "tar":
-        raise ConfigError(f"{index.path}: verify-data checks tar shards, this index is Parquet")
-    dataset = TarShardDataset(shards, check="full")
+    if isinstance(shards, ShardedIndex):
+        index = shards
+    elif isinstance(shards, (str, os.PathLike)) and is_index_file(shards):
+        index = ShardedIndex.load(shards)
+    else:
+        parquet = [url for url in expand_shards(shards) if url.lower().endswith(".parquet")]
+        if parquet:
+            raise ConfigError(f"{parquet[0]}: {_PARQUET}")
+        index = ShardedIndex.for_shards(shards, build=False)
+    if index.format != "tar":
+        raise ConfigError(f"{index.path}: indexes Parquet files; {_PARQUET}")
+    dataset = TarShardDataset(index, check="full")
     problems = []
     for sample_id in range(len(dataset)):
         try:
