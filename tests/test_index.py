@@ -402,7 +402,7 @@ class TestStaleAndDamagedIndex:
             (lambda data: b"not an index", "not a resumable_loader index"),
             (lambda data: data[:30], "corrupt"),
             (lambda data: data[: len(data) - 64], "corrupt or truncated"),
-            (lambda data: data.replace(b"\xa7version\x03", b"\xa7version\x01"), "version 1"),
+            (lambda data: data.replace(b"\xa7version\x04", b"\xa7version\x01"), "version 1"),
         ],
     )
     def test_damaged_index_file(self, tmp_path, damage, match):
@@ -418,11 +418,13 @@ class TestStaleAndDamagedIndex:
         paths = write_tar_shards(tmp_path, num_shards=2, samples_per_shard=3)
         path = tmp_path / "i.rlindex"
         fingerprint = build(paths, tmp_path).fingerprint
-        path.write_bytes(path.read_bytes().replace(b"\xa7version\x03", b"\xa7version\x02"))
+        path.write_bytes(path.read_bytes().replace(b"\xa7version\x04", b"\xa7version\x02"))
         with pytest.raises(SampleIndexError) as refused:
             ShardedIndex.load(path)
         command = f"resumable-loader index {paths[0]} {paths[1]} --out {path}"
-        assert f"version 2, this release reads 3; rebuild it with: {command}" in str(refused.value)
+        assert f"version 2, this release reads 3 and 4; rebuild it with: {command}" in str(
+            refused.value
+        )
         assert cli.main([*command.split()[1:], "--quiet"]) == 0
         capsys.readouterr()
         assert ShardedIndex.load(path).fingerprint == fingerprint
@@ -431,12 +433,12 @@ class TestStaleAndDamagedIndex:
         paths = write_tar_shards(tmp_path, num_shards=2, samples_per_shard=3)
         path = tmp_path / "i.rlindex"
         built = build(paths, tmp_path, on_error="skip")
-        path.write_bytes(path.read_bytes().replace(b"\xa7version\x03", b"\xa7version\x02"))
+        path.write_bytes(path.read_bytes().replace(b"\xa7version\x04", b"\xa7version\x02"))
         upgraded = ShardedIndex.load(path, rebuild=True)
-        assert upgraded.header["version"] == 3 and upgraded.header["on_error"] == "skip"
+        assert upgraded.header["version"] == 4 and upgraded.header["on_error"] == "skip"
         assert upgraded.fingerprint == built.fingerprint  # saved cursors still load
         np.testing.assert_array_equal(upgraded.records, built.records)
-        assert ShardedIndex.load(path).header["version"] == 3  # rewritten in place
+        assert ShardedIndex.load(path).header["version"] == 4  # rewritten in place
 
     def test_missing_index_file(self, tmp_path):
         with pytest.raises(SampleIndexError, match=r"absent\.rlindex: index file not found"):
@@ -462,3 +464,64 @@ class TestStaleAndDamagedIndex:
         assert sorted(p.name for p in tmp_path.iterdir() if "rlindex" in p.name) == ["i.rlindex"]
         reloaded = ShardedIndex.load(tmp_path / "i.rlindex", verify=False)
         assert reloaded.fingerprint == old.fingerprint
+
+
+class TestIndexDigests:
+    """Version 4: the header's digest is checked at every read, the arrays' at a load (up to
+    CHECKED_AT_LOAD bytes) and by verify-data; any flipped bit is refused or harmless."""
+
+    def test_every_flipped_bit_is_refused_or_reads_the_same_samples(self, tmp_path):
+        paths = write_tar_shards(tmp_path / "s", num_shards=2, samples_per_shard=3)
+        good = build(paths, tmp_path)
+        expected = [TarShardDataset(good)[i] for i in range(good.num_samples)]
+        data = (tmp_path / "i.rlindex").read_bytes()
+        refused = harmless = 0
+        for offset in range(len(data)):
+            for bit in (0, 5):
+                damaged = bytearray(data)
+                damaged[offset] ^= 1 << bit
+                (tmp_path / "d.rlindex").write_bytes(damaged)
+                try:
+                    dataset = TarShardDataset(tmp_path / "d.rlindex")
+                except SampleIndexError:
+                    refused += 1
+                    continue
+                assert [dataset[i] for i in range(len(dataset))] == expected, offset
+                harmless += 1  # alignment padding
+        assert refused > 0.8 * 2 * len(data) and harmless < 64 * 2 * 3
+
+    def test_arrays_above_the_load_limit_are_checked_by_verify_data(self, tmp_path, monkeypatch):
+        from resumable_loader.index import sharded
+        from resumable_loader.sources.verify_data import verify_data
+
+        paths = write_tar_shards(tmp_path / "s", num_shards=1, samples_per_shard=4)
+        index = build(paths, tmp_path)
+        data = bytearray((tmp_path / "i.rlindex").read_bytes())
+        start = index_file._aligned(index_file._PREFIX + int.from_bytes(data[8:16], "little"))
+        data[start + index.header["arrays"]["checksums"]["offset"]] ^= 1  # a member's CRC32C
+        (tmp_path / "i.rlindex").write_bytes(data)
+        with pytest.raises(SampleIndexError, match=r"damaged index: its 'checksums' array"):
+            ShardedIndex.load(tmp_path / "i.rlindex")
+        monkeypatch.setattr(sharded, "CHECKED_AT_LOAD", 0)
+        assert ShardedIndex.load(tmp_path / "i.rlindex").fingerprint == index.fingerprint
+        with pytest.raises(SampleIndexError, match=r"damaged index: its 'checksums' array"):
+            verify_data(tmp_path / "i.rlindex")
+
+    def test_a_version_3_file_without_digests_is_still_read(self, tmp_path):
+        import msgpack
+
+        paths = write_tar_shards(tmp_path / "s", num_shards=2, samples_per_shard=3)
+        index = build(paths, tmp_path)
+        header, arrays = index_file.read_index(tmp_path / "i.rlindex")
+        del header["digests"]
+        header["version"] = 3
+        head = msgpack.packb(header)
+        start = index_file._aligned(index_file._PREFIX + len(head))
+        with open(tmp_path / "v3.rlindex", "wb") as f:
+            f.write(index_file.MAGIC + len(head).to_bytes(8, "little") + head)
+            for name, array in arrays.items():
+                f.seek(start + header["arrays"][name]["offset"])
+                f.write(array.tobytes())
+        old = ShardedIndex.load(tmp_path / "v3.rlindex")
+        assert old.header["version"] == 3 and old.fingerprint == index.fingerprint
+        np.testing.assert_array_equal(old.records, index.records)

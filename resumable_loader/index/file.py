@@ -16,6 +16,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
+import xxhash
 
 from resumable_loader.errors import SampleIndexError
 from resumable_loader.index.atomic import atomic_write
@@ -30,7 +31,13 @@ SUFFIX = ".rlindex"  # what the CLI writes and the datasets load without looking
 #   offset and size) and "checksums" (CRC32C per member) replace "spans"; "magic" says whether
 #   every sample's first header has the ustar magic. An older file is rebuilt from its shard
 #   list (ShardedIndex.load(..., rebuild=True), for_shards) or refused naming the command.
-INDEX_VERSION = 3
+# Version 4: the header holds "digests": the xxh3_64 of the header itself (its msgpack without
+#   "digests" and a partial copy's "partial") and of each array's bytes. The header's is
+#   checked at every read, the arrays' on request (:func:`check_arrays`). Version 3 files,
+#   which have none, are still read (unchecked), so no dataset is rescanned for them.
+INDEX_VERSION = 4
+READABLE_VERSIONS = (3, 4)
+_UNSEALED = ("digests", "partial")  # header entries the header's digest does not cover
 _ALIGN = 64
 _PREFIX = len(MAGIC) + 8
 _REBUILD = "(re)build it with: resumable-loader index SHARDS... --out PATH"
@@ -66,7 +73,7 @@ class IndexVersionError(SampleIndexError):
             )
         super().__init__(
             f"{path}: index format version {header.get('version')!r}, this release reads "
-            f"{INDEX_VERSION}; {command}"
+            f"{' and '.join(map(str, READABLE_VERSIONS))}; {command}"
         )
 
 
@@ -79,17 +86,22 @@ def write_index(path: str | os.PathLike, header: dict[str, Any], arrays: dict[st
         SampleIndexError: the file cannot be written (the message says where and why).
     """
     layout, offset = {}, 0
+    arrays = {name: np.ascontiguousarray(array) for name, array in arrays.items()}
     for name, array in arrays.items():
         layout[name] = {"offset": offset, "dtype": array.dtype.str, "shape": list(array.shape)}
         offset += _aligned(array.nbytes)
-    head = msgpack.packb({**header, "version": INDEX_VERSION, "arrays": layout})
+    sealed = {k: v for k, v in header.items() if k not in _UNSEALED}
+    sealed.update(version=INDEX_VERSION, arrays=layout)
+    digests = {name: xxhash.xxh3_64_hexdigest(array) for name, array in arrays.items()}
+    digests["header"] = xxhash.xxh3_64_hexdigest(msgpack.packb(sealed))
+    head = msgpack.packb({**sealed, "digests": digests})
     data_start = _aligned(_PREFIX + len(head))
     try:
         with atomic_write(path) as f:
             f.write(MAGIC + len(head).to_bytes(8, "little") + head)
             for name, array in arrays.items():
                 f.seek(data_start + layout[name]["offset"])
-                f.write(np.ascontiguousarray(array).tobytes())
+                f.write(array.tobytes())
             f.truncate(data_start + offset)
     except OSError as error:
         raise SampleIndexError(
@@ -135,8 +147,7 @@ def read_index(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.nd
         raise SampleIndexError(f"{path}: corrupt index header ({error}); {_REBUILD}") from None
     if not isinstance(header, dict):
         raise SampleIndexError(f"{path}: corrupt or truncated index header; {_REBUILD}")
-    if header.get("version") != INDEX_VERSION:
-        raise IndexVersionError(path, header)
+    check_header(path, header)
     data_start = _aligned(_PREFIX + head_length)
     arrays = {}
     try:
@@ -151,6 +162,48 @@ def read_index(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.nd
             f"{path}: corrupt or truncated index ({error}); {_REBUILD}"
         ) from None
     return header, arrays
+
+
+def check_header(path: str | os.PathLike, header: dict[str, Any]) -> None:
+    """Refuse a header of another version, or a version-4 one whose digest does not match.
+
+    Raises:
+        IndexVersionError: a version this release does not read.
+        SampleIndexError: the header changed since it was written (a damaged file).
+    """
+    if header.get("version") not in READABLE_VERSIONS:
+        raise IndexVersionError(path, header)
+    if header["version"] < 4:
+        return
+    digests = header.get("digests")
+    recorded = digests.get("header") if isinstance(digests, dict) else None
+    sealed = msgpack.packb({k: v for k, v in header.items() if k not in _UNSEALED})
+    if recorded != xxhash.xxh3_64_hexdigest(sealed):
+        raise SampleIndexError(
+            f"{path}: damaged index: its header's xxh3_64 is "
+            f"{xxhash.xxh3_64_hexdigest(sealed)}, {recorded} when written; {_REBUILD}"
+        )
+
+
+def check_arrays(
+    path: str | os.PathLike, header: dict[str, Any], arrays: dict[str, np.ndarray]
+) -> None:
+    """Refuse arrays whose bytes changed since they were written (version 4; reads all of
+    them, so the caller decides when it pays).
+
+    Raises:
+        SampleIndexError: naming the first array that differs.
+    """
+    digests = header.get("digests") or {}
+    for name, array in arrays.items():
+        if name not in digests:
+            continue
+        found = xxhash.xxh3_64_hexdigest(np.ascontiguousarray(array))
+        if found != digests[name]:
+            raise SampleIndexError(
+                f"{path}: damaged index: its {name!r} array's xxh3_64 is {found}, "
+                f"{digests[name]} when written; {_REBUILD}"
+            )
 
 
 def _aligned(offset: int) -> int:

@@ -79,8 +79,7 @@ def fetch_header(url: str, storage_options: StorageOptions = None) -> tuple[dict
         raise SampleIndexError(f"{url}: not a resumable_loader index")
     length = int.from_bytes(prefix[len(file.MAGIC) :], "little")
     header = msgpack.unpackb(client.read_range(url, file._PREFIX, length))
-    if header.get("version") != file.INDEX_VERSION:
-        raise file.IndexVersionError(Path(url), header)
+    file.check_header(url, header)
     return header, file._aligned(file._PREFIX + length)
 
 

@@ -48,15 +48,16 @@ def verify_data(
     goes on to the next.
 
     The check is against an existing index (named, or kept beside or for the shards), never
-    one built here: an index taken from the bytes at hand would match them whatever they hold.
+    one built here: an index taken from the bytes at hand would match them whatever they hold;
+    the index's own arrays are checked against their digests first, whatever their size.
 
     Args:
         shards: as for :class:`TarShardDataset` (shards, patterns, an index file or object).
 
     Raises:
         ConfigError: the shards are Parquet (their integrity is Parquet's own page checksums).
-        SampleIndexError: no index of the shards, or one that no longer matches them by size
-            and mtime (or ETag).
+        SampleIndexError: no index of the shards, a damaged one, or one that no longer
+            matches them by size and mtime (or ETag).
     """
     if isinstance(shards, ShardedIndex):
         index = shards
@@ -69,6 +70,7 @@ def verify_data(
         index = ShardedIndex.for_shards(shards, build=False)
     if index.format != "tar":
         raise ConfigError(f"{index.path}: indexes Parquet files; {_PARQUET}")
+    index.check_digests()
     dataset = TarShardDataset(index, check="full")
     problems = []
     for sample_id in range(len(dataset)):
