@@ -95,6 +95,17 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _count(text: str) -> int:
+    """An argument that counts things to list: an int >= 0 (argparse names the option)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count (an integer >= 0)")
+    return value
+
+
 def _verify_data(args: argparse.Namespace) -> int:
     from resumable_loader.sources.verify_data import verify_data
 
@@ -214,7 +225,7 @@ def parser() -> argparse.ArgumentParser:
 
     inspect = commands.add_parser("inspect", help="show an index: counts, fields, fingerprint")
     inspect.add_argument("index", help="an index file (.rlindex)")
-    inspect.add_argument("--show", type=int, default=5, help="shards and skips to list")
+    inspect.add_argument("--show", type=_count, default=5, help="shards and skips to list")
     inspect.add_argument("--no-verify", action="store_true", help="do not stat the shards")
     inspect.set_defaults(run=_inspect)
 
@@ -227,7 +238,7 @@ def parser() -> argparse.ArgumentParser:
         "not run (a missing or stale index, Parquet shards)",
     )
     verify_data.add_argument("shards", nargs="+", help="shards, patterns or an index file")
-    verify_data.add_argument("--show", type=int, default=20, help="bad samples to list")
+    verify_data.add_argument("--show", type=_count, default=20, help="bad samples to list")
     verify_data.set_defaults(run=_verify_data)
 
     demo = commands.add_parser(

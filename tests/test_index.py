@@ -171,6 +171,19 @@ class TestCommandLine:
         assert cli.main(["index", *paths, "--out", str(tmp_path / "train.rlindex"), "--quiet"]) == 0
         assert TarShardDataset(str(tmp_path / "train.rlindex")).index.num_samples == 2
 
+    def test_inspect_of_a_directory_is_an_error_not_a_traceback(self, tmp_path, capsys):
+        assert cli.main(["inspect", str(tmp_path)]) == 2
+        assert "is a directory, not an index file" in capsys.readouterr().err
+
+    @pytest.mark.parametrize("command", ["inspect", "verify-data"])
+    def test_a_negative_show_is_refused(self, tmp_path, capsys, command):
+        paths = write_tar_shards(tmp_path, num_shards=1, samples_per_shard=2)
+        build(paths, tmp_path)
+        with pytest.raises(SystemExit) as exited:
+            cli.main([command, str(tmp_path / "i.rlindex"), "--show", "-1"])
+        assert exited.value.code == 2
+        assert "argument --show: '-1' is not a count" in capsys.readouterr().err
+
 
 class TestTarGrouping:
     @pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT])

@@ -116,3 +116,39 @@ def test_lengths_of_a_parquet_column(tmp_path, capsys):
     assert Packed(dataset, 16, field="text").lengths.tolist() == [
         len(f"row {i}") for i in range(10)
     ]
+
+
+def test_lengths_of_shards_rewritten_since_are_refused(tmp_path):
+    """Same names, sizes and counts (tar pads to 10 KiB records), other contents: the
+    fingerprint is the same, the index build is not."""
+
+    def members(words: int):
+        return lambda index: [("txt", b" ".join([b"w"] * words))]
+
+    shards = write_tar_shards(
+        tmp_path / "s", num_shards=1, samples_per_shard=4, members=members(10)
+    )
+    out = str(tmp_path / "x.rlindex")
+    assert main(["index", *shards, "--out", out, "--quiet", "--length", "txt"]) == 0
+    size = (tmp_path / "s" / "shard-0000.tar").stat().st_size
+    write_tar_shards(tmp_path / "s", num_shards=1, samples_per_shard=4, members=members(100))
+    assert (tmp_path / "s" / "shard-0000.tar").stat().st_size == size
+    assert main(["index", *shards, "--out", out, "--quiet"]) == 0  # without --length
+    with pytest.raises(ConfigError, match=r"written for an earlier build of .*x\.rlindex"):
+        Packed(TarShardDataset(out), 256, field="txt")
+
+
+@pytest.mark.parametrize(
+    ("spec", "said"),
+    [
+        ("npy:words", "the 'npy' of sample 'sample000000' is a ndarray, no key 'words'"),
+        ("json:tokens", "the 'json' of sample 'sample000000' has the keys ['words'], no key"),
+    ],
+)
+def test_a_key_a_sample_lacks_is_named(tmp_path, capsys, spec, said):
+    shards = write_tar_shards(
+        tmp_path / "s", num_shards=1, samples_per_shard=2, members=token_members
+    )
+    out = str(tmp_path / "x.rlindex")
+    assert main(["index", *shards, "--out", out, "--quiet", "--length", spec]) == 2
+    assert said in capsys.readouterr().err

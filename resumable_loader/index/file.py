@@ -143,6 +143,10 @@ def read_index(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.nd
             mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
     except FileNotFoundError:
         raise SampleIndexError(f"{path}: index file not found; {_REBUILD}") from None
+    except IsADirectoryError:
+        raise SampleIndexError(
+            f"{path}: is a directory, not an index file; name the .rlindex file in it"
+        ) from None
     except (ValueError, msgpack.UnpackException) as error:
         raise SampleIndexError(f"{path}: corrupt index header ({error}); {_REBUILD}") from None
     if not isinstance(header, dict):

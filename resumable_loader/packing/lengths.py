@@ -1,9 +1,11 @@
 """Sample lengths stored beside a shard index, so a packed run never reads every sample first.
 
 ``resumable-loader index SHARDS --length SPEC`` reads each sample once and writes
-``<index>.lengths.npz``: the lengths (int32, by sample id) and the index's fingerprint, so
-lengths of other shards are refused. They sit beside the index instead of in it because the
-index records are the readers' format; the side file leaves that format alone.
+``<index>.lengths.npz``: the lengths (int32, by sample id), the index's fingerprint and the
+digests of the index build they were read with, so lengths of other shards, or of these
+shards before they were rewritten and indexed again, are refused. They sit beside the index
+instead of in it because the index records are the readers' format; the side file leaves that
+format alone.
 
 SPEC names where a sample's length is: ``FIELD`` (a tar member's extension or a Parquet
 column) or ``FIELD:KEY`` (a key of a JSON member or of a struct column). A ``.npy`` member
@@ -16,7 +18,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -45,7 +47,18 @@ def length_reader(spec: str) -> Callable[[Any], int]:
             )
         value = _decoded(field, sample[field])
         if key:
+            if not isinstance(value, Mapping) or key not in value:
+                raise ConfigError(
+                    f"--length {spec!r}: the {field!r} of sample {sample.get('__key__', '?')!r} "
+                    f"{_has(value)}, no key {key!r}; FIELD:KEY reads a key of a JSON member or "
+                    "of a struct column"
+                )
             value = value[key]
+        if not hasattr(value, "__len__"):
+            raise ConfigError(
+                f"--length {spec!r}: the value of sample {sample.get('__key__', '?')!r} is "
+                f"{type(value).__name__} {value!r}, which has no length"
+            )
         return len(value)
 
     return length
@@ -58,7 +71,12 @@ def write_lengths(dataset: Any, spec: str) -> np.ndarray:
     if len(lengths) and lengths.max() >= 2**31:
         raise ConfigError(f"--length {spec!r}: a sample has {int(lengths.max())} >= 2**31")
     with atomic_write(sidecar_path(dataset.index.path)) as f:
-        np.savez(f, lengths=lengths.astype(np.int32), fingerprint=np.str_(dataset.fingerprint))
+        np.savez(
+            f,
+            lengths=lengths.astype(np.int32),
+            fingerprint=np.str_(dataset.fingerprint),
+            build=np.str_(_build_of(dataset.index)),
+        )
     return lengths
 
 
@@ -74,6 +92,13 @@ def sidecar_lengths(dataset: Any) -> np.ndarray | None:
         return None
     with np.load(sidecar_path(path)) as stored:
         lengths, fingerprint = stored["lengths"], str(stored["fingerprint"])
+        build = str(stored["build"]) if "build" in stored else ""
+    if build and build != _build_of(index):
+        raise ConfigError(
+            f"{sidecar_path(path)}: written for an earlier build of {path} (the index was "
+            "rebuilt since: its shards changed, even if their names, sizes and counts did not); "
+            f"write them again with resumable-loader index ... --out {path} --length SPEC"
+        )
     if fingerprint != dataset.fingerprint or len(lengths) != len(dataset):
         raise ConfigError(
             f"{sidecar_path(path)}: written for index {fingerprint} ({len(lengths)} samples), "
@@ -81,6 +106,20 @@ def sidecar_lengths(dataset: Any) -> np.ndarray | None:
             f"with resumable-loader index ... --out {path} --length SPEC"
         )
     return lengths
+
+
+def _build_of(index: Any) -> str:
+    """What tells one build of an index from another (its digests: of the header, with each
+    shard's mtime or ETag, and of the records, with each member's CRC32C; "" for a version 3
+    index, which has none: then the fingerprint alone decides)."""
+    digests = index.header.get("digests")
+    return json.dumps(digests, sort_keys=True) if digests else ""
+
+
+def _has(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return f"has the keys {sorted(value)[:10]}"
+    return f"is a {type(value).__name__}"
 
 
 def _decoded(field: str, value: Any) -> Any:
