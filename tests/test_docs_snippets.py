@@ -112,6 +112,16 @@ def test_snippets_run_as_written(path, tmp_path):
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
 
 
+@pytest.mark.slow  # two ranks under torchrun, ~20 s
+def test_distributed_snippets_run_on_two_ranks(tmp_path):
+    """docs/distributed.md says every rank runs its snippets under torchrun: the page's blocks
+    on two ranks (a load before rank 0's save was complete failed every run before the
+    barrier)."""
+    command = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    done = run_python([*command, __file__, str(ROOT / "docs" / "distributed.md")], tmp_path)
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+
+
 def run_python(arguments: list[str], cwd: Path, env: dict[str, str] | None = None) -> Any:
     """This Python on ``arguments`` in ``cwd``, output captured, within 300 s."""
     return subprocess.run(
