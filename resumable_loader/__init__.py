@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from resumable_loader.errors import (
     CheckpointError,
     ConfigError,
+    NotResumableError,
     PipelineError,
     ResumableLoaderError,
     ResumeWarning,
@@ -71,6 +72,7 @@ __all__ = [
     "EpochKeyedDataset",
     "Mixture",
     "MixtureSource",
+    "NotResumableError",
     "Packed",
     "ParquetDataset",
     "PipelineError",

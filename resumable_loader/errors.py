@@ -15,6 +15,14 @@ class StateDictError(ResumableLoaderError, ValueError):
     """A state_dict cannot be loaded: malformed, unknown version, or from another dataset/config."""
 
 
+class NotResumableError(StateDictError, AttributeError):
+    """A loader over an ``IterableDataset`` has no position to save or load: its order lives in
+    the dataset's ``__iter__``. Raised by reading ``state_dict``/``load_state_dict`` of such a
+    loader; an ``AttributeError`` too, so ``hasattr`` is False there as on torch's DataLoader and
+    frameworks that save whatever has a ``state_dict`` (Lightning's checkpoints, DCP's
+    ``Stateful``) treat the loader as torch's."""
+
+
 class SampleIndexError(ResumableLoaderError):
     """A sample index is missing, corrupt, or no longer matches its shards."""
 

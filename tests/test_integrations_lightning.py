@@ -175,3 +175,47 @@ def test_set_epoch_after_iter_is_taken_by_that_iteration():
     reloaded.sampler.set_epoch(1)
     assert list(split_batch(next(iter(reloaded)))) == [(i, d) for _, i, d in expected[N : N + 4]]
     del batches
+
+
+# Lightning's own use of torch's pytree, deprecated in torch 2.13 (the jobs in subprocesses
+# do not turn warnings into errors)
+@pytest.mark.filterwarnings("ignore:`isinstance.treespec, LeafSpec.` is deprecated:FutureWarning")
+def test_a_module_over_an_iterable_dataset_checkpoints_as_with_torchs_loader(tmp_path: Path):
+    """Lightning saves the state of every Stateful loader: a loader over an IterableDataset
+    has none (as torch's), so its checkpoints are written instead of the fit failing."""
+    import lightning as L
+    import torch
+    from torch.utils.data import IterableDataset
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            generator = torch.Generator().manual_seed(0)
+            for _ in range(32):
+                yield torch.randn(4, generator=generator), torch.randn(1, generator=generator)
+
+    class Model(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Linear(4, 1)
+
+        def train_dataloader(self):
+            return ResumableDataLoader(Stream(), batch_size=8)
+
+        def training_step(self, batch, index):
+            return torch.nn.functional.mse_loss(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    every_two = L.pytorch.callbacks.ModelCheckpoint(tmp_path, every_n_train_steps=2)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[every_two],
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(Model())
+    assert trainer.global_step == 4 and list(tmp_path.glob("*.ckpt"))

@@ -566,6 +566,25 @@ class TestStateErrors:
         with pytest.raises(StateDictError, match="IterableDataset"):
             loader.state_dict()
 
+    def test_a_loader_over_an_iterable_dataset_has_no_cursor_methods_as_torchs(self):
+        """Frameworks save whatever is Stateful (Lightning's checkpoints): over an
+        IterableDataset the loader is not, as torch's DataLoader is not, instead of raising at
+        their first save."""
+        from torch.distributed.checkpoint.stateful import Stateful
+
+        from resumable_loader import NotResumableError
+
+        class Stream(IterableDataset):
+            def __iter__(self):
+                return iter(range(5))
+
+        loader = ResumableDataLoader(Stream(), batch_size=2, num_workers=1)
+        assert isinstance(loader, ResumableDataLoader) and [len(b) for b in loader] == [2, 2, 1]
+        assert not isinstance(loader, Stateful) and not hasattr(loader, "load_state_dict")
+        with pytest.raises(NotResumableError, match=r"load_state_dict\(\) needs a map-style"):
+            loader.load_state_dict({})
+        assert isinstance(ResumableDataLoader(list(range(5)), seed=1), Stateful)
+
     def test_other_dataset_length_is_named(self):
         state = make()().state_dict()
         with pytest.raises(StateDictError, match=r"fingerprint\.length.*29.*30"):

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from resumable_loader._checks import check_int
-from resumable_loader.errors import ConfigError, StateDictError, WorkerError
+from resumable_loader.errors import ConfigError, NotResumableError, StateDictError, WorkerError
 from resumable_loader.loader import bad_samples
 from resumable_loader.loader import cursor as cursor_mod
 from resumable_loader.loader.bad_samples import BadSamples
@@ -112,6 +112,12 @@ class ResumableDataLoader(DataLoader[T_co]):
     it), and the loader keeps its own order; ``set_epoch`` on the visible sampler reaches the
     loader.
     """
+
+    def __new__(cls, dataset: Any = None, *args: Any, **kwargs: Any) -> ResumableDataLoader:
+        # Over an IterableDataset: the loader without cursor methods (IterableDatasetLoader).
+        if cls is ResumableDataLoader and isinstance(dataset, IterableDataset):
+            cls = IterableDatasetLoader
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -625,6 +631,36 @@ class ResumableDataLoader(DataLoader[T_co]):
                 "resumable_loader.TarShardDataset or ParquetDataset)"
             )
         return self._refs
+
+
+class IterableDatasetLoader(ResumableDataLoader):
+    """The loader over an ``IterableDataset`` (``DataLoader(iterable)`` makes one): it iterates
+    as torch's does, and has no ``state_dict``/``load_state_dict``, as torch's has none.
+
+    The dataset's order lives in its own ``__iter__``, so no position can be saved. Reading
+    either attribute raises :class:`NotResumableError` (an ``AttributeError`` saying why), and
+    the class sets both to None, which is how ``typing``'s runtime protocols see a method as
+    absent: frameworks that save every loader with a ``state_dict`` (Lightning's checkpoints,
+    ``isinstance(loader, Stateful)``) then treat it as torch's instead of failing at their
+    first save.
+    """
+
+    state_dict = None  # type: ignore[assignment]
+    load_state_dict = None  # type: ignore[assignment]
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in _CURSOR_METHODS:
+            raise NotResumableError(
+                f"{name}() needs a map-style dataset: {type(self.dataset).__name__} is an "
+                "IterableDataset, whose order lives inside its own __iter__ and cannot be "
+                f"resumed by position (so this loader has no {name}, as torch's DataLoader has "
+                "none); use a map-style Dataset (for shards: resumable_loader.TarShardDataset "
+                "or ParquetDataset)"
+            )
+        return super().__getattribute__(name)
+
+
+_CURSOR_METHODS = frozenset({"state_dict", "load_state_dict"})
 
 
 def _worker_seed_generator(seed: int, epoch: int) -> torch.Generator:
