@@ -38,6 +38,7 @@ from resumable_loader.rngs.sample import (
     sample_torch_generator,
 )
 from resumable_loader.sources import ParquetDataset, TarShardDataset
+from resumable_loader.storage.reader import Prefetch
 from resumable_loader.tokens import TokenDataset, TokenDocuments
 from resumable_loader.verify import VerifyReport, verify_pipeline
 
@@ -76,6 +77,7 @@ __all__ = [
     "Packed",
     "ParquetDataset",
     "PipelineError",
+    "Prefetch",
     "ResumableDataLoader",
     "ResumableLoaderError",
     "ResumeWarning",
