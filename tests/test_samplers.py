@@ -462,6 +462,21 @@ class TestSamplersThatSplitAcrossRanksThemselves:
         with pytest.raises(StateDictError, match=r"Stateless.*state_dict"):
             custom_loader(Stateless()).load_state_dict(first.state_dict())
 
+    @pytest.mark.parametrize("kind", [list, tuple, range])
+    def test_a_plain_sequence_as_sampler_resumes_mid_epoch_with_another_batch_size(self, kind):
+        """torch takes a list, tuple or range as sampler=: a fixed order, so resumable."""
+        order = kind(range(N - 1, 2, -3)) if kind is not range else range(3, N, 2)
+        whole = stream([consume(custom_loader(order), EPOCHS)])
+        first = custom_loader(order)
+        head = consume(first, EPOCHS, stop_after=3)
+        resumed = custom_loader(order, batch_size=3, num_workers=1)
+        resumed.load_state_dict(transport(first.state_dict(), "msgpack"))
+        tail = consume(resumed, epochs_left(first.state_dict(), EPOCHS))
+        assert sorted(stream([head]) + stream([tail])) == sorted(whole)
+        other = custom_loader(list(order)[::-1])
+        with pytest.raises(StateDictError, match=r"fingerprint\.sampler.*crc="):
+            other.load_state_dict(first.state_dict())
+
     def test_custom_batch_sampler_refuses_a_position_inside_its_batch(self):
         def make(size):
             return ResumableDataLoader(augmented(N), batch_sampler=FixedBatches(size), seed=11)

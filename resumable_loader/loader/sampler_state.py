@@ -2,7 +2,7 @@
 
 torch's samplers have no ``state_dict()``, yet what decides an epoch of theirs is small:
 
-- ``SequentialSampler``: nothing.
+- ``SequentialSampler``, or a list, tuple or range of indices (or of batches): nothing.
 - ``RandomSampler``, ``SubsetRandomSampler``, ``WeightedRandomSampler`` with ``generator=``: that
   generator's state at the epoch's start (the whole epoch is drawn from it).
 - the same without a generator: one seed per epoch, drawn from torch's global RNG when the epoch
@@ -42,6 +42,9 @@ from resumable_loader.errors import ConfigError, StateDictError
 # loader splits it across ranks itself, as it splits its own order.
 GLOBAL_SAMPLERS = (SequentialSampler, RandomSampler, SubsetRandomSampler, WeightedRandomSampler)
 _RANDOM_SAMPLERS = (RandomSampler, SubsetRandomSampler, WeightedRandomSampler)
+# Samplers given as a plain sequence of indices (or of batches, as batch_sampler=), as torch
+# takes them: the same order every epoch, so resumable anywhere, like SequentialSampler.
+FIXED_SEQUENCES = (list, tuple, range)
 NOT_DRAWN = -1  # the placeholder seed: the epoch has not started, its seed is drawn then
 
 
@@ -55,6 +58,8 @@ def global_sampler(source: Any) -> Any:
 def describe(sampler: Any) -> str:
     """The sampler's type and the settings that decide its stream, for the fingerprint."""
     name = type(sampler).__qualname__
+    if type(sampler) in FIXED_SEQUENCES:  # its contents are its order
+        return f"{name}(len={len(sampler)}, crc={zlib.crc32(repr(sampler).encode()):08x})"
     if type(sampler) is DistributedSampler:
         return (
             f"{name}(num_replicas={sampler.num_replicas}, shuffle={int(sampler.shuffle)}, "
@@ -251,7 +256,7 @@ def capture(sampler: Any) -> Capture:
         return _GivenGenerator(sampler) if sampler.generator is not None else _DrawnSeed(sampler)
     if kind is DistributedSampler:
         return _DistributedEpoch(sampler)
-    if kind is SequentialSampler:
+    if kind is SequentialSampler or kind in FIXED_SEQUENCES:
         return Capture(sampler)
     if callable(getattr(sampler, "state_dict", None)) and callable(
         getattr(sampler, "load_state_dict", None)
