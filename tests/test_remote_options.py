@@ -48,17 +48,22 @@ def shards(s3_server: str, tmp_path: Path) -> str:
     return f"{upload_dir(s3_server, tmp_path / 'shards', '*.tar')}/shard-{{0000..0001}}.tar"
 
 
-@pytest.mark.usefixtures("no_aws_environment")
-def test_the_index_is_built_fetched_and_checked_with_storage_options(
-    s3_server: str, shards: str, tmp_path: Path
-) -> None:
-    options = {
-        "endpoint_url": s3_server,
+def given_options(endpoint: str) -> dict:
+    """The endpoint and credentials as storage_options, fsspec's names (none in the environment)."""
+    return {
+        "endpoint_url": endpoint,
         "key": CREDENTIALS["AWS_ACCESS_KEY_ID"],
         "secret": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
         "region": "us-east-1",
         **QUICK,
     }
+
+
+@pytest.mark.usefixtures("no_aws_environment")
+def test_the_index_is_built_fetched_and_checked_with_storage_options(
+    s3_server: str, shards: str, tmp_path: Path
+) -> None:
+    options = given_options(s3_server)
     began = time.monotonic()
     built = _TarIndex(shards, cache_dir=tmp_path / "a", storage_options=options)  # + publish
     fetched = ShardedIndex.for_shards(shards, cache_dir=tmp_path / "b", storage_options=options)
@@ -78,13 +83,7 @@ def test_build_false_refuses_remote_shards_without_an_index_and_publishes_none(
     s3_server: str, shards: str, tmp_path: Path
 ) -> None:
     """What verify-data asks for: an index taken from the bytes at hand would match them."""
-    options = {
-        "endpoint_url": s3_server,
-        "key": CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        "secret": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        "region": "us-east-1",
-        **QUICK,
-    }
+    options = given_options(s3_server)
     with pytest.raises(SampleIndexError, match=r"no current index of these shards .*known good"):
         ShardedIndex.for_shards(
             shards, cache_dir=tmp_path / "c", storage_options=options, build=False
@@ -193,13 +192,7 @@ def test_parquet_rows_are_read_through_the_client_with_storage_options(
     paths = write_parquet_shards(tmp_path / "rows", num_shards=2, rows_per_shard=12)
     prefix = upload_dir(s3_server, tmp_path / "rows", "*.parquet")
     urls = [f"{prefix}/{Path(p).name}" for p in paths]
-    options = {
-        "endpoint_url": s3_server,
-        "key": CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        "secret": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        "region": "us-east-1",
-        **QUICK,
-    }
+    options = given_options(s3_server)
     remote = ParquetDataset(urls, cache_dir=tmp_path / "idx", storage_options=options)
     local = ParquetDataset(paths)
     rows = list(DataLoader(remote, batch_size=5, num_workers=workers, collate_fn=list))
