@@ -72,6 +72,18 @@ def test_a_second_run_fetches_the_index_instead_of_scanning(
     assert fault_proxy.count("HEAD") == 0 and fault_proxy.count("GET") == 1  # one listing
 
 
+def test_a_glob_of_the_shards_leaves_out_the_index_published_beside_them(urls, tmp_path) -> None:
+    """The published ``shard-0000.tar.<hash>.rlindex`` matches ``shard-*``: a later run (a new
+    listing) refused the mix of .tar and .rlindex before globs left index files out."""
+    import s3fs
+
+    first = ShardedIndex.for_shards(urls, cache_dir=tmp_path / "node-1")  # and published
+    s3fs.S3FileSystem.clear_instance_cache()  # a new process's listing, not the cached one
+    pattern = urls[0].rsplit("/", 1)[0] + "/shard-*"
+    later = ShardedIndex.for_shards(pattern, cache_dir=tmp_path / "node-2")
+    assert later.shard_urls == urls and later.fingerprint == first.fingerprint
+
+
 def test_a_changed_shard_is_rescanned_and_republished(
     urls, shards, fault_proxy: FaultProxy, tmp_path, s3_server: str
 ) -> None:

@@ -11,6 +11,7 @@ from typing import Any, BinaryIO
 import braceexpand
 
 from resumable_loader.errors import ConfigError, ShardError, StorageError
+from resumable_loader.index.file import SUFFIX
 
 # Remote shards under one prefix from which a listing replaces a HEAD request each.
 LISTED = 8
@@ -95,12 +96,16 @@ def _directory_hint(path: str) -> str:
 
 
 def _glob(pattern: str) -> list[str]:
+    """The files ``pattern`` matches, sorted, less index files: an index published beside
+    remote shards (``<first shard>.<hash>.rlindex``) matches a glob of them, and is never one."""
     if not is_url(pattern):
-        return sorted(glob.glob(pattern))
-    import fsspec
+        matches = glob.glob(pattern)
+    else:
+        import fsspec
 
-    filesystem, _, paths = fsspec.get_fs_token_paths(pattern)
-    return sorted(filesystem.unstrip_protocol(path) for path in paths)
+        filesystem, _, paths = fsspec.get_fs_token_paths(pattern)
+        matches = [filesystem.unstrip_protocol(path) for path in paths]
+    return sorted(match for match in matches if not match.endswith(SUFFIX))
 
 
 def stat_shard(path: str, storage_options: StorageOptions = None) -> tuple[int, float | str]:
