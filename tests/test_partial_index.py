@@ -15,7 +15,7 @@ from shard_factory import write_tar_shards
 from test_remote_stream import stream
 
 from resumable_loader import ShardShuffle, TarShardDataset
-from resumable_loader.errors import ConfigError
+from resumable_loader.errors import ConfigError, SampleIndexError
 from resumable_loader.index.remote import remote_index_url
 from resumable_loader.index.sharded import ShardedIndex
 from resumable_loader.storage.reader import Prefetch
@@ -82,7 +82,7 @@ def test_a_node_fetches_the_shard_list_then_only_the_shards_it_reads(
     np.testing.assert_array_equal(index.records[rows], whole.records[rows])
     np.testing.assert_array_equal(index.checksums[rows], whole.checksums[rows])
     assert dataset[-1]["bin"] == local[-1]["bin"] and loaded(index) == [3, 5, 6, 7]
-    ranges = [r.range for r in fault_proxy.requests if ".rlindex" in r.path]
+    ranges = [r.range for r in fault_proxy.requests if ".rlindex" in r.path and r.method == "GET"]
     asked = sum(int(b) - int(a) + 1 for a, b in (r.split("=")[1].split("-") for r in ranges))
     assert asked < 0.75 * whole.path.stat().st_size  # the header and 4 shards' rows, ranged
 
@@ -100,6 +100,30 @@ def test_the_rows_fetched_stay_for_the_next_process_of_the_node(
     assert index_reads(fault_proxy) == 0
     again.ensure_rows([2 * PER_SHARD])
     assert index_reads(fault_proxy) == 2 and loaded(first) == [0, 1, 2]  # one file, shared
+
+
+def test_rows_of_an_index_republished_since_the_header_are_refused(
+    urls, s3_server: str, tmp_path
+) -> None:
+    """A node holds the header; shard 0 is rewritten with fewer samples and another node
+    republishes the index under the same name: the first node's row reads are conditional on
+    the ETag it read the header under, so they fail (rows of the new index would put other
+    samples at its ids) and its copy is dropped; a new run fetches the new header."""
+    node = tmp_path / "node"
+    held = ShardedIndex.for_shards(urls, cache_dir=node, index_rows="on_demand")
+    fewer = write_tar_shards(tmp_path / "fewer", num_shards=1, samples_per_shard=PER_SHARD // 2)
+    bucket, prefix = urls[0][len("s3://") :].split("/")[:2]
+    make_bucket(
+        s3_server, {"shard-0000.tar": Path(fewer[0])}, bucket=bucket, prefix=prefix, create=False
+    )
+    ShardedIndex.for_shards(urls, cache_dir=tmp_path / "other-node")  # rebuilt, republished
+    with pytest.raises(SampleIndexError, match="index was replaced in storage"):
+        held.ensure_shards([2])
+    assert not held.path.exists()
+    again = ShardedIndex.for_shards(urls, cache_dir=node, index_rows="on_demand")
+    assert again.num_samples == SHARDS * PER_SHARD - PER_SHARD // 2
+    dataset = TarShardDataset(again, prefetch=False)
+    assert dataset[PER_SHARD // 2]["__key__"] == f"sample{PER_SHARD:06d}"  # shard 1's first
 
 
 def test_a_whole_local_copy_is_used_rather_than_a_partial_one(urls, tmp_path) -> None:

@@ -16,6 +16,7 @@ atomic replace of a stale copy replaces them too.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -29,10 +30,14 @@ from resumable_loader.errors import SampleIndexError, ShardError
 from resumable_loader.index import file
 from resumable_loader.index.atomic import atomic_write
 from resumable_loader.index.paths import StorageOptions, fork_safe
-from resumable_loader.storage.client import client_for
+from resumable_loader.storage.client import ObjectChanged, client_for
 
 logger = logging.getLogger("resumable_loader")
 ROWS = ("all", "on_demand")  # what ``index_rows`` may be
+_REPLACED = (
+    "{url}: the index was replaced in storage since this node fetched its header, so its rows "
+    "no longer fit the shard list held here; restart the job (a new run fetches the new index)"
+)
 _FETCHES_IN_FLIGHT = 8  # shards whose rows are fetched at once
 
 
@@ -47,7 +52,7 @@ def fetch_partial(url: str, path: Path, storage_options: StorageOptions = None) 
     the arrays left as a hole, every shard's flag 0. False if there is no index at ``url`` or
     it cannot be read (logged: the caller fetches it whole or builds it)."""
     try:
-        header, remote_start = fetch_header(url, storage_options)
+        header, remote_start, etag = fetch_header(url, storage_options)
     except (ShardError, SampleIndexError) as error:
         if not isinstance(error.__cause__, FileNotFoundError):
             logger.warning("cannot read the header of the index %s (%s)", url, error)
@@ -56,7 +61,12 @@ def fetch_partial(url: str, path: Path, storage_options: StorageOptions = None) 
         (spec["offset"] + _array_bytes(spec) for spec in header["arrays"].values()), default=0
     )
     flags_at = file._aligned(arrays_end)
-    header["partial"] = {"url": url, "remote_start": remote_start, "flags_at": flags_at}
+    header["partial"] = {
+        "url": url,
+        "remote_start": remote_start,
+        "flags_at": flags_at,
+        "etag": etag,
+    }
     head = msgpack.packb(header)
     start = file._aligned(file._PREFIX + len(head))
     with atomic_write(path) as f:
@@ -65,22 +75,31 @@ def fetch_partial(url: str, path: Path, storage_options: StorageOptions = None) 
     return True
 
 
-def fetch_header(url: str, storage_options: StorageOptions = None) -> tuple[dict[str, Any], int]:
-    """The header of the index file at ``url`` and where its arrays start, with two ranged
-    reads (the fixed prefix, then the header): the shard list without the samples' records
-    (about 105 B a shard, against 44 B a sample for the records).
+def fetch_header(
+    url: str, storage_options: StorageOptions = None
+) -> tuple[dict[str, Any], int, str | None]:
+    """The header of the index file at ``url``, where its arrays start, and the ETag of the
+    object read (None where the store has none): two ranged reads (the fixed prefix, then the
+    header), the shard list without the samples' records (about 105 B a shard, against 44 B
+    a sample for the records). Both reads, and every later read of its rows, are conditional
+    on that ETag: rows of an index republished since would not fit the shard list held.
 
     Raises:
-        SampleIndexError: not an index file, or another format version.
+        SampleIndexError: not an index file, another format version, or replaced meanwhile.
     """
     client = client_for(url, fork_safe(storage_options))
-    prefix = client.read_range(url, 0, file._PREFIX)
-    if prefix[: len(file.MAGIC)] != file.MAGIC:
-        raise SampleIndexError(f"{url}: not a resumable_loader index")
-    length = int.from_bytes(prefix[len(file.MAGIC) :], "little")
-    header = msgpack.unpackb(client.read_range(url, file._PREFIX, length))
+    version = client.stat(url).version
+    etag = version if isinstance(version, str) else None
+    try:
+        prefix = client.read_range(url, 0, file._PREFIX, etag=etag)
+        if prefix[: len(file.MAGIC)] != file.MAGIC:
+            raise SampleIndexError(f"{url}: not a resumable_loader index")
+        length = int.from_bytes(prefix[len(file.MAGIC) :], "little")
+        header = msgpack.unpackb(client.read_range(url, file._PREFIX, length, etag=etag))
+    except ObjectChanged:
+        raise SampleIndexError(_REPLACED.format(url=url)) from None
     file.check_header(url, header)
-    return header, file._aligned(file._PREFIX + length)
+    return header, file._aligned(file._PREFIX + length), etag
 
 
 class ShardRows:
@@ -137,7 +156,16 @@ class ShardRows:
             row_bytes = _array_bytes(spec) // max(spec["shape"][0], 1)
             places.append((spec["offset"] + first * row_bytes, rows * row_bytes))
         ranges = [(self._remote_start + at, length) for at, length in places]
-        parts = _client(self.url, self.storage_options).read_ranges(self.url, ranges)
+        etag = self.header["partial"].get("etag")  # none in a copy made before it was kept
+        try:
+            parts = _client(self.url, self.storage_options).read_ranges(
+                self.url, ranges, etag=etag
+            )
+        except ObjectChanged:
+            # this copy can never fetch its rows again: the next run fetches the new header
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            raise SampleIndexError(_REPLACED.format(url=self.url)) from None
         for (at, length), data in zip(places, parts, strict=True):
             if len(data) != length:
                 raise SampleIndexError(

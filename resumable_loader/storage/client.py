@@ -43,6 +43,10 @@ FSSPEC_THREADS = 32
 _STATUS = re.compile(r"status code: (\d{3})")
 
 
+class ObjectChanged(ShardError):
+    """A read conditional on an ETag found the object replaced since (HTTP 412)."""
+
+
 @dataclass(frozen=True)
 class ObjectStat:
     """What the index compares to know an object is unchanged: its size and version (the ETag
@@ -184,7 +188,7 @@ class StorageClient(ABC):
             except Exception as error:
                 if etag is None or not _precondition_failed(error):
                     raise
-                raise ShardError(
+                raise ObjectChanged(
                     f"{url}: the shard changed since the index was built (its ETag is no "
                     f"longer {etag}), so its indexed byte offsets no longer hold; rebuild the "
                     "index (delete the cached and published index, or run resumable-loader "
