@@ -17,7 +17,7 @@ from integration_harness import assert_same_run, run_job, samples
 from transformers import TrainingArguments
 from transformers_job import EPOCHS, N
 
-from resumable_loader import StateDictError
+from resumable_loader import ConfigError, StateDictError
 from resumable_loader.integrations.transformers import ResumableTrainer
 
 JOB = Path(__file__).with_name("transformers_job.py")
@@ -72,6 +72,21 @@ def test_two_processes_killed_mid_epoch_resume_on_one(tmp_path, continuous):
 
 
 @pytest.mark.slow
+def test_gradient_accumulation_resumed_mid_epoch_steps_on_the_same_micro_batches(tmp_path):
+    """6 samples a micro-batch: 7 an epoch, the last of 4 samples; 2 a step: the epoch's last
+    step has one. Resumed after step 3 (one micro-batch of the epoch left), that micro-batch
+    was carried into the next epoch's first step (the Trainer waited for the whole epoch's
+    count), and every later step shifted: the same micro-batches and losses now."""
+    options = ["--batch-size=6", "--workers=0", "--accumulate=2"]
+    continuous = job(tmp_path / "continuous", *options)
+    assert len(continuous) == EPOCHS * 7
+    head = job(tmp_path / "head", *options, "--kill-at=5", killed=True)
+    checkpoint = tmp_path / "head" / "checkpoints" / "checkpoint-3"
+    tail = job(tmp_path / "tail", *options, f"--resume={checkpoint}")
+    assert_same_run(head[:6] + tail, continuous)
+
+
+@pytest.mark.slow
 def test_the_plain_trainer_over_a_keyed_dataset_resumes_its_augmentations(tmp_path):
     """The plain Trainer's own loader and skip-based resume, over a KeyedDataset with
     DatasetEpochCallback: resumed from its uninterrupted run's checkpoint-3 with 2 workers,
@@ -98,3 +113,20 @@ def test_a_checkpoint_without_the_cursor_is_refused(tmp_path):
     trainer.resumed_from = str(tmp_path)
     with pytest.raises(StateDictError, match=r"cursor\.json is missing"):
         trainer.get_train_dataloader()
+
+
+def test_a_resume_with_accumulation_needs_a_trainer_that_runs_epochs(tmp_path, monkeypatch):
+    """transformers 4 has no Trainer._run_epoch, through which the resumed epoch's length is
+    passed on: a resume with gradient accumulation is refused there, not trained wrongly."""
+    from transformers import Trainer
+
+    trainer = ResumableTrainer(
+        model=torch.nn.Linear(1, 1),
+        args=TrainingArguments(
+            output_dir=str(tmp_path), use_cpu=True, report_to="none", gradient_accumulation_steps=2
+        ),
+        train_dataset=list(range(4)),
+    )
+    monkeypatch.delattr(Trainer, "_run_epoch")
+    with pytest.raises(ConfigError, match=r"needs transformers >= 5"):
+        trainer.train(resume_from_checkpoint=str(tmp_path))

@@ -1,10 +1,11 @@
 """A transformers Trainer run on CPU for tests/test_integrations_transformers.py.
 
 Run as ``python transformers_job.py OUT --batch-size B --workers W [--kill-at S] [--resume
-DIR]``: a ResumableTrainer over a tiny regression model, checkpointing every 3 steps into
-``OUT/checkpoints``. The model appends one JSON line per training step to ``OUT/rank0.jsonl``
-(epoch, sample ids, digests of the augmentations, loss); with ``--kill-at S`` the process
-SIGKILLs itself after step S. With ``--plain`` the job is the plain ``Trainer`` (its own loader,
+DIR] [--accumulate K]``: a ResumableTrainer over a tiny regression model, checkpointing every 3
+steps into ``OUT/checkpoints``. The model appends one JSON line per training step (a forward
+pass: a micro-batch under gradient accumulation) to ``OUT/rank0.jsonl`` (epoch, sample ids,
+digests of the augmentations, loss); with ``--kill-at S`` the process SIGKILLs itself after
+step S. With ``--plain`` the job is the plain ``Trainer`` (its own loader,
 its skip-based resume) over a ``KeyedDataset`` with ``DatasetEpochCallback``.
 """
 
@@ -71,12 +72,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--kill-at", type=int)
     parser.add_argument("--resume")
     parser.add_argument("--plain", action="store_true", help="the plain Trainer")
+    parser.add_argument("--accumulate", type=int, default=1, help="gradient_accumulation_steps")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)  # the same initial weights in every run
     training = TrainingArguments(
         output_dir=str(args.out / "checkpoints"),
         per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.accumulate,
         dataloader_num_workers=args.workers,
         num_train_epochs=EPOCHS,
         save_strategy="steps",

@@ -158,9 +158,7 @@ class ShardRows:
         ranges = [(self._remote_start + at, length) for at, length in places]
         etag = self.header["partial"].get("etag")  # none in a copy made before it was kept
         try:
-            parts = _client(self.url, self.storage_options).read_ranges(
-                self.url, ranges, etag=etag
-            )
+            parts = _client(self.url, self.storage_options).read_ranges(self.url, ranges, etag=etag)
         except ObjectChanged:
             # this copy can never fetch its rows again: the next run fetches the new header
             with contextlib.suppress(FileNotFoundError):

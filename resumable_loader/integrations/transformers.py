@@ -23,7 +23,7 @@ from typing import Any
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from resumable_loader.errors import StateDictError
+from resumable_loader.errors import ConfigError, StateDictError
 from resumable_loader.index.atomic import atomic_write
 from resumable_loader.loader.dataloader import ResumableDataLoader
 
@@ -99,8 +99,32 @@ class ResumableTrainerMixin:
         if resume_from_checkpoint is True:
             resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
         self.resumed_from = resume_from_checkpoint or None
+        if self.resumed_from and self.args.gradient_accumulation_steps > 1:
+            _check_epoch_runner()
         self.args.ignore_data_skip = True  # the cursor resumes the data; skipping would repeat it
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _run_epoch(self, *args: Any, **kwargs: Any) -> Any:
+        # The resumed epoch holds the batches the cursor left, and the Trainer (which skips
+        # none, ignore_data_skip) counts them from 0: tell it how many there are, or it would
+        # wait for the whole epoch's count before syncing the last, partial accumulation window
+        # and carry its gradient into the next epoch's first optimizer step.
+        left = self._batches_left()
+        if left is not None and "steps_in_epoch" in kwargs and left != kwargs["steps_in_epoch"]:
+            kwargs["steps_in_epoch"] = left
+            accumulation = self.args.gradient_accumulation_steps
+            kwargs["num_update_steps_per_epoch"] = -(-left // accumulation)
+        return super()._run_epoch(*args, **kwargs)
+
+    def _batches_left(self) -> int | None:
+        """Batches the training loader's next pass yields (None: no loader, or no epoch
+        length): those after the cursor in a resumed epoch, else the whole epoch's."""
+        loader = self.cursor_saver.loader
+        partition = None if loader is None else loader.partition
+        if partition is None:
+            return None
+        position = loader.state_dict()["position"]
+        return partition.num_batches(position if position < partition.length else 0)
 
     def resumable_train_loader(self, dataset: Any) -> ResumableDataLoader:
         """The training loader, from the TrainingArguments: shuffled, seeded by ``data_seed``
@@ -137,6 +161,18 @@ class ResumableTrainerMixin:
                 loader.load_state_dict(json.load(f))
         self.cursor_saver.loader = loader
         return EpochlessLoader(loader)
+
+
+def _check_epoch_runner() -> None:
+    """Refuse a resume with gradient accumulation where the Trainer has no ``_run_epoch``
+    (transformers 4), whose resumed epoch the mixin cannot tell its length: the last, partial
+    accumulation window would be carried into the next epoch's first step."""
+    if not hasattr(Trainer, "_run_epoch"):
+        raise ConfigError(
+            "ResumableTrainer resumed with gradient_accumulation_steps > 1 needs transformers "
+            ">= 5 (its Trainer._run_epoch takes the resumed epoch's length); upgrade "
+            "transformers, or resume with gradient_accumulation_steps=1"
+        )
 
 
 class ResumableTrainer(ResumableTrainerMixin, Trainer):
