@@ -130,3 +130,19 @@ def test_a_resume_with_accumulation_needs_a_trainer_that_runs_epochs(tmp_path, m
     monkeypatch.delattr(Trainer, "_run_epoch")
     with pytest.raises(ConfigError, match=r"needs transformers >= 5"):
         trainer.train(resume_from_checkpoint=str(tmp_path))
+
+
+def test_a_sampling_strategy_the_loader_would_ignore_is_refused(tmp_path):
+    arguments = TrainingArguments(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to="none",
+        train_sampling_strategy="group_by_length",
+    )
+    trainer = ResumableTrainer(
+        model=torch.nn.Linear(1, 1), args=arguments, train_dataset=list(range(4))
+    )
+    with pytest.raises(
+        ConfigError, match=r"would ignore train_sampling_strategy='group_by_length'"
+    ):
+        trainer.get_train_dataloader()

@@ -131,6 +131,7 @@ class ResumableTrainerMixin:
         (else ``seed``), split over the processes of the Trainer's process group.
         """
         args = self.args
+        _check_sampling(args)
         workers = args.dataloader_num_workers
         return ResumableDataLoader(
             dataset,
@@ -161,6 +162,20 @@ class ResumableTrainerMixin:
                 loader.load_state_dict(json.load(f))
         self.cursor_saver.loader = loader
         return EpochlessLoader(loader)
+
+
+def _check_sampling(args: Any) -> None:
+    """Refuse a sampling the loader would not follow: it shuffles with its own seeded order."""
+    strategy = getattr(args, "train_sampling_strategy", "random")  # transformers >= 5
+    if getattr(args, "group_by_length", False):  # transformers 4's name for it
+        strategy = "group_by_length"
+    if strategy != "random":
+        raise ConfigError(
+            f"ResumableTrainer shuffles with its own seeded order, and would ignore "
+            f"train_sampling_strategy={strategy!r}: leave it 'random', or override "
+            "resumable_train_loader() to build the loader you want (a ResumableDataLoader with "
+            "shuffle=False for 'sequential', or your own length-grouped sampler)"
+        )
 
 
 def _check_epoch_runner() -> None:
