@@ -14,8 +14,8 @@ import pytest
 from s3_server import CREDENTIALS, s3_client, upload_dir
 from shard_factory import write_parquet_shards, write_tar_shards
 
-from resumable_loader import DataLoader, ParquetDataset
-from resumable_loader.errors import SampleIndexError, ShardError, StorageError
+from resumable_loader import DataLoader, ParquetDataset, TarShardDataset
+from resumable_loader.errors import ConfigError, SampleIndexError, ShardError, StorageError
 from resumable_loader.index.sharded import ShardedIndex
 from resumable_loader.sources._indexed import IndexedDataset
 from resumable_loader.storage import client as client_module
@@ -176,7 +176,7 @@ def test_a_read_conditional_on_the_indexed_etag_refuses_a_changed_shard(
     s3_client(s3_server).put_object(Bucket=bucket, Key=key, Body=changed)
     with pytest.raises(ShardError, match="changed since the index was built") as raised:
         client.read_range(url, 512, 100, etag=etag)
-    assert type(raised.value) is ShardError  # a verdict, not a storage failure to retry
+    assert not isinstance(raised.value, StorageError)  # a verdict, not a failure to retry
     assert url in str(raised.value) and "rebuild the index" in str(raised.value)
     assert client.read_range(url, 512, 100) == changed[512:612]  # no etag: as before
 
@@ -202,3 +202,17 @@ def test_parquet_rows_are_read_through_the_client_with_storage_options(
     fresh = ParquetDataset(remote.index, storage_options=options)  # no file opened yet
     with pytest.raises(StorageError, match=f"^{urls[1]}"):
         fresh[len(fresh) - 1]
+
+
+@pytest.mark.usefixtures("no_aws_environment")
+def test_a_key_obstore_does_not_know_is_a_config_error_at_once(
+    s3_server: str, shards: str, tmp_path
+):
+    """A typo ('dealine') or an s3fs-only argument: s3fs (the index) ignores it, obstore (the
+    reads) refuses it; that was retried as an outage until the deadline."""
+    options = {**given_options(s3_server), "dealine": 30, "deadline": 60.0}
+    dataset = TarShardDataset(shards, cache_dir=tmp_path, storage_options=options)
+    began = time.monotonic()
+    with pytest.raises(ConfigError, match=r"obstore does not know a key of .*'dealine'"):
+        next(iter(DataLoader(dataset, batch_size=2, num_workers=0, seed=1, collate_fn=list)))
+    assert time.monotonic() - began < 10

@@ -298,9 +298,20 @@ class ObstoreClient(StorageClient):
                 "backoff": {},
                 "retry_timeout": datetime.timedelta(seconds=self.policy.request_timeout),
             }
-            store = S3Store(
-                bucket, client_options=client_options, retry_config=retry, **self.options
-            )
+            try:
+                store = S3Store(
+                    bucket, client_options=client_options, retry_config=retry, **self.options
+                )
+            except Exception as error:
+                if type(error).__name__ != "UnknownConfigurationKeyError":
+                    raise
+                raise ConfigError(
+                    f"storage_options for s3://{bucket}: obstore does not know a key of "
+                    f"{sorted(self.options)} ({str(error).strip().splitlines()[0]}); give "
+                    "obstore's S3Config keys or fsspec's endpoint_url/key/secret/token/region, "
+                    "plus deadline/request_timeout/client, or client='fsspec' for s3fs's own "
+                    "arguments"
+                ) from None
             self._stores[key] = store
             global _OBSTORE_PID
             _OBSTORE_PID = _OBSTORE_PID or os.getpid()

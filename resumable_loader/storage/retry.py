@@ -70,7 +70,8 @@ async def retrying(
     error, or a transient one at the deadline, raises :class:`StorageError` naming ``url``,
     the byte range, the attempts and the time spent; the last error is its ``__cause__``. A
     :class:`ShardError` of the attempt itself (a verdict on the data, such as a shard changed
-    since it was indexed, not a failed request) is raised as it is, at once.
+    since it was indexed, not a failed request), or a :class:`ConfigError` (settings the client
+    refuses), is raised as it is, at once.
     """
     began = time.monotonic()
     failures = 0
@@ -78,7 +79,7 @@ async def retrying(
         left = policy.deadline - (time.monotonic() - began)
         try:
             return await asyncio.wait_for(attempt(), max(0.001, min(policy.request_timeout, left)))
-        except ShardError:
+        except (ShardError, ConfigError):  # a verdict on the data or the settings: no retry
             raise
         except Exception as error:  # classified below; the original is kept as __cause__
             failures += 1
