@@ -19,7 +19,7 @@ from tokens_factory import (
 )
 
 from resumable_loader.errors import ConfigError, ShardError
-from resumable_loader.tokens import TokenDataset, open_shard
+from resumable_loader.tokens import MegatronWriter, TokenDataset, open_shard
 from resumable_loader.tokens.megatron import HEADER
 
 DOCS = documents(0, 30, vocab=60_000)
@@ -300,3 +300,22 @@ def test_a_shard_named_twice(tmp_path):
     prefix = write_megatron(tmp_path, "m", DOCS)
     with pytest.raises(ConfigError, match="named twice"):
         TokenDataset([prefix + ".bin", prefix + ".idx"], 4)
+
+
+@pytest.mark.parametrize(
+    ("tokens", "lengths", "match"),
+    [
+        ([1, 70_000], [2], r"token ids span \[1, 70000\], beyond uint16's \[0, 65535\]"),
+        ([65_535, -1], [2], r"span \[-1, 65535\]"),
+        ([1.7, 2.9], [2], "tokens must be integers, got float64"),
+        ([1, 2, 3], [2, 2], "lengths add up to 4 tokens, but 3 were given"),
+        ([1, 2], [3, -1], "lengths must be integers >= 0"),
+    ],
+)
+def test_the_writer_refuses_tokens_a_cast_would_change(tmp_path, tokens, lengths, match):
+    """A cast to uint16 wraps 70000 into 4464 and -1 into 65535: refused, and nothing written."""
+    writer = MegatronWriter(tmp_path / "t", dtype=np.uint16)
+    with pytest.raises(ShardError, match=match):
+        writer.add_documents(np.array(tokens), np.array(lengths))
+    writer.abort()
+    assert not list(tmp_path.iterdir())

@@ -173,9 +173,34 @@ class MegatronWriter:
         self._lengths: list[np.ndarray] = []
 
     def add_documents(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
-        """Append documents: ``tokens`` back to back, ``lengths[i]`` tokens each."""
+        """Append documents: ``tokens`` back to back, ``lengths[i]`` tokens each.
+
+        Raises:
+            ShardError: tokens that are not integers or do not fit the dtype (a cast would
+                wrap them into other ids), or lengths that are negative or do not add up to
+                the tokens given.
+        """
+        tokens, lengths = np.asarray(tokens), np.asarray(lengths)
+        if tokens.size and tokens.dtype.kind not in "iu":
+            raise ShardError(f"{self.prefix}: tokens must be integers, got {tokens.dtype.name}")
+        if lengths.size and (lengths.dtype.kind not in "iu" or lengths.min() < 0):
+            raise ShardError(f"{self.prefix}: document lengths must be integers >= 0")
+        if tokens.size:
+            low, high = int(tokens.min()), int(tokens.max())
+            bounds = np.iinfo(self.dtype)
+            if low < bounds.min or high > bounds.max:
+                raise ShardError(
+                    f"{self.prefix}: token ids span [{low}, {high}], beyond {self.dtype.name}'s "
+                    f"[{bounds.min}, {bounds.max}]; write them as int32 (a vocabulary of "
+                    "65,536 or more)"
+                )
+        if int(lengths.sum(dtype=np.int64)) != tokens.size:
+            raise ShardError(
+                f"{self.prefix}: the document lengths add up to {int(lengths.sum())} tokens, "
+                f"but {tokens.size} were given"
+            )
         self._bin.write(np.ascontiguousarray(tokens, dtype=self.dtype).tobytes())
-        self._lengths.append(np.asarray(lengths, dtype=np.int32))
+        self._lengths.append(lengths.astype(np.int32))
 
     def close(self) -> tuple[int, int]:
         """Finish both files; returns (tokens, documents) written."""
