@@ -67,3 +67,12 @@ def test_state_at_any_position_starts_at_that_positions_ids(position):
     loader.load_state_dict(loader.state_at(1, position))
     first = next(iter(loader))
     assert first["id"].tolist() == [loader.order.ids(1, 0, len(loader.order))[position]]
+
+
+def test_shard_shuffle_given_other_than_a_shard_shuffle_is_named():
+    from resumable_loader import ConfigError
+
+    with pytest.raises(
+        ConfigError, match=r"shard_shuffle takes a ShardShuffle.*got tuple \(4, 8\)"
+    ):
+        ResumableDataLoader(AugmentedDataset(8), shuffle=True, seed=1, shard_shuffle=(4, 8))

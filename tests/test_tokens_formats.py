@@ -319,3 +319,16 @@ def test_the_writer_refuses_tokens_a_cast_would_change(tmp_path, tokens, lengths
         writer.add_documents(np.array(tokens), np.array(lengths))
     writer.abort()
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("path", "dtype", "match"),
+    [
+        ("{tmp}/r.bin", "bogus", r"dtype='bogus' is not a numpy dtype; pass np.uint16"),
+        ("s3://bucket/web-00000.bin", None, "token shards are read from local files"),
+    ],
+)
+def test_a_dtype_numpy_lacks_or_a_url_is_a_config_error(tmp_path, path, dtype, match):
+    np.arange(100, dtype=np.uint16).tofile(tmp_path / "r.bin")
+    with pytest.raises(ConfigError, match=match):
+        TokenDataset(path.format(tmp=tmp_path), 8, dtype=dtype)

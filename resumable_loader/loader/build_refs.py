@@ -81,6 +81,11 @@ def make_order(dataset: Dataset, shuffle: bool, seed: int, shard_shuffle: Any) -
         return dataset.loader_order(seed=seed)
     length = len(dataset)
     if shard_shuffle is not None:
+        if not callable(getattr(shard_shuffle, "order_for", None)):
+            raise ConfigError(
+                f"shard_shuffle takes a ShardShuffle, e.g. ShardShuffle(window=4, "
+                f"buffer_size=1024), got {type(shard_shuffle).__name__} {shard_shuffle!r:.60}"
+            )
         if not shuffle:
             raise ConfigError("shard_shuffle needs shuffle=True")
         return shard_shuffle.order_for(dataset, seed=seed)

@@ -78,6 +78,19 @@ def open_shard(path: str, *, dtype: np.dtype | None, column: str) -> TokenShard:
         ShardError: a missing, truncated or inconsistent shard, naming the file, field and fix.
         ConfigError: a raw .bin without ``dtype=``.
     """
+    if "://" in path:
+        raise ConfigError(
+            f"{path}: token shards are read from local files (memory-mapped); copy them to a "
+            "local or shared file system first"
+        )
+    if dtype is not None:
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:
+            raise ConfigError(
+                f"dtype={dtype!r} is not a numpy dtype; pass np.uint16 or np.uint32 (what the "
+                "tokenizer wrote), or leave it out for a file whose header says it"
+            ) from None
     stem, ext = os.path.splitext(path)
     if ext == ".parquet":
         return _parquet(path, column)
