@@ -158,6 +158,27 @@ class TestContent:
         assert torch.equal(again.window(5, seed=4, epoch=3)["input_ids"], expected[5])
         assert np.load(table).shape == (len(corpus[1]) + 1,)
 
+    def test_a_corpus_of_other_document_lengths_never_reads_anothers_table(self, tmp_path):
+        """Same file name, document count and token count (the fingerprint), other lengths:
+        each reads its own table from a shared seek_table_dir."""
+        first = [np.arange(10), np.arange(20), np.arange(30)]
+        second = [np.arange(30), np.arange(10), np.arange(20)]
+        shards = []
+        for name, docs in (("v1", first), ("v2", second)):
+            (tmp_path / name).mkdir()
+            shards.append(write_megatron(tmp_path / name, "s", docs, dtype=np.int32))
+        tables = tmp_path / "tables"
+        for shard in shards:
+            alone = TokenDataset(shard, 5, documents="shuffle")
+            shared = TokenDataset(shard, 5, documents="shuffle", seek_table_dir=tables)
+            assert shared.fingerprint == TokenDataset(shards[0], 5, documents="shuffle").fingerprint
+            for i in range(len(alone)):
+                assert torch.equal(
+                    shared.window(i, seed=4, epoch=0)["input_ids"],
+                    alone.window(i, seed=4, epoch=0)["input_ids"],
+                )
+        assert len(list(tables.glob("*.seek.npy"))) == 2
+
     def test_shuffle_mode_reads_the_epoch_and_seed_the_loader_installs(self, corpus):
         ds = TokenDataset(corpus[0], SEQ_LEN, documents="shuffle")
         loader = DataLoader(Keyed(ds), batch_size=4, shuffle=True, seed=5)

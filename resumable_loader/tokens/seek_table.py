@@ -11,7 +11,9 @@ Where the table lives: by default in the memory of each process that reads windo
 epoch (each worker builds its own, once per epoch: 0.17-0.5 s and 80 MB for 10^7 documents).
 With a cache directory, the first process to need a table writes it there (atomically) and
 every process memory-maps it, so workers share one copy in the page cache and a restart reads
-it (measured: a warm 80 MB table maps in ~2 ms); a file that does not fit the dataset is rebuilt.
+it (measured: a warm 80 MB table maps in ~2 ms). Files are named by the dataset's fingerprint
+and a digest of its document offsets, so a table is read only by a corpus of the same
+document lengths; a file that does not fit is rebuilt.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 from collections import OrderedDict
 
 import numpy as np
+import xxhash
 
 from resumable_loader import _core
 from resumable_loader.index.atomic import atomic_write
@@ -94,7 +97,11 @@ class SeekTables:
     ) -> None:
         self.offsets = offsets
         self.cache_dir = None if cache_dir is None else os.fspath(cache_dir)
-        self.name = name
+        # The dataset's fingerprint counts documents and tokens, not their lengths: the
+        # offsets' digest names the file too, so a corpus of other lengths (a shard rewritten
+        # to the same size, another folder's files of the same names) never reads this one's.
+        digest = "" if cache_dir is None else xxhash.xxh3_64_hexdigest(offsets)
+        self.name = f"{name}.{digest}" if digest else name
         self._tables: OrderedDict[tuple[int, int], SeekTable] = OrderedDict()
 
     def get(self, *, seed: int, epoch: int) -> SeekTable:
@@ -111,7 +118,8 @@ class SeekTables:
         return table
 
     def path(self, seed: int, epoch: int) -> str | None:
-        """The cache file of (seed, epoch), named by the dataset and the order's algorithm."""
+        """The cache file of (seed, epoch), named by the dataset, its document offsets and the
+        order's algorithm."""
         if self.cache_dir is None:
             return None
         name = f"{self.name}.{PERMUTATION_ALGORITHM}.seed-{seed}.epoch-{epoch}.seek.npy"
