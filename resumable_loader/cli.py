@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import Any
 
 from resumable_loader.errors import ConfigError, ResumableLoaderError
 
@@ -163,6 +165,9 @@ def _checkpoint(args: argparse.Namespace) -> int:
 def _tokenize(args: argparse.Namespace) -> int:
     from resumable_loader.tokens.tokenize import tokenize_files
 
+    # SIGTERM (a job scheduler's stop) as an exception, so the partial output is removed as on
+    # Ctrl-C; SIGKILL leaves it, and the next writer of the prefix removes it.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     tokens, documents = tokenize_files(
         args.inputs,
         tokenizer=args.tokenizer,
@@ -173,6 +178,10 @@ def _tokenize(args: argparse.Namespace) -> int:
     )
     print(f"wrote {args.out}.bin and {args.out}.idx: {tokens} tokens, {documents} documents")
     return 0
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _numbers(kind: type):

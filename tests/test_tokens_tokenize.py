@@ -108,3 +108,71 @@ def test_named_errors(tmp_path, tokenizer, inputs, capsys):
     )
     assert status == 2
     assert "broken.jsonl: line 1 is not JSON" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "match"),
+    [
+        ("latin1.txt", "café".encode("latin-1"), r"latin1\.txt: not UTF-8 text \(byte 3"),
+        ("s.jsonl", b'{"text": "ok"}\n{"text": "a\\ud800b"}\n', r"line 2: .*lone surrogate"),
+        ("empty.jsonl", b"\n  \n", r"no documents .*nothing was written"),
+    ],
+)
+def test_inputs_no_tokenizer_reads_are_named_and_leave_nothing(
+    tmp_path, tokenizer, name, content, match
+):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ShardError, match=match):
+        tokenize_files(
+            [str(tmp_path / name)], tokenizer=tokenizer, out=tmp_path / "x", progress=False
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_out_is_a_prefix_not_a_file_name(tmp_path, tokenizer, inputs):
+    with pytest.raises(
+        ConfigError, match=r"--out .*web\.bin: the output is a prefix .*--out .*web$"
+    ):
+        tokenize_files(inputs, tokenizer=tokenizer, out=tmp_path / "web.bin", progress=False)
+
+
+def test_sigterm_leaves_no_partial_output_and_a_killed_writers_files_go(tmp_path, tokenizer):
+    """A scheduler's SIGTERM mid-run removes the partial .bin like Ctrl-C; a SIGKILL's leftovers
+    (no cleanup runs) are removed by the next writer of the same prefix."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    big = tmp_path / "big.jsonl"
+    big.write_text(
+        "".join(json.dumps({"text": TEXTS[i % 120] * 20}) + "\n" for i in range(200_000))
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    command = [
+        sys.executable,
+        "-m",
+        "resumable_loader",
+        "tokenize",
+        str(big),
+        "--tokenizer",
+        str(tokenizer),
+        "--out",
+        str(out / "web"),
+        "--quiet",
+    ]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        job = subprocess.Popen(command)
+        deadline = time.monotonic() + 60
+        while not list(out.glob("web.bin.tmp-*")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        job.send_signal(sig)
+        assert job.wait(60) == (143 if sig == signal.SIGTERM else -9)
+        left = sorted(p.name for p in out.iterdir())
+        assert left == ([] if sig == signal.SIGTERM else [f"web.bin.tmp-{job.pid}"])
+    (tmp_path / "small.txt").write_text(TEXTS[0])
+    tokenize_files(
+        [str(tmp_path / "small.txt")], tokenizer=tokenizer, out=out / "web", progress=False
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["web.bin", "web.idx"]

@@ -25,6 +25,8 @@ its sequence pointers divided by the item size.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import struct
 from typing import BinaryIO
@@ -153,6 +155,26 @@ def write_index(idx_path: str, dtype: np.dtype, lengths: np.ndarray) -> None:
         f.write(documents.tobytes())
 
 
+def _remove_dead_writers_files(prefix: str) -> None:
+    """Remove the temporary files a writer of ``prefix`` left when it was killed (SIGKILL runs
+    no cleanup): ``.tmp-<pid>`` files whose process no longer exists."""
+    for path in glob.glob(glob.escape(prefix) + ".[bi][id][nx].tmp-*"):
+        pid = path.rsplit("-", 1)[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 class MegatronWriter:
     """Writes ``prefix.bin`` and ``prefix.idx`` as megatron-core's builder does, one document
     per sequence; the files appear (atomically, by rename) only when :meth:`close` succeeds.
@@ -167,6 +189,7 @@ class MegatronWriter:
         self.dtype = np.dtype(dtype)
         if self.dtype not in CODE_OF_DTYPE or self.dtype.kind not in "iu":
             raise ShardError(f"{self.prefix}: cannot write tokens as {self.dtype.name}")
+        _remove_dead_writers_files(self.prefix)
         self._tmp = f"{self.prefix}.bin.tmp-{os.getpid()}"
         # open across add_documents() calls; close() or abort() closes it
         self._bin: BinaryIO = open(self._tmp, "wb")  # noqa: SIM115

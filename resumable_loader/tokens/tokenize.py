@@ -49,7 +49,8 @@ def tokenize_files(
 
     Raises:
         ConfigError: an unknown input kind, a tokenizer file that does not load, no EOD token.
-        ShardError: an input line that is not JSON or lacks the field, naming file and line.
+        ShardError: an input line that is not JSON or lacks the field, text that is not
+            UTF-8, naming file and line; inputs without a document.
         MissingDependencyError: ``tokenizers`` or ``tqdm`` is not installed (the pip command).
     """
     Tokenizer, tqdm = _tokenizer_modules()
@@ -65,6 +66,7 @@ def tokenize_files(
     dtype = np.uint16 if encoder.get_vocab_size() <= 2**16 else np.int32
     total = _check_paths(paths, out)
     writer = MegatronWriter(out, dtype=dtype)
+    documents = 0
     bar = tqdm(
         total=total, unit="B", unit_scale=True, disable=not progress, desc=f"tokenize -> {out}"
     )
@@ -74,6 +76,12 @@ def tokenize_files(
             ids = [np.asarray([*e.ids, eod_id], dtype=dtype) for e in encodings]
             writer.add_documents(np.concatenate(ids), [len(x) for x in ids])
             bar.update(consumed)
+            documents += len(ids)
+        if not documents:
+            raise ShardError(
+                f"{', '.join(paths[:3])}: no documents (empty files, or .jsonl of blank lines, "
+                "or .parquet without rows); a token shard must hold one, so nothing was written"
+            )
         return writer.close()
     except BaseException:
         writer.abort()  # no .tmp- file is left behind, whatever failed
@@ -90,6 +98,12 @@ def _check_paths(paths: list[str], out: str | os.PathLike) -> int:
         raise ShardError(
             f"{missing[0]}: no such input file ({len(missing)} of {len(paths)} inputs missing: "
             f"{missing[:3]}); check the paths"
+        )
+    if os.fspath(out).endswith((".bin", ".idx")):
+        prefix = os.fspath(out)[:-4]
+        raise ConfigError(
+            f"--out {os.fspath(out)}: the output is a prefix (it writes PREFIX.bin and "
+            f"PREFIX.idx); pass --out {prefix}"
         )
     directory = os.path.dirname(os.fspath(out)) or "."
     if not os.path.isdir(directory):
@@ -143,8 +157,16 @@ def _batches(paths: list[str], field: str, size: int) -> Iterator[tuple[list[str
 
 def _documents(path: str, field: str) -> Iterator[tuple[str, int]]:
     if path.endswith(".txt"):
-        with open(path, encoding="utf-8") as f:
-            yield f.read(), os.path.getsize(path)
+        with open(path, "rb") as f:
+            data = f.read()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ShardError(
+                f"{path}: not UTF-8 text (byte {error.start}: {error.reason}); convert it to "
+                "UTF-8 (e.g. iconv -t UTF-8)"
+            ) from None
+        yield text, len(data)
     elif path.endswith(".jsonl"):
         with open(path, "rb") as f:
             for number, line in enumerate(f, 1):
@@ -165,6 +187,13 @@ def _json_text(path: str, number: int, line: bytes, field: str) -> str:
         ) from None
     if not isinstance(text, str):
         raise ShardError(f"{path}: line {number}: field {field!r} is not a string")
+    try:
+        text.encode("utf-8")  # a lone surrogate escape ("\\ud800") is JSON but no text
+    except UnicodeEncodeError as error:
+        raise ShardError(
+            f"{path}: line {number}: field {field!r} holds a lone surrogate at character "
+            f"{error.start} ({error.reason}), which no tokenizer encodes; fix or drop the line"
+        ) from None
     return text
 
 
