@@ -138,6 +138,17 @@ def test_a_loader_replaced_by_accelerate_prepare_is_noticed():
     assert state["position"] == 0  # our cursor never moved: resuming from it would repeat
 
 
+def test_skip_first_batches_on_a_prepared_loader_says_to_skip_nothing():
+    """Accelerate's usual recipe (load_state, then skip_first_batches) would rebuild a plain
+    DataLoader; it fails saying why, not with a bare missing attribute."""
+    accelerator = Accelerator(cpu=True)
+    loader = ResumableDataLoader(list(range(8)), batch_size=2, shuffle=True, seed=1)
+    prepared = prepare_loader(accelerator, loader)
+    with pytest.raises(AttributeError, match=r"load_state\(\) already put this loader where"):
+        accelerator.skip_first_batches(prepared, 3)
+    assert len(list(prepared)) == 4
+
+
 def test_iterating_the_loader_itself_is_not_noticed():
     loader = ResumableDataLoader(list(range(8)), batch_size=2, shuffle=True, seed=1)
     assert len(list(loader)) == 4  # pytest turns any warning into an error here

@@ -52,6 +52,18 @@ class DeviceLoader(DataLoaderStateMixin):
         self.non_blocking = non_blocking
         self.gradient_state = GradientState()  # the mixin's contract: a shared singleton
 
+    def __getattr__(self, name: str) -> Any:
+        # Only for attributes it lacks. ``dataset`` is what accelerate's skip_first_batches
+        # reads first, to rebuild a plain DataLoader: say why there is none to skip.
+        if name == "dataset":
+            raise AttributeError(
+                "DeviceLoader has no 'dataset' for accelerator.skip_first_batches to rebuild a "
+                "plain DataLoader from: accelerator.load_state() already put this loader where "
+                "the checkpoint was, so skip nothing and iterate it (docs/integrations.md, "
+                "Accelerate)"
+            )
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def __iter__(self) -> Iterator[Any]:
         # Now the active loader of GradientState. (begin() leaves remainder at -1 here: its
         # guess reads DataLoaderShard's fields; ours is set at the last batch.)
