@@ -262,6 +262,15 @@ class TestVerifyPipeline:
         assert "field 'noise'" in text and "sample_numpy_generator()" in text
         assert report.configurations == []  # no resume tried on a nondeterministic pipeline
 
+    def test_a_factory_building_datasets_of_other_lengths_is_named(self):
+        """Files appended between builds: named as such, not as an unseeded RNG (which the
+        shifted sample ids looked like)."""
+        from resumable_loader.errors import PipelineError
+
+        built = iter(range(20, 40))
+        with pytest.raises(PipelineError, match=r"built datasets of 20 and then 21 samples"):
+            verify_pipeline(lambda: (Sized(next(built)), {"batch_size": 4}))
+
     def test_worker_dependent_output_is_caught(self):
         report = verify_pipeline(lambda: (WorkerTagged(), {"batch_size": 4}))
         divergence = report.divergence

@@ -82,7 +82,8 @@ class Pipeline:
 
     def __init__(self, factory: Callable[[], Any], name: str, seed: int) -> None:
         self.factory, self.name = factory, name
-        _, kwargs, self.conversion = self._call()
+        dataset, kwargs, self.conversion = self._call()
+        self.length = _length(dataset)
         self.batch_size: int | None = kwargs.get("batch_size", 1)
         self.num_workers: int = kwargs.get("num_workers", 0)
         self.seed: int = seed if kwargs.get("seed") is None else kwargs["seed"]
@@ -141,6 +142,13 @@ class Pipeline:
 
     def _loader(self, config: Config, rank: int) -> ResumableDataLoader:
         dataset, kwargs, _ = self._call()
+        if _length(dataset) != self.length:
+            raise PipelineError(
+                f"{self.name}() built datasets of {self.length} and then {_length(dataset)} "
+                "samples: a resumed job rebuilds the dataset, and its cursor's positions hold "
+                "only for the same samples; make the factory build the same dataset each time "
+                "(a fixed, sorted file list), and change the data only between runs"
+            )
         kwargs.update(
             num_workers=config.num_workers,
             batch_size=config.batch_size,
@@ -161,6 +169,11 @@ class Pipeline:
                 ) from error
         own_order(loader)
         return loader
+
+
+def _length(dataset: Any) -> int | None:
+    """``len(dataset)``, None for a dataset without one (an IterableDataset)."""
+    return len(dataset) if callable(getattr(dataset, "__len__", None)) else None
 
 
 def _torch_arguments(loader: DataLoader) -> dict[str, Any]:

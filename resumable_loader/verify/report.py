@@ -31,7 +31,8 @@ _CAUSES: dict[str, str] = {
         "the batch size and world size"
     ),
     "loader": (
-        "the loader's batches or cursor disagree with its own partition: a resumable_loader "
+        "the loader's batches or cursor disagree with its own partition: the dataset's len() "
+        "changed during the run (it must not change within an epoch), else a resumable_loader "
         "bug; please report it with this output"
     ),
 }
