@@ -140,6 +140,8 @@ def test_a_resume_half_way_fetches_blocks_not_a_request_a_sample(shards, tmp_pat
     assert requests[256 * 2**10] <= blocks < requests[0]  # 89, 90 and 148 here
     with pytest.raises(ConfigError, match="request_bytes"):
         Prefetch(request_bytes=-1)
+    with pytest.raises(ConfigError, match="eviction must be 'belady' or 'lru', got 'fifo'"):
+        Prefetch(eviction="fifo")  # when it is built, not at the first read
 
 
 def test_a_shard_local_order_reads_whole_blocks_from_a_cache_smaller_than_the_data(

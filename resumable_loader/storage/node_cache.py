@@ -65,6 +65,15 @@ def open_blocks_bound() -> int:
     return min(1024, max(64, soft // 16))
 
 
+EVICTIONS = ("belady", "lru")
+
+
+def check_eviction(eviction: str) -> None:
+    """Refuse an eviction policy other than :data:`EVICTIONS` (ConfigError)."""
+    if eviction not in EVICTIONS:
+        raise ConfigError(f"eviction must be 'belady' or 'lru', got {eviction!r}")
+
+
 class NodeCache:
     """Blocks in ``root``, at most about ``capacity`` bytes of them.
 
@@ -85,8 +94,7 @@ class NodeCache:
         eviction: str = "belady",
         spill: NodeCache | None = None,
     ) -> None:
-        if eviction not in ("belady", "lru"):
-            raise ConfigError(f"eviction must be 'belady' or 'lru', got {eviction!r}")
+        check_eviction(eviction)
         self.root, self.capacity, self.eviction = Path(root), capacity, eviction
         self.root.mkdir(parents=True, exist_ok=True)
         self.spill, self.states = spill, states

@@ -41,7 +41,7 @@ from resumable_loader._checks import check_int
 from resumable_loader.errors import ConfigError
 from resumable_loader.storage.block_states import BlockStates
 from resumable_loader.storage.fetch_pool import FirstUsePool
-from resumable_loader.storage.node_cache import NodeCache
+from resumable_loader.storage.node_cache import NodeCache, check_eviction
 from resumable_loader.storage.plan import (
     BlockPieces,
     Key,
@@ -130,6 +130,7 @@ class Prefetch:
             )
         if not self.wait_seconds >= 0:
             raise ConfigError(f"Prefetch wait_seconds must be >= 0, got {self.wait_seconds}")
+        check_eviction(self.eviction)
         check_int("Prefetch disk_bytes", self.disk_bytes)
         if (self.disk_dir is None) != (self.disk_bytes == 0):
             raise ConfigError(

@@ -211,9 +211,10 @@ def _parquet_texts(path: str, column: str) -> Iterator[tuple[str, int]]:
         values = file.read_row_group(group, columns=[column]).column(column).to_pylist()
         for row, text in enumerate(values):
             if not isinstance(text, str):
+                fix = "drop or fill the null rows" if text is None else "cast it to strings"
                 raise ShardError(
                     f"{path}: row group {group}, row {row}: column {column!r} is {text!r}, not "
-                    "text; drop or fill the null rows"
+                    f"text; {fix}"
                 )
             # the progress bar moves by the file's bytes, a group's share at its last row
             last = row == len(values) - 1
