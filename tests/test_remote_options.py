@@ -216,3 +216,16 @@ def test_a_key_obstore_does_not_know_is_a_config_error_at_once(
     with pytest.raises(ConfigError, match=r"obstore does not know a key of .*'dealine'"):
         next(iter(DataLoader(dataset, batch_size=2, num_workers=0, seed=1, collate_fn=list)))
     assert time.monotonic() - began < 10
+
+
+@pytest.mark.usefixtures("no_aws_environment")
+def test_a_glob_of_remote_shards_is_listed_with_storage_options(
+    s3_server: str, shards: str, tmp_path: Path
+) -> None:
+    """The listing of a glob went through fsspec with the environment's endpoint and
+    credentials only, so a glob failed where the same shards by brace pattern worked."""
+    pattern = shards.rsplit("/", 1)[0] + "/shard-*.tar"
+    index = ShardedIndex.for_shards(
+        pattern, cache_dir=tmp_path, storage_options=given_options(s3_server)
+    )
+    assert index.num_samples == 10 and index.shard_urls[0].endswith("shard-0000.tar")

@@ -33,7 +33,10 @@ def is_url(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
-def expand_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+def expand_shards(
+    spec: str | os.PathLike | Sequence[str | os.PathLike],
+    storage_options: StorageOptions = None,
+) -> list[str]:
     """Every shard ``spec`` names, in order: brace patterns expand, globs match (sorted).
 
     Local paths become absolute (``file://`` dropped, ``~`` expanded), so an index records
@@ -42,6 +45,8 @@ def expand_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list
     Args:
         spec: one pattern or a list of them, e.g. ``"train-{000000..000127}.tar"``,
             ``"data/*.parquet"`` or ``"s3://bucket/shard-{0..9}.tar"``.
+        storage_options: the endpoint, credentials and retry knobs a remote glob is listed
+            with (see :func:`fork_safe`); default: the environment's.
 
     Raises:
         ShardError: a glob that matches nothing.
@@ -60,7 +65,7 @@ def expand_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list
             if not is_url(path):
                 path = os.path.abspath(os.path.expanduser(path))
             if glob.has_magic(path):
-                matches = _glob(path)
+                matches = _glob(path, storage_options)
                 if not matches:
                     raise ShardError(f"{path}: the pattern matches no file; check the path")
                 shards.extend(matches)
@@ -95,16 +100,16 @@ def _directory_hint(path: str) -> str:
     )
 
 
-def _glob(pattern: str) -> list[str]:
+def _glob(pattern: str, storage_options: StorageOptions) -> list[str]:
     """The files ``pattern`` matches, sorted, less index files: an index published beside
-    remote shards (``<first shard>.<hash>.rlindex``) matches a glob of them, and is never one."""
+    remote shards (``<first shard>.<hash>.rlindex``) matches a glob of them, and is never one.
+    A remote pattern is listed through the storage client, with ``storage_options``."""
     if not is_url(pattern):
         matches = glob.glob(pattern)
     else:
-        import fsspec
+        from resumable_loader.storage.client import client_for
 
-        filesystem, _, paths = fsspec.get_fs_token_paths(pattern)
-        matches = [filesystem.unstrip_protocol(path) for path in paths]
+        matches = client_for(pattern, fork_safe(storage_options)).glob(pattern)
     return sorted(match for match in matches if not match.endswith(SUFFIX))
 
 

@@ -266,7 +266,7 @@ class ShardedIndex:
     ) -> ShardedIndex:
         """:meth:`build` without logging what it skipped."""
         check_policy(on_error)
-        urls = expand_shards(shards)
+        urls = expand_shards(shards, storage_options)
         path = Path(out) if out is not None else default_index_path(urls)
         header, arrays = scan_shards(
             urls,
@@ -401,7 +401,7 @@ class ShardedIndex:
         check_policy(on_error)
         if index_rows not in ROWS:
             raise ConfigError(f"index_rows must be one of {ROWS}, got {index_rows!r}")
-        urls = expand_shards(shards)
+        urls = expand_shards(shards, storage_options)
         path = default_index_path(urls, cache_dir)
         if is_url(urls[0]):
             return for_remote_shards(
