@@ -64,10 +64,11 @@ def verify_data(
     elif isinstance(shards, (str, os.PathLike)) and is_index_file(shards):
         index = ShardedIndex.load(shards)
     else:
-        parquet = [url for url in expand_shards(shards) if url.lower().endswith(".parquet")]
+        urls = expand_shards(shards)  # once: a remote glob is a listing
+        parquet = [url for url in urls if url.lower().endswith(".parquet")]
         if parquet:
             raise ConfigError(f"{parquet[0]}: {_PARQUET}")
-        index = ShardedIndex.for_shards(shards, build=False)
+        index = ShardedIndex.for_shards(urls, build=False)
     if index.format != "tar":
         raise ConfigError(f"{index.path}: indexes Parquet files; {_PARQUET}")
     index.check_digests()
