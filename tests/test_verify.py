@@ -404,6 +404,8 @@ class TestVerifyPipeline:
         [
             (augmented_pair, {"stops": [0.5], "stop_batches": [2]}, "only one of"),
             (augmented_pair, {"stops": [1.5]}, "fractions of the run"),
+            # 40 samples in batches of 4: a first stop after 11 batches interrupts no run
+            (augmented_pair, {"stop_batches": [11, 12]}, "delivers 10 global batches"),
             (augmented_pair, {"world_sizes": (0,)}, "world_sizes must be an int >= 1"),
             (augmented_pair, {"random_stops": N}, "random_stops must be an int in [1, 40)"),
             (lambda: 3, {}, "returned a int, not a ResumableDataLoader"),

@@ -160,6 +160,7 @@ def verify_pipeline(
     stop_points = _stop_points(total, stops, stop_batches, random_stops, seed)
 
     continuous, _, divergence = _run(pipeline, [base], [], epochs, "the continuous run")
+    _check_first_stop(stop_points[0], continuous.batches, pipeline.batch_size, epochs)
     reference, tally = _reference(continuous), _Tally()
     if divergence is None:
         parallel = Config(num_workers, pipeline.batch_size, 1)
@@ -260,6 +261,17 @@ def _stop_points(
     if not all(isinstance(f, float | int) and 0 < f < 1 for f in fractions):
         raise ConfigError(f"stops must be fractions of the run in (0, 1), got {list(fractions)}")
     return [Stop(max(1, round(f * total)), "samples") for f in sorted(fractions)]
+
+
+def _check_first_stop(stop: Stop, batches: int, batch_size: int | None, epochs: int) -> None:
+    """Refuse a first stop in global batches beyond the continuous run: no run would be
+    interrupted, so no resume would be verified (and the report would say PASS)."""
+    if stop.unit == "batches" and stop.count > batches:
+        raise ConfigError(
+            f"stop_batches: the first stop, {stop}, is beyond the run, which delivers "
+            f"{batches} global batches (batch_size={batch_size}, {epochs} epoch(s)), so no run "
+            f"would be interrupted and nothing resumed; give stops of at most {batches}"
+        )
 
 
 def _check_ints(
