@@ -42,10 +42,11 @@ def read(path, dtype=None, column="input_ids"):
     ids=["megatron-prefix", "megatron-bin", "megatron-idx", "npy", "raw-bin", "parquet"],
 )
 def test_every_format_reads_back_tokens_and_offsets(tmp_path, write, request):
-    # dtype= is the raw .bin's; a Megatron .idx records uint16, and a contradicting dtype= is
-    # refused (tests/test_outside_fixes.py)
-    megatron = request.node.callspec.id.startswith("megatron")
-    shard = read(write(tmp_path), dtype=None if megatron else np.uint32)
+    # dtype= is the raw .bin's; a Megatron .idx records uint16, a Parquet schema int32 here,
+    # and a contradicting dtype= is refused (tests/test_outside_fixes.py)
+    kind = request.node.callspec.id
+    dtype = {"parquet": np.int32}.get(kind, None if kind.startswith("megatron") else np.uint32)
+    shard = read(write(tmp_path), dtype=dtype)
     assert np.array_equal(shard.tokens, np.concatenate(DOCS))
     assert np.array_equal(shard.offsets, offsets_of(DOCS))
     assert (shard.num_documents, shard.num_tokens) == (len(DOCS), sum(map(len, DOCS)))
@@ -287,6 +288,13 @@ def test_shards_of_different_dtypes_are_refused(tmp_path):
 def test_dtype_argument_that_contradicts_the_npy_header(tmp_path):
     with pytest.raises(ShardError, match=r"p\.npy: field 'dtype' is uint32 .* dtype=uint16"):
         TokenDataset(write_plain(tmp_path, "p", DOCS), 4, dtype=np.uint16)
+
+
+def test_dtype_argument_that_contradicts_the_parquet_schema(tmp_path):
+    path = write_parquet(tmp_path, "q", DOCS)  # list<int32>
+    with pytest.raises(ShardError, match=r"q\.parquet: field 'dtype' is int32 .* dtype=uint16"):
+        TokenDataset(path, 4, dtype=np.uint16)
+    assert TokenDataset(path, 4, dtype=np.int32).dtype == np.int32
 
 
 def test_seq_len_longer_than_the_stream(tmp_path):

@@ -78,7 +78,7 @@ class TokenDataset(Reopened, Dataset):
         seq_len: tokens per window (labels need one more).
         documents: "concat" (the stream as stored) or "shuffle" (documents shuffled per epoch).
         dtype: the token dtype of raw .bin files (the other formats record theirs; a dtype
-            that contradicts a .npy or .idx header is refused with a ShardError).
+            that contradicts a .npy or .idx header or a Parquet schema is a ShardError).
         column: the token-list column of Parquet shards.
         outputs: which of the four tensors each item holds (each one more costs the loader a
             shared-memory tensor a batch: see docs/benchmarks.md).

@@ -93,7 +93,7 @@ def open_shard(path: str, *, dtype: np.dtype | None, column: str) -> TokenShard:
             ) from None
     stem, ext = os.path.splitext(path)
     if ext == ".parquet":
-        return _parquet(path, column)
+        return _parquet(path, column, dtype)
     prefix = stem if ext in (".bin", ".idx") else path
     if os.path.exists(prefix + ".idx"):
         return _megatron(prefix, dtype)
@@ -159,7 +159,7 @@ def _plain(path: str, offsets_path: str, dtype: np.dtype | None) -> TokenShard:
     return _checked(shard, f"{offsets_path}: field 'offsets'")
 
 
-def _parquet(path: str, column: str) -> TokenShard:
+def _parquet(path: str, column: str, given: np.dtype | None) -> TokenShard:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -198,6 +198,7 @@ def _parquet(path: str, column: str) -> TokenShard:
             "all); token ids must all be integers: fix the tokenizer output or drop the row"
         )
     tokens = flat.to_numpy(zero_copy_only=False)
+    _same_dtype(path, f"the schema of column {column!r}", tokens.dtype, given)
     offsets -= offsets[0]
     return _checked(TokenShard(path, "parquet", tokens, offsets, size), f"{path}: field {column!r}")
 
