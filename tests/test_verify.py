@@ -102,6 +102,15 @@ def augmented_pair():
     return Augmented(), {"batch_size": 4, "shuffle": True, "seed": 7}
 
 
+class TwoBad(Augmented):
+    """Samples 5 and 30 fail to load: substituted by the loader's policy."""
+
+    def __getitem__(self, index):
+        if index in (5, 30):
+            raise OSError(f"corrupt sample {index}")
+        return super().__getitem__(index)
+
+
 def identity(batch: list) -> list:
     """A collate_fn that keeps the samples as they are, as for variable-size samples."""
     return batch
@@ -382,6 +391,18 @@ class TestVerifyPipeline:
         (resumed,) = report.runs
         assert [str(i.stop) for i in resumed.interruptions if i.place is None] == [unreached]
         assert f"stop {unreached}: not reached, the run ended after" in str(report)
+
+    def test_a_loader_that_substitutes_bad_samples_is_verified_with_its_policy(self, tmp_path):
+        # verify rebuilds the factory's loader per configuration: with "raise" in the twins,
+        # sample 5 stopped the run ("could not run"); substituted, every stream matches
+        def factory():
+            options = {"on_sample_error": "substitute", "max_bad_fraction": 0.1}
+            return ResumableDataLoader(TwoBad(), batch_size=4, shuffle=True, seed=7, **options)
+
+        assert factory().loader_arguments()["on_sample_error"] == "substitute"
+        report = verify_pipeline(factory, world_sizes=(1, 2), num_workers=0)
+        assert report.passed, str(report)
+        assert report.samples_compared > 3 * N
 
     def test_a_cursor_off_by_one_sample_is_still_reported_as_a_loader_bug(self, monkeypatch):
         state_dict = ResumableDataLoader.state_dict

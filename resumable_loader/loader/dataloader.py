@@ -272,13 +272,21 @@ class ResumableDataLoader(DataLoader[T_co]):
     def loader_arguments(self) -> dict[str, Any]:
         """The arguments of ours (beyond torch's) that built this loader, the seed only if it
         was chosen explicitly: what a caller needs to build a twin, e.g. on another topology."""
-        return dict(
+        arguments = dict(
             shuffle=self._shuffle,
             seed=self._explicit_seed,
             reseed_globals=self.reseed_globals,
             shard_shuffle=self._shard_shuffle,
             stall_warning=self.stall_warning,
         )
+        policy = self.bad_samples
+        if policy is not None:  # on_sample_error="substitute", with its bound and log
+            arguments.update(
+                on_sample_error="substitute",
+                max_bad_fraction=policy.max_bad_fraction,
+                quarantine_dir=policy.quarantine_dir,
+            )
+        return arguments
 
     # -- iteration -------------------------------------------------------------------------
 
