@@ -392,7 +392,7 @@ class TestVerifyPipeline:
         assert [str(i.stop) for i in resumed.interruptions if i.place is None] == [unreached]
         assert f"stop {unreached}: not reached, the run ended after" in str(report)
 
-    def test_a_loader_that_substitutes_bad_samples_is_verified_with_its_policy(self, tmp_path):
+    def test_a_loader_that_substitutes_bad_samples_is_verified_with_its_policy(self):
         # verify rebuilds the factory's loader per configuration: with "raise" in the twins,
         # sample 5 stopped the run ("could not run"); substituted, every stream matches
         def factory():
