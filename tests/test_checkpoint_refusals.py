@@ -185,9 +185,10 @@ def test_refuses_a_step_it_does_not_have(saved):
         Checkpointer(saved).load(build(4, 0), step=3)
 
 
-def mixture_loader(phases: list) -> DataLoader:
+def mixture_loader(phases: list, weights: dict | None = None) -> DataLoader:
     sources = {"a": list(range(10)), "b": list(range(100, 130))}
-    return DataLoader(Mixture(sources, {"a": 1, "b": 2}, phases=phases), batch_size=3, seed=5)
+    mixture = Mixture(sources, weights or {"a": 1, "b": 2}, phases=phases)
+    return DataLoader(mixture, batch_size=3, seed=5)
 
 
 def test_strict_refuses_a_changed_future_of_a_mixture_that_flexible_accepts(tmp_path):
@@ -208,3 +209,62 @@ def test_strict_refuses_a_changed_future_of_a_mixture_that_flexible_accepts(tmp_
     assert next(iter(resumed)).tolist() == next(iterator).tolist()  # same until position 60
     same = mixture_loader([(40, {"a": 1})])
     assert Checkpointer(tmp_path).load({"loader": same})["changed"] == {}
+
+
+class Backwards(torch.utils.data.Sampler):
+    """A custom sampler without state_dict(): its epoch cannot be resumed mid-way."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __iter__(self):
+        return iter(range(self.length - 1, -1, -1))
+
+    def __len__(self) -> int:
+        return self.length
+
+
+def sampled_loader(seed: int = 5) -> DataLoader:
+    return DataLoader(list(range(24)), batch_size=3, sampler=Backwards(24), seed=seed)
+
+
+# (the loader saved, the loader loaded into, mode, the error's words): refusals that only the
+# loader's own load_state_dict made, after the model and optimizer were read in
+LOADER_REFUSALS = {
+    "another explicit seed": (
+        lambda: mixture_loader([]),
+        lambda: DataLoader(mixture_loader([]).dataset, batch_size=3, seed=6),
+        "strict",
+        r"field 'seed': saved 5, current loader 6",
+    ),
+    "a mixture's past rewritten": (
+        lambda: mixture_loader([]),
+        lambda: mixture_loader([], {"a": 1, "b": 1}),
+        "flexible",
+        r"field 'order_state.phases\[0\]' .* source 'b': saved weight 2, current 1",
+    ),
+    "a stateless sampler mid-epoch": (
+        sampled_loader,
+        sampled_loader,
+        "strict",
+        r"cannot resume mid-epoch \(position 6\) with sampler Backwards",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(LOADER_REFUSALS))
+def test_the_loaders_refusals_come_before_the_weights_even_without_rollback(case, tmp_path):
+    make_saved, make_target, mode, message = LOADER_REFUSALS[case]
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 1)
+    loader = make_saved()
+    iterator = iter(loader)
+    for _ in range(2):
+        next(iterator)
+    Checkpointer(tmp_path).save(2, {"model": model, "loader": loader})
+    torch.manual_seed(1)
+    state = {"model": torch.nn.Linear(2, 1), "loader": make_target()}
+    before = snapshot(state)
+    with pytest.raises(CheckpointError, match=message):
+        Checkpointer(tmp_path).load(state, mode=mode, rollback=False)
+    assert snapshot(state) == before

@@ -21,7 +21,6 @@ from resumable_loader.checkpoint.components import (
     schedule_so_far,
 )
 from resumable_loader.errors import CheckpointError, ConfigError, StateDictError
-from resumable_loader.loader import cursor as cursor_mod
 
 _FLEXIBLE = "or load with mode='flexible' to resume with the new setting"
 
@@ -70,11 +69,11 @@ def topology(
 
 
 def loader(name: str, saved: dict[str, Any], obj: Any, *, mode: str) -> dict[str, tuple[Any, Any]]:
-    """The saved cursor is accepted by ``obj``; old -> new loader settings (strict: none)."""
+    """The saved cursor is accepted by ``obj`` (every check its ``load_state_dict`` makes: the
+    dataset, an explicit seed, a mixture's past, a sampler's state); old -> new loader
+    settings (strict: none)."""
     try:
-        cursor_mod.parse_cursor(
-            saved["state"], fingerprint=obj.fingerprint(saved["state"]), seed=None
-        )
+        obj.check_state_dict(saved["state"])
     except StateDictError as error:
         raise CheckpointError(f"component '{name}' (loader): {error}") from None
     changed = {}

@@ -558,13 +558,44 @@ class ResumableDataLoader(DataLoader[T_co]):
         order = resumable_order(self.order)
         return None if order is None else order.resume_state(epoch, position)
 
+    def check_state_dict(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        """Every refusal :meth:`load_state_dict` makes, changing nothing: what a caller that
+        loads other state with it (a checkpoint's model and optimizer) checks first.
+
+        Returns:
+            The parsed state.
+
+        Raises:
+            StateDictError: as :meth:`load_state_dict`.
+        """
+        return self._checked_state(state_dict, log=False)
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Make the next ``iter()`` continue from ``state_dict`` (from ``state_dict()``).
 
         Raises:
             StateDictError: the state is malformed, of an unknown version, or from another
-                dataset, order configuration or seed; the message names the field and the fix.
+                dataset, order configuration or seed, or a sampler cannot resume at its
+                position; the message names the field and the fix. Nothing is changed then.
         """
+        refs = self._require_refs("load_state_dict()")
+        state = self._checked_state(state_dict, log=True)
+        sampler_state = state.get(cursor_mod.SAMPLER_STATE_KEY)
+        if refs.capture is not None:
+            if sampler_state is not None:  # checked above: it resumes at the position
+                refs.capture.restore(sampler_state)
+        elif isinstance(refs, OrderedBatchSampler) and state["seed"] != self.seed:
+            refs.order = make_order(self.dataset, self._shuffle, state["seed"], self._shard_shuffle)
+        self.seed = state["seed"]
+        if self._foreign is not None:  # the keys of a foreign loader's batches
+            self._foreign.seed = self.seed
+        self._progress.load(state["epoch"], state["position"])
+        if isinstance(refs, OrderedBatchSampler):
+            refs.at_epoch(state["epoch"])
+
+    def _checked_state(self, state_dict: dict[str, Any], *, log: bool) -> dict[str, Any]:
+        """The parsed ``state_dict`` once every check passed (``log``: the order logs what the
+        resume does, as a load does)."""
         refs = self._require_refs("load_state_dict()")
         reasons = {}
         if isinstance(refs, UserBatchSampler):
@@ -585,18 +616,11 @@ class ResumableDataLoader(DataLoader[T_co]):
         order = resumable_order(self.order)
         if order is not None:  # e.g. a Mixture's schedule: its past unchanged
             order.check_resume(
-                state.get(cursor_mod.ORDER_STATE_KEY), state["epoch"], state["position"]
+                state.get(cursor_mod.ORDER_STATE_KEY), state["epoch"], state["position"], log=log
             )
         if refs.capture is not None:
-            refs.capture.load(state.get(cursor_mod.SAMPLER_STATE_KEY), position=state["position"])
-        elif isinstance(refs, OrderedBatchSampler) and state["seed"] != self.seed:
-            refs.order = make_order(self.dataset, self._shuffle, state["seed"], self._shard_shuffle)
-        self.seed = state["seed"]
-        if self._foreign is not None:  # the keys of a foreign loader's batches
-            self._foreign.seed = self.seed
-        self._progress.load(state["epoch"], state["position"])
-        if isinstance(refs, OrderedBatchSampler):
-            refs.at_epoch(state["epoch"])
+            refs.capture.check(state.get(cursor_mod.SAMPLER_STATE_KEY), position=state["position"])
+        return state
 
     def sample_at(self, epoch: int, position: int) -> dict[str, Any]:
         """Which sample position ``position`` of ``epoch`` delivers, without loading anything:

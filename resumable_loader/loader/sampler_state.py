@@ -111,9 +111,9 @@ class Capture:
     def restore(self, state: Any) -> None:
         """Put back a ``saved()`` value (its epoch's start, or the next epoch's)."""
 
-    def load(self, state: Any, *, position: int) -> None:
-        """Restore a loaded cursor's ``sampler_state`` for a resume at ``position``, or refuse
-        what cannot be replayed exactly (StateDictError naming the sampler and the fix)."""
+    def check(self, state: Any, *, position: int) -> None:
+        """Refuse a cursor's ``sampler_state`` that cannot resume at ``position`` exactly
+        (StateDictError naming the sampler and the fix), changing nothing."""
         name = self.description
         if position > 0 and not self.exact:
             raise StateDictError(
@@ -122,9 +122,7 @@ class Capture:
                 "methods, use one of torch's samplers, or let ResumableDataLoader order the data "
                 "(shuffle=...)"
             )
-        if state is not None:
-            self.restore(state)
-        elif position > 0 and self.saved(in_epoch=False) is not None:
+        if state is None and position > 0 and self.saved(in_epoch=False) is not None:
             raise StateDictError(
                 f"field 'sampler_state' is missing, yet sampler {name} needs it to resume at "
                 f"position {position} (it decides the epoch's order): the state lost it on the "

@@ -188,9 +188,10 @@ class MixtureOrder:
         """The cursor's ``order_state`` after ``position`` samples of ``epoch``."""
         return order_state(self, self.global_position(epoch, position))
 
-    def check_resume(self, saved: object, epoch: int, position: int) -> None:
-        """Refuse a saved ``order_state`` whose past this schedule rewrites; log the resume."""
-        check_order_state(self, saved, self.global_position(epoch, position))
+    def check_resume(self, saved: object, epoch: int, position: int, *, log: bool = True) -> None:
+        """Refuse a saved ``order_state`` whose past this schedule rewrites; log the resume
+        (unless ``log`` is False: a check ahead of the load, which logs it then)."""
+        check_order_state(self, saved, self.global_position(epoch, position), log=log)
 
     def resumed_settings(self, saved: object) -> dict[str, int | str]:
         """The fingerprint fields a state whose ``order_state`` is ``saved`` holds, where they

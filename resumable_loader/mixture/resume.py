@@ -52,8 +52,9 @@ def saved_source_names(saved: object) -> list[str] | None:
     return [name for name, _, _ in sources]
 
 
-def check_order_state(order: MixtureOrder, saved: object, where: int) -> None:
-    """Refuse ``saved`` if ``order``'s schedule rewrites its past; log what the resume does.
+def check_order_state(order: MixtureOrder, saved: object, where: int, *, log: bool) -> None:
+    """Refuse ``saved`` if ``order``'s schedule rewrites its past; if ``log``, log what the
+    resume does.
 
     Raises:
         StateDictError: malformed state, or a started phase's start or weights, a drawn-from
@@ -118,7 +119,8 @@ def check_order_state(order: MixtureOrder, saved: object, where: int) -> None:
                 f"current schedule gives {draws[name]} at position {where}; pass an unmodified "
                 "state_dict() from this release"
             )
-    _log_resume(order, where, names, draws, saved_future)
+    if log:
+        _log_resume(order, where, names, draws, saved_future)
 
 
 def _log_resume(

@@ -298,8 +298,9 @@ class PackedOrder:
         inner = self._resumable_inner()
         return None if inner is None else inner.resume_state(epoch, self.frontier(epoch, position))
 
-    def check_resume(self, saved: Any, epoch: int, position: int) -> None:
-        """The sample order's own check (a Mixture's past) at the frontier."""
+    def check_resume(self, saved: Any, epoch: int, position: int, *, log: bool = True) -> None:
+        """The sample order's own check (a Mixture's past) at the frontier (``log``: as
+        the inner order's)."""
         if position > self.epoch_length(epoch):
             raise StateDictError(
                 f"position {position} is past the {self.epoch_length(epoch)} packs of epoch "
@@ -307,7 +308,7 @@ class PackedOrder:
             )
         inner = self._resumable_inner()
         if inner is not None:
-            inner.check_resume(saved, epoch, self.frontier(epoch, position))
+            inner.check_resume(saved, epoch, self.frontier(epoch, position), log=log)
 
     def provenance(self, epoch: int, position: int) -> dict[str, Any]:
         """Which pack position ``position`` of ``epoch`` delivers, without loading it: its id,
