@@ -111,15 +111,30 @@ def _count(text: str) -> int:
 def _verify_data(args: argparse.Namespace) -> int:
     from resumable_loader.sources.verify_data import verify_data
 
-    report = verify_data(args.shards[0] if len(args.shards) == 1 else args.shards)
+    shards = args.shards[0] if len(args.shards) == 1 else args.shards
+    report = verify_data(shards, index=args.index)
     for problem in report.problems[: args.show]:
         print(problem)
     if len(report.problems) > args.show:
         print(f"... and {len(report.problems) - args.show} more (--show N lists N)")
     failed = len(report.problems)
     verdict = f"{failed} of {report.samples} samples failed" if failed else "OK"
-    print(f"checked {report.samples} samples ({report.bytes} bytes): {verdict}")
+    where = _common_folder(report.shards)
+    print(
+        f"checked {report.samples} samples ({report.bytes} bytes) of {len(report.shards)} "
+        f"shards in {where}: {verdict}"
+    )
     return 0 if report.passed else 1
+
+
+def _common_folder(urls: Sequence[str]) -> str:
+    """The folder (or URL prefix) all of ``urls`` are in, to say which files were checked."""
+    common: list[str] = []
+    for names in zip(*(url.split("/")[:-1] for url in urls), strict=False):  # the shortest
+        if len(set(names)) > 1:
+            break
+        common.append(names[0])
+    return "/".join(common) or "/"
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -247,6 +262,10 @@ def parser() -> argparse.ArgumentParser:
         "not run (a missing or stale index, Parquet shards)",
     )
     verify_data.add_argument("shards", nargs="+", help="shards, patterns or an index file")
+    verify_data.add_argument(
+        "--index",
+        help="the index of the originals, when SHARDS are copies of them (checked against it)",
+    )
     verify_data.add_argument("--show", type=_count, default=20, help="bad samples to list")
     verify_data.set_defaults(run=_verify_data)
 

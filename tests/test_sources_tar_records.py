@@ -150,6 +150,29 @@ class TestVerifyData:
         assert cli.main(["verify-data", *shards]) == 2
         assert "shard-0002.tar: changed since it was indexed" in capsys.readouterr().err
 
+    def test_copies_are_checked_against_the_originals_index(self, shards, tmp_path, capsys):
+        """A copied index still names the originals (and says which files it checked); --index
+        checks the copies themselves against the index the originals were taken with."""
+        original = TarShardDataset(shards).index.path
+        copies = tmp_path / "copy"
+        copies.mkdir()
+        for shard in shards:  # a plain copy: new mtimes
+            (copies / Path(shard).name).write_bytes(Path(shard).read_bytes())
+        copied = [str(copies / Path(shard).name) for shard in shards]
+        overwrite(copied[1], 512, b"\xff")  # the copy's sample 4 damaged on the way
+        folder = Path(shards[0]).parent
+        assert cli.main(["verify-data", str(original)]) == 0  # the originals: good
+        assert f"of 3 shards in {folder}: OK" in capsys.readouterr().out
+        assert cli.main(["verify-data", *reversed(copied), "--index", str(original)]) == 1
+        out = capsys.readouterr().out
+        assert "1 of 12 samples failed" in out and f"of 3 shards in {copies}:" in out
+        assert "copy/shard-0001.tar: the sample at offset 0" in out
+        with pytest.raises(SampleIndexError, match=r"indexes 3 shards, but 1 copies were given"):
+            verify_data(copied[:1], index=original)
+        os.truncate(copied[2], 1024)
+        with pytest.raises(SampleIndexError, match=r"shard-0002.tar: 1024 bytes, but .*had"):
+            verify_data(copied, index=original)
+
     def test_parquet_is_refused_and_leaves_no_index(self, tmp_path, capsys):
         paths = write_parquet_shards(tmp_path, num_shards=1, rows_per_shard=4)
         assert cli.main(["verify-data", *paths]) == 2

@@ -102,6 +102,7 @@ class ShardedIndex:
         self.storage_options: dict[str, Any] = dict(storage_options or {})
         self.shard_offsets = np.concatenate([[0], np.cumsum(self.shard_sizes)]).astype(np.int64)
         self._arrays = arrays
+        self._copies: list[str] | None = None  # set by relocated(): pickled with the index
         self.records: np.ndarray | None = arrays.get("records")
         self.checksums: np.ndarray | None = arrays.get("checksums")
         self.spans = self.records[:, START : LENGTH + 1] if self.records is not None else None
@@ -206,8 +207,45 @@ class ShardedIndex:
                     "ShardedIndex.load(..., rebuild=True)), or restore the shard"
                 )
 
+    def relocated(self, urls: Sequence[str]) -> ShardedIndex:
+        """This index over copies of its shards at ``urls``: what checks copied shards against
+        the index taken from the originals (``verify-data --index``). A copy is matched to its
+        original by file name (in index order if the names differ), must have the recorded
+        byte size, and is taken with its mtime (or ETag) as it is now.
+
+        Raises:
+            SampleIndexError: another number of shards, or a copy of another size.
+            ShardError: a copy is missing.
+        """
+        entries = self.header["shards"]
+        if len(urls) != len(entries):
+            raise SampleIndexError(
+                f"{self.path} indexes {len(entries)} shards, but {len(urls)} copies were given; "
+                "give the copies of all of them"
+            )
+        by_name = {os.path.basename(url): url for url in urls}
+        names = [os.path.basename(entry["url"]) for entry in entries]
+        if len(by_name) == len(urls) and set(names) == set(by_name):
+            urls = [by_name[name] for name in names]
+        shards = []
+        for entry, url, (size, stamp) in zip(
+            entries, urls, stat_shards(urls, self.storage_options), strict=True
+        ):
+            if size != entry["bytes"]:
+                raise SampleIndexError(
+                    f"{url}: {size} bytes, but {entry['url']}, whose copy it is taken for, had "
+                    f"{entry['bytes']} when indexed in {self.path}: not a whole copy; copy it "
+                    "again (or give the copies in the index's order)"
+                )
+            shards.append(dict(entry, url=url, mtime=stamp))
+        copy = ShardedIndex(
+            dict(self.header, shards=shards), self._arrays, self.path, self.storage_options
+        )
+        copy._copies = list(urls)
+        return copy
+
     def __reduce__(self) -> tuple[Any, ...]:
-        return _reopen, (str(self.path), self.fingerprint, self.storage_options)
+        return _reopen, (str(self.path), self.fingerprint, self.storage_options, self._copies)
 
     def __repr__(self) -> str:
         return (
@@ -483,8 +521,14 @@ def _fingerprint(header: dict[str, Any]) -> str:
     return hashlib.blake2b("\n".join(lines).encode(), digest_size=12).hexdigest()
 
 
-def _reopen(path: str, fingerprint: str, storage_options: StorageOptions = None) -> ShardedIndex:
-    """Unpickle an index: map its file again (cheap), refusing a file rebuilt since."""
+def _reopen(
+    path: str,
+    fingerprint: str,
+    storage_options: StorageOptions = None,
+    copies: list[str] | None = None,
+) -> ShardedIndex:
+    """Unpickle an index: map its file again (cheap), refusing a file rebuilt since (and
+    relocated to the same copies)."""
     # the parent logged skips
     index = ShardedIndex._load(path, verify=False, rebuild=False, storage_options=storage_options)
     if index.fingerprint != fingerprint:
@@ -492,4 +536,4 @@ def _reopen(path: str, fingerprint: str, storage_options: StorageOptions = None)
             f"{path}: the index was rebuilt (fingerprint {fingerprint} -> {index.fingerprint}) "
             "while a copy of it was in use; restart the job"
         )
-    return index
+    return index if copies is None else index.relocated(copies)

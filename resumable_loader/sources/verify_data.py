@@ -21,11 +21,13 @@ class DataReport:
         samples: samples read.
         bytes: bytes of their spans.
         problems: one "shard: what and where" message per sample that failed its check.
+        shards: the files checked (those the index names, or the copies given).
     """
 
     samples: int
     bytes: int
     problems: list[str]
+    shards: list[str]
 
     @property
     def passed(self) -> bool:
@@ -38,6 +40,8 @@ _PARQUET = "verify-data checks tar shards (Parquet has its own page checksums)"
 
 def verify_data(
     shards: str | os.PathLike | Sequence[str | os.PathLike] | ShardedIndex,
+    *,
+    index: str | os.PathLike | None = None,
 ) -> DataReport:
     """Read every sample of a tar shard set with the full check (``check="full"``): each span's
     tar headers parse to the members the index records, and each member's payload has the
@@ -53,26 +57,35 @@ def verify_data(
 
     Args:
         shards: as for :class:`TarShardDataset` (shards, patterns, an index file or object).
+        index: an index file of other shards, of which ``shards`` are copies: the copies are
+            checked against it (:meth:`ShardedIndex.relocated`), what a copy to another disk
+            or bucket wants, since an index of the copies would be taken from them.
 
     Raises:
         ConfigError: the shards are Parquet (their integrity is Parquet's own page checksums).
         SampleIndexError: no index of the shards, a damaged one, or one that no longer
             matches them by size and mtime (or ETag).
     """
-    if isinstance(shards, ShardedIndex):
-        index = shards
-    elif isinstance(shards, (str, os.PathLike)) and is_index_file(shards):
-        index = ShardedIndex.load(shards)
+    named = isinstance(shards, (str, os.PathLike)) and is_index_file(shards)
+    if index is not None:
+        if named or isinstance(shards, ShardedIndex):
+            raise ConfigError("with index=, give the copied shards, not an index")
+        # the originals may be gone or changed: not stat'ed, the copies are checked instead
+        checked = ShardedIndex.load(index, verify=False).relocated(expand_shards(shards))
+    elif isinstance(shards, ShardedIndex):
+        checked = shards
+    elif named:
+        checked = ShardedIndex.load(shards)
     else:
         urls = expand_shards(shards)  # once: a remote glob is a listing
         parquet = [url for url in urls if url.lower().endswith(".parquet")]
         if parquet:
             raise ConfigError(f"{parquet[0]}: {_PARQUET}")
-        index = ShardedIndex.for_shards(urls, build=False)
-    if index.format != "tar":
-        raise ConfigError(f"{index.path}: indexes Parquet files; {_PARQUET}")
-    index.check_digests()
-    dataset = TarShardDataset(index, check="full")
+        checked = ShardedIndex.for_shards(urls, build=False)
+    if checked.format != "tar":
+        raise ConfigError(f"{checked.path}: indexes Parquet files; {_PARQUET}")
+    checked.check_digests()
+    dataset = TarShardDataset(checked, check="full")
     problems = []
     for sample_id in range(len(dataset)):
         try:
@@ -80,4 +93,5 @@ def verify_data(
         except ShardError as error:
             problems.append(str(error))
     dataset.close()
-    return DataReport(len(dataset), int(dataset.index.spans[:, 1].sum()), problems)
+    spans = int(checked.spans[:, 1].sum())
+    return DataReport(len(dataset), spans, problems, list(checked.shard_urls))
