@@ -43,6 +43,23 @@ class _Fault:
     drop: bool = False
     cut_after: int | None = None
     stall: float = 0.0
+    range: str | None = None  # a ranged read's Range header: "ignore" it, or "shorten" it
+
+
+def _mangle_range(data: bytes, how: str) -> bytes:
+    """The request ``data`` without its Range header ("ignore": the server then answers 200
+    with the whole object), or asking for 100 bytes fewer ("shorten": a well-formed short
+    206, as a proxy or server with a bug returns)."""
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = []
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"range:"):
+            if how == "ignore":
+                continue
+            first, last = line.split(b"=", 1)[1].split(b"-")
+            line = b"Range: bytes=%d-%d" % (int(first), max(int(first), int(last) - 100))
+        lines.append(line)
+    return b"\r\n".join(lines) + b"\r\n\r\n" + rest
 
 
 def _parse_request(data: bytes) -> Request | None:
@@ -126,10 +143,12 @@ class _Connection:
                 if not proxy._through_outage():
                     self.close(reset=True)
                     return
-                self.fault = proxy._next_fault()
+                self.fault = proxy._next_fault(ranged=request.range is not None)
                 if self.fault.drop:
                     self.close(reset=True)
                     return
+                if self.fault.range is not None:
+                    data = _mangle_range(data, self.fault.range)
                 proxy._sleep(proxy.delay)
             try:
                 self.upstream.sendall(data)
@@ -186,6 +205,7 @@ class FaultProxy:
         self.requests: list[Request] = []
         self.bytes_down = 0
         self._faults: list[_Fault] = []
+        self._range_faults: list[_Fault] = []  # for ranged reads only
         self._outage_until: float | None = None
         self._outage_mode = "refuse"
         self._lock = threading.Lock()
@@ -209,6 +229,15 @@ class FaultProxy:
             self._faults += [
                 _Fault(drop=after_bytes is None, cut_after=after_bytes) for _ in range(count)
             ]
+
+    def mangle_range_next(self, count: int = 1, *, how: str) -> None:
+        """Change the Range header of each of the next ``count`` ranged reads (requests
+        without one pass untouched): ``how="ignore"`` drops it, ``how="shorten"`` asks for 100
+        bytes fewer, so the client gets a well-formed response of another length."""
+        if how not in ("ignore", "shorten"):
+            raise ValueError(f"how={how!r}: use 'ignore' or 'shorten'")
+        with self._lock:
+            self._range_faults += [_Fault(range=how) for _ in range(count)]
 
     def stall_next(self, count: int = 1, *, seconds: float) -> None:
         """Hold the response of each of the next ``count`` requests for ``seconds``."""
@@ -304,8 +333,10 @@ class FaultProxy:
             self._stopped.wait(0.02)
         return not self._stopped.is_set()
 
-    def _next_fault(self) -> _Fault:
+    def _next_fault(self, *, ranged: bool) -> _Fault:
         with self._lock:
+            if ranged and self._range_faults:
+                return self._range_faults.pop(0)
             return self._faults.pop(0) if self._faults else _Fault()
 
     def _record(self, request: Request) -> None:

@@ -65,6 +65,26 @@ def test_dropped_and_cut_connections_are_retried(prefix: str, fault_proxy: Fault
     assert fault_proxy.count("GET", "a.bin") == 5
 
 
+@pytest.mark.parametrize("backend", ["obstore", "fsspec"])
+@pytest.mark.parametrize("how", ["ignore", "shorten"])
+def test_a_response_of_another_length_is_retried_not_returned(
+    prefix: str, fault_proxy: FaultProxy, backend: str, how: str
+) -> None:
+    # a server ignoring Range answers the whole object; a buggy one a well-formed short 206:
+    # either read as the range would put other bytes at the asked offsets (s3fs returned them)
+    client = client_for(prefix, {"client": backend, **QUICK, "deadline": 20.0})
+    url = f"{prefix}/a.bin"
+    client.read_range(url, 0, 10)  # the client's first request (and imports) done
+    fault_proxy.reset_stats()
+    fault_proxy.mangle_range_next(2, how=how)
+    assert client.read_range(url, 1000, 65536) == DATA[1000:66536]
+    assert fault_proxy.count("GET", "a.bin") == 3
+    fault_proxy.mangle_range_next(1000, how=how)  # every time: a StorageError, no bytes
+    with pytest.raises(StorageError, match=r"a.bin bytes \[5, 505\): storage kept failing"):
+        client_for(prefix, {"client": backend, **QUICK}).read_range(url, 5, 500)
+    fault_proxy.mangle_range_next(0, how=how)
+
+
 def test_a_stall_shorter_than_the_deadline_is_retried(prefix: str, fault_proxy: FaultProxy):
     client = client_for(prefix, QUICK)
     fault_proxy.stall_next(1, seconds=2.5)

@@ -47,6 +47,12 @@ class ObjectChanged(ShardError):
     """A read conditional on an ETag found the object replaced since (HTTP 412)."""
 
 
+class RangeMismatch(ConnectionError):
+    """A ranged read answered with another number of bytes than asked, short of the object's
+    end: a cut response, or a server (or proxy) that ignored the Range header. Transient: the
+    read is tried again under the deadline, since its bytes would be at the wrong offsets."""
+
+
 @dataclass(frozen=True)
 class ObjectStat:
     """What the index compares to know an object is unchanged: its size and version (the ETag
@@ -170,7 +176,8 @@ class StorageClient(ABC):
         self, url: str, start: int, length: int, *, etag: str | None = None
     ) -> concurrent.futures.Future[bytes]:
         """Start reading ``length`` bytes of ``url`` at ``start``; the future's result is
-        the bytes (fewer only past the object's end) or a StorageError.
+        the bytes (fewer only past the object's end: a response of another length is tried
+        again, :class:`RangeMismatch`) or a StorageError.
 
         ``etag``: the ETag the caller's index recorded for the object. The read is then
         conditional on it (S3 ``If-Match``, obstore's and s3fs's S3 reads), so the bytes of an
@@ -184,7 +191,10 @@ class StorageClient(ABC):
 
         async def attempt() -> bytes:
             try:
-                return await read(url, start, length, etag)
+                data = await read(url, start, length, etag)
+                if len(data) != length:
+                    await self._check_short(url, start, length, len(data))
+                return data
             except Exception as error:
                 if etag is None or not _precondition_failed(error):
                     raise
@@ -196,6 +206,17 @@ class StorageClient(ABC):
                 ) from error
 
         return self._submit(attempt, url, start, length, request="read")
+
+    async def _check_short(self, url: str, start: int, length: int, got: int) -> None:
+        """Accept a read of ``got`` bytes for ``length`` only if it ends at the object's end
+        (a stat tells); else raise :class:`RangeMismatch`."""
+        await self._prepare(url, request="stat")
+        size = (await self._stat(url)).size
+        if got > length or start + got != size:
+            raise RangeMismatch(
+                f"{url}: {got} bytes answered for the {length} asked at offset {start} of an "
+                f"object of {size} bytes (a cut response, or Range ignored)"
+            )
 
     def read_range(self, url: str, start: int, length: int, *, etag: str | None = None) -> bytes:
         """``length`` bytes of ``url`` at ``start`` (fewer only past the object's end);
