@@ -70,7 +70,7 @@ def kill_while_writing(shards: list[str], root: Path) -> None:
 def test_a_kill_inside_a_block_write_does_not_block_the_next_run(tmp_path: Path) -> None:
     shards = write_tar_shards(tmp_path / "shards", num_shards=5, samples_per_shard=40)
     # where Prefetch(cache_dir=tmp_path / "cache") keeps these shards' blocks
-    root = tmp_path / "cache" / shards_identity(Augmented(shards).index) / "blocks"
+    root = tmp_path / "cache" / f"{shards_identity(Augmented(shards).index)}-{BLOCK}" / "blocks"
     root.mkdir(parents=True)
     kill_while_writing(shards, root)
     inodes = {path.name: path.stat().st_ino for path in root.glob("*.blk")}

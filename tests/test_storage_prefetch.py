@@ -74,10 +74,11 @@ def load(dataset, *, workers: int, batch_size: int = 16, order=None, state=None,
 
 def prefetching(paths, cache: Path, **options) -> Augmented:
     cache_bytes = options.pop("cache_bytes", 64 * 2**20)
+    read_ahead = options.pop("read_ahead", BLOCK)
     options.setdefault("wait_seconds", 10.0)  # each block once, even on a loaded machine
     return Augmented(
         paths,
-        read_ahead=BLOCK,
+        read_ahead=read_ahead,
         cache_bytes=cache_bytes,
         prefetch=Prefetch(cache_dir=cache, **options),
     )
@@ -241,7 +242,8 @@ def test_without_a_cache_each_process_fetches_its_own_spans_once(shards, tmp_pat
     spans = int(dataset.index.spans[:, 1].sum())
     assert spans <= stats.bytes_fetched <= 1.05 * spans  # exact spans, merged when adjacent
     assert stats.requests < len(expected)
-    assert not list((tmp_path / shards_identity(dataset.index) / "blocks").glob("*.blk"))
+    folder = tmp_path / f"{shards_identity(dataset.index)}-{BLOCK}" / "blocks"
+    assert not list(folder.glob("*.blk"))
 
 
 def test_belady_eviction_fetches_fewer_bytes_than_lru(shards, tmp_path):
@@ -400,7 +402,7 @@ def test_a_sigkill_during_prefetch_leaves_nothing_that_blocks_the_next_run(shard
     got, _, _ = load(prefetching(shards, tmp_path / "cache"), workers=2)
     assert got == expected
     assert time.monotonic() - began < 30
-    folder = tmp_path / "cache" / shards_identity(Augmented(shards).index) / "blocks"
+    folder = tmp_path / "cache" / f"{shards_identity(Augmented(shards).index)}-{BLOCK}" / "blocks"
     assert folder.is_dir() and not list(folder.glob(".tmp-*"))
 
 
@@ -511,6 +513,16 @@ def test_the_first_batches_reads_are_issued_alone_first(shards, tmp_path):
     for _ in iterator:
         pass
     assert loader.storage_stats().prefetch_depth_bytes > 4 * opening
+
+
+def test_runs_with_another_block_size_never_read_each_others_blocks(shards, tmp_path):
+    """Block n of 4 KiB blocks holds other bytes than block n of 16 KiB ones: a run with
+    another read_ahead on the same cache_dir read the first run's blocks at the wrong offsets
+    (the folder was named by the shards alone)."""
+    expected, _, _ = load(Augmented(shards), workers=0)
+    for read_ahead in (BLOCK, BLOCK // 4, BLOCK):
+        got, _, _ = load(prefetching(shards, tmp_path, read_ahead=read_ahead), workers=0)
+        assert got == expected, read_ahead
 
 
 def test_datasets_sharing_a_cache_dir_never_read_each_others_blocks(tmp_path):

@@ -106,11 +106,10 @@ class RemoteReads:
             return held[1]
         if not create:
             return None
-        block = self.read_ahead or DEFAULT_BLOCK
         reader = ShardReader(
             self.index,
             self._range,
-            block_size=block,
+            block_size=self._block_size(),
             cache_bytes=self.cache_bytes,
             options=self.prefetch,
             token=self._storage_token,
@@ -144,8 +143,12 @@ class RemoteReads:
         """``length`` cut to what the shard's indexed size has at ``start`` (>= 0)."""
         return max(0, min(length, self.index.header["shards"][shard]["bytes"] - start))
 
+    def _block_size(self) -> int:
+        """The node cache's block: ``read_ahead``, else :data:`DEFAULT_BLOCK`."""
+        return self.read_ahead or DEFAULT_BLOCK
+
     def _cache_root(self) -> Path:
-        return node_cache_root(self.index, self.prefetch)
+        return node_cache_root(self.index, self.prefetch, self._block_size())
 
     def _sample_at(self, shard: int, start: int) -> int:
         """The global id of the sample of ``shard`` whose span begins at or before ``start``."""

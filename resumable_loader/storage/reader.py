@@ -92,13 +92,13 @@ class Prefetch:
         wait_seconds: how long a read waits for a block another process is fetching before it
             fetches the block itself.
         cache_dir: where the node cache keeps its folder, named by the shards' identity (their
-            URLs, sizes and versions, :func:`shards_identity`), so that datasets sharing it, or
-            these shards before they changed, never read each other's blocks (default: under
-            /dev/shm, else the temp dir, :func:`default_cache_dir`); every process of a node
-            should use the same.
+            URLs, sizes and versions, :func:`shards_identity`) and the block size, so that
+            datasets sharing it, these shards before they changed, or a read_ahead of another
+            size never read each other's blocks (default: under /dev/shm, else the temp dir,
+            :func:`default_cache_dir`); every process of a node should use the same.
         coalesce_gap: spans of one batch at most this many bytes apart go in one request.
-        disk_dir: a second tier of the node cache on a local disk (a folder named by the
-            shards' identity is made in it): blocks evicted from the first tier (``cache_dir``,
+        disk_dir: a second tier of the node cache on a local disk (a folder named as the
+            first tier's is made in it): blocks evicted from the first tier (``cache_dir``,
             bounded by the dataset's ``cache_bytes``) go there instead of away, and reads find
             them there: a dataset that fits the two tiers is fetched once a node, across
             epochs and runs; with ``disk_bytes``.
@@ -139,21 +139,22 @@ class Prefetch:
             )
 
 
-def default_cache_dir(index: Any) -> Path:
-    """Where a node keeps the blocks of ``index``'s shards by default: under /dev/shm (else
-    the temp dir), in a folder named by the shards' URLs, sizes and versions, so that blocks of
-    other shards (or of these shards before they changed) are never read for them."""
+def default_cache_dir() -> Path:
+    """Where a node keeps its caches' folders by default: /dev/shm/resumable_loader (else in
+    the temp dir)."""
     shm = Path("/dev/shm")
     base = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
-    return base / "resumable_loader" / shards_identity(index)
+    return base / "resumable_loader"
 
 
-def node_cache_root(index: Any, options: Prefetch) -> Path:
-    """The folder of the node cache of ``index``'s shards: named by their identity inside
-    ``options.cache_dir``, else :func:`default_cache_dir`."""
-    if options.cache_dir is None:
-        return default_cache_dir(index)
-    return Path(options.cache_dir) / shards_identity(index)
+def node_cache_root(index: Any, options: Prefetch, block_size: int) -> Path:
+    """The folder of the node cache of ``index``'s shards in blocks of ``block_size`` bytes,
+    inside ``options.cache_dir`` (else :func:`default_cache_dir`): named by the shards' URLs,
+    sizes and versions (:func:`shards_identity`) and the block size, so that blocks of other
+    shards, of these shards before they changed, or of another size (block ``n`` of another
+    size holds other bytes) are never read for them."""
+    base = default_cache_dir() if options.cache_dir is None else Path(options.cache_dir)
+    return base / f"{shards_identity(index)}-{block_size}"
 
 
 def shards_identity(index: Any) -> str:
@@ -188,13 +189,13 @@ class ShardReader:
         self.block_size, self.options = check_int("block_size", block_size, low=1), options
         self._sizes = np.array([int(s["bytes"]) for s in index.header["shards"]], dtype=np.int64)
         self._mean = index.mean_sample_bytes
-        root = node_cache_root(index, options)
+        root = node_cache_root(index, options, self.block_size)
         blocks = -(-self._sizes // self.block_size)
         states = BlockStates(root, blocks.tolist(), self.block_size)
         tiers = dict(states=states, eviction=options.eviction)
         disk = None
         if options.disk_dir is not None:
-            folder = Path(options.disk_dir) / shards_identity(index)
+            folder = Path(options.disk_dir) / root.name
             disk = NodeCache(folder, options.disk_bytes, **tiers)
         self.cache = NodeCache(root / "blocks", cache_bytes, spill=disk, **tiers)
         self.cache.next_use = self._next_use
