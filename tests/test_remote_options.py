@@ -134,6 +134,21 @@ DOCS_EXAMPLE = {"key": "testing", "secret": "testing", "region": "us-east-1", "d
 OBSTORE_NAMES = {"access_key_id": "testing", "secret_access_key": "testing", "region": "us-east-1"}
 
 
+@pytest.mark.usefixtures("no_aws_environment")
+@pytest.mark.parametrize("name", ["endpoint", "aws_endpoint", "aws_endpoint_url"])
+def test_obstore_s_endpoint_names_read_from_a_plain_http_endpoint(s3_server: str, name: str):
+    # obstore refuses http:// unless allow_http: it was set from "endpoint" only, so its other
+    # names failed every read as a "builder error" until the deadline
+    data = os.urandom(1000)
+    bucket = f"names-{os.urandom(6).hex()}"
+    s3_client(s3_server).create_bucket(Bucket=bucket)
+    s3_client(s3_server).put_object(Bucket=bucket, Key="x.bin", Body=data)
+    url = f"s3://{bucket}/x.bin"
+    client = client_for(url, {**OBSTORE_NAMES, name: s3_server, **QUICK})
+    assert isinstance(client, client_module.ObstoreClient)
+    assert client.read_range(url, 10, 20) == data[10:30]
+
+
 @pytest.mark.parametrize("names", ["fsspec", "obstore"])
 @pytest.mark.parametrize("how", ["client=fsspec", "forked after obstore"])
 def test_s3fs_takes_the_documented_names_of_either_scheme(

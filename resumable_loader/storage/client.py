@@ -290,6 +290,8 @@ class ObstoreClient(StorageClient):
 
     _ALIASES: ClassVar[dict[str, str]] = {
         "endpoint_url": "endpoint",
+        "aws_endpoint": "endpoint",  # obstore's own S3Config names, so that allow_http follows
+        "aws_endpoint_url": "endpoint",
         "key": "access_key_id",
         "secret": "secret_access_key",
         "token": "session_token",
