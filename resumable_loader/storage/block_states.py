@@ -36,8 +36,11 @@ class BlockStates:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            if os.fstat(fd).st_size < total:  # processes racing here truncate to the same size
-                os.ftruncate(fd, total)
+            if os.fstat(fd).st_size < total:  # processes racing here grow it to the same size
+                # allocated, not a sparse ftruncate: on a full file system (/dev/shm, often)
+                # a mapped page first written would kill the process with SIGBUS; this fails
+                # here instead, with ENOSPC
+                os.posix_fallocate(fd, 0, total)
             self._map = mmap.mmap(fd, total) if total else None
         finally:
             os.close(fd)

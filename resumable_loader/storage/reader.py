@@ -163,6 +163,30 @@ def shards_identity(index: Any) -> str:
     return hashlib.sha256(json.dumps(shards).encode()).hexdigest()[:20]
 
 
+def _open_cache(
+    root: Path, sizes: np.ndarray, block_size: int, cache_bytes: int, options: Prefetch
+) -> NodeCache:
+    """The node cache in ``root`` of shards of ``sizes`` bytes (and its disk tier), its
+    folders made and its block states mapped; a folder that cannot be written (read-only,
+    full) is a ConfigError naming it."""
+    try:
+        states = BlockStates(root, (-(-sizes // block_size)).tolist(), block_size)
+        tiers = dict(states=states, eviction=options.eviction)
+        disk = None
+        if options.disk_dir is not None:
+            disk = NodeCache(Path(options.disk_dir) / root.name, options.disk_bytes, **tiers)
+        cache = NodeCache(root / "blocks", cache_bytes, spill=disk, **tiers)
+        remove_stale(root / "stats")
+    except OSError as error:
+        where = f"{error.filename}: " if error.filename else f"{root}: "
+        raise ConfigError(
+            f"{where}the node cache cannot be written there ({error.strerror or error}); free "
+            "space in it, or give Prefetch(cache_dir=..., disk_dir=...) writable folders on "
+            "local storage with room (the same for every process of a node)"
+        ) from error
+    return cache
+
+
 class ShardReader:
     """Span reads of one index's shards, planned ahead, through a node cache.
 
@@ -190,17 +214,9 @@ class ShardReader:
         self._sizes = np.array([int(s["bytes"]) for s in index.header["shards"]], dtype=np.int64)
         self._mean = index.mean_sample_bytes
         root = node_cache_root(index, options, self.block_size)
-        blocks = -(-self._sizes // self.block_size)
-        states = BlockStates(root, blocks.tolist(), self.block_size)
-        tiers = dict(states=states, eviction=options.eviction)
-        disk = None
-        if options.disk_dir is not None:
-            folder = Path(options.disk_dir) / root.name
-            disk = NodeCache(folder, options.disk_bytes, **tiers)
-        self.cache = NodeCache(root / "blocks", cache_bytes, spill=disk, **tiers)
+        self.cache = _open_cache(root, self._sizes, self.block_size, cache_bytes, options)
         self.cache.next_use = self._next_use
         self.cached = cache_bytes > 0
-        remove_stale(root / "stats")
         self.stats_file = StatsFile(root / "stats", token)
         self.stats = self.stats_file.stats
         # Positions ahead: fetches are issued up to `depth`, blocks only while those started

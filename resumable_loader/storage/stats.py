@@ -10,6 +10,7 @@ batch. Files of runs older than ``STALE_SECONDS`` are removed when a reader star
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -78,14 +79,28 @@ class StatsFile:
     def __init__(self, folder: Path, token: str) -> None:
         self.folder, self.token = folder, token
         self.stats = StorageStats()
+        self._failed = False  # a publish failed: logged once
 
     def publish(self) -> None:
-        """Write this process's counters (atomically: a temp file renamed over the old)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        final = self.folder / f"{self.token}-{os.getpid()}.json"
+        """Write this process's counters (atomically: a temp file renamed over the old). The
+        counters are a report, not the data: a folder that has become full or unwritable
+        is logged (once a process) and the run goes on."""
         temp = self.folder / f".tmp-{uuid.uuid4().hex}"
-        temp.write_text(json.dumps(dataclasses.asdict(self.stats)))
-        os.replace(temp, final)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            temp.write_text(json.dumps(dataclasses.asdict(self.stats)))
+            os.replace(temp, self.folder / f"{self.token}-{os.getpid()}.json")
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                temp.unlink(missing_ok=True)
+            if not self._failed:
+                self._failed = True
+                logger.warning(
+                    "storage stats not published in %s (%s): the other processes' reports "
+                    "will miss this one's counters",
+                    self.folder,
+                    error,
+                )
 
     def total(self) -> StorageStats:
         """This process's counters plus every other process's published ones: a new object
