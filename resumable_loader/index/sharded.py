@@ -198,14 +198,24 @@ class ShardedIndex:
         """
         if stats is None:
             stats = stat_shards(self.shard_urls, self.storage_options)
-        for entry, (size, mtime) in zip(self.header["shards"], stats, strict=True):
-            if size != entry["bytes"] or mtime != entry["mtime"]:
-                raise SampleIndexError(
-                    f"{entry['url']}: changed since it was indexed in {self.path} (size "
-                    f"{entry['bytes']} -> {size}, mtime {entry['mtime']} -> {mtime}); rebuild "
-                    f"the index (resumable-loader index ... --out {self.path}, or "
-                    "ShardedIndex.load(..., rebuild=True)), or restore the shard"
-                )
+        for shard, stat in enumerate(stats):
+            self.check_shard(shard, stat)
+
+    def check_shard(self, shard: int, stat: tuple[int, float | str]) -> None:
+        """Raise unless ``stat``, the (size, stamp) of ``shard`` now, is what was indexed.
+
+        Raises:
+            SampleIndexError: as :meth:`check_shards`.
+        """
+        entry = self.header["shards"][shard]
+        size, mtime = stat
+        if size != entry["bytes"] or mtime != entry["mtime"]:
+            raise SampleIndexError(
+                f"{entry['url']}: changed since it was indexed in {self.path} (size "
+                f"{entry['bytes']} -> {size}, mtime {entry['mtime']} -> {mtime}); rebuild "
+                f"the index (resumable-loader index ... --out {self.path}, or "
+                "ShardedIndex.load(..., rebuild=True)), or restore the shard"
+            )
 
     def relocated(self, urls: Sequence[str]) -> ShardedIndex:
         """This index over copies of its shards at ``urls``: what checks copied shards against

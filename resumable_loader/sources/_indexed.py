@@ -11,8 +11,9 @@ from torch.utils.data import Dataset
 
 from resumable_loader._checks import check_int
 from resumable_loader._lru import LRU
-from resumable_loader.errors import ConfigError, ShardError
+from resumable_loader.errors import ConfigError, SampleIndexError, ShardError
 from resumable_loader.index.file import is_index_file
+from resumable_loader.index.paths import is_url, stat_shard
 from resumable_loader.index.sharded import ShardedIndex
 
 _READERS = {"tar": "TarShardDataset", "parquet": "ParquetDataset"}
@@ -125,6 +126,11 @@ class IndexedDataset(Dataset):
                 f"{url}: cannot open the shard ({error}); it moved or was deleted since it "
                 "was indexed: restore it or rebuild the index"
             ) from None
+        if not is_url(url):  # one stat a shard a process: rewritten since the index was loaded?
+            try:
+                self.index.check_shard(shard, stat_shard(url))
+            except SampleIndexError as error:
+                raise ShardError(f"{error} (found when this process opened it)") from None
         self._files.put(shard, handle)
         return handle
 
