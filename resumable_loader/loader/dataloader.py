@@ -291,12 +291,21 @@ class ResumableDataLoader(DataLoader[T_co]):
     # -- iteration -------------------------------------------------------------------------
 
     def __len__(self) -> int:
+        """Batches of a whole epoch on this rank: the epoch being iterated, else the one the
+        next ``iter()`` runs (a Packed dataset's pack count changes by epoch); after a resume
+        in the middle of an epoch, the whole epoch's, as torch counts it."""
         if self._refs is None:
             return super().__len__()
         self._follow_length()
-        return len(self._refs)
+        refs = self._refs
+        if isinstance(refs, OrderedBatchSampler):
+            return refs.epoch_batches(self._progress.sized_epoch())
+        return len(refs)
 
     def __iter__(self) -> Iterator[Any]:
+        """Begin the next iteration; if it fails before its iterator is handed out, the place
+        and the sampler's state are put back, so the next ``iter()`` runs the same epoch from
+        the same position instead of skipping it."""
         if self._refs is None:
             return super().__iter__()
         self._follow_length()
@@ -304,6 +313,22 @@ class ResumableDataLoader(DataLoader[T_co]):
         if bad is not None:  # a run already past its bad-sample limit loads nothing
             bad.begin_iteration()
         refs = self._refs
+        progress = self._progress.snapshot()
+        sampler = None if refs.capture is None else refs.capture.snapshot()
+        try:
+            return self._begin_iteration(refs, bad)
+        except BaseException:
+            self._progress.rollback(progress)
+            if refs.capture is not None:
+                refs.capture.rollback(sampler)
+            if isinstance(refs, OrderedBatchSampler):
+                refs.at_epoch(self._progress.place()[0])
+            raise
+
+    def _begin_iteration(
+        self, refs: OrderedBatchSampler | UserBatchSampler, bad: BadSamples | None
+    ) -> ResumableIterator:
+        """Start the next iteration and its workers; the iterator over its batches."""
         epoch, position = self._progress.begin()
         refs.begin(seed=self.seed, epoch=epoch, start=position)
         self._fetch.lookahead = lookahead_for(self.dataset, refs, self.num_workers)

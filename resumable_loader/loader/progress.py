@@ -28,6 +28,7 @@ class Progress:
         self.epoch = 0
         self.position = 0
         self.complete = False  # the latest iteration ran to its end
+        self.exhausted = False  # ... and its iterator raised StopIteration
         self.started = False  # an iteration has begun
         self._pending: tuple[int, int] | None = None  # (epoch, position) of a loaded state
         self._requested_epoch: int | None = None  # from set_epoch()
@@ -53,32 +54,59 @@ class Progress:
     def begin(self) -> tuple[int, int]:
         """Start the next iteration: consume what is pending; return its (epoch, position)."""
         requested, pending = self._requested_epoch, self._pending
+        epoch, position = self.upcoming()
+        discards = pending is not None and epoch != pending[0] and pending[1] > 0
+        if discards and not self._epoch_complete(pending[1]):
+            warnings.warn(
+                f"set_epoch({requested}) discards the loaded state's unfinished epoch "
+                f"{pending[0]} (position {pending[1]}); its remaining samples are not "
+                "delivered",
+                ResumeWarning,
+                stacklevel=4,  # begin(), the loader's _begin_iteration and __iter__
+            )
         self._requested_epoch = self._pending = None
-        if pending is None and requested is None:
-            epoch, position = (self.epoch + 1, 0) if self.started else (self.epoch, 0)
-        else:
-            epoch, position = self._start(requested, pending)
-            discards = pending is not None and epoch != pending[0] and pending[1] > 0
-            if discards and not self._epoch_complete(pending[1]):
-                warnings.warn(
-                    f"set_epoch({requested}) discards the loaded state's unfinished epoch "
-                    f"{pending[0]} (position {pending[1]}); its remaining samples are not "
-                    "delivered",
-                    ResumeWarning,
-                    stacklevel=3,
-                )
-            if requested is None and self._epoch_complete(position):
-                epoch, position = epoch + 1, 0  # a state taken after an epoch's last batch
-        self.epoch, self.position, self.complete, self.started = epoch, position, False, True
+        self.epoch, self.position, self.started = epoch, position, True
+        self.complete = self.exhausted = False
         self._begun_at = position
         return epoch, position
 
+    def upcoming(self) -> tuple[int, int]:
+        """The (epoch, position) the next ``begin()`` starts, consuming nothing."""
+        requested, pending = self._requested_epoch, self._pending
+        if pending is None and requested is None:
+            return (self.epoch + 1, 0) if self.started else (self.epoch, 0)
+        epoch, position = self._start(requested, pending)
+        if requested is None and self._epoch_complete(position):
+            return epoch + 1, 0  # a state taken after an epoch's last batch
+        return epoch, position
+
+    def sized_epoch(self) -> int:
+        """The epoch ``len()`` counts: the one being iterated until its iterator is exhausted
+        (so ``i == len(loader) - 1`` still holds at its last batch), else the one the next
+        ``begin()`` starts."""
+        iterating = self.started and not self.exhausted
+        if iterating and self._pending is None and self._requested_epoch is None:
+            return self.epoch
+        return self.upcoming()[0]
+
+    def snapshot(self) -> dict[str, object]:
+        """Everything ``begin()`` changes, for :meth:`rollback`."""
+        return dict(vars(self))
+
+    def rollback(self, snapshot: dict[str, object]) -> None:
+        """Undo the ``begin()`` since ``snapshot()``: its iteration failed before its iterator
+        was handed out (persistent workers that died between epochs, say), so it delivered
+        nothing and the next ``begin()`` must start it again, not the epoch after it."""
+        vars(self).update(snapshot)
+
     def advance(self, samples: int, *, last: bool, epoch_length: int | None) -> None:
         """A batch of ``samples`` was delivered (``last``: the iteration is done; our orders
-        then stand at ``epoch_length``, padding and dropped tails included)."""
+        then stand at ``epoch_length``, padding and dropped tails included); ``samples`` 0
+        with ``last``: the iterator is exhausted (StopIteration, after the last batch)."""
         self.position += samples
         if last:
             self.complete = True
+            self.exhausted = samples == 0
             if epoch_length is not None:
                 self.position = epoch_length
 

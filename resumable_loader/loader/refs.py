@@ -146,6 +146,11 @@ class OrderedBatchSampler(_RefSampler):
             return self.order.epoch_length(epoch)
         return self.partition.length
 
+    def epoch_batches(self, epoch: int) -> int:
+        """This rank's batches in the whole of ``epoch`` (a Packed dataset's differ by epoch)."""
+        length = self.epoch_positions(epoch)
+        return dataclasses.replace(self.partition, length=length).num_batches()
+
     def begin(self, *, seed: int, epoch: int, start: int) -> None:
         super().begin(seed=seed, epoch=epoch, start=start)
         self.at_epoch(epoch)

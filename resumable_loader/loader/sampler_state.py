@@ -102,6 +102,16 @@ class Capture:
         """Start an epoch: what to iterate for it."""
         return self.sampler
 
+    def snapshot(self) -> Any:
+        """Everything ``begin()`` changes, for :meth:`rollback`."""
+        return dict(vars(self))
+
+    def rollback(self, snapshot: Any) -> None:
+        """Undo the ``begin()`` since ``snapshot()``: its iteration failed before delivering
+        anything, so the next ``begin()`` must start the same epoch (a loaded seed, the
+        generator's state) rather than the one after it."""
+        vars(self).update(snapshot)
+
     def saved(self, *, in_epoch: bool) -> Any:
         """The ``sampler_state`` of a cursor (None: none). ``in_epoch``: the epoch begun last
         is still in progress, so its start is what a resume needs; otherwise what the next
@@ -173,6 +183,15 @@ class _UserState(Capture):
 class _GivenGenerator(_UserState):
     """A torch sampler with ``generator=``: the generator's state, as base64 text (a plain
     string every transport keeps, ~6.7 KB for torch's CPU generator)."""
+
+    def snapshot(self) -> Any:
+        # The generator too: a loader splitting the sampler's stream draws the epoch at begin().
+        return super().snapshot(), self.sampler.generator.get_state()
+
+    def rollback(self, snapshot: Any) -> None:
+        fields, generator = snapshot
+        super().rollback(fields)
+        self.sampler.generator.set_state(generator)
 
     def _current(self) -> Any:
         state = self.sampler.generator.get_state().numpy().tobytes()
