@@ -146,3 +146,35 @@ def test_a_sampling_strategy_the_loader_would_ignore_is_refused(tmp_path):
         ConfigError, match=r"would ignore train_sampling_strategy='group_by_length'"
     ):
         trainer.get_train_dataloader()
+
+
+def test_the_pass_after_an_epoch_has_the_next_epoch_s_batch_count(tmp_path):
+    """A Packed dataset's pack count changes by epoch: at an epoch's end the next pass was
+    counted with the finished epoch's length (the Trainer's accumulation windows follow it)."""
+    from resumable_loader import Packed
+    from resumable_loader.packing import collate_varlen
+
+    class Chats(torch.utils.data.Dataset):
+        lengths = tuple((7 * i) % 300 for i in range(120))
+
+        def __len__(self):
+            return len(self.lengths)
+
+        def sample_lengths(self):
+            return self.lengths
+
+        def __getitem__(self, index):
+            return {"input_ids": torch.arange(self.lengths[index])}
+
+    trainer = ResumableTrainer(
+        model=torch.nn.Linear(1, 1),
+        args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none"),
+        train_dataset=Packed(Chats(), max_tokens=512, strategy="next_fit"),
+        data_collator=collate_varlen,
+    )
+    trainer.get_train_dataloader()
+    loader = trainer.cursor_saver.loader
+    first = sum(1 for _ in loader)
+    left = trainer._batches_left()  # at the end of epoch 0: the next pass is epoch 1
+    second = sum(1 for _ in loader)
+    assert first != second and left == second

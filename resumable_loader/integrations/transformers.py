@@ -124,7 +124,9 @@ class ResumableTrainerMixin:
         if partition is None:
             return None
         position = loader.state_dict()["position"]
-        return partition.num_batches(position if position < partition.length else 0)
+        if position >= partition.length:  # a pass of the next epoch, whose length len() has
+            return len(loader)  # (a Packed dataset's pack count changes by epoch)
+        return partition.num_batches(position)
 
     def resumable_train_loader(self, dataset: Any) -> ResumableDataLoader:
         """The training loader, from the TrainingArguments: shuffled, seeded by ``data_seed``
