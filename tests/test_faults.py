@@ -50,6 +50,8 @@ class Faulty(AugmentedDataset):
                 os.kill(os.getpid(), signal.SIGKILL)
             if self.mode == "hang":
                 time.sleep(60)
+            if self.mode == "exit":  # torch's worker loop takes it as a stop and exits
+                raise KeyboardInterrupt
         return super().__getitem__(index)
 
 
@@ -82,6 +84,9 @@ def wait_gone(pids: list[int], seconds: float = 15) -> list[int]:
         # torch's SIGCHLD handler raises wherever the main thread is: inside our iterator that
         # becomes a WorkerError (a RuntimeError); between two next() calls it is torch's own.
         ("kill", RuntimeError, 0),
+        # a worker gone with batches still queued: the main process's fetch of a batch's
+        # shared tensors failed as a bare FileNotFoundError (or ConnectionResetError)
+        ("exit", WorkerError, 0),
         ("hang", WorkerError, 2),
     ],
 )
@@ -116,7 +121,7 @@ def test_failure_is_raised_cleaned_up_and_resumable(tmp_path, mode, error, timeo
     assert first.state_dict() == state  # the failed batch is not counted as delivered
     if mode == "hang":
         assert "timed out" in message and elapsed < timeout + 3
-    if mode == "kill":
+    if mode in ("kill", "exit"):
         assert re.search("killed by signal|exited unexpectedly|worker died", message)
         assert "resume" in message
         if "No batch was lost" in message:  # ours (torch's own when its SIGCHLD handler fired)

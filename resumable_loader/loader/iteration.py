@@ -203,7 +203,17 @@ def worker_failure(error: BaseException, num_workers: int) -> str | None:
         return None
     if isinstance(error, RuntimeError) and _WORKER_FAILURE.search(str(error)):
         return str(error).strip().rstrip(".")  # the caller goes on with ". ..."
-    if isinstance(error, (ConnectionError, EOFError)):
-        # The worker died while the main process was receiving a batch's shared tensors.
+    if isinstance(error, (ConnectionError, EOFError)) or (
+        isinstance(error, FileNotFoundError) and _in_resource_sharer(error)
+    ):
+        # The worker died while the main process was receiving a batch's shared tensors (the
+        # FileNotFoundError: it had exited, its socket gone, with batches still queued).
         return f"a DataLoader worker died while sending a batch ({type(error).__name__}: {error})"
     return None
+
+
+def _in_resource_sharer(error: BaseException) -> bool:
+    """Whether ``error`` was raised in multiprocessing's resource_sharer, which fetches a
+    shared tensor's file descriptor from the worker that sent it."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return any(frame.filename.endswith("resource_sharer.py") for frame in frames)
