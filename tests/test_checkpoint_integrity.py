@@ -346,6 +346,18 @@ def test_fallback_takes_the_newest_sound_checkpoint_and_names_what_it_skipped(tm
         Checkpointer(tmp_path).load(build(4, 0), step=6)  # an explicit step: no fallback
 
 
+def test_fallback_names_a_step_folder_that_lost_its_manifest(tmp_path):
+    # a commit renames a whole folder into place, so a step-N without its manifest was
+    # damaged since: it was passed over without a word (skipped=[])
+    _, digests = checkpoints(tmp_path, [2, 4])
+    (tmp_path / "step-0000000004" / "manifest.json").unlink()
+    fresh = build(4, 0)
+    decision = Checkpointer(tmp_path).load(fresh)
+    assert decision["step"] == 2 and digest(fresh) == digests[2]
+    ((name, problems),) = [(Path(e["checkpoint"]).name, e["problems"]) for e in decision["skipped"]]
+    assert name == "step-0000000004" and "manifest.json: missing" in problems[0]
+
+
 def test_fallback_does_not_skip_a_checkpoint_that_does_not_fit_the_state(tmp_path):
     checkpoints(tmp_path, [2, 4])
     with pytest.raises(CheckpointError, match=r"field 'batch_size': saved 4, now 3"):

@@ -367,11 +367,12 @@ class Checkpointer:
         return result
 
     def _candidates(self, step: int | None, fallback: bool) -> list[Path]:
-        """The checkpoints a load may take, newest first (only ``step``'s if given)."""
+        """The checkpoints a load may take, newest first (only ``step``'s if given); with the
+        fallback, the step folders without a manifest too, which it then skips by name."""
         if step is not None or not fallback:
             return [self.directory.find(step)]
         self.directory.find(None)  # raises if there is none
-        return [self.directory.step_dir(s) for s in reversed(self.directory.complete_steps())]
+        return [self.directory.step_dir(s) for s in reversed(self.directory.step_folders())]
 
     def _rederive_seed(self, saved: dict[str, Any]) -> int:
         if self.seed is not None:

@@ -131,13 +131,19 @@ class CheckpointDirectory:
     def complete_steps(self) -> list[int]:
         """Steps with a committed checkpoint (final name and a manifest), oldest first; an
         earlier checkpoint that a killed re-save left moved aside is put back first."""
+        return [s for s in self.step_folders() if (self.step_dir(s) / MANIFEST_NAME).is_file()]
+
+    def step_folders(self) -> list[int]:
+        """Steps with a ``step-N`` folder, oldest first, complete or not: a commit renames a
+        whole folder into place and a prune renames one away first, so a ``step-N`` without
+        its manifest was damaged since (what a load says it skipped)."""
         if not self.root.is_dir():
             return []
         self._put_back_moved_aside()
         steps = []
         for entry in self.root.iterdir():
             match = _STEP_NAME.fullmatch(entry.name)
-            if match and (entry / MANIFEST_NAME).is_file():
+            if match and entry.is_dir():
                 steps.append(int(match.group(1)))
         return sorted(steps)
 
