@@ -290,7 +290,10 @@ def parser() -> argparse.ArgumentParser:
         "option, or the factory, dataset or collate_fn raised (one line; --traceback for the "
         "traceback)",
     )
-    verify.add_argument("factory", help="module:function returning a loader or (dataset, kw)")
+    verify.add_argument(
+        "factory",
+        help="module:function or path/to/file.py:function returning a loader or (dataset, kw)",
+    )
     verify.add_argument("--epochs", type=int, default=1)
     verify.add_argument("--stop-at", type=_numbers(float), help="fractions, e.g. 0.3,0.7")
     verify.add_argument("--stop-at-batches", type=_numbers(int), help="or global batches: 3,8")

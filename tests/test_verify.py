@@ -548,6 +548,13 @@ class TestCli:
         assert main(["verify", spec.format(module=factory_module)]) == 2
         assert message.format(module=factory_module) in capsys.readouterr().err
 
+    def test_a_factory_named_by_its_file_s_path(self, factory_module, tmp_path, monkeypatch):
+        # from the folder above, as a relative path: it was taken for a module name
+        monkeypatch.chdir(tmp_path.parent)
+        args = ["verify", "--world-sizes", "1", "--num-workers", "0", "--stop-at-batches", "2"]
+        assert main([*args, f"{tmp_path.name}/{factory_module}.py:good"]) == 0
+        assert main([*args, f"{tmp_path.name}/missing.py:good"]) == 2
+
     def test_bad_option_exits_2(self, factory_module, capsys):
         assert main(["verify", f"{factory_module}:good", "--stop-at", "0.5,2"]) == 2
         assert "fractions of the run" in capsys.readouterr().err

@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import importlib.util
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from torch.utils.data import (
@@ -48,21 +51,23 @@ def users_code(what: str) -> Iterator[None]:
 
 
 def load_factory(spec: str) -> Callable[[], Any]:
-    """Import ``module:function`` (the module from the current directory or sys.path).
+    """Import ``module:function`` (the module from the current directory or sys.path) or
+    ``path/to/file.py:function``.
 
     Raises:
         ConfigError: the spec is malformed, the module does not import, or the name is not a
             callable in it.
     """
-    module_name, _, function_name = spec.partition(":")
+    module_name, _, function_name = spec.rpartition(":")
     if not module_name or not function_name:
         raise ConfigError(
-            f"FACTORY must be module:function (e.g. mypackage.data:make_loader), got {spec!r}"
+            f"FACTORY must be module:function or path/to/file.py:function (e.g. "
+            f"mypackage.data:make_loader), got {spec!r}"
         )
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        module = importlib.import_module(module_name)
+        module = _import(module_name)
     except Exception as error:
         raise ConfigError(
             f"cannot import module {module_name!r}: {type(error).__name__}: {error}"
@@ -73,6 +78,19 @@ def load_factory(spec: str) -> Callable[[], Any]:
     if not callable(function):
         raise ConfigError(f"{spec} is a {type(function).__name__}, not a function")
     return function
+
+
+def _import(name: str) -> ModuleType:
+    """The module ``name``: a dotted name, or a .py file's path (imported under its stem)."""
+    if not name.endswith(".py"):
+        return importlib.import_module(name)
+    if not os.path.isfile(name):
+        raise FileNotFoundError(f"no file {name}")
+    spec = importlib.util.spec_from_file_location(Path(name).stem, name)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as an import would: pickling by reference finds it
+    spec.loader.exec_module(module)
+    return module
 
 
 class Pipeline:
