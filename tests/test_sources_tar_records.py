@@ -173,6 +173,11 @@ class TestVerifyData:
         with pytest.raises(SampleIndexError, match=r"shard-0002.tar: 1024 bytes, but .*had"):
             verify_data(copied, index=original)
 
+    def test_a_missing_shard_is_named_as_missing(self, shards, capsys):
+        TarShardDataset(shards)
+        assert cli.main(["verify-data", shards[0], f"{shards[0]}.gone"]) == 2
+        assert "shard-0000.tar.gone: shard not found" in capsys.readouterr().err
+
     def test_parquet_is_refused_and_leaves_no_index(self, tmp_path, capsys):
         paths = write_parquet_shards(tmp_path, num_shards=1, rows_per_shard=4)
         assert cli.main(["verify-data", *paths]) == 2

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from resumable_loader.errors import ConfigError, ShardError
 from resumable_loader.index.file import is_index_file
-from resumable_loader.index.paths import expand_shards
+from resumable_loader.index.paths import expand_shards, stat_shards
 from resumable_loader.index.sharded import ShardedIndex
 from resumable_loader.sources.webdataset import TarShardDataset
 
@@ -81,6 +81,7 @@ def verify_data(
         parquet = [url for url in urls if url.lower().endswith(".parquet")]
         if parquet:
             raise ConfigError(f"{parquet[0]}: {_PARQUET}")
+        stat_shards(urls)  # a missing shard is named as such, not as a missing index
         checked = ShardedIndex.for_shards(urls, build=False)
     if checked.format != "tar":
         raise ConfigError(f"{checked.path}: indexes Parquet files; {_PARQUET}")
