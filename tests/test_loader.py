@@ -677,11 +677,12 @@ class TestUserSamplers:
             )
 
         first = loader()
-        for _ in first:
-            state = first.state_dict()
-        resumed = loader()
-        resumed.load_state_dict(state)
-        stream, after = run(resumed, 1)
+        with pytest.warns(resumable_loader.ResumeWarning, match="will refuse"):  # mid-epoch
+            for _ in first:
+                state = first.state_dict()
+            resumed = loader()
+            resumed.load_state_dict(state)
+            stream, after = run(resumed, 1)
         assert sorted(r[1] for r in stream) == list(range(N))
         # A user sampler's epoch length is its own: a finished epoch is recorded as the next.
         assert (state["epoch"], state["position"]) == (1, 0)
@@ -714,7 +715,8 @@ class TestUserSamplers:
                 AugmentedDataset(N), batch_size=4, sampler=StatelessShuffle(), seed=5
             )
 
-        _, state = run(loader(), 1, stop_after=2)
+        with pytest.warns(resumable_loader.ResumeWarning, match="will refuse.*StatelessShuffle"):
+            _, state = run(loader(), 1, stop_after=2)  # said when the state is taken
         with pytest.raises(StateDictError, match="StatelessShuffle"):
             loader().load_state_dict(state)
 

@@ -4,6 +4,8 @@ a sampler whose stream the loader cannot replay is refused, never silently repla
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
@@ -20,7 +22,7 @@ from torch.utils.data import (
     WeightedRandomSampler,
 )
 
-from resumable_loader import ConfigError, ResumableDataLoader, StateDictError
+from resumable_loader import ConfigError, ResumableDataLoader, ResumeWarning, StateDictError
 from resumable_loader.loader.cursor import make_cursor
 
 N = 29
@@ -458,9 +460,18 @@ class TestSamplersThatSplitAcrossRanksThemselves:
 
     def test_custom_sampler_without_state_refuses_mid_epoch(self):
         first = custom_loader(Stateless())
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            first.state_dict()  # at an epoch's start: resumable, no warning
         consume(first, 1, stop_after=1)
+        # said when the state is taken (the first checkpoint), not only when it is loaded
+        with pytest.warns(ResumeWarning, match=r"load_state_dict\(\) will refuse.*Stateless"):
+            state = first.state_dict()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            first.state_dict()  # said once
         with pytest.raises(StateDictError, match=r"Stateless.*state_dict"):
-            custom_loader(Stateless()).load_state_dict(first.state_dict())
+            custom_loader(Stateless()).load_state_dict(state)
 
     @pytest.mark.parametrize("kind", [list, tuple, range])
     def test_a_plain_sequence_as_sampler_resumes_mid_epoch_with_another_batch_size(self, kind):

@@ -543,6 +543,8 @@ class ResumableDataLoader(DataLoader[T_co]):
         # key a loaded state may hold is there); within one: what it started from.
         capture = refs.capture
         sampler_state = None if capture is None else capture.saved(in_epoch=not complete)
+        if capture is not None:
+            capture.warn_unresumable(sampler_state, position=position)
         return dict(
             cursor_mod.make_cursor(
                 seed=self.seed,

@@ -21,6 +21,7 @@ fresh loader's ``state_dict()`` (DCP's load template) carries every key a loaded
 from __future__ import annotations
 
 import base64
+import warnings
 import zlib
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -36,7 +37,7 @@ from torch.utils.data import (
     WeightedRandomSampler,
 )
 
-from resumable_loader.errors import ConfigError, StateDictError
+from resumable_loader.errors import ConfigError, ResumeWarning, StateDictError
 
 # torch's samplers whose index stream is the same on every rank and for every batch size: the
 # loader splits it across ranks itself, as it splits its own order.
@@ -97,6 +98,7 @@ class Capture:
         self.sampler = sampler
         # Once: hashing a SubsetRandomSampler's indices on every state_dict() would cost O(n).
         self.description = describe(sampler)
+        self._warned = False  # warn_unresumable() said it
 
     def begin(self) -> Iterable[Any]:
         """Start an epoch: what to iterate for it."""
@@ -137,6 +139,21 @@ class Capture:
                 f"field 'sampler_state' is missing, yet sampler {name} needs it to resume at "
                 f"position {position} (it decides the epoch's order): the state lost it on the "
                 "way (e.g. a checkpoint template without it); pass the whole state_dict()"
+            )
+
+    def warn_unresumable(self, state: Any, *, position: int) -> None:
+        """Warn (once) when a cursor holding ``state`` at ``position`` is one :meth:`check`
+        will refuse: the run learns at its first checkpoint, not when it resumes from it."""
+        if self._warned:
+            return
+        try:
+            self.check(state, position=position)
+        except StateDictError as error:
+            self._warned = True
+            warnings.warn(
+                f"state_dict() returned a state that load_state_dict() will refuse: {error}",
+                ResumeWarning,
+                stacklevel=4,  # this, the loader's cursor, its state_dict(), the caller
             )
 
     def __repr__(self) -> str:
