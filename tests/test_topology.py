@@ -72,6 +72,22 @@ def test_bad_data_parallel_arguments_are_config_errors(kwargs, message):
         resolve_data_parallel(rank, world_size, **kwargs)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"rank": 1}, r"got rank=1, world_size=1 \(not given: the default\); give both"),
+        ({"rank": 3, "world_size": 2}, r"got rank=3, world_size=2; give both"),
+    ],
+)
+def test_a_rank_outside_the_world_says_where_each_value_came_from(
+    monkeypatch, fresh_warnings, kwargs, message
+):
+    for name in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError, match=message):
+        ResumableDataLoader(augmented(N), batch_size=2, **kwargs)
+
+
 @pytest.mark.slow
 def test_mesh_and_group_coordinates_under_torchrun(tmp_path):
     out = tmp_path / "out"

@@ -162,6 +162,7 @@ def resolve_topology(rank: int | None, world_size: int | None) -> tuple[int, int
     initializes a group, each process would otherwise load its share of the data and train a
     model of its own, silently.
     """
+    given = {"rank": rank, "world_size": world_size}
     if rank is None or world_size is None:
         read = [
             name for name, value in (("RANK", rank), ("WORLD_SIZE", world_size)) if value is None
@@ -180,11 +181,25 @@ def resolve_topology(rank: int | None, world_size: int | None) -> tuple[int, int
         if not isinstance(value, int) or isinstance(value, bool):
             raise ConfigError(f"{name} must be an int, got {value!r}")
     if world_size < 1 or not 0 <= rank < world_size:
+        found = ", ".join(
+            f"{name}={value}" + ("" if given[name] is not None else f" ({_source(variable)})")
+            for name, value, variable in (
+                ("rank", rank, "RANK"),
+                ("world_size", world_size, "WORLD_SIZE"),
+            )
+        )
         raise ConfigError(
-            f"need world_size >= 1 and 0 <= rank < world_size, got rank={rank}, "
-            f"world_size={world_size}"
+            f"need world_size >= 1 and 0 <= rank < world_size, got {found}; give "
+            "both rank= and world_size=, or neither (the process group's, or torchrun's)"
         )
     return rank, world_size
+
+
+def _source(variable: str) -> str:
+    """Where a value not given came from: the process group, the variable, or the default."""
+    if _group_initialized():
+        return "not given: the process group's"
+    return f"not given: ${variable}" if os.environ.get(variable) else "not given: the default"
 
 
 _warned: set[tuple[str, ...]] = set()  # the variables warned about, once per process
