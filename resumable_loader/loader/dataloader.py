@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
@@ -24,7 +25,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from resumable_loader._checks import check_int
-from resumable_loader.errors import ConfigError, NotResumableError, StateDictError, WorkerError
+from resumable_loader.errors import (
+    ConfigError,
+    NotResumableError,
+    ResumeWarning,
+    StateDictError,
+    WorkerError,
+)
 from resumable_loader.loader import bad_samples
 from resumable_loader.loader import cursor as cursor_mod
 from resumable_loader.loader.bad_samples import BadSamples
@@ -415,6 +422,15 @@ class ResumableDataLoader(DataLoader[T_co]):
         if last:
             self._loop_wait, iterator.waited = self._loop_wait + iterator.waited, 0.0
         if self._current is None or self._current() is not iterator:
+            if samples and not iterator.superseded_warned:
+                iterator.superseded_warned = True
+                warnings.warn(
+                    "a batch from an iterator of this loader that a later iter() superseded is "
+                    "not counted in state_dict(), which follows the latest iterator only; "
+                    "finish or drop an iterator before starting the next",
+                    ResumeWarning,
+                    stacklevel=3,  # this, the iterator's __next__, the caller
+                )
             return
         partition = self.partition
         epoch_length = partition.length if partition is not None else None

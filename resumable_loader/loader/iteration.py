@@ -84,6 +84,7 @@ class ResumableIterator(Iterator[Any]):
         self._length = length
         self.latest: tuple[int, bool] = (0, False)
         self.waited = 0.0  # seconds the caller spent in next() (waiting on the data)
+        self.superseded_warned = False  # the loader warned of a batch it did not count
         self._watch = BatchWatch.install(inner, timeout=timeout, stall_warning=stall_warning)
         _keep_queues_for_shutdown(inner)
 
