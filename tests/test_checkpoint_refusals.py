@@ -20,7 +20,7 @@ import torch
 from checkpoint_job import batches, build, train_step
 from torch.optim.swa_utils import AveragedModel
 
-from resumable_loader import DataLoader, Mixture, ResumeWarning
+from resumable_loader import DataLoader, Mixture, Packed, ResumeWarning
 from resumable_loader.checkpoint import Checkpointer
 from resumable_loader.errors import CheckpointError
 
@@ -271,3 +271,44 @@ def test_the_loaders_refusals_come_before_the_weights_even_without_rollback(case
     with pytest.raises(CheckpointError, match=message):
         Checkpointer(tmp_path).load(state, mode=mode, rollback=False)
     assert snapshot(state) == before
+
+
+class Sequences(torch.utils.data.Dataset):
+    """Token sequences of 1 to 50 tokens, for packs."""
+
+    def __init__(self, length: int, tag: str) -> None:
+        self.lengths = np.arange(length) % 50 + 1
+        self.fingerprint = f"sequences-{tag}-{length}"
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def sample_lengths(self) -> np.ndarray:
+        return self.lengths
+
+    def __getitem__(self, index: int) -> dict:
+        return {"input_ids": torch.arange(int(self.lengths[index]))}
+
+
+def packed_mixture_loader(phases: list) -> DataLoader:
+    sources = {"a": Sequences(100, "a"), "b": Sequences(60, "b")}
+    mixture = Mixture(sources, {"a": 1, "b": 1}, phases=phases, samples_per_epoch=120)
+    return DataLoader(Packed(mixture, max_tokens=128), batch_size=2, seed=3, collate_fn=list)
+
+
+def test_packs_of_a_mixture_save_without_a_sample_count_and_strict_sees_their_schedule(
+    tmp_path,
+):
+    # a save without samples_seen= raised KeyError (a pack cursor has no 'length'), and the
+    # manifest held no schedule for packs of a Mixture, so a strict load took a changed future
+    loader = packed_mixture_loader([])
+    next(iter(loader))
+    Checkpointer(tmp_path).save(1, {"loader": loader})
+    manifest = json.loads((tmp_path / "step-0000000001" / "manifest.json").read_text())
+    assert manifest["loaders"]["loader"]["phases"] == [[0, {"a": 1, "b": 1}]]
+    later = [(1000, {"a": 5, "b": 1})]
+    with pytest.raises(CheckpointError, match=r"field 'phases': saved .*mode='strict'"):
+        Checkpointer(tmp_path).load({"loader": packed_mixture_loader(later)})
+    resumed = packed_mixture_loader(later)
+    Checkpointer(tmp_path).load({"loader": resumed}, mode="flexible")
+    assert resumed.state_dict()["position"] == loader.state_dict()["position"] == 2

@@ -29,6 +29,7 @@ from resumable_loader.errors import CheckpointError
 from resumable_loader.loader.dataloader import ResumableDataLoader
 from resumable_loader.mixture import Mixture
 from resumable_loader.mixture.resume import FUTURE_KEY
+from resumable_loader.packing import Packed
 
 MODEL, OPTIMIZER, LOADER, STATEFUL = "model", "optimizer", "loader", "stateful"
 # The cursor's key for a mixture's schedule so far (phases begun, draws per source).
@@ -171,15 +172,18 @@ def mixture_phases(loader: Any) -> list[list[Any]] | None:
     resume checks only the phases begun), so that a strict resume also refuses a changed
     future; None for any other dataset."""
     dataset = loader.dataset
+    if isinstance(dataset, Packed):  # packs of a Mixture's samples: the Mixture's schedule
+        dataset = dataset.dataset
     return dataset.schedule.described() if isinstance(dataset, Mixture) else None
 
 
 def count_samples(given: int | None, found: dict[str, Component]) -> int | None:
-    """``given``, else epoch x length + position of the one loader (exact without drop_last)."""
+    """``given``, else epoch x length + position of the one loader (exact without drop_last;
+    None over packs, whose positions count packs and whose epochs differ in length)."""
     if given is not None:
         return check_int("samples_seen", given)
     loaders = [c.obj for c in found.values() if c.kind == LOADER]
-    if len(loaders) != 1 or loaders[0].drop_last:
+    if len(loaders) != 1 or loaders[0].drop_last or isinstance(loaders[0].dataset, Packed):
         return None
     state = loaders[0].state_dict()
     return state["epoch"] * state["fingerprint"]["length"] + state["position"]
