@@ -60,6 +60,23 @@ def test_every_document_is_encoded_in_order_with_an_eod(tmp_path, tokenizer, inp
     assert (ds.read(0, ds.num_tokens)[ends] == eod).all()
 
 
+def test_a_vocabulary_with_ids_past_its_size_is_written_in_a_dtype_that_holds_them(tmp_path):
+    # 4 tokens, one of id 70,000: the dtype followed the count (uint16), and the cast raised
+    vocab = {"<unk>": 0, "<|endoftext|>": 1, "the": 70_000, "loader": 2}
+    sparse = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    sparse.pre_tokenizer = pre_tokenizers.Whitespace()
+    sparse.save(str(tmp_path / "sparse.json"))
+    (tmp_path / "in.jsonl").write_text(json.dumps({"text": "the loader"}) + "\n")
+    tokenize_files(
+        [tmp_path / "in.jsonl"],
+        tokenizer=tmp_path / "sparse.json",
+        out=tmp_path / "out",
+        progress=False,
+    )
+    ds = TokenDataset(tmp_path / "out", 2)
+    assert ds.dtype == np.int32 and ds.read(0, 3).tolist() == [70_000, 2, 1]
+
+
 def test_command_line(tmp_path, tokenizer, inputs, capsys):
     status = main(
         ["tokenize", *inputs, "--tokenizer", str(tokenizer), "--out", str(tmp_path / "cli")]

@@ -63,7 +63,9 @@ def tokenize_files(
     except Exception as error:  # tokenizers raises its own Exception subclass
         raise ConfigError(f"{tokenizer}: not a tokenizers tokenizer.json ({error})") from None
     eod_id = _eod_id(encoder, eod, tokenizer)
-    dtype = np.uint16 if encoder.get_vocab_size() <= 2**16 else np.int32
+    # by the largest id, not the count: a vocabulary may leave ids unused (sparse ids)
+    largest = max([*encoder.get_vocab(with_added_tokens=True).values(), eod_id])
+    dtype = np.uint16 if largest < 2**16 else np.int32
     total = _check_paths(paths, out)
     writer = MegatronWriter(out, dtype=dtype)
     documents = 0
