@@ -237,6 +237,18 @@ def test_overlong_samples_are_refused_by_default_naming_one() -> None:
         Packed(DATA, 32, lengths=np.ones(5, dtype=np.int64))
 
 
+def test_lengths_of_the_wrong_size_or_kind_name_the_source_or_the_function() -> None:
+    # a source's wrong count was reported as the concatenated total's; a float a function
+    # returned was truncated to an int
+    sources = {"a": list(range(20)), "b": list(range(30))}
+    mixture = Mixture(sources, {"a": 1, "b": 1}, samples_per_epoch=40)
+    wrong = {"a": np.ones(20, int), "b": np.ones(3, int)}
+    with pytest.raises(ConfigError, match=r"lengths\['b'\] .* per sample \(30\), got shape \(3,\)"):
+        Packed(mixture, 64, lengths=wrong)
+    with pytest.raises(ConfigError, match=r"the lengths= function's values must be integers"):
+        Packed(sources["a"], 64, lengths=lambda item: 1.5)
+
+
 def test_a_sample_whose_own_labels_do_not_match_its_tokens_is_named() -> None:
     class ShortLabels(Texts):
         def __getitem__(self, index: int) -> dict[str, Any]:

@@ -25,13 +25,19 @@ def resolve_lengths(dataset: Dataset, lengths: LengthsArgument, field: str) -> n
         missing = [name for name in names if name not in lengths]
         if missing:
             raise ConfigError(f"lengths has no entry for the Mixture sources {missing}")
-        values = np.concatenate([np.asarray(lengths[name], dtype=np.int64) for name in names])
+        values = np.concatenate(
+            [
+                _integers(f"lengths[{name!r}]", lengths[name], len(source.dataset))
+                for name, source in zip(names, sources, strict=True)
+            ]
+        )
     elif lengths is None and sources is not None and names is not None:  # a Mixture
         values = np.concatenate([_own_lengths(s.dataset, field) for s in sources])
     elif lengths is None:
         values = _own_lengths(dataset, field)
-    elif callable(lengths):
-        values = np.fromiter((lengths(dataset[i]) for i in range(len(dataset))), np.int64)
+    elif callable(lengths):  # a float returned is refused, not truncated
+        values = np.asarray([lengths(dataset[i]) for i in range(len(dataset))])
+        values = _integers("the lengths= function's values", values, len(values))
     else:
         values = np.asarray(lengths)
         if values.dtype.kind not in "iu":
@@ -46,6 +52,18 @@ def resolve_lengths(dataset: Dataset, lengths: LengthsArgument, field: str) -> n
             f"lengths must be in [0, 2**31), got {int(values.min())}..{int(values.max())}"
         )
     return values.astype(np.int32, copy=False)  # half the memory (and gathers) of int64
+
+
+def _integers(what: str, given: Any, expected: int) -> np.ndarray:
+    """``given`` as a 1-D integer array of ``expected`` values (ConfigError naming ``what``)."""
+    values = np.asarray(given)
+    if values.ndim != 1 or len(values) != expected:
+        raise ConfigError(
+            f"{what} must hold one length per sample ({expected}), got shape {values.shape}"
+        )
+    if values.dtype.kind not in "iu" and len(values):
+        raise ConfigError(f"{what} must be integers, got {values.dtype} values")
+    return values.astype(np.int64, copy=False)
 
 
 def _own_lengths(dataset: Dataset, field: str) -> np.ndarray:
