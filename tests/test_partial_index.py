@@ -102,6 +102,23 @@ def test_the_rows_fetched_stay_for_the_next_process_of_the_node(
     assert index_reads(fault_proxy) == 2 and loaded(first) == [0, 1, 2]  # one file, shared
 
 
+def test_a_rank_fetching_the_header_too_never_replaces_the_copy_another_one_maps(
+    urls, tmp_path
+) -> None:
+    # two ranks of a fresh node both found no partial copy and fetched one: the later rename
+    # replaced the file the first had mapped, whose rows then went to a file it did not read
+    # ("no tar header at offset 0 ... the shard changed")
+    from resumable_loader.index.partial import fetch_partial
+
+    first = ShardedIndex.for_shards(urls, cache_dir=tmp_path / "node", index_rows="on_demand")
+    inode = first.path.stat().st_ino
+    assert fetch_partial(remote_index_url(urls), first.path)  # the other rank, a moment later
+    assert first.path.stat().st_ino == inode
+    first.ensure_shards([2])
+    again = ShardedIndex.for_shards(urls, cache_dir=tmp_path / "node", index_rows="on_demand")
+    assert loaded(again) == [2]  # one file: the rows the first rank fetched are read there
+
+
 def test_rows_of_an_index_republished_since_the_header_are_refused(
     urls, s3_server: str, tmp_path
 ) -> None:

@@ -69,7 +69,9 @@ def fetch_partial(url: str, path: Path, storage_options: StorageOptions = None) 
     }
     head = msgpack.packb(header)
     start = file._aligned(file._PREFIX + len(head))
-    with atomic_write(path) as f:
+    # never over a copy another process (a rank of the node) published meanwhile: it maps
+    # that one and writes the rows it fetches into it
+    with atomic_write(path, replace=False) as f:
         f.write(file.MAGIC + len(head).to_bytes(8, "little") + head)
         f.truncate(start + flags_at + len(header["shards"]))  # a hole: zeros, no disk used
     return True
