@@ -116,6 +116,12 @@ class NodeCache:
         if self.spill is not None:
             self.spill.next_use = clock
 
+    @property
+    def tiers_capacity(self) -> int:
+        """The bytes this tier and the ones it spills into hold: what a reader planning
+        whole blocks may count on (a block evicted from here is still read from the next)."""
+        return self.capacity + (0 if self.spill is None else self.spill.tiers_capacity)
+
     def path(self, key: Key) -> Path:
         return self.root / f"{key[0]}-{key[1]}{SUFFIX}"
 

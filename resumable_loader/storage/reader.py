@@ -223,12 +223,13 @@ class ShardReader:
         # for uses to come fill at most half the cache (more would push out blocks needed
         # sooner); whole-or-span is decided over windows of what the cache holds.
         self._depth_of_bytes = max(1, int(options.depth_bytes / self._mean))
-        self._capacity = max(1, int(self.cache.capacity / self._mean))
+        # Both tiers: a block the first evicts is read from the disk tier, never fetched again.
+        capacity = self.cache.tiers_capacity
+        self._capacity = max(1, int(capacity / self._mean))
         # The room for the blocks a window reads together: half the cache, the other half being
         # for blocks fetched ahead of their first use; all of it when it holds every shard (then
         # no block is ever evicted).
         self._total = int(self._sizes.sum())
-        capacity = self.cache.capacity
         self._room = capacity if self._total <= capacity else capacity // 2
         self._pool = FirstUsePool(options.threads, "resumable-fetch")
         self._lock = threading.Lock()
