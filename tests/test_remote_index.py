@@ -110,6 +110,9 @@ def test_torchrun_ranks_split_the_shards(urls, fault_proxy: FaultProxy, tmp_path
     assert first["scanned"] == sorted(urls[0::2]) and second["scanned"] == sorted(urls[1::2])
     assert first["fingerprint"] == second["fingerprint"] and first["digest"] == second["digest"]
     assert fault_proxy.count("PUT", ".rlindex") == 1  # rank 0 published it
+    # the shards are listed by rank 0 for the job: the build's listing was every rank's (5 in
+    # all, and a rank whose listing failed left the others waiting in the collective scan)
+    assert sum("list-type" in r.path for r in fault_proxy.requests) == 4
 
 
 def test_the_index_never_starts_obstore_in_the_main_process(urls, tmp_path, monkeypatch) -> None:

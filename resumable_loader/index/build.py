@@ -14,7 +14,7 @@ import numpy as np
 from resumable_loader.errors import ConfigError, ShardError
 from resumable_loader.index.parquet import ParquetScan, scan_parquet
 from resumable_loader.index.paths import StorageOptions, is_url, stat_shards
-from resumable_loader.index.remote import split_across_ranks
+from resumable_loader.index.remote import on_rank_zero, split_across_ranks
 from resumable_loader.index.tar import TarScan, scan_tar
 from resumable_loader.index.tar import records as tar_records
 
@@ -43,10 +43,14 @@ def scan_shards(
     with ``storage_options`` (endpoint, credentials, retry knobs).
 
     Shards are stat'ed before they are scanned, so a shard written during the scan shows up
-    as changed on the next load instead of being trusted.
+    as changed on the next load instead of being trusted; remote ones by rank 0 of a process
+    group for all (one listing a job, and its failure raised on every rank, as a scan's is).
     """
     kind = _format_of(urls)
-    stats = stat_shards(urls, storage_options)
+    if any(is_url(url) for url in urls):  # the ranks build together (see _scan_all)
+        stats = on_rank_zero(lambda: stat_shards(urls, storage_options))
+    else:
+        stats = stat_shards(urls, storage_options)
     scans = _scan_all(urls, kind, on_error, workers, progress, storage_options)
     header: dict[str, Any] = {"format": kind, "on_error": on_error, "schema": None}
     arrays = {}
