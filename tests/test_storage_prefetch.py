@@ -406,6 +406,21 @@ def test_a_sigkill_during_prefetch_leaves_nothing_that_blocks_the_next_run(shard
     assert folder.is_dir() and not list(folder.glob(".tmp-*"))
 
 
+def test_storage_stats_count_a_loop_that_broke_off_once_its_workers_stopped(shards, tmp_path):
+    # workers publish their counters after batches, at most every half second: a loop that
+    # broke off mid-epoch was left with the few published first (32 reads of 320)
+    loader = DataLoader(
+        prefetching(shards, tmp_path), batch_size=16, shuffle=True, num_workers=2, seed=7
+    )
+    iterator = iter(loader)
+    for _ in range(20):
+        next(iterator)
+    del iterator  # its workers stop (and exit)
+    gc.collect()
+    stats = loader.storage_stats()
+    assert stats.reads >= 20 * 16 and stats.bytes_fetched > 0
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_storage_stats_report_each_epoch(shards, tmp_path, caplog, workers):
     dataset = prefetching(shards, tmp_path)

@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import math
+import multiprocessing.util
 import os
 import tempfile
 import threading
@@ -219,6 +220,10 @@ class ShardReader:
         self.cached = cache_bytes > 0
         self.stats_file = StatsFile(root / "stats", token)
         self.stats = self.stats_file.stats
+        # Published after batches at most every PUBLISH_EVERY; the last counters (a loop that
+        # broke off mid-epoch, fetches that ended after the last batch) when the process
+        # exits: a worker's exit runs multiprocessing's finalizers, as the main process's does
+        multiprocessing.util.Finalize(self, self.stats_file.publish, exitpriority=0)
         # Positions ahead: fetches are issued up to `depth`, blocks only while those started
         # for uses to come fill at most half the cache (more would push out blocks needed
         # sooner); whole-or-span is decided over windows of what the cache holds.
