@@ -47,3 +47,18 @@ def test_reading_every_block_in_turn_opens_each_block_once(
             assert cache.read(key, 10, 2) == bytes([number]) * 2
     cache.close()
     assert len(opened) == len(blocks) == len(set(opened))
+
+
+def test_processes_sharing_a_folder_keep_it_within_its_bound(tmp_path: Path) -> None:
+    """Four processes' caches of one folder put blocks in turn: each sees the others' writes
+    (in the file system's used bytes) before it passes the bound. Counting its own writes
+    only, each added up to 0.9x the bound before it looked: the folder reached 3.6x."""
+    block = 1000
+    states = BlockStates(tmp_path, [400], block)
+    caches = [NodeCache(tmp_path / "blocks", 10 * block, states) for _ in range(4)]
+    peak = 0
+    for number in range(200):
+        assert caches[number % 4].put((0, number), bytes(block))
+        held = sum(path.stat().st_size for path in (tmp_path / "blocks").glob("*.blk"))
+        peak = max(peak, held)
+    assert peak <= 10 * block
