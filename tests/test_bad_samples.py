@@ -335,3 +335,37 @@ def test_batches_are_read_in_one_call_and_substituted_as_one_at_a_time(tmp_path)
     again.load_state_dict(again.state_at(0, 0))
     assert stream(again) == one_at_a_time and resumed.reads == []  # quarantined: not read again
     assert resumed.batched_reads == LENGTH // 4 - 2  # the batches holding them: a sample at a time
+
+
+def test_damage_our_own_datasets_report_is_substituted_in_a_batched_read(tmp_path, caplog):
+    # a TarShardDataset (batched: __getitems__) whose member fails to decode raises ShardError,
+    # ours: the batched path re-raised any error of ours, so the run stopped instead of
+    # substituting, as the one-sample-at-a-time path did
+    import json as json_module
+
+    from shard_factory import write_tar_shards
+
+    from resumable_loader import TarShardDataset
+
+    def members(index: int) -> list[tuple[str, bytes]]:
+        text = b"{not json" if index == 5 else json_module.dumps({"id": index}).encode()
+        return [("json", text)]
+
+    paths = write_tar_shards(tmp_path, num_shards=2, samples_per_shard=6, members=members)
+    dataset = TarShardDataset(paths, decode="torch")  # the "json" member decoded by webdataset
+    options = dict(batch_size=4, shuffle=True, seed=3, collate_fn=list, max_bad_fraction=0.5)
+    got = list(DataLoader(dataset, on_sample_error="substitute", **options))
+    ids = [sample["json"]["id"] for batch in got for sample in batch]
+    assert len(ids) == 12 and 5 not in ids
+    assert "sample 5 (epoch 0" in caplog.text and "(ShardError: " in caplog.text
+
+
+def test_only_a_sample_s_own_failures_are_substituted():
+    from resumable_loader.errors import ShardError, StorageError
+    from resumable_loader.loader.bad_samples import substitutable
+    from resumable_loader.storage.client import ObjectChanged
+
+    assert substitutable(OSError("corrupt")) and substitutable(ShardError("bad member"))
+    # a store out of reach, a shard replaced since indexing, a setting: every sample would be
+    for error in (StorageError("s3://b/x: kept failing"), ObjectChanged("x"), ConfigError("x")):
+        assert not substitutable(error)

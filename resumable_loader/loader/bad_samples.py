@@ -56,9 +56,16 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from resumable_loader.errors import BadSampleError, ConfigError
+from resumable_loader.errors import (
+    BadSampleError,
+    ConfigError,
+    ResumableLoaderError,
+    ShardError,
+    StorageError,
+)
 from resumable_loader.order.philox import Purpose, derive_words, philox4x32
 from resumable_loader.rngs.sample import install_key
+from resumable_loader.storage.client import ObjectChanged
 
 MODES = ("raise", "substitute")
 ATTEMPTS = 16  # substitute candidates tried before giving up (each itself may be bad)
@@ -109,6 +116,17 @@ class WithFailures(NamedTuple):
 
     batch: Any
     failures: list[dict[str, Any]]
+
+
+def substitutable(error: BaseException) -> bool:
+    """Whether a sample whose read raised ``error`` is substituted: the dataset's own failures
+    and damage to the sample's bytes (a ShardError of ours: a corrupt member, a row group that
+    does not decode), not a store that cannot be reached (StorageError, after its retries), a
+    shard replaced since it was indexed (ObjectChanged: rebuild the index) or the package's
+    other errors (settings, the bad-sample limit), which would substitute every sample."""
+    if not isinstance(error, ResumableLoaderError):
+        return True
+    return isinstance(error, ShardError) and not isinstance(error, StorageError | ObjectChanged)
 
 
 class BadSamples:
@@ -217,7 +235,10 @@ class BadSamples:
         reseed: bool,
         error: Exception,
     ) -> Any:
-        """Record that ``sample_id`` raised ``error`` at ``key``; return its substitute."""
+        """Record that ``sample_id`` raised ``error`` at ``key``; return its substitute (or
+        raise ``error`` if it is not a sample's own failure: :func:`substitutable`)."""
+        if not substitutable(error):
+            raise error
         self._record(dataset, sample_id, key, error)
         return self.substitute(dataset, sample_id, key, reseed)
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from torch.utils.data import Dataset, StackDataset, Subset, get_worker_info
 
 from resumable_loader.errors import ResumableLoaderError
+from resumable_loader.loader.bad_samples import substitutable
 from resumable_loader.order.philox import Purpose, derive_words
 from resumable_loader.rngs import sample as keys
 from resumable_loader.rngs.idle import GeneratorsInUse
@@ -196,10 +197,8 @@ class KeyedFetch(Dataset):
         if self.batched and (bad is None or bad.batch_readable(ref.ids)):
             try:
                 samples = self._read_batch(ref, reseed)
-            except ResumableLoaderError:
-                raise
-            except Exception:  # the dataset's own, whatever its type: find the sample below
-                if bad is None:
+            except Exception as error:  # the dataset's own, or damage: find the sample below
+                if bad is None or not substitutable(error):
                     raise
         if samples is None:  # substitutes are per sample: read one at a time
             samples = []
