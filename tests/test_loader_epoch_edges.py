@@ -141,3 +141,31 @@ def test_len_of_a_packed_loader_after_loading_a_state() -> None:
     resumed.load_state_dict(middle_of_epoch_1.state_dict())
     assert len(resumed) == full[1]  # the whole epoch's, as torch counts a resumed one
     assert sum(1 for _ in resumed) == full[1] - 1
+
+
+@pytest.mark.parametrize(
+    "workers", [{}, {"num_workers": 2}, {"num_workers": 2, "persistent_workers": True}]
+)
+def test_set_epoch_after_iter_before_a_batch_runs_that_epoch(workers: dict) -> None:
+    """Lightning, restarting, creates the epoch's iterator, then calls set_epoch(e), then
+    iterates that iterator: it ran the epoch begun (a loaded state's unfinished one, or a
+    fresh loader's epoch 0) while state_dict() said epoch e, so the resumed run trained
+    other samples than the continuous one."""
+    continuous = shuffled(**workers)
+    epoch_ids(continuous)
+    expected = epoch_ids(continuous)  # epoch 1
+    interrupted = shuffled(**workers)
+    iterator = iter(interrupted)
+    next(iterator)
+    state = interrupted.state_dict()  # mid-epoch 0: the rest of it is not wanted
+    del iterator
+    resumed = shuffled(**workers)
+    resumed.load_state_dict(state)
+    batches = iter(resumed)
+    resumed.set_epoch(1)
+    assert [i for batch in batches for i in batch.tolist()] == expected
+    assert (resumed.state_dict()["epoch"], resumed.state_dict()["position"]) == (1, N)
+    fresh = shuffled(**workers)
+    batches = iter(fresh)  # fresh: epoch 0 begun
+    fresh.set_epoch(1)
+    assert [i for batch in batches for i in batch.tolist()] == expected

@@ -65,6 +65,17 @@ from resumable_loader.storage.stats import StorageStats, log_epoch
 T_co = TypeVar("T_co", covariant=True)
 
 
+def _begin_again(
+    loader_ref: weakref.ref[ResumableDataLoader], iterator: ResumableIterator
+) -> ResumableIterator | None:
+    """A new iteration of the loader for ``iterator`` to hand its batches over to, if it is
+    still the loader's latest (else a later ``iter()`` took the requested epoch already)."""
+    loader = loader_ref()
+    if loader is None or loader._current is None or loader._current() is not iterator:
+        return None
+    return iter(loader)
+
+
 class ResumableDataLoader(DataLoader[T_co]):
     """A drop-in for ``torch.utils.data.DataLoader`` whose ``state_dict()`` resumes exactly.
 
@@ -465,12 +476,15 @@ class ResumableDataLoader(DataLoader[T_co]):
         epoch was complete, its iteration yields nothing, so a resumed loop
         ``for e in range(saved_epoch, epochs): loader.set_epoch(e)`` runs every epoch once.
         """
-        self._progress.request_epoch(check_epoch(epoch))
+        again = self._progress.request_epoch(check_epoch(epoch))
         if isinstance(self._refs, OrderedBatchSampler):
             self._refs.at_epoch(epoch)
         sampler = self._refs.capture.sampler if isinstance(self._refs, UserBatchSampler) else None
         if hasattr(sampler, "set_epoch"):  # also a DistributedSampler under a BatchSampler
             sampler.set_epoch(epoch)
+        current = self._current() if self._current is not None else None
+        if again and current is not None:  # begun, nothing delivered: it runs ``epoch`` now
+            current.begin_again(functools.partial(_begin_again, weakref.ref(self), current))
 
     # -- state -----------------------------------------------------------------------------
 

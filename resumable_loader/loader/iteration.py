@@ -82,13 +82,37 @@ class ResumableIterator(Iterator[Any]):
         self._finished_refs = 0  # refs whose batch was handed out or failed
         self._skipped = 0  # samples of failed batches not yet added to the cursor
         self._length = length
-        self.latest: tuple[int, bool] = (0, False)
+        self._latest: tuple[int, bool] = (0, False)
+        self._successor: ResumableIterator | None = None  # see begin_again()
+        self._again: Callable[[], ResumableIterator | None] | None = None
         self.waited = 0.0  # seconds the caller spent in next() (waiting on the data)
         self.superseded_warned = False  # the loader warned of a batch it did not count
         self._watch = BatchWatch.install(inner, timeout=timeout, stall_warning=stall_warning)
         _keep_queues_for_shutdown(inner)
 
+    @property
+    def latest(self) -> tuple[int, bool]:
+        """The batch handed out most recently (see the class's attributes)."""
+        return self._latest if self._successor is None else self._successor.latest
+
+    def begin_again(self, successor: Callable[[], ResumableIterator | None]) -> None:
+        """At the first ``next()``, yield the batches of ``successor()`` (None: keep these):
+        this iteration delivered nothing before ``set_epoch`` asked for another epoch
+        (Lightning creates the iterator, then sets the epoch), so it is begun again at that
+        epoch. Its workers stop then, unless the successor reuses them (persistent workers:
+        one torch iterator, reset)."""
+        self._again = successor
+
     def __next__(self) -> Any:
+        if self._again is not None:
+            again, self._again = self._again, None
+            successor = again()
+            if successor is not None:
+                if successor._inner is not self._inner:
+                    stop_workers(self._inner)
+                self._successor = successor
+        if self._successor is not None:
+            return next(self._successor)
         if self._watch is not None:
             self._watch.arm()
         began = time.perf_counter()
@@ -112,7 +136,7 @@ class ResumableIterator(Iterator[Any]):
             if self._watch is not None:
                 self._watch.disarm()
         self._finished_refs += 1
-        advance, last = self.latest = self._advances.popleft()
+        advance, last = self._latest = self._advances.popleft()
         self._delivered(self, self._skipped + advance, last=last)
         self._skipped = 0
         return batch
@@ -146,7 +170,7 @@ class ResumableIterator(Iterator[Any]):
 
     def __len__(self) -> int:
         """Batches this iteration yields in all (fewer than ``len(loader)`` after a resume)."""
-        return self._length
+        return self._length if self._successor is None else len(self._successor)
 
 
 def stop_workers(inner: Any) -> None:

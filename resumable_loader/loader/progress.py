@@ -38,18 +38,20 @@ class Progress:
         """A loaded state: the next iteration continues (epoch, position)."""
         self._pending, self._requested_epoch = (epoch, position), None
 
-    def request_epoch(self, epoch: int) -> None:
+    def request_epoch(self, epoch: int) -> bool:
         """set_epoch(): the next iteration runs ``epoch`` (a loaded state's place if the same).
 
-        An iteration of ``epoch`` begun and not yet delivering takes the request itself:
-        Lightning sets the epoch just after creating the epoch's iterator (which torch's lazily
-        started samplers allow), and then iterates that iterator.
+        An iteration begun and not yet delivering takes the request itself: Lightning sets
+        the epoch just after creating the epoch's iterator (which torch's lazily started
+        samplers allow), and then iterates that iterator. Returns whether that iteration must
+        be begun again for it (it runs another epoch); False if it runs ``epoch`` already.
         """
         untouched = self.started and not self.complete and self.position == self._begun_at
         if untouched and epoch == self.epoch and self._pending is None:
             self._requested_epoch = None
-            return
+            return False
         self._requested_epoch = epoch
+        return untouched and self._pending is None
 
     def begin(self) -> tuple[int, int]:
         """Start the next iteration: consume what is pending; return its (epoch, position)."""

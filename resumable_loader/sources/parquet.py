@@ -79,6 +79,11 @@ class ParquetDataset(IndexedDataset):
             index_url=index_url,
             storage_options=storage_options,
         )
+        if columns is not None and not list(columns):
+            raise ConfigError(
+                f"columns=[] selects none of {self.index.path}'s columns; name some, or pass "
+                "columns=None for all of them"
+            )
         unknown = sorted(set(columns or ()) - set(self.index.fields))
         if unknown:
             raise ConfigError(
