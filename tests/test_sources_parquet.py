@@ -47,6 +47,9 @@ class TestRows:
         assert ParquetDataset(parts, columns=["value", "id"])[3] == {"value": 1.5, "id": 3}
         with pytest.raises(ConfigError, match=r"columns \['nope'\] are not in .*'id', 'text'"):
             ParquetDataset(parts, columns=["id", "nope"])
+        # none: dataset[i] gave {} and a batched read failed with a zip() ValueError
+        with pytest.raises(ConfigError, match=r"columns=\[\] selects none .* columns=None"):
+            ParquetDataset(parts, columns=[])
 
     def test_a_tar_index_is_refused(self, tmp_path):
         paths = write_tar_shards(tmp_path, num_shards=1, samples_per_shard=2)
