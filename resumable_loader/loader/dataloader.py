@@ -475,6 +475,8 @@ class ResumableDataLoader(DataLoader[T_co]):
         After ``load_state_dict``, setting the saved epoch keeps the saved position; if that
         epoch was complete, its iteration yields nothing, so a resumed loop
         ``for e in range(saved_epoch, epochs): loader.set_epoch(e)`` runs every epoch once.
+        An iterator already made and not yet read from runs ``epoch`` too (Lightning makes the
+        iterator, then sets the epoch), as a sampler's lazily started epoch would.
         """
         again = self._progress.request_epoch(check_epoch(epoch))
         if isinstance(self._refs, OrderedBatchSampler):
