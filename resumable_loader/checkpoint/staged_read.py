@@ -8,7 +8,8 @@ file it needs, it ``os.preadv``s the whole file, in file order, in runs of at mo
 staged tensor it loads into, as :mod:`direct_read` places them; an item DCP must decode, such
 as a non-tensor value or a slice of a saved chunk, into a buffer of its own; the bytes between
 items into a small scratch buffer), and feeds each run to the file's xxh3 hasher while it is
-still in the CPU's cache. Only when every file's digest and length equal the manifest's are
+still in the CPU's cache; the staged memory, fresh, is mapped from the back on a second thread
+meanwhile (:mod:`prefault`). Only when every file's digest and length equal the manifest's are
 the buffered items decoded (``torch.load`` of bytes that passed the checksum): a damaged file
 raises a CheckpointError naming it before anything is decoded, and :attr:`problems` lists
 what was found for the load's fallback.
@@ -16,6 +17,7 @@ what was found for the load's fallback.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import io
 import os
@@ -30,6 +32,7 @@ from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPla
 from torch.futures import Future
 
 from resumable_loader.checkpoint import direct_read, integrity
+from resumable_loader.checkpoint.prefault import Prefaulter
 from resumable_loader.errors import CheckpointError
 
 CHUNK = 1 << 20  # bytes per preadv: hashed while still in the cache
@@ -172,7 +175,27 @@ def _read_runs(
     fd: int, runs: list[tuple[int, memoryview]], size: int, hasher: Any, path: Path
 ) -> None:
     """Read bytes 0..``size`` of ``fd`` once, in order: each run of ``runs`` into its memory,
-    the bytes between them into a scratch buffer, all of it through ``hasher`` (if any)."""
+    the bytes between them into a scratch buffer, all of it through ``hasher`` (if any); the
+    runs' memory is mapped ahead of the read on another thread (:class:`Prefaulter`)."""
+    regions = [(offset, _address(memory), len(memory)) for offset, memory in runs if len(memory)]
+    with Prefaulter(regions) as prefaulter:
+        _read_in_order(fd, runs, size, hasher, path, prefaulter)
+
+
+def _address(memory: memoryview) -> int:
+    """Where ``memory`` (writable) starts."""
+    return ctypes.addressof(ctypes.c_char.from_buffer(memory))
+
+
+def _read_in_order(
+    fd: int,
+    runs: list[tuple[int, memoryview]],
+    size: int,
+    hasher: Any,
+    path: Path,
+    prefaulter: Prefaulter,
+) -> None:
+    """:func:`_read_runs`' reads, telling ``prefaulter`` where they have got to."""
     scratch = memoryview(bytearray(CHUNK))
     batch: list[memoryview] = []
     batch_start = filled = used = 0  # file offset of the batch, its bytes, scratch used
@@ -181,6 +204,7 @@ def _read_runs(
     def flush() -> None:
         nonlocal batch, filled, used, batch_start
         if batch:
+            prefaulter.reached(position)
             _preadv_all(fd, batch, batch_start, hasher, path)
         batch, filled, used, batch_start = [], 0, 0, position
 
