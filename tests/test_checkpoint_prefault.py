@@ -116,3 +116,23 @@ def test_a_staged_load_runs_the_prefaulter_over_its_fresh_tensors(tmp_path, monk
     for regions in seen:  # one per file, in the order the file is read
         positions = [position for position, _, _ in regions]
         assert positions == sorted(positions)
+
+
+def test_memory_mapped_already_is_left_alone(monkeypatch):
+    """Memory an earlier load freed and the allocator handed out again: no madvise for it."""
+    calls: list[int] = []
+    real = prefault._MADVISE
+
+    def counting(address: int, length: int, advice: int) -> int:
+        calls.append(length)
+        return real(address, length, advice)
+
+    monkeypatch.setattr(prefault, "_MADVISE", counting)
+    memory, address = fresh(8 * MIB)
+    memory[4 * MIB :] = b"\1" * (4 * MIB)  # the back half mapped, the front half fresh
+    prefaulter = Prefaulter([(0, address, 8 * MIB)])
+    prefaulter.reached(-STEP)  # so that every step is the prefaulter's
+    prefaulter.populate()
+    assert calls == [STEP, STEP]  # the front half's two steps only
+    assert all(resident(address, 8 * MIB))
+    memory.close()

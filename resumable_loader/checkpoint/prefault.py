@@ -25,20 +25,31 @@ STEP = 2 << 20  # bytes mapped per madvise call: the granularity at which the tw
 MADV_POPULATE_WRITE = 23  # linux/mman.h, since 5.14
 
 
-def _madvise() -> Callable[[int, int, int], int] | None:
-    """libc's madvise(addr, length, advice), or None where MADV_POPULATE_WRITE is not Linux's."""
+def _libc(name: str, *argtypes: type) -> Callable[..., int] | None:
+    """libc's function ``name`` (Linux only: MADV_POPULATE_WRITE is Linux's), or None."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        function = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).madvise
+        function = getattr(ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True), name)
     except (OSError, AttributeError):
         return None
-    function.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    function.argtypes = list(argtypes)
     function.restype = ctypes.c_int
     return function
 
 
-_MADVISE = _madvise()
+_MADVISE = _libc("madvise", ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+_MINCORE = _libc("mincore", ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p)
+
+
+def _mapped(address: int, length: int) -> bool:
+    """Whether every page of ``length`` bytes at ``address`` (page-aligned) is mapped already
+    (memory a load before this one freed and the allocator handed out again): then there is
+    nothing to do, and asking the kernel to map it would still walk every page."""
+    pages = ctypes.create_string_buffer(length // PAGE)
+    if _MINCORE is None or _MINCORE(address, length, pages) != 0:
+        return False
+    return 0 not in pages.raw
 
 
 class Prefaulter:
@@ -86,5 +97,7 @@ class Prefaulter:
                 return
             start = -(-address // PAGE) * PAGE  # whole pages only: the rest the reader faults
             end = (address + length) // PAGE * PAGE
-            if end > start and _MADVISE(start, end - start, MADV_POPULATE_WRITE) != 0:
+            if end <= start or _mapped(start, end - start):
+                continue
+            if _MADVISE(start, end - start, MADV_POPULATE_WRITE) != 0:
                 return  # unsupported or refused: the reader faults the pages itself
