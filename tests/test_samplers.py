@@ -531,3 +531,37 @@ def test_streams_are_all_distinct_samplers():
     torch.manual_seed(0)
     firsts = {name: tuple(i for _, _, i, _ in continuous(name))[:8] for name in SAMPLERS}
     assert len(set(firsts.values())) == len(firsts)
+
+
+class ListIndexed(torch.utils.data.Dataset):
+    """``dataset[list]`` returns the list's ids: a dataset that reads a batch per index."""
+
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, index):
+        return torch.tensor(index) * 10
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("batch_size", [None, 2])
+def test_a_batch_sampler_given_as_sampler_yields_a_list_an_index_as_in_torch(
+    num_workers, batch_size
+):
+    """torch's idiom for batched reads: sampler=BatchSampler(...), each index a list."""
+
+    def loaders():
+        for kind in (torch.utils.data.DataLoader, ResumableDataLoader):
+            sampler = BatchSampler(RandomSampler(range(10), generator=generator()), 4, False)
+            extra = {"seed": 3} if kind is ResumableDataLoader else {}
+            yield kind(
+                ListIndexed(),
+                sampler=sampler,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                **extra,
+            )
+
+    theirs, ours = ([b.tolist() for b in loader] for loader in loaders())
+    assert ours == theirs
+    assert len(ours) == (3 if batch_size is None else 2)

@@ -129,10 +129,11 @@ def make_ref_sampler(
     if shard_shuffle is not None:
         raise ConfigError("shard_shuffle is mutually exclusive with sampler and batch_sampler")
     source = batch_sampler if batch_sampler is not None else sampler
-    stream = global_sampler(source)
+    stream = global_sampler(source, batches=batch_sampler is not None)
     if stream is None:  # the sampler may split the data across ranks itself
         return UserBatchSampler(
             source,
+            batches=batch_sampler is not None,
             batch_size=batch_size if batch_sampler is None else None,
             drop_last=drop_last,
             batched=batched,

@@ -223,6 +223,8 @@ class UserBatchSampler(_RefSampler):
 
     Args:
         source: the user's sampler or batch_sampler.
+        batches: whether ``source`` was given as ``batch_sampler=`` (else as ``sampler=``: a
+            torch ``BatchSampler`` given so yields one list of indices an item, as in torch).
         batch_size: samples per batch when ``source`` yields single indices, else None.
         drop_last: drop a short last batch (only with ``batch_size``).
         batched: torch auto-batching on (yield BatchRef) or off (yield SampleRef).
@@ -233,6 +235,7 @@ class UserBatchSampler(_RefSampler):
         self,
         source: Iterable[Any],
         *,
+        batches: bool,
         batch_size: int | None,
         drop_last: bool,
         batched: bool,
@@ -241,7 +244,9 @@ class UserBatchSampler(_RefSampler):
     ) -> None:
         super().__init__()
         self.source = source
-        if type(source) is BatchSampler:  # re-batched from its sampler: its batch size may change
+        # a torch BatchSampler given as batch_sampler= is re-batched from its sampler: its batch
+        # size may change on a resume
+        if batches and type(source) is BatchSampler:
             source, batch_size, drop_last = source.sampler, source.batch_size, source.drop_last
         self.capture = capture(source)
         self.batch_size = batch_size

@@ -49,10 +49,12 @@ FIXED_SEQUENCES = (list, tuple, range)
 NOT_DRAWN = -1  # the placeholder seed: the epoch has not started, its seed is drawn then
 
 
-def global_sampler(source: Any) -> Any:
+def global_sampler(source: Any, *, batches: bool) -> Any:
     """The torch sampler whose stream ``source`` yields, if it is one of GLOBAL_SAMPLERS (given
-    as ``sampler=``, or under a torch ``BatchSampler`` as ``batch_sampler=``), else None."""
-    inner = source.sampler if type(source) is BatchSampler else source
+    as ``sampler=``, or under a torch ``BatchSampler`` as ``batch_sampler=``: ``batches``),
+    else None. A ``BatchSampler`` given as ``sampler=`` yields lists of indices, each one
+    item (one ``dataset[list]``, as torch does), so it is not looked into."""
+    inner = source.sampler if batches and type(source) is BatchSampler else source
     return inner if type(inner) in GLOBAL_SAMPLERS else None
 
 
