@@ -469,6 +469,18 @@ class ResumableDataLoader(DataLoader[T_co]):
         if self._iterator is inner:
             self._iterator = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """A copy (``copy.deepcopy``, pickle) is of the loader, not of an iteration in flight
+        (as torch's DataLoader's; one with persistent workers alive cannot be copied)."""
+        return {**self.__dict__, "_current": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A copy (``copy.deepcopy``, pickle) hooks its own visible sampler's ``set_epoch``:
+        the copied sampler forwards to no loader (:func:`forward_set_epoch`)."""
+        self.__dict__.update(state)
+        if self._foreign is not None:
+            forward_set_epoch(self.sampler, self.set_epoch)
+
     def set_epoch(self, epoch: int) -> None:
         """Make the next ``iter()`` run ``epoch`` (as DistributedSampler.set_epoch does).
 

@@ -66,18 +66,38 @@ def forward_set_epoch(sampler: Any, set_epoch: Callable[[int], None]) -> None:
     """Make ``sampler.set_epoch(e)`` (defined if the sampler has none) also call
     ``set_epoch(e)``, held weakly: frameworks set the epoch on the visible sampler only
     (Lightning's ``_set_sampler_epoch``), and a loader rebuilt every epoch
-    (``reload_dataloaders_every_n_epochs``) must still run that epoch.
+    (``reload_dataloaders_every_n_epochs``) must still run that epoch. A copy of the sampler
+    (pickled, or deep-copied with its loader) forwards to no loader: the copied loader hooks
+    its own copy again (``ResumableDataLoader.__setstate__``).
     """
-    own, target = getattr(sampler, "set_epoch", None), weakref.WeakMethod(set_epoch)
+    own = getattr(sampler, "set_epoch", None)
+    if isinstance(own, EpochForwarder):  # hooked before (a copy's, or another loader's)
+        own = own.own if own.target is None else own
+    sampler.set_epoch = EpochForwarder(own, weakref.WeakMethod(set_epoch))
 
-    def both(epoch: int) -> None:
-        if own is not None:
-            own(epoch)
-        method = target()
+
+class EpochForwarder:
+    """A sampler's ``set_epoch``: its own (if any), then the loader's (while it lives).
+
+    Args:
+        own: the sampler's own ``set_epoch``, or None.
+        target: the loader's ``set_epoch``, weakly, or None (a copy's: forwards nowhere).
+    """
+
+    def __init__(self, own: Callable[[int], None] | None, target: Any) -> None:
+        self.own, self.target = own, target
+
+    def __call__(self, epoch: int) -> None:
+        if self.own is not None:
+            self.own(epoch)
+        method = None if self.target is None else self.target()
         if method is not None:
             method(epoch)
 
-    sampler.set_epoch = both
+    def __reduce__(self) -> tuple[Any, ...]:
+        """A copy keeps the sampler's own ``set_epoch`` and forwards to no loader (a weak
+        reference neither pickles nor should reach the original loader from a copy)."""
+        return EpochForwarder, (self.own, None)
 
 
 def resolve_data_parallel(

@@ -87,41 +87,43 @@ def _ids(order: object, epoch: int) -> Iterator[int]:
         yield from chunk.tolist()
 
 
-def _foreign_order(sampler: RandomSampler | SequentialSampler) -> ForeignOrder:
-    """The watched samplers' ``foreign_order``: the loader never iterates its visible sampler
-    (nor the batch sampler over it), so any iteration is a foreign loader's: warns once per
-    sampler, and returns the order to iterate."""
-    if not sampler.__dict__.get(_FLAG, False):
-        sampler.__dict__[_FLAG] = True
-        name = type(sampler).__bases__[0].__name__
-        warnings.warn(_MESSAGE.format(name=name), ResumeWarning, stacklevel=3)
-    return sampler.__dict__[_ORDER]
+class _Watched:
+    """What a watched sampler does instead of torch's (see :func:`watch_visible_sampler`):
+    the methods of the watched classes below (not a base of them: a sampler's class is
+    swapped in place, so its layout must stay torch's; methods, not functions named otherwise,
+    so that a bound one pickles by its name)."""
 
+    def __iter__(self) -> Iterator[int]:
+        """Our order's ids (see :class:`ForeignOrder`)."""
+        yield from self.foreign_order().next_epoch()[1]
 
-def _iterate_watched(sampler: RandomSampler | SequentialSampler) -> Iterator[int]:
-    """The watched samplers' ``__iter__``: our order's ids (see :class:`ForeignOrder`)."""
-    yield from _foreign_order(sampler).next_epoch()[1]
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch of the next foreign iteration."""
+        self.__dict__[_ORDER].set_epoch(epoch)
 
-
-def _set_epoch_watched(sampler: RandomSampler | SequentialSampler, epoch: int) -> None:
-    """The watched samplers' ``set_epoch``: the epoch of the next foreign iteration."""
-    sampler.__dict__[_ORDER].set_epoch(epoch)
+    def foreign_order(self) -> ForeignOrder:
+        """The loader never iterates its visible sampler (nor the batch sampler over it), so
+        any iteration is a foreign loader's: warns once per sampler, and returns the order to
+        iterate."""
+        if not self.__dict__.get(_FLAG, False):
+            self.__dict__[_FLAG] = True
+            name = type(self).__bases__[0].__name__
+            warnings.warn(_MESSAGE.format(name=name), ResumeWarning, stacklevel=3)
+        return self.__dict__[_ORDER]
 
 
 class WatchedRandomSampler(RandomSampler):
     """torch's RandomSampler, watched (see :func:`watch_visible_sampler`)."""
 
-    __iter__ = _iterate_watched
-    set_epoch = _set_epoch_watched
-    foreign_order = _foreign_order
+    __iter__, set_epoch = _Watched.__iter__, _Watched.set_epoch
+    foreign_order = _Watched.foreign_order
 
 
 class WatchedSequentialSampler(SequentialSampler):
     """torch's SequentialSampler, watched (see :func:`watch_visible_sampler`)."""
 
-    __iter__ = _iterate_watched
-    set_epoch = _set_epoch_watched
-    foreign_order = _foreign_order
+    __iter__, set_epoch = _Watched.__iter__, _Watched.set_epoch
+    foreign_order = _Watched.foreign_order
 
 
 _WATCHED = {RandomSampler: WatchedRandomSampler, SequentialSampler: WatchedSequentialSampler}

@@ -7,9 +7,10 @@ so a resume at position p costs the same as at 0. Neither depends on workers, ra
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Iterator
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -93,6 +94,13 @@ class Permutation:
 
     def __repr__(self) -> str:
         return f"Permutation(n={self.n}, seed={self.seed}, epoch={self.epoch})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickles (and deep-copies) as its settings; the native core is made again."""
+        settings = functools.partial(
+            Permutation, seed=self.seed, epoch=self.epoch, purpose=self.purpose
+        )
+        return settings, (self.n,)
 
 
 class _PositionalOrder:

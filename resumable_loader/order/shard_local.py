@@ -103,6 +103,10 @@ class ShardLocalOrder:
     def __len__(self) -> int:
         return self.length
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickles (and deep-copies) without its C++ order, which is made again when used."""
+        return {**self.__dict__, "_cached": None}
+
     def _epoch_order(self, epoch: int) -> Any:
         """The epoch's C++ order (its shard order and offsets are computed once and kept)."""
         cached = self._cached
