@@ -378,3 +378,37 @@ def test_tied_weights_stay_tied_and_load(tmp_path):
     assert target_optimizer.param_groups[0]["params"][0] is target.emb.weight
     moments = target_optimizer.state[target.emb.weight]
     assert all(torch.equal(v, moments[k]) for k, v in optimizer.state[saved.emb.weight].items())
+
+
+class SharedStorage(nn.Module):
+    """Two Parameters over one storage: tied the old way (``.data``), and one a view of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Linear(6, 4)
+        self.dec = nn.Linear(6, 4)
+        self.dec.weight.data = self.enc.weight.data
+        self.flat = nn.Parameter(self.enc.weight.detach().view(24))
+
+
+def test_parameters_sharing_a_storage_stay_tied_and_are_put_back(tmp_path):
+    torch.manual_seed(0)
+    saved = SharedStorage()
+    Checkpointer(tmp_path).save(1, {"model": saved, "last": Exploding(RuntimeError("boom"))})
+    torch.manual_seed(1)
+    target = SharedStorage()
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    exploding = Exploding(RuntimeError("boom"))
+    exploding.value = 2  # refuses the checkpoint's value, after the model was applied
+    with pytest.raises(RuntimeError, match="boom"):
+        Checkpointer(tmp_path).load({"model": target, "last": exploding})
+    after = target.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())  # put back, all of them
+    Checkpointer(tmp_path).load({"model": target, "last": Exploding(RuntimeError("boom"))})
+    assert torch.equal(target.enc.weight, saved.enc.weight)
+    pointers = {p.untyped_storage().data_ptr() for p in (target.enc.weight, target.dec.weight)}
+    assert pointers == {target.flat.untyped_storage().data_ptr()}  # still one storage
+    with torch.no_grad():
+        target.enc.weight.add_(1)
+    assert torch.equal(target.dec.weight, target.enc.weight)
+    assert torch.equal(target.flat.view(4, 6), target.enc.weight)

@@ -13,7 +13,8 @@ hold the same Parameters, with their ``grad`` and ``requires_grad``), then every
 sets the non-tensor values). The old storages are the rollback: if anything raises, every
 swapped tensor is pointed back at its old storage and every component's ``load_state_dict``
 runs on the state it had, so nothing is copied for the rollback. A tensor that cannot be
-swapped (a view into a bigger storage, a non-contiguous or non-CPU tensor, a DTensor/FSDP2
+swapped (a view into a bigger storage, a non-contiguous or non-CPU tensor, two parameters or
+buffers of a model over one storage, a DTensor/FSDP2
 shard, a CUDA tensor, memory shared with other processes or pinned, a tensor of a component
 other than a model or an optimizer, whose ``load_state_dict`` may copy into memory we cannot
 see) is staged as well and copied in by ``load_state_dict``; its current values are cloned for
@@ -157,15 +158,22 @@ def _live_finder(component: Component) -> Callable[[torch.Tensor], torch.Tensor 
     that memory (None: not known, so not swapped).
 
     A model's state_dict() holds detached aliases of its parameters and buffers: the live one
-    is the parameter or buffer with the same storage and layout. An optimizer's holds its
-    state tensors themselves, which its ``load_state_dict`` replaces (never copies into).
-    Anything else's ``load_state_dict`` may copy into memory of its own: not swapped."""
+    is the parameter or buffer with the same storage and layout. Two of them sharing one
+    storage (tied with ``b.data = a.data``, or one a view of the other) are not swapped: a swap
+    would point one at fresh memory and untie them, and the other's copy-in would write into
+    the old storage, the rollback's; they are copied into, which keeps the tie. An
+    optimizer's holds its state tensors themselves, which its ``load_state_dict`` replaces
+    (never copies into). Anything else's ``load_state_dict`` may copy into memory of its own:
+    not swapped."""
     if component.kind == MODEL:
         model = component.obj
+        sharing: dict[int, list[torch.Tensor]] = {}
+        for t in itertools.chain(model.parameters(), model.buffers()):
+            sharing.setdefault(t.untyped_storage().data_ptr(), []).append(t)
         by_storage = {
-            t.untyped_storage().data_ptr(): t
-            for t in itertools.chain(model.parameters(), model.buffers())
-            if _swappable(t)
+            pointer: tensors[0]
+            for pointer, tensors in sharing.items()
+            if len(tensors) == 1 and _swappable(tensors[0])
         }
 
         def of_model(tensor: torch.Tensor) -> torch.Tensor | None:
