@@ -230,6 +230,18 @@ def test_cli_verify_names_each_problem(tmp_path, capsys):
     assert "no complete checkpoint" in capsys.readouterr().out
 
 
+def test_cli_verify_of_a_run_names_a_newer_folder_that_lost_its_manifest(tmp_path, capsys):
+    state, _ = trained(2)
+    for step in (2, 4):
+        Checkpointer(tmp_path).save(step, state)
+    (tmp_path / "step-0000000004" / "manifest.json").unlink()
+    assert main(["checkpoint", "verify", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "step-0000000004: no manifest.json" in out and "skips it for step 2" in out
+    assert main(["checkpoint", "verify", str(tmp_path / "step-0000000002")]) == 0
+    assert main(["checkpoint", "verify", str(tmp_path), "--step", "2"]) == 0
+
+
 def test_rng_states_round_trip_exactly(tmp_path):
     random.gauss(0, 1), np.random.standard_normal()  # cached Gaussians are state too
     rng_state.write(tmp_path, rng_state.capture(rank=0, world_size=1, step=3))

@@ -82,19 +82,31 @@ def _or_dash(value: Any) -> str:
 
 
 def verify(path: str, *, step: int | None = None) -> int:
-    """Check the checkpoint is whole and unchanged; print every problem; 0 if none, else 1."""
+    """Check the checkpoint is whole and unchanged; print every problem; 0 if none, else 1.
+    Given a run's directory, also name every ``step-N`` folder newer than its newest complete
+    checkpoint: committed whole, it has lost its manifest since (a load skips it)."""
     try:
         checkpoint = resolve(path, step)
     except CheckpointError as error:
         print(f"FAIL {error}")
         return 1
     found = inspection.inspect(checkpoint)
-    for problem in found.problems:
+    problems = list(found.problems)
+    if checkpoint != Path(path) and step is None:  # the newest of a run's directory
+        directory = CheckpointDirectory(Path(path))
+        newest = directory.complete_steps()[-1]
+        problems += [
+            f"{directory.step_dir(newer)}: no {MANIFEST_NAME}, so it is not a checkpoint any "
+            f"more (load() skips it for step {newest}); delete it, or restore its manifest"
+            for newer in directory.step_folders()
+            if newer > newest
+        ]
+    for problem in problems:
         print(f"FAIL {problem}")
-    if not found.problems:
+    if not problems:
         print(
             f"OK {checkpoint}: manifest, DCP metadata and RNG files consistent; "
             f"{found.hashed_files} files ({_human(found.hashed_bytes)}) match their "
             f"{integrity.ALGORITHM} checksums"
         )
-    return 1 if found.problems else 0
+    return 1 if problems else 0
