@@ -4,6 +4,7 @@ a sampler whose stream the loader cannot replay is refused, never silently repla
 
 from __future__ import annotations
 
+import itertools
 import warnings
 
 import pytest
@@ -565,3 +566,47 @@ def test_a_batch_sampler_given_as_sampler_yields_a_list_an_index_as_in_torch(
     theirs, ours = ([b.tolist() for b in loader] for loader in loaders())
     assert ours == theirs
     assert len(ours) == (3 if batch_size is None else 2)
+
+
+class Endless(torch.utils.data.Sampler):
+    """An infinite sampler with a state (a stream cycling over the data from ``start``)."""
+
+    def __init__(self) -> None:
+        self.start = 0
+
+    def __iter__(self):
+        return itertools.islice(itertools.cycle(range(7)), self.start, None)
+
+    def state_dict(self) -> dict:
+        return {"start": self.start}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.start = state["start"]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_sampler_without_len_iterates_and_resumes_past_the_datasets_length(num_workers):
+    """As torch's DataLoader allows (only len() raises); positions pass len(dataset)."""
+    data = list(range(10))
+    torch_batches = itertools.islice(
+        torch.utils.data.DataLoader(data, sampler=Endless(), batch_size=3), 7
+    )
+    loader = ResumableDataLoader(
+        data, sampler=Endless(), batch_size=3, seed=0, num_workers=num_workers
+    )
+    ours = itertools.islice(loader, 7)
+    assert [b.tolist() for b in ours] == [b.tolist() for b in torch_batches]
+    with pytest.raises(TypeError, match="has no len"):
+        len(loader)
+    iterator = iter(loader)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResumeWarning)  # the superseded iteration's
+        for _ in range(5):  # 15 samples: past the dataset's 10
+            next(iterator)
+    with pytest.raises(TypeError, match="has no len"):
+        len(iterator)
+    state = loader.state_dict()
+    rest = [next(iterator).tolist() for _ in range(4)]
+    resumed = ResumableDataLoader(data, sampler=Endless(), batch_size=3, seed=0)
+    resumed.load_state_dict(state)
+    assert [b.tolist() for b in itertools.islice(resumed, 4)] == rest

@@ -142,6 +142,7 @@ def parse_cursor(
     fingerprint: Mapping[str, int | str],
     seed: int | None,
     reasons: Mapping[str, str] | None = None,
+    epoch_samples: int | None = None,
 ) -> Cursor:
     """Check ``state`` against this loader and return it as a Cursor.
 
@@ -152,6 +153,8 @@ def parse_cursor(
             seed is then adopted).
         reasons: per fingerprint field, why it may not change and the fix, for the message
             (default: resume with the settings the checkpoint was taken with).
+        epoch_samples: the positions of an epoch, which a saved position cannot pass (None:
+            not known, e.g. a user's sampler without ``__len__``).
 
     Raises:
         StateDictError: naming the field, the saved and the current value, and the fix.
@@ -218,10 +221,9 @@ def parse_cursor(
                 f"field '{FINGERPRINT_KEY}.{name}': saved {saved!r}, current {current!r}; "
                 + (reasons or {}).get(name, _FIELD_FIXES.get(name, _FIX_SETTINGS))
             )
-    length = fingerprint.get("length")
-    if isinstance(length, int) and position > length:
+    if epoch_samples is not None and position > epoch_samples:
         raise StateDictError(
-            f"field '{POSITION_KEY}': saved {position}, but an epoch has {length} samples"
+            f"field '{POSITION_KEY}': saved {position}, but an epoch has {epoch_samples} samples"
         )
     return _assemble(  # the checksum was verified above: not computed again
         saved_seed,

@@ -365,9 +365,9 @@ class ResumableDataLoader(DataLoader[T_co]):
                 "describes exactly what was delivered"
             ) from error
         length = (
-            refs.partition.num_batches(position)
+            functools.partial(refs.partition.num_batches, position)
             if isinstance(refs, OrderedBatchSampler)
-            else len(refs)
+            else refs.__len__
         )
         iterator = ResumableIterator(
             inner,
@@ -678,11 +678,16 @@ class ResumableDataLoader(DataLoader[T_co]):
                 "WeightedRandomSampler) or shuffle=True, whose streams the loader splits across "
                 "any world size"
             )
+        fingerprint = self.fingerprint(state_dict)
+        length = fingerprint.get("length")  # our order's: an epoch's positions
         state = cursor_mod.parse_cursor(
             state_dict,
-            fingerprint=self.fingerprint(state_dict),
+            fingerprint=fingerprint,
             seed=self._explicit_seed,
             reasons=reasons,
+            epoch_samples=(
+                length if isinstance(refs, OrderedBatchSampler) else _sampler_samples(refs)
+            ),
         )
         order = resumable_order(self.order)
         if order is not None:  # e.g. a Mixture's schedule: its past unchanged
@@ -775,3 +780,16 @@ def _worker_seed_generator(seed: int, epoch: int) -> torch.Generator:
 
 def _draw_seed(generator: torch.Generator | None) -> int:
     return int(torch.empty((), dtype=torch.int64).random_(generator=generator).item())
+
+
+def _sampler_samples(refs: UserBatchSampler) -> int | None:
+    """The positions of an epoch of a user's sampler: its count of indices (which may pass the
+    dataset's length: drawn with replacement); None if it has no length (an infinite sampler,
+    as torch's DataLoader allows) or yields its own batches (their samples are not known
+    ahead)."""
+    if refs.batched and refs.batch_size is None:
+        return None
+    try:
+        return len(refs.capture.sampler)
+    except TypeError:
+        return None

@@ -44,7 +44,9 @@ class ResumableIterator(Iterator[Any]):
         advances: the index sampler's record of this iteration (see ``refs._RefSampler``):
             per ref handed to torch, the cursor's advance once it is delivered, and whether it
             is the last.
-        length: batches this iteration yields in all.
+        length: what counts the batches this iteration yields in all, asked by ``len()`` only
+            (a user's sampler without ``__len__`` iterates, as in torch; ``len()`` then raises
+            torch's TypeError).
         delivered: called as ``delivered(self, samples, last=...)`` per batch handed out and
             at the end (``samples`` 0, ``last`` True).
         workers_failed: called with ``inner`` when its workers died or hung.
@@ -65,7 +67,7 @@ class ResumableIterator(Iterator[Any]):
         inner: Iterator[Any],
         *,
         advances: deque[tuple[int, bool]],
-        length: int,
+        length: Callable[[], int],
         delivered: Callable[..., None],
         workers_failed: Callable[[Any], None],
         num_workers: int,
@@ -170,7 +172,7 @@ class ResumableIterator(Iterator[Any]):
 
     def __len__(self) -> int:
         """Batches this iteration yields in all (fewer than ``len(loader)`` after a resume)."""
-        return self._length if self._successor is None else len(self._successor)
+        return self._length() if self._successor is None else len(self._successor)
 
 
 def stop_workers(inner: Any) -> None:
