@@ -428,6 +428,10 @@ class TestVerifyPipeline:
             # 40 samples in batches of 4: a first stop after 11 batches interrupts no run
             (augmented_pair, {"stop_batches": [11, 12]}, "delivers 10 global batches"),
             (augmented_pair, {"world_sizes": (0,)}, "world_sizes must be an int >= 1"),
+            # an empty list would verify nothing and report PASS (or fail with an IndexError)
+            (augmented_pair, {"world_sizes": []}, "world_sizes: give at least one value"),
+            (augmented_pair, {"stop_batches": []}, "stop_batches: give at least one value"),
+            (augmented_pair, {"stops": []}, "fractions of the run in (0, 1), got []"),
             (augmented_pair, {"random_stops": N}, "random_stops must be an int in [1, 40)"),
             (lambda: 3, {}, "returned a int, not a ResumableDataLoader"),
             (

@@ -258,7 +258,7 @@ def _stop_points(
         counts = random.Random(seed).sample(range(1, total), random_stops)
         return [Stop(count, "samples") for count in sorted(counts)]
     fractions = DEFAULT_STOPS if fractions is None else fractions
-    if not all(isinstance(f, float | int) and 0 < f < 1 for f in fractions):
+    if not fractions or not all(isinstance(f, float | int) and 0 < f < 1 for f in fractions):
         raise ConfigError(f"stops must be fractions of the run in (0, 1), got {list(fractions)}")
     return [Stop(max(1, round(f * total)), "samples") for f in sorted(fractions)]
 
@@ -277,6 +277,10 @@ def _check_first_stop(stop: Stop, batches: int, batch_size: int | None, epochs: 
 def _check_ints(
     name: str, values: Sequence[Any], *, minimum: int, maximum: int | None = None
 ) -> None:
+    """Each of ``values`` an int in range, and at least one: an empty list would verify
+    nothing and report PASS."""
+    if not len(values):
+        raise ConfigError(f"{name}: give at least one value (an empty list verifies nothing)")
     high = None if maximum is None else maximum + 1
     for value in values:
         check_int(name, value, low=minimum, high=high)
