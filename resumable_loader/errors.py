@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+# The fix for a shard whose bytes differ from its index: the bytes are the suspect (a rebuilt
+# index would match damaged bytes whatever they hold).
+RESTORE_OR_REINDEX = (
+    "restore it from a good copy, or rebuild the index if it was changed on purpose"
+)
+
 
 class ResumableLoaderError(Exception):
     """Base class of every error raised by resumable_loader."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import tarfile
@@ -15,6 +16,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from resumable_loader import ResumableDataLoader, cli
 from resumable_loader.errors import SampleIndexError, ShardError
+from resumable_loader.index.sharded import ShardedIndex
 from resumable_loader.index.tar import TarScan, records
 from resumable_loader.sources.verify_data import verify_data
 from resumable_loader.sources.webdataset import TarShardDataset
@@ -107,7 +109,8 @@ class TestFastCheck:
         with pytest.raises(
             ShardError,
             match=r"shard-0000\.tar: the sample at offset 3072 has a 'bin' member whose CRC32C "
-            r"is 0x[0-9a-f]{8}, 0x[0-9a-f]{8} when indexed .*rebuild the index",
+            r"is 0x[0-9a-f]{8}, 0x[0-9a-f]{8} when indexed .*restore it from a good copy, "
+            r"or rebuild the index if it was changed on purpose",
         ):
             TarShardDataset(shards, check="full")[1]
 
@@ -116,6 +119,10 @@ class TestFastCheck:
 
         with pytest.raises(ConfigError, match=r"check must be one of \('fast', 'full'\), got 'x'"):
             TarShardDataset(shards, check="x")
+
+
+# key x1 reappears after x2: the index skips x1 with on_error="skip"
+BAD_GROUPING = [("x1.jpg", b"J1"), ("x2.jpg", b"J2"), ("x1.cls", b"1")]
 
 
 class TestVerifyData:
@@ -172,6 +179,21 @@ class TestVerifyData:
         os.truncate(copied[2], 1024)
         with pytest.raises(SampleIndexError, match=r"shard-0002.tar: 1024 bytes, but .*had"):
             verify_data(copied, index=original)
+
+    def test_an_index_that_skipped_damaged_samples_is_used(self, tmp_path):
+        """An index built with on_error='skip' is the one beside the shards: checked against."""
+        shards = [str(tmp_path / "good.tar"), str(tmp_path / "bad.tar")]
+        for path, members in zip(shards, ([("k0.cls", b"0")], BAD_GROUPING), strict=True):
+            with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+                for name, data in members:
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        TarShardDataset(shards, on_error="skip")
+        report = verify_data(shards)
+        assert report.passed and report.samples == 3  # k0, x1, x2: the reappearing x1.cls out
+        with pytest.raises(SampleIndexError, match=r"left out 1 damaged sample.*--on-error skip"):
+            ShardedIndex.for_shards(shards, build=False)  # "raise" refuses it, saying why
 
     def test_a_missing_shard_is_named_as_missing(self, shards, capsys):
         TarShardDataset(shards)

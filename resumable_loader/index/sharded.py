@@ -479,6 +479,12 @@ class ShardedIndex:
             else:
                 if index.shard_urls == urls and (on_error == "skip" or not index.skipped):
                     return _log_skipped(index)
+                if index.shard_urls == urls:
+                    stale = (
+                        f"the index at {path} left out {len(index.skipped)} damaged sample(s) "
+                        "when it was built with on_error='skip', and on_error='raise' refuses "
+                        "it; pass on_error='skip' (--on-error skip) to use it"
+                    )
         if not build:
             raise SampleIndexError(f"{stale}; {NOT_BUILT}")
         # a progress bar as tqdm shows one: on a terminal only, never into a log file

@@ -32,7 +32,7 @@ from typing import Any
 import google_crc32c
 import numpy as np
 
-from resumable_loader.errors import ShardError
+from resumable_loader.errors import RESTORE_OR_REINDEX, ShardError
 from resumable_loader.index.paths import StorageOptions, is_url, open_shard, stat_shard
 from resumable_loader.index.tar_headers import Member, TarDamage, walk
 
@@ -352,5 +352,5 @@ def _changed(path: str, start: int, problem: str) -> ShardError:
     """The error for a sample span that no longer holds the sample indexed there."""
     return ShardError(
         f"{path}: the sample at offset {start} {problem}; the shard changed since it was "
-        "indexed: rebuild the index"
+        f"indexed: {RESTORE_OR_REINDEX}"
     )

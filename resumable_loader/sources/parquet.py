@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from resumable_loader._lru import LRU
-from resumable_loader.errors import ConfigError, ShardError
+from resumable_loader.errors import RESTORE_OR_REINDEX, ConfigError, ShardError
 from resumable_loader.index.paths import is_url
 from resumable_loader.index.sharded import ShardedIndex
 from resumable_loader.sources._indexed import IndexedDataset, check_bytes
@@ -127,7 +127,7 @@ class ParquetDataset(IndexedDataset):
             except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
                 raise ShardError(
                     f"{self.index.shard_urls[shard]}: cannot read row group {group} ({error}); "
-                    "the file is damaged or changed since it was indexed: rebuild the index"
+                    f"the file is damaged or changed since it was indexed: {RESTORE_OR_REINDEX}"
                 ) from None
             self._cache.put(key, table)
         return table

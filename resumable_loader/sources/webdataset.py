@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from resumable_loader.errors import ConfigError, ShardError
+from resumable_loader.errors import RESTORE_OR_REINDEX, ConfigError, ShardError
 from resumable_loader.index.partial import records_of
 from resumable_loader.index.paths import is_url
 from resumable_loader.index.sharded import ShardedIndex
@@ -300,12 +300,12 @@ def _damaged(
     if len(data) < length:
         return ShardError(
             f"{path}: {length} bytes expected at offset {start}, {len(data)} read; the shard "
-            "is shorter than when it was indexed: rebuild the index"
+            f"is shorter than when it was indexed: {RESTORE_OR_REINDEX}"
         )
     read_sample(data, path=path, start=start, extensions=extensions)  # raises if it can
     return ShardError(
         f"{path}: no tar header (ustar magic) at offset {start}, where the index has a sample; "
-        "the shard changed since it was indexed: rebuild the index"
+        f"the shard changed since it was indexed: {RESTORE_OR_REINDEX}"
     )
 
 
