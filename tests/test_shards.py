@@ -63,6 +63,14 @@ class TestExpand:
         assert expand_shards(f"{memory_dir}/part-{{0..2}}.tar") == expected
         assert all(is_url(url) for url in expected) and not is_url("file:///x.tar")
 
+    def test_a_file_named_with_glob_characters_is_itself(self, tmp_path):
+        """"shard [v2].tar" exists: it is that file, not a pattern matching "shard v.tar"."""
+        named = tmp_path / "shard [v2].tar"
+        named.write_bytes(b"x")
+        assert expand_shards(str(named)) == [str(named)]
+        with pytest.raises(ShardError, match=r"write \[\[\] for a \["):
+            expand_shards(str(tmp_path / "other [v2].tar"))
+
     @pytest.mark.parametrize(
         ("spec", "error", "match"),
         [

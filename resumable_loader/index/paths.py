@@ -64,10 +64,13 @@ def expand_shards(
             path = path.removeprefix("file://")
             if not is_url(path):
                 path = os.path.abspath(os.path.expanduser(path))
-            if glob.has_magic(path):
-                matches = _glob(path, storage_options)
+            if glob.has_magic(path) and (is_url(path) or not os.path.isfile(path)):
+                matches = _glob(path, storage_options)  # a file named "a[1].tar" is itself
                 if not matches:
-                    raise ShardError(f"{path}: the pattern matches no file; check the path")
+                    raise ShardError(
+                        f"{path}: the pattern matches no file; check the path (in a name, "
+                        f"*, ? and [ are glob characters: write [[] for a [)"
+                    )
                 shards.extend(matches)
             elif os.path.isdir(path):
                 raise ConfigError(_directory_hint(path))
