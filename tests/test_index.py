@@ -152,6 +152,10 @@ class TestBuildAndLoad:
         parquets = write_parquet_shards(tmp_path, num_shards=1, rows_per_shard=1)
         with pytest.raises(ConfigError, match=r"all \.tar or all \.parquet"):
             build([*tars, *parquets], tmp_path)
+        packed = tmp_path / "shard.tar.gz"
+        packed.write_bytes(b"x")
+        with pytest.raises(ConfigError, match=r"shard\.tar\.gz: a compressed tar.*decompress"):
+            build([str(packed)], tmp_path)
         with pytest.raises(ConfigError, match="on_error"):
             build(tars, tmp_path, on_error="ignore")
         with pytest.raises(ConfigError, match="workers"):

@@ -73,7 +73,17 @@ def scan_shards(
     return header, arrays
 
 
+_COMPRESSED_TARS = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
+
+
 def _format_of(urls: Sequence[str]) -> str:
+    """"tar" or "parquet", what every one of ``urls`` is (by its suffix)."""
+    compressed = [url for url in urls if url.lower().endswith(_COMPRESSED_TARS)]
+    if compressed:
+        raise ConfigError(
+            f"{compressed[0]}: a compressed tar, whose samples cannot be read in place; "
+            "decompress the shards (e.g. gunzip) and index the .tar files"
+        )
     kinds = {url.rsplit(".", 1)[-1].lower() if "." in url else url for url in urls}
     if len(kinds) != 1 or not kinds <= {"tar", "parquet"}:
         raise ConfigError(
