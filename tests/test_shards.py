@@ -63,8 +63,15 @@ class TestExpand:
         assert expand_shards(f"{memory_dir}/part-{{0..2}}.tar") == expected
         assert all(is_url(url) for url in expected) and not is_url("file:///x.tar")
 
+    def test_a_shard_named_again_through_a_link_is_refused(self, tmp_path):
+        real = tmp_path / "a.tar"
+        real.write_bytes(b"x")
+        (tmp_path / "link.tar").symlink_to(real)
+        with pytest.raises(ConfigError, match=r"link\.tar: named twice .*as .*a\.tar: the same"):
+            expand_shards([str(real), str(tmp_path / "link.tar")])
+
     def test_a_file_named_with_glob_characters_is_itself(self, tmp_path):
-        """"shard [v2].tar" exists: it is that file, not a pattern matching "shard v.tar"."""
+        """ "shard [v2].tar" exists: it is that file, not a pattern matching "shard v.tar"."""
         named = tmp_path / "shard [v2].tar"
         named.write_bytes(b"x")
         assert expand_shards(str(named)) == [str(named)]

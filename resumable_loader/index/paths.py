@@ -78,14 +78,16 @@ def expand_shards(
                 shards.append(path)
     if not shards:
         raise ConfigError(f"no shards given ({spec!r}); pass paths, globs or brace patterns")
-    seen: set[str] = set()
+    seen: dict[str, str] = {}  # the file (links resolved) -> the name it was given as
     for shard in shards:
-        if shard in seen:
+        file = shard if is_url(shard) else os.path.realpath(shard)
+        if file in seen:
+            also = "" if seen[file] == shard else f" (as {seen[file]}: the same file)"
             raise ConfigError(
-                f"{shard}: named twice in the shard list (overlapping patterns?); each shard "
-                "may appear once, or its samples would be read twice an epoch"
+                f"{shard}: named twice in the shard list{also} (overlapping patterns, or a "
+                "link?); each shard may appear once, or its samples would be read twice an epoch"
             )
-        seen.add(shard)
+        seen[file] = shard
     return shards
 
 
