@@ -71,7 +71,7 @@ class TestExpand:
             expand_shards([str(real), str(tmp_path / "link.tar")])
 
     def test_a_file_named_with_glob_characters_is_itself(self, tmp_path):
-        """ "shard [v2].tar" exists: it is that file, not a pattern matching "shard v.tar"."""
+        """A file named "shard [v2].tar" is that file, not a pattern matching "shard v.tar"."""
         named = tmp_path / "shard [v2].tar"
         named.write_bytes(b"x")
         assert expand_shards(str(named)) == [str(named)]

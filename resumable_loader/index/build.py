@@ -77,7 +77,7 @@ _COMPRESSED_TARS = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
 
 
 def _format_of(urls: Sequence[str]) -> str:
-    """ "tar" or "parquet", what every one of ``urls`` is (by its suffix)."""
+    """The format of every one of ``urls``, by its suffix: "tar" or "parquet"."""
     compressed = [url for url in urls if url.lower().endswith(_COMPRESSED_TARS)]
     if compressed:
         raise ConfigError(
