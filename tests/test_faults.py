@@ -6,6 +6,10 @@ import gc
 import os
 import re
 import signal
+import subprocess
+import sys
+import textwrap
+import threading
 import time
 import weakref
 from pathlib import Path
@@ -15,6 +19,7 @@ from resume_harness import AugmentedDataset, run, split_batch
 from torch.utils.data import default_collate, get_worker_info
 
 from resumable_loader import ResumableDataLoader, WorkerError
+from resumable_loader.loader import shutdown
 
 N = 24
 BAD_SAMPLE = 13
@@ -300,3 +305,49 @@ def test_an_abandoned_iterator_with_a_timeout_is_freed_at_once():
         assert inner() is None
     finally:
         gc.enable()
+
+
+def test_a_shutdown_still_running_at_exit_is_finished_not_torn_down(tmp_path):
+    """A hung worker's shutdown waits 5 s in torch before it terminates it; the process's exit
+    terminates the workers and joins the shutdown thread (a daemon thread torn down inside it
+    aborted the process: "terminate called without an active exception", exit 134)."""
+    loader = ResumableDataLoader(
+        Faulty("hang", tmp_path), batch_size=2, num_workers=2, timeout=1, seed=0
+    )
+    with pytest.raises(WorkerError, match="timed out"):
+        for _ in loader:
+            pass
+    threads = [t for t in threading.enumerate() if t.name == "resumable-loader-shutdown"]
+    assert threads and all(t.is_alive() for t in threads)  # the hung worker: 5 s in torch
+    started = time.monotonic()
+    shutdown._finish_at_exit()  # what atexit runs
+    assert not any(t.is_alive() for t in threads)
+    assert time.monotonic() - started < 3
+    assert not any(alive(int(pid.name)) for pid in tmp_path.iterdir())
+
+
+def test_a_script_that_caught_a_timeout_exits_cleanly(tmp_path):
+    script = tmp_path / "caught.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import time, torch, resumable_loader
+            class Hangs(torch.utils.data.Dataset):
+                fingerprint = "hangs"
+                def __len__(self): return 16
+                def __getitem__(self, i):
+                    if i == 5: time.sleep(1000)
+                    return i
+            loader = resumable_loader.DataLoader(
+                Hangs(), batch_size=4, num_workers=2, timeout=1, seed=0
+            )
+            try:
+                for batch in loader: pass
+            except resumable_loader.WorkerError:
+                print("caught")
+            """
+        )
+    )
+    for _ in range(3):  # it aborted in 1 to 5 runs of 14 before
+        done = subprocess.run([sys.executable, str(script)], capture_output=True, timeout=60)
+        assert (done.returncode, done.stdout.strip()) == (0, b"caught"), done.stderr[-500:]

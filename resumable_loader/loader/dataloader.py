@@ -42,12 +42,13 @@ from resumable_loader.loader.build_refs import (
     resumable_order,
 )
 from resumable_loader.loader.identity import dataset_fingerprint
-from resumable_loader.loader.iteration import ResumableIterator, stop_workers, worker_failure
+from resumable_loader.loader.iteration import ResumableIterator, worker_failure
 from resumable_loader.loader.keyed_batches import unwrap_rebuilt
 from resumable_loader.loader.keyed_fetch import KeyedFetch, WorkerInit
 from resumable_loader.loader.lookahead import lookahead_for
 from resumable_loader.loader.progress import Progress
 from resumable_loader.loader.refs import OrderedBatchSampler, UserBatchSampler
+from resumable_loader.loader.shutdown import stop_workers
 from resumable_loader.loader.topology import (
     agree_on_seed,
     forward_set_epoch,

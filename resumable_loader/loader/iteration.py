@@ -15,7 +15,6 @@ that fails it is skipped as a failed batch is.
 from __future__ import annotations
 
 import re
-import threading
 import time
 import traceback
 import weakref
@@ -23,9 +22,8 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from torch.utils.data._utils import signal_handling
-
 from resumable_loader.errors import WorkerError
+from resumable_loader.loader.shutdown import stop_workers
 from resumable_loader.loader.watch import BatchWatch
 
 # torch's messages for a worker that died (signal, exit) or missed its timeout.
@@ -173,21 +171,6 @@ class ResumableIterator(Iterator[Any]):
     def __len__(self) -> int:
         """Batches this iteration yields in all (fewer than ``len(loader)`` after a resume)."""
         return self._length() if self._successor is None else len(self._successor)
-
-
-def stop_workers(inner: Any) -> None:
-    """Shut down a failed torch iterator's workers in the background.
-
-    First unregister them from torch's SIGCHLD check (as its own shutdown does), so another
-    worker's death cannot raise a second RuntimeError from the signal handler during the
-    clean-up; torch terminates a hung worker only after a grace period, hence the thread.
-    """
-    if getattr(inner, "_worker_pids_set", False):
-        signal_handling._remove_worker_pids(id(inner))
-        inner._worker_pids_set = False
-    shutdown = getattr(inner, "_shutdown_workers", None)
-    if shutdown is not None:
-        threading.Thread(target=shutdown, name="resumable-loader-shutdown", daemon=True).start()
 
 
 def _keep_queues_for_shutdown(inner: Any) -> None:
