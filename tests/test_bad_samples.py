@@ -200,6 +200,19 @@ def test_raise_is_the_default_and_bad_arguments_are_named(tmp_path):
         loader(Corrupt(BAD), str(tmp_path), batch_size=4, max_bad_fraction=2)
     with pytest.raises(ConfigError, match=r"quarantine_dir needs on_sample_error='substitute'"):
         DataLoader(Corrupt(BAD), quarantine_dir=str(tmp_path))
+    (tmp_path / "a-file").write_text("")
+    for folder in ("a-file", "a-file/under"):  # a file there, or a folder under a file
+        with pytest.raises(ConfigError, match=rf"quarantine_dir='.*{folder}': cannot make"):
+            loader(Corrupt(BAD), str(tmp_path / folder), batch_size=4)
+
+
+def test_a_quarantine_line_that_is_not_an_entry_is_named(tmp_path):
+    quarantine = tmp_path / "q"
+    quarantine.mkdir()
+    lines = ['{"id": 3, "epoch": 0}', '{"id": 4, "epo', '{"epoch": 0, "sample": 7}']
+    (quarantine / "quarantine-rank-00000.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match=r"quarantine-rank-00000\.jsonl, line 3: .*int 'id'"):
+        loader(Corrupt(BAD), str(quarantine), batch_size=4)  # line 2, cut by a kill: skipped
 
 
 def reference(tmp_path: Path, batch_size: int) -> list[list[int]]:

@@ -95,11 +95,18 @@ def _file_entries(path: Path) -> Iterator[dict[str, Any]]:
         text = path.read_text()
     except FileNotFoundError:
         return
-    for line in text.splitlines():
+    for number, line in enumerate(text.splitlines(), 1):
         try:
-            yield json.loads(line)
+            entry = json.loads(line)
         except ValueError:
             continue  # a line cut by a kill mid-write: that sample is simply read again
+        if not isinstance(entry, dict) or type(entry.get("id")) is not int:
+            raise ConfigError(
+                f"{path}, line {number}: {line[:80]!r} is not a quarantine entry (a JSON object "
+                "with an int 'id', as the loader writes); delete the line, or the file to read "
+                "every sample again"
+            )
+        yield entry
 
 
 def substitute_id(seed: int, epoch: int, position: int, attempt: int, length: int) -> int:
@@ -164,7 +171,14 @@ class BadSamples:
         self.max_bad_fraction = float(max_bad_fraction)
         self.quarantine_dir = None if quarantine_dir is None else Path(quarantine_dir)
         if self.quarantine_dir is not None:
-            self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as error:  # a file there, or under a file, or not writable
+                raise ConfigError(
+                    f"quarantine_dir={str(self.quarantine_dir)!r}: cannot make that folder "
+                    f"({error.strerror or error}); give a folder path (made if missing) that "
+                    "every rank can write"
+                ) from None
         self.rank, self.world_size, self.length = rank, world_size, length
         self.limit = math.floor(self.max_bad_fraction * math.ceil(length / world_size))
         self.known = read_quarantine(self.quarantine_dir)
