@@ -151,27 +151,31 @@ class TestReseedGlobalsOnResume:
 
 
 class Hangs(Dataset):
-    """Sample 5 takes ``delay`` seconds to load."""
+    """Sample ``late`` takes ``delay`` seconds to load."""
 
-    def __init__(self, delay: float) -> None:
-        self.delay = delay
+    def __init__(self, delay: float, late: int = 5) -> None:
+        self.delay, self.late = delay, late
 
     def __len__(self) -> int:
         return 8
 
     def __getitem__(self, index: int) -> int:
-        if index == 5:
+        if index == self.late:
             time.sleep(self.delay)
         return index
 
 
 class TestStallWarning:
     @pytest.mark.slow
+    @pytest.mark.parametrize(
+        ("late", "first"),
+        [(5, 4), (1, 0)],  # the first batch: sent by torch before the loader watches it
+    )
     def test_a_batch_late_past_stall_warning_is_logged_naming_worker_positions_and_ids(
-        self, caplog
+        self, caplog, late, first
     ):
         loader = ResumableDataLoader(
-            Hangs(2.5), batch_size=2, num_workers=1, shuffle=False, stall_warning=0.5
+            Hangs(2.5, late), batch_size=2, num_workers=1, shuffle=False, stall_warning=0.5
         )
         with caplog.at_level(logging.WARNING, logger="resumable_loader"):
             assert [int(i) for batch in loader for i in batch] == list(range(8))
@@ -179,8 +183,8 @@ class TestStallWarning:
             r.getMessage() for r in caplog.records if "no batch has arrived" in r.getMessage()
         ]
         assert stalls, caplog.text
-        assert "worker 0" in stalls[0] and "positions 4..5" in stalls[0]
-        assert "sample ids [4, 5]" in stalls[0]
+        assert "worker 0" in stalls[0] and f"positions {first}..{first + 1}" in stalls[0]
+        assert f"sample ids [{first}, {first + 1}]" in stalls[0]
 
     def test_no_warning_when_batches_arrive_in_time(self, caplog):
         loader = ResumableDataLoader(Hangs(0), batch_size=2, num_workers=1, stall_warning=5)

@@ -241,6 +241,8 @@ class ResumableDataLoader(DataLoader[T_co]):
                 world_size=self.world_size,
                 trim=injected is not None and injected.drop_last,
             )
+            # what torch's iterator sends its workers before the loader watches it
+            self._refs.prefetched = self.num_workers * (self.prefetch_factor or 0)
         elif shard_shuffle is not None:
             raise ConfigError("shard_shuffle needs a map-style dataset, got an IterableDataset")
         self._fetch = KeyedFetch(dataset, self.collate_fn, reseed_globals=reseed_globals)
@@ -373,6 +375,7 @@ class ResumableDataLoader(DataLoader[T_co]):
         iterator = ResumableIterator(
             inner,
             advances=refs.advances,
+            sent=refs.first,
             length=length,
             delivered=self._delivered,
             workers_failed=self._workers_failed,

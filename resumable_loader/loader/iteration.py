@@ -42,6 +42,8 @@ class ResumableIterator(Iterator[Any]):
         advances: the index sampler's record of this iteration (see ``refs._RefSampler``):
             per ref handed to torch, the cursor's advance once it is delivered, and whether it
             is the last.
+        sent: the refs torch's iterator sent its workers before this wrapped it (its
+            prefetch), in task order: what a stall warning names for them.
         length: what counts the batches this iteration yields in all, asked by ``len()`` only
             (a user's sampler without ``__len__`` iterates, as in torch; ``len()`` then raises
             torch's TypeError).
@@ -65,6 +67,7 @@ class ResumableIterator(Iterator[Any]):
         inner: Iterator[Any],
         *,
         advances: deque[tuple[int, bool]],
+        sent: list[Any],
         length: Callable[[], int],
         delivered: Callable[..., None],
         workers_failed: Callable[[Any], None],
@@ -87,7 +90,9 @@ class ResumableIterator(Iterator[Any]):
         self._again: Callable[[], ResumableIterator | None] | None = None
         self.waited = 0.0  # seconds the caller spent in next() (waiting on the data)
         self.superseded_warned = False  # the loader warned of a batch it did not count
-        self._watch = BatchWatch.install(inner, timeout=timeout, stall_warning=stall_warning)
+        self._watch = BatchWatch.install(
+            inner, timeout=timeout, stall_warning=stall_warning, sent=sent
+        )
         _keep_queues_for_shutdown(inner)
 
     @property

@@ -71,6 +71,8 @@ class _RefSampler(Sampler):
     iterator pops one per delivered batch. The refs are read one ahead, so the last batch is
     known as such when it is handed out (a user sampler's epoch length is its own). Each
     ``begin()`` starts a new deque, so an older iterator still being consumed keeps its own.
+    ``first`` keeps the iteration's first ``prefetched`` refs: torch sends them to its workers
+    before the loader can watch what it sends, and a stall warning names their positions.
     """
 
     def __init__(self) -> None:
@@ -78,14 +80,17 @@ class _RefSampler(Sampler):
         self.epoch = 0
         self.start = 0
         self.advances: deque[tuple[int, bool]] = deque()
+        self.prefetched = 0  # refs torch's iterator sends before its first next()
+        self.first: list[BatchRef | SampleRef] = []
 
     def begin(self, *, seed: int, epoch: int, start: int) -> None:
         """Set the iteration the next ``iter()`` produces."""
         self.seed, self.epoch, self.start = seed, epoch, start
-        self.advances = deque()
+        self.advances, self.first = deque(), []
 
     def __iter__(self) -> Iterator[BatchRef | SampleRef]:
-        return _recording(self._refs(self.seed, self.epoch, self.start), self.advances)
+        refs = self._refs(self.seed, self.epoch, self.start)
+        return _recording(refs, self.advances, self.first, self.prefetched)
 
     def _refs(
         self, seed: int, epoch: int, start: int
@@ -94,12 +99,17 @@ class _RefSampler(Sampler):
 
 
 def _recording(
-    refs: Iterator[tuple[BatchRef | SampleRef, int]], advances: deque[tuple[int, bool]]
+    refs: Iterator[tuple[BatchRef | SampleRef, int]],
+    advances: deque[tuple[int, bool]],
+    first: list[BatchRef | SampleRef],
+    kept: int,
 ) -> Iterator[BatchRef | SampleRef]:
     current = next(refs, None)
     while current is not None:
         following = next(refs, None)
         advances.append((current[1], following is None))
+        if len(first) < kept:
+            first.append(current[0])
         yield current[0]
         current = following
 

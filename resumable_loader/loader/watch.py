@@ -41,17 +41,20 @@ class BatchWatch:
         self._asked = self._expires = self._warn_at = math.inf
 
     @classmethod
-    def install(cls, inner: Any, *, timeout: float, stall_warning: float) -> BatchWatch | None:
+    def install(
+        cls, inner: Any, *, timeout: float, stall_warning: float, sent: list[Any]
+    ) -> BatchWatch | None:
         """Watch ``inner``'s batch waits (once per torch iterator); None when there is nothing
-        to watch (no workers, or neither a timeout nor a stall warning)."""
+        to watch (no workers, or neither a timeout nor a stall warning). ``sent``: the refs
+        torch sent before this (its prefetch, in task order), for the stall warning."""
         read = getattr(inner, "_try_get_data", None)
         if read is None or (timeout <= 0 and stall_warning <= 0):
             return None
-        if isinstance(read, BatchWatch):  # persistent workers keep one torch iterator
-            return read
-        watch = cls(inner, timeout, stall_warning)
-        inner._try_get_data = watch
-        inner._next_index = watch.next_index
+        watch = read if isinstance(read, BatchWatch) else cls(inner, timeout, stall_warning)
+        watch._sent = dict(enumerate(sent))  # persistent workers: task indices restart at 0
+        if watch is not read:
+            inner._try_get_data = watch
+            inner._next_index = watch.next_index
         return watch
 
     def next_index(self) -> Any:
