@@ -192,7 +192,7 @@ class TestStallWarning:
             list(loader)
         assert "no batch has arrived" not in caplog.text
 
-    @pytest.mark.parametrize("bad", [-1, "5"])
+    @pytest.mark.parametrize("bad", [-1, "5", float("nan")])
     def test_bad_stall_warning(self, bad):
         with pytest.raises(ConfigError, match="stall_warning"):
             ResumableDataLoader(Hangs(0), stall_warning=bad)

@@ -213,7 +213,7 @@ class ResumableDataLoader(DataLoader[T_co]):
         self.reseed_globals = reseed_globals
         if isinstance(stall_warning, bool) or not isinstance(stall_warning, (int, float)):
             raise ConfigError(f"stall_warning must be seconds >= 0, got {stall_warning!r}")
-        if stall_warning < 0:
+        if not stall_warning >= 0:  # NaN too: it would silently never warn
             raise ConfigError(f"stall_warning must be seconds >= 0 (0: never), got {stall_warning}")
         self.stall_warning = float(stall_warning)
         # The latest iterator: only its batches move the cursor. A weak reference, so that an
