@@ -610,3 +610,24 @@ def test_a_sampler_without_len_iterates_and_resumes_past_the_datasets_length(num
     resumed = ResumableDataLoader(data, sampler=Endless(), batch_size=3, seed=0)
     resumed.load_state_dict(state)
     assert [b.tolist() for b in itertools.islice(resumed, 4)] == rest
+
+
+@pytest.mark.parametrize("batch_size", [3, 4])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_an_iteration_resumed_mid_epoch_has_the_length_it_yields(batch_size, drop_last):
+    """len(iter(loader)) after a resume: the batches left (a user's sampler too)."""
+
+    def make(size):
+        data = list(range(20))
+        sampler = DistributedSampler(data, num_replicas=1, rank=0, shuffle=False)
+        return ResumableDataLoader(
+            data, sampler=sampler, batch_size=size, drop_last=drop_last, seed=0
+        )
+
+    first = make(3)
+    iterator = iter(first)
+    next(iterator), next(iterator)
+    resumed = make(batch_size)
+    resumed.load_state_dict(first.state_dict())
+    iterator = iter(resumed)
+    assert len(iterator) == len(list(iterator)) < len(resumed)

@@ -370,7 +370,7 @@ class ResumableDataLoader(DataLoader[T_co]):
         length = (
             functools.partial(refs.partition.num_batches, position)
             if isinstance(refs, OrderedBatchSampler)
-            else refs.__len__
+            else functools.partial(refs.batches_from, position)
         )
         iterator = ResumableIterator(
             inner,

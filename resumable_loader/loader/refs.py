@@ -271,10 +271,16 @@ class UserBatchSampler(_RefSampler):
         self._epoch_items = self.capture.begin()
 
     def __len__(self) -> int:
+        return self.batches_from(0)
+
+    def batches_from(self, start: int) -> int:
+        """Batches of an epoch after its first ``start`` samples (a TypeError, as torch's
+        ``len()``, for a sampler without ``__len__``); a custom batch_sampler's own batches
+        are counted whole, their split unknown without iterating them."""
         items = len(self.capture.sampler)
         if self.batch_size is None:
-            return items
-        full, rest = divmod(items, self.batch_size)
+            return items if self.batched else items - start
+        full, rest = divmod(max(items - start, 0), self.batch_size)
         return full + (1 if rest and not self.drop_last else 0)
 
     def _batches(self, epoch_items: Iterable[Any], start: int) -> Iterator[list[int]]:
