@@ -152,6 +152,19 @@ def test_the_checkpoint_example_resumes_when_run_again(tmp_path):
     assert json.loads(record.read_text())["step"] == newest
 
 
+@pytest.mark.slow  # two processes, ~5 s each
+def test_the_readmes_resume_runs_in_a_restarted_process(tmp_path):
+    """The quick start saves, then resumes "after a restart": the resume block in a new process
+    that builds the dataset, model and optimizer as the first block does (an unseeded toy
+    dataset was other data there, and the loader refused the cursor)."""
+    (_, _, train), (_, _, resume) = blocks(ROOT / "README.md")[:2]
+    assert 'loader.load_state_dict(ckpt["loader"])' in resume
+    setup = train.split("\nfor epoch")[0]  # the imports, data, model, optimizer and loader
+    for code in (train, f"{setup}\n{resume}"):
+        done = run_python(["-c", code], tmp_path)
+        assert done.returncode == 0, done.stderr[-6000:]
+
+
 if __name__ == "__main__":
     run_file(Path(sys.argv[1]))
 
