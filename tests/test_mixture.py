@@ -9,9 +9,11 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from resumable_loader import Packed, ResumableDataLoader
 from resumable_loader.errors import ConfigError, StateDictError
 from resumable_loader.mixture import Mixture, MixtureSource
 from resumable_loader.mixture.allocation import PhaseAllocation
@@ -385,3 +387,43 @@ class TestResumeCheck:
             head = before[name]
             assert after[name][: len(head)] == head  # the saved past, unchanged
             assert [d for d, _ in after[name]] == list(range(len(after[name])))
+
+
+class Stream(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        return iter(range(3))
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        (Stream(), "is an IterableDataset, not a map-style dataset"),
+        (42, "is 42, not a map-style dataset"),
+        (
+            Mixture({"x": Sized(4), "y": Sized(4)}, {"x": 1, "y": 3}),
+            "is a Mixture, which supplies its own order: it cannot be a source",
+        ),
+        (Packed(Sized(4), max_tokens=8, lengths=[1] * 4), "is a Packed, which supplies"),
+    ],
+)
+def test_a_source_a_mixture_cannot_draw_from_by_id_is_refused(source, message):
+    """A nested Mixture's weights (or a Packed's packs) were silently lost: its ids are its
+    order's codes, not 0 to its length; a bare TypeError for MixtureSource(non-dataset)."""
+    with pytest.raises(ConfigError, match=rf"Mixture source 'inner' {re.escape(message)}"):
+        Mixture({"inner": source, "z": Sized(4)}, {"inner": 1, "z": 1})
+    with pytest.raises(ConfigError, match=rf"MixtureSource's dataset {re.escape(message)}"):
+        MixtureSource(source)
+
+
+@pytest.mark.parametrize("given", ["sampler", "batch_sampler"])
+@pytest.mark.parametrize("kind", ["Mixture", "Packed"])
+def test_a_sampler_on_a_dataset_with_its_own_order_is_refused(given, kind):
+    """Its indices were taken as the Mixture's ids (its weights silently ignored) or pack ids."""
+    mixture = Mixture({"a": Sized(10), "b": Sized(10)}, {"a": 1, "b": 9}, samples_per_epoch=10)
+    dataset = mixture if kind == "Mixture" else Packed(Sized(10), max_tokens=4, lengths=[1] * 10)
+    sampler = torch.utils.data.RandomSampler(range(10))
+    argument = (
+        torch.utils.data.BatchSampler(sampler, 2, False) if given == "batch_sampler" else sampler
+    )
+    with pytest.raises(ConfigError, match=rf"{given}= does not apply to a {kind}"):
+        ResumableDataLoader(dataset, **{given: argument})

@@ -128,6 +128,15 @@ def make_ref_sampler(
         return OrderedBatchSampler(order, partition, batched=batched)
     if shard_shuffle is not None:
         raise ConfigError("shard_shuffle is mutually exclusive with sampler and batch_sampler")
+    if isinstance(dataset, OrderedDataset | WrappingDataset):
+        given = "batch_sampler=" if batch_sampler is not None else "sampler="
+        raise ConfigError(
+            f"{given} does not apply to a {type(dataset).__name__}, which supplies its own "
+            "order (a Mixture's weights and phases, a Packed's packs): a sampler's indices "
+            "would be taken as its ids, and its weights or packs silently lost; drop "
+            f"{given} and set the order with shuffle= and seed= (a Mixture's sources: "
+            "MixtureSource(..., shuffle=, shard_shuffle=))"
+        )
     source = batch_sampler if batch_sampler is not None else sampler
     stream = global_sampler(source, batches=batch_sampler is not None)
     if stream is None:  # the sampler may split the data across ranks itself

@@ -21,13 +21,13 @@ from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
-from torch.utils.data import Dataset, IterableDataset
+from torch.utils.data import Dataset
 
 from resumable_loader._checks import check_int
 from resumable_loader.errors import ConfigError, ResumableLoaderError
 from resumable_loader.mixture.order import MixtureOrder
 from resumable_loader.mixture.schedule import POSITION_LIMIT, Schedule
-from resumable_loader.mixture.streams import MixtureSource
+from resumable_loader.mixture.streams import MixtureSource, check_source
 from resumable_loader.rngs.sample import sample_place
 
 ENDLESS = sys.maxsize  # positions of the one epoch of a mixture without samples_per_epoch
@@ -188,17 +188,8 @@ class Mixture(Dataset):
 
 
 def _source(name: str, source: Any) -> MixtureSource:
-    """``source`` as a MixtureSource; ConfigError naming it if it is not a map-style dataset."""
+    """``source`` as a MixtureSource; ConfigError naming it if a Mixture cannot draw from it."""
     if isinstance(source, MixtureSource):
         return source
-    if isinstance(source, IterableDataset) or not (
-        callable(getattr(source, "__getitem__", None))
-        and callable(getattr(source, "__len__", None))
-    ):
-        kind = "an IterableDataset" if isinstance(source, IterableDataset) else repr(source)[:60]
-        raise ConfigError(
-            f"Mixture source '{name}' is {kind}, not a map-style dataset (one with __len__ and "
-            "__getitem__): a Mixture draws each source's samples by id; pass a map-style "
-            "dataset (e.g. TarShardDataset, ParquetDataset, TokenDataset) or a MixtureSource"
-        )
+    check_source(source, f"Mixture source '{name}'")
     return MixtureSource(source)

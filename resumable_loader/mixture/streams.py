@@ -17,7 +17,7 @@ import hashlib
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, IterableDataset
 
 from resumable_loader._canonical import canonical_json
 from resumable_loader.errors import ConfigError
@@ -52,6 +52,32 @@ class EpochKeyedDataset(Protocol):
         ...
 
 
+def check_source(dataset: Any, what: str) -> None:
+    """ConfigError naming ``what`` unless ``dataset`` is one a Mixture draws from by id (0 to
+    its length): a map-style dataset, not an IterableDataset, and not one that supplies its own
+    order (a Mixture, a Packed: their ids are their orders' codes, and their weights or packs
+    would be silently lost)."""
+    if callable(getattr(dataset, "loader_order", None)) or callable(
+        getattr(dataset, "wrapped_order", None)
+    ):
+        raise ConfigError(
+            f"{what} is a {type(dataset).__name__}, which supplies its own order: it cannot be "
+            "a source of a Mixture (its ids are not 0 to its length); list a Mixture's sources "
+            "in the outer one, with their weights multiplied by its share, and pack the "
+            "outer Mixture (Packed(Mixture(...)))"
+        )
+    if isinstance(dataset, IterableDataset) or not (
+        callable(getattr(dataset, "__getitem__", None))
+        and callable(getattr(dataset, "__len__", None))
+    ):
+        kind = "an IterableDataset" if isinstance(dataset, IterableDataset) else repr(dataset)[:60]
+        raise ConfigError(
+            f"{what} is {kind}, not a map-style dataset (one with __len__ and __getitem__): a "
+            "Mixture draws each source's samples by id; pass a map-style dataset (e.g. "
+            "TarShardDataset, ParquetDataset, TokenDataset) or a MixtureSource"
+        )
+
+
 class MixtureSource:
     """A mixture source with its own order settings (a bare dataset means ``shuffle=True``).
 
@@ -71,6 +97,7 @@ class MixtureSource:
             raise ConfigError(
                 f"MixtureSource: shard_shuffle must be a ShardShuffle, got {shard_shuffle!r}"
             )
+        check_source(dataset, "MixtureSource's dataset")
         length = len(dataset)
         if length < 1:
             raise ConfigError(
