@@ -389,3 +389,22 @@ def test_a_position_past_the_epochs_packs_is_refused() -> None:
     state = make_cursor(seed=7, epoch=0, position=packs + 1, fingerprint=loader.fingerprint())
     with pytest.raises(StateDictError, match=f"position {packs + 1} is past the {packs} packs"):
         loader.load_state_dict(dict(state))
+
+
+class Keyed(Dataset):
+    """Samples as dicts whose tokens are under "input_ids"."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> dict:
+        return {"input_ids": list(range(index + 1))}
+
+
+def test_a_field_the_samples_lack_is_named_with_the_keys_they_have():
+    with pytest.raises(ConfigError, match=r"field='tokens'.*has no 'tokens' .*\['input_ids'\]"):
+        Packed(Keyed(), max_tokens=8, field="tokens")  # lengths read from the samples
+    packed = Packed(Keyed(), max_tokens=8, lengths=[1, 2, 3, 4], field="tokens")
+    with pytest.raises(ConfigError, match=r"has no 'tokens' .*\['input_ids'\]"):
+        next(iter(DataLoader(packed, batch_size=1, seed=0)))
+    assert next(iter(DataLoader(Packed(Keyed(), max_tokens=8), batch_size=1, seed=0)))

@@ -29,7 +29,7 @@ from resumable_loader.packing.batch import Pack, PackBatch
 from resumable_loader.packing.lookahead import Translated
 from resumable_loader.packing.order import PackedOrder
 from resumable_loader.packing.plan import OVERLONG, STRATEGIES
-from resumable_loader.packing.sample_lengths import LengthsArgument, resolve_lengths
+from resumable_loader.packing.sample_lengths import LengthsArgument, resolve_lengths, tokens_of
 from resumable_loader.rngs.sample import sample_place
 from resumable_loader.tokens.dataset import TokenDataset
 
@@ -250,7 +250,7 @@ class Packed(Dataset):
         stands in for, without its own length to check."""
         labels, placed = None, []
         if isinstance(item, Mapping):
-            tokens, labels = item[self.field], item.get("labels")
+            tokens, labels = tokens_of(item, self.field), item.get("labels")
             if item.get("images"):
                 images = list(item["images"])
                 at = list(item.get("image_positions", [0] * len(images)))

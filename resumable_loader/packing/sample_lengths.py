@@ -76,9 +76,23 @@ def _own_lengths(dataset: Dataset, field: str) -> np.ndarray:
     if callable(own):
         return np.asarray(own())
     return np.fromiter(
-        (len(item[field] if isinstance(item, Mapping) else item) for item in _items(dataset)),
+        (len(tokens_of(item, field)) for item in _items(dataset)),
         np.int64,
     )
+
+
+def tokens_of(item: Any, field: str) -> Any:
+    """A sample's tokens: ``item[field]`` of a mapping, else the item itself; a mapping without
+    ``field`` is a ConfigError naming the keys it has."""
+    if not isinstance(item, Mapping):
+        return item
+    try:
+        return item[field]
+    except KeyError:
+        raise ConfigError(
+            f"Packed(field={field!r}): a sample has no {field!r} (it has "
+            f"{sorted(map(str, item))}); pass field= the key that holds its token ids"
+        ) from None
 
 
 def _items(dataset: Dataset) -> Any:
