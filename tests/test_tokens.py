@@ -90,6 +90,15 @@ class TestContent:
         for index in range(len(ds)):
             check_window(ds[index], stream, lengths, index)
 
+    def test_a_for_loop_over_the_dataset_stops_at_its_end(self, corpus):
+        """Past the last window is an IndexError, as a sequence's (the loop protocol's end)."""
+        ds = TokenDataset(corpus[0], SEQ_LEN)
+        assert len(list(ds)) == len(ds)
+        with pytest.raises(IndexError, match=rf"window index {len(ds)} out of range"):
+            ds[len(ds)]
+        with pytest.raises(ConfigError, match="window index must be an int >= 0"):
+            ds[-1]
+
     def test_concat_windows_tile_the_stream_once_per_epoch(self, corpus):
         paths, docs = corpus
         ds = TokenDataset(paths, SEQ_LEN)

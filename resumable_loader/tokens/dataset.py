@@ -172,7 +172,9 @@ class TokenDataset(Reopened, Dataset):
         self, index: int, *, seed: int | None = None, epoch: int | None = None
     ) -> dict[str, torch.Tensor]:
         """Window ``index`` of the stream (in shuffle mode: of epoch ``epoch`` under ``seed``)."""
-        index = check_int("window index", index, high=self.num_windows)
+        index = check_int("window index", index)
+        if index >= self.num_windows:  # an IndexError, as a sequence's: a for loop stops there
+            raise IndexError(f"window index {index} out of range [0, {self.num_windows})")
         start, stop = index * self.seq_len, (index + 1) * self.seq_len + 1
         if self._tables is None:
             if seed is not None or epoch is not None:
