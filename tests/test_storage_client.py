@@ -19,6 +19,7 @@ from shard_factory import write_tar_shards
 from resumable_loader.errors import ShardError, StorageError
 from resumable_loader.index.paths import LISTED
 from resumable_loader.storage import child_listing
+from resumable_loader.storage import client as client_module
 from resumable_loader.storage.child_listing import list_in_child
 from resumable_loader.storage.client import client_for
 from resumable_loader.storage.retry import RetryPolicy
@@ -242,3 +243,25 @@ def test_checking_a_cached_index_imports_no_s3fs(s3_server: str, s3_env, tmp_pat
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split("\n")[-2] == f"{LISTED} []"
+
+
+def test_concurrent_first_requests_set_up_one_s3fs_session(prefix: str, monkeypatch) -> None:
+    """A worker's prefetch starts many requests at once: each set up its own s3fs session
+    (botocore's data files, an SSL context: ~0.1-0.5 s of CPU each, all on fsspec's one I/O
+    thread), and a worker forked after obstore was used spent seconds there (3-26 s an epoch)."""
+    import s3fs
+
+    connects = []
+    real = s3fs.S3FileSystem.connect
+
+    def counting(self, *args, **kwargs):
+        connects.append(self)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "connect", counting)
+    monkeypatch.setattr(client_module, "_CLIENTS", {})  # a client that has connected nothing
+    client = client_for(prefix, {"client": "fsspec", **RELAXED})
+    url = f"{prefix}/a.bin"
+    futures = [client.submit_range(url, start, 100) for start in range(0, 16_000, 1000)]
+    assert [f.result() for f in futures] == [DATA[s : s + 100] for s in range(0, 16_000, 1000)]
+    assert len(connects) == 1

@@ -483,6 +483,7 @@ class FsspecClient(StorageClient):
         self.options = dict(options)
         self._filesystems: dict[tuple[int, str, str], Any] = {}
         self._prepared: set[tuple[int, str, str]] = set()
+        self._connecting: dict[int, threading.Lock] = {}  # per process
 
     def _fs(self, url: str) -> tuple[Any, str]:
         import fsspec
@@ -505,10 +506,16 @@ class FsspecClient(StorageClient):
             return  # listed in a child first (see _list); s3fs is set up only if that fails
 
         def connect() -> None:
-            filesystem, _ = self._fs(url)
-            if urlsplit(url).scheme in ("s3", "s3a"):
-                filesystem.connect()  # s3fs: the aiobotocore session and client
-            self._prepared.add(key)
+            # one connect a process: the prefetch's many first requests, each setting up its
+            # own s3fs session on fsspec's one I/O thread, queued for seconds (a lock per
+            # process: a lock held by a parent's thread at a fork stays held in the child)
+            with self._connecting.setdefault(os.getpid(), threading.Lock()):
+                if key in self._prepared:
+                    return
+                filesystem, _ = self._fs(url)
+                if urlsplit(url).scheme in ("s3", "s3a"):
+                    filesystem.connect()  # s3fs: the aiobotocore session and client
+                self._prepared.add(key)
 
         key = (os.getpid(), urlsplit(url).scheme, os.environ.get("AWS_ENDPOINT_URL", ""))
         if key not in self._prepared:
