@@ -169,7 +169,11 @@ def _live_finder(component: Component) -> Callable[[torch.Tensor], torch.Tensor 
         model = component.obj
         sharing: dict[int, list[torch.Tensor]] = {}
         for t in itertools.chain(model.parameters(), model.buffers()):
-            sharing.setdefault(t.untyped_storage().data_ptr(), []).append(t)
+            try:
+                pointer = t.untyped_storage().data_ptr()
+            except RuntimeError:  # a DTensor (an FSDP2 shard): no storage of its own to ask
+                continue
+            sharing.setdefault(pointer, []).append(t)
         by_storage = {
             pointer: tensors[0]
             for pointer, tensors in sharing.items()
