@@ -690,7 +690,7 @@ class ResumableDataLoader(DataLoader[T_co]):
             seed=self._explicit_seed,
             reasons=reasons,
             epoch_samples=(
-                length if isinstance(refs, OrderedBatchSampler) else _sampler_samples(refs)
+                length if isinstance(refs, OrderedBatchSampler) else refs.epoch_samples()
             ),
         )
         order = resumable_order(self.order)
@@ -784,16 +784,3 @@ def _worker_seed_generator(seed: int, epoch: int) -> torch.Generator:
 
 def _draw_seed(generator: torch.Generator | None) -> int:
     return int(torch.empty((), dtype=torch.int64).random_(generator=generator).item())
-
-
-def _sampler_samples(refs: UserBatchSampler) -> int | None:
-    """The positions of an epoch of a user's sampler: its count of indices (which may pass the
-    dataset's length: drawn with replacement); None if it has no length (an infinite sampler,
-    as torch's DataLoader allows) or yields its own batches (their samples are not known
-    ahead)."""
-    if refs.batched and refs.batch_size is None:
-        return None
-    try:
-        return len(refs.capture.sampler)
-    except TypeError:
-        return None

@@ -273,6 +273,18 @@ class UserBatchSampler(_RefSampler):
     def __len__(self) -> int:
         return self.batches_from(0)
 
+    def epoch_samples(self) -> int | None:
+        """The positions of an epoch: the sampler's count of indices (which may pass the
+        dataset's length: drawn with replacement); None if it has no length (an infinite
+        sampler, as torch's DataLoader allows) or yields its own batches (their samples are
+        not known ahead)."""
+        if self.batched and self.batch_size is None:
+            return None
+        try:
+            return len(self.capture.sampler)
+        except TypeError:
+            return None
+
     def batches_from(self, start: int) -> int:
         """Batches of an epoch after its first ``start`` samples (a TypeError, as torch's
         ``len()``, for a sampler without ``__len__``); a custom batch_sampler's own batches
