@@ -240,6 +240,19 @@ class TestResume:
         assert len(batches) == N // 4
         assert loader.state_dict()["position"] == N
 
+    def test_an_epoch_without_batches_is_at_position_0_until_iterated(self):
+        # drop_last with a dataset smaller than a batch: no batch an epoch. Before the first
+        # iter() the cursor names position 0 (design.md), so a loader given it runs epoch 0 as
+        # a fresh one does, not the epoch after; once iterated, the epoch's end.
+        loader = make(dataset=AugmentedDataset(3), batch_size=4, drop_last=True)()
+        state = loader.state_dict()
+        assert (state["epoch"], state["position"]) == (0, 0)
+        assert list(loader) == []
+        assert (loader.state_dict()["epoch"], loader.state_dict()["position"]) == (0, 3)
+        resumed = make(dataset=AugmentedDataset(3), batch_size=4, drop_last=True)()
+        resumed.load_state_dict(state)
+        assert list(resumed) == [] and resumed.state_dict()["epoch"] == 0
+
     def test_set_epoch_selects_the_epoch(self):
         loader = make()()
         loader.set_epoch(5)

@@ -78,8 +78,8 @@ class Progress:
         if pending is None and requested is None:
             return (self.epoch + 1, 0) if self.started else (self.epoch, 0)
         epoch, position = self._start(requested, pending)
-        if requested is None and self._epoch_complete(position):
-            return epoch + 1, 0  # a state taken after an epoch's last batch
+        if requested is None and position and self._epoch_complete(position):
+            return epoch + 1, 0  # a state taken after an epoch's last batch (0: before it)
         return epoch, position
 
     def sized_epoch(self) -> int:
@@ -117,7 +117,10 @@ class Progress:
         if self._pending is not None or self._requested_epoch is not None:
             epoch, position = self._start(self._requested_epoch, self._pending)
             return epoch, position, self._epoch_complete(position)
-        return self.epoch, self.position, self.complete or self._epoch_complete(self.position)
+        # Not started: position 0 of the first epoch, even one with no batch (else the cursor
+        # would name its end, and a loader given it would skip to the epoch after).
+        ended = self.started and self._epoch_complete(self.position)
+        return self.epoch, self.position, self.complete or ended
 
     @staticmethod
     def _start(requested: int | None, pending: tuple[int, int] | None) -> tuple[int, int]:
