@@ -251,6 +251,7 @@ class TestResume:
         assert (loader.state_dict()["epoch"], loader.state_dict()["position"]) == (0, 3)
         resumed = make(dataset=AugmentedDataset(3), batch_size=4, drop_last=True)()
         resumed.load_state_dict(state)
+        assert resumed.state_dict() == state
         assert list(resumed) == [] and resumed.state_dict()["epoch"] == 0
 
     def test_set_epoch_selects_the_epoch(self):

@@ -116,7 +116,7 @@ class Progress:
         """(epoch, position, complete) as ``state_dict()`` reports it, pending changes included."""
         if self._pending is not None or self._requested_epoch is not None:
             epoch, position = self._start(self._requested_epoch, self._pending)
-            return epoch, position, self._epoch_complete(position)
+            return epoch, position, bool(position) and self._epoch_complete(position)
         # Not started: position 0 of the first epoch, even one with no batch (else the cursor
         # would name its end, and a loader given it would skip to the epoch after).
         ended = self.started and self._epoch_complete(self.position)
