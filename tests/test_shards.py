@@ -85,6 +85,8 @@ class TestExpand:
             ("train-{0..2.tar", ConfigError, r"train-\{0\.\.2\.tar: Unbalanced braces"),
             ([], ConfigError, "no shards given"),
             (["a.tar", "b.tar", "a.tar"], ConfigError, r"a\.tar: named twice"),
+            # one slash after the scheme: not a local path under the working directory
+            ("s3:/bucket/a-{0..1}.tar", ConfigError, r"write 's3://bucket/a-0\.tar'"),
         ],
     )
     def test_bad_specs(self, shard_dir, monkeypatch, spec, error, match):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import glob
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, BinaryIO
 
@@ -18,6 +19,8 @@ LISTED = 8
 # Options of the index's requests (stat, scan, fetch, publish) and of the datasets' reads: the
 # endpoint, credentials and retry knobs of ``storage_options`` (see client_for).
 StorageOptions = Mapping[str, Any] | None
+# "s3:/bucket/key": a URL with one slash after its scheme, which would be read as a local path.
+_ONE_SLASH_URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]+):/(?P<rest>[^/].*)")
 
 
 def fork_safe(storage_options: StorageOptions) -> dict[str, Any]:
@@ -62,6 +65,7 @@ def expand_shards(
             raise ConfigError(f"{pattern}: {error}; check the brace pattern") from None
         for path in expanded:
             path = path.removeprefix("file://")
+            _refuse_one_slash_url(path)
             if not is_url(path):
                 path = os.path.abspath(os.path.expanduser(path))
             if glob.has_magic(path) and (is_url(path) or not os.path.isfile(path)):
@@ -89,6 +93,18 @@ def expand_shards(
             )
         seen[file] = shard
     return shards
+
+
+def _refuse_one_slash_url(path: str) -> None:
+    """Refuse ``s3:/bucket/key`` when no such local file exists: a URL missing a slash, which
+    would otherwise be looked for under the working directory and reported not found there."""
+    typo = _ONE_SLASH_URL.fullmatch(path)
+    if typo and not os.path.exists(path):
+        scheme, rest = typo["scheme"], typo["rest"]
+        raise ConfigError(
+            f"{path}: looks like a URL with one slash after '{scheme}:'; write "
+            f"'{scheme}://{rest}' (or './{path}' for a local path)"
+        )
 
 
 def _directory_hint(path: str) -> str:
