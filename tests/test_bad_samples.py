@@ -215,6 +215,50 @@ def test_a_quarantine_line_that_is_not_an_entry_is_named(tmp_path):
         loader(Corrupt(BAD), str(quarantine), batch_size=4)  # line 2, cut by a kill: skipped
 
 
+def test_an_entry_after_a_line_cut_by_a_kill_is_kept(tmp_path):
+    """The kill cut the last line mid-write (no newline): the next entry starts a line of its
+    own, so only the cut entry is lost (its sample read again), not the next one too."""
+    quarantine = tmp_path / "q"
+    quarantine.mkdir()
+    (quarantine / "quarantine-rank-00000.jsonl").write_text('{"id": 3, "epoch": 0}\n{"id": 4, "ep')
+    dataset = Corrupt(BAD)
+    stream(loader(dataset, str(quarantine), batch_size=4))
+    assert sorted(read_quarantine(quarantine)) == sorted({3} | BAD)
+    again = Corrupt(BAD)
+    stream(loader(again, str(quarantine), batch_size=4))
+    assert again.reads == []  # every bad sample known from the file
+
+
+def test_hand_written_entries_count_and_unreadable_files_are_named(tmp_path):
+    quarantine = tmp_path / "q"
+    quarantine.mkdir()
+    entries = "".join(f'{{"id": {i}}}\n' for i in (1, 2, 3))  # ids only: valid entries
+    (quarantine / "quarantine-rank-00000.jsonl").write_text(entries)
+    with pytest.raises(BadSampleError, match=r"3 samples failed .* sample 3 at epoch \?"):
+        iter(loader(Corrupt(set()), str(quarantine), batch_size=4, max_bad_fraction=0.05))
+    folder = tmp_path / "folder"
+    (folder / "quarantine-rank-00000.jsonl").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"quarantine-rank-00000\.jsonl: cannot read the"):
+        loader(Corrupt(set()), str(folder), batch_size=4)
+    binary = tmp_path / "binary"
+    binary.mkdir()
+    (binary / "quarantine-rank-00000.jsonl").write_bytes(b'\xff\xfe{"id": 2}\n{"id": 5}\n')
+    assert sorted(read_quarantine(binary)) == [5]  # the undecodable line is skipped
+
+
+def test_a_mixture_epoch_limit_is_a_share_of_samples_per_epoch(tmp_path):
+    """The limit is a share of what an epoch reads: a Mixture's samples_per_epoch (20 here:
+    floor(0.05 * 20) = 1), not its sources' samples (96)."""
+    mixture = Mixture(
+        {"a": Corrupt(set(range(0, LENGTH, 3))), "b": Corrupt(set(range(0, LENGTH, 3)))},
+        {"a": 1, "b": 1},
+        samples_per_epoch=20,
+    )
+    data = loader(mixture, str(tmp_path), batch_size=4, max_bad_fraction=0.05)
+    with pytest.raises(BadSampleError, match=r"2 samples failed .* of the 20 it reads .*limit 1"):
+        stream(data)
+
+
 def reference(tmp_path: Path, batch_size: int) -> list[list[int]]:
     """The one-process stream (world size 1), its own quarantine."""
     return stream(

@@ -18,7 +18,8 @@ substituted where it failed and quarantined from then on; a run resumed from bef
 point may then draw another substitute where the flaky sample was a candidate.
 
 The limit: a rank may meet at most ``floor(max_bad_fraction * ceil(length / world_size))``
-distinct failed samples (a failed substitute candidate is one too), counted over the whole
+(``length`` the epoch's: a Mixture's ``samples_per_epoch``, or for an endless one its sources'
+samples) distinct failed samples (a failed substitute candidate is one too), counted over the whole
 run: those its own quarantine file lists, plus those met since the file was read (without a
 ``quarantine_dir``: those this loader met). The main process counts them: each batch comes
 with the failures its load recorded (:class:`WithFailures`, from whichever process loaded
@@ -92,9 +93,14 @@ def read_quarantine(directory: str | os.PathLike | None) -> dict[int, dict[str, 
 def _file_entries(path: Path) -> Iterator[dict[str, Any]]:
     """The entries of one quarantine file, in the order written (none if it does not exist)."""
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8", errors="replace")
     except FileNotFoundError:
         return
+    except OSError as error:  # a folder of that name, say
+        raise ConfigError(
+            f"{path}: cannot read the quarantine file ({error.strerror or error}); remove "
+            "what is there, or give another quarantine_dir"
+        ) from None
     for number, line in enumerate(text.splitlines(), 1):
         try:
             entry = json.loads(line)
@@ -150,7 +156,9 @@ class BadSamples:
             count) and the log only.
         rank, world_size: this loader's data-parallel place (its file, its share of samples).
         length: how many ids the dataset has (candidates are drawn from them; for a Mixture,
-            its ``id_count``; the bad fraction is counted against it too).
+            its ``id_count``).
+        epoch_length: how many samples an epoch reads, all ranks together (the bad fraction
+            is counted against a rank's share of it).
     """
 
     def __init__(
@@ -161,6 +169,7 @@ class BadSamples:
         rank: int,
         world_size: int,
         length: int,
+        epoch_length: int,
     ) -> None:
         if isinstance(max_bad_fraction, bool) or not isinstance(max_bad_fraction, (int, float)):
             raise ConfigError(
@@ -180,7 +189,8 @@ class BadSamples:
                     "every rank can write"
                 ) from None
         self.rank, self.world_size, self.length = rank, world_size, length
-        self.limit = math.floor(self.max_bad_fraction * math.ceil(length / world_size))
+        self.share = math.ceil(epoch_length / world_size)  # what the rank reads an epoch
+        self.limit = math.floor(self.max_bad_fraction * self.share)
         self.known = read_quarantine(self.quarantine_dir)
         self._epoch: int | None = None
         self._recording = True  # log, quarantine and report failures (not in the probe's copy)
@@ -309,9 +319,7 @@ class BadSamples:
             entry["error"],
         )
         if self.quarantine_dir is not None:
-            path = quarantine_file(self.quarantine_dir, self.rank)
-            with open(path, "a") as f:  # one short line per write: appends do not interleave
-                f.write(json.dumps(entry) + "\n")
+            _append(quarantine_file(self.quarantine_dir, self.rank), json.dumps(entry))
         self._new.append(entry)
 
     def reported(self, batch: Any) -> Any:
@@ -363,7 +371,6 @@ class BadSamples:
         if count <= self.limit:
             return
         last = next(reversed(self._counted.values()))
-        share = math.ceil(self.length / self.world_size)
         if self.quarantine_dir is None:
             where, fix = "this loader: no quarantine_dir", "each one was logged"
         else:
@@ -375,11 +382,23 @@ class BadSamples:
             )
         raise BadSampleError(
             f"rank {self.rank}: {count} samples failed to load ({where}), more than "
-            f"max_bad_fraction={self.max_bad_fraction} of the {share} it reads an epoch "
+            f"max_bad_fraction={self.max_bad_fraction} of the {self.share} it reads an epoch "
             f"(limit {self.limit}, counted over the whole run); the last: sample {last['id']} "
-            f"at epoch {last['epoch']}, position {last['position']}: {last['error']}; check "
+            f"at epoch {last.get('epoch', '?')}, position {last.get('position', '?')}: "
+            f"{last.get('error', 'error not recorded')}; check "
             f"the data ({fix}), or raise max_bad_fraction"
         )
+
+
+def _append(path: Path, line: str) -> None:
+    """Append ``line`` to ``path`` as a line of its own: after a line a kill cut mid-write
+    (no newline at the end of the file), on a new line, so that only the cut entry is lost."""
+    with open(path, "ab+") as f:  # one short write per line: appends do not interleave
+        size, cut = f.seek(0, os.SEEK_END), False
+        if size:
+            f.seek(size - 1)
+            cut = f.read(1) != b"\n"
+        f.write(b"\n" * cut + f"{line}\n".encode())
 
 
 def _shard_of(dataset: Any, sample_id: int) -> str | None:
@@ -413,12 +432,16 @@ def make(
             "on_sample_error='substitute' needs a map-style dataset (substitutes are drawn "
             f"from its ids), got {type(dataset).__name__}"
         )
-    # a Mixture's ids are its sources' samples, its len() the epoch's length (maybe endless)
     ids = getattr(dataset, "id_count", None)
+    if ids is None:
+        length = epoch_length = len(dataset)
+    else:  # a Mixture: its sources' samples; its epoch is samples_per_epoch (None: endless)
+        length, epoch_length = ids, getattr(dataset, "samples_per_epoch", None) or ids
     return BadSamples(
         max_bad_fraction=max_bad_fraction,
         quarantine_dir=quarantine_dir,
         rank=rank,
         world_size=world_size,
-        length=len(dataset) if ids is None else ids,
+        length=length,
+        epoch_length=epoch_length,
     )
