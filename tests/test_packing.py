@@ -408,3 +408,41 @@ def test_a_field_the_samples_lack_is_named_with_the_keys_they_have():
     with pytest.raises(ConfigError, match=r"has no 'tokens' .*\['input_ids'\]"):
         next(iter(DataLoader(packed, batch_size=1, seed=0)))
     assert next(iter(DataLoader(Packed(Keyed(), max_tokens=8), batch_size=1, seed=0)))
+
+
+class Given(Dataset):
+    """Samples given as they are, one a position."""
+
+    def __init__(self, samples: list) -> None:
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.samples[index]
+
+
+@pytest.mark.parametrize(
+    ("samples", "match"),
+    [
+        ([[1.5, 2.7], [3.9]], r"sample 0's 'input_ids' is not .*integer .*float64"),  # not cut
+        ([torch.tensor([1.0, 2.0])], r"integer .*float32"),
+        (["abc"], r"integer token ids \(got <U3 values of shape \(\)\)"),
+        ([torch.zeros(2, 3, dtype=torch.long)], r"shape \(2, 3\)"),
+        ([{"input_ids": [1, 2], "labels": [0.5, 1.0]}], r"sample 0's 'labels' is not"),
+    ],
+)
+def test_tokens_that_are_not_integer_ids_are_refused(samples: list, match: str) -> None:
+    packed = Packed(Given(samples), max_tokens=8)
+    with pytest.raises(ConfigError, match=match):
+        next(iter(DataLoader(packed, batch_size=None, seed=0)))
+
+
+def test_an_iterable_dataset_is_refused_as_not_map_style() -> None:
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            yield [1, 2]
+
+    with pytest.raises(ConfigError, match=r"Packed needs a map-style dataset .*got Stream"):
+        Packed(Stream(), max_tokens=8)

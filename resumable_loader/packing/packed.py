@@ -83,6 +83,12 @@ class Packed(Dataset):
                 "boundaries, and lose those boundaries; to pack whole documents, pass "
                 "TokenDocuments(paths) over the same shards (its lengths are the documents')"
             )
+        if not (callable(getattr(dataset, "__len__", None)) and hasattr(dataset, "__getitem__")):
+            raise ConfigError(
+                f"Packed needs a map-style dataset (len() and [i]: its samples' lengths are "
+                f"planned ahead), got {type(dataset).__name__}; write the samples to shards, or "
+                "wrap them in a map-style Dataset"
+            )
         self.dataset = dataset
         self.max_tokens = check_int("max_tokens", max_tokens, low=1)
         self.window = check_int("window", window, low=1)
@@ -257,7 +263,8 @@ class Packed(Dataset):
                 placed = list(zip(images, at, strict=True))
         else:
             tokens = item
-        tokens = _int64(tokens)
+        which = "a substitute" if sample_id is None else f"sample {sample_id}"
+        tokens = _int64(tokens, f"{which}'s '{self.field}'")
         if sample_id is not None and len(tokens) > self.lengths[sample_id]:
             raise ConfigError(
                 f"sample {sample_id} has {len(tokens)} tokens in '{self.field}', but its "
@@ -265,7 +272,7 @@ class Packed(Dataset):
                 "rebuild them (resumable-loader index --length) or pass the current ones"
             )
         if labels is not None:
-            labels = _int64(labels)
+            labels = _int64(labels, f"{which}'s 'labels'")
             if len(labels) != len(tokens):
                 raise ConfigError(
                     f"sample {sample_id} has {len(labels)} 'labels' for {len(tokens)} tokens in "
@@ -298,11 +305,24 @@ class Packed(Dataset):
         )
 
 
-def _int64(values: Any) -> np.ndarray:
-    """Tokens (a tensor, an array, a list) as an int64 array, without a copy when they are."""
+def _int64(values: Any, what: str) -> np.ndarray:
+    """Tokens (a tensor, an array, a list) as an int64 array, without a copy when they are.
+
+    Raises:
+        ConfigError: not one integer id a token (floats are refused, not truncated).
+    """
     if isinstance(values, torch.Tensor):
         values = values.numpy()
-    return np.asarray(values).astype(np.int64, copy=False)
+    try:
+        array = np.asarray(values)
+    except ValueError:  # ragged nested lists
+        array = np.asarray(values, dtype=object)
+    if array.ndim != 1 or (len(array) and array.dtype.kind not in "iu"):
+        raise ConfigError(
+            f"{what} is not a sequence of integer token ids (got {array.dtype} values of shape "
+            f"{array.shape}); give one int id a token, in a list, an array or a 1-D tensor"
+        )
+    return array.astype(np.int64, copy=False)
 
 
 def _images_by_pack(
