@@ -17,6 +17,11 @@ def _index(args: argparse.Namespace) -> int:
     from resumable_loader.index.file import SUFFIX
     from resumable_loader.index.sharded import ShardedIndex
 
+    if args.out is not None and (os.path.isdir(args.out) or not os.path.basename(args.out)):
+        raise ConfigError(
+            f"--out {args.out}: a directory; name the index file in it, e.g. --out "
+            f"{os.path.join(args.out, 'train' + SUFFIX)}"
+        )
     if args.out is not None and not args.out.endswith(SUFFIX):
         # refused, not renamed: the file is where the user said, or nowhere
         raise ConfigError(

@@ -56,6 +56,7 @@ def test_index_with_skip_lists_what_it_left_out(tmp_path, capsys):
         (["index", "{tmp}/absent.tar", "--quiet"], "index: error: {tmp}/absent.tar: shard not"),
         (["index", "{tmp}/*.tar"], "index: error: {tmp}/*.tar: the pattern matches no file"),
         (["index", "{tmp}/bad.tar", "--quiet"], "index: error: {tmp}/bad.tar: member 'README'"),
+        (["index", "{tmp}/bad.tar", "--out", "{tmp}/"], "index: error: --out {tmp}/: a directory"),
     ],
 )
 def test_errors_are_one_line_with_status_2(tmp_path, capsys, argv, message):

@@ -151,6 +151,12 @@ def test_out_is_a_prefix_not_a_file_name(tmp_path, tokenizer, inputs):
         ConfigError, match=r"--out .*web\.bin: the output is a prefix .*--out .*web$"
     ):
         tokenize_files(inputs, tokenizer=tokenizer, out=tmp_path / "web.bin", progress=False)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    for out in (folder, f"{folder}/"):  # it would write the hidden out/.bin and out/.idx
+        with pytest.raises(ConfigError, match=r"a directory, .*--out .*out/tokens"):
+            tokenize_files(inputs, tokenizer=tokenizer, out=out, progress=False)
+    assert list(folder.iterdir()) == []
 
 
 def test_sigterm_leaves_no_partial_output_and_a_killed_writers_files_go(tmp_path, tokenizer):

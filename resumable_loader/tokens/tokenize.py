@@ -101,6 +101,12 @@ def _check_paths(paths: list[str], out: str | os.PathLike) -> int:
             f"{missing[0]}: no such input file ({len(missing)} of {len(paths)} inputs missing: "
             f"{missing[:3]}); check the paths"
         )
+    if os.path.isdir(out) or not os.path.basename(os.fspath(out)):
+        raise ConfigError(
+            f"--out {os.fspath(out)}: a directory, but the output is a prefix (it writes "
+            f"PREFIX.bin and PREFIX.idx); pass a prefix in it, e.g. --out "
+            f"{os.path.join(os.fspath(out), 'tokens')}"
+        )
     if os.fspath(out).endswith((".bin", ".idx")):
         prefix = os.fspath(out)[:-4]
         raise ConfigError(
