@@ -558,3 +558,25 @@ def test_datasets_sharing_a_cache_dir_never_read_each_others_blocks(tmp_path):
         os.utime(path, (time.time() + 5, time.time() + 5))
     got, _, _ = load(prefetching(train, tmp_path / "cache"), workers=0)
     assert {sample[1][:5] for sample in got} == {"tRain"}
+
+
+def test_a_dataset_dropped_without_close_leaves_no_fetch_threads(shards, tmp_path):
+    """A loader built per epoch (or per evaluation) over a prefetching dataset: each one's
+    fetch threads and block files go when it is collected, not at exit."""
+    import threading
+
+    def fetch_threads() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name.startswith("resumable-fetch")}
+
+    for number in range(3):
+        before = fetch_threads()
+        dataset = prefetching(shards, tmp_path / f"cache{number}")
+        load(dataset, workers=0, batches=2)
+        own = fetch_threads() - before
+        assert own  # it fetched on threads of its own
+        del dataset
+        deadline = time.monotonic() + 10
+        while any(t.is_alive() for t in own) and time.monotonic() < deadline:
+            gc.collect()  # once the fetches it queued are done, nothing holds the dataset
+            time.sleep(0.05)  # and each thread ends once it sees the pool shut down
+        assert not any(t.is_alive() for t in own)

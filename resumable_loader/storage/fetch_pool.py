@@ -59,14 +59,10 @@ class FirstUsePool:
                 if not self._queue:
                     return  # shut down
                 _, _, future, call, args = heapq.heappop(self._queue)
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                result = call(*args)
-            except BaseException as error:  # handed to whoever waits on the future
-                future.set_exception(error)
-            else:
-                future.set_result(result)
+            _run(future, call, args)
+            # an idle thread holds nothing: a call's object (a dataset's reader) is freed once
+            # nothing else holds it, and with it this pool
+            del future, call, args
 
     def shutdown(self) -> None:
         """Cancel what has not started; calls running finish; the threads then end."""
@@ -76,3 +72,15 @@ class FirstUsePool:
             self._ready.notify_all()
         for _, _, future, _, _ in waiting:
             future.cancel()
+
+
+def _run(future: Future, call: Callable[..., Any], args: tuple) -> None:
+    """Run ``call(*args)`` for ``future``, unless it was cancelled."""
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        result = call(*args)
+    except BaseException as error:  # handed to whoever waits on the future
+        future.set_exception(error)
+    else:
+        future.set_result(result)

@@ -30,6 +30,7 @@ import os
 import tempfile
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -216,7 +217,7 @@ class ShardReader:
         self._mean = index.mean_sample_bytes
         root = node_cache_root(index, options, self.block_size)
         self.cache = _open_cache(root, self._sizes, self.block_size, cache_bytes, options)
-        self.cache.next_use = self._next_use
+        self.cache.next_use = _weak_clock(self._next_use)  # the cache must not hold the reader
         self.cached = cache_bytes > 0
         self.stats_file = StatsFile(root / "stats", token)
         self.stats = self.stats_file.stats
@@ -237,6 +238,9 @@ class ShardReader:
         self._total = int(self._sizes.sum())
         self._room = capacity if self._total <= capacity else capacity // 2
         self._pool = FirstUsePool(options.threads, "resumable-fetch")
+        # The threads and block files go with the reader: a dataset dropped without close()
+        # (one built per epoch, say) left its 16 idle threads and its descriptors behind.
+        self._release = weakref.finalize(self, _release, self._pool, self.cache)
         self._lock = threading.Lock()
         # The first request of a process opens the client's session; a burst of first requests
         # from many threads measured 6-12 s with s3fs (each sets up a session), one then the
@@ -617,8 +621,25 @@ class ShardReader:
 
     def close(self) -> None:
         """Stop the fetch threads (fetches in flight finish; nothing new starts)."""
-        self._pool.shutdown()
-        self.cache.close()
+        self._release()
+
+
+def _weak_clock(method: Callable[[Key], float]) -> Callable[[Key], float]:
+    """A reader's ``_next_use`` that does not keep the reader alive (once it is gone, no block
+    has a next use)."""
+    reference = weakref.WeakMethod(method)
+
+    def next_use(key: Key) -> float:
+        live = reference()
+        return math.inf if live is None else live(key)
+
+    return next_use
+
+
+def _release(pool: FirstUsePool, cache: NodeCache) -> None:
+    """What closing a reader (or collecting it) frees: its threads, then its block files."""
+    pool.shutdown()
+    cache.close()
 
 
 def hash_slot(key: Key, slots: int) -> int:
