@@ -329,6 +329,28 @@ def test_a_failed_async_save_is_raised_by_the_next_call_and_never_committed(tmp_
     checkpointer = Checkpointer(tmp_path, async_save=True)
     monkeypatch.setattr(module.dcp, "async_save", failing)
     checkpointer.save(1, state)
-    with pytest.raises(CheckpointError, match="asynchronous save failed: No space left"):
+    with pytest.raises(CheckpointError, match=r"asynchronous save failed \(OSError: No space"):
         checkpointer.save(2, state)
-    assert checkpointer.steps() == []
+    assert checkpointer.steps() == [] and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_a_save_that_cannot_write_is_a_checkpoint_error_and_leaves_no_partial_folder(tmp_path):
+    """A full disk (here a file size limit): DCP raises its CheckpointException, which is not
+    an Exception and whose text is a traceback per rank; the save removes what it wrote."""
+    import resource
+
+    state, _ = trained(1)
+    checkpointer = Checkpointer(tmp_path)
+    checkpointer.save(1, state)
+    big = {**state, "big": torch.nn.Linear(1000, 1000)}  # 4 MB, past the limit below
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, hard))
+    try:
+        with pytest.raises(
+            CheckpointError,
+            match=r"save of step 2 into .* failed \(rank 0: OSError: \[Errno 27\] File too large",
+        ):
+            checkpointer.save(2, big)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert checkpointer.steps() == [1] and not list(tmp_path.glob(".tmp-*"))

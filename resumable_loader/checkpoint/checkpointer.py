@@ -176,10 +176,21 @@ class Checkpointer:
             )
             self._pending = future
             return self.directory.step_dir(step)
-        with collective.single_process_quiet():
-            dcp.save(app_state, **kwargs)
-        if rank == 0:
-            self._commit(step, record, {**rng_files, **writer.files})
+        try:
+            with collective.single_process_quiet():
+                dcp.save(app_state, **kwargs)
+            if rank == 0:
+                self._commit(step, record, {**rng_files, **writer.files})
+        except BaseException as error:  # DCP's CheckpointException is not an Exception
+            if rank == 0:
+                self.directory.discard(step)
+            if isinstance(error, (KeyboardInterrupt, SystemExit)):
+                raise
+            raise CheckpointError(
+                f"the save of step {step} into {self.directory.root} failed ({_cause(error)}); "
+                "nothing was committed and its partial files are removed: the newest "
+                "checkpoint is unchanged. Free space or fix the folder, then save again"
+            ) from error
         collective.barrier()
         return self.directory.step_dir(step)
 
@@ -203,6 +214,8 @@ class Checkpointer:
                 self._commit(step, record, {**rng_files, **writer.files})
         except BaseException as error:  # handed to wait(), which raises it
             self._finish_error = error
+            if collective.rank() == 0:
+                self.directory.discard(step)
         finally:
             self._finished.set()
 
@@ -215,7 +228,10 @@ class Checkpointer:
         self._finished.wait()
         if self._finish_error is not None:
             error, self._finish_error = self._finish_error, None
-            raise CheckpointError(f"the asynchronous save failed: {error}") from error
+            raise CheckpointError(
+                f"the asynchronous save failed ({_cause(error)}); nothing was committed: the "
+                "newest checkpoint is unchanged"
+            ) from error
 
     # -- load ------------------------------------------------------------------------------
 
@@ -422,3 +438,25 @@ class Checkpointer:
 def _undo(found: dict[str, Component]) -> None:
     for component in found.values():
         component.undo()
+
+
+def _cause(error: BaseException) -> str:
+    """What made a save fail, in one line: each failed rank's innermost exception (DCP wraps
+    a rank's ``OSError: [Errno 28] No space left`` in a RuntimeError, in its
+    CheckpointException, whose text is a traceback per rank)."""
+    failures = getattr(error, "failures", None)
+    if isinstance(failures, dict) and failures:
+        return "; ".join(
+            f"rank {rank}: {_innermost(wrapped[0])}" for rank, wrapped in sorted(failures.items())
+        )
+    return _innermost(error)
+
+
+def _innermost(error: BaseException) -> str:
+    for _ in range(16):  # a chain of causes, never a cycle
+        inner = error.__cause__ or error.__context__
+        if inner is None:
+            break
+        error = inner
+    lines = str(error).splitlines() or [""]
+    return f"{type(error).__name__}: {lines[0]}"[:300]

@@ -81,6 +81,11 @@ class CheckpointDirectory:
         tmp.mkdir()
         return tmp
 
+    def discard(self, step: int) -> None:
+        """Remove the temporary folder of a save of ``step`` that failed (its partial files
+        take space on a disk that may be full)."""
+        shutil.rmtree(self.tmp_dir(step), ignore_errors=True)
+
     def commit(self, step: int) -> Path:
         """Make the temporary folder of ``step`` the checkpoint of ``step``, in one rename, and
         point ``latest`` at it (replaced atomically, after the rename).
