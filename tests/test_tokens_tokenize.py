@@ -159,6 +159,23 @@ def test_out_is_a_prefix_not_a_file_name(tmp_path, tokenizer, inputs):
     assert list(folder.iterdir()) == []
 
 
+def test_a_write_that_fails_is_a_shard_error_naming_the_output_and_leaves_nothing(
+    tmp_path, tokenizer, inputs
+):
+    import resource
+
+    out = tmp_path / "out"
+    out.mkdir()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (256, hard))  # a disk that fills at 256 bytes
+    try:
+        with pytest.raises(ShardError, match=r"out/web: cannot write the token shard \(File too"):
+            tokenize_files(inputs, tokenizer=tokenizer, out=out / "web", progress=False)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert list(out.iterdir()) == []  # no .tmp- file either
+
+
 def test_sigterm_leaves_no_partial_output_and_a_killed_writers_files_go(tmp_path, tokenizer):
     """A scheduler's SIGTERM mid-run removes the partial .bin like Ctrl-C; a SIGKILL's leftovers
     (no cleanup runs) are removed by the next writer of the same prefix."""

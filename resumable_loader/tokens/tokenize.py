@@ -67,7 +67,10 @@ def tokenize_files(
     largest = max([*encoder.get_vocab(with_added_tokens=True).values(), eod_id])
     dtype = np.uint16 if largest < 2**16 else np.int32
     total = _check_paths(paths, out)
-    writer = MegatronWriter(out, dtype=dtype)
+    try:
+        writer = MegatronWriter(out, dtype=dtype)
+    except OSError as error:
+        raise _unwritable(out, error) from None
     documents = 0
     bar = tqdm(
         total=total, unit="B", unit_scale=True, disable=not progress, desc=f"tokenize -> {out}"
@@ -85,11 +88,20 @@ def tokenize_files(
                 "or .parquet without rows); a token shard must hold one, so nothing was written"
             )
         return writer.close()
-    except BaseException:
+    except BaseException as error:
         writer.abort()  # no .tmp- file is left behind, whatever failed
+        if isinstance(error, OSError):  # the disk, not the inputs: reading them raises ours
+            raise _unwritable(out, error) from None
         raise
     finally:
         bar.close()
+
+
+def _unwritable(out: str | os.PathLike, error: OSError) -> ShardError:
+    return ShardError(
+        f"{os.fspath(out)}: cannot write the token shard ({error.strerror or error}); nothing "
+        "was left behind; choose another place (--out) or free space"
+    )
 
 
 def _check_paths(paths: list[str], out: str | os.PathLike) -> int:
