@@ -377,6 +377,38 @@ def test_keep_last_never_deletes_the_last_verified_checkpoint(tmp_path):
     assert checkpointer.steps() == [8, 10]
 
 
+def test_a_fallback_records_what_it_took_as_the_verified_checkpoint_and_keeps_it(tmp_path):
+    """The verified one damaged since: the fallback's checkpoint is recorded instead, and kept
+    by the saves of the run that trains on from it (also past a re-save of the damaged step),
+    so a fallback still finds it when the newer ones are damaged too."""
+    state, digests = checkpoints(tmp_path, [1, 2, 3, 4], keep_last=2)
+    Checkpointer(tmp_path).load(build(4, 0))  # step 4 verified
+    flip(tmp_path / "step-0000000004" / "__0_0.distcp", 300)
+    checkpointer = Checkpointer(tmp_path, keep_last=2)
+    assert checkpointer.load(build(4, 0))["step"] == 3
+    assert (tmp_path / "verified").read_text() == "step-0000000003\n"
+    for step in (4, 5, 6):  # trains on from step 3: re-saves step 4
+        checkpointer.save(step, state)
+    assert checkpointer.steps() == [3, 5, 6]
+    for step in (5, 6):
+        flip(tmp_path / f"step-{step:010d}" / "__0_0.distcp", 300)
+    fresh = build(4, 0)
+    assert Checkpointer(tmp_path).load(fresh)["step"] == 3 and digest(fresh) == digests[3]
+
+
+def test_a_verified_checkpoint_that_fails_verify_or_is_saved_again_is_no_longer_recorded(
+    tmp_path,
+):
+    state, _ = checkpoints(tmp_path, [1, 2])
+    checkpointer = Checkpointer(tmp_path)
+    assert checkpointer.verify(2) == [] and (tmp_path / "verified").exists()
+    flip(tmp_path / "step-0000000002" / "__0_0.distcp", 300)
+    assert checkpointer.verify(2) and not (tmp_path / "verified").exists()
+    assert checkpointer.verify(1) == [] and (tmp_path / "verified").exists()
+    checkpointer.save(1, state)  # a re-save: its content was never verified
+    assert not (tmp_path / "verified").exists()
+
+
 def test_loading_the_verified_checkpoint_again_leaves_its_pointer_alone(tmp_path):
     """Step 0 too: the pointer was rewritten (a rename) by every load of step 0."""
     checkpoints(tmp_path, [0])

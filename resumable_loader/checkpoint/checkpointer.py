@@ -344,8 +344,11 @@ class Checkpointer:
         chosen, prepared, skipped, integrity_note = loading.choose(
             candidates, checksums=checksums, fallback=fallback, prepare=prepare, staged=staged
         )
-        if integrity_note["mode"] == "verified" and rank == 0:
-            self.directory.mark_verified(chosen.manifest["step"])
+        if rank == 0:
+            for entry in skipped:  # found unsound: no longer what a fallback can count on
+                self.directory.forget_verified(Path(entry["checkpoint"]))
+            if integrity_note["mode"] == "verified":
+                self.directory.mark_verified(chosen.manifest["step"])
         plan = prepared.plan
         saved = plan["manifest"]
 
@@ -412,6 +415,8 @@ class Checkpointer:
         found = inspection.inspect(checkpoint)
         if not found.problems and found.manifest is not None:
             self.directory.mark_verified(found.manifest["step"])
+        elif found.problems:
+            self.directory.forget_verified(checkpoint)
         return found.problems
 
     def probe(self, model: nn.Module, loss_fn: probe_mod.LossFn) -> dict[str, Any]:

@@ -99,6 +99,7 @@ class CheckpointDirectory:
             raise CheckpointError(
                 f"{tmp}: no {MANIFEST_NAME}, so the save is incomplete and is not committed"
             )
+        self.forget_verified(final)  # a re-save replaces what was verified
         _fsync_dir(tmp)  # the entries of the files written inside
         old, replaced = self.root / f"{_OLD}{final.name}", False
         while True:
@@ -194,6 +195,14 @@ class CheckpointDirectory:
         pointer = self.root / f".{VERIFIED_NAME}.tmp-{os.getpid()}"
         pointer.write_text(f"{self.step_dir(step).name}\n")
         os.replace(pointer, self.root / VERIFIED_NAME)
+
+    def forget_verified(self, folder: Path) -> None:
+        """The checkpoint in ``folder`` no longer counts as verified: it failed a check since,
+        or a re-save of its step replaces it. If the record names it, the record goes, so that
+        the next checkpoint to pass (an older one a fallback took, say) is recorded and kept."""
+        match = _STEP_NAME.fullmatch(folder.name)
+        if match and self.verified_step() == int(match.group(1)):
+            (self.root / VERIFIED_NAME).unlink(missing_ok=True)
 
     def verified_step(self) -> int | None:
         """The step of the newest checkpoint that passed verification and still exists."""
