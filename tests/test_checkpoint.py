@@ -122,6 +122,20 @@ def test_keep_last_and_latest(tmp_path):
     assert layout.read_latest() == "step-0000000004"
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert Checkpointer(tmp_path).load(build(4, 0), step=3)["step"] == 3
+    assert (tmp_path / "resume-0000000003.json").is_file()
+    (tmp_path / ".resume-0000000004.json.tmp-99999").write_text("{")  # a kill mid-publish
+    for step in (5, 6):
+        train_step(state, state["model"], next(stream))
+        checkpointer.save(step, state)
+
+    def records() -> list[str]:
+        return sorted(p.name for p in tmp_path.iterdir() if "resume" in p.name)
+
+    # step 3 is kept as the verified one, with its record; the cut one went with the prune
+    assert checkpointer.steps() == [3, 5, 6] and records() == ["resume-0000000003.json"]
+    assert checkpointer.verify() == []  # step 6 verified: step 3 may go, and its record
+    checkpointer.save(7, state)
+    assert checkpointer.steps() == [6, 7] and records() == []
 
 
 def test_newest_complete_checkpoint_wins_over_debris_and_the_next_save_clears_it(tmp_path):

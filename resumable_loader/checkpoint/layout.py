@@ -214,9 +214,10 @@ class CheckpointDirectory:
         return step if step is not None and step in self.complete_steps() else None
 
     def prune(self, keep_last: int) -> list[int]:
-        """Remove all but the newest ``keep_last`` complete checkpoints, and what killed saves
-        left (temporary folders, half-removed checkpoints, an earlier checkpoint moved aside
-        whose step has a new one); return the removed steps. The newest checkpoint that passed
+        """Remove all but the newest ``keep_last`` complete checkpoints (and the records of
+        resumes from them), and what killed saves left (temporary folders, half-removed
+        checkpoints, an earlier checkpoint moved aside whose step has a new one, a resume
+        record half written); return the removed steps. The newest checkpoint that passed
         verification is kept whatever its age.
 
         Called right after a commit, when no other save of this directory is in progress.
@@ -229,10 +230,13 @@ class CheckpointDirectory:
             doomed = self.root / f"{_REMOVING}{self.step_dir(step).name}"
             os.rename(self.step_dir(step), doomed)
             shutil.rmtree(doomed)
+            self.resume_record(step).unlink(missing_ok=True)
         for entry in self.root.iterdir():
             if entry.name.startswith((".tmp-step-", f"{_OLD}step-", f"{_REMOVING}step-")):
                 shutil.rmtree(entry, ignore_errors=True)
-            elif entry.name.startswith((f".{LATEST_NAME}.tmp-", f".{VERIFIED_NAME}.tmp-")):
+            elif entry.name.startswith((f".{LATEST_NAME}.tmp-", f".{VERIFIED_NAME}.tmp-")) or (
+                entry.name.startswith(".resume-") and ".json.tmp-" in entry.name
+            ):
                 entry.unlink(missing_ok=True)
         return removed
 
