@@ -203,6 +203,8 @@ def test_bad_arguments(tmp_path):
         Checkpointer(tmp_path).load(build(4, 0), mode="lenient")
     with pytest.raises(CheckpointError, match="no complete checkpoint"):
         Checkpointer(tmp_path).load(build(4, 0))
+    with pytest.raises(CheckpointError, match=r"absent: no such directory, so no checkpoint"):
+        Checkpointer(tmp_path / "absent").load(build(4, 0))
     with pytest.raises(CheckpointError, match="has no state_dict"):
         Checkpointer(tmp_path).save(1, {"model": torch.nn.Linear(2, 2), "count": 3})
     with pytest.raises(CheckpointError, match="optimizer's parameters belong to no"):

@@ -171,6 +171,11 @@ class CheckpointDirectory:
 
     def find(self, step: int | None) -> Path:
         """The checkpoint of ``step``, or the newest complete one when ``step`` is None."""
+        if not self.root.is_dir():
+            raise CheckpointError(
+                f"{self.root}: no such directory, so no checkpoint; check the path, or start "
+                "the run afresh without load()"
+            )
         steps = self.complete_steps()
         if not steps:
             raise CheckpointError(
@@ -182,7 +187,7 @@ class CheckpointDirectory:
         if step not in steps:
             raise CheckpointError(
                 f"{self.root}: no complete checkpoint of step {step}; complete steps are "
-                f"{steps}; pass one of them, or step=None for the newest"
+                f"{steps}; pass one of them, or no step for the newest"
             )
         return self.step_dir(step)
 
