@@ -122,7 +122,7 @@ def _verify_data(args: argparse.Namespace) -> int:
         print(problem)
     if len(report.problems) > args.show:
         print(f"... and {len(report.problems) - args.show} more (--show N lists N)")
-    failed = len(report.problems)
+    failed = report.failed
     verdict = f"{failed} of {report.samples} samples failed" if failed else "OK"
     where = _common_folder(report.shards)
     print(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import uuid
+from pathlib import Path
 
 import fsspec
 import numpy as np
@@ -164,3 +165,55 @@ class TestBadFiles:
             f.write(b"garbage!")  # the footer's length and magic
         with pytest.raises(ShardError, match=r"part-0001\.parquet: cannot open the shard"):
             dataset[12]
+
+
+def _flip_in_place(path: str, offset: int) -> None:
+    """Flip a byte at ``offset`` keeping the file's size and mtime (no stat can see it)."""
+    info = os.stat(path)
+    data = bytearray(Path(path).read_bytes())
+    data[offset] ^= 0xFF
+    with open(path, "r+b") as f:
+        f.write(data)
+    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+
+
+class TestDamageAfterIndexing:
+    """Damage that keeps a file's size and mtime: found where Parquet can find it."""
+
+    def rows_file(self, tmp_path, **options) -> tuple[str, int]:
+        """A file of 100 string rows, and the offset of row 41's first byte."""
+        path = str(tmp_path / "rows.parquet")
+        texts = [f"row-{i:04d}" for i in range(100)]
+        pq.write_table(
+            pa.table({"text": texts}), path, compression="none", use_dictionary=False, **options
+        )
+        return path, Path(path).read_bytes().index(b"row-0041")
+
+    def test_a_page_with_a_checksum_fails_its_read_and_verify_data(self, tmp_path, capsys):
+        from resumable_loader.cli import main
+
+        path, at = self.rows_file(tmp_path, write_page_checksum=True)
+        dataset = ParquetDataset([path])
+        _flip_in_place(path, at + 5)
+        with pytest.raises(ShardError, match=r"rows\.parquet: cannot read row group 0 \(.*CRC"):
+            ParquetDataset([path])[41]
+        assert main(["verify-data", path]) == 1
+        printed = capsys.readouterr().out
+        assert "CRC checksum verification failed" in printed
+        assert "checked 100 samples" in printed and "100 of 100 samples failed" in printed
+        assert len(dataset) == 100
+
+    def test_a_string_that_is_no_longer_utf8_is_a_shard_error(self, tmp_path):
+        path, at = self.rows_file(tmp_path)
+        ParquetDataset([path])  # indexed while sound
+        _flip_in_place(path, at + 1)  # "r" -> 0x8d: not UTF-8
+        for read in (lambda d: d[41], lambda d: d.__getitems__([3, 41])):
+            with pytest.raises(ShardError, match=r"rows\.parquet: cannot read row group 0 .*utf-8"):
+                read(ParquetDataset([path]))
+
+    def test_verify_data_passes_sound_files(self, parts, capsys):
+        from resumable_loader.cli import main
+
+        ParquetDataset(parts)  # indexed while sound: verify-data checks against that
+        assert main(["verify-data", *parts]) == 0
+        assert "checked 20 samples" in capsys.readouterr().out

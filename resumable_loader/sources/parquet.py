@@ -95,7 +95,7 @@ class ParquetDataset(IndexedDataset):
 
     def __getitem__(self, sample_id: int) -> dict[str, Any]:
         shard, group, row = self._place(sample_id)
-        return self._row_group(shard, group).slice(row, 1).to_pylist()[0]
+        return self._rows(shard, group, self._row_group(shard, group).slice(row, 1))[0]
 
     def __getitems__(self, sample_ids: list[int]) -> list[dict[str, Any]]:
         """The rows of ``sample_ids``, in order: each row group they fall in read (or found
@@ -107,7 +107,7 @@ class ParquetDataset(IndexedDataset):
         rows: list[Any] = [None] * len(places)
         for (shard, group), batch in sorted(groups.items()):
             table = self._row_group(shard, group).take([places[k][2] for k in batch])
-            for k, values in zip(batch, table.to_pylist(), strict=True):
+            for k, values in zip(batch, self._rows(shard, group, table), strict=True):
                 rows[k] = values
         return rows
 
@@ -125,12 +125,26 @@ class ParquetDataset(IndexedDataset):
             try:
                 table = self._file(shard).read_row_group(group, columns=self.columns)
             except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
-                raise ShardError(
-                    f"{self.index.shard_urls[shard]}: cannot read row group {group} ({error}); "
-                    f"the file is damaged or changed since it was indexed: {RESTORE_OR_REINDEX}"
-                ) from None
+                raise self._damaged(shard, group, error) from None
+            indexed = self.index.row_groups[shard][group]
+            if table.num_rows != indexed:
+                raise self._damaged(shard, group, f"{table.num_rows} rows, indexed {indexed}")
             self._cache.put(key, table)
         return table
+
+    def _rows(self, shard: int, group: int, table: Any) -> list[dict[str, Any]]:
+        """``table``'s rows as dicts; a value that does not convert (a damaged string's bytes
+        are not UTF-8) is a ShardError naming the file and row group."""
+        try:
+            return table.to_pylist()
+        except ValueError as error:  # UnicodeDecodeError among them
+            raise self._damaged(shard, group, error) from None
+
+    def _damaged(self, shard: int, group: int, error: Exception | str) -> ShardError:
+        return ShardError(
+            f"{self.index.shard_urls[shard]}: cannot read row group {group} ({error}); "
+            f"the file is damaged or changed since it was indexed: {RESTORE_OR_REINDEX}"
+        )
 
     def _new_cache(self) -> LRU[tuple[int, int], Any]:
         """Decoded row groups by (shard, group), bounded by their bytes; the latest one stays."""
@@ -143,8 +157,12 @@ class ParquetDataset(IndexedDataset):
             size = int(self.index.header["shards"][shard]["bytes"])
             client = client_for(url, self.storage_options)
             etag = self.index.shard_etag(shard)
-            return pq.ParquetFile(RemoteFile(client, url, size, chunk=READ_CHUNK, etag=etag))
-        return pq.ParquetFile(url)
+            source = RemoteFile(client, url, size, chunk=READ_CHUNK, etag=etag)
+        else:
+            source = url
+        # a file written with page checksums (write_page_checksum=True) has each page checked
+        # as it is read: pyarrow checks them only when asked
+        return pq.ParquetFile(source, page_checksum_verification=True)
 
     def close(self) -> None:
         self._cache.pop_all()

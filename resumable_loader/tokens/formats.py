@@ -181,7 +181,8 @@ def _parquet(path: str, column: str, given: np.dtype | None) -> TokenShard:
             f"{path}: field {column!r} is {field}, but tokens need a list of integers per row; "
             "write token ids as list<int32> (or uint16)"
         )
-    values = pq.read_table(path, columns=[column]).column(column).combine_chunks()
+    table = pq.read_table(path, columns=[column], page_checksum_verification=True)
+    values = table.column(column).combine_chunks()
     if values.null_count:
         raise ShardError(
             f"{path}: field {column!r} has {values.null_count} null rows; write an empty list "
