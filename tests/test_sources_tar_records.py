@@ -176,6 +176,11 @@ class TestVerifyData:
         assert "copy/shard-0001.tar: the sample at offset 0" in out
         with pytest.raises(SampleIndexError, match=r"indexes 3 shards, but 1 copies were given"):
             verify_data(copied[:1], index=original)
+        renamed = copies / "part-2.tar"  # one copy renamed: not paired by position instead
+        os.rename(copied[2], renamed)
+        with pytest.raises(SampleIndexError, match=r"copies \['part-2.tar'\] match no shard name"):
+            verify_data([*copied[:2], str(renamed)], index=original)
+        os.rename(renamed, copied[2])
         os.truncate(copied[2], 1024)
         with pytest.raises(SampleIndexError, match=r"shard-0002.tar: 1024 bytes, but .*had"):
             verify_data(copied, index=original)

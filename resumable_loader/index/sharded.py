@@ -220,11 +220,12 @@ class ShardedIndex:
     def relocated(self, urls: Sequence[str]) -> ShardedIndex:
         """This index over copies of its shards at ``urls``: what checks copied shards against
         the index taken from the originals (``verify-data --index``). A copy is matched to its
-        original by file name (in index order if the names differ), must have the recorded
+        original by file name (in index order if every name differs), must have the recorded
         byte size, and is taken with its mtime (or ETag) as it is now.
 
         Raises:
-            SampleIndexError: another number of shards, or a copy of another size.
+            SampleIndexError: another number of shards, a copy of another size, or copies
+                some of which have their original's name and some not.
             ShardError: a copy is missing.
         """
         entries = self.header["shards"]
@@ -237,6 +238,13 @@ class ShardedIndex:
         names = [os.path.basename(entry["url"]) for entry in entries]
         if len(by_name) == len(urls) and set(names) == set(by_name):
             urls = [by_name[name] for name in names]
+        elif set(names) & set(by_name):  # some named as originals, some not: which is which?
+            strays = sorted(set(by_name) - set(names))
+            raise SampleIndexError(
+                f"copies {strays[:3]} match no shard name of {self.path} (it lacks copies of "
+                f"{sorted(set(names) - set(by_name))[:3]}); name the copies as the originals, "
+                "or give all of them under other names, in the index's order"
+            )
         shards = []
         for entry, url, (size, stamp) in zip(
             entries, urls, stat_shards(urls, self.storage_options), strict=True
