@@ -226,11 +226,17 @@ def test_a_key_obstore_does_not_know_is_a_config_error_at_once(
     """A typo ('dealine') or an s3fs-only argument: s3fs (the index) ignores it, obstore (the
     reads) refuses it; that was retried as an outage until the deadline."""
     options = {**given_options(s3_server), "dealine": 30, "deadline": 60.0}
-    dataset = TarShardDataset(shards, cache_dir=tmp_path, storage_options=options)
     began = time.monotonic()
+    cache = tmp_path / "index"
     with pytest.raises(ConfigError, match=r"obstore does not know a key of .*'dealine'"):
-        next(iter(DataLoader(dataset, batch_size=2, num_workers=0, seed=1, collate_fn=list)))
+        TarShardDataset(shards, cache_dir=cache, storage_options=options)  # before the index
     assert time.monotonic() - began < 10
+    assert not cache.exists()  # no index was built with the typo ignored
+    with pytest.raises(ConfigError, match=r"client='boto' for s3://"):
+        TarShardDataset(shards, cache_dir=cache, storage_options={"client": "boto"})
+    dataset = TarShardDataset(shards, cache_dir=cache, storage_options=given_options(s3_server))
+    loader = DataLoader(dataset, batch_size=2, num_workers=2, seed=1, collate_fn=list)
+    assert next(iter(loader))  # the store the check configured: forked workers still read
 
 
 @pytest.mark.usefixtures("no_aws_environment")

@@ -15,6 +15,7 @@ from resumable_loader.errors import ConfigError, SampleIndexError, ShardError
 from resumable_loader.index.file import is_index_file
 from resumable_loader.index.paths import is_url, stat_shard
 from resumable_loader.index.sharded import ShardedIndex
+from resumable_loader.storage.client import check_storage_options
 
 _READERS = {"tar": "TarShardDataset", "parquet": "ParquetDataset"}
 # Shards kept open per process; a global shuffle touches every shard, and thousands of open
@@ -58,6 +59,8 @@ class IndexedDataset(Dataset):
         index_rows: str = "all",
         storage_options: dict[str, Any] | None = None,
     ) -> None:
+        if storage_options:  # a typo is refused now, not after the index was built with it
+            check_storage_options(_first_url(shards), storage_options)
         implicit = False  # the index is our own hidden file, not one the user named
         given = isinstance(shards, ShardedIndex) or (
             isinstance(shards, (str, os.PathLike)) and is_index_file(shards)
@@ -154,6 +157,16 @@ class IndexedDataset(Dataset):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.index!r})"
+
+
+def _first_url(shards: Any) -> str:
+    """The first shard (or pattern) ``shards`` names, unexpanded: its scheme and bucket say
+    which client reads them."""
+    if isinstance(shards, ShardedIndex):
+        return str(shards.shard_urls[0]) if shards.num_shards else ""
+    if isinstance(shards, (str, os.PathLike)):
+        return os.fspath(shards)
+    return os.fspath(next(iter(shards), ""))
 
 
 def check_bytes(name: str, value: int) -> int:

@@ -300,17 +300,20 @@ class ObstoreClient(StorageClient):
 
     def __init__(self, policy: RetryPolicy, options: Mapping[str, Any]) -> None:
         super().__init__(policy)
-        self.options = {self._ALIASES.get(k, k): v for k, v in options.items()}
+        self.options = self.aliased(options)
         self._stores: dict[tuple[int, str, str], Any] = {}
         self._metadata = FsspecClient(policy, _s3fs_options(self.options))
+
+    @classmethod
+    def aliased(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """``options`` with fsspec's names (``endpoint_url``, ``key``...) as obstore's."""
+        return {cls._ALIASES.get(k, k): v for k, v in options.items()}
 
     def _store(self, bucket: str) -> Any:
         endpoint = self.options.get("endpoint") or os.environ.get("AWS_ENDPOINT_URL", "")
         key = (os.getpid(), bucket, endpoint)
         store = self._stores.get(key)
         if store is None:
-            from obstore.store import S3Store
-
             client_options = {
                 "allow_http": endpoint.startswith("http://"),
                 "timeout": datetime.timedelta(seconds=self.policy.request_timeout),
@@ -321,20 +324,9 @@ class ObstoreClient(StorageClient):
                 "backoff": {},
                 "retry_timeout": datetime.timedelta(seconds=self.policy.request_timeout),
             }
-            try:
-                store = S3Store(
-                    bucket, client_options=client_options, retry_config=retry, **self.options
-                )
-            except Exception as error:
-                if type(error).__name__ != "UnknownConfigurationKeyError":
-                    raise
-                raise ConfigError(
-                    f"storage_options for s3://{bucket}: obstore does not know a key of "
-                    f"{sorted(self.options)} ({str(error).strip().splitlines()[0]}); give "
-                    "obstore's S3Config keys or fsspec's endpoint_url/key/secret/token/region, "
-                    "plus deadline/request_timeout/client, or client='fsspec' for s3fs's own "
-                    "arguments"
-                ) from None
+            store = _s3_store(
+                bucket, self.options, client_options=client_options, retry_config=retry
+            )
             self._stores[key] = store
             global _OBSTORE_PID
             _OBSTORE_PID = _OBSTORE_PID or os.getpid()
@@ -607,22 +599,29 @@ _OBSTORE_PID: int | None = None
 _CLIENTS_LOCK = threading.Lock()
 
 
-def client_for(url: str, storage_options: Mapping[str, Any] | None = None) -> StorageClient:
-    """The client for ``url``: obstore for ``s3://`` (when installed), fsspec for the rest.
+def check_storage_options(url: str, storage_options: Mapping[str, Any] | None) -> None:
+    """Refuse now what the client of ``url`` would refuse at its first read: an unknown
+    ``client``, a bad retry knob, or a key obstore does not know (a dataset checks them before
+    its index is built or fetched with them). obstore's store is only configured, no request
+    made: its runtime is not started, so workers forked afterwards still read through it."""
+    _, backend, _, options = _parse(url, storage_options)
+    if backend == "obstore":
+        _s3_store(urlsplit(url).netloc or "bucket", ObstoreClient.aliased(options))
 
-    Args:
-        url: an object or prefix URL (``s3://bucket/key``, ``gs://...``, a local path).
-        storage_options: the retry knobs (``deadline``, ``request_timeout``,
-            ``initial_backoff``, ``max_backoff``: see :class:`RetryPolicy`), ``client``
-            (``"obstore"`` or ``"fsspec"`` to force one), and the backend's own options
-            (endpoint, credentials...). Clients are shared per process and options.
+
+def _parse(
+    url: str, storage_options: Mapping[str, Any] | None
+) -> tuple[str, str, RetryPolicy, dict[str, Any]]:
+    """(scheme, backend, retry policy, the backend's own options) of ``url``'s client; the
+    backend is obstore for ``s3://`` (when installed), fsspec for the rest.
+
+    Raises:
+        ConfigError: an unknown ``client``, obstore for another scheme, a bad retry knob.
     """
     options = dict(storage_options or {})
     policy = RetryPolicy(**{k: options.pop(k) for k in RETRY_OPTIONS if k in options})
     scheme = urlsplit(url).scheme if "://" in url else "file"
     backend = options.pop(BACKEND_OPTION, None) or ("obstore" if scheme == "s3" else "fsspec")
-    if backend == "obstore" and _OBSTORE_PID not in (None, os.getpid()):
-        backend = "fsspec"  # obstore's runtime started in a parent: a fork cannot use it
     if backend == "obstore" and scheme == "s3":
         try:
             import obstore  # noqa: F401
@@ -633,6 +632,40 @@ def client_for(url: str, storage_options: Mapping[str, Any] | None = None) -> St
             f"storage_options client={backend!r} for {url}: use 'fsspec', or 'obstore' for "
             "s3:// URLs"
         )
+    return scheme, backend, policy, options
+
+
+def _s3_store(bucket: str, options: Mapping[str, Any], **settings: Any) -> Any:
+    """obstore's S3Store of ``bucket`` (configured: no request made); a key obstore does not
+    know is a ConfigError naming the keys given."""
+    from obstore.store import S3Store
+
+    try:
+        return S3Store(bucket, **settings, **options)
+    except Exception as error:
+        if type(error).__name__ != "UnknownConfigurationKeyError":
+            raise
+        raise ConfigError(
+            f"storage_options for s3://{bucket}: obstore does not know a key of "
+            f"{sorted(options)} ({str(error).strip().splitlines()[0]}); give obstore's "
+            "S3Config keys or fsspec's endpoint_url/key/secret/token/region, plus "
+            "deadline/request_timeout/client, or client='fsspec' for s3fs's own arguments"
+        ) from None
+
+
+def client_for(url: str, storage_options: Mapping[str, Any] | None = None) -> StorageClient:
+    """The client for ``url``: obstore for ``s3://`` (when installed), fsspec for the rest.
+
+    Args:
+        url: an object or prefix URL (``s3://bucket/key``, ``gs://...``, a local path).
+        storage_options: the retry knobs (``deadline``, ``request_timeout``,
+            ``initial_backoff``, ``max_backoff``: see :class:`RetryPolicy`), ``client``
+            (``"obstore"`` or ``"fsspec"`` to force one), and the backend's own options
+            (endpoint, credentials...). Clients are shared per process and options.
+    """
+    scheme, backend, policy, options = _parse(url, storage_options)
+    if backend == "obstore" and _OBSTORE_PID not in (None, os.getpid()):
+        backend = "fsspec"  # obstore's runtime started in a parent: a fork cannot use it
     if backend == "fsspec" and scheme in ("s3", "s3a"):
         options = _s3fs_options(options)  # the documented names, either scheme, as s3fs's
     key = (f"{backend}:{scheme}", repr((policy, sorted(options.items(), key=str))))
