@@ -98,11 +98,47 @@ class ResumableTrainerMixin:
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
         if resume_from_checkpoint is True:
             resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:  # as the Trainer says (a ValueError), not from 0
+                raise StateDictError(
+                    f"No valid checkpoint found in output directory ({self.args.output_dir}): "
+                    "resume_from_checkpoint=True resumes its last checkpoint-N folder; give "
+                    "a checkpoint folder, or train without resume_from_checkpoint"
+                )
         self.resumed_from = resume_from_checkpoint or None
         if self.resumed_from and self.args.gradient_accumulation_steps > 1:
             _check_epoch_runner()
         self.args.ignore_data_skip = True  # the cursor resumes the data; skipping would repeat it
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _init_training_state(
+        self,
+        max_steps: int,
+        num_update_steps_per_epoch: int,
+        num_train_epochs: int,
+        resume_from_checkpoint: str | None,
+        trial: Any,
+    ) -> tuple[int, int]:
+        # The Trainer counts the epochs and steps a resume has left from the checkpoint's
+        # global step, in steps of the batch size and process count it runs with now; after a
+        # change of either its numbers are not the data's (resumed at step 3 of batches of 16,
+        # with batches of 32: "epoch 1 of 2 done", and the run ended after the rest of epoch 0).
+        # They are taken from the cursor instead: the epochs from the one it resumes in, and,
+        # when training by epochs, the steps left from the batches the cursor has left.
+        epochs_trained, steps_trained = super()._init_training_state(
+            max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
+        )
+        loader = self.cursor_saver.loader
+        if resume_from_checkpoint is None or loader is None or loader.partition is None:
+            return epochs_trained, steps_trained
+        epoch, position = (loader.state_dict()[key] for key in ("epoch", "position"))
+        upcoming = epoch + 1 if position >= loader.partition.length else epoch
+        epochs = self.args.num_train_epochs
+        if self.args.max_steps <= 0 and float(epochs).is_integer() and upcoming < epochs:
+            accumulation = self.args.gradient_accumulation_steps
+            left = -(-self._batches_left() // accumulation)  # the resumed pass's updates
+            left += max(0, int(epochs) - upcoming - 1) * num_update_steps_per_epoch
+            self.state.max_steps = self.state.global_step + left
+        return upcoming, steps_trained
 
     def _run_epoch(self, *args: Any, **kwargs: Any) -> Any:
         # The resumed epoch holds the batches the cursor left, and the Trainer (which skips
