@@ -126,6 +126,20 @@ def test_resume_from_checkpoint_true_without_a_checkpoint_is_refused(tmp_path):
         trainer.train(resume_from_checkpoint=True)
 
 
+def test_resume_from_checkpoint_true_takes_the_newest_checkpoint_with_its_cursor(tmp_path):
+    """A kill between the Trainer's checkpoint and the callback's cursor leaves the newest
+    folder without one: True resumes the one before it (a folder named, as given, is refused)."""
+    from resumable_loader.integrations.transformers import CURSOR_FILE, _last_with_cursor
+
+    for step, cursor in ((3, True), (6, True), (9, False)):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if cursor:
+            (tmp_path / f"checkpoint-{step}" / CURSOR_FILE).write_text("{}")
+    (tmp_path / "checkpoint-12.tmp").mkdir()  # not a checkpoint's name
+    assert _last_with_cursor(str(tmp_path)) == str(tmp_path / "checkpoint-6")
+    assert _last_with_cursor(str(tmp_path / "absent")) is None
+
+
 def test_a_resume_with_accumulation_needs_a_trainer_that_runs_epochs(tmp_path, monkeypatch):
     """transformers 4 has no Trainer._run_epoch, through which the resumed epoch's length is
     passed on: a resume with gradient accumulation is refused there, not trained wrongly."""

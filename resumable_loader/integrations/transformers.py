@@ -15,19 +15,22 @@ and its skip-based resume replays the augmentations too (each sample keyed by se
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import re
 from collections.abc import Iterator
 from typing import Any
 
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from resumable_loader.errors import ConfigError, StateDictError
 from resumable_loader.index.atomic import atomic_write
 from resumable_loader.loader.dataloader import ResumableDataLoader
 
 CURSOR_FILE = "resumable_loader_cursor.json"
+logger = logging.getLogger("resumable_loader")
 
 
 class EpochlessLoader:
@@ -97,7 +100,7 @@ class ResumableTrainerMixin:
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
         if resume_from_checkpoint is True:
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            resume_from_checkpoint = _last_with_cursor(self.args.output_dir)
             if resume_from_checkpoint is None:  # as the Trainer says (a ValueError), not from 0
                 raise StateDictError(
                     f"No valid checkpoint found in output directory ({self.args.output_dir}): "
@@ -200,6 +203,22 @@ class ResumableTrainerMixin:
                 loader.load_state_dict(json.load(f))
         self.cursor_saver.loader = loader
         return EpochlessLoader(loader)
+
+
+def _last_with_cursor(output_dir: str) -> str | None:
+    """The newest ``checkpoint-N`` folder of ``output_dir`` that has the cursor file: the
+    Trainer writes a checkpoint before the callback writes its cursor, so a kill between the
+    two leaves a newest folder without one, which a resume cannot use (it is logged)."""
+    named = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
+    names = os.listdir(output_dir) if os.path.isdir(output_dir) else []
+    steps = sorted((int(m.group(1)), name) for name in names if (m := named.fullmatch(name)))
+    for _, name in reversed(steps):
+        folder = os.path.join(output_dir, name)
+        if os.path.isfile(os.path.join(folder, CURSOR_FILE)):
+            return folder
+        if os.path.isdir(folder):
+            logger.warning("%s has no %s (killed while saving?): not resumed", folder, CURSOR_FILE)
+    return None
 
 
 def _check_sampling(args: Any) -> None:
