@@ -51,6 +51,8 @@ class TestRows:
         # none: dataset[i] gave {} and a batched read failed with a zip() ValueError
         with pytest.raises(ConfigError, match=r"columns=\[\] selects none .* columns=None"):
             ParquetDataset(parts, columns=[])
+        with pytest.raises(ConfigError, match=r"columns='id': give a list of names, e.g. \['id'\]"):
+            ParquetDataset(parts, columns="id")  # not the columns 'i' and 'd'
 
     def test_a_tar_index_is_refused(self, tmp_path):
         paths = write_tar_shards(tmp_path, num_shards=1, samples_per_shard=2)

@@ -79,6 +79,8 @@ class ParquetDataset(IndexedDataset):
             index_url=index_url,
             storage_options=storage_options,
         )
+        if isinstance(columns, str):  # its characters would be taken as column names
+            raise ConfigError(f"columns={columns!r}: give a list of names, e.g. [{columns!r}]")
         if columns is not None and not list(columns):
             raise ConfigError(
                 f"columns=[] selects none of {self.index.path}'s columns; name some, or pass "
