@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -73,10 +74,24 @@ def test_a_missing_field_names_the_fields_a_sample_has(tmp_path, capsys):
     out = str(tmp_path / "x.rlindex")
     assert main(["index", *shards, "--out", out, "--quiet", "--length", "txt"]) != 0
     error = capsys.readouterr().err
+    assert "--length 'txt': sample 'sample000000' (" in error
+    assert "of the shard) has no 'txt' (it has ['__key__', '__url__', 'json', 'npy'])" in error
+
+
+def test_a_parquet_value_without_a_length_names_its_file_and_row_and_leaves_no_lengths(
+    tmp_path, capsys
+):
+    """A Parquet row has no key: the error names the file and row. The lengths of another field
+    written before are gone, not left for Packed to take as these."""
+    paths = write_parquet_shards(tmp_path / "rows", num_shards=2, rows_per_shard=5)
+    out = tmp_path / "rows.rlindex"
+    assert main(["index", *paths, "--out", str(out), "--quiet", "--length", "text"]) == 0
+    assert main(["index", *paths, "--out", str(out), "--quiet", "--length", "id"]) == 2
+    error = capsys.readouterr().err
     assert (
-        "--length 'txt': a sample has no 'txt' (it has ['__key__', '__url__', 'json', 'npy'])"
-        in error
+        "the value of sample 0 (" in error and "part-0000.parquet, sample 0 of the shard)" in error
     )
+    assert not Path(f"{out}.lengths.npz").exists()
 
 
 def test_packed_tar_shards_in_a_shard_local_order_resume_exactly(tmp_path):
@@ -141,8 +156,8 @@ def test_lengths_of_shards_rewritten_since_are_refused(tmp_path):
 @pytest.mark.parametrize(
     ("spec", "said"),
     [
-        ("npy:words", "the 'npy' of sample 'sample000000' is a ndarray, no key 'words'"),
-        ("json:tokens", "the 'json' of sample 'sample000000' has the keys ['words'], no key"),
+        ("npy:words", "shard) is a ndarray, no key 'words'"),
+        ("json:tokens", "shard) has the keys ['words'], no key"),
     ],
 )
 def test_a_key_a_sample_lacks_is_named(tmp_path, capsys, spec, said):
@@ -151,4 +166,7 @@ def test_a_key_a_sample_lacks_is_named(tmp_path, capsys, spec, said):
     )
     out = str(tmp_path / "x.rlindex")
     assert main(["index", *shards, "--out", out, "--quiet", "--length", spec]) == 2
-    assert said in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert (
+        f"of sample 'sample000000' ({shards[0]}, sample 0 of the shard" in error and said in error
+    )

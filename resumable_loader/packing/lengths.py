@@ -15,6 +15,7 @@ whitespace-separated words.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -34,30 +35,30 @@ def sidecar_path(index_path: str | os.PathLike) -> str:
     return os.fspath(index_path) + SUFFIX
 
 
-def length_reader(spec: str) -> Callable[[Any], int]:
-    """The function giving a (raw, undecoded) sample's length under ``spec``."""
+def length_reader(spec: str) -> Callable[[Any, str], int]:
+    """The function giving a (raw, undecoded) sample's length under ``spec``; its second
+    argument names the sample in its errors."""
     field, _, key = spec.partition(":")
     if not field:
         raise ConfigError(f"--length {spec!r}: name a field (a member extension or a column)")
 
-    def length(sample: Any) -> int:
+    def length(sample: Any, name: str) -> int:
         if field not in sample:
             raise ConfigError(
-                f"--length {spec!r}: a sample has no {field!r} (it has {sorted(sample)})"
+                f"--length {spec!r}: {name} has no {field!r} (it has {sorted(sample)})"
             )
         value = _decoded(field, sample[field])
         if key:
             if not isinstance(value, Mapping) or key not in value:
                 raise ConfigError(
-                    f"--length {spec!r}: the {field!r} of sample {sample.get('__key__', '?')!r} "
-                    f"{_has(value)}, no key {key!r}; FIELD:KEY reads a key of a JSON member or "
-                    "of a struct column"
+                    f"--length {spec!r}: the {field!r} of {name} {_has(value)}, no key {key!r}; "
+                    "FIELD:KEY reads a key of a JSON member or of a struct column"
                 )
             value = value[key]
         if not hasattr(value, "__len__"):
             raise ConfigError(
-                f"--length {spec!r}: the value of sample {sample.get('__key__', '?')!r} is "
-                f"{type(value).__name__} {value!r}, which has no length"
+                f"--length {spec!r}: the value of {name} is {type(value).__name__} {value!r}, "
+                "which has no length"
             )
         return len(value)
 
@@ -65,9 +66,19 @@ def length_reader(spec: str) -> Callable[[Any], int]:
 
 
 def write_lengths(dataset: Any, spec: str) -> np.ndarray:
-    """Read every sample of an indexed ``dataset`` once; write and return their lengths."""
+    """Read every sample of an indexed ``dataset`` once; write and return their lengths.
+
+    Lengths stored before (of another field, say) are removed first: if a sample is refused,
+    none are left that ``Packed`` would take for these.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(sidecar_path(dataset.index.path))
     length = length_reader(spec)
-    lengths = np.fromiter((length(dataset[i]) for i in range(len(dataset))), np.int64)
+    samples = (dataset[i] for i in range(len(dataset)))
+    lengths = np.fromiter(
+        (length(sample, _sample_name(dataset, i, sample)) for i, sample in enumerate(samples)),
+        np.int64,
+    )
     if len(lengths) and lengths.max() >= 2**31:
         raise ConfigError(f"--length {spec!r}: a sample has {int(lengths.max())} >= 2**31")
     with atomic_write(sidecar_path(dataset.index.path)) as f:
@@ -114,6 +125,15 @@ def _build_of(index: Any) -> str:
     index, which has none: then the fingerprint alone decides)."""
     digests = index.header.get("digests")
     return json.dumps(digests, sort_keys=True) if digests else ""
+
+
+def _sample_name(dataset: Any, sample_id: int, sample: Any) -> str:
+    """How an error names sample ``sample_id``: its key (a tar sample's; a Parquet row has
+    none: its id), its shard and its place there."""
+    shard, row = dataset.index.locate(sample_id)
+    key = sample.get("__key__") if isinstance(sample, Mapping) else None
+    name = f"sample {sample_id}" if key is None else f"sample {key!r}"
+    return f"{name} ({dataset.index.shard_urls[shard]}, sample {row} of the shard)"
 
 
 def _has(value: Any) -> str:
