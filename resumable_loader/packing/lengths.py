@@ -16,6 +16,7 @@ whitespace-separated words.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import os
@@ -35,27 +36,30 @@ def sidecar_path(index_path: str | os.PathLike) -> str:
     return os.fspath(index_path) + SUFFIX
 
 
-def length_reader(spec: str) -> Callable[[Any, str], int]:
+def length_reader(spec: str) -> Callable[[Any, Callable[[], str]], int]:
     """The function giving a (raw, undecoded) sample's length under ``spec``; its second
-    argument names the sample in its errors."""
+    argument names the sample, for its errors."""
     field, _, key = spec.partition(":")
     if not field:
         raise ConfigError(f"--length {spec!r}: name a field (a member extension or a column)")
 
-    def length(sample: Any, name: str) -> int:
+    def length(sample: Any, named: Callable[[], str]) -> int:
         if field not in sample:
+            name = named()
             raise ConfigError(
                 f"--length {spec!r}: {name} has no {field!r} (it has {sorted(sample)})"
             )
         value = _decoded(field, sample[field])
         if key:
             if not isinstance(value, Mapping) or key not in value:
+                name = named()
                 raise ConfigError(
                     f"--length {spec!r}: the {field!r} of {name} {_has(value)}, no key {key!r}; "
                     "FIELD:KEY reads a key of a JSON member or of a struct column"
                 )
             value = value[key]
         if not hasattr(value, "__len__"):
+            name = named()
             raise ConfigError(
                 f"--length {spec!r}: the value of {name} is {type(value).__name__} {value!r}, "
                 "which has no length"
@@ -74,11 +78,12 @@ def write_lengths(dataset: Any, spec: str) -> np.ndarray:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(sidecar_path(dataset.index.path))
     length = length_reader(spec)
-    samples = (dataset[i] for i in range(len(dataset)))
-    lengths = np.fromiter(
-        (length(sample, _sample_name(dataset, i, sample)) for i, sample in enumerate(samples)),
-        np.int64,
-    )
+    lengths = np.empty(len(dataset), np.int64)
+    for sample_id in range(len(dataset)):
+        sample = dataset[sample_id]
+        lengths[sample_id] = length(
+            sample, functools.partial(_sample_name, dataset, sample_id, sample)
+        )
     if len(lengths) and lengths.max() >= 2**31:
         raise ConfigError(f"--length {spec!r}: a sample has {int(lengths.max())} >= 2**31")
     with atomic_write(sidecar_path(dataset.index.path)) as f:
