@@ -10,7 +10,7 @@ import warnings
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
-from distributed_harness import augmented, consume, global_stream, launch
+from distributed_harness import augmented, consume, global_stream, launch, unpack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from resume_harness import epochs_left, transport
@@ -240,6 +240,37 @@ class TestAnotherBatchSizeOrWorldSize:
             Ranks(w2, name, batch_size=b2, num_workers=n2, batch_sampler=batch_sampler),
         )
         assert got == expected
+
+    @pytest.mark.parametrize("name", ["random", "random_replacement", "weighted"])
+    @pytest.mark.parametrize("world_size", [1, 2])
+    def test_a_layout_with_no_batch_left_of_the_saved_epoch_draws_the_next_from_its_start(
+        self, name, world_size
+    ):
+        """drop_last and a larger global batch: the rest of the saved epoch makes no batch,
+        so the resumed loader starts the next epoch. The sampler, restored to the saved
+        epoch's start, draws that epoch first: it drew the saved epoch's order again as the
+        next one's, silently."""
+        size = len(SAMPLERS[name]())
+        batch = (size - 3) // world_size  # one global batch an epoch; 4 taken leave less
+
+        def ranks(batch_size: int, world_size: int) -> list[ResumableDataLoader]:
+            return [
+                loader_for(
+                    name, batch_size=batch_size, drop_last=True, rank=r, world_size=world_size
+                )
+                for r in range(world_size)
+            ]
+
+        continuous = ranks(batch, world_size)
+        [list(loader) for loader in continuous]  # epoch 0
+        expected = [[unpack(b) for b in loader] for loader in continuous]  # epoch 1
+        first = loader_for(name, batch_size=4, drop_last=True)
+        next(iter(first))
+        resumed = ranks(batch, world_size)
+        for loader in resumed:
+            loader.load_state_dict(first.state_dict())
+        assert [[unpack(b) for b in loader] for loader in resumed] == expected
+        assert resumed[0].state_dict()["epoch"] == 1
 
     @pytest.mark.parametrize("name", ["random_global_rng", "subset_global_rng"])
     def test_a_sampler_drawing_from_each_ranks_global_rng_is_refused_on_many_ranks(self, name):

@@ -351,6 +351,8 @@ class ResumableDataLoader(DataLoader[T_co]):
     ) -> ResumableIterator:
         """Start the next iteration and its workers; the iterator over its batches."""
         epoch, position = self._progress.begin()
+        if self._progress.passed is not None:
+            refs.pass_epoch(*self._progress.passed)
         refs.begin(seed=self.seed, epoch=epoch, start=position)
         self._fetch.lookahead = lookahead_for(self.dataset, refs, self.num_workers)
         if self.reseed_globals is not False and self.num_workers > 0:

@@ -33,6 +33,8 @@ class Progress:
         self._pending: tuple[int, int] | None = None  # (epoch, position) of a loaded state
         self._requested_epoch: int | None = None  # from set_epoch()
         self._begun_at = 0  # the position the latest iteration began at
+        # the loaded (epoch, position) the latest begin() went past: no batch of it was left
+        self.passed: tuple[int, int] | None = None
 
     def load(self, epoch: int, position: int) -> None:
         """A loaded state: the next iteration continues (epoch, position)."""
@@ -66,6 +68,7 @@ class Progress:
                 ResumeWarning,
                 stacklevel=4,  # begin(), the loader's _begin_iteration and __iter__
             )
+        self.passed = pending if requested is None and pending and epoch != pending[0] else None
         self._requested_epoch = self._pending = None
         self.epoch, self.position, self.started = epoch, position, True
         self.complete = self.exhausted = False

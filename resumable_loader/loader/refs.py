@@ -88,6 +88,11 @@ class _RefSampler(Sampler):
         self.seed, self.epoch, self.start = seed, epoch, start
         self.advances, self.first = deque(), []
 
+    def pass_epoch(self, epoch: int, position: int) -> None:
+        """A loaded state stopped ``epoch`` at ``position``, where this layout has no batch
+        left, and the iteration begins the next epoch: nothing to do for an order that is a
+        pure function of the epoch (see :class:`StreamBatchSampler`)."""
+
     def __iter__(self) -> Iterator[BatchRef | SampleRef]:
         refs = self._refs(self.seed, self.epoch, self.start)
         return _recording(refs, self.advances, self.first, self.prefetched)
@@ -207,6 +212,14 @@ class StreamBatchSampler(OrderedBatchSampler):
         if start == 0 and len(self.order) != self.partition.length:  # its data grew or shrank
             self.partition = dataclasses.replace(self.partition, length=len(self.order))
         self.order.begin(epoch)
+
+    def pass_epoch(self, epoch: int, position: int) -> None:
+        """The sampler's state was restored to ``epoch``'s start (the state was taken inside
+        it: before its end); draw that epoch, as its iteration would have, so that the next
+        one is drawn from its own start, not from this one's (a resume with a larger batch or
+        world size whose ``drop_last`` left no batch of it replayed its order as the next)."""
+        if position < self.partition.length:
+            self.order.begin(epoch)
 
     @property
     def capture(self) -> Capture:  # type: ignore[override]
