@@ -19,7 +19,7 @@ from packing_factory import DATA, Texts, epochs_left, lengths, make, stream
 from tokens_factory import documents, write_megatron
 from torch.utils.data import Dataset
 
-from resumable_loader import Packed
+from resumable_loader import DataLoader, Packed
 from resumable_loader.errors import ConfigError, ResumeWarning
 from resumable_loader.loader.bad_samples import read_quarantine, substitute_id
 from resumable_loader.packing.batch import PackBatch
@@ -283,6 +283,45 @@ def test_a_sample_that_fails_inside_a_pack_is_substituted_in_its_piece_and_quara
     assert head + stream(resumed, epochs_left(resumed, 1)) == stream(
         run(str(tmp_path / "d"), batch_size=2), 1
     )
+
+
+class OneLong(torch.utils.data.Dataset):
+    """Sample 0 has 150 tokens (split in pieces of 64, 64, 22), the others 10; 0 fails."""
+
+    fingerprint = "one-long-v1"
+    lengths = np.array([150] + [10] * 19)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if index == 0:
+            raise OSError("sample 0: file is truncated")
+        return {"input_ids": torch.arange(int(self.lengths[index])) + 1000 * index}
+
+
+def test_a_substitute_for_a_split_sample_fills_each_of_its_pieces_from_its_start() -> None:
+    """Cut at each piece's offset, a 10-token substitute left the pieces at 64 and 128 empty:
+    a zero-length segment, and a pack with no token (a NaN loss)."""
+    packed = Packed(OneLong(), max_tokens=64, lengths=OneLong.lengths, overlong="split")
+    loader = DataLoader(
+        packed,
+        batch_size=None,
+        seed=0,
+        on_sample_error="substitute",
+        max_bad_fraction=0.5,
+    )
+    pieces = 0
+    for pack in loader:
+        sizes = np.diff(pack["cu_seqlens"].tolist())
+        assert (sizes > 0).all(), pack["sample_ids"]
+        for k in np.flatnonzero(pack["sample_ids"].numpy() == 0):
+            pieces += 1
+            cu = pack["cu_seqlens"].tolist()
+            piece = pack["input_ids"][cu[k] : cu[k + 1]]  # one pack: its tokens, 1-D
+            assert piece.tolist() == sorted(piece.tolist()) and len(piece) == 10
+            assert int(piece[0]) % 1000 == 0  # the substitute's own first token
+    assert pieces == 3
 
 
 def test_batches_the_loop_still_holds_are_never_written_over(

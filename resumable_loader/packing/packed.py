@@ -252,8 +252,12 @@ class Packed(Dataset):
     ) -> tuple[np.ndarray, np.ndarray | None, list[tuple[Any, int]]]:
         """The part [offset, offset + length) of a loaded sample: its tokens, its own labels
         (or None) and its images with their token index within the piece. ``sample_id`` None:
-        a substitute (:mod:`~resumable_loader.loader.bad_samples`), cut to the piece it
-        stands in for, without its own length to check."""
+        a substitute (:mod:`~resumable_loader.loader.bad_samples`), without its own length to
+        check, stands in for the piece from its own start: [0, length) (cut at the piece's
+        offset, a substitute shorter than the failed sample left the later pieces of a split
+        one empty, and a pack of such pieces had no token)."""
+        if sample_id is None:
+            offset = 0
         labels, placed = None, []
         if isinstance(item, Mapping):
             tokens, labels = tokens_of(item, self.field), item.get("labels")
