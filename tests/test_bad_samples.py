@@ -16,9 +16,10 @@ import torch
 from bad_samples_job import LENGTH, Corrupt, loader
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from shard_factory import write_tar_shards
 from torchrun_harness import rank_pickles, torchrun
 
-from resumable_loader import DataLoader, Mixture
+from resumable_loader import DataLoader, Mixture, TarShardDataset
 from resumable_loader.errors import BadSampleError, ConfigError
 from resumable_loader.loader.bad_samples import quarantine_file, read_quarantine, substitute_id
 from resumable_loader.loader.keyed_fetch import install_batch_sample_key
@@ -426,3 +427,29 @@ def test_only_a_sample_s_own_failures_are_substituted():
     # a store out of reach, a shard replaced since indexing, a setting: every sample would be
     for error in (StorageError("s3://b/x: kept failing"), ObjectChanged("x"), ConfigError("x")):
         assert not substitutable(error)
+
+
+def _fails_on_sample_7(sample: dict) -> int:
+    if sample["__key__"] == "sample000007":
+        raise ValueError("corrupt sample000007")
+    return 0
+
+
+def test_a_mixture_s_tar_source_names_the_shard_in_the_quarantine(tmp_path):
+    """The entry names the shard through the Mixture (it said "shard": null)."""
+    shards = write_tar_shards(tmp_path / "s", num_shards=2, samples_per_shard=6)
+    tar = TarShardDataset(shards, decode=_fails_on_sample_7)
+    mixture = Mixture({"tar": tar, "other": Corrupt(set())}, {"tar": 1, "other": 1})
+    data = DataLoader(
+        mixture,
+        batch_size=4,
+        seed=3,
+        collate_fn=list,
+        on_sample_error="substitute",
+        quarantine_dir=str(tmp_path / "q"),
+        max_bad_fraction=0.5,
+    )
+    for _ in zip(range(12), data, strict=False):
+        pass
+    (entry,) = read_quarantine(tmp_path / "q").values()
+    assert mixture.decode(entry["id"]) == (0, 7) and entry["shard"] == shards[1]

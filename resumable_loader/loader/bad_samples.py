@@ -402,7 +402,15 @@ def _append(path: Path, line: str) -> None:
 
 
 def _shard_of(dataset: Any, sample_id: int) -> str | None:
-    """The shard holding ``sample_id`` for a sharded dataset (one with an ``index``)."""
+    """The shard holding ``sample_id`` for a sharded dataset (one with an ``index``), also as
+    a Mixture's source (its ids encode (source, the source's id))."""
+    sources, decode = getattr(dataset, "sources", None), getattr(dataset, "decode", None)
+    if sources is not None and callable(decode):
+        try:
+            source, inner = decode(sample_id)
+        except (IndexError, TypeError):
+            return None
+        return _shard_of(getattr(sources[source], "dataset", None), inner)
     index = getattr(dataset, "index", None)
     try:
         shard, _ = index.locate(sample_id)
