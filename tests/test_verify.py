@@ -404,6 +404,35 @@ class TestVerifyPipeline:
         assert report.passed, str(report)
         assert report.samples_compared > 3 * N
 
+    def test_a_quarantine_dir_is_never_written_and_a_bad_first_sample_is_substituted(
+        self, tmp_path
+    ):
+        """Each run gets a quarantine folder of its own: the 1-rank runs wrote the user's, and
+        a 2-rank run then counted their failures against its own limit and stopped (a
+        BadSampleError, not a verdict). The layout probe reads the first sample with the
+        pipeline's policy: with "raise" it could not run when that sample failed."""
+        first = ResumableDataLoader(TwoBad(), batch_size=4, shuffle=True, seed=7).sample_at(0, 0)
+
+        class FirstBad(TwoBad):
+            def __getitem__(self, index):
+                if index == first["id"]:
+                    raise OSError(f"corrupt sample {index}")
+                return super().__getitem__(index)
+
+        quarantine = tmp_path / "quarantine"
+
+        def factory():
+            options = dict(on_sample_error="substitute", max_bad_fraction=0.1)
+            return ResumableDataLoader(
+                FirstBad(), batch_size=4, shuffle=True, seed=7, quarantine_dir=quarantine, **options
+            )
+
+        # 3 bad of 40: within 0.1 on one rank (limit 4); on two, rank 0 (limit 2) would count
+        # the 1-rank runs' 3 entries in a folder they shared
+        report = verify_pipeline(factory, world_sizes=(1, 2), num_workers=0)
+        assert report.passed, str(report)
+        assert not quarantine.exists() or not list(quarantine.iterdir())
+
     def test_a_cursor_off_by_one_sample_is_still_reported_as_a_loader_bug(self, monkeypatch):
         state_dict = ResumableDataLoader.state_dict
 

@@ -8,6 +8,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
@@ -105,6 +106,19 @@ class Pipeline:
         self.batch_size: int | None = kwargs.get("batch_size", 1)
         self.num_workers: int = kwargs.get("num_workers", 0)
         self.seed: int = seed if kwargs.get("seed") is None else kwargs["seed"]
+        self._quarantine: str | None = None  # the folder of the run in progress (run_quarantine)
+
+    @contextlib.contextmanager
+    def run_quarantine(self) -> Iterator[None]:
+        """A fresh quarantine folder for the loaders of one run (a chain of configurations,
+        which share one as a job and its resumes do), removed after it: verify never writes
+        the pipeline's own ``quarantine_dir``, and no run counts another's failures."""
+        with tempfile.TemporaryDirectory(prefix="resumable-verify-quarantine-") as folder:
+            self._quarantine = folder
+            try:
+                yield
+            finally:
+                self._quarantine = None
 
     def _call(self) -> tuple[Dataset, dict[str, Any], str | None]:
         """The factory's dataset and loader arguments, and, when it returned a torch
@@ -150,6 +164,9 @@ class Pipeline:
                 collate_fn=lambda one: [collate(one * size) for size in sizes],
                 seed=self.seed,
                 reseed_globals=kwargs.get("reseed_globals", True),
+                # a first sample that fails is substituted, as the pipeline does (nothing kept)
+                on_sample_error=kwargs.get("on_sample_error", "raise"),
+                max_bad_fraction=kwargs.get("max_bad_fraction", 1.0),
             )
             small, large = next(iter(probe))
         return learn_layout(small, large, self.batch_size)
@@ -177,6 +194,8 @@ class Pipeline:
         if config.num_workers == 0:
             for name in _WORKER_ONLY:
                 kwargs.pop(name, None)
+        if kwargs.get("quarantine_dir") is not None:
+            kwargs["quarantine_dir"] = self._quarantine
         with users_code(f"building {self.name}()'s loader"):
             try:
                 loader = ResumableDataLoader(dataset, **kwargs)

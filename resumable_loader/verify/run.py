@@ -50,7 +50,7 @@ def _run(
     """
     stream = Stream()
     try:
-        with users_code(f"loading as {' -> '.join(map(str, chain))}"):
+        with pipeline.run_quarantine(), users_code(f"loading as {' -> '.join(map(str, chain))}"):
             interruptions = run_chain(
                 pipeline.loaders, chain, stops, stream, epochs=epochs, layout=pipeline.layout
             )
