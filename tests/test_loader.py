@@ -320,6 +320,24 @@ class TestResume:
         next(newer)
         assert loader.state_dict()["position"] == 4
 
+    def test_an_older_iterator_over_persistent_workers_is_refused_not_robbing_the_newer(self):
+        """torch resets its persistent workers' one iterator for each iter(): the older
+        wrapper read the newer iteration's batches (missing from its stream and the cursor)
+        and then failed with a bare IndexError. It raises at its next next() instead."""
+        loader = make(num_workers=2, persistent_workers=True, prefetch_factor=1)()
+        older = iter(loader)
+        next(older)
+        newer = iter(loader)
+        first = next(newer)
+        with pytest.raises(resumable_loader.ConfigError, match="superseded by a later iter"):
+            next(older)
+        continuous = make()()
+        list(continuous)  # epoch 0
+        expected = list(continuous)  # epoch 1: all of it, in order
+        got = [first, *newer]
+        assert [b["id"].tolist() for b in got] == [b["id"].tolist() for b in expected]
+        assert (loader.state_dict()["epoch"], loader.state_dict()["position"]) == (1, N)
+
     def test_in_order_false_state_after_the_last_batch(self):
         loader = make(num_workers=2, in_order=False)()
         batches = iter(loader)

@@ -386,6 +386,9 @@ class ResumableDataLoader(DataLoader[T_co]):
             stall_warning=self.stall_warning,
             received=None if bad is None else bad.received,
         )
+        previous = None if self._current is None else self._current()
+        if previous is not None:
+            previous.superseded_by(iterator)
         self._current = weakref.ref(iterator)
         return iterator
 

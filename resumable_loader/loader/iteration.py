@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from resumable_loader.errors import WorkerError
+from resumable_loader.errors import ConfigError, WorkerError
 from resumable_loader.loader.shutdown import stop_workers
 from resumable_loader.loader.watch import BatchWatch
 
@@ -90,6 +90,7 @@ class ResumableIterator(Iterator[Any]):
         self._again: Callable[[], ResumableIterator | None] | None = None
         self.waited = 0.0  # seconds the caller spent in next() (waiting on the data)
         self.superseded_warned = False  # the loader warned of a batch it did not count
+        self._superseded = False  # a later iteration reads the same torch iterator
         self._watch = BatchWatch.install(
             inner, timeout=timeout, stall_warning=stall_warning, sent=sent
         )
@@ -108,6 +109,14 @@ class ResumableIterator(Iterator[Any]):
         one torch iterator, reset)."""
         self._again = successor
 
+    def superseded_by(self, newer: ResumableIterator) -> None:
+        """A later ``iter()`` made ``newer``. If it reads the same torch iterator (persistent
+        workers: torch resets the one it has and hands it back), that one's batches are
+        ``newer``'s from now on, and a ``next()`` here raises instead of taking them (they
+        would be missing from ``newer``'s stream and from the cursor)."""
+        if newer._inner is self._inner:
+            self._superseded = True
+
     def __next__(self) -> Any:
         if self._again is not None:
             again, self._again = self._again, None
@@ -118,6 +127,13 @@ class ResumableIterator(Iterator[Any]):
                 self._successor = successor
         if self._successor is not None:
             return next(self._successor)
+        if self._superseded:
+            raise ConfigError(
+                "this iterator was superseded by a later iter() of its loader, which with "
+                "persistent_workers=True reuses the same workers (torch resets its iterator and "
+                "hands it back), so its batches are the later iteration's: iterate the latest "
+                "iterator, or finish this one before calling iter() again"
+            )
         if self._watch is not None:
             self._watch.arm()
         began = time.perf_counter()
