@@ -205,10 +205,12 @@ class TestVerifyData:
         assert cli.main(["verify-data", shards[0], f"{shards[0]}.gone"]) == 2
         assert "shard-0000.tar.gone: shard not found" in capsys.readouterr().err
 
-    def test_parquet_is_refused_and_leaves_no_index(self, tmp_path, capsys):
+    def test_parquet_without_an_index_is_refused_and_leaves_none(self, tmp_path, capsys):
+        """Parquet shards are checked too (tests/test_sources_parquet.py), against the index
+        taken while they were good: none here, and none is built."""
         paths = write_parquet_shards(tmp_path, num_shards=1, rows_per_shard=4)
         assert cli.main(["verify-data", *paths]) == 2
-        assert "verify-data checks tar shards" in capsys.readouterr().err
+        assert "no index of these shards" in capsys.readouterr().err
         assert os.listdir(tmp_path) == ["part-0000.parquet"]
 
 
