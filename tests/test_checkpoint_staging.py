@@ -153,6 +153,36 @@ def test_the_swap_keeps_every_python_object_and_copies_nothing(tmp_path, monkeyp
     assert any(not torch.equal(p, b) for p, b in zip(params, before, strict=True))
 
 
+def test_the_hooks_on_each_parameter_s_gradient_accumulator_still_fire(tmp_path):
+    """DDP all-reduces gradients from hooks on each parameter's AccumulateGrad node: a swap
+    through set_() gave the parameters new nodes, and after a load every rank trained on its
+    own gradient (the weights drifted apart, no error). Also after a load rolled back."""
+    state, _ = trained(4)
+    state["last"] = Exploding(RuntimeError("boom"))
+    state["last"].value = 2
+    Checkpointer(tmp_path).save(4, state)
+    target, _ = trained(2)
+    params = list(target["model"].parameters())
+    fired: list[int] = []
+    nodes = []  # held, as DDP's reducer holds them (autograd keeps them only weakly)
+    for number, p in enumerate(params):
+        nodes.append(p.expand_as(p).grad_fn.next_functions[0][0])  # as the reducer finds it
+        nodes[-1].register_hook(lambda *_, number=number: fired.append(number))
+
+    def backward() -> list[int]:
+        fired.clear()
+        sum((p * 2).sum() for p in params).backward()
+        return sorted(fired)
+
+    target["last"] = Exploding(RuntimeError("boom"))
+    with pytest.raises(RuntimeError):
+        Checkpointer(tmp_path).load(target)  # swapped in, then back
+    assert backward() == list(range(len(params)))
+    target["last"].value = 2
+    Checkpointer(tmp_path).load(target)
+    assert backward() == list(range(len(params)))
+
+
 class Exploding:
     """A component whose load_state_dict raises, applied after the tensors were swapped."""
 

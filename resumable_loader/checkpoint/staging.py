@@ -112,17 +112,19 @@ class Staged:
         self.before[name] = _tree(state, lambda tensor: keep[id(tensor)])
 
     def swap_in(self) -> None:
-        """Point every swappable live tensor at its staged storage."""
-        with torch.no_grad():
-            for live, staged, _ in self.swaps:
-                live.set_(staged)
+        """Point every swappable live tensor at its staged storage.
+
+        Through ``.data`` (``set_data``), which keeps a parameter's autograd node: ``set_``
+        gave it a new gradient accumulator, and the hooks on the old one (DDP's gradient
+        all-reduce: the ranks' weights drifted apart after a load) never fired again."""
+        for live, staged, _ in self.swaps:
+            live.data = staged
 
     def swap_out(self) -> None:
         """Point every swappable live tensor back at its old storage (a no-op for those not
         swapped in yet)."""
-        with torch.no_grad():
-            for live, _, old in reversed(self.swaps):
-                live.set_(old)
+        for live, _, old in reversed(self.swaps):
+            live.data = old
 
 
 def _fresh(tensor: torch.Tensor) -> torch.Tensor:
