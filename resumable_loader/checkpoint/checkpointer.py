@@ -134,8 +134,15 @@ class Checkpointer:
         """
         step = check_int("step", step)
         self.wait()
+        steps = collective.all_gather(step) if collective.active() else [step]
+        if len(set(steps)) > 1:  # each rank would write another folder, none of them whole
+            raise CheckpointError(
+                f"save(): the ranks gave different steps ({dict(enumerate(steps))}); call it "
+                "with the same step on every rank"
+            )
         found = components(state)
         probed = None if probe is None else probe_mod.record(found, probe, self.probe_samples)
+        app_state = _state_dicts(found)  # before anything is written
         rank, world_size = collective.rank(), collective.world_size()
         tmp = self.directory.tmp_dir(step)
         if rank == 0:
@@ -159,7 +166,6 @@ class Checkpointer:
             optimizers=loading.optimizer_entries(found),
             probe=probed,
         )
-        app_state = {n: c.stateful for n, c in found.items() if c.kind != LOADER}
         writer = integrity.HashingWriter(tmp)
         kwargs = {"storage_writer": writer, "process_group": self.process_group}
         kwargs["no_dist"] = not collective.active()
@@ -220,18 +226,26 @@ class Checkpointer:
             self._finished.set()
 
     def wait(self) -> None:
-        """Block until the pending asynchronous save is committed; raise its error if it failed."""
+        """Block until the pending asynchronous save is committed; raise its error if it failed.
+
+        Call it on every rank (``save()`` and ``load()`` do): it returns on none before rank 0
+        committed the checkpoint, and a failure on any rank is raised on all (other ranks
+        went on before the commit, and a load right after an asynchronous save could take the
+        previous checkpoint on some ranks and the new one on others)."""
         if self._pending is None:
             return
         pending, self._pending = self._pending, None
         pending.exception()  # waits; the callback records the outcome
         self._finished.wait()
-        if self._finish_error is not None:
-            error, self._finish_error = self._finish_error, None
-            raise CheckpointError(
+        error, self._finish_error = self._finish_error, None
+        failure = None
+        if error is not None:
+            failure = CheckpointError(
                 f"the asynchronous save failed ({_cause(error)}); nothing was committed: the "
                 "newest checkpoint is unchanged"
-            ) from error
+            )
+            failure.__cause__ = error
+        collective.raise_if_any(failure, "failed its asynchronous save")
 
     # -- load ------------------------------------------------------------------------------
 
@@ -443,6 +457,25 @@ class Checkpointer:
 def _undo(found: dict[str, Component]) -> None:
     for component in found.values():
         component.undo()
+
+
+def _state_dicts(found: dict[str, Component]) -> dict[str, Any]:
+    """Every component's ``state_dict()`` for DCP, taken here so that one raising on one
+    rank is raised on every rank (inside ``dcp.save`` the other ranks waited for it in a
+    collective for ever)."""
+    state, error = {}, None
+    try:
+        for name, component in found.items():
+            if component.kind != LOADER:
+                state[name] = component.stateful.state_dict()
+    except Exception as failure:
+        error = CheckpointError(
+            f"the save's component '{name}': state_dict() raised {type(failure).__name__}: "
+            f"{failure}; nothing was written"
+        )
+        error.__cause__ = failure
+    collective.raise_if_any(error, "could not save")
+    return state
 
 
 def _cause(error: BaseException) -> str:

@@ -44,8 +44,9 @@ def all_gather(value: Any) -> list[Any]:
     return values
 
 
-def raise_if_any(error: BaseException | None) -> None:
-    """Raise ``error`` here, or the first other rank's (as a CheckpointError), if any has one."""
+def raise_if_any(error: BaseException | None, what: str = "refused the load") -> None:
+    """Raise ``error`` here, or the first other rank's (as a CheckpointError saying the rank
+    ``what``), if any has one; a collective: every rank goes on past it, or none."""
     if not active():
         if error is not None:
             raise error
@@ -55,7 +56,7 @@ def raise_if_any(error: BaseException | None) -> None:
         raise error
     for other, message in enumerate(messages):
         if message is not None:
-            raise CheckpointError(f"rank {other} refused the load: {message}")
+            raise CheckpointError(f"rank {other} {what}: {message}")
 
 
 _NOTICE = "torch.distributed is .*unavailable or uninit"  # DCP's notice in one process
