@@ -435,6 +435,19 @@ def test_the_probe_passes_after_a_correct_resume_and_changes_nothing(saved, tmp_
     assert state["loader"].state_dict()["position"] == 16
 
 
+def test_the_probe_of_a_model_no_optimizer_of_the_state_trains_says_so(saved, tmp_path):
+    """A DDP model's .module (here: a copy) is not the model the state's optimizer trains, so
+    the recorded optimizer step cannot be taken again: a bare KeyError before."""
+    import copy
+
+    copy_of(saved, tmp_path)
+    state = build(4, 0)
+    checkpointer = Checkpointer(tmp_path)
+    checkpointer.load(state)
+    with pytest.raises(CheckpointError, match=r"no optimizer of the state trains the model"):
+        checkpointer.probe(copy.deepcopy(state["model"]), loss_fn)
+
+
 def saved_probe(saved: Path) -> dict:
     return json.loads((saved / SAVED / "manifest.json").read_text())["probe"]
 

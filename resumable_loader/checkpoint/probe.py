@@ -18,8 +18,9 @@ through a copy of the loader's bad-sample policy (``BadSamples.for_probe``): a q
 failing sample is replaced by the substitute the stream has there, and nothing is logged,
 quarantined or counted towards ``max_bad_fraction`` (a failure only the probe met is recorded
 by the run when it meets it), so probing changes neither the stream nor where the run stops.
-The copy needs the memory of the model and optimizer once more, and a plain module (pass a
-DDP model's ``.module``; FSDP-sharded models are not probed).
+The copy needs the memory of the model and optimizer once more; pass the model as the state
+holds it (a DDP model itself: the gradients are taken with ``torch.autograd.grad``, which runs
+no DDP hook; FSDP-sharded models are not probed).
 """
 
 from __future__ import annotations
@@ -172,6 +173,12 @@ def compare(saved: dict[str, Any], now: dict[str, Any], *, exact: bool) -> dict[
     norm = float.fromhex(saved["grad_norm"]), float.fromhex(now["grad_norm"])
     pairs = [loss, norm]
     if "step_loss" in saved:
+        if "step_loss" not in now:
+            raise CheckpointError(
+                "the probe recorded an optimizer step, but no optimizer of the state trains "
+                "the model given to probe(); pass the model as the state holds it (a DDP "
+                "model itself, not its .module)"
+            )
         pairs.append((float.fromhex(saved["step_loss"]), float.fromhex(now["step_loss"])))
     keys = ("loss", "grad_norm", "grad_digest", "step_loss", "step_digest")
     same_bits = all(saved.get(key) == now.get(key) for key in keys)
