@@ -448,6 +448,18 @@ def test_the_probe_of_a_model_no_optimizer_of_the_state_trains_says_so(saved, tm
         checkpointer.probe(copy.deepcopy(state["model"]), loss_fn)
 
 
+def test_a_damaged_checkpoint_asked_for_by_step_is_refused_without_fallback_advice(saved, tmp_path):
+    """With step= only that checkpoint is tried: the message said fallback=True would try
+    earlier ones, which it does not."""
+    copy_of(saved, tmp_path)
+    flip(tmp_path / SAVED / "__0_0.distcp", 300)
+    step = int(SAVED.split("-")[1])
+    for fallback in (False, True):
+        with pytest.raises(CheckpointError, match="no sound checkpoint") as refused:
+            Checkpointer(tmp_path).load(build(4, 0), step=step, fallback=fallback)
+        assert "fallback=True" not in str(refused.value)
+
+
 def saved_probe(saved: Path) -> dict:
     return json.loads((saved / SAVED / "manifest.json").read_text())["probe"]
 

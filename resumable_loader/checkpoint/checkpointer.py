@@ -317,7 +317,7 @@ class Checkpointer:
                 candidates,
                 found,
                 mode=mode,
-                fallback=fallback,
+                fallback=fallback or step is not None,  # one candidate: nothing to fall back on
                 checksums=checksums == "verify",
                 staged=bool(rollback),
             )
