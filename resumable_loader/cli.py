@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from resumable_loader.errors import ConfigError, ResumableLoaderError
@@ -204,8 +204,20 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
-def _numbers(kind: type):
-    return lambda text: [kind(part) for part in text.split(",") if part]
+def _numbers(kind: type) -> Callable[[str], list[Any]]:
+    """An argument type: comma-separated numbers of ``kind`` (a bad one named, as argparse
+    names its own types' errors)."""
+    name = "integers" if kind is int else "numbers"
+
+    def parse(text: str) -> list[Any]:
+        try:
+            return [kind(part) for part in text.split(",") if part]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: give comma-separated {name}, e.g. {'3,8' if kind is int else '0.3,0.7'}"
+            ) from None
+
+    return parse
 
 
 def parser() -> argparse.ArgumentParser:

@@ -107,3 +107,18 @@ def test_help_is_plain_text_and_every_command_has_a_description(capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--help"])
     assert "interrupted mid-epoch and resumed" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "said"),
+    [
+        ("--stop-at", "x,4", "'x,4': give comma-separated numbers, e.g. 0.3,0.7"),
+        ("--batch-sizes", "2.5", "'2.5': give comma-separated integers, e.g. 3,8"),
+    ],
+)
+def test_a_list_of_numbers_that_is_not_one_is_named(capsys, option, value, said):
+    """argparse named the lambda ("invalid <lambda> value"), not what a value should be."""
+    with pytest.raises(SystemExit) as exited:
+        main(["verify", "module:factory", option, value])
+    assert exited.value.code == 2
+    assert f"argument {option}: {said}" in capsys.readouterr().err
